@@ -1,0 +1,300 @@
+//! Broker and topic configuration, under Kafka's key names and defaults.
+//!
+//! One table lists every key the broker knows: its name, its default, its
+//! kind, and for topic keys the broker key that supplies the default. The
+//! server's config file, CreateTopics and DescribeConfigs all go through it,
+//! so a key is spelled and checked in one place.
+
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Int,
+    Long,
+    Bool,
+    String,
+    /// One of the listed words.
+    Choice(&'static [&'static str]),
+}
+
+/// One known configuration key.
+#[derive(Debug, Clone, Copy)]
+pub struct Key {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub default: &'static str,
+    /// Smallest accepted value for numbers.
+    pub min: i64,
+    /// For a topic key, the broker key whose value is its default.
+    pub broker_key: Option<&'static str>,
+    pub doc: &'static str,
+}
+
+const fn key(name: &'static str, kind: Kind, default: &'static str, min: i64, doc: &'static str) -> Key {
+    Key { name, kind, default, min, broker_key: None, doc }
+}
+
+const fn topic(name: &'static str, broker: &'static str, kind: Kind, default: &'static str, min: i64) -> Key {
+    Key { name, kind, default, min, broker_key: Some(broker), doc: "" }
+}
+
+const TIMESTAMP_TYPES: &[&str] = &["CreateTime", "LogAppendTime"];
+const CLEANUP_POLICIES: &[&str] = &["delete"];
+const COMPRESSION_TYPES: &[&str] = &["producer"];
+
+/// Keys of the broker (server config file and DescribeConfigs of a broker).
+pub const BROKER_KEYS: &[Key] = &[
+    key("node.id", Kind::Int, "1", 0, "this node's id"),
+    key("listeners", Kind::String, "PLAINTEXT://127.0.0.1:9092", 0, "address to listen on"),
+    key("advertised.listeners", Kind::String, "", 0, "address clients are told (defaults to listeners)"),
+    key("log.dirs", Kind::String, "./sluice-data", 0, "directory holding the logs"),
+    key("num.partitions", Kind::Int, "1", 1, "partitions of an auto-created topic"),
+    key("default.replication.factor", Kind::Int, "1", 1, "replicas of an auto-created topic"),
+    key("auto.create.topics.enable", Kind::Bool, "true", 0, "create unknown topics on Metadata and Produce"),
+    key("message.max.bytes", Kind::Int, "1048588", 0, "largest record batch accepted"),
+    key("socket.request.max.bytes", Kind::Int, "104857600", 1, "largest request frame accepted"),
+    key("log.segment.bytes", Kind::Int, "1073741824", 14, "segment size before a roll"),
+    key("log.roll.ms", Kind::Long, "604800000", 1, "segment age before a roll"),
+    key("log.retention.ms", Kind::Long, "604800000", -1, "age after which segments are deleted"),
+    key("log.retention.bytes", Kind::Long, "-1", -1, "partition size above which old segments are deleted"),
+    key("log.retention.check.interval.ms", Kind::Long, "300000", 1, "how often retention runs"),
+    key("log.index.interval.bytes", Kind::Int, "4096", 0, "bytes between offset index entries"),
+    key("log.message.timestamp.type", Kind::Choice(TIMESTAMP_TYPES), "CreateTime", 0, "timestamp kept in batches"),
+    key("log.cleanup.policy", Kind::Choice(CLEANUP_POLICIES), "delete", 0, "what happens to old segments"),
+    key("min.insync.replicas", Kind::Int, "1", 1, "replicas needed for acks=all"),
+    key("compression.type", Kind::Choice(COMPRESSION_TYPES), "producer", 0, "batches are kept as produced"),
+];
+
+/// Keys of a topic (CreateTopics configs, DescribeConfigs of a topic).
+pub const TOPIC_KEYS: &[Key] = &[
+    topic("segment.bytes", "log.segment.bytes", Kind::Int, "1073741824", 14),
+    topic("segment.ms", "log.roll.ms", Kind::Long, "604800000", 1),
+    topic("retention.ms", "log.retention.ms", Kind::Long, "604800000", -1),
+    topic("retention.bytes", "log.retention.bytes", Kind::Long, "-1", -1),
+    topic("index.interval.bytes", "log.index.interval.bytes", Kind::Int, "4096", 0),
+    topic("max.message.bytes", "message.max.bytes", Kind::Int, "1048588", 0),
+    topic("message.timestamp.type", "log.message.timestamp.type", Kind::Choice(TIMESTAMP_TYPES), "CreateTime", 0),
+    topic("cleanup.policy", "log.cleanup.policy", Kind::Choice(CLEANUP_POLICIES), "delete", 0),
+    topic("min.insync.replicas", "min.insync.replicas", Kind::Int, "1", 1),
+    topic("compression.type", "compression.type", Kind::Choice(COMPRESSION_TYPES), "producer", 0),
+];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigError {
+    UnknownKey(String),
+    BadValue { key: String, value: String, why: String },
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConfigError::UnknownKey(key) => write!(f, "unknown configuration key `{key}`"),
+            ConfigError::BadValue { key, value, why } => write!(f, "bad value `{value}` for `{key}`: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Checks a value against its key; returns the value in canonical form.
+pub fn check_value(key: &Key, value: &str) -> Result<String, ConfigError> {
+    let bad = |why: &str| ConfigError::BadValue { key: key.name.into(), value: value.into(), why: why.into() };
+    let value = value.trim();
+    match key.kind {
+        Kind::Int | Kind::Long => {
+            let number: i64 = value.parse().map_err(|_| bad("not a whole number"))?;
+            if key.kind == Kind::Int && i32::try_from(number).is_err() {
+                return Err(bad("out of the 32-bit range"));
+            }
+            if number < key.min {
+                return Err(bad(&format!("must be at least {}", key.min)));
+            }
+            Ok(number.to_string())
+        }
+        Kind::Bool => match value.to_ascii_lowercase().as_str() {
+            "true" | "false" => Ok(value.to_ascii_lowercase()),
+            _ => Err(bad("must be true or false")),
+        },
+        Kind::String => Ok(value.to_string()),
+        Kind::Choice(words) => words
+            .iter()
+            .find(|w| w.eq_ignore_ascii_case(value))
+            .map(|w| w.to_string())
+            .ok_or_else(|| bad(&format!("must be one of {}", words.join(", ")))),
+    }
+}
+
+fn find(keys: &[Key], name: &str) -> Option<Key> {
+    keys.iter().find(|k| k.name == name).copied()
+}
+
+/// A set of values over a key table: explicit values and defaults.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Values {
+    pub explicit: BTreeMap<String, String>,
+}
+
+impl Values {
+    /// Checks and stores every pair; the first bad one is the error.
+    pub fn parse(keys: &[Key], pairs: &BTreeMap<String, String>) -> Result<Values, ConfigError> {
+        let mut explicit = BTreeMap::new();
+        for (name, value) in pairs {
+            let key = find(keys, name).ok_or_else(|| ConfigError::UnknownKey(name.clone()))?;
+            explicit.insert(name.clone(), check_value(&key, value)?);
+        }
+        Ok(Values { explicit })
+    }
+}
+
+/// The broker's configuration, typed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerConfig {
+    pub values: Values,
+    pub node_id: i32,
+    pub listeners: String,
+    pub advertised_listeners: String,
+    pub log_dirs: String,
+    pub num_partitions: i32,
+    pub default_replication_factor: i16,
+    pub auto_create_topics: bool,
+    pub socket_request_bytes_max: usize,
+    pub retention_check_interval_ms: i64,
+}
+
+impl BrokerConfig {
+    pub fn from_pairs(pairs: &BTreeMap<String, String>) -> Result<BrokerConfig, ConfigError> {
+        let values = Values::parse(BROKER_KEYS, pairs)?;
+        let get = |name: &str| broker_value(&values, name);
+        let number = |name: &str| get(name).parse::<i64>().unwrap_or_default();
+        let listeners = get("listeners");
+        let advertised = get("advertised.listeners");
+        Ok(BrokerConfig {
+            node_id: number("node.id") as i32,
+            advertised_listeners: if advertised.is_empty() { listeners.clone() } else { advertised },
+            listeners,
+            log_dirs: get("log.dirs"),
+            num_partitions: number("num.partitions") as i32,
+            default_replication_factor: number("default.replication.factor").min(i16::MAX as i64) as i16,
+            auto_create_topics: get("auto.create.topics.enable") == "true",
+            socket_request_bytes_max: number("socket.request.max.bytes") as usize,
+            retention_check_interval_ms: number("log.retention.check.interval.ms"),
+            values,
+        })
+    }
+
+    pub fn defaults() -> BrokerConfig {
+        BrokerConfig::from_pairs(&BTreeMap::new()).expect("defaults are valid")
+    }
+
+    /// The value of a broker key, explicit or default.
+    pub fn get(&self, name: &str) -> String {
+        broker_value(&self.values, name)
+    }
+}
+
+fn broker_value(values: &Values, name: &str) -> String {
+    let key = find(BROKER_KEYS, name).expect("known broker key");
+    values.explicit.get(name).cloned().unwrap_or_else(|| key.default.to_string())
+}
+
+/// Where a topic config value comes from, as DescribeConfigs reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Topic,
+    Broker,
+    Default,
+}
+
+/// A topic's configuration: its own overrides over the broker's values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicConfig {
+    pub overrides: Values,
+    pub segment_bytes: u64,
+    pub segment_ms: i64,
+    pub retention_ms: i64,
+    pub retention_bytes: i64,
+    pub index_interval_bytes: u64,
+    pub max_message_bytes: usize,
+    pub log_append_time: bool,
+}
+
+impl TopicConfig {
+    pub fn new(broker: &BrokerConfig, overrides: &BTreeMap<String, String>) -> Result<TopicConfig, ConfigError> {
+        let overrides = Values::parse(TOPIC_KEYS, overrides)?;
+        let get = |name: &str| topic_value(broker, &overrides, name).0;
+        let number = |name: &str| get(name).parse::<i64>().unwrap_or_default();
+        Ok(TopicConfig {
+            segment_bytes: number("segment.bytes") as u64,
+            segment_ms: number("segment.ms"),
+            retention_ms: number("retention.ms"),
+            retention_bytes: number("retention.bytes"),
+            index_interval_bytes: number("index.interval.bytes") as u64,
+            max_message_bytes: number("max.message.bytes") as usize,
+            log_append_time: get("message.timestamp.type") == "LogAppendTime",
+            overrides,
+        })
+    }
+
+    /// Every topic key with its value and where it comes from.
+    pub fn describe(&self, broker: &BrokerConfig) -> Vec<(&'static str, String, Source)> {
+        TOPIC_KEYS
+            .iter()
+            .map(|key| {
+                let (value, source) = topic_value(broker, &self.overrides, key.name);
+                (key.name, value, source)
+            })
+            .collect()
+    }
+}
+
+fn topic_value(broker: &BrokerConfig, overrides: &Values, name: &str) -> (String, Source) {
+    let key = find(TOPIC_KEYS, name).expect("known topic key");
+    if let Some(value) = overrides.explicit.get(name) {
+        return (value.clone(), Source::Topic);
+    }
+    let broker_key = key.broker_key.expect("topic keys name a broker key");
+    match broker.values.explicit.get(broker_key) {
+        Some(value) => (value.clone(), Source::Broker),
+        None => (key.default.to_string(), Source::Default),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pairs(items: &[(&str, &str)]) -> BTreeMap<String, String> {
+        items.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_match_kafka() {
+        let broker = BrokerConfig::defaults();
+        assert_eq!(broker.socket_request_bytes_max, 104_857_600);
+        assert!(broker.auto_create_topics);
+        let topic = TopicConfig::new(&broker, &BTreeMap::new()).expect("defaults");
+        assert_eq!(topic.max_message_bytes, 1_048_588);
+        assert_eq!(topic.segment_bytes, 1 << 30);
+    }
+
+    #[test]
+    fn topic_values_fall_back_to_the_broker() {
+        let broker = BrokerConfig::from_pairs(&pairs(&[("log.segment.bytes", "4096")])).expect("valid");
+        let topic = TopicConfig::new(&broker, &pairs(&[("retention.ms", "10")])).expect("valid");
+        assert_eq!(topic.segment_bytes, 4096);
+        let described = topic.describe(&broker);
+        assert!(described.contains(&("segment.bytes", "4096".into(), Source::Broker)));
+        assert!(described.contains(&("retention.ms", "10".into(), Source::Topic)));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_errors() {
+        assert_eq!(
+            BrokerConfig::from_pairs(&pairs(&[("no.such.key", "1")])),
+            Err(ConfigError::UnknownKey("no.such.key".into()))
+        );
+        assert!(BrokerConfig::from_pairs(&pairs(&[("num.partitions", "zero")])).is_err());
+        assert!(BrokerConfig::from_pairs(&pairs(&[("num.partitions", "0")])).is_err());
+        assert!(TopicConfig::new(&BrokerConfig::defaults(), &pairs(&[("cleanup.policy", "compact")])).is_err());
+    }
+}

@@ -1,0 +1,759 @@
+//! The partition log: segments of record batches on a `Storage`, with a
+//! sparse offset index and a time index per segment, roll, retention and
+//! crash recovery.
+//!
+//! Layout of one partition directory, as Kafka names it:
+//! `<base offset, 20 digits>.log` holds batches back to back;
+//! `.index` holds 8-byte entries (offset relative to the base, u32; byte
+//! position, u32), one per `index.interval.bytes` of log, keyed by the last
+//! offset of the batch at that position; `.timeindex` holds 12-byte entries
+//! (max timestamp so far, i64; relative offset of that batch's last record, u32).
+//!
+//! The indexes are kept in memory and appended to their files as they grow;
+//! they are derived data, rebuilt by a full scan after an unclean stop. The
+//! log never syncs by itself: every file it changes is reported by
+//! `take_dirty`, and the owner turns that into a sync request.
+
+use std::collections::BTreeSet;
+use std::io;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::batch::{self, BatchHeader, HEADER_BYTES};
+use crate::config::TopicConfig;
+use crate::storage::{read_exact_at, FileId, Storage, SyncTarget};
+
+const OFFSET_ENTRY_BYTES: usize = 8;
+const TIME_ENTRY_BYTES: usize = 12;
+/// Read size when scanning a segment during recovery.
+const SCAN_CHUNK_BYTES: usize = 1 << 20;
+/// A batch header claiming more than this is treated as corrupt.
+const BATCH_BYTES_MAX: usize = 1 << 30;
+
+pub fn segment_name(base_offset: i64, suffix: &str) -> String {
+    format!("{base_offset:020}.{suffix}")
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct OffsetEntry {
+    relative_offset: u32,
+    position: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct TimeEntry {
+    timestamp: i64,
+    relative_offset: u32,
+}
+
+#[derive(Debug)]
+struct Segment {
+    base_offset: i64,
+    log_file: FileId,
+    index_file: FileId,
+    time_file: FileId,
+    size_bytes: u64,
+    next_offset: i64,
+    offset_index: Vec<OffsetEntry>,
+    time_index: Vec<TimeEntry>,
+    /// Largest batch max timestamp in the segment (-1 when empty).
+    max_timestamp: i64,
+    /// Max timestamp of the first batch: segment.ms counts from it.
+    first_batch_timestamp: Option<i64>,
+    bytes_since_index_entry: u64,
+}
+
+impl Segment {
+    fn relative(&self, offset: i64) -> u32 {
+        let relative = offset - self.base_offset;
+        assert!((0..=u32::MAX as i64).contains(&relative), "offset outside its segment");
+        relative as u32
+    }
+
+    /// Byte position from which a scan finds the batch holding `offset`.
+    fn position_for(&self, offset: i64) -> u64 {
+        let relative = (offset - self.base_offset).clamp(0, u32::MAX as i64) as u32;
+        let at = self.offset_index.partition_point(|e| e.relative_offset <= relative);
+        match at {
+            0 => 0,
+            n => self.offset_index[n - 1].position as u64,
+        }
+    }
+}
+
+/// Where an appended batch landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub base_offset: i64,
+    pub last_offset: i64,
+    /// Broker time written into the batch, or -1 for CreateTime topics.
+    pub log_append_time_ms: i64,
+}
+
+#[derive(Debug)]
+pub struct PartitionLog {
+    dir: String,
+    config: TopicConfig,
+    segments: Vec<Segment>,
+    log_start_offset: i64,
+    /// Everything below this offset is covered by a completed sync.
+    durable_offset: i64,
+    dirty: BTreeSet<SyncTarget>,
+}
+
+/// Result of opening a log.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Recovery {
+    pub truncated_bytes: u64,
+    pub segments_removed: usize,
+    pub indexes_rebuilt: usize,
+}
+
+impl PartitionLog {
+    /// Opens (or creates) the log in `dir`. After an unclean stop every
+    /// segment is scanned: a torn or corrupt tail is cut off, later segments
+    /// are removed, and the indexes are rebuilt.
+    pub fn open<S: Storage + ?Sized>(
+        storage: &mut S,
+        dir: &str,
+        config: TopicConfig,
+        clean: bool,
+    ) -> io::Result<(PartitionLog, Recovery)> {
+        storage.create_dir_all(dir)?;
+        let mut log = PartitionLog {
+            dir: dir.to_string(),
+            config,
+            segments: Vec::new(),
+            log_start_offset: 0,
+            durable_offset: 0,
+            dirty: BTreeSet::new(),
+        };
+        let mut recovery = Recovery::default();
+        let names = storage.list_dir(dir)?;
+        let bases: Vec<i64> = names
+            .iter()
+            .filter_map(|n| n.strip_suffix(".log"))
+            .filter_map(|stem| stem.parse::<i64>().ok())
+            .collect();
+        for name in &names {
+            let orphan = match name.rsplit_once('.') {
+                Some((stem, "index" | "timeindex")) => stem.parse::<i64>().map_or(true, |b| !bases.contains(&b)),
+                Some((_, "deleted" | "cleaned" | "swap")) => true,
+                _ => false,
+            };
+            if orphan {
+                storage.remove_file(&format!("{dir}/{name}"))?;
+                log.dirty.insert(SyncTarget::Dir(dir.to_string()));
+            }
+        }
+        let mut expected_next: Option<i64> = None;
+        for (position, &base) in bases.iter().enumerate() {
+            if expected_next.is_some_and(|next| next != base) {
+                tracing::warn!(dir, base, "segment does not continue the log; removing it and later segments");
+                recovery.segments_removed += log.remove_files_from(storage, &bases[position..])?;
+                break;
+            }
+            let mut segment = log.open_segment(storage, base)?;
+            let intact = if clean && load_indexes(storage, &mut segment)? {
+                true
+            } else {
+                recovery.indexes_rebuilt += 1;
+                log.recover_segment(storage, &mut segment, &mut recovery)?
+            };
+            expected_next = Some(segment.next_offset);
+            log.segments.push(segment);
+            if !intact {
+                recovery.segments_removed += log.remove_files_from(storage, &bases[position + 1..])?;
+                break;
+            }
+        }
+        if log.segments.is_empty() {
+            let segment = log.open_segment(storage, 0)?;
+            log.segments.push(segment);
+            log.dirty.insert(SyncTarget::Dir(dir.to_string()));
+        }
+        log.log_start_offset = log.segments[0].base_offset;
+        // Recovered bytes may still sit only in the page cache: nothing
+        // counts as durable until the first sync of this log completes.
+        log.durable_offset = log.log_start_offset;
+        for segment in &log.segments {
+            log.dirty.insert(SyncTarget::File(format!("{}/{}", log.dir, segment_name(segment.base_offset, "log"))));
+        }
+        log.invariants();
+        Ok((log, recovery))
+    }
+
+    fn open_segment<S: Storage + ?Sized>(&mut self, storage: &mut S, base: i64) -> io::Result<Segment> {
+        let path = |suffix: &str| format!("{}/{}", self.dir, segment_name(base, suffix));
+        let log_file = storage.open(&path("log"), true)?;
+        let index_file = storage.open(&path("index"), true)?;
+        let time_file = storage.open(&path("timeindex"), true)?;
+        Ok(Segment {
+            base_offset: base,
+            log_file,
+            index_file,
+            time_file,
+            size_bytes: storage.len(log_file)?,
+            next_offset: base,
+            offset_index: Vec::new(),
+            time_index: Vec::new(),
+            max_timestamp: -1,
+            first_batch_timestamp: None,
+            bytes_since_index_entry: 0,
+        })
+    }
+
+    fn remove_files_from<S: Storage + ?Sized>(&mut self, storage: &mut S, bases: &[i64]) -> io::Result<usize> {
+        for &base in bases {
+            for suffix in ["log", "index", "timeindex"] {
+                let path = format!("{}/{}", self.dir, segment_name(base, suffix));
+                if storage.exists(&path) {
+                    storage.remove_file(&path)?;
+                }
+            }
+        }
+        self.dirty.insert(SyncTarget::Dir(self.dir.clone()));
+        Ok(bases.len())
+    }
+
+    /// Scans a whole segment, checking every batch, and rebuilds its indexes.
+    /// Returns false when it had to cut a bad tail off.
+    fn recover_segment<S: Storage + ?Sized>(
+        &mut self,
+        storage: &mut S,
+        segment: &mut Segment,
+        recovery: &mut Recovery,
+    ) -> io::Result<bool> {
+        let file_len = storage.len(segment.log_file)?;
+        segment.size_bytes = 0;
+        let mut position = 0u64;
+        let mut chunk = Vec::new();
+        let mut intact = true;
+        while position < file_len {
+            let want = ((file_len - position) as usize).min(SCAN_CHUNK_BYTES);
+            chunk.resize(want, 0);
+            read_exact_at(storage, segment.log_file, position, &mut chunk)?;
+            let mut consumed = 0usize;
+            let mut stop = None;
+            while consumed < chunk.len() {
+                match check_stored_batch(&chunk[consumed..], segment.next_offset, file_len - position - consumed as u64) {
+                    Scan::Batch(header) => {
+                        index_batch(segment, &header, position + consumed as u64, self.config.index_interval_bytes);
+                        consumed += header.size_bytes();
+                    }
+                    Scan::NeedMore(bytes) => {
+                        if consumed == 0 {
+                            chunk.resize(bytes, 0);
+                            read_exact_at(storage, segment.log_file, position, &mut chunk)?;
+                            continue;
+                        }
+                        break;
+                    }
+                    Scan::Bad(why) => {
+                        stop = Some(why);
+                        break;
+                    }
+                }
+            }
+            position += consumed as u64;
+            if let Some(why) = stop {
+                let cut = file_len - position;
+                tracing::warn!(dir = %self.dir, segment = segment.base_offset, position, cut_bytes = cut, why,
+                    "truncating a corrupt or torn tail");
+                storage.truncate(segment.log_file, position)?;
+                self.dirty.insert(SyncTarget::File(format!("{}/{}", self.dir, segment_name(segment.base_offset, "log"))));
+                recovery.truncated_bytes += cut;
+                intact = false;
+                break;
+            }
+        }
+        segment.size_bytes = position;
+        write_indexes(storage, segment)?;
+        Ok(intact)
+    }
+
+    pub fn log_start_offset(&self) -> i64 {
+        self.log_start_offset
+    }
+
+    pub fn log_end_offset(&self) -> i64 {
+        self.active().next_offset
+    }
+
+    /// The offset below which every record is durable; on a single node this
+    /// is the high watermark.
+    pub fn durable_offset(&self) -> i64 {
+        self.durable_offset
+    }
+
+    pub fn config(&self) -> &TopicConfig {
+        &self.config
+    }
+
+    pub fn set_config(&mut self, config: TopicConfig) {
+        self.config = config;
+    }
+
+    pub fn dir(&self) -> &str {
+        &self.dir
+    }
+
+    /// Total bytes of all segments.
+    pub fn size_bytes(&self) -> u64 {
+        self.segments.iter().map(|s| s.size_bytes).sum()
+    }
+
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+
+    fn active(&self) -> &Segment {
+        self.segments.last().expect("a log always has a segment")
+    }
+
+    /// Files and directories changed since the last call; a sync of them
+    /// makes everything below `log_end_offset()` (at the time of the call) durable.
+    pub fn take_dirty(&mut self) -> Vec<SyncTarget> {
+        std::mem::take(&mut self.dirty).into_iter().collect()
+    }
+
+    /// A sync of what `take_dirty` returned when the log ended at `offset` completed.
+    pub fn mark_durable(&mut self, offset: i64) {
+        assert!(offset <= self.log_end_offset(), "durable offset beyond the log end");
+        self.durable_offset = self.durable_offset.max(offset);
+    }
+
+    /// Appends one validated batch: assigns its offsets, rolls the segment if
+    /// needed, writes it and indexes it. The batch is visible to reads at
+    /// once; it is durable only after the next sync of `take_dirty()`.
+    pub fn append<S: Storage + ?Sized>(
+        &mut self,
+        storage: &mut S,
+        batch: &mut [u8],
+        leader_epoch: i32,
+        now_ms: i64,
+    ) -> io::Result<Appended> {
+        let header = BatchHeader::parse(batch);
+        assert_eq!(header.size_bytes(), batch.len(), "append of a partial batch");
+        if self.should_roll(&header, batch.len()) {
+            self.roll(storage)?;
+        }
+        let base_offset = self.log_end_offset();
+        batch::assign_offset(batch, base_offset, leader_epoch);
+        let log_append_time_ms = if self.config.log_append_time {
+            batch::set_log_append_time(batch, now_ms);
+            now_ms
+        } else {
+            -1
+        };
+        let header = BatchHeader::parse(batch);
+        let interval = self.config.index_interval_bytes;
+        let dir = self.dir.clone();
+        let segment = self.segments.last_mut().expect("a log always has a segment");
+        let position = segment.size_bytes;
+        if let Err(error) = storage.write_at(segment.log_file, position, batch) {
+            // Nothing was appended: put the file back to its old length so a
+            // partial write cannot linger; the next append overwrites it anyway.
+            let _ = storage.truncate(segment.log_file, position);
+            return Err(error);
+        }
+        let (index_before, time_before) = (segment.offset_index.len(), segment.time_index.len());
+        index_batch(segment, &header, position, interval);
+        segment.size_bytes = position + batch.len() as u64;
+        append_index_entries(storage, segment, index_before, time_before)?;
+        self.dirty.insert(SyncTarget::File(format!("{dir}/{}", segment_name(segment.base_offset, "log"))));
+        self.invariants();
+        Ok(Appended { base_offset, last_offset: header.last_offset(), log_append_time_ms })
+    }
+
+    fn should_roll(&self, incoming: &BatchHeader, batch_bytes: usize) -> bool {
+        let active = self.active();
+        if active.size_bytes == 0 {
+            return false;
+        }
+        let full = active.size_bytes + batch_bytes as u64 > self.config.segment_bytes;
+        let aged = active
+            .first_batch_timestamp
+            .is_some_and(|first| incoming.max_timestamp.saturating_sub(first) > self.config.segment_ms);
+        let offsets_overflow = self.log_end_offset() + incoming.last_offset_delta as i64 - active.base_offset
+            > i32::MAX as i64;
+        full || aged || offsets_overflow
+    }
+
+    /// Starts a new, empty segment at the log end.
+    pub fn roll<S: Storage + ?Sized>(&mut self, storage: &mut S) -> io::Result<()> {
+        let base = self.log_end_offset();
+        if self.active().base_offset == base {
+            return Ok(());
+        }
+        let segment = self.open_segment(storage, base)?;
+        self.segments.push(segment);
+        self.dirty.insert(SyncTarget::Dir(self.dir.clone()));
+        Ok(())
+    }
+
+    /// Reads whole batches starting with the one holding `offset`, below
+    /// `limit_offset`, up to `bytes_max` bytes, from one segment. With
+    /// `at_least_one`, the first batch is returned whole even when larger.
+    pub fn read<S: Storage + ?Sized>(
+        &self,
+        storage: &mut S,
+        offset: i64,
+        limit_offset: i64,
+        bytes_max: usize,
+        at_least_one: bool,
+    ) -> io::Result<Bytes> {
+        if offset >= limit_offset || offset < self.log_start_offset {
+            return Ok(Bytes::new());
+        }
+        let at = self.segments.partition_point(|s| s.base_offset <= offset);
+        let segment = &self.segments[at.max(1) - 1];
+        if offset >= segment.next_offset {
+            return Ok(Bytes::new());
+        }
+        let mut position = segment.position_for(offset);
+        // Skip the batches that end before `offset`.
+        let mut header_bytes = [0u8; HEADER_BYTES];
+        loop {
+            if position >= segment.size_bytes {
+                return Ok(Bytes::new());
+            }
+            read_exact_at(storage, segment.log_file, position, &mut header_bytes)?;
+            let header = BatchHeader::parse(&header_bytes);
+            if header.last_offset() >= offset {
+                break;
+            }
+            position += header.size_bytes() as u64;
+        }
+        let available = (segment.size_bytes - position) as usize;
+        let mut want = bytes_max.min(available);
+        let first = BatchHeader::parse(&header_bytes);
+        if first.base_offset >= limit_offset {
+            return Ok(Bytes::new());
+        }
+        if at_least_one && first.size_bytes() > want {
+            want = first.size_bytes().min(available);
+        }
+        let mut buffer = BytesMut::zeroed(want);
+        read_exact_at(storage, segment.log_file, position, &mut buffer)?;
+        let end = batch::headers_in(&buffer)
+            .take_while(|(header, _)| header.last_offset() < limit_offset)
+            .map(|(_, range)| range.end)
+            .last()
+            .unwrap_or(0);
+        buffer.truncate(end);
+        Ok(buffer.freeze())
+    }
+
+    /// Offset and timestamp of the first record whose timestamp is at least
+    /// `timestamp`, below `limit_offset`; None when there is none.
+    pub fn offset_for_timestamp<S: Storage + ?Sized>(
+        &self,
+        storage: &mut S,
+        timestamp: i64,
+        limit_offset: i64,
+    ) -> io::Result<Option<(i64, i64)>> {
+        for segment in self.segments.iter().filter(|s| s.max_timestamp >= timestamp) {
+            let at = segment.time_index.partition_point(|e| e.timestamp < timestamp);
+            let from_offset = match at {
+                0 => segment.base_offset,
+                n => segment.base_offset + segment.time_index[n - 1].relative_offset as i64,
+            };
+            let found = self.scan_records(storage, segment, from_offset, limit_offset, |header| {
+                header.max_timestamp >= timestamp
+            })?;
+            for record in found {
+                if record.timestamp >= timestamp && record.offset >= self.log_start_offset {
+                    return Ok(Some((record.offset, record.timestamp)));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Offset and timestamp of the record with the largest timestamp below
+    /// `limit_offset` (the first such record), or None for an empty log.
+    pub fn offset_of_max_timestamp<S: Storage + ?Sized>(
+        &self,
+        storage: &mut S,
+        limit_offset: i64,
+    ) -> io::Result<Option<(i64, i64)>> {
+        let Some(max) = self.segments.iter().map(|s| s.max_timestamp).max().filter(|&m| m >= 0) else {
+            return Ok(None);
+        };
+        self.offset_for_timestamp(storage, max, limit_offset)
+    }
+
+    /// Decodes the records of the first batch from `from_offset` on whose
+    /// header `wanted` accepts, below `limit_offset`.
+    fn scan_records<S: Storage + ?Sized>(
+        &self,
+        storage: &mut S,
+        segment: &Segment,
+        from_offset: i64,
+        limit_offset: i64,
+        wanted: impl Fn(&BatchHeader) -> bool,
+    ) -> io::Result<Vec<batch::RecordView>> {
+        let mut position = segment.position_for(from_offset);
+        let mut header_bytes = [0u8; HEADER_BYTES];
+        while position < segment.size_bytes {
+            read_exact_at(storage, segment.log_file, position, &mut header_bytes)?;
+            let header = BatchHeader::parse(&header_bytes);
+            if header.last_offset() >= limit_offset {
+                break;
+            }
+            if header.last_offset() >= from_offset && wanted(&header) {
+                let mut whole = vec![0u8; header.size_bytes()];
+                read_exact_at(storage, segment.log_file, position, &mut whole)?;
+                return batch::decode_records(&whole)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{e:?}")));
+            }
+            position += header.size_bytes() as u64;
+        }
+        Ok(Vec::new())
+    }
+
+    /// Deletes whole segments past `retention.ms` or beyond `retention.bytes`,
+    /// never data at or above `durable_offset`. Returns how many were deleted.
+    pub fn apply_retention<S: Storage + ?Sized>(&mut self, storage: &mut S, now_ms: i64) -> io::Result<usize> {
+        let expired = |s: &Segment, retention_ms: i64| {
+            retention_ms >= 0 && s.max_timestamp >= 0 && now_ms.saturating_sub(s.max_timestamp) > retention_ms
+        };
+        let active = self.active();
+        if self.segments.len() == 1
+            && active.size_bytes > 0
+            && active.next_offset <= self.durable_offset
+            && expired(active, self.config.retention_ms)
+        {
+            self.roll(storage)?;
+        }
+        let mut excess = match self.config.retention_bytes {
+            limit if limit >= 0 => self.size_bytes() as i64 - limit,
+            _ => 0,
+        };
+        let mut count = 0;
+        while self.segments.len() > 1 {
+            let oldest = &self.segments[0];
+            let by_time = expired(oldest, self.config.retention_ms);
+            let by_size = excess - oldest.size_bytes as i64 >= 0 && excess > 0;
+            if !(by_time || by_size) || oldest.next_offset > self.durable_offset {
+                break;
+            }
+            excess -= oldest.size_bytes as i64;
+            self.delete_oldest_segment(storage)?;
+            count += 1;
+        }
+        self.invariants();
+        Ok(count)
+    }
+
+    fn delete_oldest_segment<S: Storage + ?Sized>(&mut self, storage: &mut S) -> io::Result<()> {
+        let segment = self.segments.remove(0);
+        self.log_start_offset = self.segments[0].base_offset;
+        for file in [segment.log_file, segment.index_file, segment.time_file] {
+            storage.close(file);
+        }
+        let log_path = format!("{}/{}", self.dir, segment_name(segment.base_offset, "log"));
+        self.dirty.remove(&SyncTarget::File(log_path));
+        self.remove_files_from(storage, &[segment.base_offset])?;
+        tracing::info!(dir = %self.dir, base = segment.base_offset, "deleted segment by retention");
+        Ok(())
+    }
+
+    /// Closes every file, for a clean shutdown or a topic deletion.
+    pub fn close<S: Storage + ?Sized>(&mut self, storage: &mut S) {
+        for segment in &self.segments {
+            for file in [segment.log_file, segment.index_file, segment.time_file] {
+                storage.close(file);
+            }
+        }
+    }
+
+    /// Every file of the log, for a sync before a clean shutdown.
+    pub fn all_files(&self) -> Vec<SyncTarget> {
+        let mut files = vec![SyncTarget::Dir(self.dir.clone())];
+        for segment in &self.segments {
+            for suffix in ["log", "index", "timeindex"] {
+                files.push(SyncTarget::File(format!("{}/{}", self.dir, segment_name(segment.base_offset, suffix))));
+            }
+        }
+        files
+    }
+
+    pub fn invariants(&self) {
+        assert!(!self.segments.is_empty());
+        assert_eq!(self.log_start_offset, self.segments[0].base_offset);
+        assert!(self.durable_offset <= self.log_end_offset());
+        for pair in self.segments.windows(2) {
+            assert_eq!(pair[0].next_offset, pair[1].base_offset, "segments must be contiguous");
+        }
+    }
+}
+
+enum Scan {
+    Batch(BatchHeader),
+    /// The batch is complete in the file but needs this many bytes in the buffer.
+    NeedMore(usize),
+    Bad(&'static str),
+}
+
+/// Checks the stored batch at the start of `bytes` (with `file_rest` bytes
+/// left in the file from there), expecting it to start at `expected_offset`.
+fn check_stored_batch(bytes: &[u8], expected_offset: i64, file_rest: u64) -> Scan {
+    if (file_rest as usize) < HEADER_BYTES {
+        return Scan::Bad("incomplete batch header at the end");
+    }
+    if bytes.len() < HEADER_BYTES {
+        return Scan::NeedMore(HEADER_BYTES);
+    }
+    let header = BatchHeader::parse(bytes);
+    let size = header.batch_length as i64 + batch::LOG_OVERHEAD as i64;
+    if header.magic != 2 || size < HEADER_BYTES as i64 || size as usize > BATCH_BYTES_MAX {
+        return Scan::Bad("bad batch header");
+    }
+    if size as u64 > file_rest {
+        return Scan::Bad("batch cut short at the end");
+    }
+    if size as usize > bytes.len() {
+        return Scan::NeedMore(size as usize);
+    }
+    let whole = &bytes[..size as usize];
+    match batch::check_framing(whole) {
+        Err(_) => Scan::Bad("CRC mismatch"),
+        Ok(header) if header.base_offset != expected_offset => Scan::Bad("offset does not follow the previous batch"),
+        Ok(header) if header.last_offset_delta < 0 => Scan::Bad("negative offset delta"),
+        Ok(header) => Scan::Batch(header),
+    }
+}
+
+/// Updates a segment's in-memory indexes for a batch written at `position`.
+fn index_batch(segment: &mut Segment, header: &BatchHeader, position: u64, interval_bytes: u64) {
+    let new_max = header.max_timestamp > segment.max_timestamp;
+    if segment.first_batch_timestamp.is_none() {
+        segment.first_batch_timestamp = Some(header.max_timestamp);
+    }
+    if segment.bytes_since_index_entry >= interval_bytes || segment.offset_index.is_empty() {
+        let relative_offset = segment.relative(header.last_offset());
+        segment.offset_index.push(OffsetEntry { relative_offset, position: position as u32 });
+        let timestamp = segment.max_timestamp.max(header.max_timestamp);
+        if segment.time_index.last().is_none_or(|e| timestamp > e.timestamp) {
+            segment.time_index.push(TimeEntry { timestamp, relative_offset });
+        }
+        segment.bytes_since_index_entry = 0;
+    }
+    if new_max {
+        segment.max_timestamp = header.max_timestamp;
+    }
+    segment.bytes_since_index_entry += header.size_bytes() as u64;
+    segment.next_offset = header.next_offset();
+}
+
+fn encode_offset_entry(entry: &OffsetEntry) -> [u8; OFFSET_ENTRY_BYTES] {
+    let mut bytes = [0u8; OFFSET_ENTRY_BYTES];
+    bytes[..4].copy_from_slice(&entry.relative_offset.to_be_bytes());
+    bytes[4..].copy_from_slice(&entry.position.to_be_bytes());
+    bytes
+}
+
+fn encode_time_entry(entry: &TimeEntry) -> [u8; TIME_ENTRY_BYTES] {
+    let mut bytes = [0u8; TIME_ENTRY_BYTES];
+    bytes[..8].copy_from_slice(&entry.timestamp.to_be_bytes());
+    bytes[8..].copy_from_slice(&entry.relative_offset.to_be_bytes());
+    bytes
+}
+
+/// Writes index entries added since the given counts to the index files.
+fn append_index_entries<S: Storage + ?Sized>(
+    storage: &mut S,
+    segment: &Segment,
+    offset_from: usize,
+    time_from: usize,
+) -> io::Result<()> {
+    for (n, entry) in segment.offset_index.iter().enumerate().skip(offset_from) {
+        storage.write_at(segment.index_file, (n * OFFSET_ENTRY_BYTES) as u64, &encode_offset_entry(entry))?;
+    }
+    for (n, entry) in segment.time_index.iter().enumerate().skip(time_from) {
+        storage.write_at(segment.time_file, (n * TIME_ENTRY_BYTES) as u64, &encode_time_entry(entry))?;
+    }
+    Ok(())
+}
+
+/// Rewrites both index files from the in-memory indexes.
+fn write_indexes<S: Storage + ?Sized>(storage: &mut S, segment: &Segment) -> io::Result<()> {
+    let offsets: Vec<u8> = segment.offset_index.iter().flat_map(encode_offset_entry).collect();
+    let times: Vec<u8> = segment.time_index.iter().flat_map(encode_time_entry).collect();
+    storage.truncate(segment.index_file, 0)?;
+    storage.write_at(segment.index_file, 0, &offsets)?;
+    storage.truncate(segment.time_file, 0)?;
+    storage.write_at(segment.time_file, 0, &times)
+}
+
+/// Loads a segment's indexes after a clean stop and finds its end by
+/// scanning from the last index entry. Returns false when the index files are
+/// missing or inconsistent, so the caller rebuilds them.
+fn load_indexes<S: Storage + ?Sized>(storage: &mut S, segment: &mut Segment) -> io::Result<bool> {
+    let offset_len = storage.len(segment.index_file)? as usize;
+    let time_len = storage.len(segment.time_file)? as usize;
+    if offset_len % OFFSET_ENTRY_BYTES != 0 || time_len % TIME_ENTRY_BYTES != 0 {
+        return Ok(false);
+    }
+    let mut raw = vec![0u8; offset_len];
+    read_exact_at(storage, segment.index_file, 0, &mut raw)?;
+    let offsets: Vec<OffsetEntry> = raw
+        .chunks_exact(OFFSET_ENTRY_BYTES)
+        .map(|c| OffsetEntry {
+            relative_offset: u32::from_be_bytes([c[0], c[1], c[2], c[3]]),
+            position: u32::from_be_bytes([c[4], c[5], c[6], c[7]]),
+        })
+        .collect();
+    let mut raw = vec![0u8; time_len];
+    read_exact_at(storage, segment.time_file, 0, &mut raw)?;
+    let times: Vec<TimeEntry> = raw
+        .chunks_exact(TIME_ENTRY_BYTES)
+        .map(|c| TimeEntry {
+            timestamp: i64::from_be_bytes(c[..8].try_into().expect("8 bytes")),
+            relative_offset: u32::from_be_bytes(c[8..].try_into().expect("4 bytes")),
+        })
+        .collect();
+    let ordered = offsets.windows(2).all(|w| w[0].relative_offset < w[1].relative_offset && w[0].position < w[1].position)
+        && times.windows(2).all(|w| w[0].timestamp < w[1].timestamp && w[0].relative_offset <= w[1].relative_offset);
+    let within = offsets.last().is_none_or(|e| (e.position as u64) < segment.size_bytes);
+    if !ordered || !within || (segment.size_bytes > 0 && offsets.is_empty()) {
+        return Ok(false);
+    }
+    // Walk the tail from the last index entry to learn the segment's end.
+    let mut position = offsets.last().map_or(0, |e| e.position as u64);
+    let mut header_bytes = [0u8; HEADER_BYTES];
+    let mut next_offset = segment.base_offset;
+    let mut max_timestamp = times.last().map_or(-1, |e| e.timestamp);
+    let mut bytes_since = 0u64;
+    while position < segment.size_bytes {
+        if read_exact_at(storage, segment.log_file, position, &mut header_bytes).is_err() {
+            return Ok(false);
+        }
+        let header = BatchHeader::parse(&header_bytes);
+        if header.magic != 2 || header.batch_length < (HEADER_BYTES - batch::LOG_OVERHEAD) as i32 {
+            return Ok(false);
+        }
+        next_offset = header.next_offset();
+        max_timestamp = max_timestamp.max(header.max_timestamp);
+        bytes_since += header.size_bytes() as u64;
+        position += header.size_bytes() as u64;
+    }
+    if position != segment.size_bytes {
+        return Ok(false);
+    }
+    if segment.size_bytes > 0 {
+        read_exact_at(storage, segment.log_file, 0, &mut header_bytes)?;
+        segment.first_batch_timestamp = Some(BatchHeader::parse(&header_bytes).max_timestamp);
+    }
+    segment.offset_index = offsets;
+    segment.time_index = times;
+    segment.next_offset = next_offset;
+    segment.max_timestamp = max_timestamp;
+    segment.bytes_since_index_entry = bytes_since;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests;
