@@ -354,10 +354,6 @@ impl<S: Storage> Node<S> {
         self.write_seq
     }
 
-    pub(crate) fn current_seq(&self) -> u64 {
-        self.write_seq
-    }
-
     /// Issues a sync of everything dirty, unless one is already in flight.
     fn maybe_sync(&mut self) {
         if self.in_flight.is_some() || self.storage_failed {
