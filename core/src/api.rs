@@ -742,7 +742,7 @@ fn add_partitions<S: Storage>(
     if request.count == current {
         return Err((ResponseError::InvalidPartitions, format!("Topic already has {current} partition(s).")));
     }
-    if let Some(assignments) = &request.assignments {
+    if let Some(assignments) = request.assignments.as_ref().filter(|a| !a.is_empty()) {
         if assignments.len() as i32 != request.count - current {
             return Err((ResponseError::InvalidReplicaAssignment, "Assignments must cover exactly the new partitions".into()));
         }

@@ -607,3 +607,6 @@ pub(crate) fn encode_reply(header: ReplyHeader, reply: &api::Reply) -> Result<By
     buf[0..4].copy_from_slice(&length.to_be_bytes());
     Ok(buf.freeze())
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,472 @@
+//! Node tests: requests in as frames, responses and syncs out, on `MemStorage`,
+//! with the driver's part (performing syncs, crashing the disk) played here.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use kafka_protocol::ResponseError;
+
+use super::*;
+use crate::batch::tests::build_batch;
+use crate::storage::MemStorage;
+
+const CONN: ConnectionId = ConnectionId(1);
+
+struct Harness {
+    node: Node<MemStorage>,
+    now_ms: i64,
+    correlation: i32,
+    /// Syncs requested and not yet performed.
+    pending_syncs: Vec<(u64, Vec<SyncTarget>)>,
+    sent: Vec<Bytes>,
+    closed: bool,
+}
+
+impl Harness {
+    fn new(storage: MemStorage, pairs: &[(&str, &str)]) -> Harness {
+        let pairs = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let config = BrokerConfig::from_pairs(&pairs).expect("valid config");
+        let node = Node::open(storage, config, ("localhost".into(), 9092), 1, 1_000_000).expect("opens");
+        let mut harness = Harness { node, now_ms: 1_000_000, correlation: 0, pending_syncs: Vec::new(), sent: Vec::new(), closed: false };
+        harness.drain();
+        harness.sync_all();
+        assert!(harness.node.is_ready());
+        harness.node.handle_connect(harness.now_ms, CONN);
+        harness
+    }
+
+    fn drain(&mut self) {
+        while let Some(output) = self.node.poll_output() {
+            match output {
+                Output::Send { frame, .. } => self.sent.push(frame),
+                Output::Close { .. } => self.closed = true,
+                Output::Sync { id, targets } => self.pending_syncs.push((id, targets)),
+            }
+        }
+    }
+
+    /// Performs every requested sync, including those requested meanwhile.
+    fn sync_all(&mut self) {
+        while !self.pending_syncs.is_empty() {
+            for (id, targets) in std::mem::take(&mut self.pending_syncs) {
+                for target in &targets {
+                    self.node.storage.sync(target);
+                }
+                self.node.handle_synced(self.now_ms, id, Ok(()));
+                self.drain();
+            }
+        }
+    }
+
+    fn send_raw(&mut self, frame: Bytes) -> FrameOutcome {
+        let outcome = self.node.handle_frame(self.now_ms, CONN, frame);
+        self.drain();
+        outcome
+    }
+
+    fn send<T: Encodable>(&mut self, key: ApiKey, version: i16, body: &T) -> i32 {
+        self.correlation += 1;
+        let mut buf = BytesMut::new();
+        let header = RequestHeader::default()
+            .with_request_api_key(key as i16)
+            .with_request_api_version(version)
+            .with_correlation_id(self.correlation)
+            .with_client_id(Some(StrBytes::from_static_str("test")));
+        header.encode(&mut buf, key.request_header_version(version)).expect("header encodes");
+        body.encode(&mut buf, version).expect("body encodes");
+        self.send_raw(buf.freeze());
+        self.correlation
+    }
+
+    /// Takes the next response, checking its correlation id.
+    fn take<T: Decodable>(&mut self, key: ApiKey, version: i16, correlation: i32) -> T {
+        assert!(!self.sent.is_empty(), "no response was sent");
+        let mut frame = self.sent.remove(0);
+        let length = i32::from_be_bytes(frame[..4].try_into().expect("length"));
+        assert_eq!(length as usize, frame.len() - 4);
+        let _ = frame.split_to(4);
+        let header = ResponseHeader::decode(&mut frame, key.response_header_version(version)).expect("header");
+        assert_eq!(header.correlation_id, correlation);
+        T::decode(&mut frame, version).expect("body decodes")
+    }
+
+    fn create_topic(&mut self, name: &str, partitions: i32, configs: &[(&str, &str)]) -> i16 {
+        let configs = configs
+            .iter()
+            .map(|(k, v)| {
+                create_topics_request::CreatableTopicConfig::default()
+                    .with_name(StrBytes::from_string(k.to_string()))
+                    .with_value(Some(StrBytes::from_string(v.to_string())))
+            })
+            .collect();
+        let topic = create_topics_request::CreatableTopic::default()
+            .with_name(TopicName(StrBytes::from_string(name.into())))
+            .with_num_partitions(partitions)
+            .with_replication_factor(-1)
+            .with_configs(configs);
+        let c = self.send(ApiKey::CreateTopics, 7, &CreateTopicsRequest::default().with_topics(vec![topic]));
+        self.sync_all();
+        let response: CreateTopicsResponse = self.take(ApiKey::CreateTopics, 7, c);
+        response.topics[0].error_code
+    }
+
+    fn produce(&mut self, topic: &str, partition: i32, acks: i16, records: Bytes) -> i32 {
+        let data = produce_request::PartitionProduceData::default().with_index(partition).with_records(Some(records));
+        let topic = produce_request::TopicProduceData::default()
+            .with_name(TopicName(StrBytes::from_string(topic.into())))
+            .with_partition_data(vec![data]);
+        let request = ProduceRequest::default().with_acks(acks).with_timeout_ms(1000).with_topic_data(vec![topic]);
+        self.send(ApiKey::Produce, 9, &request)
+    }
+
+    fn produce_result(&mut self, correlation: i32) -> (i16, i64) {
+        let response: ProduceResponse = self.take(ApiKey::Produce, 9, correlation);
+        let partition = &response.responses[0].partition_responses[0];
+        (partition.error_code, partition.base_offset)
+    }
+
+    fn fetch(&mut self, topic: &str, offset: i64, max_wait_ms: i32, min_bytes: i32) -> i32 {
+        let partition = fetch_request::FetchPartition::default()
+            .with_partition(0)
+            .with_fetch_offset(offset)
+            .with_partition_max_bytes(1 << 20);
+        let topic = fetch_request::FetchTopic::default()
+            .with_topic(TopicName(StrBytes::from_string(topic.into())))
+            .with_partitions(vec![partition]);
+        let request = FetchRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_max_wait_ms(max_wait_ms)
+            .with_min_bytes(min_bytes)
+            .with_max_bytes(1 << 24)
+            .with_topics(vec![topic]);
+        self.send(ApiKey::Fetch, 12, &request)
+    }
+
+    fn fetch_result(&mut self, correlation: i32) -> fetch_response::PartitionData {
+        let response: FetchResponse = self.take(ApiKey::Fetch, 12, correlation);
+        response.responses[0].partitions[0].clone()
+    }
+}
+
+fn one_record(value: &[u8]) -> Bytes {
+    Bytes::from(build_batch(1_000_000, &[(Some(b"key"), Some(value), vec![], 0)]))
+}
+
+fn values_in(records: &[u8]) -> Vec<Vec<u8>> {
+    crate::batch::headers_in(records)
+        .flat_map(|(_, range)| crate::batch::decode_records(&records[range]).expect("valid"))
+        .map(|r| r.value.expect("value").to_vec())
+        .collect()
+}
+
+#[test]
+fn api_versions_response_bytes_are_stable() {
+    let mut h = Harness::new(MemStorage::new(), &[]);
+    let c = h.send(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default());
+    let frame = h.sent[0].clone();
+    let response: ApiVersionsResponse = h.take(ApiKey::ApiVersions, 3, c);
+    assert_eq!(response.error_code, 0);
+    let hex: String = frame.iter().map(|b| format!("{b:02x}")).collect();
+    insta::assert_snapshot!(hex);
+}
+
+#[test]
+fn a_too_new_api_versions_gets_error_35_as_v0() {
+    let mut h = Harness::new(MemStorage::new(), &[]);
+    let mut buf = BytesMut::new();
+    buf.put_i16(ApiKey::ApiVersions as i16);
+    buf.put_i16(99);
+    buf.put_i32(7);
+    buf.put_i16(-1);
+    h.send_raw(buf.freeze());
+    let response: ApiVersionsResponse = h.take(ApiKey::ApiVersions, 0, 7);
+    assert_eq!(response.error_code, 35);
+    assert!(response.api_keys.iter().any(|k| k.api_key == ApiKey::ApiVersions as i16 && k.max_version == 4));
+}
+
+#[test]
+fn unknown_api_keys_and_versions_close_the_connection() {
+    for (key, version) in [(999i16, 0i16), (ApiKey::Produce as i16, 2), (ApiKey::JoinGroup as i16, 0)] {
+        let mut h = Harness::new(MemStorage::new(), &[]);
+        let mut buf = BytesMut::new();
+        buf.put_i16(key);
+        buf.put_i16(version);
+        buf.put_i32(1);
+        buf.put_i16(-1);
+        h.send_raw(buf.freeze());
+        assert!(h.closed, "key {key} version {version} should close");
+        assert!(h.sent.is_empty());
+    }
+}
+
+#[test]
+fn produce_is_answered_only_after_the_sync() {
+    let mut h = Harness::new(MemStorage::new(), &[]);
+    assert_eq!(h.create_topic("t", 1, &[]), 0);
+    let c = h.produce("t", 0, -1, one_record(b"a"));
+    assert!(h.sent.is_empty(), "answered before the sync");
+    assert_eq!(h.pending_syncs.len(), 1);
+    h.sync_all();
+    assert_eq!(h.produce_result(c), (0, 0));
+}
+
+#[test]
+fn one_sync_covers_many_produces() {
+    let mut h = Harness::new(MemStorage::new(), &[]);
+    h.create_topic("t", 1, &[]);
+    let first = h.produce("t", 0, 1, one_record(b"a"));
+    let rest: Vec<i32> = (0..10).map(|i| h.produce("t", 0, 1, one_record(&[i]))).collect();
+    // One sync is in flight for the first produce; the other ten share the next.
+    assert_eq!(h.pending_syncs.len(), 1);
+    let (id, targets) = h.pending_syncs.remove(0);
+    for target in &targets {
+        h.node.storage.sync(target);
+    }
+    h.node.handle_synced(h.now_ms, id, Ok(()));
+    h.drain();
+    assert_eq!(h.pending_syncs.len(), 1, "the ten waiting appends share one sync");
+    h.sync_all();
+    assert_eq!(h.produce_result(first), (0, 0));
+    for (n, c) in rest.into_iter().enumerate() {
+        assert_eq!(h.produce_result(c), (0, n as i64 + 1));
+    }
+}
+
+#[test]
+fn a_failed_sync_fails_the_produce_and_later_ones() {
+    let mut h = Harness::new(MemStorage::new(), &[]);
+    h.create_topic("t", 1, &[]);
+    let c = h.produce("t", 0, 1, one_record(b"a"));
+    let (id, _) = h.pending_syncs.remove(0);
+    h.node.handle_synced(h.now_ms, id, Err("EIO".into()));
+    h.drain();
+    assert_eq!(h.produce_result(c).0, ResponseError::KafkaStorageError.code());
+    let c = h.produce("t", 0, 1, one_record(b"b"));
+    assert_eq!(h.produce_result(c).0, ResponseError::KafkaStorageError.code());
+}
+
+#[test]
+fn acks_zero_gets_no_response_and_bad_acks_zero_closes() {
+    let mut h = Harness::new(MemStorage::new(), &[]);
+    h.create_topic("t", 1, &[]);
+    let outcome = {
+        h.produce("t", 0, 0, one_record(b"a"));
+        h.sync_all();
+        h.sent.len()
+    };
+    assert_eq!(outcome, 0);
+    let mut bad = one_record(b"b").to_vec();
+    let last = bad.len() - 1;
+    bad[last] ^= 0xff;
+    h.produce("t", 0, 0, Bytes::from(bad));
+    assert!(h.closed);
+}
+
+#[test]
+fn bad_batches_get_kafkas_errors_and_append_nothing() {
+    let mut h = Harness::new(MemStorage::new(), &[("message.max.bytes", "200")]);
+    h.create_topic("t", 1, &[]);
+    let good = one_record(b"a").to_vec();
+    let mut bad_crc = good.clone();
+    let last = bad_crc.len() - 1;
+    bad_crc[last] ^= 1;
+    let mut old_magic = good.clone();
+    old_magic[16] = 1;
+    let big = build_batch(0, &[(None, Some(&[0u8; 300]), vec![], 0)]);
+    let mut two = good.clone();
+    two.extend_from_slice(&good);
+    let truncated = good[..good.len() - 3].to_vec();
+    let cases: Vec<(Vec<u8>, ResponseError)> = vec![
+        (bad_crc, ResponseError::CorruptMessage),
+        (old_magic, ResponseError::InvalidRecord),
+        (big, ResponseError::MessageTooLarge),
+        (two, ResponseError::InvalidRecord),
+        (truncated, ResponseError::CorruptMessage),
+    ];
+    for (records, expected) in cases {
+        let c = h.produce("t", 0, 1, Bytes::from(records));
+        h.sync_all();
+        assert_eq!(h.produce_result(c).0, expected.code(), "expected {expected:?}");
+    }
+    let c = h.produce("t", 0, 1, one_record(b"ok"));
+    h.sync_all();
+    assert_eq!(h.produce_result(c), (0, 0), "rejected batches consumed no offsets");
+}
+
+#[test]
+fn invalid_and_unknown_topics() {
+    let mut h = Harness::new(MemStorage::new(), &[("auto.create.topics.enable", "false")]);
+    let c = h.produce("bad/name", 0, 1, one_record(b"a"));
+    assert_eq!(h.produce_result(c).0, ResponseError::InvalidTopicException.code());
+    let c = h.produce("missing", 0, 1, one_record(b"a"));
+    assert_eq!(h.produce_result(c).0, ResponseError::UnknownTopicOrPartition.code());
+    assert_eq!(h.create_topic("a.b", 1, &[]), 0);
+    assert_eq!(h.create_topic("a_b", 1, &[]), ResponseError::InvalidTopicException.code());
+    assert_eq!(h.create_topic("a.b", 1, &[]), ResponseError::TopicAlreadyExists.code());
+    assert_eq!(h.create_topic("c", 1, &[("no.such", "1")]), ResponseError::InvalidConfig.code());
+}
+
+#[test]
+fn auto_creation_on_produce_when_enabled() {
+    let mut h = Harness::new(MemStorage::new(), &[("num.partitions", "2")]);
+    let c = h.produce("fresh", 1, 1, one_record(b"a"));
+    h.sync_all();
+    assert_eq!(h.produce_result(c), (0, 0));
+    assert_eq!(h.node.topics["fresh"].partitions.len(), 2);
+}
+
+#[test]
+fn fetch_long_polls_until_data_is_durable_or_the_deadline() {
+    let mut h = Harness::new(MemStorage::new(), &[]);
+    h.create_topic("t", 1, &[]);
+    let waiting = h.fetch("t", 0, 500, 1);
+    assert!(h.sent.is_empty());
+    assert_eq!(h.node.poll_timeout(), Some(h.now_ms + 500));
+    let p = h.produce("t", 0, 1, one_record(b"hello"));
+    assert!(h.sent.is_empty(), "fetch answered before the data was durable");
+    h.sync_all();
+    let data = h.fetch_result(waiting);
+    assert_eq!(data.high_watermark, 1);
+    assert_eq!(values_in(data.records.as_deref().unwrap_or_default()), vec![b"hello".to_vec()]);
+    assert_eq!(h.produce_result(p), (0, 0));
+    // Nothing new: the deadline answers with no records.
+    let c = h.fetch("t", 1, 200, 1);
+    h.now_ms += 200;
+    h.node.handle_timeout(h.now_ms);
+    h.drain();
+    let data = h.fetch_result(c);
+    assert_eq!(data.records.as_deref().map(|r| r.len()), Some(0));
+}
+
+#[test]
+fn responses_keep_request_order_behind_a_waiting_fetch() {
+    let mut h = Harness::new(MemStorage::new(), &[]);
+    h.create_topic("t", 1, &[]);
+    let fetch = h.fetch("t", 0, 1000, 1);
+    let metadata = h.send(ApiKey::Metadata, 12, &MetadataRequest::default().with_topics(None));
+    assert!(h.sent.is_empty(), "metadata overtook the fetch");
+    h.now_ms += 1000;
+    h.node.handle_timeout(h.now_ms);
+    h.drain();
+    h.fetch_result(fetch);
+    let response: MetadataResponse = h.take(ApiKey::Metadata, 12, metadata);
+    assert_eq!(response.topics.len(), 1);
+}
+
+#[test]
+fn fetch_returns_one_whole_batch_even_above_max_bytes() {
+    let mut h = Harness::new(MemStorage::new(), &[]);
+    h.create_topic("t", 1, &[]);
+    let c = h.produce("t", 0, 1, Bytes::from(build_batch(0, &[(None, Some(&[7u8; 5000]), vec![], 0)])));
+    h.sync_all();
+    h.produce_result(c);
+    let partition = fetch_request::FetchPartition::default().with_partition(0).with_fetch_offset(0).with_partition_max_bytes(100);
+    let topic = fetch_request::FetchTopic::default().with_topic(TopicName(StrBytes::from_static_str("t"))).with_partitions(vec![partition]);
+    let request = FetchRequest::default().with_max_bytes(100).with_topics(vec![topic]);
+    let c = h.send(ApiKey::Fetch, 12, &request);
+    let data = h.fetch_result(c);
+    assert_eq!(values_in(data.records.as_deref().unwrap_or_default()), vec![vec![7u8; 5000]]);
+}
+
+#[test]
+fn fetch_out_of_range_and_list_offsets() {
+    let mut h = Harness::new(MemStorage::new(), &[]);
+    h.create_topic("t", 1, &[]);
+    for (n, ts) in [(0u8, 100i64), (1, 300), (2, 200)] {
+        let c = h.produce("t", 0, 1, Bytes::from(build_batch(ts, &[(None, Some(&[n]), vec![], 0)])));
+        h.sync_all();
+        h.produce_result(c);
+    }
+    let c = h.fetch("t", 9, 0, 1);
+    assert_eq!(h.fetch_result(c).error_code, ResponseError::OffsetOutOfRange.code());
+    let lookup = |h: &mut Harness, timestamp: i64| {
+        let partition = list_offsets_request::ListOffsetsPartition::default().with_partition_index(0).with_timestamp(timestamp);
+        let topic = list_offsets_request::ListOffsetsTopic::default()
+            .with_name(TopicName(StrBytes::from_static_str("t")))
+            .with_partitions(vec![partition]);
+        let c = h.send(ApiKey::ListOffsets, 7, &ListOffsetsRequest::default().with_replica_id(BrokerId(-1)).with_topics(vec![topic]));
+        let response: ListOffsetsResponse = h.take(ApiKey::ListOffsets, 7, c);
+        let p = &response.topics[0].partitions[0];
+        (p.offset, p.timestamp)
+    };
+    assert_eq!(lookup(&mut h, -1).0, 3);
+    assert_eq!(lookup(&mut h, -2).0, 0);
+    assert_eq!(lookup(&mut h, -3), (1, 300));
+    assert_eq!(lookup(&mut h, 150), (1, 300));
+    assert_eq!(lookup(&mut h, 100), (0, 100));
+    assert_eq!(lookup(&mut h, 301), (-1, -1));
+}
+
+#[test]
+fn acknowledged_records_survive_a_crash_and_unsynced_ones_may_not() {
+    let mut h = Harness::new(MemStorage::new(), &[]);
+    h.create_topic("t", 1, &[]);
+    let c = h.produce("t", 0, 1, one_record(b"kept"));
+    h.sync_all();
+    assert_eq!(h.produce_result(c), (0, 0));
+    h.produce("t", 0, 1, one_record(b"unsynced"));
+    let mut storage = std::mem::take(&mut h.node.storage);
+    storage.crash(7);
+    let mut h = Harness::new(storage, &[]);
+    let c = h.fetch("t", 0, 0, 1);
+    let data = h.fetch_result(c);
+    assert_eq!(data.high_watermark, 1, "the torn unsynced batch was cut off");
+    assert_eq!(values_in(data.records.as_deref().unwrap_or_default()), vec![b"kept".to_vec()]);
+    let c = h.produce("t", 0, 1, one_record(b"next"));
+    h.sync_all();
+    assert_eq!(h.produce_result(c), (0, 1), "the lost offset is reused only because it was never acknowledged");
+}
+
+#[test]
+fn clean_shutdown_writes_the_marker_and_restart_uses_it() {
+    let mut h = Harness::new(MemStorage::new(), &[]);
+    h.create_topic("t", 1, &[]);
+    let c = h.produce("t", 0, 1, one_record(b"x"));
+    h.sync_all();
+    h.produce_result(c);
+    h.node.begin_shutdown(h.now_ms);
+    h.drain();
+    h.sync_all();
+    assert!(h.node.is_stopped());
+    let mut storage = std::mem::take(&mut h.node.storage);
+    storage.crash(0);
+    assert!(storage.exists(CLEAN_SHUTDOWN_FILE), "marker must be durable");
+    let mut h = Harness::new(storage, &[]);
+    assert!(!h.node.storage.exists(CLEAN_SHUTDOWN_FILE), "marker is consumed at start");
+    let c = h.fetch("t", 0, 0, 1);
+    assert_eq!(values_in(h.fetch_result(c).records.as_deref().unwrap_or_default()), vec![b"x".to_vec()]);
+}
+
+#[test]
+fn deleted_topics_leave_no_files_and_stay_deleted() {
+    let mut h = Harness::new(MemStorage::new(), &[]);
+    h.create_topic("gone", 2, &[]);
+    let request = DeleteTopicsRequest::default().with_topic_names(vec![TopicName(StrBytes::from_static_str("gone"))]);
+    let c = h.send(ApiKey::DeleteTopics, 5, &request);
+    h.sync_all();
+    let response: DeleteTopicsResponse = h.take(ApiKey::DeleteTopics, 5, c);
+    assert_eq!(response.responses[0].error_code, 0);
+    assert!(!h.node.storage.exists("gone-0"));
+    let mut storage = std::mem::take(&mut h.node.storage);
+    storage.crash(0);
+    let h = Harness::new(storage, &[]);
+    assert!(!h.node.topics.contains_key("gone"));
+}
+
+#[test]
+fn create_partitions_grows_a_topic() {
+    let mut h = Harness::new(MemStorage::new(), &[]);
+    h.create_topic("t", 1, &[]);
+    let grow = |h: &mut Harness, count: i32| {
+        let topic = create_partitions_request::CreatePartitionsTopic::default()
+            .with_name(TopicName(StrBytes::from_static_str("t")))
+            .with_count(count);
+        let c = h.send(ApiKey::CreatePartitions, 3, &CreatePartitionsRequest::default().with_topics(vec![topic]));
+        h.sync_all();
+        let response: CreatePartitionsResponse = h.take(ApiKey::CreatePartitions, 3, c);
+        response.results[0].error_code
+    };
+    assert_eq!(grow(&mut h, 3), 0);
+    assert_eq!(h.node.topics["t"].partitions.len(), 3);
+    assert_eq!(grow(&mut h, 2), ResponseError::InvalidPartitions.code());
+}
