@@ -498,7 +498,11 @@ fn handle_list_offsets<S: Storage>(node: &mut Node<S>, header: ReplyHeader, requ
                     .with_offset(-1)
                     .with_leader_epoch(-1);
                 match list_offset(node, &name, p.partition_index, p.timestamp) {
-                    Ok((offset, timestamp)) => base.with_offset(offset).with_timestamp(timestamp).with_leader_epoch(0),
+                    Ok((offset, timestamp)) => {
+                        // The leader epoch field exists from v4 on.
+                        let epoch = if header.version >= 4 && offset >= 0 { 0 } else { -1 };
+                        base.with_offset(offset).with_timestamp(timestamp).with_leader_epoch(epoch)
+                    }
                     Err(error) => base.with_error_code(code(error)),
                 }
             })

@@ -602,7 +602,9 @@ pub(crate) fn encode_reply(header: ReplyHeader, reply: &api::Reply) -> Result<By
     let response_header = ResponseHeader::default().with_correlation_id(header.correlation_id);
     let header_version = header.api_key.response_header_version(header.version);
     response_header.encode(&mut buf, header_version).map_err(|e| e.to_string())?;
-    reply.encode(&mut buf, header.version)?;
+    reply
+        .encode(&mut buf, header.version)
+        .map_err(|e| format!("cannot encode the {:?} v{} response: {e}", header.api_key, header.version))?;
     let length = (buf.len() - 4) as i32;
     buf[0..4].copy_from_slice(&length.to_be_bytes());
     Ok(buf.freeze())

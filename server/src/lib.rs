@@ -1,1 +1,8 @@
-//! Sluice server driver.
+//! The tokio driver of Sluice: the real disk, sockets, clock and syncer
+//! around the sans-IO core, plus the configuration file and the tools of the
+//! `sluice` binary.
+
+pub mod config_file;
+pub mod disk;
+pub mod driver;
+pub mod dump_log;

@@ -1,2 +1,93 @@
-//! The sluice binary.
-fn main() {}
+//! The `sluice` binary: `serve` runs a broker; `dump-log` prints a segment.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use sluice_server::{config_file, driver, dump_log};
+
+#[derive(Parser)]
+#[command(name = "sluice", version, about = "A Kafka-compatible distributed log")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a broker (a single node with its controller). Without --config the
+    /// embedded defaults apply: data in ./sluice-data, listening on 127.0.0.1:9092.
+    Serve {
+        /// A TOML file of broker settings, with Kafka's key names.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Set one key, over the file: --override num.partitions=3
+        #[arg(long = "override", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+    },
+    /// Print the batches of a segment file (.log), or the entries of an index.
+    DumpLog {
+        file: PathBuf,
+        /// Also print every record.
+        #[arg(long)]
+        records: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve { config, overrides } => serve(config, overrides),
+        Command::DumpLog { file, records } => dump_log::run(&file, records, &mut std::io::stdout().lock()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("sluice: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(config: Option<PathBuf>, overrides: Vec<String>) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let pairs = overrides
+        .iter()
+        .map(|pair| {
+            pair.split_once('=')
+                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                .ok_or_else(|| anyhow::anyhow!("--override wants KEY=VALUE, got `{pair}`"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let config = config_file::load(config.as_deref(), &pairs)?;
+    let listen = config_file::parse_listener(&config.listeners)?;
+    let advertised = config_file::parse_listener(&config.advertised_listeners)?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let listener = driver::bind(&listen).await?;
+        // An ephemeral port (0) is advertised as the port actually bound.
+        let bound = listener.local_addr()?.port();
+        let advertised = (
+            if advertised.0.is_empty() || advertised.0 == "0.0.0.0" { "localhost".to_string() } else { advertised.0 },
+            if advertised.1 == 0 { bound } else { advertised.1 },
+        );
+        driver::serve(config, listener, advertised, shutdown_signal()).await
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = match signal(SignalKind::terminate()) {
+        Ok(stream) => stream,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+}

@@ -470,3 +470,91 @@ fn create_partitions_grows_a_topic() {
     assert_eq!(h.node.topics["t"].partitions.len(), 3);
     assert_eq!(grow(&mut h, 2), ResponseError::InvalidPartitions.code());
 }
+
+/// Every served API at every advertised version answers a plain request
+/// with a response that encodes and decodes at that version.
+#[test]
+fn every_api_answers_at_every_version() {
+    let mut h = Harness::new(MemStorage::new(), &[]);
+    h.create_topic("t", 1, &[]);
+    let c = h.produce("t", 0, 1, one_record(b"a"));
+    h.sync_all();
+    h.produce_result(c);
+    let name = || TopicName(StrBytes::from_static_str("t"));
+    let id = uuid::Uuid::from_bytes(h.node.topics["t"].id);
+    for &(key, min, max) in crate::api::SUPPORTED {
+        for version in min..=max {
+            let c = match key {
+                ApiKey::ApiVersions => h.send(key, version, &ApiVersionsRequest::default()),
+                ApiKey::Metadata => h.send(key, version, &MetadataRequest::default().with_topics(None)),
+                ApiKey::Produce => {
+                    let data = produce_request::PartitionProduceData::default().with_index(0).with_records(Some(one_record(b"v")));
+                    let mut topic = produce_request::TopicProduceData::default().with_partition_data(vec![data]);
+                    if version >= 13 { topic.topic_id = id } else { topic.name = name() }
+                    h.send(key, version, &ProduceRequest::default().with_acks(1).with_topic_data(vec![topic]))
+                }
+                ApiKey::Fetch => {
+                    let partition = fetch_request::FetchPartition::default().with_partition_max_bytes(1000);
+                    let mut topic = fetch_request::FetchTopic::default().with_partitions(vec![partition]);
+                    if version >= 13 { topic.topic_id = id } else { topic.topic = name() }
+                    h.send(key, version, &FetchRequest::default().with_max_bytes(1000).with_topics(vec![topic]))
+                }
+                ApiKey::ListOffsets => {
+                    let partition = list_offsets_request::ListOffsetsPartition::default().with_timestamp(-1);
+                    let topic = list_offsets_request::ListOffsetsTopic::default().with_name(name()).with_partitions(vec![partition]);
+                    h.send(key, version, &ListOffsetsRequest::default().with_topics(vec![topic]))
+                }
+                ApiKey::CreateTopics => {
+                    let topic = create_topics_request::CreatableTopic::default()
+                        .with_name(TopicName(StrBytes::from_string(format!("c{version}"))))
+                        .with_num_partitions(1)
+                        .with_replication_factor(1);
+                    h.send(key, version, &CreateTopicsRequest::default().with_topics(vec![topic]))
+                }
+                ApiKey::DeleteTopics => {
+                    let gone = TopicName(StrBytes::from_static_str("missing"));
+                    let request = if version >= 6 {
+                        DeleteTopicsRequest::default().with_topics(vec![delete_topics_request::DeleteTopicState::default().with_name(Some(gone))])
+                    } else {
+                        DeleteTopicsRequest::default().with_topic_names(vec![gone])
+                    };
+                    h.send(key, version, &request)
+                }
+                ApiKey::CreatePartitions => {
+                    let topic = create_partitions_request::CreatePartitionsTopic::default().with_name(name()).with_count(1);
+                    h.send(key, version, &CreatePartitionsRequest::default().with_topics(vec![topic]))
+                }
+                ApiKey::DescribeConfigs => {
+                    let resources = vec![
+                        describe_configs_request::DescribeConfigsResource::default().with_resource_type(2).with_resource_name(StrBytes::from_static_str("t")),
+                        describe_configs_request::DescribeConfigsResource::default().with_resource_type(4).with_resource_name(StrBytes::from_static_str("1")),
+                    ];
+                    h.send(key, version, &DescribeConfigsRequest::default().with_resources(resources).with_include_synonyms(version >= 1))
+                }
+                ApiKey::DescribeCluster => h.send(key, version, &DescribeClusterRequest::default().with_endpoint_type(1)),
+                other => panic!("no request written for {other:?}"),
+            };
+            h.sync_all();
+            assert!(!h.closed, "{key:?} v{version} closed the connection");
+            assert_eq!(h.sent.len(), 1, "{key:?} v{version} got no response");
+            let mut frame = h.sent.remove(0).slice(4..);
+            let header = ResponseHeader::decode(&mut frame, key.response_header_version(version)).expect("header");
+            assert_eq!(header.correlation_id, c);
+            let decoded = match key {
+                ApiKey::ApiVersions => ApiVersionsResponse::decode(&mut frame, version).map(|r| r.error_code),
+                ApiKey::Metadata => MetadataResponse::decode(&mut frame, version).map(|r| r.error_code),
+                ApiKey::Produce => ProduceResponse::decode(&mut frame, version).map(|r| r.responses[0].partition_responses[0].error_code),
+                ApiKey::Fetch => FetchResponse::decode(&mut frame, version).map(|r| r.responses[0].partitions[0].error_code),
+                ApiKey::ListOffsets => ListOffsetsResponse::decode(&mut frame, version).map(|r| r.topics[0].partitions[0].error_code),
+                ApiKey::CreateTopics => CreateTopicsResponse::decode(&mut frame, version).map(|r| r.topics[0].error_code),
+                ApiKey::DeleteTopics => DeleteTopicsResponse::decode(&mut frame, version).map(|r| r.responses[0].error_code - 3),
+                ApiKey::CreatePartitions => CreatePartitionsResponse::decode(&mut frame, version).map(|r| r.results[0].error_code - 37),
+                ApiKey::DescribeConfigs => DescribeConfigsResponse::decode(&mut frame, version).map(|r| r.results[0].error_code + r.results[1].error_code),
+                ApiKey::DescribeCluster => DescribeClusterResponse::decode(&mut frame, version).map(|r| r.error_code),
+                _ => unreachable!(),
+            };
+            assert_eq!(decoded.expect("response decodes"), 0, "{key:?} v{version} answered with an unexpected error");
+            assert!(frame.is_empty(), "{key:?} v{version} left bytes after the body");
+        }
+    }
+}
