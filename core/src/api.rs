@@ -33,7 +33,10 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
 ];
 
 pub fn supported_versions(key: ApiKey) -> Option<(i16, i16)> {
-    SUPPORTED.iter().find(|(k, _, _)| *k == key).map(|&(_, min, max)| (min, max))
+    SUPPORTED
+        .iter()
+        .find(|(k, _, _)| *k == key)
+        .map(|&(_, min, max)| (min, max))
 }
 
 fn code(error: ResponseError) -> i16 {
@@ -108,10 +111,15 @@ pub fn api_versions_response(error_code: i16) -> ApiVersionsResponse {
     let api_keys = SUPPORTED
         .iter()
         .map(|&(key, min, max)| {
-            api_versions_response::ApiVersion::default().with_api_key(key as i16).with_min_version(min).with_max_version(max)
+            api_versions_response::ApiVersion::default()
+                .with_api_key(key as i16)
+                .with_min_version(min)
+                .with_max_version(max)
         })
         .collect();
-    ApiVersionsResponse::default().with_error_code(error_code).with_api_keys(api_keys)
+    ApiVersionsResponse::default()
+        .with_error_code(error_code)
+        .with_api_keys(api_keys)
 }
 
 /// Kafka's topic name rule: 1 to 249 of `[a-zA-Z0-9._-]`, not `.` or `..`.
@@ -123,9 +131,14 @@ pub fn topic_name_problem(name: &str) -> Option<String> {
         return Some("Topic name cannot be \".\" or \"..\"".into());
     }
     if name.len() > 249 {
-        return Some(format!("Topic name is illegal, it can't be longer than 249 characters, topic name: {name}"));
+        return Some(format!(
+            "Topic name is illegal, it can't be longer than 249 characters, topic name: {name}"
+        ));
     }
-    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-') {
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+    {
         return Some(format!("Topic name \"{name}\" is illegal, it contains a character other than ASCII alphanumerics, '.', '_' and '-'"));
     }
     None
@@ -133,7 +146,11 @@ pub fn topic_name_problem(name: &str) -> Option<String> {
 
 impl<S: Storage> Node<S> {
     fn broker_endpoint(&self) -> (i32, StrBytes, i32) {
-        (self.config.node_id, StrBytes::from_string(self.advertised.0.clone()), self.advertised.1 as i32)
+        (
+            self.config.node_id,
+            StrBytes::from_string(self.advertised.0.clone()),
+            self.advertised.1 as i32,
+        )
     }
 
     fn topic_collision(&self, name: &str) -> Option<String> {
@@ -146,12 +163,24 @@ impl<S: Storage> Node<S> {
 
     /// Records a new topic and opens its logs; durable after the next sync.
     /// Returns the sequence to wait for.
-    pub(crate) fn create_topic(&mut self, name: &str, partitions: i32, configs: BTreeMap<String, String>) -> Result<u64, ResponseError> {
-        let record = TopicRecord { name: name.to_string(), id: self.rng.uuid(), partitions, configs };
-        self.metadata.append(&mut self.storage, Change::CreateTopic(record.clone())).map_err(|error| {
-            tracing::error!(topic = name, %error, "cannot record a new topic");
-            ResponseError::KafkaStorageError
-        })?;
+    pub(crate) fn create_topic(
+        &mut self,
+        name: &str,
+        partitions: i32,
+        configs: BTreeMap<String, String>,
+    ) -> Result<u64, ResponseError> {
+        let record = TopicRecord {
+            name: name.to_string(),
+            id: self.rng.uuid(),
+            partitions,
+            configs,
+        };
+        self.metadata
+            .append(&mut self.storage, Change::CreateTopic(record.clone()))
+            .map_err(|error| {
+                tracing::error!(topic = name, %error, "cannot record a new topic");
+                ResponseError::KafkaStorageError
+            })?;
         if let Err(error) = self.open_topic(&record, true) {
             tracing::error!(topic = name, %error, "cannot create the logs of a new topic");
             return Err(ResponseError::KafkaStorageError);
@@ -168,15 +197,23 @@ impl<S: Storage> Node<S> {
         if topic_name_problem(name).is_some() || self.topic_collision(name).is_some() {
             return Err(ResponseError::InvalidTopicException);
         }
-        self.create_topic(name, self.config.num_partitions, BTreeMap::new()).map(Some)
+        self.create_topic(name, self.config.num_partitions, BTreeMap::new())
+            .map(Some)
     }
 
     fn topic_name_by_id(&self, id: &uuid::Uuid) -> Option<String> {
-        self.topics.iter().find(|(_, t)| t.id == *id.as_bytes()).map(|(name, _)| name.clone())
+        self.topics
+            .iter()
+            .find(|(_, t)| t.id == *id.as_bytes())
+            .map(|(name, _)| name.clone())
     }
 }
 
-fn handle_metadata<S: Storage>(node: &mut Node<S>, header: ReplyHeader, request: MetadataRequest) -> Result<Option<SlotState>, String> {
+fn handle_metadata<S: Storage>(
+    node: &mut Node<S>,
+    header: ReplyHeader,
+    request: MetadataRequest,
+) -> Result<Option<SlotState>, String> {
     let all = match &request.topics {
         None => true,
         Some(list) => list.is_empty() && header.version == 0,
@@ -185,19 +222,33 @@ fn handle_metadata<S: Storage>(node: &mut Node<S>, header: ReplyHeader, request:
     let mut wait_seq = None;
     let mut names: Vec<(Option<String>, Option<uuid::Uuid>, Option<ResponseError>)> = Vec::new();
     if all {
-        names = node.topics.keys().map(|n| (Some(n.clone()), None, None)).collect();
+        names = node
+            .topics
+            .keys()
+            .map(|n| (Some(n.clone()), None, None))
+            .collect();
     } else {
         for topic in request.topics.iter().flatten() {
             let name = topic.name.as_ref().map(|n| n.0.to_string());
             let name = name.or_else(|| node.topic_name_by_id(&topic.topic_id));
             match name {
-                None => names.push((None, Some(topic.topic_id), Some(ResponseError::UnknownTopicId))),
-                Some(name) if node.topics.contains_key(&name) => names.push((Some(name), None, None)),
+                None => names.push((
+                    None,
+                    Some(topic.topic_id),
+                    Some(ResponseError::UnknownTopicId),
+                )),
+                Some(name) if node.topics.contains_key(&name) => {
+                    names.push((Some(name), None, None))
+                }
                 Some(name) if topic_name_problem(&name).is_some() => {
                     names.push((Some(name), None, Some(ResponseError::InvalidTopicException)))
                 }
                 Some(name) => {
-                    let created = if may_create { node.auto_create(&name) } else { Err(ResponseError::UnknownTopicOrPartition) };
+                    let created = if may_create {
+                        node.auto_create(&name)
+                    } else {
+                        Err(ResponseError::UnknownTopicOrPartition)
+                    };
                     match created {
                         Ok(seq) => {
                             wait_seq = wait_seq.max(seq);
@@ -227,8 +278,14 @@ fn handle_metadata<S: Storage>(node: &mut Node<S>, header: ReplyHeader, request:
     match wait_seq {
         None => ready(header, reply),
         Some(seq) => {
-            let on_failure = Reply::Metadata(MetadataResponse::default().with_error_code(code(ResponseError::KafkaStorageError)));
-            Ok(Some(SlotState::AfterSync { seq, reply, on_failure }))
+            let on_failure = Reply::Metadata(
+                MetadataResponse::default().with_error_code(code(ResponseError::KafkaStorageError)),
+            );
+            Ok(Some(SlotState::AfterSync {
+                seq,
+                reply: Box::new(reply),
+                on_failure: Box::new(on_failure),
+            }))
         }
     }
 }
@@ -262,7 +319,9 @@ fn metadata_topic<S: Storage>(
                 .with_isr_nodes(vec![me])
         })
         .collect();
-    topic.with_topic_id(uuid::Uuid::from_bytes(found.id)).with_partitions(partitions)
+    topic
+        .with_topic_id(uuid::Uuid::from_bytes(found.id))
+        .with_partitions(partitions)
 }
 
 fn batch_error_code(error: &BatchError) -> (ResponseError, &'static str) {
@@ -273,7 +332,12 @@ fn batch_error_code(error: &BatchError) -> (ResponseError, &'static str) {
     }
 }
 
-fn handle_produce<S: Storage>(node: &mut Node<S>, now_ms: i64, header: ReplyHeader, request: ProduceRequest) -> Result<Option<SlotState>, String> {
+fn handle_produce<S: Storage>(
+    node: &mut Node<S>,
+    now_ms: i64,
+    header: ReplyHeader,
+    request: ProduceRequest,
+) -> Result<Option<SlotState>, String> {
     let acks = request.acks;
     let acks_valid = matches!(acks, -1..=1);
     let mut response = ProduceResponse::default();
@@ -298,7 +362,9 @@ fn handle_produce<S: Storage>(node: &mut Node<S>, now_ms: i64, header: ReplyHead
             match &name {
                 None => topic_error = Some(ResponseError::UnknownTopicId),
                 Some(name) if node.topics.contains_key(name) => {}
-                Some(name) if topic_name_problem(name).is_some() => topic_error = Some(ResponseError::InvalidTopicException),
+                Some(name) if topic_name_problem(name).is_some() => {
+                    topic_error = Some(ResponseError::InvalidTopicException)
+                }
                 Some(name) => match node.auto_create(name) {
                     Ok(seq) => wait_seq = wait_seq.max(seq),
                     Err(error) => topic_error = Some(error),
@@ -309,13 +375,18 @@ fn handle_produce<S: Storage>(node: &mut Node<S>, now_ms: i64, header: ReplyHead
             let index = partition_data.index;
             let result = match (topic_error, &name) {
                 (Some(error), _) => Err((error, None)),
-                (None, Some(name)) => produce_partition(node, now_ms, name, index, partition_data.records),
+                (None, Some(name)) => {
+                    produce_partition(node, now_ms, name, index, partition_data.records)
+                }
                 (None, None) => Err((ResponseError::UnknownTopicId, None)),
             };
             let partition_response = match result {
                 Ok((appended_at, log_start, seq)) => {
                     wait_seq = wait_seq.max(Some(seq));
-                    appended.push((response.responses.len(), topic_response.partition_responses.len()));
+                    appended.push((
+                        response.responses.len(),
+                        topic_response.partition_responses.len(),
+                    ));
                     produce_response::PartitionProduceResponse::default()
                         .with_index(index)
                         .with_base_offset(appended_at.base_offset)
@@ -352,13 +423,29 @@ fn handle_produce<S: Storage>(node: &mut Node<S>, now_ms: i64, header: ReplyHead
         partition.error_code = code(ResponseError::KafkaStorageError);
         partition.base_offset = -1;
     }
-    Ok(Some(SlotState::AfterSync { seq, reply: Reply::Produce(response), on_failure: Reply::Produce(failed) }))
+    Ok(Some(SlotState::AfterSync {
+        seq,
+        reply: Box::new(Reply::Produce(response)),
+        on_failure: Box::new(Reply::Produce(failed)),
+    }))
 }
 
-type ProduceResult = Result<(crate::log::Appended, i64, u64), (ResponseError, Option<&'static str>)>;
+type ProduceResult =
+    Result<(crate::log::Appended, i64, u64), (ResponseError, Option<&'static str>)>;
 
-fn produce_partition<S: Storage>(node: &mut Node<S>, now_ms: i64, name: &str, index: i32, records: Option<Bytes>) -> ProduceResult {
-    let Some(log) = node.topics.get_mut(name).and_then(|t| t.partitions.get_mut(index.max(0) as usize)).filter(|_| index >= 0) else {
+fn produce_partition<S: Storage>(
+    node: &mut Node<S>,
+    now_ms: i64,
+    name: &str,
+    index: i32,
+    records: Option<Bytes>,
+) -> ProduceResult {
+    let Some(log) = node
+        .topics
+        .get_mut(name)
+        .and_then(|t| t.partitions.get_mut(index.max(0) as usize))
+        .filter(|_| index >= 0)
+    else {
         return Err((ResponseError::UnknownTopicOrPartition, None));
     };
     let Some(records) = records.filter(|r| !r.is_empty()) else {
@@ -369,39 +456,62 @@ fn produce_partition<S: Storage>(node: &mut Node<S>, now_ms: i64, name: &str, in
         (error, Some(why))
     })?;
     if header.size_bytes() != records.len() {
-        return Err((ResponseError::InvalidRecord, Some("exactly one record batch is allowed per partition")));
+        return Err((
+            ResponseError::InvalidRecord,
+            Some("exactly one record batch is allowed per partition"),
+        ));
     }
     if records.len() > log.config().max_message_bytes {
-        return Err((ResponseError::MessageTooLarge, Some("batch larger than max.message.bytes")));
+        return Err((
+            ResponseError::MessageTooLarge,
+            Some("batch larger than max.message.bytes"),
+        ));
     }
     batch::validate_produced(&records, &header).map_err(|e| {
         let (error, why) = batch_error_code(&e);
         (error, Some(why))
     })?;
     let mut owned = records.to_vec();
-    let appended = log.append(&mut node.storage, &mut owned, 0, now_ms).map_err(|error| {
-        tracing::error!(topic = name, partition = index, %error, "append failed");
-        (ResponseError::KafkaStorageError, None)
-    })?;
+    let appended = log
+        .append(&mut node.storage, &mut owned, 0, now_ms)
+        .map_err(|error| {
+            tracing::error!(topic = name, partition = index, %error, "append failed");
+            (ResponseError::KafkaStorageError, None)
+        })?;
     let log_start = log.log_start_offset();
     let seq = node.note_partition_write(name, index);
     Ok((appended, log_start, seq))
 }
 
-fn handle_fetch<S: Storage>(node: &mut Node<S>, now_ms: i64, header: ReplyHeader, request: FetchRequest) -> Result<Option<SlotState>, String> {
+fn handle_fetch<S: Storage>(
+    node: &mut Node<S>,
+    now_ms: i64,
+    header: ReplyHeader,
+    request: FetchRequest,
+) -> Result<Option<SlotState>, String> {
     let immediate = request.max_wait_ms <= 0;
     if let Some(response) = fetch_response(node, header, &request, immediate) {
         return ready(header, Reply::Fetch(response));
     }
     let deadline_ms = now_ms.saturating_add(request.max_wait_ms as i64);
-    Ok(Some(SlotState::Fetch { request: Box::new(request), deadline_ms }))
+    Ok(Some(SlotState::Fetch {
+        request: Box::new(request),
+        deadline_ms,
+    }))
 }
 
 /// Builds a fetch response, or None when the request should keep waiting
 /// (fewer than `min_bytes` readable, no error, deadline not reached).
-pub(crate) fn fetch_response<S: Storage>(node: &mut Node<S>, header: ReplyHeader, request: &FetchRequest, deadline_passed: bool) -> Option<FetchResponse> {
+pub(crate) fn fetch_response<S: Storage>(
+    node: &mut Node<S>,
+    header: ReplyHeader,
+    request: &FetchRequest,
+    deadline_passed: bool,
+) -> Option<FetchResponse> {
     if request.session_id != 0 {
-        return Some(FetchResponse::default().with_error_code(code(ResponseError::FetchSessionIdNotFound)));
+        return Some(
+            FetchResponse::default().with_error_code(code(ResponseError::FetchSessionIdNotFound)),
+        );
     }
     let by_id = header.version >= 13;
     let mut bytes_left = request.max_bytes.max(0) as usize;
@@ -409,7 +519,11 @@ pub(crate) fn fetch_response<S: Storage>(node: &mut Node<S>, header: ReplyHeader
     let mut any_error = false;
     let mut responses = Vec::with_capacity(request.topics.len());
     for topic in &request.topics {
-        let name = if by_id { node.topic_name_by_id(&topic.topic_id) } else { Some(topic.topic.0.to_string()) };
+        let name = if by_id {
+            node.topic_name_by_id(&topic.topic_id)
+        } else {
+            Some(topic.topic.0.to_string())
+        };
         let mut partitions = Vec::with_capacity(topic.partitions.len());
         for partition in &topic.partitions {
             let mut data = fetch_response::PartitionData::default()
@@ -437,7 +551,9 @@ pub(crate) fn fetch_response<S: Storage>(node: &mut Node<S>, header: ReplyHeader
                 }
                 Err(error) => {
                     any_error = true;
-                    data = data.with_error_code(code(error)).with_records(Some(Bytes::new()));
+                    data = data
+                        .with_error_code(code(error))
+                        .with_records(Some(Bytes::new()));
                 }
             }
             partitions.push(data);
@@ -449,8 +565,10 @@ pub(crate) fn fetch_response<S: Storage>(node: &mut Node<S>, header: ReplyHeader
                 .with_partitions(partitions),
         );
     }
-    let enough = bytes_read >= request.min_bytes.max(0) as usize && (bytes_read > 0 || request.min_bytes <= 0);
-    if !(deadline_passed || any_error || enough || request.topics.is_empty() || node.storage_failed) {
+    let enough = bytes_read >= request.min_bytes.max(0) as usize
+        && (bytes_read > 0 || request.min_bytes <= 0);
+    if !(deadline_passed || any_error || enough || request.topics.is_empty() || node.storage_failed)
+    {
         return None;
     }
     Some(FetchResponse::default().with_responses(responses))
@@ -466,8 +584,14 @@ fn read_partition<S: Storage>(
     if node.storage_failed {
         return Err(ResponseError::KafkaStorageError);
     }
-    let topic = node.topics.get(name).ok_or(ResponseError::UnknownTopicOrPartition)?;
-    let log = topic.partitions.get(partition.partition.max(0) as usize).filter(|_| partition.partition >= 0);
+    let topic = node
+        .topics
+        .get(name)
+        .ok_or(ResponseError::UnknownTopicOrPartition)?;
+    let log = topic
+        .partitions
+        .get(partition.partition.max(0) as usize)
+        .filter(|_| partition.partition >= 0);
     let log = log.ok_or(ResponseError::UnknownTopicOrPartition)?;
     let offset = partition.fetch_offset;
     if offset < log.log_start_offset() || offset > log.log_end_offset() {
@@ -484,7 +608,11 @@ fn read_partition<S: Storage>(
     Ok((records, high_watermark, log.log_start_offset()))
 }
 
-fn handle_list_offsets<S: Storage>(node: &mut Node<S>, header: ReplyHeader, request: ListOffsetsRequest) -> Result<Option<SlotState>, String> {
+fn handle_list_offsets<S: Storage>(
+    node: &mut Node<S>,
+    header: ReplyHeader,
+    request: ListOffsetsRequest,
+) -> Result<Option<SlotState>, String> {
     let mut topics = Vec::new();
     for topic in &request.topics {
         let name = topic.name.0.to_string();
@@ -500,8 +628,14 @@ fn handle_list_offsets<S: Storage>(node: &mut Node<S>, header: ReplyHeader, requ
                 match list_offset(node, &name, p.partition_index, p.timestamp) {
                     Ok((offset, timestamp)) => {
                         // The leader epoch field exists from v4 on.
-                        let epoch = if header.version >= 4 && offset >= 0 { 0 } else { -1 };
-                        base.with_offset(offset).with_timestamp(timestamp).with_leader_epoch(epoch)
+                        let epoch = if header.version >= 4 && offset >= 0 {
+                            0
+                        } else {
+                            -1
+                        };
+                        base.with_offset(offset)
+                            .with_timestamp(timestamp)
+                            .with_leader_epoch(epoch)
                     }
                     Err(error) => base.with_error_code(code(error)),
                 }
@@ -513,17 +647,31 @@ fn handle_list_offsets<S: Storage>(node: &mut Node<S>, header: ReplyHeader, requ
                 .with_partitions(partitions),
         );
     }
-    ready(header, Reply::ListOffsets(ListOffsetsResponse::default().with_topics(topics)))
+    ready(
+        header,
+        Reply::ListOffsets(ListOffsetsResponse::default().with_topics(topics)),
+    )
 }
 
 /// Offset and timestamp for a ListOffsets target: -1 latest, -2 earliest,
 /// -3 max timestamp, -4 earliest local, -5 latest tiered, else by timestamp.
-fn list_offset<S: Storage>(node: &mut Node<S>, name: &str, partition: i32, target: i64) -> Result<(i64, i64), ResponseError> {
+fn list_offset<S: Storage>(
+    node: &mut Node<S>,
+    name: &str,
+    partition: i32,
+    target: i64,
+) -> Result<(i64, i64), ResponseError> {
     if node.storage_failed {
         return Err(ResponseError::KafkaStorageError);
     }
-    let topic = node.topics.get(name).ok_or(ResponseError::UnknownTopicOrPartition)?;
-    let log = topic.partitions.get(partition.max(0) as usize).filter(|_| partition >= 0);
+    let topic = node
+        .topics
+        .get(name)
+        .ok_or(ResponseError::UnknownTopicOrPartition)?;
+    let log = topic
+        .partitions
+        .get(partition.max(0) as usize)
+        .filter(|_| partition >= 0);
     let log = log.ok_or(ResponseError::UnknownTopicOrPartition)?;
     let high_watermark = log.durable_offset();
     let storage_error = |error: std::io::Error| {
@@ -534,13 +682,23 @@ fn list_offset<S: Storage>(node: &mut Node<S>, name: &str, partition: i32, targe
         -1 => Ok((high_watermark, -1)),
         -2 | -4 => Ok((log.log_start_offset(), -1)),
         -5 => Ok((-1, -1)),
-        -3 => Ok(log.offset_of_max_timestamp(&mut node.storage, high_watermark).map_err(storage_error)?.unwrap_or((-1, -1))),
-        t if t >= 0 => Ok(log.offset_for_timestamp(&mut node.storage, t, high_watermark).map_err(storage_error)?.unwrap_or((-1, -1))),
+        -3 => Ok(log
+            .offset_of_max_timestamp(&mut node.storage, high_watermark)
+            .map_err(storage_error)?
+            .unwrap_or((-1, -1))),
+        t if t >= 0 => Ok(log
+            .offset_for_timestamp(&mut node.storage, t, high_watermark)
+            .map_err(storage_error)?
+            .unwrap_or((-1, -1))),
         _ => Err(ResponseError::InvalidRequest),
     }
 }
 
-fn handle_create_topics<S: Storage>(node: &mut Node<S>, header: ReplyHeader, request: CreateTopicsRequest) -> Result<Option<SlotState>, String> {
+fn handle_create_topics<S: Storage>(
+    node: &mut Node<S>,
+    header: ReplyHeader,
+    request: CreateTopicsRequest,
+) -> Result<Option<SlotState>, String> {
     let mut seen = BTreeMap::new();
     for topic in &request.topics {
         *seen.entry(topic.name.0.to_string()).or_insert(0) += 1;
@@ -554,7 +712,10 @@ fn handle_create_topics<S: Storage>(node: &mut Node<S>, header: ReplyHeader, req
             .with_num_partitions(-1)
             .with_replication_factor(-1);
         let outcome = if seen[&name] > 1 {
-            Err((ResponseError::InvalidRequest, format!("Duplicate topic name: {name}")))
+            Err((
+                ResponseError::InvalidRequest,
+                format!("Duplicate topic name: {name}"),
+            ))
         } else {
             create_one_topic(node, topic, request.validate_only)
         };
@@ -565,11 +726,15 @@ fn handle_create_topics<S: Storage>(node: &mut Node<S>, header: ReplyHeader, req
                 result = result
                     .with_num_partitions(partitions)
                     .with_replication_factor(1)
-                    .with_topic_id(found.map_or(uuid::Uuid::nil(), |t| uuid::Uuid::from_bytes(t.id)))
+                    .with_topic_id(
+                        found.map_or(uuid::Uuid::nil(), |t| uuid::Uuid::from_bytes(t.id)),
+                    )
                     .with_configs(Some(configs));
             }
             Err((error, message)) => {
-                result = result.with_error_code(code(error)).with_error_message(Some(StrBytes::from_string(message)));
+                result = result
+                    .with_error_code(code(error))
+                    .with_error_message(Some(StrBytes::from_string(message)));
             }
         }
         results.push(result);
@@ -580,23 +745,48 @@ fn handle_create_topics<S: Storage>(node: &mut Node<S>, header: ReplyHeader, req
         Some(seq) => {
             let failed = results
                 .into_iter()
-                .map(|r| if r.error_code == 0 { r.with_error_code(code(ResponseError::KafkaStorageError)) } else { r })
+                .map(|r| {
+                    if r.error_code == 0 {
+                        r.with_error_code(code(ResponseError::KafkaStorageError))
+                    } else {
+                        r
+                    }
+                })
                 .collect();
-            let on_failure = Reply::CreateTopics(CreateTopicsResponse::default().with_topics(failed));
-            Ok(Some(SlotState::AfterSync { seq, reply, on_failure }))
+            let on_failure =
+                Reply::CreateTopics(CreateTopicsResponse::default().with_topics(failed));
+            Ok(Some(SlotState::AfterSync {
+                seq,
+                reply: Box::new(reply),
+                on_failure: Box::new(on_failure),
+            }))
         }
     }
 }
 
-type CreateOutcome = Result<(i32, Vec<create_topics_response::CreatableTopicConfigs>, Option<u64>), (ResponseError, String)>;
+type CreateOutcome = Result<
+    (
+        i32,
+        Vec<create_topics_response::CreatableTopicConfigs>,
+        Option<u64>,
+    ),
+    (ResponseError, String),
+>;
 
-fn create_one_topic<S: Storage>(node: &mut Node<S>, topic: &create_topics_request::CreatableTopic, validate_only: bool) -> CreateOutcome {
+fn create_one_topic<S: Storage>(
+    node: &mut Node<S>,
+    topic: &create_topics_request::CreatableTopic,
+    validate_only: bool,
+) -> CreateOutcome {
     let name = topic.name.0.to_string();
     if let Some(problem) = topic_name_problem(&name) {
         return Err((ResponseError::InvalidTopicException, problem));
     }
     if node.topics.contains_key(&name) {
-        return Err((ResponseError::TopicAlreadyExists, format!("Topic '{name}' already exists.")));
+        return Err((
+            ResponseError::TopicAlreadyExists,
+            format!("Topic '{name}' already exists."),
+        ));
     }
     if let Some(collision) = node.topic_collision(&name) {
         return Err((ResponseError::InvalidTopicException, collision));
@@ -605,32 +795,61 @@ fn create_one_topic<S: Storage>(node: &mut Node<S>, topic: &create_topics_reques
         (-1, 0) => node.config.num_partitions,
         (-1, assigned) => assigned as i32,
         (n, 0) if n > 0 => n,
-        (n, _) if n > 0 => return Err((ResponseError::InvalidRequest, "Both numPartitions and replicaAssignments were set".into())),
-        (n, _) => return Err((ResponseError::InvalidPartitions, format!("Number of partitions was set to an invalid non-positive value: {n}."))),
+        (n, _) if n > 0 => {
+            return Err((
+                ResponseError::InvalidRequest,
+                "Both numPartitions and replicaAssignments were set".into(),
+            ))
+        }
+        (n, _) => {
+            return Err((
+                ResponseError::InvalidPartitions,
+                format!("Number of partitions was set to an invalid non-positive value: {n}."),
+            ))
+        }
     };
     let factor = match topic.replication_factor {
         -1 => node.config.default_replication_factor,
         n => n,
     };
     if factor <= 0 {
-        return Err((ResponseError::InvalidReplicationFactor, "Replication factor must be larger than 0.".into()));
+        return Err((
+            ResponseError::InvalidReplicationFactor,
+            "Replication factor must be larger than 0.".into(),
+        ));
     }
     if factor > 1 {
         return Err((ResponseError::InvalidReplicationFactor, format!("Unable to replicate the partition {factor} time(s): The target replication factor of {factor} cannot be reached because only 1 broker(s) are registered.")));
     }
     for assignment in &topic.assignments {
-        if assignment.broker_ids.iter().map(|b| b.0).collect::<Vec<_>>() != vec![node.config.node_id] {
-            return Err((ResponseError::InvalidReplicaAssignment, "Replica assignments must name this broker once".into()));
+        if assignment
+            .broker_ids
+            .iter()
+            .map(|b| b.0)
+            .collect::<Vec<_>>()
+            != vec![node.config.node_id]
+        {
+            return Err((
+                ResponseError::InvalidReplicaAssignment,
+                "Replica assignments must name this broker once".into(),
+            ));
         }
     }
     let mut configs = BTreeMap::new();
     for entry in &topic.configs {
         let Some(value) = &entry.value else {
-            return Err((ResponseError::InvalidConfig, format!("Null value not supported for topic configs: {}", entry.name.as_str())));
+            return Err((
+                ResponseError::InvalidConfig,
+                format!(
+                    "Null value not supported for topic configs: {}",
+                    entry.name.as_str()
+                ),
+            ));
         };
         configs.insert(entry.name.to_string(), value.to_string());
     }
-    let topic_config = TopicConfig::new(&node.config, &configs).map_err(|e| (ResponseError::InvalidConfig, e.to_string()))?;
+    let topic_config = TopicConfig::new(&node.config, &configs)
+        .map_err(|e| (ResponseError::InvalidConfig, e.to_string()))?;
     let described = topic_config
         .describe(&node.config)
         .into_iter()
@@ -644,7 +863,9 @@ fn create_one_topic<S: Storage>(node: &mut Node<S>, topic: &create_topics_reques
     if validate_only {
         return Ok((partitions, described, None));
     }
-    let seq = node.create_topic(&name, partitions, topic_config.overrides.explicit).map_err(|e| (e, "cannot write the topic".into()))?;
+    let seq = node
+        .create_topic(&name, partitions, topic_config.overrides.explicit)
+        .map_err(|e| (e, "cannot write the topic".into()))?;
     Ok((partitions, described, Some(seq)))
 }
 
@@ -656,20 +877,38 @@ fn config_source_code(source: Source) -> i8 {
     }
 }
 
-fn handle_delete_topics<S: Storage>(node: &mut Node<S>, header: ReplyHeader, request: DeleteTopicsRequest) -> Result<Option<SlotState>, String> {
-    let mut wanted: Vec<(Option<String>, uuid::Uuid)> =
-        request.topic_names.iter().map(|n| (Some(n.0.to_string()), uuid::Uuid::nil())).collect();
-    wanted.extend(request.topics.iter().map(|t| (t.name.as_ref().map(|n| n.0.to_string()), t.topic_id)));
+fn handle_delete_topics<S: Storage>(
+    node: &mut Node<S>,
+    header: ReplyHeader,
+    request: DeleteTopicsRequest,
+) -> Result<Option<SlotState>, String> {
+    let mut wanted: Vec<(Option<String>, uuid::Uuid)> = request
+        .topic_names
+        .iter()
+        .map(|n| (Some(n.0.to_string()), uuid::Uuid::nil()))
+        .collect();
+    wanted.extend(
+        request
+            .topics
+            .iter()
+            .map(|t| (t.name.as_ref().map(|n| n.0.to_string()), t.topic_id)),
+    );
     let mut results = Vec::new();
     let mut wait_seq = None;
     for (name, id) in wanted {
         let resolved = name.clone().or_else(|| node.topic_name_by_id(&id));
         let mut result = delete_topics_response::DeletableTopicResult::default()
-            .with_name(resolved.clone().map(|n| TopicName(StrBytes::from_string(n))))
+            .with_name(
+                resolved
+                    .clone()
+                    .map(|n| TopicName(StrBytes::from_string(n))),
+            )
             .with_topic_id(id);
         let outcome = match resolved {
             None => Err(ResponseError::UnknownTopicId),
-            Some(name) if !node.topics.contains_key(&name) => Err(ResponseError::UnknownTopicOrPartition),
+            Some(name) if !node.topics.contains_key(&name) => {
+                Err(ResponseError::UnknownTopicOrPartition)
+            }
             Some(name) => delete_topic(node, &name),
         };
         match outcome {
@@ -678,22 +917,38 @@ fn handle_delete_topics<S: Storage>(node: &mut Node<S>, header: ReplyHeader, req
         }
         results.push(result);
     }
-    let reply = Reply::DeleteTopics(DeleteTopicsResponse::default().with_responses(results.clone()));
+    let reply =
+        Reply::DeleteTopics(DeleteTopicsResponse::default().with_responses(results.clone()));
     match wait_seq {
         None => ready(header, reply),
         Some(seq) => {
-            let failed = results.into_iter().map(|r| r.with_error_code(code(ResponseError::KafkaStorageError))).collect();
-            let on_failure = Reply::DeleteTopics(DeleteTopicsResponse::default().with_responses(failed));
-            Ok(Some(SlotState::AfterSync { seq, reply, on_failure }))
+            let failed = results
+                .into_iter()
+                .map(|r| r.with_error_code(code(ResponseError::KafkaStorageError)))
+                .collect();
+            let on_failure =
+                Reply::DeleteTopics(DeleteTopicsResponse::default().with_responses(failed));
+            Ok(Some(SlotState::AfterSync {
+                seq,
+                reply: Box::new(reply),
+                on_failure: Box::new(on_failure),
+            }))
         }
     }
 }
 
 fn delete_topic<S: Storage>(node: &mut Node<S>, name: &str) -> Result<u64, ResponseError> {
-    node.metadata.append(&mut node.storage, Change::DeleteTopic { name: name.to_string() }).map_err(|error| {
-        tracing::error!(topic = name, %error, "cannot record a topic deletion");
-        ResponseError::KafkaStorageError
-    })?;
+    node.metadata
+        .append(
+            &mut node.storage,
+            Change::DeleteTopic {
+                name: name.to_string(),
+            },
+        )
+        .map_err(|error| {
+            tracing::error!(topic = name, %error, "cannot record a topic deletion");
+            ResponseError::KafkaStorageError
+        })?;
     let topic = node.topics.remove(name).expect("checked by the caller");
     // The deletion is recorded first: a crash from here on leaves orphan
     // directories, which the next start removes.
@@ -704,28 +959,44 @@ fn delete_topic<S: Storage>(node: &mut Node<S>, name: &str) -> Result<u64, Respo
     Ok(node.note_other_write(SyncTarget::Dir(String::new())))
 }
 
-fn handle_create_partitions<S: Storage>(node: &mut Node<S>, header: ReplyHeader, request: CreatePartitionsRequest) -> Result<Option<SlotState>, String> {
+fn handle_create_partitions<S: Storage>(
+    node: &mut Node<S>,
+    header: ReplyHeader,
+    request: CreatePartitionsRequest,
+) -> Result<Option<SlotState>, String> {
     let mut results = Vec::new();
     let mut wait_seq = None;
     for topic in &request.topics {
         let name = topic.name.0.to_string();
         let outcome = add_partitions(node, &name, topic, request.validate_only);
-        let mut result = create_partitions_response::CreatePartitionsTopicResult::default().with_name(topic.name.clone());
+        let mut result = create_partitions_response::CreatePartitionsTopicResult::default()
+            .with_name(topic.name.clone());
         match outcome {
             Ok(seq) => wait_seq = wait_seq.max(seq),
             Err((error, message)) => {
-                result = result.with_error_code(code(error)).with_error_message(Some(StrBytes::from_string(message)))
+                result = result
+                    .with_error_code(code(error))
+                    .with_error_message(Some(StrBytes::from_string(message)))
             }
         }
         results.push(result);
     }
-    let reply = Reply::CreatePartitions(CreatePartitionsResponse::default().with_results(results.clone()));
+    let reply =
+        Reply::CreatePartitions(CreatePartitionsResponse::default().with_results(results.clone()));
     match wait_seq {
         None => ready(header, reply),
         Some(seq) => {
-            let failed = results.into_iter().map(|r| r.with_error_code(code(ResponseError::KafkaStorageError))).collect();
-            let on_failure = Reply::CreatePartitions(CreatePartitionsResponse::default().with_results(failed));
-            Ok(Some(SlotState::AfterSync { seq, reply, on_failure }))
+            let failed = results
+                .into_iter()
+                .map(|r| r.with_error_code(code(ResponseError::KafkaStorageError)))
+                .collect();
+            let on_failure =
+                Reply::CreatePartitions(CreatePartitionsResponse::default().with_results(failed));
+            Ok(Some(SlotState::AfterSync {
+                seq,
+                reply: Box::new(reply),
+                on_failure: Box::new(on_failure),
+            }))
         }
     }
 }
@@ -737,35 +1008,57 @@ fn add_partitions<S: Storage>(
     validate_only: bool,
 ) -> Result<Option<u64>, (ResponseError, String)> {
     let Some(topic) = node.topics.get(name) else {
-        return Err((ResponseError::UnknownTopicOrPartition, format!("The topic '{name}' does not exist.")));
+        return Err((
+            ResponseError::UnknownTopicOrPartition,
+            format!("The topic '{name}' does not exist."),
+        ));
     };
     let current = topic.partitions.len() as i32;
     if request.count < current {
         return Err((ResponseError::InvalidPartitions, format!("The topic {name} currently has {current} partition(s); {} would not be an increase.", request.count)));
     }
     if request.count == current {
-        return Err((ResponseError::InvalidPartitions, format!("Topic already has {current} partition(s).")));
+        return Err((
+            ResponseError::InvalidPartitions,
+            format!("Topic already has {current} partition(s)."),
+        ));
     }
     if let Some(assignments) = request.assignments.as_ref().filter(|a| !a.is_empty()) {
         if assignments.len() as i32 != request.count - current {
-            return Err((ResponseError::InvalidReplicaAssignment, "Assignments must cover exactly the new partitions".into()));
+            return Err((
+                ResponseError::InvalidReplicaAssignment,
+                "Assignments must cover exactly the new partitions".into(),
+            ));
         }
-        if assignments.iter().any(|a| a.broker_ids.iter().map(|b| b.0).collect::<Vec<_>>() != vec![node.config.node_id]) {
-            return Err((ResponseError::InvalidReplicaAssignment, "Replica assignments must name this broker once".into()));
+        if assignments.iter().any(|a| {
+            a.broker_ids.iter().map(|b| b.0).collect::<Vec<_>>() != vec![node.config.node_id]
+        }) {
+            return Err((
+                ResponseError::InvalidReplicaAssignment,
+                "Replica assignments must name this broker once".into(),
+            ));
         }
     }
     if validate_only || node.storage_failed {
-        return if node.storage_failed { Err((ResponseError::KafkaStorageError, "storage offline".into())) } else { Ok(None) };
+        return if node.storage_failed {
+            Err((ResponseError::KafkaStorageError, "storage offline".into()))
+        } else {
+            Ok(None)
+        };
     }
-    let change = Change::SetPartitions { name: name.to_string(), partitions: request.count };
+    let change = Change::SetPartitions {
+        name: name.to_string(),
+        partitions: request.count,
+    };
     node.metadata
         .append(&mut node.storage, change)
         .map_err(|e| (ResponseError::KafkaStorageError, e.to_string()))?;
     let topic = node.topics.get_mut(name).expect("checked above");
     for index in current..request.count {
         let dir = format!("{name}-{index}");
-        let (log, _) = crate::log::PartitionLog::open(&mut node.storage, &dir, topic.config.clone(), true)
-            .map_err(|e| (ResponseError::KafkaStorageError, e.to_string()))?;
+        let (log, _) =
+            crate::log::PartitionLog::open(&mut node.storage, &dir, topic.config.clone(), true)
+                .map_err(|e| (ResponseError::KafkaStorageError, e.to_string()))?;
         topic.partitions.push(log);
     }
     for index in current..request.count {
@@ -774,13 +1067,27 @@ fn add_partitions<S: Storage>(
     Ok(Some(node.note_other_write(SyncTarget::Dir(String::new()))))
 }
 
-fn handle_describe_configs<S: Storage>(node: &mut Node<S>, header: ReplyHeader, request: DescribeConfigsRequest) -> Result<Option<SlotState>, String> {
+fn handle_describe_configs<S: Storage>(
+    node: &mut Node<S>,
+    header: ReplyHeader,
+    request: DescribeConfigsRequest,
+) -> Result<Option<SlotState>, String> {
     let results = request
         .resources
         .iter()
-        .map(|resource| describe_resource(node, resource, request.include_synonyms, request.include_documentation))
+        .map(|resource| {
+            describe_resource(
+                node,
+                resource,
+                request.include_synonyms,
+                request.include_documentation,
+            )
+        })
         .collect();
-    ready(header, Reply::DescribeConfigs(DescribeConfigsResponse::default().with_results(results)))
+    ready(
+        header,
+        Reply::DescribeConfigs(DescribeConfigsResponse::default().with_results(results)),
+    )
 }
 
 const RESOURCE_TOPIC: i8 = 2;
@@ -805,7 +1112,12 @@ fn describe_resource<S: Storage>(
     let result = describe_configs_response::DescribeConfigsResult::default()
         .with_resource_type(resource.resource_type)
         .with_resource_name(resource.resource_name.clone());
-    let wanted = |key: &str| resource.configuration_keys.as_ref().is_none_or(|keys| keys.iter().any(|k| k.as_str() == key));
+    let wanted = |key: &str| {
+        resource
+            .configuration_keys
+            .as_ref()
+            .is_none_or(|keys| keys.iter().any(|k| k.as_str() == key))
+    };
     let entry = |key: &config::Key, value: String, source: i8, read_only: bool| {
         let mut item = describe_configs_response::DescribeConfigsResourceResult::default()
             .with_name(StrBytes::from_static_str(key.name))
@@ -829,7 +1141,9 @@ fn describe_resource<S: Storage>(
             let Some(topic) = node.topics.get(&name) else {
                 return result
                     .with_error_code(code(ResponseError::UnknownTopicOrPartition))
-                    .with_error_message(Some(StrBytes::from_string(format!("Topic {name} does not exist."))));
+                    .with_error_message(Some(StrBytes::from_string(format!(
+                        "Topic {name} does not exist."
+                    ))));
             };
             let configs = topic
                 .config
@@ -849,21 +1163,35 @@ fn describe_resource<S: Storage>(
                 .filter(|key| wanted(key.name))
                 .map(|key| {
                     let explicit = node.config.values.explicit.contains_key(key.name);
-                    entry(key, node.config.get(key.name), if explicit { 4 } else { 5 }, true)
+                    entry(
+                        key,
+                        node.config.get(key.name),
+                        if explicit { 4 } else { 5 },
+                        true,
+                    )
                 })
                 .collect();
             result.with_configs(configs)
         }
         RESOURCE_BROKER => result
             .with_error_code(code(ResponseError::InvalidRequest))
-            .with_error_message(Some(StrBytes::from_string(format!("Unexpected broker id, expected {}", node.config.node_id)))),
+            .with_error_message(Some(StrBytes::from_string(format!(
+                "Unexpected broker id, expected {}",
+                node.config.node_id
+            )))),
         other => result
             .with_error_code(code(ResponseError::InvalidRequest))
-            .with_error_message(Some(StrBytes::from_string(format!("Unsupported resource type {other}")))),
+            .with_error_message(Some(StrBytes::from_string(format!(
+                "Unsupported resource type {other}"
+            )))),
     }
 }
 
-fn handle_describe_cluster<S: Storage>(node: &mut Node<S>, header: ReplyHeader, request: DescribeClusterRequest) -> Result<Option<SlotState>, String> {
+fn handle_describe_cluster<S: Storage>(
+    node: &mut Node<S>,
+    header: ReplyHeader,
+    request: DescribeClusterRequest,
+) -> Result<Option<SlotState>, String> {
     let (node_id, host, port) = node.broker_endpoint();
     let mut response = DescribeClusterResponse::default()
         .with_cluster_id(StrBytes::from_string(node.cluster_id.clone()))
@@ -873,7 +1201,9 @@ fn handle_describe_cluster<S: Storage>(node: &mut Node<S>, header: ReplyHeader, 
     if header.version >= 1 && request.endpoint_type != 1 {
         response = response
             .with_error_code(code(ResponseError::UnsupportedEndpointType))
-            .with_error_message(Some(StrBytes::from_static_str("only broker endpoints are served")));
+            .with_error_message(Some(StrBytes::from_static_str(
+                "only broker endpoints are served",
+            )));
     } else {
         response.brokers = vec![describe_cluster_response::DescribeClusterBroker::default()
             .with_broker_id(BrokerId(node_id))

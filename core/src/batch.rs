@@ -127,14 +127,18 @@ pub fn check_framing(batch: &[u8]) -> Result<BatchHeader, BatchError> {
         return Err(BatchError::Corrupt("batch shorter than its header"));
     };
     if magic != 2 {
-        return Err(BatchError::Invalid("only record batch v2 (magic 2) is accepted"));
+        return Err(BatchError::Invalid(
+            "only record batch v2 (magic 2) is accepted",
+        ));
     }
     if batch.len() < HEADER_BYTES || length < (HEADER_BYTES - LOG_OVERHEAD) as i32 {
         return Err(BatchError::Corrupt("batch shorter than its header"));
     }
     let header = BatchHeader::parse(batch);
     if header.size_bytes() != batch.len() {
-        return Err(BatchError::Corrupt("batch length does not match the bytes sent"));
+        return Err(BatchError::Corrupt(
+            "batch length does not match the bytes sent",
+        ));
     }
     if compute_crc(batch) != header.crc {
         return Err(BatchError::Corrupt("CRC-32C mismatch"));
@@ -149,7 +153,9 @@ pub fn check_framing_first(records: &[u8]) -> Result<BatchHeader, BatchError> {
         return Err(BatchError::Corrupt("batch shorter than its header"));
     };
     if magic != 2 {
-        return Err(BatchError::Invalid("only record batch v2 (magic 2) is accepted"));
+        return Err(BatchError::Invalid(
+            "only record batch v2 (magic 2) is accepted",
+        ));
     }
     let size = length as i64 + LOG_OVERHEAD as i64;
     if length < 0 || size > records.len() as i64 {
@@ -162,19 +168,27 @@ pub fn check_framing_first(records: &[u8]) -> Result<BatchHeader, BatchError> {
 /// Kafka's produce validation that do not depend on broker state.
 pub fn validate_produced(batch: &[u8], header: &BatchHeader) -> Result<(), BatchError> {
     if header.is_control() {
-        return Err(BatchError::Invalid("control batches may not be produced by clients"));
+        return Err(BatchError::Invalid(
+            "control batches may not be produced by clients",
+        ));
     }
     if header.record_count <= 0 {
         return Err(BatchError::Invalid("batch has no records"));
     }
     if header.last_offset_delta < 0 || header.record_count != header.last_offset_delta + 1 {
-        return Err(BatchError::Invalid("record count does not match last offset delta"));
+        return Err(BatchError::Invalid(
+            "record count does not match last offset delta",
+        ));
     }
     if header.producer_id >= 0 && header.base_sequence < 0 {
-        return Err(BatchError::Invalid("producer id set without a base sequence"));
+        return Err(BatchError::Invalid(
+            "producer id set without a base sequence",
+        ));
     }
     if header.is_log_append_time() {
-        return Err(BatchError::InvalidTimestamp("producers may not set LogAppendTime"));
+        return Err(BatchError::InvalidTimestamp(
+            "producers may not set LogAppendTime",
+        ));
     }
     if header.compression() > 4 {
         return Err(BatchError::Corrupt("unknown compression codec"));
@@ -200,7 +214,9 @@ fn check_records(mut records: &[u8], header: &BatchHeader) -> Result<(), BatchEr
         let _ = read_varlong(&mut record).ok_or(BROKEN)?; // timestamp delta
         let offset_delta = read_varint(&mut record).ok_or(BROKEN)?;
         if offset_delta != expected_delta {
-            return Err(BatchError::Invalid("record offset deltas are not consecutive"));
+            return Err(BatchError::Invalid(
+                "record offset deltas are not consecutive",
+            ));
         }
         skip_nullable(&mut record).ok_or(BROKEN)?; // key
         skip_nullable(&mut record).ok_or(BROKEN)?; // value
@@ -292,7 +308,9 @@ fn parse_records(plain: &Bytes, header: &BatchHeader) -> Result<Vec<RecordView>,
         let header_count = read_varint(&mut record).ok_or(BROKEN)?;
         let mut headers = Vec::new();
         for _ in 0..header_count.max(0) {
-            let name = read_nullable(&mut record, &slice).ok_or(BROKEN)?.unwrap_or_default();
+            let name = read_nullable(&mut record, &slice)
+                .ok_or(BROKEN)?
+                .unwrap_or_default();
             let value = read_nullable(&mut record, &slice).ok_or(BROKEN)?;
             headers.push((name, value));
         }
@@ -374,12 +392,15 @@ fn read_nullable(buf: &mut &[u8], slice: &dyn Fn(&[u8], usize) -> Bytes) -> Opti
 /// Iterates over the complete batches at the start of `bytes`, yielding each
 /// batch's header and byte range; stops at the first incomplete or old-format
 /// entry. Does not check CRCs.
-pub fn headers_in(bytes: &[u8]) -> impl Iterator<Item = (BatchHeader, std::ops::Range<usize>)> + '_ {
+pub fn headers_in(
+    bytes: &[u8],
+) -> impl Iterator<Item = (BatchHeader, std::ops::Range<usize>)> + '_ {
     let mut position = 0usize;
     std::iter::from_fn(move || {
         let rest = &bytes[position..];
         let (length, magic) = peek_size_and_magic(rest)?;
-        if magic != 2 || rest.len() < HEADER_BYTES || length < (HEADER_BYTES - LOG_OVERHEAD) as i32 {
+        if magic != 2 || rest.len() < HEADER_BYTES || length < (HEADER_BYTES - LOG_OVERHEAD) as i32
+        {
             return None;
         }
         let header = BatchHeader::parse(rest);
@@ -418,7 +439,12 @@ pub mod tests {
     }
 
     /// A test record: key, value, headers, timestamp delta.
-    pub type TestRecord<'a> = (Option<&'a [u8]>, Option<&'a [u8]>, Vec<(&'a [u8], Option<&'a [u8]>)>, i64);
+    pub type TestRecord<'a> = (
+        Option<&'a [u8]>,
+        Option<&'a [u8]>,
+        Vec<(&'a [u8], Option<&'a [u8]>)>,
+        i64,
+    );
 
     /// Builds an uncompressed v2 batch the way a producer would.
     pub fn build_batch(base_timestamp: i64, records: &[TestRecord<'_>]) -> Vec<u8> {
@@ -462,7 +488,10 @@ pub mod tests {
 
     #[test]
     fn framing_accepts_a_built_batch_and_decodes_it() {
-        let batch = build_batch(1000, &[(Some(b"k"), Some(b"v"), vec![(b"h", Some(b"x"))], 5)]);
+        let batch = build_batch(
+            1000,
+            &[(Some(b"k"), Some(b"v"), vec![(b"h", Some(b"x"))], 5)],
+        );
         let header = check_framing(&batch).expect("valid batch");
         validate_produced(&batch, &header).expect("valid produce");
         let records = decode_records(&batch).expect("decodes");
@@ -477,7 +506,10 @@ pub mod tests {
         let mut batch = build_batch(0, &[(None, Some(b"value"), vec![], 0)]);
         let last = batch.len() - 1;
         batch[last] ^= 1;
-        assert_eq!(check_framing(&batch), Err(BatchError::Corrupt("CRC-32C mismatch")));
+        assert_eq!(
+            check_framing(&batch),
+            Err(BatchError::Corrupt("CRC-32C mismatch"))
+        );
     }
 
     #[test]
@@ -497,12 +529,18 @@ pub mod tests {
 
     #[test]
     fn count_mismatch_is_invalid() {
-        let mut batch = build_batch(0, &[(None, Some(b"a"), vec![], 0), (None, Some(b"b"), vec![], 0)]);
+        let mut batch = build_batch(
+            0,
+            &[(None, Some(b"a"), vec![], 0), (None, Some(b"b"), vec![], 0)],
+        );
         batch[57..61].copy_from_slice(&3i32.to_be_bytes());
         let crc = compute_crc(&batch);
         batch[17..21].copy_from_slice(&crc.to_be_bytes());
         let header = check_framing(&batch).expect("framing ok");
-        assert!(matches!(validate_produced(&batch, &header), Err(BatchError::Invalid(_))));
+        assert!(matches!(
+            validate_produced(&batch, &header),
+            Err(BatchError::Invalid(_))
+        ));
     }
 
     #[test]

@@ -30,12 +30,38 @@ pub struct Key {
     pub doc: &'static str,
 }
 
-const fn key(name: &'static str, kind: Kind, default: &'static str, min: i64, doc: &'static str) -> Key {
-    Key { name, kind, default, min, broker_key: None, doc }
+const fn key(
+    name: &'static str,
+    kind: Kind,
+    default: &'static str,
+    min: i64,
+    doc: &'static str,
+) -> Key {
+    Key {
+        name,
+        kind,
+        default,
+        min,
+        broker_key: None,
+        doc,
+    }
 }
 
-const fn topic(name: &'static str, broker: &'static str, kind: Kind, default: &'static str, min: i64) -> Key {
-    Key { name, kind, default, min, broker_key: Some(broker), doc: "" }
+const fn topic(
+    name: &'static str,
+    broker: &'static str,
+    kind: Kind,
+    default: &'static str,
+    min: i64,
+) -> Key {
+    Key {
+        name,
+        kind,
+        default,
+        min,
+        broker_key: Some(broker),
+        doc: "",
+    }
 }
 
 const TIMESTAMP_TYPES: &[&str] = &["CreateTime", "LogAppendTime"];
@@ -45,51 +71,219 @@ const COMPRESSION_TYPES: &[&str] = &["producer"];
 /// Keys of the broker (server config file and DescribeConfigs of a broker).
 pub const BROKER_KEYS: &[Key] = &[
     key("node.id", Kind::Int, "1", 0, "this node's id"),
-    key("listeners", Kind::String, "PLAINTEXT://127.0.0.1:9092", 0, "address to listen on"),
-    key("advertised.listeners", Kind::String, "", 0, "address clients are told (defaults to listeners)"),
-    key("log.dirs", Kind::String, "./sluice-data", 0, "directory holding the logs"),
-    key("num.partitions", Kind::Int, "1", 1, "partitions of an auto-created topic"),
-    key("default.replication.factor", Kind::Int, "1", 1, "replicas of an auto-created topic"),
-    key("auto.create.topics.enable", Kind::Bool, "true", 0, "create unknown topics on Metadata and Produce"),
-    key("message.max.bytes", Kind::Int, "1048588", 0, "largest record batch accepted"),
-    key("socket.request.max.bytes", Kind::Int, "104857600", 1, "largest request frame accepted"),
-    key("log.segment.bytes", Kind::Int, "1073741824", 14, "segment size before a roll"),
-    key("log.roll.ms", Kind::Long, "604800000", 1, "segment age before a roll"),
-    key("log.retention.ms", Kind::Long, "604800000", -1, "age after which segments are deleted"),
-    key("log.retention.bytes", Kind::Long, "-1", -1, "partition size above which old segments are deleted"),
-    key("log.retention.check.interval.ms", Kind::Long, "300000", 1, "how often retention runs"),
-    key("log.index.interval.bytes", Kind::Int, "4096", 0, "bytes between offset index entries"),
-    key("log.message.timestamp.type", Kind::Choice(TIMESTAMP_TYPES), "CreateTime", 0, "timestamp kept in batches"),
-    key("log.cleanup.policy", Kind::Choice(CLEANUP_POLICIES), "delete", 0, "what happens to old segments"),
-    key("min.insync.replicas", Kind::Int, "1", 1, "replicas needed for acks=all"),
-    key("compression.type", Kind::Choice(COMPRESSION_TYPES), "producer", 0, "batches are kept as produced"),
+    key(
+        "listeners",
+        Kind::String,
+        "PLAINTEXT://127.0.0.1:9092",
+        0,
+        "address to listen on",
+    ),
+    key(
+        "advertised.listeners",
+        Kind::String,
+        "",
+        0,
+        "address clients are told (defaults to listeners)",
+    ),
+    key(
+        "log.dirs",
+        Kind::String,
+        "./sluice-data",
+        0,
+        "directory holding the logs",
+    ),
+    key(
+        "num.partitions",
+        Kind::Int,
+        "1",
+        1,
+        "partitions of an auto-created topic",
+    ),
+    key(
+        "default.replication.factor",
+        Kind::Int,
+        "1",
+        1,
+        "replicas of an auto-created topic",
+    ),
+    key(
+        "auto.create.topics.enable",
+        Kind::Bool,
+        "true",
+        0,
+        "create unknown topics on Metadata and Produce",
+    ),
+    key(
+        "message.max.bytes",
+        Kind::Int,
+        "1048588",
+        0,
+        "largest record batch accepted",
+    ),
+    key(
+        "socket.request.max.bytes",
+        Kind::Int,
+        "104857600",
+        1,
+        "largest request frame accepted",
+    ),
+    key(
+        "log.segment.bytes",
+        Kind::Int,
+        "1073741824",
+        14,
+        "segment size before a roll",
+    ),
+    key(
+        "log.roll.ms",
+        Kind::Long,
+        "604800000",
+        1,
+        "segment age before a roll",
+    ),
+    key(
+        "log.retention.ms",
+        Kind::Long,
+        "604800000",
+        -1,
+        "age after which segments are deleted",
+    ),
+    key(
+        "log.retention.bytes",
+        Kind::Long,
+        "-1",
+        -1,
+        "partition size above which old segments are deleted",
+    ),
+    key(
+        "log.retention.check.interval.ms",
+        Kind::Long,
+        "300000",
+        1,
+        "how often retention runs",
+    ),
+    key(
+        "log.index.interval.bytes",
+        Kind::Int,
+        "4096",
+        0,
+        "bytes between offset index entries",
+    ),
+    key(
+        "log.message.timestamp.type",
+        Kind::Choice(TIMESTAMP_TYPES),
+        "CreateTime",
+        0,
+        "timestamp kept in batches",
+    ),
+    key(
+        "log.cleanup.policy",
+        Kind::Choice(CLEANUP_POLICIES),
+        "delete",
+        0,
+        "what happens to old segments",
+    ),
+    key(
+        "min.insync.replicas",
+        Kind::Int,
+        "1",
+        1,
+        "replicas needed for acks=all",
+    ),
+    key(
+        "compression.type",
+        Kind::Choice(COMPRESSION_TYPES),
+        "producer",
+        0,
+        "batches are kept as produced",
+    ),
 ];
 
 /// Keys of a topic (CreateTopics configs, DescribeConfigs of a topic).
 pub const TOPIC_KEYS: &[Key] = &[
-    topic("segment.bytes", "log.segment.bytes", Kind::Int, "1073741824", 14),
+    topic(
+        "segment.bytes",
+        "log.segment.bytes",
+        Kind::Int,
+        "1073741824",
+        14,
+    ),
     topic("segment.ms", "log.roll.ms", Kind::Long, "604800000", 1),
-    topic("retention.ms", "log.retention.ms", Kind::Long, "604800000", -1),
-    topic("retention.bytes", "log.retention.bytes", Kind::Long, "-1", -1),
-    topic("index.interval.bytes", "log.index.interval.bytes", Kind::Int, "4096", 0),
-    topic("max.message.bytes", "message.max.bytes", Kind::Int, "1048588", 0),
-    topic("message.timestamp.type", "log.message.timestamp.type", Kind::Choice(TIMESTAMP_TYPES), "CreateTime", 0),
-    topic("cleanup.policy", "log.cleanup.policy", Kind::Choice(CLEANUP_POLICIES), "delete", 0),
-    topic("min.insync.replicas", "min.insync.replicas", Kind::Int, "1", 1),
-    topic("compression.type", "compression.type", Kind::Choice(COMPRESSION_TYPES), "producer", 0),
+    topic(
+        "retention.ms",
+        "log.retention.ms",
+        Kind::Long,
+        "604800000",
+        -1,
+    ),
+    topic(
+        "retention.bytes",
+        "log.retention.bytes",
+        Kind::Long,
+        "-1",
+        -1,
+    ),
+    topic(
+        "index.interval.bytes",
+        "log.index.interval.bytes",
+        Kind::Int,
+        "4096",
+        0,
+    ),
+    topic(
+        "max.message.bytes",
+        "message.max.bytes",
+        Kind::Int,
+        "1048588",
+        0,
+    ),
+    topic(
+        "message.timestamp.type",
+        "log.message.timestamp.type",
+        Kind::Choice(TIMESTAMP_TYPES),
+        "CreateTime",
+        0,
+    ),
+    topic(
+        "cleanup.policy",
+        "log.cleanup.policy",
+        Kind::Choice(CLEANUP_POLICIES),
+        "delete",
+        0,
+    ),
+    topic(
+        "min.insync.replicas",
+        "min.insync.replicas",
+        Kind::Int,
+        "1",
+        1,
+    ),
+    topic(
+        "compression.type",
+        "compression.type",
+        Kind::Choice(COMPRESSION_TYPES),
+        "producer",
+        0,
+    ),
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConfigError {
     UnknownKey(String),
-    BadValue { key: String, value: String, why: String },
+    BadValue {
+        key: String,
+        value: String,
+        why: String,
+    },
 }
 
 impl std::fmt::Display for ConfigError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ConfigError::UnknownKey(key) => write!(f, "unknown configuration key `{key}`"),
-            ConfigError::BadValue { key, value, why } => write!(f, "bad value `{value}` for `{key}`: {why}"),
+            ConfigError::BadValue { key, value, why } => {
+                write!(f, "bad value `{value}` for `{key}`: {why}")
+            }
         }
     }
 }
@@ -98,7 +292,11 @@ impl std::error::Error for ConfigError {}
 
 /// Checks a value against its key; returns the value in canonical form.
 pub fn check_value(key: &Key, value: &str) -> Result<String, ConfigError> {
-    let bad = |why: &str| ConfigError::BadValue { key: key.name.into(), value: value.into(), why: why.into() };
+    let bad = |why: &str| ConfigError::BadValue {
+        key: key.name.into(),
+        value: value.into(),
+        why: why.into(),
+    };
     let value = value.trim();
     match key.kind {
         Kind::Int | Kind::Long => {
@@ -170,11 +368,16 @@ impl BrokerConfig {
         let advertised = get("advertised.listeners");
         Ok(BrokerConfig {
             node_id: number("node.id") as i32,
-            advertised_listeners: if advertised.is_empty() { listeners.clone() } else { advertised },
+            advertised_listeners: if advertised.is_empty() {
+                listeners.clone()
+            } else {
+                advertised
+            },
             listeners,
             log_dirs: get("log.dirs"),
             num_partitions: number("num.partitions") as i32,
-            default_replication_factor: number("default.replication.factor").min(i16::MAX as i64) as i16,
+            default_replication_factor: number("default.replication.factor").min(i16::MAX as i64)
+                as i16,
             auto_create_topics: get("auto.create.topics.enable") == "true",
             socket_request_bytes_max: number("socket.request.max.bytes") as usize,
             retention_check_interval_ms: number("log.retention.check.interval.ms"),
@@ -194,7 +397,11 @@ impl BrokerConfig {
 
 fn broker_value(values: &Values, name: &str) -> String {
     let key = find(BROKER_KEYS, name).expect("known broker key");
-    values.explicit.get(name).cloned().unwrap_or_else(|| key.default.to_string())
+    values
+        .explicit
+        .get(name)
+        .cloned()
+        .unwrap_or_else(|| key.default.to_string())
 }
 
 /// Where a topic config value comes from, as DescribeConfigs reports it.
@@ -219,7 +426,10 @@ pub struct TopicConfig {
 }
 
 impl TopicConfig {
-    pub fn new(broker: &BrokerConfig, overrides: &BTreeMap<String, String>) -> Result<TopicConfig, ConfigError> {
+    pub fn new(
+        broker: &BrokerConfig,
+        overrides: &BTreeMap<String, String>,
+    ) -> Result<TopicConfig, ConfigError> {
         let overrides = Values::parse(TOPIC_KEYS, overrides)?;
         let get = |name: &str| topic_value(broker, &overrides, name).0;
         let number = |name: &str| get(name).parse::<i64>().unwrap_or_default();
@@ -264,7 +474,10 @@ mod tests {
     use super::*;
 
     fn pairs(items: &[(&str, &str)]) -> BTreeMap<String, String> {
-        items.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        items
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -279,7 +492,8 @@ mod tests {
 
     #[test]
     fn topic_values_fall_back_to_the_broker() {
-        let broker = BrokerConfig::from_pairs(&pairs(&[("log.segment.bytes", "4096")])).expect("valid");
+        let broker =
+            BrokerConfig::from_pairs(&pairs(&[("log.segment.bytes", "4096")])).expect("valid");
         let topic = TopicConfig::new(&broker, &pairs(&[("retention.ms", "10")])).expect("valid");
         assert_eq!(topic.segment_bytes, 4096);
         let described = topic.describe(&broker);
@@ -295,6 +509,10 @@ mod tests {
         );
         assert!(BrokerConfig::from_pairs(&pairs(&[("num.partitions", "zero")])).is_err());
         assert!(BrokerConfig::from_pairs(&pairs(&[("num.partitions", "0")])).is_err());
-        assert!(TopicConfig::new(&BrokerConfig::defaults(), &pairs(&[("cleanup.policy", "compact")])).is_err());
+        assert!(TopicConfig::new(
+            &BrokerConfig::defaults(),
+            &pairs(&[("cleanup.policy", "compact")])
+        )
+        .is_err());
     }
 }

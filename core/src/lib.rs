@@ -6,14 +6,14 @@
 //! node wants done comes out as values that the driver (`sluice-server`, or
 //! the simulator) carries out.
 
+pub mod api;
 pub mod batch;
 pub mod config;
 pub mod log;
-pub mod storage;
-pub mod api;
 pub mod metadata;
 pub mod node;
 pub mod rng;
+pub mod storage;
 
 pub use node::{ConnectionId, FrameOutcome, Node, Output};
 pub use storage::{FileId, MemStorage, Storage, SyncTarget};

@@ -66,14 +66,19 @@ struct Segment {
 impl Segment {
     fn relative(&self, offset: i64) -> u32 {
         let relative = offset - self.base_offset;
-        assert!((0..=u32::MAX as i64).contains(&relative), "offset outside its segment");
+        assert!(
+            (0..=u32::MAX as i64).contains(&relative),
+            "offset outside its segment"
+        );
         relative as u32
     }
 
     /// Byte position from which a scan finds the batch holding `offset`.
     fn position_for(&self, offset: i64) -> u64 {
         let relative = (offset - self.base_offset).clamp(0, u32::MAX as i64) as u32;
-        let at = self.offset_index.partition_point(|e| e.relative_offset <= relative);
+        let at = self
+            .offset_index
+            .partition_point(|e| e.relative_offset <= relative);
         match at {
             0 => 0,
             n => self.offset_index[n - 1].position as u64,
@@ -137,7 +142,9 @@ impl PartitionLog {
             .collect();
         for name in &names {
             let orphan = match name.rsplit_once('.') {
-                Some((stem, "index" | "timeindex")) => stem.parse::<i64>().map_or(true, |b| !bases.contains(&b)),
+                Some((stem, "index" | "timeindex")) => {
+                    stem.parse::<i64>().map_or(true, |b| !bases.contains(&b))
+                }
                 Some((_, "deleted" | "cleaned" | "swap")) => true,
                 _ => false,
             };
@@ -149,7 +156,11 @@ impl PartitionLog {
         let mut expected_next: Option<i64> = None;
         for (position, &base) in bases.iter().enumerate() {
             if expected_next.is_some_and(|next| next != base) {
-                tracing::warn!(dir, base, "segment does not continue the log; removing it and later segments");
+                tracing::warn!(
+                    dir,
+                    base,
+                    "segment does not continue the log; removing it and later segments"
+                );
                 recovery.segments_removed += log.remove_files_from(storage, &bases[position..])?;
                 break;
             }
@@ -163,7 +174,8 @@ impl PartitionLog {
             expected_next = Some(segment.next_offset);
             log.segments.push(segment);
             if !intact {
-                recovery.segments_removed += log.remove_files_from(storage, &bases[position + 1..])?;
+                recovery.segments_removed +=
+                    log.remove_files_from(storage, &bases[position + 1..])?;
                 break;
             }
         }
@@ -177,13 +189,21 @@ impl PartitionLog {
         // counts as durable until the first sync of this log completes.
         log.durable_offset = log.log_start_offset;
         for segment in &log.segments {
-            log.dirty.insert(SyncTarget::File(format!("{}/{}", log.dir, segment_name(segment.base_offset, "log"))));
+            log.dirty.insert(SyncTarget::File(format!(
+                "{}/{}",
+                log.dir,
+                segment_name(segment.base_offset, "log")
+            )));
         }
         log.invariants();
         Ok((log, recovery))
     }
 
-    fn open_segment<S: Storage + ?Sized>(&mut self, storage: &mut S, base: i64) -> io::Result<Segment> {
+    fn open_segment<S: Storage + ?Sized>(
+        &mut self,
+        storage: &mut S,
+        base: i64,
+    ) -> io::Result<Segment> {
         let path = |suffix: &str| format!("{}/{}", self.dir, segment_name(base, suffix));
         let log_file = storage.open(&path("log"), true)?;
         let index_file = storage.open(&path("index"), true)?;
@@ -203,7 +223,11 @@ impl PartitionLog {
         })
     }
 
-    fn remove_files_from<S: Storage + ?Sized>(&mut self, storage: &mut S, bases: &[i64]) -> io::Result<usize> {
+    fn remove_files_from<S: Storage + ?Sized>(
+        &mut self,
+        storage: &mut S,
+        bases: &[i64],
+    ) -> io::Result<usize> {
         for &base in bases {
             for suffix in ["log", "index", "timeindex"] {
                 let path = format!("{}/{}", self.dir, segment_name(base, suffix));
@@ -236,9 +260,18 @@ impl PartitionLog {
             let mut consumed = 0usize;
             let mut stop = None;
             while consumed < chunk.len() {
-                match check_stored_batch(&chunk[consumed..], segment.next_offset, file_len - position - consumed as u64) {
+                match check_stored_batch(
+                    &chunk[consumed..],
+                    segment.next_offset,
+                    file_len - position - consumed as u64,
+                ) {
                     Scan::Batch(header) => {
-                        index_batch(segment, &header, position + consumed as u64, self.config.index_interval_bytes);
+                        index_batch(
+                            segment,
+                            &header,
+                            position + consumed as u64,
+                            self.config.index_interval_bytes,
+                        );
                         consumed += header.size_bytes();
                     }
                     Scan::NeedMore(bytes) => {
@@ -261,7 +294,11 @@ impl PartitionLog {
                 tracing::warn!(dir = %self.dir, segment = segment.base_offset, position, cut_bytes = cut, why,
                     "truncating a corrupt or torn tail");
                 storage.truncate(segment.log_file, position)?;
-                self.dirty.insert(SyncTarget::File(format!("{}/{}", self.dir, segment_name(segment.base_offset, "log"))));
+                self.dirty.insert(SyncTarget::File(format!(
+                    "{}/{}",
+                    self.dir,
+                    segment_name(segment.base_offset, "log")
+                )));
                 recovery.truncated_bytes += cut;
                 intact = false;
                 break;
@@ -319,7 +356,10 @@ impl PartitionLog {
 
     /// A sync of what `take_dirty` returned when the log ended at `offset` completed.
     pub fn mark_durable(&mut self, offset: i64) {
-        assert!(offset <= self.log_end_offset(), "durable offset beyond the log end");
+        assert!(
+            offset <= self.log_end_offset(),
+            "durable offset beyond the log end"
+        );
         self.durable_offset = self.durable_offset.max(offset);
     }
 
@@ -334,7 +374,11 @@ impl PartitionLog {
         now_ms: i64,
     ) -> io::Result<Appended> {
         let header = BatchHeader::parse(batch);
-        assert_eq!(header.size_bytes(), batch.len(), "append of a partial batch");
+        assert_eq!(
+            header.size_bytes(),
+            batch.len(),
+            "append of a partial batch"
+        );
         if self.should_roll(&header, batch.len()) {
             self.roll(storage)?;
         }
@@ -349,7 +393,10 @@ impl PartitionLog {
         let header = BatchHeader::parse(batch);
         let interval = self.config.index_interval_bytes;
         let dir = self.dir.clone();
-        let segment = self.segments.last_mut().expect("a log always has a segment");
+        let segment = self
+            .segments
+            .last_mut()
+            .expect("a log always has a segment");
         let position = segment.size_bytes;
         if let Err(error) = storage.write_at(segment.log_file, position, batch) {
             // Nothing was appended: put the file back to its old length so a
@@ -361,9 +408,16 @@ impl PartitionLog {
         index_batch(segment, &header, position, interval);
         segment.size_bytes = position + batch.len() as u64;
         append_index_entries(storage, segment, index_before, time_before)?;
-        self.dirty.insert(SyncTarget::File(format!("{dir}/{}", segment_name(segment.base_offset, "log"))));
+        self.dirty.insert(SyncTarget::File(format!(
+            "{dir}/{}",
+            segment_name(segment.base_offset, "log")
+        )));
         self.invariants();
-        Ok(Appended { base_offset, last_offset: header.last_offset(), log_append_time_ms })
+        Ok(Appended {
+            base_offset,
+            last_offset: header.last_offset(),
+            log_append_time_ms,
+        })
     }
 
     fn should_roll(&self, incoming: &BatchHeader, batch_bytes: usize) -> bool {
@@ -372,10 +426,11 @@ impl PartitionLog {
             return false;
         }
         let full = active.size_bytes + batch_bytes as u64 > self.config.segment_bytes;
-        let aged = active
-            .first_batch_timestamp
-            .is_some_and(|first| incoming.max_timestamp.saturating_sub(first) > self.config.segment_ms);
-        let offsets_overflow = self.log_end_offset() + incoming.last_offset_delta as i64 - active.base_offset
+        let aged = active.first_batch_timestamp.is_some_and(|first| {
+            incoming.max_timestamp.saturating_sub(first) > self.config.segment_ms
+        });
+        let offsets_overflow = self.log_end_offset() + incoming.last_offset_delta as i64
+            - active.base_offset
             > i32::MAX as i64;
         full || aged || offsets_overflow
     }
@@ -453,15 +508,22 @@ impl PartitionLog {
         timestamp: i64,
         limit_offset: i64,
     ) -> io::Result<Option<(i64, i64)>> {
-        for segment in self.segments.iter().filter(|s| s.max_timestamp >= timestamp) {
-            let at = segment.time_index.partition_point(|e| e.timestamp < timestamp);
+        for segment in self
+            .segments
+            .iter()
+            .filter(|s| s.max_timestamp >= timestamp)
+        {
+            let at = segment
+                .time_index
+                .partition_point(|e| e.timestamp < timestamp);
             let from_offset = match at {
                 0 => segment.base_offset,
                 n => segment.base_offset + segment.time_index[n - 1].relative_offset as i64,
             };
-            let found = self.scan_records(storage, segment, from_offset, limit_offset, |header| {
-                header.max_timestamp >= timestamp
-            })?;
+            let found =
+                self.scan_records(storage, segment, from_offset, limit_offset, |header| {
+                    header.max_timestamp >= timestamp
+                })?;
             for record in found {
                 if record.timestamp >= timestamp && record.offset >= self.log_start_offset {
                     return Ok(Some((record.offset, record.timestamp)));
@@ -478,7 +540,13 @@ impl PartitionLog {
         storage: &mut S,
         limit_offset: i64,
     ) -> io::Result<Option<(i64, i64)>> {
-        let Some(max) = self.segments.iter().map(|s| s.max_timestamp).max().filter(|&m| m >= 0) else {
+        let Some(max) = self
+            .segments
+            .iter()
+            .map(|s| s.max_timestamp)
+            .max()
+            .filter(|&m| m >= 0)
+        else {
             return Ok(None);
         };
         self.offset_for_timestamp(storage, max, limit_offset)
@@ -515,9 +583,15 @@ impl PartitionLog {
 
     /// Deletes whole segments past `retention.ms` or beyond `retention.bytes`,
     /// never data at or above `durable_offset`. Returns how many were deleted.
-    pub fn apply_retention<S: Storage + ?Sized>(&mut self, storage: &mut S, now_ms: i64) -> io::Result<usize> {
+    pub fn apply_retention<S: Storage + ?Sized>(
+        &mut self,
+        storage: &mut S,
+        now_ms: i64,
+    ) -> io::Result<usize> {
         let expired = |s: &Segment, retention_ms: i64| {
-            retention_ms >= 0 && s.max_timestamp >= 0 && now_ms.saturating_sub(s.max_timestamp) > retention_ms
+            retention_ms >= 0
+                && s.max_timestamp >= 0
+                && now_ms.saturating_sub(s.max_timestamp) > retention_ms
         };
         let active = self.active();
         if self.segments.len() == 1
@@ -574,7 +648,11 @@ impl PartitionLog {
         let mut files = vec![SyncTarget::Dir(self.dir.clone())];
         for segment in &self.segments {
             for suffix in ["log", "index", "timeindex"] {
-                files.push(SyncTarget::File(format!("{}/{}", self.dir, segment_name(segment.base_offset, suffix))));
+                files.push(SyncTarget::File(format!(
+                    "{}/{}",
+                    self.dir,
+                    segment_name(segment.base_offset, suffix)
+                )));
             }
         }
         files
@@ -585,7 +663,10 @@ impl PartitionLog {
         assert_eq!(self.log_start_offset, self.segments[0].base_offset);
         assert!(self.durable_offset <= self.log_end_offset());
         for pair in self.segments.windows(2) {
-            assert_eq!(pair[0].next_offset, pair[1].base_offset, "segments must be contiguous");
+            assert_eq!(
+                pair[0].next_offset, pair[1].base_offset,
+                "segments must be contiguous"
+            );
         }
     }
 }
@@ -620,7 +701,9 @@ fn check_stored_batch(bytes: &[u8], expected_offset: i64, file_rest: u64) -> Sca
     let whole = &bytes[..size as usize];
     match batch::check_framing(whole) {
         Err(_) => Scan::Bad("CRC mismatch"),
-        Ok(header) if header.base_offset != expected_offset => Scan::Bad("offset does not follow the previous batch"),
+        Ok(header) if header.base_offset != expected_offset => {
+            Scan::Bad("offset does not follow the previous batch")
+        }
         Ok(header) if header.last_offset_delta < 0 => Scan::Bad("negative offset delta"),
         Ok(header) => Scan::Batch(header),
     }
@@ -634,10 +717,20 @@ fn index_batch(segment: &mut Segment, header: &BatchHeader, position: u64, inter
     }
     if segment.bytes_since_index_entry >= interval_bytes || segment.offset_index.is_empty() {
         let relative_offset = segment.relative(header.last_offset());
-        segment.offset_index.push(OffsetEntry { relative_offset, position: position as u32 });
+        segment.offset_index.push(OffsetEntry {
+            relative_offset,
+            position: position as u32,
+        });
         let timestamp = segment.max_timestamp.max(header.max_timestamp);
-        if segment.time_index.last().is_none_or(|e| timestamp > e.timestamp) {
-            segment.time_index.push(TimeEntry { timestamp, relative_offset });
+        if segment
+            .time_index
+            .last()
+            .is_none_or(|e| timestamp > e.timestamp)
+        {
+            segment.time_index.push(TimeEntry {
+                timestamp,
+                relative_offset,
+            });
         }
         segment.bytes_since_index_entry = 0;
     }
@@ -670,18 +763,34 @@ fn append_index_entries<S: Storage + ?Sized>(
     time_from: usize,
 ) -> io::Result<()> {
     for (n, entry) in segment.offset_index.iter().enumerate().skip(offset_from) {
-        storage.write_at(segment.index_file, (n * OFFSET_ENTRY_BYTES) as u64, &encode_offset_entry(entry))?;
+        storage.write_at(
+            segment.index_file,
+            (n * OFFSET_ENTRY_BYTES) as u64,
+            &encode_offset_entry(entry),
+        )?;
     }
     for (n, entry) in segment.time_index.iter().enumerate().skip(time_from) {
-        storage.write_at(segment.time_file, (n * TIME_ENTRY_BYTES) as u64, &encode_time_entry(entry))?;
+        storage.write_at(
+            segment.time_file,
+            (n * TIME_ENTRY_BYTES) as u64,
+            &encode_time_entry(entry),
+        )?;
     }
     Ok(())
 }
 
 /// Rewrites both index files from the in-memory indexes.
 fn write_indexes<S: Storage + ?Sized>(storage: &mut S, segment: &Segment) -> io::Result<()> {
-    let offsets: Vec<u8> = segment.offset_index.iter().flat_map(encode_offset_entry).collect();
-    let times: Vec<u8> = segment.time_index.iter().flat_map(encode_time_entry).collect();
+    let offsets: Vec<u8> = segment
+        .offset_index
+        .iter()
+        .flat_map(encode_offset_entry)
+        .collect();
+    let times: Vec<u8> = segment
+        .time_index
+        .iter()
+        .flat_map(encode_time_entry)
+        .collect();
     storage.truncate(segment.index_file, 0)?;
     storage.write_at(segment.index_file, 0, &offsets)?;
     storage.truncate(segment.time_file, 0)?;
@@ -694,7 +803,8 @@ fn write_indexes<S: Storage + ?Sized>(storage: &mut S, segment: &Segment) -> io:
 fn load_indexes<S: Storage + ?Sized>(storage: &mut S, segment: &mut Segment) -> io::Result<bool> {
     let offset_len = storage.len(segment.index_file)? as usize;
     let time_len = storage.len(segment.time_file)? as usize;
-    if offset_len % OFFSET_ENTRY_BYTES != 0 || time_len % TIME_ENTRY_BYTES != 0 {
+    if !offset_len.is_multiple_of(OFFSET_ENTRY_BYTES) || !time_len.is_multiple_of(TIME_ENTRY_BYTES)
+    {
         return Ok(false);
     }
     let mut raw = vec![0u8; offset_len];
@@ -715,9 +825,15 @@ fn load_indexes<S: Storage + ?Sized>(storage: &mut S, segment: &mut Segment) -> 
             relative_offset: u32::from_be_bytes(c[8..].try_into().expect("4 bytes")),
         })
         .collect();
-    let ordered = offsets.windows(2).all(|w| w[0].relative_offset < w[1].relative_offset && w[0].position < w[1].position)
-        && times.windows(2).all(|w| w[0].timestamp < w[1].timestamp && w[0].relative_offset <= w[1].relative_offset);
-    let within = offsets.last().is_none_or(|e| (e.position as u64) < segment.size_bytes);
+    let ordered = offsets
+        .windows(2)
+        .all(|w| w[0].relative_offset < w[1].relative_offset && w[0].position < w[1].position)
+        && times.windows(2).all(|w| {
+            w[0].timestamp < w[1].timestamp && w[0].relative_offset <= w[1].relative_offset
+        });
+    let within = offsets
+        .last()
+        .is_none_or(|e| (e.position as u64) < segment.size_bytes);
     if !ordered || !within || (segment.size_bytes > 0 && offsets.is_empty()) {
         return Ok(false);
     }

@@ -40,13 +40,20 @@ impl Change {
         match self {
             Change::Cluster { id } => format!("cluster {}", escape(id)),
             Change::CreateTopic(topic) => {
-                let mut line = format!("topic {} {} {}", escape(&topic.name), hex(&topic.id), topic.partitions);
+                let mut line = format!(
+                    "topic {} {} {}",
+                    escape(&topic.name),
+                    hex(&topic.id),
+                    topic.partitions
+                );
                 for (key, value) in &topic.configs {
                     line.push_str(&format!(" {}={}", escape(key), escape(value)));
                 }
                 line
             }
-            Change::SetPartitions { name, partitions } => format!("partitions {} {partitions}", escape(name)),
+            Change::SetPartitions { name, partitions } => {
+                format!("partitions {} {partitions}", escape(name))
+            }
             Change::DeleteTopic { name } => format!("delete {}", escape(name)),
         }
     }
@@ -68,10 +75,13 @@ impl Change {
                     configs: map,
                 }))
             }
-            ["partitions", name, count] => {
-                Some(Change::SetPartitions { name: unescape(name)?, partitions: count.parse().ok()? })
-            }
-            ["delete", name] => Some(Change::DeleteTopic { name: unescape(name)? }),
+            ["partitions", name, count] => Some(Change::SetPartitions {
+                name: unescape(name)?,
+                partitions: count.parse().ok()?,
+            }),
+            ["delete", name] => Some(Change::DeleteTopic {
+                name: unescape(name)?,
+            }),
             _ => None,
         }
     }
@@ -81,7 +91,9 @@ fn escape(text: &str) -> String {
     let mut out = String::new();
     for byte in text.bytes() {
         match byte {
-            b' ' | b'=' | b'%' | b'\n' | 0..=0x1f | 0x7f..=0xff => out.push_str(&format!("%{byte:02X}")),
+            b' ' | b'=' | b'%' | b'\n' | 0..=0x1f | 0x7f..=0xff => {
+                out.push_str(&format!("%{byte:02X}"))
+            }
             _ => out.push(byte as char),
         }
     }
@@ -156,7 +168,10 @@ impl MetadataLog {
             position += size;
         }
         if position as u64 != len {
-            tracing::warn!(cut_bytes = len - position as u64, "truncating a torn tail of the metadata log");
+            tracing::warn!(
+                cut_bytes = len - position as u64,
+                "truncating a torn tail of the metadata log"
+            );
             storage.truncate(file, position as u64)?;
             log.dirty.push(SyncTarget::File(METADATA_FILE.to_string()));
         }
@@ -182,9 +197,16 @@ impl MetadataLog {
     }
 
     /// Appends a change and applies it; durable after the next sync of `take_dirty()`.
-    pub fn append<S: Storage + ?Sized>(&mut self, storage: &mut S, change: Change) -> io::Result<()> {
+    pub fn append<S: Storage + ?Sized>(
+        &mut self,
+        storage: &mut S,
+        change: Change,
+    ) -> io::Result<()> {
         let payload = change.encode().into_bytes();
-        assert!(payload.len() <= RECORD_BYTES_MAX, "metadata record too large");
+        assert!(
+            payload.len() <= RECORD_BYTES_MAX,
+            "metadata record too large"
+        );
         let mut record = Vec::with_capacity(RECORD_HEADER_BYTES + payload.len());
         record.extend_from_slice(&(payload.len() as u32).to_be_bytes());
         record.extend_from_slice(&crc32c::crc32c(&payload).to_be_bytes());
@@ -204,7 +226,10 @@ impl MetadataLog {
     }
 
     pub fn all_files(&self) -> Vec<SyncTarget> {
-        vec![SyncTarget::File(METADATA_FILE.to_string()), SyncTarget::Dir(METADATA_DIR.to_string())]
+        vec![
+            SyncTarget::File(METADATA_FILE.to_string()),
+            SyncTarget::Dir(METADATA_DIR.to_string()),
+        ]
     }
 }
 
@@ -231,20 +256,34 @@ mod tests {
     use crate::storage::MemStorage;
 
     fn topic(name: &str) -> Change {
-        let configs = [("retention.ms".to_string(), "a b=%".to_string())].into_iter().collect();
-        Change::CreateTopic(TopicRecord { name: name.into(), id: [7; 16], partitions: 3, configs })
+        let configs = [("retention.ms".to_string(), "a b=%".to_string())]
+            .into_iter()
+            .collect();
+        Change::CreateTopic(TopicRecord {
+            name: name.into(),
+            id: [7; 16],
+            partitions: 3,
+            configs,
+        })
     }
 
     #[test]
     fn changes_survive_a_synced_restart_and_a_torn_tail_is_cut() {
         let mut storage = MemStorage::new();
         let mut log = MetadataLog::open(&mut storage).expect("open");
-        log.append(&mut storage, Change::Cluster { id: "abc".into() }).expect("append");
+        log.append(&mut storage, Change::Cluster { id: "abc".into() })
+            .expect("append");
         log.append(&mut storage, topic("orders")).expect("append");
         for target in log.take_dirty() {
             storage.sync(&target);
         }
-        log.append(&mut storage, Change::DeleteTopic { name: "orders".into() }).expect("append");
+        log.append(
+            &mut storage,
+            Change::DeleteTopic {
+                name: "orders".into(),
+            },
+        )
+        .expect("append");
         storage.crash(5);
         let log = MetadataLog::open(&mut storage).expect("reopen");
         assert_eq!(log.cluster_id.as_deref(), Some("abc"));
@@ -258,6 +297,9 @@ mod tests {
         let mut log = MetadataLog::open(&mut storage).expect("open");
         log.append(&mut storage, topic("lost")).expect("append");
         storage.crash(0);
-        assert!(MetadataLog::open(&mut storage).expect("reopen").topics.is_empty());
+        assert!(MetadataLog::open(&mut storage)
+            .expect("reopen")
+            .topics
+            .is_empty());
     }
 }

@@ -44,7 +44,10 @@ pub struct ConnectionId(pub u64);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Output {
     /// A response frame, length prefix included.
-    Send { connection: ConnectionId, frame: Bytes },
+    Send {
+        connection: ConnectionId,
+        frame: Bytes,
+    },
     /// Close a connection (bad input, or a failed acks=0 produce).
     Close { connection: ConnectionId },
     /// Make these targets durable, then call `handle_synced(id, ..)`.
@@ -85,9 +88,16 @@ pub(crate) enum SlotState {
     Ready(Bytes),
     /// Waits until `durable_seq >= seq`; then `reply` is encoded. If the
     /// storage fails first, `on_failure` is encoded instead.
-    AfterSync { seq: u64, reply: api::Reply, on_failure: api::Reply },
+    AfterSync {
+        seq: u64,
+        reply: Box<api::Reply>,
+        on_failure: Box<api::Reply>,
+    },
     /// A long-polling fetch: answered when enough bytes are readable or at the deadline.
-    Fetch { request: Box<kafka_protocol::messages::FetchRequest>, deadline_ms: i64 },
+    Fetch {
+        request: Box<kafka_protocol::messages::FetchRequest>,
+        deadline_ms: i64,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -143,7 +153,13 @@ impl<S: Storage> Node<S> {
     /// Opens the node's storage: replays the metadata log, recovers every
     /// partition log, and requests the start-up sync. The driver completes
     /// that sync before it accepts connections (`is_ready`).
-    pub fn open(mut storage: S, config: BrokerConfig, advertised: (String, u16), seed: u64, now_ms: i64) -> io::Result<Node<S>> {
+    pub fn open(
+        mut storage: S,
+        config: BrokerConfig,
+        advertised: (String, u16),
+        seed: u64,
+        now_ms: i64,
+    ) -> io::Result<Node<S>> {
         let clean = storage.exists(CLEAN_SHUTDOWN_FILE);
         let mut dirty_other = BTreeSet::new();
         if clean {
@@ -195,12 +211,20 @@ impl<S: Storage> Node<S> {
     /// Removes partition directories no topic owns (a crash during a deletion).
     fn remove_orphan_dirs(&mut self) -> io::Result<()> {
         for name in self.storage.list_dir("")? {
-            let Some((topic, partition)) = name.rsplit_once('-') else { continue };
-            let Ok(partition) = partition.parse::<i32>() else { continue };
+            let Some((topic, partition)) = name.rsplit_once('-') else {
+                continue;
+            };
+            let Ok(partition) = partition.parse::<i32>() else {
+                continue;
+            };
             if name == METADATA_DIR {
                 continue;
             }
-            let owned = self.metadata.topics.get(topic).is_some_and(|t| partition < t.partitions);
+            let owned = self
+                .metadata
+                .topics
+                .get(topic)
+                .is_some_and(|t| partition < t.partitions);
             if !owned && self.storage.list_dir(&name).is_ok() {
                 tracing::warn!(dir = %name, "removing a partition directory no topic owns");
                 remove_dir_all(&mut self.storage, &name)?;
@@ -215,11 +239,16 @@ impl<S: Storage> Node<S> {
             tracing::error!(topic = %record.name, %error, "stored topic config is invalid; using defaults");
             TopicConfig::new(&self.config, &BTreeMap::new()).expect("defaults are valid")
         });
-        let mut topic = Topic { id: record.id, config, partitions: Vec::new() };
+        let mut topic = Topic {
+            id: record.id,
+            config,
+            partitions: Vec::new(),
+        };
         for partition in 0..record.partitions {
             let dir = format!("{}-{partition}", record.name);
             let created = !self.storage.exists(&dir);
-            let (log, recovery) = PartitionLog::open(&mut self.storage, &dir, topic.config.clone(), clean)?;
+            let (log, recovery) =
+                PartitionLog::open(&mut self.storage, &dir, topic.config.clone(), clean)?;
             if recovery.truncated_bytes > 0 || recovery.segments_removed > 0 {
                 tracing::warn!(%dir, ?recovery, "recovered partition log");
             }
@@ -227,7 +256,8 @@ impl<S: Storage> Node<S> {
                 self.dirty_other.insert(SyncTarget::Dir(String::new()));
             }
             topic.partitions.push(log);
-            self.dirty_partitions.insert((record.name.clone(), partition));
+            self.dirty_partitions
+                .insert((record.name.clone(), partition));
         }
         self.topics.insert(record.name.clone(), topic);
         self.write_seq += 1;
@@ -272,13 +302,20 @@ impl<S: Storage> Node<S> {
 
     /// Handles one request frame. A frame that cannot be parsed closes the
     /// connection, as Kafka does.
-    pub fn handle_frame(&mut self, now_ms: i64, connection: ConnectionId, frame: Bytes) -> FrameOutcome {
+    pub fn handle_frame(
+        &mut self,
+        now_ms: i64,
+        connection: ConnectionId,
+        frame: Bytes,
+    ) -> FrameOutcome {
         let outcome = match self.parse_and_dispatch(now_ms, connection, frame) {
             Ok(outcome) => outcome,
             Err(why) => {
                 tracing::warn!(connection = connection.0, %why, "closing connection after a bad request");
                 self.close(connection);
-                FrameOutcome { response_queued: false }
+                FrameOutcome {
+                    response_queued: false,
+                }
             }
         };
         self.maybe_sync();
@@ -287,38 +324,67 @@ impl<S: Storage> Node<S> {
         outcome
     }
 
-    fn parse_and_dispatch(&mut self, now_ms: i64, connection: ConnectionId, frame: Bytes) -> Result<FrameOutcome, String> {
+    fn parse_and_dispatch(
+        &mut self,
+        now_ms: i64,
+        connection: ConnectionId,
+        frame: Bytes,
+    ) -> Result<FrameOutcome, String> {
         if !self.connections.contains_key(&connection) {
             return Err("frame on an unknown connection".into());
         }
         if frame.len() < 8 {
-            return Err(format!("frame of {} bytes is shorter than a request header", frame.len()));
+            return Err(format!(
+                "frame of {} bytes is shorter than a request header",
+                frame.len()
+            ));
         }
         let api_key_raw = i16::from_be_bytes([frame[0], frame[1]]);
         let version = i16::from_be_bytes([frame[2], frame[3]]);
         let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
-        let api_key = ApiKey::try_from(api_key_raw).map_err(|_| format!("unknown api key {api_key_raw}"))?;
-        let supported = api::supported_versions(api_key).ok_or_else(|| format!("api {api_key:?} is not served"))?;
+        let api_key =
+            ApiKey::try_from(api_key_raw).map_err(|_| format!("unknown api key {api_key_raw}"))?;
+        let supported = api::supported_versions(api_key)
+            .ok_or_else(|| format!("api {api_key:?} is not served"))?;
         if api_key == ApiKey::ApiVersions && version > supported.1 {
             // Kafka's fallback: an error encoded as ApiVersions v0, so the
             // client can retry with a version both sides speak.
-            let header = ReplyHeader { api_key, version: 0, correlation_id };
+            let header = ReplyHeader {
+                api_key,
+                version: 0,
+                correlation_id,
+            };
             let reply = api::Reply::ApiVersions(api::api_versions_response(35));
-            self.push_slot(connection, header, SlotState::Ready(encode_reply(header, &reply)?));
-            return Ok(FrameOutcome { response_queued: true });
+            self.push_slot(
+                connection,
+                header,
+                SlotState::Ready(encode_reply(header, &reply)?),
+            );
+            return Ok(FrameOutcome {
+                response_queued: true,
+            });
         }
         if version < supported.0 || version > supported.1 {
             return Err(format!("unsupported version {version} of {api_key:?}"));
         }
         let mut buf = frame;
-        let request_header = RequestHeader::decode(&mut buf, api_key.request_header_version(version))
-            .map_err(|e| format!("bad request header: {e}"))?;
-        let header = ReplyHeader { api_key, version, correlation_id: request_header.correlation_id };
+        let request_header =
+            RequestHeader::decode(&mut buf, api_key.request_header_version(version))
+                .map_err(|e| format!("bad request header: {e}"))?;
+        let header = ReplyHeader {
+            api_key,
+            version,
+            correlation_id: request_header.correlation_id,
+        };
         match api::dispatch(self, now_ms, header, &mut buf)? {
-            None => Ok(FrameOutcome { response_queued: false }),
+            None => Ok(FrameOutcome {
+                response_queued: false,
+            }),
             Some(state) => {
                 self.push_slot(connection, header, state);
-                Ok(FrameOutcome { response_queued: true })
+                Ok(FrameOutcome {
+                    response_queued: true,
+                })
             }
         }
     }
@@ -338,7 +404,9 @@ impl<S: Storage> Node<S> {
 
     /// Responses queued on a connection and not yet handed to the driver.
     pub fn queued_responses(&self, connection: ConnectionId) -> usize {
-        self.connections.get(&connection).map_or(0, |c| c.slots.len())
+        self.connections
+            .get(&connection)
+            .map_or(0, |c| c.slots.len())
     }
 
     /// Records that a change must reach the disk; returns its sequence.
@@ -363,7 +431,11 @@ impl<S: Storage> Node<S> {
         targets.extend(self.metadata.take_dirty());
         let mut partition_ends = Vec::new();
         for key in std::mem::take(&mut self.dirty_partitions) {
-            let Some(log) = self.topics.get_mut(&key.0).and_then(|t| t.partitions.get_mut(key.1 as usize)) else {
+            let Some(log) = self
+                .topics
+                .get_mut(&key.0)
+                .and_then(|t| t.partitions.get_mut(key.1 as usize))
+            else {
                 continue;
             };
             targets.extend(log.take_dirty());
@@ -372,13 +444,27 @@ impl<S: Storage> Node<S> {
         if targets.is_empty() && partition_ends.is_empty() && self.durable_seq == self.write_seq {
             return;
         }
-        self.issue_sync(targets.into_iter().collect(), partition_ends, ShutdownStep::None);
+        self.issue_sync(
+            targets.into_iter().collect(),
+            partition_ends,
+            ShutdownStep::None,
+        );
     }
 
-    fn issue_sync(&mut self, targets: Vec<SyncTarget>, partition_ends: Vec<((String, i32), i64)>, shutdown: ShutdownStep) {
+    fn issue_sync(
+        &mut self,
+        targets: Vec<SyncTarget>,
+        partition_ends: Vec<((String, i32), i64)>,
+        shutdown: ShutdownStep,
+    ) {
         let id = self.next_sync_id;
         self.next_sync_id += 1;
-        self.in_flight = Some(InFlightSync { id, seq: self.write_seq, partition_ends, shutdown });
+        self.in_flight = Some(InFlightSync {
+            id,
+            seq: self.write_seq,
+            partition_ends,
+            shutdown,
+        });
         self.outputs.push_back(Output::Sync { id, targets });
     }
 
@@ -393,7 +479,11 @@ impl<S: Storage> Node<S> {
                 assert!(sync.seq >= self.durable_seq);
                 self.durable_seq = sync.seq;
                 for ((topic, partition), end) in sync.partition_ends {
-                    if let Some(log) = self.topics.get_mut(&topic).and_then(|t| t.partitions.get_mut(partition as usize)) {
+                    if let Some(log) = self
+                        .topics
+                        .get_mut(&topic)
+                        .and_then(|t| t.partitions.get_mut(partition as usize))
+                    {
                         log.mark_durable(end.min(log.log_end_offset()));
                     }
                 }
@@ -451,9 +541,16 @@ impl<S: Storage> Node<S> {
     fn continue_shutdown(&mut self, finished: ShutdownStep) {
         match finished {
             ShutdownStep::Flush => {
-                let written = self.storage.open(CLEAN_SHUTDOWN_FILE, true).map(|file| self.storage.close(file));
+                let written = self
+                    .storage
+                    .open(CLEAN_SHUTDOWN_FILE, true)
+                    .map(|file| self.storage.close(file));
                 match written {
-                    Ok(()) => self.issue_sync(vec![SyncTarget::Dir(String::new())], Vec::new(), ShutdownStep::Marker),
+                    Ok(()) => self.issue_sync(
+                        vec![SyncTarget::Dir(String::new())],
+                        Vec::new(),
+                        ShutdownStep::Marker,
+                    ),
                     Err(error) => {
                         tracing::error!(%error, "cannot write the clean-shutdown marker");
                         self.stopped = true;
@@ -492,7 +589,9 @@ impl<S: Storage> Node<S> {
                 match log.apply_retention(&mut self.storage, now_ms) {
                     Ok(0) => {}
                     Ok(_) => changed.push((name.clone(), index as i32)),
-                    Err(error) => tracing::error!(topic = %name, partition = index, %error, "retention failed"),
+                    Err(error) => {
+                        tracing::error!(topic = %name, partition = index, %error, "retention failed")
+                    }
                 }
             }
         }
@@ -503,11 +602,19 @@ impl<S: Storage> Node<S> {
 
     /// The earliest deadline the node wants a `handle_timeout` at.
     pub fn poll_timeout(&self) -> Option<i64> {
-        let fetch_deadlines = self.connections.values().filter_map(|c| match c.slots.front() {
-            Some(Slot { state: SlotState::Fetch { deadline_ms, .. }, .. }) => Some(*deadline_ms),
-            _ => None,
-        });
-        fetch_deadlines.chain(std::iter::once(self.next_retention_ms)).min()
+        let fetch_deadlines = self
+            .connections
+            .values()
+            .filter_map(|c| match c.slots.front() {
+                Some(Slot {
+                    state: SlotState::Fetch { deadline_ms, .. },
+                    ..
+                }) => Some(*deadline_ms),
+                _ => None,
+            });
+        fetch_deadlines
+            .chain(std::iter::once(self.next_retention_ms))
+            .min()
     }
 
     pub fn poll_output(&mut self) -> Option<Output> {
@@ -524,7 +631,11 @@ impl<S: Storage> Node<S> {
     /// Releases the responses at the front of a connection's queue that are ready.
     fn advance(&mut self, connection: ConnectionId, now_ms: i64) {
         loop {
-            let Some(slot) = self.connections.get_mut(&connection).and_then(|c| c.slots.pop_front()) else {
+            let Some(slot) = self
+                .connections
+                .get_mut(&connection)
+                .and_then(|c| c.slots.pop_front())
+            else {
                 return;
             };
             match self.try_complete(slot, now_ms) {
@@ -536,7 +647,10 @@ impl<S: Storage> Node<S> {
                     return;
                 }
                 Err(None) => {
-                    tracing::error!(connection = connection.0, "cannot encode a response; closing");
+                    tracing::error!(
+                        connection = connection.0,
+                        "cannot encode a response; closing"
+                    );
                     self.close(connection);
                     return;
                 }
@@ -548,18 +662,40 @@ impl<S: Storage> Node<S> {
     fn try_complete(&mut self, slot: Slot, now_ms: i64) -> Result<Bytes, Option<Slot>> {
         let reply = match slot.state {
             SlotState::Ready(frame) => return Ok(frame),
-            SlotState::AfterSync { seq, reply, on_failure } => {
+            SlotState::AfterSync {
+                seq,
+                reply,
+                on_failure,
+            } => {
                 if seq <= self.durable_seq {
-                    reply
+                    *reply
                 } else if self.storage_failed {
-                    on_failure
+                    *on_failure
                 } else {
-                    return Err(Some(Slot { header: slot.header, state: SlotState::AfterSync { seq, reply, on_failure } }));
+                    return Err(Some(Slot {
+                        header: slot.header,
+                        state: SlotState::AfterSync {
+                            seq,
+                            reply,
+                            on_failure,
+                        },
+                    }));
                 }
             }
-            SlotState::Fetch { request, deadline_ms } => match api::fetch_response(self, slot.header, &request, now_ms >= deadline_ms) {
+            SlotState::Fetch {
+                request,
+                deadline_ms,
+            } => match api::fetch_response(self, slot.header, &request, now_ms >= deadline_ms) {
                 Some(response) => api::Reply::Fetch(response),
-                None => return Err(Some(Slot { header: slot.header, state: SlotState::Fetch { request, deadline_ms } })),
+                None => {
+                    return Err(Some(Slot {
+                        header: slot.header,
+                        state: SlotState::Fetch {
+                            request,
+                            deadline_ms,
+                        },
+                    }))
+                }
             },
         };
         encode_reply(slot.header, &reply).map_err(|_| None)
@@ -571,7 +707,10 @@ impl<S: Storage> Node<S> {
             assert!(sync.seq <= self.write_seq && sync.seq >= self.durable_seq);
         }
         for conn in self.connections.values() {
-            assert!(conn.slots.len() <= QUEUED_RESPONSES_MAX * 4, "connection queue unbounded");
+            assert!(
+                conn.slots.len() <= QUEUED_RESPONSES_MAX * 4,
+                "connection queue unbounded"
+            );
         }
     }
 
@@ -601,10 +740,15 @@ pub(crate) fn encode_reply(header: ReplyHeader, reply: &api::Reply) -> Result<By
     buf.put_i32(0);
     let response_header = ResponseHeader::default().with_correlation_id(header.correlation_id);
     let header_version = header.api_key.response_header_version(header.version);
-    response_header.encode(&mut buf, header_version).map_err(|e| e.to_string())?;
-    reply
-        .encode(&mut buf, header.version)
-        .map_err(|e| format!("cannot encode the {:?} v{} response: {e}", header.api_key, header.version))?;
+    response_header
+        .encode(&mut buf, header_version)
+        .map_err(|e| e.to_string())?;
+    reply.encode(&mut buf, header.version).map_err(|e| {
+        format!(
+            "cannot encode the {:?} v{} response: {e}",
+            header.api_key, header.version
+        )
+    })?;
     let length = (buf.len() - 4) as i32;
     buf[0..4].copy_from_slice(&length.to_be_bytes());
     Ok(buf.freeze())

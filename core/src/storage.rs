@@ -103,12 +103,16 @@ impl MemStorage {
     }
 
     fn path_of(&self, file: FileId) -> io::Result<&String> {
-        self.open.get(&file).ok_or_else(|| io::Error::other("file not open"))
+        self.open
+            .get(&file)
+            .ok_or_else(|| io::Error::other("file not open"))
     }
 
     fn contents(&mut self, file: FileId) -> io::Result<&mut Vec<u8>> {
         let path = self.path_of(file)?.clone();
-        self.volatile.get_mut(&path).ok_or_else(|| io::ErrorKind::NotFound.into())
+        self.volatile
+            .get_mut(&path)
+            .ok_or_else(|| io::ErrorKind::NotFound.into())
     }
 
     /// Performs a sync as the driver would.
@@ -127,7 +131,8 @@ impl MemStorage {
             }
             SyncTarget::Dir(dir) => {
                 let in_dir = |path: &String| parent_of(path) == dir;
-                self.durable.retain(|path, _| !in_dir(path) || self.volatile.contains_key(path));
+                self.durable
+                    .retain(|path, _| !in_dir(path) || self.volatile.contains_key(path));
                 for path in self.volatile.keys().filter(|p| in_dir(p)) {
                     if let Some(data) = self.pending_data.remove(path) {
                         self.durable.insert(path.clone(), data);
@@ -136,7 +141,8 @@ impl MemStorage {
                     }
                 }
                 let child = |d: &String| parent_of(d) == dir && !d.is_empty();
-                self.dirs_durable.retain(|d| !child(d) || self.dirs_volatile.contains(d));
+                self.dirs_durable
+                    .retain(|d| !child(d) || self.dirs_volatile.contains(d));
                 for d in self.dirs_volatile.iter().filter(|d| child(d)) {
                     self.dirs_durable.insert(d.clone());
                 }
@@ -183,9 +189,14 @@ impl Storage for MemStorage {
             return Err(io::ErrorKind::NotFound.into());
         }
         let files = self.volatile.keys().filter(|p| parent_of(p) == path);
-        let dirs = self.dirs_volatile.iter().filter(|d| !d.is_empty() && parent_of(d) == path);
-        let mut names: Vec<String> =
-            files.chain(dirs).map(|p| p.rsplit('/').next().unwrap_or(p).to_string()).collect();
+        let dirs = self
+            .dirs_volatile
+            .iter()
+            .filter(|d| !d.is_empty() && parent_of(d) == path);
+        let mut names: Vec<String> = files
+            .chain(dirs)
+            .map(|p| p.rsplit('/').next().unwrap_or(p).to_string())
+            .collect();
         names.sort();
         Ok(names)
     }
@@ -234,7 +245,11 @@ impl Storage for MemStorage {
             contents.resize(position, 0);
         }
         let end = position + bytes.len();
-        let written = if failure.is_some() { bytes.len() / 2 } else { bytes.len() };
+        let written = if failure.is_some() {
+            bytes.len() / 2
+        } else {
+            bytes.len()
+        };
         if contents.len() < position + written {
             contents.resize(position + written, 0);
         }
@@ -254,12 +269,18 @@ impl Storage for MemStorage {
     }
 
     fn remove_file(&mut self, path: &str) -> io::Result<()> {
-        self.volatile.remove(path).map(|_| ()).ok_or_else(|| io::ErrorKind::NotFound.into())
+        self.volatile
+            .remove(path)
+            .map(|_| ())
+            .ok_or_else(|| io::ErrorKind::NotFound.into())
     }
 
     fn remove_dir(&mut self, path: &str) -> io::Result<()> {
         let has_children = self.volatile.keys().any(|p| parent_of(p) == path)
-            || self.dirs_volatile.iter().any(|d| !d.is_empty() && parent_of(d) == path);
+            || self
+                .dirs_volatile
+                .iter()
+                .any(|d| !d.is_empty() && parent_of(d) == path);
         if has_children {
             return Err(io::Error::other("directory not empty"));
         }
@@ -273,7 +294,10 @@ impl Storage for MemStorage {
     fn rename(&mut self, from: &str, to: &str) -> io::Result<()> {
         let contents = self.volatile.remove(from).ok_or(io::ErrorKind::NotFound)?;
         self.volatile.insert(to.to_string(), contents);
-        let synced = self.pending_data.remove(from).or_else(|| self.durable.get(from).cloned());
+        let synced = self
+            .pending_data
+            .remove(from)
+            .or_else(|| self.durable.get(from).cloned());
         if let Some(data) = synced {
             self.pending_data.insert(to.to_string(), data);
         }

@@ -26,7 +26,12 @@ pub struct FileDisk {
 impl FileDisk {
     pub fn open(root: &Path) -> io::Result<FileDisk> {
         fs::create_dir_all(root)?;
-        Ok(FileDisk { root: root.to_path_buf(), files: BTreeMap::new(), by_path: BTreeMap::new(), next_file: 0 })
+        Ok(FileDisk {
+            root: root.to_path_buf(),
+            files: BTreeMap::new(),
+            by_path: BTreeMap::new(),
+            next_file: 0,
+        })
     }
 
     fn path(&self, relative: &str) -> PathBuf {
@@ -38,7 +43,10 @@ impl FileDisk {
     }
 
     fn file(&self, file: FileId) -> io::Result<&Arc<File>> {
-        self.files.get(&file).map(|(_, f)| f).ok_or_else(|| io::Error::other("file not open"))
+        self.files
+            .get(&file)
+            .map(|(_, f)| f)
+            .ok_or_else(|| io::Error::other("file not open"))
     }
 
     /// Resolves sync targets into what the syncer needs: open handles for
@@ -82,7 +90,9 @@ impl SyncJob {
         for item in &self.items {
             match item {
                 SyncItem::Handle(file) => file.sync_data()?,
-                SyncItem::File(path) => ignore_missing(File::open(path).and_then(|f| f.sync_data()))?,
+                SyncItem::File(path) => {
+                    ignore_missing(File::open(path).and_then(|f| f.sync_data()))?
+                }
                 SyncItem::Dir(_) => {}
             }
         }
@@ -114,7 +124,12 @@ impl Storage for FileDisk {
     }
 
     fn open(&mut self, path: &str, create: bool) -> io::Result<FileId> {
-        let file = OpenOptions::new().read(true).write(true).create(create).truncate(false).open(self.path(path))?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(create)
+            .truncate(false)
+            .open(self.path(path))?;
         self.next_file += 1;
         let id = FileId(self.next_file);
         self.files.insert(id, (path.to_string(), Arc::new(file)));

@@ -23,13 +23,23 @@ use crate::disk::{FileDisk, SyncJob};
 
 /// Wall-clock milliseconds since the Unix epoch: the `now` the core receives.
 pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 enum Event {
-    Connected { connection: ConnectionId, handle: ConnectionHandle },
-    Frame { connection: ConnectionId, frame: Bytes },
-    Disconnected { connection: ConnectionId },
+    Connected {
+        connection: ConnectionId,
+        handle: ConnectionHandle,
+    },
+    Frame {
+        connection: ConnectionId,
+        frame: Bytes,
+    },
+    Disconnected {
+        connection: ConnectionId,
+    },
 }
 
 struct ConnectionHandle {
@@ -40,7 +50,9 @@ struct ConnectionHandle {
 }
 
 /// Performs sync jobs on a thread of its own and reports `(id, result)`.
-fn spawn_syncer(done: mpsc::UnboundedSender<(u64, Result<(), String>)>) -> std::sync::mpsc::Sender<(u64, SyncJob)> {
+fn spawn_syncer(
+    done: mpsc::UnboundedSender<(u64, Result<(), String>)>,
+) -> std::sync::mpsc::Sender<(u64, SyncJob)> {
     let (jobs, inbox) = std::sync::mpsc::channel::<(u64, SyncJob)>();
     std::thread::Builder::new()
         .name("sluice-syncer".into())
@@ -58,7 +70,9 @@ fn spawn_syncer(done: mpsc::UnboundedSender<(u64, Result<(), String>)>) -> std::
 
 /// A seed for the node's generator; only ids (topic, cluster) depend on it.
 fn fresh_seed() -> u64 {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
     nanos ^ ((std::process::id() as u64) << 32)
 }
 
@@ -75,11 +89,19 @@ pub async fn serve(
     // The start-up sync makes recovered data durable before anything is served.
     while let Some(output) = node.poll_output() {
         if let Output::Sync { id, targets } = output {
-            let result = node.storage_mut().sync_job(&targets).run().map_err(|e| e.to_string());
+            let result = node
+                .storage_mut()
+                .sync_job(&targets)
+                .run()
+                .map_err(|e| e.to_string());
             node.handle_synced(now_ms(), id, result);
         }
     }
-    anyhow::ensure!(node.is_ready(), "the start-up sync of {} failed", data_dir.display());
+    anyhow::ensure!(
+        node.is_ready(),
+        "the start-up sync of {} failed",
+        data_dir.display()
+    );
     tracing::info!(cluster_id = node.cluster_id(), address = %listener.local_addr()?, "serving");
 
     let (events_tx, mut events) = mpsc::unbounded_channel::<Event>();
@@ -100,7 +122,9 @@ pub async fn serve(
             let wait_ms = (at - now_ms()).clamp(0, 60_000) as u64;
             tokio::time::Instant::now() + Duration::from_millis(wait_ms)
         });
-        let sleep = tokio::time::sleep_until(deadline.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(60)));
+        let sleep = tokio::time::sleep_until(
+            deadline.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(60)),
+        );
         tokio::select! {
             Some(event) = events.recv() => handle_event(&mut node, &mut connections, event),
             Some((id, result)) = synced.recv() => node.handle_synced(now_ms(), id, result),
@@ -119,7 +143,11 @@ pub async fn serve(
     Ok(())
 }
 
-fn handle_event(node: &mut Node<FileDisk>, connections: &mut BTreeMap<ConnectionId, ConnectionHandle>, event: Event) {
+fn handle_event(
+    node: &mut Node<FileDisk>,
+    connections: &mut BTreeMap<ConnectionId, ConnectionHandle>,
+    event: Event,
+) {
     match event {
         Event::Connected { connection, handle } => {
             connections.insert(connection, handle);
@@ -171,7 +199,11 @@ fn drain(
     }
 }
 
-async fn accept_loop(listener: TcpListener, events: mpsc::UnboundedSender<Event>, frame_bytes_max: usize) {
+async fn accept_loop(
+    listener: TcpListener,
+    events: mpsc::UnboundedSender<Event>,
+    frame_bytes_max: usize,
+) {
     let mut next_id = 0u64;
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -189,10 +221,28 @@ async fn accept_loop(listener: TcpListener, events: mpsc::UnboundedSender<Event>
         let (read_half, write_half) = stream.into_split();
         let (writer_tx, writer_rx) = mpsc::unbounded_channel();
         let permits = Arc::new(Semaphore::new(QUEUED_RESPONSES_MAX));
-        let reader = tokio::spawn(read_loop(read_half, connection, events.clone(), permits.clone(), frame_bytes_max));
-        tokio::spawn(write_loop(write_half, writer_rx, connection, events.clone()));
-        let handle = ConnectionHandle { writer: writer_tx, permits, reader: reader.abort_handle() };
-        if events.send(Event::Connected { connection, handle }).is_err() {
+        let reader = tokio::spawn(read_loop(
+            read_half,
+            connection,
+            events.clone(),
+            permits.clone(),
+            frame_bytes_max,
+        ));
+        tokio::spawn(write_loop(
+            write_half,
+            writer_rx,
+            connection,
+            events.clone(),
+        ));
+        let handle = ConnectionHandle {
+            writer: writer_tx,
+            permits,
+            reader: reader.abort_handle(),
+        };
+        if events
+            .send(Event::Connected { connection, handle })
+            .is_err()
+        {
             return;
         }
     }
@@ -223,7 +273,13 @@ async fn read_loop(
             Ok(permit) => permit.forget(),
             Err(_) => break None,
         }
-        if events.send(Event::Frame { connection, frame: frame.freeze() }).is_err() {
+        if events
+            .send(Event::Frame {
+                connection,
+                frame: frame.freeze(),
+            })
+            .is_err()
+        {
             break None;
         }
     };
@@ -250,7 +306,11 @@ async fn write_loop(
 
 /// Binds the listener named by the config.
 pub async fn bind(address: &(String, u16)) -> anyhow::Result<TcpListener> {
-    let host = if address.0.is_empty() { "0.0.0.0" } else { address.0.as_str() };
+    let host = if address.0.is_empty() {
+        "0.0.0.0"
+    } else {
+        address.0.as_str()
+    };
     TcpListener::bind((host, address.1))
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {host}:{}: {e}", address.1))

@@ -38,7 +38,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve { config, overrides } => serve(config, overrides),
-        Command::DumpLog { file, records } => dump_log::run(&file, records, &mut std::io::stdout().lock()),
+        Command::DumpLog { file, records } => {
+            dump_log::run(&file, records, &mut std::io::stdout().lock())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -67,14 +69,24 @@ fn serve(config: Option<PathBuf>, overrides: Vec<String>) -> anyhow::Result<()> 
     let config = config_file::load(config.as_deref(), &pairs)?;
     let listen = config_file::parse_listener(&config.listeners)?;
     let advertised = config_file::parse_listener(&config.advertised_listeners)?;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async move {
         let listener = driver::bind(&listen).await?;
         // An ephemeral port (0) is advertised as the port actually bound.
         let bound = listener.local_addr()?.port();
         let advertised = (
-            if advertised.0.is_empty() || advertised.0 == "0.0.0.0" { "localhost".to_string() } else { advertised.0 },
-            if advertised.1 == 0 { bound } else { advertised.1 },
+            if advertised.0.is_empty() || advertised.0 == "0.0.0.0" {
+                "localhost".to_string()
+            } else {
+                advertised.0
+            },
+            if advertised.1 == 0 {
+                bound
+            } else {
+                advertised.1
+            },
         );
         driver::serve(config, listener, advertised, shutdown_signal()).await
     })

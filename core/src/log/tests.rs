@@ -13,13 +13,26 @@ use crate::storage::MemStorage;
 
 #[derive(Debug, Clone)]
 enum Op {
-    Append { records: u8, value_bytes: u16, timestamp: i64 },
+    Append {
+        records: u8,
+        value_bytes: u16,
+        timestamp: i64,
+    },
     Sync,
-    Crash { keep_unsynced_bytes: u16 },
+    Crash {
+        keep_unsynced_bytes: u16,
+    },
     CleanRestart,
-    Read { offset_pick: u16, bytes_max: u16 },
-    Retention { retention_bytes: u16 },
-    Lookup { timestamp: i64 },
+    Read {
+        offset_pick: u16,
+        bytes_max: u16,
+    },
+    Retention {
+        retention_bytes: u16,
+    },
+    Lookup {
+        timestamp: i64,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -35,10 +48,14 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 fn config(retention_bytes: i64) -> TopicConfig {
-    let pairs = [("segment.bytes", "700".to_string()), ("index.interval.bytes", "150".into()), ("retention.bytes", retention_bytes.to_string())]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
+    let pairs = [
+        ("segment.bytes", "700".to_string()),
+        ("index.interval.bytes", "150".into()),
+        ("retention.bytes", retention_bytes.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
     TopicConfig::new(&BrokerConfig::defaults(), &pairs).expect("valid")
 }
 
@@ -53,7 +70,10 @@ struct Model {
 
 impl Model {
     fn end(&self) -> i64 {
-        self.batches.iter().next_back().map_or(self.log_start, |(_, b)| BatchHeader::parse(b).next_offset())
+        self.batches
+            .iter()
+            .next_back()
+            .map_or(self.log_start, |(_, b)| BatchHeader::parse(b).next_offset())
     }
 }
 
@@ -72,9 +92,15 @@ fn check_contents(log: &PartitionLog, storage: &mut MemStorage, model: &Model) {
     let mut offset = model.log_start;
     while offset < model.end() {
         let bytes = log.read(storage, offset, i64::MAX, 1, true).expect("read");
-        let (header, range) = batch::headers_in(&bytes).next().expect("a batch at every offset");
+        let (header, range) = batch::headers_in(&bytes)
+            .next()
+            .expect("a batch at every offset");
         assert_eq!(header.base_offset, offset);
-        assert_eq!(&bytes[range], &model.batches[&offset][..], "batch at {offset} differs");
+        assert_eq!(
+            &bytes[range],
+            &model.batches[&offset][..],
+            "batch at {offset} differs"
+        );
         offset = header.next_offset();
     }
 }
@@ -82,16 +108,28 @@ fn check_contents(log: &PartitionLog, storage: &mut MemStorage, model: &Model) {
 fn run(ops: Vec<Op>) {
     let mut storage = MemStorage::new();
     let mut retention_bytes = -1i64;
-    let (mut log, _) = PartitionLog::open(&mut storage, "t-0", config(retention_bytes), false).expect("open");
+    let (mut log, _) =
+        PartitionLog::open(&mut storage, "t-0", config(retention_bytes), false).expect("open");
     sync(&mut log, &mut storage);
-    let mut model = Model { batches: BTreeMap::new(), deleted: BTreeMap::new(), durable_end: 0, log_start: 0 };
+    let mut model = Model {
+        batches: BTreeMap::new(),
+        deleted: BTreeMap::new(),
+        durable_end: 0,
+        log_start: 0,
+    };
     let mut counter = 0u8;
     for op in ops {
         match op {
-            Op::Append { records, value_bytes, timestamp } => {
+            Op::Append {
+                records,
+                value_bytes,
+                timestamp,
+            } => {
                 counter = counter.wrapping_add(1);
                 let value = vec![counter; value_bytes as usize];
-                let recs: Vec<_> = (0..records).map(|_| (None, Some(&value[..]), vec![], 0)).collect();
+                let recs: Vec<_> = (0..records)
+                    .map(|_| (None, Some(&value[..]), vec![], 0))
+                    .collect();
                 let mut batch = build_batch(timestamp, &recs);
                 let appended = log.append(&mut storage, &mut batch, 0, 0).expect("append");
                 assert_eq!(appended.base_offset, model.end());
@@ -101,19 +139,29 @@ fn run(ops: Vec<Op>) {
                 sync(&mut log, &mut storage);
                 model.durable_end = model.end();
             }
-            Op::Crash { keep_unsynced_bytes } => {
+            Op::Crash {
+                keep_unsynced_bytes,
+            } => {
                 log.close(&mut storage);
                 storage.crash(keep_unsynced_bytes as usize);
-                let (reopened, _) = PartitionLog::open(&mut storage, "t-0", config(retention_bytes), false).expect("reopen");
+                let (reopened, _) =
+                    PartitionLog::open(&mut storage, "t-0", config(retention_bytes), false)
+                        .expect("reopen");
                 log = reopened;
                 let end = log.log_end_offset();
                 if log.log_start_offset() < model.log_start {
                     // Unsynced retention deletions came back.
                     let start = log.log_start_offset();
-                    model.batches.extend(model.deleted.range(start..).map(|(k, v)| (*k, v.clone())));
+                    model
+                        .batches
+                        .extend(model.deleted.range(start..).map(|(k, v)| (*k, v.clone())));
                     model.log_start = start;
                 }
-                assert!(end >= model.durable_end, "lost durable data: end {end} < {}", model.durable_end);
+                assert!(
+                    end >= model.durable_end,
+                    "lost durable data: end {end} < {}",
+                    model.durable_end
+                );
                 // What survived beyond the durable end is a prefix of what was appended.
                 model.batches.retain(|&base, _| base < end);
                 assert_eq!(model.end(), end, "a batch survived partially");
@@ -129,24 +177,38 @@ fn run(ops: Vec<Op>) {
                 }
                 log.close(&mut storage);
                 storage.crash(0);
-                let (reopened, recovery) = PartitionLog::open(&mut storage, "t-0", config(retention_bytes), true).expect("reopen");
-                assert_eq!(recovery, Recovery::default(), "a clean restart needs no repair");
+                let (reopened, recovery) =
+                    PartitionLog::open(&mut storage, "t-0", config(retention_bytes), true)
+                        .expect("reopen");
+                assert_eq!(
+                    recovery,
+                    Recovery::default(),
+                    "a clean restart needs no repair"
+                );
                 log = reopened;
                 sync(&mut log, &mut storage);
                 model.durable_end = model.end();
                 check_contents(&log, &mut storage, &model);
             }
-            Op::Read { offset_pick, bytes_max } => {
+            Op::Read {
+                offset_pick,
+                bytes_max,
+            } => {
                 let span = (model.end() - model.log_start + 1).max(1);
                 let offset = model.log_start + offset_pick as i64 % span;
                 let limit = log.durable_offset();
-                let bytes = log.read(&mut storage, offset, limit, bytes_max as usize, true).expect("read");
+                let bytes = log
+                    .read(&mut storage, offset, limit, bytes_max as usize, true)
+                    .expect("read");
                 let mut expected_next = None;
                 for (index, (header, range)) in batch::headers_in(&bytes).enumerate() {
                     if index == 0 {
                         assert!(header.base_offset <= offset && header.last_offset() >= offset);
                     } else {
-                        assert!(range.end <= bytes_max as usize, "extra batches must fit bytes_max");
+                        assert!(
+                            range.end <= bytes_max as usize,
+                            "extra batches must fit bytes_max"
+                        );
                     }
                     assert!(header.last_offset() < limit, "read beyond the limit");
                     assert_eq!(&bytes[range], &model.batches[&header.base_offset][..]);
@@ -159,19 +221,25 @@ fn run(ops: Vec<Op>) {
                     assert!(!bytes.is_empty(), "nothing returned for a readable offset");
                 }
             }
-            Op::Retention { retention_bytes: limit } => {
+            Op::Retention {
+                retention_bytes: limit,
+            } => {
                 retention_bytes = limit as i64;
                 log.set_config(config(retention_bytes));
                 log.apply_retention(&mut storage, 0).expect("retention");
                 assert!(log.log_start_offset() <= log.durable_offset().max(model.log_start));
                 model.log_start = log.log_start_offset();
                 let kept = model.batches.split_off(&model.log_start);
-                model.deleted.extend(std::mem::replace(&mut model.batches, kept));
+                model
+                    .deleted
+                    .extend(std::mem::replace(&mut model.batches, kept));
                 check_contents(&log, &mut storage, &model);
             }
             Op::Lookup { timestamp } => {
                 let limit = log.durable_offset();
-                let found = log.offset_for_timestamp(&mut storage, timestamp, limit).expect("lookup");
+                let found = log
+                    .offset_for_timestamp(&mut storage, timestamp, limit)
+                    .expect("lookup");
                 let expected = model
                     .batches
                     .values()
@@ -205,12 +273,17 @@ fn a_flipped_bit_in_the_middle_cuts_the_log_there() {
     sync(&mut log, &mut storage);
     log.close(&mut storage);
     // Corrupt the third batch's value.
-    let file = storage.open("t-0/00000000000000000000.log", false).expect("exists");
+    let file = storage
+        .open("t-0/00000000000000000000.log", false)
+        .expect("exists");
     let position = 2 * 175 + 100;
     let mut byte = [0u8; 1];
     storage.read_at(file, position, &mut byte).expect("read");
-    storage.write_at(file, position, &[byte[0] ^ 0x10]).expect("write");
-    let (log, recovery) = PartitionLog::open(&mut storage, "t-0", config(-1), false).expect("reopen");
+    storage
+        .write_at(file, position, &[byte[0] ^ 0x10])
+        .expect("write");
+    let (log, recovery) =
+        PartitionLog::open(&mut storage, "t-0", config(-1), false).expect("reopen");
     assert_eq!(log.log_end_offset(), 2);
     assert!(recovery.truncated_bytes > 0);
 }
@@ -224,10 +297,17 @@ fn missing_index_files_are_rebuilt_on_a_clean_start() {
         log.append(&mut storage, &mut batch, 0, 0).expect("append");
     }
     log.close(&mut storage);
-    storage.remove_file("t-0/00000000000000000000.index").expect("remove");
-    let (log, recovery) = PartitionLog::open(&mut storage, "t-0", config(-1), true).expect("reopen");
+    storage
+        .remove_file("t-0/00000000000000000000.index")
+        .expect("remove");
+    let (log, recovery) =
+        PartitionLog::open(&mut storage, "t-0", config(-1), true).expect("reopen");
     assert_eq!(recovery.indexes_rebuilt, 1);
     assert_eq!(log.log_end_offset(), 20);
     assert!(storage.exists("t-0/00000000000000000000.index"));
-    assert_eq!(log.offset_for_timestamp(&mut storage, 95, 20).expect("lookup"), Some((10, 100)));
+    assert_eq!(
+        log.offset_for_timestamp(&mut storage, 95, 20)
+            .expect("lookup"),
+        Some((10, 100))
+    );
 }

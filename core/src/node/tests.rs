@@ -24,10 +24,21 @@ struct Harness {
 
 impl Harness {
     fn new(storage: MemStorage, pairs: &[(&str, &str)]) -> Harness {
-        let pairs = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let pairs = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let config = BrokerConfig::from_pairs(&pairs).expect("valid config");
-        let node = Node::open(storage, config, ("localhost".into(), 9092), 1, 1_000_000).expect("opens");
-        let mut harness = Harness { node, now_ms: 1_000_000, correlation: 0, pending_syncs: Vec::new(), sent: Vec::new(), closed: false };
+        let node =
+            Node::open(storage, config, ("localhost".into(), 9092), 1, 1_000_000).expect("opens");
+        let mut harness = Harness {
+            node,
+            now_ms: 1_000_000,
+            correlation: 0,
+            pending_syncs: Vec::new(),
+            sent: Vec::new(),
+            closed: false,
+        };
         harness.drain();
         harness.sync_all();
         assert!(harness.node.is_ready());
@@ -72,7 +83,9 @@ impl Harness {
             .with_request_api_version(version)
             .with_correlation_id(self.correlation)
             .with_client_id(Some(StrBytes::from_static_str("test")));
-        header.encode(&mut buf, key.request_header_version(version)).expect("header encodes");
+        header
+            .encode(&mut buf, key.request_header_version(version))
+            .expect("header encodes");
         body.encode(&mut buf, version).expect("body encodes");
         self.send_raw(buf.freeze());
         self.correlation
@@ -85,7 +98,8 @@ impl Harness {
         let length = i32::from_be_bytes(frame[..4].try_into().expect("length"));
         assert_eq!(length as usize, frame.len() - 4);
         let _ = frame.split_to(4);
-        let header = ResponseHeader::decode(&mut frame, key.response_header_version(version)).expect("header");
+        let header = ResponseHeader::decode(&mut frame, key.response_header_version(version))
+            .expect("header");
         assert_eq!(header.correlation_id, correlation);
         T::decode(&mut frame, version).expect("body decodes")
     }
@@ -104,18 +118,27 @@ impl Harness {
             .with_num_partitions(partitions)
             .with_replication_factor(-1)
             .with_configs(configs);
-        let c = self.send(ApiKey::CreateTopics, 7, &CreateTopicsRequest::default().with_topics(vec![topic]));
+        let c = self.send(
+            ApiKey::CreateTopics,
+            7,
+            &CreateTopicsRequest::default().with_topics(vec![topic]),
+        );
         self.sync_all();
         let response: CreateTopicsResponse = self.take(ApiKey::CreateTopics, 7, c);
         response.topics[0].error_code
     }
 
     fn produce(&mut self, topic: &str, partition: i32, acks: i16, records: Bytes) -> i32 {
-        let data = produce_request::PartitionProduceData::default().with_index(partition).with_records(Some(records));
+        let data = produce_request::PartitionProduceData::default()
+            .with_index(partition)
+            .with_records(Some(records));
         let topic = produce_request::TopicProduceData::default()
             .with_name(TopicName(StrBytes::from_string(topic.into())))
             .with_partition_data(vec![data]);
-        let request = ProduceRequest::default().with_acks(acks).with_timeout_ms(1000).with_topic_data(vec![topic]);
+        let request = ProduceRequest::default()
+            .with_acks(acks)
+            .with_timeout_ms(1000)
+            .with_topic_data(vec![topic]);
         self.send(ApiKey::Produce, 9, &request)
     }
 
@@ -149,7 +172,10 @@ impl Harness {
 }
 
 fn one_record(value: &[u8]) -> Bytes {
-    Bytes::from(build_batch(1_000_000, &[(Some(b"key"), Some(value), vec![], 0)]))
+    Bytes::from(build_batch(
+        1_000_000,
+        &[(Some(b"key"), Some(value), vec![], 0)],
+    ))
 }
 
 fn values_in(records: &[u8]) -> Vec<Vec<u8>> {
@@ -181,12 +207,19 @@ fn a_too_new_api_versions_gets_error_35_as_v0() {
     h.send_raw(buf.freeze());
     let response: ApiVersionsResponse = h.take(ApiKey::ApiVersions, 0, 7);
     assert_eq!(response.error_code, 35);
-    assert!(response.api_keys.iter().any(|k| k.api_key == ApiKey::ApiVersions as i16 && k.max_version == 4));
+    assert!(response
+        .api_keys
+        .iter()
+        .any(|k| k.api_key == ApiKey::ApiVersions as i16 && k.max_version == 4));
 }
 
 #[test]
 fn unknown_api_keys_and_versions_close_the_connection() {
-    for (key, version) in [(999i16, 0i16), (ApiKey::Produce as i16, 2), (ApiKey::JoinGroup as i16, 0)] {
+    for (key, version) in [
+        (999i16, 0i16),
+        (ApiKey::Produce as i16, 2),
+        (ApiKey::JoinGroup as i16, 0),
+    ] {
         let mut h = Harness::new(MemStorage::new(), &[]);
         let mut buf = BytesMut::new();
         buf.put_i16(key);
@@ -215,7 +248,9 @@ fn one_sync_covers_many_produces() {
     let mut h = Harness::new(MemStorage::new(), &[]);
     h.create_topic("t", 1, &[]);
     let first = h.produce("t", 0, 1, one_record(b"a"));
-    let rest: Vec<i32> = (0..10).map(|i| h.produce("t", 0, 1, one_record(&[i]))).collect();
+    let rest: Vec<i32> = (0..10)
+        .map(|i| h.produce("t", 0, 1, one_record(&[i])))
+        .collect();
     // One sync is in flight for the first produce; the other ten share the next.
     assert_eq!(h.pending_syncs.len(), 1);
     let (id, targets) = h.pending_syncs.remove(0);
@@ -224,7 +259,11 @@ fn one_sync_covers_many_produces() {
     }
     h.node.handle_synced(h.now_ms, id, Ok(()));
     h.drain();
-    assert_eq!(h.pending_syncs.len(), 1, "the ten waiting appends share one sync");
+    assert_eq!(
+        h.pending_syncs.len(),
+        1,
+        "the ten waiting appends share one sync"
+    );
     h.sync_all();
     assert_eq!(h.produce_result(first), (0, 0));
     for (n, c) in rest.into_iter().enumerate() {
@@ -240,9 +279,15 @@ fn a_failed_sync_fails_the_produce_and_later_ones() {
     let (id, _) = h.pending_syncs.remove(0);
     h.node.handle_synced(h.now_ms, id, Err("EIO".into()));
     h.drain();
-    assert_eq!(h.produce_result(c).0, ResponseError::KafkaStorageError.code());
+    assert_eq!(
+        h.produce_result(c).0,
+        ResponseError::KafkaStorageError.code()
+    );
     let c = h.produce("t", 0, 1, one_record(b"b"));
-    assert_eq!(h.produce_result(c).0, ResponseError::KafkaStorageError.code());
+    assert_eq!(
+        h.produce_result(c).0,
+        ResponseError::KafkaStorageError.code()
+    );
 }
 
 #[test]
@@ -286,24 +331,47 @@ fn bad_batches_get_kafkas_errors_and_append_nothing() {
     for (records, expected) in cases {
         let c = h.produce("t", 0, 1, Bytes::from(records));
         h.sync_all();
-        assert_eq!(h.produce_result(c).0, expected.code(), "expected {expected:?}");
+        assert_eq!(
+            h.produce_result(c).0,
+            expected.code(),
+            "expected {expected:?}"
+        );
     }
     let c = h.produce("t", 0, 1, one_record(b"ok"));
     h.sync_all();
-    assert_eq!(h.produce_result(c), (0, 0), "rejected batches consumed no offsets");
+    assert_eq!(
+        h.produce_result(c),
+        (0, 0),
+        "rejected batches consumed no offsets"
+    );
 }
 
 #[test]
 fn invalid_and_unknown_topics() {
     let mut h = Harness::new(MemStorage::new(), &[("auto.create.topics.enable", "false")]);
     let c = h.produce("bad/name", 0, 1, one_record(b"a"));
-    assert_eq!(h.produce_result(c).0, ResponseError::InvalidTopicException.code());
+    assert_eq!(
+        h.produce_result(c).0,
+        ResponseError::InvalidTopicException.code()
+    );
     let c = h.produce("missing", 0, 1, one_record(b"a"));
-    assert_eq!(h.produce_result(c).0, ResponseError::UnknownTopicOrPartition.code());
+    assert_eq!(
+        h.produce_result(c).0,
+        ResponseError::UnknownTopicOrPartition.code()
+    );
     assert_eq!(h.create_topic("a.b", 1, &[]), 0);
-    assert_eq!(h.create_topic("a_b", 1, &[]), ResponseError::InvalidTopicException.code());
-    assert_eq!(h.create_topic("a.b", 1, &[]), ResponseError::TopicAlreadyExists.code());
-    assert_eq!(h.create_topic("c", 1, &[("no.such", "1")]), ResponseError::InvalidConfig.code());
+    assert_eq!(
+        h.create_topic("a_b", 1, &[]),
+        ResponseError::InvalidTopicException.code()
+    );
+    assert_eq!(
+        h.create_topic("a.b", 1, &[]),
+        ResponseError::TopicAlreadyExists.code()
+    );
+    assert_eq!(
+        h.create_topic("c", 1, &[("no.such", "1")]),
+        ResponseError::InvalidConfig.code()
+    );
 }
 
 #[test]
@@ -323,11 +391,17 @@ fn fetch_long_polls_until_data_is_durable_or_the_deadline() {
     assert!(h.sent.is_empty());
     assert_eq!(h.node.poll_timeout(), Some(h.now_ms + 500));
     let p = h.produce("t", 0, 1, one_record(b"hello"));
-    assert!(h.sent.is_empty(), "fetch answered before the data was durable");
+    assert!(
+        h.sent.is_empty(),
+        "fetch answered before the data was durable"
+    );
     h.sync_all();
     let data = h.fetch_result(waiting);
     assert_eq!(data.high_watermark, 1);
-    assert_eq!(values_in(data.records.as_deref().unwrap_or_default()), vec![b"hello".to_vec()]);
+    assert_eq!(
+        values_in(data.records.as_deref().unwrap_or_default()),
+        vec![b"hello".to_vec()]
+    );
     assert_eq!(h.produce_result(p), (0, 0));
     // Nothing new: the deadline answers with no records.
     let c = h.fetch("t", 1, 200, 1);
@@ -343,7 +417,11 @@ fn responses_keep_request_order_behind_a_waiting_fetch() {
     let mut h = Harness::new(MemStorage::new(), &[]);
     h.create_topic("t", 1, &[]);
     let fetch = h.fetch("t", 0, 1000, 1);
-    let metadata = h.send(ApiKey::Metadata, 12, &MetadataRequest::default().with_topics(None));
+    let metadata = h.send(
+        ApiKey::Metadata,
+        12,
+        &MetadataRequest::default().with_topics(None),
+    );
     assert!(h.sent.is_empty(), "metadata overtook the fetch");
     h.now_ms += 1000;
     h.node.handle_timeout(h.now_ms);
@@ -357,15 +435,30 @@ fn responses_keep_request_order_behind_a_waiting_fetch() {
 fn fetch_returns_one_whole_batch_even_above_max_bytes() {
     let mut h = Harness::new(MemStorage::new(), &[]);
     h.create_topic("t", 1, &[]);
-    let c = h.produce("t", 0, 1, Bytes::from(build_batch(0, &[(None, Some(&[7u8; 5000]), vec![], 0)])));
+    let c = h.produce(
+        "t",
+        0,
+        1,
+        Bytes::from(build_batch(0, &[(None, Some(&[7u8; 5000]), vec![], 0)])),
+    );
     h.sync_all();
     h.produce_result(c);
-    let partition = fetch_request::FetchPartition::default().with_partition(0).with_fetch_offset(0).with_partition_max_bytes(100);
-    let topic = fetch_request::FetchTopic::default().with_topic(TopicName(StrBytes::from_static_str("t"))).with_partitions(vec![partition]);
-    let request = FetchRequest::default().with_max_bytes(100).with_topics(vec![topic]);
+    let partition = fetch_request::FetchPartition::default()
+        .with_partition(0)
+        .with_fetch_offset(0)
+        .with_partition_max_bytes(100);
+    let topic = fetch_request::FetchTopic::default()
+        .with_topic(TopicName(StrBytes::from_static_str("t")))
+        .with_partitions(vec![partition]);
+    let request = FetchRequest::default()
+        .with_max_bytes(100)
+        .with_topics(vec![topic]);
     let c = h.send(ApiKey::Fetch, 12, &request);
     let data = h.fetch_result(c);
-    assert_eq!(values_in(data.records.as_deref().unwrap_or_default()), vec![vec![7u8; 5000]]);
+    assert_eq!(
+        values_in(data.records.as_deref().unwrap_or_default()),
+        vec![vec![7u8; 5000]]
+    );
 }
 
 #[test]
@@ -373,18 +466,34 @@ fn fetch_out_of_range_and_list_offsets() {
     let mut h = Harness::new(MemStorage::new(), &[]);
     h.create_topic("t", 1, &[]);
     for (n, ts) in [(0u8, 100i64), (1, 300), (2, 200)] {
-        let c = h.produce("t", 0, 1, Bytes::from(build_batch(ts, &[(None, Some(&[n]), vec![], 0)])));
+        let c = h.produce(
+            "t",
+            0,
+            1,
+            Bytes::from(build_batch(ts, &[(None, Some(&[n]), vec![], 0)])),
+        );
         h.sync_all();
         h.produce_result(c);
     }
     let c = h.fetch("t", 9, 0, 1);
-    assert_eq!(h.fetch_result(c).error_code, ResponseError::OffsetOutOfRange.code());
+    assert_eq!(
+        h.fetch_result(c).error_code,
+        ResponseError::OffsetOutOfRange.code()
+    );
     let lookup = |h: &mut Harness, timestamp: i64| {
-        let partition = list_offsets_request::ListOffsetsPartition::default().with_partition_index(0).with_timestamp(timestamp);
+        let partition = list_offsets_request::ListOffsetsPartition::default()
+            .with_partition_index(0)
+            .with_timestamp(timestamp);
         let topic = list_offsets_request::ListOffsetsTopic::default()
             .with_name(TopicName(StrBytes::from_static_str("t")))
             .with_partitions(vec![partition]);
-        let c = h.send(ApiKey::ListOffsets, 7, &ListOffsetsRequest::default().with_replica_id(BrokerId(-1)).with_topics(vec![topic]));
+        let c = h.send(
+            ApiKey::ListOffsets,
+            7,
+            &ListOffsetsRequest::default()
+                .with_replica_id(BrokerId(-1))
+                .with_topics(vec![topic]),
+        );
         let response: ListOffsetsResponse = h.take(ApiKey::ListOffsets, 7, c);
         let p = &response.topics[0].partitions[0];
         (p.offset, p.timestamp)
@@ -410,11 +519,21 @@ fn acknowledged_records_survive_a_crash_and_unsynced_ones_may_not() {
     let mut h = Harness::new(storage, &[]);
     let c = h.fetch("t", 0, 0, 1);
     let data = h.fetch_result(c);
-    assert_eq!(data.high_watermark, 1, "the torn unsynced batch was cut off");
-    assert_eq!(values_in(data.records.as_deref().unwrap_or_default()), vec![b"kept".to_vec()]);
+    assert_eq!(
+        data.high_watermark, 1,
+        "the torn unsynced batch was cut off"
+    );
+    assert_eq!(
+        values_in(data.records.as_deref().unwrap_or_default()),
+        vec![b"kept".to_vec()]
+    );
     let c = h.produce("t", 0, 1, one_record(b"next"));
     h.sync_all();
-    assert_eq!(h.produce_result(c), (0, 1), "the lost offset is reused only because it was never acknowledged");
+    assert_eq!(
+        h.produce_result(c),
+        (0, 1),
+        "the lost offset is reused only because it was never acknowledged"
+    );
 }
 
 #[test]
@@ -430,18 +549,28 @@ fn clean_shutdown_writes_the_marker_and_restart_uses_it() {
     assert!(h.node.is_stopped());
     let mut storage = std::mem::take(&mut h.node.storage);
     storage.crash(0);
-    assert!(storage.exists(CLEAN_SHUTDOWN_FILE), "marker must be durable");
+    assert!(
+        storage.exists(CLEAN_SHUTDOWN_FILE),
+        "marker must be durable"
+    );
     let mut h = Harness::new(storage, &[]);
-    assert!(!h.node.storage.exists(CLEAN_SHUTDOWN_FILE), "marker is consumed at start");
+    assert!(
+        !h.node.storage.exists(CLEAN_SHUTDOWN_FILE),
+        "marker is consumed at start"
+    );
     let c = h.fetch("t", 0, 0, 1);
-    assert_eq!(values_in(h.fetch_result(c).records.as_deref().unwrap_or_default()), vec![b"x".to_vec()]);
+    assert_eq!(
+        values_in(h.fetch_result(c).records.as_deref().unwrap_or_default()),
+        vec![b"x".to_vec()]
+    );
 }
 
 #[test]
 fn deleted_topics_leave_no_files_and_stay_deleted() {
     let mut h = Harness::new(MemStorage::new(), &[]);
     h.create_topic("gone", 2, &[]);
-    let request = DeleteTopicsRequest::default().with_topic_names(vec![TopicName(StrBytes::from_static_str("gone"))]);
+    let request = DeleteTopicsRequest::default()
+        .with_topic_names(vec![TopicName(StrBytes::from_static_str("gone"))]);
     let c = h.send(ApiKey::DeleteTopics, 5, &request);
     h.sync_all();
     let response: DeleteTopicsResponse = h.take(ApiKey::DeleteTopics, 5, c);
@@ -461,7 +590,11 @@ fn create_partitions_grows_a_topic() {
         let topic = create_partitions_request::CreatePartitionsTopic::default()
             .with_name(TopicName(StrBytes::from_static_str("t")))
             .with_count(count);
-        let c = h.send(ApiKey::CreatePartitions, 3, &CreatePartitionsRequest::default().with_topics(vec![topic]));
+        let c = h.send(
+            ApiKey::CreatePartitions,
+            3,
+            &CreatePartitionsRequest::default().with_topics(vec![topic]),
+        );
         h.sync_all();
         let response: CreatePartitionsResponse = h.take(ApiKey::CreatePartitions, 3, c);
         response.results[0].error_code
@@ -486,75 +619,156 @@ fn every_api_answers_at_every_version() {
         for version in min..=max {
             let c = match key {
                 ApiKey::ApiVersions => h.send(key, version, &ApiVersionsRequest::default()),
-                ApiKey::Metadata => h.send(key, version, &MetadataRequest::default().with_topics(None)),
+                ApiKey::Metadata => {
+                    h.send(key, version, &MetadataRequest::default().with_topics(None))
+                }
                 ApiKey::Produce => {
-                    let data = produce_request::PartitionProduceData::default().with_index(0).with_records(Some(one_record(b"v")));
-                    let mut topic = produce_request::TopicProduceData::default().with_partition_data(vec![data]);
-                    if version >= 13 { topic.topic_id = id } else { topic.name = name() }
-                    h.send(key, version, &ProduceRequest::default().with_acks(1).with_topic_data(vec![topic]))
+                    let data = produce_request::PartitionProduceData::default()
+                        .with_index(0)
+                        .with_records(Some(one_record(b"v")));
+                    let mut topic = produce_request::TopicProduceData::default()
+                        .with_partition_data(vec![data]);
+                    if version >= 13 {
+                        topic.topic_id = id
+                    } else {
+                        topic.name = name()
+                    }
+                    h.send(
+                        key,
+                        version,
+                        &ProduceRequest::default()
+                            .with_acks(1)
+                            .with_topic_data(vec![topic]),
+                    )
                 }
                 ApiKey::Fetch => {
-                    let partition = fetch_request::FetchPartition::default().with_partition_max_bytes(1000);
-                    let mut topic = fetch_request::FetchTopic::default().with_partitions(vec![partition]);
-                    if version >= 13 { topic.topic_id = id } else { topic.topic = name() }
-                    h.send(key, version, &FetchRequest::default().with_max_bytes(1000).with_topics(vec![topic]))
+                    let partition =
+                        fetch_request::FetchPartition::default().with_partition_max_bytes(1000);
+                    let mut topic =
+                        fetch_request::FetchTopic::default().with_partitions(vec![partition]);
+                    if version >= 13 {
+                        topic.topic_id = id
+                    } else {
+                        topic.topic = name()
+                    }
+                    h.send(
+                        key,
+                        version,
+                        &FetchRequest::default()
+                            .with_max_bytes(1000)
+                            .with_topics(vec![topic]),
+                    )
                 }
                 ApiKey::ListOffsets => {
-                    let partition = list_offsets_request::ListOffsetsPartition::default().with_timestamp(-1);
-                    let topic = list_offsets_request::ListOffsetsTopic::default().with_name(name()).with_partitions(vec![partition]);
-                    h.send(key, version, &ListOffsetsRequest::default().with_topics(vec![topic]))
+                    let partition =
+                        list_offsets_request::ListOffsetsPartition::default().with_timestamp(-1);
+                    let topic = list_offsets_request::ListOffsetsTopic::default()
+                        .with_name(name())
+                        .with_partitions(vec![partition]);
+                    h.send(
+                        key,
+                        version,
+                        &ListOffsetsRequest::default().with_topics(vec![topic]),
+                    )
                 }
                 ApiKey::CreateTopics => {
                     let topic = create_topics_request::CreatableTopic::default()
                         .with_name(TopicName(StrBytes::from_string(format!("c{version}"))))
                         .with_num_partitions(1)
                         .with_replication_factor(1);
-                    h.send(key, version, &CreateTopicsRequest::default().with_topics(vec![topic]))
+                    h.send(
+                        key,
+                        version,
+                        &CreateTopicsRequest::default().with_topics(vec![topic]),
+                    )
                 }
                 ApiKey::DeleteTopics => {
                     let gone = TopicName(StrBytes::from_static_str("missing"));
                     let request = if version >= 6 {
-                        DeleteTopicsRequest::default().with_topics(vec![delete_topics_request::DeleteTopicState::default().with_name(Some(gone))])
+                        DeleteTopicsRequest::default()
+                            .with_topics(vec![delete_topics_request::DeleteTopicState::default()
+                                .with_name(Some(gone))])
                     } else {
                         DeleteTopicsRequest::default().with_topic_names(vec![gone])
                     };
                     h.send(key, version, &request)
                 }
                 ApiKey::CreatePartitions => {
-                    let topic = create_partitions_request::CreatePartitionsTopic::default().with_name(name()).with_count(1);
-                    h.send(key, version, &CreatePartitionsRequest::default().with_topics(vec![topic]))
+                    let topic = create_partitions_request::CreatePartitionsTopic::default()
+                        .with_name(name())
+                        .with_count(1);
+                    h.send(
+                        key,
+                        version,
+                        &CreatePartitionsRequest::default().with_topics(vec![topic]),
+                    )
                 }
                 ApiKey::DescribeConfigs => {
                     let resources = vec![
-                        describe_configs_request::DescribeConfigsResource::default().with_resource_type(2).with_resource_name(StrBytes::from_static_str("t")),
-                        describe_configs_request::DescribeConfigsResource::default().with_resource_type(4).with_resource_name(StrBytes::from_static_str("1")),
+                        describe_configs_request::DescribeConfigsResource::default()
+                            .with_resource_type(2)
+                            .with_resource_name(StrBytes::from_static_str("t")),
+                        describe_configs_request::DescribeConfigsResource::default()
+                            .with_resource_type(4)
+                            .with_resource_name(StrBytes::from_static_str("1")),
                     ];
-                    h.send(key, version, &DescribeConfigsRequest::default().with_resources(resources).with_include_synonyms(version >= 1))
+                    h.send(
+                        key,
+                        version,
+                        &DescribeConfigsRequest::default()
+                            .with_resources(resources)
+                            .with_include_synonyms(version >= 1),
+                    )
                 }
-                ApiKey::DescribeCluster => h.send(key, version, &DescribeClusterRequest::default().with_endpoint_type(1)),
+                ApiKey::DescribeCluster => h.send(
+                    key,
+                    version,
+                    &DescribeClusterRequest::default().with_endpoint_type(1),
+                ),
                 other => panic!("no request written for {other:?}"),
             };
             h.sync_all();
             assert!(!h.closed, "{key:?} v{version} closed the connection");
             assert_eq!(h.sent.len(), 1, "{key:?} v{version} got no response");
             let mut frame = h.sent.remove(0).slice(4..);
-            let header = ResponseHeader::decode(&mut frame, key.response_header_version(version)).expect("header");
+            let header = ResponseHeader::decode(&mut frame, key.response_header_version(version))
+                .expect("header");
             assert_eq!(header.correlation_id, c);
             let decoded = match key {
-                ApiKey::ApiVersions => ApiVersionsResponse::decode(&mut frame, version).map(|r| r.error_code),
-                ApiKey::Metadata => MetadataResponse::decode(&mut frame, version).map(|r| r.error_code),
-                ApiKey::Produce => ProduceResponse::decode(&mut frame, version).map(|r| r.responses[0].partition_responses[0].error_code),
-                ApiKey::Fetch => FetchResponse::decode(&mut frame, version).map(|r| r.responses[0].partitions[0].error_code),
-                ApiKey::ListOffsets => ListOffsetsResponse::decode(&mut frame, version).map(|r| r.topics[0].partitions[0].error_code),
-                ApiKey::CreateTopics => CreateTopicsResponse::decode(&mut frame, version).map(|r| r.topics[0].error_code),
-                ApiKey::DeleteTopics => DeleteTopicsResponse::decode(&mut frame, version).map(|r| r.responses[0].error_code - 3),
-                ApiKey::CreatePartitions => CreatePartitionsResponse::decode(&mut frame, version).map(|r| r.results[0].error_code - 37),
-                ApiKey::DescribeConfigs => DescribeConfigsResponse::decode(&mut frame, version).map(|r| r.results[0].error_code + r.results[1].error_code),
-                ApiKey::DescribeCluster => DescribeClusterResponse::decode(&mut frame, version).map(|r| r.error_code),
+                ApiKey::ApiVersions => {
+                    ApiVersionsResponse::decode(&mut frame, version).map(|r| r.error_code)
+                }
+                ApiKey::Metadata => {
+                    MetadataResponse::decode(&mut frame, version).map(|r| r.error_code)
+                }
+                ApiKey::Produce => ProduceResponse::decode(&mut frame, version)
+                    .map(|r| r.responses[0].partition_responses[0].error_code),
+                ApiKey::Fetch => FetchResponse::decode(&mut frame, version)
+                    .map(|r| r.responses[0].partitions[0].error_code),
+                ApiKey::ListOffsets => ListOffsetsResponse::decode(&mut frame, version)
+                    .map(|r| r.topics[0].partitions[0].error_code),
+                ApiKey::CreateTopics => CreateTopicsResponse::decode(&mut frame, version)
+                    .map(|r| r.topics[0].error_code),
+                ApiKey::DeleteTopics => DeleteTopicsResponse::decode(&mut frame, version)
+                    .map(|r| r.responses[0].error_code - 3),
+                ApiKey::CreatePartitions => CreatePartitionsResponse::decode(&mut frame, version)
+                    .map(|r| r.results[0].error_code - 37),
+                ApiKey::DescribeConfigs => DescribeConfigsResponse::decode(&mut frame, version)
+                    .map(|r| r.results[0].error_code + r.results[1].error_code),
+                ApiKey::DescribeCluster => {
+                    DescribeClusterResponse::decode(&mut frame, version).map(|r| r.error_code)
+                }
                 _ => unreachable!(),
             };
-            assert_eq!(decoded.expect("response decodes"), 0, "{key:?} v{version} answered with an unexpected error");
-            assert!(frame.is_empty(), "{key:?} v{version} left bytes after the body");
+            assert_eq!(
+                decoded.expect("response decodes"),
+                0,
+                "{key:?} v{version} answered with an unexpected error"
+            );
+            assert!(
+                frame.is_empty(),
+                "{key:?} v{version} left bytes after the body"
+            );
         }
     }
 }

@@ -1,0 +1,485 @@
+//! The broker's configuration file: TOML under Kafka's key names.
+//!
+//! A key may be written as one quoted name (`"log.dirs" = "/data"`) or with
+//! TOML's own dotted keys and tables (`log.dirs = "/data"`, or `dirs` under
+//! `[log]`); nested tables are flattened back into dotted names. Strings,
+//! integers and booleans become their string forms, and an array of strings
+//! becomes Kafka's comma-separated list. `--override key=value` pairs from the
+//! command line go on top of the file, and the result is checked against the
+//! key table of `sluice_core::config`, so every error names where the bad key
+//! came from: `sluice.toml:3: unknown configuration key `log.dir``.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Context};
+use sluice_core::config::{BrokerConfig, ConfigError};
+use toml::de::{DeTable, DeValue};
+
+/// Where a configuration value came from, for error messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// A line of the config file.
+    Line(usize),
+    /// A `--override` on the command line.
+    Override,
+}
+
+/// The text of a config file with its name, for locating errors.
+struct Source<'a> {
+    name: String,
+    text: &'a str,
+}
+
+impl Source<'_> {
+    /// The 1-based line holding byte `offset`.
+    fn line(&self, offset: usize) -> usize {
+        let end = offset.min(self.text.len());
+        self.text.as_bytes()[..end]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            + 1
+    }
+
+    /// The 1-based column of byte `offset`, in characters.
+    fn column(&self, offset: usize) -> usize {
+        let end = offset.min(self.text.len());
+        let start = self.text.as_bytes()[..end]
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |n| n + 1);
+        self.text
+            .get(start..end)
+            .map_or(1, |s| s.chars().count() + 1)
+    }
+}
+
+/// Reads the broker configuration: the file at `path` (if any), then the
+/// command-line `overrides` on top, checked against the known keys. Without a
+/// path the result is the built-in defaults plus the overrides.
+pub fn load(path: Option<&Path>, overrides: &[(String, String)]) -> anyhow::Result<BrokerConfig> {
+    let mut values: BTreeMap<String, (String, Origin)> = BTreeMap::new();
+    let mut file_name = String::new();
+    if let Some(path) = path {
+        file_name = path.display().to_string();
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {file_name}"))?;
+        let source = Source {
+            name: file_name.clone(),
+            text: &text,
+        };
+        values = read_toml(&source)?;
+    }
+    for (key, value) in overrides {
+        let key = key.trim();
+        if key.is_empty() {
+            bail!("--override {key}={value}: the key is empty");
+        }
+        values.insert(key.to_string(), (value.clone(), Origin::Override));
+    }
+
+    let pairs: BTreeMap<String, String> = values
+        .iter()
+        .map(|(k, (v, _))| (k.clone(), v.clone()))
+        .collect();
+    let place = |key: &str| match values.get(key) {
+        Some((_, Origin::Line(line))) => format!("{file_name}:{line}"),
+        Some((_, Origin::Override)) => "--override".to_string(),
+        None if file_name.is_empty() => "default configuration".to_string(),
+        None => file_name.clone(),
+    };
+    let config = BrokerConfig::from_pairs(&pairs).map_err(|err| {
+        let key = match &err {
+            ConfigError::UnknownKey(key) => key,
+            ConfigError::BadValue { key, .. } => key,
+        };
+        anyhow!("{}: {err}", place(key))
+    })?;
+
+    parse_listener(&config.listeners)
+        .map_err(|err| anyhow!("{}: `listeners`: {err}", place("listeners")))?;
+    let advertised = config.get("advertised.listeners");
+    if !advertised.is_empty() {
+        let place = place("advertised.listeners");
+        let (host, _) = parse_listener(&advertised)
+            .map_err(|err| anyhow!("{place}: `advertised.listeners`: {err}"))?;
+        if matches!(host.as_str(), "0.0.0.0" | "::") {
+            bail!("{place}: `advertised.listeners` must name an address clients can reach, not `{host}`");
+        }
+    }
+    Ok(config)
+}
+
+/// Splits one `--override` argument, `key=value`, at its first `=`.
+pub fn parse_override(argument: &str) -> anyhow::Result<(String, String)> {
+    match argument.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => {
+            Ok((key.trim().to_string(), value.to_string()))
+        }
+        _ => bail!("bad override `{argument}`: expected key=value"),
+    }
+}
+
+/// Parses the file into dotted key names, each with its value and line.
+fn read_toml(source: &Source<'_>) -> anyhow::Result<BTreeMap<String, (String, Origin)>> {
+    let document = DeTable::parse(source.text).map_err(|err| {
+        let message = err.message().trim().replace('\n', "; ");
+        match err.span() {
+            Some(span) => anyhow!(
+                "{}:{}:{}: invalid TOML: {message}",
+                source.name,
+                source.line(span.start),
+                source.column(span.start)
+            ),
+            None => anyhow!("{}: invalid TOML: {message}", source.name),
+        }
+    })?;
+    let mut values = BTreeMap::new();
+    flatten(source, "", document.get_ref(), &mut values)?;
+    Ok(values)
+}
+
+fn flatten(
+    source: &Source<'_>,
+    prefix: &str,
+    table: &DeTable<'_>,
+    values: &mut BTreeMap<String, (String, Origin)>,
+) -> anyhow::Result<()> {
+    for (key, value) in table.iter() {
+        let name = if prefix.is_empty() {
+            key.get_ref().to_string()
+        } else {
+            format!("{prefix}.{}", key.get_ref())
+        };
+        let line = source.line(key.span().start);
+        let at = |what: &str| anyhow!("{}:{line}: `{name}`: {what}", source.name);
+        let text = match value.get_ref() {
+            DeValue::Table(inner) => {
+                flatten(source, &name, inner, values)?;
+                continue;
+            }
+            DeValue::String(s) => s.to_string(),
+            DeValue::Boolean(b) => b.to_string(),
+            DeValue::Integer(i) => i64::from_str_radix(i.as_str(), i.radix())
+                .map_err(|_| at("integer out of the 64-bit range"))?
+                .to_string(),
+            DeValue::Float(_) => {
+                return Err(at("decimal numbers are not accepted; write a whole number"))
+            }
+            DeValue::Datetime(_) => {
+                return Err(at(
+                    "dates and times are not accepted; write a number or a string",
+                ))
+            }
+            DeValue::Array(items) => {
+                let mut parts = Vec::with_capacity(items.len());
+                for item in items.iter() {
+                    match item.get_ref() {
+                        DeValue::String(s) => parts.push(s.to_string()),
+                        _ => return Err(at("an array may hold only strings")),
+                    }
+                }
+                parts.join(",")
+            }
+        };
+        if let Some((_, Origin::Line(first))) = values.get(&name) {
+            return Err(at(&format!("set twice (first on line {first})")));
+        }
+        values.insert(name, (text, Origin::Line(line)));
+    }
+    Ok(())
+}
+
+/// Parses a listener, `PLAINTEXT://host:port` or `host:port`, into the host
+/// to bind (without IPv6 brackets; `0.0.0.0` when empty) and the port.
+/// Only one listener, of the PLAINTEXT kind, is supported.
+pub fn parse_listener(value: &str) -> anyhow::Result<(String, u16)> {
+    let value = value.trim();
+    let bad = |why: &str| anyhow!("bad listener `{value}`: {why}");
+    if value.is_empty() {
+        return Err(bad("it is empty"));
+    }
+    if value.contains(',') {
+        return Err(bad("only one listener is supported"));
+    }
+    let address = match value.split_once("://") {
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("PLAINTEXT") => rest,
+        Some((scheme, _)) => {
+            return Err(bad(&format!(
+                "unsupported scheme `{scheme}`, only PLAINTEXT is supported"
+            )))
+        }
+        None => value,
+    };
+    let (host, port) = if let Some(rest) = address.strip_prefix('[') {
+        let (host, after) = rest
+            .split_once(']')
+            .ok_or_else(|| bad("missing `]` after the IPv6 address"))?;
+        if host.is_empty() || host.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(bad(&format!("`{host}` is not an IPv6 address")));
+        }
+        let port = after
+            .strip_prefix(':')
+            .ok_or_else(|| bad("expected `:port` after the IPv6 address"))?;
+        (host, port)
+    } else {
+        let (host, port) = address
+            .rsplit_once(':')
+            .ok_or_else(|| bad("expected host:port"))?;
+        if host.contains(':') {
+            return Err(bad("write an IPv6 address in brackets, as in [::1]:9092"));
+        }
+        if host
+            .chars()
+            .any(|c| c.is_whitespace() || "/[]@?#".contains(c))
+        {
+            return Err(bad(&format!("`{host}` is not a host name")));
+        }
+        (host, port)
+    };
+    let port = port
+        .parse::<u16>()
+        .map_err(|_| bad(&format!("`{port}` is not a port number (0 to 65535)")))?;
+    let host = if host.is_empty() { "0.0.0.0" } else { host };
+    Ok((host.to_string(), port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn file(text: &str) -> tempfile::NamedTempFile {
+        let mut file = tempfile::Builder::new()
+            .suffix(".toml")
+            .tempfile()
+            .expect("temp file");
+        file.write_all(text.as_bytes()).expect("write");
+        file
+    }
+
+    fn load_text(text: &str, overrides: &[(&str, &str)]) -> anyhow::Result<BrokerConfig> {
+        let file = file(text);
+        let overrides: Vec<(String, String)> = overrides
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        load(Some(file.path()), &overrides)
+    }
+
+    fn error_text(text: &str, overrides: &[(&str, &str)]) -> String {
+        let file = file(text);
+        let overrides: Vec<(String, String)> = overrides
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let err = load(Some(file.path()), &overrides).expect_err("should fail");
+        // Replace the random temp path so messages can be compared.
+        err.to_string()
+            .replace(&file.path().display().to_string(), "sluice.toml")
+    }
+
+    #[test]
+    fn quoted_dotted_keys() {
+        let config = load_text(
+            "\"log.dirs\" = \"/data\"\n\"num.partitions\" = 3\n\"auto.create.topics.enable\" = false\n",
+            &[],
+        )
+        .expect("valid");
+        assert_eq!(config.log_dirs, "/data");
+        assert_eq!(config.num_partitions, 3);
+        assert!(!config.auto_create_topics);
+    }
+
+    #[test]
+    fn toml_dotted_keys_and_tables() {
+        let config = load_text(
+            "node.id = 7\n[log]\ndirs = \"/data\"\nsegment.bytes = 4096\nretention.ms = 1_000\n\
+             [log.retention.check]\ninterval.ms = 10\n",
+            &[],
+        )
+        .expect("valid");
+        assert_eq!(config.node_id, 7);
+        assert_eq!(config.log_dirs, "/data");
+        assert_eq!(config.get("log.segment.bytes"), "4096");
+        assert_eq!(config.get("log.retention.ms"), "1000");
+        assert_eq!(config.retention_check_interval_ms, 10);
+    }
+
+    #[test]
+    fn inline_tables_and_hex_integers() {
+        let config = load_text(
+            "log = { dirs = \"/d\", \"index.interval.bytes\" = 0x100 }\n",
+            &[],
+        )
+        .expect("valid");
+        assert_eq!(config.log_dirs, "/d");
+        assert_eq!(config.get("log.index.interval.bytes"), "256");
+    }
+
+    #[test]
+    fn arrays_of_strings_become_lists() {
+        let config = load_text("listeners = [\"PLAINTEXT://:9092\"]\n", &[]).expect("valid");
+        assert_eq!(config.listeners, "PLAINTEXT://:9092");
+        let err = error_text(
+            "listeners = [\"PLAINTEXT://a:1\", \"PLAINTEXT://b:2\"]\n",
+            &[],
+        );
+        assert!(err.contains("only one listener"), "{err}");
+        let err = error_text("listeners = [1, 2]\n", &[]);
+        assert_eq!(
+            err,
+            "sluice.toml:1: `listeners`: an array may hold only strings"
+        );
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let err = error_text("node.id = 1\n\n[log]\ndir = \"/data\"\n", &[]);
+        assert_eq!(err, "sluice.toml:4: unknown configuration key `log.dir`");
+    }
+
+    #[test]
+    fn bad_value_names_file_line_and_key() {
+        let err = error_text("\"num.partitions\" = \"many\"\n", &[]);
+        assert_eq!(
+            err,
+            "sluice.toml:1: bad value `many` for `num.partitions`: not a whole number"
+        );
+        let err = error_text("num.partitions = 0\n", &[]);
+        assert_eq!(
+            err,
+            "sluice.toml:1: bad value `0` for `num.partitions`: must be at least 1"
+        );
+    }
+
+    #[test]
+    fn floats_dates_and_nested_arrays_are_refused() {
+        let err = error_text("log.roll.ms = 1.5\n", &[]);
+        assert_eq!(
+            err,
+            "sluice.toml:1: `log.roll.ms`: decimal numbers are not accepted; write a whole number"
+        );
+        let err = error_text("\n\"log.dirs\" = 1979-05-27\n", &[]);
+        assert_eq!(err, "sluice.toml:2: `log.dirs`: dates and times are not accepted; write a number or a string");
+        let err = error_text("listeners = [[\"a\"]]\n", &[]);
+        assert_eq!(
+            err,
+            "sluice.toml:1: `listeners`: an array may hold only strings"
+        );
+        let err = error_text("[[log]]\ndirs = \"x\"\n", &[]);
+        assert_eq!(err, "sluice.toml:1: `log`: an array may hold only strings");
+    }
+
+    #[test]
+    fn a_key_in_both_styles_is_refused() {
+        let err = error_text("\"log.dirs\" = \"a\"\n[log]\ndirs = \"b\"\n", &[]);
+        assert!(
+            err.starts_with("sluice.toml:") && err.contains("`log.dirs`: set twice"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn syntax_errors_name_file_and_line() {
+        let err = error_text("node.id = 1\nlog.dirs = \n", &[]);
+        assert!(err.starts_with("sluice.toml:2:"), "{err}");
+        assert!(err.contains("invalid TOML"), "{err}");
+        assert!(!err.contains('\n'), "{err}");
+        let err = error_text("a = 1\na = 2\n", &[]);
+        assert!(err.starts_with("sluice.toml:2:"), "{err}");
+    }
+
+    #[test]
+    fn missing_file_is_an_error() {
+        let err = load(Some(Path::new("/nonexistent/sluice.toml")), &[]).expect_err("missing");
+        assert!(
+            err.to_string().contains("/nonexistent/sluice.toml"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn overrides_win_over_the_file() {
+        let config = load_text(
+            "log.dirs = \"/file\"\nnum.partitions = 2\n",
+            &[("log.dirs", "/cli")],
+        )
+        .expect("valid");
+        assert_eq!(config.log_dirs, "/cli");
+        assert_eq!(config.num_partitions, 2);
+        let err = error_text("log.dirs = \"/file\"\n", &[("log.dir", "/cli")]);
+        assert_eq!(err, "--override: unknown configuration key `log.dir`");
+    }
+
+    #[test]
+    fn no_file_means_defaults_plus_overrides() {
+        let config = load(None, &[]).expect("defaults");
+        assert_eq!(config, BrokerConfig::defaults());
+        let config = load(None, &[("node.id".into(), "4".into())]).expect("valid");
+        assert_eq!(config.node_id, 4);
+        let err = load(None, &[("node.id".into(), "-4".into())]).expect_err("bad");
+        assert_eq!(
+            err.to_string(),
+            "--override: bad value `-4` for `node.id`: must be at least 0"
+        );
+    }
+
+    #[test]
+    fn override_arguments_split_at_the_first_equals() {
+        assert_eq!(
+            parse_override("a.b=c=d").expect("valid"),
+            ("a.b".into(), "c=d".into())
+        );
+        assert_eq!(
+            parse_override("a.b=").expect("valid"),
+            ("a.b".into(), String::new())
+        );
+        assert!(parse_override("a.b").is_err());
+        assert!(parse_override("=x").is_err());
+    }
+
+    #[test]
+    fn advertised_listeners_must_be_reachable() {
+        let err = error_text("advertised.listeners = \"PLAINTEXT://0.0.0.0:9092\"\n", &[]);
+        assert!(
+            err.starts_with("sluice.toml:1: `advertised.listeners` must name"),
+            "{err}"
+        );
+        let config =
+            load_text("advertised.listeners = \"PLAINTEXT://broker1:9092\"\n", &[]).expect("valid");
+        assert_eq!(config.advertised_listeners, "PLAINTEXT://broker1:9092");
+    }
+
+    #[test]
+    fn listeners_parse() {
+        let ok = |s: &str| parse_listener(s).expect(s);
+        assert_eq!(ok("PLAINTEXT://127.0.0.1:9092"), ("127.0.0.1".into(), 9092));
+        assert_eq!(
+            ok("plaintext://broker.example:19092"),
+            ("broker.example".into(), 19092)
+        );
+        assert_eq!(ok("localhost:9092"), ("localhost".into(), 9092));
+        assert_eq!(ok("PLAINTEXT://:9092"), ("0.0.0.0".into(), 9092));
+        assert_eq!(ok(":0"), ("0.0.0.0".into(), 0));
+        assert_eq!(ok("PLAINTEXT://[::1]:9092"), ("::1".into(), 9092));
+        assert_eq!(ok("[::]:9093"), ("::".into(), 9093));
+    }
+
+    #[test]
+    fn bad_listeners_are_explained() {
+        let err = |s: &str| parse_listener(s).expect_err(s).to_string();
+        assert!(err("SSL://host:9093").contains("unsupported scheme `SSL`"));
+        assert!(err("PLAINTEXT://a:1,PLAINTEXT://b:2").contains("only one listener"));
+        assert!(err("PLAINTEXT://host").contains("expected host:port"));
+        assert!(err("PLAINTEXT://host:99999").contains("not a port number"));
+        assert!(err("PLAINTEXT://host:").contains("not a port number"));
+        assert!(err("::1:9092").contains("in brackets"));
+        assert!(err("[::1:9092").contains("missing `]`"));
+        assert!(err("[::1]9092").contains("expected `:port`"));
+        assert!(err("[nope]:9092").contains("not an IPv6 address"));
+        assert!(err("PLAINTEXT://host:9092/x").contains("not a port number"));
+        assert!(err("").contains("empty"));
+    }
+}
