@@ -772,3 +772,88 @@ fn every_api_answers_at_every_version() {
         }
     }
 }
+
+#[test]
+fn a_full_disk_fails_the_produce_and_keeps_what_was_acknowledged() {
+    let mut h = Harness::new(MemStorage::new(), &[]);
+    h.create_topic("t", 1, &[]);
+    let c = h.produce("t", 0, 1, one_record(b"before"));
+    h.sync_all();
+    assert_eq!(h.produce_result(c), (0, 0));
+    h.node.storage.fail_writes = Some(std::io::ErrorKind::StorageFull);
+    let c = h.produce("t", 0, 1, one_record(b"no room"));
+    h.sync_all();
+    assert_eq!(
+        h.produce_result(c).0,
+        ResponseError::KafkaStorageError.code()
+    );
+    h.node.storage.fail_writes = None;
+    let c = h.produce("t", 0, 1, one_record(b"after"));
+    h.sync_all();
+    assert_eq!(
+        h.produce_result(c),
+        (0, 1),
+        "the failed append took no offset"
+    );
+    let c = h.fetch("t", 0, 0, 1);
+    let values = values_in(h.fetch_result(c).records.as_deref().unwrap_or_default());
+    assert_eq!(values, vec![b"before".to_vec(), b"after".to_vec()]);
+}
+
+#[test]
+fn retention_by_time_deletes_old_segments_on_the_timer() {
+    let mut h = Harness::new(
+        MemStorage::new(),
+        &[("log.retention.check.interval.ms", "1000")],
+    );
+    h.create_topic(
+        "t",
+        1,
+        &[("retention.ms", "60000"), ("segment.ms", "10000")],
+    );
+    let start = h.now_ms;
+    for (n, age_ms) in [(0u8, 0i64), (1, 20_000), (2, 40_000)] {
+        let batch = build_batch(start + age_ms, &[(None, Some(&[n]), vec![], 0)]);
+        let c = h.produce("t", 0, 1, Bytes::from(batch));
+        h.sync_all();
+        h.produce_result(c);
+    }
+    assert_eq!(
+        h.node.topics["t"].partitions[0].segment_count(),
+        3,
+        "segment.ms rolled by record time"
+    );
+    h.now_ms = start + 70_000;
+    h.node.handle_timeout(h.now_ms);
+    h.drain();
+    h.sync_all();
+    let log = &h.node.topics["t"].partitions[0];
+    assert_eq!(
+        log.log_start_offset(),
+        1,
+        "only the segment older than retention.ms went"
+    );
+    assert!(!h.node.storage.exists("t-0/00000000000000000000.log"));
+    let c = h.fetch("t", 0, 0, 1);
+    assert_eq!(
+        h.fetch_result(c).error_code,
+        ResponseError::OffsetOutOfRange.code()
+    );
+}
+
+#[test]
+fn log_append_time_topics_stamp_the_broker_time() {
+    let mut h = Harness::new(MemStorage::new(), &[]);
+    h.create_topic("t", 1, &[("message.timestamp.type", "LogAppendTime")]);
+    let c = h.produce("t", 0, 1, one_record(b"a"));
+    h.sync_all();
+    let response: ProduceResponse = h.take(ApiKey::Produce, 9, c);
+    assert_eq!(
+        response.responses[0].partition_responses[0].log_append_time_ms,
+        h.now_ms
+    );
+    let c = h.fetch("t", 0, 0, 1);
+    let records = h.fetch_result(c).records.unwrap_or_default();
+    let decoded = crate::batch::decode_records(&records).expect("valid CRC after the rewrite");
+    assert_eq!(decoded[0].timestamp, h.now_ms);
+}
