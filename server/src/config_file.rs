@@ -183,8 +183,13 @@ fn flatten(
                 parts.join(",")
             }
         };
-        if let Some((_, Origin::Line(first))) = values.get(&name) {
-            return Err(at(&format!("set twice (first on line {first})")));
+        if let Some(&(_, Origin::Line(other))) = values.get(&name) {
+            // Tables are walked in key order, not file order: blame the later line.
+            let (first, second) = (other.min(line), other.max(line));
+            bail!(
+                "{}:{second}: `{name}`: set twice (first on line {first})",
+                source.name
+            );
         }
         values.insert(name, (text, Origin::Line(line)));
     }
@@ -375,9 +380,9 @@ mod tests {
     #[test]
     fn a_key_in_both_styles_is_refused() {
         let err = error_text("\"log.dirs\" = \"a\"\n[log]\ndirs = \"b\"\n", &[]);
-        assert!(
-            err.starts_with("sluice.toml:") && err.contains("`log.dirs`: set twice"),
-            "{err}"
+        assert_eq!(
+            err,
+            "sluice.toml:3: `log.dirs`: set twice (first on line 1)"
         );
     }
 

@@ -133,6 +133,11 @@ pub async fn serve(
                 tracing::info!("shutting down");
                 stopping = true;
                 accept.abort();
+                // No new requests: what was appended before is in the final
+                // flush, and the answers already owed still go out.
+                for handle in connections.values() {
+                    handle.reader.abort();
+                }
                 node.begin_shutdown(now_ms());
             }
         }

@@ -191,4 +191,7 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KafkaException as exc:
+        fail(NAME, f"client error: {exc!r}")

@@ -154,4 +154,7 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KafkaError as exc:
+        fail(NAME, f"client error: {exc!r}")

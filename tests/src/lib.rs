@@ -193,8 +193,7 @@ fn executable_from_cargo_messages(stdout: &str, name: &str) -> Option<PathBuf> {
         .filter(|line| line.contains(r#""reason":"compiler-artifact""#))
         .filter_map(|line| json_string_field(line, "executable"))
         .map(PathBuf::from)
-        .filter(|path| path.file_name() == Some(OsStr::new(name)))
-        .last()
+        .rfind(|path| path.file_name() == Some(OsStr::new(name)))
 }
 
 /// The value of the first string field `field` in a line of JSON. Enough for
@@ -910,8 +909,8 @@ fn shell_quote(part: &str) -> String {
 /// Creates a file with `contents` in `dir` and returns its path.
 pub fn write_file(dir: &Path, name: &str, contents: &[u8]) -> PathBuf {
     let path = dir.join(name);
-    let mut file = File::create(&path)
-        .unwrap_or_else(|err| panic!("create {}: {err}", path.display()));
+    let mut file =
+        File::create(&path).unwrap_or_else(|err| panic!("create {}: {err}", path.display()));
     file.write_all(contents)
         .unwrap_or_else(|err| panic!("write {}: {err}", path.display()));
     path
@@ -978,7 +977,11 @@ mod tests {
 
     #[test]
     fn tool_returns_stdout() {
-        let out = run_tool("sh", ["-c", "printf 'a\\nb'; echo err >&2"], Duration::from_secs(10));
+        let out = run_tool(
+            "sh",
+            ["-c", "printf 'a\\nb'; echo err >&2"],
+            Duration::from_secs(10),
+        );
         assert_eq!(out, "a\nb");
     }
 
