@@ -6,8 +6,9 @@
 //! integers and booleans become their string forms, and an array of strings
 //! becomes Kafka's comma-separated list. `--override key=value` pairs from the
 //! command line go on top of the file, and the result is checked against the
-//! key table of `sluice_core::config`, so every error names where the bad key
-//! came from: `sluice.toml:3: unknown configuration key `log.dir``.
+//! key table of `sluice_core::config`. Every error is one line that says
+//! where the bad key came from, as in
+//! ``sluice.toml:3: unknown configuration key `log.dir` ``.
 
 use std::collections::BTreeMap;
 use std::path::Path;
