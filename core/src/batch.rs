@@ -33,6 +33,18 @@ pub enum BatchError {
     InvalidTimestamp(&'static str),
 }
 
+impl std::fmt::Display for BatchError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BatchError::Corrupt(why)
+            | BatchError::Invalid(why)
+            | BatchError::InvalidTimestamp(why) => f.write_str(why),
+        }
+    }
+}
+
+impl std::error::Error for BatchError {}
+
 /// The parsed header of one record batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchHeader {
@@ -75,16 +87,19 @@ impl BatchHeader {
     }
 
     /// Size of the whole batch on disk and on the wire.
+    /// Size of the whole batch; a negative length (only in garbage) counts as 0.
     pub fn size_bytes(&self) -> usize {
-        self.batch_length as usize + LOG_OVERHEAD
+        self.batch_length.max(0) as usize + LOG_OVERHEAD
     }
 
+    /// Wrapping, so garbage read from a damaged file cannot overflow; stored
+    /// batches are checked against their expected offsets before use.
     pub fn last_offset(&self) -> i64 {
-        self.base_offset + self.last_offset_delta as i64
+        self.base_offset.wrapping_add(self.last_offset_delta as i64)
     }
 
     pub fn next_offset(&self) -> i64 {
-        self.last_offset() + 1
+        self.last_offset().wrapping_add(1)
     }
 
     pub fn compression(&self) -> i16 {
@@ -193,10 +208,12 @@ pub fn validate_produced(batch: &[u8], header: &BatchHeader) -> Result<(), Batch
     if header.compression() > 4 {
         return Err(BatchError::Corrupt("unknown compression codec"));
     }
-    if header.compression() == 0 {
-        check_records(&batch[HEADER_BYTES..], header)?;
+    // Kafka decompresses to check the records too; so do we, once.
+    let body = &batch[HEADER_BYTES..];
+    match header.compression() {
+        0 => check_records(body, header),
+        codec => check_records(&decompress(codec, Bytes::copy_from_slice(body))?, header),
     }
-    Ok(())
 }
 
 /// Walks the uncompressed records of a batch and checks their framing:
@@ -320,7 +337,7 @@ fn parse_records(plain: &Bytes, header: &BatchHeader) -> Result<Vec<RecordView>,
             header.base_timestamp.wrapping_add(timestamp_delta)
         };
         records.push(RecordView {
-            offset: header.base_offset + offset_delta as i64,
+            offset: header.base_offset.wrapping_add(offset_delta as i64),
             timestamp,
             key,
             value,
@@ -484,6 +501,47 @@ pub mod tests {
         let crc = compute_crc(&batch);
         batch[17..21].copy_from_slice(&crc.to_be_bytes());
         batch
+    }
+
+    /// Compresses the records of an uncompressed batch with gzip.
+    pub fn gzip_batch(plain: &[u8]) -> Vec<u8> {
+        use kafka_protocol::compression::{Compressor, Gzip};
+        let mut body = bytes::BytesMut::new();
+        Gzip::compress(&mut body, |b: &mut bytes::BytesMut| {
+            b.extend_from_slice(&plain[HEADER_BYTES..]);
+            Ok(())
+        })
+        .expect("gzip");
+        let mut batch = plain[..HEADER_BYTES].to_vec();
+        batch.extend_from_slice(&body);
+        let length = (batch.len() - LOG_OVERHEAD) as i32;
+        batch[8..12].copy_from_slice(&length.to_be_bytes());
+        batch[21..23].copy_from_slice(&1i16.to_be_bytes());
+        let crc = compute_crc(&batch);
+        batch[17..21].copy_from_slice(&crc.to_be_bytes());
+        batch
+    }
+
+    #[test]
+    fn compressed_batches_are_checked_record_by_record() {
+        let plain = build_batch(
+            0,
+            &[
+                (Some(b"k"), Some(b"v"), vec![], 0),
+                (None, Some(b"w"), vec![], 1),
+            ],
+        );
+        let good = gzip_batch(&plain);
+        let header = check_framing(&good).expect("framing");
+        validate_produced(&good, &header).expect("valid compressed batch");
+        assert_eq!(decode_records(&good).expect("decodes").len(), 2);
+        // Claim three records while the compressed body holds two.
+        let mut lying = plain.clone();
+        lying[23..27].copy_from_slice(&2i32.to_be_bytes());
+        lying[57..61].copy_from_slice(&3i32.to_be_bytes());
+        let bad = gzip_batch(&lying);
+        let header = check_framing(&bad).expect("framing");
+        assert!(validate_produced(&bad, &header).is_err());
     }
 
     #[test]
