@@ -7,7 +7,7 @@
 //! the record framing once on the way in, and patches the header in place.
 //! Records are only decoded on slow paths (lookup by timestamp, dump-log).
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, BufMut, Bytes};
 
 /// Bytes of the batch header before the records.
 pub const HEADER_BYTES: usize = 61;
@@ -406,6 +406,74 @@ fn read_nullable(buf: &mut &[u8], slice: &dyn Fn(&[u8], usize) -> Bytes) -> Opti
     Some(Some(bytes))
 }
 
+pub fn put_varint(buf: &mut Vec<u8>, value: i64) {
+    let mut v = ((value << 1) ^ (value >> 63)) as u64;
+    while v >= 0x80 {
+        buf.put_u8((v as u8) | 0x80);
+        v >>= 7;
+    }
+    buf.put_u8(v as u8);
+}
+
+pub fn put_nullable(buf: &mut Vec<u8>, bytes: Option<&[u8]>) {
+    match bytes {
+        None => put_varint(buf, -1),
+        Some(b) => {
+            put_varint(buf, b.len() as i64);
+            buf.put_slice(b);
+        }
+    }
+}
+
+/// A record to encode: key, value, headers, timestamp delta.
+pub type RecordSpec<'a> = (
+    Option<&'a [u8]>,
+    Option<&'a [u8]>,
+    Vec<(&'a [u8], Option<&'a [u8]>)>,
+    i64,
+);
+
+/// Encodes an uncompressed v2 batch the way a producer would (no producer
+/// id, base offset 0): for tests, tools and control records.
+pub fn build_batch(base_timestamp: i64, records: &[RecordSpec<'_>]) -> Vec<u8> {
+    let mut body = Vec::new();
+    let mut max_timestamp = base_timestamp;
+    for (delta, (key, value, headers, ts_delta)) in records.iter().enumerate() {
+        let mut record = Vec::new();
+        record.put_u8(0);
+        put_varint(&mut record, *ts_delta);
+        put_varint(&mut record, delta as i64);
+        put_nullable(&mut record, *key);
+        put_nullable(&mut record, *value);
+        put_varint(&mut record, headers.len() as i64);
+        for (name, value) in headers {
+            put_nullable(&mut record, Some(name));
+            put_nullable(&mut record, *value);
+        }
+        put_varint(&mut body, record.len() as i64);
+        body.extend_from_slice(&record);
+        max_timestamp = max_timestamp.max(base_timestamp + ts_delta);
+    }
+    let mut batch = Vec::new();
+    batch.put_i64(0);
+    batch.put_i32((HEADER_BYTES - LOG_OVERHEAD + body.len()) as i32);
+    batch.put_i32(-1);
+    batch.put_i8(2);
+    batch.put_u32(0);
+    batch.put_i16(0);
+    batch.put_i32(records.len() as i32 - 1);
+    batch.put_i64(base_timestamp);
+    batch.put_i64(max_timestamp);
+    batch.put_i64(-1);
+    batch.put_i16(-1);
+    batch.put_i32(-1);
+    batch.put_i32(records.len() as i32);
+    batch.extend_from_slice(&body);
+    let crc = compute_crc(&batch);
+    batch[17..21].copy_from_slice(&crc.to_be_bytes());
+    batch
+}
+
 /// Iterates over the complete batches at the start of `bytes`, yielding each
 /// batch's header and byte range; stops at the first incomplete or old-format
 /// entry. Does not check CRCs.
@@ -433,75 +501,8 @@ pub fn headers_in(
 
 #[cfg(test)]
 pub mod tests {
+    pub use super::build_batch;
     use super::*;
-    use bytes::BufMut;
-
-    fn put_varint(buf: &mut Vec<u8>, value: i64) {
-        let mut v = ((value << 1) ^ (value >> 63)) as u64;
-        while v >= 0x80 {
-            buf.put_u8((v as u8) | 0x80);
-            v >>= 7;
-        }
-        buf.put_u8(v as u8);
-    }
-
-    fn put_nullable(buf: &mut Vec<u8>, bytes: Option<&[u8]>) {
-        match bytes {
-            None => put_varint(buf, -1),
-            Some(b) => {
-                put_varint(buf, b.len() as i64);
-                buf.put_slice(b);
-            }
-        }
-    }
-
-    /// A test record: key, value, headers, timestamp delta.
-    pub type TestRecord<'a> = (
-        Option<&'a [u8]>,
-        Option<&'a [u8]>,
-        Vec<(&'a [u8], Option<&'a [u8]>)>,
-        i64,
-    );
-
-    /// Builds an uncompressed v2 batch the way a producer would.
-    pub fn build_batch(base_timestamp: i64, records: &[TestRecord<'_>]) -> Vec<u8> {
-        let mut body = Vec::new();
-        let mut max_timestamp = base_timestamp;
-        for (delta, (key, value, headers, ts_delta)) in records.iter().enumerate() {
-            let mut record = Vec::new();
-            record.put_u8(0);
-            put_varint(&mut record, *ts_delta);
-            put_varint(&mut record, delta as i64);
-            put_nullable(&mut record, *key);
-            put_nullable(&mut record, *value);
-            put_varint(&mut record, headers.len() as i64);
-            for (name, value) in headers {
-                put_nullable(&mut record, Some(name));
-                put_nullable(&mut record, *value);
-            }
-            put_varint(&mut body, record.len() as i64);
-            body.extend_from_slice(&record);
-            max_timestamp = max_timestamp.max(base_timestamp + ts_delta);
-        }
-        let mut batch = Vec::new();
-        batch.put_i64(0);
-        batch.put_i32((HEADER_BYTES - LOG_OVERHEAD + body.len()) as i32);
-        batch.put_i32(-1);
-        batch.put_i8(2);
-        batch.put_u32(0);
-        batch.put_i16(0);
-        batch.put_i32(records.len() as i32 - 1);
-        batch.put_i64(base_timestamp);
-        batch.put_i64(max_timestamp);
-        batch.put_i64(-1);
-        batch.put_i16(-1);
-        batch.put_i32(-1);
-        batch.put_i32(records.len() as i32);
-        batch.extend_from_slice(&body);
-        let crc = compute_crc(&batch);
-        batch[17..21].copy_from_slice(&crc.to_be_bytes());
-        batch
-    }
 
     /// Compresses the records of an uncompressed batch with gzip.
     pub fn gzip_batch(plain: &[u8]) -> Vec<u8> {
