@@ -15,6 +15,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import confluent_kafka  # noqa: E402
 from confluent_kafka import (  # noqa: E402
     OFFSET_BEGINNING,
     TIMESTAMP_CREATE_TIME,
@@ -23,7 +24,6 @@ from confluent_kafka import (  # noqa: E402
     Producer,
     TopicPartition,
     libversion,
-    version,
 )
 from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
 
@@ -185,7 +185,7 @@ def main():
     counts = check_roundtrip(NAME, records, acks, received, end_offsets, start_offsets)
     print(
         f"{NAME}: OK {len(records)} records over {PARTITIONS} partitions {counts} "
-        f"(confluent-kafka {version()[0]}, librdkafka {libversion()[0]})",
+        f"(confluent-kafka {confluent_kafka.__version__}, librdkafka {libversion()[0]})",
         flush=True,
     )
 

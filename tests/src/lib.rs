@@ -29,6 +29,8 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+pub mod wire;
+
 /// What to tell someone whose machine lacks a client tool.
 pub const INSTALL_HINT: &str = "run scripts/install-test-deps (or scripts/test)";
 
@@ -566,6 +568,8 @@ impl Broker {
             .arg("--config")
             .arg(self.config_path())
             .current_dir(self.dir())
+            // The log is a file: no terminal colour codes in it.
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(log);
