@@ -16,6 +16,7 @@ use crate::batch::{self, BatchError};
 use crate::config::{self, Kind, Source, TopicConfig};
 use crate::metadata::{Change, TopicRecord};
 use crate::node::{Node, ReplyHeader, SlotState};
+use crate::producers::{SequenceError, Verdict};
 use crate::storage::{Storage, SyncTarget};
 
 /// The versions served, per API: (min, max). See PROTOCOL.md §2.
@@ -30,6 +31,7 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeConfigs, 1, 4),
     (ApiKey::CreatePartitions, 0, 3),
     (ApiKey::DescribeCluster, 0, 2),
+    (ApiKey::InitProducerId, 0, 5),
 ];
 
 pub fn supported_versions(key: ApiKey) -> Option<(i16, i16)> {
@@ -56,6 +58,7 @@ pub enum Reply {
     CreatePartitions(CreatePartitionsResponse),
     DescribeConfigs(DescribeConfigsResponse),
     DescribeCluster(DescribeClusterResponse),
+    InitProducerId(InitProducerIdResponse),
 }
 
 impl Reply {
@@ -71,6 +74,7 @@ impl Reply {
             Reply::CreatePartitions(r) => r.encode(buf, version),
             Reply::DescribeConfigs(r) => r.encode(buf, version),
             Reply::DescribeCluster(r) => r.encode(buf, version),
+            Reply::InitProducerId(r) => r.encode(buf, version),
         };
         result.map_err(|e| e.to_string())
     }
@@ -103,6 +107,7 @@ pub(crate) fn dispatch<S: Storage>(
         ApiKey::CreatePartitions => handle_create_partitions(node, header, decode(body, version)?),
         ApiKey::DescribeConfigs => handle_describe_configs(node, header, decode(body, version)?),
         ApiKey::DescribeCluster => handle_describe_cluster(node, header, decode(body, version)?),
+        ApiKey::InitProducerId => handle_init_producer_id(node, header, decode(body, version)?),
         other => Err(format!("api {other:?} is not served")),
     }
 }
@@ -471,6 +476,35 @@ fn produce_partition<S: Storage>(
         let (error, why) = batch_error_code(&e);
         (error, Some(why))
     })?;
+    match log.producers().check(&header) {
+        Ok(Verdict::Append) => {}
+        Ok(Verdict::Duplicate {
+            base_offset,
+            last_offset,
+        }) => {
+            // A retry: answer with the original offsets once they are durable.
+            let log_start = log.log_start_offset();
+            let seq = node.note_partition_write(name, index);
+            let appended = crate::log::Appended {
+                base_offset,
+                last_offset,
+                log_append_time_ms: -1,
+            };
+            return Ok((appended, log_start, seq));
+        }
+        Err(SequenceError::OutOfOrder) => {
+            return Err((
+                ResponseError::OutOfOrderSequenceNumber,
+                Some("sequence does not follow the last batch"),
+            ))
+        }
+        Err(SequenceError::StaleEpoch) => {
+            return Err((
+                ResponseError::InvalidProducerEpoch,
+                Some("producer epoch is stale"),
+            ))
+        }
+    }
     let mut owned = records.to_vec();
     let appended = log
         .append(&mut node.storage, &mut owned, 0, now_ms)
@@ -1211,4 +1245,56 @@ fn handle_describe_cluster<S: Storage>(
             .with_port(port)];
     }
     ready(header, Reply::DescribeCluster(response))
+}
+
+fn handle_init_producer_id<S: Storage>(
+    node: &mut Node<S>,
+    header: ReplyHeader,
+    request: InitProducerIdRequest,
+) -> Result<Option<SlotState>, String> {
+    let failed = |error: ResponseError| {
+        InitProducerIdResponse::default()
+            .with_error_code(code(error))
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1)
+    };
+    if request
+        .transactional_id
+        .as_ref()
+        .is_some_and(|id| !id.0.is_empty())
+    {
+        // Transactions need a transaction coordinator, which this broker does not run yet.
+        return ready(
+            header,
+            Reply::InitProducerId(failed(ResponseError::CoordinatorNotAvailable)),
+        );
+    }
+    if node.storage_failed {
+        return ready(
+            header,
+            Reply::InitProducerId(failed(ResponseError::KafkaStorageError)),
+        );
+    }
+    match node.allocate_producer_id() {
+        Ok((id, seq)) => {
+            let reply = Reply::InitProducerId(
+                InitProducerIdResponse::default()
+                    .with_producer_id(ProducerId(id))
+                    .with_producer_epoch(0),
+            );
+            let on_failure = Reply::InitProducerId(failed(ResponseError::KafkaStorageError));
+            Ok(Some(SlotState::AfterSync {
+                seq,
+                reply: Box::new(reply),
+                on_failure: Box::new(on_failure),
+            }))
+        }
+        Err(error) => {
+            tracing::error!(%error, "cannot reserve producer ids");
+            ready(
+                header,
+                Reply::InitProducerId(failed(ResponseError::KafkaStorageError)),
+            )
+        }
+    }
 }

@@ -12,6 +12,7 @@ pub mod config;
 pub mod log;
 pub mod metadata;
 pub mod node;
+pub mod producers;
 pub mod rng;
 pub mod storage;
 

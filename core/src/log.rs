@@ -21,6 +21,7 @@ use bytes::{Bytes, BytesMut};
 
 use crate::batch::{self, BatchHeader, HEADER_BYTES};
 use crate::config::TopicConfig;
+use crate::producers::ProducerStates;
 use crate::storage::{read_exact_at, FileId, Storage, SyncTarget};
 
 const OFFSET_ENTRY_BYTES: usize = 8;
@@ -104,6 +105,8 @@ pub struct PartitionLog {
     /// Everything below this offset is covered by a completed sync.
     durable_offset: i64,
     dirty: BTreeSet<SyncTarget>,
+    /// Idempotent producers seen in this log, rebuilt from it at open.
+    producers: ProducerStates,
 }
 
 /// Result of opening a log.
@@ -132,6 +135,7 @@ impl PartitionLog {
             log_start_offset: 0,
             durable_offset: 0,
             dirty: BTreeSet::new(),
+            producers: ProducerStates::default(),
         };
         let mut recovery = Recovery::default();
         let names = storage.list_dir(dir)?;
@@ -166,6 +170,8 @@ impl PartitionLog {
             }
             let mut segment = log.open_segment(storage, base)?;
             let intact = if clean && load_indexes(storage, &mut segment)? {
+                let producers = &mut log.producers;
+                scan_headers(storage, &segment, |header| producers.record(header))?;
                 true
             } else {
                 recovery.indexes_rebuilt += 1;
@@ -272,6 +278,7 @@ impl PartitionLog {
                             position + consumed as u64,
                             self.config.index_interval_bytes,
                         );
+                        self.producers.record(&header);
                         consumed += header.size_bytes();
                     }
                     Scan::NeedMore(bytes) => {
@@ -325,6 +332,10 @@ impl PartitionLog {
 
     pub fn config(&self) -> &TopicConfig {
         &self.config
+    }
+
+    pub fn producers(&self) -> &ProducerStates {
+        &self.producers
     }
 
     pub fn set_config(&mut self, config: TopicConfig) {
@@ -407,6 +418,7 @@ impl PartitionLog {
         let (index_before, time_before) = (segment.offset_index.len(), segment.time_index.len());
         index_batch(segment, &header, position, interval);
         segment.size_bytes = position + batch.len() as u64;
+        self.producers.record(&header);
         append_index_entries(storage, segment, index_before, time_before)?;
         self.dirty.insert(SyncTarget::File(format!(
             "{dir}/{}",
@@ -707,6 +719,29 @@ fn check_stored_batch(bytes: &[u8], expected_offset: i64, file_rest: u64) -> Sca
         Ok(header) if header.last_offset_delta < 0 => Scan::Bad("negative offset delta"),
         Ok(header) => Scan::Batch(header),
     }
+}
+
+/// Calls `visit` with the header of every batch of a segment, reading in
+/// large chunks. Only for segments whose structure was already checked.
+fn scan_headers<S: Storage + ?Sized>(
+    storage: &mut S,
+    segment: &Segment,
+    mut visit: impl FnMut(&BatchHeader),
+) -> io::Result<()> {
+    let mut chunk = vec![0u8; SCAN_CHUNK_BYTES];
+    let mut position = 0u64;
+    while position + HEADER_BYTES as u64 <= segment.size_bytes {
+        let want = ((segment.size_bytes - position) as usize).min(SCAN_CHUNK_BYTES);
+        read_exact_at(storage, segment.log_file, position, &mut chunk[..want])?;
+        let mut at = 0usize;
+        while at + HEADER_BYTES <= want {
+            let header = BatchHeader::parse(&chunk[at..]);
+            visit(&header);
+            at += header.size_bytes();
+        }
+        position += at as u64;
+    }
+    Ok(())
 }
 
 /// Updates a segment's in-memory indexes for a batch written at `position`.

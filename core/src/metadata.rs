@@ -29,10 +29,21 @@ pub struct TopicRecord {
 /// One change to the metadata.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
-    Cluster { id: String },
+    Cluster {
+        id: String,
+    },
     CreateTopic(TopicRecord),
-    SetPartitions { name: String, partitions: i32 },
-    DeleteTopic { name: String },
+    SetPartitions {
+        name: String,
+        partitions: i32,
+    },
+    DeleteTopic {
+        name: String,
+    },
+    /// Producer ids below `block_end` may have been handed out: never again.
+    ProducerIds {
+        block_end: i64,
+    },
 }
 
 impl Change {
@@ -55,6 +66,7 @@ impl Change {
                 format!("partitions {} {partitions}", escape(name))
             }
             Change::DeleteTopic { name } => format!("delete {}", escape(name)),
+            Change::ProducerIds { block_end } => format!("producer-ids {block_end}"),
         }
     }
 
@@ -78,6 +90,9 @@ impl Change {
             ["partitions", name, count] => Some(Change::SetPartitions {
                 name: unescape(name)?,
                 partitions: count.parse().ok()?,
+            }),
+            ["producer-ids", end] => Some(Change::ProducerIds {
+                block_end: end.parse().ok()?,
             }),
             ["delete", name] => Some(Change::DeleteTopic {
                 name: unescape(name)?,
@@ -139,6 +154,8 @@ pub struct MetadataLog {
     size_bytes: u64,
     pub cluster_id: Option<String>,
     pub topics: BTreeMap<String, TopicRecord>,
+    /// End of the last reserved block of producer ids.
+    pub producer_id_block_end: i64,
     dirty: Vec<SyncTarget>,
 }
 
@@ -153,6 +170,7 @@ impl MetadataLog {
             size_bytes: 0,
             cluster_id: None,
             topics: BTreeMap::new(),
+            producer_id_block_end: 0,
             dirty: Vec::new(),
         };
         if created {
@@ -163,7 +181,16 @@ impl MetadataLog {
         let mut contents = vec![0u8; len as usize];
         read_exact_at(storage, file, 0, &mut contents)?;
         let mut position = 0usize;
-        while let Some((change, size)) = read_record(&contents[position..]) {
+        while let Some(record) = read_record(&contents[position..]) {
+            let (payload, size) = record;
+            let Some(change) = std::str::from_utf8(payload).ok().and_then(Change::decode) else {
+                // Intact but not understood: cutting it would lose every later
+                // change, so refuse to start instead.
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("metadata record at byte {position} is intact but not understood"),
+                ));
+            };
             log.apply(change);
             position += size;
         }
@@ -192,6 +219,13 @@ impl MetadataLog {
             }
             Change::DeleteTopic { name } => {
                 self.topics.remove(&name);
+            }
+            Change::ProducerIds { block_end } => {
+                assert!(
+                    block_end >= self.producer_id_block_end,
+                    "producer id blocks only grow"
+                );
+                self.producer_id_block_end = block_end;
             }
         }
     }
@@ -233,7 +267,8 @@ impl MetadataLog {
     }
 }
 
-fn read_record(bytes: &[u8]) -> Option<(Change, usize)> {
+/// The payload and size of the intact record at the start of `bytes`, if any.
+fn read_record(bytes: &[u8]) -> Option<(&[u8], usize)> {
     if bytes.len() < RECORD_HEADER_BYTES {
         return None;
     }
@@ -246,8 +281,7 @@ fn read_record(bytes: &[u8]) -> Option<(Change, usize)> {
     if crc32c::crc32c(payload) != crc {
         return None;
     }
-    let change = Change::decode(std::str::from_utf8(payload).ok()?)?;
-    Some((change, RECORD_HEADER_BYTES + length))
+    Some((payload, RECORD_HEADER_BYTES + length))
 }
 
 #[cfg(test)]
@@ -301,5 +335,19 @@ mod tests {
             .expect("reopen")
             .topics
             .is_empty());
+    }
+
+    #[test]
+    fn an_intact_record_not_understood_stops_the_start_instead_of_cutting() {
+        let mut storage = MemStorage::new();
+        let mut log = MetadataLog::open(&mut storage).expect("open");
+        log.append(&mut storage, topic("kept")).expect("append");
+        let payload = b"from-the-future 1";
+        let mut record = (payload.len() as u32).to_be_bytes().to_vec();
+        record.extend_from_slice(&crc32c::crc32c(payload).to_be_bytes());
+        record.extend_from_slice(payload);
+        let end = log.size_bytes;
+        storage.write_at(log.file, end, &record).expect("write");
+        assert!(MetadataLog::open(&mut storage).is_err());
     }
 }

@@ -35,6 +35,8 @@ use crate::storage::{Storage, SyncTarget};
 
 /// Marks a clean stop: the next start may skip the recovery scan.
 pub const CLEAN_SHUTDOWN_FILE: &str = ".clean-shutdown";
+/// Producer ids reserved at a time, as Kafka's controller hands them out.
+pub const PRODUCER_ID_BLOCK: i64 = 1000;
 /// Responses a connection may have queued before the driver stops reading from it.
 pub const QUEUED_RESPONSES_MAX: usize = 64;
 
@@ -147,6 +149,9 @@ pub struct Node<S: Storage> {
     shutdown: ShutdownStep,
     stopped: bool,
     next_retention_ms: i64,
+    /// Next producer id to hand out, and the sequence that made its block durable.
+    next_producer_id: i64,
+    producer_block_seq: u64,
 }
 
 impl<S: Storage> Node<S> {
@@ -197,7 +202,11 @@ impl<S: Storage> Node<S> {
             storage_failed: false,
             shutdown: ShutdownStep::None,
             stopped: false,
+            next_producer_id: 0,
+            producer_block_seq: 0,
         };
+        // Ids of the last reserved block may have been handed out before a crash.
+        node.next_producer_id = node.metadata.producer_id_block_end;
         node.remove_orphan_dirs()?;
         let records: Vec<TopicRecord> = node.metadata.topics.values().cloned().collect();
         for record in records {
@@ -712,6 +721,22 @@ impl<S: Storage> Node<S> {
                 "connection queue unbounded"
             );
         }
+    }
+
+    /// Hands out a producer id that was never handed out before, even across
+    /// restarts: ids come from blocks reserved in the metadata log. Returns
+    /// the id and the sequence after which its block is durable.
+    pub(crate) fn allocate_producer_id(&mut self) -> std::io::Result<(i64, u64)> {
+        if self.next_producer_id >= self.metadata.producer_id_block_end {
+            let block_end = self.next_producer_id + PRODUCER_ID_BLOCK;
+            self.metadata
+                .append(&mut self.storage, Change::ProducerIds { block_end })?;
+            self.write_seq += 1;
+            self.producer_block_seq = self.write_seq;
+        }
+        let id = self.next_producer_id;
+        self.next_producer_id += 1;
+        Ok((id, self.producer_block_seq))
     }
 
     /// Removes a topic's logs from storage (after its deletion was recorded).

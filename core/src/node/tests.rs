@@ -725,6 +725,13 @@ fn every_api_answers_at_every_version() {
                     version,
                     &DescribeClusterRequest::default().with_endpoint_type(1),
                 ),
+                ApiKey::InitProducerId => h.send(
+                    key,
+                    version,
+                    &InitProducerIdRequest::default()
+                        .with_transactional_id(None)
+                        .with_transaction_timeout_ms(60_000),
+                ),
                 other => panic!("no request written for {other:?}"),
             };
             h.sync_all();
@@ -757,6 +764,9 @@ fn every_api_answers_at_every_version() {
                     .map(|r| r.results[0].error_code + r.results[1].error_code),
                 ApiKey::DescribeCluster => {
                     DescribeClusterResponse::decode(&mut frame, version).map(|r| r.error_code)
+                }
+                ApiKey::InitProducerId => {
+                    InitProducerIdResponse::decode(&mut frame, version).map(|r| r.error_code)
                 }
                 _ => unreachable!(),
             };
@@ -856,4 +866,86 @@ fn log_append_time_topics_stamp_the_broker_time() {
     let records = h.fetch_result(c).records.unwrap_or_default();
     let decoded = crate::batch::decode_records(&records).expect("valid CRC after the rewrite");
     assert_eq!(decoded[0].timestamp, h.now_ms);
+}
+
+/// A one-record batch from an idempotent producer.
+fn idempotent_record(producer_id: i64, epoch: i16, sequence: i32, value: &[u8]) -> Bytes {
+    let mut batch = build_batch(1_000_000, &[(None, Some(value), vec![], 0)]);
+    batch[43..51].copy_from_slice(&producer_id.to_be_bytes());
+    batch[51..53].copy_from_slice(&epoch.to_be_bytes());
+    batch[53..57].copy_from_slice(&sequence.to_be_bytes());
+    let crc = crate::batch::compute_crc(&batch);
+    batch[17..21].copy_from_slice(&crc.to_be_bytes());
+    Bytes::from(batch)
+}
+
+fn init_producer_id(h: &mut Harness) -> i64 {
+    let request = InitProducerIdRequest::default()
+        .with_transactional_id(None)
+        .with_transaction_timeout_ms(60_000);
+    let c = h.send(ApiKey::InitProducerId, 4, &request);
+    h.sync_all();
+    let response: InitProducerIdResponse = h.take(ApiKey::InitProducerId, 4, c);
+    assert_eq!((response.error_code, response.producer_epoch), (0, 0));
+    response.producer_id.0
+}
+
+#[test]
+fn producer_ids_never_repeat_across_crashes() {
+    let mut h = Harness::new(MemStorage::new(), &[]);
+    assert_eq!(init_producer_id(&mut h), 0);
+    assert_eq!(init_producer_id(&mut h), 1);
+    let mut storage = std::mem::take(&mut h.node.storage);
+    storage.crash(0);
+    let mut h = Harness::new(storage, &[]);
+    assert_eq!(
+        init_producer_id(&mut h),
+        PRODUCER_ID_BLOCK,
+        "the reserved block is skipped after a restart"
+    );
+}
+
+#[test]
+fn idempotent_retries_are_appended_once_even_after_a_crash() {
+    let mut h = Harness::new(MemStorage::new(), &[]);
+    h.create_topic("t", 1, &[]);
+    let id = init_producer_id(&mut h);
+    for sequence in 0..3 {
+        let c = h.produce("t", 0, -1, idempotent_record(id, 0, sequence, b"v"));
+        h.sync_all();
+        assert_eq!(h.produce_result(c), (0, sequence as i64));
+    }
+    let c = h.produce("t", 0, -1, idempotent_record(id, 0, 1, b"v"));
+    h.sync_all();
+    assert_eq!(
+        h.produce_result(c),
+        (0, 1),
+        "a retry gets its original offset"
+    );
+    let c = h.produce("t", 0, -1, idempotent_record(id, 0, 5, b"v"));
+    h.sync_all();
+    assert_eq!(
+        h.produce_result(c).0,
+        ResponseError::OutOfOrderSequenceNumber.code()
+    );
+    for clean in [false, true] {
+        if clean {
+            h.node.begin_shutdown(h.now_ms);
+            h.drain();
+            h.sync_all();
+        }
+        let mut storage = std::mem::take(&mut h.node.storage);
+        storage.crash(0);
+        h = Harness::new(storage, &[]);
+        let c = h.produce("t", 0, -1, idempotent_record(id, 0, 2, b"v"));
+        h.sync_all();
+        assert_eq!(
+            h.produce_result(c),
+            (0, 2),
+            "the state was rebuilt from the log (clean: {clean})"
+        );
+    }
+    let c = h.produce("t", 0, -1, idempotent_record(id, 0, 3, b"v"));
+    h.sync_all();
+    assert_eq!(h.produce_result(c), (0, 3));
 }
