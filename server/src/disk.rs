@@ -5,6 +5,7 @@
 //! outputs, and `FileDisk::sync_job` turns one into a job holding the open
 //! file handles, so the syncer thread calls `fdatasync` on the very
 //! descriptors that were written (a later error on them is reported there).
+//! One syncer thread per disk runs the jobs in order.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -15,22 +16,36 @@ use std::sync::Arc;
 
 use sluice_core::storage::{FileId, Storage, SyncTarget};
 
+use crate::driver::{Disk, SyncFuture};
+
 pub struct FileDisk {
     root: PathBuf,
     files: BTreeMap<FileId, (String, Arc<File>)>,
     /// The most recently opened handle of each open path.
     by_path: BTreeMap<String, FileId>,
     next_file: u64,
+    syncer: std::sync::mpsc::Sender<(SyncJob, tokio::sync::oneshot::Sender<io::Result<()>>)>,
 }
 
 impl FileDisk {
+    /// Opens the data directory (creating it) and starts its syncer thread.
     pub fn open(root: &Path) -> io::Result<FileDisk> {
         fs::create_dir_all(root)?;
+        let (syncer, jobs) =
+            std::sync::mpsc::channel::<(SyncJob, tokio::sync::oneshot::Sender<io::Result<()>>)>();
+        std::thread::Builder::new()
+            .name("sluice-syncer".into())
+            .spawn(move || {
+                for (job, done) in jobs {
+                    let _ = done.send(job.run());
+                }
+            })?;
         Ok(FileDisk {
             root: root.to_path_buf(),
             files: BTreeMap::new(),
             by_path: BTreeMap::new(),
             next_file: 0,
+            syncer,
         })
     }
 
@@ -65,6 +80,20 @@ impl FileDisk {
             })
             .collect();
         SyncJob { items }
+    }
+}
+
+impl Disk for FileDisk {
+    fn sync(&mut self, targets: &[SyncTarget]) -> SyncFuture {
+        let (done, result) = tokio::sync::oneshot::channel();
+        let sent = self.syncer.send((self.sync_job(targets), done));
+        Box::pin(async move {
+            sent.map_err(|_| "the syncer thread stopped".to_string())?;
+            match result.await {
+                Ok(outcome) => outcome.map_err(|e| e.to_string()),
+                Err(_) => Err("the syncer thread stopped".to_string()),
+            }
+        })
     }
 }
 

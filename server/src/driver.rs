@@ -1,31 +1,78 @@
-//! The tokio driver: owns the sockets, the files, the clock and the syncer,
-//! and turns the core's outputs into IO.
+//! The driver: owns the sockets, the files, the clock and the syncer, and
+//! turns the core's outputs into IO.
+//!
+//! It is generic over the network (`Listener`), the disk (`Disk`) and the
+//! clock, so the same code runs on tokio with real files and, in the
+//! simulator, on turmoil's network with a simulated disk and clock.
 //!
 //! One task runs the node. Each connection has a reader task (framing, the
 //! size limit, back-pressure) and a writer task; they talk to the node task
-//! through channels. Syncs run on a dedicated thread, one at a time, and
-//! their completions come back to the node task as inputs.
+//! through channels. At most one sync is in flight (the core asks for the
+//! next only when the previous completed); its completion comes back to the
+//! node task as an input.
 
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use sluice_core::config::BrokerConfig;
 use sluice_core::node::QUEUED_RESPONSES_MAX;
+use sluice_core::storage::{Storage, SyncTarget};
 use sluice_core::{ConnectionId, Node, Output};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::AbortHandle;
 
-use crate::disk::{FileDisk, SyncJob};
+/// The outcome of a sync: `Err` carries the reason it failed.
+pub type SyncResult = Result<(), String>;
+pub type SyncFuture = Pin<Box<dyn Future<Output = SyncResult> + Send>>;
 
-/// Wall-clock milliseconds since the Unix epoch: the `now` the core receives.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+/// Storage the driver can also make durable, in the background.
+pub trait Disk: Storage + Send + 'static {
+    /// Starts making `targets` durable; the future resolves when done. The
+    /// driver never has two in flight.
+    fn sync(&mut self, targets: &[SyncTarget]) -> SyncFuture;
+}
+
+/// A source of connections: tokio's `TcpListener`, or turmoil's.
+pub trait Listener: Send + 'static {
+    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    fn accept(&mut self) -> impl Future<Output = std::io::Result<(Self::Stream, String)>> + Send;
+}
+
+impl Listener for tokio::net::TcpListener {
+    type Stream = tokio::net::TcpStream;
+    async fn accept(&mut self) -> std::io::Result<(Self::Stream, String)> {
+        let (stream, peer) = tokio::net::TcpListener::accept(self).await?;
+        let _ = stream.set_nodelay(true);
+        Ok((stream, peer.to_string()))
+    }
+}
+
+/// Wall-clock milliseconds since the Unix epoch, as the driver sees them.
+pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
+
+/// The system clock.
+pub fn system_clock() -> Clock {
+    Arc::new(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64)
+    })
+}
+
+/// Everything a node needs from its surroundings.
+pub struct Environment<L: Listener, D: Disk> {
+    pub config: BrokerConfig,
+    pub listener: L,
+    pub disk: D,
+    pub advertised: (String, u16),
+    pub clock: Clock,
+    /// Seeds the node's generator (topic and cluster ids).
+    pub seed: u64,
 }
 
 enum Event {
@@ -49,86 +96,61 @@ struct ConnectionHandle {
     reader: AbortHandle,
 }
 
-/// Performs sync jobs on a thread of its own and reports `(id, result)`.
-fn spawn_syncer(
-    done: mpsc::UnboundedSender<(u64, Result<(), String>)>,
-) -> std::sync::mpsc::Sender<(u64, SyncJob)> {
-    let (jobs, inbox) = std::sync::mpsc::channel::<(u64, SyncJob)>();
-    std::thread::Builder::new()
-        .name("sluice-syncer".into())
-        .spawn(move || {
-            for (id, job) in inbox {
-                let result = job.run().map_err(|e| e.to_string());
-                if done.send((id, result)).is_err() {
-                    return;
-                }
-            }
-        })
-        .expect("the syncer thread starts");
-    jobs
-}
-
-/// A seed for the node's generator; only ids (topic, cluster) depend on it.
-fn fresh_seed() -> u64 {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    nanos ^ ((std::process::id() as u64) << 32)
-}
-
 /// Runs a broker until `shutdown` resolves, then stops cleanly.
-pub async fn serve(
-    config: BrokerConfig,
-    listener: TcpListener,
-    advertised: (String, u16),
-    shutdown: impl std::future::Future<Output = ()>,
+pub async fn serve<L: Listener, D: Disk>(
+    environment: Environment<L, D>,
+    shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let data_dir = std::path::PathBuf::from(&config.log_dirs);
-    let disk = FileDisk::open(&data_dir)?;
-    let mut node = Node::open(disk, config, advertised, fresh_seed(), now_ms())?;
+    let Environment {
+        config,
+        listener,
+        disk,
+        advertised,
+        clock,
+        seed,
+    } = environment;
+    let data_dir = config.log_dirs.clone();
+    let mut node = Node::open(disk, config, advertised, seed, clock())?;
     // The start-up sync makes recovered data durable before anything is served.
     while let Some(output) = node.poll_output() {
         if let Output::Sync { id, targets } = output {
-            let result = node
-                .storage_mut()
-                .sync_job(&targets)
-                .run()
-                .map_err(|e| e.to_string());
-            node.handle_synced(now_ms(), id, result);
+            let result = node.storage_mut().sync(&targets).await;
+            node.handle_synced(clock(), id, result);
         }
     }
-    anyhow::ensure!(
-        node.is_ready(),
-        "the start-up sync of {} failed",
-        data_dir.display()
-    );
-    tracing::info!(cluster_id = node.cluster_id(), address = %listener.local_addr()?, "serving");
+    anyhow::ensure!(node.is_ready(), "the start-up sync of {data_dir} failed");
+    tracing::info!(cluster_id = node.cluster_id(), "serving");
 
     let (events_tx, mut events) = mpsc::unbounded_channel::<Event>();
-    let (synced_tx, mut synced) = mpsc::unbounded_channel();
-    let syncer = spawn_syncer(synced_tx);
     let frame_bytes_max = node.frame_bytes_max();
     let accept = tokio::spawn(accept_loop(listener, events_tx, frame_bytes_max));
     let mut connections: BTreeMap<ConnectionId, ConnectionHandle> = BTreeMap::new();
+    let mut sync_in_flight: Option<(u64, SyncFuture)> = None;
     tokio::pin!(shutdown);
     let mut stopping = false;
 
     loop {
-        drain(&mut node, &mut connections, &syncer);
+        drain(&mut node, &mut connections, &mut sync_in_flight);
         if node.is_stopped() {
             break;
         }
-        let deadline = node.poll_timeout().map(|at| {
-            let wait_ms = (at - now_ms()).clamp(0, 60_000) as u64;
-            tokio::time::Instant::now() + Duration::from_millis(wait_ms)
-        });
-        let sleep = tokio::time::sleep_until(
-            deadline.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(60)),
-        );
+        let wait_ms = node
+            .poll_timeout()
+            .map_or(60_000, |at| (at - clock()).clamp(0, 60_000));
+        let sleep = tokio::time::sleep(Duration::from_millis(wait_ms as u64));
+        let sync = async {
+            match sync_in_flight.as_mut() {
+                Some((id, future)) => (*id, future.await),
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
-            Some(event) = events.recv() => handle_event(&mut node, &mut connections, event),
-            Some((id, result)) = synced.recv() => node.handle_synced(now_ms(), id, result),
-            _ = sleep => node.handle_timeout(now_ms()),
+            Some(event) = events.recv() => handle_event(&mut node, &mut connections, event, clock()),
+            (id, result) = sync => {
+                sync_in_flight = None;
+                node.handle_synced(clock(), id, result);
+            }
+            _ = sleep => node.handle_timeout(clock()),
             _ = &mut shutdown, if !stopping => {
                 tracing::info!("shutting down");
                 stopping = true;
@@ -138,28 +160,30 @@ pub async fn serve(
                 for handle in connections.values() {
                     handle.reader.abort();
                 }
-                node.begin_shutdown(now_ms());
+                node.begin_shutdown(clock());
             }
         }
     }
+    accept.abort();
     for (_, handle) in connections {
         handle.reader.abort();
     }
     Ok(())
 }
 
-fn handle_event(
-    node: &mut Node<FileDisk>,
+fn handle_event<D: Disk>(
+    node: &mut Node<D>,
     connections: &mut BTreeMap<ConnectionId, ConnectionHandle>,
     event: Event,
+    now_ms: i64,
 ) {
     match event {
         Event::Connected { connection, handle } => {
             connections.insert(connection, handle);
-            node.handle_connect(now_ms(), connection);
+            node.handle_connect(now_ms, connection);
         }
         Event::Frame { connection, frame } => {
-            let outcome = node.handle_frame(now_ms(), connection, frame);
+            let outcome = node.handle_frame(now_ms, connection, frame);
             if !outcome.response_queued {
                 if let Some(handle) = connections.get(&connection) {
                     handle.permits.add_permits(1);
@@ -169,17 +193,17 @@ fn handle_event(
         Event::Disconnected { connection } => {
             if let Some(handle) = connections.remove(&connection) {
                 handle.reader.abort();
-                node.handle_disconnect(now_ms(), connection);
+                node.handle_disconnect(now_ms, connection);
             }
         }
     }
 }
 
 /// Carries out everything the node asked for.
-fn drain(
-    node: &mut Node<FileDisk>,
+fn drain<D: Disk>(
+    node: &mut Node<D>,
     connections: &mut BTreeMap<ConnectionId, ConnectionHandle>,
-    syncer: &std::sync::mpsc::Sender<(u64, SyncJob)>,
+    sync_in_flight: &mut Option<(u64, SyncFuture)>,
 ) {
     while let Some(output) = node.poll_output() {
         match output {
@@ -195,17 +219,18 @@ fn drain(
                 }
             }
             Output::Sync { id, targets } => {
-                let job = node.storage_mut().sync_job(&targets);
-                if syncer.send((id, job)).is_err() {
-                    node.handle_synced(now_ms(), id, Err("the syncer thread stopped".into()));
-                }
+                assert!(
+                    sync_in_flight.is_none(),
+                    "the core asked for a second sync in flight"
+                );
+                *sync_in_flight = Some((id, node.storage_mut().sync(&targets)));
             }
         }
     }
 }
 
-async fn accept_loop(
-    listener: TcpListener,
+async fn accept_loop<L: Listener>(
+    mut listener: L,
     events: mpsc::UnboundedSender<Event>,
     frame_bytes_max: usize,
 ) {
@@ -219,11 +244,10 @@ async fn accept_loop(
                 continue;
             }
         };
-        let _ = stream.set_nodelay(true);
         next_id += 1;
         let connection = ConnectionId(next_id);
         tracing::debug!(connection = next_id, %peer, "connection opened");
-        let (read_half, write_half) = stream.into_split();
+        let (read_half, write_half) = tokio::io::split(stream);
         let (writer_tx, writer_rx) = mpsc::unbounded_channel();
         let permits = Arc::new(Semaphore::new(QUEUED_RESPONSES_MAX));
         let reader = tokio::spawn(read_loop(
@@ -253,8 +277,8 @@ async fn accept_loop(
     }
 }
 
-async fn read_loop(
-    mut stream: tokio::net::tcp::OwnedReadHalf,
+async fn read_loop<R: AsyncRead + Unpin>(
+    mut stream: R,
     connection: ConnectionId,
     events: mpsc::UnboundedSender<Event>,
     permits: Arc<Semaphore>,
@@ -294,8 +318,8 @@ async fn read_loop(
     let _ = events.send(Event::Disconnected { connection });
 }
 
-async fn write_loop(
-    mut stream: tokio::net::tcp::OwnedWriteHalf,
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut stream: W,
     mut frames: mpsc::UnboundedReceiver<Bytes>,
     connection: ConnectionId,
     events: mpsc::UnboundedSender<Event>,
@@ -309,14 +333,14 @@ async fn write_loop(
     let _ = stream.shutdown().await;
 }
 
-/// Binds the listener named by the config.
-pub async fn bind(address: &(String, u16)) -> anyhow::Result<TcpListener> {
+/// Binds a tokio listener on `host:port` (an empty host means all addresses).
+pub async fn bind(address: &(String, u16)) -> anyhow::Result<tokio::net::TcpListener> {
     let host = if address.0.is_empty() {
         "0.0.0.0"
     } else {
         address.0.as_str()
     };
-    TcpListener::bind((host, address.1))
+    tokio::net::TcpListener::bind((host, address.1))
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {host}:{}: {e}", address.1))
 }

@@ -88,8 +88,25 @@ fn serve(config: Option<PathBuf>, overrides: Vec<String>) -> anyhow::Result<()> 
                 advertised.1
             },
         );
-        driver::serve(config, listener, advertised, shutdown_signal()).await
+        let disk = sluice_server::disk::FileDisk::open(std::path::Path::new(&config.log_dirs))?;
+        let environment = driver::Environment {
+            config,
+            listener,
+            disk,
+            advertised,
+            clock: driver::system_clock(),
+            seed: fresh_seed(),
+        };
+        driver::serve(environment, shutdown_signal()).await
     })
+}
+
+/// A seed for the node's generator; only ids (topic, cluster) depend on it.
+fn fresh_seed() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    nanos ^ ((std::process::id() as u64) << 32)
 }
 
 async fn shutdown_signal() {

@@ -19,12 +19,7 @@ const ROUNDS: usize = 5;
 const ACKS_BEFORE_KILL: usize = 1000;
 
 /// Produces until the connection dies, recording each acknowledged value.
-fn produce_until_killed(
-    bootstrap: String,
-    name: String,
-    acked: Acked,
-    stop: Arc<AtomicBool>,
-) {
+fn produce_until_killed(bootstrap: String, name: String, acked: Acked, stop: Arc<AtomicBool>) {
     let Ok(mut wire) = Wire::connect(&bootstrap) else {
         return;
     };
