@@ -13,7 +13,7 @@ use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use kafka_protocol::ResponseError;
 
 use crate::batch::{self, BatchError};
-use crate::config::{self, Kind, Source, TopicConfig};
+use crate::config::{self, Kind, Mutation, Source, TopicConfig};
 use crate::metadata::{Change, TopicRecord};
 use crate::node::{Node, ReplyHeader, SlotState};
 use crate::producers::{SequenceError, Verdict};
@@ -419,7 +419,7 @@ fn handle_produce<S: Storage>(
         }
         return Ok(None);
     }
-    let Some(seq) = wait_seq else {
+    let Some(seq) = wait_seq.filter(|_| !node.config.mutated(Mutation::AckBeforeSync)) else {
         return ready(header, Reply::Produce(response));
     };
     let mut failed = response.clone();
@@ -631,7 +631,11 @@ fn read_partition<S: Storage>(
     if offset < log.log_start_offset() || offset > log.log_end_offset() {
         return Err(ResponseError::OffsetOutOfRange);
     }
-    let high_watermark = log.durable_offset();
+    let high_watermark = if node.config.mutated(Mutation::ReadBeforeSync) {
+        log.log_end_offset()
+    } else {
+        log.durable_offset()
+    };
     let bytes_max = (partition.partition_max_bytes.max(0) as usize).min(bytes_left);
     let records = log
         .read(&mut node.storage, offset, high_watermark, bytes_max, first)

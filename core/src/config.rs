@@ -357,11 +357,71 @@ pub struct BrokerConfig {
     pub auto_create_topics: bool,
     pub socket_request_bytes_max: usize,
     pub retention_check_interval_ms: i64,
+    /// A deliberately broken variant to run (feature `mutations` only).
+    pub mutation: Option<Mutation>,
+}
+
+/// Named, deliberately broken variants of the node. The simulation shows
+/// that its checkers catch each one. Only the `mutations` feature lets a
+/// config select one (key `sluice.mutation`); without it they cannot run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mutation {
+    /// Answer produces before the sync that covers them completed.
+    AckBeforeSync,
+    /// Let consumers read appended data before it is durable.
+    ReadBeforeSync,
+    /// Trust the tail of a segment at recovery without checking CRCs.
+    SkipRecoveryCrc,
+}
+
+impl Mutation {
+    pub const ALL: [Mutation; 3] = [
+        Mutation::AckBeforeSync,
+        Mutation::ReadBeforeSync,
+        Mutation::SkipRecoveryCrc,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Mutation::AckBeforeSync => "ack-before-sync",
+            Mutation::ReadBeforeSync => "read-before-sync",
+            Mutation::SkipRecoveryCrc => "skip-recovery-crc",
+        }
+    }
+}
+
+/// The config key that selects a mutation.
+pub const MUTATION_KEY: &str = "sluice.mutation";
+
+fn parse_mutation(pairs: &mut BTreeMap<String, String>) -> Result<Option<Mutation>, ConfigError> {
+    let Some(value) = pairs.remove(MUTATION_KEY) else {
+        return Ok(None);
+    };
+    if !cfg!(feature = "mutations") {
+        return Err(ConfigError::UnknownKey(MUTATION_KEY.into()));
+    }
+    Mutation::ALL
+        .iter()
+        .copied()
+        .find(|m| m.name() == value)
+        .map(Some)
+        .ok_or_else(|| ConfigError::BadValue {
+            key: MUTATION_KEY.into(),
+            value,
+            why: "not a known mutation".into(),
+        })
 }
 
 impl BrokerConfig {
+    /// True when the given mutation runs; always false without the feature.
+    pub fn mutated(&self, mutation: Mutation) -> bool {
+        cfg!(feature = "mutations") && self.mutation == Some(mutation)
+    }
+
     pub fn from_pairs(pairs: &BTreeMap<String, String>) -> Result<BrokerConfig, ConfigError> {
-        let values = Values::parse(BROKER_KEYS, pairs)?;
+        let mut pairs = pairs.clone();
+        let mutation = parse_mutation(&mut pairs)?;
+        let values = Values::parse(BROKER_KEYS, &pairs)?;
         let get = |name: &str| broker_value(&values, name);
         let number = |name: &str| get(name).parse::<i64>().unwrap_or_default();
         let listeners = get("listeners");
@@ -381,6 +441,7 @@ impl BrokerConfig {
             auto_create_topics: get("auto.create.topics.enable") == "true",
             socket_request_bytes_max: number("socket.request.max.bytes") as usize,
             retention_check_interval_ms: number("log.retention.check.interval.ms"),
+            mutation,
             values,
         })
     }
@@ -423,6 +484,8 @@ pub struct TopicConfig {
     pub index_interval_bytes: u64,
     pub max_message_bytes: usize,
     pub log_append_time: bool,
+    /// Mutation `skip-recovery-crc` (never set without the feature).
+    pub skip_recovery_crc: bool,
 }
 
 impl TopicConfig {
@@ -441,6 +504,7 @@ impl TopicConfig {
             index_interval_bytes: number("index.interval.bytes") as u64,
             max_message_bytes: number("max.message.bytes") as usize,
             log_append_time: get("message.timestamp.type") == "LogAppendTime",
+            skip_recovery_crc: broker.mutated(Mutation::SkipRecoveryCrc),
             overrides,
         })
     }
@@ -514,5 +578,18 @@ mod tests {
             &pairs(&[("cleanup.policy", "compact")])
         )
         .is_err());
+    }
+
+    #[test]
+    fn mutations_need_the_feature() {
+        let chosen = BrokerConfig::from_pairs(&pairs(&[(MUTATION_KEY, "ack-before-sync")]));
+        if cfg!(feature = "mutations") {
+            assert_eq!(
+                chosen.expect("accepted").mutation,
+                Some(Mutation::AckBeforeSync)
+            );
+        } else {
+            assert_eq!(chosen, Err(ConfigError::UnknownKey(MUTATION_KEY.into())));
+        }
     }
 }

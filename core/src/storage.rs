@@ -153,13 +153,21 @@ impl MemStorage {
     /// Loses everything not synced. `keep_unsynced_prefix` keeps, for each file
     /// that survives, that many extra bytes of its unsynced tail (a torn write).
     pub fn crash(&mut self, keep_unsynced_prefix: usize) {
+        self.crash_with(|_, tail| tail[..keep_unsynced_prefix.min(tail.len())].to_vec());
+    }
+
+    /// Loses everything not synced, except that for each surviving file whose
+    /// unsynced contents only extend its synced contents, `surviving_tail`
+    /// decides what reaches the disk of that unsynced tail (nothing, a prefix,
+    /// a prefix with flipped bits...). Synced bytes are never changed.
+    pub fn crash_with(&mut self, mut surviving_tail: impl FnMut(&str, &[u8]) -> Vec<u8>) {
         let mut after = self.durable.clone();
         for (path, contents) in after.iter_mut() {
             if let Some(now) = self.volatile.get(path) {
                 let common = contents.len().min(now.len());
                 if now.len() > contents.len() && now[..common] == contents[..common] {
-                    let keep = (contents.len() + keep_unsynced_prefix).min(now.len());
-                    *contents = now[..keep].to_vec();
+                    let tail = surviving_tail(path, &now[contents.len()..]);
+                    contents.extend_from_slice(&tail);
                 }
             }
         }
@@ -168,6 +176,11 @@ impl MemStorage {
         self.dirs_volatile = self.dirs_durable.clone();
         self.pending_data.clear();
         self.open.clear();
+    }
+
+    /// Bytes in all files as seen now, for a capacity limit.
+    pub fn volatile_bytes(&self) -> u64 {
+        self.volatile.values().map(|c| c.len() as u64).sum()
     }
 }
 
