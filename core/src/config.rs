@@ -372,13 +372,20 @@ pub enum Mutation {
     ReadBeforeSync,
     /// Trust the tail of a segment at recovery without checking CRCs.
     SkipRecoveryCrc,
+    /// Leave an offset unused now and then when assigning offsets.
+    OffsetGap,
+    /// Report the high watermark as the log start after a restart, until
+    /// the partition's next write.
+    ForgetHighWatermark,
 }
 
 impl Mutation {
-    pub const ALL: [Mutation; 3] = [
+    pub const ALL: [Mutation; 5] = [
         Mutation::AckBeforeSync,
         Mutation::ReadBeforeSync,
         Mutation::SkipRecoveryCrc,
+        Mutation::OffsetGap,
+        Mutation::ForgetHighWatermark,
     ];
 
     pub fn name(self) -> &'static str {
@@ -386,6 +393,8 @@ impl Mutation {
             Mutation::AckBeforeSync => "ack-before-sync",
             Mutation::ReadBeforeSync => "read-before-sync",
             Mutation::SkipRecoveryCrc => "skip-recovery-crc",
+            Mutation::OffsetGap => "offset-gap",
+            Mutation::ForgetHighWatermark => "forget-high-watermark",
         }
     }
 }
@@ -486,6 +495,8 @@ pub struct TopicConfig {
     pub log_append_time: bool,
     /// Mutation `skip-recovery-crc` (never set without the feature).
     pub skip_recovery_crc: bool,
+    /// Mutation `offset-gap` (never set without the feature).
+    pub offset_gap: bool,
 }
 
 impl TopicConfig {
@@ -505,6 +516,7 @@ impl TopicConfig {
             max_message_bytes: number("max.message.bytes") as usize,
             log_append_time: get("message.timestamp.type") == "LogAppendTime",
             skip_recovery_crc: broker.mutated(Mutation::SkipRecoveryCrc),
+            offset_gap: broker.mutated(Mutation::OffsetGap),
             overrides,
         })
     }

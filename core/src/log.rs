@@ -394,7 +394,10 @@ impl PartitionLog {
         if self.should_roll(&header, batch.len()) {
             self.roll(storage)?;
         }
-        let base_offset = self.log_end_offset();
+        let mut base_offset = self.log_end_offset();
+        if self.config.offset_gap && base_offset % 97 == 13 {
+            base_offset += 1;
+        }
         batch::assign_offset(batch, base_offset, leader_epoch);
         let log_append_time_ms = if self.config.log_append_time {
             batch::set_log_append_time(batch, now_ms);

@@ -27,7 +27,7 @@ use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable};
 
 use crate::api;
-use crate::config::{BrokerConfig, TopicConfig};
+use crate::config::{BrokerConfig, Mutation, TopicConfig};
 use crate::log::PartitionLog;
 use crate::metadata::{Change, MetadataLog, TopicRecord, METADATA_DIR};
 use crate::rng::{base64_url, Rng};
@@ -487,7 +487,11 @@ impl<S: Storage> Node<S> {
             Ok(()) => {
                 assert!(sync.seq >= self.durable_seq);
                 self.durable_seq = sync.seq;
+                let startup = sync.id == 1;
                 for ((topic, partition), end) in sync.partition_ends {
+                    if startup && self.config.mutated(Mutation::ForgetHighWatermark) {
+                        continue;
+                    }
                     if let Some(log) = self
                         .topics
                         .get_mut(&topic)

@@ -117,15 +117,28 @@ impl MemStorage {
 
     /// Performs a sync as the driver would.
     pub fn sync(&mut self, target: &SyncTarget) {
+        self.sync_up_to(target, u64::MAX);
+    }
+
+    /// Length of a file as seen now (0 when absent), to bound a later sync.
+    pub fn len_of(&self, path: &str) -> u64 {
+        self.volatile.get(path).map_or(0, |c| c.len() as u64)
+    }
+
+    /// Performs a sync that covers a file only up to `len_max` bytes: what a
+    /// sync issued when the file had that length is sure to cover. Writes
+    /// made while it ran may or may not be covered; this disk says not.
+    pub fn sync_up_to(&mut self, target: &SyncTarget, len_max: u64) {
         self.syncs_performed += 1;
         match target {
             SyncTarget::File(path) => {
                 if let Some(contents) = self.volatile.get(path) {
+                    let covered = contents[..contents.len().min(len_max as usize)].to_vec();
                     // A file's data is durable; whether its name is depends on its directory.
                     if self.durable.contains_key(path) {
-                        self.durable.insert(path.clone(), contents.clone());
+                        self.durable.insert(path.clone(), covered);
                     } else {
-                        self.pending_data.insert(path.clone(), contents.clone());
+                        self.pending_data.insert(path.clone(), covered);
                     }
                 }
             }

@@ -1,0 +1,262 @@
+//! Settings of the client, the producer and the consumer, and the two things
+//! the client takes from the world instead of reaching for them: the wall
+//! clock that stamps records ([`Clock`]) and the seed of every random choice
+//! (`ClientConfig::seed`).
+//!
+//! Names follow Kafka's settings with units last (`linger.ms` becomes
+//! `linger_ms`, `batch.size` becomes `batch_bytes_max`); defaults are Kafka's
+//! unless a comment says otherwise.
+
+use std::sync::Arc;
+
+use kafka_protocol::messages::ApiKey;
+
+use crate::error::{Error, Result};
+
+/// Milliseconds since the Unix epoch, as record timestamps want them. The
+/// client calls it only to stamp records that carry no timestamp of their own.
+pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
+
+/// The system's wall clock, for real use. Simulations pass their own clock.
+pub fn system_clock() -> Clock {
+    Arc::new(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_millis() as i64)
+    })
+}
+
+/// Connection and metadata settings shared by admin, producer and consumer.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// `host:port` addresses tried until one answers Metadata.
+    pub bootstrap_servers: Vec<String>,
+    /// Sent in every request header; brokers log it.
+    pub client_id: String,
+    /// Seeds every random choice (backoff jitter, sticky partitions), so a
+    /// simulated run replays exactly.
+    pub seed: u64,
+    /// How long a request may wait for its answer (Kafka: `request.timeout.ms`).
+    pub request_timeout_ms: u64,
+    /// How long opening a connection and negotiating versions may take.
+    pub connect_timeout_ms: u64,
+    /// First wait after a failed connection attempt; doubles per failure.
+    pub reconnect_backoff_ms: u64,
+    /// Ceiling of the reconnect wait.
+    pub reconnect_backoff_max_ms: u64,
+    /// First wait before retrying a failed request; doubles per attempt.
+    pub retry_backoff_ms: u64,
+    /// Ceiling of the retry wait.
+    pub retry_backoff_max_ms: u64,
+    /// Whether Metadata requests may create unknown topics on brokers that
+    /// allow it (Kafka: `allow.auto.create.topics`).
+    pub allow_auto_topic_creation: bool,
+    /// Highest version to use per API, below what both sides support. Empty
+    /// in normal use; tests set it to exercise older wire formats.
+    pub api_version_caps: Vec<(ApiKey, i16)>,
+}
+
+impl ClientConfig {
+    pub fn new<S: Into<String>>(bootstrap_servers: impl IntoIterator<Item = S>) -> ClientConfig {
+        ClientConfig {
+            bootstrap_servers: bootstrap_servers.into_iter().map(Into::into).collect(),
+            client_id: "sluice-client".to_string(),
+            seed: 0,
+            request_timeout_ms: 30_000,
+            connect_timeout_ms: 10_000,
+            reconnect_backoff_ms: 50,
+            reconnect_backoff_max_ms: 1_000,
+            retry_backoff_ms: 100,
+            retry_backoff_max_ms: 1_000,
+            allow_auto_topic_creation: true,
+            api_version_caps: Vec::new(),
+        }
+    }
+
+    pub fn with_seed(mut self, seed: u64) -> ClientConfig {
+        self.seed = seed;
+        self
+    }
+
+    pub fn with_client_id(mut self, client_id: impl Into<String>) -> ClientConfig {
+        self.client_id = client_id.into();
+        self
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        if self.bootstrap_servers.is_empty() {
+            return Err(Error::Config("bootstrap_servers is empty".into()));
+        }
+        if self.request_timeout_ms == 0 || self.connect_timeout_ms == 0 {
+            return Err(Error::Config("timeouts must be positive".into()));
+        }
+        if self.reconnect_backoff_max_ms < self.reconnect_backoff_ms
+            || self.retry_backoff_max_ms < self.retry_backoff_ms
+        {
+            return Err(Error::Config("a backoff ceiling is below its start".into()));
+        }
+        Ok(())
+    }
+}
+
+/// How many replicas must have a record before the broker answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acks {
+    /// No answer at all; the offset of a delivery is unknown (-1).
+    None,
+    /// The leader wrote it.
+    Leader,
+    /// Every in-sync replica wrote it.
+    All,
+}
+
+impl Acks {
+    pub fn code(self) -> i16 {
+        match self {
+            Acks::None => 0,
+            Acks::Leader => 1,
+            Acks::All => -1,
+        }
+    }
+}
+
+/// Compression of a record batch; the code is the batch's attribute bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Compression {
+    None,
+    Gzip,
+    Snappy,
+    Lz4,
+    Zstd,
+}
+
+impl Compression {
+    pub const ALL: [Compression; 5] = [
+        Compression::None,
+        Compression::Gzip,
+        Compression::Snappy,
+        Compression::Lz4,
+        Compression::Zstd,
+    ];
+
+    pub fn code(self) -> i16 {
+        match self {
+            Compression::None => 0,
+            Compression::Gzip => 1,
+            Compression::Snappy => 2,
+            Compression::Lz4 => 3,
+            Compression::Zstd => 4,
+        }
+    }
+}
+
+/// Producer settings.
+#[derive(Debug, Clone)]
+pub struct ProducerConfig {
+    pub acks: Acks,
+    /// How long a batch waits for more records before it is sent.
+    pub linger_ms: u64,
+    /// A batch is sent once its uncompressed size reaches this (Kafka: `batch.size`).
+    pub batch_bytes_max: usize,
+    /// Memory for records waiting to be sent; `send` waits when it is used
+    /// up (Kafka: `buffer.memory`).
+    pub buffer_memory_bytes: usize,
+    /// Largest produce request, and so the largest record (Kafka: `max.request.size`).
+    pub request_bytes_max: usize,
+    pub compression: Compression,
+    /// Attempts after the first for a batch that failed with a retriable
+    /// error. With retries on, each partition has at most one batch in
+    /// flight, so a retry can never land behind a later batch.
+    pub retries_max: u32,
+    /// Time from a record's send to its final outcome, retries included.
+    pub delivery_timeout_ms: u64,
+    /// How long `send` may wait for metadata or buffer memory.
+    pub max_block_ms: u64,
+}
+
+impl Default for ProducerConfig {
+    fn default() -> ProducerConfig {
+        ProducerConfig {
+            acks: Acks::All,
+            // Kafka 4 defaults to 5 ms.
+            linger_ms: 5,
+            batch_bytes_max: 16_384,
+            buffer_memory_bytes: 32 * 1024 * 1024,
+            request_bytes_max: 1024 * 1024,
+            compression: Compression::None,
+            // Kafka retries until the delivery timeout; a count keeps the
+            // loop visibly bounded.
+            retries_max: 10,
+            delivery_timeout_ms: 120_000,
+            max_block_ms: 60_000,
+        }
+    }
+}
+
+impl ProducerConfig {
+    pub(crate) fn validate(&self) -> Result<()> {
+        if self.batch_bytes_max == 0 || self.request_bytes_max == 0 {
+            return Err(Error::Config(
+                "batch and request sizes must be positive".into(),
+            ));
+        }
+        if self.buffer_memory_bytes < self.batch_bytes_max {
+            return Err(Error::Config(
+                "buffer_memory_bytes must hold at least one batch (batch_bytes_max)".into(),
+            ));
+        }
+        if self.delivery_timeout_ms == 0 {
+            return Err(Error::Config("delivery_timeout_ms must be positive".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Where a consumer starts when it has no valid position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OffsetReset {
+    Earliest,
+    Latest,
+    /// Fail instead of moving.
+    None,
+}
+
+/// Consumer settings.
+#[derive(Debug, Clone)]
+pub struct ConsumerConfig {
+    /// Longest time the broker holds a fetch waiting for `fetch_min_bytes`.
+    pub fetch_max_wait_ms: u64,
+    pub fetch_min_bytes: i32,
+    /// Soft limit of one fetch answer (the first batch always comes whole).
+    pub fetch_max_bytes: i32,
+    /// Soft limit per partition of one fetch answer.
+    pub partition_fetch_bytes_max: i32,
+    pub auto_offset_reset: OffsetReset,
+    /// Most records one `poll` returns.
+    pub poll_records_max: usize,
+}
+
+impl Default for ConsumerConfig {
+    fn default() -> ConsumerConfig {
+        ConsumerConfig {
+            fetch_max_wait_ms: 500,
+            fetch_min_bytes: 1,
+            fetch_max_bytes: 50 * 1024 * 1024,
+            partition_fetch_bytes_max: 1024 * 1024,
+            auto_offset_reset: OffsetReset::Latest,
+            poll_records_max: 500,
+        }
+    }
+}
+
+impl ConsumerConfig {
+    pub(crate) fn validate(&self) -> Result<()> {
+        if self.poll_records_max == 0 {
+            return Err(Error::Config("poll_records_max must be positive".into()));
+        }
+        if self.fetch_max_bytes <= 0 || self.partition_fetch_bytes_max <= 0 {
+            return Err(Error::Config("fetch sizes must be positive".into()));
+        }
+        Ok(())
+    }
+}

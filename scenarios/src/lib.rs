@@ -1,0 +1,183 @@
+//! Named scenarios: each turns a seed into a simulation spec (cluster
+//! settings, workload, disk and fault schedule), so one seed names one
+//! exact run. Adding a scenario is one function and one line in `ALL`.
+
+use std::time::Duration;
+
+use sluice_client::Acks;
+use sluice_core::rng::Rng;
+use sluice_sim::disk::{CrashFault, DiskFaults};
+use sluice_sim::workload::Workload;
+use sluice_sim::{Fault, Scheduled, Spec};
+
+pub struct Scenario {
+    pub name: &'static str,
+    pub about: &'static str,
+    pub build: fn(u64) -> Spec,
+}
+
+pub const ALL: &[Scenario] = &[
+    Scenario {
+        name: "crash-restart",
+        about: "one node under produce load, crashed and restarted; unsynced writes lost, torn or corrupted",
+        build: crash_restart,
+    },
+    Scenario { name: "network", about: "clients cut off, slowed and reconnecting", build: network },
+    Scenario {
+        name: "roll-retention",
+        about: "small segments rolling and deleted by retention while the node crashes",
+        build: roll_retention,
+    },
+    Scenario {
+        name: "disk-trouble",
+        about: "a disk that fills up, slows down and fails syncs",
+        build: disk_trouble,
+    },
+];
+
+pub fn find(name: &str) -> Option<&'static Scenario> {
+    ALL.iter().find(|s| s.name == name)
+}
+
+fn pick(rng: &mut Rng, low: u64, high: u64) -> u64 {
+    low + rng.next_u64() % (high - low + 1)
+}
+
+fn base(scenario: &'static str, seed: u64, rng: &mut Rng) -> Spec {
+    let safety_ms = 10_000;
+    let records_per_producer = pick(rng, 200, 1_000) as usize;
+    let burst = pick(rng, 1, 40) as usize;
+    // Spread the sends over most of the safety phase, so faults hit them.
+    let send_interval_ms = (safety_ms * 8 / 10 * burst as u64 / records_per_producer as u64).max(1);
+    Spec {
+        scenario,
+        seed,
+        broker: vec![("log.retention.check.interval.ms".into(), "1000".into())],
+        disk: DiskFaults {
+            sync_latency: Duration::from_micros(pick(rng, 200, 10_000)),
+            ..DiskFaults::default()
+        },
+        workload: Workload {
+            topic: "events".into(),
+            partitions: pick(rng, 1, 3) as i32,
+            producers: pick(rng, 1, 4) as usize,
+            records_per_producer,
+            padding_bytes: pick(rng, 0, 200) as usize,
+            burst,
+            send_interval_ms,
+            acks: Acks::All,
+        },
+        faults: Vec::new(),
+        safety_ms,
+        liveness_ms: 60_000,
+        max_message_latency_ms: 1,
+    }
+}
+
+fn crashes(rng: &mut Rng, count: u64, safety_ms: u64) -> Vec<Scheduled> {
+    (0..count)
+        .map(|_| Scheduled {
+            at_ms: pick(rng, 200, safety_ms - 500),
+            fault: Fault::Crash {
+                damage: CrashFault::ALL[(rng.next_u64() % 4) as usize],
+                down_ms: pick(rng, 10, 1_000),
+            },
+        })
+        .collect()
+}
+
+pub fn crash_restart(seed: u64) -> Spec {
+    let mut rng = Rng::from_seed(seed);
+    let mut spec = base("crash-restart", seed, &mut rng);
+    // A slower disk leaves more unsynced data for the crashes to damage.
+    spec.disk.sync_latency = Duration::from_micros(pick(&mut rng, 1_000, 30_000));
+    let count = pick(&mut rng, 1, 4);
+    spec.faults = crashes(&mut rng, count, spec.safety_ms);
+    spec
+}
+
+pub fn network(seed: u64) -> Spec {
+    let mut rng = Rng::from_seed(seed);
+    let mut spec = base("network", seed, &mut rng);
+    for _ in 0..pick(&mut rng, 2, 6) {
+        let at_ms = pick(&mut rng, 100, spec.safety_ms - 1_000);
+        let client = format!(
+            "producer{}",
+            rng.next_u64() % spec.workload.producers as u64
+        );
+        let fault = match rng.next_u64() % 3 {
+            0 => Fault::Partition {
+                client,
+                for_ms: pick(&mut rng, 50, 3_000),
+            },
+            1 => Fault::Latency {
+                max_ms: pick(&mut rng, 5, 200),
+                for_ms: pick(&mut rng, 100, 3_000),
+            },
+            _ => Fault::Crash {
+                damage: CrashFault::KeepPrefix,
+                down_ms: pick(&mut rng, 10, 500),
+            },
+        };
+        spec.faults.push(Scheduled { at_ms, fault });
+    }
+    spec
+}
+
+pub fn roll_retention(seed: u64) -> Spec {
+    let mut rng = Rng::from_seed(seed);
+    let mut spec = base("roll-retention", seed, &mut rng);
+    spec.broker.push((
+        "log.segment.bytes".into(),
+        pick(&mut rng, 2_048, 16_384).to_string(),
+    ));
+    spec.broker.push((
+        "log.retention.bytes".into(),
+        pick(&mut rng, 20_000, 80_000).to_string(),
+    ));
+    spec.broker.push((
+        "log.index.interval.bytes".into(),
+        pick(&mut rng, 100, 1_000).to_string(),
+    ));
+    spec.workload.padding_bytes = pick(&mut rng, 50, 400) as usize;
+    let count = pick(&mut rng, 1, 3);
+    spec.faults = crashes(&mut rng, count, spec.safety_ms);
+    spec
+}
+
+pub fn disk_trouble(seed: u64) -> Spec {
+    let mut rng = Rng::from_seed(seed);
+    let mut spec = base("disk-trouble", seed, &mut rng);
+    spec.disk.sync_failure_per_million = [0, 0, 2_000, 20_000][(rng.next_u64() % 4) as usize];
+    for _ in 0..pick(&mut rng, 1, 4) {
+        let at_ms = pick(&mut rng, 100, spec.safety_ms - 1_000);
+        let fault = match rng.next_u64() % 3 {
+            0 => Fault::DiskFull {
+                room_bytes: pick(&mut rng, 0, 20_000),
+                for_ms: pick(&mut rng, 100, 2_000),
+            },
+            1 => Fault::SlowDisk {
+                latency_ms: pick(&mut rng, 5, 300),
+                for_ms: pick(&mut rng, 100, 3_000),
+            },
+            _ => Fault::Crash {
+                damage: CrashFault::TearLastSector,
+                down_ms: pick(&mut rng, 10, 500),
+            },
+        };
+        spec.faults.push(Scheduled { at_ms, fault });
+    }
+    spec
+}
+
+/// The spec of a scenario's seed, with a mutation of the node selected
+/// (it takes effect only when built with the `mutations` feature).
+pub fn with_mutation(mut spec: Spec, mutation: Option<&str>) -> Spec {
+    if let Some(name) = mutation {
+        spec.broker.push((
+            sluice_core::config::MUTATION_KEY.to_string(),
+            name.to_string(),
+        ));
+    }
+    spec
+}
