@@ -191,9 +191,12 @@ impl PartitionLog {
             log.dirty.insert(SyncTarget::Dir(dir.to_string()));
         }
         log.log_start_offset = log.segments[0].base_offset;
-        // Recovered bytes may still sit only in the page cache: nothing
-        // counts as durable until the first sync of this log completes.
+        // Recovered bytes, and the directory entries of the segments, may
+        // still sit only in the page cache (an earlier run may have stopped
+        // before its sync): nothing counts as durable until the first sync
+        // of this log, which covers them all, completes.
         log.durable_offset = log.log_start_offset;
+        log.dirty.insert(SyncTarget::Dir(log.dir.clone()));
         for segment in &log.segments {
             log.dirty.insert(SyncTarget::File(format!(
                 "{}/{}",

@@ -162,7 +162,6 @@ pub struct MetadataLog {
 impl MetadataLog {
     /// Opens the log, replays it and cuts off a torn tail.
     pub fn open<S: Storage + ?Sized>(storage: &mut S) -> io::Result<MetadataLog> {
-        let created = !storage.exists(METADATA_DIR);
         storage.create_dir_all(METADATA_DIR)?;
         let file = storage.open(METADATA_FILE, true)?;
         let mut log = MetadataLog {
@@ -173,10 +172,12 @@ impl MetadataLog {
             producer_id_block_end: 0,
             dirty: Vec::new(),
         };
-        if created {
-            log.dirty.push(SyncTarget::Dir(String::new()));
-            log.dirty.push(SyncTarget::Dir(METADATA_DIR.to_string()));
-        }
+        // Whether or not this process created them, the file and its
+        // directory entries may exist only in the page cache (a previous run
+        // may have stopped before its first sync): the first sync covers them.
+        log.dirty.push(SyncTarget::Dir(String::new()));
+        log.dirty.push(SyncTarget::Dir(METADATA_DIR.to_string()));
+        log.dirty.push(SyncTarget::File(METADATA_FILE.to_string()));
         let len = storage.len(file)?;
         let mut contents = vec![0u8; len as usize];
         read_exact_at(storage, file, 0, &mut contents)?;

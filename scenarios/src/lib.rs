@@ -52,7 +52,12 @@ fn base(scenario: &'static str, seed: u64, rng: &mut Rng) -> Spec {
     Spec {
         scenario,
         seed,
-        broker: vec![("log.retention.check.interval.ms".into(), "1000".into())],
+        // The workload creates its topic; auto-creation could race it with
+        // the default partition count when a creation was lost in a crash.
+        broker: vec![
+            ("log.retention.check.interval.ms".into(), "1000".into()),
+            ("auto.create.topics.enable".into(), "false".into()),
+        ],
         disk: DiskFaults {
             sync_latency: Duration::from_micros(pick(rng, 200, 10_000)),
             ..DiskFaults::default()

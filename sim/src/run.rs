@@ -110,19 +110,26 @@ fn add_node(sim: &mut turmoil::Sim<'_>, spec: &Spec, disk: &SimDisk) {
         let config = config.clone();
         let disk = disk.clone();
         async move {
-            let listener = turmoil::net::TcpListener::bind(("0.0.0.0", PORT)).await?;
-            let environment = Environment {
-                config,
-                listener: SimListener(listener),
-                disk,
-                advertised: (NODE.to_string(), PORT),
-                clock: sim_clock(),
-                seed,
-            };
-            driver::serve(environment, std::future::pending())
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok(())
+            // Like a service manager: a node that stops with an error (a
+            // failed start-up sync) is started again after a pause.
+            loop {
+                let listener = turmoil::net::TcpListener::bind(("0.0.0.0", PORT)).await?;
+                let environment = Environment {
+                    config: config.clone(),
+                    listener: SimListener(listener),
+                    disk: disk.clone(),
+                    advertised: (NODE.to_string(), PORT),
+                    clock: sim_clock(),
+                    seed,
+                };
+                match driver::serve(environment, std::future::pending()).await {
+                    Ok(()) => return Ok(()),
+                    Err(error) => {
+                        tracing::error!(%error, "the node stopped; starting it again in 1 s")
+                    }
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
         }
         .instrument(tracing::info_span!("node", host = NODE))
     });

@@ -949,3 +949,28 @@ fn idempotent_retries_are_appended_once_even_after_a_crash() {
     h.sync_all();
     assert_eq!(h.produce_result(c), (0, 3));
 }
+
+/// A start whose first sync failed left files and directories only in the
+/// page cache; the next start must make them durable before relying on them.
+#[test]
+fn a_start_after_a_failed_first_sync_makes_the_namespace_durable() {
+    let config = BrokerConfig::defaults();
+    let mut node =
+        Node::open(MemStorage::new(), config, ("localhost".into(), 9092), 1, 0).expect("opens");
+    let Some(Output::Sync { id, .. }) = node.poll_output() else {
+        panic!("a start-up sync")
+    };
+    node.handle_synced(0, id, Err("EIO".into()));
+    assert!(!node.is_ready());
+    // The process stops and starts again; the page cache is intact.
+    let storage = std::mem::take(&mut node.storage);
+    let mut h = Harness::new(storage, &[]);
+    assert_eq!(h.create_topic("kept", 1, &[]), 0);
+    let mut storage = std::mem::take(&mut h.node.storage);
+    storage.crash(0);
+    let h = Harness::new(storage, &[]);
+    assert!(
+        h.node.topics.contains_key("kept"),
+        "the acknowledged topic survived the crash"
+    );
+}
