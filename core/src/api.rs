@@ -820,6 +820,14 @@ fn create_one_topic<S: Storage>(
     if let Some(problem) = topic_name_problem(&name) {
         return Err((ResponseError::InvalidTopicException, problem));
     }
+    if node.storage_failed {
+        // What the node holds in memory may never reach the disk: claiming
+        // the topic exists (or creating it) would be a promise it cannot keep.
+        return Err((
+            ResponseError::KafkaStorageError,
+            "the log directory is offline".into(),
+        ));
+    }
     if node.topics.contains_key(&name) {
         return Err((
             ResponseError::TopicAlreadyExists,
@@ -976,6 +984,9 @@ fn handle_delete_topics<S: Storage>(
 }
 
 fn delete_topic<S: Storage>(node: &mut Node<S>, name: &str) -> Result<u64, ResponseError> {
+    if node.storage_failed {
+        return Err(ResponseError::KafkaStorageError);
+    }
     node.metadata
         .append(
             &mut node.storage,

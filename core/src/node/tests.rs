@@ -974,3 +974,31 @@ fn a_start_after_a_failed_first_sync_makes_the_namespace_durable() {
         "the acknowledged topic survived the crash"
     );
 }
+
+#[test]
+fn after_a_failed_sync_topic_changes_get_storage_errors() {
+    let mut h = Harness::new(MemStorage::new(), &[]);
+    let c = h.send(
+        ApiKey::CreateTopics,
+        7,
+        &CreateTopicsRequest::default().with_topics(vec![
+            create_topics_request::CreatableTopic::default()
+                .with_name(TopicName(StrBytes::from_static_str("t")))
+                .with_num_partitions(1)
+                .with_replication_factor(1),
+        ]),
+    );
+    let (id, _) = h.pending_syncs.remove(0);
+    h.node.handle_synced(h.now_ms, id, Err("EIO".into()));
+    h.drain();
+    let response: CreateTopicsResponse = h.take(ApiKey::CreateTopics, 7, c);
+    assert_eq!(
+        response.topics[0].error_code,
+        ResponseError::KafkaStorageError.code()
+    );
+    // The topic exists only in memory now; a retry must not hear "already exists".
+    assert_eq!(
+        h.create_topic("t", 1, &[]),
+        ResponseError::KafkaStorageError.code()
+    );
+}
