@@ -84,6 +84,34 @@ fn decode<T: Decodable>(buf: &mut Bytes, version: i16) -> Result<T, String> {
     T::decode(buf, version).map_err(|e| format!("bad request body: {e}"))
 }
 
+/// A reply that waits for the sync covering `wait_seq` (if any); should the
+/// storage fail first, `on_failure` builds what the client gets instead.
+fn reply_after(
+    header: ReplyHeader,
+    wait_seq: Option<u64>,
+    reply: Reply,
+    on_failure: impl FnOnce() -> Reply,
+) -> Result<Option<SlotState>, String> {
+    match wait_seq {
+        None => ready(header, reply),
+        Some(seq) => Ok(Some(SlotState::AfterSync {
+            seq,
+            reply: Box::new(reply),
+            on_failure: Box::new(on_failure()),
+        })),
+    }
+}
+
+/// The error code of a result whose change never became durable: the
+/// successes turn into KAFKA_STORAGE_ERROR, other errors stay.
+fn storage_error(error_code: i16) -> i16 {
+    if error_code == 0 {
+        code(ResponseError::KafkaStorageError)
+    } else {
+        error_code
+    }
+}
+
 fn ready(header: ReplyHeader, reply: Reply) -> Result<Option<SlotState>, String> {
     crate::node::encode_reply(header, &reply).map(|frame| Some(SlotState::Ready(frame)))
 }
@@ -279,20 +307,9 @@ fn handle_metadata<S: Storage>(
         .with_controller_id(BrokerId(node_id))
         .with_topics(topics)
         .with_cluster_authorized_operations(i32::MIN);
-    let reply = Reply::Metadata(response);
-    match wait_seq {
-        None => ready(header, reply),
-        Some(seq) => {
-            let on_failure = Reply::Metadata(
-                MetadataResponse::default().with_error_code(code(ResponseError::KafkaStorageError)),
-            );
-            Ok(Some(SlotState::AfterSync {
-                seq,
-                reply: Box::new(reply),
-                on_failure: Box::new(on_failure),
-            }))
-        }
-    }
+    reply_after(header, wait_seq, Reply::Metadata(response), || {
+        Reply::Metadata(MetadataResponse::default().with_error_code(storage_error(0)))
+    })
 }
 
 fn metadata_topic<S: Storage>(
@@ -419,20 +436,17 @@ fn handle_produce<S: Storage>(
         }
         return Ok(None);
     }
-    let Some(seq) = wait_seq.filter(|_| !node.config.mutated(Mutation::AckBeforeSync)) else {
-        return ready(header, Reply::Produce(response));
-    };
-    let mut failed = response.clone();
-    for &(t, p) in &appended {
-        let partition = &mut failed.responses[t].partition_responses[p];
-        partition.error_code = code(ResponseError::KafkaStorageError);
-        partition.base_offset = -1;
-    }
-    Ok(Some(SlotState::AfterSync {
-        seq,
-        reply: Box::new(Reply::Produce(response)),
-        on_failure: Box::new(Reply::Produce(failed)),
-    }))
+    let wait_seq = wait_seq.filter(|_| !node.config.mutated(Mutation::AckBeforeSync));
+    // The failure variant is built only when the reply waits for a sync.
+    let mut failed = wait_seq.map(|_| response.clone()).unwrap_or_default();
+    reply_after(header, wait_seq, Reply::Produce(response), || {
+        for &(t, p) in &appended {
+            let partition = &mut failed.responses[t].partition_responses[p];
+            partition.error_code = code(ResponseError::KafkaStorageError);
+            partition.base_offset = -1;
+        }
+        Reply::Produce(failed)
+    })
 }
 
 type ProduceResult =
@@ -778,28 +792,13 @@ fn handle_create_topics<S: Storage>(
         results.push(result);
     }
     let reply = Reply::CreateTopics(CreateTopicsResponse::default().with_topics(results.clone()));
-    match wait_seq {
-        None => ready(header, reply),
-        Some(seq) => {
-            let failed = results
-                .into_iter()
-                .map(|r| {
-                    if r.error_code == 0 {
-                        r.with_error_code(code(ResponseError::KafkaStorageError))
-                    } else {
-                        r
-                    }
-                })
-                .collect();
-            let on_failure =
-                Reply::CreateTopics(CreateTopicsResponse::default().with_topics(failed));
-            Ok(Some(SlotState::AfterSync {
-                seq,
-                reply: Box::new(reply),
-                on_failure: Box::new(on_failure),
-            }))
-        }
-    }
+    reply_after(header, wait_seq, reply, || {
+        let failed = results.into_iter().map(|r| {
+            let error_code = storage_error(r.error_code);
+            r.with_error_code(error_code)
+        });
+        Reply::CreateTopics(CreateTopicsResponse::default().with_topics(failed.collect()))
+    })
 }
 
 type CreateOutcome = Result<
@@ -965,22 +964,13 @@ fn handle_delete_topics<S: Storage>(
     }
     let reply =
         Reply::DeleteTopics(DeleteTopicsResponse::default().with_responses(results.clone()));
-    match wait_seq {
-        None => ready(header, reply),
-        Some(seq) => {
-            let failed = results
-                .into_iter()
-                .map(|r| r.with_error_code(code(ResponseError::KafkaStorageError)))
-                .collect();
-            let on_failure =
-                Reply::DeleteTopics(DeleteTopicsResponse::default().with_responses(failed));
-            Ok(Some(SlotState::AfterSync {
-                seq,
-                reply: Box::new(reply),
-                on_failure: Box::new(on_failure),
-            }))
-        }
-    }
+    reply_after(header, wait_seq, reply, || {
+        let failed = results.into_iter().map(|r| {
+            let error_code = storage_error(r.error_code);
+            r.with_error_code(error_code)
+        });
+        Reply::DeleteTopics(DeleteTopicsResponse::default().with_responses(failed.collect()))
+    })
 }
 
 fn delete_topic<S: Storage>(node: &mut Node<S>, name: &str) -> Result<u64, ResponseError> {
@@ -1032,22 +1022,13 @@ fn handle_create_partitions<S: Storage>(
     }
     let reply =
         Reply::CreatePartitions(CreatePartitionsResponse::default().with_results(results.clone()));
-    match wait_seq {
-        None => ready(header, reply),
-        Some(seq) => {
-            let failed = results
-                .into_iter()
-                .map(|r| r.with_error_code(code(ResponseError::KafkaStorageError)))
-                .collect();
-            let on_failure =
-                Reply::CreatePartitions(CreatePartitionsResponse::default().with_results(failed));
-            Ok(Some(SlotState::AfterSync {
-                seq,
-                reply: Box::new(reply),
-                on_failure: Box::new(on_failure),
-            }))
-        }
-    }
+    reply_after(header, wait_seq, reply, || {
+        let failed = results.into_iter().map(|r| {
+            let error_code = storage_error(r.error_code);
+            r.with_error_code(error_code)
+        });
+        Reply::CreatePartitions(CreatePartitionsResponse::default().with_results(failed.collect()))
+    })
 }
 
 fn add_partitions<S: Storage>(
@@ -1297,12 +1278,9 @@ fn handle_init_producer_id<S: Storage>(
                     .with_producer_id(ProducerId(id))
                     .with_producer_epoch(0),
             );
-            let on_failure = Reply::InitProducerId(failed(ResponseError::KafkaStorageError));
-            Ok(Some(SlotState::AfterSync {
-                seq,
-                reply: Box::new(reply),
-                on_failure: Box::new(on_failure),
-            }))
+            reply_after(header, Some(seq), reply, || {
+                Reply::InitProducerId(failed(ResponseError::KafkaStorageError))
+            })
         }
         Err(error) => {
             tracing::error!(%error, "cannot reserve producer ids");
