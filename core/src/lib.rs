@@ -9,6 +9,7 @@
 pub mod api;
 pub mod batch;
 pub mod config;
+pub mod group;
 pub mod log;
 pub mod metadata;
 pub mod node;

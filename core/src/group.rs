@@ -1,0 +1,671 @@
+//! The classic consumer-group protocol of the group coordinator, as a pure
+//! state machine: members join, the coordinator waits for every known
+//! member (or the rebalance timeout), starts a new generation, hands the
+//! leader every member's metadata, and passes the leader's assignment to the
+//! others; heartbeats keep members alive, and silence for the session
+//! timeout removes them and rebalances.
+//!
+//! JoinGroup and SyncGroup answers are often deferred: the caller passes a
+//! token, and the answer comes out later from `take_resolved`. Committed
+//! offsets live here too (persisted by the node in `__consumer_offsets`).
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use kafka_protocol::ResponseError;
+
+pub type Token = u64;
+
+/// Kafka's bounds on a member's session timeout (broker defaults).
+pub const SESSION_TIMEOUT_MIN_MS: i32 = 6_000;
+pub const SESSION_TIMEOUT_MAX_MS: i32 = 1_800_000;
+/// Members one group may hold.
+pub const MEMBERS_MAX: usize = 1_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Empty,
+    PreparingRebalance,
+    CompletingRebalance,
+    Stable,
+}
+
+impl State {
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Empty => "Empty",
+            State::PreparingRebalance => "PreparingRebalance",
+            State::CompletingRebalance => "CompletingRebalance",
+            State::Stable => "Stable",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub member_id: String,
+    pub group_instance_id: Option<String>,
+    pub client_id: String,
+    pub session_timeout_ms: i32,
+    pub rebalance_timeout_ms: i32,
+    /// (protocol name, metadata) in the member's order of preference.
+    pub protocols: Vec<(String, Bytes)>,
+    pub assignment: Bytes,
+    /// The deferred JoinGroup answer this member waits for.
+    pub awaiting_join: Option<Token>,
+    pub awaiting_sync: Option<Token>,
+    pub session_deadline_ms: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Group {
+    pub state: State,
+    pub generation: i32,
+    pub protocol_type: String,
+    pub protocol: Option<String>,
+    pub leader: Option<String>,
+    pub members: BTreeMap<String, Member>,
+    /// Members told their id (MEMBER_ID_REQUIRED) and expected to join with it.
+    pending_members: BTreeMap<String, i64>,
+    /// When the join phase ends even if members are missing.
+    rebalance_deadline_ms: Option<i64>,
+    /// The first rebalance of an empty group waits until then for more members.
+    join_not_before_ms: i64,
+}
+
+impl Group {
+    fn new() -> Group {
+        Group {
+            state: State::Empty,
+            generation: 0,
+            protocol_type: String::new(),
+            protocol: None,
+            leader: None,
+            members: BTreeMap::new(),
+            pending_members: BTreeMap::new(),
+            rebalance_deadline_ms: None,
+            join_not_before_ms: 0,
+        }
+    }
+
+    fn metadata_of(&self, member: &Member) -> Bytes {
+        let protocol = self.protocol.as_deref().unwrap_or_default();
+        member
+            .protocols
+            .iter()
+            .find(|(name, _)| name == protocol)
+            .map(|(_, m)| m.clone())
+            .unwrap_or_default()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    pub offset: i64,
+    pub leader_epoch: i32,
+    pub metadata: String,
+    pub commit_timestamp_ms: i64,
+}
+
+/// A JoinGroup request, decoded.
+#[derive(Debug, Clone)]
+pub struct Join {
+    pub group_id: String,
+    pub member_id: String,
+    pub group_instance_id: Option<String>,
+    pub client_id: String,
+    pub session_timeout_ms: i32,
+    pub rebalance_timeout_ms: i32,
+    pub protocol_type: String,
+    pub protocols: Vec<(String, Bytes)>,
+    /// JoinGroup v4+: a member without an id first gets one and rejoins.
+    pub require_known_member_id: bool,
+}
+
+/// A JoinGroup answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinAnswer {
+    pub error: Option<ResponseError>,
+    pub generation: i32,
+    pub protocol_type: String,
+    pub protocol: Option<String>,
+    pub leader: String,
+    pub member_id: String,
+    /// Every member's metadata, for the leader only.
+    pub members: Vec<(String, Option<String>, Bytes)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncAnswer {
+    pub error: Option<ResponseError>,
+    pub protocol_type: String,
+    pub protocol: Option<String>,
+    pub assignment: Bytes,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resolved {
+    Join(JoinAnswer),
+    Sync(SyncAnswer),
+}
+
+#[derive(Debug, Default)]
+pub struct Coordinator {
+    pub groups: BTreeMap<String, Group>,
+    pub offsets: BTreeMap<String, BTreeMap<(String, i32), Committed>>,
+    resolved: Vec<(Token, Resolved)>,
+    /// How long the first rebalance of an empty group waits for more members.
+    pub initial_rebalance_delay_ms: i64,
+}
+
+fn join_error(error: ResponseError, member_id: &str) -> JoinAnswer {
+    JoinAnswer {
+        error: Some(error),
+        generation: -1,
+        protocol_type: String::new(),
+        protocol: None,
+        leader: String::new(),
+        member_id: member_id.to_string(),
+        members: Vec::new(),
+    }
+}
+
+fn sync_error(error: ResponseError) -> SyncAnswer {
+    SyncAnswer {
+        error: Some(error),
+        protocol_type: String::new(),
+        protocol: None,
+        assignment: Bytes::new(),
+    }
+}
+
+impl Coordinator {
+    pub fn new(initial_rebalance_delay_ms: i64) -> Coordinator {
+        Coordinator {
+            initial_rebalance_delay_ms,
+            ..Coordinator::default()
+        }
+    }
+
+    /// Answers deferred since the last call.
+    pub fn take_resolved(&mut self) -> Vec<(Token, Resolved)> {
+        std::mem::take(&mut self.resolved)
+    }
+
+    /// Handles a JoinGroup; None means the answer comes later for `token`.
+    pub fn join(
+        &mut self,
+        now_ms: i64,
+        token: Token,
+        join: Join,
+        new_member_id: impl FnOnce() -> String,
+    ) -> Option<JoinAnswer> {
+        if join.group_id.is_empty() {
+            return Some(join_error(ResponseError::InvalidGroupId, &join.member_id));
+        }
+        if !(SESSION_TIMEOUT_MIN_MS..=SESSION_TIMEOUT_MAX_MS).contains(&join.session_timeout_ms) {
+            return Some(join_error(
+                ResponseError::InvalidSessionTimeout,
+                &join.member_id,
+            ));
+        }
+        let group = self
+            .groups
+            .entry(join.group_id.clone())
+            .or_insert_with(Group::new);
+        let consistent = group.members.is_empty()
+            || (group.protocol_type == join.protocol_type
+                && join.protocols.iter().any(|(name, _)| {
+                    group
+                        .members
+                        .values()
+                        .all(|m| m.protocols.iter().any(|(n, _)| n == name))
+                }));
+        if !consistent || join.protocols.is_empty() {
+            return Some(join_error(
+                ResponseError::InconsistentGroupProtocol,
+                &join.member_id,
+            ));
+        }
+        let known = group.members.contains_key(&join.member_id);
+        if join.member_id.is_empty() {
+            let member_id = new_member_id();
+            if join.require_known_member_id {
+                group
+                    .pending_members
+                    .insert(member_id.clone(), now_ms + join.session_timeout_ms as i64);
+                return Some(join_error(ResponseError::MemberIdRequired, &member_id));
+            }
+            return self.add_member(now_ms, token, join, member_id);
+        }
+        if !known && group.pending_members.remove(&join.member_id).is_none() {
+            return Some(join_error(ResponseError::UnknownMemberId, &join.member_id));
+        }
+        if known {
+            let group = self.groups.get_mut(&join.group_id).expect("present");
+            let member = group.members.get_mut(&join.member_id).expect("known");
+            let unchanged = member.protocols == join.protocols;
+            if group.state == State::Stable
+                && unchanged
+                && group.leader.as_deref() != Some(join.member_id.as_str())
+            {
+                // A follower rejoining with nothing new: the current generation stands.
+                member.session_deadline_ms = now_ms + member.session_timeout_ms as i64;
+                return Some(answer_for(group, &join.member_id));
+            }
+            member.protocols = join.protocols;
+            member.session_timeout_ms = join.session_timeout_ms;
+            member.rebalance_timeout_ms = join.rebalance_timeout_ms;
+            member.awaiting_join = Some(token);
+            prepare_rebalance(group, now_ms, 0);
+            return self.try_complete_join(&join.group_id.clone(), now_ms);
+        }
+        let member_id = join.member_id.clone();
+        self.add_member(now_ms, token, join, member_id)
+    }
+
+    fn add_member(
+        &mut self,
+        now_ms: i64,
+        token: Token,
+        join: Join,
+        member_id: String,
+    ) -> Option<JoinAnswer> {
+        let delay = self.initial_rebalance_delay_ms;
+        let group = self
+            .groups
+            .get_mut(&join.group_id)
+            .expect("created by join");
+        if group.members.len() >= MEMBERS_MAX {
+            return Some(join_error(ResponseError::GroupMaxSizeReached, &member_id));
+        }
+        if group.members.is_empty() {
+            group.protocol_type = join.protocol_type.clone();
+        }
+        let was_empty = group.state == State::Empty;
+        group.members.insert(
+            member_id.clone(),
+            Member {
+                member_id: member_id.clone(),
+                group_instance_id: join.group_instance_id,
+                client_id: join.client_id,
+                session_timeout_ms: join.session_timeout_ms,
+                rebalance_timeout_ms: join.rebalance_timeout_ms,
+                protocols: join.protocols,
+                assignment: Bytes::new(),
+                awaiting_join: Some(token),
+                awaiting_sync: None,
+                session_deadline_ms: now_ms + join.session_timeout_ms as i64,
+            },
+        );
+        prepare_rebalance(group, now_ms, if was_empty { delay } else { 0 });
+        self.try_complete_join(&join.group_id, now_ms)
+    }
+
+    /// Ends the join phase when every member rejoined (and any initial
+    /// delay passed) or the rebalance deadline passed. Returns nothing
+    /// directly: answers go to `resolved`.
+    fn try_complete_join(&mut self, group_id: &str, now_ms: i64) -> Option<JoinAnswer> {
+        let group = self.groups.get_mut(group_id)?;
+        if group.state != State::PreparingRebalance {
+            return None;
+        }
+        let all_joined = group.members.values().all(|m| m.awaiting_join.is_some());
+        let deadline = group.rebalance_deadline_ms.unwrap_or(now_ms);
+        let ready = all_joined && now_ms >= group.join_not_before_ms;
+        if !ready && now_ms < deadline {
+            return None;
+        }
+        // Members that did not rejoin in time leave the group.
+        group.members.retain(|_, m| m.awaiting_join.is_some());
+        if group.members.is_empty() {
+            group.state = State::Empty;
+            group.generation += 1;
+            group.leader = None;
+            group.protocol = None;
+            return None;
+        }
+        group.generation += 1;
+        group.state = State::CompletingRebalance;
+        group.rebalance_deadline_ms = None;
+        group.protocol = select_protocol(group);
+        if group
+            .leader
+            .as_ref()
+            .is_none_or(|l| !group.members.contains_key(l))
+        {
+            group.leader = group.members.keys().next().cloned();
+        }
+        let ids: Vec<String> = group.members.keys().cloned().collect();
+        for id in ids {
+            let answer = answer_for(group, &id);
+            let member = group.members.get_mut(&id).expect("listed");
+            member.session_deadline_ms = now_ms + member.session_timeout_ms as i64;
+            if let Some(token) = member.awaiting_join.take() {
+                self.resolved.push((token, Resolved::Join(answer)));
+            }
+        }
+        None
+    }
+
+    pub fn sync(
+        &mut self,
+        now_ms: i64,
+        token: Token,
+        group_id: &str,
+        generation: i32,
+        member_id: &str,
+        assignments: Vec<(String, Bytes)>,
+    ) -> Option<SyncAnswer> {
+        let Some(group) = self.groups.get_mut(group_id) else {
+            return Some(sync_error(ResponseError::UnknownMemberId));
+        };
+        if !group.members.contains_key(member_id) {
+            return Some(sync_error(ResponseError::UnknownMemberId));
+        }
+        if generation != group.generation {
+            return Some(sync_error(ResponseError::IllegalGeneration));
+        }
+        match group.state {
+            State::Empty | State::PreparingRebalance => {
+                Some(sync_error(ResponseError::RebalanceInProgress))
+            }
+            State::Stable => {
+                let member = &group.members[member_id];
+                Some(SyncAnswer {
+                    error: None,
+                    protocol_type: group.protocol_type.clone(),
+                    protocol: group.protocol.clone(),
+                    assignment: member.assignment.clone(),
+                })
+            }
+            State::CompletingRebalance => {
+                let member = group.members.get_mut(member_id).expect("checked");
+                member.awaiting_sync = Some(token);
+                member.session_deadline_ms = now_ms + member.session_timeout_ms as i64;
+                if group.leader.as_deref() == Some(member_id) {
+                    let given: BTreeMap<String, Bytes> = assignments.into_iter().collect();
+                    for (id, member) in group.members.iter_mut() {
+                        member.assignment = given.get(id).cloned().unwrap_or_default();
+                    }
+                    group.state = State::Stable;
+                    for member in group.members.values_mut() {
+                        if let Some(waiting) = member.awaiting_sync.take() {
+                            let answer = SyncAnswer {
+                                error: None,
+                                protocol_type: group.protocol_type.clone(),
+                                protocol: group.protocol.clone(),
+                                assignment: member.assignment.clone(),
+                            };
+                            self.resolved.push((waiting, Resolved::Sync(answer)));
+                        }
+                    }
+                }
+                None
+            }
+        }
+    }
+
+    /// Handles a heartbeat; returns the error for the member, if any.
+    pub fn heartbeat(
+        &mut self,
+        now_ms: i64,
+        group_id: &str,
+        generation: i32,
+        member_id: &str,
+    ) -> Option<ResponseError> {
+        let Some(group) = self.groups.get_mut(group_id) else {
+            return Some(ResponseError::UnknownMemberId);
+        };
+        let Some(member) = group.members.get_mut(member_id) else {
+            return Some(ResponseError::UnknownMemberId);
+        };
+        member.session_deadline_ms = now_ms + member.session_timeout_ms as i64;
+        if generation != group.generation {
+            return Some(ResponseError::IllegalGeneration);
+        }
+        match group.state {
+            State::PreparingRebalance => Some(ResponseError::RebalanceInProgress),
+            _ => None,
+        }
+    }
+
+    /// Removes members that leave; returns the error for each.
+    pub fn leave(
+        &mut self,
+        now_ms: i64,
+        group_id: &str,
+        member_ids: &[String],
+    ) -> Vec<Option<ResponseError>> {
+        let Some(group) = self.groups.get_mut(group_id) else {
+            return member_ids
+                .iter()
+                .map(|_| Some(ResponseError::UnknownMemberId))
+                .collect();
+        };
+        let errors = member_ids
+            .iter()
+            .map(|id| {
+                if group.members.remove(id).is_some() {
+                    None
+                } else {
+                    Some(ResponseError::UnknownMemberId)
+                }
+            })
+            .collect();
+        self.after_members_left(group_id, now_ms);
+        errors
+    }
+
+    fn after_members_left(&mut self, group_id: &str, now_ms: i64) {
+        let Some(group) = self.groups.get_mut(group_id) else {
+            return;
+        };
+        if group.members.is_empty() {
+            group.state = State::Empty;
+            group.leader = None;
+            group.protocol = None;
+            group.generation += 1;
+            group.rebalance_deadline_ms = None;
+            return;
+        }
+        if group.state != State::PreparingRebalance {
+            // Followers waiting on a sync of the old generation must rejoin.
+            for member in group.members.values_mut() {
+                if let Some(token) = member.awaiting_sync.take() {
+                    self.resolved.push((
+                        token,
+                        Resolved::Sync(sync_error(ResponseError::RebalanceInProgress)),
+                    ));
+                }
+            }
+            prepare_rebalance(group, now_ms, 0);
+        }
+        self.try_complete_join(group_id, now_ms);
+    }
+
+    /// Checks whether a member may commit offsets now.
+    pub fn may_commit(
+        &self,
+        group_id: &str,
+        generation: i32,
+        member_id: &str,
+    ) -> Result<(), ResponseError> {
+        let group = self.groups.get(group_id);
+        let members = group.map_or(0, |g| g.members.len());
+        if generation < 0 && member_id.is_empty() {
+            // Simple consumers (assign, no membership) may commit to a group with no members.
+            return if members == 0 {
+                Ok(())
+            } else {
+                Err(ResponseError::UnknownMemberId)
+            };
+        }
+        let Some(group) = group else {
+            return Err(ResponseError::IllegalGeneration);
+        };
+        if !group.members.contains_key(member_id) {
+            return Err(ResponseError::UnknownMemberId);
+        }
+        if generation != group.generation {
+            return Err(ResponseError::IllegalGeneration);
+        }
+        if group.state == State::PreparingRebalance {
+            return Err(ResponseError::RebalanceInProgress);
+        }
+        Ok(())
+    }
+
+    /// The earliest time something must happen (a session or a rebalance ends).
+    pub fn next_deadline_ms(&self) -> Option<i64> {
+        self.groups
+            .values()
+            .flat_map(|g| {
+                let sessions = g
+                    .members
+                    .values()
+                    .filter(|m| m.awaiting_join.is_none())
+                    .map(|m| m.session_deadline_ms);
+                let joining =
+                    (g.state == State::PreparingRebalance).then_some(g.join_not_before_ms);
+                sessions
+                    .chain(g.rebalance_deadline_ms)
+                    .chain(joining)
+                    .chain(g.pending_members.values().copied())
+            })
+            .min()
+    }
+
+    /// Expires silent members and overdue rebalances.
+    pub fn expire(&mut self, now_ms: i64) {
+        let ids: Vec<String> = self.groups.keys().cloned().collect();
+        for id in ids {
+            let group = self.groups.get_mut(&id).expect("listed");
+            group
+                .pending_members
+                .retain(|_, deadline| *deadline > now_ms);
+            let before = group.members.len();
+            group.members.retain(|member_id, m| {
+                let alive = m.awaiting_join.is_some() || m.session_deadline_ms > now_ms;
+                if !alive {
+                    tracing::info!(group = %id, member = %member_id, "member session expired");
+                }
+                alive
+            });
+            if group.members.len() != before {
+                self.after_members_left(&id, now_ms);
+            } else {
+                self.try_complete_join(&id, now_ms);
+            }
+        }
+    }
+
+    /// Records a commit (after the node wrote it).
+    pub fn commit(&mut self, group_id: &str, topic: &str, partition: i32, committed: Committed) {
+        self.groups
+            .entry(group_id.to_string())
+            .or_insert_with(Group::new);
+        self.offsets
+            .entry(group_id.to_string())
+            .or_default()
+            .insert((topic.to_string(), partition), committed);
+    }
+
+    /// Deletes an empty group and its offsets.
+    pub fn delete(&mut self, group_id: &str) -> Result<(), ResponseError> {
+        match self.groups.get(group_id) {
+            None if !self.offsets.contains_key(group_id) => Err(ResponseError::GroupIdNotFound),
+            Some(group) if !group.members.is_empty() => Err(ResponseError::NonEmptyGroup),
+            _ => {
+                self.groups.remove(group_id);
+                self.offsets.remove(group_id);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Enters PreparingRebalance; `delay_ms` holds an empty group's first
+/// rebalance open for more members.
+fn prepare_rebalance(group: &mut Group, now_ms: i64, delay_ms: i64) {
+    let timeout = group
+        .members
+        .values()
+        .map(|m| m.rebalance_timeout_ms as i64)
+        .max()
+        .unwrap_or(0);
+    if group.state != State::PreparingRebalance {
+        group.state = State::PreparingRebalance;
+        group.join_not_before_ms = now_ms + delay_ms;
+        group.rebalance_deadline_ms = Some(now_ms + timeout.max(delay_ms));
+    }
+}
+
+/// The protocol every member supports with the most votes (each member
+/// votes for its first supported choice), ties to the leader's order.
+fn select_protocol(group: &Group) -> Option<String> {
+    let first = group.members.values().next()?;
+    let candidates: Vec<&String> = first
+        .protocols
+        .iter()
+        .map(|(name, _)| name)
+        .filter(|name| {
+            group
+                .members
+                .values()
+                .all(|m| m.protocols.iter().any(|(n, _)| n == *name))
+        })
+        .collect();
+    let votes = |name: &String| {
+        group
+            .members
+            .values()
+            .filter(|m| {
+                m.protocols
+                    .iter()
+                    .map(|(n, _)| n)
+                    .find(|n| candidates.contains(n))
+                    == Some(name)
+            })
+            .count()
+    };
+    let mut best: Option<(&String, usize)> = None;
+    for name in &candidates {
+        let count = votes(name);
+        if best.is_none_or(|(_, c)| count > c) {
+            best = Some((name, count));
+        }
+    }
+    best.map(|(name, _)| name.clone())
+}
+
+fn answer_for(group: &Group, member_id: &str) -> JoinAnswer {
+    let leader = group.leader.clone().unwrap_or_default();
+    let members = if leader == member_id {
+        group
+            .members
+            .values()
+            .map(|m| {
+                (
+                    m.member_id.clone(),
+                    m.group_instance_id.clone(),
+                    group.metadata_of(m),
+                )
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    JoinAnswer {
+        error: None,
+        generation: group.generation,
+        protocol_type: group.protocol_type.clone(),
+        protocol: group.protocol.clone(),
+        leader,
+        member_id: member_id.to_string(),
+        members,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,212 @@
+//! Tests of the group protocol state machine: joins, generations, leader,
+//! sync, heartbeats, session expiry, leave, commits.
+
+use super::*;
+
+const SESSION_MS: i32 = 10_000;
+
+fn join(group: &str, member: &str, _token: Token) -> Join {
+    Join {
+        group_id: group.into(),
+        member_id: member.into(),
+        group_instance_id: None,
+        client_id: "c".into(),
+        session_timeout_ms: SESSION_MS,
+        rebalance_timeout_ms: 30_000,
+        protocol_type: "consumer".into(),
+        protocols: vec![("range".into(), Bytes::from_static(b"meta"))],
+        require_known_member_id: true,
+    }
+}
+
+/// Joins a new member through MEMBER_ID_REQUIRED; returns its id.
+fn new_member(c: &mut Coordinator, now: i64, id: &str, token: Token) -> Option<JoinAnswer> {
+    let first = c
+        .join(now, token, join("g", "", token), || id.to_string())
+        .expect("answered at once");
+    assert_eq!(first.error, Some(ResponseError::MemberIdRequired));
+    c.join(now, token, join("g", id, token), || unreachable!())
+}
+
+#[test]
+fn two_members_form_a_generation_with_one_leader() {
+    let mut c = Coordinator::new(0);
+    assert!(
+        new_member(&mut c, 0, "a", 1).is_none(),
+        "the join waits for the rebalance"
+    );
+    c.expire(0);
+    let resolved = c.take_resolved();
+    assert_eq!(
+        resolved.len(),
+        1,
+        "alone, a completes the first generation at once"
+    );
+    let Resolved::Join(answer) = &resolved[0].1 else {
+        panic!("a join answer")
+    };
+    assert_eq!(
+        (
+            answer.generation,
+            answer.leader.as_str(),
+            answer.members.len()
+        ),
+        (1, "a", 1)
+    );
+    assert!(c
+        .sync(
+            0,
+            2,
+            "g",
+            1,
+            "a",
+            vec![("a".into(), Bytes::from_static(b"all"))]
+        )
+        .is_none());
+    assert_eq!(c.take_resolved().len(), 1);
+    // b joins: a must rejoin, then generation 2 has both.
+    assert!(new_member(&mut c, 10, "b", 3).is_none());
+    assert_eq!(
+        c.heartbeat(10, "g", 1, "a"),
+        Some(ResponseError::RebalanceInProgress)
+    );
+    assert!(c
+        .join(11, 4, join("g", "a", 4), || unreachable!())
+        .is_none());
+    let answers = c.take_resolved();
+    assert_eq!(answers.len(), 2);
+    for (token, answer) in &answers {
+        let Resolved::Join(answer) = answer else {
+            panic!("join answers")
+        };
+        assert_eq!(answer.generation, 2);
+        assert_eq!(answer.leader, "a");
+        assert_eq!(
+            answer.members.len(),
+            if *token == 4 { 2 } else { 0 },
+            "only the leader sees the members"
+        );
+    }
+    assert!(
+        c.sync(12, 5, "g", 2, "b", vec![]).is_none(),
+        "the follower waits for the leader"
+    );
+    let assignments = vec![
+        ("a".into(), Bytes::from_static(b"p0")),
+        ("b".into(), Bytes::from_static(b"p1")),
+    ];
+    assert!(c.sync(12, 6, "g", 2, "a", assignments).is_none());
+    let synced: BTreeMap<Token, Resolved> = c.take_resolved().into_iter().collect();
+    let Some(Resolved::Sync(for_b)) = synced.get(&5) else {
+        panic!("b got its assignment")
+    };
+    assert_eq!(for_b.assignment, Bytes::from_static(b"p1"));
+    assert_eq!(c.groups["g"].state, State::Stable);
+}
+
+#[test]
+fn a_silent_member_is_removed_and_the_group_rebalances() {
+    let mut c = Coordinator::new(0);
+    new_member(&mut c, 0, "a", 1);
+    c.expire(0);
+    c.take_resolved();
+    c.sync(0, 2, "g", 1, "a", vec![]);
+    c.take_resolved();
+    assert!(c.next_deadline_ms().is_some_and(|d| d == SESSION_MS as i64));
+    c.expire(SESSION_MS as i64 + 1);
+    assert_eq!(c.groups["g"].state, State::Empty);
+    assert_eq!(
+        c.heartbeat(SESSION_MS as i64 + 2, "g", 1, "a"),
+        Some(ResponseError::UnknownMemberId)
+    );
+}
+
+#[test]
+fn stale_generations_and_unknown_members_are_refused() {
+    let mut c = Coordinator::new(0);
+    new_member(&mut c, 0, "a", 1);
+    c.expire(0);
+    c.take_resolved();
+    assert_eq!(
+        c.sync(0, 2, "g", 7, "a", vec![]).and_then(|a| a.error),
+        Some(ResponseError::IllegalGeneration)
+    );
+    assert_eq!(
+        c.sync(0, 2, "g", 1, "zz", vec![]).and_then(|a| a.error),
+        Some(ResponseError::UnknownMemberId)
+    );
+    assert_eq!(
+        c.join(0, 3, join("g", "zz", 3), || unreachable!())
+            .and_then(|a| a.error),
+        Some(ResponseError::UnknownMemberId)
+    );
+    assert_eq!(
+        c.may_commit("g", 0, "a"),
+        Err(ResponseError::IllegalGeneration)
+    );
+    assert_eq!(
+        c.may_commit("g", -1, ""),
+        Err(ResponseError::UnknownMemberId),
+        "the group has members"
+    );
+    assert_eq!(
+        c.may_commit("other", -1, ""),
+        Ok(()),
+        "a group without members takes simple commits"
+    );
+}
+
+#[test]
+fn bad_session_timeouts_and_empty_group_ids_are_refused() {
+    let mut c = Coordinator::new(0);
+    let mut short = join("g", "", 1);
+    short.session_timeout_ms = 10;
+    assert_eq!(
+        c.join(0, 1, short, || "x".into()).and_then(|a| a.error),
+        Some(ResponseError::InvalidSessionTimeout)
+    );
+    assert_eq!(
+        c.join(0, 1, join("", "", 1), || "x".into())
+            .and_then(|a| a.error),
+        Some(ResponseError::InvalidGroupId)
+    );
+}
+
+#[test]
+fn leaving_rebalances_the_rest_and_empties_the_group() {
+    let mut c = Coordinator::new(0);
+    new_member(&mut c, 0, "a", 1);
+    new_member(&mut c, 0, "b", 2);
+    c.expire(0);
+    c.take_resolved();
+    // b is still waiting in its join: with a gone, the rebalance completes.
+    assert_eq!(c.leave(1, "g", &["a".to_string()]), vec![None]);
+    assert_eq!(c.groups["g"].state, State::CompletingRebalance);
+    let resolved = c.take_resolved();
+    assert!(
+        matches!(&resolved[..], [(2, Resolved::Join(answer))] if answer.leader == "b" && answer.generation == 2)
+    );
+    assert_eq!(c.delete("g"), Err(ResponseError::NonEmptyGroup));
+    c.leave(2, "g", &["b".to_string()]);
+    assert_eq!(c.groups["g"].state, State::Empty);
+    assert_eq!(c.delete("g"), Ok(()));
+    assert_eq!(c.delete("g"), Err(ResponseError::GroupIdNotFound));
+}
+
+#[test]
+fn the_initial_delay_holds_the_first_rebalance() {
+    let mut c = Coordinator::new(3_000);
+    new_member(&mut c, 0, "a", 1);
+    c.expire(1_000);
+    assert!(
+        c.take_resolved().is_empty(),
+        "still waiting for more members"
+    );
+    new_member(&mut c, 1_500, "b", 2);
+    c.expire(3_000);
+    assert_eq!(
+        c.take_resolved().len(),
+        2,
+        "both joined the first generation"
+    );
+}
