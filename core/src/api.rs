@@ -32,6 +32,16 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::CreatePartitions, 0, 3),
     (ApiKey::DescribeCluster, 0, 2),
     (ApiKey::InitProducerId, 0, 5),
+    (ApiKey::FindCoordinator, 0, 6),
+    (ApiKey::JoinGroup, 0, 9),
+    (ApiKey::SyncGroup, 0, 5),
+    (ApiKey::Heartbeat, 0, 4),
+    (ApiKey::LeaveGroup, 0, 5),
+    (ApiKey::OffsetCommit, 2, 9),
+    (ApiKey::OffsetFetch, 1, 9),
+    (ApiKey::ListGroups, 0, 5),
+    (ApiKey::DescribeGroups, 0, 6),
+    (ApiKey::DeleteGroups, 0, 2),
 ];
 
 pub fn supported_versions(key: ApiKey) -> Option<(i16, i16)> {
@@ -41,7 +51,7 @@ pub fn supported_versions(key: ApiKey) -> Option<(i16, i16)> {
         .map(|&(_, min, max)| (min, max))
 }
 
-fn code(error: ResponseError) -> i16 {
+pub(crate) fn code(error: ResponseError) -> i16 {
     error.code()
 }
 
@@ -59,6 +69,16 @@ pub enum Reply {
     DescribeConfigs(DescribeConfigsResponse),
     DescribeCluster(DescribeClusterResponse),
     InitProducerId(InitProducerIdResponse),
+    FindCoordinator(FindCoordinatorResponse),
+    JoinGroup(JoinGroupResponse),
+    SyncGroup(SyncGroupResponse),
+    Heartbeat(HeartbeatResponse),
+    LeaveGroup(LeaveGroupResponse),
+    OffsetCommit(OffsetCommitResponse),
+    OffsetFetch(OffsetFetchResponse),
+    ListGroups(ListGroupsResponse),
+    DescribeGroups(DescribeGroupsResponse),
+    DeleteGroups(DeleteGroupsResponse),
 }
 
 impl Reply {
@@ -75,18 +95,28 @@ impl Reply {
             Reply::DescribeConfigs(r) => r.encode(buf, version),
             Reply::DescribeCluster(r) => r.encode(buf, version),
             Reply::InitProducerId(r) => r.encode(buf, version),
+            Reply::FindCoordinator(r) => r.encode(buf, version),
+            Reply::JoinGroup(r) => r.encode(buf, version),
+            Reply::SyncGroup(r) => r.encode(buf, version),
+            Reply::Heartbeat(r) => r.encode(buf, version),
+            Reply::LeaveGroup(r) => r.encode(buf, version),
+            Reply::OffsetCommit(r) => r.encode(buf, version),
+            Reply::OffsetFetch(r) => r.encode(buf, version),
+            Reply::ListGroups(r) => r.encode(buf, version),
+            Reply::DescribeGroups(r) => r.encode(buf, version),
+            Reply::DeleteGroups(r) => r.encode(buf, version),
         };
         result.map_err(|e| e.to_string())
     }
 }
 
-fn decode<T: Decodable>(buf: &mut Bytes, version: i16) -> Result<T, String> {
+pub(crate) fn decode<T: Decodable>(buf: &mut Bytes, version: i16) -> Result<T, String> {
     T::decode(buf, version).map_err(|e| format!("bad request body: {e}"))
 }
 
 /// A reply that waits for the sync covering `wait_seq` (if any); should the
 /// storage fail first, `on_failure` builds what the client gets instead.
-fn reply_after(
+pub(crate) fn reply_after(
     header: ReplyHeader,
     wait_seq: Option<u64>,
     reply: Reply,
@@ -104,7 +134,7 @@ fn reply_after(
 
 /// The error code of a result whose change never became durable: the
 /// successes turn into KAFKA_STORAGE_ERROR, other errors stay.
-fn storage_error(error_code: i16) -> i16 {
+pub(crate) fn storage_error(error_code: i16) -> i16 {
     if error_code == 0 {
         code(ResponseError::KafkaStorageError)
     } else {
@@ -112,7 +142,7 @@ fn storage_error(error_code: i16) -> i16 {
     }
 }
 
-fn ready(header: ReplyHeader, reply: Reply) -> Result<Option<SlotState>, String> {
+pub(crate) fn ready(header: ReplyHeader, reply: Reply) -> Result<Option<SlotState>, String> {
     crate::node::encode_reply(header, &reply).map(|frame| Some(SlotState::Ready(frame)))
 }
 
@@ -121,6 +151,7 @@ pub(crate) fn dispatch<S: Storage>(
     node: &mut Node<S>,
     now_ms: i64,
     header: ReplyHeader,
+    client_id: &str,
     body: &mut Bytes,
 ) -> Result<Option<SlotState>, String> {
     let version = header.version;
@@ -136,7 +167,8 @@ pub(crate) fn dispatch<S: Storage>(
         ApiKey::DescribeConfigs => handle_describe_configs(node, header, decode(body, version)?),
         ApiKey::DescribeCluster => handle_describe_cluster(node, header, decode(body, version)?),
         ApiKey::InitProducerId => handle_init_producer_id(node, header, decode(body, version)?),
-        other => Err(format!("api {other:?} is not served")),
+        other => crate::api_group::dispatch(node, now_ms, header, client_id, body)
+            .unwrap_or_else(|| Err(format!("api {other:?} is not served"))),
     }
 }
 
@@ -178,7 +210,7 @@ pub fn topic_name_problem(name: &str) -> Option<String> {
 }
 
 impl<S: Storage> Node<S> {
-    fn broker_endpoint(&self) -> (i32, StrBytes, i32) {
+    pub(crate) fn broker_endpoint(&self) -> (i32, StrBytes, i32) {
         (
             self.config.node_id,
             StrBytes::from_string(self.advertised.0.clone()),
@@ -343,6 +375,7 @@ fn metadata_topic<S: Storage>(
         .collect();
     topic
         .with_topic_id(uuid::Uuid::from_bytes(found.id))
+        .with_is_internal(name.as_deref() == Some(crate::api_group::OFFSETS_TOPIC))
         .with_partitions(partitions)
 }
 

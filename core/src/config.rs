@@ -197,6 +197,20 @@ pub const BROKER_KEYS: &[Key] = &[
         0,
         "batches are kept as produced",
     ),
+    key(
+        "group.initial.rebalance.delay.ms",
+        Kind::Int,
+        "3000",
+        0,
+        "how long the first rebalance of an empty group waits for more members",
+    ),
+    key(
+        "offsets.topic.num.partitions",
+        Kind::Int,
+        "50",
+        1,
+        "partitions of __consumer_offsets",
+    ),
 ];
 
 /// Keys of a topic (CreateTopics configs, DescribeConfigs of a topic).
@@ -357,6 +371,8 @@ pub struct BrokerConfig {
     pub auto_create_topics: bool,
     pub socket_request_bytes_max: usize,
     pub retention_check_interval_ms: i64,
+    pub group_initial_rebalance_delay_ms: i64,
+    pub offsets_topic_partitions: i32,
     /// A deliberately broken variant to run (feature `mutations` only).
     pub mutation: Option<Mutation>,
 }
@@ -450,6 +466,8 @@ impl BrokerConfig {
             auto_create_topics: get("auto.create.topics.enable") == "true",
             socket_request_bytes_max: number("socket.request.max.bytes") as usize,
             retention_check_interval_ms: number("log.retention.check.interval.ms"),
+            group_initial_rebalance_delay_ms: number("group.initial.rebalance.delay.ms"),
+            offsets_topic_partitions: number("offsets.topic.num.partitions") as i32,
             mutation,
             values,
         })

@@ -7,6 +7,7 @@
 //! the simulator) carries out.
 
 pub mod api;
+pub mod api_group;
 pub mod batch;
 pub mod config;
 pub mod group;

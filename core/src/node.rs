@@ -28,6 +28,7 @@ use kafka_protocol::protocol::{Decodable, Encodable};
 
 use crate::api;
 use crate::config::{BrokerConfig, Mutation, TopicConfig};
+use crate::group::{Coordinator, Resolved, Token};
 use crate::log::PartitionLog;
 use crate::metadata::{Change, MetadataLog, TopicRecord, METADATA_DIR};
 use crate::rng::{base64_url, Rng};
@@ -100,6 +101,8 @@ pub(crate) enum SlotState {
         request: Box<kafka_protocol::messages::FetchRequest>,
         deadline_ms: i64,
     },
+    /// A group answer (JoinGroup, SyncGroup) the coordinator gives later.
+    Deferred(Token),
 }
 
 #[derive(Debug, Default)]
@@ -152,6 +155,11 @@ pub struct Node<S: Storage> {
     /// Next producer id to hand out, and the sequence that made its block durable.
     next_producer_id: i64,
     producer_block_seq: u64,
+    /// The group coordinator of every group (this is the only broker).
+    pub(crate) groups: Coordinator,
+    /// Group answers ready for their deferred slots.
+    resolved: BTreeMap<Token, Resolved>,
+    next_token: Token,
 }
 
 impl<S: Storage> Node<S> {
@@ -204,7 +212,11 @@ impl<S: Storage> Node<S> {
             stopped: false,
             next_producer_id: 0,
             producer_block_seq: 0,
+            groups: Coordinator::new(0),
+            resolved: BTreeMap::new(),
+            next_token: 1,
         };
+        node.groups.initial_rebalance_delay_ms = node.config.group_initial_rebalance_delay_ms;
         // Ids of the last reserved block may have been handed out before a crash.
         node.next_producer_id = node.metadata.producer_id_block_end;
         node.remove_orphan_dirs()?;
@@ -212,6 +224,7 @@ impl<S: Storage> Node<S> {
         for record in records {
             node.open_topic(&record, clean)?;
         }
+        crate::api_group::load_offsets(&mut node);
         node.maybe_sync();
         node.invariants();
         Ok(node)
@@ -385,7 +398,8 @@ impl<S: Storage> Node<S> {
             version,
             correlation_id: request_header.correlation_id,
         };
-        match api::dispatch(self, now_ms, header, &mut buf)? {
+        let client_id = request_header.client_id.as_ref().map_or("", |c| c.as_str());
+        match api::dispatch(self, now_ms, header, client_id, &mut buf)? {
             None => Ok(FrameOutcome {
                 response_queued: false,
             }),
@@ -587,9 +601,46 @@ impl<S: Storage> Node<S> {
             self.next_retention_ms = now_ms + self.config.retention_check_interval_ms;
             self.apply_retention(now_ms);
         }
+        self.groups.expire(now_ms);
+        self.collect_group_answers();
         self.maybe_sync();
         self.advance_all(now_ms);
         self.invariants();
+    }
+
+    pub(crate) fn next_token(&mut self) -> Token {
+        self.next_token += 1;
+        self.next_token
+    }
+
+    /// Every change made so far is durable once this sequence is.
+    pub(crate) fn write_seq(&self) -> u64 {
+        self.write_seq
+    }
+
+    /// Moves the coordinator's late answers to their slots; answers for
+    /// connections that closed meanwhile are dropped.
+    pub(crate) fn collect_group_answers(&mut self) {
+        let answers = self.groups.take_resolved();
+        if answers.is_empty() {
+            return;
+        }
+        let waiting: BTreeSet<Token> = self
+            .connections
+            .values()
+            .flat_map(|c| c.slots.iter())
+            .filter_map(|slot| match slot.state {
+                SlotState::Deferred(token) => Some(token),
+                _ => None,
+            })
+            .collect();
+        for (token, answer) in answers {
+            // A deferred answer may come out before its slot is queued (the
+            // handler returns after the coordinator ran): keep the newest token.
+            if waiting.contains(&token) || token == self.next_token {
+                self.resolved.insert(token, answer);
+            }
+        }
     }
 
     fn apply_retention(&mut self, now_ms: i64) {
@@ -627,6 +678,7 @@ impl<S: Storage> Node<S> {
             });
         fetch_deadlines
             .chain(std::iter::once(self.next_retention_ms))
+            .chain(self.groups.next_deadline_ms())
             .min()
     }
 
@@ -707,6 +759,15 @@ impl<S: Storage> Node<S> {
                             request,
                             deadline_ms,
                         },
+                    }))
+                }
+            },
+            SlotState::Deferred(token) => match self.resolved.remove(&token) {
+                Some(resolved) => crate::api_group::deferred_reply(resolved, slot.header.version),
+                None => {
+                    return Err(Some(Slot {
+                        header: slot.header,
+                        state: SlotState::Deferred(token),
                     }))
                 }
             },

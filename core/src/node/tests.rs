@@ -86,7 +86,8 @@ impl Harness {
         header
             .encode(&mut buf, key.request_header_version(version))
             .expect("header encodes");
-        body.encode(&mut buf, version).expect("body encodes");
+        body.encode(&mut buf, version)
+            .unwrap_or_else(|e| panic!("{key:?} v{version} request: {e}"));
         self.send_raw(buf.freeze());
         self.correlation
     }
@@ -732,9 +733,111 @@ fn every_api_answers_at_every_version() {
                         .with_transactional_id(None)
                         .with_transaction_timeout_ms(60_000),
                 ),
+                ApiKey::FindCoordinator => {
+                    let request = if version >= 4 {
+                        FindCoordinatorRequest::default()
+                            .with_coordinator_keys(vec![StrBytes::from_static_str("g")])
+                    } else {
+                        FindCoordinatorRequest::default().with_key(StrBytes::from_static_str("g"))
+                    };
+                    h.send(key, version, &request)
+                }
+                ApiKey::JoinGroup => {
+                    let protocol = join_group_request::JoinGroupRequestProtocol::default()
+                        .with_name(StrBytes::from_static_str("range"))
+                        .with_metadata(Bytes::from_static(b"m"));
+                    let request = JoinGroupRequest::default()
+                        .with_group_id(GroupId(StrBytes::from_string(format!("join{version}"))))
+                        .with_session_timeout_ms(10_000)
+                        .with_rebalance_timeout_ms(if version >= 1 { 10_000 } else { -1 })
+                        .with_protocol_type(StrBytes::from_static_str("consumer"))
+                        .with_protocols(vec![protocol]);
+                    h.send(key, version, &request)
+                }
+                ApiKey::SyncGroup => h.send(
+                    key,
+                    version,
+                    &SyncGroupRequest::default()
+                        .with_group_id(GroupId(StrBytes::from_static_str("none"))),
+                ),
+                ApiKey::Heartbeat => h.send(
+                    key,
+                    version,
+                    &HeartbeatRequest::default()
+                        .with_group_id(GroupId(StrBytes::from_static_str("none"))),
+                ),
+                ApiKey::LeaveGroup => {
+                    let member = leave_group_request::MemberIdentity::default()
+                        .with_member_id(StrBytes::from_static_str("m"));
+                    let request = LeaveGroupRequest::default()
+                        .with_group_id(GroupId(StrBytes::from_static_str("none")))
+                        .with_member_id(if version < 3 {
+                            StrBytes::from_static_str("m")
+                        } else {
+                            StrBytes::default()
+                        })
+                        .with_members(if version >= 3 { vec![member] } else { vec![] });
+                    h.send(key, version, &request)
+                }
+                ApiKey::OffsetCommit => {
+                    let partition = offset_commit_request::OffsetCommitRequestPartition::default()
+                        .with_committed_offset(1);
+                    let topic = offset_commit_request::OffsetCommitRequestTopic::default()
+                        .with_name(name())
+                        .with_partitions(vec![partition]);
+                    let request = OffsetCommitRequest::default()
+                        .with_group_id(GroupId(StrBytes::from_static_str("simple")))
+                        .with_generation_id_or_member_epoch(-1)
+                        .with_topics(vec![topic]);
+                    h.send(key, version, &request)
+                }
+                ApiKey::OffsetFetch => {
+                    let request = if version >= 8 {
+                        let group = offset_fetch_request::OffsetFetchRequestGroup::default()
+                            .with_group_id(GroupId(StrBytes::from_static_str("simple")))
+                            .with_topics(Some(vec![
+                                offset_fetch_request::OffsetFetchRequestTopics::default()
+                                    .with_name(name())
+                                    .with_partition_indexes(vec![0]),
+                            ]));
+                        OffsetFetchRequest::default().with_groups(vec![group])
+                    } else {
+                        OffsetFetchRequest::default()
+                            .with_group_id(GroupId(StrBytes::from_static_str("simple")))
+                            .with_topics(Some(vec![
+                                offset_fetch_request::OffsetFetchRequestTopic::default()
+                                    .with_name(name())
+                                    .with_partition_indexes(vec![0]),
+                            ]))
+                    };
+                    h.send(key, version, &request)
+                }
+                ApiKey::ListGroups => h.send(key, version, &ListGroupsRequest::default()),
+                ApiKey::DescribeGroups => h.send(
+                    key,
+                    version,
+                    &DescribeGroupsRequest::default()
+                        .with_groups(vec![GroupId(StrBytes::from_static_str("simple"))]),
+                ),
+                ApiKey::DeleteGroups => h.send(
+                    key,
+                    version,
+                    &DeleteGroupsRequest::default()
+                        .with_groups_names(vec![GroupId(StrBytes::from_static_str("nosuch"))]),
+                ),
                 other => panic!("no request written for {other:?}"),
             };
             h.sync_all();
+            if key == ApiKey::JoinGroup && version < 4 {
+                // The first join of an empty group waits for the initial rebalance delay.
+                assert!(
+                    h.sent.is_empty(),
+                    "JoinGroup v{version} answered before the delay"
+                );
+                h.now_ms += 3_001;
+                h.node.handle_timeout(h.now_ms);
+                h.drain();
+            }
             assert!(!h.closed, "{key:?} v{version} closed the connection");
             assert_eq!(h.sent.len(), 1, "{key:?} v{version} got no response");
             let mut frame = h.sent.remove(0).slice(4..);
@@ -768,6 +871,42 @@ fn every_api_answers_at_every_version() {
                 ApiKey::InitProducerId => {
                     InitProducerIdResponse::decode(&mut frame, version).map(|r| r.error_code)
                 }
+                ApiKey::FindCoordinator => FindCoordinatorResponse::decode(&mut frame, version)
+                    .map(|r| {
+                        r.error_code + r.coordinators.iter().map(|c| c.error_code).sum::<i16>()
+                    }),
+                ApiKey::JoinGroup => JoinGroupResponse::decode(&mut frame, version).map(|r| {
+                    if version >= 4 {
+                        r.error_code - ResponseError::MemberIdRequired.code()
+                    } else {
+                        r.error_code + (r.generation_id - 1) as i16
+                    }
+                }),
+                ApiKey::SyncGroup => SyncGroupResponse::decode(&mut frame, version)
+                    .map(|r| r.error_code - ResponseError::UnknownMemberId.code()),
+                ApiKey::Heartbeat => HeartbeatResponse::decode(&mut frame, version)
+                    .map(|r| r.error_code - ResponseError::UnknownMemberId.code()),
+                ApiKey::LeaveGroup => LeaveGroupResponse::decode(&mut frame, version).map(|r| {
+                    r.error_code + r.members.iter().map(|m| m.error_code).sum::<i16>()
+                        - ResponseError::UnknownMemberId.code()
+                }),
+                ApiKey::OffsetCommit => OffsetCommitResponse::decode(&mut frame, version)
+                    .map(|r| r.topics[0].partitions[0].error_code),
+                ApiKey::OffsetFetch => OffsetFetchResponse::decode(&mut frame, version).map(|r| {
+                    let offset = if version >= 8 {
+                        r.groups[0].topics[0].partitions[0].committed_offset
+                    } else {
+                        r.topics[0].partitions[0].committed_offset
+                    };
+                    (offset - 1) as i16
+                }),
+                ApiKey::ListGroups => {
+                    ListGroupsResponse::decode(&mut frame, version).map(|r| r.error_code)
+                }
+                ApiKey::DescribeGroups => DescribeGroupsResponse::decode(&mut frame, version)
+                    .map(|r| r.groups[0].error_code),
+                ApiKey::DeleteGroups => DeleteGroupsResponse::decode(&mut frame, version)
+                    .map(|r| r.results[0].error_code - ResponseError::GroupIdNotFound.code()),
                 _ => unreachable!(),
             };
             assert_eq!(
@@ -1000,5 +1139,138 @@ fn after_a_failed_sync_topic_changes_get_storage_errors() {
     assert_eq!(
         h.create_topic("t", 1, &[]),
         ResponseError::KafkaStorageError.code()
+    );
+}
+
+fn commit(
+    h: &mut Harness,
+    group: &str,
+    generation: i32,
+    member: &str,
+    topic: &str,
+    offset: i64,
+) -> i16 {
+    let partition = offset_commit_request::OffsetCommitRequestPartition::default()
+        .with_committed_offset(offset);
+    let topic = offset_commit_request::OffsetCommitRequestTopic::default()
+        .with_name(TopicName(StrBytes::from_string(topic.into())))
+        .with_partitions(vec![partition]);
+    let request = OffsetCommitRequest::default()
+        .with_group_id(GroupId(StrBytes::from_string(group.into())))
+        .with_generation_id_or_member_epoch(generation)
+        .with_member_id(StrBytes::from_string(member.into()))
+        .with_topics(vec![topic]);
+    let c = h.send(ApiKey::OffsetCommit, 8, &request);
+    let answered_before_sync = !h.sent.is_empty();
+    h.sync_all();
+    let response: OffsetCommitResponse = h.take(ApiKey::OffsetCommit, 8, c);
+    let error = response.topics[0].partitions[0].error_code;
+    assert!(
+        error != 0 || !answered_before_sync,
+        "a commit is answered only once durable"
+    );
+    error
+}
+
+fn committed(h: &mut Harness, group: &str, topic: &str) -> i64 {
+    let topics = offset_fetch_request::OffsetFetchRequestTopic::default()
+        .with_name(TopicName(StrBytes::from_string(topic.into())))
+        .with_partition_indexes(vec![0]);
+    let request = OffsetFetchRequest::default()
+        .with_group_id(GroupId(StrBytes::from_string(group.into())))
+        .with_topics(Some(vec![topics]));
+    let c = h.send(ApiKey::OffsetFetch, 7, &request);
+    h.sync_all();
+    let response: OffsetFetchResponse = h.take(ApiKey::OffsetFetch, 7, c);
+    response.topics[0].partitions[0].committed_offset
+}
+
+#[test]
+fn a_group_forms_commits_and_its_offsets_survive_a_crash() {
+    let mut h = Harness::new(
+        MemStorage::new(),
+        &[
+            ("group.initial.rebalance.delay.ms", "0"),
+            ("offsets.topic.num.partitions", "3"),
+        ],
+    );
+    h.create_topic("t", 1, &[]);
+    let join = |h: &mut Harness, member: &str| {
+        let protocol = join_group_request::JoinGroupRequestProtocol::default()
+            .with_name(StrBytes::from_static_str("range"))
+            .with_metadata(Bytes::from_static(b"m"));
+        let request = JoinGroupRequest::default()
+            .with_group_id(GroupId(StrBytes::from_static_str("g")))
+            .with_session_timeout_ms(10_000)
+            .with_rebalance_timeout_ms(10_000)
+            .with_member_id(StrBytes::from_string(member.into()))
+            .with_protocol_type(StrBytes::from_static_str("consumer"))
+            .with_protocols(vec![protocol]);
+        let c = h.send(ApiKey::JoinGroup, 7, &request);
+        h.take::<JoinGroupResponse>(ApiKey::JoinGroup, 7, c)
+    };
+    let first = join(&mut h, "");
+    assert_eq!(first.error_code, ResponseError::MemberIdRequired.code());
+    let member = first.member_id.to_string();
+    let joined = join(&mut h, &member);
+    assert_eq!(
+        (
+            joined.error_code,
+            joined.generation_id,
+            joined.leader.as_str()
+        ),
+        (0, 1, member.as_str())
+    );
+    let sync = SyncGroupRequest::default()
+        .with_group_id(GroupId(StrBytes::from_static_str("g")))
+        .with_generation_id(1)
+        .with_member_id(StrBytes::from_string(member.clone()))
+        .with_assignments(vec![
+            sync_group_request::SyncGroupRequestAssignment::default()
+                .with_member_id(StrBytes::from_string(member.clone()))
+                .with_assignment(Bytes::from_static(b"t-0")),
+        ]);
+    let c = h.send(ApiKey::SyncGroup, 5, &sync);
+    let synced: SyncGroupResponse = h.take(ApiKey::SyncGroup, 5, c);
+    assert_eq!(
+        (synced.error_code, &synced.assignment[..]),
+        (0, &b"t-0"[..])
+    );
+    assert_eq!(commit(&mut h, "g", 1, &member, "t", 42), 0);
+    assert_eq!(
+        commit(&mut h, "g", 9, &member, "t", 43),
+        ResponseError::IllegalGeneration.code()
+    );
+    assert_eq!(committed(&mut h, "g", "t"), 42);
+    assert_eq!(committed(&mut h, "other", "t"), -1);
+    let mut storage = std::mem::take(&mut h.node.storage);
+    storage.crash(0);
+    let mut h = Harness::new(storage, &[("offsets.topic.num.partitions", "3")]);
+    assert_eq!(
+        committed(&mut h, "g", "t"),
+        42,
+        "rebuilt from __consumer_offsets"
+    );
+    // The member is gone after the restart: it must join again.
+    let heartbeat = HeartbeatRequest::default()
+        .with_group_id(GroupId(StrBytes::from_static_str("g")))
+        .with_generation_id(1)
+        .with_member_id(StrBytes::from_string(member));
+    let c = h.send(ApiKey::Heartbeat, 4, &heartbeat);
+    let response: HeartbeatResponse = h.take(ApiKey::Heartbeat, 4, c);
+    assert_eq!(response.error_code, ResponseError::UnknownMemberId.code());
+}
+
+#[test]
+fn groups_land_on_the_partition_kafka_picks() {
+    // abs(javaHashCode) % 50, with Java's hash over UTF-16 units.
+    assert_eq!(crate::api_group::java_hash("abc"), 96354);
+    assert_eq!(crate::api_group::offsets_partition("abc", 50), 96354 % 50);
+    assert_eq!(crate::api_group::java_hash(""), 0);
+    let negative = crate::api_group::java_hash("polygenelubricants");
+    assert_eq!(negative, i32::MIN, "a string whose Java hash is i32::MIN");
+    assert_eq!(
+        crate::api_group::offsets_partition("polygenelubricants", 50),
+        0
     );
 }
