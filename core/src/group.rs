@@ -227,6 +227,28 @@ impl Coordinator {
                 &join.member_id,
             ));
         }
+        if let Some(instance) = join.group_instance_id.clone() {
+            let holder = group
+                .members
+                .values()
+                .find(|m| m.group_instance_id.as_deref() == Some(instance.as_str()))
+                .map(|m| m.member_id.clone());
+            match holder {
+                Some(old) if join.member_id.is_empty() => {
+                    return self.replace_static_member(now_ms, token, join, &old, new_member_id());
+                }
+                Some(old) if old != join.member_id => {
+                    return Some(join_error(ResponseError::FencedInstanceId, &join.member_id));
+                }
+                None if join.member_id.is_empty() => {
+                    // Static members skip MEMBER_ID_REQUIRED.
+                    let member_id = new_member_id();
+                    return self.add_member(now_ms, token, join, member_id);
+                }
+                _ => {}
+            }
+        }
+        let group = self.groups.get_mut(&join.group_id).expect("present");
         let known = group.members.contains_key(&join.member_id);
         if join.member_id.is_empty() {
             let member_id = new_member_id();
@@ -262,6 +284,54 @@ impl Coordinator {
         }
         let member_id = join.member_id.clone();
         self.add_member(now_ms, token, join, member_id)
+    }
+
+    /// A static member restarted: its new member id takes the old one's
+    /// place (and assignment); requests still waiting for the old id are
+    /// fenced. With nothing changed in a stable group, no rebalance.
+    fn replace_static_member(
+        &mut self,
+        now_ms: i64,
+        token: Token,
+        join: Join,
+        old: &str,
+        new_id: String,
+    ) -> Option<JoinAnswer> {
+        let Coordinator {
+            groups, resolved, ..
+        } = self;
+        let group = groups.get_mut(&join.group_id).expect("present");
+        let mut member = group.members.remove(old).expect("found by instance id");
+        if let Some(waiting) = member.awaiting_join.take() {
+            resolved.push((
+                waiting,
+                Resolved::Join(join_error(ResponseError::FencedInstanceId, old)),
+            ));
+        }
+        if let Some(waiting) = member.awaiting_sync.take() {
+            resolved.push((
+                waiting,
+                Resolved::Sync(sync_error(ResponseError::FencedInstanceId)),
+            ));
+        }
+        let unchanged = member.protocols == join.protocols;
+        member.member_id = new_id.clone();
+        member.client_id = join.client_id;
+        member.protocols = join.protocols;
+        member.session_timeout_ms = join.session_timeout_ms;
+        member.rebalance_timeout_ms = join.rebalance_timeout_ms;
+        member.session_deadline_ms = now_ms + join.session_timeout_ms as i64;
+        if group.leader.as_deref() == Some(old) {
+            group.leader = Some(new_id.clone());
+        }
+        if group.state == State::Stable && unchanged {
+            group.members.insert(new_id.clone(), member);
+            return Some(answer_for(group, &new_id));
+        }
+        member.awaiting_join = Some(token);
+        group.members.insert(new_id, member);
+        prepare_rebalance(group, now_ms, 0);
+        self.try_complete_join(&join.group_id, now_ms)
     }
 
     fn add_member(

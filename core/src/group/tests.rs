@@ -210,3 +210,46 @@ fn the_initial_delay_holds_the_first_rebalance() {
         "both joined the first generation"
     );
 }
+
+#[test]
+fn a_restarted_static_member_takes_its_old_place_without_a_rebalance() {
+    let mut c = Coordinator::new(0);
+    let mut first = join("g", "", 1);
+    first.group_instance_id = Some("host-1".into());
+    assert!(
+        c.join(0, 1, first.clone(), || "old".into()).is_none(),
+        "no MEMBER_ID_REQUIRED for a static member"
+    );
+    c.take_resolved();
+    c.sync(
+        0,
+        2,
+        "g",
+        1,
+        "old",
+        vec![("old".into(), Bytes::from_static(b"p0"))],
+    );
+    c.take_resolved();
+    let answer = c
+        .join(5, 3, first.clone(), || "new".into())
+        .expect("answered at once: nothing changed");
+    assert_eq!(
+        (
+            answer.member_id.as_str(),
+            answer.generation,
+            answer.leader.as_str()
+        ),
+        ("new", 1, "new")
+    );
+    assert_eq!(c.groups["g"].state, State::Stable);
+    assert_eq!(
+        c.sync(6, 4, "g", 1, "new", vec![]).map(|a| a.assignment),
+        Some(Bytes::from_static(b"p0"))
+    );
+    let mut stale = first;
+    stale.member_id = "old".into();
+    assert_eq!(
+        c.join(7, 5, stale, || unreachable!()).and_then(|a| a.error),
+        Some(ResponseError::FencedInstanceId)
+    );
+}
