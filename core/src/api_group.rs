@@ -168,7 +168,7 @@ fn join_group<S: Storage>(
     let answer = groups.join(now_ms, token, join, || {
         format!("{prefix}-{}", crate::metadata::hex(&rng.uuid()))
     });
-    node.collect_group_answers();
+    node.collect_group_answers(now_ms);
     match answer {
         Some(answer) => ready(header, join_reply(Resolved::Join(answer), header.version)),
         None => Ok(Some(SlotState::Deferred(token))),
@@ -247,7 +247,7 @@ fn sync_group<S: Storage>(
         &str_of(&request.member_id),
         assignments,
     );
-    node.collect_group_answers();
+    node.collect_group_answers(now_ms);
     match answer {
         Some(answer) => ready(
             header,
@@ -269,7 +269,7 @@ fn heartbeat<S: Storage>(
         request.generation_id,
         &str_of(&request.member_id),
     );
-    node.collect_group_answers();
+    node.collect_group_answers(now_ms);
     ready(
         header,
         Reply::Heartbeat(HeartbeatResponse::default().with_error_code(error.map_or(0, code))),
@@ -293,7 +293,7 @@ fn leave_group<S: Storage>(
         vec![str_of(&request.member_id)]
     };
     let errors = node.groups.leave(now_ms, &group_id, &ids);
-    node.collect_group_answers();
+    node.collect_group_answers(now_ms);
     let mut response = LeaveGroupResponse::default();
     if header.version >= 3 {
         response.members = request
@@ -415,12 +415,6 @@ fn write_offsets<S: Storage>(
     group_id: &str,
     records: &[(String, i32, Option<Committed>)],
 ) -> Result<u64, ResponseError> {
-    let mut seq = ensure_offsets_topic(node)?;
-    let partitions = node
-        .topics
-        .get(OFFSETS_TOPIC)
-        .map_or(1, |t| t.partitions.len() as i32);
-    let partition = offsets_partition(group_id, partitions);
     let encoded: Vec<(Vec<u8>, Option<Vec<u8>>)> = records
         .iter()
         .map(|(topic, index, committed)| {
@@ -430,22 +424,7 @@ fn write_offsets<S: Storage>(
             )
         })
         .collect();
-    let specs: Vec<batch::RecordSpec<'_>> = encoded
-        .iter()
-        .map(|(key, value)| (Some(&key[..]), value.as_deref(), Vec::new(), 0))
-        .collect();
-    let mut bytes = batch::build_batch(now_ms, &specs);
-    let log = node
-        .topics
-        .get_mut(OFFSETS_TOPIC)
-        .and_then(|t| t.partitions.get_mut(partition as usize))
-        .ok_or(ResponseError::CoordinatorNotAvailable)?;
-    log.append(&mut node.storage, &mut bytes, 0, now_ms)
-        .map_err(|error| {
-            tracing::error!(%error, group = group_id, "cannot write committed offsets");
-            ResponseError::KafkaStorageError
-        })?;
-    seq = seq.max(node.note_partition_write(OFFSETS_TOPIC, partition));
+    let seq = append_records(node, now_ms, group_id, &encoded)?;
     for (topic, index, committed) in records {
         match committed {
             Some(committed) => node
@@ -459,6 +438,42 @@ fn write_offsets<S: Storage>(
         }
     }
     Ok(seq)
+}
+
+/// Appends keyed records (a `None` value is a tombstone) to a group's
+/// `__consumer_offsets` partition, as one batch; returns the sequence that
+/// makes them durable.
+fn append_records<S: Storage>(
+    node: &mut Node<S>,
+    now_ms: i64,
+    group_id: &str,
+    records: &[(Vec<u8>, Option<Vec<u8>>)],
+) -> Result<u64, ResponseError> {
+    if node.storage_failed {
+        return Err(ResponseError::CoordinatorNotAvailable);
+    }
+    let created = ensure_offsets_topic(node)?;
+    let partitions = node
+        .topics
+        .get(OFFSETS_TOPIC)
+        .map_or(1, |t| t.partitions.len() as i32);
+    let partition = offsets_partition(group_id, partitions);
+    let specs: Vec<batch::RecordSpec<'_>> = records
+        .iter()
+        .map(|(key, value)| (Some(&key[..]), value.as_deref(), Vec::new(), 0))
+        .collect();
+    let mut bytes = batch::build_batch(now_ms, &specs);
+    let log = node
+        .topics
+        .get_mut(OFFSETS_TOPIC)
+        .and_then(|t| t.partitions.get_mut(partition as usize))
+        .ok_or(ResponseError::CoordinatorNotAvailable)?;
+    log.append(&mut node.storage, &mut bytes, 0, now_ms)
+        .map_err(|error| {
+            tracing::error!(%error, group = group_id, "cannot write to {OFFSETS_TOPIC}");
+            ResponseError::KafkaStorageError
+        })?;
+    Ok(created.max(node.note_partition_write(OFFSETS_TOPIC, partition)))
 }
 
 /// Creates `__consumer_offsets` on first use, like Kafka's internal topic.
@@ -559,19 +574,52 @@ pub fn parse_offset_value(mut value: &[u8]) -> Option<Committed> {
     })
 }
 
+/// Removes committed offsets past `offsets.retention.minutes` (tombstones).
+pub(crate) fn expire_offsets<S: Storage>(node: &mut Node<S>, now_ms: i64) {
+    let expired = node
+        .groups
+        .expired_offsets(now_ms, node.config.offsets_retention_ms);
+    let mut by_group: BTreeMap<String, Vec<(String, i32, Option<Committed>)>> = BTreeMap::new();
+    for (group, topic, partition) in expired {
+        by_group
+            .entry(group)
+            .or_default()
+            .push((topic, partition, None));
+    }
+    for (group, tombstones) in by_group {
+        match write_offsets(node, now_ms, &group, &tombstones) {
+            Ok(_) => {
+                tracing::info!(group = %group, partitions = tombstones.len(), "expired committed offsets")
+            }
+            Err(error) => {
+                tracing::error!(group = %group, ?error, "cannot expire committed offsets")
+            }
+        }
+    }
+}
+
 /// Rebuilds committed offsets from `__consumer_offsets` at start.
-pub(crate) fn load_offsets<S: Storage>(node: &mut Node<S>) {
+pub(crate) fn load_offsets<S: Storage>(node: &mut Node<S>, now_ms: i64) {
     let Some(topic) = node.topics.get(OFFSETS_TOPIC) else {
         return;
     };
     let mut loaded = 0usize;
     let mut commits = Vec::new();
+    let mut groups: BTreeMap<String, Option<crate::group::Group>> = BTreeMap::new();
     for log in &topic.partitions {
         for_each_record(log, &mut node.storage, |key, value| {
-            if let Some((group, topic, partition)) = key.and_then(parse_offset_key) {
+            let Some(key) = key else { return };
+            if let Some((group, topic, partition)) = parse_offset_key(key) {
                 commits.push((group, topic, partition, value.and_then(parse_offset_value)));
+            } else if let Some(group) = parse_group_key(key) {
+                groups.insert(group, value.and_then(parse_group_value));
             }
         });
+    }
+    for (group_id, group) in groups {
+        if let Some(group) = group {
+            node.groups.restore(now_ms, &group_id, group);
+        }
     }
     for (group, topic, partition, committed) in commits {
         loaded += 1;
@@ -846,10 +894,13 @@ fn delete_groups<S: Storage>(
             .map(|o| o.keys().map(|(t, p)| (t.clone(), *p, None)).collect())
             .unwrap_or_default();
         let outcome = node.groups.delete(&group_id).and_then(|()| {
+            // Tombstones for the group's record and every committed offset.
+            let group_seq = write_group_metadata(node, now_ms, std::slice::from_ref(&group_id));
             if tombstones.is_empty() {
-                Ok(None)
+                Ok(Some(group_seq))
             } else {
-                write_offsets(node, now_ms, &group_id, &tombstones).map(Some)
+                write_offsets(node, now_ms, &group_id, &tombstones)
+                    .map(|seq| Some(seq.max(group_seq)))
             }
         });
         let error = match outcome {
@@ -875,7 +926,195 @@ fn delete_groups<S: Storage>(
     })
 }
 
-/// The answer to a deferred group request, at its version.
-pub(crate) fn deferred_reply(resolved: Resolved, version: i16) -> Reply {
-    join_reply(resolved, version)
+/// The answer to a deferred group request, at its version; when the group's
+/// record could not be made durable, the member is told to find the
+/// coordinator again instead.
+pub(crate) fn deferred_reply(resolved: Resolved, version: i16, unrecorded: bool) -> Reply {
+    if !unrecorded {
+        return join_reply(resolved, version);
+    }
+    let error = ResponseError::CoordinatorNotAvailable;
+    match resolved {
+        Resolved::Join(mut answer) => {
+            answer.error = Some(error);
+            join_reply(Resolved::Join(answer), version)
+        }
+        Resolved::Sync(_) => Reply::SyncGroup(sync_response(
+            SyncAnswer {
+                error: Some(error),
+                protocol_type: String::new(),
+                protocol: None,
+                assignment: Bytes::new(),
+            },
+            version,
+        )),
+    }
+}
+
+/// Kafka's group metadata key, version 2.
+pub fn group_key(group: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.put_i16(2);
+    put_string(&mut out, group);
+    out
+}
+
+fn put_nullable_string(out: &mut Vec<u8>, text: Option<&str>) {
+    match text {
+        Some(text) => put_string(out, text),
+        None => out.put_i16(-1),
+    }
+}
+
+fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.put_i32(bytes.len() as i32);
+    out.put_slice(bytes);
+}
+
+/// Kafka's group metadata value, version 3.
+pub fn group_value(group: &crate::group::Group, now_ms: i64) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.put_i16(3);
+    put_string(&mut out, &group.protocol_type);
+    out.put_i32(group.generation);
+    put_nullable_string(&mut out, group.protocol.as_deref());
+    put_nullable_string(&mut out, group.leader.as_deref());
+    out.put_i64(now_ms);
+    out.put_i32(group.members.len() as i32);
+    for member in group.members.values() {
+        put_string(&mut out, &member.member_id);
+        put_nullable_string(&mut out, member.group_instance_id.as_deref());
+        put_string(&mut out, &member.client_id);
+        put_string(&mut out, "/unknown");
+        out.put_i32(member.rebalance_timeout_ms);
+        out.put_i32(member.session_timeout_ms);
+        put_bytes(&mut out, &group.metadata_of(member));
+        put_bytes(&mut out, &member.assignment);
+    }
+    out
+}
+
+fn get_nullable_string(buf: &mut &[u8]) -> Option<Option<String>> {
+    if buf.remaining() < 2 {
+        return None;
+    }
+    if i16::from_be_bytes([buf[0], buf[1]]) < 0 {
+        buf.advance(2);
+        return Some(None);
+    }
+    get_string(buf).map(Some)
+}
+
+fn get_bytes(buf: &mut &[u8]) -> Option<Bytes> {
+    if buf.remaining() < 4 {
+        return None;
+    }
+    let length = buf.get_i32().max(0) as usize;
+    if buf.remaining() < length {
+        return None;
+    }
+    let bytes = Bytes::copy_from_slice(&buf[..length]);
+    buf.advance(length);
+    Some(bytes)
+}
+
+/// Decodes a group metadata key (version 2).
+pub fn parse_group_key(mut key: &[u8]) -> Option<String> {
+    if key.remaining() < 2 || key.get_i16() != 2 {
+        return None;
+    }
+    get_string(&mut key)
+}
+
+/// Decodes a group metadata value of versions 0 to 3.
+pub fn parse_group_value(mut value: &[u8]) -> Option<crate::group::Group> {
+    if value.remaining() < 2 {
+        return None;
+    }
+    let version = value.get_i16();
+    let mut group = crate::group::Group::new();
+    group.protocol_type = get_string(&mut value)?;
+    if value.remaining() < 4 {
+        return None;
+    }
+    group.generation = value.get_i32();
+    group.protocol = get_nullable_string(&mut value)?;
+    group.leader = get_nullable_string(&mut value)?;
+    if version >= 2 {
+        if value.remaining() < 8 {
+            return None;
+        }
+        value.get_i64();
+    }
+    if value.remaining() < 4 {
+        return None;
+    }
+    let count = value.get_i32().clamp(0, crate::group::MEMBERS_MAX as i32);
+    for _ in 0..count {
+        let member_id = get_string(&mut value)?;
+        let group_instance_id = if version >= 3 {
+            get_nullable_string(&mut value)?
+        } else {
+            None
+        };
+        let client_id = get_string(&mut value)?;
+        let _client_host = get_string(&mut value)?;
+        let rebalance_timeout_ms = if version >= 1 && value.remaining() >= 4 {
+            value.get_i32()
+        } else {
+            0
+        };
+        if value.remaining() < 4 {
+            return None;
+        }
+        let session_timeout_ms = value.get_i32();
+        let subscription = get_bytes(&mut value)?;
+        let assignment = get_bytes(&mut value)?;
+        let protocols = vec![(group.protocol.clone().unwrap_or_default(), subscription)];
+        group.members.insert(
+            member_id.clone(),
+            crate::group::Member {
+                member_id,
+                group_instance_id,
+                client_id,
+                session_timeout_ms,
+                rebalance_timeout_ms: if rebalance_timeout_ms > 0 {
+                    rebalance_timeout_ms
+                } else {
+                    session_timeout_ms
+                },
+                protocols,
+                assignment,
+                awaiting_join: None,
+                awaiting_sync: None,
+                session_deadline_ms: 0,
+            },
+        );
+    }
+    Some(group)
+}
+
+/// Records the state of changed groups (or a tombstone for deleted ones)
+/// in their `__consumer_offsets` partitions; returns the sequence to wait for.
+pub(crate) fn write_group_metadata<S: Storage>(
+    node: &mut Node<S>,
+    now_ms: i64,
+    groups: &[String],
+) -> u64 {
+    let mut seq = 0;
+    for group_id in groups {
+        let value = node
+            .groups
+            .groups
+            .get(group_id)
+            .map(|g| group_value(g, now_ms));
+        let key = group_key(group_id);
+        match append_records(node, now_ms, group_id, &[(key, value)]) {
+            Ok(written) => seq = seq.max(written),
+            Err(error) => {
+                tracing::error!(group = %group_id, ?error, "cannot record a group's state")
+            }
+        }
+    }
+    seq
 }

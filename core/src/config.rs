@@ -205,6 +205,13 @@ pub const BROKER_KEYS: &[Key] = &[
         "how long the first rebalance of an empty group waits for more members",
     ),
     key(
+        "offsets.retention.minutes",
+        Kind::Int,
+        "10080",
+        1,
+        "how long committed offsets of a group without members are kept",
+    ),
+    key(
         "offsets.topic.num.partitions",
         Kind::Int,
         "50",
@@ -373,6 +380,7 @@ pub struct BrokerConfig {
     pub retention_check_interval_ms: i64,
     pub group_initial_rebalance_delay_ms: i64,
     pub offsets_topic_partitions: i32,
+    pub offsets_retention_ms: i64,
     /// A deliberately broken variant to run (feature `mutations` only).
     pub mutation: Option<Mutation>,
 }
@@ -468,6 +476,7 @@ impl BrokerConfig {
             retention_check_interval_ms: number("log.retention.check.interval.ms"),
             group_initial_rebalance_delay_ms: number("group.initial.rebalance.delay.ms"),
             offsets_topic_partitions: number("offsets.topic.num.partitions") as i32,
+            offsets_retention_ms: number("offsets.retention.minutes") * 60_000,
             mutation,
             values,
         })

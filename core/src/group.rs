@@ -73,8 +73,14 @@ pub struct Group {
     join_not_before_ms: i64,
 }
 
+impl Default for Group {
+    fn default() -> Group {
+        Group::new()
+    }
+}
+
 impl Group {
-    fn new() -> Group {
+    pub fn new() -> Group {
         Group {
             state: State::Empty,
             generation: 0,
@@ -88,7 +94,8 @@ impl Group {
         }
     }
 
-    fn metadata_of(&self, member: &Member) -> Bytes {
+    /// A member's metadata for the group's chosen protocol.
+    pub fn metadata_of(&self, member: &Member) -> Bytes {
         let protocol = self.protocol.as_deref().unwrap_or_default();
         member
             .protocols
@@ -156,6 +163,9 @@ pub struct Coordinator {
     resolved: Vec<(Token, Resolved)>,
     /// How long the first rebalance of an empty group waits for more members.
     pub initial_rebalance_delay_ms: i64,
+    /// Groups whose generation, members or assignment changed since the
+    /// last `take_changed`: the node records them.
+    changed: std::collections::BTreeSet<String>,
 }
 
 fn join_error(error: ResponseError, member_id: &str) -> JoinAnswer {
@@ -187,6 +197,29 @@ impl Coordinator {
         }
     }
 
+    /// Groups to record since the last call.
+    pub fn take_changed(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.changed).into_iter().collect()
+    }
+
+    /// Restores a group recorded before a restart. Its members keep their
+    /// generation and assignment and must heartbeat within their session.
+    pub fn restore(&mut self, now_ms: i64, group_id: &str, mut group: Group) {
+        for member in group.members.values_mut() {
+            member.session_deadline_ms = now_ms + member.session_timeout_ms as i64;
+            member.awaiting_join = None;
+            member.awaiting_sync = None;
+        }
+        group.state = if group.members.is_empty() {
+            State::Empty
+        } else {
+            State::Stable
+        };
+        group.pending_members.clear();
+        group.rebalance_deadline_ms = None;
+        self.groups.insert(group_id.to_string(), group);
+    }
+
     /// Answers deferred since the last call.
     pub fn take_resolved(&mut self) -> Vec<(Token, Resolved)> {
         std::mem::take(&mut self.resolved)
@@ -209,10 +242,7 @@ impl Coordinator {
                 &join.member_id,
             ));
         }
-        let group = self
-            .groups
-            .entry(join.group_id.clone())
-            .or_insert_with(Group::new);
+        let group = self.groups.entry(join.group_id.clone()).or_default();
         let consistent = group.members.is_empty()
             || (group.protocol_type == join.protocol_type
                 && join.protocols.iter().any(|(name, _)| {
@@ -326,6 +356,7 @@ impl Coordinator {
         }
         if group.state == State::Stable && unchanged {
             group.members.insert(new_id.clone(), member);
+            self.changed.insert(join.group_id.clone());
             return Some(answer_for(group, &new_id));
         }
         member.awaiting_join = Some(token);
@@ -393,6 +424,7 @@ impl Coordinator {
             group.generation += 1;
             group.leader = None;
             group.protocol = None;
+            self.changed.insert(group_id.to_string());
             return None;
         }
         group.generation += 1;
@@ -459,6 +491,7 @@ impl Coordinator {
                         member.assignment = given.get(id).cloned().unwrap_or_default();
                     }
                     group.state = State::Stable;
+                    self.changed.insert(group_id.to_string());
                     for member in group.members.values_mut() {
                         if let Some(waiting) = member.awaiting_sync.take() {
                             let answer = SyncAnswer {
@@ -537,6 +570,7 @@ impl Coordinator {
             group.protocol = None;
             group.generation += 1;
             group.rebalance_deadline_ms = None;
+            self.changed.insert(group_id.to_string());
             return;
         }
         if group.state != State::PreparingRebalance {
@@ -632,13 +666,32 @@ impl Coordinator {
 
     /// Records a commit (after the node wrote it).
     pub fn commit(&mut self, group_id: &str, topic: &str, partition: i32, committed: Committed) {
-        self.groups
-            .entry(group_id.to_string())
-            .or_insert_with(Group::new);
+        self.groups.entry(group_id.to_string()).or_default();
         self.offsets
             .entry(group_id.to_string())
             .or_default()
             .insert((topic.to_string(), partition), committed);
+    }
+
+    /// Committed offsets of groups without members older than the
+    /// retention, to be removed (Kafka's `offsets.retention.minutes`).
+    pub fn expired_offsets(&self, now_ms: i64, retention_ms: i64) -> Vec<(String, String, i32)> {
+        let mut expired = Vec::new();
+        for (group_id, offsets) in &self.offsets {
+            if self
+                .groups
+                .get(group_id)
+                .is_some_and(|g| !g.members.is_empty())
+            {
+                continue;
+            }
+            for ((topic, partition), committed) in offsets {
+                if committed.commit_timestamp_ms.saturating_add(retention_ms) < now_ms {
+                    expired.push((group_id.clone(), topic.clone(), *partition));
+                }
+            }
+        }
+        expired
     }
 
     /// Deletes an empty group and its offsets.

@@ -158,7 +158,7 @@ pub struct Node<S: Storage> {
     /// The group coordinator of every group (this is the only broker).
     pub(crate) groups: Coordinator,
     /// Group answers ready for their deferred slots.
-    resolved: BTreeMap<Token, Resolved>,
+    resolved: BTreeMap<Token, (Resolved, u64)>,
     next_token: Token,
 }
 
@@ -224,7 +224,7 @@ impl<S: Storage> Node<S> {
         for record in records {
             node.open_topic(&record, clean)?;
         }
-        crate::api_group::load_offsets(&mut node);
+        crate::api_group::load_offsets(&mut node, now_ms);
         node.maybe_sync();
         node.invariants();
         Ok(node)
@@ -600,9 +600,10 @@ impl<S: Storage> Node<S> {
         if now_ms >= self.next_retention_ms {
             self.next_retention_ms = now_ms + self.config.retention_check_interval_ms;
             self.apply_retention(now_ms);
+            crate::api_group::expire_offsets(self, now_ms);
         }
         self.groups.expire(now_ms);
-        self.collect_group_answers();
+        self.collect_group_answers(now_ms);
         self.maybe_sync();
         self.advance_all(now_ms);
         self.invariants();
@@ -620,7 +621,14 @@ impl<S: Storage> Node<S> {
 
     /// Moves the coordinator's late answers to their slots; answers for
     /// connections that closed meanwhile are dropped.
-    pub(crate) fn collect_group_answers(&mut self) {
+    pub(crate) fn collect_group_answers(&mut self, now_ms: i64) {
+        // Changed groups are recorded first; answers wait until that is durable.
+        let changed = self.groups.take_changed();
+        let record_seq = if changed.is_empty() {
+            0
+        } else {
+            crate::api_group::write_group_metadata(self, now_ms, &changed)
+        };
         let answers = self.groups.take_resolved();
         if answers.is_empty() {
             return;
@@ -638,7 +646,7 @@ impl<S: Storage> Node<S> {
             // A deferred answer may come out before its slot is queued (the
             // handler returns after the coordinator ran): keep the newest token.
             if waiting.contains(&token) || token == self.next_token {
-                self.resolved.insert(token, answer);
+                self.resolved.insert(token, (answer, record_seq));
             }
         }
     }
@@ -763,7 +771,20 @@ impl<S: Storage> Node<S> {
                 }
             },
             SlotState::Deferred(token) => match self.resolved.remove(&token) {
-                Some(resolved) => crate::api_group::deferred_reply(resolved, slot.header.version),
+                Some((resolved, seq)) if seq <= self.durable_seq || self.storage_failed => {
+                    crate::api_group::deferred_reply(
+                        resolved,
+                        slot.header.version,
+                        self.storage_failed && seq > self.durable_seq,
+                    )
+                }
+                Some(waiting) => {
+                    self.resolved.insert(token, waiting);
+                    return Err(Some(Slot {
+                        header: slot.header,
+                        state: SlotState::Deferred(token),
+                    }));
+                }
                 None => {
                     return Err(Some(Slot {
                         header: slot.header,

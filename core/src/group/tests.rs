@@ -253,3 +253,23 @@ fn a_restarted_static_member_takes_its_old_place_without_a_rebalance() {
         Some(ResponseError::FencedInstanceId)
     );
 }
+
+#[test]
+fn offsets_of_groups_without_members_expire() {
+    let mut c = Coordinator::new(0);
+    let at = |offset, ms| Committed {
+        offset,
+        leader_epoch: -1,
+        metadata: String::new(),
+        commit_timestamp_ms: ms,
+    };
+    c.commit("idle", "t", 0, at(5, 0));
+    c.commit("idle", "t", 1, at(6, 900));
+    new_member(&mut c, 0, "a", 1);
+    c.commit("g", "t", 0, at(7, 0));
+    assert_eq!(
+        c.expired_offsets(1_000, 500),
+        vec![("idle".to_string(), "t".to_string(), 0)],
+        "recent and active groups' offsets stay"
+    );
+}

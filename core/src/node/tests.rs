@@ -1231,6 +1231,11 @@ fn a_group_forms_commits_and_its_offsets_survive_a_crash() {
                 .with_assignment(Bytes::from_static(b"t-0")),
         ]);
     let c = h.send(ApiKey::SyncGroup, 5, &sync);
+    assert!(
+        h.sent.is_empty(),
+        "the assignment is handed out once the group's record is durable"
+    );
+    h.sync_all();
     let synced: SyncGroupResponse = h.take(ApiKey::SyncGroup, 5, c);
     assert_eq!(
         (synced.error_code, &synced.assignment[..]),
@@ -1251,11 +1256,22 @@ fn a_group_forms_commits_and_its_offsets_survive_a_crash() {
         42,
         "rebuilt from __consumer_offsets"
     );
-    // The member is gone after the restart: it must join again.
+    // The group was restored with its generation: the member carries on.
     let heartbeat = HeartbeatRequest::default()
         .with_group_id(GroupId(StrBytes::from_static_str("g")))
         .with_generation_id(1)
         .with_member_id(StrBytes::from_string(member));
+    let c = h.send(ApiKey::Heartbeat, 4, &heartbeat);
+    let response: HeartbeatResponse = h.take(ApiKey::Heartbeat, 4, c);
+    assert_eq!(
+        response.error_code, 0,
+        "the member survived the coordinator's restart"
+    );
+    // Silent past its session, it is removed.
+    h.now_ms += 10_001;
+    h.node.handle_timeout(h.now_ms);
+    h.drain();
+    h.sync_all();
     let c = h.send(ApiKey::Heartbeat, 4, &heartbeat);
     let response: HeartbeatResponse = h.take(ApiKey::Heartbeat, 4, c);
     assert_eq!(response.error_code, ResponseError::UnknownMemberId.code());
