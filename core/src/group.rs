@@ -614,7 +614,10 @@ impl Coordinator {
         if generation != group.generation {
             return Err(ResponseError::IllegalGeneration);
         }
-        if group.state == State::PreparingRebalance {
+        // As Kafka: a member of the current generation may still commit while
+        // the group prepares a rebalance (its heartbeat tells it to rejoin);
+        // between join and sync the generation is not settled yet.
+        if group.state == State::CompletingRebalance {
             return Err(ResponseError::RebalanceInProgress);
         }
         Ok(())
