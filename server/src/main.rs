@@ -1,9 +1,12 @@
-//! The `sluice` binary: `serve` runs a broker; `dump-log` prints a segment.
+//! The `sluice` binary: `serve` runs a broker; `dump-log` prints a segment;
+//! `topics`, `produce` and `consume` talk to a running broker (see `cli`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use clap::error::ErrorKind;
 use clap::{Parser, Subcommand};
+use sluice_server::cli::{self, consume, produce, topics};
 use sluice_server::{config_file, driver, dump_log};
 
 #[derive(Parser)]
@@ -32,15 +35,39 @@ enum Command {
         #[arg(long)]
         records: bool,
     },
+    /// Create, list, describe, delete or grow topics.
+    Topics {
+        #[command(subcommand)]
+        command: topics::TopicsCommand,
+    },
+    /// Write lines from stdin or a file as records, one per line.
+    Produce(produce::ProduceArgs),
+    /// Print records of a topic.
+    Consume(consume::ConsumeArgs),
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // A bare `sluice` (or `sluice topics`) shows the help it lacks.
+        Err(error) if error.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            error.exit()
+        }
+        Err(error) if error.use_stderr() => {
+            eprintln!("sluice: {}", cli::clap_error_line(&error));
+            return ExitCode::from(2);
+        }
+        // --help and --version: clap prints them to stdout and exits 0.
+        Err(help) => help.exit(),
+    };
     let result = match cli.command {
         Command::Serve { config, overrides } => serve(config, overrides),
         Command::DumpLog { file, records } => {
             dump_log::run(&file, records, &mut std::io::stdout().lock())
         }
+        Command::Topics { command } => return cli::run(topics::run(command)),
+        Command::Produce(args) => return cli::run(produce::run(args)),
+        Command::Consume(args) => return cli::run(consume::run(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,345 @@
+//! The client commands of the `sluice` binary: `topics`, `produce` and
+//! `consume`, built on `sluice-client`.
+//!
+//! This module holds what they share: the connection flags
+//! (`--bootstrap-server`, `--request-timeout-ms`), the tokio runtime each
+//! command runs in, the bound on every broker operation, and the one error
+//! type whose `Display` is the single line printed on failure. Errors a user
+//! can cause (no broker, an unknown topic, bad arguments) become that line
+//! and a non-zero exit status: 2 for bad arguments (as clap does), 1 for
+//! everything else. Machine-readable output (`--json`) always goes to
+//! stdout; summaries meant for a person go to stderr.
+
+pub mod consume;
+pub mod format;
+pub mod produce;
+pub mod topics;
+
+use std::future::Future;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+use sluice_client::{Client, ClientConfig, ResponseError, TokioConnector};
+
+/// The address clients use when none is given, as Kafka's tools do.
+pub const BOOTSTRAP_SERVER_DEFAULT: &str = "127.0.0.1:9092";
+
+/// Longest wait for one TCP connection and version negotiation; a
+/// blackholed address then fails well inside the operation bound.
+pub const CONNECT_TIMEOUT_MS_MAX: u64 = 5_000;
+
+/// Flags every client command takes.
+#[derive(Args, Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionArgs {
+    /// Broker address(es) to start from, `host:port[,host:port...]`.
+    #[arg(long, value_name = "HOST:PORT", default_value = BOOTSTRAP_SERVER_DEFAULT)]
+    pub bootstrap_server: String,
+    /// How long one operation on the cluster (a lookup, a topic change, a
+    /// record's delivery) may take, retries included.
+    #[arg(long, value_name = "MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub request_timeout_ms: u64,
+}
+
+impl ConnectionArgs {
+    /// The bootstrap list, split on commas, empty entries refused.
+    pub fn bootstrap_servers(&self) -> Result<Vec<String>, CliError> {
+        let servers: Vec<String> = self
+            .bootstrap_server
+            .split(',')
+            .map(|server| server.trim().to_string())
+            .collect();
+        if let Some(bad) = servers.iter().find(|s| !looks_like_host_port(s)) {
+            return Err(CliError::Usage(format!(
+                "--bootstrap-server wants HOST:PORT[,HOST:PORT...], got `{bad}`"
+            )));
+        }
+        Ok(servers)
+    }
+
+    /// A client for these brokers. `auto_create` says whether Metadata may
+    /// create unknown topics (only `produce` lets the broker decide).
+    pub fn client(&self, auto_create: bool) -> Result<Client<TokioConnector>, CliError> {
+        let mut config = ClientConfig::new(self.bootstrap_servers()?).with_client_id("sluice-cli");
+        config.seed = fresh_seed();
+        config.request_timeout_ms = self.request_timeout_ms;
+        config.connect_timeout_ms = self.request_timeout_ms.min(CONNECT_TIMEOUT_MS_MAX);
+        config.allow_auto_topic_creation = auto_create;
+        Client::new(TokioConnector, config).map_err(|error| CliError::Usage(error.to_string()))
+    }
+
+    /// Runs one broker operation within `--request-timeout-ms`; the client's
+    /// own error wins when it comes first (it says more than a timeout).
+    pub async fn bounded<T>(
+        &self,
+        what: &str,
+        operation: impl Future<Output = sluice_client::Result<T>>,
+    ) -> Result<T, CliError> {
+        let bound = Duration::from_millis(self.request_timeout_ms);
+        match tokio::time::timeout(bound, operation).await {
+            Ok(result) => result.map_err(|error| CliError::from_client(what, &error)),
+            Err(_) => Err(CliError::Failed(format!(
+                "{what}: no answer from {} within {} ms",
+                self.bootstrap_server, self.request_timeout_ms
+            ))),
+        }
+    }
+}
+
+fn looks_like_host_port(server: &str) -> bool {
+    match server.rsplit_once(':') {
+        Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0),
+        None => false,
+    }
+}
+
+/// A seed for the client's jitter and sticky partitions: each run differs,
+/// as Kafka's tools do.
+fn fresh_seed() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_nanos() as u64);
+    nanos ^ ((std::process::id() as u64) << 32)
+}
+
+/// Why a command failed; `Display` is the one line printed after `sluice: `.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CliError {
+    /// Arguments that cannot work (exit status 2).
+    #[error("{0}")]
+    Usage(String),
+    /// The command was understood but could not be carried out (status 1).
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl CliError {
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            CliError::Usage(_) => ExitCode::from(2),
+            CliError::Failed(_) => ExitCode::from(1),
+        }
+    }
+
+    /// A client error, told the way a user wants to read it: unknown topics
+    /// and unreachable brokers by name, everything else as the client says.
+    pub fn from_client(what: &str, error: &sluice_client::Error) -> CliError {
+        use sluice_client::Error;
+        let message = match error {
+            Error::Broker {
+                error: ResponseError::UnknownTopicOrPartition,
+                ..
+            } => format!("{what}: the topic does not exist (UNKNOWN_TOPIC_OR_PARTITION)"),
+            Error::Broker {
+                error: ResponseError::TopicAlreadyExists,
+                ..
+            } => format!("{what}: the topic already exists (TOPIC_ALREADY_EXISTS)"),
+            Error::NoBrokerReachable { last } => format!("{what}: no broker reachable ({last})"),
+            // The client names what it was doing; say it once.
+            other => match other.to_string() {
+                text if text.starts_with(what) => text,
+                text => format!("{what}: {text}"),
+            },
+        };
+        CliError::Failed(message)
+    }
+
+    fn io(what: &str, error: &std::io::Error) -> CliError {
+        CliError::Failed(format!("{what}: {error}"))
+    }
+}
+
+/// Runs a command's future on a runtime of its own and turns the outcome
+/// into an exit status, printing a failure as one line on stderr.
+pub fn run(command: impl Future<Output = Result<(), CliError>>) -> ExitCode {
+    install_log_subscriber();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => return fail(&CliError::io("cannot start the runtime", &error)),
+    };
+    match runtime.block_on(command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => fail(&error),
+    }
+}
+
+/// Prints `sluice: <error>` as exactly one line and returns its status.
+pub fn fail(error: &CliError) -> ExitCode {
+    eprintln!("sluice: {}", one_line(&error.to_string()));
+    error.exit_code()
+}
+
+/// Line breaks (a broker's error message may hold some) become spaces.
+pub fn one_line(text: &str) -> String {
+    text.split(['\n', '\r'])
+        .map(str::trim)
+        .filter(|part| !part.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The client logs through `tracing`; a person debugging sets `RUST_LOG`
+/// to see it. Without it nothing but the commands' own output appears.
+fn install_log_subscriber() {
+    if std::env::var_os("RUST_LOG").is_none() {
+        return;
+    }
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// A clap error as one line: its first paragraph (the message and, for a
+/// missing argument, its name), plus its tip when it has one. Help and
+/// version requests are not errors; clap prints those itself.
+pub fn clap_error_line(error: &clap::Error) -> String {
+    let rendered = error.render().to_string();
+    let message: Vec<&str> = rendered
+        .lines()
+        .map(str::trim)
+        .take_while(|line| !line.is_empty())
+        .collect();
+    let message = message.join(" ");
+    let message = message.strip_prefix("error: ").unwrap_or(&message);
+    let tip = rendered
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("tip: "));
+    match tip {
+        Some(tip) => format!("{message} ({tip}); see --help"),
+        None => format!("{message}; see --help"),
+    }
+}
+
+/// "1 record", "2 records".
+pub fn plural(count: u64, noun: &str) -> String {
+    if count == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{count} {noun}s")
+    }
+}
+
+/// `--config KEY=VALUE` (and the like): the pair, or why not.
+pub fn parse_key_value(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => {
+            Ok((key.trim().to_string(), value.trim().to_string()))
+        }
+        _ => Err(format!("expected KEY=VALUE, got `{text}`")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser, Debug)]
+    struct Wrapper {
+        #[command(flatten)]
+        connection: ConnectionArgs,
+    }
+
+    #[test]
+    fn connection_defaults_to_the_local_broker() {
+        let parsed = Wrapper::try_parse_from(["t"]).unwrap();
+        assert_eq!(parsed.connection.bootstrap_server, "127.0.0.1:9092");
+        assert_eq!(parsed.connection.request_timeout_ms, 10_000);
+        assert_eq!(
+            parsed.connection.bootstrap_servers().unwrap(),
+            vec!["127.0.0.1:9092"]
+        );
+    }
+
+    #[test]
+    fn bootstrap_lists_split_on_commas_and_refuse_bad_entries() {
+        let parsed =
+            Wrapper::try_parse_from(["t", "--bootstrap-server", "a:1, [::1]:9092"]).unwrap();
+        assert_eq!(
+            parsed.connection.bootstrap_servers().unwrap(),
+            vec!["a:1", "[::1]:9092"]
+        );
+        for bad in ["localhost", "a:1,", "a:0", "a:99999", ":9092"] {
+            let parsed = Wrapper::try_parse_from(["t", "--bootstrap-server", bad]).unwrap();
+            let error = parsed.connection.bootstrap_servers().unwrap_err();
+            assert!(matches!(error, CliError::Usage(_)), "{bad}: {error}");
+        }
+        assert!(Wrapper::try_parse_from(["t", "--request-timeout-ms", "0"]).is_err());
+    }
+
+    #[test]
+    fn clap_errors_become_one_line_with_the_tip() {
+        let error = Wrapper::try_parse_from(["t", "--bootstrap-servers", "x:1"]).unwrap_err();
+        let line = clap_error_line(&error);
+        assert!(!line.contains('\n'), "{line}");
+        assert!(
+            line.starts_with("unexpected argument '--bootstrap-servers'"),
+            "{line}"
+        );
+        assert!(line.contains("'--bootstrap-server'"), "{line}");
+        let error = Wrapper::try_parse_from(["t", "--request-timeout-ms"]).unwrap_err();
+        let line = clap_error_line(&error);
+        assert!(!line.contains('\n'), "{line}");
+        assert!(line.contains("--request-timeout-ms <MS>"), "{line}");
+    }
+
+    #[test]
+    fn counts_agree_with_their_noun() {
+        assert_eq!(plural(0, "record"), "0 records");
+        assert_eq!(plural(1, "record"), "1 record");
+        assert_eq!(plural(2, "record"), "2 records");
+    }
+
+    #[test]
+    fn messages_lose_their_line_breaks() {
+        assert_eq!(one_line("a\nb\r\n  c\n"), "a b c");
+    }
+
+    #[test]
+    fn key_value_pairs_split_on_the_first_equals_sign() {
+        assert_eq!(
+            parse_key_value("retention.ms=1000").unwrap(),
+            ("retention.ms".into(), "1000".into())
+        );
+        assert_eq!(
+            parse_key_value("a=b=c").unwrap(),
+            ("a".into(), "b=c".into())
+        );
+        assert!(parse_key_value("novalue").is_err());
+        assert!(parse_key_value("=v").is_err());
+    }
+
+    #[test]
+    fn client_errors_name_unknown_topics_and_unreachable_brokers() {
+        let unknown = sluice_client::Error::Broker {
+            error: ResponseError::UnknownTopicOrPartition,
+            context: "metadata for topic x".into(),
+            message: None,
+        };
+        assert_eq!(
+            CliError::from_client("describe topic x", &unknown).to_string(),
+            "describe topic x: the topic does not exist (UNKNOWN_TOPIC_OR_PARTITION)"
+        );
+        let unreachable = sluice_client::Error::NoBrokerReachable {
+            last: "cannot connect to h:1: refused".into(),
+        };
+        assert_eq!(
+            CliError::from_client("list topics", &unreachable).to_string(),
+            "list topics: no broker reachable (cannot connect to h:1: refused)"
+        );
+        let invalid = sluice_client::Error::Broker {
+            error: ResponseError::InvalidPartitions,
+            context: "add partitions to t".into(),
+            message: Some("3 would not be an increase".into()),
+        };
+        assert_eq!(
+            CliError::from_client("add partitions to t", &invalid).to_string(),
+            "add partitions to t: broker answered InvalidPartitions (3 would not be an increase)"
+        );
+    }
+}

@@ -1,0 +1,530 @@
+//! `sluice produce`: one record per input line, from stdin or a file, sent
+//! with the client's `Producer`.
+//!
+//! A thread reads the input (so a blocking read never stalls the producer's
+//! sender task) and hands lines over in chunks through a bounded channel;
+//! a chunk leaves as soon as the reader has nothing more buffered, so lines
+//! typed at a terminal go out at once. Lines split on `\n` only and keep
+//! every other byte (a `\r` included), so a consumer printing `%s\n` gets
+//! the input back byte for byte. With `--key-separator` the key is what
+//! comes before its first occurrence; a line without it is an error, as in
+//! Kafka's console producer.
+//!
+//! The command waits for every record's delivery. On success it prints a
+//! summary (records, bytes of keys and values, time, rate) to stderr, or
+//! as JSON to stdout with `--json`; on any failure it prints one line
+//! saying how many records were delivered and why the rest were not.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clap::Args;
+use serde_json::json;
+use sluice_client::{
+    system_clock, Acks, Compression, DeliveryFuture, Producer, ProducerConfig, ProducerRecord,
+};
+use tokio::sync::mpsc;
+
+use super::{plural, CliError, ConnectionArgs};
+
+/// Longest input line; a longer one stops the command instead of growing
+/// memory without bound. (A record must also fit the producer's request
+/// size, 1 MiB, so this only guards the reader.)
+pub const LINE_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+/// Lines in one chunk from the reader thread.
+pub const CHUNK_LINES_MAX: usize = 1024;
+
+/// Chunks queued between the reader thread and the producer.
+pub const CHUNKS_QUEUED_MAX: usize = 16;
+
+/// Deliveries awaited at once; past it the oldest is awaited before the
+/// next record is sent (the producer's buffer memory bounds bytes too).
+pub const DELIVERIES_PENDING_MAX: usize = 100_000;
+
+#[derive(Args, Debug, Clone, PartialEq, Eq)]
+pub struct ProduceArgs {
+    /// Topic to write to (created on first use if the broker auto-creates topics).
+    #[arg(long)]
+    pub topic: String,
+    /// Read lines from this file instead of stdin.
+    #[arg(long, value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// Split each line into key and value at the first occurrence of SEP.
+    #[arg(long, value_name = "SEP", value_parser = non_empty, allow_hyphen_values = true)]
+    pub key_separator: Option<String>,
+    /// Write every record to this partition instead of letting the key choose.
+    #[arg(long, value_name = "P", value_parser = clap::value_parser!(i32).range(0..))]
+    pub partition: Option<i32>,
+    /// Replicas that must have a record before it counts: 0, 1 or all.
+    #[arg(long, value_name = "0|1|all", default_value = "all", value_parser = parse_acks,
+          allow_hyphen_values = true)]
+    pub acks: Acks,
+    /// Compression of record batches.
+    #[arg(long, value_name = "CODEC", default_value = "none", value_parser = parse_compression)]
+    pub compression: Compression,
+    /// How long a batch waits for more records before it is sent.
+    #[arg(long, value_name = "MS", default_value_t = 5)]
+    pub linger_ms: u64,
+    /// Print no summary.
+    #[arg(long, short)]
+    pub quiet: bool,
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn non_empty(text: &str) -> Result<String, String> {
+    if text.is_empty() {
+        Err("must not be empty".into())
+    } else {
+        Ok(text.to_string())
+    }
+}
+
+pub fn parse_acks(text: &str) -> Result<Acks, String> {
+    match text {
+        "0" => Ok(Acks::None),
+        "1" => Ok(Acks::Leader),
+        "all" | "-1" => Ok(Acks::All),
+        other => Err(format!("expected 0, 1 or all, got `{other}`")),
+    }
+}
+
+pub fn parse_compression(text: &str) -> Result<Compression, String> {
+    match text {
+        "none" => Ok(Compression::None),
+        "gzip" => Ok(Compression::Gzip),
+        "snappy" => Ok(Compression::Snappy),
+        "lz4" => Ok(Compression::Lz4),
+        "zstd" => Ok(Compression::Zstd),
+        other => Err(format!(
+            "expected none, gzip, snappy, lz4 or zstd, got `{other}`"
+        )),
+    }
+}
+
+/// What the reader thread sends: full lines (without their `\n`), or the
+/// reason it stopped early.
+type Chunk = Result<Vec<Vec<u8>>, String>;
+
+/// Reads lines on a thread of its own; the channel closes at the end.
+fn spawn_reader(input: Box<dyn Read + Send>, source: String) -> mpsc::Receiver<Chunk> {
+    let (sender, receiver) = mpsc::channel(CHUNKS_QUEUED_MAX);
+    std::thread::spawn(move || {
+        let mut reader = BufReader::with_capacity(256 * 1024, input);
+        let mut chunk = Vec::new();
+        let mut line_number = 0u64;
+        loop {
+            let mut line = Vec::new();
+            let limit = (LINE_BYTES_MAX + 1) as u64;
+            match reader.by_ref().take(limit).read_until(b'\n', &mut line) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(error) => {
+                    let _ = sender.blocking_send(Err(format!("read {source}: {error}")));
+                    return;
+                }
+            }
+            line_number += 1;
+            if line.last() == Some(&b'\n') {
+                line.pop();
+            }
+            if line.len() > LINE_BYTES_MAX {
+                let message =
+                    format!("{source}: line {line_number} is longer than {LINE_BYTES_MAX} bytes");
+                let _ = sender.blocking_send(Err(message));
+                return;
+            }
+            chunk.push(line);
+            // Nothing more buffered means the next read may block: hand
+            // over what there is so interactive input is not held back.
+            let hand_over = chunk.len() >= CHUNK_LINES_MAX || reader.buffer().is_empty();
+            // The receiver is gone only when the command already stopped.
+            if hand_over
+                && sender
+                    .blocking_send(Ok(std::mem::take(&mut chunk)))
+                    .is_err()
+            {
+                return;
+            }
+        }
+        if !chunk.is_empty() {
+            let _ = sender.blocking_send(Ok(chunk));
+        }
+    });
+    receiver
+}
+
+/// Splits a line into key and value; `None` when the separator is missing.
+pub fn split_line(line: Vec<u8>, separator: Option<&[u8]>) -> Option<(Option<Bytes>, Bytes)> {
+    let Some(separator) = separator else {
+        return Some((None, Bytes::from(line)));
+    };
+    let at = line
+        .windows(separator.len())
+        .position(|window| window == separator)?;
+    let line = Bytes::from(line);
+    Some((Some(line.slice(..at)), line.slice(at + separator.len()..)))
+}
+
+/// Counts of one run.
+#[derive(Debug, Default)]
+struct Tally {
+    sent: u64,
+    delivered: u64,
+    payload_bytes: u64,
+    failed: u64,
+    first_failure: Option<String>,
+}
+
+pub async fn run(args: ProduceArgs) -> Result<(), CliError> {
+    let (input, source): (Box<dyn Read + Send>, String) = match &args.file {
+        Some(path) => match File::open(path) {
+            Ok(file) => (Box::new(file), path.display().to_string()),
+            Err(error) => {
+                return Err(CliError::Failed(format!(
+                    "cannot read {}: {error}",
+                    path.display()
+                )))
+            }
+        },
+        None => (Box::new(std::io::stdin()), "stdin".to_string()),
+    };
+    let connection = &args.connection;
+    let client = connection.client(true)?;
+    // Look the topic up before reading any input, so that a missing broker
+    // or topic fails at once rather than after the first line.
+    let topic = connection
+        .bounded(
+            &format!("look up topic {}", args.topic),
+            client.topic(&args.topic),
+        )
+        .await?;
+    if let Some(partition) = args.partition {
+        if partition >= topic.partition_count() {
+            return Err(CliError::Failed(format!(
+                "topic {} has {} partitions; partition {partition} does not exist",
+                args.topic,
+                topic.partition_count()
+            )));
+        }
+    }
+    let config = ProducerConfig {
+        acks: args.acks,
+        compression: args.compression,
+        linger_ms: args.linger_ms,
+        max_block_ms: connection.request_timeout_ms,
+        delivery_timeout_ms: connection.request_timeout_ms.saturating_mul(3),
+        ..ProducerConfig::default()
+    };
+    let producer = Producer::new(client, config.clone(), system_clock())
+        .map_err(|error| CliError::Usage(error.to_string()))?;
+    let started = Instant::now();
+    let mut tally = Tally::default();
+    let stopped = send_lines(
+        &args,
+        &producer,
+        &config,
+        spawn_reader(input, source),
+        &mut tally,
+    )
+    .await;
+    let elapsed = started.elapsed();
+    // Every delivery has settled, so closing has nothing left to send; the
+    // bound only keeps a wedged producer from holding the exit.
+    let closing = Duration::from_millis(connection.request_timeout_ms);
+    let _ = tokio::time::timeout(closing, producer.close()).await;
+    if let Some(reason) = stopped {
+        let failed = match tally.failed {
+            0 => String::new(),
+            failed => format!(", {} not", plural(failed, "record")),
+        };
+        return Err(CliError::Failed(format!(
+            "{reason} ({} delivered before it{failed})",
+            plural(tally.delivered, "record")
+        )));
+    }
+    if tally.failed > 0 {
+        return Err(CliError::Failed(format!(
+            "{} of {} records were not delivered to {}, first because: {}",
+            tally.failed,
+            tally.sent,
+            args.topic,
+            tally.first_failure.unwrap_or_default()
+        )));
+    }
+    if args.json {
+        println!("{}", summary_json(&args, &tally, elapsed));
+    } else if !args.quiet {
+        eprintln!("{}", summary_text(&args, &tally, elapsed));
+    }
+    Ok(())
+}
+
+/// Sends every line and waits for every delivery; returns why it stopped
+/// early (bad input, a record the producer refused), if it did.
+async fn send_lines(
+    args: &ProduceArgs,
+    producer: &Producer<sluice_client::TokioConnector>,
+    config: &ProducerConfig,
+    mut lines: mpsc::Receiver<Chunk>,
+    tally: &mut Tally,
+) -> Option<String> {
+    let separator = args.key_separator.as_deref().map(str::as_bytes);
+    // A delivery settles within the producer's delivery timeout; the extra
+    // request timeout only guards against a producer that never answers.
+    let settle_bound = Duration::from_millis(
+        config
+            .delivery_timeout_ms
+            .saturating_add(args.connection.request_timeout_ms),
+    );
+    let mut pending: VecDeque<(DeliveryFuture, u64)> = VecDeque::new();
+    let mut stopped = None;
+    'input: while let Some(chunk) = lines.recv().await {
+        let chunk = match chunk {
+            Ok(chunk) => chunk,
+            Err(reason) => {
+                stopped = Some(reason);
+                break;
+            }
+        };
+        for line in chunk {
+            let line_number = tally.sent + 1;
+            let Some((key, value)) = split_line(line, separator) else {
+                stopped = Some(format!(
+                    "line {line_number} has no key separator {:?}",
+                    args.key_separator.as_deref().unwrap_or_default()
+                ));
+                break 'input;
+            };
+            let payload_bytes = (key.as_ref().map_or(0, Bytes::len) + value.len()) as u64;
+            let mut record = ProducerRecord::new(args.topic.clone(), value);
+            record.key = key;
+            record.partition = args.partition;
+            match producer.send(record).await {
+                Ok(delivery) => pending.push_back((delivery, payload_bytes)),
+                Err(error) => {
+                    stopped = Some(format!("line {line_number} was not sent: {error}"));
+                    break 'input;
+                }
+            }
+            tally.sent += 1;
+            if pending.len() >= DELIVERIES_PENDING_MAX {
+                let (delivery, bytes) = pending.pop_front().expect("the queue is full");
+                settle(delivery, bytes, settle_bound, tally).await;
+            }
+        }
+    }
+    while let Some((delivery, bytes)) = pending.pop_front() {
+        settle(delivery, bytes, settle_bound, tally).await;
+    }
+    stopped
+}
+
+async fn settle(delivery: DeliveryFuture, payload_bytes: u64, bound: Duration, tally: &mut Tally) {
+    let outcome = match tokio::time::timeout(bound, delivery).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(error)) => Err(error.to_string()),
+        Err(_) => Err(format!("no outcome within {} ms", bound.as_millis())),
+    };
+    match outcome {
+        Ok(()) => {
+            tally.delivered += 1;
+            tally.payload_bytes += payload_bytes;
+        }
+        Err(reason) => {
+            tally.failed += 1;
+            tally.first_failure.get_or_insert(reason);
+        }
+    }
+}
+
+fn rate(count: u64, elapsed: Duration) -> f64 {
+    let seconds = elapsed.as_secs_f64();
+    if seconds > 0.0 {
+        count as f64 / seconds
+    } else {
+        0.0
+    }
+}
+
+fn summary_text(args: &ProduceArgs, tally: &Tally, elapsed: Duration) -> String {
+    let unconfirmed = if args.acks == Acks::None {
+        " (acks=0: sent, not confirmed)"
+    } else {
+        ""
+    };
+    format!(
+        "Produced {} ({} bytes of keys and values) to {} in {:.3} s: {:.0} records/s, {:.2} MB/s{unconfirmed}",
+        plural(tally.delivered, "record"),
+        tally.payload_bytes,
+        args.topic,
+        elapsed.as_secs_f64(),
+        rate(tally.delivered, elapsed),
+        rate(tally.payload_bytes, elapsed) / 1e6,
+    )
+}
+
+fn summary_json(args: &ProduceArgs, tally: &Tally, elapsed: Duration) -> serde_json::Value {
+    json!({
+        "topic": args.topic,
+        "records": tally.delivered,
+        "bytes": tally.payload_bytes,
+        "elapsed_ms": elapsed.as_millis() as u64,
+        "records_per_second": rate(tally.delivered, elapsed).round(),
+        "confirmed": args.acks != Acks::None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser, Debug)]
+    struct Wrapper {
+        #[command(flatten)]
+        args: ProduceArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<ProduceArgs, clap::Error> {
+        Wrapper::try_parse_from(std::iter::once("produce").chain(args.iter().copied()))
+            .map(|w| w.args)
+    }
+
+    #[test]
+    fn defaults_are_acks_all_without_compression() {
+        let args = parse(&["--topic", "t"]).unwrap();
+        assert_eq!(args.acks, Acks::All);
+        assert_eq!(args.compression, Compression::None);
+        assert_eq!(args.partition, None);
+        assert_eq!(args.key_separator, None);
+        assert_eq!(args.file, None);
+        assert_eq!(args.linger_ms, 5);
+    }
+
+    #[test]
+    fn every_flag_parses() {
+        let args = parse(&[
+            "--topic",
+            "t",
+            "--file",
+            "in.txt",
+            "--key-separator",
+            "-:",
+            "--partition",
+            "2",
+            "--acks",
+            "1",
+            "--compression",
+            "zstd",
+            "--json",
+        ])
+        .unwrap();
+        assert_eq!(args.file, Some(PathBuf::from("in.txt")));
+        assert_eq!(args.key_separator.as_deref(), Some("-:"));
+        assert_eq!(args.partition, Some(2));
+        assert_eq!(args.acks, Acks::Leader);
+        assert_eq!(args.compression, Compression::Zstd);
+        assert!(args.json);
+        for (text, acks) in [("0", Acks::None), ("all", Acks::All), ("-1", Acks::All)] {
+            assert_eq!(parse(&["--topic", "t", "--acks", text]).unwrap().acks, acks);
+        }
+        for codec in ["none", "gzip", "snappy", "lz4", "zstd"] {
+            assert!(parse(&["--topic", "t", "--compression", codec]).is_ok());
+        }
+    }
+
+    #[test]
+    fn bad_flags_are_refused() {
+        for bad in [
+            &[][..],
+            &["--topic", "t", "--acks", "2"],
+            &["--topic", "t", "--compression", "brotli"],
+            &["--topic", "t", "--partition", "-1"],
+            &["--topic", "t", "--key-separator", ""],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn lines_split_at_the_first_separator() {
+        let split = |line: &[u8], separator: Option<&[u8]>| split_line(line.to_vec(), separator);
+        assert_eq!(
+            split(b"k:v:w", Some(b":")),
+            Some((Some(Bytes::from_static(b"k")), Bytes::from_static(b"v:w")))
+        );
+        assert_eq!(
+            split(b":v", Some(b":")),
+            Some((Some(Bytes::new()), Bytes::from_static(b"v")))
+        );
+        assert_eq!(
+            split(b"key::value", Some(b"::")),
+            Some((
+                Some(Bytes::from_static(b"key")),
+                Bytes::from_static(b"value")
+            ))
+        );
+        assert_eq!(split(b"no separator", Some(b":")), None);
+        assert_eq!(
+            split(b"k:v\r", None),
+            Some((None, Bytes::from_static(b"k:v\r")))
+        );
+    }
+
+    #[tokio::test]
+    async fn the_reader_splits_on_newlines_only_and_keeps_a_last_partial_line() {
+        let input: &'static [u8] = b"a\r\n\nb\xff\nlast";
+        let mut lines = spawn_reader(Box::new(input), "test".into());
+        let mut all = Vec::new();
+        while let Some(chunk) = lines.recv().await {
+            all.extend(chunk.unwrap());
+        }
+        assert_eq!(
+            all,
+            vec![
+                b"a\r".to_vec(),
+                b"".to_vec(),
+                b"b\xff".to_vec(),
+                b"last".to_vec()
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn the_reader_refuses_an_overlong_line() {
+        let mut input = vec![b'x'; LINE_BYTES_MAX + 1];
+        input.push(b'\n');
+        let mut lines = spawn_reader(Box::new(std::io::Cursor::new(input)), "big".into());
+        let first = lines.recv().await.unwrap().unwrap_err();
+        assert!(first.contains("line 1 is longer than"), "{first}");
+    }
+
+    #[test]
+    fn the_summary_names_records_bytes_time_and_rate() {
+        let args = parse(&["--topic", "t"]).unwrap();
+        let tally = Tally {
+            sent: 2000,
+            delivered: 2000,
+            payload_bytes: 1_000_000,
+            ..Tally::default()
+        };
+        assert_eq!(
+            summary_text(&args, &tally, Duration::from_millis(500)),
+            "Produced 2000 records (1000000 bytes of keys and values) to t in 0.500 s: 4000 records/s, 2.00 MB/s"
+        );
+        let value = summary_json(&args, &tally, Duration::from_millis(500));
+        assert_eq!(value["records"], 2000);
+        assert_eq!(value["bytes"], 1_000_000);
+        assert_eq!(value["elapsed_ms"], 500);
+        assert_eq!(value["records_per_second"], 4000.0);
+    }
+}
