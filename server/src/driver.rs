@@ -94,12 +94,33 @@ struct ConnectionHandle {
     /// Requests the reader may still hand in before a response goes out.
     permits: Arc<Semaphore>,
     reader: AbortHandle,
+    writer_task: AbortHandle,
+}
+
+impl ConnectionHandle {
+    fn abort(&self) {
+        self.reader.abort();
+        self.writer_task.abort();
+    }
 }
 
 /// Runs a broker until `shutdown` resolves, then stops cleanly.
 pub async fn serve<L: Listener, D: Disk>(
     environment: Environment<L, D>,
     shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    serve_until(environment, shutdown, std::future::pending()).await
+}
+
+/// Like `serve`, and when `kill` resolves the node stops at once, as in a
+/// crash: nothing more is written or synced, and every connection is
+/// dropped in connection order, so that a simulated crash closes sockets in
+/// the same order on every run of a seed (left to the runtime, the order
+/// would follow tokio's task ids, which are global to the process).
+pub async fn serve_until<L: Listener, D: Disk>(
+    environment: Environment<L, D>,
+    shutdown: impl Future<Output = ()>,
+    kill: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let Environment {
         config,
@@ -127,6 +148,7 @@ pub async fn serve<L: Listener, D: Disk>(
     let mut connections: BTreeMap<ConnectionId, ConnectionHandle> = BTreeMap::new();
     let mut sync_in_flight: Option<(u64, SyncFuture)> = None;
     tokio::pin!(shutdown);
+    tokio::pin!(kill);
     let mut stopping = false;
 
     loop {
@@ -151,6 +173,19 @@ pub async fn serve<L: Listener, D: Disk>(
                 node.handle_synced(clock(), id, result);
             }
             _ = sleep => node.handle_timeout(clock()),
+            _ = &mut kill => {
+                tracing::info!("killed");
+                accept.abort();
+                while let Ok(event) = events.try_recv() {
+                    if let Event::Connected { connection, handle } = event {
+                        connections.insert(connection, handle);
+                    }
+                }
+                for handle in connections.values() {
+                    handle.abort();
+                }
+                return Ok(());
+            }
             _ = &mut shutdown, if !stopping => {
                 tracing::info!("shutting down");
                 stopping = true;
@@ -257,7 +292,7 @@ async fn accept_loop<L: Listener>(
             permits.clone(),
             frame_bytes_max,
         ));
-        tokio::spawn(write_loop(
+        let writer_task = tokio::spawn(write_loop(
             write_half,
             writer_rx,
             connection,
@@ -267,6 +302,7 @@ async fn accept_loop<L: Listener>(
             writer: writer_tx,
             permits,
             reader: reader.abort_handle(),
+            writer_task: writer_task.abort_handle(),
         };
         if events
             .send(Event::Connected { connection, handle })

@@ -102,13 +102,53 @@ fn broker_config(spec: &Spec) -> BrokerConfig {
     BrokerConfig::from_pairs(&pairs).expect("scenario broker config is valid")
 }
 
-fn add_node(sim: &mut turmoil::Sim<'_>, spec: &Spec, disk: &SimDisk) {
+/// Turns a node off as a crash would, but with its sockets closed in a
+/// fixed order (see `driver::serve_until`).
+#[derive(Clone)]
+pub struct KillSwitch(std::sync::Arc<tokio::sync::watch::Sender<bool>>);
+
+impl KillSwitch {
+    fn new() -> KillSwitch {
+        KillSwitch(std::sync::Arc::new(tokio::sync::watch::channel(false).0))
+    }
+
+    fn armed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut receiver = self.0.subscribe();
+        async move {
+            let _ = receiver.wait_for(|killed| *killed).await;
+        }
+    }
+
+    /// Crashes the node: kill, let it drop its connections, stop the host,
+    /// then apply the crash to its disk.
+    fn crash(&self, sim: &mut turmoil::Sim<'_>, disk: &SimDisk, damage: CrashFault) {
+        self.0.send_replace(true);
+        for _ in 0..KILL_STEPS_MAX {
+            if !sim.is_host_running(NODE) {
+                break;
+            }
+            if sim.step().is_err() {
+                break;
+            }
+        }
+        sim.crash(NODE);
+        disk.crash(damage);
+        self.0.send_replace(false);
+    }
+}
+
+/// Steps a killed node gets to drop its connections before the host stops.
+const KILL_STEPS_MAX: usize = 5;
+
+fn add_node(sim: &mut turmoil::Sim<'_>, spec: &Spec, disk: &SimDisk, kill: &KillSwitch) {
     let config = broker_config(spec);
     let disk = disk.clone();
     let seed = spec.seed;
+    let kill = kill.clone();
     sim.host(NODE, move || {
         let config = config.clone();
         let disk = disk.clone();
+        let kill = kill.clone();
         async move {
             // Like a service manager: a node that stops with an error (a
             // failed start-up sync) is started again after a pause.
@@ -122,7 +162,7 @@ fn add_node(sim: &mut turmoil::Sim<'_>, spec: &Spec, disk: &SimDisk) {
                     clock: sim_clock(),
                     seed,
                 };
-                match driver::serve(environment, std::future::pending()).await {
+                match driver::serve_until(environment, std::future::pending(), kill.armed()).await {
                     Ok(()) => return Ok(()),
                     Err(error) => {
                         tracing::error!(%error, "the node stopped; starting it again in 1 s")
@@ -176,9 +216,10 @@ fn run_inner(spec: &Spec, trace: &Trace) -> Outcome {
         .build();
     let disk = SimDisk::new(spec.seed ^ 0x5eed_d15c, spec.disk.clone());
     let history = History::default();
-    add_node(&mut sim, spec, &disk);
+    let kill = KillSwitch::new();
+    add_node(&mut sim, spec, &disk, &kill);
     let done = workload::start(&mut sim, spec, &history);
-    let mut nemesis = Nemesis::new(spec.faults.clone(), spec.disk.clone());
+    let mut nemesis = Nemesis::new(spec.faults.clone(), spec.disk.clone(), kill);
     let safety_end = Duration::from_millis(spec.safety_ms);
     let deadline = Duration::from_millis(spec.safety_ms + spec.liveness_ms);
     let mut failure = None;
@@ -233,6 +274,7 @@ struct Nemesis {
     heals: Vec<(Duration, Heal)>,
     base_disk: DiskFaults,
     healed: bool,
+    kill: KillSwitch,
 }
 
 #[derive(Debug, Clone)]
@@ -244,7 +286,7 @@ enum Heal {
 }
 
 impl Nemesis {
-    fn new(mut pending: Vec<Scheduled>, base_disk: DiskFaults) -> Nemesis {
+    fn new(mut pending: Vec<Scheduled>, base_disk: DiskFaults, kill: KillSwitch) -> Nemesis {
         pending.sort_by_key(|s| s.at_ms);
         pending.reverse();
         Nemesis {
@@ -252,6 +294,7 @@ impl Nemesis {
             heals: Vec::new(),
             base_disk,
             healed: false,
+            kill,
         }
     }
 
@@ -304,8 +347,7 @@ impl Nemesis {
         let until = |ms: u64| now + Duration::from_millis(ms);
         match fault {
             Fault::Crash { damage, down_ms } if !node_down => {
-                sim.crash(NODE);
-                disk.crash(damage);
+                self.kill.crash(sim, disk, damage);
                 Self::note(
                     history,
                     trace,
@@ -406,8 +448,7 @@ impl Nemesis {
         base.sync_failure_per_million = 0;
         disk.set_faults(base);
         if disk.syncs_failed() > 0 {
-            sim.crash(NODE);
-            disk.crash(CrashFault::LoseUnsynced);
+            self.kill.crash(sim, disk, CrashFault::LoseUnsynced);
             sim.bounce(NODE);
             Self::note(
                 history,
