@@ -26,6 +26,10 @@ fn violation(checker: &'static str, detail: String) -> Violation {
 }
 
 pub const CHECKERS: &[&str] = &[
+    "committed-offsets-monotonic",
+    "one-owner-per-generation",
+    "all-consumed-by-groups",
+    "redelivery-above-commit",
     "acknowledged-not-lost",
     "one-record-per-offset",
     "producer-order",
@@ -47,6 +51,161 @@ pub fn check_all(history: &[Entry], logs: &FinalLogs) -> Vec<Violation> {
             .iter()
             .map(|p| violation("durable-data-intact", p.clone())),
     );
+    found.extend(committed_offsets_monotonic(history));
+    found.extend(one_owner_per_generation(history));
+    found.extend(all_consumed_by_groups(history));
+    found.extend(redelivery_above_commit(history));
+    found
+}
+
+fn acknowledged_commits(history: &[Entry]) -> impl Iterator<Item = (&Entry, &String, i32, i64)> {
+    history
+        .iter()
+        .filter_map(|entry| match (&entry.operation, &entry.outcome) {
+            (
+                Operation::Commit {
+                    group,
+                    partition,
+                    offset,
+                },
+                Outcome::Ok,
+            ) => Some((entry, group, *partition, *offset)),
+            _ => None,
+        })
+}
+
+/// The highest commit of a group's partition acknowledged before `before_us`.
+fn committed_before(
+    history: &[Entry],
+    group: &str,
+    partition: i32,
+    before_us: u128,
+) -> Option<i64> {
+    acknowledged_commits(history)
+        .filter(|(commit, g, p, _)| {
+            g.as_str() == group
+                && *p == partition
+                && commit.complete_us.is_some_and(|c| c < before_us)
+        })
+        .map(|(_, _, _, offset)| offset)
+        .max()
+}
+
+/// A committed offset read back never lies below a commit acknowledged
+/// before the read started (members only commit forward here).
+pub fn committed_offsets_monotonic(history: &[Entry]) -> Vec<Violation> {
+    let mut found = Vec::new();
+    for entry in history {
+        let (
+            Operation::Committed {
+                group,
+                partition,
+                offset,
+            },
+            Outcome::Ok,
+        ) = (&entry.operation, &entry.outcome)
+        else {
+            continue;
+        };
+        if let Some(floor) = committed_before(history, group, *partition, entry.invoke_us)
+            .filter(|floor| offset < floor)
+        {
+            found.push(violation(
+                "committed-offsets-monotonic",
+                format!("{group} {partition}: committed offset read as {offset} after {floor} was acknowledged"),
+            ));
+        }
+    }
+    found
+}
+
+/// In one generation of a group, a partition is assigned to one member.
+pub fn one_owner_per_generation(history: &[Entry]) -> Vec<Violation> {
+    let mut owners: BTreeMap<(&str, i32, i32), &str> = BTreeMap::new();
+    let mut found = Vec::new();
+    for entry in history {
+        let Operation::Assignment {
+            group,
+            generation,
+            partitions,
+        } = &entry.operation
+        else {
+            continue;
+        };
+        for partition in partitions {
+            match owners.get(&(group.as_str(), *generation, *partition)) {
+                Some(owner) if *owner != entry.process => found.push(violation(
+                    "one-owner-per-generation",
+                    format!("{group} generation {generation}: partition {partition} owned by {owner} and {}", entry.process),
+                )),
+                Some(_) => {}
+                None => {
+                    owners.insert((group.as_str(), *generation, *partition), entry.process.as_str());
+                }
+            }
+        }
+    }
+    found
+}
+
+/// Every acknowledged record was consumed by each group (checked after
+/// the liveness phase).
+pub fn all_consumed_by_groups(history: &[Entry]) -> Vec<Violation> {
+    let mut consumed: BTreeMap<&str, std::collections::BTreeSet<(i32, i64)>> = BTreeMap::new();
+    for entry in history {
+        if let Operation::Consume {
+            group,
+            partition,
+            records,
+        } = &entry.operation
+        {
+            let seen = consumed.entry(group.as_str()).or_default();
+            seen.extend(records.iter().map(|(offset, _)| (*partition, *offset)));
+        }
+    }
+    let mut found = Vec::new();
+    for (group, seen) in &consumed {
+        for (_, partition, value, offset) in acknowledged(history) {
+            if !seen.contains(&(partition, offset)) {
+                found.push(violation(
+                    "all-consumed-by-groups",
+                    format!("{group} never consumed {value:?} at {partition}/{offset}"),
+                ));
+            }
+        }
+    }
+    found
+}
+
+/// A record delivered to a group again lies at or above every offset the
+/// group had committed (acknowledged) for its partition before that delivery.
+pub fn redelivery_above_commit(history: &[Entry]) -> Vec<Violation> {
+    let mut delivered: std::collections::BTreeSet<(&str, i32, i64)> =
+        std::collections::BTreeSet::new();
+    let mut found = Vec::new();
+    for entry in history {
+        let Operation::Consume {
+            group,
+            partition,
+            records,
+        } = &entry.operation
+        else {
+            continue;
+        };
+        for (offset, _) in records {
+            if delivered.insert((group.as_str(), *partition, *offset)) {
+                continue;
+            }
+            if let Some(committed) =
+                committed_before(history, group, *partition, entry.invoke_us).filter(|c| offset < c)
+            {
+                found.push(violation(
+                    "redelivery-above-commit",
+                    format!("{group} got {partition}/{offset} again after committing {committed}"),
+                ));
+            }
+        }
+    }
     found
 }
 
@@ -264,6 +423,82 @@ mod tests {
             partitions: [(0, (0, records))].into_iter().collect(),
             scan_problems: Vec::new(),
         }
+    }
+
+    fn entry(process: &str, operation: Operation, at: u128) -> Entry {
+        Entry {
+            process: process.into(),
+            operation,
+            invoke_us: at,
+            complete_us: Some(at + 1),
+            outcome: Outcome::Ok,
+        }
+    }
+
+    #[test]
+    fn group_checkers_flag_their_violations() {
+        let commit = entry(
+            "c1",
+            Operation::Commit {
+                group: "g".into(),
+                partition: 0,
+                offset: 10,
+            },
+            1,
+        );
+        let back = entry(
+            "c2",
+            Operation::Committed {
+                group: "g".into(),
+                partition: 0,
+                offset: 3,
+            },
+            5,
+        );
+        assert_eq!(
+            committed_offsets_monotonic(&[commit.clone(), back]).len(),
+            1
+        );
+        let assign = |process: &str| {
+            entry(
+                process,
+                Operation::Assignment {
+                    group: "g".into(),
+                    generation: 2,
+                    partitions: vec![0, 1],
+                },
+                1,
+            )
+        };
+        assert_eq!(
+            one_owner_per_generation(&[assign("a"), assign("b")]).len(),
+            2,
+            "both partitions have two owners"
+        );
+        assert!(one_owner_per_generation(&[assign("a"), assign("a")]).is_empty());
+        let consume = |offsets: &[i64], at| {
+            let records = offsets.iter().map(|o| (*o, String::new())).collect();
+            entry(
+                "c1",
+                Operation::Consume {
+                    group: "g".into(),
+                    partition: 0,
+                    records,
+                },
+                at,
+            )
+        };
+        assert_eq!(
+            redelivery_above_commit(&[consume(&[4], 0), commit, consume(&[4], 9)]).len(),
+            1
+        );
+        assert!(redelivery_above_commit(&[consume(&[4], 0), consume(&[4], 9)]).is_empty());
+        let acked = produce("p", 0, "a", 0, 0);
+        assert_eq!(
+            all_consumed_by_groups(&[acked.clone(), consume(&[1], 3)]).len(),
+            1
+        );
+        assert!(all_consumed_by_groups(&[acked, consume(&[0], 3)]).is_empty());
     }
 
     #[test]

@@ -30,6 +30,30 @@ pub enum Operation {
         records: Vec<(i64, String)>,
         high_watermark: Option<i64>,
     },
+    /// Records a group member consumed from `partition`.
+    Consume {
+        group: String,
+        partition: i32,
+        records: Vec<(i64, String)>,
+    },
+    /// A group member's assignment in a generation.
+    Assignment {
+        group: String,
+        generation: i32,
+        partitions: Vec<i32>,
+    },
+    /// A commit of `offset` (the next record to read) for `partition`.
+    Commit {
+        group: String,
+        partition: i32,
+        offset: i64,
+    },
+    /// The committed offset read back (OffsetFetch); -1 when none.
+    Committed {
+        group: String,
+        partition: i32,
+        offset: i64,
+    },
     /// A fault or a heal, from the nemesis.
     Fault { description: String },
 }
