@@ -285,12 +285,17 @@ async fn accept_loop<L: Listener>(
         let (read_half, write_half) = tokio::io::split(stream);
         let (writer_tx, writer_rx) = mpsc::unbounded_channel();
         let permits = Arc::new(Semaphore::new(QUEUED_RESPONSES_MAX));
+        // The reader starts only once `Connected` is queued: on a
+        // multi-threaded runtime its first frame could otherwise reach the
+        // node before the connection does.
+        let (start, started) = tokio::sync::oneshot::channel::<()>();
         let reader = tokio::spawn(read_loop(
             read_half,
             connection,
             events.clone(),
             permits.clone(),
             frame_bytes_max,
+            started,
         ));
         let writer_task = tokio::spawn(write_loop(
             write_half,
@@ -310,6 +315,7 @@ async fn accept_loop<L: Listener>(
         {
             return;
         }
+        let _ = start.send(());
     }
 }
 
@@ -319,7 +325,11 @@ async fn read_loop<R: AsyncRead + Unpin>(
     events: mpsc::UnboundedSender<Event>,
     permits: Arc<Semaphore>,
     frame_bytes_max: usize,
+    started: tokio::sync::oneshot::Receiver<()>,
 ) {
+    if started.await.is_err() {
+        return;
+    }
     let why = loop {
         let mut length = [0u8; 4];
         if stream.read_exact(&mut length).await.is_err() {

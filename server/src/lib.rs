@@ -7,3 +7,4 @@ pub mod config_file;
 pub mod disk;
 pub mod driver;
 pub mod dump_log;
+pub mod perf;

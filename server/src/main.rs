@@ -44,6 +44,8 @@ enum Command {
     Produce(produce::ProduceArgs),
     /// Print records of a topic.
     Consume(consume::ConsumeArgs),
+    /// Measure a running broker: produce, consume, or end-to-end latency.
+    Perf(sluice_server::perf::PerfArgs),
 }
 
 fn main() -> ExitCode {
@@ -68,6 +70,7 @@ fn main() -> ExitCode {
         Command::Topics { command } => return cli::run(topics::run(command)),
         Command::Produce(args) => return cli::run(produce::run(args)),
         Command::Consume(args) => return cli::run(consume::run(args)),
+        Command::Perf(args) => sluice_server::perf::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,1323 @@
+//! `sluice perf`: load generators that measure a running broker, in the
+//! manner of Kafka's `kafka-producer-perf-test` and `kafka-consumer-perf-test`.
+//!
+//! - `produce` sends `--records` records of `--record-size` bytes from
+//!   `--producers` producers (each with its own client, so its own
+//!   connection), as fast as they go or at `--throughput` records/s, and
+//!   measures each record's send-to-acknowledgement latency.
+//! - `consume` reads `--records` records from the beginning of every
+//!   partition of a topic and measures the time each `poll` takes.
+//! - `e2e` consumes from the end of the topic while producing at a fixed
+//!   rate; each record carries its send time (nanoseconds since a
+//!   process-wide monotonic base, in its first 8 bytes), so the latency is
+//!   the time from `send` to the record coming out of `poll`, at nanosecond
+//!   resolution and free of wall-clock steps.
+//!
+//! Everything goes through `sluice-client`'s `Producer` and `Consumer`, so
+//! the figures include the client's own cost, as Kafka's tools include
+//! theirs. A progress bar runs on stderr while measuring (indicatif hides
+//! it when stderr is not a terminal); the result goes to stdout, as text or,
+//! with `--json`, as one JSON object. MB means 10^6 bytes (Kafka's tools
+//! use 2^20) of record values (keys and headers, absent here, and the
+//! batch framing are not counted).
+//!
+//! Every run is bounded: by `--records`, by `--timeout-ms` for the whole
+//! run, by `--idle-timeout-ms` without progress on the consuming side, and
+//! by `DELIVERIES_PENDING_MAX` deliveries awaited at once per producer.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use bytes::{BufMut, Bytes, BytesMut};
+use clap::{Args, Subcommand};
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::json;
+use sluice_client::{
+    system_clock, Acks, Admin, Client, ClientConfig, Consumer, ConsumerConfig, ConsumerRecord,
+    DeliveryFuture, NewTopic, OffsetReset, Producer, ProducerConfig, ProducerRecord,
+    RecordMetadata, ResponseError, TokioConnector, TopicPartition,
+};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+/// Largest `--records`; with the other bounds it keeps every run finite.
+pub const RECORDS_MAX: u64 = 1_000_000_000;
+
+/// Largest `--record-size`: one record must fit a batch under the broker's
+/// default `message.max.bytes` (1,048,588) with room for its headers.
+pub const RECORD_BYTES_MAX: u64 = 1_000_000;
+
+/// Largest `--producers`.
+pub const PRODUCERS_MAX: u64 = 64;
+
+/// Deliveries one producer awaits at once; past it, the sender waits for
+/// the oldest (the producer's buffer memory bounds the bytes as well).
+pub const DELIVERIES_PENDING_MAX: usize = 65_536;
+
+/// The consuming side gives up after this long without a new record,
+/// unless `--idle-timeout-ms` says otherwise.
+pub const IDLE_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+
+/// Latencies are recorded in microseconds, from 1 µs to this, with three
+/// significant digits; longer ones are clamped to it.
+pub const LATENCY_US_MAX: u64 = 60_000_000;
+
+/// How often the progress bar reads the counters.
+const PROGRESS_INTERVAL_MS: u64 = 100;
+
+/// How long one `poll` may wait before the loop checks its bounds again.
+const POLL_WAIT_MS: u64 = 200;
+
+/// Most records one `poll` hands over (the consumer buffers the rest).
+const POLL_RECORDS_MAX: usize = 10_000;
+
+/// Per-partition fetch size of the e2e consumer (Kafka's default): the
+/// records come a few at a time, so a larger one would change nothing.
+const E2E_PARTITION_FETCH_BYTES: i32 = 1_048_576;
+
+/// Bytes at the start of an e2e record's value holding its send time.
+pub const SEND_TIME_BYTES: usize = 8;
+
+/// `sluice perf`: measure a broker's throughput and latency.
+#[derive(Args, Debug, Clone)]
+pub struct PerfArgs {
+    #[command(subcommand)]
+    pub command: PerfCommand,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum PerfCommand {
+    /// Send records as fast as possible (or at --throughput); measure
+    /// records/s, MB/s and send-to-acknowledgement latency.
+    Produce(ProduceArgs),
+    /// Read records from the beginning of a topic; measure records/s, MB/s
+    /// and the time per poll.
+    Consume(ConsumeArgs),
+    /// Produce at a fixed rate while consuming; measure the latency from
+    /// send to delivery to the consumer.
+    E2e(E2eArgs),
+}
+
+/// Flags of every perf command.
+#[derive(Args, Debug, Clone)]
+pub struct CommonArgs {
+    /// Topic to use.
+    #[arg(long)]
+    pub topic: String,
+    /// Records to send (or read).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=RECORDS_MAX))]
+    pub records: u64,
+    /// Broker address(es) to start from, `host:port[,host:port...]`.
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:9092")]
+    pub bootstrap_server: String,
+    /// The whole run must finish within this, or it fails.
+    #[arg(long, value_name = "MS", default_value_t = 600_000,
+          value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
+    pub timeout_ms: u64,
+    /// Print the result as one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Producer flags of `produce` and `e2e`.
+#[derive(Args, Debug, Clone)]
+pub struct SendArgs {
+    /// Bytes of each record's value (no key).
+    #[arg(long, value_name = "BYTES",
+          value_parser = clap::value_parser!(u64).range(1..=RECORD_BYTES_MAX))]
+    pub record_size: u64,
+    /// Replicas that must have a record before it counts: 0, 1 or all.
+    #[arg(long, value_name = "0|1|all", default_value = "1", value_parser = parse_acks,
+          allow_hyphen_values = true)]
+    pub acks: Acks,
+    /// How long a batch waits for more records before it is sent
+    /// [default: 5 in produce, as Kafka's producer; 0 in e2e and with
+    /// --sync, which measure latency].
+    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    pub linger_ms: Option<u64>,
+    /// Size at which a batch is sent (Kafka: batch.size).
+    #[arg(long, value_name = "BYTES", default_value_t = 262_144,
+          value_parser = clap::value_parser!(u64).range(1_024..=1_000_000))]
+    pub batch_bytes: u64,
+    /// Memory per producer for records not yet acknowledged (Kafka: buffer.memory).
+    #[arg(long, value_name = "BYTES", default_value_t = 67_108_864,
+          value_parser = clap::value_parser!(u64).range(1_048_576..=4_294_967_296))]
+    pub buffer_bytes: u64,
+    /// Retries of a failed batch. With 0 (the default here) a partition may
+    /// have 5 batches in flight; with any retries, only one.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=100))]
+    pub retries: u32,
+    /// Create the topic with this many partitions if it does not exist
+    /// (otherwise the broker's auto-creation decides).
+    #[arg(long, value_parser = clap::value_parser!(i32).range(1..=10_000))]
+    pub partitions: Option<i32>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ProduceArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[command(flatten)]
+    pub send: SendArgs,
+    /// Producers sending at once, each with its own connection.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=PRODUCERS_MAX))]
+    pub producers: u64,
+    /// Records per second over all producers; unlimited when absent.
+    #[arg(long, value_name = "RECORDS_PER_S",
+          value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    pub throughput: Option<u64>,
+    /// Send one record at a time, each only after the previous one was
+    /// acknowledged: the latency of a single durable write.
+    #[arg(long)]
+    pub sync: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ConsumeArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Most bytes one fetch returns per partition.
+    #[arg(long, value_name = "BYTES", default_value_t = 8_388_608,
+          value_parser = clap::value_parser!(i32).range(1_024..))]
+    pub partition_fetch_bytes: i32,
+    #[command(flatten)]
+    pub idle: IdleArgs,
+}
+
+/// The bound of the consuming side of `consume` and `e2e`.
+#[derive(Args, Debug, Clone)]
+pub struct IdleArgs {
+    /// Fail after this long without a new record.
+    #[arg(long, value_name = "MS", default_value_t = IDLE_TIMEOUT_MS_DEFAULT,
+          value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub idle_timeout_ms: u64,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct E2eArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[command(flatten)]
+    pub send: SendArgs,
+    /// Records per second to send.
+    #[arg(long, value_name = "RECORDS_PER_S",
+          value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub throughput: u64,
+    #[command(flatten)]
+    pub idle: IdleArgs,
+}
+
+pub fn parse_acks(text: &str) -> Result<Acks, String> {
+    match text {
+        "0" => Ok(Acks::None),
+        "1" => Ok(Acks::Leader),
+        "all" | "-1" => Ok(Acks::All),
+        other => Err(format!("expected 0, 1 or all, got `{other}`")),
+    }
+}
+
+fn acks_name(acks: Acks) -> &'static str {
+    match acks {
+        Acks::None => "0",
+        Acks::Leader => "1",
+        Acks::All => "all",
+    }
+}
+
+impl PerfCommand {
+    fn common(&self) -> &CommonArgs {
+        match self {
+            PerfCommand::Produce(args) => &args.common,
+            PerfCommand::Consume(args) => &args.common,
+            PerfCommand::E2e(args) => &args.common,
+        }
+    }
+
+    /// Runtime threads: one per producer, two for e2e (a producer and a
+    /// consumer), at most one per core.
+    fn threads(&self) -> usize {
+        let wanted = match self {
+            PerfCommand::Produce(args) => args.producers as usize,
+            PerfCommand::Consume(_) => 1,
+            PerfCommand::E2e(_) => 2,
+        };
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        wanted.clamp(1, cores)
+    }
+}
+
+/// Runs one perf command on a runtime of its own and prints its result.
+/// A run that lost records prints its figures first, then fails.
+pub fn run(args: PerfArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.command.threads())
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    let common = args.command.common();
+    let report = runtime.block_on(bounded(common, async {
+        match &args.command {
+            PerfCommand::Produce(args) => produce(args).await,
+            PerfCommand::Consume(args) => consume(args).await,
+            PerfCommand::E2e(args) => end_to_end(args).await,
+        }
+    }))?;
+    if common.json {
+        println!("{}", report.json());
+    } else {
+        print!("{}", report.text());
+    }
+    match &report.first_error {
+        Some(error) => bail!("{} records failed; the first: {error}", report.errors),
+        None => Ok(()),
+    }
+}
+
+/// The run within `--timeout-ms`.
+async fn bounded(
+    common: &CommonArgs,
+    run: impl std::future::Future<Output = anyhow::Result<Report>>,
+) -> anyhow::Result<Report> {
+    match tokio::time::timeout(Duration::from_millis(common.timeout_ms), run).await {
+        Ok(result) => result,
+        Err(_) => bail!(
+            "the run did not finish within {} ms (--timeout-ms)",
+            common.timeout_ms
+        ),
+    }
+}
+
+fn client(
+    common: &CommonArgs,
+    client_id: &str,
+    auto_create: bool,
+) -> anyhow::Result<Client<TokioConnector>> {
+    let servers: Vec<String> = common
+        .bootstrap_server
+        .split(',')
+        .map(|server| server.trim().to_string())
+        .filter(|server| !server.is_empty())
+        .collect();
+    let mut config = ClientConfig::new(servers).with_client_id(client_id);
+    config.seed = seed();
+    config.allow_auto_topic_creation = auto_create;
+    Client::new(TokioConnector, config).map_err(|error| anyhow!("{error}"))
+}
+
+/// A different seed per run and per process, as Kafka's tools behave.
+fn seed() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_nanos() as u64);
+    nanos ^ ((std::process::id() as u64) << 32)
+}
+
+/// Creates the topic when `--partitions` asks for it (an existing topic is
+/// kept as it is), then waits until its partitions have a leader. Returns
+/// the partitions.
+async fn prepare_topic(
+    common: &CommonArgs,
+    partitions: Option<i32>,
+) -> anyhow::Result<Vec<TopicPartition>> {
+    let client = client(common, "sluice-perf-admin", true)?;
+    if let Some(partitions) = partitions {
+        let admin = Admin::new(client.clone());
+        match admin
+            .create_topic(&NewTopic::new(&common.topic, partitions, 1))
+            .await
+        {
+            Ok(()) => {}
+            Err(error) if error.response_error() == Some(ResponseError::TopicAlreadyExists) => {}
+            Err(error) => bail!("create topic {}: {error}", common.topic),
+        }
+    }
+    topic_partitions(&client, &common.topic).await
+}
+
+async fn topic_partitions(
+    client: &Client<TokioConnector>,
+    topic: &str,
+) -> anyhow::Result<Vec<TopicPartition>> {
+    let info = client
+        .topic(topic)
+        .await
+        .map_err(|error| anyhow!("metadata for topic {topic}: {error}"))?;
+    Ok((0..info.partition_count())
+        .map(|partition| TopicPartition::new(topic, partition))
+        .collect())
+}
+
+/// Linger of `produce` unless `--linger-ms` says otherwise.
+pub const PRODUCE_LINGER_MS_DEFAULT: u64 = 5;
+
+/// Linger of `e2e` and `produce --sync` unless `--linger-ms` says
+/// otherwise: a record waiting for company would measure the linger, not
+/// the broker.
+pub const LATENCY_LINGER_MS_DEFAULT: u64 = 0;
+
+fn producer_config(send: &SendArgs, linger_ms: u64) -> ProducerConfig {
+    ProducerConfig {
+        acks: send.acks,
+        linger_ms,
+        batch_bytes_max: send.batch_bytes as usize,
+        buffer_memory_bytes: send.buffer_bytes as usize,
+        retries_max: send.retries,
+        ..ProducerConfig::default()
+    }
+}
+
+/// Records `per_producer` and rate for producer `index` of `producers`:
+/// the records and the rate split as evenly as integers allow.
+fn share(total: u64, producers: u64, index: u64) -> u64 {
+    assert!(index < producers);
+    total / producers + u64::from(index < total % producers)
+}
+
+/// Spaces sends so that record `n` leaves no earlier than `n / rate`
+/// seconds after the start. Tokio's timer has millisecond resolution, so
+/// at high rates records leave in bursts of about a millisecond's worth.
+struct Pacer {
+    started: Instant,
+    records_per_s: Option<f64>,
+}
+
+impl Pacer {
+    fn new(records_per_s: Option<f64>) -> Pacer {
+        assert!(records_per_s.is_none_or(|rate| rate > 0.0));
+        Pacer {
+            started: Instant::now(),
+            records_per_s,
+        }
+    }
+
+    fn due(&self, sent: u64) -> Option<Instant> {
+        let rate = self.records_per_s?;
+        Some(self.started + Duration::from_secs_f64(sent as f64 / rate))
+    }
+
+    async fn wait(&self, sent: u64) {
+        if let Some(due) = self.due(sent) {
+            if due > Instant::now() {
+                tokio::time::sleep_until(due).await;
+            }
+        }
+    }
+}
+
+/// How a producer makes a record's value.
+#[derive(Clone)]
+enum Payload {
+    /// The same bytes every time (shared, not copied).
+    Fixed(Bytes),
+    /// `size` bytes starting with the send time since `base`.
+    Stamped { base: Instant, size: usize },
+}
+
+impl Payload {
+    fn fixed(size: usize) -> Payload {
+        // Not all zeros, so a compressing path would not flatter itself.
+        Payload::Fixed(
+            (0..size)
+                .map(|i| (i % 251) as u8)
+                .collect::<Vec<u8>>()
+                .into(),
+        )
+    }
+
+    fn value(&self) -> Bytes {
+        match self {
+            Payload::Fixed(bytes) => bytes.clone(),
+            Payload::Stamped { base, size } => stamped_value(base.elapsed(), *size),
+        }
+    }
+}
+
+/// A value of `size` bytes (at least `SEND_TIME_BYTES`) starting with
+/// `since_base` in nanoseconds, big-endian.
+fn stamped_value(since_base: Duration, size: usize) -> Bytes {
+    assert!(size >= SEND_TIME_BYTES);
+    let mut value = BytesMut::with_capacity(size);
+    value.put_u64(since_base.as_nanos() as u64);
+    value.put_bytes(b'.', size - SEND_TIME_BYTES);
+    value.freeze()
+}
+
+/// The send time a stamped value carries, if it is long enough to carry one.
+fn send_time(value: &[u8]) -> Option<Duration> {
+    let stamp: [u8; SEND_TIME_BYTES] = value.get(..SEND_TIME_BYTES)?.try_into().ok()?;
+    Some(Duration::from_nanos(u64::from_be_bytes(stamp)))
+}
+
+fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, LATENCY_US_MAX, 3).expect("valid histogram bounds")
+}
+
+fn record_latency(histogram: &mut Histogram<u64>, latency: Duration) {
+    let micros = (latency.as_micros() as u64).clamp(1, LATENCY_US_MAX);
+    histogram.saturating_record(micros);
+}
+
+/// What one producer (or consumer) counted.
+struct Tally {
+    records: u64,
+    latency: Histogram<u64>,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+impl Tally {
+    fn new() -> Tally {
+        Tally {
+            records: 0,
+            latency: latency_histogram(),
+            errors: 0,
+            first_error: None,
+        }
+    }
+
+    fn failed(&mut self, error: String) {
+        self.errors += 1;
+        self.first_error.get_or_insert(error);
+    }
+
+    fn merge(&mut self, other: Tally) {
+        self.records += other.records;
+        self.latency
+            .add(&other.latency)
+            .expect("histograms of equal bounds");
+        self.errors += other.errors;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+    }
+}
+
+/// One producer's share of a run.
+struct ProducerPlan {
+    topic: String,
+    records: u64,
+    records_per_s: Option<f64>,
+    payload: Payload,
+    /// Await each delivery before the next send.
+    one_at_a_time: bool,
+}
+
+/// Sends a plan's records with a producer of its own and awaits every
+/// delivery, in order, on a second task (or at once, one at a time).
+async fn run_producer(
+    client: Client<TokioConnector>,
+    config: ProducerConfig,
+    plan: ProducerPlan,
+    acknowledged: Arc<AtomicU64>,
+) -> Tally {
+    let producer = match Producer::new(client, config, system_clock()) {
+        Ok(producer) => producer,
+        Err(error) => {
+            let mut tally = Tally::new();
+            tally.failed(format!("start a producer: {error}"));
+            return tally;
+        }
+    };
+    let (pending, deliveries) = mpsc::channel(DELIVERIES_PENDING_MAX);
+    let collector = tokio::spawn(await_deliveries(deliveries, acknowledged.clone()));
+    let pacer = Pacer::new(plan.records_per_s);
+    let mut own = Tally::new();
+    for sent in 0..plan.records {
+        pacer.wait(sent).await;
+        let sent_at = Instant::now();
+        let record = ProducerRecord::new(plan.topic.as_str(), plan.payload.value());
+        let delivery = match producer.send(record).await {
+            Ok(delivery) => delivery,
+            Err(error) => {
+                // Kafka's perf tool stops on a send it cannot queue too.
+                own.failed(format!("send: {error}"));
+                break;
+            }
+        };
+        if plan.one_at_a_time {
+            settle(&mut own, sent_at, delivery.await, &acknowledged);
+        } else if pending.send((sent_at, delivery)).await.is_err() {
+            break; // the collector stopped: it panicked
+        }
+    }
+    drop(pending);
+    let mut tally = collector.await.unwrap_or_else(|error| {
+        let mut tally = Tally::new();
+        tally.failed(format!("the delivery collector failed: {error}"));
+        tally
+    });
+    tally.merge(own);
+    if let Err(error) = producer.close().await {
+        tally.failed(format!("close the producer: {error}"));
+    }
+    tally
+}
+
+/// Awaits deliveries in send order. A producer's requests share one
+/// connection and are answered in order, so a later record is never held
+/// up by an earlier one for longer than the broker itself took.
+async fn await_deliveries(
+    mut deliveries: mpsc::Receiver<(Instant, DeliveryFuture)>,
+    acknowledged: Arc<AtomicU64>,
+) -> Tally {
+    let mut tally = Tally::new();
+    while let Some((sent_at, delivery)) = deliveries.recv().await {
+        settle(&mut tally, sent_at, delivery.await, &acknowledged);
+    }
+    tally
+}
+
+/// Counts one record's outcome, now that it is known.
+fn settle(
+    tally: &mut Tally,
+    sent_at: Instant,
+    outcome: sluice_client::Result<RecordMetadata>,
+    acknowledged: &AtomicU64,
+) {
+    match outcome {
+        Ok(_) => {
+            record_latency(&mut tally.latency, sent_at.elapsed());
+            tally.records += 1;
+            acknowledged.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(error) => tally.failed(error.to_string()),
+    }
+}
+
+/// What the producers of a run send, together.
+struct Load {
+    producers: u64,
+    /// Over all producers; `None` for as fast as they go.
+    records_per_s: Option<u64>,
+    payload: Payload,
+    one_at_a_time: bool,
+}
+
+/// Starts the load's producers, each on its own client, each with its
+/// share of `--records` and of the rate.
+fn start_producers(
+    common: &CommonArgs,
+    config: &ProducerConfig,
+    load: Load,
+    acknowledged: &Arc<AtomicU64>,
+) -> anyhow::Result<JoinSet<Tally>> {
+    let mut tasks = JoinSet::new();
+    for index in 0..load.producers {
+        let plan = ProducerPlan {
+            topic: common.topic.clone(),
+            records: share(common.records, load.producers, index),
+            records_per_s: load
+                .records_per_s
+                .map(|rate| rate as f64 / load.producers as f64),
+            payload: load.payload.clone(),
+            one_at_a_time: load.one_at_a_time,
+        };
+        let client = client(common, &format!("sluice-perf-producer-{index}"), true)?;
+        tasks.spawn(run_producer(
+            client,
+            config.clone(),
+            plan,
+            acknowledged.clone(),
+        ));
+    }
+    Ok(tasks)
+}
+
+async fn join_tallies(mut tasks: JoinSet<Tally>) -> Tally {
+    let mut total = Tally::new();
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok(tally) => total.merge(tally),
+            Err(error) => total.failed(format!("a producer task failed: {error}")),
+        }
+    }
+    total
+}
+
+async fn produce(args: &ProduceArgs) -> anyhow::Result<Report> {
+    let common = &args.common;
+    prepare_topic(common, args.send.partitions).await?;
+    let linger_ms = args.send.linger_ms.unwrap_or(if args.sync {
+        LATENCY_LINGER_MS_DEFAULT
+    } else {
+        PRODUCE_LINGER_MS_DEFAULT
+    });
+    let acknowledged = Arc::new(AtomicU64::new(0));
+    let progress = Progress::start(common.records, acknowledged.clone(), "acked");
+    let started = Instant::now();
+    let tasks = start_producers(
+        common,
+        &producer_config(&args.send, linger_ms),
+        Load {
+            producers: args.producers,
+            records_per_s: args.throughput,
+            payload: Payload::fixed(args.send.record_size as usize),
+            one_at_a_time: args.sync,
+        },
+        &acknowledged,
+    )?;
+    let tally = join_tallies(tasks).await;
+    let elapsed = started.elapsed();
+    drop(progress);
+    Ok(Report {
+        mode: "produce",
+        topic: common.topic.clone(),
+        settings: json!({
+            "record_size": args.send.record_size,
+            "acks": acks_name(args.send.acks),
+            "producers": args.producers,
+            "throughput_limit": args.throughput,
+            "sync": args.sync,
+            "batch_bytes": args.send.batch_bytes,
+            "linger_ms": linger_ms,
+            "retries": args.send.retries,
+        }),
+        records: tally.records,
+        bytes: tally.records * args.send.record_size,
+        elapsed,
+        latency_name: "send_to_ack",
+        latency: tally.latency,
+        ack_latency: None,
+        errors: tally.errors,
+        first_error: tally.first_error,
+    })
+}
+
+/// Where a consumer starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Start {
+    Beginning,
+    End,
+}
+
+/// A consumer assigned every partition of the topic, its positions set.
+async fn start_consumer(
+    common: &CommonArgs,
+    partition_fetch_bytes: i32,
+    start: Start,
+) -> anyhow::Result<Consumer<TokioConnector>> {
+    let client = client(common, "sluice-perf-consumer", false)?;
+    let partitions = topic_partitions(&client, &common.topic).await?;
+    let config = ConsumerConfig {
+        partition_fetch_bytes_max: partition_fetch_bytes,
+        fetch_max_bytes: partition_fetch_bytes.max(ConsumerConfig::default().fetch_max_bytes),
+        auto_offset_reset: OffsetReset::Earliest,
+        poll_records_max: POLL_RECORDS_MAX,
+        ..ConsumerConfig::default()
+    };
+    let mut consumer = Consumer::new(client, config).map_err(|error| anyhow!("{error}"))?;
+    consumer.assign(partitions.clone());
+    let (sought, place) = match start {
+        Start::Beginning => (consumer.seek_to_beginning(&partitions).await, "beginning"),
+        Start::End => (consumer.seek_to_end(&partitions).await, "end"),
+    };
+    sought.map_err(|error| anyhow!("seek to the {place} of {}: {error}", common.topic))?;
+    Ok(consumer)
+}
+
+/// What a consuming loop saw.
+struct Consumed {
+    tally: Tally,
+    bytes: u64,
+    elapsed: Duration,
+}
+
+/// Polls until `records` records came, or fails after `idle_timeout`
+/// without one; records past the count in the last poll are not counted.
+/// `per_record` sees every record with the time its poll returned;
+/// `poll_latency` says whether the time per poll is the latency to record.
+async fn consume_loop(
+    consumer: &mut Consumer<TokioConnector>,
+    records: u64,
+    idle_timeout: Duration,
+    received: &AtomicU64,
+    mut per_record: impl FnMut(&mut Tally, &ConsumerRecord, Instant),
+    poll_latency: bool,
+) -> anyhow::Result<Consumed> {
+    let mut tally = Tally::new();
+    let mut bytes = 0u64;
+    let started = Instant::now();
+    let mut last_progress = started;
+    while tally.records < records {
+        let polled_at = Instant::now();
+        let batch = consumer
+            .poll(Duration::from_millis(POLL_WAIT_MS).min(idle_timeout))
+            .await
+            .map_err(|error| anyhow!("poll: {error}"))?;
+        let returned_at = Instant::now();
+        if batch.is_empty() {
+            if returned_at - last_progress > idle_timeout {
+                bail!(
+                    "no record for {} ms after {} of {records}",
+                    idle_timeout.as_millis(),
+                    tally.records
+                );
+            }
+            continue;
+        }
+        last_progress = returned_at;
+        if poll_latency {
+            record_latency(&mut tally.latency, returned_at - polled_at);
+        }
+        let wanted = (records - tally.records).min(batch.len() as u64) as usize;
+        for record in &batch[..wanted] {
+            bytes += record.value.as_ref().map_or(0, |value| value.len() as u64);
+            per_record(&mut tally, record, returned_at);
+        }
+        tally.records += wanted as u64;
+        received.store(tally.records, Ordering::Relaxed);
+    }
+    Ok(Consumed {
+        tally,
+        bytes,
+        elapsed: started.elapsed(),
+    })
+}
+
+async fn consume(args: &ConsumeArgs) -> anyhow::Result<Report> {
+    let common = &args.common;
+    let mut consumer = start_consumer(common, args.partition_fetch_bytes, Start::Beginning).await?;
+    let received = Arc::new(AtomicU64::new(0));
+    let progress = Progress::start(common.records, received.clone(), "read");
+    let idle_timeout = Duration::from_millis(args.idle.idle_timeout_ms);
+    let count = common.records;
+    let consumed = consume_loop(
+        &mut consumer,
+        count,
+        idle_timeout,
+        &received,
+        |_, _, _| {},
+        true,
+    )
+    .await;
+    drop(progress);
+    let consumed = consumed?;
+    Ok(Report {
+        mode: "consume",
+        topic: common.topic.clone(),
+        settings: json!({ "partition_fetch_bytes": args.partition_fetch_bytes }),
+        records: consumed.tally.records,
+        bytes: consumed.bytes,
+        elapsed: consumed.elapsed,
+        latency_name: "poll",
+        latency: consumed.tally.latency,
+        ack_latency: None,
+        errors: 0,
+        first_error: None,
+    })
+}
+
+/// Records the latency a stamped record's value tells, or an error for a
+/// record that carries no send time.
+fn stamp_latency(base: Instant) -> impl FnMut(&mut Tally, &ConsumerRecord, Instant) {
+    move |tally, record, returned_at| match record.value.as_deref().and_then(send_time) {
+        Some(sent) => record_latency(
+            &mut tally.latency,
+            (returned_at - base).saturating_sub(sent),
+        ),
+        None => tally.failed(format!("offset {} carries no send time", record.offset)),
+    }
+}
+
+async fn end_to_end(args: &E2eArgs) -> anyhow::Result<Report> {
+    let common = &args.common;
+    let size = args.send.record_size as usize;
+    if size < SEND_TIME_BYTES {
+        bail!("--record-size must be at least {SEND_TIME_BYTES} in e2e: the value carries the send time");
+    }
+    prepare_topic(common, args.send.partitions).await?;
+    // Positions are set before the first send, so every record sent is read.
+    let mut consumer = start_consumer(common, E2E_PARTITION_FETCH_BYTES, Start::End).await?;
+    let linger_ms = args.send.linger_ms.unwrap_or(LATENCY_LINGER_MS_DEFAULT);
+    let base = Instant::now();
+    let received = Arc::new(AtomicU64::new(0));
+    let progress = Progress::start(common.records, received.clone(), "delivered");
+    let load = Load {
+        producers: 1,
+        records_per_s: Some(args.throughput),
+        payload: Payload::Stamped { base, size },
+        one_at_a_time: false,
+    };
+    let config = producer_config(&args.send, linger_ms);
+    let producers = start_producers(common, &config, load, &Arc::new(AtomicU64::new(0)))?;
+    let count = common.records;
+    let idle_timeout = Duration::from_millis(args.idle.idle_timeout_ms);
+    let reader = tokio::spawn(async move {
+        let stamp = stamp_latency(base);
+        consume_loop(&mut consumer, count, idle_timeout, &received, stamp, false).await
+    });
+    let sent = join_tallies(producers).await;
+    let consumed = reader.await.context("the consumer task failed")?;
+    drop(progress);
+    let mut consumed = consumed?;
+    // A record lost or duplicated between the two sides is an error too.
+    if sent.records != consumed.tally.records {
+        let counts = format!(
+            "{} acknowledged, {} consumed",
+            sent.records, consumed.tally.records
+        );
+        consumed.tally.failed(counts);
+    }
+    Ok(Report {
+        mode: "e2e",
+        topic: common.topic.clone(),
+        settings: json!({
+            "record_size": args.send.record_size,
+            "acks": acks_name(args.send.acks),
+            "throughput_target": args.throughput,
+            "batch_bytes": args.send.batch_bytes,
+            "linger_ms": linger_ms,
+        }),
+        records: consumed.tally.records,
+        bytes: consumed.bytes,
+        elapsed: consumed.elapsed,
+        latency_name: "send_to_consume",
+        latency: consumed.tally.latency,
+        ack_latency: Some(sent.latency),
+        errors: sent.errors + consumed.tally.errors,
+        first_error: sent.first_error.or(consumed.tally.first_error),
+    })
+}
+
+/// The progress bar on stderr, fed from a counter by a ticker task; it
+/// goes away when dropped, however the run ends.
+struct Progress {
+    bar: ProgressBar,
+    ticker: tokio::task::JoinHandle<()>,
+}
+
+impl Progress {
+    fn start(total: u64, counter: Arc<AtomicU64>, what: &str) -> Progress {
+        let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+        let template = format!(
+            "{{elapsed_precise}} [{{bar:40}}] {{pos}}/{{len}} {what} ({{per_sec}}, eta {{eta}})"
+        );
+        if let Ok(style) = ProgressStyle::with_template(&template) {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        let ticking = bar.clone();
+        let ticker = tokio::spawn(async move {
+            let mut interval = tokio::time::interval(Duration::from_millis(PROGRESS_INTERVAL_MS));
+            loop {
+                interval.tick().await;
+                ticking.set_position(counter.load(Ordering::Relaxed).min(total));
+            }
+        });
+        Progress { bar, ticker }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.ticker.abort();
+        self.bar.finish_and_clear();
+    }
+}
+
+/// The result of a run.
+struct Report {
+    mode: &'static str,
+    topic: String,
+    settings: serde_json::Value,
+    records: u64,
+    bytes: u64,
+    elapsed: Duration,
+    /// What `latency` measures: `send_to_ack`, `poll` or `send_to_consume`.
+    latency_name: &'static str,
+    latency: Histogram<u64>,
+    /// For e2e, the producer's send-to-ack latency beside the main one.
+    ack_latency: Option<Histogram<u64>>,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+impl Report {
+    fn records_per_s(&self) -> f64 {
+        self.records as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    fn mb_per_s(&self) -> f64 {
+        self.bytes as f64 / 1e6 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    fn json(&self) -> serde_json::Value {
+        let mut object = json!({
+            "mode": self.mode,
+            "topic": self.topic,
+            "settings": self.settings,
+            "records": self.records,
+            "bytes": self.bytes,
+            "elapsed_s": round(self.elapsed.as_secs_f64(), 6),
+            "records_per_s": round(self.records_per_s(), 1),
+            "mb_per_s": round(self.mb_per_s(), 3),
+            "latency": latency_json(self.latency_name, &self.latency),
+            "errors": self.errors,
+            "first_error": self.first_error,
+        });
+        if let Some(ack) = &self.ack_latency {
+            object["ack_latency"] = latency_json("send_to_ack", ack);
+        }
+        object
+    }
+
+    fn text(&self) -> String {
+        let mut text = format!(
+            "{}: {} records ({} bytes) in {:.3} s: {:.1} records/s, {:.2} MB/s\n",
+            self.mode,
+            self.records,
+            self.bytes,
+            self.elapsed.as_secs_f64(),
+            self.records_per_s(),
+            self.mb_per_s(),
+        );
+        text += &latency_text(self.latency_name, &self.latency);
+        if let Some(ack) = &self.ack_latency {
+            text += &latency_text("send_to_ack", ack);
+        }
+        if self.errors > 0 {
+            text += &format!("errors: {}\n", self.errors);
+        }
+        text
+    }
+}
+
+fn round(value: f64, digits: i32) -> f64 {
+    let scale = 10f64.powi(digits);
+    (value * scale).round() / scale
+}
+
+fn millis(histogram: &Histogram<u64>, quantile: f64) -> f64 {
+    histogram.value_at_quantile(quantile) as f64 / 1000.0
+}
+
+fn latency_json(name: &str, histogram: &Histogram<u64>) -> serde_json::Value {
+    json!({
+        "what": name,
+        "unit": "ms",
+        "count": histogram.len(),
+        "p50": millis(histogram, 0.5),
+        "p99": millis(histogram, 0.99),
+        "p99_9": millis(histogram, 0.999),
+        "max": histogram.max() as f64 / 1000.0,
+        "mean": round(histogram.mean() / 1000.0, 3),
+    })
+}
+
+fn latency_text(name: &str, histogram: &Histogram<u64>) -> String {
+    format!(
+        "{name} latency (ms, {} samples): p50 {:.3}, p99 {:.3}, p99.9 {:.3}, max {:.3}\n",
+        histogram.len(),
+        millis(histogram, 0.5),
+        millis(histogram, 0.99),
+        millis(histogram, 0.999),
+        histogram.max() as f64 / 1000.0,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser, Debug)]
+    struct Wrapper {
+        #[command(flatten)]
+        perf: PerfArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<PerfCommand, clap::Error> {
+        let mut full = vec!["perf"];
+        full.extend_from_slice(args);
+        Wrapper::try_parse_from(full).map(|wrapper| wrapper.perf.command)
+    }
+
+    /// A broker in this process on a free port of 127.0.0.1, over a temp
+    /// directory, on a current-thread runtime and a thread of its own, as
+    /// `sluice serve` runs it; it stops when the returned sender is dropped.
+    fn broker(dir: &std::path::Path) -> (String, tokio::sync::oneshot::Sender<()>) {
+        let overrides = [
+            ("listeners", "PLAINTEXT://127.0.0.1:0".to_string()),
+            ("log.dirs", dir.display().to_string()),
+        ]
+        .map(|(key, value)| (key.to_string(), value));
+        let config = crate::config_file::load(None, &overrides).unwrap();
+        let disk = crate::disk::FileDisk::open(dir).unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let environment = crate::driver::Environment {
+                    config,
+                    listener: tokio::net::TcpListener::from_std(listener).unwrap(),
+                    disk,
+                    advertised: ("127.0.0.1".into(), port),
+                    clock: crate::driver::system_clock(),
+                    seed: 7,
+                };
+                let shutdown = async {
+                    let _ = stopped.await;
+                };
+                crate::driver::serve(environment, shutdown).await.unwrap();
+            });
+        });
+        (format!("127.0.0.1:{port}"), stop)
+    }
+
+    /// Parses `args` as a perf command against `bootstrap`.
+    fn command(bootstrap: &str, args: &[&str]) -> PerfCommand {
+        let mut full = args.to_vec();
+        full.extend_from_slice(&["--bootstrap-server", bootstrap, "--timeout-ms", "60000"]);
+        parse(&full).unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_mode_counts_every_record_against_a_real_broker() {
+        let dir = tempfile::tempdir().unwrap();
+        let (bootstrap, _stop) = broker(dir.path());
+        let produce_args = [
+            "produce",
+            "--topic",
+            "t",
+            "--partitions",
+            "2",
+            "--producers",
+            "2",
+            "--records",
+            "3001",
+            "--record-size",
+            "100",
+            "--acks",
+            "all",
+        ];
+        let PerfCommand::Produce(args) = command(&bootstrap, &produce_args) else {
+            unreachable!()
+        };
+        let report = produce(&args).await.unwrap();
+        assert_eq!(
+            (report.records, report.bytes, report.errors),
+            (3001, 300_100, 0)
+        );
+        assert_eq!(report.latency.len(), 3001, "one latency per record");
+
+        let consume_args = ["consume", "--topic", "t", "--records", "3000"];
+        let PerfCommand::Consume(args) = command(&bootstrap, &consume_args) else {
+            unreachable!()
+        };
+        let report = consume(&args).await.unwrap();
+        // Exactly the count asked for, though 3001 records are there.
+        assert_eq!((report.records, report.bytes), (3000, 300_000));
+
+        let e2e_args = [
+            "e2e",
+            "--topic",
+            "t",
+            "--records",
+            "400",
+            "--throughput",
+            "4000",
+            "--record-size",
+            "64",
+        ];
+        let PerfCommand::E2e(args) = command(&bootstrap, &e2e_args) else {
+            unreachable!()
+        };
+        let report = end_to_end(&args).await.unwrap();
+        assert_eq!((report.records, report.errors), (400, 0));
+        assert_eq!(report.latency.len(), 400);
+        // Paced at 4,000 records/s, 400 records take about 0.1 s.
+        assert!(
+            report.elapsed >= Duration::from_millis(90),
+            "{:?}",
+            report.elapsed
+        );
+        let ack_latency = report.ack_latency.as_ref().unwrap();
+        assert_eq!(ack_latency.len(), 400);
+
+        let sync_args = [
+            "produce",
+            "--topic",
+            "t",
+            "--records",
+            "20",
+            "--record-size",
+            "10",
+            "--sync",
+        ];
+        let PerfCommand::Produce(args) = command(&bootstrap, &sync_args) else {
+            unreachable!()
+        };
+        let report = produce(&args).await.unwrap();
+        assert_eq!((report.records, report.errors), (20, 0));
+        assert_eq!(report.settings["linger_ms"], 0, "--sync lingers 0 ms");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn consuming_more_than_there_is_fails_after_the_idle_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let (bootstrap, _stop) = broker(dir.path());
+        let produce_args = [
+            "produce",
+            "--topic",
+            "u",
+            "--partitions",
+            "1",
+            "--records",
+            "5",
+            "--record-size",
+            "8",
+        ];
+        let PerfCommand::Produce(args) = command(&bootstrap, &produce_args) else {
+            unreachable!()
+        };
+        produce(&args).await.unwrap();
+        let consume_args = [
+            "consume",
+            "--topic",
+            "u",
+            "--records",
+            "6",
+            "--idle-timeout-ms",
+            "300",
+        ];
+        let PerfCommand::Consume(args) = command(&bootstrap, &consume_args) else {
+            unreachable!()
+        };
+        let error = consume(&args).await.err().unwrap().to_string();
+        assert_eq!(error, "no record for 300 ms after 5 of 6");
+    }
+
+    #[test]
+    fn produce_flags_parse_with_their_defaults() {
+        let command = parse(&[
+            "produce",
+            "--topic",
+            "t",
+            "--records",
+            "10",
+            "--record-size",
+            "100",
+            "--acks",
+            "all",
+        ])
+        .unwrap();
+        let PerfCommand::Produce(args) = command else {
+            panic!("not produce: {command:?}")
+        };
+        assert_eq!(args.common.topic, "t");
+        assert_eq!(args.common.records, 10);
+        assert_eq!(args.common.bootstrap_server, "127.0.0.1:9092");
+        assert_eq!(args.send.acks, Acks::All);
+        assert_eq!(args.send.record_size, 100);
+        assert_eq!(args.producers, 1);
+        assert_eq!(args.throughput, None);
+        assert!(!args.common.json);
+    }
+
+    #[test]
+    fn out_of_range_flags_are_refused() {
+        let base = ["produce", "--topic", "t", "--record-size", "10"];
+        let with = |extra: &[&str]| {
+            let mut args = base.to_vec();
+            args.extend_from_slice(extra);
+            parse(&args)
+        };
+        assert!(with(&["--records", "0"]).is_err());
+        assert!(with(&["--records", "1", "--acks", "2"]).is_err());
+        assert!(with(&["--records", "1", "--producers", "65"]).is_err());
+        assert!(with(&["--records", "1", "--acks", "-1"]).is_ok());
+        assert!(parse(&[
+            "e2e",
+            "--topic",
+            "t",
+            "--records",
+            "1",
+            "--record-size",
+            "8"
+        ])
+        .is_err());
+    }
+
+    #[test]
+    fn shares_add_up_and_differ_by_at_most_one() {
+        for (total, producers) in [(10, 3), (3, 5), (1_000_000, 7), (1, 1)] {
+            let shares: Vec<u64> = (0..producers).map(|i| share(total, producers, i)).collect();
+            assert_eq!(shares.iter().sum::<u64>(), total);
+            let spread = shares.iter().max().unwrap() - shares.iter().min().unwrap();
+            assert!(spread <= 1, "{shares:?}");
+        }
+    }
+
+    #[test]
+    fn the_pacer_spaces_records_by_the_rate() {
+        let unpaced = Pacer::new(None);
+        assert_eq!(unpaced.due(1_000), None);
+        let pacer = Pacer::new(Some(1_000.0));
+        assert_eq!(pacer.due(0), Some(pacer.started));
+        assert_eq!(
+            pacer.due(500),
+            Some(pacer.started + Duration::from_millis(500))
+        );
+    }
+
+    #[test]
+    fn stamped_values_carry_their_send_time() {
+        let value = stamped_value(Duration::from_nanos(1_234_567_890_123), 64);
+        assert_eq!(value.len(), 64);
+        assert_eq!(
+            send_time(&value),
+            Some(Duration::from_nanos(1_234_567_890_123))
+        );
+        assert_eq!(send_time(&value[..7]), None);
+    }
+
+    #[test]
+    fn reports_give_rates_and_quantiles_in_milliseconds() {
+        let mut latency = latency_histogram();
+        for micros in 1..=1_000u64 {
+            record_latency(&mut latency, Duration::from_micros(micros));
+        }
+        record_latency(&mut latency, Duration::from_secs(3_600)); // clamped
+        let report = Report {
+            mode: "produce",
+            topic: "t".into(),
+            settings: json!({}),
+            records: 2_000,
+            bytes: 2_000_000,
+            elapsed: Duration::from_secs(2),
+            latency_name: "send_to_ack",
+            latency,
+            ack_latency: None,
+            errors: 0,
+            first_error: None,
+        };
+        let object = report.json();
+        assert_eq!(object["records_per_s"], 1_000.0);
+        assert_eq!(object["mb_per_s"], 1.0);
+        assert_eq!(object["latency"]["count"], 1_001);
+        assert_eq!(object["latency"]["p50"], 0.501);
+        // Clamped to 60 s, give or take the histogram's 3 significant digits.
+        let max_ms = object["latency"]["max"].as_f64().unwrap();
+        assert!((60_000.0..60_100.0).contains(&max_ms), "{max_ms}");
+        let text = report.text();
+        assert!(
+            text.starts_with(
+                "produce: 2000 records (2000000 bytes) in 2.000 s: 1000.0 records/s, 1.00 MB/s\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("send_to_ack latency (ms, 1001 samples): p50 0.501"),
+            "{text}"
+        );
+    }
+}
