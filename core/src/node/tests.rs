@@ -1290,3 +1290,33 @@ fn groups_land_on_the_partition_kafka_picks() {
         0
     );
 }
+
+/// A request that claims billions of array elements must not size an
+/// allocation from that claim (it used to abort the process).
+#[test]
+fn a_huge_array_count_closes_the_connection_and_nothing_else() {
+    let mut h = Harness::new(MemStorage::new(), &[]);
+    for (key, version) in [(ApiKey::Metadata, 1i16), (ApiKey::Produce, 9)] {
+        let mut buf = BytesMut::new();
+        buf.put_i16(key as i16);
+        buf.put_i16(version);
+        buf.put_i32(1);
+        buf.put_i16(-1);
+        if version >= 9 {
+            buf.put_u8(0); // header tagged fields
+            buf.put_u8(0); // transactional id: null (compact)
+            buf.put_i16(1);
+            buf.put_i32(1000);
+            buf.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0x07]); // topics: 2^31 - 1 (compact)
+        } else {
+            buf.put_i32(i32::MAX);
+        }
+        h.node.handle_connect(h.now_ms, CONN);
+        h.closed = false;
+        h.send_raw(buf.freeze());
+        assert!(
+            h.closed,
+            "{key:?} with a huge array count closes the connection"
+        );
+    }
+}
