@@ -239,12 +239,29 @@ fn sync_group<S: Storage>(
         .map(|a| (str_of(&a.member_id), a.assignment.clone()))
         .collect();
     let group_id = str_of(&request.group_id.0);
+    let member_id = str_of(&request.member_id);
+    let instance = request.group_instance_id.as_ref().map(str_of);
+    if node
+        .groups
+        .fenced(&group_id, &member_id, instance.as_deref())
+    {
+        let answer = SyncAnswer {
+            error: Some(ResponseError::FencedInstanceId),
+            protocol_type: String::new(),
+            protocol: None,
+            assignment: Bytes::new(),
+        };
+        return ready(
+            header,
+            Reply::SyncGroup(sync_response(answer, header.version)),
+        );
+    }
     let answer = node.groups.sync(
         now_ms,
         token,
         &group_id,
         request.generation_id,
-        &str_of(&request.member_id),
+        &member_id,
         assignments,
     );
     node.collect_group_answers(now_ms);
@@ -263,12 +280,17 @@ fn heartbeat<S: Storage>(
     header: ReplyHeader,
     request: HeartbeatRequest,
 ) -> Result<Option<SlotState>, String> {
-    let error = node.groups.heartbeat(
-        now_ms,
-        &str_of(&request.group_id.0),
-        request.generation_id,
-        &str_of(&request.member_id),
-    );
+    let (group_id, member_id) = (str_of(&request.group_id.0), str_of(&request.member_id));
+    let instance = request.group_instance_id.as_ref().map(str_of);
+    let error = if node
+        .groups
+        .fenced(&group_id, &member_id, instance.as_deref())
+    {
+        Some(ResponseError::FencedInstanceId)
+    } else {
+        node.groups
+            .heartbeat(now_ms, &group_id, request.generation_id, &member_id)
+    };
     node.collect_group_answers(now_ms);
     ready(
         header,
@@ -324,6 +346,12 @@ fn offset_commit<S: Storage>(
         Err(ResponseError::InvalidGroupId)
     } else if node.storage_failed {
         Err(ResponseError::CoordinatorNotAvailable)
+    } else if node.groups.fenced(
+        &group_id,
+        &str_of(&request.member_id),
+        request.group_instance_id.as_ref().map(str_of).as_deref(),
+    ) {
+        Err(ResponseError::FencedInstanceId)
     } else {
         node.groups.may_commit(
             &group_id,

@@ -407,9 +407,22 @@ impl Coordinator {
     /// delay passed) or the rebalance deadline passed. Returns nothing
     /// directly: answers go to `resolved`.
     fn try_complete_join(&mut self, group_id: &str, now_ms: i64) -> Option<JoinAnswer> {
-        let group = self.groups.get_mut(group_id)?;
+        let Coordinator {
+            groups, resolved, ..
+        } = self;
+        let group = groups.get_mut(group_id)?;
         if group.state != State::PreparingRebalance {
             return None;
+        }
+        // SyncGroup requests of the generation being replaced get their
+        // answer now: the member must join again.
+        for member in group.members.values_mut() {
+            if let Some(token) = member.awaiting_sync.take() {
+                resolved.push((
+                    token,
+                    Resolved::Sync(sync_error(ResponseError::RebalanceInProgress)),
+                ));
+            }
         }
         let all_joined = group.members.values().all(|m| m.awaiting_join.is_some());
         let deadline = group.rebalance_deadline_ms.unwrap_or(now_ms);
@@ -418,7 +431,17 @@ impl Coordinator {
             return None;
         }
         // Members that did not rejoin in time leave the group.
-        group.members.retain(|_, m| m.awaiting_join.is_some());
+        let late: Vec<String> = group
+            .members
+            .values()
+            .filter(|m| m.awaiting_join.is_none())
+            .map(|m| m.member_id.clone())
+            .collect();
+        for id in late {
+            if let Some(member) = group.members.remove(&id) {
+                answer_removed(resolved, member);
+            }
+        }
         if group.members.is_empty() {
             group.state = State::Empty;
             group.generation += 1;
@@ -546,16 +569,16 @@ impl Coordinator {
                 .map(|_| Some(ResponseError::UnknownMemberId))
                 .collect();
         };
-        let errors = member_ids
-            .iter()
-            .map(|id| {
-                if group.members.remove(id).is_some() {
-                    None
-                } else {
-                    Some(ResponseError::UnknownMemberId)
+        let mut errors = Vec::new();
+        for id in member_ids {
+            match group.members.remove(id) {
+                Some(member) => {
+                    answer_removed(&mut self.resolved, member);
+                    errors.push(None);
                 }
-            })
-            .collect();
+                None => errors.push(Some(ResponseError::UnknownMemberId)),
+            }
+        }
         self.after_members_left(group_id, now_ms);
         errors
     }
@@ -586,6 +609,18 @@ impl Coordinator {
             prepare_rebalance(group, now_ms, 0);
         }
         self.try_complete_join(group_id, now_ms);
+    }
+
+    /// True when a static member's instance id now belongs to another member
+    /// id: the caller is an older instance and is fenced (FENCED_INSTANCE_ID).
+    pub fn fenced(&self, group_id: &str, member_id: &str, instance: Option<&str>) -> bool {
+        let (Some(instance), Some(group)) = (instance, self.groups.get(group_id)) else {
+            return false;
+        };
+        group
+            .members
+            .values()
+            .any(|m| m.group_instance_id.as_deref() == Some(instance) && m.member_id != member_id)
     }
 
     /// Checks whether a member may commit offsets now.
@@ -651,15 +686,19 @@ impl Coordinator {
             group
                 .pending_members
                 .retain(|_, deadline| *deadline > now_ms);
-            let before = group.members.len();
-            group.members.retain(|member_id, m| {
-                let alive = m.awaiting_join.is_some() || m.session_deadline_ms > now_ms;
-                if !alive {
-                    tracing::info!(group = %id, member = %member_id, "member session expired");
+            let expired: Vec<String> = group
+                .members
+                .values()
+                .filter(|m| m.awaiting_join.is_none() && m.session_deadline_ms <= now_ms)
+                .map(|m| m.member_id.clone())
+                .collect();
+            for member_id in &expired {
+                tracing::info!(group = %id, member = %member_id, "member session expired");
+                if let Some(member) = group.members.remove(member_id) {
+                    answer_removed(&mut self.resolved, member);
                 }
-                alive
-            });
-            if group.members.len() != before {
+            }
+            if !expired.is_empty() {
                 self.after_members_left(&id, now_ms);
             } else {
                 self.try_complete_join(&id, now_ms);
@@ -713,6 +752,25 @@ impl Coordinator {
 
 /// Enters PreparingRebalance; `delay_ms` holds an empty group's first
 /// rebalance open for more members.
+/// Answers whatever a removed member was still waiting for.
+fn answer_removed(resolved: &mut Vec<(Token, Resolved)>, member: Member) {
+    if let Some(token) = member.awaiting_join {
+        resolved.push((
+            token,
+            Resolved::Join(join_error(
+                ResponseError::UnknownMemberId,
+                &member.member_id,
+            )),
+        ));
+    }
+    if let Some(token) = member.awaiting_sync {
+        resolved.push((
+            token,
+            Resolved::Sync(sync_error(ResponseError::UnknownMemberId)),
+        ));
+    }
+}
+
 fn prepare_rebalance(group: &mut Group, now_ms: i64, delay_ms: i64) {
     let timeout = group
         .members

@@ -159,6 +159,8 @@ pub struct Node<S: Storage> {
     pub(crate) groups: Coordinator,
     /// Group answers ready for their deferred slots.
     resolved: BTreeMap<Token, (Resolved, u64)>,
+    /// Set when deferred group answers came out during the current input.
+    group_answers_ready: bool,
     next_token: Token,
 }
 
@@ -214,6 +216,7 @@ impl<S: Storage> Node<S> {
             producer_block_seq: 0,
             groups: Coordinator::new(0),
             resolved: BTreeMap::new(),
+            group_answers_ready: false,
             next_token: 1,
         };
         node.groups.initial_rebalance_delay_ms = node.config.group_initial_rebalance_delay_ms;
@@ -341,7 +344,12 @@ impl<S: Storage> Node<S> {
             }
         };
         self.maybe_sync();
-        self.advance(connection, now_ms);
+        if std::mem::take(&mut self.group_answers_ready) {
+            // A group answer may be for another member's connection.
+            self.advance_all(now_ms);
+        } else {
+            self.advance(connection, now_ms);
+        }
         self.invariants();
         outcome
     }
@@ -633,6 +641,7 @@ impl<S: Storage> Node<S> {
         if answers.is_empty() {
             return;
         }
+        self.group_answers_ready = true;
         let waiting: BTreeSet<Token> = self
             .connections
             .values()

@@ -273,3 +273,25 @@ fn offsets_of_groups_without_members_expire() {
         "recent and active groups' offsets stay"
     );
 }
+
+#[test]
+fn removed_members_get_answers_and_old_static_instances_are_fenced() {
+    let mut c = Coordinator::new(100);
+    new_member(&mut c, 0, "a", 1);
+    new_member(&mut c, 0, "b", 2);
+    c.expire(100);
+    assert_eq!(c.take_resolved().len(), 2, "both joined generation 1");
+    // b waits in SyncGroup; a never syncs and goes silent; b's sync must be answered.
+    assert!(c.sync(1, 3, "g", 1, "b", vec![]).is_none());
+    c.heartbeat(SESSION_MS as i64, "g", 1, "b");
+    c.expire(100 + SESSION_MS as i64 + 1);
+    let answered: Vec<Token> = c.take_resolved().into_iter().map(|(t, _)| t).collect();
+    assert!(answered.contains(&3), "the waiting SyncGroup got an answer");
+    let mut static_join = join("s", "", 9);
+    static_join.group_instance_id = Some("i".into());
+    c.join(0, 9, static_join.clone(), || "first".into());
+    c.join(1, 10, static_join, || "second".into());
+    assert!(c.fenced("s", "first", Some("i")));
+    assert!(!c.fenced("s", "second", Some("i")));
+    assert!(!c.fenced("s", "first", None));
+}
