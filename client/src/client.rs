@@ -196,6 +196,15 @@ impl<C: Connector> Client<C> {
         }
     }
 
+    /// A new connection of its own to `address`, outside the shared slots.
+    /// A group member talks to its coordinator over one: a JoinGroup may
+    /// wait for the whole rebalance, and brokers answer a connection's
+    /// requests in order, so sharing it would stall other members' requests
+    /// (and their heartbeats) behind that wait.
+    pub(crate) async fn open_dedicated(&self, address: &str) -> Result<Connection> {
+        self.open(address).await
+    }
+
     async fn open(&self, address: &str) -> Result<Connection> {
         let config = &self.inner.config;
         let timeout = Duration::from_millis(config.connect_timeout_ms);

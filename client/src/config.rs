@@ -12,6 +12,7 @@ use std::sync::Arc;
 use kafka_protocol::messages::ApiKey;
 
 use crate::error::{Error, Result};
+use crate::group::Assignor;
 
 /// Milliseconds since the Unix epoch, as record timestamps want them. The
 /// client calls it only to stamp records that carry no timestamp of their own.
@@ -234,6 +235,35 @@ pub struct ConsumerConfig {
     pub auto_offset_reset: OffsetReset,
     /// Most records one `poll` returns.
     pub poll_records_max: usize,
+    /// The consumer group (Kafka: `group.id`). Needed by `subscribe` and by
+    /// commits; with manual assignment it also makes new partitions start
+    /// from the group's committed offsets. `None`: no group at all.
+    pub group_id: Option<String>,
+    /// Static membership (Kafka: `group.instance.id`): a restarted member
+    /// with the same id takes its old place without a rebalance. Static
+    /// members do not send LeaveGroup when they close, as in Kafka.
+    pub group_instance_id: Option<String>,
+    /// Silence after which the coordinator removes the member.
+    pub session_timeout_ms: u64,
+    /// Time between heartbeats; below `session_timeout_ms` (a third of it
+    /// is usual).
+    pub heartbeat_interval_ms: u64,
+    /// Longest time between two polls before the member leaves its group
+    /// so that others take its partitions; also the rebalance timeout sent
+    /// in JoinGroup (Kafka: `max.poll.interval.ms`).
+    pub max_poll_interval_ms: u64,
+    /// Commit the consumed positions every `auto_commit_interval_ms` during
+    /// `poll`, before partitions are revoked, and on close.
+    pub enable_auto_commit: bool,
+    pub auto_commit_interval_ms: u64,
+    /// Assignors offered when joining, in order of preference (Kafka:
+    /// `partition.assignment.strategy`; Kafka 3+ also offers
+    /// cooperative-sticky, which this client does not implement).
+    pub partition_assignment_strategy: Vec<Assignor>,
+    /// How often the group leader checks whether the subscribed topics
+    /// changed their partition count, which needs a new assignment
+    /// (Kafka: `metadata.max.age.ms`).
+    pub metadata_max_age_ms: u64,
 }
 
 impl Default for ConsumerConfig {
@@ -245,6 +275,26 @@ impl Default for ConsumerConfig {
             partition_fetch_bytes_max: 1024 * 1024,
             auto_offset_reset: OffsetReset::Latest,
             poll_records_max: 500,
+            group_id: None,
+            group_instance_id: None,
+            // Kafka 3.0 raised it from 10 s.
+            session_timeout_ms: 45_000,
+            heartbeat_interval_ms: 3_000,
+            max_poll_interval_ms: 300_000,
+            enable_auto_commit: true,
+            auto_commit_interval_ms: 5_000,
+            partition_assignment_strategy: vec![Assignor::Range],
+            metadata_max_age_ms: 300_000,
+        }
+    }
+}
+
+impl ConsumerConfig {
+    /// The default settings with a group.
+    pub fn with_group(group_id: impl Into<String>) -> ConsumerConfig {
+        ConsumerConfig {
+            group_id: Some(group_id.into()),
+            ..ConsumerConfig::default()
         }
     }
 }
@@ -256,6 +306,33 @@ impl ConsumerConfig {
         }
         if self.fetch_max_bytes <= 0 || self.partition_fetch_bytes_max <= 0 {
             return Err(Error::Config("fetch sizes must be positive".into()));
+        }
+        if self.group_id.as_deref() == Some("") || self.group_instance_id.as_deref() == Some("") {
+            return Err(Error::Config(
+                "group_id and group_instance_id must not be empty (use None)".into(),
+            ));
+        }
+        if self.heartbeat_interval_ms == 0 || self.heartbeat_interval_ms >= self.session_timeout_ms
+        {
+            return Err(Error::Config(
+                "heartbeat_interval_ms must be positive and below session_timeout_ms".into(),
+            ));
+        }
+        let positive = [
+            self.max_poll_interval_ms,
+            self.auto_commit_interval_ms,
+            self.metadata_max_age_ms,
+        ];
+        if positive.contains(&0) {
+            return Err(Error::Config(
+                "max_poll_interval_ms, auto_commit_interval_ms and metadata_max_age_ms must be positive"
+                    .into(),
+            ));
+        }
+        if self.partition_assignment_strategy.is_empty() {
+            return Err(Error::Config(
+                "partition_assignment_strategy needs at least one assignor".into(),
+            ));
         }
         Ok(())
     }

@@ -1,5 +1,7 @@
-//! The consumer, with manual assignment: the caller assigns partitions and
-//! seeks; `poll` long-polls their leaders and returns decoded records.
+//! The consumer: the caller either assigns partitions and seeks, or
+//! subscribes to topics as a member of a consumer group (see [`group`] for
+//! that side); `poll` long-polls the partitions' leaders and returns
+//! decoded records.
 //!
 //! Each assigned partition has a position (the next offset to read) or
 //! none yet; a partition without one gets it from `auto_offset_reset` via
@@ -10,8 +12,11 @@
 //! complete batch. Errors that mean stale metadata trigger a refresh and
 //! the round is retried until the poll's timeout.
 //!
-//! Group membership and committed offsets come with the consumer groups
-//! work; `positions` is where committed offsets will be loaded.
+//! With a group, a partition without a position first asks the group's
+//! committed offset (OffsetFetch), and only without one falls back to
+//! `auto_offset_reset`. Commits name the *consumed* position: the offset
+//! after the last record `poll` returned, not the fetch position, which
+//! runs ahead over records still buffered.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
@@ -34,6 +39,10 @@ use crate::config::{ConsumerConfig, OffsetReset};
 use crate::connector::Connector;
 use crate::error::{check_code, Error, Result};
 use crate::record::{ConsumerRecord, TopicPartition};
+
+mod group;
+
+pub use group::RebalanceListener;
 
 /// Fetch rounds in one `poll`, whatever its timeout (each round waits for a
 /// long poll or a backoff, so the timeout normally ends it first).
@@ -79,42 +88,88 @@ struct LeaderAnswer {
 pub struct Consumer<C: Connector> {
     client: Client<C>,
     config: ConsumerConfig,
-    /// Assigned partitions and their positions; `None` until reset.
+    /// Assigned partitions and their fetch positions; `None` until known.
     positions: BTreeMap<TopicPartition, Option<i64>>,
     buffered: VecDeque<ConsumerRecord>,
+    /// Partitions whose position should come from the group's committed
+    /// offset before `auto_offset_reset` is used.
+    awaiting_committed: BTreeSet<TopicPartition>,
+    /// Present when `config.group_id` is set.
+    group: Option<group::GroupState<C>>,
 }
 
 impl<C: Connector> Consumer<C> {
     pub fn new(client: Client<C>, config: ConsumerConfig) -> Result<Consumer<C>> {
         config.validate()?;
+        let group = group::GroupState::new(&client, &config);
         Ok(Consumer {
             client,
             config,
             positions: BTreeMap::new(),
             buffered: VecDeque::new(),
+            awaiting_committed: BTreeSet::new(),
+            group,
         })
     }
 
     /// Replaces the assignment. Partitions kept keep their position; new
-    /// ones start from `auto_offset_reset` unless sought.
+    /// ones start from the group's committed offset (with a `group_id`) or
+    /// `auto_offset_reset`, unless sought. A subscribed consumer stops being
+    /// a group member first (without committing), as if unsubscribed.
     pub fn assign(&mut self, partitions: impl IntoIterator<Item = TopicPartition>) {
-        let wanted: BTreeSet<TopicPartition> = partitions.into_iter().collect();
+        self.drop_subscription();
+        self.set_partitions(partitions.into_iter().collect());
+    }
+
+    fn set_partitions(&mut self, wanted: BTreeSet<TopicPartition>) {
         self.positions.retain(|tp, _| wanted.contains(tp));
+        self.awaiting_committed.retain(|tp| wanted.contains(tp));
         for tp in wanted {
-            self.positions.entry(tp).or_insert(None);
+            if !self.positions.contains_key(&tp) {
+                if self.group.is_some() {
+                    self.awaiting_committed.insert(tp.clone());
+                }
+                self.positions.insert(tp, None);
+            }
         }
         let positions = &self.positions;
         self.buffered
             .retain(|r| positions.contains_key(&TopicPartition::new(r.topic.clone(), r.partition)));
     }
 
+    /// The assigned partitions: chosen by `assign`, or by the group leader
+    /// when subscribed (empty while joining).
     pub fn assignment(&self) -> Vec<TopicPartition> {
         self.positions.keys().cloned().collect()
     }
 
-    /// The next offset `poll` will return for `tp`, once known.
+    /// The next offset `poll` will return for `tp`, once known: the offset
+    /// after the last record returned (this is what commits name).
     pub fn position(&self, tp: &TopicPartition) -> Option<i64> {
-        self.positions.get(tp).copied().flatten()
+        let buffered = self
+            .buffered
+            .iter()
+            .find(|r| r.partition == tp.partition && r.topic == tp.topic);
+        match buffered {
+            Some(record) => Some(record.offset),
+            None => self.positions.get(tp).copied().flatten(),
+        }
+    }
+
+    /// The consumed position of every assigned partition that has one.
+    pub(crate) fn consumed_offsets(&self) -> BTreeMap<TopicPartition, i64> {
+        let mut first_buffered: BTreeMap<TopicPartition, i64> = BTreeMap::new();
+        for record in &self.buffered {
+            let tp = TopicPartition::new(record.topic.clone(), record.partition);
+            first_buffered.entry(tp).or_insert(record.offset);
+        }
+        self.positions
+            .iter()
+            .filter_map(|(tp, position)| {
+                let offset = first_buffered.get(tp).copied().or(*position)?;
+                Some((tp.clone(), offset))
+            })
+            .collect()
     }
 
     /// Moves the position of an assigned partition; buffered records of it
@@ -342,19 +397,59 @@ impl<C: Connector> Consumer<C> {
         Ok(())
     }
 
+    /// Gives partitions without a position their group's committed offset,
+    /// then the rest their reset offsets.
+    async fn fill_positions(&mut self) -> Result<()> {
+        if let (Some(group), false) = (&self.group, self.awaiting_committed.is_empty()) {
+            let unknown: Vec<TopicPartition> = self
+                .awaiting_committed
+                .iter()
+                .filter(|tp| self.positions.get(*tp) == Some(&None))
+                .cloned()
+                .collect();
+            let committed = group.committed(&unknown).await?;
+            for (tp, offset) in committed {
+                if let (Some(offset), Some(position @ None)) = (offset, self.positions.get_mut(&tp))
+                {
+                    *position = Some(offset);
+                }
+            }
+            self.awaiting_committed.clear();
+        }
+        self.reset_positions().await
+    }
+
     /// Returns buffered records, or fetches until some arrive or `timeout`
-    /// passes (then an empty list).
+    /// passes (then an empty list). A subscribed consumer also joins its
+    /// group here (the join goes on in the background when `timeout` ends
+    /// first), gives up its partitions when the group rebalances, and
+    /// commits automatically when `enable_auto_commit` is on.
     pub async fn poll(&mut self, timeout: Duration) -> Result<Vec<ConsumerRecord>> {
         let deadline = Instant::now() + timeout;
         for round in 0..POLL_ROUNDS_MAX {
+            if self.is_subscribed() && !self.drive_membership(deadline).await? {
+                if Instant::now() >= deadline {
+                    break; // still joining at the deadline
+                }
+                continue;
+            }
+            self.maybe_auto_commit().await;
             if !self.buffered.is_empty() {
                 break;
             }
             let now = Instant::now();
-            if self.positions.is_empty() || (round > 0 && now >= deadline) {
+            if round > 0 && now >= deadline {
                 break;
             }
-            let outcome = match self.reset_positions().await {
+            if self.positions.is_empty() {
+                if !self.is_subscribed() {
+                    break;
+                }
+                // A member without partitions waits for the next rebalance.
+                self.idle_until(deadline).await;
+                continue;
+            }
+            let outcome = match self.fill_positions().await {
                 Ok(()) => {
                     self.fetch_round(deadline.saturating_duration_since(now))
                         .await

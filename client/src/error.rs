@@ -99,6 +99,11 @@ pub enum Error {
     /// An operation on a partition the consumer is not assigned.
     #[error("{topic}-{partition} is not assigned to this consumer")]
     NotAssigned { topic: String, partition: i32 },
+    /// A group operation that needs membership while the consumer has none
+    /// in a stable generation (it is joining, or was removed from the group).
+    /// Retriable: `poll` joins again.
+    #[error("group {group}: {detail}")]
+    NotInGroup { group: String, detail: String },
     /// The producer was closed or dropped before the record was delivered.
     #[error("the producer is closed")]
     Closed,
@@ -122,7 +127,8 @@ impl Error {
             Error::Connect { .. }
             | Error::Disconnected { .. }
             | Error::Timeout { .. }
-            | Error::NoBrokerReachable { .. } => true,
+            | Error::NoBrokerReachable { .. }
+            | Error::NotInGroup { .. } => true,
             _ => false,
         }
     }

@@ -27,6 +27,28 @@
 //! let records = consumer.poll(std::time::Duration::from_secs(1)).await?;
 //! # Ok(()) }
 //! ```
+//!
+//! Consumer groups ([`group`]): members of a group share the partitions of
+//! the topics they subscribe to, the group leader assigns them (`range` or
+//! `roundrobin`), and committed offsets say where each partition resumes.
+//!
+//! ```no_run
+//! # async fn example() -> sluice_client::Result<()> {
+//! use sluice_client::*;
+//! let client = Client::new(TokioConnector, ClientConfig::new(["127.0.0.1:9092"]))?;
+//! let mut consumer = Consumer::new(client, ConsumerConfig::with_group("billing"))?;
+//! consumer.subscribe(["events"])?;
+//! loop {
+//!     let records = consumer.poll(std::time::Duration::from_secs(1)).await?;
+//!     if records.is_empty() {
+//!         break;
+//!     }
+//!     // Auto-commit (on by default) commits what poll returned; a caller
+//!     // with `enable_auto_commit: false` calls `commit_sync` here.
+//! }
+//! consumer.close().await?; // commits, then leaves the group
+//! # Ok(()) }
+//! ```
 
 pub mod accumulator;
 pub mod admin;
@@ -38,6 +60,7 @@ pub mod connection;
 pub mod connector;
 pub mod consumer;
 pub mod error;
+pub mod group;
 pub mod metadata;
 pub mod partitioner;
 pub mod producer;
@@ -53,8 +76,9 @@ pub use config::{
 };
 pub use connection::IN_FLIGHT_REQUESTS_MAX;
 pub use connector::{Connector, TokioConnector};
-pub use consumer::{Consumer, ListedOffset, OffsetSpec};
+pub use consumer::{Consumer, ListedOffset, OffsetSpec, RebalanceListener};
 pub use error::{Error, Result};
+pub use group::{Assignor, CommitHandle};
 pub use kafka_protocol::ResponseError;
 pub use metadata::{BrokerInfo, ClusterMetadata, PartitionInfo, TopicInfo};
 pub use producer::{DeliveryFuture, Producer};

@@ -668,8 +668,12 @@ impl Coordinator {
                     .values()
                     .filter(|m| m.awaiting_join.is_none())
                     .map(|m| m.session_deadline_ms);
-                let joining =
-                    (g.state == State::PreparingRebalance).then_some(g.join_not_before_ms);
+                // The initial delay matters only once everyone joined; before
+                // that the rebalance deadline is what bounds the wait (a
+                // past delay would otherwise be a deadline due forever).
+                let all_joined = g.members.values().all(|m| m.awaiting_join.is_some());
+                let joining = (g.state == State::PreparingRebalance && all_joined)
+                    .then_some(g.join_not_before_ms);
                 sessions
                     .chain(g.rebalance_deadline_ms)
                     .chain(joining)

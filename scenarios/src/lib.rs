@@ -29,6 +29,11 @@ pub const ALL: &[Scenario] = &[
         build: roll_retention,
     },
     Scenario {
+        name: "groups",
+        about: "a consumer group of 2-3 members reading while members and the coordinator crash and get cut off",
+        build: groups,
+    },
+    Scenario {
         name: "disk-trouble",
         about: "a disk that fills up, slows down and fails syncs",
         build: disk_trouble,
@@ -71,6 +76,7 @@ fn base(scenario: &'static str, seed: u64, rng: &mut Rng) -> Spec {
             burst,
             send_interval_ms,
             acks: Acks::All,
+            group_members: 0,
         },
         faults: Vec::new(),
         safety_ms,
@@ -168,6 +174,40 @@ pub fn disk_trouble(seed: u64) -> Spec {
             _ => Fault::Crash {
                 damage: CrashFault::TearLastSector,
                 down_ms: pick(&mut rng, 10, 500),
+            },
+        };
+        spec.faults.push(Scheduled { at_ms, fault });
+    }
+    spec
+}
+
+pub fn groups(seed: u64) -> Spec {
+    let mut rng = Rng::from_seed(seed);
+    let mut spec = base("groups", seed, &mut rng);
+    spec.workload.partitions = pick(&mut rng, 2, 6) as i32;
+    spec.workload.group_members = pick(&mut rng, 2, 3) as usize;
+    spec.broker
+        .push(("group.initial.rebalance.delay.ms".into(), "0".into()));
+    spec.broker
+        .push(("offsets.topic.num.partitions".into(), "5".into()));
+    for _ in 0..pick(&mut rng, 1, 4) {
+        let at_ms = pick(&mut rng, 500, spec.safety_ms - 1_000);
+        let member = format!(
+            "member{}",
+            rng.next_u64() % spec.workload.group_members as u64
+        );
+        let fault = match rng.next_u64() % 3 {
+            0 => Fault::CrashHost {
+                host: member,
+                down_ms: pick(&mut rng, 100, 3_000),
+            },
+            1 => Fault::Partition {
+                client: member,
+                for_ms: pick(&mut rng, 100, 8_000),
+            },
+            _ => Fault::Crash {
+                damage: CrashFault::ALL[(rng.next_u64() % 4) as usize],
+                down_ms: pick(&mut rng, 10, 1_000),
             },
         };
         spec.faults.push(Scheduled { at_ms, fault });

@@ -156,9 +156,12 @@ pub async fn serve_until<L: Listener, D: Disk>(
         if node.is_stopped() {
             break;
         }
+        // At least 1 ms: a deadline the node reports as due again right
+        // after handling it must not spin the loop (in the simulator, time
+        // would never move).
         let wait_ms = node
             .poll_timeout()
-            .map_or(60_000, |at| (at - clock()).clamp(0, 60_000));
+            .map_or(60_000, |at| (at - clock()).clamp(1, 60_000));
         let sleep = tokio::time::sleep(Duration::from_millis(wait_ms as u64));
         let sync = async {
             match sync_in_flight.as_mut() {

@@ -29,6 +29,8 @@ pub enum Fault {
     /// Kill the node; its disk loses or damages what was not synced; it
     /// restarts `down_ms` later.
     Crash { damage: CrashFault, down_ms: u64 },
+    /// Crash a client host (a group member) and start it again later.
+    CrashHost { host: String, down_ms: u64 },
     /// Cut a client off from the node for a while.
     Partition { client: String, for_ms: u64 },
     /// Make every message take up to `max_ms` for a while.
@@ -107,12 +109,18 @@ fn broker_config(spec: &Spec) -> BrokerConfig {
 #[derive(Clone)]
 pub struct KillSwitch(std::sync::Arc<tokio::sync::watch::Sender<bool>>);
 
+impl Default for KillSwitch {
+    fn default() -> KillSwitch {
+        KillSwitch::new()
+    }
+}
+
 impl KillSwitch {
-    fn new() -> KillSwitch {
+    pub fn new() -> KillSwitch {
         KillSwitch(std::sync::Arc::new(tokio::sync::watch::channel(false).0))
     }
 
-    fn armed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+    pub fn armed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
         let mut receiver = self.0.subscribe();
         async move {
             let _ = receiver.wait_for(|killed| *killed).await;
@@ -122,17 +130,22 @@ impl KillSwitch {
     /// Crashes the node: kill, let it drop its connections, stop the host,
     /// then apply the crash to its disk.
     fn crash(&self, sim: &mut turmoil::Sim<'_>, disk: &SimDisk, damage: CrashFault) {
+        self.stop(sim, NODE);
+        disk.crash(damage);
+    }
+
+    /// Kills a host's software and stops the host (for a later bounce).
+    pub fn stop(&self, sim: &mut turmoil::Sim<'_>, host: &str) {
         self.0.send_replace(true);
         for _ in 0..KILL_STEPS_MAX {
-            if !sim.is_host_running(NODE) {
+            if !sim.is_host_running(host) {
                 break;
             }
             if sim.step().is_err() {
                 break;
             }
         }
-        sim.crash(NODE);
-        disk.crash(damage);
+        sim.crash(host);
         self.0.send_replace(false);
     }
 }
@@ -218,8 +231,9 @@ fn run_inner(spec: &Spec, trace: &Trace) -> Outcome {
     let history = History::default();
     let kill = KillSwitch::new();
     add_node(&mut sim, spec, &disk, &kill);
-    let done = workload::start(&mut sim, spec, &history);
+    let (done, member_kills) = workload::start(&mut sim, spec, &history);
     let mut nemesis = Nemesis::new(spec.faults.clone(), spec.disk.clone(), kill);
+    nemesis.member_kills = member_kills;
     let safety_end = Duration::from_millis(spec.safety_ms);
     let deadline = Duration::from_millis(spec.safety_ms + spec.liveness_ms);
     let mut failure = None;
@@ -275,10 +289,13 @@ struct Nemesis {
     base_disk: DiskFaults,
     healed: bool,
     kill: KillSwitch,
+    /// Kill switches of the group members, by host name.
+    member_kills: BTreeMap<String, KillSwitch>,
 }
 
 #[derive(Debug, Clone)]
 enum Heal {
+    RestartHost(String),
     Restart,
     Repair(String),
     Latency,
@@ -295,6 +312,7 @@ impl Nemesis {
             base_disk,
             healed: false,
             kill,
+            member_kills: BTreeMap::new(),
         }
     }
 
@@ -357,6 +375,17 @@ impl Nemesis {
                 self.heals.push((until(down_ms), Heal::Restart));
             }
             Fault::Crash { .. } => {}
+            Fault::CrashHost { host, down_ms } => {
+                let running = !self
+                    .heals
+                    .iter()
+                    .any(|(_, h)| matches!(h, Heal::RestartHost(name) if *name == host));
+                if let Some(kill) = self.member_kills.get(&host).filter(|_| running) {
+                    kill.stop(sim, &host);
+                    Self::note(history, trace, now, format!("crash {host}"));
+                    self.heals.push((until(down_ms), Heal::RestartHost(host)));
+                }
+            }
             Fault::Partition { client, for_ms } => {
                 sim.partition(client.as_str(), NODE);
                 Self::note(
@@ -412,6 +441,10 @@ impl Nemesis {
         heal: Heal,
     ) {
         match heal {
+            Heal::RestartHost(host) => {
+                sim.bounce(host.as_str());
+                Self::note(history, trace, now, format!("restart {host}"));
+            }
             Heal::Restart => {
                 sim.bounce(NODE);
                 Self::note(history, trace, now, format!("restart {NODE}"));

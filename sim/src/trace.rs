@@ -20,6 +20,9 @@ pub struct Trace {
     /// Keep the lines (replay) or only hash them (sweeps).
     keep: bool,
     hash: Arc<Mutex<u64>>,
+    /// Also print each line to stderr as it happens (`SLUICE_TRACE=1`), to
+    /// watch a run that hangs.
+    echo: bool,
 }
 
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
@@ -38,6 +41,7 @@ impl Trace {
             lines: Arc::default(),
             keep,
             hash: Arc::new(Mutex::new(FNV_OFFSET)),
+            echo: std::env::var_os("SLUICE_TRACE").is_some_and(|v| v == "1"),
         }
     }
 
@@ -51,6 +55,9 @@ impl Trace {
         let mut hash = self.hash.lock().unwrap_or_else(|p| p.into_inner());
         *hash = fnv1a(*hash, stamped.as_bytes());
         *hash = fnv1a(*hash, b"\n");
+        if self.echo {
+            eprintln!("{stamped}");
+        }
         if self.keep {
             self.lines
                 .lock()

@@ -16,7 +16,7 @@ use sluice_core::storage::MemStorage;
 use tracing::Instrument;
 
 use crate::history::{History, Operation, Outcome};
-use crate::run::{sim_clock, Spec, NODE, PORT};
+use crate::run::{sim_clock, KillSwitch, Spec, NODE, PORT};
 
 #[derive(Debug, Clone)]
 pub struct Workload {
@@ -31,7 +31,13 @@ pub struct Workload {
     /// Pause between two bursts of one producer.
     pub send_interval_ms: u64,
     pub acks: Acks,
+    /// Members of a consumer group reading the topic (0: no group). They
+    /// run as hosts named `member0`.., so the nemesis can crash them.
+    pub group_members: usize,
 }
+
+/// The consumer group of the workload.
+pub const GROUP: &str = "sim-group";
 
 /// A turmoil connector for the client.
 #[derive(Clone, Copy, Default)]
@@ -72,12 +78,30 @@ impl Done {
 
 /// Starts every client process of the workload: the producers, and one
 /// reader that follows every partition until the producers are done.
-pub fn start(sim: &mut turmoil::Sim<'_>, spec: &Spec, history: &History) -> Done {
+pub fn start(
+    sim: &mut turmoil::Sim<'_>,
+    spec: &Spec,
+    history: &History,
+) -> (Done, std::collections::BTreeMap<String, KillSwitch>) {
     let done = Done {
         finished: Arc::default(),
-        total: spec.workload.producers + 1,
+        total: spec.workload.producers + 1 + spec.workload.group_members,
     };
     let producers_done = Arc::new(AtomicUsize::new(0));
+    let mut kills = std::collections::BTreeMap::new();
+    for index in 0..spec.workload.group_members {
+        let kill = KillSwitch::new();
+        add_member(
+            sim,
+            spec,
+            history,
+            index,
+            &producers_done,
+            &done.finished,
+            &kill,
+        );
+        kills.insert(format!("member{index}"), kill);
+    }
     for index in 0..spec.workload.producers {
         let name = format!("producer{index}");
         let workload = spec.workload.clone();
@@ -113,6 +137,233 @@ pub fn start(sim: &mut turmoil::Sim<'_>, spec: &Spec, history: &History) -> Done
         }
         .instrument(tracing::info_span!("client", host = "reader")),
     );
+    (done, kills)
+}
+
+/// A group member as a host: restarted after a crash, it joins again and
+/// resumes from the group's committed offsets.
+fn add_member(
+    sim: &mut turmoil::Sim<'_>,
+    spec: &Spec,
+    history: &History,
+    index: usize,
+    producers_done: &Arc<AtomicUsize>,
+    finished: &Arc<AtomicUsize>,
+    kill: &KillSwitch,
+) {
+    let name = format!("member{index}");
+    let (workload, history, producers_done, finished) = (
+        spec.workload.clone(),
+        history.clone(),
+        producers_done.clone(),
+        finished.clone(),
+    );
+    let seed = spec.seed.wrapping_add(0x6e00 + index as u64);
+    let host = name.clone();
+    let kill = kill.clone();
+    sim.host(host.as_str(), move || {
+        let killed = kill.armed();
+        let (name, workload, history, producers_done, finished) = (
+            name.clone(),
+            workload.clone(),
+            history.clone(),
+            producers_done.clone(),
+            finished.clone(),
+        );
+        let span = tracing::info_span!("member", host = name.as_str());
+        async move {
+            // Killed, the member drops its consumer at once (as a crash
+            // would), before the host stops.
+            tokio::select! {
+                done = consume_in_group(&name, &workload, &history, seed, &producers_done) => {
+                    if done {
+                        finished.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+                _ = killed => return Ok(()),
+            }
+            // A finished member stays idle, so the host does not count as failed.
+            std::future::pending::<()>().await;
+            Ok(())
+        }
+        .instrument(span)
+    });
+}
+
+/// Polls to the end as a group member, committing as it goes; returns true
+/// once the producers are done and the group's commits reach every
+/// partition's end.
+async fn consume_in_group(
+    process: &str,
+    workload: &Workload,
+    history: &History,
+    seed: u64,
+    producers_done: &AtomicUsize,
+) -> bool {
+    let Ok(client) = Client::new(SimConnector, client_config(process, seed)) else {
+        return false;
+    };
+    ensure_topic(&client, workload).await;
+    let config = ConsumerConfig {
+        group_id: Some(GROUP.to_string()),
+        session_timeout_ms: 6_000,
+        heartbeat_interval_ms: 1_000,
+        enable_auto_commit: false,
+        fetch_max_wait_ms: 100,
+        auto_offset_reset: OffsetReset::Earliest,
+        ..ConsumerConfig::default()
+    };
+    let Ok(mut consumer) = Consumer::new(client, config) else {
+        return false;
+    };
+    if consumer.subscribe([workload.topic.clone()]).is_err() {
+        return false;
+    }
+    let all: Vec<TopicPartition> = (0..workload.partitions)
+        .map(|p| TopicPartition::new(workload.topic.clone(), p))
+        .collect();
+    let mut generation = None;
+    for round in 0u64.. {
+        let polled_at = tokio::time::Instant::now();
+        let records = match consumer.poll(Duration::from_millis(200)).await {
+            Ok(records) => records,
+            Err(error) => {
+                tracing::debug!(%error, "poll failed");
+                // Never spin: a failing poll may return at once.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                Vec::new()
+            }
+        };
+        if records.is_empty() && polled_at.elapsed() < Duration::from_millis(10) {
+            // A poll that returns at once with nothing (while joining) must
+            // not spin the simulated host.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if consumer.generation() != generation {
+            generation = consumer.generation();
+            if let Some(generation) = generation {
+                let partitions = consumer
+                    .assignment()
+                    .iter()
+                    .map(|tp| tp.partition)
+                    .collect();
+                let index = history.invoke(
+                    process,
+                    Operation::Assignment {
+                        group: GROUP.into(),
+                        generation,
+                        partitions,
+                    },
+                );
+                let operation = history.entries()[index].operation.clone();
+                history.complete(index, operation, Outcome::Ok);
+            }
+        }
+        for partition in 0..workload.partitions {
+            let seen: Vec<(i64, String)> = records
+                .iter()
+                .filter(|r| r.partition == partition)
+                .map(|r| (r.offset, unpadded(r.value.as_deref().unwrap_or_default())))
+                .collect();
+            if !seen.is_empty() {
+                let operation = Operation::Consume {
+                    group: GROUP.into(),
+                    partition,
+                    records: seen,
+                };
+                let index = history.invoke(process, operation.clone());
+                history.complete(index, operation, Outcome::Ok);
+            }
+        }
+        if !records.is_empty() || round % 5 == 0 {
+            commit_positions(process, &consumer, history).await;
+        }
+        if producers_done.load(Ordering::SeqCst) >= workload.producers
+            && round % 5 == 0
+            && group_done(process, &consumer, &all, history).await
+        {
+            let _ = consumer.close().await;
+            return true;
+        }
+    }
+    false
+}
+
+/// Commits the positions of the owned partitions, recording each.
+async fn commit_positions<C: sluice_client::Connector>(
+    process: &str,
+    consumer: &Consumer<C>,
+    history: &History,
+) {
+    let positions: std::collections::BTreeMap<TopicPartition, i64> = consumer
+        .assignment()
+        .into_iter()
+        .filter_map(|tp| consumer.position(&tp).map(|p| (tp, p)))
+        .collect();
+    if positions.is_empty() {
+        return;
+    }
+    let indexes: Vec<(usize, Operation)> = positions
+        .iter()
+        .map(|(tp, offset)| {
+            let operation = Operation::Commit {
+                group: GROUP.into(),
+                partition: tp.partition,
+                offset: *offset,
+            };
+            (history.invoke(process, operation.clone()), operation)
+        })
+        .collect();
+    let outcome = match consumer.commit_offsets_sync(positions).await {
+        Ok(()) => Outcome::Ok,
+        Err(error) => Outcome::Failed(error.to_string()),
+    };
+    for (index, operation) in indexes {
+        history.complete(index, operation, outcome.clone());
+    }
+}
+
+/// True when the group's committed offset of every partition reached its
+/// end; records the committed offsets read.
+async fn group_done<C: sluice_client::Connector>(
+    process: &str,
+    consumer: &Consumer<C>,
+    all: &[TopicPartition],
+    history: &History,
+) -> bool {
+    let Ok(ends) = consumer.list_offsets(all, OffsetSpec::Latest).await else {
+        return false;
+    };
+    let invoked: Vec<usize> = all
+        .iter()
+        .map(|tp| {
+            history.invoke(
+                process,
+                Operation::Committed {
+                    group: GROUP.into(),
+                    partition: tp.partition,
+                    offset: -1,
+                },
+            )
+        })
+        .collect();
+    let Ok(committed) = consumer.committed(all).await else {
+        return false;
+    };
+    let mut done = true;
+    for (tp, index) in all.iter().zip(invoked) {
+        let offset = committed.get(tp).copied().flatten().unwrap_or(-1);
+        history.complete(
+            index,
+            Operation::Committed {
+                group: GROUP.into(),
+                partition: tp.partition,
+                offset,
+            },
+            Outcome::Ok,
+        );
+        done &= ends.get(tp).is_some_and(|end| offset >= end.offset);
+    }
     done
 }
 

@@ -151,6 +151,9 @@ fn spawn(dir: &Path, port: u16) -> Option<Child> {
         .arg(format!("log.dirs={}", data.display()))
         .arg("--override")
         .arg(format!("listeners=PLAINTEXT://127.0.0.1:{port}"))
+        // A group's first rebalance would otherwise wait 3 s for more members.
+        .arg("--override")
+        .arg("group.initial.rebalance.delay.ms=0")
         .stdin(Stdio::null())
         .stdout(log.try_clone().expect("log handle"))
         .stderr(log)

@@ -295,3 +295,14 @@ fn removed_members_get_answers_and_old_static_instances_are_fenced() {
     assert!(!c.fenced("s", "second", Some("i")));
     assert!(!c.fenced("s", "first", None));
 }
+
+#[test]
+fn a_rebalance_waiting_for_members_reports_no_deadline_in_the_past() {
+    let mut c = Coordinator::new(100);
+    new_member(&mut c, 0, "a", 1);
+    c.expire(100);
+    c.take_resolved();
+    new_member(&mut c, 200, "b", 2);
+    // a has not rejoined yet: the next deadline is a's session or the rebalance timeout, not the spent delay.
+    assert!(c.next_deadline_ms().is_some_and(|d| d > 200));
+}
