@@ -872,13 +872,7 @@ fn describe_groups<S: Storage>(
                 .members
                 .values()
                 .map(|m| {
-                    let protocol = group.protocol.as_deref().unwrap_or_default();
-                    let metadata = m
-                        .protocols
-                        .iter()
-                        .find(|(n, _)| n == protocol)
-                        .map(|(_, b)| b.clone())
-                        .unwrap_or_default();
+                    let metadata = group.metadata_of(m);
                     let member = describe_groups_response::DescribedGroupMember::default()
                         .with_member_id(strb(m.member_id.clone()))
                         .with_client_id(strb(m.client_id.clone()))
