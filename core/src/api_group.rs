@@ -628,6 +628,12 @@ pub(crate) fn expire_offsets<S: Storage>(node: &mut Node<S>, now_ms: i64) {
 
 /// Rebuilds committed offsets from `__consumer_offsets` at start.
 pub(crate) fn load_offsets<S: Storage>(node: &mut Node<S>, now_ms: i64) {
+    if node
+        .config
+        .mutated(crate::config::Mutation::ForgetCommittedOffsets)
+    {
+        return;
+    }
     let Some(topic) = node.topics.get(OFFSETS_TOPIC) else {
         return;
     };

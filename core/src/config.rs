@@ -401,15 +401,21 @@ pub enum Mutation {
     /// Report the high watermark as the log start after a restart, until
     /// the partition's next write.
     ForgetHighWatermark,
+    /// Start without the committed offsets and groups recorded before.
+    ForgetCommittedOffsets,
+    /// Hand every member of a group the leader's own assignment.
+    SameAssignmentForAll,
 }
 
 impl Mutation {
-    pub const ALL: [Mutation; 5] = [
+    pub const ALL: [Mutation; 7] = [
         Mutation::AckBeforeSync,
         Mutation::ReadBeforeSync,
         Mutation::SkipRecoveryCrc,
         Mutation::OffsetGap,
         Mutation::ForgetHighWatermark,
+        Mutation::ForgetCommittedOffsets,
+        Mutation::SameAssignmentForAll,
     ];
 
     pub fn name(self) -> &'static str {
@@ -419,6 +425,8 @@ impl Mutation {
             Mutation::SkipRecoveryCrc => "skip-recovery-crc",
             Mutation::OffsetGap => "offset-gap",
             Mutation::ForgetHighWatermark => "forget-high-watermark",
+            Mutation::ForgetCommittedOffsets => "forget-committed-offsets",
+            Mutation::SameAssignmentForAll => "same-assignment-for-all",
         }
     }
 }

@@ -163,6 +163,8 @@ pub struct Coordinator {
     resolved: Vec<(Token, Resolved)>,
     /// How long the first rebalance of an empty group waits for more members.
     pub initial_rebalance_delay_ms: i64,
+    /// Mutation `same-assignment-for-all` (never set without the feature).
+    pub same_assignment_for_all: bool,
     /// Groups whose generation, members or assignment changed since the
     /// last `take_changed`: the node records them.
     changed: std::collections::BTreeSet<String>,
@@ -509,7 +511,13 @@ impl Coordinator {
                 member.awaiting_sync = Some(token);
                 member.session_deadline_ms = now_ms + member.session_timeout_ms as i64;
                 if group.leader.as_deref() == Some(member_id) {
-                    let given: BTreeMap<String, Bytes> = assignments.into_iter().collect();
+                    let mut given: BTreeMap<String, Bytes> = assignments.into_iter().collect();
+                    if self.same_assignment_for_all {
+                        let own = given.get(member_id).cloned().unwrap_or_default();
+                        for assignment in given.values_mut() {
+                            *assignment = own.clone();
+                        }
+                    }
                     for (id, member) in group.members.iter_mut() {
                         member.assignment = given.get(id).cloned().unwrap_or_default();
                     }

@@ -220,6 +220,7 @@ impl<S: Storage> Node<S> {
             next_token: 1,
         };
         node.groups.initial_rebalance_delay_ms = node.config.group_initial_rebalance_delay_ms;
+        node.groups.same_assignment_for_all = node.config.mutated(Mutation::SameAssignmentForAll);
         // Ids of the last reserved block may have been handed out before a crash.
         node.next_producer_id = node.metadata.producer_id_block_end;
         node.remove_orphan_dirs()?;

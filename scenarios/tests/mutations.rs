@@ -96,7 +96,31 @@ fn a_forgotten_high_watermark_moves_back() {
 }
 
 #[test]
+fn forgotten_committed_offsets_move_back() {
+    let caught = caught_by(
+        Mutation::ForgetCommittedOffsets,
+        &["committed-offsets-monotonic", "redelivery-above-commit"],
+    );
+    assert!(
+        caught.is_ok(),
+        "not caught within {SEEDS_MAX} seeds; other checkers: {caught:?}"
+    );
+}
+
+#[test]
+fn one_assignment_for_all_gives_partitions_two_owners() {
+    let caught = caught_by(
+        Mutation::SameAssignmentForAll,
+        &["one-owner-per-generation"],
+    );
+    assert!(
+        caught.is_ok(),
+        "not caught within {SEEDS_MAX} seeds; other checkers: {caught:?}"
+    );
+}
+
+#[test]
 fn every_mutation_has_a_proof() {
     // Adding a mutation means adding a test above that shows it is caught.
-    assert_eq!(Mutation::ALL.len(), 5);
+    assert_eq!(Mutation::ALL.len(), 7);
 }
