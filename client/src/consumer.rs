@@ -425,6 +425,15 @@ impl<C: Connector> Consumer<C> {
     /// first), gives up its partitions when the group rebalances, and
     /// commits automatically when `enable_auto_commit` is on.
     pub async fn poll(&mut self, timeout: Duration) -> Result<Vec<ConsumerRecord>> {
+        // Some polls end without ever waiting: records already buffered,
+        // nothing assigned, or a membership that failed for good (fenced),
+        // which every later poll reports at once. Like tokio's own
+        // resources, each poll spends a unit of the task's cooperative
+        // budget, so that a caller polling in a loop still hands the worker
+        // back now and then: a task that never yields can keep a
+        // multi-thread runtime from driving its timers and sockets, which
+        // stalls every other task.
+        tokio::task::consume_budget().await;
         let deadline = Instant::now() + timeout;
         for round in 0..POLL_ROUNDS_MAX {
             if self.is_subscribed() && !self.drive_membership(deadline).await? {

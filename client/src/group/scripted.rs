@@ -11,6 +11,7 @@
 //! MEMBER_ID_REQUIRED).
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -709,6 +710,26 @@ async fn a_fenced_member_loses_its_partitions_and_keeps_failing() {
     assert_eq!(
         again.response_error(),
         Some(ResponseError::FencedInstanceId)
+    );
+    // Those polls fail without waiting for anything; a caller that keeps
+    // polling must still let other tasks run (this runtime has one thread:
+    // the spawned task runs only when the polling task yields).
+    let other_ran = Arc::new(AtomicBool::new(false));
+    let flag = other_ran.clone();
+    tokio::spawn(async move { flag.store(true, Ordering::SeqCst) });
+    for _ in 0..1_000 {
+        if other_ran.load(Ordering::SeqCst) {
+            break;
+        }
+        let error = consumer.poll(Duration::from_millis(100)).await.unwrap_err();
+        assert_eq!(
+            error.response_error(),
+            Some(ResponseError::FencedInstanceId)
+        );
+    }
+    assert!(
+        other_ran.load(Ordering::SeqCst),
+        "a thousand failing polls never yielded"
     );
     let commits_after = script.lock().unwrap().count(ApiKey::OffsetCommit);
     consumer.unsubscribe().await.unwrap();
