@@ -1,5 +1,6 @@
-//! Topic and cluster administration: create, delete, list and describe
-//! topics, add partitions, describe the cluster.
+//! Topic, group and cluster administration: create, delete, list and
+//! describe topics, add partitions, describe the cluster; consumer groups
+//! and their offsets are in [`groups`].
 //!
 //! Topic changes go to the controller (any broker until one is known);
 //! lookups go to any broker. A request that fails on the way (connection,
@@ -20,10 +21,14 @@ use kafka_protocol::protocol::{Request, StrBytes};
 use kafka_protocol::ResponseError;
 use uuid::Uuid;
 
-use crate::client::Client;
+use crate::client::{Client, Endpoint};
 use crate::connector::Connector;
 use crate::error::{Error, Result};
 use crate::metadata::{BrokerInfo, PartitionInfo};
+
+pub mod groups;
+
+pub use groups::{GroupDescription, GroupListing, MemberDescription};
 
 /// Attempts of one admin request on retriable failures.
 pub const ADMIN_ATTEMPTS_MAX: u32 = 5;
@@ -117,6 +122,14 @@ pub struct ClusterDescription {
     pub brokers: Vec<BrokerInfo>,
 }
 
+/// Where an admin request goes.
+#[derive(Debug, Clone, Copy)]
+enum Target {
+    Controller,
+    Any,
+    Broker(i32),
+}
+
 /// The admin client.
 pub struct Admin<C: Connector> {
     client: Client<C>,
@@ -154,13 +167,29 @@ impl<C: Connector> Admin<C> {
         to_controller: bool,
         build: impl Fn(i16) -> R,
     ) -> Result<R::Response> {
+        let target = if to_controller {
+            Target::Controller
+        } else {
+            Target::Any
+        };
+        self.request_to(api, target, build).await
+    }
+
+    /// Sends a request to `target`, retrying failures on the way a bounded
+    /// number of times.
+    async fn request_to<R: Request>(
+        &self,
+        api: ApiKey,
+        target: Target,
+        build: impl Fn(i16) -> R,
+    ) -> Result<R::Response> {
         let mut attempt = 1;
         loop {
             let result = async {
-                let connection = if to_controller {
-                    self.client.controller_connection().await?
-                } else {
-                    self.client.any_connection().await?
+                let connection = match target {
+                    Target::Controller => self.client.controller_connection().await?,
+                    Target::Any => self.client.any_connection().await?,
+                    Target::Broker(id) => self.client.connection(Endpoint::Broker(id)).await?,
                 };
                 let version = connection.version(api)?;
                 let request = build(version);

@@ -67,7 +67,8 @@ pub mod producer;
 pub mod record;
 
 pub use admin::{
-    Admin, ClusterDescription, ConfigEntry, ConfigSource, NewTopic, TopicDescription, TopicListing,
+    Admin, ClusterDescription, ConfigEntry, ConfigSource, GroupDescription, GroupListing,
+    MemberDescription, NewTopic, TopicDescription, TopicListing,
 };
 pub use client::Client;
 pub use config::{

@@ -1,12 +1,13 @@
 //! The `sluice` binary: `serve` runs a broker; `dump-log` prints a segment;
-//! `topics`, `produce` and `consume` talk to a running broker (see `cli`).
+//! `topics`, `groups`, `produce` and `consume` talk to a running broker
+//! (see `cli`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::error::ErrorKind;
 use clap::{Parser, Subcommand};
-use sluice_server::cli::{self, consume, produce, topics};
+use sluice_server::cli::{self, consume, groups, produce, topics};
 use sluice_server::{config_file, driver, dump_log};
 
 #[derive(Parser)]
@@ -40,9 +41,14 @@ enum Command {
         #[command(subcommand)]
         command: topics::TopicsCommand,
     },
+    /// List, describe or delete consumer groups, or reset their offsets.
+    Groups {
+        #[command(subcommand)]
+        command: groups::GroupsCommand,
+    },
     /// Write lines from stdin or a file as records, one per line.
     Produce(produce::ProduceArgs),
-    /// Print records of a topic.
+    /// Print records of a topic, alone or as a member of a consumer group.
     Consume(consume::ConsumeArgs),
     /// Measure a running broker: produce, consume, or end-to-end latency.
     Perf(sluice_server::perf::PerfArgs),
@@ -68,6 +74,7 @@ fn main() -> ExitCode {
             dump_log::run(&file, records, &mut std::io::stdout().lock())
         }
         Command::Topics { command } => return cli::run(topics::run(command)),
+        Command::Groups { command } => return cli::run(groups::run(command)),
         Command::Produce(args) => return cli::run(produce::run(args)),
         Command::Consume(args) => return cli::run(consume::run(args)),
         Command::Perf(args) => sluice_server::perf::run(args),

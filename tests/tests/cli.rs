@@ -845,8 +845,21 @@ fn no_broker_fails_fast_with_one_line() {
     for args in [
         &["produce", "--topic", "t", "--file", file][..],
         &["consume", "--topic", "t"],
+        &["consume", "--topic", "t", "--group", "g"],
         &["topics", "list"],
         &["topics", "create", "t"],
+        &["groups", "list"],
+        &["groups", "describe", "g"],
+        &[
+            "groups",
+            "reset-offsets",
+            "g",
+            "--topic",
+            "t",
+            "--to",
+            "earliest",
+        ],
+        &["groups", "delete", "g"],
     ] {
         let mut args = args.to_vec();
         args.extend(["--bootstrap-server", &bootstrap]);
@@ -898,6 +911,26 @@ fn bad_arguments_and_bad_input_fail_with_one_line() {
             ],
             2,
             "cannot be used with",
+        ),
+        (
+            &[
+                "consume",
+                "--topic",
+                "mistakes",
+                "--group",
+                "g",
+                "--partition",
+                "1",
+            ],
+            2,
+            "'--group <GROUP>' cannot be used with '--partition <P>'",
+        ),
+        (
+            &[
+                "consume", "--topic", "mistakes", "--group", "g", "--offset", "1",
+            ],
+            2,
+            "'--group <GROUP>' cannot be used with '--offset <O>'",
         ),
         (
             &["topics", "create", "x", "--partitions", "0"],

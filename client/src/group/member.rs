@@ -296,8 +296,9 @@ impl<C: Connector> GroupMember<C> {
     }
 
     /// The connection to the coordinator, finding the coordinator first if
-    /// it is not known. One attempt; callers retry.
-    async fn connection(&self) -> Result<Arc<Connection>> {
+    /// it is not known. One attempt; callers retry. (The admin client's
+    /// group requests use it too.)
+    pub(crate) async fn connection(&self) -> Result<Arc<Connection>> {
         let mut slot = self.connection.lock().await;
         let known = self.membership().coordinator().cloned();
         if let (Some(node), Some((held, connection))) = (&known, slot.as_ref()) {
@@ -1069,7 +1070,7 @@ impl<C: Connector> GroupMember<C> {
 
 /// `(group error code, [(partition, committed offset, error code)])` of an
 /// OffsetFetch answer at any version.
-fn read_offset_fetch(
+pub(crate) fn read_offset_fetch(
     response: &OffsetFetchResponse,
     version: i16,
 ) -> (i16, Vec<(TopicPartition, i64, i16)>) {

@@ -1,28 +1,44 @@
 //! `sluice consume`: reads a topic with the client's `Consumer` and prints
 //! each record with a `--format` string (see `format`) or as a JSON line.
 //!
-//! Consumer groups do not exist yet, so the command assigns itself every
-//! partition of the topic (or the one `--partition` names) and starts at
-//! the end, at the beginning with `--from-beginning`, or at `--offset` on
-//! each assigned partition. Records of one partition come out in offset
-//! order; partitions interleave.
+//! Without `--group` the command assigns itself every partition of the
+//! topic (or the one `--partition` names) and starts at the end, at the
+//! beginning with `--from-beginning`, or at `--offset` on each assigned
+//! partition. With `--group G` it subscribes as a member of consumer group
+//! G instead: the group's leader shares the partitions among its members,
+//! each partition starts at the group's committed offset (without one: at
+//! the end, or the beginning with `--from-beginning`), and what was printed
+//! is committed: every 5 s while reading (the consumer's auto-commit), then
+//! once more on the way out, before a clean LeaveGroup. Records polled but
+//! not printed (past `--max-messages`, or lost to a closed stdout) are not
+//! committed: the partition is sought back to the first of them, so the
+//! group's next reader gets them. `--partition` and `--offset` make no
+//! sense in a group and are refused.
+//!
+//! Records of one partition come out in offset order; partitions interleave.
 //!
 //! When it stops:
 //! - after `--max-messages` records (status 0);
 //! - after `--timeout-ms` without a new record: status 0 when no
 //!   `--max-messages` was given (the usual way to read what is there and
-//!   exit), status 1 when fewer records than `--max-messages` came;
-//! - with neither flag it follows the topic until interrupted (Ctrl-C,
-//!   status 0), like `tail -f`;
+//!   exit), status 1 when fewer records than `--max-messages` came. With
+//!   `--group` the clock starts once the group has given the consumer its
+//!   partitions; that first join must happen within `--request-timeout-ms`;
+//! - with neither flag it follows the topic until interrupted (Ctrl-C or
+//!   SIGTERM, status 0), like `tail -f`;
 //! - when stdout is closed by its reader (`| head`), status 0.
 //!
 //! A count of the records read goes to stderr at the end unless `--quiet`.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::time::Duration;
 
 use clap::Args;
-use sluice_client::{Consumer, ConsumerConfig, OffsetReset, OffsetSpec, TopicPartition};
+use sluice_client::{
+    Consumer, ConsumerConfig, ConsumerRecord, OffsetReset, OffsetSpec, TokioConnector,
+    TopicPartition,
+};
 use tokio::time::Instant;
 
 use super::format::{record_json, RecordFormat, FORMAT_DEFAULT};
@@ -37,7 +53,14 @@ pub struct ConsumeArgs {
     /// Topic to read.
     #[arg(long)]
     pub topic: String,
-    /// Start at the first record still in the log instead of the end.
+    /// Read as a member of this consumer group: the group shares the
+    /// partitions among its members, reading resumes at the group's
+    /// committed offsets, and what is printed is committed.
+    #[arg(long, value_name = "GROUP", value_parser = parse_group_id,
+          conflicts_with_all = ["partition", "offset"])]
+    pub group: Option<String>,
+    /// Start at the first record still in the log instead of the end (with
+    /// --group: only where the group has no committed offset).
     #[arg(long, conflicts_with = "offset")]
     pub from_beginning: bool,
     /// Read only this partition (default: all of them).
@@ -48,9 +71,11 @@ pub struct ConsumeArgs {
     #[arg(long, value_name = "O", value_parser = clap::value_parser!(i64).range(0..))]
     pub offset: Option<i64>,
     /// Stop after this many records.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, short = 'c', visible_alias = "count", value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..))]
     pub max_messages: Option<u64>,
-    /// Stop after this long without a new record (default: wait for ever).
+    /// Stop after this long without a new record (default: wait for ever;
+    /// with --group, counted from the moment the group assigned partitions).
     #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout_ms: Option<u64>,
     /// How to print a record: %k key, %s value, %K / %S their lengths,
@@ -67,6 +92,16 @@ pub struct ConsumeArgs {
     /// Print each record as a JSON object on its own line.
     #[arg(long)]
     pub json: bool,
+}
+
+/// A group id as `--group` (and `sluice groups`) take it: not empty, as
+/// brokers refuse an empty one (INVALID_GROUP_ID).
+pub fn parse_group_id(text: &str) -> Result<String, String> {
+    if text.is_empty() {
+        Err("a group id must not be empty".into())
+    } else {
+        Ok(text.to_string())
+    }
 }
 
 /// Why the read loop ended.
@@ -87,16 +122,76 @@ pub async fn run(args: ConsumeArgs) -> Result<(), CliError> {
             client.topic(&args.topic),
         )
         .await?;
+    let mut consumer = match &args.group {
+        Some(group) => {
+            let config = ConsumerConfig {
+                auto_offset_reset: if args.from_beginning {
+                    OffsetReset::Earliest
+                } else {
+                    OffsetReset::Latest
+                },
+                ..ConsumerConfig::with_group(group.clone())
+            };
+            let mut consumer = Consumer::new(client, config)
+                .map_err(|error| CliError::Usage(error.to_string()))?;
+            consumer
+                .subscribe([args.topic.clone()])
+                .map_err(|error| CliError::Usage(error.to_string()))?;
+            consumer
+        }
+        None => assigned_consumer(&args, client, topic.partition_count()).await?,
+    };
+    let mut count = 0u64;
+    let read = read_loop(&args, &mut consumer, &mut count).await;
+    // A group member commits what it printed and leaves, whatever ended
+    // the reading; a failure to read is the error to report.
+    let closed = match &args.group {
+        Some(group) => {
+            let what = format!("commit the offsets of group {group} and leave it");
+            connection.bounded(&what, consumer.close()).await
+        }
+        None => Ok(()),
+    };
+    let stop = read?;
+    closed?;
+    if let (Stop::Idle, Some(wanted)) = (&stop, args.max_messages) {
+        return Err(CliError::Failed(format!(
+            "read {count} of {wanted} records from {}: none came for {} ms",
+            args.topic,
+            args.timeout_ms.unwrap_or_default()
+        )));
+    }
+    if !args.quiet {
+        let group = match &args.group {
+            Some(group) => format!(" as group {group}"),
+            None => String::new(),
+        };
+        eprintln!(
+            "Consumed {} from {}{group}.",
+            plural(count, "record"),
+            args.topic
+        );
+    }
+    Ok(())
+}
+
+/// The consumer of every partition (or `--partition`), positioned at
+/// `--offset`, the beginning or the end.
+async fn assigned_consumer(
+    args: &ConsumeArgs,
+    client: sluice_client::Client<TokioConnector>,
+    partition_count: i32,
+) -> Result<Consumer<TokioConnector>, CliError> {
+    let connection = &args.connection;
     let partitions: Vec<TopicPartition> = match args.partition {
-        Some(partition) if partition >= topic.partition_count() => {
+        Some(partition) if partition >= partition_count => {
             return Err(CliError::Failed(format!(
-                "topic {} has {} partitions; partition {partition} does not exist",
+                "topic {} has {partition_count} partitions; partition {partition} does not exist",
                 args.topic,
-                topic.partition_count()
             )))
         }
         Some(partition) => vec![TopicPartition::new(args.topic.clone(), partition)],
-        None => (0..topic.partition_count())
+        None => (0..partition_count)
             .map(|partition| TopicPartition::new(args.topic.clone(), partition))
             .collect(),
     };
@@ -126,19 +221,7 @@ pub async fn run(args: ConsumeArgs) -> Result<(), CliError> {
             .bounded(&what, consumer.seek_to_end(&partitions))
             .await?;
     }
-    let mut count = 0u64;
-    let stop = read_loop(&args, &mut consumer, &mut count).await?;
-    if let (Stop::Idle, Some(wanted)) = (&stop, args.max_messages) {
-        return Err(CliError::Failed(format!(
-            "read {count} of {wanted} records from {}: none came for {} ms",
-            args.topic,
-            args.timeout_ms.unwrap_or_default()
-        )));
-    }
-    if !args.quiet {
-        eprintln!("Consumed {} from {}.", plural(count, "record"), args.topic);
-    }
-    Ok(())
+    Ok(consumer)
 }
 
 /// Seeks every partition to `offset` after checking that the offset lies
@@ -146,7 +229,7 @@ pub async fn run(args: ConsumeArgs) -> Result<(), CliError> {
 /// a wrong offset is reported with the range instead of a fetch error.
 async fn seek_checked(
     connection: &ConnectionArgs,
-    consumer: &mut Consumer<sluice_client::TokioConnector>,
+    consumer: &mut Consumer<TokioConnector>,
     partitions: &[TopicPartition],
     offset: i64,
 ) -> Result<(), CliError> {
@@ -182,40 +265,87 @@ async fn seek_checked(
     Ok(())
 }
 
+/// Resolves on Ctrl-C or SIGTERM (only Ctrl-C where SIGTERM cannot be
+/// watched).
+async fn interrupted() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut terminate) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = terminate.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// How long the next poll may wait, or why reading is over: the idle
+/// clock ran out (`Ok(None)`), or a group member still without partitions
+/// passed its join deadline.
+fn next_wait(
+    args: &ConsumeArgs,
+    last_record_at: Option<Instant>,
+    join_deadline: Instant,
+) -> Result<Option<Duration>, CliError> {
+    let now = Instant::now();
+    let Some(last_record_at) = last_record_at else {
+        // Still joining the group: not idle yet, but bounded.
+        let left = join_deadline.saturating_duration_since(now);
+        if left.is_zero() {
+            return Err(CliError::Failed(format!(
+                "join group {}: no partitions assigned within {} ms (--request-timeout-ms)",
+                args.group.as_deref().unwrap_or_default(),
+                args.connection.request_timeout_ms
+            )));
+        }
+        return Ok(Some(left.min(Duration::from_millis(POLL_WAIT_MS))));
+    };
+    match args.timeout_ms {
+        Some(timeout_ms) => {
+            let idle_until = last_record_at + Duration::from_millis(timeout_ms);
+            let left = idle_until.saturating_duration_since(now);
+            Ok(Some(left).filter(|left| !left.is_zero()))
+        }
+        None => Ok(Some(Duration::from_millis(POLL_WAIT_MS))),
+    }
+}
+
 async fn read_loop(
     args: &ConsumeArgs,
-    consumer: &mut Consumer<sluice_client::TokioConnector>,
+    consumer: &mut Consumer<TokioConnector>,
     count: &mut u64,
 ) -> Result<Stop, CliError> {
-    let mut last_record_at = Instant::now();
+    let started = Instant::now();
+    let join_deadline = started + Duration::from_millis(args.connection.request_timeout_ms);
+    // A group member's idle clock starts when it has its partitions.
+    let mut last_record_at = args.group.is_none().then_some(started);
     let mut out = Vec::new();
-    let interrupted = tokio::signal::ctrl_c();
+    let interrupted = interrupted();
     tokio::pin!(interrupted);
     loop {
         if args.max_messages.is_some_and(|max| *count >= max) {
             return Ok(Stop::MaxMessages);
         }
-        let wait = match args.timeout_ms {
-            Some(timeout_ms) => {
-                let idle_until = last_record_at + Duration::from_millis(timeout_ms);
-                let left = idle_until.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return Ok(Stop::Idle);
-                }
-                left
-            }
-            None => Duration::from_millis(POLL_WAIT_MS),
+        let Some(wait) = next_wait(args, last_record_at, join_deadline)? else {
+            return Ok(Stop::Idle);
         };
         let records = tokio::select! {
             polled = consumer.poll(wait) => polled
                 .map_err(|error| CliError::from_client(&format!("read {}", args.topic), &error))?,
             _ = &mut interrupted => return Ok(Stop::Interrupted),
         };
+        if last_record_at.is_none() && consumer.generation().is_some() {
+            last_record_at = Some(Instant::now());
+        }
         if records.is_empty() {
             continue;
         }
-        last_record_at = Instant::now();
+        last_record_at = Some(Instant::now());
         out.clear();
+        let mut printed = 0;
         for record in &records {
             if args.max_messages.is_some_and(|max| *count >= max) {
                 break;
@@ -227,16 +357,39 @@ async fn read_loop(
                 args.format.render(record, &mut out);
             }
             *count += 1;
+            printed += 1;
         }
         let mut stdout = std::io::stdout().lock();
         match stdout.write_all(&out).and_then(|()| stdout.flush()) {
             Ok(()) => {}
             Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => {
-                return Ok(Stop::StdoutClosed)
+                // Nothing of this batch is known to have been read.
+                rewind(consumer, &records)?;
+                return Ok(Stop::StdoutClosed);
             }
             Err(error) => return Err(CliError::Failed(format!("write to stdout: {error}"))),
         }
+        rewind(consumer, &records[printed..])?;
     }
+}
+
+/// Seeks each partition back to the first of `unprinted`, so that a group
+/// commits only what was printed.
+fn rewind(
+    consumer: &mut Consumer<TokioConnector>,
+    unprinted: &[ConsumerRecord],
+) -> Result<(), CliError> {
+    let mut firsts: BTreeMap<TopicPartition, i64> = BTreeMap::new();
+    for record in unprinted {
+        let tp = TopicPartition::new(record.topic.clone(), record.partition);
+        firsts.entry(tp).or_insert(record.offset);
+    }
+    for (tp, offset) in firsts {
+        consumer.seek(&tp, offset).map_err(|error| {
+            CliError::from_client("seek back to the first record not printed", &error)
+        })?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -265,6 +418,56 @@ mod tests {
         assert_eq!(args.timeout_ms, None);
         assert_eq!(args.format, RecordFormat::parse("%s\\n").unwrap());
         assert!(!args.json);
+        assert_eq!(args.group, None);
+    }
+
+    #[test]
+    fn a_group_takes_the_reading_flags_and_counts_by_c_or_count() {
+        let args = parse(&[
+            "--topic",
+            "t",
+            "--group",
+            "billing",
+            "-c",
+            "7",
+            "--from-beginning",
+            "--timeout-ms",
+            "500",
+            "--json",
+        ])
+        .unwrap();
+        assert_eq!(args.group.as_deref(), Some("billing"));
+        assert_eq!(args.max_messages, Some(7));
+        assert!(args.from_beginning);
+        assert_eq!(args.timeout_ms, Some(500));
+        let args = parse(&["--topic", "t", "--group", "g", "--count", "3"]).unwrap();
+        assert_eq!(args.max_messages, Some(3));
+    }
+
+    #[test]
+    fn a_group_refuses_explicit_partitions_and_offsets() {
+        for bad in [
+            &["--topic", "t", "--group", "g", "--partition", "0"][..],
+            &["--topic", "t", "--group", "g", "--offset", "5"],
+            &["--topic", "t", "--partition", "1", "--group", "g"],
+            &["--topic", "t", "--group", ""],
+            &["--topic", "t", "--group"],
+        ] {
+            let error = parse(bad).unwrap_err();
+            assert_eq!(
+                error.exit_code(),
+                2,
+                "{bad:?}: clap errors exit with status 2"
+            );
+            let line = super::super::clap_error_line(&error);
+            assert!(!line.contains('\n'), "{line}");
+        }
+        let error = parse(&["--topic", "t", "--group", "g", "--offset", "5"]).unwrap_err();
+        let line = super::super::clap_error_line(&error);
+        assert!(
+            line.contains("'--group <GROUP>' cannot be used with '--offset <O>'"),
+            "{line}"
+        );
     }
 
     #[test]

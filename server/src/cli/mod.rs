@@ -1,10 +1,11 @@
-//! The client commands of the `sluice` binary: `topics`, `produce` and
-//! `consume`, built on `sluice-client`.
+//! The client commands of the `sluice` binary: `topics`, `groups`,
+//! `produce` and `consume`, built on `sluice-client`.
 //!
 //! This module holds what they share: the connection flags
 //! (`--bootstrap-server`, `--request-timeout-ms`), the tokio runtime each
-//! command runs in, the bound on every broker operation, and the one error
-//! type whose `Display` is the single line printed on failure. Errors a user
+//! command runs in, the bound on every broker operation, the printing of
+//! tables and JSON, and the one error type whose `Display` is the single
+//! line printed on failure. Errors a user
 //! can cause (no broker, an unknown topic, bad arguments) become that line
 //! and a non-zero exit status: 2 for bad arguments (as clap does), 1 for
 //! everything else. Machine-readable output (`--json`) always goes to
@@ -12,6 +13,7 @@
 
 pub mod consume;
 pub mod format;
+pub mod groups;
 pub mod produce;
 pub mod topics;
 
@@ -20,6 +22,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
+use serde_json::Value;
 use sluice_client::{Client, ClientConfig, ResponseError, TokioConnector};
 
 /// The address clients use when none is given, as Kafka's tools do.
@@ -76,9 +79,20 @@ impl ConnectionArgs {
         what: &str,
         operation: impl Future<Output = sluice_client::Result<T>>,
     ) -> Result<T, CliError> {
+        self.bounded_with(what, operation, CliError::from_client)
+            .await
+    }
+
+    /// As `bounded`, telling a client error with `explain` instead.
+    pub async fn bounded_with<T>(
+        &self,
+        what: &str,
+        operation: impl Future<Output = sluice_client::Result<T>>,
+        explain: impl FnOnce(&str, &sluice_client::Error) -> CliError,
+    ) -> Result<T, CliError> {
         let bound = Duration::from_millis(self.request_timeout_ms);
         match tokio::time::timeout(bound, operation).await {
-            Ok(result) => result.map_err(|error| CliError::from_client(what, &error)),
+            Ok(result) => result.map_err(|error| explain(what, &error)),
             Err(_) => Err(CliError::Failed(format!(
                 "{what}: no answer from {} within {} ms",
                 self.bootstrap_server, self.request_timeout_ms
@@ -215,6 +229,66 @@ pub fn clap_error_line(error: &clap::Error) -> String {
     }
 }
 
+/// Writes `text` to stdout; a reader that stopped early (`| head`) is not
+/// an error of ours.
+pub fn print_stdout(text: &str) -> Result<(), CliError> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(error) => Err(CliError::io("write to stdout", &error)),
+    }
+}
+
+/// A JSON document as one line of output.
+pub fn json_line(value: &Value) -> String {
+    format!("{value}\n")
+}
+
+/// Left-aligned columns two spaces apart, without trailing spaces.
+pub fn table<const N: usize>(rows: &[[String; N]]) -> String {
+    let mut widths = [0usize; N];
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in rows {
+        let mut line = String::new();
+        for (index, cell) in row.iter().enumerate() {
+            line.push_str(cell);
+            if index + 1 < N {
+                let pad = widths[index] - cell.chars().count() + 2;
+                line.extend(std::iter::repeat_n(' ', pad));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// A Kafka error code by the name Kafka's tools print (`NON_EMPTY_GROUP`),
+/// made from the crate's variant name (`NonEmptyGroup`).
+pub fn error_name(error: ResponseError) -> String {
+    if let ResponseError::Unknown(code) = error {
+        return format!("UNKNOWN_ERROR_CODE_{code}");
+    }
+    let mut name = String::new();
+    for (index, c) in error.to_string().chars().enumerate() {
+        if c.is_ascii_uppercase() && index > 0 {
+            name.push('_');
+        }
+        name.push(c.to_ascii_uppercase());
+    }
+    name
+}
+
 /// "1 record", "2 records".
 pub fn plural(count: u64, noun: &str) -> String {
     if count == 1 {
@@ -293,6 +367,36 @@ mod tests {
         assert_eq!(plural(0, "record"), "0 records");
         assert_eq!(plural(1, "record"), "1 record");
         assert_eq!(plural(2, "record"), "2 records");
+    }
+
+    #[test]
+    fn error_codes_are_named_as_kafka_names_them() {
+        assert_eq!(error_name(ResponseError::NonEmptyGroup), "NON_EMPTY_GROUP");
+        assert_eq!(
+            error_name(ResponseError::GroupIdNotFound),
+            "GROUP_ID_NOT_FOUND"
+        );
+        assert_eq!(
+            error_name(ResponseError::UnknownTopicOrPartition),
+            "UNKNOWN_TOPIC_OR_PARTITION"
+        );
+        assert_eq!(
+            error_name(ResponseError::UnknownServerError),
+            "UNKNOWN_SERVER_ERROR"
+        );
+        assert_eq!(
+            error_name(ResponseError::Unknown(999)),
+            "UNKNOWN_ERROR_CODE_999"
+        );
+    }
+
+    #[test]
+    fn tables_align_columns_without_trailing_spaces() {
+        let rows = [
+            ["A".to_string(), "LONG-HEADER".to_string(), "C".to_string()],
+            ["wide cell".to_string(), "x".to_string(), String::new()],
+        ];
+        assert_eq!(table(&rows), "A          LONG-HEADER  C\nwide cell  x\n");
     }
 
     #[test]

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use sluice_client::{Admin, ConfigEntry, ConfigSource, NewTopic, TopicDescription};
 
 use super::format::base64;
-use super::{parse_key_value, CliError, ConnectionArgs};
+use super::{json_line, parse_key_value, print_stdout, table, CliError, ConnectionArgs};
 
 #[derive(Subcommand, Debug, Clone, PartialEq, Eq)]
 pub enum TopicsCommand {
@@ -240,24 +240,6 @@ async fn alter(args: AlterArgs) -> Result<(), CliError> {
     print_stdout(&output)
 }
 
-fn print_stdout(text: &str) -> Result<(), CliError> {
-    use std::io::Write;
-    let mut stdout = std::io::stdout().lock();
-    match stdout
-        .write_all(text.as_bytes())
-        .and_then(|()| stdout.flush())
-    {
-        Ok(()) => Ok(()),
-        // A reader that stopped early (`| head`) is not an error of ours.
-        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        Err(error) => Err(CliError::io("write to stdout", &error)),
-    }
-}
-
-fn json_line(value: &Value) -> String {
-    format!("{value}\n")
-}
-
 /// A topic id as Kafka prints it: URL-safe base64 of its bytes, unpadded.
 pub fn kafka_topic_id(id: &[u8; 16]) -> String {
     base64(id)
@@ -372,30 +354,6 @@ pub fn description_text(description: &TopicDescription, all_configs: bool) -> St
         ]);
     }
     out.push_str(&table(&rows));
-    out
-}
-
-/// Left-aligned columns two spaces apart, without trailing spaces.
-fn table<const N: usize>(rows: &[[String; N]]) -> String {
-    let mut widths = [0usize; N];
-    for row in rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    for row in rows {
-        let mut line = String::new();
-        for (index, cell) in row.iter().enumerate() {
-            line.push_str(cell);
-            if index + 1 < N {
-                let pad = widths[index] - cell.chars().count() + 2;
-                line.extend(std::iter::repeat_n(' ', pad));
-            }
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
     out
 }
 
