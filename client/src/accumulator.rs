@@ -128,6 +128,9 @@ pub struct Accumulator<T> {
     /// Batches with a lower id are sent without lingering (a flush).
     flush_before_id: u64,
     closing: bool,
+    /// Set when an append created or sealed a batch: only then can the
+    /// sender have something new to do or a new linger deadline.
+    sender_news: bool,
 }
 
 impl<T> Accumulator<T> {
@@ -146,6 +149,7 @@ impl<T> Accumulator<T> {
             incomplete: BTreeSet::new(),
             flush_before_id: 0,
             closing: false,
+            sender_news: false,
         }
     }
 
@@ -165,7 +169,7 @@ impl<T> Accumulator<T> {
         tp: &TopicPartition,
         record: &RecordData<'_>,
         delivery: T,
-        now_ms: u64,
+        now_ms: impl FnOnce() -> u64,
     ) -> Result<u64, (AppendError, T)> {
         let alone_bytes = HEADER_BYTES + BatchBuilder::new().next_record_bytes(record);
         if let Some(error) = self.too_large(alone_bytes) {
@@ -173,13 +177,16 @@ impl<T> Accumulator<T> {
         }
         let batch_bytes_max = self.config.batch_bytes_max;
         let memory_left = self.config.buffer_memory_bytes - self.buffer_bytes_used;
-        let queue = self
-            .queues
-            .entry(tp.clone())
-            .or_insert_with(|| PartitionQueue {
-                batches: VecDeque::new(),
-                in_flight: 0,
-            });
+        if !self.queues.contains_key(tp) {
+            self.queues.insert(
+                tp.clone(),
+                PartitionQueue {
+                    batches: VecDeque::new(),
+                    in_flight: 0,
+                },
+            );
+        }
+        let queue = self.queues.get_mut(tp).expect("inserted above");
         if let Some(open) = queue.batches.back_mut().filter(|b| !b.sealed) {
             let bytes = open.builder.next_record_bytes(record);
             if open.builder.size_bytes() + bytes <= batch_bytes_max {
@@ -190,6 +197,7 @@ impl<T> Accumulator<T> {
                 open.deliveries.push(delivery);
                 open.reserved_bytes += bytes;
                 open.sealed = open.builder.size_bytes() >= batch_bytes_max;
+                self.sender_news |= open.sealed;
                 self.buffer_bytes_used += bytes;
                 return Ok(open.id);
             }
@@ -203,6 +211,7 @@ impl<T> Accumulator<T> {
         }
         let mut builder = BatchBuilder::new();
         builder.append(record);
+        let now_ms = now_ms();
         let id = self.batch_id_next;
         self.batch_id_next += 1;
         queue.batches.push_back(ProducerBatch {
@@ -219,7 +228,14 @@ impl<T> Accumulator<T> {
         });
         self.buffer_bytes_used += alone_bytes;
         self.incomplete.insert(id);
+        self.sender_news = true;
         Ok(id)
+    }
+
+    /// Whether an append since the last call created or sealed a batch
+    /// (and so the sender must look again); clears the flag.
+    pub fn take_sender_news(&mut self) -> bool {
+        std::mem::take(&mut self.sender_news)
     }
 
     fn too_large(&self, bytes: usize) -> Option<AppendError> {

@@ -104,6 +104,23 @@ impl<C: Connector> Client<C> {
         self.lock_metadata().topics.get(name).cloned()
     }
 
+    /// The partition count of a topic whose metadata is cached.
+    pub(crate) fn cached_partition_count(&self, name: &str) -> Option<i32> {
+        self.lock_metadata()
+            .topics
+            .get(name)
+            .map(|t| t.partition_count())
+    }
+
+    /// The partitions of a cached topic that have a leader.
+    pub(crate) fn available_partitions(&self, name: &str) -> Vec<i32> {
+        self.lock_metadata()
+            .topics
+            .get(name)
+            .map(|t| t.available_partitions())
+            .unwrap_or_default()
+    }
+
     pub(crate) fn leader_of(&self, tp: &TopicPartition) -> Option<i32> {
         self.lock_metadata()
             .topics

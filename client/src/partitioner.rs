@@ -67,13 +67,19 @@ impl StickyPartitioner {
 
     /// The partition for a record without a key. `available` lists the
     /// partitions with a leader; when none has one, any partition will do.
-    pub fn partition(&mut self, topic: &str, partitions: i32, available: &[i32]) -> i32 {
+    pub fn partition(
+        &mut self,
+        topic: &str,
+        partitions: i32,
+        available: impl FnOnce() -> Vec<i32>,
+    ) -> i32 {
         assert!(partitions > 0, "a topic has at least one partition");
         if let Some(&current) = self.current.get(topic) {
             if current < partitions {
                 return current;
             }
         }
+        let available = available();
         let chosen = if available.is_empty() {
             (self.rng.next_u64() % partitions as u64) as i32
         } else {
@@ -153,18 +159,18 @@ mod tests {
     #[test]
     fn sticky_partition_holds_until_its_batch_is_sent() {
         let mut sticky = StickyPartitioner::new(11);
-        let first = sticky.partition("t", 4, &[0, 1, 2, 3]);
+        let first = sticky.partition("t", 4, || vec![0, 1, 2, 3]);
         for _ in 0..10 {
-            assert_eq!(sticky.partition("t", 4, &[0, 1, 2, 3]), first);
+            assert_eq!(sticky.partition("t", 4, || vec![0, 1, 2, 3]), first);
         }
         sticky.batch_sent(&TopicPartition::new("t", (first + 1) % 4), 4, &[0, 1, 2, 3]);
         assert_eq!(
-            sticky.partition("t", 4, &[0, 1, 2, 3]),
+            sticky.partition("t", 4, || vec![0, 1, 2, 3]),
             first,
             "another partition's batch"
         );
         sticky.batch_sent(&TopicPartition::new("t", first), 4, &[0, 1, 2, 3]);
-        assert_ne!(sticky.partition("t", 4, &[0, 1, 2, 3]), first);
+        assert_ne!(sticky.partition("t", 4, || vec![0, 1, 2, 3]), first);
     }
 
     #[test]
@@ -173,7 +179,7 @@ mod tests {
             let mut sticky = StickyPartitioner::new(seed);
             (0..20)
                 .map(|_| {
-                    let p = sticky.partition("t", 8, &[2, 5]);
+                    let p = sticky.partition("t", 8, || vec![2, 5]);
                     sticky.batch_sent(&TopicPartition::new("t", p), 8, &[2, 5]);
                     p
                 })

@@ -45,7 +45,6 @@ use crate::config::{Acks, Clock, ProducerConfig};
 use crate::connection::Queued;
 use crate::connector::Connector;
 use crate::error::{Error, Result};
-use crate::metadata::TopicInfo;
 use crate::partitioner::{key_partition, StickyPartitioner};
 use crate::record::{ProducerRecord, RecordMetadata, TopicPartition};
 
@@ -77,6 +76,9 @@ struct Delivery {
 struct State {
     accumulator: Accumulator<Delivery>,
     sticky: StickyPartitioner,
+    /// The partition of the last record, kept to spare a copy of the
+    /// topic's name per record.
+    last_partition: Option<TopicPartition>,
     rng: Rng,
     closed: bool,
     sender_stopped: bool,
@@ -136,6 +138,7 @@ impl<C: Connector> Producer<C> {
         let state = State {
             accumulator: Accumulator::new(AccumulatorConfig::from_producer(&config)),
             sticky: StickyPartitioner::new(rng.next_u64()),
+            last_partition: None,
             rng,
             closed: false,
             sender_stopped: false,
@@ -158,12 +161,23 @@ impl<C: Connector> Producer<C> {
     /// broker answers, the record fails, or the producer closes.
     pub async fn send(&self, record: ProducerRecord) -> Result<DeliveryFuture> {
         let shared = &self.shared;
-        let deadline = Instant::now() + Duration::from_millis(shared.config.max_block_ms);
-        let topic =
-            match tokio::time::timeout_at(deadline, shared.client.topic(&record.topic)).await {
-                Ok(topic) => topic?,
-                Err(_) => return Err(shared.blocked_too_long("topic metadata")),
-            };
+        // The clock is read for the deadline only when something must wait.
+        let mut deadline = None;
+        let mut deadline = || {
+            *deadline.get_or_insert_with(|| {
+                Instant::now() + Duration::from_millis(shared.config.max_block_ms)
+            })
+        };
+        let partitions = match shared.client.cached_partition_count(&record.topic) {
+            Some(partitions) if partitions > 0 => partitions,
+            _ => {
+                match tokio::time::timeout_at(deadline(), shared.client.topic(&record.topic)).await
+                {
+                    Ok(topic) => topic?.partition_count(),
+                    Err(_) => return Err(shared.blocked_too_long("topic metadata")),
+                }
+            }
+        };
         let timestamp_ms = record.timestamp_ms.unwrap_or_else(|| (shared.clock)());
         let (reply, answer) = oneshot::channel();
         let mut delivery = Delivery {
@@ -183,15 +197,24 @@ impl<C: Connector> Producer<C> {
                 if state.closed {
                     return Err(Error::Closed);
                 }
-                let partition = choose_partition(&mut state.sticky, &record, &topic)?;
-                let tp = TopicPartition::new(record.topic.clone(), partition);
-                match state
+                let available = || shared.client.available_partitions(&record.topic);
+                let partition =
+                    choose_partition(&mut state.sticky, &record, partitions, available)?;
+                let inner = &mut *state;
+                let tp = match &mut inner.last_partition {
+                    Some(tp) if tp.partition == partition && tp.topic == record.topic => tp,
+                    last => last.insert(TopicPartition::new(record.topic.clone(), partition)),
+                };
+                match inner
                     .accumulator
-                    .append(&tp, &data, delivery, shared.now_ms())
+                    .append(tp, &data, delivery, || shared.now_ms())
                 {
                     Ok(_) => {
+                        let news = inner.accumulator.take_sender_news();
                         drop(state);
-                        shared.wake.notify_one();
+                        if news {
+                            shared.wake.notify_one();
+                        }
                         return Ok(DeliveryFuture { answer });
                     }
                     Err((AppendError::BufferFull, returned)) => delivery = returned,
@@ -211,7 +234,10 @@ impl<C: Connector> Producer<C> {
                     }
                 }
             }
-            if tokio::time::timeout_at(deadline, progressed).await.is_err() {
+            if tokio::time::timeout_at(deadline(), progressed)
+                .await
+                .is_err()
+            {
                 return Err(shared.blocked_too_long("buffer memory"));
             }
         }
@@ -255,23 +281,23 @@ impl<C: Connector> Producer<C> {
 }
 
 /// Explicit partition, else the key's hash, else the sticky partition.
+/// `available` lists the partitions with a leader; it is asked only when
+/// the sticky partitioner picks a new partition.
 fn choose_partition(
     sticky: &mut StickyPartitioner,
     record: &ProducerRecord,
-    topic: &TopicInfo,
+    partitions: i32,
+    available: impl FnOnce() -> Vec<i32>,
 ) -> Result<i32> {
-    let partitions = topic.partition_count();
     match (record.partition, &record.key) {
         (Some(partition), _) if (0..partitions).contains(&partition) => Ok(partition),
         (Some(partition), _) => Err(Error::UnknownPartition {
-            topic: topic.name.clone(),
+            topic: record.topic.clone(),
             partition,
             partitions,
         }),
         (None, Some(key)) => Ok(key_partition(key, partitions)),
-        (None, None) => {
-            Ok(sticky.partition(&topic.name, partitions, &topic.available_partitions()))
-        }
+        (None, None) => Ok(sticky.partition(&record.topic, partitions, available)),
     }
 }
 

@@ -539,7 +539,8 @@ async fn run_producer(
             }
         };
         if plan.one_at_a_time {
-            settle(&mut own, sent_at, delivery.await, &acknowledged);
+            let outcome = delivery.await;
+            settle(&mut own, sent_at, Instant::now(), outcome, &acknowledged);
         } else if pending.send((sent_at, delivery)).await.is_err() {
             break; // the collector stopped: it panicked
         }
@@ -560,27 +561,60 @@ async fn run_producer(
 /// Awaits deliveries in send order. A producer's requests share one
 /// connection and are answered in order, so a later record is never held
 /// up by an earlier one for longer than the broker itself took.
+///
+/// The clock is read when the collector wakes up, not per record: the
+/// records one answer completes are found ready together and share that
+/// reading (re-read if a record was sent after it), which keeps clock reads
+/// off the per-record path of small records.
 async fn await_deliveries(
     mut deliveries: mpsc::Receiver<(Instant, DeliveryFuture)>,
     acknowledged: Arc<AtomicU64>,
 ) -> Tally {
     let mut tally = Tally::new();
-    while let Some((sent_at, delivery)) = deliveries.recv().await {
-        settle(&mut tally, sent_at, delivery.await, &acknowledged);
+    let mut now = Instant::now();
+    loop {
+        let (sent_at, mut delivery) = match deliveries.try_recv() {
+            Ok(item) => item,
+            Err(mpsc::error::TryRecvError::Disconnected) => break,
+            Err(mpsc::error::TryRecvError::Empty) => match deliveries.recv().await {
+                Some(item) => {
+                    now = Instant::now();
+                    item
+                }
+                None => break,
+            },
+        };
+        let ready = std::future::Future::poll(
+            std::pin::Pin::new(&mut delivery),
+            &mut std::task::Context::from_waker(std::task::Waker::noop()),
+        );
+        let outcome = match ready {
+            std::task::Poll::Ready(outcome) => outcome,
+            std::task::Poll::Pending => {
+                let outcome = delivery.await;
+                now = Instant::now();
+                outcome
+            }
+        };
+        if sent_at > now {
+            now = Instant::now();
+        }
+        settle(&mut tally, sent_at, now, outcome, &acknowledged);
     }
     tally
 }
 
-/// Counts one record's outcome, now that it is known.
+/// Counts one record's outcome, known at `now`.
 fn settle(
     tally: &mut Tally,
     sent_at: Instant,
+    now: Instant,
     outcome: sluice_client::Result<RecordMetadata>,
     acknowledged: &AtomicU64,
 ) {
     match outcome {
         Ok(_) => {
-            record_latency(&mut tally.latency, sent_at.elapsed());
+            record_latency(&mut tally.latency, now.saturating_duration_since(sent_at));
             tally.records += 1;
             acknowledged.fetch_add(1, Ordering::Relaxed);
         }

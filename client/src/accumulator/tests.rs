@@ -38,8 +38,8 @@ fn tp(partition: i32) -> TopicPartition {
 #[test]
 fn a_small_batch_waits_for_linger() {
     let mut acc = Accumulator::new(config());
-    acc.append(&tp(0), &record(b"a"), 1u64, 100).unwrap();
-    acc.append(&tp(0), &record(b"b"), 2u64, 105).unwrap();
+    acc.append(&tp(0), &record(b"a"), 1u64, || 100).unwrap();
+    acc.append(&tp(0), &record(b"b"), 2u64, || 105).unwrap();
     assert!(acc.drain(109, |_| true).is_empty());
     assert_eq!(acc.next_deadline_ms(|_| true), Some(110));
     let batches = acc.drain(110, |_| true);
@@ -52,7 +52,7 @@ fn a_full_batch_goes_at_once_and_the_next_record_starts_another() {
     let mut acc = Accumulator::new(config());
     let value = [7u8; 60];
     let ids: Vec<u64> = (0..4)
-        .map(|i| acc.append(&tp(0), &record(&value), i, 0).unwrap())
+        .map(|i| acc.append(&tp(0), &record(&value), i, || 0).unwrap())
         .collect();
     assert_eq!(
         ids,
@@ -69,11 +69,11 @@ fn a_full_batch_goes_at_once_and_the_next_record_starts_another() {
 fn an_oversized_record_is_refused_and_a_big_one_sails_alone() {
     let mut acc = Accumulator::new(config());
     let huge = vec![0u8; 1_000];
-    let (error, delivery) = acc.append(&tp(0), &record(&huge), 9u64, 0).unwrap_err();
+    let (error, delivery) = acc.append(&tp(0), &record(&huge), 9u64, || 0).unwrap_err();
     assert!(matches!(error, AppendError::RecordTooLarge { .. }));
     assert_eq!(delivery, 9);
     let big = vec![0u8; 300];
-    acc.append(&tp(0), &record(&big), 1, 0).unwrap();
+    acc.append(&tp(0), &record(&big), 1, || 0).unwrap();
     assert_eq!(
         acc.drain(0, |_| true).len(),
         1,
@@ -88,7 +88,7 @@ fn a_full_buffer_refuses_until_a_batch_completes() {
     let value = [1u8; 150];
     let mut accepted = 0;
     let refused = loop {
-        match acc.append(&tp(accepted % 3), &record(&value), accepted as u64, 0) {
+        match acc.append(&tp(accepted % 3), &record(&value), accepted as u64, || 0) {
             Ok(_) => accepted += 1,
             Err((error, _)) => break error,
         }
@@ -100,7 +100,7 @@ fn a_full_buffer_refuses_until_a_batch_completes() {
     for batch in sent {
         acc.complete(batch);
     }
-    acc.append(&tp(0), &record(&value), 99, 0)
+    acc.append(&tp(0), &record(&value), 99, || 0)
         .expect("memory came back");
 }
 
@@ -108,8 +108,8 @@ fn a_full_buffer_refuses_until_a_batch_completes() {
 fn a_retried_batch_is_not_overtaken() {
     let mut acc = Accumulator::new(config());
     let value = [3u8; 120];
-    acc.append(&tp(0), &record(&value), 1u64, 0).unwrap();
-    acc.append(&tp(0), &record(&value), 2u64, 0).unwrap();
+    acc.append(&tp(0), &record(&value), 1u64, || 0).unwrap();
+    acc.append(&tp(0), &record(&value), 2u64, || 0).unwrap();
     let first = acc.drain(0, |_| true).pop().unwrap();
     assert_eq!(first.deliveries, vec![1]);
     assert!(
@@ -133,7 +133,7 @@ fn a_retried_batch_is_not_overtaken() {
 #[test]
 fn retries_stop_at_the_limit_and_at_the_delivery_timeout() {
     let mut acc = Accumulator::new(config());
-    acc.append(&tp(0), &record(b"x"), 1u64, 0).unwrap();
+    acc.append(&tp(0), &record(b"x"), 1u64, || 0).unwrap();
     for attempt in 0..3 {
         let batch = acc.drain(10 + attempt * 100, |_| true).pop().unwrap();
         assert!(matches!(
@@ -143,7 +143,7 @@ fn retries_stop_at_the_limit_and_at_the_delivery_timeout() {
     }
     let batch = acc.drain(400, |_| true).pop().unwrap();
     assert!(matches!(acc.retry_or_give_up(batch, 400, true, 1), Retry::GaveUp(d) if d == vec![1]));
-    acc.append(&tp(1), &record(b"y"), 2u64, 0).unwrap();
+    acc.append(&tp(1), &record(b"y"), 2u64, || 0).unwrap();
     let batch = acc.drain(10, |_| true).pop().unwrap();
     assert!(matches!(
         acc.retry_or_give_up(batch, 1_000, true, 1),
@@ -156,14 +156,14 @@ fn retries_stop_at_the_limit_and_at_the_delivery_timeout() {
 #[test]
 fn flush_skips_the_linger_and_tracks_completion() {
     let mut acc = Accumulator::new(config());
-    acc.append(&tp(0), &record(b"x"), 1u64, 0).unwrap();
+    acc.append(&tp(0), &record(b"x"), 1u64, || 0).unwrap();
     let mark = acc.begin_flush();
     assert!(!acc.is_flushed(mark));
     let batch = acc
         .drain(0, |_| true)
         .pop()
         .expect("ready without lingering");
-    acc.append(&tp(1), &record(b"later"), 2u64, 0).unwrap();
+    acc.append(&tp(1), &record(b"later"), 2u64, || 0).unwrap();
     acc.complete(batch);
     assert!(
         acc.is_flushed(mark),
@@ -174,7 +174,7 @@ fn flush_skips_the_linger_and_tracks_completion() {
 #[test]
 fn queued_batches_expire_and_leaderless_partitions_wait() {
     let mut acc = Accumulator::new(config());
-    acc.append(&tp(0), &record(b"x"), 1u64, 0).unwrap();
+    acc.append(&tp(0), &record(b"x"), 1u64, || 0).unwrap();
     assert!(acc.drain(50, |_| false).is_empty());
     assert_eq!(
         acc.next_deadline_ms(|_| false),
@@ -259,7 +259,7 @@ impl Harness {
         let value = vec![0u8; bytes];
         if self
             .acc
-            .append(&tp(partition), &record(&value), id, self.now_ms)
+            .append(&tp(partition), &record(&value), id, || self.now_ms)
             .is_ok()
         {
             self.id_next += 1;
