@@ -15,7 +15,7 @@ use kafka_protocol::ResponseError;
 use crate::batch::{self, BatchError};
 use crate::config::{self, Kind, Mutation, Source, TopicConfig};
 use crate::metadata::{Change, TopicRecord};
-use crate::node::{Node, ReplyHeader, SlotState};
+use crate::node::{ConnectionId, Node, ReplyHeader, SlotState};
 use crate::producers::{SequenceError, Verdict};
 use crate::storage::{Storage, SyncTarget};
 
@@ -146,10 +146,12 @@ pub(crate) fn ready(header: ReplyHeader, reply: Reply) -> Result<Option<SlotStat
     crate::node::encode_reply(header, &reply).map(|frame| Some(SlotState::Ready(frame)))
 }
 
-/// Runs the handler of a request whose header was parsed.
+/// Runs the handler of a request whose header was parsed, which arrived
+/// on `connection`.
 pub(crate) fn dispatch<S: Storage>(
     node: &mut Node<S>,
     now_ms: i64,
+    connection: ConnectionId,
     header: ReplyHeader,
     client_id: &str,
     body: &mut Bytes,
@@ -167,7 +169,7 @@ pub(crate) fn dispatch<S: Storage>(
         ApiKey::DescribeConfigs => handle_describe_configs(node, header, decode(body, version)?),
         ApiKey::DescribeCluster => handle_describe_cluster(node, header, decode(body, version)?),
         ApiKey::InitProducerId => handle_init_producer_id(node, header, decode(body, version)?),
-        other => crate::api_group::dispatch(node, now_ms, header, client_id, body)
+        other => crate::api_group::dispatch(node, now_ms, connection, header, client_id, body)
             .unwrap_or_else(|| Err(format!("api {other:?} is not served"))),
     }
 }

@@ -18,7 +18,7 @@ use crate::api::{code, ready, reply_after, Reply};
 use crate::batch;
 use crate::group::{Committed, Join, Resolved, SyncAnswer};
 use crate::log::PartitionLog;
-use crate::node::{Node, ReplyHeader, SlotState};
+use crate::node::{ConnectionId, Node, ReplyHeader, SlotState};
 use crate::storage::Storage;
 
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
@@ -46,10 +46,12 @@ fn strb(text: impl Into<String>) -> StrBytes {
     StrBytes::from_string(text.into())
 }
 
-/// Handles a group API; None when the key is not a group API.
+/// Handles a group API that arrived on `connection`; None when the key is
+/// not a group API.
 pub(crate) fn dispatch<S: Storage>(
     node: &mut Node<S>,
     now_ms: i64,
+    connection: ConnectionId,
     header: ReplyHeader,
     client_id: &str,
     body: &mut Bytes,
@@ -60,9 +62,8 @@ pub(crate) fn dispatch<S: Storage>(
         ApiKey::FindCoordinator => {
             decode(body, version).and_then(|r| find_coordinator(node, header, r))
         }
-        ApiKey::JoinGroup => {
-            decode(body, version).and_then(|r| join_group(node, now_ms, header, client_id, r))
-        }
+        ApiKey::JoinGroup => decode(body, version)
+            .and_then(|r| join_group(node, now_ms, connection, header, client_id, r)),
         ApiKey::SyncGroup => {
             decode(body, version).and_then(|r| sync_group(node, now_ms, header, r))
         }
@@ -135,15 +136,21 @@ fn find_coordinator<S: Storage>(
 fn join_group<S: Storage>(
     node: &mut Node<S>,
     now_ms: i64,
+    connection: ConnectionId,
     header: ReplyHeader,
     client_id: &str,
     request: JoinGroupRequest,
 ) -> Result<Option<SlotState>, String> {
+    let client_host = node
+        .client_host_of(connection)
+        .expect("requests are dispatched only on registered connections")
+        .to_string();
     let join = Join {
         group_id: str_of(&request.group_id.0),
         member_id: str_of(&request.member_id),
         group_instance_id: request.group_instance_id.as_ref().map(str_of),
         client_id: client_id.to_string(),
+        client_host,
         session_timeout_ms: request.session_timeout_ms,
         rebalance_timeout_ms: if header.version == 0 {
             request.session_timeout_ms
@@ -882,7 +889,7 @@ fn describe_groups<S: Storage>(
                     let member = describe_groups_response::DescribedGroupMember::default()
                         .with_member_id(strb(m.member_id.clone()))
                         .with_client_id(strb(m.client_id.clone()))
-                        .with_client_host(strb("/unknown"))
+                        .with_client_host(strb(m.client_host.clone()))
                         .with_member_metadata(metadata)
                         .with_member_assignment(m.assignment.clone());
                     if header.version >= 4 {
@@ -1013,7 +1020,7 @@ pub fn group_value(group: &crate::group::Group, now_ms: i64) -> Vec<u8> {
         put_string(&mut out, &member.member_id);
         put_nullable_string(&mut out, member.group_instance_id.as_deref());
         put_string(&mut out, &member.client_id);
-        put_string(&mut out, "/unknown");
+        put_string(&mut out, &member.client_host);
         out.put_i32(member.rebalance_timeout_ms);
         out.put_i32(member.session_timeout_ms);
         put_bytes(&mut out, &group.metadata_of(member));
@@ -1086,7 +1093,7 @@ pub fn parse_group_value(mut value: &[u8]) -> Option<crate::group::Group> {
             None
         };
         let client_id = get_string(&mut value)?;
-        let _client_host = get_string(&mut value)?;
+        let client_host = get_string(&mut value)?;
         let rebalance_timeout_ms = if version >= 1 && value.remaining() >= 4 {
             value.get_i32()
         } else {
@@ -1105,6 +1112,7 @@ pub fn parse_group_value(mut value: &[u8]) -> Option<crate::group::Group> {
                 member_id,
                 group_instance_id,
                 client_id,
+                client_host,
                 session_timeout_ms,
                 rebalance_timeout_ms: if rebalance_timeout_ms > 0 {
                     rebalance_timeout_ms

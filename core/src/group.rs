@@ -46,6 +46,10 @@ pub struct Member {
     pub member_id: String,
     pub group_instance_id: Option<String>,
     pub client_id: String,
+    /// Where the JoinGroup that added the member came from ("/127.0.0.1").
+    /// Kafka fixes it then: rejoins, even from another connection, and a
+    /// static member's replacement keep it.
+    pub client_host: String,
     pub session_timeout_ms: i32,
     pub rebalance_timeout_ms: i32,
     /// (protocol name, metadata) in the member's order of preference.
@@ -121,6 +125,8 @@ pub struct Join {
     pub member_id: String,
     pub group_instance_id: Option<String>,
     pub client_id: String,
+    /// The peer of the connection the request came on, as Kafka writes it.
+    pub client_host: String,
     pub session_timeout_ms: i32,
     pub rebalance_timeout_ms: i32,
     pub protocol_type: String,
@@ -392,6 +398,7 @@ impl Coordinator {
                 member_id: member_id.clone(),
                 group_instance_id: join.group_instance_id,
                 client_id: join.client_id,
+                client_host: join.client_host,
                 session_timeout_ms: join.session_timeout_ms,
                 rebalance_timeout_ms: join.rebalance_timeout_ms,
                 protocols: join.protocols,

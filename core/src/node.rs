@@ -3,7 +3,8 @@
 //!
 //! Inputs, each taking `now_ms` (wall-clock milliseconds as the driver or the
 //! simulator sees them):
-//! - `handle_connect` / `handle_disconnect` for client connections;
+//! - `handle_connect` (with the peer's address, which the driver knows and
+//!   the core cannot) / `handle_disconnect` for client connections;
 //! - `handle_frame`: one request frame (without its length prefix);
 //! - `handle_synced`: a sync requested by `Output::Sync` completed or failed;
 //! - `handle_timeout`: the deadline from `poll_timeout` passed;
@@ -21,6 +22,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io;
+use std::net::IpAddr;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
@@ -105,9 +107,25 @@ pub(crate) enum SlotState {
     Deferred(Token),
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Connection {
     slots: VecDeque<Slot>,
+    /// The peer as Kafka names a client host (`client_host`), e.g. "/127.0.0.1".
+    client_host: String,
+}
+
+/// A peer address as Kafka shows a client's host: Java's
+/// `InetAddress.toString()` of an address without a host name, so "/" and
+/// the address; IPv4-mapped IPv6 peers (a dual-stack listener) as IPv4, as
+/// Java maps them, and IPv6 as Java writes it: eight groups, no `::`.
+pub fn client_host(peer: IpAddr) -> String {
+    match peer.to_canonical() {
+        IpAddr::V4(v4) => format!("/{v4}"),
+        IpAddr::V6(v6) => {
+            let groups: Vec<String> = v6.segments().iter().map(|g| format!("{g:x}")).collect();
+            format!("/{}", groups.join(":"))
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -316,8 +334,14 @@ impl<S: Storage> Node<S> {
         self.config.socket_request_bytes_max
     }
 
-    pub fn handle_connect(&mut self, _now_ms: i64, connection: ConnectionId) {
-        self.connections.insert(connection, Connection::default());
+    /// A client connected from `peer`; its JoinGroups record the peer as
+    /// the member's client host.
+    pub fn handle_connect(&mut self, _now_ms: i64, connection: ConnectionId, peer: IpAddr) {
+        let connection_state = Connection {
+            slots: VecDeque::new(),
+            client_host: client_host(peer),
+        };
+        self.connections.insert(connection, connection_state);
         self.invariants();
     }
 
@@ -408,7 +432,7 @@ impl<S: Storage> Node<S> {
             correlation_id: request_header.correlation_id,
         };
         let client_id = request_header.client_id.as_ref().map_or("", |c| c.as_str());
-        match api::dispatch(self, now_ms, header, client_id, &mut buf)? {
+        match api::dispatch(self, now_ms, connection, header, client_id, &mut buf)? {
             None => Ok(FrameOutcome {
                 response_queued: false,
             }),
@@ -432,6 +456,13 @@ impl<S: Storage> Node<S> {
         if let Some(conn) = self.connections.get_mut(&connection) {
             conn.slots.push_back(Slot { header, state });
         }
+    }
+
+    /// The client host of a connection, as `handle_connect` recorded it.
+    pub(crate) fn client_host_of(&self, connection: ConnectionId) -> Option<&str> {
+        self.connections
+            .get(&connection)
+            .map(|c| c.client_host.as_str())
     }
 
     /// Responses queued on a connection and not yet handed to the driver.

@@ -13,6 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,18 +38,22 @@ pub trait Disk: Storage + Send + 'static {
     fn sync(&mut self, targets: &[SyncTarget]) -> SyncFuture;
 }
 
-/// A source of connections: tokio's `TcpListener`, or turmoil's.
+/// A source of connections: tokio's `TcpListener`, or turmoil's. Each
+/// comes with its peer's address, which the node records (a group
+/// member's client host).
 pub trait Listener: Send + 'static {
     type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
-    fn accept(&mut self) -> impl Future<Output = std::io::Result<(Self::Stream, String)>> + Send;
+    fn accept(
+        &mut self,
+    ) -> impl Future<Output = std::io::Result<(Self::Stream, SocketAddr)>> + Send;
 }
 
 impl Listener for tokio::net::TcpListener {
     type Stream = tokio::net::TcpStream;
-    async fn accept(&mut self) -> std::io::Result<(Self::Stream, String)> {
+    async fn accept(&mut self) -> std::io::Result<(Self::Stream, SocketAddr)> {
         let (stream, peer) = tokio::net::TcpListener::accept(self).await?;
         let _ = stream.set_nodelay(true);
-        Ok((stream, peer.to_string()))
+        Ok((stream, peer))
     }
 }
 
@@ -78,6 +83,7 @@ pub struct Environment<L: Listener, D: Disk> {
 enum Event {
     Connected {
         connection: ConnectionId,
+        peer: IpAddr,
         handle: ConnectionHandle,
     },
     Frame {
@@ -180,7 +186,10 @@ pub async fn serve_until<L: Listener, D: Disk>(
                 tracing::info!("killed");
                 accept.abort();
                 while let Ok(event) = events.try_recv() {
-                    if let Event::Connected { connection, handle } = event {
+                    if let Event::Connected {
+                        connection, handle, ..
+                    } = event
+                    {
                         connections.insert(connection, handle);
                     }
                 }
@@ -216,9 +225,13 @@ fn handle_event<D: Disk>(
     now_ms: i64,
 ) {
     match event {
-        Event::Connected { connection, handle } => {
+        Event::Connected {
+            connection,
+            peer,
+            handle,
+        } => {
             connections.insert(connection, handle);
-            node.handle_connect(now_ms, connection);
+            node.handle_connect(now_ms, connection, peer);
         }
         Event::Frame { connection, frame } => {
             let outcome = node.handle_frame(now_ms, connection, frame);
@@ -313,7 +326,11 @@ async fn accept_loop<L: Listener>(
             writer_task: writer_task.abort_handle(),
         };
         if events
-            .send(Event::Connected { connection, handle })
+            .send(Event::Connected {
+                connection,
+                peer: peer.ip(),
+                handle,
+            })
             .is_err()
         {
             return;

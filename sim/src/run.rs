@@ -86,9 +86,10 @@ pub struct SimListener(pub turmoil::net::TcpListener);
 
 impl Listener for SimListener {
     type Stream = turmoil::net::TcpStream;
-    async fn accept(&mut self) -> std::io::Result<(Self::Stream, String)> {
-        let (stream, peer) = self.0.accept().await?;
-        Ok((stream, peer.to_string()))
+    /// The peer is the client host's turmoil address, which turmoil hands
+    /// out in the order hosts are registered: the same on every run of a seed.
+    async fn accept(&mut self) -> std::io::Result<(Self::Stream, std::net::SocketAddr)> {
+        self.0.accept().await
     }
 }
 

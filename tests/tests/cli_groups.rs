@@ -5,8 +5,8 @@
 //!   printed (also when it stops at `--max-messages` in the middle of a
 //!   fetched batch), leaves the group on the way out, and a later run
 //!   resumes at the committed offsets.
-//! - `groups list|describe` show the group, its members with their decoded
-//!   assignments (also one written by librdkafka) and the lag per
+//! - `groups list|describe` show the group, its members with their hosts
+//!   and decoded assignments (also one written by librdkafka) and the lag per
 //!   partition; the committed offsets agree with a raw OffsetFetch.
 //! - `groups reset-offsets` moves the offsets (earliest, latest, offset:N
 //!   kept within the log, timestamp:MS to the first record at or after MS)
@@ -767,8 +767,12 @@ fn a_member_blocks_reset_and_delete_until_it_leaves_on_sigterm() {
     let record = &described["members"][0];
     assert_eq!(record["client_id"], "sluice-cli", "{described}");
     assert_eq!(record["group_instance_id"], Value::Null, "{described}");
+    // Kafka's client host: "/" and the peer address of the member's
+    // connection (the broker listens on 127.0.0.1 only).
+    assert_eq!(record["host"], "/127.0.0.1", "{described}");
     let member_id = record["member_id"].as_str().unwrap().to_string();
     let text = sluice(&broker, &["groups", "describe", group]).ok().stdout;
+    assert!(text.contains("  /127.0.0.1  "), "{text}");
     assert!(text.contains("Protocol:  consumer (range)\n"), "{text}");
     assert!(text.contains(&format!("{member_id}  -  ")), "{text}");
     assert!(text.contains("events(0,1)"), "{text}");

@@ -11,6 +11,7 @@ fn join(group: &str, member: &str, _token: Token) -> Join {
         member_id: member.into(),
         group_instance_id: None,
         client_id: "c".into(),
+        client_host: "/192.0.2.1".into(),
         session_timeout_ms: SESSION_MS,
         rebalance_timeout_ms: 30_000,
         protocol_type: "consumer".into(),
@@ -252,6 +253,40 @@ fn a_restarted_static_member_takes_its_old_place_without_a_rebalance() {
         c.join(7, 5, stale, || unreachable!()).and_then(|a| a.error),
         Some(ResponseError::FencedInstanceId)
     );
+}
+
+/// Kafka fixes a member's client host when the member is added (the join
+/// that passes MEMBER_ID_REQUIRED): its rejoins, from any connection, and a
+/// static member's replacement keep it.
+#[test]
+fn a_member_keeps_the_host_of_the_join_that_added_it() {
+    let mut c = Coordinator::new(0);
+    let from = |member: &str, host: &str| Join {
+        client_host: host.into(),
+        ..join("g", member, 0)
+    };
+    c.join(0, 1, from("", "/192.0.2.1"), || "a".into());
+    c.join(0, 2, from("a", "/192.0.2.2"), || unreachable!());
+    c.expire(0);
+    c.take_resolved();
+    assert_eq!(c.groups["g"].members["a"].client_host, "/192.0.2.2");
+    // The leader's rejoin starts a rebalance; the host stays.
+    c.join(1, 3, from("a", "/192.0.2.3"), || unreachable!());
+    c.expire(1);
+    assert_eq!(c.take_resolved().len(), 1, "a rejoined generation 2");
+    assert_eq!(c.groups["g"].generation, 2);
+    assert_eq!(c.groups["g"].members["a"].client_host, "/192.0.2.2");
+
+    let static_from = |host: &str| Join {
+        group_id: "s".into(),
+        group_instance_id: Some("i".into()),
+        ..from("", host)
+    };
+    c.join(0, 4, static_from("/198.51.100.1"), || "first".into());
+    c.join(1, 5, static_from("/198.51.100.2"), || "second".into());
+    let members = &c.groups["s"].members;
+    assert_eq!(members.keys().collect::<Vec<_>>(), ["second"]);
+    assert_eq!(members["second"].client_host, "/198.51.100.1");
 }
 
 #[test]

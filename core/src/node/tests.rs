@@ -1,6 +1,8 @@
 //! Node tests: requests in as frames, responses and syncs out, on `MemStorage`,
 //! with the driver's part (performing syncs, crashing the disk) played here.
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
@@ -11,6 +13,8 @@ use crate::batch::tests::build_batch;
 use crate::storage::MemStorage;
 
 const CONN: ConnectionId = ConnectionId(1);
+/// The peer `CONN` connects from (a documentation address, RFC 5737).
+const PEER: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7));
 
 struct Harness {
     node: Node<MemStorage>,
@@ -20,6 +24,8 @@ struct Harness {
     pending_syncs: Vec<(u64, Vec<SyncTarget>)>,
     sent: Vec<Bytes>,
     closed: bool,
+    /// The connection requests are sent on.
+    connection: ConnectionId,
 }
 
 impl Harness {
@@ -38,11 +44,12 @@ impl Harness {
             pending_syncs: Vec::new(),
             sent: Vec::new(),
             closed: false,
+            connection: CONN,
         };
         harness.drain();
         harness.sync_all();
         assert!(harness.node.is_ready());
-        harness.node.handle_connect(harness.now_ms, CONN);
+        harness.node.handle_connect(harness.now_ms, CONN, PEER);
         harness
     }
 
@@ -70,7 +77,7 @@ impl Harness {
     }
 
     fn send_raw(&mut self, frame: Bytes) -> FrameOutcome {
-        let outcome = self.node.handle_frame(self.now_ms, CONN, frame);
+        let outcome = self.node.handle_frame(self.now_ms, self.connection, frame);
         self.drain();
         outcome
     }
@@ -1185,6 +1192,100 @@ fn committed(h: &mut Harness, group: &str, topic: &str) -> i64 {
     response.topics[0].partitions[0].committed_offset
 }
 
+/// A JoinGroup v7 of `member` (empty for a new one) to `group`, answered at once.
+fn join_group(h: &mut Harness, group: &str, member: &str) -> JoinGroupResponse {
+    let protocol = join_group_request::JoinGroupRequestProtocol::default()
+        .with_name(StrBytes::from_static_str("range"))
+        .with_metadata(Bytes::from_static(b"m"));
+    let request = JoinGroupRequest::default()
+        .with_group_id(GroupId(StrBytes::from_string(group.into())))
+        .with_session_timeout_ms(10_000)
+        .with_rebalance_timeout_ms(10_000)
+        .with_member_id(StrBytes::from_string(member.into()))
+        .with_protocol_type(StrBytes::from_static_str("consumer"))
+        .with_protocols(vec![protocol]);
+    let c = h.send(ApiKey::JoinGroup, 7, &request);
+    h.take::<JoinGroupResponse>(ApiKey::JoinGroup, 7, c)
+}
+
+/// Each member's client host in a DescribeGroups v5 of `groups`, by group.
+fn described_hosts(h: &mut Harness, groups: &[&str]) -> Vec<(String, Vec<String>)> {
+    let request = DescribeGroupsRequest::default().with_groups(
+        groups
+            .iter()
+            .map(|g| GroupId(StrBytes::from_string(g.to_string())))
+            .collect(),
+    );
+    let c = h.send(ApiKey::DescribeGroups, 5, &request);
+    let response: DescribeGroupsResponse = h.take(ApiKey::DescribeGroups, 5, c);
+    response
+        .groups
+        .iter()
+        .map(|g| {
+            let hosts = g.members.iter().map(|m| m.client_host.to_string());
+            (g.group_id.to_string(), hosts.collect())
+        })
+        .collect()
+}
+
+/// DescribeGroups names a member's host as Kafka does, "/" and the peer
+/// address its connection was registered with, and the group's record in
+/// `__consumer_offsets` keeps it across a coordinator restart.
+#[test]
+fn a_members_host_is_the_peer_of_its_connection_and_survives_a_restart() {
+    let mut h = Harness::new(
+        MemStorage::new(),
+        &[("group.initial.rebalance.delay.ms", "0")],
+    );
+    let peers = [
+        ("g", CONN, PEER),
+        // A dual-stack listener sees IPv4 clients as IPv4-mapped IPv6.
+        (
+            "mapped",
+            ConnectionId(2),
+            IpAddr::V6(Ipv4Addr::new(10, 0, 0, 9).to_ipv6_mapped()),
+        ),
+        (
+            "v6",
+            ConnectionId(3),
+            IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1)),
+        ),
+    ];
+    for (group, connection, peer) in peers {
+        if connection != CONN {
+            h.node.handle_connect(h.now_ms, connection, peer);
+        }
+        h.connection = connection;
+        let member = join_group(&mut h, group, "").member_id.to_string();
+        let joined = join_group(&mut h, group, &member);
+        assert_eq!((joined.error_code, joined.generation_id), (0, 1), "{group}");
+        // The leader's assignment makes the group Stable and records it.
+        let sync = SyncGroupRequest::default()
+            .with_group_id(GroupId(StrBytes::from_string(group.into())))
+            .with_generation_id(1)
+            .with_member_id(StrBytes::from_string(member));
+        let c = h.send(ApiKey::SyncGroup, 5, &sync);
+        h.sync_all();
+        let synced: SyncGroupResponse = h.take(ApiKey::SyncGroup, 5, c);
+        assert_eq!(synced.error_code, 0, "{group}");
+    }
+    h.connection = CONN;
+    let expected = vec![
+        ("g".to_string(), vec!["/192.0.2.7".to_string()]),
+        ("mapped".to_string(), vec!["/10.0.0.9".to_string()]),
+        ("v6".to_string(), vec!["/2001:db8:0:0:0:0:0:1".to_string()]),
+    ];
+    assert_eq!(described_hosts(&mut h, &["g", "mapped", "v6"]), expected);
+    let mut storage = std::mem::take(&mut h.node.storage);
+    storage.crash(0);
+    let mut h = Harness::new(storage, &[]);
+    assert_eq!(
+        described_hosts(&mut h, &["g", "mapped", "v6"]),
+        expected,
+        "restored from the groups' records in __consumer_offsets"
+    );
+}
+
 #[test]
 fn a_group_forms_commits_and_its_offsets_survive_a_crash() {
     let mut h = Harness::new(
@@ -1195,20 +1296,7 @@ fn a_group_forms_commits_and_its_offsets_survive_a_crash() {
         ],
     );
     h.create_topic("t", 1, &[]);
-    let join = |h: &mut Harness, member: &str| {
-        let protocol = join_group_request::JoinGroupRequestProtocol::default()
-            .with_name(StrBytes::from_static_str("range"))
-            .with_metadata(Bytes::from_static(b"m"));
-        let request = JoinGroupRequest::default()
-            .with_group_id(GroupId(StrBytes::from_static_str("g")))
-            .with_session_timeout_ms(10_000)
-            .with_rebalance_timeout_ms(10_000)
-            .with_member_id(StrBytes::from_string(member.into()))
-            .with_protocol_type(StrBytes::from_static_str("consumer"))
-            .with_protocols(vec![protocol]);
-        let c = h.send(ApiKey::JoinGroup, 7, &request);
-        h.take::<JoinGroupResponse>(ApiKey::JoinGroup, 7, c)
-    };
+    let join = |h: &mut Harness, member: &str| join_group(h, "g", member);
     let first = join(&mut h, "");
     assert_eq!(first.error_code, ResponseError::MemberIdRequired.code());
     let member = first.member_id.to_string();
@@ -1311,7 +1399,7 @@ fn a_huge_array_count_closes_the_connection_and_nothing_else() {
         } else {
             buf.put_i32(i32::MAX);
         }
-        h.node.handle_connect(h.now_ms, CONN);
+        h.node.handle_connect(h.now_ms, CONN, PEER);
         h.closed = false;
         h.send_raw(buf.freeze());
         assert!(
