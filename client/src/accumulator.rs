@@ -209,7 +209,7 @@ impl<T> Accumulator<T> {
         if let Some(open) = queue.batches.back_mut() {
             open.sealed = true;
         }
-        let mut builder = BatchBuilder::new();
+        let mut builder = BatchBuilder::with_capacity(batch_bytes_max);
         builder.append(record);
         let now_ms = now_ms();
         let id = self.batch_id_next;

@@ -46,10 +46,20 @@ pub struct RecordData<'a> {
 }
 
 /// Builds one batch record by record.
+///
+/// The records are encoded after room left for the batch header, so an
+/// uncompressed batch is finished in place: its header and CRC are written
+/// into that room and the buffer is handed over without a copy.
 #[derive(Debug, Clone, Default)]
 pub struct BatchBuilder {
-    /// Encoded records, uncompressed.
-    records: BytesMut,
+    /// Room for the header, then the encoded records, uncompressed; empty
+    /// until the first record, and after an uncompressed build.
+    buffer: BytesMut,
+    /// The batch an uncompressed build made of `buffer`.
+    built: Option<Bytes>,
+    /// Capacity to reserve at the first record.
+    capacity: usize,
+    size_bytes: usize,
     record_count: i32,
     timestamp_first_ms: i64,
     timestamp_max_ms: i64,
@@ -57,7 +67,17 @@ pub struct BatchBuilder {
 
 impl BatchBuilder {
     pub fn new() -> BatchBuilder {
-        BatchBuilder::default()
+        BatchBuilder::with_capacity(0)
+    }
+
+    /// A builder that reserves `bytes` at its first record (the batch size
+    /// it will likely reach), so the buffer does not grow by copying.
+    pub fn with_capacity(bytes: usize) -> BatchBuilder {
+        BatchBuilder {
+            capacity: bytes,
+            size_bytes: HEADER_BYTES,
+            ..BatchBuilder::default()
+        }
     }
 
     pub fn record_count(&self) -> i32 {
@@ -70,7 +90,15 @@ impl BatchBuilder {
 
     /// Size of the batch if built now without compression.
     pub fn size_bytes(&self) -> usize {
-        HEADER_BYTES + self.records.len()
+        self.size_bytes
+    }
+
+    /// The encoded records, uncompressed.
+    fn records(&self) -> &[u8] {
+        match &self.built {
+            Some(batch) => &batch[HEADER_BYTES..],
+            None => &self.buffer[HEADER_BYTES..],
+        }
     }
 
     /// Bytes the record would add as the next record of this batch.
@@ -107,11 +135,19 @@ impl BatchBuilder {
             self.record_count < i32::MAX,
             "record count overflows the batch"
         );
+        assert!(self.built.is_none(), "append to a built batch");
         let body = self.record_body_bytes(record);
         let timestamp_delta = self.timestamp_delta(record);
         let offset_delta = self.record_count as i64;
-        let before = self.records.len();
-        let out = &mut self.records;
+        if self.buffer.is_empty() {
+            self.buffer.reserve(
+                self.capacity
+                    .max(HEADER_BYTES + varint_bytes(body as i64) + body),
+            );
+            self.buffer.put_bytes(0, HEADER_BYTES);
+        }
+        let before = self.buffer.len();
+        let out = &mut self.buffer;
         put_varint(out, body as i64);
         let body_start = out.len();
         out.put_u8(0); // record attributes: unused in v2
@@ -135,20 +171,52 @@ impl BatchBuilder {
         }
         self.timestamp_max_ms = self.timestamp_max_ms.max(record.timestamp_ms);
         self.record_count += 1;
-        self.records.len() - before
+        let added = self.buffer.len() - before;
+        self.size_bytes += added;
+        added
     }
 
-    /// The finished batch: header, compressed records, CRC.
+    /// The finished batch: header, compressed records, CRC. The first
+    /// uncompressed build takes the builder's buffer as the batch; later
+    /// builds copy.
     pub fn build(
-        &self,
+        &mut self,
         compression: Compression,
         identity: ProducerIdentity,
     ) -> Result<Bytes, String> {
         assert!(self.record_count > 0, "an empty batch is never built");
-        let records = compress(compression, &self.records)?;
+        if compression == Compression::None && self.built.is_none() {
+            let length = i32::try_from(self.buffer.len() - LOG_OVERHEAD)
+                .map_err(|_| "batch larger than 2 GiB".to_string())?;
+            let mut header = [0u8; HEADER_BYTES];
+            self.put_header(&mut &mut header[..], length, compression, identity);
+            self.buffer[..HEADER_BYTES].copy_from_slice(&header);
+            let crc = crc32c::crc32c(&self.buffer[CRC_START..]);
+            self.buffer[CRC_OFFSET..CRC_START].copy_from_slice(&crc.to_be_bytes());
+            let batch = self.buffer.split().freeze();
+            self.built = Some(batch.clone());
+            return Ok(batch);
+        }
+        let records = compress(compression, self.records())?;
         let length = HEADER_BYTES - LOG_OVERHEAD + records.len();
         let length = i32::try_from(length).map_err(|_| "batch larger than 2 GiB".to_string())?;
         let mut batch = BytesMut::with_capacity(HEADER_BYTES + records.len());
+        self.put_header(&mut batch, length, compression, identity);
+        batch.extend_from_slice(&records);
+        let crc = crc32c::crc32c(&batch[CRC_START..]);
+        batch[CRC_OFFSET..CRC_START].copy_from_slice(&crc.to_be_bytes());
+        Ok(batch.freeze())
+    }
+
+    /// The batch header, with a zero CRC (it covers what follows).
+    fn put_header(
+        &self,
+        out: &mut impl BufMut,
+        length: i32,
+        compression: Compression,
+        identity: ProducerIdentity,
+    ) {
+        let batch = out;
         batch.put_i64(0); // base offset: the broker assigns it
         batch.put_i32(length);
         batch.put_i32(-1); // partition leader epoch: the leader stamps it
@@ -162,10 +230,6 @@ impl BatchBuilder {
         batch.put_i16(identity.producer_epoch);
         batch.put_i32(identity.base_sequence);
         batch.put_i32(self.record_count);
-        batch.extend_from_slice(&records);
-        let crc = crc32c::crc32c(&batch[CRC_START..]);
-        batch[CRC_OFFSET..CRC_START].copy_from_slice(&crc.to_be_bytes());
-        Ok(batch.freeze())
     }
 }
 
@@ -335,6 +399,31 @@ mod tests {
             assert_eq!(out.len(), varint_bytes(value), "{value}");
             let mut read: &[u8] = &out;
             assert_eq!(core_batch::read_varlong(&mut read), Some(value));
+        }
+    }
+
+    #[test]
+    fn later_builds_of_a_batch_built_in_place_agree_with_it() {
+        let mut builder = BatchBuilder::with_capacity(4_096);
+        for n in 0..20u8 {
+            builder.append(&data(1_000 + n as i64, Some(&[n]), Some(&[n; 100]), &[]));
+        }
+        let size = builder.size_bytes();
+        let first = builder
+            .build(Compression::None, ProducerIdentity::NONE)
+            .unwrap();
+        assert_eq!((first.len(), builder.size_bytes()), (size, size));
+        let again = builder
+            .build(Compression::None, ProducerIdentity::NONE)
+            .unwrap();
+        assert_eq!(first, again, "a second build copies the same bytes");
+        let tp = TopicPartition::new("t", 0);
+        let plain = read_fetched(&tp, &first, 0).unwrap().records;
+        for compression in [Compression::Gzip, Compression::Lz4] {
+            let compressed = builder.build(compression, ProducerIdentity::NONE).unwrap();
+            assert!(compressed.len() < first.len(), "{compression:?} compresses");
+            let records = read_fetched(&tp, &compressed, 0).unwrap().records;
+            assert_eq!(records, plain, "{compression:?} holds the same records");
         }
     }
 
