@@ -359,6 +359,9 @@ async fn read_loop<R: AsyncRead + Unpin>(
         if length < 0 || length as usize > frame_bytes_max {
             break Some(format!("frame size {length} outside 0..={frame_bytes_max}"));
         }
+        // A zeroed allocation of a large frame is fresh zero pages, which
+        // take memory only as the bytes arrive: a length prefix alone costs
+        // nothing (tests/tests/bad_input.rs holds the broker to that).
         let mut frame = BytesMut::zeroed(length as usize);
         if stream.read_exact(&mut frame).await.is_err() {
             break None;

@@ -68,6 +68,49 @@ fn broken_frames_close_only_their_connection() {
     );
 }
 
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+/// A length prefix is only a claim: the broker's memory follows the bytes
+/// that arrive, so connections announcing large frames (within
+/// socket.request.max.bytes) and sending little cannot make it allocate
+/// what they announce.
+#[test]
+fn announced_frame_sizes_cost_only_the_bytes_that_arrive() {
+    const CONNECTIONS: usize = 16;
+    const ANNOUNCED: i32 = 64 << 20;
+    let broker = Broker::start(BrokerOptions::default());
+    let pid = broker.pid().expect("a broker process");
+    still_serves(&broker);
+    let before = rss_kib(pid);
+    let mut claimed = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let mut bytes = ANNOUNCED.to_be_bytes().to_vec();
+        bytes.extend_from_slice(&[0u8; 1024]);
+        claimed.push(raw(&broker, &bytes));
+    }
+    // Requests on a later connection are read after those prefixes; then
+    // watch the broker's memory for a while (16 x 64 MiB would be 1 GiB).
+    still_serves(&broker);
+    let mut highest = before;
+    for _ in 0..10 {
+        highest = highest.max(rss_kib(pid));
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(
+        highest < before + 32 * 1024,
+        "RSS went from {before} KiB to {highest} KiB for {CONNECTIONS} announced frames"
+    );
+    drop(claimed);
+    still_serves(&broker);
+}
+
 #[test]
 fn unsupported_versions_get_kafkas_answers() {
     let broker = Broker::start(BrokerOptions::default());
