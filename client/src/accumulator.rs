@@ -32,6 +32,11 @@ use crate::record::TopicPartition;
 /// retries on, the limit is one, to keep order).
 pub const PARTITION_IN_FLIGHT_MAX: usize = 5;
 
+/// Most a new batch reserves up front (Kafka's default `batch.size`):
+/// buffer memory counts the bytes records take, so what is reserved beyond
+/// them must stay small; a larger batch grows by doubling.
+pub const FIRST_RESERVE_BYTES_MAX: usize = 16_384;
+
 #[derive(Debug, Clone)]
 pub struct AccumulatorConfig {
     pub batch_bytes_max: usize,
@@ -191,6 +196,11 @@ impl<T> Accumulator<T> {
             let bytes = open.builder.next_record_bytes(record);
             if open.builder.size_bytes() + bytes <= batch_bytes_max {
                 if bytes > memory_left {
+                    // Out of memory: the open batch goes now rather than
+                    // after its linger, so its memory comes back sooner
+                    // (Kafka sends everything while memory is exhausted).
+                    open.sealed = true;
+                    self.sender_news = true;
                     return Err((AppendError::BufferFull, delivery));
                 }
                 open.builder.append(record);
@@ -203,13 +213,17 @@ impl<T> Accumulator<T> {
             }
         }
         if alone_bytes > memory_left {
+            if let Some(open) = queue.batches.back_mut().filter(|b| !b.sealed) {
+                open.sealed = true;
+                self.sender_news = true;
+            }
             self.drop_queue_if_idle(tp);
             return Err((AppendError::BufferFull, delivery));
         }
         if let Some(open) = queue.batches.back_mut() {
             open.sealed = true;
         }
-        let mut builder = BatchBuilder::with_capacity(batch_bytes_max);
+        let mut builder = BatchBuilder::with_capacity(batch_bytes_max.min(FIRST_RESERVE_BYTES_MAX));
         builder.append(record);
         let now_ms = now_ms();
         let id = self.batch_id_next;

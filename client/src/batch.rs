@@ -50,7 +50,7 @@ pub struct RecordData<'a> {
 /// The records are encoded after room left for the batch header, so an
 /// uncompressed batch is finished in place: its header and CRC are written
 /// into that room and the buffer is handed over without a copy.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct BatchBuilder {
     /// Room for the header, then the encoded records, uncompressed; empty
     /// until the first record, and after an uncompressed build.
@@ -65,18 +65,28 @@ pub struct BatchBuilder {
     timestamp_max_ms: i64,
 }
 
+impl Default for BatchBuilder {
+    fn default() -> BatchBuilder {
+        BatchBuilder::with_capacity(0)
+    }
+}
+
 impl BatchBuilder {
     pub fn new() -> BatchBuilder {
         BatchBuilder::with_capacity(0)
     }
 
-    /// A builder that reserves `bytes` at its first record (the batch size
-    /// it will likely reach), so the buffer does not grow by copying.
+    /// A builder that reserves `bytes` at its first record, so a buffer
+    /// that stays within them does not grow by copying.
     pub fn with_capacity(bytes: usize) -> BatchBuilder {
         BatchBuilder {
+            buffer: BytesMut::new(),
+            built: None,
             capacity: bytes,
             size_bytes: HEADER_BYTES,
-            ..BatchBuilder::default()
+            record_count: 0,
+            timestamp_first_ms: 0,
+            timestamp_max_ms: 0,
         }
     }
 

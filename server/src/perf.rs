@@ -558,6 +558,9 @@ async fn run_producer(
     tally
 }
 
+/// Most records the delivery collector settles on one clock reading.
+const CLOCK_READ_EVERY_RECORDS: u32 = 64;
+
 /// Awaits deliveries in send order. A producer's requests share one
 /// connection and are answered in order, so a later record is never held
 /// up by an earlier one for longer than the broker itself took.
@@ -572,6 +575,7 @@ async fn await_deliveries(
 ) -> Tally {
     let mut tally = Tally::new();
     let mut now = Instant::now();
+    let mut settled_since_reading = 0u32;
     loop {
         let (sent_at, mut delivery) = match deliveries.try_recv() {
             Ok(item) => item,
@@ -579,6 +583,7 @@ async fn await_deliveries(
             Err(mpsc::error::TryRecvError::Empty) => match deliveries.recv().await {
                 Some(item) => {
                     now = Instant::now();
+                    settled_since_reading = 0;
                     item
                 }
                 None => break,
@@ -593,11 +598,16 @@ async fn await_deliveries(
             std::task::Poll::Pending => {
                 let outcome = delivery.await;
                 now = Instant::now();
+                settled_since_reading = 0;
                 outcome
             }
         };
-        if sent_at > now {
+        // Re-read now and then too, so that a long run of ready records
+        // (the collector preempted, or behind) is not stamped too early.
+        settled_since_reading += 1;
+        if sent_at > now || settled_since_reading >= CLOCK_READ_EVERY_RECORDS {
             now = Instant::now();
+            settled_since_reading = 0;
         }
         settle(&mut tally, sent_at, now, outcome, &acknowledged);
     }

@@ -105,6 +105,28 @@ fn a_full_buffer_refuses_until_a_batch_completes() {
 }
 
 #[test]
+fn out_of_memory_a_lingering_batch_goes_at_once() {
+    let mut acc = Accumulator::new(AccumulatorConfig {
+        batch_bytes_max: 1_000,
+        buffer_memory_bytes: 300,
+        ..config()
+    });
+    let value = [5u8; 20];
+    let mut accepted = 0u64;
+    while acc.append(&tp(0), &record(&value), accepted, || 0).is_ok() {
+        accepted += 1;
+        assert!(accepted < 100, "the buffer must fill up");
+    }
+    assert!(acc.take_sender_news(), "the sender hears of it");
+    let sent = acc.drain(0, |_| true);
+    assert_eq!(
+        sent.iter().map(|b| b.deliveries.len() as u64).sum::<u64>(),
+        accepted,
+        "the open batch left before its linger ran out"
+    );
+}
+
+#[test]
 fn a_retried_batch_is_not_overtaken() {
     let mut acc = Accumulator::new(config());
     let value = [3u8; 120];

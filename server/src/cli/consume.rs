@@ -359,15 +359,25 @@ async fn read_loop(
             *count += 1;
             printed += 1;
         }
-        let mut stdout = std::io::stdout().lock();
-        match stdout.write_all(&out).and_then(|()| stdout.flush()) {
-            Ok(()) => {}
-            Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => {
-                // Nothing of this batch is known to have been read.
-                rewind(consumer, &records)?;
+        // The write may block (a paused pager): it runs off the runtime's
+        // thread, so a group member keeps heartbeating meanwhile.
+        let (written, buffer) = tokio::task::spawn_blocking(move || {
+            let mut stdout = std::io::stdout().lock();
+            let written = stdout.write_all(&out).and_then(|()| stdout.flush());
+            (written, out)
+        })
+        .await
+        .map_err(|error| CliError::Failed(format!("write to stdout: {error}")))?;
+        out = buffer;
+        if let Err(error) = written {
+            // Nothing of this batch is known to have been read: a group
+            // commits none of it.
+            *count -= printed as u64;
+            rewind(consumer, &records)?;
+            if error.kind() == std::io::ErrorKind::BrokenPipe {
                 return Ok(Stop::StdoutClosed);
             }
-            Err(error) => return Err(CliError::Failed(format!("write to stdout: {error}"))),
+            return Err(CliError::Failed(format!("write to stdout: {error}")));
         }
         rewind(consumer, &records[printed..])?;
     }
