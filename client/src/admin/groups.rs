@@ -90,11 +90,26 @@ impl<C: Connector> Admin<C> {
         let brokers: Vec<i32> = self.client.metadata().brokers.keys().copied().collect();
         let mut listings = BTreeMap::new();
         for broker in brokers {
-            let response = self
-                .request_to(ApiKey::ListGroups, Target::Broker(broker), |_| {
-                    ListGroupsRequest::default()
-                })
-                .await?;
+            // A broker still loading its groups says so; ask again, as
+            // Kafka's admin client does.
+            let mut attempt = 1;
+            let response = loop {
+                let response = self
+                    .request_to(ApiKey::ListGroups, Target::Broker(broker), |_| {
+                        ListGroupsRequest::default()
+                    })
+                    .await?;
+                let loading = matches!(
+                    ResponseError::try_from_code(response.error_code),
+                    Some(ResponseError::CoordinatorLoadInProgress)
+                        | Some(ResponseError::CoordinatorNotAvailable)
+                );
+                if !loading || attempt >= ADMIN_ATTEMPTS_MAX {
+                    break response;
+                }
+                self.client.retry_pause(attempt).await;
+                attempt += 1;
+            };
             check_code(response.error_code, || {
                 format!("list groups on broker {broker}")
             })?;

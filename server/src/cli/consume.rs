@@ -148,7 +148,13 @@ pub async fn run(args: ConsumeArgs) -> Result<(), CliError> {
     let closed = match &args.group {
         Some(group) => {
             let what = format!("commit the offsets of group {group} and leave it");
-            connection.bounded(&what, consumer.close()).await
+            // A second Ctrl-C (or SIGTERM) stops waiting for that.
+            tokio::select! {
+                closed = connection.bounded(&what, consumer.close()) => closed,
+                _ = interrupted() => Err(CliError::Failed(format!(
+                    "interrupted before the offsets of group {group} were committed"
+                ))),
+            }
         }
         None => Ok(()),
     };

@@ -370,7 +370,7 @@ pub fn description_json(description: &TopicDescription) -> Value {
                 "replicas": p.replicas,
                 "isr": p.isr,
                 "offline_replicas": p.offline_replicas,
-                "error": p.error.map(|e| format!("{e:?}")),
+                "error": p.error.map(super::error_name),
             })
         })
         .collect();
