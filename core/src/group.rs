@@ -326,7 +326,9 @@ impl Coordinator {
 
     /// A static member restarted: its new member id takes the old one's
     /// place (and assignment); requests still waiting for the old id are
-    /// fenced. With nothing changed in a stable group, no rebalance.
+    /// fenced. With nothing changed in a stable group, no rebalance. As in
+    /// Kafka, the member keeps its client id and host; protocols and
+    /// timeouts come from the new join.
     fn replace_static_member(
         &mut self,
         now_ms: i64,
@@ -354,7 +356,6 @@ impl Coordinator {
         }
         let unchanged = member.protocols == join.protocols;
         member.member_id = new_id.clone();
-        member.client_id = join.client_id;
         member.protocols = join.protocols;
         member.session_timeout_ms = join.session_timeout_ms;
         member.rebalance_timeout_ms = join.rebalance_timeout_ms;

@@ -277,16 +277,26 @@ fn a_member_keeps_the_host_of_the_join_that_added_it() {
     assert_eq!(c.groups["g"].generation, 2);
     assert_eq!(c.groups["g"].members["a"].client_host, "/192.0.2.2");
 
-    let static_from = |host: &str| Join {
+    let static_from = |host: &str, client_id: &str| Join {
         group_id: "s".into(),
         group_instance_id: Some("i".into()),
+        client_id: client_id.into(),
         ..from("", host)
     };
-    c.join(0, 4, static_from("/198.51.100.1"), || "first".into());
-    c.join(1, 5, static_from("/198.51.100.2"), || "second".into());
+    c.join(0, 4, static_from("/198.51.100.1", "one"), || "first".into());
+    c.join(1, 5, static_from("/198.51.100.2", "two"), || {
+        "second".into()
+    });
     let members = &c.groups["s"].members;
     assert_eq!(members.keys().collect::<Vec<_>>(), ["second"]);
-    assert_eq!(members["second"].client_host, "/198.51.100.1");
+    assert_eq!(
+        (
+            members["second"].client_host.as_str(),
+            members["second"].client_id.as_str()
+        ),
+        ("/198.51.100.1", "one"),
+        "a replaced static member keeps its host and client id"
+    );
 }
 
 #[test]
