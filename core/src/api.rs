@@ -554,9 +554,8 @@ fn produce_partition<S: Storage>(
             ))
         }
     }
-    let mut owned = records.to_vec();
     let appended = log
-        .append(&mut node.storage, &mut owned, 0, now_ms)
+        .append(&mut node.storage, &records, 0, now_ms)
         .map_err(|error| {
             tracing::error!(topic = name, partition = index, %error, "append failed");
             (ResponseError::KafkaStorageError, None)

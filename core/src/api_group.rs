@@ -497,13 +497,13 @@ fn append_records<S: Storage>(
         .iter()
         .map(|(key, value)| (Some(&key[..]), value.as_deref(), Vec::new(), 0))
         .collect();
-    let mut bytes = batch::build_batch(now_ms, &specs);
+    let bytes = batch::build_batch(now_ms, &specs);
     let log = node
         .topics
         .get_mut(OFFSETS_TOPIC)
         .and_then(|t| t.partitions.get_mut(partition as usize))
         .ok_or(ResponseError::CoordinatorNotAvailable)?;
-    log.append(&mut node.storage, &mut bytes, 0, now_ms)
+    log.append(&mut node.storage, &bytes, 0, now_ms)
         .map_err(|error| {
             tracing::error!(%error, group = group_id, "cannot write to {OFFSETS_TOPIC}");
             ResponseError::KafkaStorageError

@@ -265,11 +265,18 @@ pub fn assign_offset(batch: &mut [u8], base_offset: i64, leader_epoch: i32) {
 /// Rewrites a batch to LogAppendTime: sets the attribute bit and the max
 /// timestamp to `now_ms`, then recomputes the CRC.
 pub fn set_log_append_time(batch: &mut [u8], now_ms: i64) {
-    let attributes = i16::from_be_bytes([batch[21], batch[22]]) | ATTRIBUTE_TIMESTAMP_LOG_APPEND;
-    batch[21..23].copy_from_slice(&attributes.to_be_bytes());
-    batch[35..43].copy_from_slice(&now_ms.to_be_bytes());
-    let crc = compute_crc(batch);
-    batch[17..21].copy_from_slice(&crc.to_be_bytes());
+    let (head, records) = batch.split_at_mut(HEADER_BYTES);
+    set_log_append_time_split(head, records, now_ms);
+}
+
+/// `set_log_append_time` for a batch held as its header (`head`, the first
+/// `HEADER_BYTES`, rewritten) and the records after it (read only).
+pub fn set_log_append_time_split(head: &mut [u8], records: &[u8], now_ms: i64) {
+    let attributes = i16::from_be_bytes([head[21], head[22]]) | ATTRIBUTE_TIMESTAMP_LOG_APPEND;
+    head[21..23].copy_from_slice(&attributes.to_be_bytes());
+    head[35..43].copy_from_slice(&now_ms.to_be_bytes());
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&head[CRC_START..HEADER_BYTES]), records);
+    head[17..21].copy_from_slice(&crc.to_be_bytes());
 }
 
 /// One decoded record, for slow paths.

@@ -381,10 +381,14 @@ impl PartitionLog {
     /// Appends one validated batch: assigns its offsets, rolls the segment if
     /// needed, writes it and indexes it. The batch is visible to reads at
     /// once; it is durable only after the next sync of `take_dirty()`.
+    ///
+    /// The batch is not copied: its header is, and patched (offsets, and the
+    /// append time with its CRC), then header and records go to the segment
+    /// in one vectored write.
     pub fn append<S: Storage + ?Sized>(
         &mut self,
         storage: &mut S,
-        batch: &mut [u8],
+        batch: &[u8],
         leader_epoch: i32,
         now_ms: i64,
     ) -> io::Result<Appended> {
@@ -401,14 +405,17 @@ impl PartitionLog {
         if self.config.offset_gap && base_offset % 97 == 13 {
             base_offset += 1;
         }
-        batch::assign_offset(batch, base_offset, leader_epoch);
+        let (head_bytes, records) = batch.split_at(HEADER_BYTES);
+        let mut head = [0u8; HEADER_BYTES];
+        head.copy_from_slice(head_bytes);
+        batch::assign_offset(&mut head, base_offset, leader_epoch);
         let log_append_time_ms = if self.config.log_append_time {
-            batch::set_log_append_time(batch, now_ms);
+            batch::set_log_append_time_split(&mut head, records, now_ms);
             now_ms
         } else {
             -1
         };
-        let header = BatchHeader::parse(batch);
+        let header = BatchHeader::parse(&head);
         let interval = self.config.index_interval_bytes;
         let dir = self.dir.clone();
         let segment = self
@@ -416,7 +423,8 @@ impl PartitionLog {
             .last_mut()
             .expect("a log always has a segment");
         let position = segment.size_bytes;
-        if let Err(error) = storage.write_at(segment.log_file, position, batch) {
+        if let Err(error) = storage.write_vectored_at(segment.log_file, position, &[&head, records])
+        {
             // Nothing was appended: put the file back to its old length so a
             // partial write cannot linger; the next append overwrites it anyway.
             let _ = storage.truncate(segment.log_file, position);

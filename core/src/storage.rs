@@ -41,6 +41,21 @@ pub trait Storage {
     /// Writes all of `bytes` at `position`, extending the file as needed. On
     /// error a prefix may have been written.
     fn write_at(&mut self, file: FileId, position: u64, bytes: &[u8]) -> io::Result<()>;
+    /// Writes `parts` one after another from `position`, as one write where
+    /// the storage can (`pwritev`). On error a prefix may have been written.
+    fn write_vectored_at(
+        &mut self,
+        file: FileId,
+        position: u64,
+        parts: &[&[u8]],
+    ) -> io::Result<()> {
+        let mut at = position;
+        for part in parts {
+            self.write_at(file, at, part)?;
+            at += part.len() as u64;
+        }
+        Ok(())
+    }
     fn truncate(&mut self, file: FileId, len: u64) -> io::Result<()>;
     fn remove_file(&mut self, path: &str) -> io::Result<()>;
     /// Removes an empty directory.

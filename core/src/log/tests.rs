@@ -131,8 +131,10 @@ fn run(ops: Vec<Op>) {
                     .map(|_| (None, Some(&value[..]), vec![], 0))
                     .collect();
                 let mut batch = build_batch(timestamp, &recs);
-                let appended = log.append(&mut storage, &mut batch, 0, 0).expect("append");
+                let appended = log.append(&mut storage, &batch, 0, 0).expect("append");
                 assert_eq!(appended.base_offset, model.end());
+                // What the log writes: the batch with its offsets assigned.
+                batch::assign_offset(&mut batch, appended.base_offset, 0);
                 model.batches.insert(appended.base_offset, batch);
             }
             Op::Sync => {
@@ -262,13 +264,54 @@ proptest! {
     }
 }
 
+/// The log patches a copy of the header, not the batch it was given, and
+/// the batch on disk (offsets assigned, LogAppendTime with its new CRC)
+/// passes the CRC scan of an unclean start.
+#[test]
+fn appended_batches_are_stamped_on_disk_and_the_given_bytes_are_untouched() {
+    let mut storage = MemStorage::new();
+    let pairs = [("message.timestamp.type", "LogAppendTime".to_string())]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    let config = TopicConfig::new(&BrokerConfig::defaults(), &pairs).expect("valid");
+    let (mut log, _) =
+        PartitionLog::open(&mut storage, "t-0", config.clone(), false).expect("open");
+    let batch = build_batch(
+        0,
+        &[(None, Some(b"a"), vec![], 5), (None, Some(b"b"), vec![], 6)],
+    );
+    let given = batch.clone();
+    log.append(&mut storage, &batch, 0, 1_000).expect("first");
+    let appended = log.append(&mut storage, &batch, 3, 2_000).expect("second");
+    assert_eq!(batch, given, "the caller's bytes are not written to");
+    assert_eq!(
+        (appended.base_offset, appended.log_append_time_ms),
+        (2, 2_000)
+    );
+    log.close(&mut storage);
+    let (log, recovery) = PartitionLog::open(&mut storage, "t-0", config, false).expect("reopen");
+    assert_eq!((log.log_end_offset(), recovery.truncated_bytes), (4, 0));
+    let read = log.read(&mut storage, 2, 4, 10_000, true).expect("read");
+    let header = batch::check_framing(&read).expect("a valid CRC on disk");
+    assert_eq!(
+        (
+            header.base_offset,
+            header.partition_leader_epoch,
+            header.max_timestamp
+        ),
+        (2, 3, 2_000)
+    );
+    assert!(header.is_log_append_time());
+}
+
 #[test]
 fn a_flipped_bit_in_the_middle_cuts_the_log_there() {
     let mut storage = MemStorage::new();
     let (mut log, _) = PartitionLog::open(&mut storage, "t-0", config(-1), false).expect("open");
     for n in 0..5u8 {
-        let mut batch = build_batch(0, &[(None, Some(&[n; 100]), vec![], 0)]);
-        log.append(&mut storage, &mut batch, 0, 0).expect("append");
+        let batch = build_batch(0, &[(None, Some(&[n; 100]), vec![], 0)]);
+        log.append(&mut storage, &batch, 0, 0).expect("append");
     }
     sync(&mut log, &mut storage);
     log.close(&mut storage);
@@ -293,8 +336,8 @@ fn missing_index_files_are_rebuilt_on_a_clean_start() {
     let mut storage = MemStorage::new();
     let (mut log, _) = PartitionLog::open(&mut storage, "t-0", config(-1), false).expect("open");
     for n in 0..20u8 {
-        let mut batch = build_batch(n as i64 * 10, &[(None, Some(&[n; 100]), vec![], 0)]);
-        log.append(&mut storage, &mut batch, 0, 0).expect("append");
+        let batch = build_batch(n as i64 * 10, &[(None, Some(&[n; 100]), vec![], 0)]);
+        log.append(&mut storage, &batch, 0, 0).expect("append");
     }
     log.close(&mut storage);
     storage
