@@ -521,7 +521,7 @@ fn produce_partition<S: Storage>(
             Some("batch larger than max.message.bytes"),
         ));
     }
-    batch::validate_produced(&records, &header).map_err(|e| {
+    let max_timestamp = batch::validate_produced(&records, &header).map_err(|e| {
         let (error, why) = batch_error_code(&e);
         (error, Some(why))
     })?;
@@ -555,7 +555,7 @@ fn produce_partition<S: Storage>(
         }
     }
     let appended = log
-        .append(&mut node.storage, &records, 0, now_ms)
+        .append_with_max_timestamp(&mut node.storage, &records, 0, now_ms, max_timestamp)
         .map_err(|error| {
             tracing::error!(topic = name, partition = index, %error, "append failed");
             (ResponseError::KafkaStorageError, None)

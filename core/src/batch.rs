@@ -181,7 +181,9 @@ pub fn check_framing_first(records: &[u8]) -> Result<BatchHeader, BatchError> {
 
 /// Validates a batch a producer sent (after `check_framing`): the rules of
 /// Kafka's produce validation that do not depend on broker state.
-pub fn validate_produced(batch: &[u8], header: &BatchHeader) -> Result<(), BatchError> {
+/// Returns the largest timestamp of the batch's records (-1 when none has
+/// one), which Kafka writes into the header whatever the producer put there.
+pub fn validate_produced(batch: &[u8], header: &BatchHeader) -> Result<i64, BatchError> {
     if header.is_control() {
         return Err(BatchError::Invalid(
             "control batches may not be produced by clients",
@@ -218,8 +220,10 @@ pub fn validate_produced(batch: &[u8], header: &BatchHeader) -> Result<(), Batch
 
 /// Walks the uncompressed records of a batch and checks their framing:
 /// lengths, varints, offset deltas in order, count matching the header.
-fn check_records(mut records: &[u8], header: &BatchHeader) -> Result<(), BatchError> {
+/// Returns the largest record timestamp (-1 for none).
+fn check_records(mut records: &[u8], header: &BatchHeader) -> Result<i64, BatchError> {
     const BROKEN: BatchError = BatchError::Corrupt("malformed record");
+    let mut max_timestamp = NO_TIMESTAMP;
     for expected_delta in 0..header.record_count {
         let length = read_varint(&mut records).ok_or(BROKEN)?;
         if length < 0 || length as usize > records.len() {
@@ -228,7 +232,8 @@ fn check_records(mut records: &[u8], header: &BatchHeader) -> Result<(), BatchEr
         let (mut record, rest) = records.split_at(length as usize);
         records = rest;
         let _ = read_u8(&mut record).ok_or(BROKEN)?; // attributes
-        let _ = read_varlong(&mut record).ok_or(BROKEN)?; // timestamp delta
+        let timestamp_delta = read_varlong(&mut record).ok_or(BROKEN)?;
+        max_timestamp = max_timestamp.max(header.base_timestamp.wrapping_add(timestamp_delta));
         let offset_delta = read_varint(&mut record).ok_or(BROKEN)?;
         if offset_delta != expected_delta {
             return Err(BatchError::Invalid(
@@ -252,8 +257,11 @@ fn check_records(mut records: &[u8], header: &BatchHeader) -> Result<(), BatchEr
     if !records.is_empty() {
         return Err(BatchError::Corrupt("bytes after the last record"));
     }
-    Ok(())
+    Ok(max_timestamp)
 }
+
+/// A batch or record without a timestamp.
+pub const NO_TIMESTAMP: i64 = -1;
 
 /// Writes the broker-assigned base offset and leader epoch into a batch.
 /// Neither field is covered by the CRC.
@@ -274,7 +282,13 @@ pub fn set_log_append_time(batch: &mut [u8], now_ms: i64) {
 pub fn set_log_append_time_split(head: &mut [u8], records: &[u8], now_ms: i64) {
     let attributes = i16::from_be_bytes([head[21], head[22]]) | ATTRIBUTE_TIMESTAMP_LOG_APPEND;
     head[21..23].copy_from_slice(&attributes.to_be_bytes());
-    head[35..43].copy_from_slice(&now_ms.to_be_bytes());
+    set_max_timestamp_split(head, records, now_ms);
+}
+
+/// Sets the max timestamp of a batch held as header and records, and
+/// recomputes the CRC (which covers it).
+pub fn set_max_timestamp_split(head: &mut [u8], records: &[u8], max_timestamp: i64) {
+    head[35..43].copy_from_slice(&max_timestamp.to_be_bytes());
     let crc = crc32c::crc32c_append(crc32c::crc32c(&head[CRC_START..HEADER_BYTES]), records);
     head[17..21].copy_from_slice(&crc.to_be_bytes());
 }

@@ -392,13 +392,38 @@ impl PartitionLog {
         leader_epoch: i32,
         now_ms: i64,
     ) -> io::Result<Appended> {
+        let max_timestamp = BatchHeader::parse(batch).max_timestamp;
+        self.append_with_max_timestamp(storage, batch, leader_epoch, now_ms, max_timestamp)
+    }
+
+    /// `append` of a produced batch whose records' largest timestamp is
+    /// `max_timestamp` (as validation found it): with CreateTime that is
+    /// what the header gets, whatever the producer wrote there, as Kafka
+    /// does (some clients send -1).
+    pub fn append_with_max_timestamp<S: Storage + ?Sized>(
+        &mut self,
+        storage: &mut S,
+        batch: &[u8],
+        leader_epoch: i32,
+        now_ms: i64,
+        max_timestamp: i64,
+    ) -> io::Result<Appended> {
         let header = BatchHeader::parse(batch);
         assert_eq!(
             header.size_bytes(),
             batch.len(),
             "append of a partial batch"
         );
-        if self.should_roll(&header, batch.len()) {
+        // The segment's age counts the timestamp the batch will carry.
+        let stamped = BatchHeader {
+            max_timestamp: if self.config.log_append_time {
+                now_ms
+            } else {
+                max_timestamp
+            },
+            ..header
+        };
+        if self.should_roll(&stamped, batch.len()) {
             self.roll(storage)?;
         }
         let mut base_offset = self.log_end_offset();
@@ -413,6 +438,9 @@ impl PartitionLog {
             batch::set_log_append_time_split(&mut head, records, now_ms);
             now_ms
         } else {
+            if header.max_timestamp != max_timestamp {
+                batch::set_max_timestamp_split(&mut head, records, max_timestamp);
+            }
             -1
         };
         let header = BatchHeader::parse(&head);

@@ -514,6 +514,49 @@ fn fetch_out_of_range_and_list_offsets() {
     assert_eq!(lookup(&mut h, 301), (-1, -1));
 }
 
+/// Some clients (sarama) leave a batch's max timestamp at -1; like Kafka,
+/// the broker writes the largest record timestamp there, so time lookups,
+/// the time index and time retention see the records' times.
+#[test]
+fn the_max_timestamp_of_a_batch_is_what_its_records_hold() {
+    let mut h = Harness::new(MemStorage::new(), &[]);
+    h.create_topic("t", 1, &[]);
+    let mut batch = build_batch(
+        1_000,
+        &[
+            (None, Some(b"a"), vec![], 0),
+            (None, Some(b"b"), vec![], 700),
+            (None, Some(b"c"), vec![], 400),
+        ],
+    );
+    batch[35..43].copy_from_slice(&(-1i64).to_be_bytes());
+    let crc = crate::batch::compute_crc(&batch);
+    batch[17..21].copy_from_slice(&crc.to_be_bytes());
+    let c = h.produce("t", 0, 1, Bytes::from(batch));
+    h.sync_all();
+    assert_eq!(h.produce_result(c), (0, 0));
+    let c = h.send(
+        ApiKey::ListOffsets,
+        7,
+        &ListOffsetsRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_topics(vec![list_offsets_request::ListOffsetsTopic::default()
+                .with_name(TopicName(StrBytes::from_static_str("t")))
+                .with_partitions(vec![
+                    list_offsets_request::ListOffsetsPartition::default()
+                        .with_partition_index(0)
+                        .with_timestamp(1_500),
+                ])]),
+    );
+    let response: ListOffsetsResponse = h.take(ApiKey::ListOffsets, 7, c);
+    let p = &response.topics[0].partitions[0];
+    assert_eq!((p.offset, p.timestamp), (1, 1_700));
+    let c = h.fetch("t", 0, 0, 1);
+    let records = h.fetch_result(c).records.expect("records");
+    let header = crate::batch::check_framing(&records).expect("a valid CRC");
+    assert_eq!(header.max_timestamp, 1_700);
+}
+
 #[test]
 fn acknowledged_records_survive_a_crash_and_unsynced_ones_may_not() {
     let mut h = Harness::new(MemStorage::new(), &[]);
