@@ -3,17 +3,27 @@
 //! kcat (Debian's, on librdkafka 2.0) produces and consumes text files, plain
 //! and compressed; the scripts in `tests/interop/` drive confluent-kafka,
 //! kafka-python and KafkaJS through topic creation, a keyed produce with
-//! headers and timestamps, and a read-back by manual assignment. Every test
-//! starts its own broker. Install the clients with `scripts/install-test-deps`.
+//! headers and timestamps, and a read-back by manual assignment. The Go
+//! client sarama (1.22, Debian's; `tests/interop/go/sarama`, built here on
+//! first use) produces records that `sluice consume` reads back, reads back
+//! what `sluice produce` wrote byte for byte, and runs a consumer group whose
+//! commits `sluice groups describe` checks. Every test starts its own broker.
+//! Install the clients with `scripts/install-test-deps`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ffi::OsString;
-use std::path::Path;
-use std::time::Duration;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use serde_json::{json, Value};
+use sluice_client::partitioner::key_partition;
+use sluice_tests::wire::Wire;
 use sluice_tests::{
-    interop_node_modules, interop_script, kcat, node, run_tool, run_tool_bytes, venv_python,
-    write_file, Broker, BrokerOptions, Tool,
+    find_in_path, interop_dir, interop_node_modules, interop_script, kcat, node, run_tool,
+    run_tool_bytes, sluice_bin, venv_python, workspace_root, write_file, Broker, BrokerOptions,
+    Tool, INSTALL_HINT,
 };
 
 /// Bound on one kcat run.
@@ -399,4 +409,616 @@ fn kafka_python_roundtrip() {
 fn kafkajs_roundtrip() {
     interop_node_modules();
     run_roundtrip_script(&node(), "kafkajs_roundtrip.js", "kafkajs-roundtrip");
+}
+
+// ---------------------------------------------------------------------------
+// sarama (Go): tests/interop/go/sarama, built against Debian's golang-go and
+// golang-github-shopify-sarama-dev (sarama 1.22.1) in GOPATH mode, offline.
+// ---------------------------------------------------------------------------
+
+/// Where Debian's golang-*-dev packages put Go source: a GOPATH tree holding
+/// sarama and its dependencies.
+const DEBIAN_GOCODE: &str = "/usr/share/gocode";
+
+/// Bound on building the sarama program (a cold build takes seconds).
+const GO_BUILD_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Bound on one run of the sarama program, and its own deadline in seconds.
+const SARAMA_TIMEOUT: Duration = Duration::from_secs(120);
+const SARAMA_DEADLINE_SECS: &str = "100";
+
+/// Bound on one `sluice` client command.
+const SLUICE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Partitions of every sarama test's topic.
+const SARAMA_PARTITIONS: i32 = 3;
+
+/// The sarama program, built on first use in this test process into
+/// `target/sarama-interop/` (Go's build cache is there too, so later
+/// processes rebuild in a fraction of a second). Panics with the install
+/// hint when Go or sarama's source is missing: CI installs both.
+fn sarama() -> PathBuf {
+    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    match BIN.get_or_init(build_sarama) {
+        Ok(path) => path.clone(),
+        Err(message) => panic!("{message}"),
+    }
+}
+
+fn build_sarama() -> Result<PathBuf, String> {
+    let go = find_in_path("go")
+        .ok_or_else(|| format!("`go` is not on PATH (Debian's golang-go): {INSTALL_HINT}"))?;
+    let source = Path::new(DEBIAN_GOCODE).join("src/github.com/Shopify/sarama");
+    if !source.is_dir() {
+        return Err(format!(
+            "sarama's source is not in {} (Debian's golang-github-shopify-sarama-dev): {INSTALL_HINT}",
+            source.display()
+        ));
+    }
+    let build = workspace_root().join("target").join("sarama-interop");
+    let gopath = build.join("gopath");
+    fs::create_dir_all(&gopath).map_err(|err| format!("create {}: {err}", gopath.display()))?;
+    let bin = build.join("sarama-interop");
+    // Built under a name of its own, then renamed: another test process may
+    // be running the previous binary.
+    let fresh = build.join(format!("sarama-interop.{}", std::process::id()));
+    let mut search_path = gopath.into_os_string();
+    search_path.push(":");
+    search_path.push(DEBIAN_GOCODE);
+    Tool::new(go)
+        .arg("build")
+        .arg("-o")
+        .arg(&fresh)
+        .arg(".")
+        .current_dir(interop_dir().join("go").join("sarama"))
+        // GOPATH mode over Debian's tree: no go.mod, no module proxy, no
+        // network. Without cgo, sarama builds without DataDog/zstd's C code
+        // (and without zstd, which no test uses), and no C compiler is needed.
+        .env("GO111MODULE", "off")
+        .env("GOPATH", search_path)
+        .env("GOCACHE", build.join("gocache"))
+        .env("GOFLAGS", "")
+        .env("GOPROXY", "off")
+        .env("GOENV", "off")
+        .env("GOTOOLCHAIN", "local")
+        .env("CGO_ENABLED", "0")
+        .timeout(GO_BUILD_TIMEOUT)
+        .try_run()?;
+    fs::rename(&fresh, &bin)
+        .map_err(|err| format!("rename {} to {}: {err}", fresh.display(), bin.display()))?;
+    Ok(bin)
+}
+
+/// One record as the sarama program reads and prints it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct GoRecord {
+    partition: i32,
+    offset: i64,
+    timestamp_ms: i64,
+    key: Option<Vec<u8>>,
+    value: Option<Vec<u8>>,
+    headers: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+}
+
+impl GoRecord {
+    /// The program's JSON line: bytes as hex, null kept apart from empty.
+    fn to_json(&self) -> Value {
+        let hex_or_null = |bytes: &Option<Vec<u8>>| bytes.as_deref().map(hex);
+        let headers: Vec<Value> = self
+            .headers
+            .iter()
+            .map(|(key, value)| json!({"key": hex(key), "value": hex_or_null(value)}))
+            .collect();
+        json!({
+            "partition": self.partition,
+            "offset": self.offset,
+            "timestamp_ms": self.timestamp_ms,
+            "key": hex_or_null(&self.key),
+            "value": hex_or_null(&self.value),
+            "headers": headers,
+        })
+    }
+
+    fn from_json(line: &str) -> GoRecord {
+        let json: Value = serde_json::from_str(line)
+            .unwrap_or_else(|err| panic!("sarama printed {line:?}, not JSON: {err}"));
+        let int = |field: &str| {
+            json[field]
+                .as_i64()
+                .unwrap_or_else(|| panic!("no integer `{field}` in {line}"))
+        };
+        let bytes = |value: &Value| match value {
+            Value::Null => None,
+            Value::String(text) => Some(unhex(text)),
+            other => panic!("{other} is neither hex nor null in {line}"),
+        };
+        let headers = json["headers"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no `headers` array in {line}"))
+            .iter()
+            .map(|header| {
+                let key =
+                    bytes(&header["key"]).unwrap_or_else(|| panic!("null header key: {line}"));
+                (key, bytes(&header["value"]))
+            })
+            .collect();
+        GoRecord {
+            partition: i32::try_from(int("partition")).expect("a partition number"),
+            offset: int("offset"),
+            timestamp_ms: int("timestamp_ms"),
+            key: bytes(&json["key"]),
+            value: bytes(&json["value"]),
+            headers,
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Vec<u8> {
+    assert!(text.len().is_multiple_of(2), "odd-length hex {text:?}");
+    (0..text.len())
+        .step_by(2)
+        .map(|at| {
+            u8::from_str_radix(&text[at..at + 2], 16)
+                .unwrap_or_else(|err| panic!("bad hex {text:?}: {err}"))
+        })
+        .collect()
+}
+
+/// Runs `sarama SUBCOMMAND --bootstrap B ARGS…` and parses the records it printed.
+fn sarama_run(broker: &Broker, subcommand: &str, args: &[&str]) -> Vec<GoRecord> {
+    let tool = Tool::new(sarama())
+        .arg(subcommand)
+        .args([
+            "--bootstrap",
+            &broker.bootstrap(),
+            "--timeout",
+            SARAMA_DEADLINE_SECS,
+        ])
+        .args(args)
+        .timeout(SARAMA_TIMEOUT);
+    let output = tool.run();
+    let stdout = String::from_utf8(output.stdout)
+        .unwrap_or_else(|err| panic!("`{}` printed non-UTF-8: {err}", tool.command_line()));
+    stdout.lines().map(GoRecord::from_json).collect()
+}
+
+/// Runs `sluice ARGS… --bootstrap-server B` and returns its stdout.
+fn sluice(broker: &Broker, args: &[&str]) -> Vec<u8> {
+    Tool::new(sluice_bin())
+        .args(args)
+        .args(["--bootstrap-server", &broker.bootstrap()])
+        .timeout(SLUICE_TIMEOUT)
+        .run()
+        .stdout
+}
+
+fn create_topic(broker: &Broker, topic: &str, partitions: i32) {
+    let mut wire = Wire::connect(&broker.bootstrap()).expect("connect to the broker");
+    let error = wire.create_topic(topic, partitions).expect("CreateTopics");
+    assert_eq!(error, 0, "CreateTopics {topic} failed with {error}");
+}
+
+/// The high watermark of each partition, from Fetch.
+fn log_end_offsets(broker: &Broker, topic: &str, partitions: i32) -> Vec<i64> {
+    let mut wire = Wire::connect(&broker.bootstrap()).expect("connect to the broker");
+    (0..partitions)
+        .map(|partition| {
+            let (error, high_watermark, _) = wire.fetch(topic, partition, 0).expect("Fetch");
+            assert_eq!(error, 0, "Fetch of {topic}/{partition} failed with {error}");
+            high_watermark
+        })
+        .collect()
+}
+
+fn now_ms() -> i64 {
+    let since_epoch = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("the clock is after 1970");
+    i64::try_from(since_epoch.as_millis()).expect("milliseconds fit in i64")
+}
+
+/// The records sarama is given: 101 keys; values with quotes, backslashes,
+/// tabs, newlines, non-ASCII text, varying padding, and now and then empty;
+/// headers with a repeated name, a null value and an empty value; timestamps
+/// out of send order, so deltas within a batch go negative.
+fn sarama_input(count: usize) -> Vec<GoRecord> {
+    const TIMESTAMP_BASE_MS: i64 = 1_700_000_000_000;
+    (0..count)
+        .map(|i| {
+            let value = if i % 50 == 0 {
+                Vec::new()
+            } else {
+                format!(
+                    "value {i:04}: \"quoted\", back\\slash, tab\t, newline\n, ünïcødé ☃ {}",
+                    "x".repeat(i * 7 % 61)
+                )
+                .into_bytes()
+            };
+            let mut headers = vec![
+                (b"index".to_vec(), Some(i.to_string().into_bytes())),
+                (b"source".to_vec(), Some("sarama ☃".as_bytes().to_vec())),
+            ];
+            if i % 7 == 0 {
+                headers.push((b"null-value".to_vec(), None));
+            }
+            if i % 11 == 0 {
+                headers.push((b"empty-value".to_vec(), Some(Vec::new())));
+            }
+            if i % 13 == 0 {
+                headers.push((b"index".to_vec(), Some(b"again".to_vec())));
+            }
+            GoRecord {
+                partition: -1,
+                offset: -1,
+                timestamp_ms: TIMESTAMP_BASE_MS + (i as i64 * 7919) % 1000,
+                key: Some(format!("key-{:03}", i % 101).into_bytes()),
+                value: Some(value),
+                headers,
+            }
+        })
+        .collect()
+}
+
+/// A record of `sluice consume --json` as a [`GoRecord`]. The test's bytes
+/// are all UTF-8, so sluice prints them as strings.
+fn record_from_sluice_json(line: &[u8]) -> GoRecord {
+    let json: Value = serde_json::from_slice(line).unwrap_or_else(|err| {
+        panic!(
+            "`sluice consume --json` printed {:?}, not JSON: {err}",
+            String::from_utf8_lossy(line)
+        )
+    });
+    assert_eq!(json["timestamp_type"], "CreateTime", "{json}");
+    let bytes = |value: &Value| match value {
+        Value::Null => None,
+        Value::String(text) => Some(text.as_bytes().to_vec()),
+        other => panic!("sarama sent UTF-8 text, but sluice printed {other} in {json}"),
+    };
+    let headers = json["headers"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no `headers` array in {json}"))
+        .iter()
+        .map(|header| {
+            let key = bytes(&header["key"]).unwrap_or_else(|| panic!("null header key: {json}"));
+            (key, bytes(&header["value"]))
+        })
+        .collect();
+    GoRecord {
+        partition: json["partition"]
+            .as_i64()
+            .and_then(|p| i32::try_from(p).ok())
+            .unwrap_or_else(|| panic!("no partition in {json}")),
+        offset: json["offset"].as_i64().expect("an offset"),
+        timestamp_ms: json["timestamp"].as_i64().expect("a timestamp"),
+        key: bytes(&json["key"]),
+        value: bytes(&json["value"]),
+        headers,
+    }
+}
+
+/// Asserts that two sets of records, keyed by (partition, offset), are equal,
+/// naming the first difference.
+fn assert_same_records(
+    what: &str,
+    got: &BTreeMap<(i32, i64), GoRecord>,
+    expected: &BTreeMap<(i32, i64), GoRecord>,
+) {
+    for (position, wanted) in expected {
+        match got.get(position) {
+            Some(record) => assert_eq!(
+                record, wanted,
+                "{what}: the record at {position:?} differs from the one sent"
+            ),
+            None => panic!("{what}: nothing at {position:?}, where {wanted:?} was sent"),
+        }
+    }
+    let extra: Vec<&(i32, i64)> = got.keys().filter(|p| !expected.contains_key(p)).collect();
+    assert!(extra.is_empty(), "{what}: records nobody sent at {extra:?}");
+}
+
+#[test]
+fn sarama_produces_keyed_records_with_headers_that_sluice_reads_back() {
+    const RECORDS: usize = 1_000;
+    let broker = Broker::start(BrokerOptions::default());
+    let topic = "sarama-produced";
+    create_topic(&broker, topic, SARAMA_PARTITIONS);
+    let work = tempfile::tempdir().unwrap();
+    let sent = sarama_input(RECORDS);
+    let mut input = String::new();
+    for record in &sent {
+        input.push_str(&record.to_json().to_string());
+        input.push('\n');
+    }
+    let input = write_file(work.path(), "records.jsonl", input.as_bytes());
+
+    let produced = sarama_run(
+        &broker,
+        "produce",
+        &["--topic", topic, "--input", input.to_str().unwrap()],
+    );
+    assert_eq!(
+        produced.len(),
+        RECORDS,
+        "sarama acknowledged {} records",
+        produced.len()
+    );
+    // Each partition's offsets are dense from 0, in send order.
+    let mut next = vec![0i64; SARAMA_PARTITIONS as usize];
+    let mut expected = BTreeMap::new();
+    for (index, (record, sent)) in produced.iter().zip(&sent).enumerate() {
+        let slot = usize::try_from(record.partition)
+            .ok()
+            .filter(|&p| p < next.len())
+            .unwrap_or_else(|| panic!("record {index} went to partition {}", record.partition));
+        assert_eq!(
+            record.offset, next[slot],
+            "record {index} on partition {} got offset {}: not dense, or not in send order",
+            record.partition, record.offset
+        );
+        next[slot] += 1;
+        let mut sent = sent.clone();
+        (sent.partition, sent.offset) = (record.partition, record.offset);
+        expected.insert((record.partition, record.offset), sent);
+    }
+    assert!(
+        next.iter().all(|&count| count > 0),
+        "101 keys should reach every partition, got {next:?} records per partition"
+    );
+    assert_eq!(
+        log_end_offsets(&broker, topic, SARAMA_PARTITIONS),
+        next,
+        "the log ends are not the acknowledged records per partition"
+    );
+
+    let printed = sluice(
+        &broker,
+        &[
+            "consume",
+            "--topic",
+            topic,
+            "--from-beginning",
+            "--json",
+            "--max-messages",
+            &RECORDS.to_string(),
+            "--timeout-ms",
+            "30000",
+        ],
+    );
+    let consumed: BTreeMap<(i32, i64), GoRecord> = printed
+        .split(|&b| b == b'\n')
+        .filter(|line| !line.is_empty())
+        .map(record_from_sluice_json)
+        .map(|record| ((record.partition, record.offset), record))
+        .collect();
+    assert_same_records("sluice consume", &consumed, &expected);
+}
+
+/// A record's key and value.
+type KeyValue = (Vec<u8>, Vec<u8>);
+
+/// Lines `key|value` of raw bytes: 37 keys holding NUL and bytes that are not
+/// UTF-8; values holding every byte but `\n` (the separator and `\r` too).
+fn binary_keyed_lines(count: usize) -> Vec<KeyValue> {
+    (0..count)
+        .map(|i| {
+            let key = vec![b'k', 0x00, 0xff, 0x80 + (i % 37) as u8];
+            let mut value = format!("value {i:04} ").into_bytes();
+            value.extend(
+                (0..i % 300)
+                    .map(|j| ((i * 31 + j * 7) % 256) as u8)
+                    .filter(|&b| b != b'\n'),
+            );
+            (key, value)
+        })
+        .collect()
+}
+
+#[test]
+fn sarama_reads_what_sluice_produce_wrote_byte_for_byte() {
+    let broker = Broker::start(BrokerOptions::default());
+    let work = tempfile::tempdir().unwrap();
+    let lines = binary_keyed_lines(600);
+    let mut input = Vec::new();
+    for (key, value) in &lines {
+        input.extend_from_slice(key);
+        input.push(b'|');
+        input.extend_from_slice(value);
+        input.push(b'\n');
+    }
+    let file = write_file(work.path(), "lines.bin", &input);
+    let mut expected: BTreeMap<i32, Vec<&KeyValue>> = BTreeMap::new();
+    for line in &lines {
+        expected
+            .entry(key_partition(&line.0, SARAMA_PARTITIONS))
+            .or_default()
+            .push(line);
+    }
+    assert_eq!(
+        expected.len(),
+        SARAMA_PARTITIONS as usize,
+        "37 keys should reach every partition"
+    );
+
+    // sluice's producer compresses with Rust codecs; sarama decompresses with
+    // Go ones. (No zstd: sarama is built without cgo, and Fetch v4 could not
+    // carry zstd batches anyway.)
+    for codec in ["none", "gzip", "snappy", "lz4"] {
+        let topic = format!("sarama-reads-{codec}");
+        create_topic(&broker, &topic, SARAMA_PARTITIONS);
+        let started_ms = now_ms();
+        sluice(
+            &broker,
+            &[
+                "produce",
+                "--topic",
+                &topic,
+                "--file",
+                file.to_str().unwrap(),
+                "--key-separator",
+                "|",
+                "--compression",
+                codec,
+                "--quiet",
+            ],
+        );
+        let finished_ms = now_ms();
+        let ends = log_end_offsets(&broker, &topic, SARAMA_PARTITIONS);
+        for (&partition, lines) in &expected {
+            let what = format!("{codec}: partition {partition}");
+            assert_eq!(
+                ends[partition as usize],
+                lines.len() as i64,
+                "{what}: log end after `sluice produce`"
+            );
+            let read = sarama_run(
+                &broker,
+                "consume",
+                &[
+                    "--topic",
+                    &topic,
+                    "--partition",
+                    &partition.to_string(),
+                    "--count",
+                    &lines.len().to_string(),
+                ],
+            );
+            assert_eq!(read.len(), lines.len(), "{what}: records sarama read");
+            for (index, (record, (key, value))) in read.iter().zip(lines).enumerate() {
+                assert_eq!(
+                    (record.partition, record.offset),
+                    (partition, index as i64),
+                    "{what}: record {index}"
+                );
+                assert!(
+                    record.key.as_ref() == Some(key) && record.value.as_ref() == Some(value),
+                    "{what}, offset {index}: sarama read key {:?} value {:?}, sluice wrote key {key:?} value {value:?}",
+                    record.key,
+                    record.value
+                );
+                assert!(
+                    record.headers.is_empty(),
+                    "{what}, offset {index}: {record:?}"
+                );
+                assert!(
+                    (started_ms..=finished_ms).contains(&record.timestamp_ms),
+                    "{what}, offset {index}: timestamp {} is outside the produce run \
+                     ({started_ms}..={finished_ms})",
+                    record.timestamp_ms
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn sarama_consumer_group_reads_every_record_and_commits_the_log_end() {
+    let broker =
+        Broker::start(BrokerOptions::default().config("group.initial.rebalance.delay.ms", 0));
+    let work = tempfile::tempdir().unwrap();
+    let topic = "sarama-group";
+    let group = "sarama-group-members";
+    create_topic(&broker, topic, SARAMA_PARTITIONS);
+    let lines: Vec<String> = (0..1_200)
+        .map(|i| format!("k{:02}:line {i:05}", i % 37))
+        .collect();
+    let mut ends = vec![0i64; SARAMA_PARTITIONS as usize];
+
+    // A first run reads the 900 records there are and commits the log end; a
+    // second starts at those offsets and reads exactly the 300 new ones.
+    for (run, batch) in [&lines[..900], &lines[900..]].into_iter().enumerate() {
+        let file = write_file(
+            work.path(),
+            &format!("run-{run}.txt"),
+            format!("{}\n", batch.join("\n")).as_bytes(),
+        );
+        sluice(
+            &broker,
+            &[
+                "produce",
+                "--topic",
+                topic,
+                "--file",
+                file.to_str().unwrap(),
+                "--key-separator",
+                ":",
+                "--quiet",
+            ],
+        );
+        let new_ends = log_end_offsets(&broker, topic, SARAMA_PARTITIONS);
+        assert_eq!(
+            new_ends.iter().sum::<i64>() - ends.iter().sum::<i64>(),
+            batch.len() as i64,
+            "run {run}: the log ends did not move by the lines produced"
+        );
+
+        let seen = sarama_run(
+            &broker,
+            "group",
+            &[
+                "--topic",
+                topic,
+                "--group",
+                group,
+                "--count",
+                &batch.len().to_string(),
+            ],
+        );
+        let mut positions = BTreeSet::new();
+        for record in &seen {
+            let line = format!(
+                "{}:{}",
+                String::from_utf8_lossy(record.key.as_deref().unwrap_or_default()),
+                String::from_utf8_lossy(record.value.as_deref().unwrap_or_default())
+            );
+            assert!(
+                batch.contains(&line),
+                "run {run}: sarama read {line:?} at {}/{}, which is not a line of this run",
+                record.partition,
+                record.offset
+            );
+            assert!(
+                positions.insert((record.partition, record.offset)),
+                "run {run}: sarama read {}/{} twice",
+                record.partition,
+                record.offset
+            );
+        }
+        let wanted: BTreeSet<(i32, i64)> = (0..SARAMA_PARTITIONS)
+            .flat_map(|p| (ends[p as usize]..new_ends[p as usize]).map(move |o| (p, o)))
+            .collect();
+        assert_eq!(
+            positions, wanted,
+            "run {run}: sarama did not read exactly the records between the commits and the log ends"
+        );
+        ends = new_ends;
+
+        let described: Value =
+            serde_json::from_slice(&sluice(&broker, &["groups", "describe", group, "--json"]))
+                .expect("`sluice groups describe --json` prints JSON");
+        assert_eq!(
+            described["state"], "Empty",
+            "run {run}: sarama left: {described}"
+        );
+        let rows = described["partitions"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no partitions array: {described}"));
+        let mut committed = vec![-1i64; SARAMA_PARTITIONS as usize];
+        for row in rows.iter().filter(|row| row["topic"] == topic) {
+            let partition = row["partition"].as_i64().expect("a partition") as usize;
+            committed[partition] = row["committed_offset"].as_i64().unwrap_or(-1);
+            assert_eq!(
+                (&row["log_end_offset"], &row["lag"]),
+                (&json!(ends[partition]), &json!(0)),
+                "run {run}: log end and lag of partition {partition}: {described}"
+            );
+        }
+        assert_eq!(
+            committed, ends,
+            "run {run}: the committed offsets are not the log ends: {described}"
+        );
+    }
 }
