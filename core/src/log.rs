@@ -462,11 +462,14 @@ impl PartitionLog {
         index_batch(segment, &header, position, interval);
         segment.size_bytes = position + batch.len() as u64;
         self.producers.record(&header);
-        append_index_entries(storage, segment, index_before, time_before)?;
+        // The batch is in the log now, whatever happens to its index
+        // entries: the next sync must cover its segment, or a roll after a
+        // failed index write would leave it unsynced below a durable end.
         self.dirty.insert(SyncTarget::File(format!(
             "{dir}/{}",
             segment_name(segment.base_offset, "log")
         )));
+        append_index_entries(storage, segment, index_before, time_before)?;
         self.invariants();
         Ok(Appended {
             base_offset,

@@ -354,3 +354,102 @@ fn missing_index_files_are_rebuilt_on_a_clean_start() {
         Some((10, 100))
     );
 }
+
+/// `MemStorage` whose next write to an offset index file fails: a full disk
+/// between a batch's log write and its index write.
+struct IndexWriteFails {
+    inner: MemStorage,
+    paths: BTreeMap<FileId, String>,
+    armed: bool,
+}
+
+impl Storage for IndexWriteFails {
+    fn create_dir_all(&mut self, path: &str) -> io::Result<()> {
+        self.inner.create_dir_all(path)
+    }
+    fn list_dir(&mut self, path: &str) -> io::Result<Vec<String>> {
+        self.inner.list_dir(path)
+    }
+    fn exists(&mut self, path: &str) -> bool {
+        self.inner.exists(path)
+    }
+    fn open(&mut self, path: &str, create: bool) -> io::Result<FileId> {
+        let file = self.inner.open(path, create)?;
+        self.paths.insert(file, path.to_string());
+        Ok(file)
+    }
+    fn close(&mut self, file: FileId) {
+        self.inner.close(file)
+    }
+    fn len(&mut self, file: FileId) -> io::Result<u64> {
+        self.inner.len(file)
+    }
+    fn read_at(&mut self, file: FileId, position: u64, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.read_at(file, position, buf)
+    }
+    fn write_at(&mut self, file: FileId, position: u64, bytes: &[u8]) -> io::Result<()> {
+        if self.armed && self.paths[&file].ends_with(".index") {
+            self.armed = false;
+            return Err(io::ErrorKind::StorageFull.into());
+        }
+        self.inner.write_at(file, position, bytes)
+    }
+    fn truncate(&mut self, file: FileId, len: u64) -> io::Result<()> {
+        self.inner.truncate(file, len)
+    }
+    fn remove_file(&mut self, path: &str) -> io::Result<()> {
+        self.inner.remove_file(path)
+    }
+    fn remove_dir(&mut self, path: &str) -> io::Result<()> {
+        self.inner.remove_dir(path)
+    }
+    fn rename(&mut self, from: &str, to: &str) -> io::Result<()> {
+        self.inner.rename(from, to)
+    }
+}
+
+/// A batch whose index write failed is still in its segment; if the next
+/// batch rolls the log, the next sync must still cover that segment, or a
+/// crash loses a batch below the durable end (and the segments after it).
+#[test]
+fn a_failed_index_write_then_a_roll_loses_nothing_synced() {
+    let mut storage = IndexWriteFails {
+        inner: MemStorage::new(),
+        paths: BTreeMap::new(),
+        armed: false,
+    };
+    let pairs = [("segment.bytes", "150"), ("index.interval.bytes", "0")]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let config = TopicConfig::new(&BrokerConfig::defaults(), &pairs).expect("valid");
+    let (mut log, _) =
+        PartitionLog::open(&mut storage, "t-0", config.clone(), false).expect("open");
+    let batch = |n: u8| build_batch(0, &[(None, Some(&[n][..]), vec![], 0)]);
+    let sync = |log: &mut PartitionLog, storage: &mut IndexWriteFails| {
+        let end = log.log_end_offset();
+        for target in log.take_dirty() {
+            storage.inner.sync(&target);
+        }
+        log.mark_durable(end);
+        end
+    };
+    log.append(&mut storage, &batch(0), 0, 0).expect("first");
+    sync(&mut log, &mut storage);
+    storage.armed = true;
+    assert!(
+        log.append(&mut storage, &batch(1), 0, 0).is_err(),
+        "the index write fails"
+    );
+    log.append(&mut storage, &batch(2), 0, 0)
+        .expect("third, in a new segment");
+    assert_eq!(log.segments.len(), 2, "the third batch rolled the log");
+    assert_eq!(sync(&mut log, &mut storage), 3);
+    storage.inner.crash(0);
+    let (log, recovery) = PartitionLog::open(&mut storage, "t-0", config, false).expect("reopen");
+    assert_eq!(
+        (log.log_end_offset(), recovery.segments_removed),
+        (3, 0),
+        "everything below the durable end survived"
+    );
+}
