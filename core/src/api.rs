@@ -530,14 +530,21 @@ fn produce_partition<S: Storage>(
         Ok(Verdict::Duplicate {
             base_offset,
             last_offset,
+            max_timestamp,
         }) => {
-            // A retry: answer with the original offsets once they are durable.
+            // A retry: answer with the original offsets (and append time,
+            // as Kafka does) once they are durable.
             let log_start = log.log_start_offset();
+            let log_append_time_ms = if log.config().log_append_time {
+                max_timestamp
+            } else {
+                -1
+            };
             let seq = node.note_partition_write(name, index);
             let appended = crate::log::Appended {
                 base_offset,
                 last_offset,
-                log_append_time_ms: -1,
+                log_append_time_ms,
             };
             return Ok((appended, log_start, seq));
         }

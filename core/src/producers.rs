@@ -19,6 +19,9 @@ struct BatchMeta {
     last_sequence: i32,
     base_offset: i64,
     last_offset: i64,
+    /// The batch's max timestamp as stored (the append time with
+    /// LogAppendTime), which a retry is answered with.
+    max_timestamp: i64,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -32,8 +35,13 @@ struct ProducerEntry {
 pub enum Verdict {
     /// Not idempotent, or the next batch in sequence: append it.
     Append,
-    /// A retry of a batch already in the log at these offsets.
-    Duplicate { base_offset: i64, last_offset: i64 },
+    /// A retry of a batch already in the log at these offsets, stored with
+    /// this max timestamp.
+    Duplicate {
+        base_offset: i64,
+        last_offset: i64,
+        max_timestamp: i64,
+    },
 }
 
 /// Why a batch is refused; each maps to the Kafka error the producer gets.
@@ -97,6 +105,7 @@ impl ProducerStates {
             return Ok(Verdict::Duplicate {
                 base_offset: batch.base_offset,
                 last_offset: batch.last_offset,
+                max_timestamp: batch.max_timestamp,
             });
         }
         match entry.batches.back() {
@@ -122,6 +131,7 @@ impl ProducerStates {
             last_sequence: last_sequence_of(header),
             base_offset: header.base_offset,
             last_offset: header.last_offset(),
+            max_timestamp: header.max_timestamp,
         });
         while entry.batches.len() > BATCHES_KEPT_MAX {
             entry.batches.pop_front();
@@ -161,7 +171,8 @@ mod tests {
             attributes: 0,
             last_offset_delta: records - 1,
             base_timestamp: 0,
-            max_timestamp: 0,
+            // Distinct per batch, so a duplicate's answer shows whose it is.
+            max_timestamp: base_offset * 1_000 + 5,
             producer_id,
             producer_epoch: epoch,
             base_sequence,
@@ -179,7 +190,8 @@ mod tests {
             states.check(&first),
             Ok(Verdict::Duplicate {
                 base_offset: 10,
-                last_offset: 12
+                last_offset: 12,
+                max_timestamp: 10_005,
             })
         );
         assert_eq!(
@@ -213,7 +225,8 @@ mod tests {
             states.check(&header(1, 0, 6, 1, 0)),
             Ok(Verdict::Duplicate {
                 base_offset: 6,
-                last_offset: 6
+                last_offset: 6,
+                max_timestamp: 6_005,
             })
         );
         assert_eq!(

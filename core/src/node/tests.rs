@@ -1451,3 +1451,23 @@ fn a_huge_array_count_closes_the_connection_and_nothing_else() {
         );
     }
 }
+
+/// A retried idempotent batch is answered with the original offsets and,
+/// on a LogAppendTime topic, the original append time (as Kafka does).
+#[test]
+fn a_retry_gets_the_original_append_time() {
+    let mut h = Harness::new(MemStorage::new(), &[]);
+    h.create_topic("t", 1, &[("message.timestamp.type", "LogAppendTime")]);
+    let producer_id = init_producer_id(&mut h);
+    let answer = |h: &mut Harness, now_ms: i64| {
+        h.now_ms = now_ms;
+        let c = h.produce("t", 0, -1, idempotent_record(producer_id, 0, 0, b"v"));
+        h.sync_all();
+        let response: ProduceResponse = h.take(ApiKey::Produce, 9, c);
+        let p = &response.responses[0].partition_responses[0];
+        (p.error_code, p.base_offset, p.log_append_time_ms)
+    };
+    let first = answer(&mut h, 5_000);
+    assert_eq!(first, (0, 0, 5_000));
+    assert_eq!(answer(&mut h, 9_000), first, "the retry is the same append");
+}
