@@ -448,7 +448,7 @@ mod tests {
             .unwrap();
         assert_eq!(batch.len(), builder.size_bytes());
         let header = core_batch::check_framing(&batch).expect("framing and CRC");
-        core_batch::validate_produced(&batch, &header).expect("valid produce");
+        core_batch::validate_produced(&batch, &header, None).expect("valid produce");
         assert_eq!(
             (header.base_timestamp, header.max_timestamp),
             (1_000, 1_000)
@@ -562,7 +562,7 @@ mod tests {
             let header = core_batch::check_framing(&batch).unwrap();
             prop_assert_eq!(header.compression(), compression.code());
             prop_assert_eq!(header.record_count as usize, records.len());
-            core_batch::validate_produced(&batch, &header).unwrap();
+            core_batch::validate_produced(&batch, &header, None).unwrap();
             let tp = TopicPartition::new("t", 0);
             let fetched = read_fetched(&tp, &batch, base_offset).unwrap();
             prop_assert_eq!(fetched.records.len(), records.len());

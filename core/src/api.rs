@@ -521,10 +521,18 @@ fn produce_partition<S: Storage>(
             Some("batch larger than max.message.bytes"),
         ));
     }
-    let max_timestamp = batch::validate_produced(&records, &header).map_err(|e| {
-        let (error, why) = batch_error_code(&e);
-        (error, Some(why))
-    })?;
+    let config = log.config();
+    let create_time_bounds = (!config.log_append_time).then(|| {
+        (
+            now_ms.saturating_sub(config.timestamp_before_max_ms),
+            now_ms.saturating_add(config.timestamp_after_max_ms),
+        )
+    });
+    let max_timestamp =
+        batch::validate_produced(&records, &header, create_time_bounds).map_err(|e| {
+            let (error, why) = batch_error_code(&e);
+            (error, Some(why))
+        })?;
     match log.producers().check(&header) {
         Ok(Verdict::Append) => {}
         Ok(Verdict::Duplicate {

@@ -183,7 +183,15 @@ pub fn check_framing_first(records: &[u8]) -> Result<BatchHeader, BatchError> {
 /// Kafka's produce validation that do not depend on broker state.
 /// Returns the largest timestamp of the batch's records (-1 when none has
 /// one), which Kafka writes into the header whatever the producer put there.
-pub fn validate_produced(batch: &[u8], header: &BatchHeader) -> Result<i64, BatchError> {
+///
+/// With `create_time_bounds` (a CreateTime topic), every record timestamp
+/// other than -1 must lie within them (INVALID_TIMESTAMP otherwise), as
+/// Kafka checks `message.timestamp.before.max.ms` / `after.max.ms`.
+pub fn validate_produced(
+    batch: &[u8],
+    header: &BatchHeader,
+    create_time_bounds: Option<(i64, i64)>,
+) -> Result<i64, BatchError> {
     if header.is_control() {
         return Err(BatchError::Invalid(
             "control batches may not be produced by clients",
@@ -213,15 +221,23 @@ pub fn validate_produced(batch: &[u8], header: &BatchHeader) -> Result<i64, Batc
     // Kafka decompresses to check the records too; so do we, once.
     let body = &batch[HEADER_BYTES..];
     match header.compression() {
-        0 => check_records(body, header),
-        codec => check_records(&decompress(codec, Bytes::copy_from_slice(body))?, header),
+        0 => check_records(body, header, create_time_bounds),
+        codec => check_records(
+            &decompress(codec, Bytes::copy_from_slice(body))?,
+            header,
+            create_time_bounds,
+        ),
     }
 }
 
 /// Walks the uncompressed records of a batch and checks their framing:
 /// lengths, varints, offset deltas in order, count matching the header.
 /// Returns the largest record timestamp (-1 for none).
-fn check_records(mut records: &[u8], header: &BatchHeader) -> Result<i64, BatchError> {
+fn check_records(
+    mut records: &[u8],
+    header: &BatchHeader,
+    create_time_bounds: Option<(i64, i64)>,
+) -> Result<i64, BatchError> {
     const BROKEN: BatchError = BatchError::Corrupt("malformed record");
     let mut max_timestamp = NO_TIMESTAMP;
     for expected_delta in 0..header.record_count {
@@ -233,7 +249,15 @@ fn check_records(mut records: &[u8], header: &BatchHeader) -> Result<i64, BatchE
         records = rest;
         let _ = read_u8(&mut record).ok_or(BROKEN)?; // attributes
         let timestamp_delta = read_varlong(&mut record).ok_or(BROKEN)?;
-        max_timestamp = max_timestamp.max(header.base_timestamp.wrapping_add(timestamp_delta));
+        let timestamp = header.base_timestamp.wrapping_add(timestamp_delta);
+        if let Some((earliest, latest)) = create_time_bounds {
+            if timestamp != NO_TIMESTAMP && !(earliest..=latest).contains(&timestamp) {
+                return Err(BatchError::InvalidTimestamp(
+                    "record timestamp outside message.timestamp.before.max.ms / after.max.ms",
+                ));
+            }
+        }
+        max_timestamp = max_timestamp.max(timestamp);
         let offset_delta = read_varint(&mut record).ok_or(BROKEN)?;
         if offset_delta != expected_delta {
             return Err(BatchError::Invalid(
@@ -555,7 +579,7 @@ pub mod tests {
         );
         let good = gzip_batch(&plain);
         let header = check_framing(&good).expect("framing");
-        validate_produced(&good, &header).expect("valid compressed batch");
+        validate_produced(&good, &header, None).expect("valid compressed batch");
         assert_eq!(decode_records(&good).expect("decodes").len(), 2);
         // Claim three records while the compressed body holds two.
         let mut lying = plain.clone();
@@ -563,7 +587,7 @@ pub mod tests {
         lying[57..61].copy_from_slice(&3i32.to_be_bytes());
         let bad = gzip_batch(&lying);
         let header = check_framing(&bad).expect("framing");
-        assert!(validate_produced(&bad, &header).is_err());
+        assert!(validate_produced(&bad, &header, None).is_err());
     }
 
     #[test]
@@ -573,7 +597,7 @@ pub mod tests {
             &[(Some(b"k"), Some(b"v"), vec![(b"h", Some(b"x"))], 5)],
         );
         let header = check_framing(&batch).expect("valid batch");
-        validate_produced(&batch, &header).expect("valid produce");
+        validate_produced(&batch, &header, None).expect("valid produce");
         let records = decode_records(&batch).expect("decodes");
         assert_eq!(records.len(), 1);
         assert_eq!(records[0].timestamp, 1005);
@@ -618,7 +642,7 @@ pub mod tests {
         batch[17..21].copy_from_slice(&crc.to_be_bytes());
         let header = check_framing(&batch).expect("framing ok");
         assert!(matches!(
-            validate_produced(&batch, &header),
+            validate_produced(&batch, &header, None),
             Err(BatchError::Invalid(_))
         ));
     }
@@ -644,7 +668,7 @@ pub mod tests {
         #[test]
         fn arbitrary_bytes_never_panic_validation(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
             if let Ok(header) = check_framing(&bytes) {
-                let _ = validate_produced(&bytes, &header);
+                let _ = validate_produced(&bytes, &header, None);
                 let _ = decode_records(&bytes);
             }
             let _ = headers_in(&bytes).count();

@@ -177,6 +177,20 @@ pub const BROKER_KEYS: &[Key] = &[
         "timestamp kept in batches",
     ),
     key(
+        "log.message.timestamp.before.max.ms",
+        Kind::Long,
+        "9223372036854775807",
+        0,
+        "how far in the past a CreateTime record may be (INVALID_TIMESTAMP beyond)",
+    ),
+    key(
+        "log.message.timestamp.after.max.ms",
+        Kind::Long,
+        "3600000",
+        0,
+        "how far in the future a CreateTime record may be (Kafka 4's default: 1 hour)",
+    ),
+    key(
         "log.cleanup.policy",
         Kind::Choice(CLEANUP_POLICIES),
         "delete",
@@ -263,6 +277,20 @@ pub const TOPIC_KEYS: &[Key] = &[
         "log.message.timestamp.type",
         Kind::Choice(TIMESTAMP_TYPES),
         "CreateTime",
+        0,
+    ),
+    topic(
+        "message.timestamp.before.max.ms",
+        "log.message.timestamp.before.max.ms",
+        Kind::Long,
+        "9223372036854775807",
+        0,
+    ),
+    topic(
+        "message.timestamp.after.max.ms",
+        "log.message.timestamp.after.max.ms",
+        Kind::Long,
+        "3600000",
         0,
     ),
     topic(
@@ -528,6 +556,10 @@ pub struct TopicConfig {
     pub index_interval_bytes: u64,
     pub max_message_bytes: usize,
     pub log_append_time: bool,
+    /// How far before and after the broker's clock a CreateTime record's
+    /// timestamp may be.
+    pub timestamp_before_max_ms: i64,
+    pub timestamp_after_max_ms: i64,
     /// Mutation `skip-recovery-crc` (never set without the feature).
     pub skip_recovery_crc: bool,
     /// Mutation `offset-gap` (never set without the feature).
@@ -550,6 +582,8 @@ impl TopicConfig {
             index_interval_bytes: number("index.interval.bytes") as u64,
             max_message_bytes: number("max.message.bytes") as usize,
             log_append_time: get("message.timestamp.type") == "LogAppendTime",
+            timestamp_before_max_ms: number("message.timestamp.before.max.ms"),
+            timestamp_after_max_ms: number("message.timestamp.after.max.ms"),
             skip_recovery_crc: broker.mutated(Mutation::SkipRecoveryCrc),
             offset_gap: broker.mutated(Mutation::OffsetGap),
             overrides,

@@ -1471,3 +1471,41 @@ fn a_retry_gets_the_original_append_time() {
     assert_eq!(first, (0, 0, 5_000));
     assert_eq!(answer(&mut h, 9_000), first, "the retry is the same append");
 }
+
+/// CreateTime records more than `message.timestamp.after.max.ms` (Kafka 4's
+/// default: an hour) ahead of the broker's clock, or more than
+/// `before.max.ms` behind it, are refused with INVALID_TIMESTAMP; -1 and
+/// LogAppendTime topics are not checked.
+#[test]
+fn record_timestamps_far_from_the_broker_clock_are_refused() {
+    let mut h = Harness::new(MemStorage::new(), &[]);
+    h.create_topic("t", 1, &[]);
+    h.create_topic("wide", 1, &[("message.timestamp.after.max.ms", "10000000")]);
+    h.create_topic("recent", 1, &[("message.timestamp.before.max.ms", "1000")]);
+    h.create_topic(
+        "appended",
+        1,
+        &[("message.timestamp.type", "LogAppendTime")],
+    );
+    let now = h.now_ms;
+    let in_two_hours = now + 2 * 3_600_000;
+    let produce = |h: &mut Harness, topic: &str, timestamp: i64| {
+        let batch = build_batch(timestamp, &[(None, Some(b"v"), vec![], 0)]);
+        let c = h.produce(topic, 0, 1, Bytes::from(batch));
+        h.sync_all();
+        h.produce_result(c).0
+    };
+    let invalid = ResponseError::InvalidTimestamp.code();
+    assert_eq!(produce(&mut h, "t", in_two_hours), invalid);
+    assert_eq!(produce(&mut h, "t", now + 3_000_000), 0);
+    assert_eq!(produce(&mut h, "t", -1), 0);
+    assert_eq!(
+        produce(&mut h, "t", 0),
+        0,
+        "the past is unbounded by default"
+    );
+    assert_eq!(produce(&mut h, "wide", in_two_hours), 0);
+    assert_eq!(produce(&mut h, "recent", now - 5_000), invalid);
+    assert_eq!(produce(&mut h, "recent", now - 500), 0);
+    assert_eq!(produce(&mut h, "appended", in_two_hours), 0);
+}
