@@ -712,6 +712,102 @@ fn die_with_parent_thread(command: &mut Command) {
 fn die_with_parent_thread(_command: &mut Command) {}
 
 // ---------------------------------------------------------------------------
+// Long-running members
+// ---------------------------------------------------------------------------
+
+/// A client process that runs until told to stop (a `sluice consume
+/// --group` or a `kcat -G` member), its stdout and stderr in files under
+/// the test's directory. It dies with the test's thread, and is killed when
+/// dropped.
+pub struct Member {
+    name: String,
+    child: Option<Child>,
+    stdout: PathBuf,
+    stderr: PathBuf,
+}
+
+impl Member {
+    /// Starts `program args…` as member `name`, writing `dir/NAME.out` and
+    /// `dir/NAME.err`.
+    pub fn spawn(program: impl AsRef<OsStr>, args: &[String], dir: &Path, name: &str) -> Member {
+        let stdout = dir.join(format!("{name}.out"));
+        let stderr = dir.join(format!("{name}.err"));
+        let mut command = Command::new(program.as_ref());
+        command
+            .args(args)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(File::create(&stdout).expect("create the member's stdout file"))
+            .stderr(File::create(&stderr).expect("create the member's stderr file"));
+        die_with_parent_thread(&mut command);
+        let child = command.spawn().unwrap_or_else(|err| {
+            panic!(
+                "could not start {}: {err}",
+                program.as_ref().to_string_lossy()
+            )
+        });
+        Member {
+            name: name.to_string(),
+            child: Some(child),
+            stdout,
+            stderr,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// What it wrote to stdout so far.
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&fs::read(&self.stdout).unwrap_or_default()).into_owned()
+    }
+
+    /// What it wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&fs::read(&self.stderr).unwrap_or_default()).into_owned()
+    }
+
+    /// Panics, with its stderr, if it has exited.
+    pub fn fail_if_exited(&mut self) {
+        let child = self.child.as_mut().expect("the member is running");
+        if let Some(status) = child.try_wait().expect("poll the member") {
+            panic!(
+                "member {} exited early with {status}; its stderr:\n{}",
+                self.name,
+                self.stderr()
+            );
+        }
+    }
+
+    /// Sends SIGTERM and waits for the exit; kills it and panics if it
+    /// takes longer than `timeout`.
+    pub fn terminate(&mut self, timeout: Duration) -> ExitStatus {
+        let mut child = self.child.take().expect("the member is running");
+        send_signal(child.id(), libc::SIGTERM);
+        if let Some(status) = wait_with_timeout(&mut child, timeout) {
+            return status;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "member {} did not exit within {timeout:?} of SIGTERM; its stderr:\n{}",
+            self.name,
+            self.stderr()
+        );
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
 // Client tools
 // ---------------------------------------------------------------------------
 

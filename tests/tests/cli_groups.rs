@@ -17,11 +17,8 @@
 //! so that groups form at once. kcat comes from `scripts/install-test-deps`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::{self, File};
 use std::io::Read;
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -31,7 +28,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 use serde_json::Value;
 use sluice_tests::wire::{batch_of, Wire};
-use sluice_tests::{kcat, sluice_bin, Broker, BrokerOptions};
+use sluice_tests::{kcat, sluice_bin, Broker, BrokerOptions, Member};
 
 /// Bound on one `sluice` command in these tests.
 const SLUICE_TIMEOUT: Duration = Duration::from_secs(120);
@@ -135,99 +132,6 @@ fn sluice(broker: &Broker, args: &[&str]) -> Outcome {
         stdout: stdout.join().expect("stdout reader"),
         stderr: stderr.join().expect("stderr reader"),
         command_line,
-    }
-}
-
-/// A process that runs until told to stop (a `sluice consume --group` or a
-/// `kcat -G` member), its stdout and stderr in files. Killed when dropped,
-/// and with the test's thread.
-struct Member {
-    child: Option<Child>,
-    stdout: PathBuf,
-    stderr: PathBuf,
-}
-
-impl Member {
-    fn spawn(program: &Path, args: &[String], dir: &Path, name: &str) -> Member {
-        let stdout = dir.join(format!("{name}.out"));
-        let stderr = dir.join(format!("{name}.err"));
-        let mut command = Command::new(program);
-        command
-            .args(args)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(File::create(&stdout).expect("create the member's stdout file"))
-            .stderr(File::create(&stderr).expect("create the member's stderr file"));
-        // SAFETY: prctl is async-signal-safe and touches no memory of ours.
-        unsafe {
-            command.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = command
-            .spawn()
-            .unwrap_or_else(|err| panic!("could not start {}: {err}", program.display()));
-        Member {
-            child: Some(child),
-            stdout,
-            stderr,
-        }
-    }
-
-    fn stdout(&self) -> String {
-        String::from_utf8_lossy(&fs::read(&self.stdout).unwrap_or_default()).into_owned()
-    }
-
-    fn stderr(&self) -> String {
-        String::from_utf8_lossy(&fs::read(&self.stderr).unwrap_or_default()).into_owned()
-    }
-
-    fn fail_if_exited(&mut self) {
-        let child = self.child.as_mut().expect("the member is running");
-        if let Some(status) = child.try_wait().expect("poll the member") {
-            panic!(
-                "the member exited early with {status}; its stderr:\n{}",
-                self.stderr()
-            );
-        }
-    }
-
-    /// Sends SIGTERM and waits for the exit.
-    fn terminate(&mut self) -> ExitStatus {
-        let mut child = self.child.take().expect("the member is running");
-        let pid = libc::pid_t::try_from(child.id()).expect("pid fits in pid_t");
-        // SAFETY: kill(2) has no memory-safety preconditions; the pid is our
-        // own child, not yet reaped.
-        unsafe {
-            libc::kill(pid, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + SETTLE_TIMEOUT;
-        loop {
-            if let Some(status) = child.try_wait().expect("poll the member") {
-                return status;
-            }
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "the member did not exit within {SETTLE_TIMEOUT:?} of SIGTERM; its stderr:\n{}",
-                    self.stderr()
-                );
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Member {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
     }
 }
 
@@ -762,7 +666,7 @@ fn a_member_blocks_reset_and_delete_until_it_leaves_on_sigterm() {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let mut member = Member::spawn(&sluice_bin(), &args, work.path(), "member");
+    let mut member = Member::spawn(sluice_bin(), &args, work.path(), "member");
     let described = wait_for_one_member(&broker, &mut member, group, topic);
     let record = &described["members"][0];
     assert_eq!(record["client_id"], "sluice-cli", "{described}");
@@ -787,7 +691,7 @@ fn a_member_blocks_reset_and_delete_until_it_leaves_on_sigterm() {
 
     // SIGTERM: a final commit, a LeaveGroup (the group is Empty at once, not
     // after the 45 s session timeout) and status 0.
-    let status = member.terminate();
+    let status = member.terminate(SETTLE_TIMEOUT);
     assert!(status.success(), "{status}; stderr:\n{}", member.stderr());
     assert_eq!(
         member.stderr(),
@@ -855,7 +759,7 @@ fn describe_decodes_the_assignment_a_librdkafka_leader_wrote() {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let mut member = Member::spawn(&kcat(), &args, work.path(), "kcat");
+    let mut member = Member::spawn(kcat(), &args, work.path(), "kcat");
     let described = wait_for_one_member(&broker, &mut member, group, topic);
     assert_eq!(
         described["members"][0]["client_id"], "kcat-member",
@@ -863,7 +767,7 @@ fn describe_decodes_the_assignment_a_librdkafka_leader_wrote() {
     );
     assert_eq!(described["protocol_type"], "consumer", "{described}");
     refused_while_active(&broker, group, topic);
-    let status = member.terminate();
+    let status = member.terminate(SETTLE_TIMEOUT);
     assert!(
         status.success(),
         "kcat: {status}; stderr:\n{}",

@@ -27,11 +27,8 @@
 //! `scripts/install-test-deps`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fs::{self, File};
-#[cfg(target_os = "linux")]
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::path::Path;
+use std::process::ExitStatus;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -43,7 +40,7 @@ use kafka_protocol::protocol::StrBytes;
 use sluice_tests::wire::Wire;
 use sluice_tests::{
     interop_node_modules, interop_script, kcat, node, run_tool, venv_python, write_file, Broker,
-    BrokerOptions, Tool,
+    BrokerOptions, Member, Tool,
 };
 
 /// Bound on one script (each also has its own, shorter, deadline).
@@ -293,54 +290,19 @@ fn parse_consumed(text: &str) -> Vec<Consumed> {
 
 /// A `kcat -G` process that runs until told to stop, its stdout and stderr
 /// in files.
-struct KcatMember {
-    name: &'static str,
-    child: Option<Child>,
-    stdout: PathBuf,
-    stderr: PathBuf,
-}
+struct KcatMember(Member);
 
 impl KcatMember {
     fn spawn(name: &'static str, dir: &Path, args: &[String]) -> KcatMember {
-        let stdout = dir.join(format!("{name}.out"));
-        let stderr = dir.join(format!("{name}.err"));
-        let mut command = Command::new(kcat());
-        command
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(File::create(&stdout).expect("create kcat's stdout file"))
-            .stderr(File::create(&stderr).expect("create kcat's stderr file"));
-        // Dies with the test's thread, so a test killed from outside leaves
-        // no consumer behind.
-        #[cfg(target_os = "linux")]
-        // SAFETY: prctl is async-signal-safe and touches no memory of ours.
-        unsafe {
-            command.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = command
-            .spawn()
-            .unwrap_or_else(|err| panic!("could not start kcat: {err}"));
-        KcatMember {
-            name,
-            child: Some(child),
-            stdout,
-            stderr,
-        }
+        KcatMember(Member::spawn(kcat(), args, dir, name))
     }
 
     fn consumed(&self) -> Vec<Consumed> {
-        parse_consumed(&String::from_utf8_lossy(
-            &fs::read(&self.stdout).unwrap_or_default(),
-        ))
+        parse_consumed(&self.0.stdout())
     }
 
     fn log(&self) -> String {
-        String::from_utf8_lossy(&fs::read(&self.stderr).unwrap_or_default()).into_owned()
+        self.0.stderr()
     }
 
     /// The partitions kcat last reported as assigned (eager rebalancing: an
@@ -364,50 +326,13 @@ impl KcatMember {
     }
 
     fn fail_if_exited(&mut self) {
-        let child = self.child.as_mut().expect("the member is running");
-        if let Some(status) = child.try_wait().expect("poll kcat") {
-            panic!(
-                "kcat member {} exited early with {status}; its stderr:\n{}",
-                self.name,
-                self.log()
-            );
-        }
+        self.0.fail_if_exited();
     }
 
     /// SIGTERM, which kcat answers by closing its consumer (a final commit
     /// and LeaveGroup); waits for it to exit.
     fn terminate(&mut self) -> ExitStatus {
-        let mut child = self.child.take().expect("the member is running");
-        let pid = libc::pid_t::try_from(child.id()).expect("pid fits in pid_t");
-        // SAFETY: kill(2) has no memory-safety preconditions.
-        unsafe {
-            libc::kill(pid, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = child.try_wait().expect("poll kcat") {
-                return status;
-            }
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "kcat member {} did not exit within 30 s of SIGTERM; its stderr:\n{}",
-                    self.name,
-                    self.log()
-                );
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for KcatMember {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.0.terminate(Duration::from_secs(30))
     }
 }
 
@@ -665,7 +590,7 @@ fn kcat_balanced_consumers_split_the_topic_and_resume() {
         assert!(
             status.success(),
             "kcat member {} exited with {status}",
-            member.name
+            member.0.name()
         );
     }
     let (state, members) = describe_group(&broker, group);
