@@ -712,6 +712,64 @@ fn die_with_parent_thread(command: &mut Command) {
 fn die_with_parent_thread(_command: &mut Command) {}
 
 // ---------------------------------------------------------------------------
+// The sluice command
+// ---------------------------------------------------------------------------
+
+/// What a finished `sluice` command did, whatever its exit status.
+pub struct SluiceRun {
+    pub status: ExitStatus,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub elapsed: Duration,
+    pub command_line: String,
+}
+
+/// Runs `sluice args…` with `RUST_BACKTRACE=1` (a panic could not hide its
+/// backtrace) and `RUST_LOG` unset, feeding it `stdin` or closing its stdin;
+/// kills it and panics if it has not finished within `timeout`.
+pub fn run_sluice(args: &[&str], stdin: Option<&[u8]>, timeout: Duration) -> SluiceRun {
+    let command_line = format!("sluice {}", args.join(" "));
+    let started = Instant::now();
+    let mut child = Command::new(sluice_bin())
+        .args(args)
+        .env("RUST_BACKTRACE", "1")
+        .env_remove("RUST_LOG")
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|err| panic!("could not start `{command_line}`: {err}"));
+    let feeder = stdin.map(|bytes| {
+        let mut pipe = child.stdin.take().expect("piped stdin");
+        let bytes = bytes.to_vec();
+        thread::spawn(move || {
+            let _ = pipe.write_all(&bytes);
+        })
+    });
+    let stdout = read_in_background(child.stdout.take().expect("piped stdout"));
+    let stderr = read_in_background(child.stderr.take().expect("piped stderr"));
+    let Some(status) = wait_with_timeout(&mut child, timeout) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("`{command_line}` did not finish within {timeout:?} (killed it)");
+    };
+    if let Some(feeder) = feeder {
+        feeder.join().expect("stdin feeder");
+    }
+    SluiceRun {
+        status,
+        stdout: stdout.join().expect("stdout reader"),
+        stderr: stderr.join().expect("stderr reader"),
+        elapsed: started.elapsed(),
+        command_line,
+    }
+}
+
+// ---------------------------------------------------------------------------
 // Long-running members
 // ---------------------------------------------------------------------------
 

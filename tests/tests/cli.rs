@@ -17,15 +17,13 @@
 //! confluent-kafka side.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpListener};
-use std::process::{Command, ExitStatus, Stdio};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::process::ExitStatus;
+use std::time::Duration;
 
 use sluice_client::partitioner::key_partition;
 use sluice_tests::{
-    interop_script, kcat, run_tool_bytes, sluice_bin, venv_python, write_file, Broker,
+    interop_script, kcat, run_sluice, run_tool_bytes, venv_python, write_file, Broker,
     BrokerOptions, Tool,
 };
 
@@ -110,61 +108,15 @@ impl Outcome {
 }
 
 /// Runs `sluice args…`, feeding `stdin` (or closing it), with a time bound.
-/// `RUST_BACKTRACE=1` is set so that a panic could not hide its backtrace.
 fn sluice(args: &[&str], stdin: Option<&[u8]>) -> Outcome {
-    let command_line = format!("sluice {}", args.join(" "));
-    let started = Instant::now();
-    let mut child = Command::new(sluice_bin())
-        .args(args)
-        .env("RUST_BACKTRACE", "1")
-        .env_remove("RUST_LOG")
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|err| panic!("could not start `{command_line}`: {err}"));
-    let feeder = stdin.map(|bytes| {
-        let mut pipe = child.stdin.take().expect("piped stdin");
-        let bytes = bytes.to_vec();
-        thread::spawn(move || {
-            let _ = pipe.write_all(&bytes);
-        })
-    });
-    let stdout = read_all(child.stdout.take().expect("piped stdout"));
-    let stderr = read_all(child.stderr.take().expect("piped stderr"));
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("poll sluice") {
-            break status;
-        }
-        if started.elapsed() > SLUICE_TIMEOUT {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("`{command_line}` did not finish within {SLUICE_TIMEOUT:?} (killed it)");
-        }
-        thread::sleep(Duration::from_millis(10));
-    };
-    if let Some(feeder) = feeder {
-        feeder.join().expect("stdin feeder");
-    }
+    let run = run_sluice(args, stdin, SLUICE_TIMEOUT);
     Outcome {
-        status,
-        stdout: stdout.join().expect("stdout reader"),
-        stderr: stderr.join().expect("stderr reader"),
-        elapsed: started.elapsed(),
-        command_line,
+        status: run.status,
+        stdout: run.stdout,
+        stderr: run.stderr,
+        elapsed: run.elapsed,
+        command_line: run.command_line,
     }
-}
-
-fn read_all(mut source: impl Read + Send + 'static) -> thread::JoinHandle<Vec<u8>> {
-    thread::spawn(move || {
-        let mut buffer = Vec::new();
-        let _ = source.read_to_end(&mut buffer);
-        buffer
-    })
 }
 
 /// `sluice topics create NAME --partitions N`.

@@ -17,8 +17,7 @@
 //! so that groups form at once. kcat comes from `scripts/install-test-deps`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Read;
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -28,7 +27,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 use serde_json::Value;
 use sluice_tests::wire::{batch_of, Wire};
-use sluice_tests::{kcat, sluice_bin, Broker, BrokerOptions, Member};
+use sluice_tests::{kcat, run_sluice, sluice_bin, Broker, BrokerOptions, Member};
 
 /// Bound on one `sluice` command in these tests.
 const SLUICE_TIMEOUT: Duration = Duration::from_secs(120);
@@ -89,49 +88,17 @@ impl Outcome {
     }
 }
 
-/// The standard output and error of a process, read on threads of their own.
-fn read_all(mut source: impl Read + Send + 'static) -> thread::JoinHandle<String> {
-    thread::spawn(move || {
-        let mut buffer = Vec::new();
-        let _ = source.read_to_end(&mut buffer);
-        String::from_utf8_lossy(&buffer).into_owned()
-    })
-}
-
 /// Runs `sluice args… --bootstrap-server B` with a time bound.
 fn sluice(broker: &Broker, args: &[&str]) -> Outcome {
     let bootstrap = broker.bootstrap();
     let mut all: Vec<&str> = args.to_vec();
     all.extend(["--bootstrap-server", &bootstrap]);
-    let command_line = format!("sluice {}", all.join(" "));
-    let started = Instant::now();
-    let mut child = Command::new(sluice_bin())
-        .args(&all)
-        .env("RUST_BACKTRACE", "1")
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|err| panic!("could not start `{command_line}`: {err}"));
-    let stdout = read_all(child.stdout.take().expect("piped stdout"));
-    let stderr = read_all(child.stderr.take().expect("piped stderr"));
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("poll sluice") {
-            break status;
-        }
-        if started.elapsed() > SLUICE_TIMEOUT {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("`{command_line}` did not finish within {SLUICE_TIMEOUT:?} (killed it)");
-        }
-        thread::sleep(Duration::from_millis(10));
-    };
+    let run = run_sluice(&all, None, SLUICE_TIMEOUT);
     Outcome {
-        status,
-        stdout: stdout.join().expect("stdout reader"),
-        stderr: stderr.join().expect("stderr reader"),
-        command_line,
+        status: run.status,
+        stdout: String::from_utf8_lossy(&run.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&run.stderr).into_owned(),
+        command_line: run.command_line,
     }
 }
 
