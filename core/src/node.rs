@@ -22,6 +22,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io;
+// A peer address is a plain value the driver hands in with a connection
+// (what it accepted); nothing here opens or resolves anything.
 use std::net::IpAddr;
 
 use bytes::{BufMut, Bytes, BytesMut};

@@ -1,6 +1,7 @@
 //! Node tests: requests in as frames, responses and syncs out, on `MemStorage`,
 //! with the driver's part (performing syncs, crashing the disk) played here.
 
+// Peer addresses as values for `handle_connect`; no sockets are opened.
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use bytes::{BufMut, Bytes, BytesMut};
