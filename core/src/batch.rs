@@ -294,15 +294,10 @@ pub fn assign_offset(batch: &mut [u8], base_offset: i64, leader_epoch: i32) {
     batch[12..16].copy_from_slice(&leader_epoch.to_be_bytes());
 }
 
-/// Rewrites a batch to LogAppendTime: sets the attribute bit and the max
-/// timestamp to `now_ms`, then recomputes the CRC.
-pub fn set_log_append_time(batch: &mut [u8], now_ms: i64) {
-    let (head, records) = batch.split_at_mut(HEADER_BYTES);
-    set_log_append_time_split(head, records, now_ms);
-}
-
-/// `set_log_append_time` for a batch held as its header (`head`, the first
-/// `HEADER_BYTES`, rewritten) and the records after it (read only).
+/// Rewrites a batch held as its header (`head`, the first `HEADER_BYTES`,
+/// rewritten) and the records after it (read only) to LogAppendTime: sets
+/// the attribute bit and the max timestamp to `now_ms`, then recomputes
+/// the CRC.
 pub fn set_log_append_time_split(head: &mut [u8], records: &[u8], now_ms: i64) {
     let attributes = i16::from_be_bytes([head[21], head[22]]) | ATTRIBUTE_TIMESTAMP_LOG_APPEND;
     head[21..23].copy_from_slice(&attributes.to_be_bytes());
@@ -650,7 +645,8 @@ pub mod tests {
     #[test]
     fn log_append_time_rewrite_keeps_the_crc_valid() {
         let mut batch = build_batch(5, &[(None, Some(b"a"), vec![], 0)]);
-        set_log_append_time(&mut batch, 99);
+        let (head, records) = batch.split_at_mut(HEADER_BYTES);
+        set_log_append_time_split(head, records, 99);
         let header = check_framing(&batch).expect("crc recomputed");
         assert!(header.is_log_append_time());
         assert_eq!(decode_records(&batch).expect("decodes")[0].timestamp, 99);
