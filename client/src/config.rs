@@ -121,35 +121,8 @@ impl Acks {
     }
 }
 
-/// Compression of a record batch; the code is the batch's attribute bits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Compression {
-    None,
-    Gzip,
-    Snappy,
-    Lz4,
-    Zstd,
-}
-
-impl Compression {
-    pub const ALL: [Compression; 5] = [
-        Compression::None,
-        Compression::Gzip,
-        Compression::Snappy,
-        Compression::Lz4,
-        Compression::Zstd,
-    ];
-
-    pub fn code(self) -> i16 {
-        match self {
-            Compression::None => 0,
-            Compression::Gzip => 1,
-            Compression::Snappy => 2,
-            Compression::Lz4 => 3,
-            Compression::Zstd => 4,
-        }
-    }
-}
+/// Compression of a record batch: the core encoder's.
+pub use sluice_core::batch::builder::Compression;
 
 /// Producer settings.
 #[derive(Debug, Clone)]

@@ -26,6 +26,7 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
 use kafka_protocol::ResponseError;
+use sluice_core::wire::versions;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::task::AbortHandle;
@@ -51,37 +52,48 @@ const CLIENT_SOFTWARE_NAME: &str = "sluice-client";
 /// Fired when a request has its place in a connection's order.
 pub type Queued = oneshot::Sender<()>;
 
-/// The versions of each API this client implements, `(api, min, max)`.
-/// Every version in a range is handled, including the switch from topic
-/// names to topic ids in Produce v13 and Fetch v13.
-pub const CLIENT_VERSIONS: &[(ApiKey, i16, i16)] = &[
-    (ApiKey::Produce, 3, 13),
-    (ApiKey::Fetch, 4, 18),
-    (ApiKey::ListOffsets, 1, 10),
-    (ApiKey::Metadata, 1, 13),
-    (ApiKey::ApiVersions, 0, 4),
-    (ApiKey::CreateTopics, 2, 7),
-    (ApiKey::DeleteTopics, 1, 6),
-    (ApiKey::DescribeConfigs, 1, 4),
-    (ApiKey::CreatePartitions, 0, 3),
-    (ApiKey::DescribeCluster, 0, 2),
-    (ApiKey::FindCoordinator, 0, 6),
-    (ApiKey::JoinGroup, 0, 9),
-    (ApiKey::SyncGroup, 0, 5),
-    (ApiKey::Heartbeat, 0, 4),
-    (ApiKey::LeaveGroup, 0, 5),
-    (ApiKey::OffsetCommit, 2, 9),
-    (ApiKey::OffsetFetch, 1, 9),
-    (ApiKey::DescribeGroups, 0, 6),
-    (ApiKey::ListGroups, 0, 5),
-    (ApiKey::DeleteGroups, 0, 2),
+/// The APIs this client sends. Their versions are not listed here: the
+/// client speaks the core's table (`sluice_core::wire::versions::SUPPORTED`),
+/// so a client built from this tree speaks every version its broker serves,
+/// including the switch from topic names to topic ids in Produce v13 and
+/// Fetch v13. Where the client speaks less, [`client_versions`] says so.
+pub const CLIENT_APIS: &[ApiKey] = &[
+    ApiKey::Produce,
+    ApiKey::Fetch,
+    ApiKey::ListOffsets,
+    ApiKey::Metadata,
+    ApiKey::ApiVersions,
+    ApiKey::CreateTopics,
+    ApiKey::DeleteTopics,
+    ApiKey::DescribeConfigs,
+    ApiKey::CreatePartitions,
+    ApiKey::DescribeCluster,
+    ApiKey::FindCoordinator,
+    ApiKey::JoinGroup,
+    ApiKey::SyncGroup,
+    ApiKey::Heartbeat,
+    ApiKey::LeaveGroup,
+    ApiKey::OffsetCommit,
+    ApiKey::OffsetFetch,
+    ApiKey::DescribeGroups,
+    ApiKey::ListGroups,
+    ApiKey::DeleteGroups,
 ];
 
-fn client_range(api: ApiKey) -> Option<(i16, i16)> {
-    CLIENT_VERSIONS
-        .iter()
-        .find(|(key, _, _)| *key == api)
-        .map(|&(_, min, max)| (min, max))
+/// The `(min, max)` versions of `api` this client speaks: the core's range,
+/// narrowed per API where the client cannot use all of it. None for an API
+/// the client does not send.
+pub fn client_versions(api: ApiKey) -> Option<(i16, i16)> {
+    if !CLIENT_APIS.contains(&api) {
+        return None;
+    }
+    let (min, max) = versions::supported_versions(api)?;
+    match api {
+        // The client asks for all topics with a null topic list, which
+        // Metadata v0 cannot carry (its list is not nullable there).
+        ApiKey::Metadata => Some((min.max(1), max)),
+        _ => Some((min, max)),
+    }
 }
 
 /// The version to use per API, from the broker's ApiVersions answer.
@@ -107,7 +119,7 @@ impl Versions {
     /// ranges overlap.
     pub fn pick(&self, api: ApiKey, address: &str) -> Result<i16> {
         let (client_min, client_max) =
-            client_range(api).expect("the client uses only APIs it lists");
+            client_versions(api).expect("the client uses only APIs it lists");
         let Some(&(broker_min, broker_max)) = self.broker.get(&(api as i16)) else {
             return Err(Error::ApiNotServed {
                 address: address.to_string(),
@@ -476,7 +488,7 @@ impl Connection {
             .iter()
             .find(|(key, _)| *key == api)
             .map_or(i16::MAX, |c| c.1);
-        let mut version = client_range(api).expect("listed").1.min(cap);
+        let mut version = client_versions(api).expect("listed").1.min(cap);
         for _ in 0..NEGOTIATION_ATTEMPTS_MAX {
             let request = ApiVersionsRequest::default()
                 .with_client_software_name(StrBytes::from_static_str(CLIENT_SOFTWARE_NAME))
@@ -759,6 +771,41 @@ mod tests {
             versions.pick(ApiKey::Produce, "old"),
             Err(Error::ApiNotServed { .. })
         ));
+    }
+
+    /// A broker built from this tree answers ApiVersions with the core's
+    /// table; records the ApiVersions version it was asked at.
+    async fn core_broker(mut socket: tokio::io::DuplexStream) -> i16 {
+        let frame = read_frame(&mut socket).await.expect("ApiVersions request");
+        let version = i16::from_be_bytes([frame[2], frame[3]]);
+        let id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
+        let mut body = BytesMut::new();
+        body.put_i32(id);
+        versions::api_versions_response(0)
+            .encode(&mut body, version)
+            .unwrap();
+        let mut out = BytesMut::new();
+        out.put_i32(body.len() as i32);
+        out.extend_from_slice(&body);
+        socket.write_all(&out).await.expect("answer");
+        version
+    }
+
+    #[tokio::test]
+    async fn against_the_core_table_every_api_negotiates_the_brokers_newest() {
+        let (client_side, broker_side) = tokio::io::duplex(64 * 1024);
+        let broker = tokio::spawn(core_broker(broker_side));
+        let connection = Connection::start(client_side, "core", "test");
+        let negotiated = connection.negotiate(&[], 1_000).await.expect("negotiates");
+        let newest = |api| versions::supported_versions(api).map(|(_, max)| max);
+        assert_eq!(
+            Some(broker.await.expect("broker")),
+            newest(ApiKey::ApiVersions)
+        );
+        for &api in CLIENT_APIS {
+            let picked = negotiated.pick(api, "core").ok();
+            assert_eq!(picked, newest(api), "{api:?}");
+        }
     }
 
     #[tokio::test]

@@ -641,10 +641,10 @@ async fn send_batches<C: Connector>(
         let built = batch
             .builder
             .build(shared.config.compression, ProducerIdentity::NONE);
-        batch.encoded = Some(built.map_err(|detail| Error::Encode {
+        batch.encoded = Some(built.map_err(|error| Error::Encode {
             api: ApiKey::Produce,
             version,
-            detail,
+            detail: error.to_string(),
         })?);
     }
     let request = produce_request(

@@ -7,27 +7,9 @@
 
 use bytes::Bytes;
 
-/// One partition of one topic.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct TopicPartition {
-    pub topic: String,
-    pub partition: i32,
-}
-
-impl TopicPartition {
-    pub fn new(topic: impl Into<String>, partition: i32) -> TopicPartition {
-        TopicPartition {
-            topic: topic.into(),
-            partition,
-        }
-    }
-}
-
-impl std::fmt::Display for TopicPartition {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}-{}", self.topic, self.partition)
-    }
-}
+/// One partition of one topic: the core's type, so the client and the
+/// broker name partitions the same way.
+pub use sluice_core::types::TopicPartition;
 
 /// A record header. Kafka allows the same key more than once.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -7,15 +7,36 @@
 //! the record framing once on the way in, and patches the header in place.
 //! Records are only decoded on slow paths (lookup by timestamp, dump-log).
 
+pub mod builder;
+
 use bytes::{Buf, BufMut, Bytes};
 
+// Where each header field starts, named as Kafka's DefaultRecordBatch names
+// them (PROTOCOL.md §3). Big-endian, back to back, in this order.
+pub const BASE_OFFSET_OFFSET: usize = 0;
+pub const LENGTH_OFFSET: usize = 8;
+pub const PARTITION_LEADER_EPOCH_OFFSET: usize = 12;
+pub const MAGIC_OFFSET: usize = 16;
+pub const CRC_OFFSET: usize = 17;
+pub const ATTRIBUTES_OFFSET: usize = 21;
+pub const LAST_OFFSET_DELTA_OFFSET: usize = 23;
+pub const BASE_TIMESTAMP_OFFSET: usize = 27;
+pub const MAX_TIMESTAMP_OFFSET: usize = 35;
+pub const PRODUCER_ID_OFFSET: usize = 43;
+pub const PRODUCER_EPOCH_OFFSET: usize = 51;
+pub const BASE_SEQUENCE_OFFSET: usize = 53;
+pub const RECORDS_COUNT_OFFSET: usize = 57;
 /// Bytes of the batch header before the records.
 pub const HEADER_BYTES: usize = 61;
 /// Bytes before the `batchLength` field ends: `baseOffset` (8) + `batchLength` (4).
-pub const LOG_OVERHEAD: usize = 12;
+pub const LOG_OVERHEAD: usize = LENGTH_OFFSET + 4;
 /// The CRC covers the batch from the attributes field to its end.
-const CRC_START: usize = 21;
-const MAGIC_OFFSET: usize = 16;
+pub const CRC_START: usize = ATTRIBUTES_OFFSET;
+/// The magic byte of record batch v2, the only format Sluice writes or accepts.
+pub const MAGIC: i8 = 2;
+
+const _: () = assert!(CRC_OFFSET + 4 == CRC_START);
+const _: () = assert!(RECORDS_COUNT_OFFSET + 4 == HEADER_BYTES);
 
 pub const ATTRIBUTE_COMPRESSION_MASK: i16 = 0x07;
 pub const ATTRIBUTE_TIMESTAMP_LOG_APPEND: i16 = 0x08;
@@ -102,6 +123,11 @@ impl BatchHeader {
         self.last_offset().wrapping_add(1)
     }
 
+    /// The sequence of the batch's last record (-1 without sequences).
+    pub fn last_sequence(&self) -> i32 {
+        increment_sequence(self.base_sequence, self.last_offset_delta)
+    }
+
     pub fn compression(&self) -> i16 {
         self.attributes & ATTRIBUTE_COMPRESSION_MASK
     }
@@ -119,6 +145,20 @@ impl BatchHeader {
     }
 }
 
+/// Kafka's producer sequence arithmetic (`DefaultRecordBatch.incrementSequence`):
+/// `sequence + increment`, wrapping past `i32::MAX` to 0. A batch without
+/// sequences (a negative one) stays without: -1.
+pub fn increment_sequence(sequence: i32, increment: i32) -> i32 {
+    if sequence < 0 {
+        return -1;
+    }
+    if sequence > i32::MAX - increment.max(0) {
+        increment - (i32::MAX - sequence) - 1
+    } else {
+        sequence.wrapping_add(increment)
+    }
+}
+
 /// Reads the magic byte and the length of the batch at the start of `bytes`,
 /// if enough bytes are there. Works for any magic (old message sets share the
 /// offset/length/…/magic prefix).
@@ -126,7 +166,7 @@ pub fn peek_size_and_magic(bytes: &[u8]) -> Option<(i32, i8)> {
     if bytes.len() <= MAGIC_OFFSET {
         return None;
     }
-    let length = (&bytes[8..12]).get_i32();
+    let length = (&bytes[LENGTH_OFFSET..LOG_OVERHEAD]).get_i32();
     Some((length, bytes[MAGIC_OFFSET] as i8))
 }
 
@@ -135,13 +175,19 @@ pub fn compute_crc(batch: &[u8]) -> u32 {
     crc32c::crc32c(&batch[CRC_START..])
 }
 
+/// Computes a whole batch's CRC-32C and writes it into its header.
+pub fn write_crc(batch: &mut [u8]) {
+    let crc = compute_crc(batch);
+    batch[CRC_OFFSET..CRC_START].copy_from_slice(&crc.to_be_bytes());
+}
+
 /// Checks that `batch` is exactly one complete v2 batch with a valid CRC and
 /// returns its header. Used on produce and on recovery.
 pub fn check_framing(batch: &[u8]) -> Result<BatchHeader, BatchError> {
     let Some((length, magic)) = peek_size_and_magic(batch) else {
         return Err(BatchError::Corrupt("batch shorter than its header"));
     };
-    if magic != 2 {
+    if magic != MAGIC {
         return Err(BatchError::Invalid(
             "only record batch v2 (magic 2) is accepted",
         ));
@@ -167,7 +213,7 @@ pub fn check_framing_first(records: &[u8]) -> Result<BatchHeader, BatchError> {
     let Some((length, magic)) = peek_size_and_magic(records) else {
         return Err(BatchError::Corrupt("batch shorter than its header"));
     };
-    if magic != 2 {
+    if magic != MAGIC {
         return Err(BatchError::Invalid(
             "only record batch v2 (magic 2) is accepted",
         ));
@@ -191,6 +237,23 @@ pub fn validate_produced(
     batch: &[u8],
     header: &BatchHeader,
     create_time_bounds: Option<(i64, i64)>,
+) -> Result<i64, BatchError> {
+    validate_produced_bounded(
+        batch,
+        header,
+        create_time_bounds,
+        STORED_DECOMPRESSED_BYTES_MAX,
+    )
+}
+
+/// `validate_produced`, refusing a batch whose records expand beyond
+/// `decompressed_bytes_max` (INVALID_RECORD), found while streaming the
+/// decompressor, before more than that is held.
+pub fn validate_produced_bounded(
+    batch: &[u8],
+    header: &BatchHeader,
+    create_time_bounds: Option<(i64, i64)>,
+    decompressed_bytes_max: usize,
 ) -> Result<i64, BatchError> {
     if header.is_control() {
         return Err(BatchError::Invalid(
@@ -223,7 +286,7 @@ pub fn validate_produced(
     match header.compression() {
         0 => check_records(body, header, create_time_bounds),
         codec => check_records(
-            &decompress(codec, Bytes::copy_from_slice(body))?,
+            &decompress(codec, Bytes::copy_from_slice(body), decompressed_bytes_max)?,
             header,
             create_time_bounds,
         ),
@@ -290,8 +353,8 @@ pub const NO_TIMESTAMP: i64 = -1;
 /// Writes the broker-assigned base offset and leader epoch into a batch.
 /// Neither field is covered by the CRC.
 pub fn assign_offset(batch: &mut [u8], base_offset: i64, leader_epoch: i32) {
-    batch[0..8].copy_from_slice(&base_offset.to_be_bytes());
-    batch[12..16].copy_from_slice(&leader_epoch.to_be_bytes());
+    batch[BASE_OFFSET_OFFSET..LENGTH_OFFSET].copy_from_slice(&base_offset.to_be_bytes());
+    batch[PARTITION_LEADER_EPOCH_OFFSET..MAGIC_OFFSET].copy_from_slice(&leader_epoch.to_be_bytes());
 }
 
 /// Rewrites a batch held as its header (`head`, the first `HEADER_BYTES`,
@@ -299,17 +362,19 @@ pub fn assign_offset(batch: &mut [u8], base_offset: i64, leader_epoch: i32) {
 /// the attribute bit and the max timestamp to `now_ms`, then recomputes
 /// the CRC.
 pub fn set_log_append_time_split(head: &mut [u8], records: &[u8], now_ms: i64) {
-    let attributes = i16::from_be_bytes([head[21], head[22]]) | ATTRIBUTE_TIMESTAMP_LOG_APPEND;
-    head[21..23].copy_from_slice(&attributes.to_be_bytes());
+    let field = ATTRIBUTES_OFFSET..LAST_OFFSET_DELTA_OFFSET;
+    let attributes = i16::from_be_bytes([head[field.start], head[field.start + 1]])
+        | ATTRIBUTE_TIMESTAMP_LOG_APPEND;
+    head[field].copy_from_slice(&attributes.to_be_bytes());
     set_max_timestamp_split(head, records, now_ms);
 }
 
 /// Sets the max timestamp of a batch held as header and records, and
 /// recomputes the CRC (which covers it).
 pub fn set_max_timestamp_split(head: &mut [u8], records: &[u8], max_timestamp: i64) {
-    head[35..43].copy_from_slice(&max_timestamp.to_be_bytes());
+    head[MAX_TIMESTAMP_OFFSET..PRODUCER_ID_OFFSET].copy_from_slice(&max_timestamp.to_be_bytes());
     let crc = crc32c::crc32c_append(crc32c::crc32c(&head[CRC_START..HEADER_BYTES]), records);
-    head[17..21].copy_from_slice(&crc.to_be_bytes());
+    head[CRC_OFFSET..CRC_START].copy_from_slice(&crc.to_be_bytes());
 }
 
 /// One decoded record, for slow paths.
@@ -322,27 +387,89 @@ pub struct RecordView {
     pub headers: Vec<(Bytes, Option<Bytes>)>,
 }
 
-/// Decodes every record of a batch, decompressing when needed.
+/// Decodes every record of a batch, decompressing when needed (up to
+/// `STORED_DECOMPRESSED_BYTES_MAX`).
 pub fn decode_records(batch: &[u8]) -> Result<Vec<RecordView>, BatchError> {
     let header = check_framing(batch)?;
     let body = Bytes::copy_from_slice(&batch[HEADER_BYTES..]);
-    let plain = decompress(header.compression(), body)?;
+    let plain = decompress(header.compression(), body, STORED_DECOMPRESSED_BYTES_MAX)?;
     parse_records(&plain, &header)
 }
 
-fn decompress(codec: i16, body: Bytes) -> Result<Bytes, BatchError> {
-    use kafka_protocol::compression::{Decompressor, Gzip, Lz4, Snappy, Zstd};
+/// The most a stored batch's records may expand to when the broker reads
+/// its own log back (they were bounded when produced; this bounds what a
+/// damaged or foreign log can cost).
+pub const STORED_DECOMPRESSED_BYTES_MAX: usize = 256 << 20;
+
+/// Decompresses a batch's records, streaming, and stops as soon as they
+/// pass `bytes_max`: a small batch that claims to expand to gigabytes
+/// costs at most `bytes_max` of memory before it is refused.
+fn decompress(codec: i16, body: Bytes, bytes_max: usize) -> Result<Bytes, BatchError> {
+    use std::io::Read;
     const FAILED: BatchError = BatchError::Corrupt("cannot decompress records");
-    let mut body = body;
-    let copy = |b: &mut Bytes| Ok(b.clone());
+    const TOO_LARGE: BatchError =
+        BatchError::Invalid("records expand beyond the broker's decompression bound");
+    let read_bounded = |reader: &mut dyn Read| -> Result<Bytes, BatchError> {
+        let mut plain = Vec::new();
+        let limit = bytes_max as u64 + 1;
+        reader
+            .take(limit)
+            .read_to_end(&mut plain)
+            .map_err(|_| FAILED)?;
+        if plain.len() > bytes_max {
+            return Err(TOO_LARGE);
+        }
+        Ok(Bytes::from(plain))
+    };
     match codec {
+        0 if body.len() > bytes_max => Err(TOO_LARGE),
         0 => Ok(body),
-        1 => Gzip::decompress(&mut body, copy).map_err(|_| FAILED),
-        2 => Snappy::decompress(&mut body, copy).map_err(|_| FAILED),
-        3 => Lz4::decompress(&mut body, copy).map_err(|_| FAILED),
-        4 => Zstd::decompress(&mut body, copy).map_err(|_| FAILED),
+        // Java's GZIPInputStream reads concatenated members; so do we.
+        1 => read_bounded(&mut flate2::read::MultiGzDecoder::new(&body[..])),
+        2 => snappy_bounded(&body, bytes_max),
+        3 => read_bounded(&mut lz4::Decoder::new(&body[..]).map_err(|_| FAILED)?),
+        4 => read_bounded(&mut zstd::stream::read::Decoder::new(&body[..]).map_err(|_| FAILED)?),
         _ => Err(FAILED),
     }
+}
+
+/// The header of the Java client's framed snappy (xerial's
+/// SnappyOutputStream); without it, the body is one raw snappy block.
+const SNAPPY_XERIAL_MAGIC: &[u8; 16] = b"\x82SNAPPY\x00\x00\x00\x00\x01\x00\x00\x00\x01";
+
+/// Snappy, raw or in xerial's frames, each block's size read from its
+/// header and checked against what is left of `bytes_max` before anything
+/// is allocated.
+fn snappy_bounded(body: &[u8], bytes_max: usize) -> Result<Bytes, BatchError> {
+    const FAILED: BatchError = BatchError::Corrupt("cannot decompress records");
+    const TOO_LARGE: BatchError =
+        BatchError::Invalid("records expand beyond the broker's decompression bound");
+    let mut plain = Vec::new();
+    let decode_block = |block: &[u8], plain: &mut Vec<u8>| -> Result<(), BatchError> {
+        let length = snap::raw::decompress_len(block).map_err(|_| FAILED)?;
+        if length > bytes_max - plain.len() {
+            return Err(TOO_LARGE);
+        }
+        let start = plain.len();
+        plain.resize(start + length, 0);
+        snap::raw::Decoder::new()
+            .decompress(block, &mut plain[start..])
+            .map_err(|_| FAILED)?;
+        Ok(())
+    };
+    match body.strip_prefix(&SNAPPY_XERIAL_MAGIC[..]) {
+        None => decode_block(body, &mut plain)?,
+        Some(mut frames) => {
+            while !frames.is_empty() {
+                let (length, rest) = frames.split_first_chunk::<4>().ok_or(FAILED)?;
+                let length = u32::from_be_bytes(*length) as usize;
+                let block = rest.get(..length).ok_or(FAILED)?;
+                decode_block(block, &mut plain)?;
+                frames = &rest[length..];
+            }
+        }
+    }
+    Ok(Bytes::from(plain))
 }
 
 fn parse_records(plain: &Bytes, header: &BatchHeader) -> Result<Vec<RecordView>, BatchError> {
@@ -446,22 +573,43 @@ fn read_nullable(buf: &mut &[u8], slice: &dyn Fn(&[u8], usize) -> Bytes) -> Opti
     Some(Some(bytes))
 }
 
-pub fn put_varint(buf: &mut Vec<u8>, value: i64) {
-    let mut v = ((value << 1) ^ (value >> 63)) as u64;
-    while v >= 0x80 {
-        buf.put_u8((v as u8) | 0x80);
-        v >>= 7;
-    }
-    buf.put_u8(v as u8);
+fn zigzag(value: i64) -> u64 {
+    ((value << 1) ^ (value >> 63)) as u64
 }
 
-pub fn put_nullable(buf: &mut Vec<u8>, bytes: Option<&[u8]>) {
+/// Writes a zigzag varint (varints and varlongs share the encoding): the
+/// one writer of the record framing, for the encoder and for tests.
+pub fn put_varint(out: &mut impl BufMut, value: i64) {
+    let mut rest = zigzag(value);
+    while rest >= 0x80 {
+        out.put_u8((rest as u8) | 0x80);
+        rest >>= 7;
+    }
+    out.put_u8(rest as u8);
+}
+
+/// Bytes `put_varint` writes for `value`.
+pub fn varint_bytes(value: i64) -> usize {
+    let bits = 64 - zigzag(value).leading_zeros() as usize;
+    bits.div_ceil(7).max(1)
+}
+
+/// Writes varint-length-prefixed bytes, or -1 for null.
+pub fn put_nullable(out: &mut impl BufMut, bytes: Option<&[u8]>) {
     match bytes {
-        None => put_varint(buf, -1),
+        None => put_varint(out, -1),
         Some(b) => {
-            put_varint(buf, b.len() as i64);
-            buf.put_slice(b);
+            put_varint(out, b.len() as i64);
+            out.put_slice(b);
         }
+    }
+}
+
+/// Bytes `put_nullable` writes for `bytes`.
+pub fn nullable_bytes(bytes: Option<&[u8]>) -> usize {
+    match bytes {
+        None => varint_bytes(-1),
+        Some(b) => varint_bytes(b.len() as i64) + b.len(),
     }
 }
 
@@ -474,44 +622,26 @@ pub type RecordSpec<'a> = (
 );
 
 /// Encodes an uncompressed v2 batch the way a producer would (no producer
-/// id, base offset 0): for tests, tools and control records.
+/// id, base offset 0) with `builder::BatchBuilder`: for tests, tools and
+/// the broker's own records. Record timestamps are `base_timestamp` plus
+/// their delta; `records` is not empty (asserted).
 pub fn build_batch(base_timestamp: i64, records: &[RecordSpec<'_>]) -> Vec<u8> {
-    let mut body = Vec::new();
-    let mut max_timestamp = base_timestamp;
-    for (delta, (key, value, headers, ts_delta)) in records.iter().enumerate() {
-        let mut record = Vec::new();
-        record.put_u8(0);
-        put_varint(&mut record, *ts_delta);
-        put_varint(&mut record, delta as i64);
-        put_nullable(&mut record, *key);
-        put_nullable(&mut record, *value);
-        put_varint(&mut record, headers.len() as i64);
-        for (name, value) in headers {
-            put_nullable(&mut record, Some(name));
-            put_nullable(&mut record, *value);
-        }
-        put_varint(&mut body, record.len() as i64);
-        body.extend_from_slice(&record);
-        max_timestamp = max_timestamp.max(base_timestamp + ts_delta);
+    use builder::{BatchBuilder, Compression, ProducerIdentity, RecordData};
+    let mut batch = BatchBuilder::new().with_base_timestamp(base_timestamp);
+    for (key, value, headers, timestamp_delta) in records {
+        batch.append(&RecordData {
+            timestamp_ms: base_timestamp.wrapping_add(*timestamp_delta),
+            key: *key,
+            value: *value,
+            headers,
+        });
     }
-    let mut batch = Vec::new();
-    batch.put_i64(0);
-    batch.put_i32((HEADER_BYTES - LOG_OVERHEAD + body.len()) as i32);
-    batch.put_i32(-1);
-    batch.put_i8(2);
-    batch.put_u32(0);
-    batch.put_i16(0);
-    batch.put_i32(records.len() as i32 - 1);
-    batch.put_i64(base_timestamp);
-    batch.put_i64(max_timestamp);
-    batch.put_i64(-1);
-    batch.put_i16(-1);
-    batch.put_i32(-1);
-    batch.put_i32(records.len() as i32);
-    batch.extend_from_slice(&body);
-    let crc = compute_crc(&batch);
-    batch[17..21].copy_from_slice(&crc.to_be_bytes());
-    batch
+    let built = batch
+        .build(Compression::None, ProducerIdentity::NONE)
+        .expect("the broker's own batches are far below 2 GiB");
+    // With the builder gone the batch owns its bytes alone: no copy below.
+    drop(batch);
+    Vec::from(built)
 }
 
 /// Iterates over the complete batches at the start of `bytes`, yielding each
@@ -524,7 +654,9 @@ pub fn headers_in(
     std::iter::from_fn(move || {
         let rest = &bytes[position..];
         let (length, magic) = peek_size_and_magic(rest)?;
-        if magic != 2 || rest.len() < HEADER_BYTES || length < (HEADER_BYTES - LOG_OVERHEAD) as i32
+        if magic != MAGIC
+            || rest.len() < HEADER_BYTES
+            || length < (HEADER_BYTES - LOG_OVERHEAD) as i32
         {
             return None;
         }
@@ -546,21 +678,59 @@ pub mod tests {
 
     /// Compresses the records of an uncompressed batch with gzip.
     pub fn gzip_batch(plain: &[u8]) -> Vec<u8> {
-        use kafka_protocol::compression::{Compressor, Gzip};
-        let mut body = bytes::BytesMut::new();
-        Gzip::compress(&mut body, |b: &mut bytes::BytesMut| {
-            b.extend_from_slice(&plain[HEADER_BYTES..]);
-            Ok(())
-        })
-        .expect("gzip");
+        let body = builder::compress(builder::Compression::Gzip, &plain[HEADER_BYTES..]);
+        with_body(plain, &body.expect("gzip"), 1)
+    }
+
+    /// An uncompressed batch's header over another body, with its codec.
+    fn with_body(plain: &[u8], body: &[u8], codec: i16) -> Vec<u8> {
         let mut batch = plain[..HEADER_BYTES].to_vec();
-        batch.extend_from_slice(&body);
+        batch.extend_from_slice(body);
         let length = (batch.len() - LOG_OVERHEAD) as i32;
-        batch[8..12].copy_from_slice(&length.to_be_bytes());
-        batch[21..23].copy_from_slice(&1i16.to_be_bytes());
-        let crc = compute_crc(&batch);
-        batch[17..21].copy_from_slice(&crc.to_be_bytes());
+        batch[LENGTH_OFFSET..LOG_OVERHEAD].copy_from_slice(&length.to_be_bytes());
+        batch[ATTRIBUTES_OFFSET..LAST_OFFSET_DELTA_OFFSET].copy_from_slice(&codec.to_be_bytes());
+        write_crc(&mut batch);
         batch
+    }
+
+    /// A few kilobytes that expand to 4 MiB, in every codec (snappy both
+    /// framed, as the Java client writes it, and raw): refused above the
+    /// bound, accepted below it, and decoded when accepted.
+    #[test]
+    fn a_batch_that_expands_past_the_bound_is_refused_whatever_its_codec() {
+        use builder::{compress, Compression};
+        let zeros = vec![0u8; 4 << 20];
+        let plain = build_batch(0, &[(None, Some(&zeros[..]), vec![], 0)]);
+        let records = &plain[HEADER_BYTES..];
+        let mut bombs: Vec<(String, Vec<u8>)> = [
+            Compression::Gzip,
+            Compression::Snappy,
+            Compression::Lz4,
+            Compression::Zstd,
+        ]
+        .into_iter()
+        .map(|c| {
+            let body = compress(c, records).expect("compresses");
+            (format!("{c:?}"), with_body(&plain, &body, c.code()))
+        })
+        .collect();
+        let raw = snap::raw::Encoder::new()
+            .compress_vec(records)
+            .expect("snappy");
+        bombs.push(("raw snappy".into(), with_body(&plain, &raw, 2)));
+        for (codec, bomb) in bombs {
+            assert!(bomb.len() < 256 << 10, "{codec}: {} bytes", bomb.len());
+            let header = check_framing(&bomb).expect("framing");
+            let refused = validate_produced_bounded(&bomb, &header, None, 1 << 20);
+            assert!(
+                matches!(refused, Err(BatchError::Invalid(why)) if why.contains("decompression bound")),
+                "{codec}: {refused:?}"
+            );
+            validate_produced_bounded(&bomb, &header, None, 8 << 20)
+                .unwrap_or_else(|e| panic!("{codec}: {e}"));
+            let decoded = decode_records(&bomb).expect("decodes");
+            assert_eq!(decoded[0].value.as_deref(), Some(&zeros[..]), "{codec}");
+        }
     }
 
     #[test]
@@ -578,8 +748,8 @@ pub mod tests {
         assert_eq!(decode_records(&good).expect("decodes").len(), 2);
         // Claim three records while the compressed body holds two.
         let mut lying = plain.clone();
-        lying[23..27].copy_from_slice(&2i32.to_be_bytes());
-        lying[57..61].copy_from_slice(&3i32.to_be_bytes());
+        lying[LAST_OFFSET_DELTA_OFFSET..BASE_TIMESTAMP_OFFSET].copy_from_slice(&2i32.to_be_bytes());
+        lying[RECORDS_COUNT_OFFSET..HEADER_BYTES].copy_from_slice(&3i32.to_be_bytes());
         let bad = gzip_batch(&lying);
         let header = check_framing(&bad).expect("framing");
         assert!(validate_produced(&bad, &header, None).is_err());
@@ -598,6 +768,15 @@ pub mod tests {
         assert_eq!(records[0].timestamp, 1005);
         assert_eq!(records[0].key.as_deref(), Some(&b"k"[..]));
         assert_eq!(records[0].headers[0].1.as_deref(), Some(&b"x"[..]));
+    }
+
+    #[test]
+    fn sequences_wrap_like_kafka() {
+        assert_eq!(increment_sequence(-1, 5), -1);
+        assert_eq!(increment_sequence(3, 4), 7);
+        assert_eq!(increment_sequence(i32::MAX, 0), i32::MAX);
+        assert_eq!(increment_sequence(i32::MAX, 1), 0);
+        assert_eq!(increment_sequence(i32::MAX - 1, 3), 1);
     }
 
     #[test]
@@ -632,9 +811,8 @@ pub mod tests {
             0,
             &[(None, Some(b"a"), vec![], 0), (None, Some(b"b"), vec![], 0)],
         );
-        batch[57..61].copy_from_slice(&3i32.to_be_bytes());
-        let crc = compute_crc(&batch);
-        batch[17..21].copy_from_slice(&crc.to_be_bytes());
+        batch[RECORDS_COUNT_OFFSET..HEADER_BYTES].copy_from_slice(&3i32.to_be_bytes());
+        write_crc(&mut batch);
         let header = check_framing(&batch).expect("framing ok");
         assert!(matches!(
             validate_produced(&batch, &header, None),

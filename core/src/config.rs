@@ -121,6 +121,34 @@ pub const BROKER_KEYS: &[Key] = &[
         "largest record batch accepted",
     ),
     key(
+        "connections.max.idle.ms",
+        Kind::Long,
+        "600000",
+        1,
+        "a connection with no request arriving and no answer owed for this long is closed; a request must arrive whole within it once started",
+    ),
+    key(
+        "max.connections",
+        Kind::Int,
+        "2147483647",
+        1,
+        "connections held at once; further ones wait to be accepted",
+    ),
+    key(
+        "max.connections.per.ip",
+        Kind::Int,
+        "2147483647",
+        1,
+        "connections one address may hold; further ones are closed at once",
+    ),
+    key(
+        "message.decompression.ratio.max",
+        Kind::Int,
+        "64",
+        1,
+        "how many times max.message.bytes a produced batch's records may expand to when decompressed (Sluice's own bound; Kafka has none)",
+    ),
+    key(
         "socket.request.max.bytes",
         Kind::Int,
         "104857600",
@@ -224,6 +252,13 @@ pub const BROKER_KEYS: &[Key] = &[
         "10080",
         1,
         "how long committed offsets of a group without members are kept",
+    ),
+    key(
+        "offsets.retention.check.interval.ms",
+        Kind::Long,
+        "600000",
+        1,
+        "how often committed offsets past their retention are removed",
     ),
     key(
         "offsets.topic.num.partitions",
@@ -405,10 +440,18 @@ pub struct BrokerConfig {
     pub default_replication_factor: i16,
     pub auto_create_topics: bool,
     pub socket_request_bytes_max: usize,
+    /// `message.decompression.ratio.max`.
+    pub decompression_ratio_max: usize,
+    /// `connections.max.idle.ms`.
+    pub connections_idle_ms_max: i64,
+    /// `max.connections` and `max.connections.per.ip`.
+    pub connections_max: usize,
+    pub connections_per_ip_max: usize,
     pub retention_check_interval_ms: i64,
     pub group_initial_rebalance_delay_ms: i64,
     pub offsets_topic_partitions: i32,
     pub offsets_retention_ms: i64,
+    pub offsets_retention_check_interval_ms: i64,
     /// A deliberately broken variant to run (feature `mutations` only).
     pub mutation: Option<Mutation>,
 }
@@ -495,6 +538,15 @@ impl BrokerConfig {
         let number = |name: &str| get(name).parse::<i64>().unwrap_or_default();
         let listeners = get("listeners");
         let advertised = get("advertised.listeners");
+        let log_dirs = get("log.dirs");
+        if log_dirs.contains(',') {
+            // Kafka spreads partitions over several; one broker here has one.
+            return Err(ConfigError::BadValue {
+                key: "log.dirs".into(),
+                value: log_dirs,
+                why: "Sluice uses one log directory per broker; name only one".into(),
+            });
+        }
         Ok(BrokerConfig {
             node_id: number("node.id") as i32,
             advertised_listeners: if advertised.is_empty() {
@@ -503,16 +555,21 @@ impl BrokerConfig {
                 advertised
             },
             listeners,
-            log_dirs: get("log.dirs"),
+            log_dirs,
             num_partitions: number("num.partitions") as i32,
             default_replication_factor: number("default.replication.factor").min(i16::MAX as i64)
                 as i16,
             auto_create_topics: get("auto.create.topics.enable") == "true",
             socket_request_bytes_max: number("socket.request.max.bytes") as usize,
+            decompression_ratio_max: number("message.decompression.ratio.max") as usize,
+            connections_idle_ms_max: number("connections.max.idle.ms"),
+            connections_max: number("max.connections") as usize,
+            connections_per_ip_max: number("max.connections.per.ip") as usize,
             retention_check_interval_ms: number("log.retention.check.interval.ms"),
             group_initial_rebalance_delay_ms: number("group.initial.rebalance.delay.ms"),
             offsets_topic_partitions: number("offsets.topic.num.partitions") as i32,
             offsets_retention_ms: number("offsets.retention.minutes") * 60_000,
+            offsets_retention_check_interval_ms: number("offsets.retention.check.interval.ms"),
             mutation,
             values,
         })
@@ -633,6 +690,19 @@ mod tests {
         let topic = TopicConfig::new(&broker, &BTreeMap::new()).expect("defaults");
         assert_eq!(topic.max_message_bytes, 1_048_588);
         assert_eq!(topic.segment_bytes, 1 << 30);
+    }
+
+    #[test]
+    fn several_log_directories_are_refused_by_name() {
+        let refused =
+            BrokerConfig::from_pairs(&pairs(&[("log.dirs", "/a,/b")])).expect_err("refused");
+        assert!(
+            refused.to_string().contains("`log.dirs`")
+                && refused.to_string().contains("one log directory"),
+            "{refused}"
+        );
+        let one = BrokerConfig::from_pairs(&pairs(&[("log.dirs", "/a")])).expect("valid");
+        assert_eq!(one.log_dirs, "/a");
     }
 
     #[test]

@@ -223,6 +223,15 @@ impl Coordinator {
         } else {
             State::Stable
         };
+        // A record may name a leader that is not a member (an older writer):
+        // a stable group's leader is one of its members.
+        if group
+            .leader
+            .as_ref()
+            .is_none_or(|l| !group.members.contains_key(l))
+        {
+            group.leader = group.members.keys().next().cloned();
+        }
         group.pending_members.clear();
         group.rebalance_deadline_ms = None;
         self.groups.insert(group_id.to_string(), group);
@@ -735,6 +744,23 @@ impl Coordinator {
             .insert((topic.to_string(), partition), committed);
     }
 
+    /// At load: drops the groups that have neither a record (`recorded`
+    /// lists those restored from one) nor a committed offset left.
+    pub fn forget_unrecorded_empty(&mut self, recorded: &[String]) {
+        let offsets = &mut self.offsets;
+        offsets.retain(|_, committed| !committed.is_empty());
+        self.groups.retain(|id, group| {
+            !group.members.is_empty() || offsets.contains_key(id) || recorded.contains(id)
+        });
+    }
+
+    /// Forgets a committed offset (its tombstone was written).
+    pub fn forget_offset(&mut self, group_id: &str, topic: &str, partition: i32) {
+        if let Some(offsets) = self.offsets.get_mut(group_id) {
+            offsets.remove(&(topic.to_string(), partition));
+        }
+    }
+
     /// Committed offsets of groups without members older than the
     /// retention, to be removed (Kafka's `offsets.retention.minutes`).
     pub fn expired_offsets(&self, now_ms: i64, retention_ms: i64) -> Vec<(String, String, i32)> {
@@ -756,6 +782,56 @@ impl Coordinator {
         expired
     }
 
+    /// Checks what holds between any two inputs.
+    pub fn invariants(&self) {
+        for (id, group) in &self.groups {
+            assert!(group.generation >= 0, "group {id}: generations start at 0");
+            assert!(group.members.len() <= MEMBERS_MAX);
+            assert_eq!(
+                group.members.is_empty(),
+                group.state == State::Empty,
+                "group {id}: empty exactly when it has no members"
+            );
+            if matches!(group.state, State::CompletingRebalance | State::Stable) {
+                let leader = group.leader.as_ref().expect("a settled group has a leader");
+                assert!(
+                    group.members.contains_key(leader),
+                    "group {id}: the leader is a member"
+                );
+                assert!(group.rebalance_deadline_ms.is_none());
+            }
+            if group.state == State::Empty {
+                assert!(
+                    group.leader.is_none(),
+                    "group {id}: an empty group has no leader"
+                );
+            }
+            for (member_id, member) in &group.members {
+                assert_eq!(member_id, &member.member_id);
+                if member.awaiting_sync.is_some() {
+                    assert_eq!(
+                        group.state,
+                        State::CompletingRebalance,
+                        "group {id}: sync waiters only while completing a rebalance"
+                    );
+                }
+                if member.awaiting_join.is_some() {
+                    assert_eq!(
+                        group.state,
+                        State::PreparingRebalance,
+                        "group {id}: join waiters only while preparing a rebalance"
+                    );
+                }
+            }
+        }
+        for id in self.offsets.keys() {
+            assert!(
+                self.groups.contains_key(id),
+                "committed offsets belong to a known group"
+            );
+        }
+    }
+
     /// Deletes an empty group and its offsets.
     pub fn delete(&mut self, group_id: &str) -> Result<(), ResponseError> {
         match self.groups.get(group_id) {
@@ -770,8 +846,6 @@ impl Coordinator {
     }
 }
 
-/// Enters PreparingRebalance; `delay_ms` holds an empty group's first
-/// rebalance open for more members.
 /// Answers whatever a removed member was still waiting for.
 fn answer_removed(resolved: &mut Vec<(Token, Resolved)>, member: Member) {
     if let Some(token) = member.awaiting_join {
@@ -791,6 +865,8 @@ fn answer_removed(resolved: &mut Vec<(Token, Resolved)>, member: Member) {
     }
 }
 
+/// Enters PreparingRebalance; `delay_ms` holds an empty group's first
+/// rebalance open for more members.
 fn prepare_rebalance(group: &mut Group, now_ms: i64, delay_ms: i64) {
     let timeout = group
         .members

@@ -8,6 +8,7 @@
 //! position, u32), one per `index.interval.bytes` of log, keyed by the last
 //! offset of the batch at that position; `.timeindex` holds 12-byte entries
 //! (max timestamp so far, i64; relative offset of that batch's last record, u32).
+//! `format` defines these bytes, for this module and for `sluice dump-log`.
 //!
 //! The indexes are kept in memory and appended to their files as they grow;
 //! they are derived data, rebuilt by a full scan after an unclean stop. The
@@ -24,28 +25,16 @@ use crate::config::TopicConfig;
 use crate::producers::ProducerStates;
 use crate::storage::{read_exact_at, FileId, Storage, SyncTarget};
 
-const OFFSET_ENTRY_BYTES: usize = 8;
-const TIME_ENTRY_BYTES: usize = 12;
+pub mod format;
+
+pub use format::segment_name;
+use format::{
+    OffsetEntry, TimeEntry, BATCH_BYTES_MAX, INDEX_SUFFIX, LOG_SUFFIX, OFFSET_ENTRY_BYTES,
+    SEGMENT_SUFFIXES, TIME_ENTRY_BYTES, TIME_INDEX_SUFFIX,
+};
+
 /// Read size when scanning a segment during recovery.
 const SCAN_CHUNK_BYTES: usize = 1 << 20;
-/// A batch header claiming more than this is treated as corrupt.
-const BATCH_BYTES_MAX: usize = 1 << 30;
-
-pub fn segment_name(base_offset: i64, suffix: &str) -> String {
-    format!("{base_offset:020}.{suffix}")
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct OffsetEntry {
-    relative_offset: u32,
-    position: u32,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct TimeEntry {
-    timestamp: i64,
-    relative_offset: u32,
-}
 
 #[derive(Debug)]
 struct Segment {
@@ -141,12 +130,14 @@ impl PartitionLog {
         let names = storage.list_dir(dir)?;
         let bases: Vec<i64> = names
             .iter()
-            .filter_map(|n| n.strip_suffix(".log"))
-            .filter_map(|stem| stem.parse::<i64>().ok())
+            .filter_map(|n| match n.rsplit_once('.') {
+                Some((stem, LOG_SUFFIX)) => stem.parse::<i64>().ok(),
+                _ => None,
+            })
             .collect();
         for name in &names {
             let orphan = match name.rsplit_once('.') {
-                Some((stem, "index" | "timeindex")) => {
+                Some((stem, INDEX_SUFFIX | TIME_INDEX_SUFFIX)) => {
                     stem.parse::<i64>().map_or(true, |b| !bases.contains(&b))
                 }
                 Some((_, "deleted" | "cleaned" | "swap")) => true,
@@ -201,7 +192,7 @@ impl PartitionLog {
             log.dirty.insert(SyncTarget::File(format!(
                 "{}/{}",
                 log.dir,
-                segment_name(segment.base_offset, "log")
+                segment_name(segment.base_offset, LOG_SUFFIX)
             )));
         }
         log.invariants();
@@ -214,9 +205,9 @@ impl PartitionLog {
         base: i64,
     ) -> io::Result<Segment> {
         let path = |suffix: &str| format!("{}/{}", self.dir, segment_name(base, suffix));
-        let log_file = storage.open(&path("log"), true)?;
-        let index_file = storage.open(&path("index"), true)?;
-        let time_file = storage.open(&path("timeindex"), true)?;
+        let log_file = storage.open(&path(LOG_SUFFIX), true)?;
+        let index_file = storage.open(&path(INDEX_SUFFIX), true)?;
+        let time_file = storage.open(&path(TIME_INDEX_SUFFIX), true)?;
         Ok(Segment {
             base_offset: base,
             log_file,
@@ -238,7 +229,7 @@ impl PartitionLog {
         bases: &[i64],
     ) -> io::Result<usize> {
         for &base in bases {
-            for suffix in ["log", "index", "timeindex"] {
+            for suffix in SEGMENT_SUFFIXES {
                 let path = format!("{}/{}", self.dir, segment_name(base, suffix));
                 if storage.exists(&path) {
                     storage.remove_file(&path)?;
@@ -308,7 +299,7 @@ impl PartitionLog {
                 self.dirty.insert(SyncTarget::File(format!(
                     "{}/{}",
                     self.dir,
-                    segment_name(segment.base_offset, "log")
+                    segment_name(segment.base_offset, LOG_SUFFIX)
                 )));
                 recovery.truncated_bytes += cut;
                 intact = false;
@@ -443,7 +434,50 @@ impl PartitionLog {
             }
             -1
         };
+        let original = header;
         let header = BatchHeader::parse(&head);
+        // Pair assertion: the patched header says what was meant, and
+        // nothing else in it moved.
+        assert_eq!(header.base_offset, base_offset);
+        assert_eq!(header.partition_leader_epoch, leader_epoch);
+        assert_eq!(header.max_timestamp, stamped.max_timestamp);
+        assert_eq!(
+            (header.batch_length, header.magic, header.last_offset_delta),
+            (
+                original.batch_length,
+                original.magic,
+                original.last_offset_delta
+            )
+        );
+        assert_eq!(
+            (
+                header.base_timestamp,
+                header.record_count,
+                header.base_sequence
+            ),
+            (
+                original.base_timestamp,
+                original.record_count,
+                original.base_sequence
+            )
+        );
+        assert_eq!(
+            (header.producer_id, header.producer_epoch),
+            (original.producer_id, original.producer_epoch)
+        );
+        assert_eq!(
+            header.attributes & !batch::ATTRIBUTE_TIMESTAMP_LOG_APPEND,
+            original.attributes & !batch::ATTRIBUTE_TIMESTAMP_LOG_APPEND
+        );
+        assert_eq!(
+            header.is_log_append_time(),
+            self.config.log_append_time || original.is_log_append_time()
+        );
+        if header.max_timestamp == original.max_timestamp
+            && header.attributes == original.attributes
+        {
+            assert_eq!(header.crc, original.crc, "an unpatched batch keeps its CRC");
+        }
         let interval = self.config.index_interval_bytes;
         let dir = self.dir.clone();
         let segment = self
@@ -467,7 +501,7 @@ impl PartitionLog {
         // failed index write would leave it unsynced below a durable end.
         self.dirty.insert(SyncTarget::File(format!(
             "{dir}/{}",
-            segment_name(segment.base_offset, "log")
+            segment_name(segment.base_offset, LOG_SUFFIX)
         )));
         append_index_entries(storage, segment, index_before, time_before)?;
         self.invariants();
@@ -685,7 +719,11 @@ impl PartitionLog {
         for file in [segment.log_file, segment.index_file, segment.time_file] {
             storage.close(file);
         }
-        let log_path = format!("{}/{}", self.dir, segment_name(segment.base_offset, "log"));
+        let log_path = format!(
+            "{}/{}",
+            self.dir,
+            segment_name(segment.base_offset, LOG_SUFFIX)
+        );
         self.dirty.remove(&SyncTarget::File(log_path));
         self.remove_files_from(storage, &[segment.base_offset])?;
         tracing::info!(dir = %self.dir, base = segment.base_offset, "deleted segment by retention");
@@ -705,7 +743,7 @@ impl PartitionLog {
     pub fn all_files(&self) -> Vec<SyncTarget> {
         let mut files = vec![SyncTarget::Dir(self.dir.clone())];
         for segment in &self.segments {
-            for suffix in ["log", "index", "timeindex"] {
+            for suffix in SEGMENT_SUFFIXES {
                 files.push(SyncTarget::File(format!(
                     "{}/{}",
                     self.dir,
@@ -747,7 +785,8 @@ fn check_stored_batch(bytes: &[u8], expected_offset: i64, file_rest: u64, check_
     }
     let header = BatchHeader::parse(bytes);
     let size = header.batch_length as i64 + batch::LOG_OVERHEAD as i64;
-    if header.magic != 2 || size < HEADER_BYTES as i64 || size as usize > BATCH_BYTES_MAX {
+    if header.magic != batch::MAGIC || size < HEADER_BYTES as i64 || size as usize > BATCH_BYTES_MAX
+    {
         return Scan::Bad("bad batch header");
     }
     if size as u64 > file_rest {
@@ -827,20 +866,6 @@ fn index_batch(segment: &mut Segment, header: &BatchHeader, position: u64, inter
     segment.next_offset = header.next_offset();
 }
 
-fn encode_offset_entry(entry: &OffsetEntry) -> [u8; OFFSET_ENTRY_BYTES] {
-    let mut bytes = [0u8; OFFSET_ENTRY_BYTES];
-    bytes[..4].copy_from_slice(&entry.relative_offset.to_be_bytes());
-    bytes[4..].copy_from_slice(&entry.position.to_be_bytes());
-    bytes
-}
-
-fn encode_time_entry(entry: &TimeEntry) -> [u8; TIME_ENTRY_BYTES] {
-    let mut bytes = [0u8; TIME_ENTRY_BYTES];
-    bytes[..8].copy_from_slice(&entry.timestamp.to_be_bytes());
-    bytes[8..].copy_from_slice(&entry.relative_offset.to_be_bytes());
-    bytes
-}
-
 /// Writes index entries added since the given counts to the index files.
 fn append_index_entries<S: Storage + ?Sized>(
     storage: &mut S,
@@ -852,14 +877,14 @@ fn append_index_entries<S: Storage + ?Sized>(
         storage.write_at(
             segment.index_file,
             (n * OFFSET_ENTRY_BYTES) as u64,
-            &encode_offset_entry(entry),
+            &entry.encode(),
         )?;
     }
     for (n, entry) in segment.time_index.iter().enumerate().skip(time_from) {
         storage.write_at(
             segment.time_file,
             (n * TIME_ENTRY_BYTES) as u64,
-            &encode_time_entry(entry),
+            &entry.encode(),
         )?;
     }
     Ok(())
@@ -870,12 +895,12 @@ fn write_indexes<S: Storage + ?Sized>(storage: &mut S, segment: &Segment) -> io:
     let offsets: Vec<u8> = segment
         .offset_index
         .iter()
-        .flat_map(encode_offset_entry)
+        .flat_map(OffsetEntry::encode)
         .collect();
     let times: Vec<u8> = segment
         .time_index
         .iter()
-        .flat_map(encode_time_entry)
+        .flat_map(TimeEntry::encode)
         .collect();
     storage.truncate(segment.index_file, 0)?;
     storage.write_at(segment.index_file, 0, &offsets)?;
@@ -897,19 +922,13 @@ fn load_indexes<S: Storage + ?Sized>(storage: &mut S, segment: &mut Segment) -> 
     read_exact_at(storage, segment.index_file, 0, &mut raw)?;
     let offsets: Vec<OffsetEntry> = raw
         .chunks_exact(OFFSET_ENTRY_BYTES)
-        .map(|c| OffsetEntry {
-            relative_offset: u32::from_be_bytes([c[0], c[1], c[2], c[3]]),
-            position: u32::from_be_bytes([c[4], c[5], c[6], c[7]]),
-        })
+        .map(|c| OffsetEntry::decode(c.try_into().expect("whole entries")))
         .collect();
     let mut raw = vec![0u8; time_len];
     read_exact_at(storage, segment.time_file, 0, &mut raw)?;
     let times: Vec<TimeEntry> = raw
         .chunks_exact(TIME_ENTRY_BYTES)
-        .map(|c| TimeEntry {
-            timestamp: i64::from_be_bytes(c[..8].try_into().expect("8 bytes")),
-            relative_offset: u32::from_be_bytes(c[8..].try_into().expect("4 bytes")),
-        })
+        .map(|c| TimeEntry::decode(c.try_into().expect("whole entries")))
         .collect();
     let ordered = offsets
         .windows(2)
@@ -934,7 +953,9 @@ fn load_indexes<S: Storage + ?Sized>(storage: &mut S, segment: &mut Segment) -> 
             return Ok(false);
         }
         let header = BatchHeader::parse(&header_bytes);
-        if header.magic != 2 || header.batch_length < (HEADER_BYTES - batch::LOG_OVERHEAD) as i32 {
+        if header.magic != batch::MAGIC
+            || header.batch_length < (HEADER_BYTES - batch::LOG_OVERHEAD) as i32
+        {
             return Ok(false);
         }
         next_offset = header.next_offset();

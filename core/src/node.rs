@@ -1,54 +1,55 @@
 //! The node state machine: one broker (with its single-voter controller)
 //! driven by inputs and drained of outputs, with no IO of its own.
 //!
-//! Inputs, each taking `now_ms` (wall-clock milliseconds as the driver or the
-//! simulator sees them):
+//! Inputs, each taking `now` (the driver's monotonic and wall clocks):
 //! - `handle_connect` (with the peer's address, which the driver knows and
 //!   the core cannot) / `handle_disconnect` for client connections;
 //! - `handle_frame`: one request frame (without its length prefix);
+//! - `handle_peer_link`: the driver's connection to another node went up
+//!   or down; `handle_peer_frame`: a response from that node;
 //! - `handle_synced`: a sync requested by `Output::Sync` completed or failed;
 //! - `handle_timeout`: the deadline from `poll_timeout` passed;
 //! - `begin_shutdown`: start a clean stop.
 //!
 //! After every input the driver drains `poll_output` until it returns None,
-//! then asks `poll_timeout` for the next deadline. Outputs are response
-//! frames, connection closes and sync requests.
+//! then asks `poll_timeout` for the next deadline (monotonic). Outputs are
+//! response frames, connection closes, sync requests and requests to other
+//! nodes.
 //!
-//! Durability is group commit: every change that must survive a crash bumps
-//! `write_seq`; at most one sync is in flight, covering every file changed
-//! before it was issued; when it completes, `durable_seq` catches up, high
-//! watermarks move, and the responses waiting for it are released. Responses
-//! on a connection leave in request order, whatever each one waits for.
+//! The node composes the parts and owns what the handlers never see:
+//! connections and the order of their replies (`Sessions`), what each reply
+//! waits for, the timers, and the links to other nodes. The broker's state
+//! (`Broker`) holds the logs, group commit and the coordinator. Every input
+//! ends with `invariants()`.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::io;
 // A peer address is a plain value the driver hands in with a connection
 // (what it accepted); nothing here opens or resolves anything.
 use std::net::IpAddr;
 
-use bytes::{BufMut, Bytes, BytesMut};
-use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
-use kafka_protocol::protocol::{Decodable, Encodable};
+use bytes::Bytes;
+use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, ApiVersionsResponse};
+use kafka_protocol::protocol::StrBytes;
 
-use crate::api;
-use crate::config::{BrokerConfig, Mutation, TopicConfig};
-use crate::group::{Coordinator, Resolved, Token};
-use crate::log::PartitionLog;
-use crate::metadata::{Change, MetadataLog, TopicRecord, METADATA_DIR};
-use crate::rng::{base64_url, Rng};
+use crate::broker::{Broker, GroupAnswer};
+use crate::config::BrokerConfig;
+use crate::durability::{Completed, SyncPurpose, SyncRequest};
+use crate::group::Token;
+use crate::handlers::{self, fetch::fetch_response, Context, Pending, WaitState};
 use crate::storage::{Storage, SyncTarget};
+use crate::timer::{Timer, TimerTable};
+use crate::types::{NodeId, Now};
+use crate::wire::reply::{decode_response, response_correlation_id};
+use crate::wire::versions::api_versions_response;
+use crate::wire::{encode_reply, encode_request, parse_request, Parsed, Reply, ReplyHeader};
 
-/// Marks a clean stop: the next start may skip the recovery scan.
-pub const CLEAN_SHUTDOWN_FILE: &str = ".clean-shutdown";
-/// Producer ids reserved at a time, as Kafka's controller hands them out.
-pub const PRODUCER_ID_BLOCK: i64 = 1000;
-/// Responses a connection may have queued before the driver stops reading from it.
-pub const QUEUED_RESPONSES_MAX: usize = 64;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ConnectionId(pub u64);
+pub use crate::broker::{CLEAN_SHUTDOWN_FILE, PRODUCER_ID_BLOCK_SIZE};
+use crate::session::Sessions;
+pub use crate::session::{ConnectionId, Slot, SlotState, QUEUED_RESPONSES_MAX};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use]
 pub enum Output {
     /// A response frame, length prefix included.
     Send {
@@ -59,61 +60,27 @@ pub enum Output {
     Close { connection: ConnectionId },
     /// Make these targets durable, then call `handle_synced(id, ..)`.
     Sync { id: u64, targets: Vec<SyncTarget> },
+    /// A request frame (length prefix included) for another node, over the
+    /// driver's link to it. With `after_sync`, it may leave only once that
+    /// sync completed; if the sync fails, the driver drops it.
+    SendPeer {
+        peer: NodeId,
+        frame: Bytes,
+        after_sync: Option<u64>,
+    },
+    /// Drop the connection to `peer`: a request on it went unanswered for
+    /// `PEER_REQUEST_TIMEOUT_MS` (a peer that froze, or a network that lost
+    /// what was sent). The driver reports the link down, reconnects with its
+    /// backoff, and reports it up again.
+    ResetPeer { peer: NodeId },
 }
 
 /// What the driver needs to know about a frame it handed in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
 pub struct FrameOutcome {
     /// The request will get a response (acks=0 produces do not).
     pub response_queued: bool,
-}
-
-/// A topic and its partition logs.
-#[derive(Debug)]
-pub struct Topic {
-    pub id: [u8; 16],
-    pub config: TopicConfig,
-    pub partitions: Vec<PartitionLog>,
-}
-
-/// A reply slot in a connection's queue.
-#[derive(Debug)]
-pub(crate) struct Slot {
-    pub header: ReplyHeader,
-    pub state: SlotState,
-}
-
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct ReplyHeader {
-    pub api_key: ApiKey,
-    pub version: i16,
-    pub correlation_id: i32,
-}
-
-#[derive(Debug)]
-pub(crate) enum SlotState {
-    Ready(Bytes),
-    /// Waits until `durable_seq >= seq`; then `reply` is encoded. If the
-    /// storage fails first, `on_failure` is encoded instead.
-    AfterSync {
-        seq: u64,
-        reply: Box<api::Reply>,
-        on_failure: Box<api::Reply>,
-    },
-    /// A long-polling fetch: answered when enough bytes are readable or at the deadline.
-    Fetch {
-        request: Box<kafka_protocol::messages::FetchRequest>,
-        deadline_ms: i64,
-    },
-    /// A group answer (JoinGroup, SyncGroup) the coordinator gives later.
-    Deferred(Token),
-}
-
-#[derive(Debug)]
-struct Connection {
-    slots: VecDeque<Slot>,
-    /// The peer as Kafka names a client host (`client_host`), e.g. "/127.0.0.1".
-    client_host: String,
 }
 
 /// A peer address as Kafka shows a client's host: Java's
@@ -130,58 +97,59 @@ pub fn client_host(peer: IpAddr) -> String {
     }
 }
 
-#[derive(Debug)]
-struct InFlightSync {
-    id: u64,
-    seq: u64,
-    /// Log end of each synced partition when the sync was issued.
-    partition_ends: Vec<((String, i32), i64)>,
-    shutdown: ShutdownStep,
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ShutdownStep {
     None,
-    /// Everything synced; next the marker is written.
+    /// Everything is being synced; next the marker is written.
     Flush,
-    /// The marker's directory entry synced; the node is stopped.
-    Marker,
+}
+
+/// The ApiVersions version a node asks its peers with.
+const PEER_API_VERSIONS_VERSION: i16 = 3;
+/// Requests one node may have outstanding on a link to another.
+const PEER_REQUESTS_IN_FLIGHT_MAX: usize = 64;
+/// How long a request to a peer may go unanswered before the link is reset:
+/// Kafka's `controller.quorum.request.timeout.ms` default.
+pub const PEER_REQUEST_TIMEOUT_MS: i64 = 2_000;
+
+/// A request sent to a peer and not answered yet.
+#[derive(Debug, Clone, Copy)]
+struct SentRequest {
+    api_key: ApiKey,
+    version: i16,
+    deadline_ms: i64,
+}
+
+/// The node's link to another node, as the driver reports it.
+#[derive(Debug, Default)]
+struct PeerLink {
+    up: bool,
+    next_correlation_id: i32,
+    /// Requests sent and not answered, by correlation id.
+    in_flight: BTreeMap<i32, SentRequest>,
+    /// What the peer serves, learned when the link came up.
+    api_versions: Option<Vec<(i16, i16, i16)>>,
+}
+
+/// What became of a slot at the front of its queue.
+enum Completion {
+    Frame(Bytes),
+    NotYet(Slot),
+    Unencodable(String),
 }
 
 pub struct Node<S: Storage> {
-    pub(crate) storage: S,
-    pub(crate) config: BrokerConfig,
-    pub(crate) advertised: (String, u16),
-    pub(crate) rng: Rng,
-    pub(crate) cluster_id: String,
-    pub(crate) metadata: MetadataLog,
-    pub(crate) topics: BTreeMap<String, Topic>,
-    connections: BTreeMap<ConnectionId, Connection>,
+    node_id: NodeId,
+    pub(crate) broker: Broker<S>,
+    sessions: Sessions,
+    timers: TimerTable,
+    peers: BTreeMap<NodeId, PeerLink>,
     outputs: VecDeque<Output>,
-    /// Bumped by every change that must reach the disk.
-    write_seq: u64,
-    /// Every change up to this sequence is durable.
-    durable_seq: u64,
-    dirty_partitions: BTreeSet<(String, i32)>,
-    dirty_other: BTreeSet<SyncTarget>,
-    in_flight: Option<InFlightSync>,
-    next_sync_id: u64,
-    /// Set when a sync failed: acknowledged state can no longer be trusted to
-    /// reach the disk, so nothing more is acknowledged until a restart.
-    pub(crate) storage_failed: bool,
+    /// Coordinator answers collected for requests that wait for them.
+    group_answers: BTreeMap<Token, GroupAnswer>,
+    next_token: Token,
     shutdown: ShutdownStep,
     stopped: bool,
-    next_retention_ms: i64,
-    /// Next producer id to hand out, and the sequence that made its block durable.
-    next_producer_id: i64,
-    producer_block_seq: u64,
-    /// The group coordinator of every group (this is the only broker).
-    pub(crate) groups: Coordinator,
-    /// Group answers ready for their deferred slots.
-    resolved: BTreeMap<Token, (Resolved, u64)>,
-    /// Set when deferred group answers came out during the current input.
-    group_answers_ready: bool,
-    next_token: Token,
 }
 
 impl<S: Storage> Node<S> {
@@ -189,130 +157,46 @@ impl<S: Storage> Node<S> {
     /// partition log, and requests the start-up sync. The driver completes
     /// that sync before it accepts connections (`is_ready`).
     pub fn open(
-        mut storage: S,
+        storage: S,
         config: BrokerConfig,
         advertised: (String, u16),
         seed: u64,
-        now_ms: i64,
+        now: Now,
     ) -> io::Result<Node<S>> {
-        let clean = storage.exists(CLEAN_SHUTDOWN_FILE);
-        let mut dirty_other = BTreeSet::new();
-        if clean {
-            storage.remove_file(CLEAN_SHUTDOWN_FILE)?;
-            dirty_other.insert(SyncTarget::Dir(String::new()));
-        }
-        tracing::info!(clean, "opening the log directory");
-        let mut metadata = MetadataLog::open(&mut storage)?;
-        let mut rng = Rng::from_seed(seed);
-        let cluster_id = match metadata.cluster_id.clone() {
-            Some(id) => id,
-            None => {
-                let id = base64_url(&rng.uuid());
-                metadata.append(&mut storage, Change::Cluster { id: id.clone() })?;
-                id
-            }
-        };
+        let node_id = NodeId(config.node_id);
+        let mut timers = TimerTable::default();
+        timers.set(
+            Timer::Retention,
+            now.monotonic_ms + config.retention_check_interval_ms,
+        );
+        timers.set(
+            Timer::OffsetsExpiry,
+            now.monotonic_ms + config.offsets_retention_check_interval_ms,
+        );
+        let broker = Broker::open(storage, config, advertised, seed, now)?;
         let mut node = Node {
-            storage,
-            next_retention_ms: now_ms + config.retention_check_interval_ms,
-            config,
-            advertised,
-            rng,
-            cluster_id,
-            metadata,
-            topics: BTreeMap::new(),
-            connections: BTreeMap::new(),
+            node_id,
+            broker,
+            sessions: Sessions::default(),
+            timers,
+            peers: BTreeMap::new(),
             outputs: VecDeque::new(),
-            write_seq: 1,
-            durable_seq: 0,
-            dirty_partitions: BTreeSet::new(),
-            dirty_other,
-            in_flight: None,
-            next_sync_id: 1,
-            storage_failed: false,
+            group_answers: BTreeMap::new(),
+            next_token: 0,
             shutdown: ShutdownStep::None,
             stopped: false,
-            next_producer_id: 0,
-            producer_block_seq: 0,
-            groups: Coordinator::new(0),
-            resolved: BTreeMap::new(),
-            group_answers_ready: false,
-            next_token: 1,
         };
-        node.groups.initial_rebalance_delay_ms = node.config.group_initial_rebalance_delay_ms;
-        node.groups.same_assignment_for_all = node.config.mutated(Mutation::SameAssignmentForAll);
-        // Ids of the last reserved block may have been handed out before a crash.
-        node.next_producer_id = node.metadata.producer_id_block_end;
-        node.remove_orphan_dirs()?;
-        let records: Vec<TopicRecord> = node.metadata.topics.values().cloned().collect();
-        for record in records {
-            node.open_topic(&record, clean)?;
-        }
-        crate::api_group::load_offsets(&mut node, now_ms);
-        node.maybe_sync();
-        node.invariants();
+        node.settle(now);
         Ok(node)
     }
 
-    /// Removes partition directories no topic owns (a crash during a deletion).
-    fn remove_orphan_dirs(&mut self) -> io::Result<()> {
-        for name in self.storage.list_dir("")? {
-            let Some((topic, partition)) = name.rsplit_once('-') else {
-                continue;
-            };
-            let Ok(partition) = partition.parse::<i32>() else {
-                continue;
-            };
-            if name == METADATA_DIR {
-                continue;
-            }
-            let owned = self
-                .metadata
-                .topics
-                .get(topic)
-                .is_some_and(|t| partition < t.partitions);
-            if !owned && self.storage.list_dir(&name).is_ok() {
-                tracing::warn!(dir = %name, "removing a partition directory no topic owns");
-                remove_dir_all(&mut self.storage, &name)?;
-                self.dirty_other.insert(SyncTarget::Dir(String::new()));
-            }
-        }
-        Ok(())
-    }
-
-    pub(crate) fn open_topic(&mut self, record: &TopicRecord, clean: bool) -> io::Result<()> {
-        let config = TopicConfig::new(&self.config, &record.configs).unwrap_or_else(|error| {
-            tracing::error!(topic = %record.name, %error, "stored topic config is invalid; using defaults");
-            TopicConfig::new(&self.config, &BTreeMap::new()).expect("defaults are valid")
-        });
-        let mut topic = Topic {
-            id: record.id,
-            config,
-            partitions: Vec::new(),
-        };
-        for partition in 0..record.partitions {
-            let dir = format!("{}-{partition}", record.name);
-            let created = !self.storage.exists(&dir);
-            let (log, recovery) =
-                PartitionLog::open(&mut self.storage, &dir, topic.config.clone(), clean)?;
-            if recovery.truncated_bytes > 0 || recovery.segments_removed > 0 {
-                tracing::warn!(%dir, ?recovery, "recovered partition log");
-            }
-            if created {
-                self.dirty_other.insert(SyncTarget::Dir(String::new()));
-            }
-            topic.partitions.push(log);
-            self.dirty_partitions
-                .insert((record.name.clone(), partition));
-        }
-        self.topics.insert(record.name.clone(), topic);
-        self.write_seq += 1;
-        Ok(())
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
     }
 
     /// True once the start-up sync completed; connections may be accepted.
     pub fn is_ready(&self) -> bool {
-        self.durable_seq > 0
+        self.broker.durability.durable_seq() > 0
     }
 
     pub fn is_stopped(&self) -> bool {
@@ -320,47 +204,71 @@ impl<S: Storage> Node<S> {
     }
 
     pub fn cluster_id(&self) -> &str {
-        &self.cluster_id
+        &self.broker.cluster_id
     }
 
     pub fn config(&self) -> &BrokerConfig {
-        &self.config
+        &self.broker.config
     }
 
+    /// The broker's state, for tests and tools that read it.
+    pub fn broker(&self) -> &Broker<S> {
+        &self.broker
+    }
+
+    /// The storage, for the driver to start a sync the node asked for.
     pub fn storage_mut(&mut self) -> &mut S {
-        &mut self.storage
+        &mut self.broker.storage
     }
 
     /// Largest request frame accepted; the driver closes connections that announce more.
     pub fn frame_bytes_max(&self) -> usize {
-        self.config.socket_request_bytes_max
+        self.broker.config.socket_request_bytes_max
+    }
+
+    /// Responses queued on a connection and not yet handed to the driver.
+    pub fn queued_responses(&self, connection: ConnectionId) -> usize {
+        self.sessions.queued(connection)
+    }
+
+    /// What a peer serves (api key, min, max), once its link is up and it answered.
+    pub fn peer_api_versions(&self, peer: NodeId) -> Option<&[(i16, i16, i16)]> {
+        self.peers.get(&peer)?.api_versions.as_deref()
     }
 
     /// A client connected from `peer`; its JoinGroups record the peer as
     /// the member's client host.
-    pub fn handle_connect(&mut self, _now_ms: i64, connection: ConnectionId, peer: IpAddr) {
-        let connection_state = Connection {
-            slots: VecDeque::new(),
-            client_host: client_host(peer),
-        };
-        self.connections.insert(connection, connection_state);
-        self.invariants();
+    pub fn handle_connect(&mut self, now: Now, connection: ConnectionId, peer: IpAddr) {
+        self.sessions.open(connection, client_host(peer));
+        self.settle(now);
     }
 
-    pub fn handle_disconnect(&mut self, _now_ms: i64, connection: ConnectionId) {
-        self.connections.remove(&connection);
-        self.invariants();
+    pub fn handle_disconnect(&mut self, now: Now, connection: ConnectionId) {
+        self.sessions.close(connection);
+        self.timers.stop(Timer::FetchDeadline(connection));
+        self.settle(now);
     }
 
     /// Handles one request frame. A frame that cannot be parsed closes the
     /// connection, as Kafka does.
     pub fn handle_frame(
         &mut self,
-        now_ms: i64,
+        now: Now,
         connection: ConnectionId,
         frame: Bytes,
     ) -> FrameOutcome {
-        let outcome = match self.parse_and_dispatch(now_ms, connection, frame) {
+        if !self.sessions.contains(connection) {
+            // The node closed it, and the driver had read this frame before
+            // it saw the close.
+            tracing::debug!(
+                connection = connection.0,
+                "frame on a closed connection; dropped"
+            );
+            return FrameOutcome {
+                response_queued: false,
+            };
+        }
+        let outcome = match self.dispatch(now, connection, frame) {
             Ok(outcome) => outcome,
             Err(why) => {
                 tracing::warn!(connection = connection.0, %why, "closing connection after a bad request");
@@ -370,542 +278,461 @@ impl<S: Storage> Node<S> {
                 }
             }
         };
-        self.maybe_sync();
-        if std::mem::take(&mut self.group_answers_ready) {
-            // A group answer may be for another member's connection.
-            self.advance_all(now_ms);
-        } else {
-            self.advance(connection, now_ms);
-        }
-        self.invariants();
+        self.settle_on(now, Some(connection));
         outcome
     }
 
-    fn parse_and_dispatch(
+    fn dispatch(
         &mut self,
-        now_ms: i64,
+        now: Now,
         connection: ConnectionId,
         frame: Bytes,
     ) -> Result<FrameOutcome, String> {
-        if !self.connections.contains_key(&connection) {
-            return Err("frame on an unknown connection".into());
-        }
-        if frame.len() < 8 {
-            return Err(format!(
-                "frame of {} bytes is shorter than a request header",
-                frame.len()
-            ));
-        }
-        let api_key_raw = i16::from_be_bytes([frame[0], frame[1]]);
-        let version = i16::from_be_bytes([frame[2], frame[3]]);
-        let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
-        let api_key =
-            ApiKey::try_from(api_key_raw).map_err(|_| format!("unknown api key {api_key_raw}"))?;
-        let supported = api::supported_versions(api_key)
-            .ok_or_else(|| format!("api {api_key:?} is not served"))?;
-        if api_key == ApiKey::ApiVersions && version > supported.1 {
-            // Kafka's fallback: an error encoded as ApiVersions v0, so the
-            // client can retry with a version both sides speak.
-            let header = ReplyHeader {
-                api_key,
-                version: 0,
-                correlation_id,
-            };
-            let reply = api::Reply::ApiVersions(api::api_versions_response(35));
-            self.push_slot(
-                connection,
-                header,
-                SlotState::Ready(encode_reply(header, &reply)?),
-            );
-            return Ok(FrameOutcome {
-                response_queued: true,
-            });
-        }
-        if version < supported.0 || version > supported.1 {
-            return Err(format!("unsupported version {version} of {api_key:?}"));
-        }
-        let mut buf = frame;
-        let request_header =
-            RequestHeader::decode(&mut buf, api_key.request_header_version(version))
-                .map_err(|e| format!("bad request header: {e}"))?;
-        let header = ReplyHeader {
-            api_key,
-            version,
-            correlation_id: request_header.correlation_id,
-        };
-        let client_id = request_header.client_id.as_ref().map_or("", |c| c.as_str());
-        match api::dispatch(self, now_ms, connection, header, client_id, &mut buf)? {
-            None => Ok(FrameOutcome {
-                response_queued: false,
-            }),
-            Some(state) => {
-                self.push_slot(connection, header, state);
-                Ok(FrameOutcome {
+        let request = match parse_request(frame)? {
+            Parsed::ApiVersionsTooNew { correlation_id } => {
+                // Kafka's fallback: an error encoded as ApiVersions v0, so
+                // the client can retry with a version both sides speak.
+                let header = ReplyHeader {
+                    api_key: ApiKey::ApiVersions,
+                    version: 0,
+                    correlation_id,
+                };
+                let reply = Reply::ApiVersions(api_versions_response(35));
+                let frame = encode_reply(header, &reply)?;
+                self.sessions.push(
+                    connection,
+                    Slot {
+                        header,
+                        state: SlotState::Ready(frame),
+                    },
+                );
+                return Ok(FrameOutcome {
                     response_queued: true,
+                });
+            }
+            Parsed::Request(request) => request,
+        };
+        self.next_token += 1;
+        let client_host = self
+            .sessions
+            .client_host(connection)
+            .expect("checked by the caller");
+        let context = Context {
+            now,
+            header: request.header,
+            client_id: &request.client_id,
+            client_host,
+            token: self.next_token,
+        };
+        let mut body = request.body;
+        let pending = handlers::dispatch(&mut self.broker, context, &mut body)?;
+        let state = match pending {
+            Pending::Nothing => {
+                return Ok(FrameOutcome {
+                    response_queued: false,
                 })
             }
-        }
+            Pending::Now(reply) => SlotState::Ready(encode_reply(request.header, &reply)?),
+            Pending::After { wait, reply } => SlotState::After { wait, reply },
+            Pending::Coordinator(token) => {
+                assert_eq!(token, self.next_token, "a request waits for its own token");
+                SlotState::Coordinator(token)
+            }
+            Pending::Fetch(parked) => SlotState::Fetch {
+                parked,
+                woken: true,
+            },
+        };
+        self.sessions.push(
+            connection,
+            Slot {
+                header: request.header,
+                state,
+            },
+        );
+        Ok(FrameOutcome {
+            response_queued: true,
+        })
     }
 
     /// Closes a connection from the node's side (e.g. a failed acks=0 produce).
-    pub(crate) fn close(&mut self, connection: ConnectionId) {
-        if self.connections.remove(&connection).is_some() {
+    fn close(&mut self, connection: ConnectionId) {
+        if self.sessions.close(connection) {
+            self.timers.stop(Timer::FetchDeadline(connection));
             self.outputs.push_back(Output::Close { connection });
         }
     }
 
-    fn push_slot(&mut self, connection: ConnectionId, header: ReplyHeader, state: SlotState) {
-        if let Some(conn) = self.connections.get_mut(&connection) {
-            conn.slots.push_back(Slot { header, state });
+    /// The driver's link to another node came up or went down. On the way
+    /// up the node asks the peer what it serves, as Kafka's network client
+    /// does on every new connection.
+    pub fn handle_peer_link(&mut self, now: Now, peer: NodeId, up: bool) {
+        assert_ne!(peer, self.node_id, "a node has no link to itself");
+        let link = self.peers.entry(peer).or_default();
+        link.up = up;
+        link.in_flight.clear();
+        link.api_versions = None;
+        if up {
+            let request = ApiVersionsRequest::default()
+                .with_client_software_name(StrBytes::from_static_str("sluice"))
+                .with_client_software_version(StrBytes::from_static_str(env!("CARGO_PKG_VERSION")));
+            self.send_peer(
+                now,
+                peer,
+                ApiKey::ApiVersions,
+                PEER_API_VERSIONS_VERSION,
+                &request,
+                None,
+            );
+        }
+        self.arm_peer_timer(peer);
+        self.settle(now);
+    }
+
+    /// Arms a link's timer at its oldest unanswered request's deadline.
+    fn arm_peer_timer(&mut self, peer: NodeId) {
+        let deadline = self
+            .peers
+            .get(&peer)
+            .and_then(|link| link.in_flight.values().map(|r| r.deadline_ms).min());
+        match deadline {
+            Some(deadline) => self.timers.set(Timer::PeerRequest(peer), deadline),
+            None => self.timers.stop(Timer::PeerRequest(peer)),
         }
     }
 
-    /// The client host of a connection, as `handle_connect` recorded it.
-    pub(crate) fn client_host_of(&self, connection: ConnectionId) -> Option<&str> {
-        self.connections
-            .get(&connection)
-            .map(|c| c.client_host.as_str())
-    }
-
-    /// Responses queued on a connection and not yet handed to the driver.
-    pub fn queued_responses(&self, connection: ConnectionId) -> usize {
-        self.connections
-            .get(&connection)
-            .map_or(0, |c| c.slots.len())
-    }
-
-    /// Records that a change must reach the disk; returns its sequence.
-    pub(crate) fn note_partition_write(&mut self, topic: &str, partition: i32) -> u64 {
-        self.dirty_partitions.insert((topic.to_string(), partition));
-        self.write_seq += 1;
-        self.write_seq
-    }
-
-    pub(crate) fn note_other_write(&mut self, target: SyncTarget) -> u64 {
-        self.dirty_other.insert(target);
-        self.write_seq += 1;
-        self.write_seq
-    }
-
-    /// Issues a sync of everything dirty, unless one is already in flight.
-    fn maybe_sync(&mut self) {
-        if self.in_flight.is_some() || self.storage_failed {
-            return;
+    /// A request to `peer` timed out: the link is reset, and until the
+    /// driver reports it up again nothing is sent on it.
+    fn reset_peer(&mut self, now: Now, peer: NodeId) {
+        let link = self.peers.entry(peer).or_default();
+        let overdue = link
+            .in_flight
+            .values()
+            .any(|r| r.deadline_ms <= now.monotonic_ms);
+        if overdue {
+            tracing::warn!(%peer, timeout_ms = PEER_REQUEST_TIMEOUT_MS, "a request to a peer went unanswered; resetting the link");
+            link.up = false;
+            link.in_flight.clear();
+            link.api_versions = None;
+            self.outputs.push_back(Output::ResetPeer { peer });
         }
-        let mut targets: BTreeSet<SyncTarget> = std::mem::take(&mut self.dirty_other);
-        targets.extend(self.metadata.take_dirty());
-        let mut partition_ends = Vec::new();
-        for key in std::mem::take(&mut self.dirty_partitions) {
-            let Some(log) = self
-                .topics
-                .get_mut(&key.0)
-                .and_then(|t| t.partitions.get_mut(key.1 as usize))
-            else {
-                continue;
-            };
-            targets.extend(log.take_dirty());
-            partition_ends.push((key, log.log_end_offset()));
-        }
-        if targets.is_empty() && partition_ends.is_empty() && self.durable_seq == self.write_seq {
-            return;
-        }
-        self.issue_sync(
-            targets.into_iter().collect(),
-            partition_ends,
-            ShutdownStep::None,
-        );
+        self.arm_peer_timer(peer);
     }
 
-    fn issue_sync(
+    fn send_peer<T: kafka_protocol::protocol::Encodable>(
         &mut self,
-        targets: Vec<SyncTarget>,
-        partition_ends: Vec<((String, i32), i64)>,
-        shutdown: ShutdownStep,
+        now: Now,
+        peer: NodeId,
+        api_key: ApiKey,
+        version: i16,
+        body: &T,
+        after_sync: Option<u64>,
     ) {
-        let id = self.next_sync_id;
-        self.next_sync_id += 1;
-        self.in_flight = Some(InFlightSync {
-            id,
-            seq: self.write_seq,
-            partition_ends,
-            shutdown,
-        });
-        self.outputs.push_back(Output::Sync { id, targets });
+        let client_id = format!("sluice-node-{}", self.node_id);
+        let link = self.peers.entry(peer).or_default();
+        assert!(link.up, "requests go only over links that are up");
+        if link.in_flight.len() >= PEER_REQUESTS_IN_FLIGHT_MAX {
+            tracing::warn!(%peer, "too many requests in flight to a peer; not sending");
+            return;
+        }
+        link.next_correlation_id = link.next_correlation_id.wrapping_add(1);
+        let correlation_id = link.next_correlation_id;
+        match encode_request(api_key, version, correlation_id, &client_id, body) {
+            Ok(frame) => {
+                let sent = SentRequest {
+                    api_key,
+                    version,
+                    deadline_ms: now.monotonic_ms + PEER_REQUEST_TIMEOUT_MS,
+                };
+                link.in_flight.insert(correlation_id, sent);
+                self.outputs.push_back(Output::SendPeer {
+                    peer,
+                    frame,
+                    after_sync,
+                });
+            }
+            Err(error) => tracing::error!(%peer, %error, "cannot encode a request to a peer"),
+        }
+    }
+
+    /// A response frame (without its length prefix) from a peer. A frame
+    /// that answers nothing sent is logged and dropped.
+    pub fn handle_peer_frame(&mut self, now: Now, peer: NodeId, frame: Bytes) {
+        let link = self.peers.entry(peer).or_default();
+        let sent = response_correlation_id(&frame).and_then(|id| link.in_flight.remove(&id));
+        match sent.map(|r| (r.api_key, r.version)) {
+            Some((ApiKey::ApiVersions, version)) => {
+                match decode_response::<ApiVersionsResponse>(ApiKey::ApiVersions, version, frame) {
+                    Ok((_, response)) if response.error_code == 0 => {
+                        link.api_versions = Some(
+                            response
+                                .api_keys
+                                .iter()
+                                .map(|k| (k.api_key, k.min_version, k.max_version))
+                                .collect(),
+                        );
+                        tracing::debug!(%peer, "peer versions known");
+                    }
+                    Ok((_, response)) => {
+                        tracing::warn!(%peer, error = response.error_code, "peer refused ApiVersions")
+                    }
+                    Err(error) => tracing::warn!(%peer, %error, "bad response from a peer"),
+                }
+            }
+            Some((other, _)) => tracing::warn!(%peer, ?other, "unexpected response from a peer"),
+            None => tracing::warn!(%peer, "a peer answered a request never sent"),
+        }
+        self.arm_peer_timer(peer);
+        self.settle(now);
     }
 
     /// A sync completed (`Ok`) or failed (`Err`, with the reason).
-    pub fn handle_synced(&mut self, now_ms: i64, id: u64, result: Result<(), String>) {
-        let Some(sync) = self.in_flight.take() else {
-            panic!("sync {id} completed but none is in flight");
-        };
-        assert_eq!(sync.id, id, "syncs complete in the order they were issued");
-        match result {
-            Ok(()) => {
-                assert!(sync.seq >= self.durable_seq);
-                self.durable_seq = sync.seq;
-                let startup = sync.id == 1;
-                for ((topic, partition), end) in sync.partition_ends {
-                    if startup && self.config.mutated(Mutation::ForgetHighWatermark) {
-                        continue;
-                    }
-                    if let Some(log) = self
-                        .topics
-                        .get_mut(&topic)
-                        .and_then(|t| t.partitions.get_mut(partition as usize))
-                    {
-                        log.mark_durable(end.min(log.log_end_offset()));
-                    }
-                }
-                self.continue_shutdown(sync.shutdown);
-            }
-            Err(why) => {
-                // After a failed fsync the page cache may have dropped the
-                // data: nothing it covered may be acknowledged, ever.
-                tracing::error!(%why, "sync failed; the log directory is offline until a restart");
-                self.storage_failed = true;
-                if sync.shutdown != ShutdownStep::None {
-                    self.stopped = true;
-                }
-            }
-        }
-        self.maybe_sync();
-        self.advance_all(now_ms);
-        self.invariants();
+    pub fn handle_synced(&mut self, now: Now, id: u64, result: Result<(), String>) {
+        let completed = self.broker.handle_synced(id, result);
+        self.continue_shutdown(&completed);
+        self.settle(now);
     }
 
     /// Starts a clean stop: sync every file, then write the clean-shutdown
     /// marker. New requests are still answered until the driver stops
     /// reading; `is_stopped` turns true when the marker is durable.
-    pub fn begin_shutdown(&mut self, _now_ms: i64) {
-        if self.shutdown != ShutdownStep::None {
+    pub fn begin_shutdown(&mut self, now: Now) {
+        if self.shutdown == ShutdownStep::None {
+            self.shutdown = ShutdownStep::Flush;
+            if self.broker.storage_offline() {
+                self.stopped = true;
+            } else if !self.broker.durability.in_flight() {
+                let sync = self.broker.flush_all();
+                self.push_sync(sync);
+            }
+        }
+        self.settle(now);
+    }
+
+    fn continue_shutdown(&mut self, completed: &Completed) {
+        if self.shutdown == ShutdownStep::None {
             return;
         }
-        self.shutdown = ShutdownStep::Flush;
-        if self.storage_failed {
+        if !completed.ok {
             self.stopped = true;
             return;
         }
-        if self.in_flight.is_none() {
-            self.issue_shutdown_flush();
-        }
-    }
-
-    fn issue_shutdown_flush(&mut self) {
-        let mut targets: BTreeSet<SyncTarget> = std::mem::take(&mut self.dirty_other);
-        targets.extend(self.metadata.all_files());
-        targets.insert(SyncTarget::Dir(String::new()));
-        let mut ends = Vec::new();
-        for (name, topic) in self.topics.iter_mut() {
-            for (index, log) in topic.partitions.iter_mut().enumerate() {
-                log.take_dirty();
-                targets.extend(log.all_files());
-                ends.push(((name.clone(), index as i32), log.log_end_offset()));
+        match completed.purpose {
+            SyncPurpose::Changes => {
+                let sync = self.broker.flush_all();
+                self.push_sync(sync);
             }
-        }
-        self.dirty_partitions.clear();
-        self.metadata.take_dirty();
-        self.issue_sync(targets.into_iter().collect(), ends, ShutdownStep::Flush);
-    }
-
-    fn continue_shutdown(&mut self, finished: ShutdownStep) {
-        match finished {
-            ShutdownStep::Flush => {
-                let written = self
-                    .storage
-                    .open(CLEAN_SHUTDOWN_FILE, true)
-                    .map(|file| self.storage.close(file));
-                match written {
-                    Ok(()) => self.issue_sync(
-                        vec![SyncTarget::Dir(String::new())],
-                        Vec::new(),
-                        ShutdownStep::Marker,
-                    ),
-                    Err(error) => {
-                        tracing::error!(%error, "cannot write the clean-shutdown marker");
-                        self.stopped = true;
-                    }
+            SyncPurpose::ShutdownFlush => match self.broker.write_shutdown_marker() {
+                Ok(sync) => self.push_sync(sync),
+                Err(error) => {
+                    tracing::error!(%error, "cannot write the clean-shutdown marker");
+                    self.stopped = true;
                 }
-            }
-            ShutdownStep::Marker => {
+            },
+            SyncPurpose::ShutdownMarker => {
                 tracing::info!("clean shutdown complete");
                 self.stopped = true;
             }
-            ShutdownStep::None => {
-                if self.shutdown == ShutdownStep::Flush && self.in_flight.is_none() {
-                    self.issue_shutdown_flush();
+        }
+    }
+
+    fn push_sync(&mut self, sync: SyncRequest) {
+        self.outputs.push_back(Output::Sync {
+            id: sync.id,
+            targets: sync.targets,
+        });
+    }
+
+    /// Handles every timer due at `now`.
+    pub fn handle_timeout(&mut self, now: Now) {
+        for timer in self.timers.expired(now.monotonic_ms) {
+            match timer {
+                Timer::Retention => {
+                    self.broker.apply_retention(now);
+                    let interval = self.broker.config.retention_check_interval_ms;
+                    self.timers.set(timer, now.monotonic_ms + interval);
                 }
-            }
-        }
-    }
-
-    pub fn handle_timeout(&mut self, now_ms: i64) {
-        if now_ms >= self.next_retention_ms {
-            self.next_retention_ms = now_ms + self.config.retention_check_interval_ms;
-            self.apply_retention(now_ms);
-            crate::api_group::expire_offsets(self, now_ms);
-        }
-        self.groups.expire(now_ms);
-        self.collect_group_answers(now_ms);
-        self.maybe_sync();
-        self.advance_all(now_ms);
-        self.invariants();
-    }
-
-    pub(crate) fn next_token(&mut self) -> Token {
-        self.next_token += 1;
-        self.next_token
-    }
-
-    /// Every change made so far is durable once this sequence is.
-    pub(crate) fn write_seq(&self) -> u64 {
-        self.write_seq
-    }
-
-    /// Moves the coordinator's late answers to their slots; answers for
-    /// connections that closed meanwhile are dropped.
-    pub(crate) fn collect_group_answers(&mut self, now_ms: i64) {
-        // Changed groups are recorded first; answers wait until that is durable.
-        let changed = self.groups.take_changed();
-        let record_seq = if changed.is_empty() {
-            0
-        } else {
-            crate::api_group::write_group_metadata(self, now_ms, &changed)
-        };
-        let answers = self.groups.take_resolved();
-        if answers.is_empty() {
-            return;
-        }
-        self.group_answers_ready = true;
-        let waiting: BTreeSet<Token> = self
-            .connections
-            .values()
-            .flat_map(|c| c.slots.iter())
-            .filter_map(|slot| match slot.state {
-                SlotState::Deferred(token) => Some(token),
-                _ => None,
-            })
-            .collect();
-        for (token, answer) in answers {
-            // A deferred answer may come out before its slot is queued (the
-            // handler returns after the coordinator ran): keep the newest token.
-            if waiting.contains(&token) || token == self.next_token {
-                self.resolved.insert(token, (answer, record_seq));
-            }
-        }
-    }
-
-    fn apply_retention(&mut self, now_ms: i64) {
-        if self.storage_failed {
-            return;
-        }
-        let mut changed = Vec::new();
-        for (name, topic) in self.topics.iter_mut() {
-            for (index, log) in topic.partitions.iter_mut().enumerate() {
-                match log.apply_retention(&mut self.storage, now_ms) {
-                    Ok(0) => {}
-                    Ok(_) => changed.push((name.clone(), index as i32)),
-                    Err(error) => {
-                        tracing::error!(topic = %name, partition = index, %error, "retention failed")
+                Timer::OffsetsExpiry => {
+                    self.broker.expire_offsets(now);
+                    let interval = self.broker.config.offsets_retention_check_interval_ms;
+                    self.timers.set(timer, now.monotonic_ms + interval);
+                }
+                Timer::Groups => {
+                    self.broker.expire_groups(now);
+                    if let Some(next) = self.broker.groups.next_deadline_ms() {
+                        assert!(
+                            next > now.monotonic_ms,
+                            "the coordinator handled every deadline due"
+                        );
                     }
                 }
+                // The front fetch of the connection is answered below, at
+                // its deadline.
+                Timer::FetchDeadline(_) => {}
+                Timer::PeerRequest(peer) => self.reset_peer(now, peer),
             }
         }
-        for (name, partition) in changed {
-            self.note_partition_write(&name, partition);
-        }
+        self.settle(now);
     }
 
-    /// The earliest deadline the node wants a `handle_timeout` at.
+    /// The earliest deadline (monotonic) the node wants a `handle_timeout` at.
+    #[must_use]
     pub fn poll_timeout(&self) -> Option<i64> {
-        let fetch_deadlines = self
-            .connections
-            .values()
-            .filter_map(|c| match c.slots.front() {
-                Some(Slot {
-                    state: SlotState::Fetch { deadline_ms, .. },
-                    ..
-                }) => Some(*deadline_ms),
-                _ => None,
-            });
-        fetch_deadlines
-            .chain(std::iter::once(self.next_retention_ms))
-            .chain(self.groups.next_deadline_ms())
-            .min()
+        self.timers.next_deadline_ms()
     }
 
+    #[must_use]
     pub fn poll_output(&mut self) -> Option<Output> {
         self.outputs.pop_front()
     }
 
-    fn advance_all(&mut self, now_ms: i64) {
-        let ids: Vec<ConnectionId> = self.connections.keys().copied().collect();
-        for id in ids {
-            self.advance(id, now_ms);
-        }
+    /// The common end of every input: coordinator answers to the requests
+    /// waiting for them, parked fetches woken by what moved, the next sync,
+    /// replies released, timers armed, invariants checked.
+    fn settle(&mut self, now: Now) {
+        self.settle_on(now, None);
     }
 
-    /// Releases the responses at the front of a connection's queue that are ready.
-    fn advance(&mut self, connection: ConnectionId, now_ms: i64) {
-        loop {
-            let Some(slot) = self
-                .connections
-                .get_mut(&connection)
-                .and_then(|c| c.slots.pop_front())
-            else {
-                return;
-            };
-            match self.try_complete(slot, now_ms) {
-                Ok(frame) => self.outputs.push_back(Output::Send { connection, frame }),
-                Err(Some(slot)) => {
-                    if let Some(conn) = self.connections.get_mut(&connection) {
-                        conn.slots.push_front(slot);
-                    }
-                    return;
+    /// `settle`, after a frame on `only`: unless something every connection
+    /// may wait for happened (a coordinator answer, a partition moved, a
+    /// sync), only that connection's queue can have changed.
+    fn settle_on(&mut self, now: Now, only: Option<ConnectionId>) {
+        let mut everyone = only.is_none();
+        let answers = self.broker.take_group_answers();
+        if !answers.is_empty() {
+            everyone = true;
+            let waiting = self.sessions.waiting_tokens();
+            for answer in answers {
+                // Answers for requests whose connection closed are dropped.
+                if waiting.contains(&answer.token) {
+                    self.group_answers.insert(answer.token, answer);
                 }
-                Err(None) => {
-                    tracing::error!(
-                        connection = connection.0,
-                        "cannot encode a response; closing"
-                    );
+            }
+        }
+        let moved = self.broker.take_moved();
+        let offline = self.broker.storage_offline();
+        if !moved.is_empty() || offline {
+            everyone = true;
+            self.sessions.wake_fetches(&moved, offline);
+        }
+        if let Some(sync) = self.broker.next_sync() {
+            self.push_sync(sync);
+        }
+        match only {
+            Some(connection) if !everyone => self.advance(connection, now),
+            _ => {
+                for connection in self.sessions.ids() {
+                    self.advance(connection, now);
+                }
+            }
+        }
+        match self.broker.groups.next_deadline_ms() {
+            Some(deadline) => self.timers.set(Timer::Groups, deadline),
+            None => self.timers.stop(Timer::Groups),
+        }
+        self.invariants();
+    }
+
+    /// Releases the replies at the front of a connection's queue that are
+    /// ready, and arms the deadline of a fetch left at its front.
+    fn advance(&mut self, connection: ConnectionId, now: Now) {
+        while let Some(slot) = self.sessions.pop_front(connection) {
+            match self.try_complete(slot, now) {
+                Completion::Frame(frame) => {
+                    self.outputs.push_back(Output::Send { connection, frame })
+                }
+                Completion::NotYet(slot) => {
+                    self.sessions.push_front(connection, slot);
+                    break;
+                }
+                Completion::Unencodable(error) => {
+                    tracing::error!(connection = connection.0, %error, "cannot encode a response; closing");
                     self.close(connection);
                     return;
                 }
             }
         }
+        match self.sessions.front(connection) {
+            Some(Slot {
+                state: SlotState::Fetch { parked, .. },
+                ..
+            }) => self
+                .timers
+                .set(Timer::FetchDeadline(connection), parked.deadline_ms),
+            _ => self.timers.stop(Timer::FetchDeadline(connection)),
+        }
     }
 
-    /// Encodes a slot's response if it is ready; gives the slot back if not.
-    fn try_complete(&mut self, slot: Slot, now_ms: i64) -> Result<Bytes, Option<Slot>> {
-        let reply = match slot.state {
-            SlotState::Ready(frame) => return Ok(frame),
-            SlotState::AfterSync {
-                seq,
-                reply,
-                on_failure,
-            } => {
-                if seq <= self.durable_seq {
-                    *reply
-                } else if self.storage_failed {
-                    *on_failure
+    /// The encoded reply of a slot whose wait is over; the slot back if not.
+    fn try_complete(&mut self, slot: Slot, now: Now) -> Completion {
+        let Slot { header, state } = slot;
+        let encode = |reply: &Reply| match encode_reply(header, reply) {
+            Ok(frame) => Completion::Frame(frame),
+            Err(error) => Completion::Unencodable(error),
+        };
+        match state {
+            SlotState::Ready(frame) => Completion::Frame(frame),
+            SlotState::After { wait, reply } => match wait.state(&self.broker) {
+                WaitState::Done => encode(&reply),
+                WaitState::Failed => encode(&reply.unsynced()),
+                WaitState::Waiting => Completion::NotYet(Slot {
+                    header,
+                    state: SlotState::After { wait, reply },
+                }),
+            },
+            SlotState::Fetch { parked, woken } => {
+                let deadline_passed = now.monotonic_ms >= parked.deadline_ms;
+                let answer = if woken || deadline_passed {
+                    fetch_response(
+                        &mut self.broker,
+                        header.version,
+                        &parked.request,
+                        deadline_passed,
+                    )
                 } else {
-                    return Err(Some(Slot {
-                        header: slot.header,
-                        state: SlotState::AfterSync {
-                            seq,
-                            reply,
-                            on_failure,
+                    None
+                };
+                match answer {
+                    Some(response) => encode(&Reply::Fetch(response)),
+                    None => Completion::NotYet(Slot {
+                        header,
+                        state: SlotState::Fetch {
+                            parked,
+                            woken: false,
                         },
-                    }));
+                    }),
                 }
             }
-            SlotState::Fetch {
-                request,
-                deadline_ms,
-            } => match api::fetch_response(self, slot.header, &request, now_ms >= deadline_ms) {
-                Some(response) => api::Reply::Fetch(response),
-                None => {
-                    return Err(Some(Slot {
-                        header: slot.header,
-                        state: SlotState::Fetch {
-                            request,
-                            deadline_ms,
+            SlotState::Coordinator(token) => match self.group_answers.remove(&token) {
+                Some(answer) => match handlers::coordinator_reply(answer, header.version) {
+                    Pending::Now(reply) => encode(&reply),
+                    Pending::After { wait, reply } => self.try_complete(
+                        Slot {
+                            header,
+                            state: SlotState::After { wait, reply },
                         },
-                    }))
-                }
+                        now,
+                    ),
+                    other => unreachable!("a coordinator reply is {other:?}"),
+                },
+                None => Completion::NotYet(Slot {
+                    header,
+                    state: SlotState::Coordinator(token),
+                }),
             },
-            SlotState::Deferred(token) => match self.resolved.remove(&token) {
-                Some((resolved, seq)) if seq <= self.durable_seq || self.storage_failed => {
-                    crate::api_group::deferred_reply(
-                        resolved,
-                        slot.header.version,
-                        self.storage_failed && seq > self.durable_seq,
-                    )
-                }
-                Some(waiting) => {
-                    self.resolved.insert(token, waiting);
-                    return Err(Some(Slot {
-                        header: slot.header,
-                        state: SlotState::Deferred(token),
-                    }));
-                }
-                None => {
-                    return Err(Some(Slot {
-                        header: slot.header,
-                        state: SlotState::Deferred(token),
-                    }))
-                }
-            },
-        };
-        encode_reply(slot.header, &reply).map_err(|_| None)
+        }
     }
 
     pub fn invariants(&self) {
-        assert!(self.durable_seq <= self.write_seq, "durable beyond written");
-        if let Some(sync) = &self.in_flight {
-            assert!(sync.seq <= self.write_seq && sync.seq >= self.durable_seq);
+        self.broker.invariants();
+        self.sessions.invariants();
+        for token in self.group_answers.keys() {
+            assert!(*token <= self.next_token);
         }
-        for conn in self.connections.values() {
-            assert!(
-                conn.slots.len() <= QUEUED_RESPONSES_MAX * 4,
-                "connection queue unbounded"
-            );
+        if self.stopped {
+            assert!(self.shutdown != ShutdownStep::None || self.broker.storage_offline());
         }
     }
-
-    /// Hands out a producer id that was never handed out before, even across
-    /// restarts: ids come from blocks reserved in the metadata log. Returns
-    /// the id and the sequence after which its block is durable.
-    pub(crate) fn allocate_producer_id(&mut self) -> std::io::Result<(i64, u64)> {
-        if self.next_producer_id >= self.metadata.producer_id_block_end {
-            let block_end = self.next_producer_id + PRODUCER_ID_BLOCK;
-            self.metadata
-                .append(&mut self.storage, Change::ProducerIds { block_end })?;
-            self.write_seq += 1;
-            self.producer_block_seq = self.write_seq;
-        }
-        let id = self.next_producer_id;
-        self.next_producer_id += 1;
-        Ok((id, self.producer_block_seq))
-    }
-
-    /// Removes a topic's logs from storage (after its deletion was recorded).
-    pub(crate) fn drop_topic_files(&mut self, name: &str, mut topic: Topic) -> io::Result<()> {
-        for log in topic.partitions.iter_mut() {
-            log.close(&mut self.storage);
-            let dir = log.dir().to_string();
-            remove_dir_all(&mut self.storage, &dir)?;
-        }
-        self.dirty_partitions.retain(|(t, _)| t != name);
-        Ok(())
-    }
-}
-
-/// Removes a directory and the files in it.
-pub(crate) fn remove_dir_all<S: Storage + ?Sized>(storage: &mut S, dir: &str) -> io::Result<()> {
-    for name in storage.list_dir(dir)? {
-        storage.remove_file(&format!("{dir}/{name}"))?;
-    }
-    storage.remove_dir(dir)
-}
-
-/// Encodes a response frame: length, header, body.
-pub(crate) fn encode_reply(header: ReplyHeader, reply: &api::Reply) -> Result<Bytes, String> {
-    let mut buf = BytesMut::with_capacity(64);
-    buf.put_i32(0);
-    let response_header = ResponseHeader::default().with_correlation_id(header.correlation_id);
-    let header_version = header.api_key.response_header_version(header.version);
-    response_header
-        .encode(&mut buf, header_version)
-        .map_err(|e| e.to_string())?;
-    reply.encode(&mut buf, header.version).map_err(|e| {
-        format!(
-            "cannot encode the {:?} v{} response: {e}",
-            header.api_key, header.version
-        )
-    })?;
-    let length = (buf.len() - 4) as i32;
-    buf[0..4].copy_from_slice(&length.to_be_bytes());
-    Ok(buf.freeze())
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use crate::batch::BatchHeader;
+use crate::batch::{increment_sequence, BatchHeader};
 
 /// Batches remembered per producer, as Kafka does.
 pub const BATCHES_KEPT_MAX: usize = 5;
@@ -58,24 +58,6 @@ pub struct ProducerStates {
     producers: BTreeMap<i64, ProducerEntry>,
 }
 
-/// The sequence after `sequence`, wrapping from `i32::MAX` to 0.
-fn next_sequence(sequence: i32) -> i32 {
-    if sequence == i32::MAX {
-        0
-    } else {
-        sequence + 1
-    }
-}
-
-fn last_sequence_of(header: &BatchHeader) -> i32 {
-    let last = header.base_sequence as i64 + header.last_offset_delta as i64;
-    if last > i32::MAX as i64 {
-        (last - i32::MAX as i64 - 1) as i32
-    } else {
-        last as i32
-    }
-}
-
 impl ProducerStates {
     /// Decides on a batch a producer sent (before offsets are assigned).
     pub fn check(&self, header: &BatchHeader) -> Result<Verdict, SequenceError> {
@@ -96,7 +78,7 @@ impl ProducerStates {
                 Err(SequenceError::OutOfOrder)
             };
         }
-        let last_sequence = last_sequence_of(header);
+        let last_sequence = header.last_sequence();
         if let Some(batch) = entry
             .batches
             .iter()
@@ -109,7 +91,7 @@ impl ProducerStates {
             });
         }
         match entry.batches.back() {
-            Some(last) if next_sequence(last.last_sequence) != header.base_sequence => {
+            Some(last) if increment_sequence(last.last_sequence, 1) != header.base_sequence => {
                 Err(SequenceError::OutOfOrder)
             }
             _ => Ok(Verdict::Append),
@@ -128,7 +110,7 @@ impl ProducerStates {
         }
         entry.batches.push_back(BatchMeta {
             first_sequence: header.base_sequence,
-            last_sequence: last_sequence_of(header),
+            last_sequence: header.last_sequence(),
             base_offset: header.base_offset,
             last_offset: header.last_offset(),
             max_timestamp: header.max_timestamp,

@@ -107,6 +107,8 @@ pub struct MemStorage {
     pub fail_writes: Option<io::ErrorKind>,
     /// Counts syncs performed, for tests of group commit.
     pub syncs_performed: u64,
+    /// Counts reads, for tests of what is read when.
+    pub reads_performed: u64,
 }
 
 impl MemStorage {
@@ -271,6 +273,7 @@ impl Storage for MemStorage {
     }
 
     fn read_at(&mut self, file: FileId, position: u64, buf: &mut [u8]) -> io::Result<usize> {
+        self.reads_performed += 1;
         let contents = self.contents(file)?;
         let start = (position as usize).min(contents.len());
         let count = buf.len().min(contents.len() - start);

@@ -22,7 +22,11 @@ pub const ALL: &[Scenario] = &[
         about: "one node under produce load, crashed and restarted; unsynced writes lost, torn or corrupted",
         build: crash_restart,
     },
-    Scenario { name: "network", about: "clients cut off, slowed and reconnecting", build: network },
+    Scenario {
+        name: "network",
+        about: "clients cut off, slowed and reconnecting; the node's wall clock jumping; up to two more nodes whose links are cut, slowed and crashed",
+        build: network,
+    },
     Scenario {
         name: "roll-retention",
         about: "small segments rolling and deleted by retention while the node crashes",
@@ -30,7 +34,7 @@ pub const ALL: &[Scenario] = &[
     },
     Scenario {
         name: "groups",
-        about: "a consumer group of 2-3 members reading while members and the coordinator crash and get cut off",
+        about: "a consumer group of 2-3 members reading while members and the coordinator crash, get cut off and see its clock jump",
         build: groups,
     },
     Scenario {
@@ -57,6 +61,7 @@ fn base(scenario: &'static str, seed: u64, rng: &mut Rng) -> Spec {
     Spec {
         scenario,
         seed,
+        nodes: 1,
         // The workload creates its topic; auto-creation could race it with
         // the default partition count when a creation was lost in a crash.
         broker: vec![
@@ -90,9 +95,29 @@ fn crashes(rng: &mut Rng, count: u64, safety_ms: u64) -> Vec<Scheduled> {
         .map(|_| Scheduled {
             at_ms: pick(rng, 200, safety_ms - 500),
             fault: Fault::Crash {
+                node: 1,
                 damage: CrashFault::ALL[(rng.next_u64() % 4) as usize],
                 down_ms: pick(rng, 10, 1_000),
             },
+        })
+        .collect()
+}
+
+/// Jumps of a node's wall clock, forward or back by up to an hour: record
+/// times (LogAppendTime, commit times, retention) move with it, deadlines
+/// do not. A node an hour or more behind its producers refuses their
+/// records as INVALID_TIMESTAMP (`log.message.timestamp.after.max.ms`).
+fn clock_jumps(rng: &mut Rng, count: u64, safety_ms: u64) -> Vec<Scheduled> {
+    (0..count)
+        .map(|_| {
+            let at_ms = pick(rng, 100, safety_ms - 1_000);
+            let size_ms = pick(rng, 1_000, 3_600_000) as i64;
+            let forward = rng.next_u64().is_multiple_of(2);
+            let delta_ms = if forward { size_ms } else { -size_ms };
+            Scheduled {
+                at_ms,
+                fault: Fault::ClockJump { node: 1, delta_ms },
+            }
         })
         .collect()
 }
@@ -119,6 +144,7 @@ pub fn network(seed: u64) -> Spec {
         let fault = match rng.next_u64() % 3 {
             0 => Fault::Partition {
                 client,
+                node: 1,
                 for_ms: pick(&mut rng, 50, 3_000),
             },
             1 => Fault::Latency {
@@ -126,11 +152,43 @@ pub fn network(seed: u64) -> Spec {
                 for_ms: pick(&mut rng, 100, 3_000),
             },
             _ => Fault::Crash {
+                node: 1,
                 damage: CrashFault::KeepPrefix,
                 down_ms: pick(&mut rng, 10, 500),
             },
         };
         spec.faults.push(Scheduled { at_ms, fault });
+    }
+    let jumps = pick(&mut rng, 1, 2);
+    spec.faults
+        .extend(clock_jumps(&mut rng, jumps, spec.safety_ms));
+    // Up to two more nodes, linked to node 1 and to each other, whose links
+    // are cut and slowed and who crash: their links must come back.
+    spec.nodes = pick(&mut rng, 1, 3) as u32;
+    if spec.nodes > 1 {
+        for _ in 0..pick(&mut rng, 1, 4) {
+            let at_ms = pick(&mut rng, 100, spec.safety_ms - 1_000);
+            let other = pick(&mut rng, 2, spec.nodes as u64) as u32;
+            let fault = match rng.next_u64() % 3 {
+                0 => Fault::PartitionNodes {
+                    a: 1,
+                    b: other,
+                    for_ms: pick(&mut rng, 50, 3_000),
+                },
+                1 => Fault::SlowLink {
+                    a: 1,
+                    b: other,
+                    max_ms: pick(&mut rng, 5, 200),
+                    for_ms: pick(&mut rng, 100, 3_000),
+                },
+                _ => Fault::Crash {
+                    node: other,
+                    damage: CrashFault::KeepPrefix,
+                    down_ms: pick(&mut rng, 10, 500),
+                },
+            };
+            spec.faults.push(Scheduled { at_ms, fault });
+        }
     }
     spec
 }
@@ -164,14 +222,17 @@ pub fn disk_trouble(seed: u64) -> Spec {
         let at_ms = pick(&mut rng, 100, spec.safety_ms - 1_000);
         let fault = match rng.next_u64() % 3 {
             0 => Fault::DiskFull {
+                node: 1,
                 room_bytes: pick(&mut rng, 0, 20_000),
                 for_ms: pick(&mut rng, 100, 2_000),
             },
             1 => Fault::SlowDisk {
+                node: 1,
                 latency_ms: pick(&mut rng, 5, 300),
                 for_ms: pick(&mut rng, 100, 3_000),
             },
             _ => Fault::Crash {
+                node: 1,
                 damage: CrashFault::TearLastSector,
                 down_ms: pick(&mut rng, 10, 500),
             },
@@ -203,15 +264,20 @@ pub fn groups(seed: u64) -> Spec {
             },
             1 => Fault::Partition {
                 client: member,
+                node: 1,
                 for_ms: pick(&mut rng, 100, 8_000),
             },
             _ => Fault::Crash {
+                node: 1,
                 damage: CrashFault::ALL[(rng.next_u64() % 4) as usize],
                 down_ms: pick(&mut rng, 10, 1_000),
             },
         };
         spec.faults.push(Scheduled { at_ms, fault });
     }
+    let jumps = pick(&mut rng, 0, 2);
+    spec.faults
+        .extend(clock_jumps(&mut rng, jumps, spec.safety_ms));
     spec
 }
 

@@ -16,14 +16,17 @@ use std::path::Path;
 
 use anyhow::{bail, Context};
 use bytes::Bytes;
-use sluice_core::batch::{self, BatchError, BatchHeader, HEADER_BYTES, LOG_OVERHEAD};
+use sluice_core::batch::{
+    self, increment_sequence, BatchError, BatchHeader, HEADER_BYTES, LOG_OVERHEAD, MAGIC,
+    MAGIC_OFFSET,
+};
+use sluice_core::log::format::{
+    OffsetEntry, TimeEntry, BATCH_BYTES_MAX, INDEX_SUFFIX, LOG_SUFFIX, OFFSET_ENTRY_BYTES,
+    TIME_ENTRY_BYTES, TIME_INDEX_SUFFIX,
+};
 
-/// A batch claiming to be longer than this is garbage, not a batch.
-const BATCH_BYTES_MAX: u64 = 1 << 30;
 /// Enough bytes to read a batch's length and magic.
-const LENGTH_AND_MAGIC_BYTES: usize = 17;
-const OFFSET_ENTRY_BYTES: usize = 8;
-const TIME_ENTRY_BYTES: usize = 12;
+const LENGTH_AND_MAGIC_BYTES: usize = MAGIC_OFFSET + 1;
 
 /// Prints the contents of the segment file at `path` to `out`: batches of a
 /// `.log` file (and with `records`, every record), or the entries of a
@@ -35,8 +38,8 @@ pub fn run(path: &Path, records: bool, out: &mut dyn Write) -> anyhow::Result<()
         .unwrap_or_default();
     let name = path.display();
     let index_base = match kind {
-        "log" => None,
-        "index" | "timeindex" => Some(base_offset(path)?),
+        LOG_SUFFIX => None,
+        INDEX_SUFFIX | TIME_INDEX_SUFFIX => Some(base_offset(path)?),
         _ => bail!("{name}: cannot dump this file; expected a .log, .index or .timeindex file"),
     };
     let file = File::open(path).with_context(|| format!("cannot open {name}"))?;
@@ -47,8 +50,8 @@ pub fn run(path: &Path, records: bool, out: &mut dyn Write) -> anyhow::Result<()
     let mut reader = BufReader::new(file);
     writeln!(out, "Dumping {name}")?;
     let result = match (kind, index_base) {
-        ("index", Some(base)) => dump_offset_index(&mut reader, base, out),
-        ("timeindex", Some(base)) => dump_time_index(&mut reader, base, out),
+        (INDEX_SUFFIX, Some(base)) => dump_offset_index(&mut reader, base, out),
+        (TIME_INDEX_SUFFIX, Some(base)) => dump_time_index(&mut reader, base, out),
         _ => dump_batches(&mut reader, length, records, out),
     };
     result.with_context(|| format!("while dumping {name}"))
@@ -114,13 +117,15 @@ fn read_batch(reader: &mut dyn Read, remaining: u64, buffer: &mut Vec<u8>) -> io
         return Ok(Next::Garbage(got as u64, INCOMPLETE.into()));
     };
     let min_length = (HEADER_BYTES - LOG_OVERHEAD) as i64;
-    if (batch_length as i64) < min_length || batch_length as u64 > BATCH_BYTES_MAX {
+    // The log's own bound (recovery cuts there), on the whole batch.
+    let size_claimed = batch_length as i64 + LOG_OVERHEAD as i64;
+    if (batch_length as i64) < min_length || size_claimed > BATCH_BYTES_MAX as i64 {
         return Ok(Next::Garbage(
             remaining,
             format!("that are not a batch: batch length {batch_length} is impossible"),
         ));
     }
-    if magic != 2 {
+    if magic != MAGIC {
         return Ok(Next::Garbage(
             remaining,
             format!("that are not a v2 record batch: magic {magic}"),
@@ -154,19 +159,6 @@ fn read_fully(reader: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
         }
     }
     Ok(filled)
-}
-
-/// Kafka's producer sequence arithmetic: `sequence + increment`, wrapping
-/// past `i32::MAX` to zero.
-fn increment_sequence(sequence: i32, increment: i32) -> i32 {
-    if sequence < 0 {
-        return -1;
-    }
-    if sequence > i32::MAX - increment.max(0) {
-        increment - (i32::MAX - sequence) - 1
-    } else {
-        sequence.wrapping_add(increment)
-    }
 }
 
 fn codec_name(codec: i16) -> String {
@@ -231,7 +223,7 @@ fn print_batch(
         header.base_offset.wrapping_add(header.last_offset_delta as i64),
         header.record_count,
         header.base_sequence,
-        increment_sequence(header.base_sequence, header.last_offset_delta),
+        header.last_sequence(),
         header.producer_id,
         header.producer_epoch,
         header.partition_leader_epoch,
@@ -305,30 +297,28 @@ fn dump_entries<const N: usize>(
     }
 }
 
-/// `.index`: 8-byte entries of (offset relative to the base, u32; position, u32).
+/// `.index`: entries of (offset relative to the base; position).
 fn dump_offset_index(reader: &mut dyn Read, base: i64, out: &mut dyn Write) -> anyhow::Result<()> {
     dump_entries::<OFFSET_ENTRY_BYTES>(reader, out, |entry, out| {
-        let relative = u32::from_be_bytes([entry[0], entry[1], entry[2], entry[3]]);
-        let position = u32::from_be_bytes([entry[4], entry[5], entry[6], entry[7]]);
+        let entry = OffsetEntry::decode(entry);
         writeln!(
             out,
-            "offset: {} position: {position}",
-            base.wrapping_add(relative as i64)
+            "offset: {} position: {}",
+            base.wrapping_add(entry.relative_offset as i64),
+            entry.position
         )
     })
 }
 
-/// `.timeindex`: 12-byte entries of (timestamp, i64; relative offset, u32).
+/// `.timeindex`: entries of (timestamp; relative offset).
 fn dump_time_index(reader: &mut dyn Read, base: i64, out: &mut dyn Write) -> anyhow::Result<()> {
     dump_entries::<TIME_ENTRY_BYTES>(reader, out, |entry, out| {
-        let mut timestamp = [0u8; 8];
-        timestamp.copy_from_slice(&entry[..8]);
-        let relative = u32::from_be_bytes([entry[8], entry[9], entry[10], entry[11]]);
+        let entry = TimeEntry::decode(entry);
         writeln!(
             out,
             "timestamp: {} offset: {}",
-            i64::from_be_bytes(timestamp),
-            base.wrapping_add(relative as i64)
+            entry.timestamp,
+            base.wrapping_add(entry.relative_offset as i64)
         )
     })
 }
@@ -336,26 +326,11 @@ fn dump_time_index(reader: &mut dyn Read, base: i64, out: &mut dyn Write) -> any
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sluice_core::batch::{ATTRIBUTE_TIMESTAMP_LOG_APPEND, ATTRIBUTE_TRANSACTIONAL};
-
-    fn put_varint(buf: &mut Vec<u8>, value: i64) {
-        let mut v = ((value << 1) ^ (value >> 63)) as u64;
-        while v >= 0x80 {
-            buf.push((v as u8) | 0x80);
-            v >>= 7;
-        }
-        buf.push(v as u8);
-    }
-
-    fn put_bytes(buf: &mut Vec<u8>, bytes: Option<&[u8]>) {
-        match bytes {
-            None => put_varint(buf, -1),
-            Some(b) => {
-                put_varint(buf, b.len() as i64);
-                buf.extend_from_slice(b);
-            }
-        }
-    }
+    use sluice_core::batch::builder::{BatchBuilder, Compression, ProducerIdentity, RecordData};
+    use sluice_core::batch::{
+        ATTRIBUTES_OFFSET, ATTRIBUTE_COMPRESSION_MASK, ATTRIBUTE_TIMESTAMP_LOG_APPEND,
+        ATTRIBUTE_TRANSACTIONAL, CRC_OFFSET, CRC_START, LAST_OFFSET_DELTA_OFFSET,
+    };
 
     /// One test record: key, value, header names.
     type Rec<'a> = (Option<&'a [u8]>, Option<&'a [u8]>, &'a [&'a str]);
@@ -386,60 +361,46 @@ mod tests {
             }
         }
 
-        /// Encodes the batch as a producer would, compressing when the
-        /// attributes ask for gzip.
+        /// Encodes the batch with the core's encoder, as a producer would,
+        /// compressing when the attributes ask for gzip; then stamps the
+        /// broker's fields and the attribute bits a producer does not set.
         fn build(&self) -> Vec<u8> {
-            let mut body = Vec::new();
-            for (delta, (key, value, headers)) in self.records.iter().enumerate() {
-                let mut record = vec![0u8];
-                put_varint(&mut record, delta as i64);
-                put_varint(&mut record, delta as i64);
-                put_bytes(&mut record, *key);
-                put_bytes(&mut record, *value);
-                put_varint(&mut record, headers.len() as i64);
-                for name in headers.iter() {
-                    put_bytes(&mut record, Some(name.as_bytes()));
-                    put_bytes(&mut record, Some(b"v"));
-                }
-                put_varint(&mut body, record.len() as i64);
-                body.extend_from_slice(&record);
+            let mut builder = BatchBuilder::new();
+            for (delta, (key, value, names)) in self.records.iter().enumerate() {
+                let headers: Vec<(&[u8], Option<&[u8]>)> = names
+                    .iter()
+                    .map(|n| (n.as_bytes(), Some(&b"v"[..])))
+                    .collect();
+                builder.append(&RecordData {
+                    timestamp_ms: self.timestamp + delta as i64,
+                    key: *key,
+                    value: *value,
+                    headers: &headers,
+                });
             }
-            if self.attributes & 0x07 == 1 {
-                use kafka_protocol::compression::{Compressor, Gzip};
-                let mut compressed = Vec::new();
-                Gzip::compress(&mut compressed, |tmp: &mut bytes::BytesMut| {
-                    tmp.extend_from_slice(&body);
-                    Ok(())
-                })
-                .expect("gzip");
-                body = compressed;
-            }
-            let count = self.records.len() as i32;
-            let mut batch = Vec::new();
-            batch.extend_from_slice(&self.base_offset.to_be_bytes());
-            batch.extend_from_slice(
-                &((HEADER_BYTES - LOG_OVERHEAD + body.len()) as i32).to_be_bytes(),
-            );
-            batch.extend_from_slice(&self.leader_epoch.to_be_bytes());
-            batch.push(2);
-            batch.extend_from_slice(&0u32.to_be_bytes());
-            batch.extend_from_slice(&self.attributes.to_be_bytes());
-            batch.extend_from_slice(&(count - 1).to_be_bytes());
-            batch.extend_from_slice(&self.timestamp.to_be_bytes());
-            batch.extend_from_slice(&(self.timestamp + count as i64 - 1).to_be_bytes());
-            batch.extend_from_slice(&self.producer_id.to_be_bytes());
-            batch.extend_from_slice(&self.producer_epoch.to_be_bytes());
-            batch.extend_from_slice(&self.base_sequence.to_be_bytes());
-            batch.extend_from_slice(&count.to_be_bytes());
-            batch.extend_from_slice(&body);
-            let crc = batch::compute_crc(&batch);
-            batch[17..21].copy_from_slice(&crc.to_be_bytes());
+            let compression = match self.attributes & ATTRIBUTE_COMPRESSION_MASK {
+                1 => Compression::Gzip,
+                _ => Compression::None,
+            };
+            let identity = ProducerIdentity {
+                producer_id: self.producer_id,
+                producer_epoch: self.producer_epoch,
+                base_sequence: self.base_sequence,
+            };
+            let mut batch = builder
+                .build(compression, identity)
+                .expect("builds")
+                .to_vec();
+            batch::assign_offset(&mut batch, self.base_offset, self.leader_epoch);
+            batch[ATTRIBUTES_OFFSET..LAST_OFFSET_DELTA_OFFSET]
+                .copy_from_slice(&self.attributes.to_be_bytes());
+            batch::write_crc(&mut batch);
             batch
         }
     }
 
     fn crc(batch: &[u8]) -> u32 {
-        u32::from_be_bytes(batch[17..21].try_into().expect("4 bytes"))
+        u32::from_be_bytes(batch[CRC_OFFSET..CRC_START].try_into().expect("4 bytes"))
     }
 
     /// Writes `bytes` as a file named `name` and dumps it.
@@ -553,15 +514,6 @@ mod tests {
             "{}",
             lines[2]
         );
-    }
-
-    #[test]
-    fn sequences_wrap_like_kafka() {
-        assert_eq!(increment_sequence(-1, 5), -1);
-        assert_eq!(increment_sequence(3, 4), 7);
-        assert_eq!(increment_sequence(i32::MAX, 0), i32::MAX);
-        assert_eq!(increment_sequence(i32::MAX, 1), 0);
-        assert_eq!(increment_sequence(i32::MAX - 1, 3), 1);
     }
 
     #[test]

@@ -1,10 +1,8 @@
-//! The tokio driver of Sluice: the real disk, sockets, clock and syncer
-//! around the sans-IO core, plus the configuration file and the tools of the
-//! `sluice` binary (`dump-log`, and the client commands in `cli`).
+//! The modules of the `sluice` binary: the configuration file of `serve`,
+//! the client commands (`cli`), `dump-log` and `perf`. The driver they
+//! start a broker with is the `sluice-driver` crate.
 
 pub mod cli;
 pub mod config_file;
-pub mod disk;
-pub mod driver;
 pub mod dump_log;
 pub mod perf;

@@ -1,14 +1,16 @@
 //! The `sluice` binary: `serve` runs a broker; `dump-log` prints a segment;
 //! `topics`, `groups`, `produce` and `consume` talk to a running broker
-//! (see `cli`).
+//! (see `cli`). `serve` runs the driver of `sluice-driver` over real sockets
+//! and files, on one current-thread runtime.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::error::ErrorKind;
 use clap::{Parser, Subcommand};
+use sluice_driver as driver;
 use sluice_server::cli::{self, consume, groups, produce, topics};
-use sluice_server::{config_file, driver, dump_log};
+use sluice_server::{config_file, dump_log};
 
 #[derive(Parser)]
 #[command(name = "sluice", version, about = "A Kafka-compatible distributed log")]
@@ -97,11 +99,7 @@ fn serve(config: Option<PathBuf>, overrides: Vec<String>) -> anyhow::Result<()> 
         .init();
     let pairs = overrides
         .iter()
-        .map(|pair| {
-            pair.split_once('=')
-                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-                .ok_or_else(|| anyhow::anyhow!("--override wants KEY=VALUE, got `{pair}`"))
-        })
+        .map(|argument| config_file::parse_override(argument))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let config = config_file::load(config.as_deref(), &pairs)?;
     let listen = config_file::parse_listener(&config.listeners)?;
@@ -125,7 +123,7 @@ fn serve(config: Option<PathBuf>, overrides: Vec<String>) -> anyhow::Result<()> 
                 advertised.1
             },
         );
-        let disk = sluice_server::disk::FileDisk::open(std::path::Path::new(&config.log_dirs))?;
+        let disk = driver::FileDisk::open(std::path::Path::new(&config.log_dirs))?;
         let environment = driver::Environment {
             config,
             listener,
@@ -133,8 +131,12 @@ fn serve(config: Option<PathBuf>, overrides: Vec<String>) -> anyhow::Result<()> 
             advertised,
             clock: driver::system_clock(),
             seed: fresh_seed(),
+            // A single node until the configuration names other nodes.
+            peers: std::collections::BTreeMap::new(),
+            connector: driver::TokioConnector,
+            peer_status: None,
         };
-        driver::serve(environment, shutdown_signal()).await
+        Ok(driver::serve(environment, shutdown_signal()).await?)
     })
 }
 

@@ -1089,7 +1089,7 @@ mod tests {
         ]
         .map(|(key, value)| (key.to_string(), value));
         let config = crate::config_file::load(None, &overrides).unwrap();
-        let disk = crate::disk::FileDisk::open(dir).unwrap();
+        let disk = sluice_driver::FileDisk::open(dir).unwrap();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -1100,18 +1100,21 @@ mod tests {
                 .build()
                 .unwrap();
             runtime.block_on(async move {
-                let environment = crate::driver::Environment {
+                let environment = sluice_driver::Environment {
                     config,
                     listener: tokio::net::TcpListener::from_std(listener).unwrap(),
                     disk,
                     advertised: ("127.0.0.1".into(), port),
-                    clock: crate::driver::system_clock(),
+                    clock: sluice_driver::system_clock(),
                     seed: 7,
+                    peers: std::collections::BTreeMap::new(),
+                    connector: sluice_driver::TokioConnector,
+                    peer_status: None,
                 };
                 let shutdown = async {
                     let _ = stopped.await;
                 };
-                crate::driver::serve(environment, shutdown).await.unwrap();
+                sluice_driver::serve(environment, shutdown).await.unwrap();
             });
         });
         (format!("127.0.0.1:{port}"), stop)

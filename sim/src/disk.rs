@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use sluice_core::rng::Rng;
 use sluice_core::storage::{FileId, MemStorage, Storage, SyncTarget};
-use sluice_server::driver::{Disk, SyncFuture};
+use sluice_driver::{Disk, SyncFuture};
 
 /// How the unsynced tail of a file fares at a crash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

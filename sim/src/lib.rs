@@ -1,16 +1,20 @@
-//! Deterministic simulation of Sluice: the real server driver and core run
-//! as turmoil hosts on a simulated network and a simulated disk
-//! (`SimDisk`), client processes run a workload with `sluice-client`, a
-//! nemesis injects faults drawn from the seed, and checkers read the
+//! Deterministic simulation of Sluice: the real driver (`sluice-driver`)
+//! and core run as turmoil hosts on a simulated network and a simulated
+//! disk (`SimDisk`), client processes run a workload with `sluice-client`,
+//! a nemesis injects faults drawn from the seed, and checkers read the
 //! history and the final logs. Every random choice derives from one seed,
 //! so a failing run replays exactly.
 
 pub mod check;
+pub mod cluster;
 pub mod disk;
 pub mod history;
+pub mod nemesis;
 pub mod run;
 pub mod timeline;
 pub mod trace;
 pub mod workload;
 
-pub use run::{run, Fault, Report, Scheduled, Spec};
+pub use cluster::{AfterSyncGate, ClientId, Cluster, ClusterConfig, CrashLoss};
+pub use nemesis::{Fault, Scheduled};
+pub use run::{run, Report, Spec};

@@ -951,3 +951,49 @@ fn bad_arguments_and_bad_input_fail_with_one_line() {
         assert!(line.contains(says), "`{}`: {line}", outcome.command_line);
     }
 }
+
+#[test]
+fn serve_refuses_a_bad_override_with_one_line() {
+    // config_file::parse_override decides, before anything binds or opens:
+    // a pair needs an `=` and a key before it.
+    for argument in ["num.partitions", "=3", " =3"] {
+        let outcome = sluice(&["serve", "--override", argument], None);
+        let line = outcome.failed_with_one_line(1);
+        assert_eq!(
+            line,
+            format!("sluice: bad override `{argument}`: expected key=value"),
+            "`{}`",
+            outcome.command_line
+        );
+    }
+}
+
+/// A second broker on a data directory another one holds refuses to start,
+/// with one line naming the directory, and the first keeps serving.
+#[test]
+fn a_second_serve_on_the_same_data_directory_is_refused() {
+    let broker = Broker::start(BrokerOptions::default());
+    let data_dir = broker.data_dir();
+    let log_dirs = format!("log.dirs={}", data_dir.display());
+    let outcome = sluice(
+        &[
+            "serve",
+            "--override",
+            &log_dirs,
+            "--override",
+            "listeners=PLAINTEXT://127.0.0.1:0",
+        ],
+        None,
+    );
+    let line = outcome.failed_with_one_line(1);
+    assert!(
+        line.contains("is in use by another process")
+            && line.contains(&data_dir.display().to_string()),
+        "{line}"
+    );
+    let listed = sluice(
+        &["topics", "list", "--bootstrap-server", &broker.bootstrap()],
+        None,
+    );
+    assert!(listed.status.success(), "the first broker still answers");
+}

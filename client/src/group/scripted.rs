@@ -16,7 +16,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
 use kafka_protocol::messages::metadata_response::{
@@ -43,6 +42,8 @@ use crate::group::Assignor;
 use crate::record::TopicPartition;
 
 const TOPIC: &str = "t";
+/// The topic's id, so Fetch v13+ (topics by id, as Sluice serves it) works.
+const TOPIC_ID: uuid::Uuid = uuid::Uuid::from_u128(0x5c12_1ced);
 const PARTITIONS: i32 = 2;
 
 /// What the scripted broker serves, and what it was asked.
@@ -229,31 +230,11 @@ fn answer(api: ApiKey, version: i16, body: Bytes, out: &mut BytesMut, script: &m
     0
 }
 
+/// The real broker's version table (the core's), so the client negotiates
+/// what it would with Sluice. An API advertised here but not answered by
+/// `answer` fails the test loudly there.
 fn api_versions() -> ApiVersionsResponse {
-    let served = [
-        (ApiKey::ApiVersions, 0, 3),
-        (ApiKey::Metadata, 1, 12),
-        (ApiKey::FindCoordinator, 0, 6),
-        (ApiKey::JoinGroup, 0, 9),
-        (ApiKey::SyncGroup, 0, 5),
-        (ApiKey::Heartbeat, 0, 4),
-        (ApiKey::LeaveGroup, 0, 5),
-        (ApiKey::OffsetCommit, 2, 9),
-        (ApiKey::OffsetFetch, 1, 9),
-        (ApiKey::Fetch, 4, 12),
-        (ApiKey::ListOffsets, 1, 7),
-    ];
-    ApiVersionsResponse::default().with_api_keys(
-        served
-            .iter()
-            .map(|&(key, min, max)| {
-                ApiVersion::default()
-                    .with_api_key(key as i16)
-                    .with_min_version(min)
-                    .with_max_version(max)
-            })
-            .collect(),
-    )
+    sluice_core::wire::versions::api_versions_response(0)
 }
 
 fn metadata() -> MetadataResponse {
@@ -272,6 +253,7 @@ fn metadata() -> MetadataResponse {
         .with_controller_id(BrokerId(1))
         .with_topics(vec![MetadataResponseTopic::default()
             .with_name(Some(TopicName(text(TOPIC))))
+            .with_topic_id(TOPIC_ID)
             .with_partitions(partitions)])
 }
 
@@ -421,8 +403,10 @@ fn empty_fetch(request: &FetchRequest) -> FetchResponse {
                         .with_records(Some(Bytes::new()))
                 })
                 .collect();
+            // Named before v13, by id from v13: echo whichever came.
             FetchableTopicResponse::default()
                 .with_topic(topic.topic.clone())
+                .with_topic_id(topic.topic_id)
                 .with_partitions(partitions)
         })
         .collect();

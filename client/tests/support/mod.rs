@@ -1,100 +1,67 @@
-//! A real `sluice` broker for the client's integration tests: built with
-//! cargo (or taken from `SLUICE_BIN`), started on a free loopback port with
-//! its own temporary data directory, and killed when dropped.
+//! A real broker for the client's integration tests: the driver of
+//! `sluice-driver` over a `FileDisk`, run in this process on a thread and a
+//! current-thread runtime of its own, as `sluice serve` runs it (the node
+//! task does blocking disk IO, which must not stall the test's runtime).
+//! Each broker listens on a free loopback port and keeps its data in its own
+//! temporary directory; it logs to `broker.log` there, whose tail is printed
+//! if a test fails while the broker runs. Stopping it is a kill, as of a
+//! process: nothing more is written or synced, and what was written stays in
+//! the files for a restart on the same data.
 
+use std::collections::BTreeMap;
 use std::io::Read;
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::net::{Ipv4Addr, TcpListener};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use sluice_client::{Client, ClientConfig, TokioConnector};
-
-/// How long a started broker may take to accept connections.
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
-/// Fresh ports tried when the one picked was taken before the broker bound it.
-const PORT_ATTEMPTS_MAX: u32 = 3;
-
-/// The `sluice` executable, built once per test process.
-pub fn sluice_bin() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Some(bin) = std::env::var_os("SLUICE_BIN") {
-            return PathBuf::from(bin);
-        }
-        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .expect("workspace root");
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let output = Command::new(cargo)
-            .args([
-                "build",
-                "-p",
-                "sluice-server",
-                "--bin",
-                "sluice",
-                "--message-format=json",
-            ])
-            .current_dir(workspace)
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("cargo runs");
-        assert!(output.status.success(), "building sluice failed");
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        executable_path(&stdout).expect("cargo reports the sluice executable")
-    })
-    .clone()
-}
-
-/// The `"executable"` of the last compiler artifact named `sluice`.
-fn executable_path(cargo_json: &str) -> Option<PathBuf> {
-    const KEY: &str = "\"executable\":\"";
-    cargo_json
-        .lines()
-        .filter_map(|line| {
-            let start = line.find(KEY)? + KEY.len();
-            let end = start + line[start..].find('"')?;
-            Some(PathBuf::from(&line[start..end]))
-        })
-        .rfind(|path| path.file_name().is_some_and(|name| name == "sluice"))
-}
+use sluice_core::config::BrokerConfig;
+use sluice_driver::{serve_on_thread, Environment, FileDisk, ServedOnThread};
 
 /// A running broker; killed on drop. Its log is printed if a test fails
 /// while it runs.
 pub struct Broker {
-    child: Option<Child>,
+    running: Option<ServedOnThread>,
     pub port: u16,
     pub dir: tempfile::TempDir,
 }
 
 impl Broker {
+    /// Starts a broker on a port the system picks.
     pub fn start() -> Broker {
         let dir = tempfile::tempdir().expect("temporary directory");
-        for _ in 0..PORT_ATTEMPTS_MAX {
-            let port = free_port();
-            if let Some(child) = spawn(dir.path(), port) {
-                return Broker {
-                    child: Some(child),
-                    port,
-                    dir,
-                };
-            }
+        let (running, port) = launch(dir.path(), 0);
+        Broker {
+            running: Some(running),
+            port,
+            dir,
         }
-        panic!("the broker did not start on any of {PORT_ATTEMPTS_MAX} ports");
     }
 
-    /// Stops the broker and starts it again on the same port and data.
+    /// Kills the broker and starts it again on the same port and data.
     pub fn restart(&mut self) {
         self.stop();
-        let child = spawn(self.dir.path(), self.port).expect("the broker restarts on its port");
-        self.child = Some(child);
+        let (running, port) = launch(self.dir.path(), self.port);
+        assert_eq!(port, self.port, "the broker restarts on its port");
+        self.running = Some(running);
     }
 
+    /// Kills the broker, as a crash of its process would, and waits until
+    /// its sockets are closed. A broker that had failed on its own fails
+    /// the test here (unless it is already failing).
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        let Some(running) = self.running.take() else {
+            return;
+        };
+        let outcome = running.kill();
+        if std::thread::panicking() {
+            return;
+        }
+        match outcome {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => panic!("the broker failed: {error}"),
+            Err(_) => panic!("the broker's thread panicked (see its log above)"),
         }
     }
 
@@ -131,45 +98,65 @@ impl Drop for Broker {
     }
 }
 
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().expect("local address").port()
-}
-
-/// Starts the broker and waits until it accepts connections; `None` if it
-/// exited first (most likely the port was taken).
-fn spawn(dir: &Path, port: u16) -> Option<Child> {
+/// Binds 127.0.0.1:`port` (0 for a free one) here, so a port in use fails
+/// at once, then serves from `dir/data` on a new thread until killed.
+/// Returns the running broker and the port it listens on.
+fn launch(dir: &Path, port: u16) -> (ServedOnThread, u16) {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port))
+        .unwrap_or_else(|error| panic!("cannot listen on 127.0.0.1:{port}: {error}"));
+    let port = listener.local_addr().expect("local address").port();
+    let data = dir.join("data");
+    let pairs: BTreeMap<String, String> = [
+        ("log.dirs", data.display().to_string()),
+        ("listeners", format!("PLAINTEXT://127.0.0.1:{port}")),
+        // A group's first rebalance would otherwise wait 3 s for more members.
+        ("group.initial.rebalance.delay.ms", "0".to_string()),
+    ]
+    .into_iter()
+    .map(|(key, value)| (key.to_string(), value))
+    .collect();
+    let config = BrokerConfig::from_pairs(&pairs).expect("valid broker config");
+    let disk = FileDisk::open(&data).expect("open the data directory");
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(dir.join("broker.log"))
         .expect("broker log file");
-    let data = dir.join("data");
-    let mut child = Command::new(sluice_bin())
-        .arg("serve")
-        .arg("--override")
-        .arg(format!("log.dirs={}", data.display()))
-        .arg("--override")
-        .arg(format!("listeners=PLAINTEXT://127.0.0.1:{port}"))
-        // A group's first rebalance would otherwise wait 3 s for more members.
-        .arg("--override")
-        .arg("group.initial.rebalance.delay.ms=0")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("log handle"))
-        .stderr(log)
-        .spawn()
-        .expect("sluice starts");
-    let started = Instant::now();
-    while started.elapsed() < READY_TIMEOUT {
-        if child.try_wait().expect("child status").is_some() {
-            return None;
-        }
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Some(child);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("the broker did not accept connections within {READY_TIMEOUT:?}");
+    let prepare = move || {
+        // This thread's own subscriber: the broker's tasks all run there.
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "info".into()),
+            )
+            .with_ansi(false)
+            .with_writer(Arc::new(log))
+            .finish();
+        tracing::subscriber::set_default(subscriber)
+    };
+    let build = move |listener| Environment {
+        config,
+        listener,
+        disk,
+        advertised: ("127.0.0.1".to_string(), port),
+        clock: sluice_driver::system_clock(),
+        seed: fresh_seed(),
+        peers: BTreeMap::new(),
+        connector: sluice_driver::TokioConnector,
+        peer_status: None,
+    };
+    // Killed, not shut down: a dropped `Broker` kills it too.
+    let running = serve_on_thread(format!("sluice-broker-{port}"), listener, prepare, build)
+        .expect("broker thread");
+    (running, port)
+}
+
+/// A seed for the node's generator, new on every start as in `sluice
+/// serve`: only ids (topic, cluster) depend on it.
+fn fresh_seed() -> u64 {
+    static STARTS: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    nanos ^ STARTS.fetch_add(1, Ordering::Relaxed).rotate_left(32)
 }

@@ -11,7 +11,10 @@ use kafka_protocol::ResponseError;
 
 use super::*;
 use crate::batch::tests::build_batch;
+use crate::batch::HEADER_BYTES;
+use crate::broker::OFFSETS_TOPIC;
 use crate::storage::MemStorage;
+use crate::types::{NodeId, Now};
 
 const CONN: ConnectionId = ConnectionId(1);
 /// The peer `CONN` connects from (a documentation address, RFC 5737).
@@ -36,8 +39,14 @@ impl Harness {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         let config = BrokerConfig::from_pairs(&pairs).expect("valid config");
-        let node =
-            Node::open(storage, config, ("localhost".into(), 9092), 1, 1_000_000).expect("opens");
+        let node = Node::open(
+            storage,
+            config,
+            ("localhost".into(), 9092),
+            1,
+            Now::at(1_000_000),
+        )
+        .expect("opens");
         let mut harness = Harness {
             node,
             now_ms: 1_000_000,
@@ -50,7 +59,9 @@ impl Harness {
         harness.drain();
         harness.sync_all();
         assert!(harness.node.is_ready());
-        harness.node.handle_connect(harness.now_ms, CONN, PEER);
+        harness
+            .node
+            .handle_connect(Now::at(harness.now_ms), CONN, PEER);
         harness
     }
 
@@ -60,6 +71,9 @@ impl Harness {
                 Output::Send { frame, .. } => self.sent.push(frame),
                 Output::Close { .. } => self.closed = true,
                 Output::Sync { id, targets } => self.pending_syncs.push((id, targets)),
+                Output::SendPeer { peer, .. } | Output::ResetPeer { peer } => {
+                    panic!("no peers here, yet an output for {peer}")
+                }
             }
         }
     }
@@ -69,16 +83,18 @@ impl Harness {
         while !self.pending_syncs.is_empty() {
             for (id, targets) in std::mem::take(&mut self.pending_syncs) {
                 for target in &targets {
-                    self.node.storage.sync(target);
+                    self.node.broker.storage.sync(target);
                 }
-                self.node.handle_synced(self.now_ms, id, Ok(()));
+                self.node.handle_synced(Now::at(self.now_ms), id, Ok(()));
                 self.drain();
             }
         }
     }
 
     fn send_raw(&mut self, frame: Bytes) -> FrameOutcome {
-        let outcome = self.node.handle_frame(self.now_ms, self.connection, frame);
+        let outcome = self
+            .node
+            .handle_frame(Now::at(self.now_ms), self.connection, frame);
         self.drain();
         outcome
     }
@@ -96,7 +112,7 @@ impl Harness {
             .expect("header encodes");
         body.encode(&mut buf, version)
             .unwrap_or_else(|e| panic!("{key:?} v{version} request: {e}"));
-        self.send_raw(buf.freeze());
+        let _ = self.send_raw(buf.freeze());
         self.correlation
     }
 
@@ -213,7 +229,7 @@ fn a_too_new_api_versions_gets_error_35_as_v0() {
     buf.put_i16(99);
     buf.put_i32(7);
     buf.put_i16(-1);
-    h.send_raw(buf.freeze());
+    let _ = h.send_raw(buf.freeze());
     let response: ApiVersionsResponse = h.take(ApiKey::ApiVersions, 0, 7);
     assert_eq!(response.error_code, 35);
     assert!(response
@@ -235,7 +251,7 @@ fn unknown_api_keys_and_versions_close_the_connection() {
         buf.put_i16(version);
         buf.put_i32(1);
         buf.put_i16(-1);
-        h.send_raw(buf.freeze());
+        let _ = h.send_raw(buf.freeze());
         assert!(h.closed, "key {key} version {version} should close");
         assert!(h.sent.is_empty());
     }
@@ -264,9 +280,9 @@ fn one_sync_covers_many_produces() {
     assert_eq!(h.pending_syncs.len(), 1);
     let (id, targets) = h.pending_syncs.remove(0);
     for target in &targets {
-        h.node.storage.sync(target);
+        h.node.broker.storage.sync(target);
     }
-    h.node.handle_synced(h.now_ms, id, Ok(()));
+    h.node.handle_synced(Now::at(h.now_ms), id, Ok(()));
     h.drain();
     assert_eq!(
         h.pending_syncs.len(),
@@ -286,7 +302,8 @@ fn a_failed_sync_fails_the_produce_and_later_ones() {
     h.create_topic("t", 1, &[]);
     let c = h.produce("t", 0, 1, one_record(b"a"));
     let (id, _) = h.pending_syncs.remove(0);
-    h.node.handle_synced(h.now_ms, id, Err("EIO".into()));
+    h.node
+        .handle_synced(Now::at(h.now_ms), id, Err("EIO".into()));
     h.drain();
     assert_eq!(
         h.produce_result(c).0,
@@ -389,7 +406,16 @@ fn auto_creation_on_produce_when_enabled() {
     let c = h.produce("fresh", 1, 1, one_record(b"a"));
     h.sync_all();
     assert_eq!(h.produce_result(c), (0, 0));
-    assert_eq!(h.node.topics["fresh"].partitions.len(), 2);
+    assert_eq!(
+        h.node
+            .broker
+            .topics
+            .get("fresh")
+            .expect("topic")
+            .partitions
+            .len(),
+        2
+    );
 }
 
 #[test]
@@ -415,7 +441,7 @@ fn fetch_long_polls_until_data_is_durable_or_the_deadline() {
     // Nothing new: the deadline answers with no records.
     let c = h.fetch("t", 1, 200, 1);
     h.now_ms += 200;
-    h.node.handle_timeout(h.now_ms);
+    h.node.handle_timeout(Now::at(h.now_ms));
     h.drain();
     let data = h.fetch_result(c);
     assert_eq!(data.records.as_deref().map(|r| r.len()), Some(0));
@@ -433,7 +459,7 @@ fn responses_keep_request_order_behind_a_waiting_fetch() {
     );
     assert!(h.sent.is_empty(), "metadata overtook the fetch");
     h.now_ms += 1000;
-    h.node.handle_timeout(h.now_ms);
+    h.node.handle_timeout(Now::at(h.now_ms));
     h.drain();
     h.fetch_result(fetch);
     let response: MetadataResponse = h.take(ApiKey::Metadata, 12, metadata);
@@ -566,7 +592,7 @@ fn acknowledged_records_survive_a_crash_and_unsynced_ones_may_not() {
     h.sync_all();
     assert_eq!(h.produce_result(c), (0, 0));
     h.produce("t", 0, 1, one_record(b"unsynced"));
-    let mut storage = std::mem::take(&mut h.node.storage);
+    let mut storage = std::mem::take(&mut h.node.broker.storage);
     storage.crash(7);
     let mut h = Harness::new(storage, &[]);
     let c = h.fetch("t", 0, 0, 1);
@@ -595,11 +621,11 @@ fn clean_shutdown_writes_the_marker_and_restart_uses_it() {
     let c = h.produce("t", 0, 1, one_record(b"x"));
     h.sync_all();
     h.produce_result(c);
-    h.node.begin_shutdown(h.now_ms);
+    h.node.begin_shutdown(Now::at(h.now_ms));
     h.drain();
     h.sync_all();
     assert!(h.node.is_stopped());
-    let mut storage = std::mem::take(&mut h.node.storage);
+    let mut storage = std::mem::take(&mut h.node.broker.storage);
     storage.crash(0);
     assert!(
         storage.exists(CLEAN_SHUTDOWN_FILE),
@@ -607,7 +633,7 @@ fn clean_shutdown_writes_the_marker_and_restart_uses_it() {
     );
     let mut h = Harness::new(storage, &[]);
     assert!(
-        !h.node.storage.exists(CLEAN_SHUTDOWN_FILE),
+        !h.node.broker.storage.exists(CLEAN_SHUTDOWN_FILE),
         "marker is consumed at start"
     );
     let c = h.fetch("t", 0, 0, 1);
@@ -627,11 +653,11 @@ fn deleted_topics_leave_no_files_and_stay_deleted() {
     h.sync_all();
     let response: DeleteTopicsResponse = h.take(ApiKey::DeleteTopics, 5, c);
     assert_eq!(response.responses[0].error_code, 0);
-    assert!(!h.node.storage.exists("gone-0"));
-    let mut storage = std::mem::take(&mut h.node.storage);
+    assert!(!h.node.broker.storage.exists("gone-0"));
+    let mut storage = std::mem::take(&mut h.node.broker.storage);
     storage.crash(0);
     let h = Harness::new(storage, &[]);
-    assert!(!h.node.topics.contains_key("gone"));
+    assert!(!h.node.broker.topics.contains("gone"));
 }
 
 #[test]
@@ -652,7 +678,16 @@ fn create_partitions_grows_a_topic() {
         response.results[0].error_code
     };
     assert_eq!(grow(&mut h, 3), 0);
-    assert_eq!(h.node.topics["t"].partitions.len(), 3);
+    assert_eq!(
+        h.node
+            .broker
+            .topics
+            .get("t")
+            .expect("topic")
+            .partitions
+            .len(),
+        3
+    );
     assert_eq!(grow(&mut h, 2), ResponseError::InvalidPartitions.code());
 }
 
@@ -666,8 +701,8 @@ fn every_api_answers_at_every_version() {
     h.sync_all();
     h.produce_result(c);
     let name = || TopicName(StrBytes::from_static_str("t"));
-    let id = uuid::Uuid::from_bytes(h.node.topics["t"].id);
-    for &(key, min, max) in crate::api::SUPPORTED {
+    let id = uuid::Uuid::from_bytes(h.node.broker.topics.get("t").expect("topic").id);
+    for &(key, min, max) in crate::wire::versions::SUPPORTED {
         for version in min..=max {
             let c = match key {
                 ApiKey::ApiVersions => h.send(key, version, &ApiVersionsRequest::default()),
@@ -886,7 +921,7 @@ fn every_api_answers_at_every_version() {
                     "JoinGroup v{version} answered before the delay"
                 );
                 h.now_ms += 3_001;
-                h.node.handle_timeout(h.now_ms);
+                h.node.handle_timeout(Now::at(h.now_ms));
                 h.drain();
             }
             assert!(!h.closed, "{key:?} v{version} closed the connection");
@@ -980,14 +1015,14 @@ fn a_full_disk_fails_the_produce_and_keeps_what_was_acknowledged() {
     let c = h.produce("t", 0, 1, one_record(b"before"));
     h.sync_all();
     assert_eq!(h.produce_result(c), (0, 0));
-    h.node.storage.fail_writes = Some(std::io::ErrorKind::StorageFull);
+    h.node.broker.storage.fail_writes = Some(std::io::ErrorKind::StorageFull);
     let c = h.produce("t", 0, 1, one_record(b"no room"));
     h.sync_all();
     assert_eq!(
         h.produce_result(c).0,
         ResponseError::KafkaStorageError.code()
     );
-    h.node.storage.fail_writes = None;
+    h.node.broker.storage.fail_writes = None;
     let c = h.produce("t", 0, 1, one_record(b"after"));
     h.sync_all();
     assert_eq!(
@@ -1019,21 +1054,23 @@ fn retention_by_time_deletes_old_segments_on_the_timer() {
         h.produce_result(c);
     }
     assert_eq!(
-        h.node.topics["t"].partitions[0].segment_count(),
+        h.node.broker.topics.get("t").expect("topic").partitions[0]
+            .log
+            .segment_count(),
         3,
         "segment.ms rolled by record time"
     );
     h.now_ms = start + 70_000;
-    h.node.handle_timeout(h.now_ms);
+    h.node.handle_timeout(Now::at(h.now_ms));
     h.drain();
     h.sync_all();
-    let log = &h.node.topics["t"].partitions[0];
+    let log = &h.node.broker.topics.get("t").expect("topic").partitions[0].log;
     assert_eq!(
         log.log_start_offset(),
         1,
         "only the segment older than retention.ms went"
     );
-    assert!(!h.node.storage.exists("t-0/00000000000000000000.log"));
+    assert!(!h.node.broker.storage.exists("t-0/00000000000000000000.log"));
     let c = h.fetch("t", 0, 0, 1);
     assert_eq!(
         h.fetch_result(c).error_code,
@@ -1085,12 +1122,12 @@ fn producer_ids_never_repeat_across_crashes() {
     let mut h = Harness::new(MemStorage::new(), &[]);
     assert_eq!(init_producer_id(&mut h), 0);
     assert_eq!(init_producer_id(&mut h), 1);
-    let mut storage = std::mem::take(&mut h.node.storage);
+    let mut storage = std::mem::take(&mut h.node.broker.storage);
     storage.crash(0);
     let mut h = Harness::new(storage, &[]);
     assert_eq!(
         init_producer_id(&mut h),
-        PRODUCER_ID_BLOCK,
+        PRODUCER_ID_BLOCK_SIZE,
         "the reserved block is skipped after a restart"
     );
 }
@@ -1120,11 +1157,11 @@ fn idempotent_retries_are_appended_once_even_after_a_crash() {
     );
     for clean in [false, true] {
         if clean {
-            h.node.begin_shutdown(h.now_ms);
+            h.node.begin_shutdown(Now::at(h.now_ms));
             h.drain();
             h.sync_all();
         }
-        let mut storage = std::mem::take(&mut h.node.storage);
+        let mut storage = std::mem::take(&mut h.node.broker.storage);
         storage.crash(0);
         h = Harness::new(storage, &[]);
         let c = h.produce("t", 0, -1, idempotent_record(id, 0, 2, b"v"));
@@ -1145,22 +1182,28 @@ fn idempotent_retries_are_appended_once_even_after_a_crash() {
 #[test]
 fn a_start_after_a_failed_first_sync_makes_the_namespace_durable() {
     let config = BrokerConfig::defaults();
-    let mut node =
-        Node::open(MemStorage::new(), config, ("localhost".into(), 9092), 1, 0).expect("opens");
+    let mut node = Node::open(
+        MemStorage::new(),
+        config,
+        ("localhost".into(), 9092),
+        1,
+        Now::at(0),
+    )
+    .expect("opens");
     let Some(Output::Sync { id, .. }) = node.poll_output() else {
         panic!("a start-up sync")
     };
-    node.handle_synced(0, id, Err("EIO".into()));
+    node.handle_synced(Now::at(0), id, Err("EIO".into()));
     assert!(!node.is_ready());
     // The process stops and starts again; the page cache is intact.
-    let storage = std::mem::take(&mut node.storage);
+    let storage = std::mem::take(&mut node.broker.storage);
     let mut h = Harness::new(storage, &[]);
     assert_eq!(h.create_topic("kept", 1, &[]), 0);
-    let mut storage = std::mem::take(&mut h.node.storage);
+    let mut storage = std::mem::take(&mut h.node.broker.storage);
     storage.crash(0);
     let h = Harness::new(storage, &[]);
     assert!(
-        h.node.topics.contains_key("kept"),
+        h.node.broker.topics.contains("kept"),
         "the acknowledged topic survived the crash"
     );
 }
@@ -1179,7 +1222,8 @@ fn after_a_failed_sync_topic_changes_get_storage_errors() {
         ]),
     );
     let (id, _) = h.pending_syncs.remove(0);
-    h.node.handle_synced(h.now_ms, id, Err("EIO".into()));
+    h.node
+        .handle_synced(Now::at(h.now_ms), id, Err("EIO".into()));
     h.drain();
     let response: CreateTopicsResponse = h.take(ApiKey::CreateTopics, 7, c);
     assert_eq!(
@@ -1252,6 +1296,24 @@ fn join_group(h: &mut Harness, group: &str, member: &str) -> JoinGroupResponse {
     h.take::<JoinGroupResponse>(ApiKey::JoinGroup, 7, c)
 }
 
+/// The SyncGroup of a group's only member, its leader, giving itself `assignment`.
+fn leader_sync(
+    group: &str,
+    generation: i32,
+    member: &str,
+    assignment: &'static [u8],
+) -> SyncGroupRequest {
+    SyncGroupRequest::default()
+        .with_group_id(GroupId(StrBytes::from_string(group.into())))
+        .with_generation_id(generation)
+        .with_member_id(StrBytes::from_string(member.into()))
+        .with_assignments(vec![
+            sync_group_request::SyncGroupRequestAssignment::default()
+                .with_member_id(StrBytes::from_string(member.into()))
+                .with_assignment(Bytes::from_static(assignment)),
+        ])
+}
+
 /// Each member's client host in a DescribeGroups v5 of `groups`, by group.
 fn described_hosts(h: &mut Harness, groups: &[&str]) -> Vec<(String, Vec<String>)> {
     let request = DescribeGroupsRequest::default().with_groups(
@@ -1297,7 +1359,7 @@ fn a_members_host_is_the_peer_of_its_connection_and_survives_a_restart() {
     ];
     for (group, connection, peer) in peers {
         if connection != CONN {
-            h.node.handle_connect(h.now_ms, connection, peer);
+            h.node.handle_connect(Now::at(h.now_ms), connection, peer);
         }
         h.connection = connection;
         let member = join_group(&mut h, group, "").member_id.to_string();
@@ -1320,7 +1382,7 @@ fn a_members_host_is_the_peer_of_its_connection_and_survives_a_restart() {
         ("v6".to_string(), vec!["/2001:db8:0:0:0:0:0:1".to_string()]),
     ];
     assert_eq!(described_hosts(&mut h, &["g", "mapped", "v6"]), expected);
-    let mut storage = std::mem::take(&mut h.node.storage);
+    let mut storage = std::mem::take(&mut h.node.broker.storage);
     storage.crash(0);
     let mut h = Harness::new(storage, &[]);
     assert_eq!(
@@ -1353,15 +1415,7 @@ fn a_group_forms_commits_and_its_offsets_survive_a_crash() {
         ),
         (0, 1, member.as_str())
     );
-    let sync = SyncGroupRequest::default()
-        .with_group_id(GroupId(StrBytes::from_static_str("g")))
-        .with_generation_id(1)
-        .with_member_id(StrBytes::from_string(member.clone()))
-        .with_assignments(vec![
-            sync_group_request::SyncGroupRequestAssignment::default()
-                .with_member_id(StrBytes::from_string(member.clone()))
-                .with_assignment(Bytes::from_static(b"t-0")),
-        ]);
+    let sync = leader_sync("g", 1, &member, b"t-0");
     let c = h.send(ApiKey::SyncGroup, 5, &sync);
     assert!(
         h.sent.is_empty(),
@@ -1380,7 +1434,7 @@ fn a_group_forms_commits_and_its_offsets_survive_a_crash() {
     );
     assert_eq!(committed(&mut h, "g", "t"), 42);
     assert_eq!(committed(&mut h, "other", "t"), -1);
-    let mut storage = std::mem::take(&mut h.node.storage);
+    let mut storage = std::mem::take(&mut h.node.broker.storage);
     storage.crash(0);
     let mut h = Harness::new(storage, &[("offsets.topic.num.partitions", "3")]);
     assert_eq!(
@@ -1401,7 +1455,7 @@ fn a_group_forms_commits_and_its_offsets_survive_a_crash() {
     );
     // Silent past its session, it is removed.
     h.now_ms += 10_001;
-    h.node.handle_timeout(h.now_ms);
+    h.node.handle_timeout(Now::at(h.now_ms));
     h.drain();
     h.sync_all();
     let c = h.send(ApiKey::Heartbeat, 4, &heartbeat);
@@ -1412,13 +1466,16 @@ fn a_group_forms_commits_and_its_offsets_survive_a_crash() {
 #[test]
 fn groups_land_on_the_partition_kafka_picks() {
     // abs(javaHashCode) % 50, with Java's hash over UTF-16 units.
-    assert_eq!(crate::api_group::java_hash("abc"), 96354);
-    assert_eq!(crate::api_group::offsets_partition("abc", 50), 96354 % 50);
-    assert_eq!(crate::api_group::java_hash(""), 0);
-    let negative = crate::api_group::java_hash("polygenelubricants");
+    assert_eq!(crate::broker::groups::java_hash("abc"), 96354);
+    assert_eq!(
+        crate::broker::groups::offsets_partition("abc", 50),
+        96354 % 50
+    );
+    assert_eq!(crate::broker::groups::java_hash(""), 0);
+    let negative = crate::broker::groups::java_hash("polygenelubricants");
     assert_eq!(negative, i32::MIN, "a string whose Java hash is i32::MIN");
     assert_eq!(
-        crate::api_group::offsets_partition("polygenelubricants", 50),
+        crate::broker::groups::offsets_partition("polygenelubricants", 50),
         0
     );
 }
@@ -1428,7 +1485,10 @@ fn groups_land_on_the_partition_kafka_picks() {
 #[test]
 fn a_huge_array_count_closes_the_connection_and_nothing_else() {
     let mut h = Harness::new(MemStorage::new(), &[]);
-    for (key, version) in [(ApiKey::Metadata, 1i16), (ApiKey::Produce, 9)] {
+    for (round, (key, version)) in [(ApiKey::Metadata, 1i16), (ApiKey::Produce, 9)]
+        .into_iter()
+        .enumerate()
+    {
         let mut buf = BytesMut::new();
         buf.put_i16(key as i16);
         buf.put_i16(version);
@@ -1443,9 +1503,11 @@ fn a_huge_array_count_closes_the_connection_and_nothing_else() {
         } else {
             buf.put_i32(i32::MAX);
         }
-        h.node.handle_connect(h.now_ms, CONN, PEER);
+        // A fresh connection each round: the driver never reuses an id.
+        h.connection = ConnectionId(100 + round as u64);
+        h.node.handle_connect(Now::at(h.now_ms), h.connection, PEER);
         h.closed = false;
-        h.send_raw(buf.freeze());
+        let _ = h.send_raw(buf.freeze());
         assert!(
             h.closed,
             "{key:?} with a huge array count closes the connection"
@@ -1509,4 +1571,306 @@ fn record_timestamps_far_from_the_broker_clock_are_refused() {
     assert_eq!(produce(&mut h, "recent", now - 5_000), invalid);
     assert_eq!(produce(&mut h, "recent", now - 500), 0);
     assert_eq!(produce(&mut h, "appended", in_two_hours), 0);
+}
+
+/// A sync issued before a topic was deleted and created again (auto-create)
+/// must not mark the new log durable up to the old log's end: a consumer
+/// would read records no sync covered, and a crash would then put other
+/// records at those offsets.
+#[test]
+fn a_sync_issued_before_a_topic_was_created_again_marks_nothing_of_the_new_log_durable() {
+    let mut h = Harness::new(MemStorage::new(), &[]);
+    h.create_topic("t", 1, &[]);
+    for value in [&b"o1"[..], b"o2", b"o3"] {
+        h.produce("t", 0, 1, one_record(value));
+    }
+    // The first produce's sync is in flight; its fsyncs happen (covering
+    // the bytes of all three), its completion is held back.
+    assert_eq!(h.pending_syncs.len(), 1);
+    let (held, targets) = h.pending_syncs.remove(0);
+    for target in &targets {
+        h.node.broker.storage.sync(target);
+    }
+    let delete = DeleteTopicsRequest::default()
+        .with_topic_names(vec![TopicName(StrBytes::from_static_str("t"))]);
+    h.send(ApiKey::DeleteTopics, 5, &delete);
+    h.produce("t", 0, 1, one_record(b"n1"));
+    h.produce("t", 0, 1, one_record(b"n2"));
+    h.node.handle_synced(Now::at(h.now_ms), held, Ok(()));
+    h.drain();
+    assert_eq!(
+        h.sent.len(),
+        1,
+        "only the produce the held sync was issued for is answered"
+    );
+    h.sent.clear();
+    h.connection = ConnectionId(2);
+    h.node.handle_connect(Now::at(h.now_ms), h.connection, PEER);
+    let c = h.fetch("t", 0, 0, 1);
+    let read = h.fetch_result(c);
+    assert_eq!(
+        read.high_watermark, 0,
+        "nothing of the new log is durable yet"
+    );
+    assert!(values_in(read.records.as_deref().unwrap_or_default()).is_empty());
+    // A crash before the next sync: the deletion never became durable, so
+    // the old records are back, and no consumer saw others at their offsets.
+    let mut storage = std::mem::take(&mut h.node.broker.storage);
+    storage.crash(0);
+    let mut h = Harness::new(storage, &[]);
+    let c = h.fetch("t", 0, 0, 1);
+    assert_eq!(
+        values_in(h.fetch_result(c).records.as_deref().unwrap_or_default()),
+        vec![b"o1".to_vec(), b"o2".to_vec(), b"o3".to_vec()]
+    );
+}
+
+/// The log end of each partition of `__consumer_offsets`.
+fn offsets_log_ends(h: &Harness) -> Vec<i64> {
+    let topic = h
+        .node
+        .broker
+        .topics
+        .get(OFFSETS_TOPIC)
+        .expect("offsets topic");
+    topic
+        .partitions
+        .iter()
+        .map(|p| p.log.log_end_offset())
+        .collect()
+}
+
+/// A group change that cannot be recorded (a full disk) must not be
+/// answered as a success: the members are told to find the coordinator
+/// again, and nothing is recorded.
+#[test]
+fn a_group_change_that_cannot_be_recorded_is_answered_coordinator_not_available() {
+    let mut h = Harness::new(
+        MemStorage::new(),
+        &[
+            ("group.initial.rebalance.delay.ms", "0"),
+            ("offsets.topic.num.partitions", "3"),
+        ],
+    );
+    h.create_topic("t", 1, &[]);
+    // The offsets topic exists before the disk fills: the failure is in the
+    // append of the group's record itself.
+    assert_eq!(commit(&mut h, "other", -1, "", "t", 1), 0);
+    let first = join_group(&mut h, "g", "");
+    assert_eq!(first.error_code, ResponseError::MemberIdRequired.code());
+    let member = first.member_id.to_string();
+    let joined = join_group(&mut h, "g", &member);
+    assert_eq!((joined.error_code, joined.generation_id), (0, 1));
+    let ends_before = offsets_log_ends(&h);
+    h.node.broker.storage.fail_writes = Some(std::io::ErrorKind::StorageFull);
+    let sync = leader_sync("g", 1, &member, b"t-0");
+    let c = h.send(ApiKey::SyncGroup, 5, &sync);
+    h.sync_all();
+    let synced: SyncGroupResponse = h.take(ApiKey::SyncGroup, 5, c);
+    assert_eq!(
+        (synced.error_code, &synced.assignment[..]),
+        (ResponseError::CoordinatorNotAvailable.code(), &b""[..])
+    );
+    h.node.broker.storage.fail_writes = None;
+    let ends_after = offsets_log_ends(&h);
+    assert_eq!(ends_before, ends_after, "nothing was recorded");
+}
+
+/// A long-polling fetch is read again only when one of its partitions
+/// moved: syncs of other partitions leave it alone.
+#[test]
+fn a_parked_fetch_is_woken_only_by_its_own_partitions() {
+    let mut h = Harness::new(MemStorage::new(), &[]);
+    h.create_topic("a", 1, &[]);
+    h.create_topic("b", 1, &[]);
+    h.produce("a", 0, 1, one_record(b"a1"));
+    h.sync_all();
+    h.sent.clear();
+    // More bytes than `a` holds: the fetch parks after its first read.
+    let c = h.fetch("a", 0, 60_000, 1 << 20);
+    assert!(h.sent.is_empty(), "the fetch waits for more bytes");
+    let reads_parked = h.node.broker.storage.reads_performed;
+    h.connection = ConnectionId(2);
+    h.node.handle_connect(Now::at(h.now_ms), h.connection, PEER);
+    for round in 0..3 {
+        h.produce("b", 0, 1, one_record(format!("b{round}").as_bytes()));
+        h.sync_all();
+    }
+    assert_eq!(h.sent.len(), 3, "the produces to b are answered");
+    assert_eq!(
+        h.node.broker.storage.reads_performed, reads_parked,
+        "syncs of b do not read the fetch of a again"
+    );
+    h.sent.clear();
+    h.produce("a", 0, 1, one_record(b"a2"));
+    h.sync_all();
+    assert!(
+        h.node.broker.storage.reads_performed > reads_parked,
+        "a move of a reads the fetch again"
+    );
+    assert_eq!(
+        h.sent.len(),
+        1,
+        "still too few bytes: only the produce is answered"
+    );
+    h.sent.clear();
+    h.now_ms += 60_000;
+    h.node.handle_timeout(Now::at(h.now_ms));
+    h.drain();
+    let read = h.fetch_result(c);
+    assert_eq!(
+        values_in(read.records.as_deref().unwrap_or_default()),
+        vec![b"a1".to_vec(), b"a2".to_vec()],
+        "at its deadline the fetch answers what there is"
+    );
+}
+
+/// A frame the driver read before it saw the node close the connection is
+/// dropped: no answer, no panic.
+#[test]
+fn a_frame_on_a_connection_the_node_closed_is_dropped() {
+    let mut h = Harness::new(MemStorage::new(), &[]);
+    let outcome = h.send_raw(Bytes::from_static(&[0, 0]));
+    assert!(h.closed && !outcome.response_queued);
+    let c = h.send(
+        ApiKey::ApiVersions,
+        3,
+        &ApiVersionsRequest::default()
+            .with_client_software_name(StrBytes::from_static_str("t"))
+            .with_client_software_version(StrBytes::from_static_str("1")),
+    );
+    assert!(
+        c > 0 && h.sent.is_empty(),
+        "nothing answers on a closed connection"
+    );
+}
+
+/// A request to a peer that goes unanswered (a network that lost it, a
+/// peer that froze) resets the link after `PEER_REQUEST_TIMEOUT_MS`; once
+/// the link is up again the node asks again, and learns the answer.
+#[test]
+fn an_unanswered_peer_request_resets_the_link() {
+    let config = BrokerConfig::from_pairs(&[("node.id".to_string(), "1".to_string())].into())
+        .expect("valid config");
+    let mut node = Node::open(
+        MemStorage::new(),
+        config,
+        ("n1".into(), 9092),
+        1,
+        Now::at(0),
+    )
+    .expect("opens");
+    let drain = |node: &mut Node<MemStorage>| -> Vec<Output> {
+        std::iter::from_fn(|| node.poll_output()).collect()
+    };
+    let peer = NodeId(2);
+    let sent = |outputs: &[Output]| {
+        outputs
+            .iter()
+            .filter(|o| matches!(o, Output::SendPeer { peer: p, .. } if *p == peer))
+            .count()
+    };
+    drain(&mut node);
+    node.handle_peer_link(Now::at(10), peer, true);
+    assert_eq!(sent(&drain(&mut node)), 1, "ApiVersions on link up");
+    let deadline = node.poll_timeout().expect("a deadline");
+    assert!(deadline <= 10 + PEER_REQUEST_TIMEOUT_MS);
+    node.handle_timeout(Now::at(10 + PEER_REQUEST_TIMEOUT_MS - 1));
+    assert!(
+        !drain(&mut node).contains(&Output::ResetPeer { peer }),
+        "not before the timeout"
+    );
+    node.handle_timeout(Now::at(10 + PEER_REQUEST_TIMEOUT_MS));
+    assert!(drain(&mut node).contains(&Output::ResetPeer { peer }));
+    // The driver closes the connection, reconnects, and reports both.
+    node.handle_peer_link(Now::at(3_000), peer, false);
+    node.handle_peer_link(Now::at(3_100), peer, true);
+    let outputs = drain(&mut node);
+    let Some(Output::SendPeer { frame, .. }) = outputs
+        .into_iter()
+        .find(|o| matches!(o, Output::SendPeer { .. }))
+    else {
+        panic!("ApiVersions again once the link is back");
+    };
+    // Answer it as a peer would: correlation id from the request.
+    let mut request = frame.slice(4..);
+    let header = RequestHeader::decode(&mut request, 2).expect("request header");
+    let mut answer = BytesMut::new();
+    ResponseHeader::default()
+        .with_correlation_id(header.correlation_id)
+        .encode(&mut answer, 0)
+        .expect("response header");
+    crate::wire::versions::api_versions_response(0)
+        .encode(&mut answer, 3)
+        .expect("body");
+    node.handle_peer_frame(Now::at(3_200), peer, answer.freeze());
+    let known = node.peer_api_versions(peer).expect("versions known");
+    assert_eq!(known.len(), crate::wire::versions::SUPPORTED.len());
+    node.handle_timeout(Now::at(3_200 + PEER_REQUEST_TIMEOUT_MS));
+    assert!(
+        !drain(&mut node).contains(&Output::ResetPeer { peer }),
+        "an answered request does not reset the link"
+    );
+}
+
+/// A small produced batch whose records expand past
+/// `message.decompression.ratio.max` times `max.message.bytes` is refused
+/// with INVALID_RECORD, and nothing is appended.
+#[test]
+fn a_decompression_bomb_is_refused_and_appends_nothing() {
+    use crate::batch::builder::{compress, Compression};
+    let mut h = Harness::new(
+        MemStorage::new(),
+        &[("message.decompression.ratio.max", "2")],
+    );
+    h.create_topic("t", 1, &[("max.message.bytes", "65536")]);
+    let zeros = vec![0u8; 1 << 20];
+    let plain = build_batch(0, &[(None, Some(&zeros[..]), vec![], 0)]);
+    let body = compress(Compression::Zstd, &plain[HEADER_BYTES..]).expect("zstd");
+    let mut bomb = plain[..HEADER_BYTES].to_vec();
+    bomb.extend_from_slice(&body);
+    let length = (bomb.len() - crate::batch::LOG_OVERHEAD) as i32;
+    bomb[crate::batch::LENGTH_OFFSET..crate::batch::LOG_OVERHEAD]
+        .copy_from_slice(&length.to_be_bytes());
+    bomb[crate::batch::ATTRIBUTES_OFFSET..crate::batch::LAST_OFFSET_DELTA_OFFSET]
+        .copy_from_slice(&Compression::Zstd.code().to_be_bytes());
+    crate::batch::write_crc(&mut bomb);
+    assert!(bomb.len() < 65536, "the bomb itself is allowed in");
+    let c = h.produce("t", 0, 1, Bytes::from(bomb));
+    h.sync_all();
+    assert_eq!(h.produce_result(c).0, ResponseError::InvalidRecord.code());
+    let log = &h.node.broker.topics.get("t").expect("topic").partitions[0].log;
+    assert_eq!(log.log_end_offset(), 0);
+}
+
+/// A deleted group stays deleted across a restart: replaying its old
+/// commits before their tombstones must not bring it back empty.
+#[test]
+fn a_deleted_group_stays_deleted_after_a_restart() {
+    let configs = [("offsets.topic.num.partitions", "1")];
+    let mut h = Harness::new(MemStorage::new(), &configs);
+    h.create_topic("t", 1, &[]);
+    for group in ["kept", "gone"] {
+        assert_eq!(commit(&mut h, group, -1, "", "t", 5), 0);
+    }
+    let request = DeleteGroupsRequest::default()
+        .with_groups_names(vec![GroupId(StrBytes::from_static_str("gone"))]);
+    let c = h.send(ApiKey::DeleteGroups, 2, &request);
+    h.sync_all();
+    let deleted: DeleteGroupsResponse = h.take(ApiKey::DeleteGroups, 2, c);
+    assert_eq!(deleted.results[0].error_code, 0);
+    let listed = |h: &mut Harness| -> Vec<String> {
+        let c = h.send(ApiKey::ListGroups, 4, &ListGroupsRequest::default());
+        let response: ListGroupsResponse = h.take(ApiKey::ListGroups, 4, c);
+        response
+            .groups
+            .iter()
+            .map(|g| g.group_id.to_string())
+            .collect()
+    };
+    assert_eq!(listed(&mut h), ["kept"]);
+    let mut storage = std::mem::take(&mut h.node.broker.storage);
+    storage.crash(0);
+    let mut h = Harness::new(storage, &configs);
+    assert_eq!(listed(&mut h), ["kept"], "after a restart");
 }

@@ -17,8 +17,61 @@ use std::sync::Arc;
 
 use sluice_core::storage::{FileId, Storage, SyncTarget};
 
-use crate::driver::{Disk, SyncFuture};
+use crate::{Disk, SyncFuture};
 
+/// The error, naming what was being done and the path, with its kind kept
+/// (the node tells a full disk from a broken one by kind).
+fn named(error: io::Error, doing: &str, path: &Path) -> io::Error {
+    io::Error::new(error.kind(), format!("{doing} {}: {error}", path.display()))
+}
+
+/// The name of the lock file in a data directory (Kafka's name).
+pub const LOCK_FILE: &str = ".lock";
+
+/// Takes an exclusive advisory lock on `root/.lock`; the lock goes with the
+/// returned file (when it is closed, or the process ends, however).
+fn lock_directory(root: &Path) -> io::Result<File> {
+    let path = root.join(LOCK_FILE);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)?;
+    // SAFETY: flock takes a descriptor that `file` owns and keeps open for
+    // the call; it touches no memory of ours.
+    let taken = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if taken != 0 {
+        let error = io::Error::last_os_error();
+        return Err(if error.kind() == io::ErrorKind::WouldBlock {
+            let holder = fs::read_to_string(&path).unwrap_or_default();
+            io::Error::new(
+                io::ErrorKind::WouldBlock,
+                format!(
+                    "the log directory {} is in use by another process ({} holds {})",
+                    root.display(),
+                    match holder.trim() {
+                        "" => "a process".to_string(),
+                        pid => format!("process {pid}"),
+                    },
+                    path.display()
+                ),
+            )
+        } else {
+            io::Error::new(
+                error.kind(),
+                format!("cannot lock {}: {error}", path.display()),
+            )
+        });
+    }
+    // Who holds it, for the next process that finds it taken.
+    file.set_len(0)
+        .and_then(|()| file.write_all_at(std::process::id().to_string().as_bytes(), 0))
+        .map_err(|e| named(e, "cannot write", &path))?;
+    Ok(file)
+}
+
+/// `Storage` over the files under one directory, with its syncer thread.
 pub struct FileDisk {
     root: PathBuf,
     files: BTreeMap<FileId, (String, Arc<File>)>,
@@ -26,12 +79,19 @@ pub struct FileDisk {
     by_path: BTreeMap<String, FileId>,
     next_file: u64,
     syncer: std::sync::mpsc::Sender<(SyncJob, tokio::sync::oneshot::Sender<io::Result<()>>)>,
+    /// `.lock` in the directory, held (flock) for as long as the disk is
+    /// open: a second broker on the same directory refuses to start.
+    _lock: File,
 }
 
 impl FileDisk {
-    /// Opens the data directory (creating it) and starts its syncer thread.
+    /// Opens the data directory (creating it), takes its lock, and starts
+    /// its syncer thread. A directory another process holds is refused
+    /// (`ErrorKind::WouldBlock`), as Kafka refuses a log directory whose
+    /// `.lock` it cannot take.
     pub fn open(root: &Path) -> io::Result<FileDisk> {
         fs::create_dir_all(root)?;
+        let lock = lock_directory(root)?;
         let (syncer, jobs) =
             std::sync::mpsc::channel::<(SyncJob, tokio::sync::oneshot::Sender<io::Result<()>>)>();
         std::thread::Builder::new()
@@ -47,7 +107,16 @@ impl FileDisk {
             by_path: BTreeMap::new(),
             next_file: 0,
             syncer,
+            _lock: lock,
         })
+    }
+
+    /// `named` for an open file.
+    fn named_file(&self, error: io::Error, doing: &str, file: FileId) -> io::Error {
+        match self.files.get(&file) {
+            Some((path, _)) => named(error, doing, &self.path(path)),
+            None => error,
+        }
     }
 
     fn path(&self, relative: &str) -> PathBuf {
@@ -73,7 +142,7 @@ impl FileDisk {
             .map(|target| match target {
                 SyncTarget::File(path) => {
                     match self.by_path.get(path).and_then(|id| self.files.get(id)) {
-                        Some((_, file)) => SyncItem::Handle(file.clone()),
+                        Some((_, file)) => SyncItem::Handle(self.path(path), file.clone()),
                         None => SyncItem::File(self.path(path)),
                     }
                 }
@@ -152,7 +221,7 @@ fn write_all_vectored_at(file: &File, mut position: u64, parts: &[&[u8]]) -> io:
 const IOV_MAX: usize = 1024;
 
 pub enum SyncItem {
-    Handle(Arc<File>),
+    Handle(PathBuf, Arc<File>),
     File(PathBuf),
     Dir(PathBuf),
 }
@@ -172,16 +241,20 @@ impl SyncJob {
         };
         for item in &self.items {
             match item {
-                SyncItem::Handle(file) => file.sync_data()?,
+                SyncItem::Handle(path, file) => file
+                    .sync_data()
+                    .map_err(|e| named(e, "cannot sync", path))?,
                 SyncItem::File(path) => {
-                    ignore_missing(File::open(path).and_then(|f| f.sync_data()))?
+                    ignore_missing(File::open(path).and_then(|f| f.sync_data()))
+                        .map_err(|e| named(e, "cannot sync", path))?
                 }
                 SyncItem::Dir(_) => {}
             }
         }
         for item in &self.items {
             if let SyncItem::Dir(path) = item {
-                ignore_missing(File::open(path).and_then(|f| f.sync_all()))?;
+                ignore_missing(File::open(path).and_then(|f| f.sync_all()))
+                    .map_err(|e| named(e, "cannot sync the directory", path))?;
             }
         }
         Ok(())
@@ -190,13 +263,22 @@ impl SyncJob {
 
 impl Storage for FileDisk {
     fn create_dir_all(&mut self, path: &str) -> io::Result<()> {
-        fs::create_dir_all(self.path(path))
+        let path = self.path(path);
+        fs::create_dir_all(&path).map_err(|e| named(e, "cannot create the directory", &path))
     }
 
     fn list_dir(&mut self, path: &str) -> io::Result<Vec<String>> {
         let mut names = Vec::new();
-        for entry in fs::read_dir(self.path(path))? {
-            names.push(entry?.file_name().to_string_lossy().into_owned());
+        let path = self.path(path);
+        let listing = |e| named(e, "cannot list", &path);
+        for entry in fs::read_dir(&path).map_err(listing)? {
+            names.push(
+                entry
+                    .map_err(listing)?
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned(),
+            );
         }
         names.sort();
         Ok(names)
@@ -212,7 +294,8 @@ impl Storage for FileDisk {
             .write(true)
             .create(create)
             .truncate(false)
-            .open(self.path(path))?;
+            .open(self.path(path))
+            .map_err(|e| named(e, "cannot open", &self.path(path)))?;
         self.next_file += 1;
         let id = FileId(self.next_file);
         self.files.insert(id, (path.to_string(), Arc::new(file)));
@@ -229,10 +312,14 @@ impl Storage for FileDisk {
     }
 
     fn len(&mut self, file: FileId) -> io::Result<u64> {
-        Ok(self.file(file)?.metadata()?.len())
+        let metadata = self.file(file)?.metadata();
+        Ok(metadata
+            .map_err(|e| self.named_file(e, "cannot read the length of", file))?
+            .len())
     }
 
     fn read_at(&mut self, file: FileId, position: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let file_id = file;
         let file = self.file(file)?;
         let mut done = 0;
         while done < buf.len() {
@@ -240,14 +327,15 @@ impl Storage for FileDisk {
                 Ok(0) => break,
                 Ok(n) => done += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+                Err(e) => return Err(self.named_file(e, "cannot read", file_id)),
             }
         }
         Ok(done)
     }
 
     fn write_at(&mut self, file: FileId, position: u64, bytes: &[u8]) -> io::Result<()> {
-        self.file(file)?.write_all_at(bytes, position)
+        let written = self.file(file)?.write_all_at(bytes, position);
+        written.map_err(|e| self.named_file(e, "cannot write", file))
     }
 
     fn write_vectored_at(
@@ -256,23 +344,28 @@ impl Storage for FileDisk {
         position: u64,
         parts: &[&[u8]],
     ) -> io::Result<()> {
-        write_all_vectored_at(self.file(file)?, position, parts)
+        let written = write_all_vectored_at(self.file(file)?, position, parts);
+        written.map_err(|e| self.named_file(e, "cannot write", file))
     }
 
     fn truncate(&mut self, file: FileId, len: u64) -> io::Result<()> {
-        self.file(file)?.set_len(len)
+        let truncated = self.file(file)?.set_len(len);
+        truncated.map_err(|e| self.named_file(e, "cannot truncate", file))
     }
 
     fn remove_file(&mut self, path: &str) -> io::Result<()> {
-        fs::remove_file(self.path(path))
+        let path = self.path(path);
+        fs::remove_file(&path).map_err(|e| named(e, "cannot remove", &path))
     }
 
     fn remove_dir(&mut self, path: &str) -> io::Result<()> {
-        fs::remove_dir(self.path(path))
+        let path = self.path(path);
+        fs::remove_dir(&path).map_err(|e| named(e, "cannot remove the directory", &path))
     }
 
     fn rename(&mut self, from: &str, to: &str) -> io::Result<()> {
-        fs::rename(self.path(from), self.path(to))?;
+        let source = self.path(from);
+        fs::rename(&source, self.path(to)).map_err(|e| named(e, "cannot rename", &source))?;
         for (path, _) in self.files.values_mut() {
             if path == from {
                 *path = to.to_string();
@@ -288,6 +381,50 @@ impl Storage for FileDisk {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn storage_errors_name_their_path_and_keep_their_kind() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut disk = FileDisk::open(dir.path()).expect("open");
+        let missing = dir.path().join("no-such-dir/f");
+        let error = disk.open("no-such-dir/f", true).expect_err("fails");
+        assert_eq!(error.kind(), io::ErrorKind::NotFound);
+        assert!(
+            error
+                .to_string()
+                .starts_with(&format!("cannot open {}: ", missing.display())),
+            "{error}"
+        );
+        let error = disk.remove_dir("t-0").expect_err("fails");
+        assert_eq!(error.kind(), io::ErrorKind::NotFound);
+        assert!(
+            error.to_string().contains("cannot remove the directory"),
+            "{error}"
+        );
+        assert!(error
+            .to_string()
+            .contains(&dir.path().join("t-0").display().to_string()));
+    }
+
+    #[test]
+    fn a_second_disk_on_the_same_directory_is_refused_until_the_first_closes() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let first = FileDisk::open(dir.path()).expect("open");
+        let refused = FileDisk::open(dir.path()).err().expect("refused");
+        assert!(
+            refused
+                .to_string()
+                .contains(&format!("process {}", std::process::id())),
+            "{refused}"
+        );
+        assert_eq!(refused.kind(), io::ErrorKind::WouldBlock);
+        assert!(
+            refused.to_string().contains("in use by another process"),
+            "{refused}"
+        );
+        drop(first);
+        FileDisk::open(dir.path()).expect("free again once the first is closed");
+    }
 
     #[test]
     fn vectored_writes_land_in_order_at_their_position() {

@@ -1,5 +1,5 @@
-//! The driver: owns the sockets, the files, the clock and the syncer, and
-//! turns the core's outputs into IO.
+//! The node task and its connections: `serve` owns the sockets, the files,
+//! the clock and the syncer, and turns the core's outputs into IO.
 //!
 //! It is generic over the network (`Listener`), the disk (`Disk`) and the
 //! clock, so the same code runs on tokio with real files and, in the
@@ -9,7 +9,14 @@
 //! size limit, back-pressure) and a writer task; they talk to the node task
 //! through channels. At most one sync is in flight (the core asks for the
 //! next only when the previous completed); its completion comes back to the
-//! node task as an input.
+//! node task as an input, and releases the peer frames that waited for it
+//! (before the node hears of it, so they leave ahead of anything the node
+//! sends in answer).
+//!
+//! Each peer in `Environment.peers` has a link task (`peers.rs`) that keeps
+//! an outbound connection to it and talks to the node task through the same
+//! event channel; with no peers there are none. After every input the node
+//! task publishes the links' state on `Environment.peer_status`, if given.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -22,13 +29,18 @@ use bytes::{Bytes, BytesMut};
 use sluice_core::config::BrokerConfig;
 use sluice_core::node::QUEUED_RESPONSES_MAX;
 use sluice_core::storage::{Storage, SyncTarget};
-use sluice_core::{ConnectionId, Node, Output};
+use sluice_core::{ConnectionId, Node, NodeId, Now, Output};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::AbortHandle;
+
+use crate::admission::{read_request, Admission, Admitted, RequestError};
+use crate::peers::{Connector, PeerEvent, PeerLinks, PeerStatuses};
+use crate::DriverError;
 
 /// The outcome of a sync: `Err` carries the reason it failed.
 pub type SyncResult = Result<(), String>;
+/// A sync under way, as `Disk::sync` starts it.
 pub type SyncFuture = Pin<Box<dyn Future<Output = SyncResult> + Send>>;
 
 /// Storage the driver can also make durable, in the background.
@@ -70,17 +82,28 @@ pub fn system_clock() -> Clock {
 }
 
 /// Everything a node needs from its surroundings.
-pub struct Environment<L: Listener, D: Disk> {
+pub struct Environment<L: Listener, D: Disk, C: Connector> {
     pub config: BrokerConfig,
     pub listener: L,
     pub disk: D,
     pub advertised: (String, u16),
     pub clock: Clock,
-    /// Seeds the node's generator (topic and cluster ids).
+    /// Seeds the node's generator (topic and cluster ids) and, mixed with
+    /// each peer's id, the jitter of its link's reconnect backoff.
     pub seed: u64,
+    /// The other nodes and where to reach them (`host`, `port`); the driver
+    /// keeps a link to each. Empty for a single node: no link, no task.
+    /// Must not name this node (`DriverError::PeerIsSelf`).
+    pub peers: BTreeMap<NodeId, (String, u16)>,
+    /// Opens the links to `peers`: `TokioConnector`, or turmoil's.
+    pub connector: C,
+    /// If given, every configured peer's link state, updated after each
+    /// input the node handles (only when it changed) and set all down when
+    /// the driver stops. Tests and tools watch it rather than the node.
+    pub peer_status: Option<watch::Sender<PeerStatuses>>,
 }
 
-enum Event {
+pub(crate) enum Event {
     Connected {
         connection: ConnectionId,
         peer: IpAddr,
@@ -93,9 +116,10 @@ enum Event {
     Disconnected {
         connection: ConnectionId,
     },
+    Peer(PeerEvent),
 }
 
-struct ConnectionHandle {
+pub(crate) struct ConnectionHandle {
     writer: mpsc::UnboundedSender<Bytes>,
     /// Requests the reader may still hand in before a response goes out.
     permits: Arc<Semaphore>,
@@ -111,10 +135,10 @@ impl ConnectionHandle {
 }
 
 /// Runs a broker until `shutdown` resolves, then stops cleanly.
-pub async fn serve<L: Listener, D: Disk>(
-    environment: Environment<L, D>,
+pub async fn serve<L: Listener, D: Disk, C: Connector>(
+    environment: Environment<L, D, C>,
     shutdown: impl Future<Output = ()>,
-) -> anyhow::Result<()> {
+) -> Result<(), DriverError> {
     serve_until(environment, shutdown, std::future::pending()).await
 }
 
@@ -123,11 +147,11 @@ pub async fn serve<L: Listener, D: Disk>(
 /// dropped in connection order, so that a simulated crash closes sockets in
 /// the same order on every run of a seed (left to the runtime, the order
 /// would follow tokio's task ids, which are global to the process).
-pub async fn serve_until<L: Listener, D: Disk>(
-    environment: Environment<L, D>,
+pub async fn serve_until<L: Listener, D: Disk, C: Connector>(
+    environment: Environment<L, D, C>,
     shutdown: impl Future<Output = ()>,
     kill: impl Future<Output = ()>,
-) -> anyhow::Result<()> {
+) -> Result<(), DriverError> {
     let Environment {
         config,
         listener,
@@ -135,22 +159,46 @@ pub async fn serve_until<L: Listener, D: Disk>(
         advertised,
         clock,
         seed,
+        peers,
+        connector,
+        peer_status,
     } = environment;
+    let node_id = NodeId(config.node_id);
+    if peers.contains_key(&node_id) {
+        return Err(DriverError::PeerIsSelf { node_id: node_id.0 });
+    }
     let data_dir = config.log_dirs.clone();
-    let mut node = Node::open(disk, config, advertised, seed, clock())?;
+    // Deadlines run on tokio's monotonic clock (simulated under turmoil),
+    // record times on the wall clock.
+    let started = tokio::time::Instant::now();
+    let now = move || Now {
+        monotonic_ms: started.elapsed().as_millis() as i64,
+        wall_ms: clock(),
+    };
+    let mut node =
+        Node::open(disk, config, advertised, seed, now()).map_err(|error| DriverError::Open {
+            data_dir: data_dir.clone(),
+            error,
+        })?;
+    let mut peer_links = PeerLinks::new(peer_status);
     // The start-up sync makes recovered data durable before anything is served.
     while let Some(output) = node.poll_output() {
         if let Output::Sync { id, targets } = output {
             let result = node.storage_mut().sync(&targets).await;
-            node.handle_synced(clock(), id, result);
+            peer_links.sync_completed(id, result.is_ok());
+            node.handle_synced(now(), id, result);
         }
     }
-    anyhow::ensure!(node.is_ready(), "the start-up sync of {data_dir} failed");
+    if !node.is_ready() {
+        return Err(DriverError::StartupSync { data_dir });
+    }
     tracing::info!(cluster_id = node.cluster_id(), "serving");
 
     let (events_tx, mut events) = mpsc::unbounded_channel::<Event>();
     let frame_bytes_max = node.frame_bytes_max();
-    let accept = tokio::spawn(accept_loop(listener, events_tx, frame_bytes_max));
+    peer_links.start(peers, connector, &events_tx, frame_bytes_max, seed);
+    let admission = Admission::new(node.config());
+    let accept = tokio::spawn(accept_loop(listener, events_tx, frame_bytes_max, admission));
     let mut connections: BTreeMap<ConnectionId, ConnectionHandle> = BTreeMap::new();
     let mut sync_in_flight: Option<(u64, SyncFuture)> = None;
     tokio::pin!(shutdown);
@@ -158,16 +206,21 @@ pub async fn serve_until<L: Listener, D: Disk>(
     let mut stopping = false;
 
     loop {
-        drain(&mut node, &mut connections, &mut sync_in_flight);
+        drain(
+            &mut node,
+            &mut connections,
+            &mut peer_links,
+            &mut sync_in_flight,
+        );
+        peer_links.publish(&node);
         if node.is_stopped() {
             break;
         }
-        // At least 1 ms: a deadline the node reports as due again right
-        // after handling it must not spin the loop (in the simulator, time
-        // would never move).
+        // A deadline already due is handled at once: the node stops every
+        // timer it handles, so none is reported due twice.
         let wait_ms = node
             .poll_timeout()
-            .map_or(60_000, |at| (at - clock()).clamp(1, 60_000));
+            .map_or(60_000, |at| (at - now().monotonic_ms).clamp(0, 60_000));
         let sleep = tokio::time::sleep(Duration::from_millis(wait_ms as u64));
         let sync = async {
             match sync_in_flight.as_mut() {
@@ -176,12 +229,15 @@ pub async fn serve_until<L: Listener, D: Disk>(
             }
         };
         tokio::select! {
-            Some(event) = events.recv() => handle_event(&mut node, &mut connections, event, clock()),
+            Some(event) = events.recv() => {
+                handle_event(&mut node, &mut connections, &mut peer_links, event, now())
+            }
             (id, result) = sync => {
                 sync_in_flight = None;
-                node.handle_synced(clock(), id, result);
+                peer_links.sync_completed(id, result.is_ok());
+                node.handle_synced(now(), id, result);
             }
-            _ = sleep => node.handle_timeout(clock()),
+            _ = sleep => node.handle_timeout(now()),
             _ = &mut kill => {
                 tracing::info!("killed");
                 accept.abort();
@@ -196,6 +252,7 @@ pub async fn serve_until<L: Listener, D: Disk>(
                 for handle in connections.values() {
                     handle.abort();
                 }
+                peer_links.stop();
                 return Ok(());
             }
             _ = &mut shutdown, if !stopping => {
@@ -207,7 +264,7 @@ pub async fn serve_until<L: Listener, D: Disk>(
                 for handle in connections.values() {
                     handle.reader.abort();
                 }
-                node.begin_shutdown(clock());
+                node.begin_shutdown(now());
             }
         }
     }
@@ -215,14 +272,16 @@ pub async fn serve_until<L: Listener, D: Disk>(
     for (_, handle) in connections {
         handle.reader.abort();
     }
+    peer_links.stop();
     Ok(())
 }
 
 fn handle_event<D: Disk>(
     node: &mut Node<D>,
     connections: &mut BTreeMap<ConnectionId, ConnectionHandle>,
+    peer_links: &mut PeerLinks,
     event: Event,
-    now_ms: i64,
+    now: Now,
 ) {
     match event {
         Event::Connected {
@@ -231,10 +290,10 @@ fn handle_event<D: Disk>(
             handle,
         } => {
             connections.insert(connection, handle);
-            node.handle_connect(now_ms, connection, peer);
+            node.handle_connect(now, connection, peer);
         }
         Event::Frame { connection, frame } => {
-            let outcome = node.handle_frame(now_ms, connection, frame);
+            let outcome = node.handle_frame(now, connection, frame);
             if !outcome.response_queued {
                 if let Some(handle) = connections.get(&connection) {
                     handle.permits.add_permits(1);
@@ -244,9 +303,10 @@ fn handle_event<D: Disk>(
         Event::Disconnected { connection } => {
             if let Some(handle) = connections.remove(&connection) {
                 handle.reader.abort();
-                node.handle_disconnect(now_ms, connection);
+                node.handle_disconnect(now, connection);
             }
         }
+        Event::Peer(event) => peer_links.handle(node, event, now),
     }
 }
 
@@ -254,6 +314,7 @@ fn handle_event<D: Disk>(
 fn drain<D: Disk>(
     node: &mut Node<D>,
     connections: &mut BTreeMap<ConnectionId, ConnectionHandle>,
+    peer_links: &mut PeerLinks,
     sync_in_flight: &mut Option<(u64, SyncFuture)>,
 ) {
     while let Some(output) = node.poll_output() {
@@ -269,6 +330,12 @@ fn drain<D: Disk>(
                     handle.reader.abort();
                 }
             }
+            Output::SendPeer {
+                peer,
+                frame,
+                after_sync,
+            } => peer_links.send(peer, frame, after_sync),
+            Output::ResetPeer { peer } => peer_links.reset(peer),
             Output::Sync { id, targets } => {
                 assert!(
                     sync_in_flight.is_none(),
@@ -284,9 +351,14 @@ async fn accept_loop<L: Listener>(
     mut listener: L,
     events: mpsc::UnboundedSender<Event>,
     frame_bytes_max: usize,
+    admission: Admission,
 ) {
     let mut next_id = 0u64;
     loop {
+        // `max.connections`: no accept until a place is free.
+        let Some(place) = admission.place().await else {
+            return;
+        };
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(error) => {
@@ -294,6 +366,11 @@ async fn accept_loop<L: Listener>(
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             }
+        };
+        let Some(admitted) = admission.admit(peer.ip(), place) else {
+            tracing::info!(%peer, "closing a connection: its address holds max.connections.per.ip");
+            drop(stream);
+            continue;
         };
         next_id += 1;
         let connection = ConnectionId(next_id);
@@ -311,6 +388,7 @@ async fn accept_loop<L: Listener>(
             events.clone(),
             permits.clone(),
             frame_bytes_max,
+            (admitted, admission.idle),
             started,
         ));
         let writer_task = tokio::spawn(write_loop(
@@ -345,39 +423,38 @@ async fn read_loop<R: AsyncRead + Unpin>(
     events: mpsc::UnboundedSender<Event>,
     permits: Arc<Semaphore>,
     frame_bytes_max: usize,
+    // Held for as long as the reader runs: the connection's place.
+    (_admitted, idle): (Admitted, Duration),
     started: tokio::sync::oneshot::Receiver<()>,
 ) {
     if started.await.is_err() {
         return;
     }
+    let owed = || permits.available_permits() < QUEUED_RESPONSES_MAX;
     let why = loop {
-        let mut length = [0u8; 4];
-        if stream.read_exact(&mut length).await.is_err() {
-            break None;
-        }
-        let length = i32::from_be_bytes(length);
-        if length < 0 || length as usize > frame_bytes_max {
-            break Some(format!("frame size {length} outside 0..={frame_bytes_max}"));
-        }
-        // A zeroed allocation of a large frame is fresh zero pages, which
-        // take memory only as the bytes arrive: a length prefix alone costs
-        // nothing (tests/tests/bad_input.rs holds the broker to that).
-        let mut frame = BytesMut::zeroed(length as usize);
-        if stream.read_exact(&mut frame).await.is_err() {
-            break None;
-        }
+        let frame = match read_request(&mut stream, frame_bytes_max, idle, owed).await {
+            Ok(frame) => frame,
+            Err(RequestError::Closed) => break None,
+            Err(RequestError::Size(length)) => {
+                break Some(format!("frame size {length} outside 0..={frame_bytes_max}"))
+            }
+            Err(RequestError::Idle) => {
+                tracing::debug!(connection = connection.0, "closing an idle connection");
+                break None;
+            }
+            Err(RequestError::Slow) => {
+                break Some(format!(
+                    "a request did not arrive whole within connections.max.idle.ms ({} ms)",
+                    idle.as_millis()
+                ))
+            }
+        };
         // Back-pressure: stop reading while too many responses are queued.
         match permits.acquire().await {
             Ok(permit) => permit.forget(),
             Err(_) => break None,
         }
-        if events
-            .send(Event::Frame {
-                connection,
-                frame: frame.freeze(),
-            })
-            .is_err()
-        {
+        if events.send(Event::Frame { connection, frame }).is_err() {
             break None;
         }
     };
@@ -385,6 +462,39 @@ async fn read_loop<R: AsyncRead + Unpin>(
         tracing::warn!(connection = connection.0, %why, "closing connection");
     }
     let _ = events.send(Event::Disconnected { connection });
+}
+
+/// Why no frame could be read.
+pub(crate) enum FrameError {
+    /// The stream failed or ended.
+    Closed(std::io::Error),
+    /// The length prefix is negative or above the limit.
+    Size(i32),
+}
+
+/// Reads one length-prefixed frame and returns it without its prefix.
+pub(crate) async fn read_frame<R: AsyncRead + Unpin>(
+    stream: &mut R,
+    frame_bytes_max: usize,
+) -> Result<Bytes, FrameError> {
+    let mut length = [0u8; 4];
+    stream
+        .read_exact(&mut length)
+        .await
+        .map_err(FrameError::Closed)?;
+    let length = i32::from_be_bytes(length);
+    if length < 0 || length as usize > frame_bytes_max {
+        return Err(FrameError::Size(length));
+    }
+    // A zeroed allocation of a large frame is fresh zero pages, which take
+    // memory only as the bytes arrive: a length prefix alone costs nothing
+    // (tests/tests/bad_input.rs holds the broker to that).
+    let mut frame = BytesMut::zeroed(length as usize);
+    stream
+        .read_exact(&mut frame)
+        .await
+        .map_err(FrameError::Closed)?;
+    Ok(frame.freeze())
 }
 
 async fn write_loop<W: AsyncWrite + Unpin>(
@@ -403,7 +513,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
 }
 
 /// Binds a tokio listener on `host:port` (an empty host means all addresses).
-pub async fn bind(address: &(String, u16)) -> anyhow::Result<tokio::net::TcpListener> {
+pub async fn bind(address: &(String, u16)) -> Result<tokio::net::TcpListener, DriverError> {
     let host = if address.0.is_empty() {
         "0.0.0.0"
     } else {
@@ -411,5 +521,8 @@ pub async fn bind(address: &(String, u16)) -> anyhow::Result<tokio::net::TcpList
     };
     tokio::net::TcpListener::bind((host, address.1))
         .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {host}:{}: {e}", address.1))
+        .map_err(|error| DriverError::Bind {
+            address: format!("{host}:{}", address.1),
+            error,
+        })
 }

@@ -1,0 +1,296 @@
+//! The group coordinator's persistence: every group change and committed
+//! offset is a record in the group's partition of `__consumer_offsets`
+//! (Kafka's formats, `group_records`), appended before the answer that
+//! depends on it and released only once a sync covers it; all of it is
+//! read back at start.
+//!
+//! This node is the coordinator of every group (one broker); the group's
+//! partition of `__consumer_offsets` is `abs(javaHashCode(group)) % N`, as
+//! Kafka places it, so the layout stays right when partitions get leaders
+//! on several brokers.
+
+use std::collections::BTreeMap;
+
+use kafka_protocol::ResponseError;
+
+use super::Broker;
+use crate::batch;
+use crate::config::Mutation;
+use crate::group::{Committed, Group, Resolved, Token};
+use crate::group_records::{
+    group_key, group_value, offset_key, offset_value, parse_group_key, parse_group_value,
+    parse_offset_key, parse_offset_value,
+};
+use crate::log::PartitionLog;
+use crate::storage::Storage;
+use crate::types::Now;
+
+pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
+
+/// Java's `String.hashCode` over UTF-16 code units, wrapping.
+pub fn java_hash(text: &str) -> i32 {
+    text.encode_utf16()
+        .fold(0i32, |h, unit| h.wrapping_mul(31).wrapping_add(unit as i32))
+}
+
+/// The `__consumer_offsets` partition of a group, as Kafka computes it
+/// (`Utils.abs` maps `i32::MIN` to 0).
+pub fn offsets_partition(group_id: &str, partitions: i32) -> i32 {
+    let hash = java_hash(group_id);
+    let positive = if hash == i32::MIN { 0 } else { hash.abs() };
+    positive % partitions.max(1)
+}
+
+/// How the group changes behind an answer were recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    /// Nothing changed: the answer may go at once.
+    Nothing,
+    /// Appended: the answer waits until this sequence is durable.
+    After(u64),
+    /// The append failed: the answer is an error and nothing was recorded.
+    Failed,
+}
+
+impl Recorded {
+    fn and(self, other: Recorded) -> Recorded {
+        match (self, other) {
+            (Recorded::Failed, _) | (_, Recorded::Failed) => Recorded::Failed,
+            (Recorded::After(a), Recorded::After(b)) => Recorded::After(a.max(b)),
+            (Recorded::After(a), Recorded::Nothing) | (Recorded::Nothing, Recorded::After(a)) => {
+                Recorded::After(a)
+            }
+            (Recorded::Nothing, Recorded::Nothing) => Recorded::Nothing,
+        }
+    }
+}
+
+/// A coordinator answer to a request that waits for it by token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupAnswer {
+    pub token: Token,
+    pub resolved: Resolved,
+    pub recorded: Recorded,
+}
+
+impl<S: Storage> Broker<S> {
+    /// Call after every input to the coordinator: records the groups it
+    /// changed, and queues the answers it resolved behind that record.
+    /// Returns how the record went, for an answer given right away.
+    pub fn record_group_changes(&mut self, now: Now) -> Recorded {
+        let mut recorded = Recorded::Nothing;
+        for group_id in self.groups.take_changed() {
+            let outcome = match self.write_group_record(now, &group_id) {
+                Ok(seq) => Recorded::After(seq),
+                Err(error) => {
+                    tracing::error!(group = %group_id, ?error, "cannot record a group's state");
+                    Recorded::Failed
+                }
+            };
+            recorded = recorded.and(outcome);
+        }
+        for (token, resolved) in self.groups.take_resolved() {
+            self.group_answers.push(GroupAnswer {
+                token,
+                resolved,
+                recorded,
+            });
+        }
+        recorded
+    }
+
+    /// Records a group's state, or a tombstone when it no longer exists;
+    /// returns the sequence to wait for.
+    pub fn write_group_record(&mut self, now: Now, group_id: &str) -> Result<u64, ResponseError> {
+        let value = self
+            .groups
+            .groups
+            .get(group_id)
+            .map(|g| group_value(g, now.wall_ms));
+        let key = group_key(group_id);
+        self.append_group_records(now, group_id, &[(key, value)])
+    }
+
+    /// Appends commits (or tombstones, `None`) of a group to its
+    /// `__consumer_offsets` partition and applies them; returns the
+    /// sequence to wait for.
+    pub fn write_offsets(
+        &mut self,
+        now: Now,
+        group_id: &str,
+        records: &[(String, i32, Option<Committed>)],
+    ) -> Result<u64, ResponseError> {
+        assert!(!records.is_empty());
+        let encoded: Vec<(Vec<u8>, Option<Vec<u8>>)> = records
+            .iter()
+            .map(|(topic, index, committed)| {
+                (
+                    offset_key(group_id, topic, *index),
+                    committed.as_ref().map(offset_value),
+                )
+            })
+            .collect();
+        let seq = self.append_group_records(now, group_id, &encoded)?;
+        for (topic, index, committed) in records {
+            match committed {
+                Some(committed) => self
+                    .groups
+                    .commit(group_id, topic, *index, committed.clone()),
+                None => self.groups.forget_offset(group_id, topic, *index),
+            }
+        }
+        Ok(seq)
+    }
+
+    /// Appends keyed records (a `None` value is a tombstone) to a group's
+    /// `__consumer_offsets` partition, as one batch; returns the sequence
+    /// that makes them durable.
+    fn append_group_records(
+        &mut self,
+        now: Now,
+        group_id: &str,
+        records: &[(Vec<u8>, Option<Vec<u8>>)],
+    ) -> Result<u64, ResponseError> {
+        if self.storage_offline() {
+            return Err(ResponseError::CoordinatorNotAvailable);
+        }
+        let created = self.ensure_offsets_topic()?;
+        let partition = offsets_partition(group_id, self.topics.partition_count(OFFSETS_TOPIC));
+        let specs: Vec<batch::RecordSpec<'_>> = records
+            .iter()
+            .map(|(key, value)| (Some(&key[..]), value.as_deref(), Vec::new(), 0))
+            .collect();
+        let bytes = batch::build_batch(now.wall_ms, &specs);
+        let held = self
+            .topics
+            .partition_mut(OFFSETS_TOPIC, partition)
+            .ok_or(ResponseError::CoordinatorNotAvailable)?;
+        held.log
+            .append(&mut self.storage, &bytes, 0, now.wall_ms)
+            .map_err(|error| {
+                tracing::error!(%error, group = group_id, "cannot write to {OFFSETS_TOPIC}");
+                ResponseError::KafkaStorageError
+            })?;
+        Ok(created.max(self.note_partition_write(OFFSETS_TOPIC, partition)))
+    }
+
+    /// Creates `__consumer_offsets` on first use, like Kafka's internal topic.
+    /// Without compaction its records are kept forever (no retention).
+    fn ensure_offsets_topic(&mut self) -> Result<u64, ResponseError> {
+        if self.topics.contains(OFFSETS_TOPIC) {
+            return Ok(0);
+        }
+        let partitions = self.config.offsets_topic_partitions;
+        let configs: BTreeMap<String, String> = [
+            ("retention.ms", "-1"),
+            ("retention.bytes", "-1"),
+            ("segment.bytes", "104857600"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        self.create_topic(OFFSETS_TOPIC, partitions, configs)
+    }
+
+    /// Removes committed offsets past `offsets.retention.minutes` (tombstones).
+    pub fn expire_offsets(&mut self, now: Now) {
+        let expired = self
+            .groups
+            .expired_offsets(now.wall_ms, self.config.offsets_retention_ms);
+        let mut by_group: BTreeMap<String, Vec<(String, i32, Option<Committed>)>> = BTreeMap::new();
+        for (group, topic, partition) in expired {
+            by_group
+                .entry(group)
+                .or_default()
+                .push((topic, partition, None));
+        }
+        for (group, tombstones) in by_group {
+            match self.write_offsets(now, &group, &tombstones) {
+                Ok(_) => {
+                    tracing::info!(group = %group, partitions = tombstones.len(), "expired committed offsets")
+                }
+                Err(error) => {
+                    tracing::error!(group = %group, ?error, "cannot expire committed offsets")
+                }
+            }
+        }
+    }
+
+    /// Expires silent members and overdue rebalances, and records what changed.
+    pub fn expire_groups(&mut self, now: Now) {
+        self.groups.expire(now.monotonic_ms);
+        self.record_group_changes(now);
+    }
+
+    /// Rebuilds groups and committed offsets from `__consumer_offsets` at start.
+    pub(super) fn load_groups(&mut self, now: Now) {
+        if self.config.mutated(Mutation::ForgetCommittedOffsets) {
+            return;
+        }
+        let Some(topic) = self.topics.get(OFFSETS_TOPIC) else {
+            return;
+        };
+        let mut loaded = 0usize;
+        let mut commits = Vec::new();
+        let mut groups: BTreeMap<String, Option<Group>> = BTreeMap::new();
+        for partition in &topic.partitions {
+            for_each_record(&partition.log, &mut self.storage, |key, value| {
+                let Some(key) = key else { return };
+                if let Some((group, topic, partition)) = parse_offset_key(key) {
+                    commits.push((group, topic, partition, value.and_then(parse_offset_value)));
+                } else if let Some(group) = parse_group_key(key) {
+                    groups.insert(group, value.and_then(parse_group_value));
+                }
+            });
+        }
+        let mut recorded = Vec::new();
+        for (group_id, group) in groups {
+            if let Some(group) = group {
+                self.groups.restore(now.monotonic_ms, &group_id, group);
+                recorded.push(group_id);
+            }
+        }
+        for (group, topic, partition, committed) in commits {
+            loaded += 1;
+            match committed {
+                Some(committed) => self.groups.commit(&group, &topic, partition, committed),
+                None => self.groups.forget_offset(&group, &topic, partition),
+            }
+        }
+        // A group whose record was tombstoned (deleted) and whose offsets all
+        // were too is gone; replaying its old commits must not bring it back.
+        self.groups.forget_unrecorded_empty(&recorded);
+        tracing::info!(
+            records = loaded,
+            groups = self.groups.offsets.len(),
+            "loaded committed offsets"
+        );
+    }
+}
+
+fn for_each_record<S: Storage>(
+    log: &PartitionLog,
+    storage: &mut S,
+    mut visit: impl FnMut(Option<&[u8]>, Option<&[u8]>),
+) {
+    let mut offset = log.log_start_offset();
+    let end = log.log_end_offset();
+    while offset < end {
+        let Ok(bytes) = log.read(storage, offset, end, 1 << 20, true) else {
+            return;
+        };
+        let before = offset;
+        for (header, range) in batch::headers_in(&bytes) {
+            offset = header.next_offset();
+            match batch::decode_records(&bytes[range]) {
+                Ok(records) => records
+                    .iter()
+                    .for_each(|r| visit(r.key.as_deref(), r.value.as_deref())),
+                Err(error) => tracing::error!(%error, "unreadable batch in {OFFSETS_TOPIC}"),
+            }
+        }
+        if offset == before {
+            return;
+        }
+    }
+}

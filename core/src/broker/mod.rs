@@ -1,0 +1,418 @@
+//! The broker's state: storage, configuration, the metadata log, the topics
+//! and their logs, group commit, and the group coordinator, with the
+//! operations handlers ask of them. Handlers take `&mut Broker`; they never
+//! see connections, reply slots or encoded frames, which the node owns.
+//!
+//! Each part keeps its own invariants (`Topics`, `Durability`, the group
+//! `Coordinator`); `invariants` here checks them and how they fit together.
+
+pub mod groups;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+
+use kafka_protocol::ResponseError;
+
+use crate::config::{BrokerConfig, Mutation};
+use crate::durability::{Completed, Durability, SyncRequest};
+use crate::group::Coordinator;
+use crate::metadata::{Change, MetadataLog, TopicRecord, METADATA_DIR};
+use crate::rng::{base64_url, Rng};
+use crate::storage::{Storage, SyncTarget};
+use crate::topics::{remove_dir_all, topic_name_problem, Partition, Topics};
+use crate::types::{Now, TopicPartition};
+
+pub use groups::{GroupAnswer, Recorded, OFFSETS_TOPIC};
+
+/// Marks a clean stop: the next start may skip the recovery scan.
+pub const CLEAN_SHUTDOWN_FILE: &str = ".clean-shutdown";
+/// Producer ids reserved at a time, as Kafka's controller hands them out.
+pub const PRODUCER_ID_BLOCK_SIZE: i64 = 1000;
+
+pub struct Broker<S: Storage> {
+    pub storage: S,
+    pub config: BrokerConfig,
+    /// Where clients reach this broker.
+    pub advertised: (String, u16),
+    pub rng: Rng,
+    pub cluster_id: String,
+    pub metadata: MetadataLog,
+    pub topics: Topics,
+    pub durability: Durability,
+    /// The coordinator of every group (this is the only broker).
+    pub groups: Coordinator,
+    /// Next producer id to hand out, and the sequence that made its block durable.
+    next_producer_id: i64,
+    producer_block_seq: u64,
+    /// Partitions whose readable end, start or existence changed since the
+    /// last `take_moved`: fetches parked on them may now be answered.
+    moved: BTreeSet<TopicPartition>,
+    /// Coordinator answers ready for their waiting requests.
+    group_answers: Vec<GroupAnswer>,
+}
+
+impl<S: Storage> Broker<S> {
+    /// Opens the log directory: replays the metadata log, recovers every
+    /// partition log and the groups. Returns the broker and whether the
+    /// last stop was clean.
+    pub fn open(
+        mut storage: S,
+        config: BrokerConfig,
+        advertised: (String, u16),
+        seed: u64,
+        now: Now,
+    ) -> io::Result<Broker<S>> {
+        let clean = storage.exists(CLEAN_SHUTDOWN_FILE);
+        let mut dirty_other = BTreeSet::new();
+        if clean {
+            storage.remove_file(CLEAN_SHUTDOWN_FILE)?;
+            dirty_other.insert(SyncTarget::Dir(String::new()));
+        }
+        tracing::info!(clean, "opening the log directory");
+        let mut metadata = MetadataLog::open(&mut storage)?;
+        let mut rng = Rng::from_seed(seed);
+        let cluster_id = match metadata.cluster_id.clone() {
+            Some(id) => id,
+            None => {
+                let id = base64_url(&rng.uuid());
+                metadata.append(&mut storage, Change::Cluster { id: id.clone() })?;
+                id
+            }
+        };
+        let mut groups = Coordinator::new(config.group_initial_rebalance_delay_ms);
+        groups.same_assignment_for_all = config.mutated(Mutation::SameAssignmentForAll);
+        // Ids of the last reserved block may have been handed out before a crash.
+        let next_producer_id = metadata.producer_id_block_end;
+        let mut broker = Broker {
+            storage,
+            config,
+            advertised,
+            rng,
+            cluster_id,
+            metadata,
+            topics: Topics::default(),
+            durability: Durability::new(dirty_other),
+            groups,
+            next_producer_id,
+            producer_block_seq: 0,
+            moved: BTreeSet::new(),
+            group_answers: Vec::new(),
+        };
+        broker.remove_orphan_dirs()?;
+        let records: Vec<TopicRecord> = broker.metadata.topics.values().cloned().collect();
+        for record in records {
+            broker.open_topic(&record, clean)?;
+        }
+        broker.load_groups(now);
+        broker.topics.invariants();
+        broker.invariants();
+        Ok(broker)
+    }
+
+    /// Removes partition directories no topic owns (a crash during a deletion).
+    fn remove_orphan_dirs(&mut self) -> io::Result<()> {
+        for name in self.storage.list_dir("")? {
+            let Some((topic, partition)) = name.rsplit_once('-') else {
+                continue;
+            };
+            let Ok(partition) = partition.parse::<i32>() else {
+                continue;
+            };
+            if name == METADATA_DIR {
+                continue;
+            }
+            let owned = self
+                .metadata
+                .topics
+                .get(topic)
+                .is_some_and(|t| partition < t.partitions);
+            if !owned && self.storage.list_dir(&name).is_ok() {
+                tracing::warn!(dir = %name, "removing a partition directory no topic owns");
+                remove_dir_all(&mut self.storage, &name)?;
+                self.durability
+                    .note_other_write(SyncTarget::Dir(String::new()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Opens a recorded topic's logs; their files join the next sync.
+    fn open_topic(&mut self, record: &TopicRecord, clean: bool) -> io::Result<()> {
+        let opened = self
+            .topics
+            .open(&mut self.storage, &self.config, record, clean)?;
+        if opened.created_dirs {
+            self.durability
+                .note_other_write(SyncTarget::Dir(String::new()));
+        }
+        for partition in 0..record.partitions {
+            self.note_partition_write(&record.name, partition);
+            self.moved
+                .insert(TopicPartition::new(record.name.clone(), partition));
+        }
+        Ok(())
+    }
+
+    /// Set when a sync failed: acknowledged state can no longer be trusted
+    /// to reach the disk, so nothing more is acknowledged until a restart.
+    pub fn storage_offline(&self) -> bool {
+        self.durability.failed()
+    }
+
+    /// The offset below which a partition's records are acknowledged and
+    /// may be read: what every replica has durable. On one node that is the
+    /// synced end of the log.
+    pub fn high_watermark(&self, partition: &Partition) -> i64 {
+        partition.log.durable_offset()
+    }
+
+    /// Records that a partition's log changed; returns the sequence after
+    /// which the change is durable.
+    pub fn note_partition_write(&mut self, topic: &str, partition: i32) -> u64 {
+        self.durability
+            .note_partition_write(TopicPartition::new(topic, partition))
+    }
+
+    /// Records a new topic and opens its logs; durable after the next sync.
+    /// Returns the sequence to wait for.
+    pub fn create_topic(
+        &mut self,
+        name: &str,
+        partitions: i32,
+        configs: BTreeMap<String, String>,
+    ) -> Result<u64, ResponseError> {
+        assert!(
+            topic_name_problem(name).is_none(),
+            "created names are checked"
+        );
+        assert!(partitions > 0, "created topics have partitions");
+        assert!(!self.topics.contains(name));
+        if self.storage_offline() {
+            return Err(ResponseError::KafkaStorageError);
+        }
+        let record = TopicRecord {
+            name: name.to_string(),
+            id: self.rng.uuid(),
+            partitions,
+            configs,
+        };
+        self.metadata
+            .append(&mut self.storage, Change::CreateTopic(record.clone()))
+            .map_err(|error| {
+                tracing::error!(topic = name, %error, "cannot record a new topic");
+                ResponseError::KafkaStorageError
+            })?;
+        if let Err(error) = self.open_topic(&record, true) {
+            tracing::error!(topic = name, %error, "cannot create the logs of a new topic");
+            return Err(ResponseError::KafkaStorageError);
+        }
+        tracing::info!(topic = name, partitions, "created topic");
+        Ok(self
+            .durability
+            .note_other_write(SyncTarget::Dir(String::new())))
+    }
+
+    /// Creates an unknown topic with the broker defaults if auto-creation is
+    /// on; returns the sequence to wait for.
+    pub fn auto_create(&mut self, name: &str) -> Result<u64, ResponseError> {
+        if !self.config.auto_create_topics || self.storage_offline() {
+            return Err(ResponseError::UnknownTopicOrPartition);
+        }
+        if topic_name_problem(name).is_some() || self.topics.collision(name).is_some() {
+            return Err(ResponseError::InvalidTopicException);
+        }
+        self.create_topic(name, self.config.num_partitions, BTreeMap::new())
+    }
+
+    /// Records a topic's deletion, then removes its files; returns the
+    /// sequence to wait for.
+    pub fn delete_topic(&mut self, name: &str) -> Result<u64, ResponseError> {
+        assert!(self.topics.contains(name), "deleted topics exist");
+        if self.storage_offline() {
+            return Err(ResponseError::KafkaStorageError);
+        }
+        let change = Change::DeleteTopic {
+            name: name.to_string(),
+        };
+        self.metadata
+            .append(&mut self.storage, change)
+            .map_err(|error| {
+                tracing::error!(topic = name, %error, "cannot record a topic deletion");
+                ResponseError::KafkaStorageError
+            })?;
+        for partition in 0..self.topics.partition_count(name) {
+            self.moved.insert(TopicPartition::new(name, partition));
+        }
+        // The deletion is recorded first: a crash from here on leaves orphan
+        // directories, which the next start removes.
+        if let Err(error) = self.topics.remove(&mut self.storage, name) {
+            tracing::error!(topic = name, %error, "cannot remove the files of a deleted topic; the next start removes them");
+        }
+        self.durability.forget_topic(name);
+        assert!(!self.topics.contains(name));
+        tracing::info!(topic = name, "deleted topic");
+        Ok(self
+            .durability
+            .note_other_write(SyncTarget::Dir(String::new())))
+    }
+
+    /// Grows a topic to `count` partitions; returns the sequence to wait for.
+    pub fn add_partitions(
+        &mut self,
+        name: &str,
+        count: i32,
+    ) -> Result<u64, (ResponseError, String)> {
+        let current = self.topics.partition_count(name);
+        assert!(count > current, "partitions only grow");
+        if self.storage_offline() {
+            return Err((ResponseError::KafkaStorageError, "storage offline".into()));
+        }
+        let change = Change::SetPartitions {
+            name: name.to_string(),
+            partitions: count,
+        };
+        self.metadata
+            .append(&mut self.storage, change)
+            .map_err(|e| (ResponseError::KafkaStorageError, e.to_string()))?;
+        for index in current..count {
+            self.topics
+                .grow(&mut self.storage, name, true)
+                .map_err(|e| (ResponseError::KafkaStorageError, e.to_string()))?;
+            self.note_partition_write(name, index);
+            self.moved.insert(TopicPartition::new(name, index));
+        }
+        assert_eq!(self.topics.partition_count(name), count);
+        Ok(self
+            .durability
+            .note_other_write(SyncTarget::Dir(String::new())))
+    }
+
+    /// Hands out a producer id that was never handed out before, even across
+    /// restarts: ids come from blocks reserved in the metadata log. Returns
+    /// the id and the sequence after which its block is durable.
+    pub fn allocate_producer_id(&mut self) -> io::Result<(i64, u64)> {
+        if self.next_producer_id >= self.metadata.producer_id_block_end {
+            let block_end = self.next_producer_id + PRODUCER_ID_BLOCK_SIZE;
+            self.metadata
+                .append(&mut self.storage, Change::ProducerIds { block_end })?;
+            self.producer_block_seq = self.durability.note_write();
+        }
+        let id = self.next_producer_id;
+        self.next_producer_id += 1;
+        assert!(id < self.metadata.producer_id_block_end);
+        Ok((id, self.producer_block_seq))
+    }
+
+    /// Deletes segments past their topic's retention.
+    pub fn apply_retention(&mut self, now: Now) {
+        if self.storage_offline() {
+            return;
+        }
+        let mut changed = Vec::new();
+        for (partition, held) in self.topics.partitions_mut() {
+            match held.log.apply_retention(&mut self.storage, now.wall_ms) {
+                Ok(0) => {}
+                Ok(_) => changed.push(partition),
+                Err(error) => {
+                    tracing::error!(%partition, %error, "retention failed")
+                }
+            }
+        }
+        for partition in changed {
+            self.note_partition_write(&partition.topic, partition.partition);
+            self.moved.insert(partition);
+        }
+    }
+
+    /// The sync of everything changed, if one is due.
+    pub fn next_sync(&mut self) -> Option<SyncRequest> {
+        self.durability
+            .next_sync(&mut self.topics, &mut self.metadata)
+    }
+
+    /// The sync of every file, before a clean shutdown.
+    pub fn flush_all(&mut self) -> SyncRequest {
+        self.durability
+            .flush_all(&mut self.topics, &mut self.metadata)
+    }
+
+    /// Writes the clean-shutdown marker; its directory entry needs a sync.
+    pub fn write_shutdown_marker(&mut self) -> io::Result<SyncRequest> {
+        let file = self.storage.open(CLEAN_SHUTDOWN_FILE, true)?;
+        self.storage.close(file);
+        Ok(self.durability.sync_marker())
+    }
+
+    /// A sync completed or failed: marks the synced log ends durable on the
+    /// logs they were taken from.
+    pub fn handle_synced(&mut self, id: u64, result: Result<(), String>) -> Completed {
+        if let Err(why) = &result {
+            // After a failed fsync the page cache may have dropped the
+            // data: nothing it covered may be acknowledged, ever.
+            tracing::error!(%why, "sync failed; the log directory is offline until a restart");
+        }
+        let completed = self.durability.complete(id, result.is_ok());
+        if !completed.ok {
+            // The node wakes every parked fetch: they answer the storage error.
+            return completed;
+        }
+        if completed.startup && self.config.mutated(Mutation::ForgetHighWatermark) {
+            return completed;
+        }
+        for end in &completed.ends {
+            let Some(held) = self
+                .topics
+                .partition_mut(&end.partition.topic, end.partition.partition)
+            else {
+                continue;
+            };
+            if held.incarnation != end.incarnation {
+                // The topic was deleted and created again since the sync
+                // was issued: its end says nothing about the new log.
+                continue;
+            }
+            assert!(
+                end.end_offset <= held.log.log_end_offset(),
+                "a synced end is never past the log end of its incarnation"
+            );
+            if end.end_offset > held.log.durable_offset() {
+                held.log.mark_durable(end.end_offset);
+                self.moved.insert(end.partition.clone());
+            }
+        }
+        self.topics.invariants();
+        completed
+    }
+
+    /// Partitions that moved since the last call.
+    pub fn take_moved(&mut self) -> BTreeSet<TopicPartition> {
+        std::mem::take(&mut self.moved)
+    }
+
+    /// Coordinator answers ready since the last call.
+    pub fn take_group_answers(&mut self) -> Vec<GroupAnswer> {
+        std::mem::take(&mut self.group_answers)
+    }
+
+    /// Checked after every input. The logs are checked by themselves after
+    /// every append, and all of them after every sync completes
+    /// (`handle_synced`): a walk over every partition on every input would
+    /// cost a large broker more than its requests.
+    pub fn invariants(&self) {
+        self.durability.invariants();
+        self.groups.invariants();
+        assert!(self.next_producer_id <= self.metadata.producer_id_block_end);
+        assert!(self.producer_block_seq <= self.durability.write_seq());
+        for name in self.topics.names() {
+            assert!(
+                self.metadata.topics.contains_key(name),
+                "every open topic is recorded"
+            );
+        }
+        for answer in &self.group_answers {
+            if let Recorded::After(seq) = answer.recorded {
+                assert!(seq <= self.durability.write_seq());
+            }
+        }
+    }
+}

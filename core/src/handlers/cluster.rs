@@ -1,0 +1,319 @@
+//! Cluster-level APIs: Metadata, DescribeCluster, DescribeConfigs, and
+//! InitProducerId for idempotent producers.
+
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::ResponseError;
+
+use super::{code, now, Context, Handled, Pending};
+use crate::broker::{Broker, OFFSETS_TOPIC};
+use crate::config::{self, Kind, Source};
+use crate::storage::Storage;
+use crate::topics::topic_name_problem;
+use crate::wire::Reply;
+
+/// This broker as clients reach it: node id, host, port.
+pub(super) fn endpoint<S: Storage>(broker: &Broker<S>) -> (i32, StrBytes, i32) {
+    (
+        broker.config.node_id,
+        StrBytes::from_string(broker.advertised.0.clone()),
+        broker.advertised.1 as i32,
+    )
+}
+
+pub(super) fn metadata<S: Storage>(
+    broker: &mut Broker<S>,
+    context: Context<'_>,
+    request: MetadataRequest,
+) -> Handled {
+    let header = context.header;
+    let all = match &request.topics {
+        None => true,
+        Some(list) => list.is_empty() && header.version == 0,
+    };
+    let may_create = header.version < 4 || request.allow_auto_topic_creation;
+    let mut wait_seq = None;
+    let mut names: Vec<(Option<String>, Option<uuid::Uuid>, Option<ResponseError>)> = Vec::new();
+    if all {
+        names = broker
+            .topics
+            .names()
+            .map(|n| (Some(n.clone()), None, None))
+            .collect();
+    } else {
+        for topic in request.topics.iter().flatten() {
+            let name = topic.name.as_ref().map(|n| n.0.to_string());
+            let name = name.or_else(|| broker.topics.name_by_id(&topic.topic_id));
+            match name {
+                None => names.push((
+                    None,
+                    Some(topic.topic_id),
+                    Some(ResponseError::UnknownTopicId),
+                )),
+                Some(name) if broker.topics.contains(&name) => names.push((Some(name), None, None)),
+                Some(name) if topic_name_problem(&name).is_some() => {
+                    names.push((Some(name), None, Some(ResponseError::InvalidTopicException)))
+                }
+                Some(name) => {
+                    let created = if may_create {
+                        broker.auto_create(&name)
+                    } else {
+                        Err(ResponseError::UnknownTopicOrPartition)
+                    };
+                    match created {
+                        Ok(seq) => {
+                            wait_seq = wait_seq.max(Some(seq));
+                            names.push((Some(name), None, None));
+                        }
+                        Err(error) => names.push((Some(name), None, Some(error))),
+                    }
+                }
+            }
+        }
+    }
+    let (node_id, host, port) = endpoint(broker);
+    let topics = names
+        .into_iter()
+        .map(|(name, id, error)| metadata_topic(broker, name, id, error))
+        .collect();
+    let response = MetadataResponse::default()
+        .with_brokers(vec![metadata_response::MetadataResponseBroker::default()
+            .with_node_id(BrokerId(node_id))
+            .with_host(host)
+            .with_port(port)])
+        .with_cluster_id(Some(StrBytes::from_string(broker.cluster_id.clone())))
+        .with_controller_id(BrokerId(node_id))
+        .with_topics(topics)
+        .with_cluster_authorized_operations(i32::MIN);
+    Ok(Pending::after_durable(wait_seq, Reply::Metadata(response)))
+}
+
+fn metadata_topic<S: Storage>(
+    broker: &Broker<S>,
+    name: Option<String>,
+    id: Option<uuid::Uuid>,
+    error: Option<ResponseError>,
+) -> metadata_response::MetadataResponseTopic {
+    let mut topic = metadata_response::MetadataResponseTopic::default()
+        .with_name(name.clone().map(|n| TopicName(StrBytes::from_string(n))))
+        .with_topic_authorized_operations(i32::MIN);
+    if let Some(id) = id {
+        topic.topic_id = id;
+    }
+    if let Some(error) = error {
+        return topic.with_error_code(code(error));
+    }
+    let Some(found) = name.as_ref().and_then(|n| broker.topics.get(n)) else {
+        return topic.with_error_code(code(ResponseError::UnknownTopicOrPartition));
+    };
+    let me = BrokerId(broker.config.node_id);
+    let partitions = (0..found.partitions.len() as i32)
+        .map(|index| {
+            metadata_response::MetadataResponsePartition::default()
+                .with_partition_index(index)
+                .with_leader_id(me)
+                .with_leader_epoch(0)
+                .with_replica_nodes(vec![me])
+                .with_isr_nodes(vec![me])
+        })
+        .collect();
+    topic
+        .with_topic_id(uuid::Uuid::from_bytes(found.id))
+        .with_is_internal(name.as_deref() == Some(OFFSETS_TOPIC))
+        .with_partitions(partitions)
+}
+
+pub(super) fn describe_configs<S: Storage>(
+    broker: &mut Broker<S>,
+    request: DescribeConfigsRequest,
+) -> Handled {
+    let results = request
+        .resources
+        .iter()
+        .map(|resource| {
+            describe_resource(
+                broker,
+                resource,
+                request.include_synonyms,
+                request.include_documentation,
+            )
+        })
+        .collect();
+    now(Reply::DescribeConfigs(
+        DescribeConfigsResponse::default().with_results(results),
+    ))
+}
+
+const RESOURCE_TOPIC: i8 = 2;
+const RESOURCE_BROKER: i8 = 4;
+
+fn config_type_code(kind: Kind) -> i8 {
+    match kind {
+        Kind::Bool => 1,
+        Kind::String | Kind::Choice(_) => 2,
+        Kind::Int => 3,
+        Kind::Long => 5,
+    }
+}
+
+fn describe_resource<S: Storage>(
+    broker: &Broker<S>,
+    resource: &describe_configs_request::DescribeConfigsResource,
+    include_synonyms: bool,
+    include_documentation: bool,
+) -> describe_configs_response::DescribeConfigsResult {
+    let name = resource.resource_name.to_string();
+    let result = describe_configs_response::DescribeConfigsResult::default()
+        .with_resource_type(resource.resource_type)
+        .with_resource_name(resource.resource_name.clone());
+    let wanted = |key: &str| {
+        resource
+            .configuration_keys
+            .as_ref()
+            .is_none_or(|keys| keys.iter().any(|k| k.as_str() == key))
+    };
+    let entry = |key: &config::Key, value: String, source: i8, read_only: bool| {
+        let mut item = describe_configs_response::DescribeConfigsResourceResult::default()
+            .with_name(StrBytes::from_static_str(key.name))
+            .with_value(Some(StrBytes::from_string(value.clone())))
+            .with_read_only(read_only)
+            .with_config_source(source)
+            .with_config_type(config_type_code(key.kind));
+        if include_synonyms {
+            item.synonyms = vec![describe_configs_response::DescribeConfigsSynonym::default()
+                .with_name(StrBytes::from_static_str(key.name))
+                .with_value(Some(StrBytes::from_string(value)))
+                .with_source(source)];
+        }
+        if include_documentation && !key.doc.is_empty() {
+            item.documentation = Some(StrBytes::from_static_str(key.doc));
+        }
+        item
+    };
+    match resource.resource_type {
+        RESOURCE_TOPIC => {
+            let Some(topic) = broker.topics.get(&name) else {
+                return result
+                    .with_error_code(code(ResponseError::UnknownTopicOrPartition))
+                    .with_error_message(Some(StrBytes::from_string(format!(
+                        "Topic {name} does not exist."
+                    ))));
+            };
+            let configs = topic
+                .config
+                .describe(&broker.config)
+                .into_iter()
+                .filter(|(key, _, _)| wanted(key))
+                .filter_map(|(key, value, source)| {
+                    let spec = config::TOPIC_KEYS.iter().find(|k| k.name == key)?;
+                    Some(entry(spec, value, config_source_code(source), false))
+                })
+                .collect();
+            result.with_configs(configs)
+        }
+        RESOURCE_BROKER if name.is_empty() || name == broker.config.node_id.to_string() => {
+            let configs = config::BROKER_KEYS
+                .iter()
+                .filter(|key| wanted(key.name))
+                .map(|key| {
+                    let explicit = broker.config.values.explicit.contains_key(key.name);
+                    entry(
+                        key,
+                        broker.config.get(key.name),
+                        if explicit { 4 } else { 5 },
+                        true,
+                    )
+                })
+                .collect();
+            result.with_configs(configs)
+        }
+        RESOURCE_BROKER => result
+            .with_error_code(code(ResponseError::InvalidRequest))
+            .with_error_message(Some(StrBytes::from_string(format!(
+                "Unexpected broker id, expected {}",
+                broker.config.node_id
+            )))),
+        other => result
+            .with_error_code(code(ResponseError::InvalidRequest))
+            .with_error_message(Some(StrBytes::from_string(format!(
+                "Unsupported resource type {other}"
+            )))),
+    }
+}
+
+pub(super) fn config_source_code(source: Source) -> i8 {
+    match source {
+        Source::Topic => 1,
+        Source::Broker => 4,
+        Source::Default => 5,
+    }
+}
+
+pub(super) fn describe_cluster<S: Storage>(
+    broker: &mut Broker<S>,
+    context: Context<'_>,
+    request: DescribeClusterRequest,
+) -> Handled {
+    let (node_id, host, port) = endpoint(broker);
+    let mut response = DescribeClusterResponse::default()
+        .with_cluster_id(StrBytes::from_string(broker.cluster_id.clone()))
+        .with_controller_id(BrokerId(node_id))
+        .with_endpoint_type(1)
+        .with_cluster_authorized_operations(i32::MIN);
+    if context.header.version >= 1 && request.endpoint_type != 1 {
+        response = response
+            .with_error_code(code(ResponseError::UnsupportedEndpointType))
+            .with_error_message(Some(StrBytes::from_static_str(
+                "only broker endpoints are served",
+            )));
+    } else {
+        response.brokers = vec![describe_cluster_response::DescribeClusterBroker::default()
+            .with_broker_id(BrokerId(node_id))
+            .with_host(host)
+            .with_port(port)];
+    }
+    now(Reply::DescribeCluster(response))
+}
+
+pub(super) fn init_producer_id<S: Storage>(
+    broker: &mut Broker<S>,
+    request: InitProducerIdRequest,
+) -> Handled {
+    let failed = |error: ResponseError| {
+        InitProducerIdResponse::default()
+            .with_error_code(code(error))
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1)
+    };
+    if request
+        .transactional_id
+        .as_ref()
+        .is_some_and(|id| !id.0.is_empty())
+    {
+        // Transactions need a transaction coordinator, which this broker does not run yet.
+        return now(Reply::InitProducerId(failed(
+            ResponseError::CoordinatorNotAvailable,
+        )));
+    }
+    if broker.storage_offline() {
+        return now(Reply::InitProducerId(failed(
+            ResponseError::KafkaStorageError,
+        )));
+    }
+    match broker.allocate_producer_id() {
+        Ok((id, seq)) => {
+            let reply = Reply::InitProducerId(
+                InitProducerIdResponse::default()
+                    .with_producer_id(ProducerId(id))
+                    .with_producer_epoch(0),
+            );
+            Ok(Pending::after_durable(Some(seq), reply))
+        }
+        Err(error) => {
+            tracing::error!(%error, "cannot reserve producer ids");
+            now(Reply::InitProducerId(failed(
+                ResponseError::KafkaStorageError,
+            )))
+        }
+    }
+}

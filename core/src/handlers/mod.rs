@@ -1,0 +1,173 @@
+//! Request handlers, one module per API family. A handler decodes its
+//! request body, acts on the broker's state, and returns a `Pending`: the
+//! reply and what it waits for. Handlers never see connections, reply
+//! slots or encoded frames; the node owns those, and releases each reply
+//! when its wait is over, in request order per connection.
+
+mod cluster;
+pub mod fetch;
+mod group;
+mod offsets;
+mod produce;
+mod topics;
+
+use bytes::Bytes;
+use kafka_protocol::messages::{ApiKey, FetchRequest};
+use kafka_protocol::ResponseError;
+
+use crate::broker::Broker;
+use crate::group::Token;
+use crate::storage::Storage;
+use crate::types::{Now, TopicPartition};
+use crate::wire::versions::api_versions_response;
+use crate::wire::{decode, Reply, ReplyHeader};
+
+pub use group::coordinator_reply;
+
+/// What a handled request answers, and when.
+#[derive(Debug)]
+pub enum Pending {
+    /// No reply at all (a produce with acks=0).
+    Nothing,
+    /// Answer now.
+    Now(Reply),
+    /// Answer `reply` once `wait` holds; should the wait fail (a sync
+    /// failed, the partition went away), answer `reply.unsynced()`.
+    After { wait: Wait, reply: Box<Reply> },
+    /// The group coordinator answers later, for this token.
+    Coordinator(Token),
+    /// A long-polling fetch, answered when enough is readable or at its deadline.
+    Fetch(ParkedFetch),
+}
+
+/// What a reply waits for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Wait {
+    /// Every change up to this write sequence is durable.
+    Durable(u64),
+    /// Each partition's high watermark reached its offset (acks=all).
+    HighWatermarks(Vec<HighWatermark>),
+}
+
+/// A partition's high watermark to wait for, on the log it was appended to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HighWatermark {
+    pub partition: TopicPartition,
+    pub incarnation: u64,
+    pub offset: i64,
+}
+
+/// A fetch waiting for data.
+#[derive(Debug)]
+pub struct ParkedFetch {
+    pub request: Box<FetchRequest>,
+    pub deadline_ms: i64,
+    /// The partitions it reads: only a move of one of them wakes it.
+    pub partitions: Vec<TopicPartition>,
+}
+
+/// How a wait stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitState {
+    Waiting,
+    Done,
+    Failed,
+}
+
+impl Wait {
+    pub fn state<S: Storage>(&self, broker: &Broker<S>) -> WaitState {
+        match self {
+            Wait::Durable(seq) if broker.durability.is_durable(*seq) => WaitState::Done,
+            Wait::Durable(_) if broker.storage_offline() => WaitState::Failed,
+            Wait::Durable(_) => WaitState::Waiting,
+            Wait::HighWatermarks(marks) => {
+                let mut state = WaitState::Done;
+                for mark in marks {
+                    let held = broker
+                        .topics
+                        .partition(&mark.partition.topic, mark.partition.partition)
+                        .filter(|p| p.incarnation == mark.incarnation);
+                    match held {
+                        None => return WaitState::Failed,
+                        Some(p) if broker.high_watermark(p) >= mark.offset => {}
+                        Some(_) if broker.storage_offline() => return WaitState::Failed,
+                        Some(_) => state = WaitState::Waiting,
+                    }
+                }
+                state
+            }
+        }
+    }
+}
+
+impl Pending {
+    /// `reply`, after `seq` is durable when there is a sequence to wait for.
+    pub fn after_durable(seq: Option<u64>, reply: Reply) -> Pending {
+        match seq {
+            None => Pending::Now(reply),
+            Some(seq) => Pending::After {
+                wait: Wait::Durable(seq),
+                reply: Box::new(reply),
+            },
+        }
+    }
+}
+
+/// What a request brings besides its body.
+#[derive(Debug, Clone, Copy)]
+pub struct Context<'a> {
+    pub now: Now,
+    pub header: ReplyHeader,
+    pub client_id: &'a str,
+    /// The peer of the connection, as Kafka writes a client host.
+    pub client_host: &'a str,
+    /// Names this request's answer if the coordinator gives it later.
+    pub token: Token,
+}
+
+/// The outcome of a handler: an error closes the connection.
+pub type Handled = Result<Pending, String>;
+
+/// Answers at once.
+pub(crate) fn now(reply: Reply) -> Handled {
+    Ok(Pending::Now(reply))
+}
+
+pub(crate) fn code(error: ResponseError) -> i16 {
+    error.code()
+}
+
+/// Runs the handler of a request whose header was parsed.
+pub fn dispatch<S: Storage>(
+    broker: &mut Broker<S>,
+    context: Context<'_>,
+    body: &mut Bytes,
+) -> Handled {
+    let version = context.header.version;
+    match context.header.api_key {
+        ApiKey::ApiVersions => Ok(Pending::Now(Reply::ApiVersions(api_versions_response(0)))),
+        ApiKey::Metadata => cluster::metadata(broker, context, decode(body, version)?),
+        ApiKey::DescribeCluster => {
+            cluster::describe_cluster(broker, context, decode(body, version)?)
+        }
+        ApiKey::DescribeConfigs => cluster::describe_configs(broker, decode(body, version)?),
+        ApiKey::InitProducerId => cluster::init_producer_id(broker, decode(body, version)?),
+        ApiKey::Produce => produce::produce(broker, context, decode(body, version)?),
+        ApiKey::Fetch => fetch::fetch(broker, context, decode(body, version)?),
+        ApiKey::ListOffsets => fetch::list_offsets(broker, context, decode(body, version)?),
+        ApiKey::CreateTopics => topics::create_topics(broker, decode(body, version)?),
+        ApiKey::DeleteTopics => topics::delete_topics(broker, decode(body, version)?),
+        ApiKey::CreatePartitions => topics::create_partitions(broker, decode(body, version)?),
+        ApiKey::FindCoordinator => group::find_coordinator(broker, context, decode(body, version)?),
+        ApiKey::JoinGroup => group::join_group(broker, context, decode(body, version)?),
+        ApiKey::SyncGroup => group::sync_group(broker, context, decode(body, version)?),
+        ApiKey::Heartbeat => group::heartbeat(broker, context, decode(body, version)?),
+        ApiKey::LeaveGroup => group::leave_group(broker, context, decode(body, version)?),
+        ApiKey::ListGroups => group::list_groups(broker, context, decode(body, version)?),
+        ApiKey::DescribeGroups => group::describe_groups(broker, context, decode(body, version)?),
+        ApiKey::DeleteGroups => group::delete_groups(broker, context, decode(body, version)?),
+        ApiKey::OffsetCommit => offsets::offset_commit(broker, context, decode(body, version)?),
+        ApiKey::OffsetFetch => offsets::offset_fetch(broker, context, decode(body, version)?),
+        other => Err(format!("api {other:?} is not served")),
+    }
+}

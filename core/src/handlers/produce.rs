@@ -1,0 +1,251 @@
+//! Produce: each partition's batch is validated, checked against its
+//! producer's sequence (idempotence), appended, and acknowledged once it is
+//! durable: acks=1 after the sync that covers it, acks=all once the high
+//! watermark passed it. acks=0 gets no answer at all, and a failure closes
+//! the connection so the client notices.
+
+use bytes::Bytes;
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::ResponseError;
+
+use super::{code, Context, Handled, HighWatermark, Pending, Wait};
+use crate::batch::{self, BatchError};
+use crate::broker::Broker;
+use crate::config::Mutation;
+use crate::log::Appended;
+use crate::producers::{SequenceError, Verdict};
+use crate::storage::Storage;
+use crate::topics::topic_name_problem;
+use crate::types::TopicPartition;
+use crate::wire::Reply;
+
+fn batch_error_code(error: &BatchError) -> (ResponseError, &'static str) {
+    match error {
+        BatchError::Corrupt(why) => (ResponseError::CorruptMessage, why),
+        BatchError::Invalid(why) => (ResponseError::InvalidRecord, why),
+        BatchError::InvalidTimestamp(why) => (ResponseError::InvalidTimestamp, why),
+    }
+}
+
+/// A batch in the log: where it went and what makes it durable.
+struct Produced {
+    appended: Appended,
+    log_start_offset: i64,
+    /// The write sequence after which the batch is durable.
+    write_seq: u64,
+    incarnation: u64,
+}
+
+type Refusal = (ResponseError, Option<&'static str>);
+
+pub(super) fn produce<S: Storage>(
+    broker: &mut Broker<S>,
+    context: Context<'_>,
+    request: ProduceRequest,
+) -> Handled {
+    let acks = request.acks;
+    let acks_valid = matches!(acks, -1..=1);
+    let mut response = ProduceResponse::default();
+    let mut wait_seq = None;
+    let mut marks = Vec::new();
+    let mut any_error = false;
+    for topic_data in request.topic_data {
+        let name = if context.header.version >= 13 {
+            broker.topics.name_by_id(&topic_data.topic_id)
+        } else {
+            Some(topic_data.name.0.to_string())
+        };
+        let mut topic_response = produce_response::TopicProduceResponse::default()
+            .with_name(topic_data.name.clone())
+            .with_topic_id(topic_data.topic_id);
+        let mut topic_error = None;
+        if !acks_valid {
+            topic_error = Some(ResponseError::InvalidRequiredAcks);
+        } else if broker.storage_offline() {
+            topic_error = Some(ResponseError::KafkaStorageError);
+        } else {
+            match &name {
+                None => topic_error = Some(ResponseError::UnknownTopicId),
+                Some(name) if broker.topics.contains(name) => {}
+                Some(name) if topic_name_problem(name).is_some() => {
+                    topic_error = Some(ResponseError::InvalidTopicException)
+                }
+                Some(name) => match broker.auto_create(name) {
+                    Ok(seq) => wait_seq = wait_seq.max(Some(seq)),
+                    Err(error) => topic_error = Some(error),
+                },
+            }
+        }
+        for partition_data in topic_data.partition_data {
+            let index = partition_data.index;
+            let result = match (topic_error, &name) {
+                (Some(error), _) => Err((error, None)),
+                (None, Some(name)) => {
+                    produce_partition(broker, context, name, index, partition_data.records)
+                }
+                (None, None) => Err((ResponseError::UnknownTopicId, None)),
+            };
+            let partition_response = match result {
+                Ok(produced) => {
+                    wait_seq = wait_seq.max(Some(produced.write_seq));
+                    if let Some(name) = &name {
+                        marks.push(HighWatermark {
+                            partition: TopicPartition::new(name.clone(), index),
+                            incarnation: produced.incarnation,
+                            offset: produced.appended.last_offset + 1,
+                        });
+                    }
+                    produce_response::PartitionProduceResponse::default()
+                        .with_index(index)
+                        .with_base_offset(produced.appended.base_offset)
+                        .with_log_append_time_ms(produced.appended.log_append_time_ms)
+                        .with_log_start_offset(produced.log_start_offset)
+                }
+                Err((error, message)) => {
+                    any_error = true;
+                    produce_response::PartitionProduceResponse::default()
+                        .with_index(index)
+                        .with_error_code(code(error))
+                        .with_base_offset(-1)
+                        .with_log_append_time_ms(-1)
+                        .with_log_start_offset(-1)
+                        .with_error_message(message.map(StrBytes::from_static_str))
+                }
+            };
+            topic_response.partition_responses.push(partition_response);
+        }
+        response.responses.push(topic_response);
+    }
+    if acks == 0 {
+        if any_error {
+            return Err("an acks=0 produce failed; closing so the client notices".into());
+        }
+        return Ok(Pending::Nothing);
+    }
+    let reply = Box::new(Reply::Produce(response));
+    if broker.config.mutated(Mutation::AckBeforeSync) {
+        return Ok(Pending::Now(*reply));
+    }
+    match wait_seq {
+        None => Ok(Pending::Now(*reply)),
+        // Only the partitions' own ends matter for acks=all: a topic
+        // created on the way is in the same sync as the batches appended
+        // after it, and the high watermark moves only when a sync completes.
+        Some(_) if acks == -1 && !marks.is_empty() => Ok(Pending::After {
+            wait: Wait::HighWatermarks(marks),
+            reply,
+        }),
+        Some(seq) => Ok(Pending::After {
+            wait: Wait::Durable(seq),
+            reply,
+        }),
+    }
+}
+
+fn produce_partition<S: Storage>(
+    broker: &mut Broker<S>,
+    context: Context<'_>,
+    name: &str,
+    index: i32,
+    records: Option<Bytes>,
+) -> Result<Produced, Refusal> {
+    let now_ms = context.now.wall_ms;
+    let Some(held) = broker.topics.partition_mut(name, index) else {
+        return Err((ResponseError::UnknownTopicOrPartition, None));
+    };
+    let log = &mut held.log;
+    let incarnation = held.incarnation;
+    let Some(records) = records.filter(|r| !r.is_empty()) else {
+        return Err((ResponseError::InvalidRecord, Some("no record batch")));
+    };
+    let header = batch::check_framing_first(&records).map_err(|e| {
+        let (error, why) = batch_error_code(&e);
+        (error, Some(why))
+    })?;
+    if header.size_bytes() != records.len() {
+        return Err((
+            ResponseError::InvalidRecord,
+            Some("exactly one record batch is allowed per partition"),
+        ));
+    }
+    if records.len() > log.config().max_message_bytes {
+        return Err((
+            ResponseError::MessageTooLarge,
+            Some("batch larger than max.message.bytes"),
+        ));
+    }
+    let config = log.config();
+    let create_time_bounds = (!config.log_append_time).then(|| {
+        (
+            now_ms.saturating_sub(config.timestamp_before_max_ms),
+            now_ms.saturating_add(config.timestamp_after_max_ms),
+        )
+    });
+    let decompressed_bytes_max = config
+        .max_message_bytes
+        .saturating_mul(broker.config.decompression_ratio_max);
+    let max_timestamp = batch::validate_produced_bounded(
+        &records,
+        &header,
+        create_time_bounds,
+        decompressed_bytes_max,
+    )
+    .map_err(|e| {
+        let (error, why) = batch_error_code(&e);
+        (error, Some(why))
+    })?;
+    let appended = match log.producers().check(&header) {
+        Ok(Verdict::Append) => log
+            .append_with_max_timestamp(&mut broker.storage, &records, 0, now_ms, max_timestamp)
+            .map_err(|error| {
+                tracing::error!(topic = name, partition = index, %error, "append failed");
+                (ResponseError::KafkaStorageError, None)
+            })?,
+        Ok(Verdict::Duplicate {
+            base_offset,
+            last_offset,
+            max_timestamp,
+        }) => {
+            // A retry: answer with the original offsets (and append time,
+            // as Kafka does) once they are durable.
+            let log_append_time_ms = if log.config().log_append_time {
+                max_timestamp
+            } else {
+                -1
+            };
+            Appended {
+                base_offset,
+                last_offset,
+                log_append_time_ms,
+            }
+        }
+        Err(SequenceError::OutOfOrder) => {
+            return Err((
+                ResponseError::OutOfOrderSequenceNumber,
+                Some("sequence does not follow the last batch"),
+            ))
+        }
+        Err(SequenceError::StaleEpoch) => {
+            return Err((
+                ResponseError::InvalidProducerEpoch,
+                Some("producer epoch is stale"),
+            ))
+        }
+    };
+    assert!(appended.base_offset <= appended.last_offset);
+    assert!(appended.last_offset < log.log_end_offset());
+    assert_eq!(
+        appended.last_offset - appended.base_offset,
+        header.last_offset_delta as i64,
+        "a batch keeps its record count"
+    );
+    let log_start_offset = log.log_start_offset();
+    let write_seq = broker.note_partition_write(name, index);
+    Ok(Produced {
+        appended,
+        log_start_offset,
+        write_seq,
+        incarnation,
+    })
+}

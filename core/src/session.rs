@@ -1,0 +1,159 @@
+//! Client connections and their reply queues. Replies on a connection leave
+//! in request order, whatever each one waits for; a slot at the front that
+//! is not ready holds back the ones behind it, as Kafka's clients expect.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use bytes::Bytes;
+
+use crate::group::Token;
+use crate::handlers::{ParkedFetch, Wait};
+use crate::types::TopicPartition;
+use crate::wire::{Reply, ReplyHeader};
+
+/// Responses a connection may have queued before the driver stops reading
+/// from it: the driver takes a permit per request handed in and gives it
+/// back per response sent (or at once for a request with none), so a
+/// connection never holds more slots than this.
+pub const QUEUED_RESPONSES_MAX: usize = 64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ConnectionId(pub u64);
+
+/// A reply in a connection's queue.
+#[derive(Debug)]
+pub struct Slot {
+    pub header: ReplyHeader,
+    pub state: SlotState,
+}
+
+#[derive(Debug)]
+pub enum SlotState {
+    /// Encoded and ready to go.
+    Ready(Bytes),
+    /// Encoded when `wait` holds (or its failure variant when it fails).
+    After { wait: Wait, reply: Box<Reply> },
+    /// A long-polling fetch; `woken` when one of its partitions moved (or
+    /// it never was evaluated at the front of the queue).
+    Fetch { parked: ParkedFetch, woken: bool },
+    /// Waits for the group coordinator's answer to this token.
+    Coordinator(Token),
+}
+
+#[derive(Debug)]
+struct Connection {
+    slots: VecDeque<Slot>,
+    /// The peer as Kafka names a client host (`client_host`), e.g. "/127.0.0.1".
+    client_host: String,
+}
+
+#[derive(Debug, Default)]
+pub struct Sessions {
+    connections: BTreeMap<ConnectionId, Connection>,
+}
+
+impl Sessions {
+    pub fn open(&mut self, connection: ConnectionId, client_host: String) {
+        let replaced = self.connections.insert(
+            connection,
+            Connection {
+                slots: VecDeque::new(),
+                client_host,
+            },
+        );
+        assert!(replaced.is_none(), "connection ids are not reused");
+    }
+
+    /// Forgets a connection and its queued replies; false if it was unknown.
+    pub fn close(&mut self, connection: ConnectionId) -> bool {
+        self.connections.remove(&connection).is_some()
+    }
+
+    pub fn contains(&self, connection: ConnectionId) -> bool {
+        self.connections.contains_key(&connection)
+    }
+
+    pub fn ids(&self) -> Vec<ConnectionId> {
+        self.connections.keys().copied().collect()
+    }
+
+    pub fn client_host(&self, connection: ConnectionId) -> Option<&str> {
+        self.connections
+            .get(&connection)
+            .map(|c| c.client_host.as_str())
+    }
+
+    /// Queues a reply slot behind the connection's others.
+    pub fn push(&mut self, connection: ConnectionId, slot: Slot) {
+        let queue = &mut self
+            .connections
+            .get_mut(&connection)
+            .expect("slots are pushed on open connections")
+            .slots;
+        assert!(
+            queue.len() < QUEUED_RESPONSES_MAX,
+            "the driver hands in at most {QUEUED_RESPONSES_MAX} requests awaiting replies"
+        );
+        queue.push_back(slot);
+    }
+
+    pub fn pop_front(&mut self, connection: ConnectionId) -> Option<Slot> {
+        self.connections.get_mut(&connection)?.slots.pop_front()
+    }
+
+    pub fn push_front(&mut self, connection: ConnectionId, slot: Slot) {
+        if let Some(c) = self.connections.get_mut(&connection) {
+            c.slots.push_front(slot);
+        }
+    }
+
+    pub fn front(&self, connection: ConnectionId) -> Option<&Slot> {
+        self.connections.get(&connection)?.slots.front()
+    }
+
+    pub fn queued(&self, connection: ConnectionId) -> usize {
+        self.connections
+            .get(&connection)
+            .map_or(0, |c| c.slots.len())
+    }
+
+    /// Tokens of coordinator answers some slot waits for.
+    pub fn waiting_tokens(&self) -> BTreeSet<Token> {
+        self.slots()
+            .filter_map(|slot| match slot.state {
+                SlotState::Coordinator(token) => Some(token),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Wakes the parked fetches that read one of `moved` (all when `all`).
+    pub fn wake_fetches(&mut self, moved: &BTreeSet<TopicPartition>, all: bool) {
+        for connection in self.connections.values_mut() {
+            for slot in connection.slots.iter_mut() {
+                if let SlotState::Fetch { parked, woken } = &mut slot.state {
+                    if all || parked.partitions.iter().any(|p| moved.contains(p)) {
+                        *woken = true;
+                    }
+                }
+            }
+        }
+    }
+
+    fn slots(&self) -> impl Iterator<Item = &Slot> {
+        self.connections.values().flat_map(|c| c.slots.iter())
+    }
+
+    pub fn invariants(&self) {
+        for connection in self.connections.values() {
+            assert!(connection.slots.len() <= QUEUED_RESPONSES_MAX);
+            assert!(connection.client_host.starts_with('/'));
+        }
+        let mut tokens = BTreeSet::new();
+        for slot in self.slots() {
+            if let SlotState::Coordinator(token) = slot.state {
+                assert!(tokens.insert(token), "one slot per coordinator token");
+            }
+        }
+    }
+}

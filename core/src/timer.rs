@@ -1,0 +1,78 @@
+//! Timers as a table keyed by what each one is for: at most one deadline
+//! per timer, on the monotonic clock. The node arms and stops them;
+//! `expired` hands out the ones due and stops them, so a deadline is
+//! reported once and the driver needs no guard against one reported again.
+
+use std::collections::BTreeMap;
+
+use crate::session::ConnectionId;
+use crate::types::NodeId;
+
+/// What a deadline is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Timer {
+    /// Log retention runs (`log.retention.check.interval.ms`).
+    Retention,
+    /// Committed offsets past their retention are removed
+    /// (`offsets.retention.check.interval.ms`).
+    OffsetsExpiry,
+    /// The group coordinator's earliest session, rebalance or join deadline.
+    Groups,
+    /// The long-polling fetch at the front of a connection's queue.
+    FetchDeadline(ConnectionId),
+    /// The oldest unanswered request on the link to a peer.
+    PeerRequest(NodeId),
+}
+
+#[derive(Debug, Default)]
+pub struct TimerTable {
+    deadlines: BTreeMap<Timer, i64>,
+}
+
+impl TimerTable {
+    pub fn set(&mut self, timer: Timer, deadline_ms: i64) {
+        self.deadlines.insert(timer, deadline_ms);
+    }
+
+    pub fn stop(&mut self, timer: Timer) {
+        self.deadlines.remove(&timer);
+    }
+
+    /// The earliest deadline of any armed timer.
+    pub fn next_deadline_ms(&self) -> Option<i64> {
+        self.deadlines.values().copied().min()
+    }
+
+    /// Stops and returns every timer due at `now_ms`, in the table's order.
+    pub fn expired(&mut self, now_ms: i64) -> Vec<Timer> {
+        let due: Vec<Timer> = self
+            .deadlines
+            .iter()
+            .filter(|(_, &deadline)| deadline <= now_ms)
+            .map(|(&timer, _)| timer)
+            .collect();
+        for timer in &due {
+            self.deadlines.remove(timer);
+        }
+        due
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_expired_timer_is_reported_once() {
+        let mut timers = TimerTable::default();
+        timers.set(Timer::Retention, 100);
+        timers.set(Timer::Groups, 50);
+        timers.set(Timer::FetchDeadline(ConnectionId(3)), 200);
+        assert_eq!(timers.next_deadline_ms(), Some(50));
+        assert_eq!(timers.expired(100), vec![Timer::Retention, Timer::Groups]);
+        assert!(timers.expired(100).is_empty());
+        assert_eq!(timers.next_deadline_ms(), Some(200));
+        timers.stop(Timer::FetchDeadline(ConnectionId(3)));
+        assert_eq!(timers.next_deadline_ms(), None);
+    }
+}

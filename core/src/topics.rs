@@ -1,0 +1,218 @@
+//! The topics this broker holds: names, ids, configs and partition logs,
+//! the naming rules, and a topic's file lifecycle (open, grow, remove).
+//!
+//! Every log opened gets an incarnation number never used before in this
+//! process: a topic deleted and created again under the same name has new
+//! numbers, so work issued for the old logs (a sync's log ends) can never
+//! be applied to the new ones.
+
+use std::collections::BTreeMap;
+use std::io;
+
+use crate::config::{BrokerConfig, TopicConfig};
+use crate::log::PartitionLog;
+use crate::metadata::TopicRecord;
+use crate::storage::Storage;
+use crate::types::TopicPartition;
+
+/// One partition of a topic hosted here.
+#[derive(Debug)]
+pub struct Partition {
+    pub log: PartitionLog,
+    pub incarnation: u64,
+}
+
+/// A topic and its partitions.
+#[derive(Debug)]
+pub struct Topic {
+    pub id: [u8; 16],
+    pub config: TopicConfig,
+    pub partitions: Vec<Partition>,
+}
+
+/// What opening a partition found on disk.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Opened {
+    /// A partition directory was created: the log dir's entries changed.
+    pub created_dirs: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct Topics {
+    by_name: BTreeMap<String, Topic>,
+    next_incarnation: u64,
+}
+
+/// Kafka's topic name rule: 1 to 249 of `[a-zA-Z0-9._-]`, not `.` or `..`.
+pub fn topic_name_problem(name: &str) -> Option<String> {
+    if name.is_empty() {
+        return Some("Topic name is illegal, it can't be empty".into());
+    }
+    if name == "." || name == ".." {
+        return Some("Topic name cannot be \".\" or \"..\"".into());
+    }
+    if name.len() > 249 {
+        return Some(format!(
+            "Topic name is illegal, it can't be longer than 249 characters, topic name: {name}"
+        ));
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+    {
+        return Some(format!("Topic name \"{name}\" is illegal, it contains a character other than ASCII alphanumerics, '.', '_' and '-'"));
+    }
+    None
+}
+
+/// The directory of a partition's log.
+pub fn partition_dir(topic: &str, partition: i32) -> String {
+    format!("{topic}-{partition}")
+}
+
+impl Topics {
+    pub fn get(&self, name: &str) -> Option<&Topic> {
+        self.by_name.get(name)
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.by_name.contains_key(name)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &String> {
+        self.by_name.keys()
+    }
+
+    /// Every partition, by topic name and index.
+    pub fn partitions_mut(&mut self) -> impl Iterator<Item = (TopicPartition, &mut Partition)> {
+        self.by_name.iter_mut().flat_map(|(name, topic)| {
+            topic
+                .partitions
+                .iter_mut()
+                .enumerate()
+                .map(move |(index, p)| (TopicPartition::new(name.clone(), index as i32), p))
+        })
+    }
+
+    pub fn partition(&self, topic: &str, index: i32) -> Option<&Partition> {
+        let index = usize::try_from(index).ok()?;
+        self.by_name.get(topic)?.partitions.get(index)
+    }
+
+    pub fn partition_mut(&mut self, topic: &str, index: i32) -> Option<&mut Partition> {
+        let index = usize::try_from(index).ok()?;
+        self.by_name.get_mut(topic)?.partitions.get_mut(index)
+    }
+
+    /// The number of partitions of a topic; 0 when it does not exist.
+    pub fn partition_count(&self, topic: &str) -> i32 {
+        self.by_name
+            .get(topic)
+            .map_or(0, |t| t.partitions.len() as i32)
+    }
+
+    pub fn name_by_id(&self, id: &uuid::Uuid) -> Option<String> {
+        self.by_name
+            .iter()
+            .find(|(_, t)| t.id == *id.as_bytes())
+            .map(|(name, _)| name.clone())
+    }
+
+    /// Kafka refuses a name that differs from an existing one only by `.`
+    /// against `_` (their metric names would collide).
+    pub fn collision(&self, name: &str) -> Option<String> {
+        let folded = name.replace('.', "_");
+        self.by_name
+            .keys()
+            .find(|existing| existing.replace('.', "_") == folded && existing.as_str() != name)
+            .map(|existing| format!("Topic '{name}' collides with existing topic: {existing}"))
+    }
+
+    /// Opens (or creates) the logs of a recorded topic.
+    pub fn open<S: Storage>(
+        &mut self,
+        storage: &mut S,
+        broker: &BrokerConfig,
+        record: &TopicRecord,
+        clean: bool,
+    ) -> io::Result<Opened> {
+        let config = TopicConfig::new(broker, &record.configs).unwrap_or_else(|error| {
+            tracing::error!(topic = %record.name, %error, "stored topic config is invalid; using defaults");
+            TopicConfig::new(broker, &BTreeMap::new()).expect("defaults are valid")
+        });
+        let topic = Topic {
+            id: record.id,
+            config,
+            partitions: Vec::new(),
+        };
+        assert!(
+            !self.by_name.contains_key(&record.name),
+            "a topic is opened once"
+        );
+        self.by_name.insert(record.name.clone(), topic);
+        let mut opened = Opened::default();
+        for _ in 0..record.partitions {
+            let grown = self.grow(storage, &record.name, clean)?;
+            opened.created_dirs |= grown.created_dirs;
+        }
+        Ok(opened)
+    }
+
+    /// Opens the next partition of a topic (a new one, or one found at start).
+    pub fn grow<S: Storage>(
+        &mut self,
+        storage: &mut S,
+        name: &str,
+        clean: bool,
+    ) -> io::Result<Opened> {
+        let incarnation = self.next_incarnation;
+        let topic = self
+            .by_name
+            .get_mut(name)
+            .expect("grown topics are registered");
+        let dir = partition_dir(name, topic.partitions.len() as i32);
+        let created_dirs = !storage.exists(&dir);
+        let (log, recovery) = PartitionLog::open(storage, &dir, topic.config.clone(), clean)?;
+        if recovery.truncated_bytes > 0 || recovery.segments_removed > 0 {
+            tracing::warn!(%dir, ?recovery, "recovered partition log");
+        }
+        topic.partitions.push(Partition { log, incarnation });
+        self.next_incarnation += 1;
+        Ok(Opened { created_dirs })
+    }
+
+    /// Forgets a topic and removes its files (after its deletion was recorded).
+    pub fn remove<S: Storage>(&mut self, storage: &mut S, name: &str) -> io::Result<()> {
+        let Some(mut topic) = self.by_name.remove(name) else {
+            return Ok(());
+        };
+        for partition in topic.partitions.iter_mut() {
+            partition.log.close(storage);
+            let dir = partition.log.dir().to_string();
+            remove_dir_all(storage, &dir)?;
+        }
+        Ok(())
+    }
+
+    pub fn invariants(&self) {
+        for (name, topic) in &self.by_name {
+            assert!(
+                topic_name_problem(name).is_none(),
+                "a held topic has a legal name"
+            );
+            for (index, partition) in topic.partitions.iter().enumerate() {
+                assert!(partition.incarnation < self.next_incarnation);
+                assert_eq!(partition.log.dir(), partition_dir(name, index as i32));
+                partition.log.invariants();
+            }
+        }
+    }
+}
+
+/// Removes a directory and the files in it.
+pub fn remove_dir_all<S: Storage + ?Sized>(storage: &mut S, dir: &str) -> io::Result<()> {
+    for name in storage.list_dir(dir)? {
+        storage.remove_file(&format!("{dir}/{name}"))?;
+    }
+    storage.remove_dir(dir)
+}

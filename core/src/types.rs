@@ -1,0 +1,56 @@
+//! Small values every layer of the core shares: which node, which
+//! partition, and what time it is.
+
+/// A broker's or controller's id (`node.id`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NodeId(pub i32);
+
+impl std::fmt::Display for NodeId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// A partition of a topic, by name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TopicPartition {
+    pub topic: String,
+    pub partition: i32,
+}
+
+impl TopicPartition {
+    pub fn new(topic: impl Into<String>, partition: i32) -> TopicPartition {
+        TopicPartition {
+            topic: topic.into(),
+            partition,
+        }
+    }
+}
+
+impl std::fmt::Display for TopicPartition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.topic, self.partition)
+    }
+}
+
+/// The time an input happens at, as the driver reads its two clocks.
+///
+/// Deadlines (sessions, long polls, timers) run on `monotonic_ms`, which
+/// never goes back and means nothing across restarts; what is written down
+/// or compared with record timestamps (append times, retention, commit
+/// times) uses `wall_ms`, milliseconds since the Unix epoch, which may jump.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Now {
+    pub monotonic_ms: i64,
+    pub wall_ms: i64,
+}
+
+impl Now {
+    /// Both clocks at the same reading (tests and tools).
+    pub fn at(ms: i64) -> Now {
+        Now {
+            monotonic_ms: ms,
+            wall_ms: ms,
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! Reply bodies of every served API and their framing: length prefix,
+//! response header, body.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::{Decodable, Encodable};
+
+/// What a response frame needs from its request: which API and version
+/// to encode, and the correlation id to echo.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplyHeader {
+    pub api_key: ApiKey,
+    pub version: i16,
+    pub correlation_id: i32,
+}
+
+/// A response body of any served API.
+#[derive(Debug, Clone)]
+pub enum Reply {
+    ApiVersions(ApiVersionsResponse),
+    Metadata(MetadataResponse),
+    Produce(ProduceResponse),
+    Fetch(FetchResponse),
+    ListOffsets(ListOffsetsResponse),
+    CreateTopics(CreateTopicsResponse),
+    DeleteTopics(DeleteTopicsResponse),
+    CreatePartitions(CreatePartitionsResponse),
+    DescribeConfigs(DescribeConfigsResponse),
+    DescribeCluster(DescribeClusterResponse),
+    InitProducerId(InitProducerIdResponse),
+    FindCoordinator(FindCoordinatorResponse),
+    JoinGroup(JoinGroupResponse),
+    SyncGroup(SyncGroupResponse),
+    Heartbeat(HeartbeatResponse),
+    LeaveGroup(LeaveGroupResponse),
+    OffsetCommit(OffsetCommitResponse),
+    OffsetFetch(OffsetFetchResponse),
+    ListGroups(ListGroupsResponse),
+    DescribeGroups(DescribeGroupsResponse),
+    DeleteGroups(DeleteGroupsResponse),
+}
+
+impl Reply {
+    pub fn encode(&self, buf: &mut BytesMut, version: i16) -> Result<(), String> {
+        let result = match self {
+            Reply::ApiVersions(r) => r.encode(buf, version),
+            Reply::Metadata(r) => r.encode(buf, version),
+            Reply::Produce(r) => r.encode(buf, version),
+            Reply::Fetch(r) => r.encode(buf, version),
+            Reply::ListOffsets(r) => r.encode(buf, version),
+            Reply::CreateTopics(r) => r.encode(buf, version),
+            Reply::DeleteTopics(r) => r.encode(buf, version),
+            Reply::CreatePartitions(r) => r.encode(buf, version),
+            Reply::DescribeConfigs(r) => r.encode(buf, version),
+            Reply::DescribeCluster(r) => r.encode(buf, version),
+            Reply::InitProducerId(r) => r.encode(buf, version),
+            Reply::FindCoordinator(r) => r.encode(buf, version),
+            Reply::JoinGroup(r) => r.encode(buf, version),
+            Reply::SyncGroup(r) => r.encode(buf, version),
+            Reply::Heartbeat(r) => r.encode(buf, version),
+            Reply::LeaveGroup(r) => r.encode(buf, version),
+            Reply::OffsetCommit(r) => r.encode(buf, version),
+            Reply::OffsetFetch(r) => r.encode(buf, version),
+            Reply::ListGroups(r) => r.encode(buf, version),
+            Reply::DescribeGroups(r) => r.encode(buf, version),
+            Reply::DeleteGroups(r) => r.encode(buf, version),
+        };
+        result.map_err(|e| e.to_string())
+    }
+}
+
+/// Decodes a request body; a body that does not parse closes the connection.
+pub fn decode<T: Decodable>(buf: &mut Bytes, version: i16) -> Result<T, String> {
+    T::decode(buf, version).map_err(|e| format!("bad request body: {e}"))
+}
+
+/// Encodes a response frame: length, header, body.
+pub fn encode_reply(header: ReplyHeader, reply: &Reply) -> Result<Bytes, String> {
+    let mut buf = BytesMut::with_capacity(64);
+    buf.put_i32(0);
+    let response_header = ResponseHeader::default().with_correlation_id(header.correlation_id);
+    let header_version = header.api_key.response_header_version(header.version);
+    response_header
+        .encode(&mut buf, header_version)
+        .map_err(|e| e.to_string())?;
+    reply.encode(&mut buf, header.version).map_err(|e| {
+        format!(
+            "cannot encode the {:?} v{} response: {e}",
+            header.api_key, header.version
+        )
+    })?;
+    let length = (buf.len() - 4) as i32;
+    buf[0..4].copy_from_slice(&length.to_be_bytes());
+    Ok(buf.freeze())
+}
+
+/// Encodes a request frame to a peer: length, header, body.
+pub fn encode_request<T: Encodable>(
+    api_key: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    client_id: &str,
+    body: &T,
+) -> Result<Bytes, String> {
+    let mut buf = BytesMut::with_capacity(64);
+    buf.put_i32(0);
+    let header = RequestHeader::default()
+        .with_request_api_key(api_key as i16)
+        .with_request_api_version(version)
+        .with_correlation_id(correlation_id)
+        .with_client_id(Some(kafka_protocol::protocol::StrBytes::from_string(
+            client_id.to_string(),
+        )));
+    header
+        .encode(&mut buf, api_key.request_header_version(version))
+        .map_err(|e| e.to_string())?;
+    body.encode(&mut buf, version)
+        .map_err(|e| format!("cannot encode the {api_key:?} v{version} request: {e}"))?;
+    let length = (buf.len() - 4) as i32;
+    buf[0..4].copy_from_slice(&length.to_be_bytes());
+    Ok(buf.freeze())
+}
+
+/// The correlation id of a response frame (without its length prefix);
+/// None when the frame is too short to hold one.
+pub fn response_correlation_id(frame: &[u8]) -> Option<i32> {
+    let bytes: [u8; 4] = frame.get(..4)?.try_into().ok()?;
+    Some(i32::from_be_bytes(bytes))
+}
+
+/// Decodes a response frame (without its length prefix) of a known API and version.
+pub fn decode_response<T: Decodable>(
+    api_key: ApiKey,
+    version: i16,
+    mut frame: Bytes,
+) -> Result<(i32, T), String> {
+    let header = ResponseHeader::decode(&mut frame, api_key.response_header_version(version))
+        .map_err(|e| format!("bad response header: {e}"))?;
+    let body = T::decode(&mut frame, version)
+        .map_err(|e| format!("bad {api_key:?} v{version} response: {e}"))?;
+    Ok((header.correlation_id, body))
+}
+
+/// The error code of a result whose change never became durable: the
+/// successes turn into KAFKA_STORAGE_ERROR, other errors stay.
+pub fn unsynced_error_code(error_code: i16) -> i16 {
+    if error_code == 0 {
+        kafka_protocol::ResponseError::KafkaStorageError.code()
+    } else {
+        error_code
+    }
+}
+
+impl Reply {
+    /// What the client gets instead of this reply when the change behind it
+    /// never became durable (a sync failed first): every success turns into
+    /// the error Kafka gives for storage it cannot trust, errors stay.
+    pub fn unsynced(self) -> Reply {
+        let coordinator_not_available =
+            kafka_protocol::ResponseError::CoordinatorNotAvailable.code();
+        match self {
+            Reply::Produce(mut response) => {
+                for partition in response
+                    .responses
+                    .iter_mut()
+                    .flat_map(|t| t.partition_responses.iter_mut())
+                {
+                    if partition.error_code == 0 {
+                        partition.error_code = unsynced_error_code(0);
+                        partition.base_offset = -1;
+                    }
+                }
+                Reply::Produce(response)
+            }
+            Reply::Metadata(_) => {
+                Reply::Metadata(MetadataResponse::default().with_error_code(unsynced_error_code(0)))
+            }
+            Reply::CreateTopics(mut response) => {
+                for topic in response.topics.iter_mut() {
+                    topic.error_code = unsynced_error_code(topic.error_code);
+                }
+                Reply::CreateTopics(response)
+            }
+            Reply::DeleteTopics(mut response) => {
+                for topic in response.responses.iter_mut() {
+                    topic.error_code = unsynced_error_code(topic.error_code);
+                }
+                Reply::DeleteTopics(response)
+            }
+            Reply::CreatePartitions(mut response) => {
+                for topic in response.results.iter_mut() {
+                    topic.error_code = unsynced_error_code(topic.error_code);
+                }
+                Reply::CreatePartitions(response)
+            }
+            Reply::InitProducerId(_) => Reply::InitProducerId(
+                InitProducerIdResponse::default()
+                    .with_error_code(unsynced_error_code(0))
+                    .with_producer_id(ProducerId(-1))
+                    .with_producer_epoch(-1),
+            ),
+            Reply::OffsetCommit(mut response) => {
+                for partition in response
+                    .topics
+                    .iter_mut()
+                    .flat_map(|t| t.partitions.iter_mut())
+                {
+                    partition.error_code = unsynced_error_code(partition.error_code);
+                }
+                Reply::OffsetCommit(response)
+            }
+            Reply::OffsetFetch(_) => Reply::OffsetFetch(
+                OffsetFetchResponse::default().with_error_code(coordinator_not_available),
+            ),
+            Reply::DeleteGroups(mut response) => {
+                for group in response.results.iter_mut() {
+                    group.error_code = unsynced_error_code(group.error_code);
+                }
+                Reply::DeleteGroups(response)
+            }
+            // A group change that was not recorded: the member finds the
+            // coordinator again and rejoins.
+            Reply::JoinGroup(response) => {
+                Reply::JoinGroup(response.with_error_code(coordinator_not_available))
+            }
+            Reply::SyncGroup(response) => Reply::SyncGroup(
+                SyncGroupResponse::default()
+                    .with_throttle_time_ms(response.throttle_time_ms)
+                    .with_error_code(coordinator_not_available),
+            ),
+            other => other,
+        }
+    }
+}

@@ -1,0 +1,381 @@
+//! The nemesis: applies a run's fault schedule to the simulated cluster
+//! during the safety phase (crashes, partitions, slow links and disks, a
+//! full disk, clock jumps), heals each fault when it is due, and heals
+//! everything when the liveness phase starts. Every fault and heal goes to
+//! the trace and the history.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::disk::{CrashFault, DiskFaults};
+use crate::history::History;
+use crate::run::{max_message_latency, KillSwitch, SimNode, Spec};
+use crate::trace::Trace;
+
+/// One fault, at a simulated time in the safety phase. Nodes are named by
+/// their number, 1 to `Spec::nodes` (host `node1` is node 1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// Kill a node; its disk loses or damages what was not synced; it
+    /// restarts `down_ms` later.
+    Crash {
+        node: u32,
+        damage: CrashFault,
+        down_ms: u64,
+    },
+    /// Crash a client host (a group member) and start it again later.
+    CrashHost { host: String, down_ms: u64 },
+    /// Cut a client off from a node for a while.
+    Partition {
+        client: String,
+        node: u32,
+        for_ms: u64,
+    },
+    /// Cut two nodes off from each other for a while.
+    PartitionNodes { a: u32, b: u32, for_ms: u64 },
+    /// Make every message take up to `max_ms` for a while.
+    Latency { max_ms: u64, for_ms: u64 },
+    /// Make every message between two nodes take up to `max_ms` for a
+    /// while. turmoil gives the link its own latency settings from then on,
+    /// so a later `Latency` fault no longer slows this link.
+    SlowLink {
+        a: u32,
+        b: u32,
+        max_ms: u64,
+        for_ms: u64,
+    },
+    /// Make a node's syncs take `latency_ms` for a while.
+    SlowDisk {
+        node: u32,
+        latency_ms: u64,
+        for_ms: u64,
+    },
+    /// Let a node's disk hold no more than it holds now plus `room_bytes`,
+    /// for a while.
+    DiskFull {
+        node: u32,
+        room_bytes: u64,
+        for_ms: u64,
+    },
+    /// Step a node's wall clock by `delta_ms`, forward or back, as a bad
+    /// time source would; its monotonic clock (deadlines) runs on. Jumps add
+    /// up; the clock returns to true time when the faults heal.
+    ClockJump { node: u32, delta_ms: i64 },
+}
+
+impl Fault {
+    /// The nodes the fault names.
+    pub fn nodes(&self) -> Vec<u32> {
+        match self {
+            Fault::Crash { node, .. }
+            | Fault::Partition { node, .. }
+            | Fault::SlowDisk { node, .. }
+            | Fault::DiskFull { node, .. }
+            | Fault::ClockJump { node, .. } => vec![*node],
+            Fault::PartitionNodes { a, b, .. } | Fault::SlowLink { a, b, .. } => vec![*a, *b],
+            Fault::CrashHost { .. } | Fault::Latency { .. } => Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Scheduled {
+    pub at_ms: u64,
+    pub fault: Fault,
+}
+
+#[derive(Debug, Clone)]
+enum Heal {
+    RestartHost(String),
+    Restart(u32),
+    /// Repair the link between two hosts (client or node).
+    Repair {
+        a: String,
+        b: String,
+    },
+    Latency,
+    LinkLatency {
+        a: u32,
+        b: u32,
+    },
+    Disk(u32),
+}
+
+/// Applies the schedule: each fault at its time, each heal when it is due.
+pub(crate) struct Nemesis {
+    /// Faults still to come, latest first.
+    pending: Vec<Scheduled>,
+    /// Heals due, as (time, what).
+    heals: Vec<(Duration, Heal)>,
+    /// The cluster's nodes, node `n` at index `n - 1`.
+    nodes: Vec<SimNode>,
+    base_disk: DiskFaults,
+    base_latency: Duration,
+    /// Kill switches of the group members, by host name.
+    member_kills: BTreeMap<String, KillSwitch>,
+    history: History,
+    trace: Trace,
+    pub(crate) healed: bool,
+}
+
+impl Nemesis {
+    pub(crate) fn new(
+        spec: &Spec,
+        nodes: Vec<SimNode>,
+        member_kills: BTreeMap<String, KillSwitch>,
+        history: History,
+        trace: Trace,
+    ) -> Nemesis {
+        for scheduled in &spec.faults {
+            let named = scheduled.fault.nodes();
+            for node in &named {
+                assert!(
+                    (1..=nodes.len() as u32).contains(node),
+                    "{:?} names node {node} of a cluster of {}",
+                    scheduled.fault,
+                    nodes.len()
+                );
+            }
+            assert!(
+                named.len() < 2 || named[0] != named[1],
+                "{:?} names one node as both ends of a link",
+                scheduled.fault
+            );
+        }
+        let mut pending = spec.faults.clone();
+        pending.sort_by_key(|s| s.at_ms);
+        pending.reverse();
+        Nemesis {
+            pending,
+            heals: Vec::new(),
+            nodes,
+            base_disk: spec.disk.clone(),
+            base_latency: max_message_latency(spec),
+            member_kills,
+            history,
+            trace,
+            healed: false,
+        }
+    }
+
+    fn node(&self, node: u32) -> &SimNode {
+        &self.nodes[node as usize - 1]
+    }
+
+    fn note(&self, now: Duration, what: String) {
+        self.trace.record(
+            now.as_micros(),
+            &format!("FAULT harness      nemesis: {what}"),
+        );
+        self.history.fault(now.as_micros(), what);
+    }
+
+    fn is_down(&self, node: u32) -> bool {
+        self.heals
+            .iter()
+            .any(|(_, h)| matches!(h, Heal::Restart(n) if *n == node))
+    }
+
+    /// Heals what is due, then injects what is due.
+    pub(crate) fn apply_due(&mut self, sim: &mut turmoil::Sim<'_>, now: Duration) {
+        let due: Vec<Heal> = self
+            .heals
+            .iter()
+            .filter(|(at, _)| *at <= now)
+            .map(|(_, h)| h.clone())
+            .collect();
+        self.heals.retain(|(at, _)| *at > now);
+        for heal in due {
+            self.heal(sim, now, heal);
+        }
+        while self
+            .pending
+            .last()
+            .is_some_and(|s| Duration::from_millis(s.at_ms) <= now)
+        {
+            let scheduled = self.pending.pop().expect("checked");
+            self.inject(sim, now, scheduled.fault);
+        }
+    }
+
+    fn inject(&mut self, sim: &mut turmoil::Sim<'_>, now: Duration, fault: Fault) {
+        let until = |ms: u64| now + Duration::from_millis(ms);
+        match fault {
+            Fault::Crash {
+                node,
+                damage,
+                down_ms,
+            } if !self.is_down(node) => {
+                self.node(node).crash(sim, damage);
+                let host = &self.node(node).host;
+                self.note(now, format!("crash {host}, unsynced writes: {damage:?}"));
+                self.heals.push((until(down_ms), Heal::Restart(node)));
+            }
+            Fault::Crash { .. } => {}
+            Fault::CrashHost { host, down_ms } => {
+                let running = !self
+                    .heals
+                    .iter()
+                    .any(|(_, h)| matches!(h, Heal::RestartHost(name) if *name == host));
+                if let Some(kill) = self.member_kills.get(&host).filter(|_| running) {
+                    kill.stop(sim, &host);
+                    self.note(now, format!("crash {host}"));
+                    self.heals.push((until(down_ms), Heal::RestartHost(host)));
+                }
+            }
+            Fault::Partition {
+                client,
+                node,
+                for_ms,
+            } => {
+                let host = self.node(node).host.clone();
+                self.partition(sim, now, client, host, until(for_ms));
+            }
+            Fault::PartitionNodes { a, b, for_ms } => {
+                let (a, b) = (self.node(a).host.clone(), self.node(b).host.clone());
+                self.partition(sim, now, a, b, until(for_ms));
+            }
+            Fault::Latency { max_ms, for_ms } => {
+                sim.set_max_message_latency(Duration::from_millis(max_ms));
+                self.note(now, format!("message latency up to {max_ms} ms"));
+                self.heals.push((until(for_ms), Heal::Latency));
+            }
+            Fault::SlowLink {
+                a,
+                b,
+                max_ms,
+                for_ms,
+            } => {
+                let (host_a, host_b) = (&self.node(a).host, &self.node(b).host);
+                sim.set_link_max_message_latency(
+                    host_a.as_str(),
+                    host_b.as_str(),
+                    Duration::from_millis(max_ms),
+                );
+                self.note(
+                    now,
+                    format!("latency between {host_a} and {host_b} up to {max_ms} ms"),
+                );
+                self.heals.push((until(for_ms), Heal::LinkLatency { a, b }));
+            }
+            Fault::SlowDisk {
+                node,
+                latency_ms,
+                for_ms,
+            } => {
+                let target = self.node(node);
+                target.disk.set_faults(DiskFaults {
+                    sync_latency: Duration::from_millis(latency_ms),
+                    ..self.base_disk.clone()
+                });
+                let host = &target.host;
+                self.note(now, format!("syncs of {host} take {latency_ms} ms"));
+                self.heals.push((until(for_ms), Heal::Disk(node)));
+            }
+            Fault::DiskFull {
+                node,
+                room_bytes,
+                for_ms,
+            } => {
+                let target = self.node(node);
+                let used = target.disk.snapshot().volatile_bytes();
+                target.disk.set_faults(DiskFaults {
+                    capacity_bytes: Some(used + room_bytes),
+                    ..self.base_disk.clone()
+                });
+                let host = &target.host;
+                self.note(
+                    now,
+                    format!("disk of {host} full after {room_bytes} more bytes"),
+                );
+                self.heals.push((until(for_ms), Heal::Disk(node)));
+            }
+            Fault::ClockJump { node, delta_ms } => {
+                let offset_ms = self.node(node).jump_clock(delta_ms);
+                let host = &self.node(node).host;
+                self.note(
+                    now,
+                    format!(
+                        "clock of {host} jumps {delta_ms:+} ms, {offset_ms:+} ms off true time"
+                    ),
+                );
+            }
+        }
+    }
+
+    fn partition(
+        &mut self,
+        sim: &mut turmoil::Sim<'_>,
+        now: Duration,
+        a: String,
+        b: String,
+        until: Duration,
+    ) {
+        sim.partition(a.as_str(), b.as_str());
+        self.note(now, format!("partition {a} from {b}"));
+        self.heals.push((until, Heal::Repair { a, b }));
+    }
+
+    fn heal(&mut self, sim: &mut turmoil::Sim<'_>, now: Duration, heal: Heal) {
+        match heal {
+            Heal::RestartHost(host) => {
+                sim.bounce(host.as_str());
+                self.note(now, format!("restart {host}"));
+            }
+            Heal::Restart(node) => {
+                let host = &self.node(node).host;
+                sim.bounce(host.as_str());
+                self.note(now, format!("restart {host}"));
+            }
+            Heal::Repair { a, b } => {
+                sim.repair(a.as_str(), b.as_str());
+                self.note(now, format!("repair {a} to {b}"));
+            }
+            Heal::Latency => {
+                sim.set_max_message_latency(self.base_latency);
+                self.note(now, "message latency back to normal".into());
+            }
+            Heal::LinkLatency { a, b } => {
+                let (a, b) = (&self.node(a).host, &self.node(b).host);
+                sim.set_link_max_message_latency(a.as_str(), b.as_str(), self.base_latency);
+                self.note(now, format!("latency between {a} and {b} back to normal"));
+            }
+            Heal::Disk(node) => {
+                let node = self.node(node);
+                node.disk.set_faults(self.base_disk.clone());
+                self.note(now, format!("disk of {} back to normal", node.host));
+            }
+        }
+    }
+
+    /// Heals every fault, so the liveness phase starts from a healthy cluster.
+    pub(crate) fn heal_all(&mut self, sim: &mut turmoil::Sim<'_>, now: Duration) {
+        for (_, heal) in std::mem::take(&mut self.heals) {
+            self.heal(sim, now, heal);
+        }
+        // Failed syncs take a node offline until a restart; the liveness
+        // phase starts from healthy nodes.
+        let mut base = self.base_disk.clone();
+        base.sync_failure_per_million = 0;
+        for node in &self.nodes {
+            node.disk.set_faults(base.clone());
+            if node.disk.syncs_failed() > 0 {
+                node.crash(sim, CrashFault::LoseUnsynced);
+                sim.bounce(node.host.as_str());
+                self.note(now, format!("restart {} after failed syncs", node.host));
+            }
+            let offset_ms = node.clock_offset_ms();
+            if offset_ms != 0 {
+                node.jump_clock(-offset_ms);
+                self.note(
+                    now,
+                    format!(
+                        "clock of {} back to true time ({:+} ms)",
+                        node.host, -offset_ms
+                    ),
+                );
+            }
+        }
+        self.healed = true;
+    }
+}
