@@ -730,6 +730,100 @@ impl PartitionLog {
         Ok(())
     }
 
+    /// Drops every batch whose last offset is at or above `offset`, as
+    /// Kafka's `truncateTo` does: a batch holding `offset` goes whole, so
+    /// the new end (returned) may lie below `offset`. Later segments are
+    /// removed, the cut segment's indexes rebuilt from its headers, and the
+    /// producer state rebuilt from the whole log. What was durable above the
+    /// new end no longer counts; the next sync covers the cut.
+    pub fn truncate_to<S: Storage + ?Sized>(
+        &mut self,
+        storage: &mut S,
+        offset: i64,
+    ) -> io::Result<i64> {
+        assert!(
+            offset >= self.log_start_offset,
+            "truncation below the log start ({offset} < {})",
+            self.log_start_offset
+        );
+        if offset >= self.log_end_offset() {
+            return Ok(self.log_end_offset());
+        }
+        // The segment that keeps the cut: the last one starting below
+        // `offset`, or the first when the whole log goes.
+        let keep = self
+            .segments
+            .partition_point(|s| s.base_offset < offset)
+            .max(1);
+        let removed: Vec<Segment> = self.segments.drain(keep..).collect();
+        for segment in &removed {
+            for file in [segment.log_file, segment.index_file, segment.time_file] {
+                storage.close(file);
+            }
+            let log_path = format!(
+                "{}/{}",
+                self.dir,
+                segment_name(segment.base_offset, LOG_SUFFIX)
+            );
+            self.dirty.remove(&SyncTarget::File(log_path));
+        }
+        let bases: Vec<i64> = removed.iter().map(|s| s.base_offset).collect();
+        self.remove_files_from(storage, &bases)?;
+        let interval = self.config.index_interval_bytes;
+        let dir = self.dir.clone();
+        let segment = self
+            .segments
+            .last_mut()
+            .expect("a log always has a segment");
+        // The position of the first batch reaching `offset`.
+        let mut position = segment.position_for(offset);
+        let mut header_bytes = [0u8; HEADER_BYTES];
+        while position < segment.size_bytes {
+            read_exact_at(storage, segment.log_file, position, &mut header_bytes)?;
+            let header = BatchHeader::parse(&header_bytes);
+            if header.last_offset() >= offset {
+                break;
+            }
+            position += header.size_bytes() as u64;
+        }
+        storage.truncate(segment.log_file, position)?;
+        segment.size_bytes = position;
+        segment.next_offset = segment.base_offset;
+        segment.offset_index.clear();
+        segment.time_index.clear();
+        segment.max_timestamp = -1;
+        segment.first_batch_timestamp = None;
+        segment.bytes_since_index_entry = 0;
+        let mut headers = Vec::new();
+        let mut at = 0u64;
+        scan_headers(storage, segment, |header| {
+            headers.push((*header, at));
+            at += header.size_bytes() as u64;
+        })?;
+        for (header, at) in &headers {
+            index_batch(segment, header, *at, interval);
+        }
+        assert_eq!(at, position, "the cut falls on a batch boundary");
+        write_indexes(storage, segment)?;
+        let log_path = format!("{dir}/{}", segment_name(segment.base_offset, LOG_SUFFIX));
+        self.dirty.insert(SyncTarget::File(log_path));
+        for suffix in [INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
+            let path = format!("{dir}/{}", segment_name(segment.base_offset, suffix));
+            self.dirty.insert(SyncTarget::File(path));
+        }
+        let end = self.log_end_offset();
+        assert!(end <= offset, "truncation left {end} above {offset}");
+        self.durable_offset = self.durable_offset.min(end);
+        self.producers = ProducerStates::default();
+        for segment in &self.segments {
+            let producers = &mut self.producers;
+            scan_headers(storage, segment, |header| producers.record(header))?;
+        }
+        tracing::info!(dir = %self.dir, offset, end, segments_removed = removed.len(), "truncated the log");
+        self.invariants();
+        Ok(end)
+    }
+
     /// Closes every file, for a clean shutdown or a topic deletion.
     pub fn close<S: Storage + ?Sized>(&mut self, storage: &mut S) {
         for segment in &self.segments {

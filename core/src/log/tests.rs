@@ -33,6 +33,9 @@ enum Op {
     Lookup {
         timestamp: i64,
     },
+    Truncate {
+        offset_pick: u16,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -44,6 +47,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (any::<u16>(), 0u16..2000).prop_map(|(offset_pick, bytes_max)| Op::Read { offset_pick, bytes_max }),
         1 => (500u16..3000).prop_map(|retention_bytes| Op::Retention { retention_bytes }),
         1 => (0i64..1100).prop_map(|timestamp| Op::Lookup { timestamp }),
+        1 => any::<u16>().prop_map(|offset_pick| Op::Truncate { offset_pick }),
     ]
 }
 
@@ -64,6 +68,9 @@ struct Model {
     batches: BTreeMap<i64, Vec<u8>>,
     /// Batches removed by retention: a crash before the directory sync may bring them back.
     deleted: BTreeMap<i64, Vec<u8>>,
+    /// Batches cut by truncation: a crash before the next sync may bring
+    /// back the synced ones, where nothing newer was synced over them.
+    truncated: BTreeMap<i64, Vec<u8>>,
     durable_end: i64,
     log_start: i64,
 }
@@ -114,6 +121,7 @@ fn run(ops: Vec<Op>) {
     let mut model = Model {
         batches: BTreeMap::new(),
         deleted: BTreeMap::new(),
+        truncated: BTreeMap::new(),
         durable_end: 0,
         log_start: 0,
     };
@@ -140,6 +148,7 @@ fn run(ops: Vec<Op>) {
             Op::Sync => {
                 sync(&mut log, &mut storage);
                 model.durable_end = model.end();
+                model.truncated.clear();
             }
             Op::Crash {
                 keep_unsynced_bytes,
@@ -164,8 +173,28 @@ fn run(ops: Vec<Op>) {
                     "lost durable data: end {end} < {}",
                     model.durable_end
                 );
-                // What survived beyond the durable end is a prefix of what was appended.
-                model.batches.retain(|&base, _| base < end);
+                // What survived beyond the durable end is a prefix of what
+                // was appended, or of what a truncation cut.
+                let mut offset = model.durable_end.max(log.log_start_offset());
+                let mut survived = BTreeMap::new();
+                while offset < end {
+                    let bytes = log
+                        .read(&mut storage, offset, i64::MAX, 1, true)
+                        .expect("read");
+                    let (header, range) = batch::headers_in(&bytes).next().expect("a batch");
+                    assert_eq!(header.base_offset, offset);
+                    let found = &bytes[range];
+                    assert!(
+                        model.batches.get(&offset).is_some_and(|b| b == found)
+                            || model.truncated.get(&offset).is_some_and(|b| b == found),
+                        "batch at {offset} was never written there"
+                    );
+                    survived.insert(offset, found.to_vec());
+                    offset = header.next_offset();
+                }
+                model.batches.retain(|&base, _| base < model.durable_end);
+                model.batches.extend(survived);
+                model.truncated.clear();
                 assert_eq!(model.end(), end, "a batch survived partially");
                 assert_eq!(log.log_start_offset(), model.log_start);
                 sync(&mut log, &mut storage);
@@ -235,6 +264,26 @@ fn run(ops: Vec<Op>) {
                 model
                     .deleted
                     .extend(std::mem::replace(&mut model.batches, kept));
+                check_contents(&log, &mut storage, &model);
+            }
+            Op::Truncate { offset_pick } => {
+                let span = (model.end() - model.log_start + 1).max(1);
+                let offset = model.log_start + offset_pick as i64 % span;
+                let end = log.truncate_to(&mut storage, offset).expect("truncate");
+                let cut: Vec<i64> = model
+                    .batches
+                    .iter()
+                    .filter(|(_, b)| BatchHeader::parse(b).last_offset() >= offset)
+                    .map(|(&base, _)| base)
+                    .collect();
+                for base in cut {
+                    let batch = model.batches.remove(&base).expect("listed");
+                    model.truncated.entry(base).or_insert(batch);
+                }
+                assert_eq!(end, model.end(), "truncation ends after the batch before");
+                assert!(end <= offset);
+                model.durable_end = model.durable_end.min(end);
+                assert!(log.durable_offset() <= end);
                 check_contents(&log, &mut storage, &model);
             }
             Op::Lookup { timestamp } => {
