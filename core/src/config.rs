@@ -267,7 +267,114 @@ pub const BROKER_KEYS: &[Key] = &[
         1,
         "partitions of __consumer_offsets",
     ),
+    key(
+        "process.roles",
+        Kind::Choice(PROCESS_ROLES),
+        "broker,controller",
+        0,
+        "this node's roles: broker, controller, or both",
+    ),
+    key(
+        "controller.quorum.voters",
+        Kind::String,
+        "",
+        0,
+        "the controller quorum's voters, id@host:port,...; empty: this node alone, on the single-node metadata log",
+    ),
+    key(
+        "controller.listener.names",
+        Kind::String,
+        "CONTROLLER",
+        0,
+        "listener names controllers serve on; Sluice serves the quorum on its one listener",
+    ),
+    key(
+        "controller.quorum.election.timeout.ms",
+        Kind::Int,
+        "1000",
+        1,
+        "least wait for a leader before standing for election (a random part up to as much again is added)",
+    ),
+    key(
+        "controller.quorum.fetch.timeout.ms",
+        Kind::Int,
+        "2000",
+        1,
+        "a voter with no answer from its leader for this long stands for election",
+    ),
+    key(
+        "broker.session.timeout.ms",
+        Kind::Int,
+        "9000",
+        1,
+        "a broker not heard from for this long is fenced",
+    ),
+    key(
+        "broker.heartbeat.interval.ms",
+        Kind::Int,
+        "2000",
+        1,
+        "how often a broker sends its heartbeat to the controller",
+    ),
 ];
+
+const PROCESS_ROLES: &[&str] = &[
+    "broker,controller",
+    "controller,broker",
+    "broker",
+    "controller",
+];
+
+/// One voter of `controller.quorum.voters`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Voter {
+    pub id: i32,
+    pub host: String,
+    pub port: u16,
+}
+
+/// Parses `id@host:port,...` as Kafka writes `controller.quorum.voters`.
+pub fn parse_voters(value: &str) -> Result<Vec<Voter>, String> {
+    let mut voters: Vec<Voter> = Vec::new();
+    for part in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, address) = part
+            .split_once('@')
+            .ok_or_else(|| format!("`{part}` is not id@host:port"))?;
+        let id: i32 = id
+            .parse()
+            .ok()
+            .filter(|id| *id >= 0)
+            .ok_or_else(|| format!("`{id}` in `{part}` is not a node id"))?;
+        let (host, port) = address
+            .rsplit_once(':')
+            .ok_or_else(|| format!("`{address}` in `{part}` has no port"))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let port: u16 = port
+            .parse()
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| format!("`{port}` in `{part}` is not a port"))?;
+        if host.is_empty() {
+            return Err(format!("`{part}` has no host"));
+        }
+        if voters.iter().any(|v| v.id == id) {
+            return Err(format!("node {id} is named twice"));
+        }
+        voters.push(Voter {
+            id,
+            host: host.to_string(),
+            port,
+        });
+    }
+    if voters.len() > VOTERS_MAX {
+        return Err(format!("{} voters, at most {VOTERS_MAX}", voters.len()));
+    }
+    voters.sort_by_key(|v| v.id);
+    Ok(voters)
+}
+
+/// Voters a quorum may have (the replica's bound).
+const VOTERS_MAX: usize = 16;
 
 /// Keys of a topic (CreateTopics configs, DescribeConfigs of a topic).
 pub const TOPIC_KEYS: &[Key] = &[
@@ -452,6 +559,15 @@ pub struct BrokerConfig {
     pub offsets_topic_partitions: i32,
     pub offsets_retention_ms: i64,
     pub offsets_retention_check_interval_ms: i64,
+    /// `process.roles` includes `controller` / `broker`.
+    pub controller: bool,
+    pub broker: bool,
+    /// `controller.quorum.voters`, sorted by id; empty for a node alone.
+    pub quorum_voters: Vec<Voter>,
+    pub quorum_election_timeout_ms: i64,
+    pub quorum_fetch_timeout_ms: i64,
+    pub broker_session_timeout_ms: i64,
+    pub broker_heartbeat_interval_ms: i64,
     /// A deliberately broken variant to run (feature `mutations` only).
     pub mutation: Option<Mutation>,
 }
@@ -547,8 +663,42 @@ impl BrokerConfig {
                 why: "Sluice uses one log directory per broker; name only one".into(),
             });
         }
+        let voters_value = get("controller.quorum.voters");
+        let quorum_voters = parse_voters(&voters_value).map_err(|why| ConfigError::BadValue {
+            key: "controller.quorum.voters".into(),
+            value: voters_value.clone(),
+            why,
+        })?;
+        let node_id = number("node.id") as i32;
+        let roles = get("process.roles");
+        let controller = roles.contains("controller");
+        if !quorum_voters.is_empty() && controller && !quorum_voters.iter().any(|v| v.id == node_id)
+        {
+            return Err(ConfigError::BadValue {
+                key: "controller.quorum.voters".into(),
+                value: voters_value,
+                why: format!("node.id {node_id} has the controller role but is not a voter"),
+            });
+        }
+        if !(controller && roles.contains("broker")) {
+            // A broker without the controller role would follow the quorum
+            // as an observer, and a controller alone would serve no data:
+            // neither exists yet.
+            return Err(ConfigError::BadValue {
+                key: "process.roles".into(),
+                value: roles,
+                why: "Sluice runs combined nodes for now: use broker,controller".into(),
+            });
+        }
         Ok(BrokerConfig {
-            node_id: number("node.id") as i32,
+            node_id,
+            controller,
+            broker: roles.contains("broker"),
+            quorum_voters,
+            quorum_election_timeout_ms: number("controller.quorum.election.timeout.ms"),
+            quorum_fetch_timeout_ms: number("controller.quorum.fetch.timeout.ms"),
+            broker_session_timeout_ms: number("broker.session.timeout.ms"),
+            broker_heartbeat_interval_ms: number("broker.heartbeat.interval.ms"),
             advertised_listeners: if advertised.is_empty() {
                 listeners.clone()
             } else {
@@ -680,6 +830,50 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn quorum_voters_parse_as_kafka_writes_them() {
+        let voters = parse_voters("3@c:9095, 1@a:9093,2@[::1]:9094").expect("valid");
+        assert_eq!(
+            voters
+                .iter()
+                .map(|v| (v.id, v.host.as_str(), v.port))
+                .collect::<Vec<_>>(),
+            [(1, "a", 9093), (2, "::1", 9094), (3, "c", 9095)]
+        );
+        assert_eq!(parse_voters("").expect("empty"), []);
+        for bad in [
+            "1@a",
+            "a@b:1",
+            "1@:9",
+            "1@a:0",
+            "1@a:1,1@b:2",
+            "-1@a:1",
+            "1-a:1",
+        ] {
+            assert!(parse_voters(bad).is_err(), "{bad} accepted");
+        }
+        let config = BrokerConfig::from_pairs(&pairs(&[
+            ("node.id", "2"),
+            ("controller.quorum.voters", "1@a:1,2@b:2,3@c:3"),
+        ]))
+        .expect("valid");
+        assert_eq!(config.quorum_voters.len(), 3);
+        assert!(config.controller && config.broker);
+        assert_eq!(config.quorum_election_timeout_ms, 1000);
+        assert_eq!(config.quorum_fetch_timeout_ms, 2000);
+        assert_eq!(config.broker_session_timeout_ms, 9000);
+        let not_a_voter = BrokerConfig::from_pairs(&pairs(&[
+            ("node.id", "4"),
+            ("controller.quorum.voters", "1@a:1,2@b:2,3@c:3"),
+        ]));
+        assert!(not_a_voter.is_err());
+        let broker_alone = BrokerConfig::from_pairs(&pairs(&[
+            ("process.roles", "broker"),
+            ("controller.quorum.voters", "1@a:1"),
+        ]));
+        assert!(broker_alone.is_err());
     }
 
     #[test]

@@ -13,8 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::{
     LeaderState, Message, Mutation, QuorumState, RaftOutput, RaftReplica, Record, State,
-    BEGIN_QUORUM_EPOCH_RESEND_MS, ELECTION_JITTER_MS_MAX, ELECTION_TIMEOUT_MS,
-    END_QUORUM_EPOCH_BACKOFF_STEP_MS, FETCH_TIMEOUT_MS, HELD_SENDS_MAX,
+    BEGIN_QUORUM_EPOCH_RESEND_MS, END_QUORUM_EPOCH_BACKOFF_STEP_MS, HELD_SENDS_MAX,
 };
 use crate::types::NodeId;
 
@@ -41,14 +40,14 @@ impl RaftReplica {
 
     /// The election timeout, drawn afresh from the seeded generator.
     fn election_deadline_from(&mut self, now_ms: i64) -> i64 {
-        let jitter_ms = (self.rng.next_u64() % ELECTION_JITTER_MS_MAX as u64) as i64;
-        now_ms + ELECTION_TIMEOUT_MS + jitter_ms
+        let jitter_ms = (self.rng.next_u64() % self.timeouts.election_jitter_ms as u64) as i64;
+        now_ms + self.timeouts.election_ms + jitter_ms
     }
 
     pub(super) fn new_follower(&self, leader_id: NodeId, now_ms: i64) -> super::FollowerState {
         super::FollowerState {
             leader_id,
-            fetch_timeout_deadline_ms: now_ms + FETCH_TIMEOUT_MS,
+            fetch_timeout_deadline_ms: now_ms + self.timeouts.fetch_ms,
             in_flight: None,
             retry_ms: None,
         }

@@ -71,6 +71,28 @@ pub const OUTPUTS_MAX: usize = 1024;
 /// network would.
 pub const HELD_SENDS_MAX: usize = 256;
 
+/// The election timers, from `controller.quorum.election.timeout.ms` and
+/// `controller.quorum.fetch.timeout.ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// The least wait before standing; a random part up to
+    /// `election_jitter_ms` is added.
+    pub election_ms: i64,
+    pub election_jitter_ms: i64,
+    /// A follower with no good fetch answer for this long stands.
+    pub fetch_ms: i64,
+}
+
+impl Default for Timeouts {
+    fn default() -> Timeouts {
+        Timeouts {
+            election_ms: ELECTION_TIMEOUT_MS,
+            election_jitter_ms: ELECTION_JITTER_MS_MAX,
+            fetch_ms: FETCH_TIMEOUT_MS,
+        }
+    }
+}
+
 /// The durable election state (Kafka's `quorum-state` file).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct QuorumState {
@@ -229,6 +251,7 @@ pub struct RaftReplica {
     /// Sends waiting for `quorum` to become durable.
     held_sends: Vec<(NodeId, Message)>,
     next_correlation_id: u64,
+    timeouts: Timeouts,
     mutation: Mutation,
 }
 
@@ -243,6 +266,30 @@ impl RaftReplica {
         seed: u64,
         now_ms: i64,
     ) -> RaftReplica {
+        RaftReplica::with_timeouts(
+            id,
+            voters,
+            persisted,
+            log,
+            seed,
+            now_ms,
+            Timeouts::default(),
+        )
+    }
+
+    /// `new`, with the election timers given.
+    pub fn with_timeouts(
+        id: NodeId,
+        voters: &[NodeId],
+        persisted: QuorumState,
+        log: Vec<Entry>,
+        seed: u64,
+        now_ms: i64,
+        timeouts: Timeouts,
+    ) -> RaftReplica {
+        assert!(
+            timeouts.election_ms > 0 && timeouts.election_jitter_ms > 0 && timeouts.fetch_ms > 0
+        );
         let voters: BTreeSet<NodeId> = voters.iter().copied().collect();
         assert!(voters.contains(&id), "replica {id} is not a voter");
         assert!(voters.len() <= VOTERS_MAX);
@@ -269,6 +316,7 @@ impl RaftReplica {
             outputs: VecDeque::new(),
             held_sends: Vec::new(),
             next_correlation_id: 1,
+            timeouts,
             mutation: Mutation::None,
         };
         replica.state = replica.restarted_state(now_ms);

@@ -20,8 +20,8 @@ use bytes::Bytes;
 use super::{
     Entry, FetchError, FetchInFlight, FetchResult, Message, Mutation, ParkedFetch, ProposeError,
     RaftOutput, RaftReplica, Record, State, BEGIN_QUORUM_EPOCH_RESEND_MS, ENTRIES_PER_FETCH_MAX,
-    FETCH_RESEND_MS, FETCH_RETRY_BACKOFF_MS, FETCH_TIMEOUT_MS, FETCH_WAIT_MS_MAX,
-    RECORDS_PER_PROPOSAL_MAX, UNCOMMITTED_ENTRIES_MAX,
+    FETCH_RESEND_MS, FETCH_RETRY_BACKOFF_MS, FETCH_WAIT_MS_MAX, RECORDS_PER_PROPOSAL_MAX,
+    UNCOMMITTED_ENTRIES_MAX,
 };
 use crate::types::NodeId;
 
@@ -292,7 +292,7 @@ impl RaftReplica {
                 offset_first,
                 entries,
             } => {
-                follower.fetch_timeout_deadline_ms = now_ms + FETCH_TIMEOUT_MS;
+                follower.fetch_timeout_deadline_ms = now_ms + self.timeouts.fetch_ms;
                 self.append_fetched(offset_first, entries, high_watermark);
             }
             FetchResult::DivergingEpoch { end_offset, .. } if end_offset < 0 => {
@@ -302,7 +302,7 @@ impl RaftReplica {
                 );
             }
             FetchResult::DivergingEpoch { epoch, end_offset } => {
-                follower.fetch_timeout_deadline_ms = now_ms + FETCH_TIMEOUT_MS;
+                follower.fetch_timeout_deadline_ms = now_ms + self.timeouts.fetch_ms;
                 self.truncate_to_divergence(epoch, end_offset);
             }
             FetchResult::Error(_) => follower.retry_ms = Some(now_ms + FETCH_RETRY_BACKOFF_MS),
