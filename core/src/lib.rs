@@ -16,6 +16,7 @@ pub mod batch;
 pub mod config;
 pub mod log;
 pub mod metadata;
+pub mod metadata_records;
 pub mod producers;
 pub mod rng;
 pub mod storage;
@@ -73,6 +74,11 @@ mod layers {
             &[include_str!("log.rs"), include_str!("log/format.rs")],
         ),
         ("metadata", DOMAIN, &[include_str!("metadata.rs")]),
+        (
+            "metadata_records",
+            DOMAIN,
+            &[include_str!("metadata_records.rs")],
+        ),
         ("producers", DOMAIN, &[include_str!("producers.rs")]),
         ("rng", DOMAIN, &[include_str!("rng.rs")]),
         ("storage", DOMAIN, &[include_str!("storage.rs")]),
