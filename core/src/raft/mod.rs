@@ -22,16 +22,20 @@
 //! transitions) and `replication.rs` (fetch, divergence, the high
 //! watermark); `log.rs` is the replica's view of its log and epoch cache.
 //! Not yet wired into `Node`: the messages map one to one onto Kafka's Vote,
-//! BeginQuorumEpoch, EndQuorumEpoch and Fetch (see `message.rs`).
+//! BeginQuorumEpoch, EndQuorumEpoch and Fetch (see `message.rs`), whose
+//! frames `wire.rs` writes and reads (entries as record batches), and
+//! `quorum_file.rs` is the quorum state as Kafka's `quorum-state` file.
 
 mod election;
 mod log;
 pub mod message;
+pub mod quorum_file;
 mod replication;
 #[cfg(test)]
 mod rule_tests;
 #[cfg(test)]
 mod tests;
+pub mod wire;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 

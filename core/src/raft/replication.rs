@@ -85,7 +85,8 @@ impl RaftReplica {
             resend_ms: now_ms + FETCH_RESEND_MS,
         });
         let leader_id = follower.leader_id;
-        self.next_correlation_id += 1;
+        // Ids stay within what a request header carries (`wire.rs`).
+        self.next_correlation_id = super::wire::next_fetch_correlation_id(correlation_id);
         let request = Message::FetchRequest {
             correlation_id,
             current_leader_epoch: self.quorum.leader_epoch,
