@@ -27,6 +27,7 @@ pub mod broker;
 pub mod durability;
 pub mod group;
 pub mod group_records;
+pub mod quorum;
 pub mod raft;
 pub mod topics;
 // handlers: one module per API family, over the broker's state.
@@ -111,6 +112,7 @@ mod layers {
                 include_str!("raft/wire.rs"),
             ],
         ),
+        ("quorum", MACHINES, &[include_str!("quorum.rs")]),
         ("topics", MACHINES, &[include_str!("topics.rs")]),
         (
             "handlers",
@@ -125,7 +127,11 @@ mod layers {
                 include_str!("handlers/topics.rs"),
             ],
         ),
-        ("node", NODE, &[include_str!("node.rs")]),
+        (
+            "node",
+            NODE,
+            &[include_str!("node.rs"), include_str!("node/quorum.rs")],
+        ),
         ("session", NODE, &[include_str!("session.rs")]),
         ("timer", NODE, &[include_str!("timer.rs")]),
     ];

@@ -35,6 +35,9 @@ use kafka_protocol::protocol::StrBytes;
 use crate::broker::{Broker, GroupAnswer};
 use crate::config::BrokerConfig;
 use crate::durability::{Completed, SyncPurpose, SyncRequest};
+use crate::quorum::Quorum;
+use crate::raft::wire as raft_wire;
+use crate::raft::Timeouts;
 use crate::group::Token;
 use crate::handlers::{self, fetch::fetch_response, Context, Pending, WaitState};
 use crate::storage::{Storage, SyncTarget};
@@ -104,6 +107,9 @@ enum ShutdownStep {
     Flush,
 }
 
+/// Mixed into the node's seed for its Raft replica's own generator.
+const QUORUM_SEED_SALT: u64 = 0x7261_6674_7175_6f72;
+
 /// The ApiVersions version a node asks its peers with.
 const PEER_API_VERSIONS_VERSION: i16 = 3;
 /// Requests one node may have outstanding on a link to another.
@@ -113,22 +119,37 @@ const PEER_REQUESTS_IN_FLIGHT_MAX: usize = 64;
 pub const PEER_REQUEST_TIMEOUT_MS: i64 = 2_000;
 
 /// A request sent to a peer and not answered yet.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct SentRequest {
     api_key: ApiKey,
     version: i16,
     deadline_ms: i64,
+    /// The Raft replica's message it carries, to read the answer by.
+    raft: Option<crate::raft::Message>,
 }
 
 /// The node's link to another node, as the driver reports it.
 #[derive(Debug, Default)]
 struct PeerLink {
     up: bool,
+    /// The node's own requests count up from `i32::MIN` through the
+    /// negative ids, leaving the others to the Raft replica's fetches,
+    /// which travel with their own ids.
     next_correlation_id: i32,
     /// Requests sent and not answered, by correlation id.
     in_flight: BTreeMap<i32, SentRequest>,
     /// What the peer serves, learned when the link came up.
     api_versions: Option<Vec<(i16, i16, i16)>>,
+}
+
+impl PeerLink {
+    fn take_correlation_id(&mut self) -> i32 {
+        self.next_correlation_id = match self.next_correlation_id {
+            id if id >= -1 => i32::MIN,
+            id => id + 1,
+        };
+        self.next_correlation_id
+    }
 }
 
 /// What became of a slot at the front of its queue.
@@ -150,6 +171,14 @@ pub struct Node<S: Storage> {
     next_token: Token,
     shutdown: ShutdownStep,
     stopped: bool,
+    /// The controller quorum, when `controller.quorum.voters` names one.
+    quorum: Option<Quorum>,
+    /// Peers' Raft requests waiting for this replica's answer, and the
+    /// answers (encoded) for their slots.
+    raft_waiting: BTreeMap<Token, quorum::RaftWaiting>,
+    raft_answers: BTreeMap<Token, Bytes>,
+    /// Metadata entries committed and handed out so far.
+    quorum_committed: i64,
 }
 
 impl<S: Storage> Node<S> {
@@ -173,7 +202,33 @@ impl<S: Storage> Node<S> {
             Timer::OffsetsExpiry,
             now.monotonic_ms + config.offsets_retention_check_interval_ms,
         );
-        let broker = Broker::open(storage, config, advertised, seed, now)?;
+        let mut broker = Broker::open(storage, config, advertised, seed, now)?;
+        let quorum = match broker.config.quorum_voters.as_slice() {
+            [] => None,
+            voters => {
+                let voters = voters.iter().map(|v| NodeId(v.id)).collect();
+                let timeouts = Timeouts {
+                    election_ms: broker.config.quorum_election_timeout_ms,
+                    election_jitter_ms: broker.config.quorum_election_timeout_ms,
+                    fetch_ms: broker.config.quorum_fetch_timeout_ms,
+                };
+                let clean = broker.clean_start();
+                let Broker {
+                    storage,
+                    durability,
+                    ..
+                } = &mut broker;
+                Some(Quorum::open(
+                    storage,
+                    durability,
+                    node_id,
+                    voters,
+                    timeouts,
+                    seed ^ QUORUM_SEED_SALT,
+                    clean,
+                )?)
+            }
+        };
         let mut node = Node {
             node_id,
             broker,
@@ -185,6 +240,10 @@ impl<S: Storage> Node<S> {
             next_token: 0,
             shutdown: ShutdownStep::None,
             stopped: false,
+            quorum,
+            raft_waiting: BTreeMap::new(),
+            raft_answers: BTreeMap::new(),
+            quorum_committed: 0,
         };
         node.settle(now);
         Ok(node)
@@ -192,6 +251,16 @@ impl<S: Storage> Node<S> {
 
     pub fn node_id(&self) -> NodeId {
         self.node_id
+    }
+
+    /// The controller quorum, when this node is a voter of one.
+    pub fn quorum(&self) -> Option<&Quorum> {
+        self.quorum.as_ref()
+    }
+
+    /// Metadata entries committed and handed out to this node.
+    pub fn quorum_committed(&self) -> i64 {
+        self.quorum_committed
     }
 
     /// True once the start-up sync completed; connections may be accepted.
@@ -246,6 +315,7 @@ impl<S: Storage> Node<S> {
     pub fn handle_disconnect(&mut self, now: Now, connection: ConnectionId) {
         self.sessions.close(connection);
         self.timers.stop(Timer::FetchDeadline(connection));
+        self.forget_orphan_raft();
         self.settle(now);
     }
 
@@ -288,6 +358,13 @@ impl<S: Storage> Node<S> {
         connection: ConnectionId,
         frame: Bytes,
     ) -> Result<FrameOutcome, String> {
+        if quorum::is_raft_api(&frame) {
+            let request = raft_wire::parse_request_frame(frame).map_err(|e| e.to_string())?;
+            let queued = self.raft_request(now, connection, request.header, request.body)?;
+            return Ok(FrameOutcome {
+                response_queued: queued,
+            });
+        }
         let request = match parse_request(frame)? {
             Parsed::ApiVersionsTooNew { correlation_id } => {
                 // Kafka's fallback: an error encoded as ApiVersions v0, so
@@ -312,6 +389,15 @@ impl<S: Storage> Node<S> {
             }
             Parsed::Request(request) => request,
         };
+        if request.header.api_key == ApiKey::Fetch
+            && self.quorum.is_some()
+            && quorum::is_metadata_fetch(&request.header, &request.body)
+        {
+            let queued = self.raft_request(now, connection, request.header, request.body)?;
+            return Ok(FrameOutcome {
+                response_queued: queued,
+            });
+        }
         self.next_token += 1;
         let client_host = self
             .sessions
@@ -360,6 +446,7 @@ impl<S: Storage> Node<S> {
         if self.sessions.close(connection) {
             self.timers.stop(Timer::FetchDeadline(connection));
             self.outputs.push_back(Output::Close { connection });
+            self.forget_orphan_raft();
         }
     }
 
@@ -435,14 +522,14 @@ impl<S: Storage> Node<S> {
             tracing::warn!(%peer, "too many requests in flight to a peer; not sending");
             return;
         }
-        link.next_correlation_id = link.next_correlation_id.wrapping_add(1);
-        let correlation_id = link.next_correlation_id;
+        let correlation_id = link.take_correlation_id();
         match encode_request(api_key, version, correlation_id, &client_id, body) {
             Ok(frame) => {
                 let sent = SentRequest {
                     api_key,
                     version,
                     deadline_ms: now.monotonic_ms + PEER_REQUEST_TIMEOUT_MS,
+                    raft: None,
                 };
                 link.in_flight.insert(correlation_id, sent);
                 self.outputs.push_back(Output::SendPeer {
@@ -460,6 +547,16 @@ impl<S: Storage> Node<S> {
     pub fn handle_peer_frame(&mut self, now: Now, peer: NodeId, frame: Bytes) {
         let link = self.peers.entry(peer).or_default();
         let sent = response_correlation_id(&frame).and_then(|id| link.in_flight.remove(&id));
+        if let Some(sent @ SentRequest {
+            raft: Some(request),
+            ..
+        }) = &sent
+        {
+            self.raft_response(now, peer, sent, request, frame);
+            self.arm_peer_timer(peer);
+            self.settle(now);
+            return;
+        }
         match sent.map(|r| (r.api_key, r.version)) {
             Some((ApiKey::ApiVersions, version)) => {
                 match decode_response::<ApiVersionsResponse>(ApiKey::ApiVersions, version, frame) {
@@ -489,6 +586,18 @@ impl<S: Storage> Node<S> {
     /// A sync completed (`Ok`) or failed (`Err`, with the reason).
     pub fn handle_synced(&mut self, now: Now, id: u64, result: Result<(), String>) {
         let completed = self.broker.handle_synced(id, result);
+        if let Some(quorum) = &mut self.quorum {
+            let Broker {
+                storage,
+                durability,
+                ..
+            } = &mut self.broker;
+            if quorum.is_started() {
+                quorum.synced(storage, durability, now.monotonic_ms);
+            } else if durability.durable_seq() > 0 {
+                quorum.start(storage, durability, now.monotonic_ms);
+            }
+        }
         self.continue_shutdown(&completed);
         self.settle(now);
     }
@@ -498,6 +607,14 @@ impl<S: Storage> Node<S> {
     /// reading; `is_stopped` turns true when the marker is durable.
     pub fn begin_shutdown(&mut self, now: Now) {
         if self.shutdown == ShutdownStep::None {
+            if let Some(quorum) = &mut self.quorum {
+                let Broker {
+                    storage,
+                    durability,
+                    ..
+                } = &mut self.broker;
+                quorum.resign(storage, durability, now.monotonic_ms);
+            }
             self.shutdown = ShutdownStep::Flush;
             if self.broker.storage_offline() {
                 self.stopped = true;
@@ -570,6 +687,17 @@ impl<S: Storage> Node<S> {
                 // its deadline.
                 Timer::FetchDeadline(_) => {}
                 Timer::PeerRequest(peer) => self.reset_peer(now, peer),
+                Timer::Quorum => {
+                    if let Some(quorum) = &mut self.quorum {
+                        let Broker {
+                            storage,
+                            durability,
+                            ..
+                        } = &mut self.broker;
+                        quorum.handle_timeout(storage, durability, now.monotonic_ms);
+                    }
+                }
+                Timer::RaftAnswers => self.decline_overdue_raft(now),
             }
         }
         self.settle(now);
@@ -608,6 +736,10 @@ impl<S: Storage> Node<S> {
                     self.group_answers.insert(answer.token, answer);
                 }
             }
+        }
+        self.drain_quorum(now);
+        if !self.raft_answers.is_empty() {
+            everyone = true;
         }
         let moved = self.broker.take_moved();
         let offline = self.broker.storage_offline();
@@ -703,6 +835,13 @@ impl<S: Storage> Node<S> {
                     }),
                 }
             }
+            SlotState::Raft(token) => match self.raft_answers.remove(&token) {
+                Some(frame) => Completion::Frame(frame),
+                None => Completion::NotYet(Slot {
+                    header,
+                    state: SlotState::Raft(token),
+                }),
+            },
             SlotState::Coordinator(token) => match self.group_answers.remove(&token) {
                 Some(answer) => match handlers::coordinator_reply(answer, header.version) {
                     Pending::Now(reply) => encode(&reply),
@@ -729,11 +868,30 @@ impl<S: Storage> Node<S> {
         for token in self.group_answers.keys() {
             assert!(*token <= self.next_token);
         }
+        if let Some(quorum) = &self.quorum {
+            quorum.invariants();
+        }
+        // Every waiting Raft request has its slot; an answer is either
+        // waiting for its slot to reach the front or the slot is gone.
+        let raft_slots = self.sessions.raft_tokens();
+        for token in self.raft_waiting.keys().chain(self.raft_answers.keys()) {
+            assert!(*token <= self.next_token);
+        }
+        for token in self.raft_waiting.keys() {
+            assert!(!self.raft_answers.contains_key(token), "answered twice");
+        }
+        for token in &raft_slots {
+            assert!(
+                self.raft_waiting.contains_key(token) || self.raft_answers.contains_key(token),
+                "a raft slot with neither a wait nor an answer"
+            );
+        }
         if self.stopped {
             assert!(self.shutdown != ShutdownStep::None || self.broker.storage_offline());
         }
     }
 }
 
+mod quorum;
 #[cfg(test)]
 mod tests;

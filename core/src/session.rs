@@ -38,6 +38,9 @@ pub enum SlotState {
     Fetch { parked: ParkedFetch, woken: bool },
     /// Waits for the group coordinator's answer to this token.
     Coordinator(Token),
+    /// A request from another node's Raft replica, waiting for this node's
+    /// replica to answer (or for the answer's deadline).
+    Raft(Token),
 }
 
 #[derive(Debug)]
@@ -118,6 +121,16 @@ impl Sessions {
     }
 
     /// Tokens of coordinator answers some slot waits for.
+    /// The tokens of Raft requests still waiting for an answer.
+    pub fn raft_tokens(&self) -> BTreeSet<Token> {
+        self.slots()
+            .filter_map(|slot| match slot.state {
+                SlotState::Raft(token) => Some(token),
+                _ => None,
+            })
+            .collect()
+    }
+
     pub fn waiting_tokens(&self) -> BTreeSet<Token> {
         self.slots()
             .filter_map(|slot| match slot.state {
@@ -151,8 +164,8 @@ impl Sessions {
         }
         let mut tokens = BTreeSet::new();
         for slot in self.slots() {
-            if let SlotState::Coordinator(token) = slot.state {
-                assert!(tokens.insert(token), "one slot per coordinator token");
+            if let SlotState::Coordinator(token) | SlotState::Raft(token) = slot.state {
+                assert!(tokens.insert(token), "one slot per token");
             }
         }
     }

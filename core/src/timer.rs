@@ -22,6 +22,11 @@ pub enum Timer {
     FetchDeadline(ConnectionId),
     /// The oldest unanswered request on the link to a peer.
     PeerRequest(NodeId),
+    /// The controller quorum's replica: elections, fetches, resends.
+    Quorum,
+    /// The oldest Raft request from a peer that this node's replica has
+    /// not answered.
+    RaftAnswers,
 }
 
 #[derive(Debug, Default)]

@@ -49,6 +49,8 @@ pub struct Broker<S: Storage> {
     moved: BTreeSet<TopicPartition>,
     /// Coordinator answers ready for their waiting requests.
     group_answers: Vec<GroupAnswer>,
+    /// The last stop was clean (its marker was found at start).
+    clean_start: bool,
 }
 
 impl<S: Storage> Broker<S> {
@@ -97,6 +99,7 @@ impl<S: Storage> Broker<S> {
             producer_block_seq: 0,
             moved: BTreeSet::new(),
             group_answers: Vec::new(),
+            clean_start: clean,
         };
         broker.remove_orphan_dirs()?;
         let records: Vec<TopicRecord> = broker.metadata.topics.values().cloned().collect();
@@ -107,6 +110,11 @@ impl<S: Storage> Broker<S> {
         broker.topics.invariants();
         broker.invariants();
         Ok(broker)
+    }
+
+    /// True when the last stop was clean: logs need no recovery scan.
+    pub fn clean_start(&self) -> bool {
+        self.clean_start
     }
 
     /// Removes partition directories no topic owns (a crash during a deletion).
