@@ -14,6 +14,7 @@ pub mod wire;
 // domain: values, record batches, producer state, storage, logs, metadata.
 pub mod batch;
 pub mod config;
+pub mod image;
 pub mod log;
 pub mod metadata;
 pub mod metadata_records;
@@ -69,6 +70,7 @@ mod layers {
             &[include_str!("batch.rs"), include_str!("batch/builder.rs")],
         ),
         ("config", DOMAIN, &[include_str!("config.rs")]),
+        ("image", DOMAIN, &[include_str!("image.rs")]),
         (
             "log",
             DOMAIN,
