@@ -35,11 +35,11 @@ use kafka_protocol::protocol::StrBytes;
 use crate::broker::{Broker, GroupAnswer};
 use crate::config::BrokerConfig;
 use crate::durability::{Completed, SyncPurpose, SyncRequest};
+use crate::group::Token;
+use crate::handlers::{self, fetch::fetch_response, Context, Pending, WaitState};
 use crate::quorum::Quorum;
 use crate::raft::wire as raft_wire;
 use crate::raft::Timeouts;
-use crate::group::Token;
-use crate::handlers::{self, fetch::fetch_response, Context, Pending, WaitState};
 use crate::storage::{Storage, SyncTarget};
 use crate::timer::{Timer, TimerTable};
 use crate::types::{NodeId, Now};
@@ -547,10 +547,12 @@ impl<S: Storage> Node<S> {
     pub fn handle_peer_frame(&mut self, now: Now, peer: NodeId, frame: Bytes) {
         let link = self.peers.entry(peer).or_default();
         let sent = response_correlation_id(&frame).and_then(|id| link.in_flight.remove(&id));
-        if let Some(sent @ SentRequest {
-            raft: Some(request),
-            ..
-        }) = &sent
+        if let Some(
+            sent @ SentRequest {
+                raft: Some(request),
+                ..
+            },
+        ) = &sent
         {
             self.raft_response(now, peer, sent, request, frame);
             self.arm_peer_timer(peer);

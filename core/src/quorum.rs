@@ -58,9 +58,15 @@ pub enum QuorumOutput {
 enum StateWrite {
     Idle,
     /// The temporary file is written; its sync has sequence `seq`.
-    TmpWritten { seq: u64, state: QuorumState },
+    TmpWritten {
+        seq: u64,
+        state: QuorumState,
+    },
     /// Renamed into place; the directory's sync has sequence `seq`.
-    Renamed { seq: u64, state: QuorumState },
+    Renamed {
+        seq: u64,
+        state: QuorumState,
+    },
 }
 
 #[derive(Debug)]
@@ -181,6 +187,24 @@ impl Quorum {
         self.started.as_ref().map(|s| &s.replica)
     }
 
+    /// The log as the replica sees it, or as read at open before it starts.
+    pub fn entries(&self) -> &[Entry] {
+        match (&self.started, &self.recovered) {
+            (Some(started), _) => started.replica.entries(),
+            (None, Some((_, entries))) => entries,
+            (None, None) => &[],
+        }
+    }
+
+    /// The durable quorum state: the replica's, or as read at open.
+    pub fn durable_state(&self) -> QuorumState {
+        match (&self.started, &self.recovered) {
+            (Some(started), _) => started.replica.quorum_state_durable(),
+            (None, Some((state, _))) => *state,
+            (None, None) => QuorumState::default(),
+        }
+    }
+
     pub fn role(&self) -> Option<Role> {
         self.replica().map(RaftReplica::role)
     }
@@ -287,8 +311,8 @@ impl Quorum {
             StateWrite::TmpWritten { seq, state } if durability.is_durable(seq) => {
                 match storage.rename(QUORUM_STATE_TMP, QUORUM_STATE_FILE) {
                     Ok(()) => {
-                        let seq = durability
-                            .note_other_write(SyncTarget::Dir(METADATA_DIR.to_string()));
+                        let seq =
+                            durability.note_other_write(SyncTarget::Dir(METADATA_DIR.to_string()));
                         self.state_write = StateWrite::Renamed { seq, state };
                     }
                     Err(error) => self.fail("cannot rename the quorum-state file", &error),
@@ -428,7 +452,10 @@ impl Quorum {
         );
         match self.log.truncate_to(storage, offset) {
             Ok(end) => {
-                assert_eq!(end, offset, "one entry per batch: every offset is a boundary");
+                assert_eq!(
+                    end, offset,
+                    "one entry per batch: every offset is a boundary"
+                );
                 for sync in &mut self.log_syncs {
                     sync.1 = sync.1.min(end);
                 }
@@ -498,7 +525,9 @@ fn load_entries<S: Storage + ?Sized>(
         let decoded = wire::decode_entries(&bytes, offset, usize::MAX).map_err(|error| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!("{METADATA_DIR}: an entry at or after offset {offset} cannot be read: {error}"),
+                format!(
+                    "{METADATA_DIR}: an entry at or after offset {offset} cannot be read: {error}"
+                ),
             )
         })?;
         offset += decoded.len() as i64;

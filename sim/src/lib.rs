@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod disk;
 pub mod history;
 pub mod nemesis;
+pub mod quorum;
 pub mod run;
 pub mod timeline;
 pub mod trace;

@@ -53,6 +53,28 @@ pub struct Broker<S: Storage> {
     clean_start: bool,
 }
 
+/// The cluster id of a quorum: a 128-bit FNV-1a of its voter list, as
+/// Kafka writes ids (URL-safe base64 of 16 bytes).
+pub fn cluster_id_of_voters(voters: &[crate::config::Voter]) -> String {
+    let text: Vec<String> = voters
+        .iter()
+        .map(|v| format!("{}@{}:{}", v.id, v.host, v.port))
+        .collect();
+    let mut bytes = [0u8; 16];
+    for (half, offset) in [
+        (0usize, 0xcbf2_9ce4_8422_2325u64),
+        (8, 0x6c62_272e_07bb_0142),
+    ] {
+        let mut hash = offset;
+        for byte in text.join(",").bytes() {
+            hash ^= byte as u64;
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        bytes[half..half + 8].copy_from_slice(&hash.to_be_bytes());
+    }
+    base64_url(&bytes)
+}
+
 impl<S: Storage> Broker<S> {
     /// Opens the log directory: replays the metadata log, recovers every
     /// partition log and the groups. Returns the broker and whether the
@@ -76,7 +98,12 @@ impl<S: Storage> Broker<S> {
         let cluster_id = match metadata.cluster_id.clone() {
             Some(id) => id,
             None => {
-                let id = base64_url(&rng.uuid());
+                // The voters of a quorum agree on its id without talking:
+                // it is derived from their list. A node alone draws one.
+                let id = match config.quorum_voters.as_slice() {
+                    [] => base64_url(&rng.uuid()),
+                    voters => cluster_id_of_voters(voters),
+                };
                 metadata.append(&mut storage, Change::Cluster { id: id.clone() })?;
                 id
             }

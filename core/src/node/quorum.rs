@@ -52,9 +52,13 @@ pub(super) fn is_raft_api(frame: &[u8]) -> bool {
         return false;
     };
     let key = i16::from_be_bytes([key[0], key[1]]);
-    [ApiKey::Vote, ApiKey::BeginQuorumEpoch, ApiKey::EndQuorumEpoch]
-        .iter()
-        .any(|api| *api as i16 == key)
+    [
+        ApiKey::Vote,
+        ApiKey::BeginQuorumEpoch,
+        ApiKey::EndQuorumEpoch,
+    ]
+    .iter()
+    .any(|api| *api as i16 == key)
 }
 
 /// True when a Fetch request (of any version) reads the metadata log:
@@ -101,9 +105,8 @@ impl<S: Storage> Node<S> {
         };
         if !quorum.is_started() {
             // Still opening: the peer retries as after a lost message.
-            let frame =
-                wire::error_response_frame(&header, ResponseError::RequestTimedOut.code())
-                    .map_err(|e| e.to_string())?;
+            let frame = wire::error_response_frame(&header, ResponseError::RequestTimedOut.code())
+                .map_err(|e| e.to_string())?;
             self.push_ready(connection, header, frame);
             return Ok(true);
         }
@@ -114,8 +117,7 @@ impl<S: Storage> Node<S> {
                     return Err(error.to_string());
                 };
                 tracing::warn!(%error, "refusing a raft request");
-                let frame =
-                    wire::error_response_frame(&header, code).map_err(|e| e.to_string())?;
+                let frame = wire::error_response_frame(&header, code).map_err(|e| e.to_string())?;
                 self.push_ready(connection, header, frame);
                 return Ok(true);
             }
@@ -317,19 +319,15 @@ impl<S: Storage> Node<S> {
             return;
         }
         let correlation_id = link.take_correlation_id();
-        let request = match wire::request_frame(
-            &Versions::SENT,
-            &route,
-            correlation_id,
-            &client_id,
-            message,
-        ) {
-            Ok(request) => request,
-            Err(error) => {
-                tracing::error!(peer = %to, %error, "cannot encode a raft request");
-                return;
-            }
-        };
+        let request =
+            match wire::request_frame(&Versions::SENT, &route, correlation_id, &client_id, message)
+            {
+                Ok(request) => request,
+                Err(error) => {
+                    tracing::error!(peer = %to, %error, "cannot encode a raft request");
+                    return;
+                }
+            };
         if link.in_flight.contains_key(&request.correlation_id) {
             // A fetch id equal to one still in flight: dropped, as lost.
             tracing::debug!(peer = %to, "raft request dropped: correlation id in use");

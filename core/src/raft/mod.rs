@@ -351,6 +351,17 @@ impl RaftReplica {
         self.quorum.leader_id
     }
 
+    /// The quorum state in force (perhaps not yet durable).
+    pub fn quorum_state(&self) -> QuorumState {
+        self.quorum
+    }
+
+    /// The latest quorum state the driver reported durable: what a crash
+    /// now would restart from.
+    pub fn quorum_state_durable(&self) -> QuorumState {
+        self.quorum_persisted
+    }
+
     pub fn high_watermark(&self) -> i64 {
         self.high_watermark
     }

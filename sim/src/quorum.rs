@@ -1,0 +1,303 @@
+//! A fault campaign for the controller quorum: N real nodes
+//! (`Node<MemStorage>`, all voters) on the in-process `Cluster`, their
+//! Raft traffic in Kafka's frames over the harness's links, the quorum
+//! state and metadata log on each node's storage. A seed draws a schedule
+//! of crashes (unsynced writes lost or torn), links cut and healed, and
+//! wall-clock jumps; then every fault heals and the quorum must converge.
+//!
+//! Checked after every step of the harness:
+//! - at most one leader per epoch, over the whole run and across restarts;
+//! - a voter's durable vote in an epoch never changes, across restarts;
+//! - committed entries are never lost or changed: every node's committed
+//!   prefix agrees with every other's, and each committed entry is held
+//!   by a majority of the voters (whose logs, after a crash, are what was
+//!   durable);
+//! - no node hands out an entry above its commit point.
+//!
+//! And once healed: one leader that every voter follows, with every
+//! voter's log committed up to the leader's end, within
+//! `HEALED_CONVERGENCE_MS`.
+
+use std::collections::BTreeMap;
+
+use sluice_core::raft::{Entry, QuorumState, Role};
+use sluice_core::rng::Rng;
+use sluice_core::NodeId;
+
+use crate::cluster::{Cluster, ClusterConfig, CrashLoss};
+
+/// Simulated time with faults.
+pub const CHAOS_MS: i64 = 15_000;
+/// After the faults heal, the quorum must have converged within this.
+pub const HEALED_CONVERGENCE_MS: i64 = 15_000;
+/// Steps one run may take before it fails as a livelock.
+const STEPS_MAX: u64 = 2_000_000;
+
+/// One run's settings.
+#[derive(Debug, Clone)]
+pub struct QuorumRun {
+    pub seed: u64,
+    pub voters: i32,
+    /// Extra broker config pairs (a mutation, under the feature).
+    pub broker: Vec<(String, String)>,
+    pub faults: bool,
+}
+
+/// What a run saw, for the sweep's summary.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QuorumStats {
+    pub epochs: usize,
+    pub committed: usize,
+    pub crashes: u64,
+    pub cuts: u64,
+    pub steps: u64,
+    /// From the heal to convergence.
+    pub convergence_ms: i64,
+}
+
+struct Checker {
+    voters: Vec<NodeId>,
+    leaders: BTreeMap<i32, NodeId>,
+    votes: BTreeMap<(NodeId, i32), NodeId>,
+    committed: Vec<Entry>,
+}
+
+impl Checker {
+    fn check_vote(&mut self, at: i64, id: NodeId, durable: QuorumState) -> Result<(), String> {
+        if let Some(voted) = durable.voted_id {
+            let first = *self
+                .votes
+                .entry((id, durable.leader_epoch))
+                .or_insert(voted);
+            if first != voted {
+                return Err(format!(
+                    "at {at} ms: n{id} voted for n{first} and then n{voted} in epoch {}",
+                    durable.leader_epoch
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn check(&mut self, cluster: &Cluster) -> Result<(), String> {
+        let at = cluster.now_ms();
+        let mut logs: BTreeMap<NodeId, &[Entry]> = BTreeMap::new();
+        for id in self.voters.clone() {
+            let node = cluster.node(id);
+            let quorum = node.quorum().expect("every node is a voter");
+            let Some(replica) = quorum.replica() else {
+                // Restarting: its log and vote are what it read from disk.
+                logs.insert(id, quorum.entries());
+                self.check_vote(at, id, quorum.durable_state())?;
+                continue;
+            };
+            let epoch = replica.leader_epoch();
+            if replica.role() == Role::Leader {
+                let leader = *self.leaders.entry(epoch).or_insert(id);
+                if leader != id {
+                    return Err(format!(
+                        "at {at} ms: n{id} and n{leader} both lead epoch {epoch}"
+                    ));
+                }
+            }
+            self.check_vote(at, id, replica.quorum_state_durable())?;
+            let entries = replica.entries();
+            let high_watermark = replica.high_watermark() as usize;
+            if node.quorum_committed() > replica.high_watermark() {
+                return Err(format!(
+                    "at {at} ms: n{id} applied {} entries above its commit point {high_watermark}",
+                    node.quorum_committed()
+                ));
+            }
+            let overlap = high_watermark.min(self.committed.len());
+            if entries[..overlap] != self.committed[..overlap] {
+                let offset = (0..overlap)
+                    .find(|&i| entries[i] != self.committed[i])
+                    .unwrap_or(0);
+                return Err(format!(
+                    "at {at} ms: n{id}'s committed entry {offset} is {:?}, committed before as {:?}",
+                    entries[offset], self.committed[offset]
+                ));
+            }
+            if high_watermark > self.committed.len() {
+                self.committed = entries[..high_watermark].to_vec();
+            }
+            logs.insert(id, entries);
+        }
+        let majority = self.voters.len() / 2 + 1;
+        for (offset, entry) in self.committed.iter().enumerate() {
+            let holders = logs
+                .values()
+                .filter(|log| log.get(offset) == Some(entry))
+                .count();
+            if holders < majority {
+                return Err(format!(
+                    "at {at} ms: committed entry {offset} ({entry:?}) is on {holders} voters, fewer than a majority"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn voters_value(voters: i32) -> String {
+    (1..=voters)
+        .map(|id| format!("{id}@node{id}:9092"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The broker config of a run's nodes: every node a voter.
+pub fn quorum_broker_config(voters: i32) -> Vec<(String, String)> {
+    vec![("controller.quorum.voters".into(), voters_value(voters))]
+}
+
+/// Runs one seed; the first violation, with the seed, on failure.
+pub fn run_quorum(run: &QuorumRun) -> Result<QuorumStats, String> {
+    let mut config = ClusterConfig::new(run.seed, run.voters);
+    config.broker = quorum_broker_config(run.voters);
+    config.broker.extend(run.broker.iter().cloned());
+    config.steps_max = STEPS_MAX;
+    let voters: Vec<NodeId> = (1..=run.voters).map(NodeId).collect();
+    let mut cluster = Cluster::new(config);
+    let mut rng = Rng::from_seed(run.seed ^ 0x71_756f_7275_6d00);
+    for (i, &a) in voters.iter().enumerate() {
+        for &b in &voters[i + 1..] {
+            cluster.link_up(a, b);
+        }
+    }
+    let mut checker = Checker {
+        voters: voters.clone(),
+        leaders: BTreeMap::new(),
+        votes: BTreeMap::new(),
+        committed: Vec::new(),
+    };
+    let mut stats = QuorumStats::default();
+    let fail = |why: String| format!("seed {} ({} voters): {why}", run.seed, run.voters);
+    let mut cut: Vec<(NodeId, NodeId)> = Vec::new();
+    let mut next_fault_ms = cluster.now_ms() + 500 + (rng.next_u64() % 1_000) as i64;
+    while cluster.now_ms() < CHAOS_MS {
+        if run.faults && cluster.now_ms() >= next_fault_ms {
+            let pick = |rng: &mut Rng| voters[(rng.next_u64() % voters.len() as u64) as usize];
+            match rng.next_u64() % 5 {
+                0 => {
+                    let loss = if rng.next_u64().is_multiple_of(2) {
+                        CrashLoss::LoseUnsynced
+                    } else {
+                        CrashLoss::TearUnsynced
+                    };
+                    cluster.crash(pick(&mut rng), loss);
+                    stats.crashes += 1;
+                }
+                1 | 2 => {
+                    let (a, b) = (pick(&mut rng), pick(&mut rng));
+                    if a != b && !cut.contains(&(a.min(b), a.max(b))) {
+                        cluster.cut(a, b);
+                        cut.push((a.min(b), a.max(b)));
+                        stats.cuts += 1;
+                    }
+                }
+                3 => {
+                    if !cut.is_empty() {
+                        let (a, b) = cut.remove((rng.next_u64() % cut.len() as u64) as usize);
+                        cluster.link_up(a, b);
+                    }
+                }
+                _ => {
+                    let delta = (rng.next_u64() % 7_200_000) as i64 - 3_600_000;
+                    cluster.jump_wall_clock(pick(&mut rng), delta);
+                }
+            }
+            next_fault_ms = cluster.now_ms() + 100 + (rng.next_u64() % 1_500) as i64;
+        }
+        if !cluster.step() {
+            return Err(fail("the cluster went idle".into()));
+        }
+        stats.steps += 1;
+        if stats.steps > STEPS_MAX {
+            return Err(fail(format!("still running after {STEPS_MAX} steps")));
+        }
+        checker.check(&cluster).map_err(fail)?;
+    }
+    for (a, b) in cut.drain(..) {
+        cluster.link_up(a, b);
+    }
+    let healed_ms = cluster.now_ms();
+    loop {
+        if converged(&cluster, &voters) {
+            break;
+        }
+        if cluster.now_ms() - healed_ms > HEALED_CONVERGENCE_MS {
+            return Err(fail(format!(
+                "no convergence within {HEALED_CONVERGENCE_MS} ms of the heal: {}",
+                describe(&cluster, &voters)
+            )));
+        }
+        if !cluster.step() {
+            return Err(fail("the cluster went idle".into()));
+        }
+        stats.steps += 1;
+        checker.check(&cluster).map_err(fail)?;
+    }
+    stats.convergence_ms = cluster.now_ms() - healed_ms;
+    stats.epochs = checker.leaders.len();
+    stats.committed = checker.committed.len();
+    Ok(stats)
+}
+
+/// One leader, followed by every voter in its epoch, every log committed
+/// to the leader's end.
+fn converged(cluster: &Cluster, voters: &[NodeId]) -> bool {
+    let replicas: Vec<_> = voters
+        .iter()
+        .filter_map(|&id| cluster.node(id).quorum().and_then(|q| q.replica()))
+        .collect();
+    if replicas.len() != voters.len() {
+        return false;
+    }
+    let Some(leader) = replicas.iter().find(|r| r.role() == Role::Leader) else {
+        return false;
+    };
+    let end = leader.entries().len() as i64;
+    replicas.iter().all(|r| {
+        r.leader_epoch() == leader.leader_epoch()
+            && r.leader_id() == Some(leader.id())
+            && r.high_watermark() == end
+            && r.entries().len() as i64 == end
+    })
+}
+
+fn describe(cluster: &Cluster, voters: &[NodeId]) -> String {
+    voters
+        .iter()
+        .map(
+            |&id| match cluster.node(id).quorum().and_then(|q| q.replica()) {
+                Some(r) => format!(
+                    "n{id} {:?} epoch {} leader {:?} end {} hw {}",
+                    r.role(),
+                    r.leader_epoch(),
+                    r.leader_id(),
+                    r.entries().len(),
+                    r.high_watermark()
+                ),
+                None => format!("n{id} not started"),
+            },
+        )
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Runs seeds `start..start + count` of `voters` voters; the stats, or
+/// the first failure.
+pub fn sweep_quorum(voters: i32, start: u64, count: u64) -> Result<Vec<QuorumStats>, String> {
+    (start..start + count)
+        .map(|seed| {
+            run_quorum(&QuorumRun {
+                seed,
+                voters,
+                broker: Vec::new(),
+                faults: true,
+            })
+        })
+        .collect()
+}
