@@ -592,10 +592,20 @@ pub enum Mutation {
     ForgetCommittedOffsets,
     /// Hand every member of a group the leader's own assignment.
     SameAssignmentForAll,
+    /// Start the controller quorum without its `quorum-state` file (the
+    /// epoch rebuilt from the log, the vote lost).
+    ForgetQuorumState,
+    /// A voter grants every candidate of an epoch whose log is good enough.
+    VoteTwice,
+    /// The quorum leader counts its unsynced entries toward the commit.
+    CommitUnsyncedEntries,
+    /// The quorum leader answers every fetch with entries, never with a
+    /// diverging epoch, so followers never truncate.
+    SkipDivergenceCheck,
 }
 
 impl Mutation {
-    pub const ALL: [Mutation; 7] = [
+    pub const ALL: [Mutation; 11] = [
         Mutation::AckBeforeSync,
         Mutation::ReadBeforeSync,
         Mutation::SkipRecoveryCrc,
@@ -603,6 +613,10 @@ impl Mutation {
         Mutation::ForgetHighWatermark,
         Mutation::ForgetCommittedOffsets,
         Mutation::SameAssignmentForAll,
+        Mutation::ForgetQuorumState,
+        Mutation::VoteTwice,
+        Mutation::CommitUnsyncedEntries,
+        Mutation::SkipDivergenceCheck,
     ];
 
     pub fn name(self) -> &'static str {
@@ -614,6 +628,10 @@ impl Mutation {
             Mutation::ForgetHighWatermark => "forget-high-watermark",
             Mutation::ForgetCommittedOffsets => "forget-committed-offsets",
             Mutation::SameAssignmentForAll => "same-assignment-for-all",
+            Mutation::ForgetQuorumState => "forget-quorum-state",
+            Mutation::VoteTwice => "vote-twice",
+            Mutation::CommitUnsyncedEntries => "commit-unsynced-entries",
+            Mutation::SkipDivergenceCheck => "skip-divergence-check",
         }
     }
 }

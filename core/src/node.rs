@@ -37,7 +37,7 @@ use crate::config::BrokerConfig;
 use crate::durability::{Completed, SyncPurpose, SyncRequest};
 use crate::group::Token;
 use crate::handlers::{self, fetch::fetch_response, Context, Pending, WaitState};
-use crate::quorum::Quorum;
+use crate::quorum::{Quorum, QuorumSettings};
 use crate::raft::wire as raft_wire;
 use crate::raft::Timeouts;
 use crate::storage::{Storage, SyncTarget};
@@ -213,6 +213,7 @@ impl<S: Storage> Node<S> {
                     fetch_ms: broker.config.quorum_fetch_timeout_ms,
                 };
                 let clean = broker.clean_start();
+                let mutation = broker.config.mutation.filter(|&m| broker.config.mutated(m));
                 let Broker {
                     storage,
                     durability,
@@ -221,11 +222,14 @@ impl<S: Storage> Node<S> {
                 Some(Quorum::open(
                     storage,
                     durability,
-                    node_id,
-                    voters,
-                    timeouts,
-                    seed ^ QUORUM_SEED_SALT,
-                    clean,
+                    QuorumSettings {
+                        id: node_id,
+                        voters,
+                        timeouts,
+                        seed: seed ^ QUORUM_SEED_SALT,
+                        clean,
+                        mutation,
+                    },
                 )?)
             }
         };
@@ -256,6 +260,30 @@ impl<S: Storage> Node<S> {
     /// The controller quorum, when this node is a voter of one.
     pub fn quorum(&self) -> Option<&Quorum> {
         self.quorum.as_ref()
+    }
+
+    /// Proposes records to the metadata log, when this node's replica
+    /// leads the quorum; the offset of the last, committed once
+    /// `quorum_committed` passes it.
+    pub fn quorum_propose(
+        &mut self,
+        now: Now,
+        records: Vec<Bytes>,
+    ) -> Result<i64, crate::raft::ProposeError> {
+        let Some(quorum) = &mut self.quorum else {
+            return Err(crate::raft::ProposeError::NotLeader {
+                leader_hint: None,
+                leader_epoch: 0,
+            });
+        };
+        let Broker {
+            storage,
+            durability,
+            ..
+        } = &mut self.broker;
+        let result = quorum.propose(storage, durability, now.monotonic_ms, records);
+        self.settle(now);
+        result
     }
 
     /// Metadata entries committed and handed out to this node.

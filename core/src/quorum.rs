@@ -27,6 +27,7 @@ use std::io;
 
 use bytes::Bytes;
 
+use crate::config::Mutation;
 use crate::durability::Durability;
 use crate::log::PartitionLog;
 use crate::metadata::METADATA_DIR;
@@ -37,12 +38,29 @@ use crate::raft::{
 use crate::storage::{read_exact_at, Storage, SyncTarget};
 use crate::types::NodeId;
 
+#[cfg(feature = "mutations")]
+use crate::raft::Mutation as RaftMutation;
+
 pub const QUORUM_STATE_FILE: &str = "__cluster_metadata-0/quorum-state";
 const QUORUM_STATE_TMP: &str = "__cluster_metadata-0/quorum-state.tmp";
 /// Bytes read per call when loading the log at start.
 const LOAD_CHUNK_BYTES: usize = 1 << 20;
 /// Largest `quorum-state` file read (Kafka's are a few hundred bytes).
 const QUORUM_STATE_BYTES_MAX: u64 = 64 * 1024;
+
+/// How a node's quorum is set up.
+#[derive(Debug, Clone)]
+pub struct QuorumSettings {
+    pub id: NodeId,
+    pub voters: Vec<NodeId>,
+    pub timeouts: Timeouts,
+    /// Seeds the replica's generator (election jitter).
+    pub seed: u64,
+    /// The last stop was clean: the log needs no recovery scan.
+    pub clean: bool,
+    /// A deliberately broken variant (feature `mutations` only).
+    pub mutation: Option<Mutation>,
+}
 
 /// What the node must do for the quorum.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,6 +112,9 @@ pub struct Quorum {
     outputs: VecDeque<QuorumOutput>,
     /// A write failed: nothing more is reported durable until a restart.
     failed: bool,
+    /// A deliberately broken variant (feature `mutations` only).
+    #[cfg_attr(not(feature = "mutations"), allow(dead_code))]
+    mutation: Option<Mutation>,
 }
 
 impl Quorum {
@@ -102,12 +123,16 @@ impl Quorum {
     pub fn open<S: Storage + ?Sized>(
         storage: &mut S,
         durability: &mut Durability,
-        id: NodeId,
-        voters: Vec<NodeId>,
-        timeouts: Timeouts,
-        seed: u64,
-        clean: bool,
+        settings: QuorumSettings,
     ) -> io::Result<Quorum> {
+        let QuorumSettings {
+            id,
+            voters,
+            timeouts,
+            seed,
+            clean,
+            mutation,
+        } = settings;
         assert!(voters.contains(&id), "node {id} is not among the voters");
         let config = crate::config::TopicConfig::new(
             &crate::config::BrokerConfig::defaults(),
@@ -119,7 +144,14 @@ impl Quorum {
             tracing::warn!(?recovery, "the metadata log's tail was cut at start");
         }
         let entries = load_entries(storage, &log)?;
-        let state = read_quorum_state(storage)?;
+        let mut state = read_quorum_state(storage)?;
+        if mutation == Some(Mutation::ForgetQuorumState) {
+            state = QuorumState {
+                leader_epoch: entries.last().map_or(0, |e| e.epoch),
+                leader_id: None,
+                voted_id: None,
+            };
+        }
         if storage.exists(QUORUM_STATE_TMP) {
             storage.remove_file(QUORUM_STATE_TMP)?;
         }
@@ -130,6 +162,7 @@ impl Quorum {
             seed,
             log,
             recovered: Some((state, entries)),
+            mutation,
             started: None,
             log_syncs: VecDeque::new(),
             state_write: StateWrite::Idle,
@@ -172,6 +205,17 @@ impl Quorum {
             now_ms,
             self.timeouts,
         );
+        #[cfg(feature = "mutations")]
+        let replica = match self.mutation {
+            Some(Mutation::VoteTwice) => replica.with_mutation(RaftMutation::VoteTwice),
+            Some(Mutation::CommitUnsyncedEntries) => {
+                replica.with_mutation(RaftMutation::HighWatermarkCountsUnpersisted)
+            }
+            Some(Mutation::SkipDivergenceCheck) => {
+                replica.with_mutation(RaftMutation::SkipDivergenceCheck)
+            }
+            _ => replica,
+        };
         self.started = Some(Started {
             replica,
             applied: 0,

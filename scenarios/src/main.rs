@@ -48,6 +48,19 @@ enum Command {
         #[arg(long)]
         mutation: Option<String>,
     },
+    /// Run the controller quorum's fault campaign (real nodes, every one a
+    /// voter, on the in-process harness) over many seeds.
+    Quorum {
+        #[arg(long, default_value_t = 3)]
+        voters: i32,
+        #[arg(long, default_value_t = 100)]
+        seeds: u64,
+        #[arg(long, value_parser = parse_seed, default_value = "1")]
+        start: u64,
+        /// Run a deliberately broken node (needs `--features mutations`).
+        #[arg(long)]
+        mutation: Option<String>,
+    },
     /// Rerun one seed exactly and write its trace, history and timeline.
     Replay {
         #[arg(long)]
@@ -98,6 +111,12 @@ fn main() -> std::process::ExitCode {
             jobs,
             mutation,
         } => sweep(&scenario, seeds, start, jobs, mutation.as_deref()),
+        Command::Quorum {
+            voters,
+            seeds,
+            start,
+            mutation,
+        } => quorum_sweep(voters, seeds, start, mutation.as_deref()),
         Command::Replay {
             scenario,
             seed,
@@ -113,6 +132,62 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::from(2)
         }
     }
+}
+
+/// The quorum campaign over `seeds` seeds; false at the first failure,
+/// printed with the command that replays it.
+fn quorum_sweep(
+    voters: i32,
+    seeds: u64,
+    start: u64,
+    mutation: Option<&str>,
+) -> Result<bool, String> {
+    if !(1..=16).contains(&voters) {
+        return Err(format!("{voters} voters: a quorum has 1 to 16"));
+    }
+    let broker = match mutation {
+        Some(name) if !cfg!(feature = "mutations") => {
+            return Err(format!(
+                "mutation `{name}` needs a build with `--features mutations`"
+            ))
+        }
+        Some(name) => vec![("sluice.mutation".to_string(), name.to_string())],
+        None => Vec::new(),
+    };
+    let began = std::time::Instant::now();
+    let (mut epochs, mut committed, mut crashes, mut convergence_max) = (0, 0, 0, 0);
+    for seed in start..start + seeds {
+        let run = sluice_sim::quorum::QuorumRun {
+            seed,
+            voters,
+            broker: broker.clone(),
+            faults: true,
+        };
+        match sluice_sim::quorum::run_quorum(&run) {
+            Ok(stats) => {
+                epochs += stats.epochs;
+                committed += stats.committed;
+                crashes += stats.crashes;
+                convergence_max = convergence_max.max(stats.convergence_ms);
+            }
+            Err(why) => {
+                println!("FAILED {why}");
+                println!(
+                    "replay: cargo run --release -p sluice-scenarios --bin sluice-sim -- quorum --voters {voters} --seeds 1 --start {seed:#x}{}",
+                    mutation.map_or(String::new(), |m| format!(" --mutation {m}"))
+                );
+                return Ok(false);
+            }
+        }
+    }
+    let wall = began.elapsed().as_secs_f64().max(1e-9);
+    let simulated_s = seeds as f64 * (sluice_sim::quorum::CHAOS_MS as f64 / 1000.0);
+    println!(
+        "quorum of {voters}: {seeds} seeds in {wall:.1} s: {:.1} seeds/s, at least {:.0}x simulated/wall (1 job); {epochs} leader epochs, {committed} entries committed, {crashes} crashes; slowest convergence after the heal {convergence_max} ms; 0 failed",
+        seeds as f64 / wall,
+        simulated_s / wall
+    );
+    Ok(true)
 }
 
 fn scenario_named(name: &str) -> Result<&'static Scenario, String> {

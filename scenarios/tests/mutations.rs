@@ -6,6 +6,7 @@
 
 use sluice_core::config::Mutation;
 use sluice_scenarios::{with_mutation, ALL};
+use sluice_sim::quorum::{run_quorum, QuorumRun};
 
 /// Seeds per scenario within which each mutation must be caught.
 const SEEDS_MAX: u64 = 20;
@@ -119,8 +120,69 @@ fn one_assignment_for_all_gives_partitions_two_owners() {
     );
 }
 
+/// Seeds of the quorum campaign within which each quorum mutation must be
+/// caught.
+const QUORUM_SEEDS_MAX: u64 = 200;
+
+/// Runs quorum campaign seeds (3 and 5 voters) with `mutation` until one
+/// fails with `expected`; returns it, or the other failures seen.
+fn quorum_caught_by(mutation: Mutation, expected: &str) -> Result<String, Vec<String>> {
+    let mut seen = Vec::new();
+    for seed in 1..=QUORUM_SEEDS_MAX {
+        let voters = if seed % 4 == 0 { 5 } else { 3 };
+        let run = QuorumRun {
+            seed,
+            voters,
+            broker: vec![("sluice.mutation".into(), mutation.name().into())],
+            faults: true,
+        };
+        match run_quorum(&run) {
+            Err(why) if why.contains(expected) => return Ok(why),
+            Err(why) => seen.push(why),
+            Ok(_) => {}
+        }
+    }
+    Err(seen)
+}
+
+#[test]
+fn a_forgotten_quorum_state_lets_a_voter_vote_twice() {
+    let caught = quorum_caught_by(Mutation::ForgetQuorumState, "[one-vote-per-epoch]");
+    assert!(
+        caught.is_ok(),
+        "not caught within {QUORUM_SEEDS_MAX} seeds: {caught:?}"
+    );
+}
+
+#[test]
+fn voting_twice_in_an_epoch_is_caught() {
+    let caught = quorum_caught_by(Mutation::VoteTwice, "[one-leader-per-epoch]");
+    assert!(
+        caught.is_ok(),
+        "not caught within {QUORUM_SEEDS_MAX} seeds: {caught:?}"
+    );
+}
+
+#[test]
+fn committing_unsynced_entries_loses_committed_entries() {
+    let caught = quorum_caught_by(Mutation::CommitUnsyncedEntries, "[committed-");
+    assert!(
+        caught.is_ok(),
+        "not caught within {QUORUM_SEEDS_MAX} seeds: {caught:?}"
+    );
+}
+
+#[test]
+fn skipping_the_divergence_check_keeps_diverged_logs() {
+    let caught = quorum_caught_by(Mutation::SkipDivergenceCheck, "[committed-");
+    assert!(
+        caught.is_ok(),
+        "not caught within {QUORUM_SEEDS_MAX} seeds: {caught:?}"
+    );
+}
+
 #[test]
 fn every_mutation_has_a_proof() {
     // Adding a mutation means adding a test above that shows it is caught.
-    assert_eq!(Mutation::ALL.len(), 7);
+    assert_eq!(Mutation::ALL.len(), 11);
 }

@@ -329,8 +329,13 @@ impl Cluster {
         }
     }
 
-    /// Hands an input to a node at its clocks, then carries out what it asked for.
-    fn input<R>(&mut self, id: NodeId, input: impl FnOnce(&mut Node<MemStorage>, Now) -> R) -> R {
+    /// Hands an input to a node at its clocks, then carries out what it
+    /// asked for (for inputs the harness does not model itself).
+    pub fn input<R>(
+        &mut self,
+        id: NodeId,
+        input: impl FnOnce(&mut Node<MemStorage>, Now) -> R,
+    ) -> R {
         let now = self.clock(self.member(id).wall_offset_ms);
         let result = input(&mut self.member_mut(id).node, now);
         self.drain(id);
@@ -641,6 +646,18 @@ impl Cluster {
             .filter_map(|(id, member)| member.timer_ms.map(|at_ms| (at_ms, Some(*id))))
             .min();
         [event, timer].into_iter().flatten().min()
+    }
+
+    /// Takes one step if something is due by `end_ms`; otherwise moves the
+    /// clock to `end_ms` and returns false. For callers that act at their
+    /// own times between steps.
+    pub fn step_until(&mut self, end_ms: i64) -> bool {
+        if self.next().is_some_and(|(at_ms, _)| at_ms <= end_ms) {
+            self.step()
+        } else {
+            self.now_ms = self.now_ms.max(end_ms);
+            false
+        }
     }
 
     /// Jumps to the earliest event or deadline and hands it to its node;

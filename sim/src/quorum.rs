@@ -20,6 +20,7 @@
 
 use std::collections::BTreeMap;
 
+use bytes::Bytes;
 use sluice_core::raft::{Entry, QuorumState, Role};
 use sluice_core::rng::Rng;
 use sluice_core::NodeId;
@@ -30,6 +31,8 @@ use crate::cluster::{Cluster, ClusterConfig, CrashLoss};
 pub const CHAOS_MS: i64 = 15_000;
 /// After the faults heal, the quorum must have converged within this.
 pub const HEALED_CONVERGENCE_MS: i64 = 15_000;
+/// How often the campaign proposes a record to the leader.
+const PROPOSE_INTERVAL_MS: i64 = 50;
 /// Steps one run may take before it fails as a livelock.
 const STEPS_MAX: u64 = 2_000_000;
 
@@ -71,7 +74,7 @@ impl Checker {
                 .or_insert(voted);
             if first != voted {
                 return Err(format!(
-                    "at {at} ms: n{id} voted for n{first} and then n{voted} in epoch {}",
+                    "[one-vote-per-epoch] at {at} ms: n{id} voted for n{first} and then n{voted} in epoch {}",
                     durable.leader_epoch
                 ));
             }
@@ -96,7 +99,7 @@ impl Checker {
                 let leader = *self.leaders.entry(epoch).or_insert(id);
                 if leader != id {
                     return Err(format!(
-                        "at {at} ms: n{id} and n{leader} both lead epoch {epoch}"
+                        "[one-leader-per-epoch] at {at} ms: n{id} and n{leader} both lead epoch {epoch}"
                     ));
                 }
             }
@@ -105,7 +108,7 @@ impl Checker {
             let high_watermark = replica.high_watermark() as usize;
             if node.quorum_committed() > replica.high_watermark() {
                 return Err(format!(
-                    "at {at} ms: n{id} applied {} entries above its commit point {high_watermark}",
+                    "[applied-below-commit] at {at} ms: n{id} applied {} entries above its commit point {high_watermark}",
                     node.quorum_committed()
                 ));
             }
@@ -115,7 +118,7 @@ impl Checker {
                     .find(|&i| entries[i] != self.committed[i])
                     .unwrap_or(0);
                 return Err(format!(
-                    "at {at} ms: n{id}'s committed entry {offset} is {:?}, committed before as {:?}",
+                    "[committed-kept] at {at} ms: n{id}'s committed entry {offset} is {:?}, committed before as {:?}",
                     entries[offset], self.committed[offset]
                 ));
             }
@@ -132,7 +135,7 @@ impl Checker {
                 .count();
             if holders < majority {
                 return Err(format!(
-                    "at {at} ms: committed entry {offset} ({entry:?}) is on {holders} voters, fewer than a majority"
+                    "[committed-on-majority] at {at} ms: committed entry {offset} ({entry:?}) is on {holders} voters, fewer than a majority"
                 ));
             }
         }
@@ -175,6 +178,8 @@ pub fn run_quorum(run: &QuorumRun) -> Result<QuorumStats, String> {
     let mut stats = QuorumStats::default();
     let fail = |why: String| format!("seed {} ({} voters): {why}", run.seed, run.voters);
     let mut cut: Vec<(NodeId, NodeId)> = Vec::new();
+    let mut proposals = 0u64;
+    let mut next_proposal_ms = 0;
     let mut next_fault_ms = cluster.now_ms() + 500 + (rng.next_u64() % 1_000) as i64;
     while cluster.now_ms() < CHAOS_MS {
         if run.faults && cluster.now_ms() >= next_fault_ms {
@@ -210,9 +215,13 @@ pub fn run_quorum(run: &QuorumRun) -> Result<QuorumStats, String> {
             }
             next_fault_ms = cluster.now_ms() + 100 + (rng.next_u64() % 1_500) as i64;
         }
-        if !cluster.step() {
-            return Err(fail("the cluster went idle".into()));
+        if cluster.now_ms() >= next_proposal_ms {
+            proposals += propose(&mut cluster, &voters, proposals);
+            next_proposal_ms = cluster.now_ms() + PROPOSE_INTERVAL_MS;
         }
+        let fault_ms = if run.faults { next_fault_ms } else { CHAOS_MS };
+        let until = next_proposal_ms.min(fault_ms).min(CHAOS_MS);
+        cluster.step_until(until);
         stats.steps += 1;
         if stats.steps > STEPS_MAX {
             return Err(fail(format!("still running after {STEPS_MAX} steps")));
@@ -229,7 +238,7 @@ pub fn run_quorum(run: &QuorumRun) -> Result<QuorumStats, String> {
         }
         if cluster.now_ms() - healed_ms > HEALED_CONVERGENCE_MS {
             return Err(fail(format!(
-                "no convergence within {HEALED_CONVERGENCE_MS} ms of the heal: {}",
+                "[converges] no convergence within {HEALED_CONVERGENCE_MS} ms of the heal: {}",
                 describe(&cluster, &voters)
             )));
         }
@@ -243,6 +252,21 @@ pub fn run_quorum(run: &QuorumRun) -> Result<QuorumStats, String> {
     stats.epochs = checker.leaders.len();
     stats.committed = checker.committed.len();
     Ok(stats)
+}
+
+/// Proposes one record (numbered, so every entry differs) to whichever
+/// node leads now; 1 when one took it.
+fn propose(cluster: &mut Cluster, voters: &[NodeId], number: u64) -> u64 {
+    let leader = voters
+        .iter()
+        .copied()
+        .find(|&id| cluster.node(id).quorum().and_then(|q| q.role()) == Some(Role::Leader));
+    let Some(leader) = leader else {
+        return 0;
+    };
+    let record = Bytes::from(format!("record {number}").into_bytes());
+    let taken = cluster.input(leader, |node, now| node.quorum_propose(now, vec![record]));
+    u64::from(taken.is_ok())
 }
 
 /// One leader, followed by every voter in its epoch, every log committed

@@ -165,10 +165,12 @@ pub enum Role {
     Resigned,
 }
 
-/// Deliberately broken variants, for the tests that show the checkers bite.
+/// Deliberately broken variants, for the tests that show the checkers
+/// bite: the replica's own tests, and the node's under the `mutations`
+/// feature (never selectable without it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[cfg_attr(not(test), allow(dead_code))]
-enum Mutation {
+#[cfg_attr(not(any(test, feature = "mutations")), allow(dead_code))]
+pub enum Mutation {
     None,
     /// A voter grants every candidate of an epoch whose log is good enough.
     VoteTwice,
@@ -329,8 +331,8 @@ impl RaftReplica {
         replica
     }
 
-    #[cfg(test)]
-    fn with_mutation(mut self, mutation: Mutation) -> RaftReplica {
+    #[cfg(any(test, feature = "mutations"))]
+    pub fn with_mutation(mut self, mutation: Mutation) -> RaftReplica {
         self.mutation = mutation;
         self
     }
