@@ -219,6 +219,7 @@ fn run(ops: Vec<Op>) {
                 log = reopened;
                 sync(&mut log, &mut storage);
                 model.durable_end = model.end();
+                model.truncated.clear();
                 check_contents(&log, &mut storage, &model);
             }
             Op::Read {
