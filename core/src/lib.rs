@@ -40,7 +40,7 @@ pub mod timer;
 
 pub use node::{ConnectionId, FrameOutcome, Node, Output};
 pub use storage::{FileId, MemStorage, Storage, SyncTarget};
-pub use types::{NodeId, Now, TopicPartition};
+pub use types::{Channel, NodeId, Now, TopicPartition};
 
 /// The layering above, checked: a module may use its own layer and the
 /// ones below, never one above (tests excepted).
@@ -132,7 +132,11 @@ mod layers {
         (
             "node",
             NODE,
-            &[include_str!("node.rs"), include_str!("node/quorum.rs")],
+            &[
+                include_str!("node.rs"),
+                include_str!("node/cluster.rs"),
+                include_str!("node/quorum.rs"),
+            ],
         ),
         ("session", NODE, &[include_str!("session.rs")]),
         ("timer", NODE, &[include_str!("timer.rs")]),

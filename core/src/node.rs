@@ -42,6 +42,7 @@ use crate::raft::wire as raft_wire;
 use crate::raft::Timeouts;
 use crate::storage::{Storage, SyncTarget};
 use crate::timer::{Timer, TimerTable};
+pub use crate::types::Channel;
 use crate::types::{NodeId, Now};
 use crate::wire::reply::{decode_response, response_correlation_id};
 use crate::wire::versions::api_versions_response;
@@ -68,6 +69,7 @@ pub enum Output {
     /// sync completed; if the sync fails, the driver drops it.
     SendPeer {
         peer: NodeId,
+        channel: Channel,
         frame: Bytes,
         after_sync: Option<u64>,
     },
@@ -75,7 +77,7 @@ pub enum Output {
     /// `PEER_REQUEST_TIMEOUT_MS` (a peer that froze, or a network that lost
     /// what was sent). The driver reports the link down, reconnects with its
     /// backoff, and reports it up again.
-    ResetPeer { peer: NodeId },
+    ResetPeer { peer: NodeId, channel: Channel },
 }
 
 /// What the driver needs to know about a frame it handed in.
@@ -164,7 +166,7 @@ pub struct Node<S: Storage> {
     pub(crate) broker: Broker<S>,
     sessions: Sessions,
     timers: TimerTable,
-    peers: BTreeMap<NodeId, PeerLink>,
+    peers: BTreeMap<(NodeId, Channel), PeerLink>,
     outputs: VecDeque<Output>,
     /// Coordinator answers collected for requests that wait for them.
     group_answers: BTreeMap<Token, GroupAnswer>,
@@ -179,6 +181,9 @@ pub struct Node<S: Storage> {
     raft_answers: BTreeMap<Token, Bytes>,
     /// Metadata entries committed and handed out so far.
     quorum_committed: i64,
+    /// This node as a broker of the cluster, and as its active controller.
+    lifecycle: Option<cluster::Lifecycle>,
+    controller: Option<cluster::ControllerState>,
 }
 
 impl<S: Storage> Node<S> {
@@ -248,7 +253,14 @@ impl<S: Storage> Node<S> {
             raft_waiting: BTreeMap::new(),
             raft_answers: BTreeMap::new(),
             quorum_committed: 0,
+            lifecycle: None,
+            controller: None,
         };
+        if node.quorum.is_some() {
+            let incarnation_id = uuid::Uuid::from_bytes(node.broker.rng.uuid());
+            node.lifecycle = Some(cluster::Lifecycle::new(incarnation_id));
+            node.broker.cluster = Some(crate::broker::ClusterView::default());
+        }
         node.settle(now);
         Ok(node)
     }
@@ -329,8 +341,8 @@ impl<S: Storage> Node<S> {
     }
 
     /// What a peer serves (api key, min, max), once its link is up and it answered.
-    pub fn peer_api_versions(&self, peer: NodeId) -> Option<&[(i16, i16, i16)]> {
-        self.peers.get(&peer)?.api_versions.as_deref()
+    pub fn peer_api_versions(&self, peer: NodeId, channel: Channel) -> Option<&[(i16, i16, i16)]> {
+        self.peers.get(&(peer, channel))?.api_versions.as_deref()
     }
 
     /// A client connected from `peer`; its JoinGroups record the peer as
@@ -386,6 +398,12 @@ impl<S: Storage> Node<S> {
         connection: ConnectionId,
         frame: Bytes,
     ) -> Result<FrameOutcome, String> {
+        if cluster::is_controller_api(&frame) {
+            let queued = self.controller_request(now, connection, frame)?;
+            return Ok(FrameOutcome {
+                response_queued: queued,
+            });
+        }
         if quorum::is_raft_api(&frame) {
             let request = raft_wire::parse_request_frame(frame).map_err(|e| e.to_string())?;
             let queued = self.raft_request(now, connection, request.header, request.body)?;
@@ -481,70 +499,76 @@ impl<S: Storage> Node<S> {
     /// The driver's link to another node came up or went down. On the way
     /// up the node asks the peer what it serves, as Kafka's network client
     /// does on every new connection.
-    pub fn handle_peer_link(&mut self, now: Now, peer: NodeId, up: bool) {
+    pub fn handle_peer_link(&mut self, now: Now, peer: NodeId, channel: Channel, up: bool) {
         assert_ne!(peer, self.node_id, "a node has no link to itself");
-        let link = self.peers.entry(peer).or_default();
+        let link = self.peers.entry((peer, channel)).or_default();
         link.up = up;
         link.in_flight.clear();
         link.api_versions = None;
+        if !up && channel == Channel::Control {
+            self.controller_link_lost(now);
+        }
         if up {
             let request = ApiVersionsRequest::default()
                 .with_client_software_name(StrBytes::from_static_str("sluice"))
                 .with_client_software_version(StrBytes::from_static_str(env!("CARGO_PKG_VERSION")));
             self.send_peer(
                 now,
-                peer,
+                (peer, channel),
                 ApiKey::ApiVersions,
                 PEER_API_VERSIONS_VERSION,
                 &request,
                 None,
             );
         }
-        self.arm_peer_timer(peer);
+        self.arm_peer_timer(peer, channel);
         self.settle(now);
     }
 
     /// Arms a link's timer at its oldest unanswered request's deadline.
-    fn arm_peer_timer(&mut self, peer: NodeId) {
+    fn arm_peer_timer(&mut self, peer: NodeId, channel: Channel) {
         let deadline = self
             .peers
-            .get(&peer)
+            .get(&(peer, channel))
             .and_then(|link| link.in_flight.values().map(|r| r.deadline_ms).min());
         match deadline {
-            Some(deadline) => self.timers.set(Timer::PeerRequest(peer), deadline),
-            None => self.timers.stop(Timer::PeerRequest(peer)),
+            Some(deadline) => self.timers.set(Timer::PeerRequest(peer, channel), deadline),
+            None => self.timers.stop(Timer::PeerRequest(peer, channel)),
         }
     }
 
     /// A request to `peer` timed out: the link is reset, and until the
     /// driver reports it up again nothing is sent on it.
-    fn reset_peer(&mut self, now: Now, peer: NodeId) {
-        let link = self.peers.entry(peer).or_default();
+    fn reset_peer(&mut self, now: Now, peer: NodeId, channel: Channel) {
+        let link = self.peers.entry((peer, channel)).or_default();
         let overdue = link
             .in_flight
             .values()
             .any(|r| r.deadline_ms <= now.monotonic_ms);
         if overdue {
-            tracing::warn!(%peer, timeout_ms = PEER_REQUEST_TIMEOUT_MS, "a request to a peer went unanswered; resetting the link");
+            tracing::warn!(%peer, %channel, timeout_ms = PEER_REQUEST_TIMEOUT_MS, "a request to a peer went unanswered; resetting the link");
             link.up = false;
             link.in_flight.clear();
             link.api_versions = None;
-            self.outputs.push_back(Output::ResetPeer { peer });
+            self.outputs.push_back(Output::ResetPeer { peer, channel });
+            if channel == Channel::Control {
+                self.controller_link_lost(now);
+            }
         }
-        self.arm_peer_timer(peer);
+        self.arm_peer_timer(peer, channel);
     }
 
     fn send_peer<T: kafka_protocol::protocol::Encodable>(
         &mut self,
         now: Now,
-        peer: NodeId,
+        (peer, channel): (NodeId, Channel),
         api_key: ApiKey,
         version: i16,
         body: &T,
         after_sync: Option<u64>,
     ) {
         let client_id = format!("sluice-node-{}", self.node_id);
-        let link = self.peers.entry(peer).or_default();
+        let link = self.peers.entry((peer, channel)).or_default();
         assert!(link.up, "requests go only over links that are up");
         if link.in_flight.len() >= PEER_REQUESTS_IN_FLIGHT_MAX {
             tracing::warn!(%peer, "too many requests in flight to a peer; not sending");
@@ -562,6 +586,7 @@ impl<S: Storage> Node<S> {
                 link.in_flight.insert(correlation_id, sent);
                 self.outputs.push_back(Output::SendPeer {
                     peer,
+                    channel,
                     frame,
                     after_sync,
                 });
@@ -572,8 +597,8 @@ impl<S: Storage> Node<S> {
 
     /// A response frame (without its length prefix) from a peer. A frame
     /// that answers nothing sent is logged and dropped.
-    pub fn handle_peer_frame(&mut self, now: Now, peer: NodeId, frame: Bytes) {
-        let link = self.peers.entry(peer).or_default();
+    pub fn handle_peer_frame(&mut self, now: Now, peer: NodeId, channel: Channel, frame: Bytes) {
+        let link = self.peers.entry((peer, channel)).or_default();
         let sent = response_correlation_id(&frame).and_then(|id| link.in_flight.remove(&id));
         if let Some(
             sent @ SentRequest {
@@ -583,7 +608,19 @@ impl<S: Storage> Node<S> {
         ) = &sent
         {
             self.raft_response(now, peer, sent, request, frame);
-            self.arm_peer_timer(peer);
+            self.arm_peer_timer(peer, channel);
+            self.settle(now);
+            return;
+        }
+        if let Some(
+            sent @ SentRequest {
+                api_key: ApiKey::BrokerRegistration | ApiKey::BrokerHeartbeat,
+                ..
+            },
+        ) = &sent
+        {
+            self.controller_response(now, sent, frame);
+            self.arm_peer_timer(peer, channel);
             self.settle(now);
             return;
         }
@@ -609,7 +646,7 @@ impl<S: Storage> Node<S> {
             Some((other, _)) => tracing::warn!(%peer, ?other, "unexpected response from a peer"),
             None => tracing::warn!(%peer, "a peer answered a request never sent"),
         }
-        self.arm_peer_timer(peer);
+        self.arm_peer_timer(peer, channel);
         self.settle(now);
     }
 
@@ -716,7 +753,7 @@ impl<S: Storage> Node<S> {
                 // The front fetch of the connection is answered below, at
                 // its deadline.
                 Timer::FetchDeadline(_) => {}
-                Timer::PeerRequest(peer) => self.reset_peer(now, peer),
+                Timer::PeerRequest(peer, channel) => self.reset_peer(now, peer, channel),
                 Timer::Quorum => {
                     if let Some(quorum) = &mut self.quorum {
                         let Broker {
@@ -728,6 +765,7 @@ impl<S: Storage> Node<S> {
                     }
                 }
                 Timer::RaftAnswers => self.decline_overdue_raft(now),
+                Timer::Cluster => self.cluster_timeout(now),
             }
         }
         self.settle(now);
@@ -767,7 +805,14 @@ impl<S: Storage> Node<S> {
                 }
             }
         }
-        self.drain_quorum(now);
+        if self.drain_quorum(now) {
+            everyone = true;
+        }
+        self.tend_cluster(now);
+        // What the controller proposed just now (and the fetches it wakes).
+        if self.drain_quorum(now) {
+            everyone = true;
+        }
         if !self.raft_answers.is_empty() {
             everyone = true;
         }
@@ -865,6 +910,24 @@ impl<S: Storage> Node<S> {
                     }),
                 }
             }
+            SlotState::AfterCommit {
+                offset,
+                epoch,
+                frame,
+                lost,
+            } => match self.commit_state(offset, epoch) {
+                WaitState::Done => Completion::Frame(frame),
+                WaitState::Failed => Completion::Frame(lost),
+                WaitState::Waiting => Completion::NotYet(Slot {
+                    header,
+                    state: SlotState::AfterCommit {
+                        offset,
+                        epoch,
+                        frame,
+                        lost,
+                    },
+                }),
+            },
             SlotState::Raft(token) => match self.raft_answers.remove(&token) {
                 Some(frame) => Completion::Frame(frame),
                 None => Completion::NotYet(Slot {
@@ -901,6 +964,7 @@ impl<S: Storage> Node<S> {
         if let Some(quorum) = &self.quorum {
             quorum.invariants();
         }
+        self.cluster_invariants();
         // Every waiting Raft request has its slot; an answer is either
         // waiting for its slot to reach the front or the slot is gone.
         let raft_slots = self.sessions.raft_tokens();
@@ -922,6 +986,7 @@ impl<S: Storage> Node<S> {
     }
 }
 
+mod cluster;
 mod quorum;
 #[cfg(test)]
 mod tests;

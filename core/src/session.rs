@@ -41,6 +41,15 @@ pub enum SlotState {
     /// A request from another node's Raft replica, waiting for this node's
     /// replica to answer (or for the answer's deadline).
     Raft(Token),
+    /// A broker's request to this node's controller: `frame` once the
+    /// record proposed at `offset` in leader epoch `epoch` is committed,
+    /// `lost` if it never will be.
+    AfterCommit {
+        offset: i64,
+        epoch: i32,
+        frame: Bytes,
+        lost: Bytes,
+    },
 }
 
 #[derive(Debug)]

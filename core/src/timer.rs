@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use crate::session::ConnectionId;
-use crate::types::NodeId;
+use crate::types::{Channel, NodeId};
 
 /// What a deadline is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -21,12 +21,15 @@ pub enum Timer {
     /// The long-polling fetch at the front of a connection's queue.
     FetchDeadline(ConnectionId),
     /// The oldest unanswered request on the link to a peer.
-    PeerRequest(NodeId),
+    PeerRequest(NodeId, Channel),
     /// The controller quorum's replica: elections, fetches, resends.
     Quorum,
     /// The oldest Raft request from a peer that this node's replica has
     /// not answered.
     RaftAnswers,
+    /// This broker's next registration or heartbeat, and, on the active
+    /// controller, the end of the first silent broker's session.
+    Cluster,
 }
 
 #[derive(Debug, Default)]

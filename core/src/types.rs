@@ -11,6 +11,36 @@ impl std::fmt::Display for NodeId {
     }
 }
 
+/// Which of a node's connections to a peer a request travels on. Each
+/// kind of traffic has its own, as Kafka's do, so that an answer one kind
+/// holds back (a controller waiting for a commit) never stands in front
+/// of another's (the Raft fetch that commit needs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Channel {
+    /// The controller quorum's Vote, BeginQuorumEpoch, EndQuorumEpoch and
+    /// Fetch of the metadata log.
+    Raft,
+    /// A broker's requests to the active controller.
+    Control,
+}
+
+impl Channel {
+    pub const ALL: [Channel; 2] = [Channel::Raft, Channel::Control];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Channel::Raft => "raft",
+            Channel::Control => "control",
+        }
+    }
+}
+
+impl std::fmt::Display for Channel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// A partition of a topic, by name.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct TopicPartition {

@@ -26,7 +26,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use sluice_core::rng::Rng;
 use sluice_core::storage::Storage;
-use sluice_core::{Node, NodeId, Now};
+use sluice_core::{Channel, Node, NodeId, Now};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::AbortHandle;
@@ -84,25 +84,30 @@ pub struct PeerStatus {
     pub api_versions_known: bool,
 }
 
-/// Every configured peer's status, by id.
+/// Every configured peer's status, by id: up once every channel's
+/// connection is up (and known once every one learned the versions).
 pub type PeerStatuses = BTreeMap<NodeId, PeerStatus>;
 
 /// What a link task tells the node task, in this order per connection:
 /// `Up`, any number of `Frame`, `Down`.
 pub(crate) enum PeerEvent {
     Up {
-        peer: NodeId,
+        link: LinkId,
         writer: mpsc::UnboundedSender<Bytes>,
         permits: Arc<Semaphore>,
     },
     Frame {
-        peer: NodeId,
+        link: LinkId,
         frame: Bytes,
     },
     Down {
-        peer: NodeId,
+        link: LinkId,
     },
 }
+
+/// One connection to a peer: which peer, and which kind of traffic (each
+/// channel has its own connection, as Kafka's channels do).
+pub(crate) type LinkId = (NodeId, Channel);
 
 /// The node task's side of one link.
 struct Link {
@@ -121,7 +126,7 @@ struct Connection {
 
 /// Everything the node task keeps about its peers.
 pub(crate) struct PeerLinks {
-    links: BTreeMap<NodeId, Link>,
+    links: BTreeMap<LinkId, Link>,
     held: HeldFrames,
     status: Option<watch::Sender<PeerStatuses>>,
 }
@@ -136,7 +141,7 @@ impl PeerLinks {
         }
     }
 
-    /// Spawns one link task per peer, in id order.
+    /// Spawns one link task per peer and channel, in id order.
     pub(crate) fn start<C: Connector>(
         &mut self,
         peers: BTreeMap<NodeId, (String, u16)>,
@@ -147,33 +152,37 @@ impl PeerLinks {
     ) {
         assert!(self.links.is_empty(), "links start once");
         for (peer, address) in peers {
-            let backoff = Backoff::new(seed, peer);
-            let task = tokio::spawn(link_task(
-                peer,
-                address,
-                connector.clone(),
-                events.clone(),
-                frame_bytes_max,
-                backoff,
-            ));
-            let link = Link {
-                task: task.abort_handle(),
-                connection: None,
-            };
-            self.links.insert(peer, link);
+            for channel in Channel::ALL {
+                let id = (peer, channel);
+                let backoff = Backoff::new(seed, id);
+                let task = tokio::spawn(link_task(
+                    id,
+                    address.clone(),
+                    connector.clone(),
+                    events.clone(),
+                    frame_bytes_max,
+                    backoff,
+                ));
+                let link = Link {
+                    task: task.abort_handle(),
+                    connection: None,
+                };
+                self.links.insert(id, link);
+            }
         }
     }
 
     pub(crate) fn handle<S: Storage>(&mut self, node: &mut Node<S>, event: PeerEvent, now: Now) {
         match event {
             PeerEvent::Up {
-                peer,
+                link: id,
                 writer,
                 permits,
             } => {
+                let (peer, channel) = id;
                 let link = self
                     .links
-                    .get_mut(&peer)
+                    .get_mut(&id)
                     .expect("links report for themselves");
                 assert!(
                     link.connection.is_none(),
@@ -183,68 +192,70 @@ impl PeerLinks {
                     writer: Some(writer),
                     permits,
                 });
-                tracing::info!(%peer, "link to peer up");
-                node.handle_peer_link(now, peer, true);
+                tracing::info!(%peer, %channel, "link to peer up");
+                node.handle_peer_link(now, peer, channel, true);
             }
-            PeerEvent::Frame { peer, frame } => {
-                node.handle_peer_frame(now, peer, frame);
-                if let Some(connection) = &self.links[&peer].connection {
+            PeerEvent::Frame { link: id, frame } => {
+                node.handle_peer_frame(now, id.0, id.1, frame);
+                if let Some(connection) = &self.links[&id].connection {
                     connection.permits.add_permits(1);
                 }
             }
-            PeerEvent::Down { peer } => {
+            PeerEvent::Down { link: id } => {
+                let (peer, channel) = id;
                 let link = self
                     .links
-                    .get_mut(&peer)
+                    .get_mut(&id)
                     .expect("links report for themselves");
                 assert!(
                     link.connection.take().is_some(),
                     "a link reports up before down"
                 );
-                let dropped = self.held.forget_peer(peer);
-                tracing::info!(%peer, held_frames_dropped = dropped, "link to peer down");
-                node.handle_peer_link(now, peer, false);
+                let dropped = self.held.forget_link(id);
+                tracing::info!(%peer, %channel, held_frames_dropped = dropped, "link to peer down");
+                node.handle_peer_link(now, peer, channel, false);
             }
         }
     }
 
     /// A frame the node sends to `peer`: now, after its sync, or never.
-    pub(crate) fn send(&mut self, peer: NodeId, frame: Bytes, after_sync: Option<u64>) {
+    pub(crate) fn send(&mut self, link: LinkId, frame: Bytes, after_sync: Option<u64>) {
         let frame = match after_sync {
             None => frame,
-            Some(sync_id) => match self.held.admit(peer, frame, sync_id) {
+            Some(sync_id) => match self.held.admit(link, frame, sync_id) {
                 Some(frame) => frame,
                 None => return,
             },
         };
-        self.write(peer, frame);
+        self.write(link, frame);
     }
 
     /// Sync `id` completed: frames held for it leave (in the order the node
     /// sent them) or, if it failed, are dropped.
     pub(crate) fn sync_completed(&mut self, id: u64, ok: bool) {
-        for (peer, frame) in self.held.complete(id, ok) {
-            self.write(peer, frame);
+        for (link, frame) in self.held.complete(id, ok) {
+            self.write(link, frame);
         }
     }
 
     /// The node gave up on the link's connection (a request went
     /// unanswered): close it; the link task reports it down and reconnects.
-    pub(crate) fn reset(&mut self, peer: NodeId) {
+    pub(crate) fn reset(&mut self, link: LinkId) {
         if let Some(connection) = self
             .links
-            .get_mut(&peer)
+            .get_mut(&link)
             .and_then(|l| l.connection.as_mut())
         {
-            tracing::info!(%peer, "resetting the link to peer");
+            tracing::info!(peer = %link.0, channel = %link.1, "resetting the link to peer");
             connection.writer = None;
         }
     }
 
-    fn write(&mut self, peer: NodeId, frame: Bytes) {
+    fn write(&mut self, link: LinkId, frame: Bytes) {
+        let peer = link.0;
         let writer = self
             .links
-            .get(&peer)
+            .get(&link)
             .and_then(|link| link.connection.as_ref())
             .and_then(|connection| connection.writer.as_ref());
         match writer {
@@ -264,13 +275,18 @@ impl PeerLinks {
             return;
         };
         status.send_if_modified(|statuses| {
+            let mut seen: BTreeMap<NodeId, PeerStatus> = BTreeMap::new();
+            for (&(peer, channel), link) in &self.links {
+                let status = seen.entry(peer).or_insert(PeerStatus {
+                    up: true,
+                    api_versions_known: true,
+                });
+                status.up &= link.connection.is_some();
+                status.api_versions_known &= node.peer_api_versions(peer, channel).is_some();
+            }
             let mut changed = false;
-            for (peer, link) in &self.links {
-                let now = PeerStatus {
-                    up: link.connection.is_some(),
-                    api_versions_known: node.peer_api_versions(*peer).is_some(),
-                };
-                changed |= statuses.insert(*peer, now) != Some(now);
+            for (peer, now) in seen {
+                changed |= statuses.insert(peer, now) != Some(now);
             }
             changed
         });
@@ -302,7 +318,7 @@ impl PeerLinks {
 #[derive(Debug, Default)]
 struct HeldFrames {
     /// In the order the node sent them.
-    frames: VecDeque<(u64, NodeId, Bytes)>,
+    frames: VecDeque<(u64, LinkId, Bytes)>,
     /// The last sync completed (0 before any).
     sync_last: u64,
     /// The syncs that failed. At most one today: the core issues no sync
@@ -313,12 +329,12 @@ struct HeldFrames {
 impl HeldFrames {
     /// A frame that may leave after sync `sync_id`: returned if that sync
     /// already succeeded, held if it has not completed, dropped if it failed.
-    fn admit(&mut self, peer: NodeId, frame: Bytes, sync_id: u64) -> Option<Bytes> {
+    fn admit(&mut self, link: LinkId, frame: Bytes, sync_id: u64) -> Option<Bytes> {
         if sync_id > self.sync_last {
-            self.frames.push_back((sync_id, peer, frame));
+            self.frames.push_back((sync_id, link, frame));
             None
         } else if self.syncs_failed.contains(&sync_id) {
-            tracing::debug!(%peer, sync_id, "sync failed; frame to peer dropped");
+            tracing::debug!(peer = %link.0, sync_id, "sync failed; frame to peer dropped");
             None
         } else {
             Some(frame)
@@ -328,7 +344,7 @@ impl HeldFrames {
     /// Sync `id` completed: the frames it releases, in the order sent.
     /// Every frame held is for a sync after the previous completion, so
     /// those for this one or earlier are all for this one.
-    fn complete(&mut self, id: u64, ok: bool) -> Vec<(NodeId, Bytes)> {
+    fn complete(&mut self, id: u64, ok: bool) -> Vec<(LinkId, Bytes)> {
         assert!(id > self.sync_last, "syncs complete in id order");
         self.sync_last = id;
         if !ok {
@@ -336,15 +352,15 @@ impl HeldFrames {
         }
         let mut released = Vec::new();
         let mut kept = VecDeque::with_capacity(self.frames.len());
-        for (sync_id, peer, frame) in self.frames.drain(..) {
+        for (sync_id, link, frame) in self.frames.drain(..) {
             if sync_id > id {
-                kept.push_back((sync_id, peer, frame));
+                kept.push_back((sync_id, link, frame));
             } else {
                 assert_eq!(sync_id, id, "frames for earlier syncs left or went");
                 if ok {
-                    released.push((peer, frame));
+                    released.push((link, frame));
                 } else {
-                    tracing::debug!(%peer, sync_id, "sync failed; frame to peer dropped");
+                    tracing::debug!(peer = %link.0, sync_id, "sync failed; frame to peer dropped");
                 }
             }
         }
@@ -352,11 +368,11 @@ impl HeldFrames {
         released
     }
 
-    /// The link to `peer` went down: its held frames belong to a connection
-    /// that is gone. Returns how many were dropped.
-    fn forget_peer(&mut self, peer: NodeId) -> usize {
+    /// A link went down: its held frames belong to a connection that is
+    /// gone. Returns how many were dropped.
+    fn forget_link(&mut self, link: LinkId) -> usize {
         let before = self.frames.len();
-        self.frames.retain(|(_, held_peer, _)| *held_peer != peer);
+        self.frames.retain(|(_, held, _)| *held != link);
         before - self.frames.len()
     }
 }
@@ -372,10 +388,11 @@ struct Backoff {
 }
 
 impl Backoff {
-    fn new(seed: u64, peer: NodeId) -> Backoff {
-        let peer_bits = u64::from(peer.0 as u32) << 32;
+    fn new(seed: u64, link: LinkId) -> Backoff {
+        let peer_bits = u64::from(link.0 .0 as u32) << 32;
+        let channel_bits = link.1 as u64 + 1;
         Backoff {
-            rng: Rng::from_seed(seed ^ BACKOFF_SEED_SALT ^ peer_bits),
+            rng: Rng::from_seed(seed ^ BACKOFF_SEED_SALT ^ peer_bits ^ channel_bits),
             step_ms: PEER_RECONNECT_BACKOFF_MIN_MS,
         }
     }
@@ -396,7 +413,7 @@ impl Backoff {
 /// One peer's link, for as long as the node runs: connect, carry frames
 /// until the connection fails, report, back off, again.
 async fn link_task<C: Connector>(
-    peer: NodeId,
+    link: LinkId,
     address: (String, u16),
     connector: C,
     events: mpsc::UnboundedSender<Event>,
@@ -404,6 +421,7 @@ async fn link_task<C: Connector>(
     mut backoff: Backoff,
 ) {
     let connect_timeout = Duration::from_millis(PEER_CONNECT_TIMEOUT_MS);
+    let peer = link.0;
     loop {
         match tokio::time::timeout(connect_timeout, connector.connect(&address)).await {
             Ok(Ok(stream)) => {
@@ -411,16 +429,16 @@ async fn link_task<C: Connector>(
                 let (writer, frames) = mpsc::unbounded_channel();
                 let permits = Arc::new(Semaphore::new(PEER_FRAMES_QUEUED_MAX));
                 let up = PeerEvent::Up {
-                    peer,
+                    link,
                     writer,
                     permits: permits.clone(),
                 };
                 if events.send(Event::Peer(up)).is_err() {
                     return;
                 }
-                let why = carry(stream, frames, peer, &events, &permits, frame_bytes_max).await;
-                tracing::debug!(%peer, %why, "link to peer failed");
-                if events.send(Event::Peer(PeerEvent::Down { peer })).is_err() {
+                let why = carry(stream, frames, link, &events, &permits, frame_bytes_max).await;
+                tracing::debug!(%peer, channel = %link.1, %why, "link to peer failed");
+                if events.send(Event::Peer(PeerEvent::Down { link })).is_err() {
                     return;
                 }
             }
@@ -436,11 +454,12 @@ async fn link_task<C: Connector>(
 async fn carry<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
     mut frames: mpsc::UnboundedReceiver<Bytes>,
-    peer: NodeId,
+    link: LinkId,
     events: &mpsc::UnboundedSender<Event>,
     permits: &Semaphore,
     frame_bytes_max: usize,
 ) -> String {
+    let peer = link.0;
     let (mut read_half, mut write_half) = tokio::io::split(stream);
     let write = async {
         while let Some(frame) = frames.recv().await {
@@ -465,7 +484,7 @@ async fn carry<S: AsyncRead + AsyncWrite + Unpin>(
                 Err(_) => return "the node task let go of the link".to_string(),
             }
             if events
-                .send(Event::Peer(PeerEvent::Frame { peer, frame }))
+                .send(Event::Peer(PeerEvent::Frame { link, frame }))
                 .is_err()
             {
                 return "the node task stopped".to_string();
@@ -489,7 +508,7 @@ mod tests {
     #[test]
     fn held_frames_leave_in_order_when_their_sync_succeeds() {
         let mut held = HeldFrames::default();
-        let (a, b) = (NodeId(2), NodeId(3));
+        let (a, b) = ((NodeId(2), Channel::Raft), (NodeId(3), Channel::Raft));
         assert_eq!(held.admit(a, frame(1), 4), None);
         assert_eq!(held.admit(b, frame(2), 5), None);
         assert_eq!(held.admit(a, frame(3), 4), None);
@@ -503,11 +522,11 @@ mod tests {
     #[test]
     fn held_frames_are_dropped_when_their_sync_fails_or_their_link_goes_down() {
         let mut held = HeldFrames::default();
-        let (a, b) = (NodeId(2), NodeId(3));
+        let (a, b) = ((NodeId(2), Channel::Raft), (NodeId(3), Channel::Raft));
         assert_eq!(held.admit(a, frame(1), 2), None);
         assert_eq!(held.admit(b, frame(2), 2), None);
         assert_eq!(held.admit(a, frame(3), 3), None);
-        assert_eq!(held.forget_peer(b), 1);
+        assert_eq!(held.forget_link(b), 1);
         assert_eq!(held.complete(2, true), vec![(a, frame(1))]);
         assert_eq!(held.complete(3, false), vec![]);
         assert_eq!(held.admit(a, frame(4), 3), None, "its sync failed");
@@ -521,7 +540,7 @@ mod tests {
 
     #[test]
     fn backoff_doubles_with_jitter_up_to_its_bound_and_resets() {
-        let mut backoff = Backoff::new(7, NodeId(2));
+        let mut backoff = Backoff::new(7, (NodeId(2), Channel::Raft));
         let delays: Vec<u64> = (0..12)
             .map(|_| backoff.next_delay().as_millis() as u64)
             .collect();
@@ -538,14 +557,14 @@ mod tests {
         assert!(backoff.next_delay().as_millis() as u64 <= PEER_RECONNECT_BACKOFF_MIN_MS);
         // Seeded: the same seed and peer give the same delays, others not.
         let again: Vec<u64> = {
-            let mut backoff = Backoff::new(7, NodeId(2));
+            let mut backoff = Backoff::new(7, (NodeId(2), Channel::Raft));
             (0..12)
                 .map(|_| backoff.next_delay().as_millis() as u64)
                 .collect()
         };
         assert_eq!(delays, again);
         let other: Vec<u64> = {
-            let mut backoff = Backoff::new(7, NodeId(3));
+            let mut backoff = Backoff::new(7, (NodeId(3), Channel::Raft));
             (0..12)
                 .map(|_| backoff.next_delay().as_millis() as u64)
                 .collect()

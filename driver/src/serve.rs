@@ -332,10 +332,11 @@ fn drain<D: Disk>(
             }
             Output::SendPeer {
                 peer,
+                channel,
                 frame,
                 after_sync,
-            } => peer_links.send(peer, frame, after_sync),
-            Output::ResetPeer { peer } => peer_links.reset(peer),
+            } => peer_links.send((peer, channel), frame, after_sync),
+            Output::ResetPeer { peer, channel } => peer_links.reset((peer, channel)),
             Output::Sync { id, targets } => {
                 assert!(
                     sync_in_flight.is_none(),

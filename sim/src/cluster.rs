@@ -50,7 +50,7 @@ use sluice_core::rng::Rng;
 use sluice_core::storage::{MemStorage, SyncTarget};
 use sluice_core::wire::encode_request;
 use sluice_core::wire::reply::{decode_response, response_correlation_id};
-use sluice_core::{ConnectionId, Node, NodeId, Now, Output};
+use sluice_core::{Channel, ConnectionId, Node, NodeId, Now, Output};
 
 use crate::trace::fnv1a;
 
@@ -116,14 +116,15 @@ struct WireId(u64);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Requester {
     Client(ClientId),
-    Node(NodeId),
+    /// A node's requests on one of its channels.
+    Node(NodeId, Channel),
 }
 
 impl fmt::Display for Requester {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Requester::Client(client) => write!(f, "c{}", client.0),
-            Requester::Node(node) => write!(f, "n{node}"),
+            Requester::Node(node, channel) => write!(f, "n{node}/{channel}"),
         }
     }
 }
@@ -147,7 +148,11 @@ enum Event {
     /// the responses sent before.
     Closed { wire: WireId },
     /// A node closed a peer's connection: the link between them fails.
-    LinkFailed { a: NodeId, b: NodeId },
+    LinkFailed {
+        a: NodeId,
+        b: NodeId,
+        channel: Channel,
+    },
     /// A sync finished on a node's disk; each file is covered up to its length.
     Synced(SyncDone),
 }
@@ -209,7 +214,7 @@ pub struct Cluster {
     /// Links a test wants up, as (lower id, higher id).
     links_wanted: BTreeSet<(NodeId, NodeId)>,
     /// Wires of links that are up, by (requester, responder).
-    peer_wires: BTreeMap<(NodeId, NodeId), WireId>,
+    peer_wires: BTreeMap<(NodeId, NodeId, Channel), WireId>,
     clients: BTreeMap<ClientId, Client>,
     clients_opened: u64,
     trace: VecDeque<String>,
@@ -300,8 +305,11 @@ impl Cluster {
     }
 
     /// The link between two nodes is up (both sides were told).
+    /// True when every channel between `a` and `b` is connected.
     pub fn is_link_up(&self, a: NodeId, b: NodeId) -> bool {
-        self.peer_wires.contains_key(&(a, b))
+        Channel::ALL
+            .iter()
+            .all(|&channel| self.peer_wires.contains_key(&(a, b, channel)))
     }
 
     /// The last trace lines, oldest first.
@@ -369,7 +377,9 @@ impl Cluster {
     /// Cuts the link between `a` and `b` until `link_up`.
     pub fn cut(&mut self, a: NodeId, b: NodeId) {
         self.links_wanted.remove(&(a.min(b), a.max(b)));
-        self.link_down(a, b, None);
+        for channel in Channel::ALL {
+            self.link_down(a, b, channel, None);
+        }
     }
 
     /// Moves a node's wall clock by `delta_ms` (either way); its monotonic
@@ -410,59 +420,65 @@ impl Cluster {
         for wire in clients {
             self.close_wire(wire);
         }
-        let peers: Vec<NodeId> = (self.peer_wires.keys())
-            .filter(|(from, _)| *from == id)
-            .map(|(_, to)| *to)
+        let links: Vec<(NodeId, Channel)> = (self.peer_wires.keys())
+            .filter(|(from, _, _)| *from == id)
+            .map(|(_, to, channel)| (*to, *channel))
             .collect();
-        for peer in peers {
-            self.link_down(id, peer, Some(id));
+        for (peer, channel) in links {
+            self.link_down(id, peer, channel, Some(id));
         }
     }
 
     /// Brings up every wanted link whose two nodes are ready.
     fn connect_links(&mut self) {
-        let due: Vec<(NodeId, NodeId)> = (self.links_wanted.iter())
-            .filter(|(a, b)| !self.peer_wires.contains_key(&(*a, *b)))
+        let due: Vec<(NodeId, NodeId, Channel)> = (self.links_wanted.iter())
             .filter(|(a, b)| self.is_ready(*a) && self.is_ready(*b))
-            .copied()
+            .flat_map(|&(a, b)| Channel::ALL.map(|channel| (a, b, channel)))
+            .filter(|(a, b, channel)| !self.peer_wires.contains_key(&(*a, *b, *channel)))
             .collect();
-        for (a, b) in due {
-            self.record(format!("link {a}-{b} up"));
+        for (a, b, channel) in due {
+            self.record(format!("link {a}-{b}/{channel} up"));
             // Both connections exist before either side sends on them.
             for (from, to) in [(a, b), (b, a)] {
-                let wire = self.open_wire(to, Requester::Node(from));
-                self.peer_wires.insert((from, to), wire);
+                let wire = self.open_wire(to, Requester::Node(from, channel));
+                self.peer_wires.insert((from, to, channel), wire);
             }
-            self.input(a, |node, now| node.handle_peer_link(now, b, true));
-            self.input(b, |node, now| node.handle_peer_link(now, a, true));
+            self.input(a, |node, now| node.handle_peer_link(now, b, channel, true));
+            self.input(b, |node, now| node.handle_peer_link(now, a, channel, true));
         }
     }
 
     /// Takes a link down: frames in flight on it are lost, and each side
     /// (but a node that just crashed) is told.
-    fn link_down(&mut self, a: NodeId, b: NodeId, crashed: Option<NodeId>) {
+    fn link_down(&mut self, a: NodeId, b: NodeId, channel: Channel, crashed: Option<NodeId>) {
         // A failure reported on this link is moot, and must not take down
         // the next one between the same nodes.
         let pair = (a.min(b), a.max(b));
         self.events.retain(|_, event| match *event {
-            Event::LinkFailed { a: x, b: y } => (x.min(y), x.max(y)) != pair,
+            Event::LinkFailed {
+                a: x,
+                b: y,
+                channel: c,
+            } => (x.min(y), x.max(y)) != pair || c != channel,
             _ => true,
         });
-        let wires: Vec<WireId> = [(a, b), (b, a)]
+        let wires: Vec<WireId> = [(a, b, channel), (b, a, channel)]
             .iter()
-            .filter_map(|pair| self.peer_wires.remove(pair))
+            .filter_map(|key| self.peer_wires.remove(key))
             .collect();
         if wires.is_empty() {
             return;
         }
-        self.record(format!("link {}-{} down", a.min(b), a.max(b)));
+        self.record(format!("link {}-{}/{channel} down", a.min(b), a.max(b)));
         for wire in wires {
             self.close_wire(wire);
         }
         for (node, peer) in [(a, b), (b, a)] {
             if Some(node) != crashed {
-                self.member_mut(node).gate.drop_peer(peer);
-                self.input(node, |node, now| node.handle_peer_link(now, peer, false));
+                self.member_mut(node).gate.drop_link((peer, channel));
+                self.input(node, |node, now| {
+                    node.handle_peer_link(now, peer, channel, false)
+                });
             }
         }
     }
@@ -482,7 +498,7 @@ impl Cluster {
         self.wires.insert(id, wire);
         let address = match requester {
             Requester::Client(_) => Ipv4Addr::new(192, 0, 2, 1),
-            Requester::Node(from) => Ipv4Addr::new(10, 0, 0, from.0 as u8),
+            Requester::Node(from, _) => Ipv4Addr::new(10, 0, 0, from.0 as u8),
         };
         self.input(node, |node, now| {
             node.handle_connect(now, connection, IpAddr::V4(address))
@@ -708,13 +724,13 @@ impl Cluster {
                         let state = self.clients.get_mut(&client).expect("a client");
                         state.inbox.push_back(frame);
                     }
-                    Requester::Node(from) => self.input(from, |requester, now| {
-                        requester.handle_peer_frame(now, node, frame.slice(4..))
+                    Requester::Node(from, channel) => self.input(from, |requester, now| {
+                        requester.handle_peer_frame(now, node, channel, frame.slice(4..))
                     }),
                 }
             }
             Event::Closed { wire } => self.close_wire(wire),
-            Event::LinkFailed { a, b } => self.link_down(a, b, None),
+            Event::LinkFailed { a, b, channel } => self.link_down(a, b, channel, None),
             Event::Synced(done) => self.synced(done),
         }
     }
@@ -742,8 +758,8 @@ impl Cluster {
             "n{node} sync {id} {}",
             if ok { "ok" } else { "failed" }
         ));
-        for (peer, frame) in released {
-            self.send_peer(node, peer, frame);
+        for ((peer, channel), frame) in released {
+            self.send_peer(node, peer, channel, frame);
         }
         let result = if ok {
             Ok(())
@@ -767,24 +783,37 @@ impl Cluster {
                         .expect("the node closes its open connections");
                     match self.wires[&wire].requester {
                         Requester::Client(_) => self.transmit(wire, true, Event::Closed { wire }),
-                        Requester::Node(from) => {
-                            self.queue(self.now_ms, Event::LinkFailed { a: from, b: id })
-                        }
+                        Requester::Node(from, channel) => self.queue(
+                            self.now_ms,
+                            Event::LinkFailed {
+                                a: from,
+                                b: id,
+                                channel,
+                            },
+                        ),
                     }
                 }
                 Output::Sync { id: sync, targets } => self.issue_sync(id, sync, targets),
                 // The link fails now; the next step connects it again.
-                Output::ResetPeer { peer } => {
-                    self.queue(self.now_ms, Event::LinkFailed { a: id, b: peer })
-                }
+                Output::ResetPeer { peer, channel } => self.queue(
+                    self.now_ms,
+                    Event::LinkFailed {
+                        a: id,
+                        b: peer,
+                        channel,
+                    },
+                ),
                 Output::SendPeer {
                     peer,
+                    channel,
                     frame,
                     after_sync,
                 } => {
                     let gate = &mut self.member_mut(id).gate;
-                    if let Some((peer, frame)) = gate.submit(after_sync, peer, frame) {
-                        self.send_peer(id, peer, frame);
+                    if let Some(((peer, channel), frame)) =
+                        gate.submit(after_sync, (peer, channel), frame)
+                    {
+                        self.send_peer(id, peer, channel, frame);
                     }
                 }
             }
@@ -823,8 +852,8 @@ impl Cluster {
 
     /// A request from one node to another (length prefix included), over
     /// their link; lost when the link is down.
-    fn send_peer(&mut self, from: NodeId, to: NodeId, frame: Bytes) {
-        match self.peer_wires.get(&(from, to)) {
+    fn send_peer(&mut self, from: NodeId, to: NodeId, channel: Channel, frame: Bytes) {
+        match self.peer_wires.get(&(from, to, channel)) {
             Some(&wire) => {
                 let frame = frame.slice(4..);
                 self.transmit(wire, false, Event::Request { wire, frame })

@@ -21,6 +21,7 @@
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
+use sluice_core::metadata_records::{ConfigRecord, MetadataRecord};
 use sluice_core::raft::{Entry, QuorumState, Role};
 use sluice_core::rng::Rng;
 use sluice_core::NodeId;
@@ -264,7 +265,15 @@ fn propose(cluster: &mut Cluster, voters: &[NodeId], number: u64) -> u64 {
     let Some(leader) = leader else {
         return 0;
     };
-    let record = Bytes::from(format!("record {number}").into_bytes());
+    // A broker config record, numbered so every entry differs; each node
+    // applies it to its image like any committed record.
+    let record = MetadataRecord::Config(ConfigRecord {
+        resource_type: 4,
+        resource_name: String::new(),
+        name: "sluice.sim.counter".into(),
+        value: Some(number.to_string()),
+    });
+    let record = Bytes::from(record.encode().expect("a small record encodes"));
     let taken = cluster.input(leader, |node, now| node.quorum_propose(now, vec![record]));
     u64::from(taken.is_ok())
 }
@@ -283,12 +292,20 @@ fn converged(cluster: &Cluster, voters: &[NodeId]) -> bool {
         return false;
     };
     let end = leader.entries().len() as i64;
-    replicas.iter().all(|r| {
+    let quorum_converged = replicas.iter().all(|r| {
         r.leader_epoch() == leader.leader_epoch()
             && r.leader_id() == Some(leader.id())
             && r.high_watermark() == end
             && r.entries().len() as i64 == end
-    })
+    });
+    // Every broker registered and unfenced, as every node's image says.
+    quorum_converged
+        && voters.iter().all(|&id| {
+            let node = cluster.node(id);
+            node.is_unfenced()
+                && node.broker().live_brokers().len() == voters.len()
+                && node.broker().controller_id() == leader.id().0
+        })
 }
 
 fn describe(cluster: &Cluster, voters: &[NodeId]) -> String {
@@ -305,7 +322,11 @@ fn describe(cluster: &Cluster, voters: &[NodeId]) -> String {
                     r.high_watermark()
                 ),
                 None => format!("n{id} not started"),
-            },
+            } + &format!(
+                " unfenced {} sees brokers {:?}",
+                cluster.node(id).is_unfenced(),
+                cluster.node(id).broker().live_brokers().iter().map(|b| b.id).collect::<Vec<_>>()
+            ),
         )
         .collect::<Vec<_>>()
         .join("; ")

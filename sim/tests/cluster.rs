@@ -7,7 +7,7 @@ use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
 use sluice_core::batch::{build_batch, decode_records, headers_in};
 use sluice_core::wire::versions::SUPPORTED;
-use sluice_core::NodeId;
+use sluice_core::{Channel, NodeId};
 use sluice_sim::{ClientId, Cluster, ClusterConfig, CrashLoss};
 
 const N1: NodeId = NodeId(1);
@@ -69,12 +69,19 @@ fn read_values(cluster: &mut Cluster, client: ClientId, topic: &str) -> Vec<Vec<
 #[test]
 fn a_link_up_teaches_each_node_the_versions_of_the_other_and_a_cut_forgets_them() {
     let mut cluster = ready(7, 2);
-    assert!(cluster.node(N1).peer_api_versions(N2).is_none());
+    assert!(cluster
+        .node(N1)
+        .peer_api_versions(N2, Channel::Raft)
+        .is_none());
     cluster.link_up(N1, N2);
     cluster.run_until(|c| {
-        c.node(N1).peer_api_versions(N2).is_some() && c.node(N2).peer_api_versions(N1).is_some()
+        c.node(N1).peer_api_versions(N2, Channel::Raft).is_some()
+            && c.node(N2).peer_api_versions(N1, Channel::Raft).is_some()
     });
-    let known = cluster.node(N1).peer_api_versions(N2).expect("learned");
+    let known = cluster
+        .node(N1)
+        .peer_api_versions(N2, Channel::Raft)
+        .expect("learned");
     let produce = known
         .iter()
         .find(|(key, _, _)| *key == ApiKey::Produce as i16)
@@ -88,8 +95,14 @@ fn a_link_up_teaches_each_node_the_versions_of_the_other_and_a_cut_forgets_them(
 
     cluster.cut(N1, N2);
     assert!(!cluster.is_link_up(N1, N2));
-    assert!(cluster.node(N1).peer_api_versions(N2).is_none());
-    assert!(cluster.node(N2).peer_api_versions(N1).is_none());
+    assert!(cluster
+        .node(N1)
+        .peer_api_versions(N2, Channel::Raft)
+        .is_none());
+    assert!(cluster
+        .node(N2)
+        .peer_api_versions(N1, Channel::Raft)
+        .is_none());
 
     // Cut again while the questions are in flight: none of them arrives.
     cluster.link_up(N1, N2);
@@ -106,10 +119,13 @@ fn a_link_up_teaches_each_node_the_versions_of_the_other_and_a_cut_forgets_them(
         at_ms >= cut_at_ms && line.contains(" request ") && line.contains(" <- ")
     });
     assert_eq!(delivered_after_cut.count(), 0);
-    assert!(cluster.node(N1).peer_api_versions(N2).is_none());
+    assert!(cluster
+        .node(N1)
+        .peer_api_versions(N2, Channel::Raft)
+        .is_none());
 
     cluster.link_up(N1, N2);
-    cluster.run_until(|c| c.node(N1).peer_api_versions(N2).is_some());
+    cluster.run_until(|c| c.node(N1).peer_api_versions(N2, Channel::Raft).is_some());
 }
 
 /// One produce (acks=1, to a topic created on the way), a crash of node 1

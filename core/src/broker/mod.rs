@@ -51,6 +51,26 @@ pub struct Broker<S: Storage> {
     group_answers: Vec<GroupAnswer>,
     /// The last stop was clean (its marker was found at start).
     clean_start: bool,
+    /// What the controller quorum committed, when this node is part of one.
+    pub cluster: Option<ClusterView>,
+}
+
+/// A node's view of the cluster from the committed metadata log: the
+/// image every node applies, and the active controller.
+#[derive(Debug, Default)]
+pub struct ClusterView {
+    pub image: crate::image::MetadataImage,
+    /// The quorum's leader, when known: the active controller.
+    pub controller_id: Option<i32>,
+}
+
+/// A broker as clients reach it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerAddress {
+    pub id: i32,
+    pub host: String,
+    pub port: u16,
+    pub rack: Option<String>,
 }
 
 /// The cluster id of a quorum: a 128-bit FNV-1a of its voter list, as
@@ -127,6 +147,7 @@ impl<S: Storage> Broker<S> {
             moved: BTreeSet::new(),
             group_answers: Vec::new(),
             clean_start: clean,
+            cluster: None,
         };
         broker.remove_orphan_dirs()?;
         let records: Vec<TopicRecord> = broker.metadata.topics.values().cloned().collect();
@@ -137,6 +158,52 @@ impl<S: Storage> Broker<S> {
         broker.topics.invariants();
         broker.invariants();
         Ok(broker)
+    }
+
+    /// The brokers clients may use: in a cluster, every unfenced broker the
+    /// committed metadata lists (and this one until it is listed); alone,
+    /// this one.
+    pub fn live_brokers(&self) -> Vec<BrokerAddress> {
+        let me = BrokerAddress {
+            id: self.config.node_id,
+            host: self.advertised.0.clone(),
+            port: self.advertised.1,
+            rack: None,
+        };
+        let Some(cluster) = &self.cluster else {
+            return vec![me];
+        };
+        let mut brokers: Vec<BrokerAddress> = cluster
+            .image
+            .unfenced_brokers()
+            .filter_map(|b| {
+                let endpoint = b.endpoints.values().next()?;
+                Some(BrokerAddress {
+                    id: b.id,
+                    host: endpoint.host.clone(),
+                    port: endpoint.port,
+                    rack: b.rack.clone(),
+                })
+            })
+            .collect();
+        if !brokers.iter().any(|b| b.id == me.id) {
+            brokers.push(me);
+            brokers.sort_by_key(|b| b.id);
+        }
+        brokers
+    }
+
+    /// The broker clients should send controller requests to: the active
+    /// controller when it is a live broker, else this one.
+    pub fn controller_id(&self) -> i32 {
+        let me = self.config.node_id;
+        match &self.cluster {
+            Some(ClusterView {
+                controller_id: Some(id),
+                image,
+            }) if *id == me || image.broker(*id).is_some_and(|b| !b.fenced) => *id,
+            _ => me,
+        }
     }
 
     /// True when the last stop was clean: logs need no recovery scan.

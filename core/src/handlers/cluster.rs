@@ -71,18 +71,25 @@ pub(super) fn metadata<S: Storage>(
             }
         }
     }
-    let (node_id, host, port) = endpoint(broker);
     let topics = names
         .into_iter()
         .map(|(name, id, error)| metadata_topic(broker, name, id, error))
         .collect();
+    let brokers = broker
+        .live_brokers()
+        .into_iter()
+        .map(|b| {
+            metadata_response::MetadataResponseBroker::default()
+                .with_node_id(BrokerId(b.id))
+                .with_host(StrBytes::from_string(b.host))
+                .with_port(b.port as i32)
+                .with_rack(b.rack.map(StrBytes::from_string))
+        })
+        .collect();
     let response = MetadataResponse::default()
-        .with_brokers(vec![metadata_response::MetadataResponseBroker::default()
-            .with_node_id(BrokerId(node_id))
-            .with_host(host)
-            .with_port(port)])
+        .with_brokers(brokers)
         .with_cluster_id(Some(StrBytes::from_string(broker.cluster_id.clone())))
-        .with_controller_id(BrokerId(node_id))
+        .with_controller_id(BrokerId(broker.controller_id()))
         .with_topics(topics)
         .with_cluster_authorized_operations(i32::MIN);
     Ok(Pending::after_durable(wait_seq, Reply::Metadata(response)))
@@ -254,10 +261,9 @@ pub(super) fn describe_cluster<S: Storage>(
     context: Context<'_>,
     request: DescribeClusterRequest,
 ) -> Handled {
-    let (node_id, host, port) = endpoint(broker);
     let mut response = DescribeClusterResponse::default()
         .with_cluster_id(StrBytes::from_string(broker.cluster_id.clone()))
-        .with_controller_id(BrokerId(node_id))
+        .with_controller_id(BrokerId(broker.controller_id()))
         .with_endpoint_type(1)
         .with_cluster_authorized_operations(i32::MIN);
     if context.header.version >= 1 && request.endpoint_type != 1 {
@@ -267,10 +273,17 @@ pub(super) fn describe_cluster<S: Storage>(
                 "only broker endpoints are served",
             )));
     } else {
-        response.brokers = vec![describe_cluster_response::DescribeClusterBroker::default()
-            .with_broker_id(BrokerId(node_id))
-            .with_host(host)
-            .with_port(port)];
+        response.brokers = broker
+            .live_brokers()
+            .into_iter()
+            .map(|b| {
+                describe_cluster_response::DescribeClusterBroker::default()
+                    .with_broker_id(BrokerId(b.id))
+                    .with_host(StrBytes::from_string(b.host))
+                    .with_port(b.port as i32)
+                    .with_rack(b.rack.map(StrBytes::from_string))
+            })
+            .collect();
     }
     now(Reply::DescribeCluster(response))
 }

@@ -24,7 +24,7 @@ use crate::raft::Message;
 use crate::session::{ConnectionId, Slot, SlotState};
 use crate::storage::Storage;
 use crate::timer::Timer;
-use crate::types::{NodeId, Now};
+use crate::types::{Channel, NodeId, Now};
 use crate::wire::ReplyHeader;
 
 /// How long a Raft request from a peer may wait for this replica's answer:
@@ -234,10 +234,13 @@ impl<S: Storage> Node<S> {
     /// Carries out what the quorum asked: messages to peers (requests over
     /// the links, answers into the slots waiting for them) and committed
     /// entries. Arms the quorum's timers.
-    pub(super) fn drain_quorum(&mut self, now: Now) {
+    /// True when entries were committed (replies waiting for a commit may
+    /// be ready).
+    pub(super) fn drain_quorum(&mut self, now: Now) -> bool {
         let Some(quorum) = &mut self.quorum else {
-            return;
+            return false;
         };
+        let mut committed = false;
         let mut outputs = Vec::new();
         while let Some(output) = quorum.poll_output() {
             outputs.push(output);
@@ -251,7 +254,10 @@ impl<S: Storage> Node<S> {
                 QuorumOutput::Send { to, message } => self.answer_raft(to, &message),
                 QuorumOutput::Committed { offset, entry } => {
                     tracing::debug!(offset, epoch = entry.epoch, "metadata entry committed");
+                    assert_eq!(offset, self.quorum_committed, "committed entries in order");
                     self.quorum_committed = offset + 1;
+                    self.apply_committed(offset, &entry.record);
+                    committed = true;
                 }
             }
         }
@@ -263,6 +269,7 @@ impl<S: Storage> Node<S> {
             Some(deadline) => self.timers.set(Timer::RaftAnswers, deadline),
             None => self.timers.stop(Timer::RaftAnswers),
         }
+        committed
     }
 
     /// An answer of this replica: into the slot of the request it answers,
@@ -309,7 +316,7 @@ impl<S: Storage> Node<S> {
             sender: self.node_id,
             receiver: to,
         };
-        let link = self.peers.entry(to).or_default();
+        let link = self.peers.entry((to, Channel::Raft)).or_default();
         if !link.up {
             tracing::trace!(peer = %to, "raft request dropped: link down");
             return;
@@ -344,9 +351,10 @@ impl<S: Storage> Node<S> {
         );
         self.outputs.push_back(Output::SendPeer {
             peer: to,
+            channel: Channel::Raft,
             frame: request.frame,
             after_sync: None,
         });
-        self.arm_peer_timer(to);
+        self.arm_peer_timer(to, Channel::Raft);
     }
 }

@@ -71,7 +71,7 @@ impl Harness {
                 Output::Send { frame, .. } => self.sent.push(frame),
                 Output::Close { .. } => self.closed = true,
                 Output::Sync { id, targets } => self.pending_syncs.push((id, targets)),
-                Output::SendPeer { peer, .. } | Output::ResetPeer { peer } => {
+                Output::SendPeer { peer, .. } | Output::ResetPeer { peer, .. } => {
                     panic!("no peers here, yet an output for {peer}")
                 }
             }
@@ -1764,6 +1764,7 @@ fn an_unanswered_peer_request_resets_the_link() {
         std::iter::from_fn(|| node.poll_output()).collect()
     };
     let peer = NodeId(2);
+    let channel = Channel::Control;
     let sent = |outputs: &[Output]| {
         outputs
             .iter()
@@ -1771,20 +1772,20 @@ fn an_unanswered_peer_request_resets_the_link() {
             .count()
     };
     drain(&mut node);
-    node.handle_peer_link(Now::at(10), peer, true);
+    node.handle_peer_link(Now::at(10), peer, channel, true);
     assert_eq!(sent(&drain(&mut node)), 1, "ApiVersions on link up");
     let deadline = node.poll_timeout().expect("a deadline");
     assert!(deadline <= 10 + PEER_REQUEST_TIMEOUT_MS);
     node.handle_timeout(Now::at(10 + PEER_REQUEST_TIMEOUT_MS - 1));
     assert!(
-        !drain(&mut node).contains(&Output::ResetPeer { peer }),
+        !drain(&mut node).contains(&Output::ResetPeer { peer, channel }),
         "not before the timeout"
     );
     node.handle_timeout(Now::at(10 + PEER_REQUEST_TIMEOUT_MS));
-    assert!(drain(&mut node).contains(&Output::ResetPeer { peer }));
+    assert!(drain(&mut node).contains(&Output::ResetPeer { peer, channel }));
     // The driver closes the connection, reconnects, and reports both.
-    node.handle_peer_link(Now::at(3_000), peer, false);
-    node.handle_peer_link(Now::at(3_100), peer, true);
+    node.handle_peer_link(Now::at(3_000), peer, channel, false);
+    node.handle_peer_link(Now::at(3_100), peer, channel, true);
     let outputs = drain(&mut node);
     let Some(Output::SendPeer { frame, .. }) = outputs
         .into_iter()
@@ -1803,12 +1804,14 @@ fn an_unanswered_peer_request_resets_the_link() {
     crate::wire::versions::api_versions_response(0)
         .encode(&mut answer, 3)
         .expect("body");
-    node.handle_peer_frame(Now::at(3_200), peer, answer.freeze());
-    let known = node.peer_api_versions(peer).expect("versions known");
+    node.handle_peer_frame(Now::at(3_200), peer, channel, answer.freeze());
+    let known = node
+        .peer_api_versions(peer, channel)
+        .expect("versions known");
     assert_eq!(known.len(), crate::wire::versions::SUPPORTED.len());
     node.handle_timeout(Now::at(3_200 + PEER_REQUEST_TIMEOUT_MS));
     assert!(
-        !drain(&mut node).contains(&Output::ResetPeer { peer }),
+        !drain(&mut node).contains(&Output::ResetPeer { peer, channel }),
         "an answered request does not reset the link"
     );
 }

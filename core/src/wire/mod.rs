@@ -7,4 +7,4 @@ pub mod reply;
 pub mod versions;
 
 pub use header::{parse_request, Parsed, Request};
-pub use reply::{decode, encode_reply, encode_request, Reply, ReplyHeader};
+pub use reply::{decode, encode_reply, encode_reply_body, encode_request, Reply, ReplyHeader};

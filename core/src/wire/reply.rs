@@ -76,6 +76,20 @@ pub fn decode<T: Decodable>(buf: &mut Bytes, version: i16) -> Result<T, String> 
 
 /// Encodes a response frame: length, header, body.
 pub fn encode_reply(header: ReplyHeader, reply: &Reply) -> Result<Bytes, String> {
+    frame_reply(header, |buf| reply.encode(buf, header.version))
+}
+
+/// `encode_reply` of a body outside `Reply` (the requests of other nodes).
+pub fn encode_reply_body<T: Encodable>(header: ReplyHeader, body: &T) -> Result<Bytes, String> {
+    frame_reply(header, |buf| {
+        body.encode(buf, header.version).map_err(|e| e.to_string())
+    })
+}
+
+fn frame_reply(
+    header: ReplyHeader,
+    body: impl FnOnce(&mut BytesMut) -> Result<(), String>,
+) -> Result<Bytes, String> {
     let mut buf = BytesMut::with_capacity(64);
     buf.put_i32(0);
     let response_header = ResponseHeader::default().with_correlation_id(header.correlation_id);
@@ -83,7 +97,7 @@ pub fn encode_reply(header: ReplyHeader, reply: &Reply) -> Result<Bytes, String>
     response_header
         .encode(&mut buf, header_version)
         .map_err(|e| e.to_string())?;
-    reply.encode(&mut buf, header.version).map_err(|e| {
+    body(&mut buf).map_err(|e| {
         format!(
             "cannot encode the {:?} v{} response: {e}",
             header.api_key, header.version

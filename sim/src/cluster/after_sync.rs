@@ -5,7 +5,10 @@
 use std::collections::BTreeSet;
 
 use bytes::Bytes;
-use sluice_core::NodeId;
+use sluice_core::{Channel, NodeId};
+
+/// One connection of a node to a peer: the peer and the channel.
+pub type LinkId = (NodeId, Channel);
 
 /// Requests to peers one node may hold back for a sync.
 pub const HELD_FRAMES_MAX: usize = 1024;
@@ -17,7 +20,7 @@ pub const HELD_FRAMES_MAX: usize = 1024;
 /// (the core has at most one in flight), so one number says which are done.
 #[derive(Debug, Default)]
 pub struct AfterSyncGate {
-    held: Vec<(u64, NodeId, Bytes)>,
+    held: Vec<(u64, LinkId, Bytes)>,
     /// The last sync completed, successfully or not.
     completed_last: u64,
     failed: BTreeSet<u64>,
@@ -29,9 +32,9 @@ impl AfterSyncGate {
     pub fn submit(
         &mut self,
         after_sync: Option<u64>,
-        peer: NodeId,
+        peer: LinkId,
         frame: Bytes,
-    ) -> Option<(NodeId, Bytes)> {
+    ) -> Option<(LinkId, Bytes)> {
         match after_sync {
             None => Some((peer, frame)),
             Some(id) if id <= self.completed_last => {
@@ -46,7 +49,7 @@ impl AfterSyncGate {
     }
 
     /// Sync `id` completed; returns the requests it releases, in the order emitted.
-    pub fn synced(&mut self, id: u64, ok: bool) -> Vec<(NodeId, Bytes)> {
+    pub fn synced(&mut self, id: u64, ok: bool) -> Vec<(LinkId, Bytes)> {
         assert!(
             id > self.completed_last,
             "syncs complete in the order issued"
@@ -65,9 +68,9 @@ impl AfterSyncGate {
             .collect()
     }
 
-    /// The link to `peer` went down: what was held for it will never leave.
-    pub fn drop_peer(&mut self, peer: NodeId) {
-        self.held.retain(|(_, p, _)| *p != peer);
+    /// A link went down: what was held for it will never leave.
+    pub fn drop_link(&mut self, link: LinkId) {
+        self.held.retain(|(_, held, _)| *held != link);
     }
 
     pub fn held(&self) -> usize {
@@ -79,7 +82,7 @@ impl AfterSyncGate {
 mod tests {
     use super::*;
 
-    const PEER: NodeId = NodeId(2);
+    const PEER: LinkId = (NodeId(2), Channel::Raft);
 
     fn frame(byte: u8) -> Bytes {
         Bytes::from(vec![byte])
@@ -118,10 +121,10 @@ mod tests {
     #[test]
     fn a_link_down_drops_what_was_held_for_its_peer_only() {
         let mut gate = AfterSyncGate::default();
-        let other = NodeId(3);
+        let other = (NodeId(3), Channel::Raft);
         assert_eq!(gate.submit(Some(1), PEER, frame(1)), None);
         assert_eq!(gate.submit(Some(1), other, frame(2)), None);
-        gate.drop_peer(PEER);
+        gate.drop_link(PEER);
         assert_eq!(gate.synced(1, true), vec![(other, frame(2))]);
     }
 

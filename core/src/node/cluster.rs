@@ -1,0 +1,837 @@
+//! The node as a broker of a cluster, and as its active controller.
+//!
+//! Every node of a quorum is a broker too (combined roles). As a broker it
+//! registers with the active controller (the quorum's leader) and then
+//! heartbeats every `broker.heartbeat.interval.ms`, reporting how far it
+//! applied the metadata log; it is unfenced once caught up to its own
+//! registration. As the active controller, a node turns registrations and
+//! heartbeats into metadata records (RegisterBrokerRecord,
+//! BrokerRegistrationChangeRecord), answers only once they are committed,
+//! and fences a broker silent for `broker.session.timeout.ms`.
+//!
+//! Every node applies committed records, in order, to its metadata image
+//! (`Broker.cluster`); the controller decides on that committed image,
+//! never on records still uncommitted (one change per broker in flight).
+//!
+//! A broker's request to the controller goes over the peer link when the
+//! leader is another node, and straight to this node's controller when it
+//! leads; both wait for the same commit.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use bytes::Bytes;
+use kafka_protocol::messages::{
+    broker_registration_request, ApiKey, BrokerHeartbeatRequest, BrokerHeartbeatResponse, BrokerId,
+    BrokerRegistrationRequest, BrokerRegistrationResponse, RequestHeader,
+};
+use kafka_protocol::protocol::{Decodable, StrBytes};
+use kafka_protocol::ResponseError;
+use uuid::Uuid;
+
+use super::{Node, SentRequest};
+use crate::broker::{Broker, ClusterView};
+use crate::handlers::WaitState;
+use crate::metadata_records::{
+    BrokerEndpoint, BrokerRegistrationChangeRecord, MetadataRecord, RegisterBrokerRecord,
+};
+use crate::raft::{Record, Role};
+use crate::session::{ConnectionId, Slot, SlotState};
+use crate::storage::Storage;
+use crate::timer::Timer;
+use crate::types::{Channel, NodeId, Now};
+use crate::wire::{encode_reply_body, ReplyHeader};
+
+/// The versions a broker sends: BrokerRegistration v3 (Kafka 3.7's, with
+/// log directories, which Sluice leaves empty) and BrokerHeartbeat v1.
+const REGISTRATION_VERSION: i16 = 3;
+const HEARTBEAT_VERSION: i16 = 1;
+const REGISTRATION_VERSIONS: (i16, i16) = (0, 4);
+const HEARTBEAT_VERSIONS: (i16, i16) = (0, 1);
+/// A broker retries a refused or lost request to the controller after this.
+const CONTROLLER_RETRY_MS: i64 = 100;
+/// A request to the controller with no answer for this long is taken as lost.
+const CONTROLLER_REQUEST_MS: i64 = 3_000;
+const LISTENER_NAME: &str = "PLAINTEXT";
+
+/// The broker side: this node's registration with the controller.
+#[derive(Debug)]
+pub(super) struct Lifecycle {
+    incarnation_id: Uuid,
+    registered: Option<Registered>,
+    /// When to send the next registration or heartbeat.
+    next_ms: i64,
+    /// A request sent and not answered, until this deadline.
+    in_flight_until: Option<i64>,
+    /// A request to this node's own controller, waiting for its commit.
+    local: Option<LocalWait>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Registered {
+    epoch: i64,
+    fenced: bool,
+}
+
+/// What this node's broker waits for from its own controller.
+#[derive(Debug)]
+struct LocalWait {
+    offset: i64,
+    epoch: i32,
+    answer: Answer,
+}
+
+#[derive(Debug)]
+enum Answer {
+    Registration(BrokerRegistrationResponse),
+    Heartbeat(BrokerHeartbeatResponse),
+}
+
+/// The active controller's own state, for one leader epoch.
+#[derive(Debug)]
+pub(super) struct ControllerState {
+    epoch: i32,
+    /// Each registered broker's last heartbeat (monotonic).
+    heartbeats: BTreeMap<i32, i64>,
+    /// Brokers with a registration change proposed and not yet committed.
+    changing: BTreeSet<i32>,
+}
+
+/// What the controller answers: now, or once the records it proposed are
+/// committed (`lost` if they never are).
+enum Decision<T> {
+    Now(T),
+    AfterCommit {
+        offset: i64,
+        epoch: i32,
+        answer: T,
+        lost: T,
+    },
+}
+
+impl Lifecycle {
+    pub(super) fn new(incarnation_id: Uuid) -> Lifecycle {
+        Lifecycle {
+            incarnation_id,
+            registered: None,
+            next_ms: 0,
+            in_flight_until: None,
+            local: None,
+        }
+    }
+}
+
+/// True for the requests a broker sends its controller.
+pub(super) fn is_controller_api(frame: &[u8]) -> bool {
+    let Some(key) = frame.get(..2) else {
+        return false;
+    };
+    let key = i16::from_be_bytes([key[0], key[1]]);
+    key == ApiKey::BrokerRegistration as i16 || key == ApiKey::BrokerHeartbeat as i16
+}
+
+fn error<T: Default + WithError>(error: ResponseError) -> T {
+    T::default().with_error(error.code())
+}
+
+trait WithError: Sized {
+    fn with_error(self, code: i16) -> Self;
+}
+
+impl WithError for BrokerRegistrationResponse {
+    fn with_error(self, code: i16) -> Self {
+        self.with_error_code(code)
+    }
+}
+
+impl WithError for BrokerHeartbeatResponse {
+    fn with_error(self, code: i16) -> Self {
+        self.with_error_code(code)
+    }
+}
+
+impl<S: Storage> Node<S> {
+    /// A broker's request to this node's controller, from a connection.
+    pub(super) fn controller_request(
+        &mut self,
+        now: Now,
+        connection: ConnectionId,
+        frame: Bytes,
+    ) -> Result<bool, String> {
+        let api_key = ApiKey::try_from(i16::from_be_bytes([frame[0], frame[1]]))
+            .map_err(|_| "unknown api key".to_string())?;
+        let version = i16::from_be_bytes([frame[2], frame[3]]);
+        let (min, max) = match api_key {
+            ApiKey::BrokerRegistration => REGISTRATION_VERSIONS,
+            _ => HEARTBEAT_VERSIONS,
+        };
+        if !(min..=max).contains(&version) || self.quorum.is_none() {
+            return Err(format!("{api_key:?} v{version} is not served here"));
+        }
+        let mut body = frame;
+        let request_header =
+            RequestHeader::decode(&mut body, api_key.request_header_version(version))
+                .map_err(|e| format!("bad request header: {e}"))?;
+        let header = ReplyHeader {
+            api_key,
+            version,
+            correlation_id: request_header.correlation_id,
+        };
+        let state = match api_key {
+            ApiKey::BrokerRegistration => {
+                let request = BrokerRegistrationRequest::decode(&mut body, version)
+                    .map_err(|e| format!("bad BrokerRegistration: {e}"))?;
+                match self.controller_register(now, &request) {
+                    Decision::Now(answer) => SlotState::Ready(encode(header, &answer)?),
+                    Decision::AfterCommit {
+                        offset,
+                        epoch,
+                        answer,
+                        lost,
+                    } => SlotState::AfterCommit {
+                        offset,
+                        epoch,
+                        frame: encode(header, &answer)?,
+                        lost: encode(header, &lost)?,
+                    },
+                }
+            }
+            _ => {
+                let request = BrokerHeartbeatRequest::decode(&mut body, version)
+                    .map_err(|e| format!("bad BrokerHeartbeat: {e}"))?;
+                match self.controller_heartbeat(now, &request) {
+                    Decision::Now(answer) => SlotState::Ready(encode(header, &answer)?),
+                    Decision::AfterCommit {
+                        offset,
+                        epoch,
+                        answer,
+                        lost,
+                    } => SlotState::AfterCommit {
+                        offset,
+                        epoch,
+                        frame: encode(header, &answer)?,
+                        lost: encode(header, &lost)?,
+                    },
+                }
+            }
+        };
+        self.sessions.push(connection, Slot { header, state });
+        Ok(true)
+    }
+
+    /// Whether the record this node's controller proposed at `offset` in
+    /// `epoch` is committed (Done), never will be (Failed), or may be.
+    pub(super) fn commit_state(&self, offset: i64, epoch: i32) -> WaitState {
+        let Some(replica) = self.quorum.as_ref().and_then(|q| q.replica()) else {
+            return WaitState::Failed;
+        };
+        if self.quorum_committed > offset {
+            let entry = &replica.entries()[offset as usize];
+            return if entry.epoch == epoch {
+                WaitState::Done
+            } else {
+                WaitState::Failed
+            };
+        }
+        if replica.leader_epoch() != epoch || replica.role() != Role::Leader {
+            return WaitState::Failed;
+        }
+        WaitState::Waiting
+    }
+
+    /// The controller state, when this node leads the quorum.
+    fn leading(&mut self, now: Now) -> Option<i32> {
+        let replica = self.quorum.as_ref()?.replica()?;
+        if replica.role() != Role::Leader {
+            self.controller = None;
+            return None;
+        }
+        let epoch = replica.leader_epoch();
+        if self.controller.as_ref().is_none_or(|c| c.epoch != epoch) {
+            // A new active controller: every registered broker gets a full
+            // session from now, as Kafka's does on failover.
+            let heartbeats = self
+                .cluster_view()
+                .image
+                .brokers()
+                .map(|b| (b.id, now.monotonic_ms))
+                .collect();
+            tracing::info!(epoch, "this node is the active controller");
+            self.controller = Some(ControllerState {
+                epoch,
+                heartbeats,
+                changing: BTreeSet::new(),
+            });
+        }
+        Some(epoch)
+    }
+
+    fn cluster_view(&self) -> &ClusterView {
+        self.broker
+            .cluster
+            .as_ref()
+            .expect("a node with a quorum has a cluster view")
+    }
+
+    /// Proposes one metadata record; its offset, or None when refused.
+    fn propose_record(&mut self, now: Now, record: &MetadataRecord) -> Option<i64> {
+        let bytes = match record.encode() {
+            Ok(bytes) => Bytes::from(bytes),
+            Err(error) => {
+                tracing::error!(%error, "cannot encode a metadata record");
+                return None;
+            }
+        };
+        let quorum = self.quorum.as_mut()?;
+        let Broker {
+            storage,
+            durability,
+            ..
+        } = &mut self.broker;
+        match quorum.propose(storage, durability, now.monotonic_ms, vec![bytes]) {
+            Ok(offset) => Some(offset),
+            Err(error) => {
+                tracing::warn!(?error, "metadata record not proposed");
+                None
+            }
+        }
+    }
+
+    fn next_offset(&self) -> i64 {
+        self.quorum
+            .as_ref()
+            .and_then(|q| q.replica())
+            .map_or(0, |r| r.entries().len() as i64)
+    }
+
+    fn controller_register(
+        &mut self,
+        now: Now,
+        request: &BrokerRegistrationRequest,
+    ) -> Decision<BrokerRegistrationResponse> {
+        let Some(epoch) = self.leading(now) else {
+            return Decision::Now(error(ResponseError::NotController));
+        };
+        if *request.cluster_id != *self.broker.cluster_id {
+            return Decision::Now(error(ResponseError::InconsistentClusterId));
+        }
+        let id = request.broker_id.0;
+        if id < 0 {
+            return Decision::Now(error(ResponseError::InvalidRequest));
+        }
+        let controller = self.controller.as_mut().expect("leading");
+        controller.heartbeats.insert(id, now.monotonic_ms);
+        if controller.changing.contains(&id) {
+            return Decision::Now(error(ResponseError::RequestTimedOut));
+        }
+        if let Some(existing) = self.cluster_view().image.broker(id) {
+            if existing.incarnation_id == request.incarnation_id {
+                // A retry of a registration that committed.
+                return Decision::Now(
+                    BrokerRegistrationResponse::default().with_broker_epoch(existing.epoch),
+                );
+            }
+        }
+        let broker_epoch = self.next_offset();
+        let record = MetadataRecord::RegisterBroker(RegisterBrokerRecord {
+            broker_id: id,
+            incarnation_id: request.incarnation_id,
+            broker_epoch,
+            end_points: request
+                .listeners
+                .iter()
+                .map(|l| BrokerEndpoint {
+                    name: l.name.to_string(),
+                    host: l.host.to_string(),
+                    port: l.port,
+                    security_protocol: l.security_protocol,
+                })
+                .collect(),
+            rack: request.rack.as_ref().map(|r| r.to_string()),
+            fenced: true,
+            ..RegisterBrokerRecord::default()
+        });
+        let Some(offset) = self.propose_record(now, &record) else {
+            return Decision::Now(error(ResponseError::RequestTimedOut));
+        };
+        assert_eq!(
+            offset, broker_epoch,
+            "a broker's epoch is its record's offset"
+        );
+        self.controller
+            .as_mut()
+            .expect("leading")
+            .changing
+            .insert(id);
+        tracing::info!(broker = id, broker_epoch, "registering a broker");
+        Decision::AfterCommit {
+            offset,
+            epoch,
+            answer: BrokerRegistrationResponse::default().with_broker_epoch(broker_epoch),
+            lost: error(ResponseError::NotController),
+        }
+    }
+
+    fn controller_heartbeat(
+        &mut self,
+        now: Now,
+        request: &BrokerHeartbeatRequest,
+    ) -> Decision<BrokerHeartbeatResponse> {
+        let Some(epoch) = self.leading(now) else {
+            return Decision::Now(error(ResponseError::NotController));
+        };
+        let id = request.broker_id.0;
+        let Some(registration) = self.cluster_view().image.broker(id).cloned() else {
+            return Decision::Now(error(ResponseError::StaleBrokerEpoch));
+        };
+        if registration.epoch != request.broker_epoch {
+            return Decision::Now(error(ResponseError::StaleBrokerEpoch));
+        }
+        let controller = self.controller.as_mut().expect("leading");
+        controller.heartbeats.insert(id, now.monotonic_ms);
+        let caught_up = request.current_metadata_offset >= registration.epoch;
+        let answer = |fenced: bool| {
+            BrokerHeartbeatResponse::default()
+                .with_is_caught_up(caught_up)
+                .with_is_fenced(fenced)
+        };
+        let wants_in = registration.fenced && !request.want_fence && caught_up;
+        if !wants_in || controller.changing.contains(&id) {
+            return Decision::Now(answer(registration.fenced));
+        }
+        let record = MetadataRecord::BrokerRegistrationChange(BrokerRegistrationChangeRecord {
+            broker_id: id,
+            broker_epoch: registration.epoch,
+            fenced: BrokerRegistrationChangeRecord::UNFENCED,
+            in_controlled_shutdown: BrokerRegistrationChangeRecord::UNCHANGED,
+            log_dirs: Vec::new(),
+        });
+        let Some(offset) = self.propose_record(now, &record) else {
+            return Decision::Now(answer(true));
+        };
+        self.controller
+            .as_mut()
+            .expect("leading")
+            .changing
+            .insert(id);
+        tracing::info!(broker = id, "unfencing a broker that caught up");
+        Decision::AfterCommit {
+            offset,
+            epoch,
+            answer: answer(false),
+            lost: error(ResponseError::NotController),
+        }
+    }
+
+    /// Fences the unfenced brokers silent for a whole session.
+    fn fence_silent_brokers(&mut self, now: Now) {
+        if self.leading(now).is_none() {
+            return;
+        }
+        let session_ms = self.broker.config.broker_session_timeout_ms;
+        let controller = self.controller.as_ref().expect("leading");
+        let silent: Vec<(i32, i64)> = self
+            .cluster_view()
+            .image
+            .unfenced_brokers()
+            .filter(|b| !controller.changing.contains(&b.id))
+            .filter(|b| {
+                controller
+                    .heartbeats
+                    .get(&b.id)
+                    .is_none_or(|&last| now.monotonic_ms - last >= session_ms)
+            })
+            .map(|b| (b.id, b.epoch))
+            .collect();
+        for (id, broker_epoch) in silent {
+            let record = MetadataRecord::BrokerRegistrationChange(BrokerRegistrationChangeRecord {
+                broker_id: id,
+                broker_epoch,
+                fenced: BrokerRegistrationChangeRecord::FENCED,
+                in_controlled_shutdown: BrokerRegistrationChangeRecord::UNCHANGED,
+                log_dirs: Vec::new(),
+            });
+            if self.propose_record(now, &record).is_some() {
+                tracing::warn!(
+                    broker = id,
+                    session_ms,
+                    "fencing a broker not heard from for a session"
+                );
+                self.controller
+                    .as_mut()
+                    .expect("leading")
+                    .changing
+                    .insert(id);
+            }
+        }
+    }
+
+    /// The earliest time a silent broker's session ends, while leading.
+    fn next_fence_ms(&self) -> Option<i64> {
+        let controller = self.controller.as_ref()?;
+        let session_ms = self.broker.config.broker_session_timeout_ms;
+        self.cluster_view()
+            .image
+            .unfenced_brokers()
+            .filter_map(|b| controller.heartbeats.get(&b.id))
+            .map(|last| last + session_ms)
+            .min()
+    }
+
+    /// Applies a committed metadata record to the image; a registration
+    /// change it settles is no longer in flight.
+    pub(super) fn apply_committed(&mut self, offset: i64, record: &Record) {
+        let Record::Data(bytes) = record else {
+            return;
+        };
+        let decoded = match MetadataRecord::decode(bytes) {
+            Ok(decoded) => decoded,
+            Err(error) => {
+                tracing::error!(offset, %error, "a committed metadata record cannot be read; skipped");
+                return;
+            }
+        };
+        let Some(cluster) = self.broker.cluster.as_mut() else {
+            return;
+        };
+        if let Err(error) = cluster.image.apply(offset, &decoded) {
+            tracing::error!(offset, %error, "a committed metadata record does not apply; skipped");
+            return;
+        }
+        let changed = match &decoded {
+            MetadataRecord::RegisterBroker(r) => Some(r.broker_id),
+            MetadataRecord::BrokerRegistrationChange(r) => Some(r.broker_id),
+            _ => None,
+        };
+        if let (Some(id), Some(controller)) = (changed, self.controller.as_mut()) {
+            controller.changing.remove(&id);
+        }
+    }
+
+    /// After every input of a node in a quorum: the controller id clients
+    /// see, the broker's registration and heartbeats, the fencing of
+    /// silent brokers, and the timer for the next of these.
+    pub(super) fn tend_cluster(&mut self, now: Now) {
+        let Some(leader) = self
+            .quorum
+            .as_ref()
+            .and_then(|q| q.replica())
+            .map(|r| r.leader_id())
+        else {
+            return;
+        };
+        if let Some(cluster) = self.broker.cluster.as_mut() {
+            cluster.controller_id = leader.map(|l| l.0);
+        }
+        if self.leading(now).is_none() {
+            self.controller = None;
+        }
+        self.settle_local_wait(now);
+        let Some(lifecycle) = self.lifecycle.as_mut() else {
+            return;
+        };
+        if lifecycle
+            .in_flight_until
+            .is_some_and(|until| now.monotonic_ms >= until)
+        {
+            lifecycle.in_flight_until = None;
+        }
+        let due = lifecycle.in_flight_until.is_none()
+            && lifecycle.local.is_none()
+            && now.monotonic_ms >= lifecycle.next_ms;
+        if due {
+            match leader {
+                Some(leader) if leader == self.node_id => self.send_to_own_controller(now),
+                Some(leader) => self.send_to_controller(now, leader),
+                None => {}
+            }
+        }
+        let lifecycle = self.lifecycle.as_ref().expect("checked above");
+        let mut next = [
+            Some(lifecycle.in_flight_until.unwrap_or(lifecycle.next_ms)),
+            self.next_fence_ms(),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        if leader.is_none() || lifecycle.local.is_some() {
+            // Waiting for a leader or a commit: the quorum's own inputs
+            // bring this back.
+            next = self.next_fence_ms();
+        }
+        match next {
+            Some(at) => self
+                .timers
+                .set(Timer::Cluster, at.max(now.monotonic_ms + 1)),
+            None => self.timers.stop(Timer::Cluster),
+        }
+    }
+
+    pub(super) fn cluster_timeout(&mut self, now: Now) {
+        self.fence_silent_brokers(now);
+    }
+
+    fn registration_request(&self) -> BrokerRegistrationRequest {
+        let lifecycle = self.lifecycle.as_ref().expect("a broker of a cluster");
+        let (host, port) = &self.broker.advertised;
+        let listener = broker_registration_request::Listener::default()
+            .with_name(StrBytes::from_static_str(LISTENER_NAME))
+            .with_host(StrBytes::from_string(host.clone()))
+            .with_port(*port)
+            .with_security_protocol(0);
+        BrokerRegistrationRequest::default()
+            .with_broker_id(BrokerId(self.node_id.0))
+            .with_cluster_id(StrBytes::from_string(self.broker.cluster_id.clone()))
+            .with_incarnation_id(lifecycle.incarnation_id)
+            .with_listeners(vec![listener])
+    }
+
+    fn heartbeat_request(&self, epoch: i64) -> BrokerHeartbeatRequest {
+        BrokerHeartbeatRequest::default()
+            .with_broker_id(BrokerId(self.node_id.0))
+            .with_broker_epoch(epoch)
+            .with_current_metadata_offset(self.quorum_committed - 1)
+    }
+
+    fn send_to_controller(&mut self, now: Now, leader: NodeId) {
+        if !self
+            .peers
+            .get(&(leader, Channel::Control))
+            .is_some_and(|l| l.up)
+        {
+            return;
+        }
+        let registered = self.lifecycle.as_ref().and_then(|l| l.registered);
+        match registered {
+            None => {
+                let request = self.registration_request();
+                self.send_peer(
+                    now,
+                    (leader, Channel::Control),
+                    ApiKey::BrokerRegistration,
+                    REGISTRATION_VERSION,
+                    &request,
+                    None,
+                );
+            }
+            Some(registered) => {
+                let request = self.heartbeat_request(registered.epoch);
+                self.send_peer(
+                    now,
+                    (leader, Channel::Control),
+                    ApiKey::BrokerHeartbeat,
+                    HEARTBEAT_VERSION,
+                    &request,
+                    None,
+                );
+            }
+        }
+        if let Some(lifecycle) = self.lifecycle.as_mut() {
+            lifecycle.in_flight_until = Some(now.monotonic_ms + CONTROLLER_REQUEST_MS);
+        }
+    }
+
+    fn send_to_own_controller(&mut self, now: Now) {
+        let registered = self.lifecycle.as_ref().and_then(|l| l.registered);
+        let (decision, is_registration) = match registered {
+            None => {
+                let request = self.registration_request();
+                match self.controller_register(now, &request) {
+                    Decision::Now(a) => (Decision::Now(Answer::Registration(a)), true),
+                    Decision::AfterCommit {
+                        offset,
+                        epoch,
+                        answer,
+                        lost,
+                    } => (
+                        Decision::AfterCommit {
+                            offset,
+                            epoch,
+                            answer: Answer::Registration(answer),
+                            lost: Answer::Registration(lost),
+                        },
+                        true,
+                    ),
+                }
+            }
+            Some(registered) => {
+                let request = self.heartbeat_request(registered.epoch);
+                match self.controller_heartbeat(now, &request) {
+                    Decision::Now(a) => (Decision::Now(Answer::Heartbeat(a)), false),
+                    Decision::AfterCommit {
+                        offset,
+                        epoch,
+                        answer,
+                        lost,
+                    } => (
+                        Decision::AfterCommit {
+                            offset,
+                            epoch,
+                            answer: Answer::Heartbeat(answer),
+                            lost: Answer::Heartbeat(lost),
+                        },
+                        false,
+                    ),
+                }
+            }
+        };
+        let _ = is_registration;
+        match decision {
+            Decision::Now(answer) => self.take_answer(now, answer),
+            Decision::AfterCommit {
+                offset,
+                epoch,
+                answer,
+                ..
+            } => {
+                let lifecycle = self.lifecycle.as_mut().expect("a broker of a cluster");
+                lifecycle.local = Some(LocalWait {
+                    offset,
+                    epoch,
+                    answer,
+                });
+            }
+        }
+    }
+
+    /// Hands this broker its own controller's answer once its records
+    /// committed (or a retry, if they never will).
+    fn settle_local_wait(&mut self, now: Now) {
+        let Some(wait) = self.lifecycle.as_ref().and_then(|l| l.local.as_ref()) else {
+            return;
+        };
+        match self.commit_state(wait.offset, wait.epoch) {
+            WaitState::Waiting => {}
+            WaitState::Done => {
+                let wait = self
+                    .lifecycle
+                    .as_mut()
+                    .and_then(|l| l.local.take())
+                    .expect("checked above");
+                self.take_answer(now, wait.answer);
+            }
+            WaitState::Failed => {
+                let lifecycle = self.lifecycle.as_mut().expect("checked above");
+                lifecycle.local = None;
+                lifecycle.next_ms = now.monotonic_ms + CONTROLLER_RETRY_MS;
+            }
+        }
+    }
+
+    /// A response from a peer's controller to this broker.
+    pub(super) fn controller_response(&mut self, now: Now, sent: &SentRequest, frame: Bytes) {
+        let answer = match sent.api_key {
+            ApiKey::BrokerRegistration => crate::wire::reply::decode_response::<
+                BrokerRegistrationResponse,
+            >(sent.api_key, sent.version, frame)
+            .map(|(_, r)| Answer::Registration(r)),
+            _ => crate::wire::reply::decode_response::<BrokerHeartbeatResponse>(
+                sent.api_key,
+                sent.version,
+                frame,
+            )
+            .map(|(_, r)| Answer::Heartbeat(r)),
+        };
+        if let Some(lifecycle) = self.lifecycle.as_mut() {
+            lifecycle.in_flight_until = None;
+        }
+        match answer {
+            Ok(answer) => self.take_answer(now, answer),
+            Err(error) => {
+                tracing::warn!(%error, "bad answer from the controller");
+                if let Some(lifecycle) = self.lifecycle.as_mut() {
+                    lifecycle.next_ms = now.monotonic_ms + CONTROLLER_RETRY_MS;
+                }
+            }
+        }
+    }
+
+    fn take_answer(&mut self, now: Now, answer: Answer) {
+        let interval = self.broker.config.broker_heartbeat_interval_ms;
+        let lifecycle = self.lifecycle.as_mut().expect("a broker of a cluster");
+        let retry = now.monotonic_ms + CONTROLLER_RETRY_MS;
+        match answer {
+            Answer::Registration(r) if r.error_code == 0 => {
+                tracing::info!(
+                    broker_epoch = r.broker_epoch,
+                    "registered with the controller"
+                );
+                lifecycle.registered = Some(Registered {
+                    epoch: r.broker_epoch,
+                    fenced: true,
+                });
+                lifecycle.next_ms = now.monotonic_ms;
+            }
+            Answer::Registration(r) => {
+                tracing::debug!(error = r.error_code, "registration refused; retrying");
+                lifecycle.next_ms = retry;
+            }
+            Answer::Heartbeat(r) if r.error_code == 0 => {
+                if let Some(registered) = lifecycle.registered.as_mut() {
+                    if registered.fenced != r.is_fenced {
+                        tracing::info!(
+                            fenced = r.is_fenced,
+                            "the controller changed this broker's state"
+                        );
+                    }
+                    registered.fenced = r.is_fenced;
+                }
+                lifecycle.next_ms = now.monotonic_ms
+                    + if r.is_fenced && r.is_caught_up {
+                        CONTROLLER_RETRY_MS
+                    } else {
+                        interval
+                    };
+            }
+            Answer::Heartbeat(r) if r.error_code == ResponseError::StaleBrokerEpoch.code() => {
+                tracing::warn!(
+                    "the controller does not know this broker's epoch; registering again"
+                );
+                lifecycle.registered = None;
+                lifecycle.next_ms = now.monotonic_ms;
+            }
+            Answer::Heartbeat(r) => {
+                tracing::debug!(error = r.error_code, "heartbeat refused; retrying");
+                lifecycle.next_ms = retry;
+            }
+        }
+    }
+
+    /// True once the controller unfenced this broker.
+    pub fn is_unfenced(&self) -> bool {
+        self.lifecycle
+            .as_ref()
+            .and_then(|l| l.registered)
+            .is_some_and(|r| !r.fenced)
+    }
+
+    /// A link went down or was reset: a request to the controller on it is lost.
+    pub(super) fn controller_link_lost(&mut self, now: Now) {
+        if let Some(lifecycle) = self.lifecycle.as_mut() {
+            if lifecycle.in_flight_until.take().is_some() {
+                lifecycle.next_ms = now.monotonic_ms + CONTROLLER_RETRY_MS;
+            }
+        }
+    }
+
+    pub(super) fn cluster_invariants(&self) {
+        if let Some(controller) = &self.controller {
+            let replica = self
+                .quorum
+                .as_ref()
+                .and_then(|q| q.replica())
+                .expect("a controller has a replica");
+            assert_eq!(controller.epoch, replica.leader_epoch());
+            assert_eq!(replica.role(), Role::Leader);
+        }
+        if let Some(wait) = self.lifecycle.as_ref().and_then(|l| l.local.as_ref()) {
+            assert!(wait.offset >= 0);
+        }
+    }
+}
+
+fn encode<T: kafka_protocol::protocol::Encodable>(
+    header: ReplyHeader,
+    body: &T,
+) -> Result<Bytes, String> {
+    encode_reply_body(header, body)
+}
