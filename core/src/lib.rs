@@ -132,7 +132,11 @@ mod layers {
         (
             "node",
             NODE,
-            &[include_str!("node.rs"), include_str!("node/quorum.rs")],
+            &[
+                include_str!("node.rs"),
+                include_str!("node/describe_quorum.rs"),
+                include_str!("node/quorum.rs"),
+            ],
         ),
         ("session", NODE, &[include_str!("session.rs")]),
         ("timer", NODE, &[include_str!("timer.rs")]),

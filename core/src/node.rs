@@ -179,6 +179,9 @@ pub struct Node<S: Storage> {
     raft_answers: BTreeMap<Token, Bytes>,
     /// Metadata entries committed and handed out so far.
     quorum_committed: i64,
+    /// When this node, leading the quorum, saw each voter fetch and catch
+    /// up (DescribeQuorum's timestamps).
+    voter_fetches: BTreeMap<NodeId, describe_quorum::FetchTimes>,
 }
 
 impl<S: Storage> Node<S> {
@@ -244,6 +247,7 @@ impl<S: Storage> Node<S> {
             raft_waiting: BTreeMap::new(),
             raft_answers: BTreeMap::new(),
             quorum_committed: 0,
+            voter_fetches: BTreeMap::new(),
         };
         node.settle(now);
         Ok(node)
@@ -389,6 +393,9 @@ impl<S: Storage> Node<S> {
             }
             Parsed::Request(request) => request,
         };
+        if request.header.api_key == ApiKey::DescribeQuorum {
+            return self.describe_quorum_request(now, connection, request);
+        }
         if request.header.api_key == ApiKey::Fetch
             && self.quorum.is_some()
             && quorum::is_metadata_fetch(&request.header, &request.body)
@@ -894,6 +901,7 @@ impl<S: Storage> Node<S> {
     }
 }
 
+mod describe_quorum;
 mod quorum;
 #[cfg(test)]
 mod tests;
