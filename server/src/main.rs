@@ -1,5 +1,5 @@
 //! The `sluice` binary: `serve` runs a broker; `dump-log` prints a segment;
-//! `topics`, `groups`, `produce` and `consume` talk to a running broker
+//! `topics`, `groups`, `cluster`, `produce` and `consume` talk to a running broker
 //! (see `cli`). `serve` runs the driver of `sluice-driver` over real sockets
 //! and files, on one current-thread runtime.
 
@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
 use sluice_core::config::BrokerConfig;
 use sluice_core::NodeId;
 use sluice_driver as driver;
-use sluice_server::cli::{self, consume, groups, produce, topics};
+use sluice_server::cli::{self, cluster, consume, groups, produce, topics};
 use sluice_server::{config_file, dump_log};
 
 #[derive(Parser)]
@@ -53,6 +53,11 @@ enum Command {
         #[command(subcommand)]
         command: groups::GroupsCommand,
     },
+    /// Describe the cluster's controller quorum (leader, epoch, voters' lag).
+    Cluster {
+        #[command(subcommand)]
+        command: cluster::ClusterCommand,
+    },
     /// Write lines from stdin or a file as records, one per line.
     Produce(produce::ProduceArgs),
     /// Print records of a topic, alone or as a member of a consumer group.
@@ -82,6 +87,7 @@ fn main() -> ExitCode {
         }
         Command::Topics { command } => return cli::run(topics::run(command)),
         Command::Groups { command } => return cli::run(groups::run(command)),
+        Command::Cluster { command } => return cli::run(cluster::run(command)),
         Command::Produce(args) => return cli::run(produce::run(args)),
         Command::Consume(args) => return cli::run(consume::run(args)),
         Command::Perf(args) => sluice_server::perf::run(args),
