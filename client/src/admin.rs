@@ -1,6 +1,6 @@
 //! Topic, group and cluster administration: create, delete, list and
 //! describe topics, add partitions, describe the cluster; consumer groups
-//! and their offsets are in [`groups`].
+//! and their offsets are in [`groups`], the controller quorum in [`quorum`].
 //!
 //! Topic changes go to the controller (any broker until one is known);
 //! lookups go to any broker. A request that fails on the way (connection,
@@ -27,8 +27,10 @@ use crate::error::{Error, Result};
 use crate::metadata::{BrokerInfo, PartitionInfo};
 
 pub mod groups;
+pub mod quorum;
 
 pub use groups::{GroupDescription, GroupListing, MemberDescription};
+pub use quorum::{QuorumDescription, QuorumEndpoint, QuorumReplica};
 
 /// Attempts of one admin request on retriable failures.
 pub const ADMIN_ATTEMPTS_MAX: u32 = 5;

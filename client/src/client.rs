@@ -237,7 +237,7 @@ impl<C: Connector> Client<C> {
     }
 
     /// Known brokers first (by id), then the bootstrap addresses.
-    fn candidates(&self) -> Vec<Endpoint> {
+    pub(crate) fn candidates(&self) -> Vec<Endpoint> {
         let brokers: Vec<Endpoint> = self
             .lock_metadata()
             .brokers

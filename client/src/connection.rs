@@ -78,6 +78,7 @@ pub const CLIENT_APIS: &[ApiKey] = &[
     ApiKey::DescribeGroups,
     ApiKey::ListGroups,
     ApiKey::DeleteGroups,
+    ApiKey::DescribeQuorum,
 ];
 
 /// The `(min, max)` versions of `api` this client speaks: the core's range,

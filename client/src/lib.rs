@@ -68,7 +68,8 @@ pub mod record;
 
 pub use admin::{
     Admin, ClusterDescription, ConfigEntry, ConfigSource, GroupDescription, GroupListing,
-    MemberDescription, NewTopic, TopicDescription, TopicListing,
+    MemberDescription, NewTopic, QuorumDescription, QuorumEndpoint, QuorumReplica,
+    TopicDescription, TopicListing,
 };
 pub use client::Client;
 pub use config::{

@@ -135,6 +135,7 @@ mod layers {
             &[
                 include_str!("node.rs"),
                 include_str!("node/cluster.rs"),
+                include_str!("node/describe_quorum.rs"),
                 include_str!("node/quorum.rs"),
             ],
         ),

@@ -184,6 +184,9 @@ pub struct Node<S: Storage> {
     /// This node as a broker of the cluster, and as its active controller.
     lifecycle: Option<cluster::Lifecycle>,
     controller: Option<cluster::ControllerState>,
+    /// When this node, leading the quorum, saw each voter fetch and catch
+    /// up (DescribeQuorum's timestamps).
+    voter_fetches: BTreeMap<NodeId, describe_quorum::FetchTimes>,
 }
 
 impl<S: Storage> Node<S> {
@@ -255,6 +258,7 @@ impl<S: Storage> Node<S> {
             quorum_committed: 0,
             lifecycle: None,
             controller: None,
+            voter_fetches: BTreeMap::new(),
         };
         if node.quorum.is_some() {
             let incarnation_id = uuid::Uuid::from_bytes(node.broker.rng.uuid());
@@ -435,6 +439,9 @@ impl<S: Storage> Node<S> {
             }
             Parsed::Request(request) => request,
         };
+        if request.header.api_key == ApiKey::DescribeQuorum {
+            return self.describe_quorum_request(now, connection, request);
+        }
         if request.header.api_key == ApiKey::Fetch
             && self.quorum.is_some()
             && quorum::is_metadata_fetch(&request.header, &request.body)
@@ -987,6 +994,7 @@ impl<S: Storage> Node<S> {
 }
 
 mod cluster;
+mod describe_quorum;
 mod quorum;
 #[cfg(test)]
 mod tests;

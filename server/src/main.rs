@@ -1,15 +1,18 @@
 //! The `sluice` binary: `serve` runs a broker; `dump-log` prints a segment;
-//! `topics`, `groups`, `produce` and `consume` talk to a running broker
+//! `topics`, `groups`, `cluster`, `produce` and `consume` talk to a running broker
 //! (see `cli`). `serve` runs the driver of `sluice-driver` over real sockets
 //! and files, on one current-thread runtime.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::error::ErrorKind;
 use clap::{Parser, Subcommand};
+use sluice_core::config::BrokerConfig;
+use sluice_core::NodeId;
 use sluice_driver as driver;
-use sluice_server::cli::{self, consume, groups, produce, topics};
+use sluice_server::cli::{self, cluster, consume, groups, produce, topics};
 use sluice_server::{config_file, dump_log};
 
 #[derive(Parser)]
@@ -21,8 +24,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run a broker (a single node with its controller). Without --config the
-    /// embedded defaults apply: data in ./sluice-data, listening on 127.0.0.1:9092.
+    /// Run a node: a broker with its controller, alone or, when
+    /// controller.quorum.voters names other nodes, a voter of that quorum.
+    /// Without --config the embedded defaults apply: data in ./sluice-data,
+    /// listening on 127.0.0.1:9092.
     Serve {
         /// A TOML file of broker settings, with Kafka's key names.
         #[arg(long)]
@@ -47,6 +52,11 @@ enum Command {
     Groups {
         #[command(subcommand)]
         command: groups::GroupsCommand,
+    },
+    /// Describe the cluster's controller quorum (leader, epoch, voters' lag).
+    Cluster {
+        #[command(subcommand)]
+        command: cluster::ClusterCommand,
     },
     /// Write lines from stdin or a file as records, one per line.
     Produce(produce::ProduceArgs),
@@ -77,6 +87,7 @@ fn main() -> ExitCode {
         }
         Command::Topics { command } => return cli::run(topics::run(command)),
         Command::Groups { command } => return cli::run(groups::run(command)),
+        Command::Cluster { command } => return cli::run(cluster::run(command)),
         Command::Produce(args) => return cli::run(produce::run(args)),
         Command::Consume(args) => return cli::run(consume::run(args)),
         Command::Perf(args) => sluice_server::perf::run(args),
@@ -124,6 +135,7 @@ fn serve(config: Option<PathBuf>, overrides: Vec<String>) -> anyhow::Result<()> 
             },
         );
         let disk = driver::FileDisk::open(std::path::Path::new(&config.log_dirs))?;
+        let peers = quorum_peers(&config);
         let environment = driver::Environment {
             config,
             listener,
@@ -131,13 +143,41 @@ fn serve(config: Option<PathBuf>, overrides: Vec<String>) -> anyhow::Result<()> 
             advertised,
             clock: driver::system_clock(),
             seed: fresh_seed(),
-            // A single node until the configuration names other nodes.
-            peers: std::collections::BTreeMap::new(),
+            peers,
             connector: driver::TokioConnector,
             peer_status: None,
         };
         Ok(driver::serve(environment, shutdown_signal()).await?)
     })
+}
+
+/// The other voters of `controller.quorum.voters`, where the driver keeps
+/// a link to each: a voter's address is its one listener, where it serves
+/// the quorum and clients alike. Logs which quorum this node joins; with
+/// no voters configured the node is alone and has no peers.
+fn quorum_peers(config: &BrokerConfig) -> BTreeMap<NodeId, (String, u16)> {
+    let voters = &config.quorum_voters;
+    if voters.is_empty() {
+        tracing::info!(
+            node_id = config.node_id,
+            "no controller.quorum.voters: a single node"
+        );
+        return BTreeMap::new();
+    }
+    let listed: Vec<String> = voters
+        .iter()
+        .map(|v| format!("{}@{}:{}", v.id, v.host, v.port))
+        .collect();
+    tracing::info!(
+        node_id = config.node_id,
+        voters = %listed.join(","),
+        "joining the controller quorum"
+    );
+    voters
+        .iter()
+        .filter(|voter| voter.id != config.node_id)
+        .map(|voter| (NodeId(voter.id), (voter.host.clone(), voter.port)))
+        .collect()
 }
 
 /// A seed for the node's generator; only ids (topic, cluster) depend on it.

@@ -1,8 +1,16 @@
 //! The controller quorum on the in-process harness: real nodes electing
 //! and replicating the metadata log in Kafka's frames, with and without
-//! faults (see `sluice_sim::quorum` for what is checked).
+//! faults (see `sluice_sim::quorum` for what is checked), and
+//! DescribeQuorum asked of its leader and its followers.
 
-use sluice_sim::quorum::{run_quorum, sweep_quorum, QuorumRun};
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::ResponseError;
+use sluice_core::raft::Role;
+use sluice_core::NodeId;
+use sluice_sim::cluster::WALL_EPOCH_MS;
+use sluice_sim::quorum::{quorum_broker_config, run_quorum, sweep_quorum, QuorumRun};
+use sluice_sim::{Cluster, ClusterConfig};
 
 #[test]
 fn three_voters_elect_one_leader_and_commit_without_faults() {
@@ -38,4 +46,159 @@ fn print_stats() {
     for stats in sweep_quorum(3, 1_000, 10).unwrap() {
         println!("{stats:?}");
     }
+}
+
+// ---- DescribeQuorum on three voters ----
+
+const DESCRIBE_QUORUM_VERSION: i16 = 2;
+
+fn describe_quorum_request() -> DescribeQuorumRequest {
+    let partition = describe_quorum_request::PartitionData::default().with_partition_index(0);
+    let topic = describe_quorum_request::TopicData::default()
+        .with_topic_name(TopicName(StrBytes::from_static_str("__cluster_metadata")))
+        .with_partitions(vec![partition]);
+    DescribeQuorumRequest::default().with_topics(vec![topic])
+}
+
+/// Asks `node` DescribeQuorum over a fresh client connection; its one
+/// partition's answer.
+fn describe_quorum(cluster: &mut Cluster, node: NodeId) -> describe_quorum_response::PartitionData {
+    let client = cluster.connect(node);
+    let response: DescribeQuorumResponse = cluster
+        .request(
+            client,
+            ApiKey::DescribeQuorum,
+            DESCRIBE_QUORUM_VERSION,
+            &describe_quorum_request(),
+        )
+        .expect("DescribeQuorum answered");
+    assert_eq!(response.error_code, 0);
+    assert_eq!(response.topics.len(), 1);
+    assert_eq!(response.topics[0].topic_name.as_str(), "__cluster_metadata");
+    assert_eq!(response.topics[0].partitions.len(), 1);
+    response.topics[0].partitions[0].clone()
+}
+
+/// The leader among `voters` whose every voter's durable end it knows to
+/// be its own: one leader, all caught up.
+fn leader_with_all_caught_up(cluster: &Cluster, voters: &[NodeId]) -> Option<NodeId> {
+    voters.iter().copied().find(|&id| {
+        let Some(replica) = cluster.node(id).quorum().and_then(|q| q.replica()) else {
+            return false;
+        };
+        let end = replica.entries().len() as i64;
+        replica
+            .voter_progress()
+            .is_some_and(|progress| progress.iter().all(|(_, e)| *e == Some(end)))
+            && replica.high_watermark() == end
+    })
+}
+
+#[test]
+fn describe_quorum_on_three_voters_lists_them_at_the_leader_and_refuses_elsewhere() {
+    let voters: Vec<NodeId> = (1..=3).map(NodeId).collect();
+    let mut config = ClusterConfig::new(11, 3);
+    config.broker = quorum_broker_config(3);
+    let mut cluster = Cluster::new(config);
+    for (i, &a) in voters.iter().enumerate() {
+        for &b in &voters[i + 1..] {
+            cluster.link_up(a, b);
+        }
+    }
+    cluster.run_until(|c| leader_with_all_caught_up(c, &voters).is_some());
+    // One more round of fetches, so each follower's times are set.
+    cluster.run_for(1_000);
+    let leader = leader_with_all_caught_up(&cluster, &voters).expect("still leading");
+    let replica = cluster
+        .node(leader)
+        .quorum()
+        .and_then(|q| q.replica())
+        .expect("started");
+    let (epoch, end) = (replica.leader_epoch(), replica.entries().len() as i64);
+    let wall_asked_ms = WALL_EPOCH_MS + cluster.now_ms();
+    let answer = describe_quorum(&mut cluster, leader);
+    let wall_answered_ms = WALL_EPOCH_MS + cluster.now_ms();
+    assert_eq!(answer.error_code, 0);
+    assert_eq!(answer.leader_id, BrokerId(leader.0));
+    assert_eq!(answer.leader_epoch, epoch);
+    assert_eq!(answer.high_watermark, end);
+    assert!(answer.observers.is_empty());
+    let ids: Vec<i32> = answer
+        .current_voters
+        .iter()
+        .map(|v| v.replica_id.0)
+        .collect();
+    assert_eq!(ids, [1, 2, 3]);
+    for voter in &answer.current_voters {
+        assert_eq!(voter.log_end_offset, end, "voter {}", voter.replica_id.0);
+        let (fetched, caught_up) = (voter.last_fetch_timestamp, voter.last_caught_up_timestamp);
+        assert!(
+            (WALL_EPOCH_MS..=wall_answered_ms).contains(&caught_up) && caught_up <= fetched,
+            "voter {}: fetched {fetched}, caught up {caught_up}, answered {wall_answered_ms}",
+            voter.replica_id.0
+        );
+        if voter.replica_id.0 == leader.0 {
+            // The leader shows itself caught up at the time it answered.
+            assert_eq!(fetched, caught_up);
+            assert!((wall_asked_ms..=wall_answered_ms).contains(&fetched));
+        } else {
+            // A follower fetches at least every FETCH_WAIT_MS_MAX while
+            // caught up, so the leader saw it within the last second.
+            assert!(
+                fetched >= wall_asked_ms - 1_000,
+                "voter {}",
+                voter.replica_id.0
+            );
+        }
+    }
+
+    for &follower in voters.iter().filter(|&&id| id != leader) {
+        let refused = describe_quorum(&mut cluster, follower);
+        // Kafka names no leader here: the field keeps its default.
+        assert_eq!(
+            refused,
+            describe_quorum_response::PartitionData::default()
+                .with_error_code(ResponseError::NotLeaderOrFollower.code()),
+            "n{follower}"
+        );
+    }
+
+    // Cut the leader off: the other two elect a leader of a later epoch,
+    // which has heard nothing from the old one in its epoch.
+    for &other in voters.iter().filter(|&&id| id != leader) {
+        cluster.cut(leader, other);
+    }
+    let others: Vec<NodeId> = voters.iter().copied().filter(|&id| id != leader).collect();
+    cluster.run_until(|c| {
+        others.iter().any(|&id| {
+            c.node(id)
+                .quorum()
+                .and_then(|q| q.replica())
+                .is_some_and(|r| {
+                    r.role() == Role::Leader && r.leader_epoch() > epoch && r.high_watermark() > end
+                })
+        })
+    });
+    let new_leader = others
+        .iter()
+        .copied()
+        .find(|&id| cluster.node(id).quorum().and_then(|q| q.role()) == Some(Role::Leader))
+        .expect("a new leader");
+    let answer = describe_quorum(&mut cluster, new_leader);
+    assert_eq!(answer.leader_id, BrokerId(new_leader.0));
+    assert!(answer.leader_epoch > epoch);
+    let old = answer
+        .current_voters
+        .iter()
+        .find(|v| v.replica_id.0 == leader.0)
+        .expect("the old leader is still a voter");
+    assert_eq!(
+        (
+            old.log_end_offset,
+            old.last_fetch_timestamp,
+            old.last_caught_up_timestamp
+        ),
+        (-1, -1, -1),
+        "not heard from in the new epoch"
+    );
 }

@@ -425,20 +425,7 @@ impl Broker {
     /// Builds or locates `sluice`, writes its config and starts it, returning
     /// once its port accepts connections.
     pub fn start(options: BrokerOptions) -> Broker {
-        let bin = sluice_bin();
-        let dir = tempfile::Builder::new()
-            .prefix("sluice-test-")
-            .tempdir()
-            .expect("create the broker's temporary directory");
-        fs::create_dir(dir.path().join("data")).expect("create the broker's data directory");
-        let mut broker = Broker {
-            bin,
-            options,
-            dir: Some(dir),
-            port: 0,
-            child: None,
-            starts: 0,
-        };
+        let mut broker = Broker::unstarted(options);
         for attempt in 1..=PORT_ATTEMPTS {
             broker.port = free_port();
             match broker.spawn_and_wait_ready() {
@@ -450,6 +437,39 @@ impl Broker {
             }
         }
         unreachable!("the last attempt returns or panics")
+    }
+
+    /// As [`Broker::start`], on a port chosen beforehand (see
+    /// [`free_ports`]): one that other brokers' configs name, such as a
+    /// voter's in `controller.quorum.voters`. If it was taken meanwhile the
+    /// start fails, since no other port would do.
+    pub fn start_on(port: u16, options: BrokerOptions) -> Broker {
+        let mut broker = Broker::unstarted(options);
+        broker.port = port;
+        if let Err(StartError::AddrInUse(message) | StartError::Other(message)) =
+            broker.spawn_and_wait_ready()
+        {
+            panic!("{message}");
+        }
+        broker
+    }
+
+    /// A broker with its directories made and no process yet.
+    fn unstarted(options: BrokerOptions) -> Broker {
+        let bin = sluice_bin();
+        let dir = tempfile::Builder::new()
+            .prefix("sluice-test-")
+            .tempdir()
+            .expect("create the broker's temporary directory");
+        fs::create_dir(dir.path().join("data")).expect("create the broker's data directory");
+        Broker {
+            bin,
+            options,
+            dir: Some(dir),
+            port: 0,
+            child: None,
+            starts: 0,
+        }
     }
 
     /// `127.0.0.1:PORT`, for a client's bootstrap servers.
@@ -644,6 +664,27 @@ fn free_port() -> u16 {
         .and_then(|listener| listener.local_addr())
         .map(|addr| addr.port())
         .expect("bind an ephemeral port on 127.0.0.1")
+}
+
+/// `count` distinct ports on 127.0.0.1 that were free a moment ago (all
+/// held at once while picked, so no two are the same), for brokers that
+/// must know each other's addresses before they start.
+pub fn free_ports(count: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..count)
+        .map(|_| {
+            TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+                .expect("bind an ephemeral port on 127.0.0.1")
+        })
+        .collect();
+    listeners
+        .iter()
+        .map(|listener| {
+            listener
+                .local_addr()
+                .expect("a bound listener's address")
+                .port()
+        })
+        .collect()
 }
 
 fn format_log_tail(path: &Path, lines: usize) -> String {

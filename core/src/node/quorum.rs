@@ -16,6 +16,7 @@ use kafka_protocol::messages::{ApiKey, FetchRequest};
 use kafka_protocol::protocol::Decodable;
 use kafka_protocol::ResponseError;
 
+use super::describe_quorum::leader_end_offset;
 use super::{Node, Output, SentRequest, PEER_REQUESTS_IN_FLIGHT_MAX, PEER_REQUEST_TIMEOUT_MS};
 use crate::group::Token;
 use crate::quorum::QuorumOutput;
@@ -136,9 +137,13 @@ impl<S: Storage> Node<S> {
         }
         self.next_token += 1;
         let token = self.next_token;
-        let fetch_correlation_id = match inbound.message {
-            Message::FetchRequest { correlation_id, .. } => Some(correlation_id),
-            _ => None,
+        let (fetch_correlation_id, fetch_offset) = match inbound.message {
+            Message::FetchRequest {
+                correlation_id,
+                fetch_offset,
+                ..
+            } => (Some(correlation_id), Some(fetch_offset)),
+            _ => (None, None),
         };
         self.raft_waiting.insert(
             token,
@@ -157,6 +162,7 @@ impl<S: Storage> Node<S> {
             },
         );
         let quorum = self.quorum.as_mut().expect("checked above");
+        let leader_end_offset = quorum.replica().and_then(leader_end_offset);
         quorum.handle_message(
             &mut self.broker.storage,
             &mut self.broker.durability,
@@ -164,6 +170,9 @@ impl<S: Storage> Node<S> {
             from,
             inbound.message,
         );
+        if let (Some(fetch_offset), Some(leader_end_offset)) = (fetch_offset, leader_end_offset) {
+            self.note_voter_fetch(now, from, fetch_offset, leader_end_offset);
+        }
         Ok(true)
     }
 

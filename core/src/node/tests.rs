@@ -911,6 +911,7 @@ fn every_api_answers_at_every_version() {
                     &DeleteGroupsRequest::default()
                         .with_groups_names(vec![GroupId(StrBytes::from_static_str("nosuch"))]),
                 ),
+                ApiKey::DescribeQuorum => h.send(key, version, &describe_quorum_request()),
                 other => panic!("no request written for {other:?}"),
             };
             h.sync_all();
@@ -993,6 +994,13 @@ fn every_api_answers_at_every_version() {
                     .map(|r| r.groups[0].error_code),
                 ApiKey::DeleteGroups => DeleteGroupsResponse::decode(&mut frame, version)
                     .map(|r| r.results[0].error_code - ResponseError::GroupIdNotFound.code()),
+                // A node without a quorum has no metadata partition.
+                ApiKey::DescribeQuorum => {
+                    DescribeQuorumResponse::decode(&mut frame, version).map(|r| {
+                        r.topics[0].partitions[0].error_code
+                            - ResponseError::UnknownTopicOrPartition.code()
+                    })
+                }
                 _ => unreachable!(),
             };
             assert_eq!(
@@ -1876,4 +1884,205 @@ fn a_deleted_group_stays_deleted_after_a_restart() {
     storage.crash(0);
     let mut h = Harness::new(storage, &configs);
     assert_eq!(listed(&mut h), ["kept"], "after a restart");
+}
+
+// ---- DescribeQuorum ----
+
+const SINGLE_VOTER: [(&str, &str); 1] = [("controller.quorum.voters", "1@localhost:9092")];
+
+/// DescribeQuorum of `__cluster_metadata` partition 0, as Kafka's admin
+/// client asks it.
+fn describe_quorum_request() -> DescribeQuorumRequest {
+    describe_quorum_of(&[("__cluster_metadata", &[0])])
+}
+
+fn describe_quorum_of(topics: &[(&str, &[i32])]) -> DescribeQuorumRequest {
+    let topics = topics
+        .iter()
+        .map(|(name, partitions)| {
+            describe_quorum_request::TopicData::default()
+                .with_topic_name(TopicName(StrBytes::from_string(name.to_string())))
+                .with_partitions(
+                    partitions
+                        .iter()
+                        .map(|&index| {
+                            describe_quorum_request::PartitionData::default()
+                                .with_partition_index(index)
+                        })
+                        .collect(),
+                )
+        })
+        .collect();
+    DescribeQuorumRequest::default().with_topics(topics)
+}
+
+fn describe_quorum(
+    h: &mut Harness,
+    version: i16,
+    request: &DescribeQuorumRequest,
+) -> DescribeQuorumResponse {
+    let c = h.send(ApiKey::DescribeQuorum, version, request);
+    h.take(ApiKey::DescribeQuorum, version, c)
+}
+
+/// Runs the node's timers and syncs until `done` holds of its replica.
+fn run_quorum_until(h: &mut Harness, done: impl Fn(&crate::raft::RaftReplica) -> bool) {
+    for _ in 0..1_000 {
+        let replica = h.node.quorum().and_then(|q| q.replica());
+        if replica.is_some_and(&done) {
+            return;
+        }
+        h.sync_all();
+        if let Some(deadline) = h.node.poll_timeout() {
+            h.now_ms = h.now_ms.max(deadline);
+            h.node.handle_timeout(Now::at(h.now_ms));
+            h.drain();
+        }
+    }
+    panic!("the quorum did not get there within 1000 steps");
+}
+
+#[test]
+fn a_single_voter_answers_describe_quorum_as_its_leader() {
+    let mut h = Harness::new(MemStorage::new(), &SINGLE_VOTER);
+    run_quorum_until(&mut h, |r| {
+        r.role() == crate::raft::Role::Leader && r.high_watermark() > 0
+    });
+    let replica = h.node.quorum().and_then(|q| q.replica()).expect("started");
+    let (epoch, high_watermark) = (replica.leader_epoch(), replica.high_watermark());
+    let log_end_offset = replica.entries().len() as i64;
+    assert!(epoch >= 1 && high_watermark >= 1);
+    for version in 0..=2 {
+        let response = describe_quorum(&mut h, version, &describe_quorum_request());
+        assert_eq!(response.error_code, 0);
+        assert_eq!(response.topics.len(), 1);
+        assert_eq!(response.topics[0].topic_name.as_str(), "__cluster_metadata");
+        let partition = &response.topics[0].partitions[0];
+        assert_eq!(partition.partition_index, 0);
+        assert_eq!(partition.error_code, 0);
+        assert_eq!(partition.leader_id, BrokerId(1));
+        assert_eq!(partition.leader_epoch, epoch);
+        assert_eq!(partition.high_watermark, high_watermark);
+        assert!(partition.observers.is_empty());
+        // The timestamps came with v1; a v0 answer decodes them as -1.
+        let leader_wall_ms = if version >= 1 { h.now_ms } else { -1 };
+        let voter = describe_quorum_response::ReplicaState::default()
+            .with_replica_id(BrokerId(1))
+            .with_log_end_offset(log_end_offset)
+            .with_last_fetch_timestamp(leader_wall_ms)
+            .with_last_caught_up_timestamp(leader_wall_ms);
+        assert_eq!(partition.current_voters, vec![voter], "v{version}");
+        if version >= 2 {
+            let listener = describe_quorum_response::Listener::default()
+                .with_name(StrBytes::from_static_str("CONTROLLER"))
+                .with_host(StrBytes::from_static_str("localhost"))
+                .with_port(9092);
+            let node = describe_quorum_response::Node::default()
+                .with_node_id(BrokerId(1))
+                .with_listeners(vec![listener]);
+            assert_eq!(response.nodes, vec![node]);
+        } else {
+            assert!(response.nodes.is_empty());
+        }
+    }
+}
+
+#[test]
+fn a_voter_that_does_not_lead_answers_not_leader_or_follower_without_a_hint() {
+    // Node 1 of two, with no link to node 2: it stands, and never wins.
+    let voters = [(
+        "controller.quorum.voters",
+        "1@localhost:9092,2@localhost:9093",
+    )];
+    let mut h = Harness::new(MemStorage::new(), &voters);
+    for version in 0..=2 {
+        let response = describe_quorum(&mut h, version, &describe_quorum_request());
+        let partition = &response.topics[0].partitions[0];
+        assert_eq!(
+            partition.error_code,
+            ResponseError::NotLeaderOrFollower.code(),
+            "v{version} before it started"
+        );
+    }
+    run_quorum_until(&mut h, |r| r.role() == crate::raft::Role::Candidate);
+    let response = describe_quorum(&mut h, 1, &describe_quorum_request());
+    assert_eq!(response.error_code, 0);
+    assert_eq!(response.topics[0].topic_name.as_str(), "__cluster_metadata");
+    let partition = &response.topics[0].partitions[0];
+    assert_eq!(
+        partition.error_code,
+        ResponseError::NotLeaderOrFollower.code()
+    );
+    // Kafka's singletonErrorResponse: every other field at its default.
+    assert_eq!(
+        *partition,
+        describe_quorum_response::PartitionData::default()
+            .with_error_code(ResponseError::NotLeaderOrFollower.code())
+    );
+}
+
+#[test]
+fn describe_quorum_of_another_partition_or_on_a_node_alone_is_unknown() {
+    let unknown = ResponseError::UnknownTopicOrPartition.code();
+    let codes = |response: &DescribeQuorumResponse| -> Vec<(String, i32, i16)> {
+        response
+            .topics
+            .iter()
+            .flat_map(|t| {
+                t.partitions
+                    .iter()
+                    .map(|p| (t.topic_name.to_string(), p.partition_index, p.error_code))
+            })
+            .collect()
+    };
+    let mut alone = Harness::new(MemStorage::new(), &[]);
+    let response = describe_quorum(&mut alone, 2, &describe_quorum_request());
+    assert_eq!(
+        codes(&response),
+        [("__cluster_metadata".into(), 0, unknown)]
+    );
+    assert!(response.nodes.is_empty());
+
+    let mut h = Harness::new(MemStorage::new(), &SINGLE_VOTER);
+    run_quorum_until(&mut h, |r| r.role() == crate::raft::Role::Leader);
+    let cases: [&[(&str, &[i32])]; 4] = [
+        &[("other", &[0, 1])],
+        &[("__cluster_metadata", &[1])],
+        &[("__cluster_metadata", &[0, 0])],
+        &[("__cluster_metadata", &[0]), ("other", &[0])],
+    ];
+    for topics in cases {
+        let response = describe_quorum(&mut h, 1, &describe_quorum_of(topics));
+        let expected: Vec<(String, i32, i16)> = topics
+            .iter()
+            .flat_map(|(name, partitions)| {
+                partitions.iter().map(|&p| (name.to_string(), p, unknown))
+            })
+            .collect();
+        assert_eq!(codes(&response), expected, "{topics:?}");
+    }
+    let response = describe_quorum(&mut h, 1, &describe_quorum_of(&[]));
+    assert!(response.topics.is_empty());
+}
+
+#[test]
+fn a_describe_quorum_body_that_does_not_decode_closes_the_connection() {
+    let mut h = Harness::new(MemStorage::new(), &SINGLE_VOTER);
+    let version = 1;
+    let mut buf = BytesMut::new();
+    RequestHeader::default()
+        .with_request_api_key(ApiKey::DescribeQuorum as i16)
+        .with_request_api_version(version)
+        .with_correlation_id(9)
+        .encode(
+            &mut buf,
+            ApiKey::DescribeQuorum.request_header_version(version),
+        )
+        .expect("header encodes");
+    // A topic count of 2 (compact, so 3) and then nothing.
+    buf.put_u8(3);
+    let outcome = h.send_raw(buf.freeze());
+    assert!(!outcome.response_queued);
+    assert!(h.closed);
+    assert!(h.sent.is_empty());
 }

@@ -373,6 +373,26 @@ impl RaftReplica {
         self.log.entries()
     }
 
+    /// The leader's view of how far each voter's log is durable, in voter
+    /// id order: for itself, its own log as far as the driver reported it
+    /// synced; for a follower, the fetch offset of its last fetch in this
+    /// epoch that matched this log (`None` until one came). `None` when this
+    /// replica does not lead. Read-only, for DescribeQuorum.
+    pub fn voter_progress(&self) -> Option<Vec<(NodeId, Option<i64>)>> {
+        let State::Leader(leader) = &self.state else {
+            return None;
+        };
+        let progress = self.voters.iter().map(|&voter| {
+            let end_offset = if voter == self.id {
+                Some(self.log.persisted_end_offset())
+            } else {
+                leader.follower_end_offsets.get(&voter).copied()
+            };
+            (voter, end_offset)
+        });
+        Some(progress.collect())
+    }
+
     pub fn role(&self) -> Role {
         match self.state {
             State::Unattached { .. } => Role::Unattached,

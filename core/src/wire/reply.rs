@@ -38,6 +38,7 @@ pub enum Reply {
     ListGroups(ListGroupsResponse),
     DescribeGroups(DescribeGroupsResponse),
     DeleteGroups(DeleteGroupsResponse),
+    DescribeQuorum(DescribeQuorumResponse),
 }
 
 impl Reply {
@@ -64,6 +65,7 @@ impl Reply {
             Reply::ListGroups(r) => r.encode(buf, version),
             Reply::DescribeGroups(r) => r.encode(buf, version),
             Reply::DeleteGroups(r) => r.encode(buf, version),
+            Reply::DescribeQuorum(r) => r.encode(buf, version),
         };
         result.map_err(|e| e.to_string())
     }

@@ -1,5 +1,5 @@
 //! The client commands of the `sluice` binary: `topics`, `groups`,
-//! `produce` and `consume`, built on `sluice-client`.
+//! `cluster`, `produce` and `consume`, built on `sluice-client`.
 //!
 //! This module holds what they share: the connection flags
 //! (`--bootstrap-server`, `--request-timeout-ms`), the tokio runtime each
@@ -11,6 +11,7 @@
 //! everything else. Machine-readable output (`--json`) always goes to
 //! stdout; summaries meant for a person go to stderr.
 
+pub mod cluster;
 pub mod consume;
 pub mod format;
 pub mod groups;

@@ -1,0 +1,292 @@
+//! `sluice cluster quorum`: the controller quorum as its leader describes
+//! it, printed as `kafka-metadata-quorum.sh describe --status` and
+//! `--replication` print it, one after the other (or as one JSON document
+//! with `--json`).
+//!
+//! Only the quorum's leader answers DescribeQuorum, and the others do not
+//! say which node leads, so the client asks each address of
+//! `--bootstrap-server` in turn: give it every voter. The printing is kept
+//! in pure functions over the client's values, tested without a broker.
+
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+use sluice_client::{Admin, QuorumDescription, QuorumReplica, ResponseError};
+
+use super::{json_line, print_stdout, table, CliError, ConnectionArgs};
+
+#[derive(Subcommand, Debug, Clone, PartialEq, Eq)]
+pub enum ClusterCommand {
+    /// Show the controller quorum: its leader, epoch and high watermark,
+    /// and each voter's log end offset, lag and last fetch. Only the leader
+    /// answers; list every voter in --bootstrap-server.
+    Quorum(QuorumArgs),
+}
+
+#[derive(Args, Debug, Clone, PartialEq, Eq)]
+pub struct QuorumArgs {
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+    /// Print the quorum as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn run(command: ClusterCommand) -> Result<(), CliError> {
+    match command {
+        ClusterCommand::Quorum(args) => quorum(args).await,
+    }
+}
+
+async fn quorum(args: QuorumArgs) -> Result<(), CliError> {
+    let admin = Admin::new(args.connection.client(false)?);
+    let what = "describe the controller quorum";
+    let (cluster, quorum) = args
+        .connection
+        .bounded_with(
+            what,
+            async {
+                let quorum = admin.describe_quorum().await?;
+                let cluster = admin.describe_cluster().await?;
+                Ok((cluster, quorum))
+            },
+            explain,
+        )
+        .await?;
+    let output = if args.json {
+        json_line(&quorum_json(&cluster.cluster_id, &quorum))
+    } else {
+        quorum_text(&cluster.cluster_id, &quorum)
+    };
+    print_stdout(&output)
+}
+
+/// A node without a quorum has no `__cluster_metadata-0`: say that, not
+/// that a topic is missing.
+fn explain(what: &str, error: &sluice_client::Error) -> CliError {
+    match error.response_error() {
+        Some(ResponseError::UnknownTopicOrPartition) => CliError::Failed(format!(
+            "{what}: no controller quorum here (the node has no {}-0; \
+             start the nodes with controller.quorum.voters) (UNKNOWN_TOPIC_OR_PARTITION)",
+            sluice_client::admin::quorum::METADATA_TOPIC
+        )),
+        Some(ResponseError::NotLeaderOrFollower) => CliError::Failed(format!(
+            "{what}: none of the nodes asked leads the quorum (NOT_LEADER_OR_FOLLOWER); \
+             list every voter in --bootstrap-server, or wait for the election"
+        )),
+        _ => CliError::from_client(what, error),
+    }
+}
+
+/// `Leader`, `Follower` or `Observer`, as Kafka's tool names them.
+fn status_of(quorum: &QuorumDescription, replica: &QuorumReplica, voter: bool) -> &'static str {
+    match (voter, replica.node_id == quorum.leader_id) {
+        (true, true) => "Leader",
+        (true, false) => "Follower",
+        (false, _) => "Observer",
+    }
+}
+
+/// The replicas in the order Kafka's `--replication` lists them: the
+/// leader, the other voters, the observers; each with whether it votes.
+fn replication_order(quorum: &QuorumDescription) -> Vec<(&QuorumReplica, bool)> {
+    let leader = quorum.leader().map(|l| (l, true));
+    let followers = quorum
+        .voters
+        .iter()
+        .filter(|v| v.node_id != quorum.leader_id)
+        .map(|v| (v, true));
+    let observers = quorum.observers.iter().map(|o| (o, false));
+    leader
+        .into_iter()
+        .chain(followers)
+        .chain(observers)
+        .collect()
+}
+
+/// A voter as Kafka's `--status` writes it: id and endpoints.
+fn replica_summary(quorum: &QuorumDescription, replica: &QuorumReplica) -> String {
+    let endpoints: Vec<String> = quorum
+        .endpoints
+        .iter()
+        .filter(|e| e.node_id == replica.node_id)
+        .map(|e| format!("\"{}://{}\"", e.listener, host_port(&e.host, e.port)))
+        .collect();
+    if endpoints.is_empty() {
+        format!("{{\"id\": {}}}", replica.node_id)
+    } else {
+        format!(
+            "{{\"id\": {}, \"endpoints\": [{}]}}",
+            replica.node_id,
+            endpoints.join(", ")
+        )
+    }
+}
+
+fn host_port(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+fn timestamp_text(ms: Option<i64>) -> String {
+    ms.map_or_else(|| "-1".to_string(), |ms| ms.to_string())
+}
+
+/// `describe --status`, a blank line, then `describe --replication`.
+pub fn quorum_text(cluster_id: &str, quorum: &QuorumDescription) -> String {
+    let list = |replicas: &[QuorumReplica]| {
+        let items: Vec<String> = replicas
+            .iter()
+            .map(|r| replica_summary(quorum, r))
+            .collect();
+        format!("[{}]", items.join(", "))
+    };
+    let mut out = format!(
+        "ClusterId:              {cluster_id}\n\
+         LeaderId:               {}\n\
+         LeaderEpoch:            {}\n\
+         HighWatermark:          {}\n\
+         MaxFollowerLag:         {}\n\
+         MaxFollowerLagTimeMs:   {}\n\
+         CurrentVoters:          {}\n\
+         CurrentObservers:       {}\n\n",
+        quorum.leader_id,
+        quorum.leader_epoch,
+        quorum.high_watermark,
+        quorum.max_follower_lag(),
+        quorum.max_follower_lag_time_ms(),
+        list(&quorum.voters),
+        list(&quorum.observers),
+    );
+    let mut rows = vec![[
+        "NodeId".to_string(),
+        "LogEndOffset".to_string(),
+        "Lag".to_string(),
+        "LastFetchTimestamp".to_string(),
+        "LastCaughtUpTimestamp".to_string(),
+        "Status".to_string(),
+    ]];
+    for (replica, voter) in replication_order(quorum) {
+        rows.push([
+            replica.node_id.to_string(),
+            replica.log_end_offset.to_string(),
+            quorum.lag(replica).to_string(),
+            timestamp_text(replica.last_fetch_timestamp),
+            timestamp_text(replica.last_caught_up_timestamp),
+            status_of(quorum, replica, voter).to_string(),
+        ]);
+    }
+    out.push_str(&table(&rows));
+    out
+}
+
+/// The same as one JSON document; unknown timestamps are null.
+pub fn quorum_json(cluster_id: &str, quorum: &QuorumDescription) -> Value {
+    let replica = |replica: &QuorumReplica, voter: bool| {
+        let endpoints: Vec<String> = quorum
+            .endpoints
+            .iter()
+            .filter(|e| e.node_id == replica.node_id)
+            .map(|e| format!("{}://{}", e.listener, host_port(&e.host, e.port)))
+            .collect();
+        json!({
+            "node_id": replica.node_id,
+            "log_end_offset": replica.log_end_offset,
+            "lag": quorum.lag(replica),
+            "last_fetch_timestamp": replica.last_fetch_timestamp,
+            "last_caught_up_timestamp": replica.last_caught_up_timestamp,
+            "status": status_of(quorum, replica, voter),
+            "endpoints": endpoints,
+        })
+    };
+    json!({
+        "cluster_id": cluster_id,
+        "leader_id": quorum.leader_id,
+        "leader_epoch": quorum.leader_epoch,
+        "high_watermark": quorum.high_watermark,
+        "max_follower_lag": quorum.max_follower_lag(),
+        "max_follower_lag_time_ms": quorum.max_follower_lag_time_ms(),
+        "voters": quorum.voters.iter().map(|v| replica(v, true)).collect::<Vec<_>>(),
+        "observers": quorum.observers.iter().map(|o| replica(o, false)).collect::<Vec<_>>(),
+        "answered_by": quorum.answered_by,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use sluice_client::QuorumEndpoint;
+
+    use super::*;
+
+    fn sample() -> QuorumDescription {
+        let replica = |node_id, log_end_offset, seen_ms: Option<i64>| QuorumReplica {
+            node_id,
+            log_end_offset,
+            last_fetch_timestamp: seen_ms,
+            last_caught_up_timestamp: seen_ms,
+        };
+        QuorumDescription {
+            leader_id: 2,
+            leader_epoch: 5,
+            high_watermark: 7,
+            voters: vec![
+                replica(1, 7, Some(1_700_000_000_500)),
+                replica(2, 7, Some(1_700_000_001_000)),
+                replica(3, -1, None),
+            ],
+            observers: Vec::new(),
+            endpoints: (1..=3)
+                .map(|id| QuorumEndpoint {
+                    node_id: id,
+                    listener: "CONTROLLER".into(),
+                    host: "127.0.0.1".into(),
+                    port: 9090 + id as u16,
+                })
+                .collect(),
+            answered_by: "127.0.0.1:9092".into(),
+        }
+    }
+
+    #[test]
+    fn the_text_is_kafkas_status_then_its_replication_table() {
+        assert_eq!(
+            quorum_text("q-abc", &sample()),
+            "\
+ClusterId:              q-abc
+LeaderId:               2
+LeaderEpoch:            5
+HighWatermark:          7
+MaxFollowerLag:         8
+MaxFollowerLagTimeMs:   -1
+CurrentVoters:          [{\"id\": 1, \"endpoints\": [\"CONTROLLER://127.0.0.1:9091\"]}, \
+{\"id\": 2, \"endpoints\": [\"CONTROLLER://127.0.0.1:9092\"]}, \
+{\"id\": 3, \"endpoints\": [\"CONTROLLER://127.0.0.1:9093\"]}]
+CurrentObservers:       []
+
+NodeId  LogEndOffset  Lag  LastFetchTimestamp  LastCaughtUpTimestamp  Status
+2       7             0    1700000001000       1700000001000          Leader
+1       7             0    1700000000500       1700000000500          Follower
+3       -1            8    -1                  -1                     Follower
+"
+        );
+    }
+
+    #[test]
+    fn the_json_names_every_voter_with_its_lag_and_status() {
+        let value = quorum_json("q-abc", &sample());
+        assert_eq!(value["leader_id"], 2);
+        assert_eq!(value["leader_epoch"], 5);
+        assert_eq!(value["max_follower_lag"], 8);
+        let voters = value["voters"].as_array().expect("voters");
+        assert_eq!(voters.len(), 3);
+        assert_eq!(voters[1]["status"], "Leader");
+        assert_eq!(voters[0]["lag"], 0);
+        assert_eq!(voters[2]["last_fetch_timestamp"], Value::Null);
+        assert_eq!(
+            voters[0]["endpoints"],
+            json!(["CONTROLLER://127.0.0.1:9091"])
+        );
+    }
+}
