@@ -202,3 +202,69 @@ fn describe_quorum_on_three_voters_lists_them_at_the_leader_and_refuses_elsewher
         "not heard from in the new epoch"
     );
 }
+
+/// The active controller fences a broker it has not heard from for
+/// `broker.session.timeout.ms`, not before, and unfences it once it is
+/// back and caught up.
+#[test]
+fn a_silent_broker_is_fenced_after_its_session_and_unfenced_when_back() {
+    use sluice_core::raft::Role;
+    use sluice_core::NodeId;
+    use sluice_sim::{Cluster, ClusterConfig};
+
+    const SESSION_MS: i64 = 9_000;
+    let mut config = ClusterConfig::new(7, 3);
+    config.broker = sluice_sim::quorum::quorum_broker_config(3);
+    let mut cluster = Cluster::new(config);
+    let ids = [NodeId(1), NodeId(2), NodeId(3)];
+    for (a, b) in [(0, 1), (0, 2), (1, 2)] {
+        cluster.link_up(ids[a], ids[b]);
+    }
+    let leader_of = |cluster: &Cluster| {
+        ids.iter()
+            .copied()
+            .find(|&id| cluster.node(id).quorum().and_then(|q| q.role()) == Some(Role::Leader))
+    };
+    let unfenced_on = |cluster: &Cluster, at: NodeId| -> Vec<i32> {
+        let brokers = cluster.node(at).broker().live_brokers();
+        brokers.iter().map(|b| b.id).collect()
+    };
+    cluster.run_until(|c| {
+        leader_of(c).is_some_and(|leader| unfenced_on(c, leader) == [1, 2, 3])
+            && ids.iter().all(|&id| c.node(id).is_unfenced())
+    });
+    let leader = leader_of(&cluster).expect("a leader");
+    let silent = *ids.iter().find(|&&id| id != leader).expect("a follower");
+    let others: Vec<NodeId> = ids.iter().copied().filter(|&id| id != silent).collect();
+    for &other in &others {
+        cluster.cut(silent, other);
+    }
+    let cut_at = cluster.now_ms();
+    // Its last heartbeat was at most one interval before the cut: it stays
+    // unfenced until a whole session after that.
+    cluster.run_for(SESSION_MS - 2_000 - 100);
+    assert_eq!(
+        leader_of(&cluster),
+        Some(leader),
+        "the majority keeps its leader"
+    );
+    assert!(
+        unfenced_on(&cluster, leader).contains(&silent.0),
+        "fenced {} ms after the cut, before its session ended",
+        cluster.now_ms() - cut_at
+    );
+    cluster.run_until(|c| !unfenced_on(c, leader).contains(&silent.0));
+    let fenced_after = cluster.now_ms() - cut_at;
+    assert!(
+        (SESSION_MS - 2_000..=SESSION_MS + 1_000).contains(&fenced_after),
+        "fenced {fenced_after} ms after the cut"
+    );
+    // The other survivor learns it from the committed record too.
+    let survivor = *others.iter().find(|&&id| id != leader).expect("another");
+    cluster.run_until(|c| !unfenced_on(c, survivor).contains(&silent.0));
+    for &other in &others {
+        cluster.link_up(silent, other);
+    }
+    cluster
+        .run_until(|c| c.node(silent).is_unfenced() && unfenced_on(c, leader).contains(&silent.0));
+}
