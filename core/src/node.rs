@@ -650,6 +650,11 @@ impl<S: Storage> Node<S> {
                     Err(error) => tracing::warn!(%peer, %error, "bad response from a peer"),
                 }
             }
+            // The controller's answer to a creation this broker forwarded:
+            // the client that wanted it retries and finds the topic.
+            Some((ApiKey::CreateTopics, _)) => {
+                tracing::debug!(%peer, "the controller answered a forwarded creation")
+            }
             Some((other, _)) => tracing::warn!(%peer, ?other, "unexpected response from a peer"),
             None => tracing::warn!(%peer, "a peer answered a request never sent"),
         }
@@ -888,6 +893,9 @@ impl<S: Storage> Node<S> {
             SlotState::Ready(frame) => Completion::Frame(frame),
             SlotState::After { wait, reply } => match wait.state(&self.broker) {
                 WaitState::Done => encode(&reply),
+                WaitState::Failed if matches!(wait, handlers::Wait::Committed(_)) => {
+                    encode(&reply.uncommitted())
+                }
                 WaitState::Failed => encode(&reply.unsynced()),
                 WaitState::Waiting => Completion::NotYet(Slot {
                     header,

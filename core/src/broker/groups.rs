@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 
 use kafka_protocol::ResponseError;
 
-use super::Broker;
+use super::{Broker, Written};
 use crate::batch;
 use crate::config::Mutation;
 use crate::group::{Committed, Group, Resolved, Token};
@@ -26,6 +26,18 @@ use crate::storage::Storage;
 use crate::types::Now;
 
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
+
+/// `__consumer_offsets` keeps every record (no compaction yet).
+fn offsets_topic_configs() -> BTreeMap<String, String> {
+    [
+        ("retention.ms", "-1"),
+        ("retention.bytes", "-1"),
+        ("segment.bytes", "104857600"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
 
 /// Java's `String.hashCode` over UTF-16 code units, wrapping.
 pub fn java_hash(text: &str) -> i32 {
@@ -180,16 +192,43 @@ impl<S: Storage> Broker<S> {
         if self.topics.contains(OFFSETS_TOPIC) {
             return Ok(0);
         }
+        if self.in_cluster() {
+            // The coordinator is the leader of the group's partition: with
+            // no such topic yet, there is none.
+            self.request_offsets_topic();
+            return Err(ResponseError::CoordinatorNotAvailable);
+        }
         let partitions = self.config.offsets_topic_partitions;
-        let configs: BTreeMap<String, String> = [
-            ("retention.ms", "-1"),
-            ("retention.bytes", "-1"),
-            ("segment.bytes", "104857600"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-        self.create_topic(OFFSETS_TOPIC, partitions, configs)
+        match self.create_topic(OFFSETS_TOPIC, partitions, offsets_topic_configs(), 1, None)? {
+            Written::Durable(seq) => Ok(seq),
+            Written::Committed(_) => unreachable!("a node alone writes its own topics"),
+        }
+    }
+
+    /// In a cluster: has the controller create `__consumer_offsets` (this
+    /// node proposes it if it is the controller, else asks for it).
+    pub fn request_offsets_topic(&mut self) {
+        if self.topic_exists(OFFSETS_TOPIC) {
+            return;
+        }
+        let Some(cluster) = self.cluster.as_mut() else {
+            return;
+        };
+        if !cluster.is_controller {
+            cluster.forward.insert(OFFSETS_TOPIC.to_string());
+            return;
+        }
+        let partitions = self.config.offsets_topic_partitions;
+        let factor = self.config.default_replication_factor;
+        if let Err(error) = self.create_topic(
+            OFFSETS_TOPIC,
+            partitions,
+            offsets_topic_configs(),
+            factor,
+            None,
+        ) {
+            tracing::warn!(?error, "cannot create {OFFSETS_TOPIC} yet");
+        }
     }
 
     /// Removes committed offsets past `offsets.retention.minutes` (tombstones).

@@ -6,6 +6,7 @@
 //! Each part keeps its own invariants (`Topics`, `Durability`, the group
 //! `Coordinator`); `invariants` here checks them and how they fit together.
 
+pub mod cluster;
 pub mod groups;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -62,6 +63,25 @@ pub struct ClusterView {
     pub image: crate::image::MetadataImage,
     /// The quorum's leader, when known: the active controller.
     pub controller_id: Option<i32>,
+    /// This node is the active controller: it may propose changes.
+    pub is_controller: bool,
+    /// Changes for the node to propose, by ticket, in order.
+    pub outbox: Vec<(u64, Vec<crate::metadata_records::MetadataRecord>)>,
+    pub tickets: BTreeMap<u64, cluster::Ticket>,
+    pub next_ticket: u64,
+    /// Topics proposed and not yet applied: their names are taken.
+    pub pending_topics: BTreeSet<String>,
+    /// Topics to auto-create that this node (not the controller) asks the
+    /// controller for.
+    pub forward: BTreeSet<String>,
+}
+
+/// What a change waits for before it is answered: a sync of this node's
+/// disk (a node alone), or a commit of the controller quorum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Written {
+    Durable(u64),
+    Committed(u64),
 }
 
 /// A broker as clients reach it.
@@ -149,10 +169,19 @@ impl<S: Storage> Broker<S> {
             clean_start: clean,
             cluster: None,
         };
-        broker.remove_orphan_dirs()?;
-        let records: Vec<TopicRecord> = broker.metadata.topics.values().cloned().collect();
-        for record in records {
-            broker.open_topic(&record, clean)?;
+        if broker.config.quorum_voters.is_empty() {
+            broker.remove_orphan_dirs()?;
+            let records: Vec<TopicRecord> = broker.metadata.topics.values().cloned().collect();
+            for record in records {
+                broker.open_topic(&record, clean)?;
+            }
+        } else if !broker.metadata.topics.is_empty() {
+            // A node's own topics from before it joined a quorum: the
+            // quorum's metadata decides what exists now.
+            tracing::warn!(
+                topics = broker.metadata.topics.len(),
+                "topics of this node from before it joined the quorum are not served"
+            );
         }
         broker.load_groups(now);
         broker.topics.invariants();
@@ -201,6 +230,7 @@ impl<S: Storage> Broker<S> {
             Some(ClusterView {
                 controller_id: Some(id),
                 image,
+                ..
             }) if *id == me || image.broker(*id).is_some_and(|b| !b.fenced) => *id,
             _ => me,
         }
@@ -282,15 +312,20 @@ impl<S: Storage> Broker<S> {
         name: &str,
         partitions: i32,
         configs: BTreeMap<String, String>,
-    ) -> Result<u64, ResponseError> {
+        factor: i16,
+        assignments: Option<Vec<Vec<i32>>>,
+    ) -> Result<Written, ResponseError> {
         assert!(
             topic_name_problem(name).is_none(),
             "created names are checked"
         );
         assert!(partitions > 0, "created topics have partitions");
-        assert!(!self.topics.contains(name));
+        assert!(!self.topic_exists(name));
         if self.storage_offline() {
             return Err(ResponseError::KafkaStorageError);
+        }
+        if self.in_cluster() {
+            return self.propose_topic(name, partitions, factor, configs, assignments);
         }
         let record = TopicRecord {
             name: name.to_string(),
@@ -309,29 +344,55 @@ impl<S: Storage> Broker<S> {
             return Err(ResponseError::KafkaStorageError);
         }
         tracing::info!(topic = name, partitions, "created topic");
-        Ok(self
-            .durability
-            .note_other_write(SyncTarget::Dir(String::new())))
+        Ok(Written::Durable(
+            self.durability
+                .note_other_write(SyncTarget::Dir(String::new())),
+        ))
     }
 
     /// Creates an unknown topic with the broker defaults if auto-creation is
-    /// on; returns the sequence to wait for.
-    pub fn auto_create(&mut self, name: &str) -> Result<u64, ResponseError> {
+    /// on: the sequence to wait for on a node alone; in a cluster, None
+    /// (the creation is under way at the controller, asked by this node
+    /// if it is not the controller itself: clients see LEADER_NOT_AVAILABLE
+    /// and retry, as Kafka's do).
+    pub fn auto_create(&mut self, name: &str) -> Result<Option<u64>, ResponseError> {
         if !self.config.auto_create_topics || self.storage_offline() {
             return Err(ResponseError::UnknownTopicOrPartition);
         }
         if topic_name_problem(name).is_some() || self.topics.collision(name).is_some() {
             return Err(ResponseError::InvalidTopicException);
         }
-        self.create_topic(name, self.config.num_partitions, BTreeMap::new())
+        if self.topic_exists(name) {
+            return Ok(None);
+        }
+        let factor = self.config.default_replication_factor;
+        if let Some(cluster) = self.cluster.as_mut() {
+            if !cluster.is_controller {
+                cluster.forward.insert(name.to_string());
+                return Ok(None);
+            }
+        }
+        match self.create_topic(
+            name,
+            self.config.num_partitions,
+            BTreeMap::new(),
+            factor,
+            None,
+        )? {
+            Written::Durable(seq) => Ok(Some(seq)),
+            Written::Committed(_) => Ok(None),
+        }
     }
 
     /// Records a topic's deletion, then removes its files; returns the
     /// sequence to wait for.
-    pub fn delete_topic(&mut self, name: &str) -> Result<u64, ResponseError> {
+    pub fn delete_topic(&mut self, name: &str) -> Result<Written, ResponseError> {
         assert!(self.topics.contains(name), "deleted topics exist");
         if self.storage_offline() {
             return Err(ResponseError::KafkaStorageError);
+        }
+        if self.in_cluster() {
+            return self.propose_delete(name);
         }
         let change = Change::DeleteTopic {
             name: name.to_string(),
@@ -353,9 +414,10 @@ impl<S: Storage> Broker<S> {
         self.durability.forget_topic(name);
         assert!(!self.topics.contains(name));
         tracing::info!(topic = name, "deleted topic");
-        Ok(self
-            .durability
-            .note_other_write(SyncTarget::Dir(String::new())))
+        Ok(Written::Durable(
+            self.durability
+                .note_other_write(SyncTarget::Dir(String::new())),
+        ))
     }
 
     /// Grows a topic to `count` partitions; returns the sequence to wait for.
@@ -363,11 +425,15 @@ impl<S: Storage> Broker<S> {
         &mut self,
         name: &str,
         count: i32,
-    ) -> Result<u64, (ResponseError, String)> {
+        assignments: Option<Vec<Vec<i32>>>,
+    ) -> Result<Written, (ResponseError, String)> {
         let current = self.topics.partition_count(name);
         assert!(count > current, "partitions only grow");
         if self.storage_offline() {
             return Err((ResponseError::KafkaStorageError, "storage offline".into()));
+        }
+        if self.in_cluster() {
+            return self.propose_partitions(name, count, assignments);
         }
         let change = Change::SetPartitions {
             name: name.to_string(),
@@ -384,9 +450,10 @@ impl<S: Storage> Broker<S> {
             self.moved.insert(TopicPartition::new(name, index));
         }
         assert_eq!(self.topics.partition_count(name), count);
-        Ok(self
-            .durability
-            .note_other_write(SyncTarget::Dir(String::new())))
+        Ok(Written::Durable(
+            self.durability
+                .note_other_write(SyncTarget::Dir(String::new())),
+        ))
     }
 
     /// Hands out a producer id that was never handed out before, even across
@@ -506,10 +573,20 @@ impl<S: Storage> Broker<S> {
         assert!(self.next_producer_id <= self.metadata.producer_id_block_end);
         assert!(self.producer_block_seq <= self.durability.write_seq());
         for name in self.topics.names() {
-            assert!(
-                self.metadata.topics.contains_key(name),
-                "every open topic is recorded"
-            );
+            // Recorded in this node's metadata log, or in a cluster's image.
+            let recorded = match &self.cluster {
+                None => self.metadata.topics.contains_key(name),
+                Some(cluster) => cluster.image.topic_by_name(name).is_some(),
+            };
+            assert!(recorded, "every open topic is recorded");
+        }
+        if let Some(cluster) = &self.cluster {
+            for name in &cluster.pending_topics {
+                assert!(
+                    !self.topics.contains(name),
+                    "a topic is pending only until it opens"
+                );
+            }
         }
         for answer in &self.group_answers {
             if let Recorded::After(seq) = answer.recorded {

@@ -61,9 +61,13 @@ pub(super) fn metadata<S: Storage>(
                         Err(ResponseError::UnknownTopicOrPartition)
                     };
                     match created {
-                        Ok(seq) => {
+                        Ok(Some(seq)) => {
                             wait_seq = wait_seq.max(Some(seq));
                             names.push((Some(name), None, None));
+                        }
+                        // Being created at the controller: retry shortly.
+                        Ok(None) => {
+                            names.push((Some(name), None, Some(ResponseError::LeaderNotAvailable)))
                         }
                         Err(error) => names.push((Some(name), None, Some(error))),
                     }
@@ -114,19 +118,38 @@ fn metadata_topic<S: Storage>(
         return topic.with_error_code(code(ResponseError::UnknownTopicOrPartition));
     };
     let me = BrokerId(broker.config.node_id);
+    let name = name.as_deref().unwrap_or_default();
     let partitions = (0..found.partitions.len() as i32)
         .map(|index| {
-            metadata_response::MetadataResponsePartition::default()
-                .with_partition_index(index)
-                .with_leader_id(me)
-                .with_leader_epoch(0)
-                .with_replica_nodes(vec![me])
-                .with_isr_nodes(vec![me])
+            let partition =
+                metadata_response::MetadataResponsePartition::default().with_partition_index(index);
+            match broker.registration(name, index) {
+                // In a cluster, as the committed metadata says.
+                Some(registration) => {
+                    let ids = |list: &[i32]| list.iter().map(|&id| BrokerId(id)).collect();
+                    let error = if registration.leader < 0 {
+                        code(ResponseError::LeaderNotAvailable)
+                    } else {
+                        0
+                    };
+                    partition
+                        .with_error_code(error)
+                        .with_leader_id(BrokerId(registration.leader))
+                        .with_leader_epoch(registration.leader_epoch)
+                        .with_replica_nodes(ids(&registration.replicas))
+                        .with_isr_nodes(ids(&registration.isr))
+                }
+                None => partition
+                    .with_leader_id(me)
+                    .with_leader_epoch(0)
+                    .with_replica_nodes(vec![me])
+                    .with_isr_nodes(vec![me]),
+            }
         })
         .collect();
     topic
         .with_topic_id(uuid::Uuid::from_bytes(found.id))
-        .with_is_internal(name.as_deref() == Some(OFFSETS_TOPIC))
+        .with_is_internal(name == OFFSETS_TOPIC)
         .with_partitions(partitions)
 }
 

@@ -136,6 +136,9 @@ fn read_partition<S: Storage>(
     if broker.storage_offline() {
         return Err(ResponseError::KafkaStorageError);
     }
+    if let Some(error) = broker.not_leader(name, partition.partition) {
+        return Err(error);
+    }
     let held = broker
         .topics
         .partition(name, partition.partition)
@@ -221,6 +224,9 @@ fn list_offset<S: Storage>(
 ) -> Result<(i64, i64), ResponseError> {
     if broker.storage_offline() {
         return Err(ResponseError::KafkaStorageError);
+    }
+    if let Some(error) = broker.not_leader(name, partition) {
+        return Err(error);
     }
     let log = &broker
         .topics

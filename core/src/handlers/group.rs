@@ -40,10 +40,28 @@ pub(super) fn find_coordinator<S: Storage>(
     } else {
         None
     };
+    // In a cluster, the leader of the group's offsets partition (one key
+    // per request before v4; the first key decides for all after, which
+    // clients send one at a time in practice).
+    let key = if context.header.version >= 4 {
+        request.coordinator_keys.first().map(str_of)
+    } else {
+        Some(str_of(&request.key))
+    };
+    let located = match (error, key) {
+        (None, Some(key)) if broker.in_cluster() => Some(broker.coordinator_address(&key)),
+        _ => None,
+    };
     // Kafka's "no coordinator": node -1, no host, port -1.
-    let (error_code, node, host, port) = match error {
-        Some(e) => (code(e), BrokerId(-1), StrBytes::default(), -1),
-        None => (0, BrokerId(node_id), host, port),
+    let (error_code, node, host, port) = match (error, located) {
+        (Some(e), _) | (None, Some(Err(e))) => (code(e), BrokerId(-1), StrBytes::default(), -1),
+        (None, Some(Ok(found))) => (
+            0,
+            BrokerId(found.id),
+            StrBytes::from_string(found.host),
+            found.port as i32,
+        ),
+        (None, None) => (0, BrokerId(node_id), host, port),
     };
     let mut response = FindCoordinatorResponse::default();
     if context.header.version >= 4 {
@@ -75,6 +93,13 @@ pub(super) fn join_group<S: Storage>(
     request: JoinGroupRequest,
 ) -> Handled {
     let version = context.header.version;
+    if let Some(error) = broker.not_coordinator(&str_of(&request.group_id.0)) {
+        return now(Reply::JoinGroup(
+            JoinGroupResponse::default()
+                .with_error_code(code(error))
+                .with_generation_id(-1),
+        ));
+    }
     let join = Join {
         group_id: str_of(&request.group_id.0),
         member_id: str_of(&request.member_id),
@@ -204,6 +229,11 @@ pub(super) fn sync_group<S: Storage>(
     let group_id = str_of(&request.group_id.0);
     let member_id = str_of(&request.member_id);
     let instance = request.group_instance_id.as_ref().map(str_of);
+    if let Some(error) = broker.not_coordinator(&group_id) {
+        return now(Reply::SyncGroup(
+            SyncGroupResponse::default().with_error_code(code(error)),
+        ));
+    }
     if broker
         .groups
         .fenced(&group_id, &member_id, instance.as_deref())
@@ -242,6 +272,11 @@ pub(super) fn heartbeat<S: Storage>(
 ) -> Handled {
     let (group_id, member_id) = (str_of(&request.group_id.0), str_of(&request.member_id));
     let instance = request.group_instance_id.as_ref().map(str_of);
+    if let Some(error) = broker.not_coordinator(&group_id) {
+        return now(Reply::Heartbeat(
+            HeartbeatResponse::default().with_error_code(code(error)),
+        ));
+    }
     let error = if broker
         .groups
         .fenced(&group_id, &member_id, instance.as_deref())
@@ -267,6 +302,11 @@ pub(super) fn leave_group<S: Storage>(
     request: LeaveGroupRequest,
 ) -> Handled {
     let group_id = str_of(&request.group_id.0);
+    if let Some(error) = broker.not_coordinator(&group_id) {
+        return now(Reply::LeaveGroup(
+            LeaveGroupResponse::default().with_error_code(code(error)),
+        ));
+    }
     let ids: Vec<String> = if context.header.version >= 3 {
         request
             .members

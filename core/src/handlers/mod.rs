@@ -15,7 +15,8 @@ use bytes::Bytes;
 use kafka_protocol::messages::{ApiKey, FetchRequest};
 use kafka_protocol::ResponseError;
 
-use crate::broker::Broker;
+use crate::broker::cluster::Ticket;
+use crate::broker::{Broker, Written};
 use crate::group::Token;
 use crate::storage::Storage;
 use crate::types::{Now, TopicPartition};
@@ -47,6 +48,8 @@ pub enum Wait {
     Durable(u64),
     /// Each partition's high watermark reached its offset (acks=all).
     HighWatermarks(Vec<HighWatermark>),
+    /// The controller quorum committed the change with this ticket.
+    Committed(u64),
 }
 
 /// A partition's high watermark to wait for, on the log it was appended to.
@@ -80,6 +83,16 @@ impl Wait {
             Wait::Durable(seq) if broker.durability.is_durable(*seq) => WaitState::Done,
             Wait::Durable(_) if broker.storage_offline() => WaitState::Failed,
             Wait::Durable(_) => WaitState::Waiting,
+            Wait::Committed(ticket) => {
+                let Some(cluster) = &broker.cluster else {
+                    return WaitState::Failed;
+                };
+                match cluster.ticket(*ticket) {
+                    Ticket::Committed => WaitState::Done,
+                    Ticket::Failed => WaitState::Failed,
+                    Ticket::Queued | Ticket::Proposed { .. } => WaitState::Waiting,
+                }
+            }
             Wait::HighWatermarks(marks) => {
                 let mut state = WaitState::Done;
                 for mark in marks {
@@ -101,6 +114,18 @@ impl Wait {
 }
 
 impl Pending {
+    /// `reply`, once what `written` names is durable or committed.
+    pub fn after_written(written: Option<Written>, reply: Reply) -> Pending {
+        match written {
+            None => Pending::Now(reply),
+            Some(Written::Durable(seq)) => Pending::after_durable(Some(seq), reply),
+            Some(Written::Committed(ticket)) => Pending::After {
+                wait: Wait::Committed(ticket),
+                reply: Box::new(reply),
+            },
+        }
+    }
+
     /// `reply`, after `seq` is durable when there is a sequence to wait for.
     pub fn after_durable(seq: Option<u64>, reply: Reply) -> Pending {
         match seq {

@@ -20,10 +20,17 @@ pub(super) fn offset_commit<S: Storage>(
     request: OffsetCommitRequest,
 ) -> Handled {
     let group_id = str_of(&request.group_id.0);
+    let not_coordinator = if group_id.is_empty() {
+        None
+    } else {
+        broker.not_coordinator(&group_id)
+    };
     let allowed = if group_id.is_empty() {
         Err(ResponseError::InvalidGroupId)
     } else if broker.storage_offline() {
         Err(ResponseError::CoordinatorNotAvailable)
+    } else if let Some(error) = not_coordinator {
+        Err(error)
     } else if broker.groups.fenced(
         &group_id,
         &str_of(&request.member_id),
@@ -110,6 +117,14 @@ pub(super) fn offset_fetch<S: Storage>(
     let mut response = OffsetFetchResponse::default();
     if context.header.version >= 8 {
         for group in &request.groups {
+            if let Some(error) = broker.not_coordinator(&str_of(&group.group_id.0)) {
+                response.groups.push(
+                    offset_fetch_response::OffsetFetchResponseGroup::default()
+                        .with_group_id(group.group_id.clone())
+                        .with_error_code(error.code()),
+                );
+                continue;
+            }
             let wanted = group.topics.as_ref().map(|topics| {
                 topics
                     .iter()
@@ -141,6 +156,10 @@ pub(super) fn offset_fetch<S: Storage>(
                     .with_topics(topics),
             );
         }
+    } else if let Some(error) = broker.not_coordinator(&str_of(&request.group_id.0)) {
+        // Below v2 there is no top-level error; the client retries on
+        // what its partitions say, which is left empty.
+        response.error_code = error.code();
     } else {
         let wanted = request.topics.as_ref().map(|topics| {
             topics

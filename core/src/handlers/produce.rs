@@ -72,7 +72,8 @@ pub(super) fn produce<S: Storage>(
                     topic_error = Some(ResponseError::InvalidTopicException)
                 }
                 Some(name) => match broker.auto_create(name) {
-                    Ok(seq) => wait_seq = wait_seq.max(Some(seq)),
+                    Ok(Some(seq)) => wait_seq = wait_seq.max(Some(seq)),
+                    Ok(None) => topic_error = Some(ResponseError::LeaderNotAvailable),
                     Err(error) => topic_error = Some(error),
                 },
             }
@@ -151,6 +152,9 @@ fn produce_partition<S: Storage>(
     records: Option<Bytes>,
 ) -> Result<Produced, Refusal> {
     let now_ms = context.now.wall_ms;
+    if let Some(error) = broker.not_leader(name, index) {
+        return Err((error, None));
+    }
     let Some(held) = broker.topics.partition_mut(name, index) else {
         return Err((ResponseError::UnknownTopicOrPartition, None));
     };

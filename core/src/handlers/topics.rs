@@ -9,7 +9,7 @@ use kafka_protocol::ResponseError;
 
 use super::cluster::config_source_code;
 use super::{code, Handled, Pending};
-use crate::broker::Broker;
+use crate::broker::{Broker, Written};
 use crate::config::TopicConfig;
 use crate::storage::Storage;
 use crate::topics::topic_name_problem;
@@ -24,7 +24,7 @@ pub(super) fn create_topics<S: Storage>(
         *seen.entry(topic.name.0.to_string()).or_insert(0) += 1;
     }
     let mut results = Vec::new();
-    let mut wait_seq = None;
+    let mut wait = None;
     for topic in &request.topics {
         let name = topic.name.0.to_string();
         let mut result = create_topics_response::CreatableTopicResult::default()
@@ -42,14 +42,15 @@ pub(super) fn create_topics<S: Storage>(
         match outcome {
             Ok(Created {
                 partitions,
+                factor,
                 configs,
-                write_seq,
+                written,
             }) => {
-                wait_seq = wait_seq.max(write_seq);
+                wait = wait.max(written);
                 let found = broker.topics.get(&name);
                 result = result
                     .with_num_partitions(partitions)
-                    .with_replication_factor(1)
+                    .with_replication_factor(factor)
                     .with_topic_id(
                         found.map_or(uuid::Uuid::nil(), |t| uuid::Uuid::from_bytes(t.id)),
                     )
@@ -64,15 +65,16 @@ pub(super) fn create_topics<S: Storage>(
         results.push(result);
     }
     let reply = Reply::CreateTopics(CreateTopicsResponse::default().with_topics(results.clone()));
-    Ok(Pending::after_durable(wait_seq, reply))
+    Ok(Pending::after_written(wait, reply))
 }
 
 /// A topic created (or, with validate_only, one that could be).
 struct Created {
     partitions: i32,
+    factor: i16,
     configs: Vec<create_topics_response::CreatableTopicConfigs>,
-    /// The sequence that makes the creation durable; None when validating.
-    write_seq: Option<u64>,
+    /// What makes the creation durable; None when validating.
+    written: Option<Written>,
 }
 
 type CreateOutcome = Result<Created, (ResponseError, String)>;
@@ -94,7 +96,7 @@ fn create_one_topic<S: Storage>(
             "the log directory is offline".into(),
         ));
     }
-    if broker.topics.contains(&name) {
+    if broker.topic_exists(&name) {
         return Err((
             ResponseError::TopicAlreadyExists,
             format!("Topic '{name}' already exists."),
@@ -130,23 +132,20 @@ fn create_one_topic<S: Storage>(
             "Replication factor must be larger than 0.".into(),
         ));
     }
+    let brokers = broker.placeable_brokers();
+    if factor as usize > brokers.len() {
+        return Err((ResponseError::InvalidReplicationFactor, format!("Unable to replicate the partition {factor} time(s): The target replication factor of {factor} cannot be reached because only {} broker(s) are registered.", brokers.len())));
+    }
     if factor > 1 {
-        return Err((ResponseError::InvalidReplicationFactor, format!("Unable to replicate the partition {factor} time(s): The target replication factor of {factor} cannot be reached because only 1 broker(s) are registered.")));
+        // Placement across brokers works; replication itself does not yet.
+        return Err((
+            ResponseError::InvalidReplicationFactor,
+            format!(
+                "Replication factor {factor}: partitions have one replica until replication exists"
+            ),
+        ));
     }
-    for assignment in &topic.assignments {
-        if assignment
-            .broker_ids
-            .iter()
-            .map(|b| b.0)
-            .collect::<Vec<_>>()
-            != vec![broker.config.node_id]
-        {
-            return Err((
-                ResponseError::InvalidReplicaAssignment,
-                "Replica assignments must name this broker once".into(),
-            ));
-        }
-    }
+    let assignments = check_assignments(&brokers, topic.assignments.iter().map(|a| &a.broker_ids))?;
     let mut configs = BTreeMap::new();
     for entry in &topic.configs {
         let Some(value) = &entry.value else {
@@ -175,18 +174,69 @@ fn create_one_topic<S: Storage>(
     if validate_only {
         return Ok(Created {
             partitions,
+            factor,
             configs: described,
-            write_seq: None,
+            written: None,
         });
     }
-    let seq = broker
-        .create_topic(&name, partitions, topic_config.overrides.explicit)
-        .map_err(|e| (e, "cannot write the topic".into()))?;
+    let written = broker
+        .create_topic(
+            &name,
+            partitions,
+            topic_config.overrides.explicit,
+            factor,
+            assignments,
+        )
+        .map_err(|e| (e, describe_refusal(e)))?;
     Ok(Created {
         partitions,
+        factor,
         configs: described,
-        write_seq: Some(seq),
+        written: Some(written),
     })
+}
+
+fn describe_refusal(error: ResponseError) -> String {
+    match error {
+        ResponseError::NotController => "this node is not the active controller".into(),
+        _ => "cannot write the topic".into(),
+    }
+}
+
+/// Replica assignments as a request gives them: each a list of distinct
+/// brokers that may host replicas (this one, alone), all of one length.
+/// None when the request gives none.
+fn check_assignments<'a>(
+    brokers: &[i32],
+    assignments: impl Iterator<Item = &'a Vec<BrokerId>>,
+) -> Result<Option<Vec<Vec<i32>>>, (ResponseError, String)> {
+    let lists: Vec<Vec<i32>> = assignments
+        .map(|a| a.iter().map(|b| b.0).collect())
+        .collect();
+    if lists.is_empty() {
+        return Ok(None);
+    }
+    let bad = |why: String| Err((ResponseError::InvalidReplicaAssignment, why));
+    for list in &lists {
+        let distinct: std::collections::BTreeSet<i32> = list.iter().copied().collect();
+        if list.is_empty() || distinct.len() != list.len() {
+            return bad(format!(
+                "Replica assignment {list:?} is empty or names a broker twice"
+            ));
+        }
+        if list.len() != lists[0].len() {
+            return bad("All replica assignments must have the same length".into());
+        }
+        if let Some(unknown) = list.iter().find(|b| !brokers.contains(b)) {
+            return bad(format!(
+                "Replica assignment names broker {unknown}, which cannot host replicas"
+            ));
+        }
+        if list.len() > 1 {
+            return bad("Partitions have one replica until replication exists".into());
+        }
+    }
+    Ok(Some(lists))
 }
 
 pub(super) fn delete_topics<S: Storage>(
@@ -205,7 +255,7 @@ pub(super) fn delete_topics<S: Storage>(
             .map(|t| (t.name.as_ref().map(|n| n.0.to_string()), t.topic_id)),
     );
     let mut results = Vec::new();
-    let mut wait_seq = None;
+    let mut wait = None;
     for (name, id) in wanted {
         let resolved = name.clone().or_else(|| broker.topics.name_by_id(&id));
         let mut result = delete_topics_response::DeletableTopicResult::default()
@@ -223,17 +273,17 @@ pub(super) fn delete_topics<S: Storage>(
             Some(name) => delete_topic(broker, &name),
         };
         match outcome {
-            Ok(seq) => wait_seq = wait_seq.max(Some(seq)),
+            Ok(written) => wait = wait.max(Some(written)),
             Err(error) => result = result.with_error_code(code(error)),
         }
         results.push(result);
     }
     let reply =
         Reply::DeleteTopics(DeleteTopicsResponse::default().with_responses(results.clone()));
-    Ok(Pending::after_durable(wait_seq, reply))
+    Ok(Pending::after_written(wait, reply))
 }
 
-fn delete_topic<S: Storage>(broker: &mut Broker<S>, name: &str) -> Result<u64, ResponseError> {
+fn delete_topic<S: Storage>(broker: &mut Broker<S>, name: &str) -> Result<Written, ResponseError> {
     broker.delete_topic(name)
 }
 
@@ -242,14 +292,14 @@ pub(super) fn create_partitions<S: Storage>(
     request: CreatePartitionsRequest,
 ) -> Handled {
     let mut results = Vec::new();
-    let mut wait_seq = None;
+    let mut wait = None;
     for topic in &request.topics {
         let name = topic.name.0.to_string();
         let outcome = add_partitions(broker, &name, topic, request.validate_only);
         let mut result = create_partitions_response::CreatePartitionsTopicResult::default()
             .with_name(topic.name.clone());
         match outcome {
-            Ok(seq) => wait_seq = wait_seq.max(seq),
+            Ok(written) => wait = wait.max(written),
             Err((error, message)) => {
                 result = result
                     .with_error_code(code(error))
@@ -260,7 +310,7 @@ pub(super) fn create_partitions<S: Storage>(
     }
     let reply =
         Reply::CreatePartitions(CreatePartitionsResponse::default().with_results(results.clone()));
-    Ok(Pending::after_durable(wait_seq, reply))
+    Ok(Pending::after_written(wait, reply))
 }
 
 fn add_partitions<S: Storage>(
@@ -268,7 +318,7 @@ fn add_partitions<S: Storage>(
     name: &str,
     request: &create_partitions_request::CreatePartitionsTopic,
     validate_only: bool,
-) -> Result<Option<u64>, (ResponseError, String)> {
+) -> Result<Option<Written>, (ResponseError, String)> {
     let Some(topic) = broker.topics.get(name) else {
         return Err((
             ResponseError::UnknownTopicOrPartition,
@@ -285,6 +335,7 @@ fn add_partitions<S: Storage>(
             format!("Topic already has {current} partition(s)."),
         ));
     }
+    let mut assigned = None;
     if let Some(assignments) = request.assignments.as_ref().filter(|a| !a.is_empty()) {
         if assignments.len() as i32 != request.count - current {
             return Err((
@@ -292,17 +343,15 @@ fn add_partitions<S: Storage>(
                 "Assignments must cover exactly the new partitions".into(),
             ));
         }
-        if assignments.iter().any(|a| {
-            a.broker_ids.iter().map(|b| b.0).collect::<Vec<_>>() != vec![broker.config.node_id]
-        }) {
-            return Err((
-                ResponseError::InvalidReplicaAssignment,
-                "Replica assignments must name this broker once".into(),
-            ));
-        }
+        assigned = check_assignments(
+            &broker.placeable_brokers(),
+            assignments.iter().map(|a| &a.broker_ids),
+        )?;
     }
     if validate_only && !broker.storage_offline() {
         return Ok(None);
     }
-    broker.add_partitions(name, request.count).map(Some)
+    broker
+        .add_partitions(name, request.count, assigned)
+        .map(Some)
 }

@@ -21,14 +21,16 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
 use kafka_protocol::messages::{
-    broker_registration_request, ApiKey, BrokerHeartbeatRequest, BrokerHeartbeatResponse, BrokerId,
-    BrokerRegistrationRequest, BrokerRegistrationResponse, RequestHeader,
+    broker_registration_request, create_topics_request, ApiKey, BrokerHeartbeatRequest,
+    BrokerHeartbeatResponse, BrokerId, BrokerRegistrationRequest, BrokerRegistrationResponse,
+    CreateTopicsRequest, RequestHeader, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, StrBytes};
 use kafka_protocol::ResponseError;
 use uuid::Uuid;
 
 use super::{Node, SentRequest};
+use crate::broker::cluster::Ticket;
 use crate::broker::{Broker, ClusterView};
 use crate::handlers::WaitState;
 use crate::metadata_records::{
@@ -52,6 +54,8 @@ const CONTROLLER_RETRY_MS: i64 = 100;
 /// A request to the controller with no answer for this long is taken as lost.
 const CONTROLLER_REQUEST_MS: i64 = 3_000;
 const LISTENER_NAME: &str = "PLAINTEXT";
+/// The CreateTopics version a broker asks the controller with.
+const FORWARD_CREATE_TOPICS_VERSION: i16 = 7;
 
 /// The broker side: this node's registration with the controller.
 #[derive(Debug)]
@@ -497,6 +501,7 @@ impl<S: Storage> Node<S> {
             tracing::error!(offset, %error, "a committed metadata record does not apply; skipped");
             return;
         }
+        self.broker.apply_metadata(&decoded);
         let changed = match &decoded {
             MetadataRecord::RegisterBroker(r) => Some(r.broker_id),
             MetadataRecord::BrokerRegistrationChange(r) => Some(r.broker_id),
@@ -522,9 +527,16 @@ impl<S: Storage> Node<S> {
         if let Some(cluster) = self.broker.cluster.as_mut() {
             cluster.controller_id = leader.map(|l| l.0);
         }
-        if self.leading(now).is_none() {
+        let leading = self.leading(now);
+        if leading.is_none() {
             self.controller = None;
         }
+        if let Some(cluster) = self.broker.cluster.as_mut() {
+            cluster.is_controller = leading.is_some();
+        }
+        self.propose_outbox(now);
+        self.settle_tickets();
+        self.forward_creations(now, leader);
         self.settle_local_wait(now);
         let Some(lifecycle) = self.lifecycle.as_mut() else {
             return;
@@ -564,6 +576,136 @@ impl<S: Storage> Node<S> {
                 .set(Timer::Cluster, at.max(now.monotonic_ms + 1)),
             None => self.timers.stop(Timer::Cluster),
         }
+    }
+
+    /// Proposes the changes the handlers queued, in order; those this node
+    /// cannot propose (not the controller) fail at once.
+    fn propose_outbox(&mut self, now: Now) {
+        let Some(cluster) = self.broker.cluster.as_mut() else {
+            return;
+        };
+        let outbox = std::mem::take(&mut cluster.outbox);
+        for (ticket, records) in outbox {
+            let epoch = self.leading(now);
+            let mut last = None;
+            if epoch.is_some() {
+                for chunk in records.chunks(crate::raft::RECORDS_PER_PROPOSAL_MAX) {
+                    let encoded: Result<Vec<Bytes>, _> =
+                        chunk.iter().map(|r| r.encode().map(Bytes::from)).collect();
+                    let Ok(encoded) = encoded else {
+                        tracing::error!("a metadata record does not encode");
+                        last = None;
+                        break;
+                    };
+                    let quorum = self.quorum.as_mut().expect("leading");
+                    let Broker {
+                        storage,
+                        durability,
+                        ..
+                    } = &mut self.broker;
+                    match quorum.propose(storage, durability, now.monotonic_ms, encoded) {
+                        Ok(offset) => last = Some(offset),
+                        Err(error) => {
+                            tracing::warn!(?error, "a change was not proposed");
+                            last = None;
+                            break;
+                        }
+                    }
+                }
+            }
+            let cluster = self.broker.cluster.as_mut().expect("checked above");
+            match (last, epoch) {
+                (Some(offset), Some(epoch)) => {
+                    cluster.settle(ticket, Ticket::Proposed { offset, epoch })
+                }
+                _ => {
+                    for record in &records {
+                        if let MetadataRecord::Topic(topic) = record {
+                            cluster.pending_topics.remove(&topic.name);
+                        }
+                    }
+                    cluster.settle(ticket, Ticket::Failed);
+                }
+            }
+        }
+    }
+
+    /// Settles the proposed changes that were committed, or that never will be.
+    fn settle_tickets(&mut self) {
+        let Some(cluster) = self.broker.cluster.as_ref() else {
+            return;
+        };
+        let proposed: Vec<(u64, i64, i32)> = cluster
+            .tickets
+            .iter()
+            .filter_map(|(&t, state)| match *state {
+                Ticket::Proposed { offset, epoch } => Some((t, offset, epoch)),
+                _ => None,
+            })
+            .collect();
+        for (ticket, offset, epoch) in proposed {
+            let state = match self.commit_state(offset, epoch) {
+                WaitState::Waiting => continue,
+                WaitState::Done => Ticket::Committed,
+                WaitState::Failed => Ticket::Failed,
+            };
+            let cluster = self.broker.cluster.as_mut().expect("checked above");
+            cluster.settle(ticket, state);
+        }
+        // A name whose creation failed is free again, unless it exists.
+        let cluster = self.broker.cluster.as_mut().expect("checked above");
+        if cluster
+            .tickets
+            .values()
+            .all(|s| matches!(s, Ticket::Committed | Ticket::Failed))
+        {
+            let image = &cluster.image;
+            cluster
+                .pending_topics
+                .retain(|name| image.topic_by_name(name).is_some());
+        }
+    }
+
+    /// Asks the controller to create the topics clients wanted auto-created
+    /// here (Kafka's brokers forward these to the controller too).
+    fn forward_creations(&mut self, now: Now, leader: Option<NodeId>) {
+        let names = self.broker.take_forwarded_creations();
+        let Some(leader) = leader.filter(|&l| l != self.node_id) else {
+            return;
+        };
+        if names.is_empty()
+            || !self
+                .peers
+                .get(&(leader, Channel::Control))
+                .is_some_and(|l| l.up)
+        {
+            return;
+        }
+        let topics = names
+            .into_iter()
+            .map(|name| {
+                let partitions = if name == crate::broker::OFFSETS_TOPIC {
+                    self.broker.config.offsets_topic_partitions
+                } else {
+                    -1
+                };
+                create_topics_request::CreatableTopic::default()
+                    .with_name(TopicName(StrBytes::from_string(name)))
+                    .with_num_partitions(partitions)
+                    .with_replication_factor(-1)
+            })
+            .collect();
+        let request = CreateTopicsRequest::default()
+            .with_topics(topics)
+            .with_timeout_ms(CONTROLLER_REQUEST_MS as i32);
+        self.send_peer(
+            now,
+            (leader, Channel::Control),
+            ApiKey::CreateTopics,
+            FORWARD_CREATE_TOPICS_VERSION,
+            &request,
+            None,
+        );
     }
 
     pub(super) fn cluster_timeout(&mut self, now: Now) {

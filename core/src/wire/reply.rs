@@ -168,6 +168,43 @@ pub fn unsynced_error_code(error_code: i16) -> i16 {
 }
 
 impl Reply {
+    /// What the client gets instead of this reply when the controller
+    /// quorum never committed the change behind it (the controller lost
+    /// its leadership first): successes turn into NOT_CONTROLLER, which
+    /// clients answer by finding the controller again and retrying.
+    pub fn uncommitted(self) -> Reply {
+        let not_controller = kafka_protocol::ResponseError::NotController.code();
+        let replace = |code: &mut i16| {
+            if *code == 0 {
+                *code = not_controller;
+            }
+        };
+        match self {
+            Reply::CreateTopics(mut response) => {
+                response
+                    .topics
+                    .iter_mut()
+                    .for_each(|t| replace(&mut t.error_code));
+                Reply::CreateTopics(response)
+            }
+            Reply::DeleteTopics(mut response) => {
+                response
+                    .responses
+                    .iter_mut()
+                    .for_each(|t| replace(&mut t.error_code));
+                Reply::DeleteTopics(response)
+            }
+            Reply::CreatePartitions(mut response) => {
+                response
+                    .results
+                    .iter_mut()
+                    .for_each(|t| replace(&mut t.error_code));
+                Reply::CreatePartitions(response)
+            }
+            other => other.unsynced(),
+        }
+    }
+
     /// What the client gets instead of this reply when the change behind it
     /// never became durable (a sync failed first): every success turns into
     /// the error Kafka gives for storage it cannot trust, errors stay.

@@ -1,0 +1,171 @@
+//! Topics in a cluster: created, grown and deleted through the active
+//! controller, placed across the brokers, served by each partition's
+//! leader only, seen alike by every node.
+
+use bytes::Bytes;
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::ResponseError;
+use sluice_core::batch::build_batch;
+use sluice_core::raft::Role;
+use sluice_core::NodeId;
+use sluice_sim::{ClientId, Cluster, ClusterConfig};
+
+const IDS: [NodeId; 3] = [NodeId(1), NodeId(2), NodeId(3)];
+
+fn formed(seed: u64) -> Cluster {
+    let mut config = ClusterConfig::new(seed, 3);
+    config.broker = sluice_sim::quorum::quorum_broker_config(3);
+    config
+        .broker
+        .push(("auto.create.topics.enable".into(), "true".into()));
+    let mut cluster = Cluster::new(config);
+    for (a, b) in [(0, 1), (0, 2), (1, 2)] {
+        cluster.link_up(IDS[a], IDS[b]);
+    }
+    cluster.run_until(|c| {
+        IDS.iter()
+            .all(|&id| c.node(id).is_unfenced() && c.node(id).broker().live_brokers().len() == 3)
+    });
+    cluster
+}
+
+fn controller(cluster: &Cluster) -> NodeId {
+    *IDS.iter()
+        .find(|&&id| cluster.node(id).quorum().and_then(|q| q.role()) == Some(Role::Leader))
+        .expect("a leader")
+}
+
+fn metadata(cluster: &mut Cluster, client: ClientId, topic: &str) -> MetadataResponse {
+    let request = MetadataRequest::default()
+        .with_topics(Some(vec![metadata_request::MetadataRequestTopic::default(
+        )
+        .with_name(Some(TopicName(StrBytes::from_string(topic.into()))))]))
+        .with_allow_auto_topic_creation(false);
+    cluster
+        .request(client, ApiKey::Metadata, 12, &request)
+        .expect("metadata answered")
+}
+
+fn create(cluster: &mut Cluster, client: ClientId, topic: &str, partitions: i32) -> i16 {
+    let request = CreateTopicsRequest::default()
+        .with_topics(vec![create_topics_request::CreatableTopic::default()
+            .with_name(TopicName(StrBytes::from_string(topic.into())))
+            .with_num_partitions(partitions)
+            .with_replication_factor(-1)])
+        .with_timeout_ms(5_000);
+    let response: CreateTopicsResponse = cluster
+        .request(client, ApiKey::CreateTopics, 7, &request)
+        .expect("create answered");
+    response.topics[0].error_code
+}
+
+fn produce(cluster: &mut Cluster, client: ClientId, topic: &str, partition: i32) -> i16 {
+    let records = Bytes::from(build_batch(0, &[(None, Some(&b"v"[..]), vec![], 0)]));
+    let data = produce_request::PartitionProduceData::default()
+        .with_index(partition)
+        .with_records(Some(records));
+    let request = ProduceRequest::default()
+        .with_acks(-1)
+        .with_timeout_ms(5_000)
+        .with_topic_data(vec![produce_request::TopicProduceData::default()
+            .with_name(TopicName(StrBytes::from_string(topic.into())))
+            .with_partition_data(vec![data])]);
+    let response: ProduceResponse = cluster
+        .request(client, ApiKey::Produce, 9, &request)
+        .expect("produce answered");
+    response.responses[0].partition_responses[0].error_code
+}
+
+#[test]
+fn topics_go_through_the_controller_and_partitions_are_served_by_their_leaders() {
+    let mut cluster = formed(11);
+    let active = controller(&cluster);
+    let other = *IDS.iter().find(|&&id| id != active).expect("another node");
+
+    // A node that is not the controller refuses, as Kafka's controller
+    // does when it moved.
+    let at_other = cluster.connect(other);
+    assert_eq!(
+        create(&mut cluster, at_other, "events", 3),
+        ResponseError::NotController.code()
+    );
+    let at_active = cluster.connect(active);
+    assert_eq!(create(&mut cluster, at_active, "events", 3), 0);
+    assert_eq!(
+        create(&mut cluster, at_active, "events", 3),
+        ResponseError::TopicAlreadyExists.code()
+    );
+
+    // Every node sees the same placement once it applied the records:
+    // three partitions over three brokers, one each.
+    cluster.run_until(|c| {
+        IDS.iter()
+            .all(|&id| c.node(id).broker().topic_exists("events"))
+    });
+    let mut seen = Vec::new();
+    for id in IDS {
+        let client = cluster.connect(id);
+        let answer = metadata(&mut cluster, client, "events");
+        assert_eq!(answer.brokers.len(), 3, "n{id} lists every broker");
+        assert_eq!(answer.controller_id.0, active.0);
+        let leaders: Vec<i32> = answer.topics[0]
+            .partitions
+            .iter()
+            .map(|p| p.leader_id.0)
+            .collect();
+        seen.push(leaders);
+    }
+    assert!(seen.windows(2).all(|w| w[0] == w[1]), "one view: {seen:?}");
+    let mut leaders = seen[0].clone();
+    leaders.sort_unstable();
+    assert_eq!(leaders, [1, 2, 3], "partitions spread over the brokers");
+
+    // Each partition takes writes at its leader only.
+    for (partition, &leader) in seen[0].iter().enumerate() {
+        let partition = partition as i32;
+        let at_leader = cluster.connect(NodeId(leader));
+        assert_eq!(produce(&mut cluster, at_leader, "events", partition), 0);
+        let follower = IDS
+            .iter()
+            .copied()
+            .find(|id| id.0 != leader)
+            .expect("another");
+        let elsewhere = cluster.connect(follower);
+        assert_eq!(
+            produce(&mut cluster, elsewhere, "events", partition),
+            ResponseError::NotLeaderOrFollower.code()
+        );
+    }
+
+    // Auto-creation at a node that is not the controller: asked of the
+    // controller; the client is told to retry, then finds the topic.
+    let request = MetadataRequest::default()
+        .with_topics(Some(vec![metadata_request::MetadataRequestTopic::default(
+        )
+        .with_name(Some(TopicName(StrBytes::from_static_str("auto"))))]))
+        .with_allow_auto_topic_creation(true);
+    let first: MetadataResponse = cluster
+        .request(at_other, ApiKey::Metadata, 12, &request)
+        .expect("answered");
+    assert_eq!(
+        first.topics[0].error_code,
+        ResponseError::LeaderNotAvailable.code()
+    );
+    cluster.run_until(|c| c.node(other).broker().topic_exists("auto"));
+    let again = metadata(&mut cluster, at_other, "auto");
+    assert_eq!(again.topics[0].error_code, 0);
+
+    // Deleted through the controller, gone everywhere.
+    let request = DeleteTopicsRequest::default()
+        .with_topic_names(vec![TopicName(StrBytes::from_static_str("events"))])
+        .with_timeout_ms(5_000);
+    let deleted: DeleteTopicsResponse = cluster
+        .request(at_active, ApiKey::DeleteTopics, 4, &request)
+        .expect("answered");
+    assert_eq!(deleted.responses[0].error_code, 0);
+    cluster.run_until(|c| {
+        IDS.iter()
+            .all(|&id| !c.node(id).broker().topic_exists("events"))
+    });
+}
