@@ -652,8 +652,8 @@ impl<S: Storage> Node<S> {
             }
             // The controller's answer to a creation this broker forwarded:
             // the client that wanted it retries and finds the topic.
-            Some((ApiKey::CreateTopics, _)) => {
-                tracing::debug!(%peer, "the controller answered a forwarded creation")
+            Some((ApiKey::CreateTopics | ApiKey::AllocateProducerIds, _)) => {
+                tracing::debug!(%peer, "the controller answered a forwarded request")
             }
             Some((other, _)) => tracing::warn!(%peer, ?other, "unexpected response from a peer"),
             None => tracing::warn!(%peer, "a peer answered a request never sent"),

@@ -169,3 +169,42 @@ fn topics_go_through_the_controller_and_partitions_are_served_by_their_leaders()
             .all(|&id| !c.node(id).broker().topic_exists("events"))
     });
 }
+
+/// Producer ids come from blocks the controller commits per broker, so
+/// idempotent producers on different brokers never share an id.
+#[test]
+fn producer_ids_are_unique_across_the_brokers() {
+    let mut cluster = formed(12);
+    let mut ids = Vec::new();
+    for node in IDS {
+        let client = cluster.connect(node);
+        for _ in 0..3 {
+            let request = InitProducerIdRequest::default()
+                .with_transaction_timeout_ms(60_000)
+                .with_producer_id(ProducerId(-1))
+                .with_producer_epoch(-1);
+            let mut attempts = 0;
+            let id = loop {
+                let response: InitProducerIdResponse = cluster
+                    .request(client, ApiKey::InitProducerId, 4, &request)
+                    .expect("answered");
+                if response.error_code == 0 {
+                    break response.producer_id.0;
+                }
+                assert_eq!(
+                    response.error_code,
+                    ResponseError::CoordinatorLoadInProgress.code(),
+                    "retriable while the block is allocated"
+                );
+                attempts += 1;
+                assert!(attempts < 100, "a block of producer ids within 100 tries");
+                cluster.run_for(20);
+            };
+            ids.push((node, id));
+        }
+    }
+    let mut distinct: Vec<i64> = ids.iter().map(|(_, id)| *id).collect();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(distinct.len(), ids.len(), "ids handed out twice: {ids:?}");
+}

@@ -373,6 +373,24 @@ impl<S: Storage> Broker<S> {
             .ok_or(ResponseError::CoordinatorNotAvailable)
     }
 
+    /// A producer id from the block the controller gave this broker (ids of
+    /// a cluster are unique across brokers); when there is none left, a new
+    /// block is asked for and the client is told to retry.
+    pub fn cluster_producer_id(&mut self) -> Result<i64, ResponseError> {
+        let cluster = self.cluster.as_mut().expect("in a cluster");
+        match &mut cluster.producer_block {
+            Some((next, end)) if *next < *end => {
+                let id = *next;
+                *next += 1;
+                Ok(id)
+            }
+            _ => {
+                cluster.wants_producer_block = true;
+                Err(ResponseError::CoordinatorLoadInProgress)
+            }
+        }
+    }
+
     /// Names whose auto-creation this node asked the controller for and
     /// that still wait to be sent.
     pub fn take_forwarded_creations(&mut self) -> BTreeSet<String> {

@@ -74,6 +74,10 @@ pub struct ClusterView {
     /// Topics to auto-create that this node (not the controller) asks the
     /// controller for.
     pub forward: BTreeSet<String>,
+    /// The producer ids the controller gave this broker: next, end.
+    pub producer_block: Option<(i64, i64)>,
+    /// This broker needs a block of producer ids from the controller.
+    pub wants_producer_block: bool,
 }
 
 /// What a change waits for before it is answered: a sync of this node's

@@ -336,6 +336,15 @@ pub(super) fn init_producer_id<S: Storage>(
             ResponseError::KafkaStorageError,
         )));
     }
+    if broker.in_cluster() {
+        // From a block the controller committed: durable on a majority.
+        return now(Reply::InitProducerId(match broker.cluster_producer_id() {
+            Ok(id) => InitProducerIdResponse::default()
+                .with_producer_id(ProducerId(id))
+                .with_producer_epoch(0),
+            Err(error) => failed(error),
+        }));
+    }
     match broker.allocate_producer_id() {
         Ok((id, seq)) => {
             let reply = Reply::InitProducerId(

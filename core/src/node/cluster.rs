@@ -21,9 +21,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
 use kafka_protocol::messages::{
-    broker_registration_request, create_topics_request, ApiKey, BrokerHeartbeatRequest,
-    BrokerHeartbeatResponse, BrokerId, BrokerRegistrationRequest, BrokerRegistrationResponse,
-    CreateTopicsRequest, RequestHeader, TopicName,
+    broker_registration_request, create_topics_request, AllocateProducerIdsRequest,
+    AllocateProducerIdsResponse, ApiKey, BrokerHeartbeatRequest, BrokerHeartbeatResponse, BrokerId,
+    BrokerRegistrationRequest, BrokerRegistrationResponse, CreateTopicsRequest, ProducerId,
+    RequestHeader, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, StrBytes};
 use kafka_protocol::ResponseError;
@@ -34,7 +35,8 @@ use crate::broker::cluster::Ticket;
 use crate::broker::{Broker, ClusterView};
 use crate::handlers::WaitState;
 use crate::metadata_records::{
-    BrokerEndpoint, BrokerRegistrationChangeRecord, MetadataRecord, RegisterBrokerRecord,
+    BrokerEndpoint, BrokerRegistrationChangeRecord, MetadataRecord, ProducerIdsRecord,
+    RegisterBrokerRecord,
 };
 use crate::raft::{Record, Role};
 use crate::session::{ConnectionId, Slot, SlotState};
@@ -68,6 +70,8 @@ pub(super) struct Lifecycle {
     in_flight_until: Option<i64>,
     /// A request to this node's own controller, waiting for its commit.
     local: Option<LocalWait>,
+    /// A block of producer ids asked for, until this deadline.
+    producer_block_until: Option<i64>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -98,6 +102,8 @@ pub(super) struct ControllerState {
     heartbeats: BTreeMap<i32, i64>,
     /// Brokers with a registration change proposed and not yet committed.
     changing: BTreeSet<i32>,
+    /// The next producer id after the blocks proposed in this epoch.
+    producer_next: i64,
 }
 
 /// What the controller answers: now, or once the records it proposed are
@@ -120,6 +126,7 @@ impl Lifecycle {
             next_ms: 0,
             in_flight_until: None,
             local: None,
+            producer_block_until: None,
         }
     }
 }
@@ -130,7 +137,9 @@ pub(super) fn is_controller_api(frame: &[u8]) -> bool {
         return false;
     };
     let key = i16::from_be_bytes([key[0], key[1]]);
-    key == ApiKey::BrokerRegistration as i16 || key == ApiKey::BrokerHeartbeat as i16
+    key == ApiKey::BrokerRegistration as i16
+        || key == ApiKey::BrokerHeartbeat as i16
+        || key == ApiKey::AllocateProducerIds as i16
 }
 
 fn error<T: Default + WithError>(error: ResponseError) -> T {
@@ -142,6 +151,12 @@ trait WithError: Sized {
 }
 
 impl WithError for BrokerRegistrationResponse {
+    fn with_error(self, code: i16) -> Self {
+        self.with_error_code(code)
+    }
+}
+
+impl WithError for AllocateProducerIdsResponse {
     fn with_error(self, code: i16) -> Self {
         self.with_error_code(code)
     }
@@ -166,6 +181,7 @@ impl<S: Storage> Node<S> {
         let version = i16::from_be_bytes([frame[2], frame[3]]);
         let (min, max) = match api_key {
             ApiKey::BrokerRegistration => REGISTRATION_VERSIONS,
+            ApiKey::AllocateProducerIds => (0, 0),
             _ => HEARTBEAT_VERSIONS,
         };
         if !(min..=max).contains(&version) || self.quorum.is_none() {
@@ -185,6 +201,24 @@ impl<S: Storage> Node<S> {
                 let request = BrokerRegistrationRequest::decode(&mut body, version)
                     .map_err(|e| format!("bad BrokerRegistration: {e}"))?;
                 match self.controller_register(now, &request) {
+                    Decision::Now(answer) => SlotState::Ready(encode(header, &answer)?),
+                    Decision::AfterCommit {
+                        offset,
+                        epoch,
+                        answer,
+                        lost,
+                    } => SlotState::AfterCommit {
+                        offset,
+                        epoch,
+                        frame: encode(header, &answer)?,
+                        lost: encode(header, &lost)?,
+                    },
+                }
+            }
+            ApiKey::AllocateProducerIds => {
+                let request = AllocateProducerIdsRequest::decode(&mut body, version)
+                    .map_err(|e| format!("bad AllocateProducerIds: {e}"))?;
+                match self.controller_allocate(now, request.broker_id.0, request.broker_epoch) {
                     Decision::Now(answer) => SlotState::Ready(encode(header, &answer)?),
                     Decision::AfterCommit {
                         offset,
@@ -264,6 +298,7 @@ impl<S: Storage> Node<S> {
                 epoch,
                 heartbeats,
                 changing: BTreeSet::new(),
+                producer_next: 0,
             });
         }
         Some(epoch)
@@ -426,6 +461,93 @@ impl<S: Storage> Node<S> {
         }
     }
 
+    /// Gives a broker the next block of producer ids: a ProducerIdsRecord
+    /// naming it, answered once committed. Blocks follow each other from
+    /// the committed next id and the ones proposed since.
+    fn controller_allocate(
+        &mut self,
+        now: Now,
+        broker_id: i32,
+        broker_epoch: i64,
+    ) -> Decision<AllocateProducerIdsResponse> {
+        let Some(epoch) = self.leading(now) else {
+            return Decision::Now(error(ResponseError::NotController));
+        };
+        let registered = self.cluster_view().image.broker(broker_id).map(|b| b.epoch);
+        if registered != Some(broker_epoch) {
+            return Decision::Now(error(ResponseError::StaleBrokerEpoch));
+        }
+        let committed_next = self.cluster_view().image.next_producer_id().unwrap_or(0);
+        let controller = self.controller.as_mut().expect("leading");
+        let start = controller.producer_next.max(committed_next);
+        let next = start + crate::broker::PRODUCER_ID_BLOCK_SIZE;
+        let record = MetadataRecord::ProducerIds(ProducerIdsRecord {
+            broker_id,
+            broker_epoch,
+            next_producer_id: next,
+        });
+        let Some(offset) = self.propose_record(now, &record) else {
+            return Decision::Now(error(ResponseError::RequestTimedOut));
+        };
+        self.controller.as_mut().expect("leading").producer_next = next;
+        tracing::debug!(broker = broker_id, start, "allocating producer ids");
+        Decision::AfterCommit {
+            offset,
+            epoch,
+            answer: AllocateProducerIdsResponse::default()
+                .with_producer_id_start(ProducerId(start))
+                .with_producer_id_len(crate::broker::PRODUCER_ID_BLOCK_SIZE as i32),
+            lost: error(ResponseError::NotController),
+        }
+    }
+
+    /// Asks the controller for a block of producer ids when this broker
+    /// needs one; the block is this broker's once the record naming it is
+    /// committed and applied here.
+    fn request_producer_block(&mut self, now: Now, leader: Option<NodeId>) {
+        let wants = self
+            .broker
+            .cluster
+            .as_ref()
+            .is_some_and(|c| c.wants_producer_block);
+        let Some(registered) = self.lifecycle.as_ref().and_then(|l| l.registered) else {
+            return;
+        };
+        let lifecycle = self.lifecycle.as_mut().expect("checked above");
+        if !wants
+            || lifecycle
+                .producer_block_until
+                .is_some_and(|until| now.monotonic_ms < until)
+        {
+            return;
+        }
+        lifecycle.producer_block_until = Some(now.monotonic_ms + CONTROLLER_REQUEST_MS);
+        match leader {
+            Some(leader) if leader == self.node_id => {
+                let _ = self.controller_allocate(now, self.node_id.0, registered.epoch);
+            }
+            Some(leader)
+                if self
+                    .peers
+                    .get(&(leader, Channel::Control))
+                    .is_some_and(|l| l.up) =>
+            {
+                let request = AllocateProducerIdsRequest::default()
+                    .with_broker_id(BrokerId(self.node_id.0))
+                    .with_broker_epoch(registered.epoch);
+                self.send_peer(
+                    now,
+                    (leader, Channel::Control),
+                    ApiKey::AllocateProducerIds,
+                    0,
+                    &request,
+                    None,
+                );
+            }
+            _ => {}
+        }
+    }
+
     /// Fences the unfenced brokers silent for a whole session.
     fn fence_silent_brokers(&mut self, now: Now) {
         if self.leading(now).is_none() {
@@ -497,9 +619,19 @@ impl<S: Storage> Node<S> {
         let Some(cluster) = self.broker.cluster.as_mut() else {
             return;
         };
+        let producer_next_before = cluster.image.next_producer_id().unwrap_or(0);
         if let Err(error) = cluster.image.apply(offset, &decoded) {
             tracing::error!(offset, %error, "a committed metadata record does not apply; skipped");
             return;
+        }
+        if let MetadataRecord::ProducerIds(block) = &decoded {
+            if block.broker_id == self.node_id.0 && cluster.wants_producer_block {
+                cluster.producer_block = Some((producer_next_before, block.next_producer_id));
+                cluster.wants_producer_block = false;
+                if let Some(lifecycle) = self.lifecycle.as_mut() {
+                    lifecycle.producer_block_until = None;
+                }
+            }
         }
         self.broker.apply_metadata(&decoded);
         let changed = match &decoded {
@@ -537,6 +669,7 @@ impl<S: Storage> Node<S> {
         self.propose_outbox(now);
         self.settle_tickets();
         self.forward_creations(now, leader);
+        self.request_producer_block(now, leader);
         self.settle_local_wait(now);
         let Some(lifecycle) = self.lifecycle.as_mut() else {
             return;
