@@ -91,6 +91,7 @@ mod layers {
             MACHINES,
             &[
                 include_str!("broker/mod.rs"),
+                include_str!("broker/cluster.rs"),
                 include_str!("broker/groups.rs"),
             ],
         ),
