@@ -262,6 +262,32 @@ fn a_silent_broker_is_fenced_after_its_session_and_unfenced_when_back() {
     // The other survivor learns it from the committed record too.
     let survivor = *others.iter().find(|&&id| id != leader).expect("another");
     cluster.run_until(|c| !unfenced_on(c, survivor).contains(&silent.0));
+    // DescribeCluster v2 lists it, flagged, when asked for fenced brokers.
+    let client = cluster.connect(survivor);
+    for include in [false, true] {
+        let request = kafka_protocol::messages::DescribeClusterRequest::default()
+            .with_endpoint_type(1)
+            .with_include_fenced_brokers(include);
+        let answer: kafka_protocol::messages::DescribeClusterResponse = cluster
+            .request(
+                client,
+                kafka_protocol::messages::ApiKey::DescribeCluster,
+                2,
+                &request,
+            )
+            .expect("answered");
+        let listed: Vec<(i32, bool)> = answer
+            .brokers
+            .iter()
+            .map(|b| (b.broker_id.0, b.is_fenced))
+            .collect();
+        assert_eq!(
+            listed.iter().any(|&(id, fenced)| id == silent.0 && fenced),
+            include,
+            "{listed:?}"
+        );
+        assert_eq!(listed.len(), if include { 3 } else { 2 });
+    }
     for &other in &others {
         cluster.link_up(silent, other);
     }

@@ -226,6 +226,32 @@ impl<S: Storage> Broker<S> {
         brokers
     }
 
+    /// Every registered broker and whether it is fenced, by id (a node
+    /// alone: itself, unfenced).
+    pub fn registered_brokers(&self) -> Vec<(BrokerAddress, bool)> {
+        let Some(cluster) = &self.cluster else {
+            return self
+                .live_brokers()
+                .into_iter()
+                .map(|b| (b, false))
+                .collect();
+        };
+        cluster
+            .image
+            .brokers()
+            .filter_map(|b| {
+                let endpoint = b.endpoints.values().next()?;
+                let address = BrokerAddress {
+                    id: b.id,
+                    host: endpoint.host.clone(),
+                    port: endpoint.port,
+                    rack: b.rack.clone(),
+                };
+                Some((address, b.fenced))
+            })
+            .collect()
+    }
+
     /// The broker clients should send controller requests to: the active
     /// controller when it is a live broker, else this one.
     pub fn controller_id(&self) -> i32 {

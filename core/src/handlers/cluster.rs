@@ -296,15 +296,26 @@ pub(super) fn describe_cluster<S: Storage>(
                 "only broker endpoints are served",
             )));
     } else {
-        response.brokers = broker
-            .live_brokers()
+        // v2 (KIP-1073) may ask for fenced brokers too, flagged.
+        let brokers: Vec<(crate::broker::BrokerAddress, bool)> =
+            if context.header.version >= 2 && request.include_fenced_brokers {
+                broker.registered_brokers()
+            } else {
+                broker
+                    .live_brokers()
+                    .into_iter()
+                    .map(|b| (b, false))
+                    .collect()
+            };
+        response.brokers = brokers
             .into_iter()
-            .map(|b| {
+            .map(|(b, fenced)| {
                 describe_cluster_response::DescribeClusterBroker::default()
                     .with_broker_id(BrokerId(b.id))
                     .with_host(StrBytes::from_string(b.host))
                     .with_port(b.port as i32)
                     .with_rack(b.rack.map(StrBytes::from_string))
+                    .with_is_fenced(fenced)
             })
             .collect();
     }

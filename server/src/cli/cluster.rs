@@ -10,7 +10,7 @@
 
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
-use sluice_client::{Admin, QuorumDescription, QuorumReplica, ResponseError};
+use sluice_client::{Admin, ClusterDescription, QuorumDescription, QuorumReplica, ResponseError};
 
 use super::{json_line, print_stdout, table, CliError, ConnectionArgs};
 
@@ -20,6 +20,9 @@ pub enum ClusterCommand {
     /// and each voter's log end offset, lag and last fetch. Only the leader
     /// answers; list every voter in --bootstrap-server.
     Quorum(QuorumArgs),
+    /// Show the cluster: its id, the active controller, and every
+    /// registered broker with its address and whether it is fenced.
+    Describe(QuorumArgs),
 }
 
 #[derive(Args, Debug, Clone, PartialEq, Eq)]
@@ -34,7 +37,73 @@ pub struct QuorumArgs {
 pub async fn run(command: ClusterCommand) -> Result<(), CliError> {
     match command {
         ClusterCommand::Quorum(args) => quorum(args).await,
+        ClusterCommand::Describe(args) => describe(args).await,
     }
+}
+
+async fn describe(args: QuorumArgs) -> Result<(), CliError> {
+    let admin = Admin::new(args.connection.client(false)?);
+    let cluster = args
+        .connection
+        .bounded("describe the cluster", admin.describe_cluster())
+        .await?;
+    let output = if args.json {
+        json_line(&cluster_json(&cluster))
+    } else {
+        cluster_text(&cluster)
+    };
+    print_stdout(&output)
+}
+
+/// The cluster as `sluice cluster describe` prints it.
+pub fn cluster_text(cluster: &ClusterDescription) -> String {
+    let controller = cluster
+        .controller_id
+        .map_or("none".to_string(), |id| id.to_string());
+    let mut out = format!(
+        "ClusterId:   {}
+Controller:  {controller}
+
+",
+        cluster.cluster_id
+    );
+    let mut rows = vec![[
+        "ID".to_string(),
+        "HOST".to_string(),
+        "PORT".to_string(),
+        "RACK".to_string(),
+        "STATUS".to_string(),
+    ]];
+    for broker in &cluster.brokers {
+        let status = if cluster.fenced.contains(&broker.node_id) {
+            "fenced"
+        } else {
+            "unfenced"
+        };
+        rows.push([
+            broker.node_id.to_string(),
+            broker.host.clone(),
+            broker.port.to_string(),
+            broker.rack.clone().unwrap_or_else(|| "-".into()),
+            status.to_string(),
+        ]);
+    }
+    out.push_str(&table(&rows));
+    out
+}
+
+pub fn cluster_json(cluster: &ClusterDescription) -> Value {
+    json!({
+        "cluster_id": cluster.cluster_id,
+        "controller_id": cluster.controller_id,
+        "brokers": cluster.brokers.iter().map(|b| json!({
+            "id": b.node_id,
+            "host": b.host,
+            "port": b.port,
+            "rack": b.rack,
+            "fenced": cluster.fenced.contains(&b.node_id),
+        })).collect::<Vec<_>>(),
+    })
 }
 
 async fn quorum(args: QuorumArgs) -> Result<(), CliError> {
@@ -216,9 +285,35 @@ pub fn quorum_json(cluster_id: &str, quorum: &QuorumDescription) -> Value {
 
 #[cfg(test)]
 mod tests {
-    use sluice_client::QuorumEndpoint;
+    use sluice_client::{BrokerInfo, QuorumEndpoint};
 
     use super::*;
+
+    #[test]
+    fn cluster_text_lists_each_broker_with_its_fencing() {
+        let broker = |node_id: i32| BrokerInfo {
+            node_id,
+            host: "127.0.0.1".into(),
+            port: 9091 + node_id,
+            rack: None,
+        };
+        let cluster = ClusterDescription {
+            cluster_id: "abc".into(),
+            controller_id: Some(2),
+            brokers: vec![broker(1), broker(2)],
+            fenced: vec![1],
+        };
+        assert_eq!(
+            cluster_text(&cluster),
+            "ClusterId:   abc\nController:  2\n\n\
+             ID  HOST       PORT  RACK  STATUS\n\
+             1   127.0.0.1  9092  -     fenced\n\
+             2   127.0.0.1  9093  -     unfenced\n"
+        );
+        let json = cluster_json(&cluster);
+        assert_eq!(json["brokers"][0]["fenced"], true);
+        assert_eq!(json["brokers"][1]["fenced"], false);
+    }
 
     fn sample() -> QuorumDescription {
         let replica = |node_id, log_end_offset, seen_ms: Option<i64>| QuorumReplica {
