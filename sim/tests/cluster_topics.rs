@@ -208,3 +208,67 @@ fn producer_ids_are_unique_across_the_brokers() {
     distinct.dedup();
     assert_eq!(distinct.len(), ids.len(), "ids handed out twice: {ids:?}");
 }
+
+/// A fenced broker's partitions lose their leader (one replica: nobody
+/// else may take over) and get it back when the broker is unfenced.
+#[test]
+fn a_fenced_brokers_partitions_go_offline_and_come_back() {
+    let mut cluster = formed(13);
+    let active = controller(&cluster);
+    let client = cluster.connect(active);
+    assert_eq!(create(&mut cluster, client, "spread", 6), 0);
+    cluster.run_until(|c| {
+        IDS.iter()
+            .all(|&id| c.node(id).broker().topic_exists("spread"))
+    });
+    let silent = *IDS.iter().find(|&&id| id != active).expect("a follower");
+    let leaders = |cluster: &mut Cluster, client: ClientId| -> Vec<i32> {
+        let answer = metadata(cluster, client, "spread");
+        answer.topics[0]
+            .partitions
+            .iter()
+            .map(|p| p.leader_id.0)
+            .collect()
+    };
+    let before = leaders(&mut cluster, client);
+    assert_eq!(
+        before.iter().filter(|&&l| l == silent.0).count(),
+        2,
+        "{before:?}"
+    );
+    for other in IDS.iter().copied().filter(|&id| id != silent) {
+        cluster.cut(silent, other);
+    }
+    cluster.run_until(|c| {
+        !c.node(active)
+            .broker()
+            .live_brokers()
+            .iter()
+            .any(|b| b.id == silent.0)
+    });
+    cluster.run_for(500);
+    let during = leaders(&mut cluster, client);
+    for (partition, (was, now)) in before.iter().zip(&during).enumerate() {
+        if *was == silent.0 {
+            assert_eq!(
+                *now, -1,
+                "partition {partition} still led by the fenced broker"
+            );
+        } else {
+            assert_eq!(now, was, "partition {partition} moved");
+        }
+    }
+    for other in IDS.iter().copied().filter(|&id| id != silent) {
+        cluster.link_up(silent, other);
+    }
+    // Unfenced in the committed metadata, with its leaderships in the same
+    // proposal.
+    cluster.run_until(|c| {
+        c.node(active)
+            .broker()
+            .live_brokers()
+            .iter()
+            .any(|b| b.id == silent.0)
+    });
+    assert_eq!(leaders(&mut cluster, client), before, "leaders back");
+}

@@ -35,8 +35,8 @@ use crate::broker::cluster::Ticket;
 use crate::broker::{Broker, ClusterView};
 use crate::handlers::WaitState;
 use crate::metadata_records::{
-    BrokerEndpoint, BrokerRegistrationChangeRecord, MetadataRecord, ProducerIdsRecord,
-    RegisterBrokerRecord,
+    BrokerEndpoint, BrokerRegistrationChangeRecord, MetadataRecord, PartitionChangeRecord,
+    ProducerIdsRecord, RegisterBrokerRecord,
 };
 use crate::raft::{Record, Role};
 use crate::session::{ConnectionId, Slot, SlotState};
@@ -104,6 +104,8 @@ pub(super) struct ControllerState {
     changing: BTreeSet<i32>,
     /// The next producer id after the blocks proposed in this epoch.
     producer_next: i64,
+    /// The last leadership sweep proposed: none other before it commits.
+    sweep_offset: Option<i64>,
 }
 
 /// What the controller answers: now, or once the records it proposed are
@@ -299,6 +301,7 @@ impl<S: Storage> Node<S> {
                 heartbeats,
                 changing: BTreeSet::new(),
                 producer_next: 0,
+                sweep_offset: None,
             });
         }
         Some(epoch)
@@ -313,20 +316,29 @@ impl<S: Storage> Node<S> {
 
     /// Proposes one metadata record; its offset, or None when refused.
     fn propose_record(&mut self, now: Now, record: &MetadataRecord) -> Option<i64> {
-        let bytes = match record.encode() {
-            Ok(bytes) => Bytes::from(bytes),
-            Err(error) => {
-                tracing::error!(%error, "cannot encode a metadata record");
-                return None;
+        self.propose_records(now, std::slice::from_ref(record))
+    }
+
+    /// Proposes records together (at most a proposal's worth); the offset
+    /// of the last, or None when refused.
+    fn propose_records(&mut self, now: Now, records: &[MetadataRecord]) -> Option<i64> {
+        let mut encoded = Vec::with_capacity(records.len());
+        for record in records {
+            match record.encode() {
+                Ok(bytes) => encoded.push(Bytes::from(bytes)),
+                Err(error) => {
+                    tracing::error!(%error, "cannot encode a metadata record");
+                    return None;
+                }
             }
-        };
+        }
         let quorum = self.quorum.as_mut()?;
         let Broker {
             storage,
             durability,
             ..
         } = &mut self.broker;
-        match quorum.propose(storage, durability, now.monotonic_ms, vec![bytes]) {
+        match quorum.propose(storage, durability, now.monotonic_ms, encoded) {
             Ok(offset) => Some(offset),
             Err(error) => {
                 tracing::warn!(?error, "metadata record not proposed");
@@ -437,14 +449,18 @@ impl<S: Storage> Node<S> {
         if !wants_in || controller.changing.contains(&id) {
             return Decision::Now(answer(registration.fenced));
         }
-        let record = MetadataRecord::BrokerRegistrationChange(BrokerRegistrationChangeRecord {
-            broker_id: id,
-            broker_epoch: registration.epoch,
-            fenced: BrokerRegistrationChangeRecord::UNFENCED,
-            in_controlled_shutdown: BrokerRegistrationChangeRecord::UNCHANGED,
-            log_dirs: Vec::new(),
-        });
-        let Some(offset) = self.propose_record(now, &record) else {
+        let mut records = vec![MetadataRecord::BrokerRegistrationChange(
+            BrokerRegistrationChangeRecord {
+                broker_id: id,
+                broker_epoch: registration.epoch,
+                fenced: BrokerRegistrationChangeRecord::UNFENCED,
+                in_controlled_shutdown: BrokerRegistrationChangeRecord::UNCHANGED,
+                log_dirs: Vec::new(),
+            },
+        )];
+        // Partitions left without a leader while it was fenced get it back.
+        records.extend(self.leadership_changes(id, true));
+        let Some(offset) = self.propose_records(now, &records) else {
             return Decision::Now(answer(true));
         };
         self.controller
@@ -569,14 +585,19 @@ impl<S: Storage> Node<S> {
             .map(|b| (b.id, b.epoch))
             .collect();
         for (id, broker_epoch) in silent {
-            let record = MetadataRecord::BrokerRegistrationChange(BrokerRegistrationChangeRecord {
-                broker_id: id,
-                broker_epoch,
-                fenced: BrokerRegistrationChangeRecord::FENCED,
-                in_controlled_shutdown: BrokerRegistrationChangeRecord::UNCHANGED,
-                log_dirs: Vec::new(),
-            });
-            if self.propose_record(now, &record).is_some() {
+            let mut records = vec![MetadataRecord::BrokerRegistrationChange(
+                BrokerRegistrationChangeRecord {
+                    broker_id: id,
+                    broker_epoch,
+                    fenced: BrokerRegistrationChangeRecord::FENCED,
+                    in_controlled_shutdown: BrokerRegistrationChangeRecord::UNCHANGED,
+                    log_dirs: Vec::new(),
+                },
+            )];
+            // Its partitions have no leader now (one replica each: no
+            // other may take over); they come back when it is unfenced.
+            records.extend(self.leadership_changes(id, false));
+            if self.propose_records(now, &records).is_some() {
                 tracing::warn!(
                     broker = id,
                     session_ms,
@@ -589,6 +610,76 @@ impl<S: Storage> Node<S> {
                     .insert(id);
             }
         }
+        self.sweep_leadership(now);
+    }
+
+    /// Partitions whose leadership does not match their broker's state
+    /// (more than one proposal held at a fencing or unfencing, or a
+    /// proposal lost with a leader change) are fixed, one proposal at a
+    /// time.
+    fn sweep_leadership(&mut self, now: Now) {
+        let controller = self.controller.as_ref().expect("leading");
+        if controller
+            .sweep_offset
+            .is_some_and(|offset| self.quorum_committed <= offset)
+        {
+            return;
+        }
+        let brokers: Vec<(i32, bool)> = self
+            .cluster_view()
+            .image
+            .brokers()
+            .filter(|b| !controller.changing.contains(&b.id))
+            .map(|b| (b.id, b.fenced))
+            .collect();
+        for (id, fenced) in brokers {
+            let changes = self.leadership_changes(id, !fenced);
+            if changes.is_empty() {
+                continue;
+            }
+            if let Some(offset) = self.propose_records(now, &changes) {
+                tracing::info!(
+                    broker = id,
+                    partitions = changes.len(),
+                    fenced,
+                    "moving partition leadership"
+                );
+                self.controller.as_mut().expect("leading").sweep_offset = Some(offset);
+            }
+            return;
+        }
+    }
+
+    /// The partition changes when broker `id` is fenced (`up` false: the
+    /// partitions it leads lose their leader, the ISR kept as Kafka keeps
+    /// its last member) or unfenced (`up`: leaderless partitions with it in
+    /// their ISR get it as leader). Bounded to one proposal; the rest wait
+    /// for the next change.
+    fn leadership_changes(&self, id: i32, up: bool) -> Vec<MetadataRecord> {
+        let room = crate::raft::RECORDS_PER_PROPOSAL_MAX - 1;
+        let mut changes = Vec::new();
+        for topic in self.cluster_view().image.topics() {
+            for (&partition_id, partition) in &topic.partitions {
+                let affected = if up {
+                    partition.leader < 0 && partition.isr.contains(&id)
+                } else {
+                    partition.leader == id
+                };
+                if affected && changes.len() < room {
+                    changes.push(MetadataRecord::PartitionChange(PartitionChangeRecord {
+                        partition_id,
+                        topic_id: topic.id,
+                        leader: if up {
+                            id
+                        } else {
+                            PartitionChangeRecord::LEADER_NONE
+                        },
+                        ..PartitionChangeRecord::default()
+                    }));
+                }
+            }
+        }
+        changes
     }
 
     /// The earliest time a silent broker's session ends, while leading.
