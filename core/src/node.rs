@@ -128,6 +128,9 @@ struct SentRequest {
     deadline_ms: i64,
     /// The Raft replica's message it carries, to read the answer by.
     raft: Option<crate::raft::Message>,
+    /// A client's request forwarded to the controller: the token of the
+    /// slot waiting for its answer.
+    forwarded: Option<Token>,
 }
 
 /// The node's link to another node, as the driver reports it.
@@ -181,6 +184,10 @@ pub struct Node<S: Storage> {
     raft_answers: BTreeMap<Token, Bytes>,
     /// Metadata entries committed and handed out so far.
     quorum_committed: i64,
+    /// Clients' requests forwarded to the controller: the frame to answer
+    /// with if the forward is lost, and the answers come back.
+    forwarded_lost: BTreeMap<Token, Bytes>,
+    forwarded_answers: BTreeMap<Token, Bytes>,
     /// This node as a broker of the cluster, and as its active controller.
     lifecycle: Option<cluster::Lifecycle>,
     controller: Option<cluster::ControllerState>,
@@ -256,6 +263,8 @@ impl<S: Storage> Node<S> {
             raft_waiting: BTreeMap::new(),
             raft_answers: BTreeMap::new(),
             quorum_committed: 0,
+            forwarded_lost: BTreeMap::new(),
+            forwarded_answers: BTreeMap::new(),
             lifecycle: None,
             controller: None,
             voter_fetches: BTreeMap::new(),
@@ -360,6 +369,7 @@ impl<S: Storage> Node<S> {
         self.sessions.close(connection);
         self.timers.stop(Timer::FetchDeadline(connection));
         self.forget_orphan_raft();
+        self.forget_orphan_forwardings();
         self.settle(now);
     }
 
@@ -442,6 +452,11 @@ impl<S: Storage> Node<S> {
         if request.header.api_key == ApiKey::DescribeQuorum {
             return self.describe_quorum_request(now, connection, request);
         }
+        if self.forward_to_controller(now, connection, &request) {
+            return Ok(FrameOutcome {
+                response_queued: true,
+            });
+        }
         if request.header.api_key == ApiKey::Fetch
             && self.quorum.is_some()
             && quorum::is_metadata_fetch(&request.header, &request.body)
@@ -500,6 +515,7 @@ impl<S: Storage> Node<S> {
             self.timers.stop(Timer::FetchDeadline(connection));
             self.outputs.push_back(Output::Close { connection });
             self.forget_orphan_raft();
+            self.forget_orphan_forwardings();
         }
     }
 
@@ -510,8 +526,9 @@ impl<S: Storage> Node<S> {
         assert_ne!(peer, self.node_id, "a node has no link to itself");
         let link = self.peers.entry((peer, channel)).or_default();
         link.up = up;
-        link.in_flight.clear();
+        let lost: Vec<SentRequest> = std::mem::take(&mut link.in_flight).into_values().collect();
         link.api_versions = None;
+        self.answer_lost_forwardings(&lost);
         if !up && channel == Channel::Control {
             self.controller_link_lost(now);
         }
@@ -555,8 +572,10 @@ impl<S: Storage> Node<S> {
         if overdue {
             tracing::warn!(%peer, %channel, timeout_ms = PEER_REQUEST_TIMEOUT_MS, "a request to a peer went unanswered; resetting the link");
             link.up = false;
-            link.in_flight.clear();
+            let lost: Vec<SentRequest> =
+                std::mem::take(&mut link.in_flight).into_values().collect();
             link.api_versions = None;
+            self.answer_lost_forwardings(&lost);
             self.outputs.push_back(Output::ResetPeer { peer, channel });
             if channel == Channel::Control {
                 self.controller_link_lost(now);
@@ -573,13 +592,37 @@ impl<S: Storage> Node<S> {
         version: i16,
         body: &T,
         after_sync: Option<u64>,
-    ) {
+    ) -> bool {
+        self.send_peer_for(
+            now,
+            (peer, channel),
+            api_key,
+            version,
+            body,
+            after_sync,
+            None,
+        )
+    }
+
+    /// `send_peer`, remembering the slot a forwarded request answers.
+    /// False when it could not be sent.
+    #[allow(clippy::too_many_arguments)]
+    fn send_peer_for<T: kafka_protocol::protocol::Encodable>(
+        &mut self,
+        now: Now,
+        (peer, channel): (NodeId, Channel),
+        api_key: ApiKey,
+        version: i16,
+        body: &T,
+        after_sync: Option<u64>,
+        forwarded: Option<Token>,
+    ) -> bool {
         let client_id = format!("sluice-node-{}", self.node_id);
         let link = self.peers.entry((peer, channel)).or_default();
         assert!(link.up, "requests go only over links that are up");
         if link.in_flight.len() >= PEER_REQUESTS_IN_FLIGHT_MAX {
             tracing::warn!(%peer, "too many requests in flight to a peer; not sending");
-            return;
+            return false;
         }
         let correlation_id = link.take_correlation_id();
         match encode_request(api_key, version, correlation_id, &client_id, body) {
@@ -589,6 +632,7 @@ impl<S: Storage> Node<S> {
                     version,
                     deadline_ms: now.monotonic_ms + PEER_REQUEST_TIMEOUT_MS,
                     raft: None,
+                    forwarded,
                 };
                 link.in_flight.insert(correlation_id, sent);
                 self.outputs.push_back(Output::SendPeer {
@@ -597,8 +641,12 @@ impl<S: Storage> Node<S> {
                     frame,
                     after_sync,
                 });
+                true
             }
-            Err(error) => tracing::error!(%peer, %error, "cannot encode a request to a peer"),
+            Err(error) => {
+                tracing::error!(%peer, %error, "cannot encode a request to a peer");
+                false
+            }
         }
     }
 
@@ -615,6 +663,18 @@ impl<S: Storage> Node<S> {
         ) = &sent
         {
             self.raft_response(now, peer, sent, request, frame);
+            self.arm_peer_timer(peer, channel);
+            self.settle(now);
+            return;
+        }
+        if let Some(
+            sent @ SentRequest {
+                forwarded: Some(token),
+                ..
+            },
+        ) = &sent
+        {
+            self.forwarded_answer(*token, sent, frame);
             self.arm_peer_timer(peer, channel);
             self.settle(now);
             return;
@@ -943,6 +1003,13 @@ impl<S: Storage> Node<S> {
                     },
                 }),
             },
+            SlotState::Forwarded(token) => match self.forwarded_answers.remove(&token) {
+                Some(frame) => Completion::Frame(frame),
+                None => Completion::NotYet(Slot {
+                    header,
+                    state: SlotState::Forwarded(token),
+                }),
+            },
             SlotState::Raft(token) => match self.raft_answers.remove(&token) {
                 Some(frame) => Completion::Frame(frame),
                 None => Completion::NotYet(Slot {
@@ -980,6 +1047,14 @@ impl<S: Storage> Node<S> {
             quorum.invariants();
         }
         self.cluster_invariants();
+        // A forwarded request waits for its answer or has it, never both.
+        for token in self.forwarded_lost.keys() {
+            assert!(*token <= self.next_token);
+            assert!(
+                !self.forwarded_answers.contains_key(token),
+                "answered twice"
+            );
+        }
         // Every waiting Raft request has its slot; an answer is either
         // waiting for its slot to reach the front or the slot is gone.
         let raft_slots = self.sessions.raft_tokens();

@@ -41,6 +41,9 @@ pub enum SlotState {
     /// A request from another node's Raft replica, waiting for this node's
     /// replica to answer (or for the answer's deadline).
     Raft(Token),
+    /// A client's request forwarded to the active controller, waiting for
+    /// its answer by token.
+    Forwarded(Token),
     /// A broker's request to this node's controller: `frame` once the
     /// record proposed at `offset` in leader epoch `epoch` is committed,
     /// `lost` if it never will be.
@@ -130,6 +133,29 @@ impl Sessions {
     }
 
     /// Tokens of coordinator answers some slot waits for.
+    /// The header of the request whose slot waits on `token`.
+    pub fn header_of(&self, token: Token) -> Option<ReplyHeader> {
+        self.slots()
+            .find(|slot| {
+                matches!(
+                    slot.state,
+                    SlotState::Forwarded(t) | SlotState::Raft(t) | SlotState::Coordinator(t)
+                        if t == token
+                )
+            })
+            .map(|slot| slot.header)
+    }
+
+    /// The tokens of forwarded requests still waiting for an answer.
+    pub fn forwarded_tokens(&self) -> BTreeSet<Token> {
+        self.slots()
+            .filter_map(|slot| match slot.state {
+                SlotState::Forwarded(token) => Some(token),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// The tokens of Raft requests still waiting for an answer.
     pub fn raft_tokens(&self) -> BTreeSet<Token> {
         self.slots()
@@ -173,7 +199,10 @@ impl Sessions {
         }
         let mut tokens = BTreeSet::new();
         for slot in self.slots() {
-            if let SlotState::Coordinator(token) | SlotState::Raft(token) = slot.state {
+            if let SlotState::Coordinator(token)
+            | SlotState::Raft(token)
+            | SlotState::Forwarded(token) = slot.state
+            {
                 assert!(tokens.insert(token), "one slot per token");
             }
         }

@@ -83,18 +83,19 @@ fn topics_go_through_the_controller_and_partitions_are_served_by_their_leaders()
     let active = controller(&cluster);
     let other = *IDS.iter().find(|&&id| id != active).expect("another node");
 
-    // A node that is not the controller refuses, as Kafka's controller
-    // does when it moved.
+    // A node that is not the controller forwards to it (KIP-590) and
+    // hands back its answer.
     let at_other = cluster.connect(other);
-    assert_eq!(
-        create(&mut cluster, at_other, "events", 3),
-        ResponseError::NotController.code()
-    );
+    assert_eq!(create(&mut cluster, at_other, "events", 3), 0);
     let at_active = cluster.connect(active);
-    assert_eq!(create(&mut cluster, at_active, "events", 3), 0);
     assert_eq!(
         create(&mut cluster, at_active, "events", 3),
         ResponseError::TopicAlreadyExists.code()
+    );
+    assert_eq!(
+        create(&mut cluster, at_other, "events", 3),
+        ResponseError::TopicAlreadyExists.code(),
+        "the controller's refusal, forwarded"
     );
 
     // Every node sees the same placement once it applied the records:

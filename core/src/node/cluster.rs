@@ -21,10 +21,12 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
 use kafka_protocol::messages::{
-    broker_registration_request, create_topics_request, AllocateProducerIdsRequest,
+    broker_registration_request, create_partitions_response, create_topics_request,
+    create_topics_response, delete_topics_response, AllocateProducerIdsRequest,
     AllocateProducerIdsResponse, ApiKey, BrokerHeartbeatRequest, BrokerHeartbeatResponse, BrokerId,
-    BrokerRegistrationRequest, BrokerRegistrationResponse, CreateTopicsRequest, ProducerId,
-    RequestHeader, TopicName,
+    BrokerRegistrationRequest, BrokerRegistrationResponse, CreatePartitionsRequest,
+    CreatePartitionsResponse, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest,
+    DeleteTopicsResponse, ProducerId, RequestHeader, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, StrBytes};
 use kafka_protocol::ResponseError;
@@ -33,6 +35,7 @@ use uuid::Uuid;
 use super::{Node, SentRequest};
 use crate::broker::cluster::Ticket;
 use crate::broker::{Broker, ClusterView};
+use crate::group::Token;
 use crate::handlers::WaitState;
 use crate::metadata_records::{
     BrokerEndpoint, BrokerRegistrationChangeRecord, MetadataRecord, PartitionChangeRecord,
@@ -43,7 +46,8 @@ use crate::session::{ConnectionId, Slot, SlotState};
 use crate::storage::Storage;
 use crate::timer::Timer;
 use crate::types::{Channel, NodeId, Now};
-use crate::wire::{encode_reply_body, ReplyHeader};
+use crate::wire::reply::decode_response;
+use crate::wire::{encode_reply_body, Reply, ReplyHeader};
 
 /// The versions a broker sends: BrokerRegistration v3 (Kafka 3.7's, with
 /// log directories, which Sluice leaves empty) and BrokerHeartbeat v1.
@@ -1160,6 +1164,188 @@ impl<S: Storage> Node<S> {
                 lifecycle.next_ms = retry;
             }
         }
+    }
+
+    /// Forwards a client's topic administration to the active controller
+    /// when this node is not it (KIP-590): the answer comes back on the
+    /// control link and goes to the client as the controller gave it.
+    /// False when the request is this node's to handle (not in a cluster,
+    /// the controller itself, or no controller reachable: the handler then
+    /// answers NOT_CONTROLLER).
+    pub(super) fn forward_to_controller(
+        &mut self,
+        now: Now,
+        connection: ConnectionId,
+        request: &crate::wire::Request,
+    ) -> bool {
+        let api_key = request.header.api_key;
+        if !matches!(
+            api_key,
+            ApiKey::CreateTopics | ApiKey::DeleteTopics | ApiKey::CreatePartitions
+        ) {
+            return false;
+        }
+        let Some(cluster) = &self.broker.cluster else {
+            return false;
+        };
+        let leader = match cluster.controller_id {
+            Some(id) if !cluster.is_controller && id != self.node_id.0 => NodeId(id),
+            _ => return false,
+        };
+        if !self
+            .peers
+            .get(&(leader, Channel::Control))
+            .is_some_and(|l| l.up)
+        {
+            return false;
+        }
+        let header = request.header;
+        let version = header.version;
+        let mut body = request.body.clone();
+        self.next_token += 1;
+        let token = self.next_token;
+        let link = (leader, Channel::Control);
+        let not_controller = ResponseError::NotController.code();
+        // Decoded and encoded again at the client's version, which the
+        // controller (the same software) serves too.
+        let (sent, lost) = match api_key {
+            ApiKey::CreateTopics => match CreateTopicsRequest::decode(&mut body, version) {
+                Ok(body) => {
+                    let lost = CreateTopicsResponse::default().with_topics(
+                        body.topics
+                            .iter()
+                            .map(|t| {
+                                create_topics_response::CreatableTopicResult::default()
+                                    .with_name(t.name.clone())
+                                    .with_error_code(not_controller)
+                            })
+                            .collect(),
+                    );
+                    let sent =
+                        self.send_peer_for(now, link, api_key, version, &body, None, Some(token));
+                    (sent, Reply::CreateTopics(lost))
+                }
+                Err(_) => return false,
+            },
+            ApiKey::DeleteTopics => match DeleteTopicsRequest::decode(&mut body, version) {
+                Ok(body) => {
+                    let names = body
+                        .topic_names
+                        .iter()
+                        .cloned()
+                        .map(Some)
+                        .chain(body.topics.iter().map(|t| t.name.clone()));
+                    let lost = DeleteTopicsResponse::default().with_responses(
+                        names
+                            .map(|name| {
+                                delete_topics_response::DeletableTopicResult::default()
+                                    .with_name(name)
+                                    .with_error_code(not_controller)
+                            })
+                            .collect(),
+                    );
+                    let sent =
+                        self.send_peer_for(now, link, api_key, version, &body, None, Some(token));
+                    (sent, Reply::DeleteTopics(lost))
+                }
+                Err(_) => return false,
+            },
+            _ => match CreatePartitionsRequest::decode(&mut body, version) {
+                Ok(body) => {
+                    let lost = CreatePartitionsResponse::default().with_results(
+                        body.topics
+                            .iter()
+                            .map(|t| {
+                                create_partitions_response::CreatePartitionsTopicResult::default()
+                                    .with_name(t.name.clone())
+                                    .with_error_code(not_controller)
+                            })
+                            .collect(),
+                    );
+                    let sent =
+                        self.send_peer_for(now, link, api_key, version, &body, None, Some(token));
+                    (sent, Reply::CreatePartitions(lost))
+                }
+                Err(_) => return false,
+            },
+        };
+        if !sent {
+            return false;
+        }
+        let lost = match crate::wire::encode_reply(header, &lost) {
+            Ok(frame) => frame,
+            Err(error) => {
+                tracing::error!(%error, "cannot encode a forwarding's answer");
+                return false;
+            }
+        };
+        self.forwarded_lost.insert(token, lost);
+        self.sessions.push(
+            connection,
+            Slot {
+                header,
+                state: SlotState::Forwarded(token),
+            },
+        );
+        tracing::debug!(?api_key, controller = %leader, "forwarded to the controller");
+        true
+    }
+
+    /// The controller answered a forwarded request: the client gets the
+    /// answer with its own correlation id.
+    pub(super) fn forwarded_answer(&mut self, token: Token, sent: &SentRequest, frame: Bytes) {
+        let Some(lost) = self.forwarded_lost.remove(&token) else {
+            return;
+        };
+        let Some(header) = self.sessions.header_of(token) else {
+            return;
+        };
+        let (api_key, version) = (sent.api_key, sent.version);
+        let decoded = match api_key {
+            ApiKey::CreateTopics => {
+                decode_response::<CreateTopicsResponse>(api_key, version, frame)
+                    .map(|(_, r)| Reply::CreateTopics(r))
+            }
+            ApiKey::DeleteTopics => {
+                decode_response::<DeleteTopicsResponse>(api_key, version, frame)
+                    .map(|(_, r)| Reply::DeleteTopics(r))
+            }
+            _ => decode_response::<CreatePartitionsResponse>(api_key, version, frame)
+                .map(|(_, r)| Reply::CreatePartitions(r)),
+        };
+        let answer = decoded.and_then(|reply| crate::wire::encode_reply(header, &reply));
+        match answer {
+            Ok(frame) => {
+                self.forwarded_answers.insert(token, frame);
+            }
+            Err(error) => {
+                tracing::warn!(%error, "bad answer from the controller to a forwarded request");
+                self.forwarded_answers.insert(token, lost);
+            }
+        }
+    }
+
+    /// Requests lost with a link: forwarded ones are answered as lost
+    /// (NOT_CONTROLLER: the client finds the controller and retries).
+    pub(super) fn answer_lost_forwardings(&mut self, lost: &[SentRequest]) {
+        for sent in lost {
+            if let Some(token) = sent.forwarded {
+                if let Some(frame) = self.forwarded_lost.remove(&token) {
+                    self.forwarded_answers.insert(token, frame);
+                }
+            }
+        }
+    }
+
+    /// Forgets forwardings whose connection closed.
+    pub(super) fn forget_orphan_forwardings(&mut self) {
+        if self.forwarded_lost.is_empty() && self.forwarded_answers.is_empty() {
+            return;
+        }
+        let live = self.sessions.forwarded_tokens();
+        self.forwarded_lost.retain(|token, _| live.contains(token));
+        self.forwarded_answers
+            .retain(|token, _| live.contains(token));
     }
 
     /// True once the controller unfenced this broker.

@@ -356,6 +356,7 @@ impl<S: Storage> Node<S> {
                 version: request.version,
                 deadline_ms: now.monotonic_ms + PEER_REQUEST_TIMEOUT_MS,
                 raft: Some(message.clone()),
+                forwarded: None,
             },
         );
         self.outputs.push_back(Output::SendPeer {
