@@ -389,6 +389,12 @@ pub(super) fn describe_groups<S: Storage>(
             let described = describe_groups_response::DescribedGroup::default()
                 .with_group_id(id.clone())
                 .with_authorized_operations(i32::MIN);
+            // Elsewhere than at its coordinator a group would look unknown
+            // (Dead), which a client would take for the truth; Kafka answers
+            // NOT_COORDINATOR with an empty summary.
+            if let Some(error) = broker.not_coordinator(id.0.as_str()) {
+                return described.with_error_code(code(error));
+            }
             let Some(group) = broker.groups.groups.get(id.0.as_str()) else {
                 let described = described.with_group_state(strb("Dead"));
                 return if context.header.version >= 6 {
@@ -436,6 +442,14 @@ pub(super) fn delete_groups<S: Storage>(
     let mut results = Vec::new();
     for id in &request.groups_names {
         let group_id = str_of(&id.0);
+        if let Some(error) = broker.not_coordinator(&group_id) {
+            results.push(
+                delete_groups_response::DeletableGroupResult::default()
+                    .with_group_id(id.clone())
+                    .with_error_code(code(error)),
+            );
+            continue;
+        }
         let tombstones: Vec<(String, i32, Option<Committed>)> = broker
             .groups
             .offsets
