@@ -18,8 +18,9 @@
 //! back through a consumer group. Commits are checked with `sluice groups
 //! describe --json` through a node that does not coordinate the group,
 //! after DescribeGroups and DeleteGroups sent there are seen to answer
-//! NOT_COORDINATOR. The last test, ignored, shows that `sluice topics`
-//! itself does not yet find the controller from another node.
+//! NOT_COORDINATOR. The last test creates, grows and deletes a topic with
+//! `sluice topics` through a node that is not the controller, which
+//! forwards to it.
 //!
 //! Nothing waits a fixed time: the cluster's formation, a topic reaching
 //! every node and a group's progress are polled against deadlines. The
@@ -1156,13 +1157,12 @@ fn sarama_produces_through_one_node_and_a_sarama_group_reads_back_through_anothe
 }
 
 // ---------------------------------------------------------------------------
-// Known defects
+// Topic administration through any node
 // ---------------------------------------------------------------------------
 
+/// A node that is not the controller forwards topic administration to it
+/// (KIP-590), so `sluice topics` works through any node.
 #[test]
-#[ignore = "sluice's admin client does not retry a per-topic NOT_CONTROLLER (41): \
-            `sluice topics create|alter|delete` through a node that is not the \
-            controller fails with `broker answered NotController`"]
 fn sluice_topics_create_through_a_node_that_is_not_the_controller() {
     let cluster = Cluster::start(|options| options);
     let via = cluster.bootstrap(cluster.followers()[0]);
