@@ -1115,6 +1115,73 @@ pub fn write_file(dir: &Path, name: &str, contents: &[u8]) -> PathBuf {
     path
 }
 
+// ---------------------------------------------------------------------------
+// sarama (Go)
+// ---------------------------------------------------------------------------
+
+/// Where Debian's golang-*-dev packages put Go source: a GOPATH tree holding
+/// sarama and its dependencies.
+pub const DEBIAN_GOCODE: &str = "/usr/share/gocode";
+
+/// Bound on building the sarama program (a cold build takes seconds).
+pub const GO_BUILD_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// The sarama program, built on first use in this test process into
+/// `target/sarama-interop/` (Go's build cache is there too, so later
+/// processes rebuild in a fraction of a second). Panics with the install
+/// hint when Go or sarama's source is missing: CI installs both.
+pub fn sarama_bin() -> PathBuf {
+    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    match BIN.get_or_init(build_sarama) {
+        Ok(path) => path.clone(),
+        Err(message) => panic!("{message}"),
+    }
+}
+
+fn build_sarama() -> Result<PathBuf, String> {
+    let go = find_in_path("go")
+        .ok_or_else(|| format!("`go` is not on PATH (Debian's golang-go): {INSTALL_HINT}"))?;
+    let source = Path::new(DEBIAN_GOCODE).join("src/github.com/Shopify/sarama");
+    if !source.is_dir() {
+        return Err(format!(
+            "sarama's source is not in {} (Debian's golang-github-shopify-sarama-dev): {INSTALL_HINT}",
+            source.display()
+        ));
+    }
+    let build = workspace_root().join("target").join("sarama-interop");
+    let gopath = build.join("gopath");
+    fs::create_dir_all(&gopath).map_err(|err| format!("create {}: {err}", gopath.display()))?;
+    let bin = build.join("sarama-interop");
+    // Built under a name of its own, then renamed: another test process may
+    // be running the previous binary.
+    let fresh = build.join(format!("sarama-interop.{}", std::process::id()));
+    let mut search_path = gopath.into_os_string();
+    search_path.push(":");
+    search_path.push(DEBIAN_GOCODE);
+    Tool::new(go)
+        .arg("build")
+        .arg("-o")
+        .arg(&fresh)
+        .arg(".")
+        .current_dir(interop_dir().join("go").join("sarama"))
+        // GOPATH mode over Debian's tree: no go.mod, no module proxy, no
+        // network. Without cgo, sarama builds without DataDog/zstd's C code
+        // (and without zstd, which no test uses), and no C compiler is needed.
+        .env("GO111MODULE", "off")
+        .env("GOPATH", search_path)
+        .env("GOCACHE", build.join("gocache"))
+        .env("GOFLAGS", "")
+        .env("GOPROXY", "off")
+        .env("GOENV", "off")
+        .env("GOTOOLCHAIN", "local")
+        .env("CGO_ENABLED", "0")
+        .timeout(GO_BUILD_TIMEOUT)
+        .try_run()?;
+    fs::rename(&fresh, &bin)
+        .map_err(|err| format!("rename {} to {}: {err}", fresh.display(), bin.display()))?;
+    Ok(bin)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

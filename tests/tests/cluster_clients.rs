@@ -29,9 +29,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ffi::OsString;
-use std::fs;
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -45,9 +43,9 @@ use kafka_protocol::protocol::StrBytes;
 use serde_json::{json, Value};
 use sluice_tests::wire::Wire;
 use sluice_tests::{
-    find_in_path, free_ports, interop_dir, interop_node_modules, interop_script, kcat, node,
-    run_sluice, run_tool, run_tool_bytes, sluice_bin, venv_python, workspace_root, write_file,
-    Broker, BrokerOptions, Member, Tool, INSTALL_HINT,
+    free_ports, interop_node_modules, interop_script, kcat, node, run_sluice, run_tool,
+    run_tool_bytes, sarama_bin, sluice_bin, venv_python, write_file, Broker, BrokerOptions, Member,
+    Tool,
 };
 
 /// Nodes of the cluster, ids `1..=NODES`, every one a voter and a broker.
@@ -919,73 +917,14 @@ fn kafkajs_roundtrip_through_one_node() {
 // sarama (Go): tests/interop/go/sarama, built as interop.rs builds it.
 // ---------------------------------------------------------------------------
 
-/// Where Debian's golang-*-dev packages put Go source.
-const DEBIAN_GOCODE: &str = "/usr/share/gocode";
-
-/// Bound on building the sarama program.
-const GO_BUILD_TIMEOUT: Duration = Duration::from_secs(600);
-
 /// Bound on one run of the sarama program, and its own deadline.
 const SARAMA_TIMEOUT: Duration = Duration::from_secs(60);
 const SARAMA_DEADLINE_SECS: &str = "50";
 
-/// The sarama program, built on first use in this test process into
-/// `target/sarama-interop/` exactly as `interop.rs` builds it (GOPATH mode
-/// over Debian's tree, offline, without cgo). Panics with the install
-/// hint when Go or sarama's source is missing.
-fn sarama() -> PathBuf {
-    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    match BIN.get_or_init(build_sarama) {
-        Ok(path) => path.clone(),
-        Err(message) => panic!("{message}"),
-    }
-}
-
-fn build_sarama() -> Result<PathBuf, String> {
-    let go = find_in_path("go")
-        .ok_or_else(|| format!("`go` is not on PATH (Debian's golang-go): {INSTALL_HINT}"))?;
-    let source = Path::new(DEBIAN_GOCODE).join("src/github.com/Shopify/sarama");
-    if !source.is_dir() {
-        return Err(format!(
-            "sarama's source is not in {} (Debian's golang-github-shopify-sarama-dev): {INSTALL_HINT}",
-            source.display()
-        ));
-    }
-    let build = workspace_root().join("target").join("sarama-interop");
-    let gopath = build.join("gopath");
-    fs::create_dir_all(&gopath).map_err(|err| format!("create {}: {err}", gopath.display()))?;
-    let bin = build.join("sarama-interop");
-    // Built under a name of its own, then renamed: another test process may
-    // be running the previous binary.
-    let fresh = build.join(format!("sarama-interop.{}", std::process::id()));
-    let mut search_path = gopath.into_os_string();
-    search_path.push(":");
-    search_path.push(DEBIAN_GOCODE);
-    Tool::new(go)
-        .arg("build")
-        .arg("-o")
-        .arg(&fresh)
-        .arg(".")
-        .current_dir(interop_dir().join("go").join("sarama"))
-        .env("GO111MODULE", "off")
-        .env("GOPATH", search_path)
-        .env("GOCACHE", build.join("gocache"))
-        .env("GOFLAGS", "")
-        .env("GOPROXY", "off")
-        .env("GOENV", "off")
-        .env("GOTOOLCHAIN", "local")
-        .env("CGO_ENABLED", "0")
-        .timeout(GO_BUILD_TIMEOUT)
-        .try_run()?;
-    fs::rename(&fresh, &bin)
-        .map_err(|err| format!("rename {} to {}: {err}", fresh.display(), bin.display()))?;
-    Ok(bin)
-}
-
 /// Runs `sarama SUBCOMMAND --bootstrap B ARGS…`; the records it printed,
 /// one JSON object each.
 fn sarama_run(bootstrap: &str, subcommand: &str, args: &[&str]) -> Vec<Value> {
-    let tool = Tool::new(sarama())
+    let tool = Tool::new(sarama_bin())
         .arg(subcommand)
         .args(["--bootstrap", bootstrap, "--timeout", SARAMA_DEADLINE_SECS])
         .args(args)

@@ -12,18 +12,15 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ffi::OsString;
-use std::fs;
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 use sluice_client::partitioner::key_partition;
 use sluice_tests::wire::Wire;
 use sluice_tests::{
-    find_in_path, interop_dir, interop_node_modules, interop_script, kcat, node, run_tool,
-    run_tool_bytes, sluice_bin, venv_python, workspace_root, write_file, Broker, BrokerOptions,
-    Tool, INSTALL_HINT,
+    interop_node_modules, interop_script, kcat, node, run_tool, run_tool_bytes, sarama_bin,
+    sluice_bin, venv_python, write_file, Broker, BrokerOptions, Tool,
 };
 
 /// Bound on one kcat run.
@@ -416,13 +413,6 @@ fn kafkajs_roundtrip() {
 // golang-github-shopify-sarama-dev (sarama 1.22.1) in GOPATH mode, offline.
 // ---------------------------------------------------------------------------
 
-/// Where Debian's golang-*-dev packages put Go source: a GOPATH tree holding
-/// sarama and its dependencies.
-const DEBIAN_GOCODE: &str = "/usr/share/gocode";
-
-/// Bound on building the sarama program (a cold build takes seconds).
-const GO_BUILD_TIMEOUT: Duration = Duration::from_secs(600);
-
 /// Bound on one run of the sarama program, and its own deadline in seconds.
 const SARAMA_TIMEOUT: Duration = Duration::from_secs(120);
 const SARAMA_DEADLINE_SECS: &str = "100";
@@ -432,62 +422,6 @@ const SLUICE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Partitions of every sarama test's topic.
 const SARAMA_PARTITIONS: i32 = 3;
-
-/// The sarama program, built on first use in this test process into
-/// `target/sarama-interop/` (Go's build cache is there too, so later
-/// processes rebuild in a fraction of a second). Panics with the install
-/// hint when Go or sarama's source is missing: CI installs both.
-fn sarama() -> PathBuf {
-    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    match BIN.get_or_init(build_sarama) {
-        Ok(path) => path.clone(),
-        Err(message) => panic!("{message}"),
-    }
-}
-
-fn build_sarama() -> Result<PathBuf, String> {
-    let go = find_in_path("go")
-        .ok_or_else(|| format!("`go` is not on PATH (Debian's golang-go): {INSTALL_HINT}"))?;
-    let source = Path::new(DEBIAN_GOCODE).join("src/github.com/Shopify/sarama");
-    if !source.is_dir() {
-        return Err(format!(
-            "sarama's source is not in {} (Debian's golang-github-shopify-sarama-dev): {INSTALL_HINT}",
-            source.display()
-        ));
-    }
-    let build = workspace_root().join("target").join("sarama-interop");
-    let gopath = build.join("gopath");
-    fs::create_dir_all(&gopath).map_err(|err| format!("create {}: {err}", gopath.display()))?;
-    let bin = build.join("sarama-interop");
-    // Built under a name of its own, then renamed: another test process may
-    // be running the previous binary.
-    let fresh = build.join(format!("sarama-interop.{}", std::process::id()));
-    let mut search_path = gopath.into_os_string();
-    search_path.push(":");
-    search_path.push(DEBIAN_GOCODE);
-    Tool::new(go)
-        .arg("build")
-        .arg("-o")
-        .arg(&fresh)
-        .arg(".")
-        .current_dir(interop_dir().join("go").join("sarama"))
-        // GOPATH mode over Debian's tree: no go.mod, no module proxy, no
-        // network. Without cgo, sarama builds without DataDog/zstd's C code
-        // (and without zstd, which no test uses), and no C compiler is needed.
-        .env("GO111MODULE", "off")
-        .env("GOPATH", search_path)
-        .env("GOCACHE", build.join("gocache"))
-        .env("GOFLAGS", "")
-        .env("GOPROXY", "off")
-        .env("GOENV", "off")
-        .env("GOTOOLCHAIN", "local")
-        .env("CGO_ENABLED", "0")
-        .timeout(GO_BUILD_TIMEOUT)
-        .try_run()?;
-    fs::rename(&fresh, &bin)
-        .map_err(|err| format!("rename {} to {}: {err}", fresh.display(), bin.display()))?;
-    Ok(bin)
-}
 
 /// One record as the sarama program reads and prints it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -570,7 +504,7 @@ fn unhex(text: &str) -> Vec<u8> {
 
 /// Runs `sarama SUBCOMMAND --bootstrap B ARGS…` and parses the records it printed.
 fn sarama_run(broker: &Broker, subcommand: &str, args: &[&str]) -> Vec<GoRecord> {
-    let tool = Tool::new(sarama())
+    let tool = Tool::new(sarama_bin())
         .arg(subcommand)
         .args([
             "--bootstrap",

@@ -206,56 +206,20 @@ impl<S: Storage> Node<S> {
             ApiKey::BrokerRegistration => {
                 let request = BrokerRegistrationRequest::decode(&mut body, version)
                     .map_err(|e| format!("bad BrokerRegistration: {e}"))?;
-                match self.controller_register(now, &request) {
-                    Decision::Now(answer) => SlotState::Ready(encode(header, &answer)?),
-                    Decision::AfterCommit {
-                        offset,
-                        epoch,
-                        answer,
-                        lost,
-                    } => SlotState::AfterCommit {
-                        offset,
-                        epoch,
-                        frame: encode(header, &answer)?,
-                        lost: encode(header, &lost)?,
-                    },
-                }
+                slot_state(header, self.controller_register(now, &request))?
             }
             ApiKey::AllocateProducerIds => {
                 let request = AllocateProducerIdsRequest::decode(&mut body, version)
                     .map_err(|e| format!("bad AllocateProducerIds: {e}"))?;
-                match self.controller_allocate(now, request.broker_id.0, request.broker_epoch) {
-                    Decision::Now(answer) => SlotState::Ready(encode(header, &answer)?),
-                    Decision::AfterCommit {
-                        offset,
-                        epoch,
-                        answer,
-                        lost,
-                    } => SlotState::AfterCommit {
-                        offset,
-                        epoch,
-                        frame: encode(header, &answer)?,
-                        lost: encode(header, &lost)?,
-                    },
-                }
+                slot_state(
+                    header,
+                    self.controller_allocate(now, request.broker_id.0, request.broker_epoch),
+                )?
             }
             _ => {
                 let request = BrokerHeartbeatRequest::decode(&mut body, version)
                     .map_err(|e| format!("bad BrokerHeartbeat: {e}"))?;
-                match self.controller_heartbeat(now, &request) {
-                    Decision::Now(answer) => SlotState::Ready(encode(header, &answer)?),
-                    Decision::AfterCommit {
-                        offset,
-                        epoch,
-                        answer,
-                        lost,
-                    } => SlotState::AfterCommit {
-                        offset,
-                        epoch,
-                        frame: encode(header, &answer)?,
-                        lost: encode(header, &lost)?,
-                    },
-                }
+                slot_state(header, self.controller_heartbeat(now, &request))?
             }
         };
         self.sessions.push(connection, Slot { header, state });
@@ -1379,6 +1343,27 @@ impl<S: Storage> Node<S> {
             assert!(wait.offset >= 0);
         }
     }
+}
+
+/// The slot of a controller answer: ready now, or once its records commit.
+fn slot_state<T: kafka_protocol::protocol::Encodable>(
+    header: ReplyHeader,
+    decision: Decision<T>,
+) -> Result<SlotState, String> {
+    Ok(match decision {
+        Decision::Now(answer) => SlotState::Ready(encode(header, &answer)?),
+        Decision::AfterCommit {
+            offset,
+            epoch,
+            answer,
+            lost,
+        } => SlotState::AfterCommit {
+            offset,
+            epoch,
+            frame: encode(header, &answer)?,
+            lost: encode(header, &lost)?,
+        },
+    })
 }
 
 fn encode<T: kafka_protocol::protocol::Encodable>(
