@@ -294,3 +294,57 @@ fn a_silent_broker_is_fenced_after_its_session_and_unfenced_when_back() {
     cluster
         .run_until(|c| c.node(silent).is_unfenced() && unfenced_on(c, leader).contains(&silent.0));
 }
+
+/// Check-quorum: a leader cut off from every other voter stops leading
+/// once no majority has fetched from it for 1.5 fetch timeouts, while the
+/// others elect a new leader; healed, the cluster has one leader again.
+#[test]
+fn a_leader_cut_off_from_the_majority_resigns() {
+    use sluice_core::raft::Role;
+    use sluice_core::NodeId;
+    use sluice_sim::{Cluster, ClusterConfig};
+
+    const CHECK_QUORUM_MS: i64 = 3_000;
+    let mut config = ClusterConfig::new(21, 3);
+    config.broker = sluice_sim::quorum::quorum_broker_config(3);
+    let mut cluster = Cluster::new(config);
+    let ids = [NodeId(1), NodeId(2), NodeId(3)];
+    for (a, b) in [(0, 1), (0, 2), (1, 2)] {
+        cluster.link_up(ids[a], ids[b]);
+    }
+    let role = |cluster: &Cluster, id: NodeId| cluster.node(id).quorum().and_then(|q| q.role());
+    cluster.run_until(|c| ids.iter().any(|&id| role(c, id) == Some(Role::Leader)));
+    cluster.run_for(1_000);
+    let old = *ids
+        .iter()
+        .find(|&&id| role(&cluster, id) == Some(Role::Leader))
+        .expect("a leader");
+    for other in ids.iter().copied().filter(|&id| id != old) {
+        cluster.cut(old, other);
+    }
+    let cut_at = cluster.now_ms();
+    cluster.run_until(|c| role(c, old) != Some(Role::Leader));
+    let resigned_after = cluster.now_ms() - cut_at;
+    assert!(
+        resigned_after <= CHECK_QUORUM_MS + 1_000,
+        "still leading {resigned_after} ms after the cut"
+    );
+    for other in ids.iter().copied().filter(|&id| id != old) {
+        cluster.link_up(old, other);
+    }
+    cluster.run_until(|c| {
+        let leaders: Vec<NodeId> = ids
+            .iter()
+            .copied()
+            .filter(|&id| role(c, id) == Some(Role::Leader))
+            .collect();
+        leaders.len() == 1
+            && ids.iter().all(|&id| {
+                c.node(id)
+                    .quorum()
+                    .and_then(|q| q.replica())
+                    .and_then(|r| r.leader_id())
+                    == Some(leaders[0])
+            })
+    });
+}

@@ -294,6 +294,8 @@ impl RaftReplica {
             high_watermark_sent: BTreeMap::new(),
             begin_quorum_epoch_resend_ms: now_ms + BEGIN_QUORUM_EPOCH_RESEND_MS,
             parked_fetches: BTreeMap::new(),
+            fetched_ms: BTreeMap::new(),
+            check_quorum_deadline_ms: now_ms + self.check_quorum_ms(),
         });
         let voters = self.voters.iter().copied().collect();
         self.append_entries(vec![super::Entry {

@@ -207,6 +207,11 @@ struct LeaderState {
     high_watermark_sent: BTreeMap<NodeId, i64>,
     begin_quorum_epoch_resend_ms: i64,
     parked_fetches: BTreeMap<NodeId, ParkedFetch>,
+    /// When each follower last fetched in this epoch (check-quorum).
+    fetched_ms: BTreeMap<NodeId, i64>,
+    /// The leader resigns if, at this time, a majority has not fetched
+    /// within the last `check_quorum_ms()` (KAFKA-15489).
+    check_quorum_deadline_ms: i64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -346,6 +351,12 @@ impl RaftReplica {
 
     pub fn id(&self) -> NodeId {
         self.id
+    }
+
+    /// How long a leader goes on without fetches from a majority before it
+    /// resigns: 1.5 fetch timeouts, as Kafka's check-quorum timer.
+    fn check_quorum_ms(&self) -> i64 {
+        self.timeouts.fetch_ms * 3 / 2
     }
 
     pub fn leader_epoch(&self) -> i32 {
@@ -583,7 +594,8 @@ impl RaftReplica {
                 let resend = (leader.acknowledged.len() + 1 < self.voters.len())
                     .then_some(leader.begin_quorum_epoch_resend_ms);
                 let parked = leader.parked_fetches.values().map(|p| p.deadline_ms).min();
-                [resend, parked].into_iter().flatten().min()
+                let check = (self.voters.len() > 1).then_some(leader.check_quorum_deadline_ms);
+                [resend, parked, check].into_iter().flatten().min()
             }
         }
     }

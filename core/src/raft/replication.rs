@@ -117,6 +117,7 @@ impl RaftReplica {
         }
         if let State::Leader(leader) = &mut self.state {
             leader.acknowledged.insert(from);
+            leader.fetched_ms.insert(from, now_ms);
         }
         let (fetch_offset, last_fetched_epoch) = position;
         let on_log = self.log.matches(fetch_offset, last_fetched_epoch)
@@ -197,6 +198,9 @@ impl RaftReplica {
     }
 
     pub(super) fn leader_timeouts(&mut self, now_ms: i64) {
+        if self.check_quorum(now_ms) {
+            return;
+        }
         let State::Leader(leader) = &mut self.state else {
             return;
         };
@@ -215,6 +219,43 @@ impl RaftReplica {
         if resend_due {
             self.send_begin_quorum_epoch();
         }
+    }
+
+    /// Check-quorum: at its deadline, a leader that a majority (itself
+    /// included) has not fetched from within `check_quorum_ms` resigns, so
+    /// a leader cut off from the majority stops claiming to lead. True when
+    /// it resigned.
+    fn check_quorum(&mut self, now_ms: i64) -> bool {
+        let window_ms = self.check_quorum_ms();
+        let majority = self.majority();
+        let State::Leader(leader) = &mut self.state else {
+            return false;
+        };
+        if self.voters.len() == 1 || now_ms < leader.check_quorum_deadline_ms {
+            return false;
+        }
+        let mut recent: Vec<i64> = leader
+            .fetched_ms
+            .values()
+            .copied()
+            .filter(|&at| now_ms - at < window_ms)
+            .collect();
+        // The leader counts itself.
+        if recent.len() + 1 >= majority {
+            // Next check when the majority's oldest fetch leaves the window.
+            recent.sort_unstable_by(|a, b| b.cmp(a));
+            let oldest_needed = recent[majority - 2];
+            leader.check_quorum_deadline_ms = oldest_needed + window_ms;
+            assert!(leader.check_quorum_deadline_ms > now_ms);
+            return false;
+        }
+        tracing::warn!(
+            epoch = self.quorum.leader_epoch,
+            window_ms,
+            "no fetch from a majority of the voters; resigning"
+        );
+        self.become_resigned(now_ms);
+        true
     }
 
     /// The largest offset durable on a majority of voters, once it passes
