@@ -38,7 +38,7 @@ pub enum Ticket {
 }
 
 /// Tickets kept after they are settled, for the replies still reading them.
-const SETTLED_TICKETS_KEPT: u64 = 4096;
+const SETTLED_TICKETS_KEPT: u64 = 256;
 
 impl ClusterView {
     /// Queues records for the node to propose; the ticket to wait on.
