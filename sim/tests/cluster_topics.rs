@@ -204,6 +204,30 @@ fn producer_ids_are_unique_across_the_brokers() {
             ids.push((node, id));
         }
     }
+    // A restarted broker replays the blocks it had: it must take a new one.
+    cluster.crash(IDS[0], sluice_sim::CrashLoss::LoseUnsynced);
+    // Asked at once, before it replayed its metadata log.
+    cluster.run_until(|c| c.node(IDS[0]).is_ready());
+    let client = cluster.connect(IDS[0]);
+    for _ in 0..3 {
+        let request = InitProducerIdRequest::default()
+            .with_transaction_timeout_ms(60_000)
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1);
+        let mut attempts = 0;
+        let id = loop {
+            let response: InitProducerIdResponse = cluster
+                .request(client, ApiKey::InitProducerId, 4, &request)
+                .expect("answered");
+            if response.error_code == 0 {
+                break response.producer_id.0;
+            }
+            attempts += 1;
+            assert!(attempts < 200, "a block of producer ids after the restart");
+            cluster.run_for(20);
+        };
+        ids.push((IDS[0], id));
+    }
     let mut distinct: Vec<i64> = ids.iter().map(|(_, id)| *id).collect();
     distinct.sort_unstable();
     distinct.dedup();

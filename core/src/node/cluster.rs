@@ -76,6 +76,9 @@ pub(super) struct Lifecycle {
     local: Option<LocalWait>,
     /// A block of producer ids asked for, until this deadline.
     producer_block_until: Option<i64>,
+    /// The metadata log's end when the block was asked for: only a block
+    /// committed at or after it is this request's.
+    producer_block_from: Option<i64>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -133,6 +136,7 @@ impl Lifecycle {
             in_flight_until: None,
             local: None,
             producer_block_until: None,
+            producer_block_from: None,
         }
     }
 }
@@ -506,6 +510,10 @@ impl<S: Storage> Node<S> {
             return;
         }
         lifecycle.producer_block_until = Some(now.monotonic_ms + CONTROLLER_REQUEST_MS);
+        if lifecycle.producer_block_from.is_none() {
+            lifecycle.producer_block_from =
+                Some(self.quorum.as_ref().map_or(0, |q| q.entries().len() as i64));
+        }
         match leader {
             Some(leader) if leader == self.node_id => {
                 let _ = self.controller_allocate(now, self.node_id.0, registered.epoch);
@@ -683,12 +691,23 @@ impl<S: Storage> Node<S> {
             tracing::error!(offset, %error, "a committed metadata record does not apply; skipped");
             return;
         }
+        // Only a block allocated after this broker asked: a restarted node
+        // replays its earlier blocks, whose ids it may have handed out.
+        let asked_from = self
+            .lifecycle
+            .as_ref()
+            .and_then(|l| l.producer_block_from)
+            .unwrap_or(i64::MAX);
         if let MetadataRecord::ProducerIds(block) = &decoded {
-            if block.broker_id == self.node_id.0 && cluster.wants_producer_block {
+            if block.broker_id == self.node_id.0
+                && cluster.wants_producer_block
+                && offset >= asked_from
+            {
                 cluster.producer_block = Some((producer_next_before, block.next_producer_id));
                 cluster.wants_producer_block = false;
                 if let Some(lifecycle) = self.lifecycle.as_mut() {
                     lifecycle.producer_block_until = None;
+                    lifecycle.producer_block_from = None;
                 }
             }
         }
