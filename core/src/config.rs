@@ -602,13 +602,10 @@ pub enum Mutation {
     /// The quorum leader answers every fetch with entries, never with a
     /// diverging epoch, so followers never truncate.
     SkipDivergenceCheck,
-    /// The quorum leader commits entries of earlier epochs by counting
-    /// replicas, before its own epoch's first entry is on a majority.
-    CommitOlderEpoch,
 }
 
 impl Mutation {
-    pub const ALL: [Mutation; 12] = [
+    pub const ALL: [Mutation; 11] = [
         Mutation::AckBeforeSync,
         Mutation::ReadBeforeSync,
         Mutation::SkipRecoveryCrc,
@@ -620,7 +617,6 @@ impl Mutation {
         Mutation::VoteTwice,
         Mutation::CommitUnsyncedEntries,
         Mutation::SkipDivergenceCheck,
-        Mutation::CommitOlderEpoch,
     ];
 
     pub fn name(self) -> &'static str {
@@ -636,7 +632,6 @@ impl Mutation {
             Mutation::VoteTwice => "vote-twice",
             Mutation::CommitUnsyncedEntries => "commit-unsynced-entries",
             Mutation::SkipDivergenceCheck => "skip-divergence-check",
-            Mutation::CommitOlderEpoch => "commit-older-epoch",
         }
     }
 }

@@ -747,10 +747,22 @@ impl Coordinator {
     /// At load: drops the groups that have neither a record (`recorded`
     /// lists those restored from one) nor a committed offset left.
     pub fn forget_unrecorded_empty(&mut self, recorded: &[String]) {
+        self.forget_unrecorded_empty_where(recorded, |_| true);
+    }
+
+    /// `forget_unrecorded_empty`, for the groups `among` selects only.
+    pub fn forget_unrecorded_empty_where(
+        &mut self,
+        recorded: &[String],
+        among: impl Fn(&str) -> bool,
+    ) {
         let offsets = &mut self.offsets;
-        offsets.retain(|_, committed| !committed.is_empty());
+        offsets.retain(|id, committed| !committed.is_empty() || !among(id));
         self.groups.retain(|id, group| {
-            !group.members.is_empty() || offsets.contains_key(id) || recorded.contains(id)
+            !among(id)
+                || !group.members.is_empty()
+                || offsets.contains_key(id)
+                || recorded.contains(id)
         });
     }
 

@@ -297,3 +297,74 @@ fn a_fenced_brokers_partitions_go_offline_and_come_back() {
     });
     assert_eq!(leaders(&mut cluster, client), before, "leaders back");
 }
+
+/// A coordinator restarted in a cluster loads its groups' commits again as
+/// it replays the metadata log and reopens `__consumer_offsets`.
+#[test]
+fn committed_offsets_survive_a_restart_of_their_coordinator() {
+    let mut cluster = formed(14);
+    let active = controller(&cluster);
+    let client = cluster.connect(active);
+    assert_eq!(create(&mut cluster, client, "orders", 1), 0);
+    let find = FindCoordinatorRequest::default()
+        .with_key(StrBytes::from_static_str("billing"))
+        .with_key_type(0);
+    // The offsets topic is created on first use: retry until there is one.
+    let mut tries = 0;
+    let coordinator = loop {
+        let answer: FindCoordinatorResponse = cluster
+            .request(client, ApiKey::FindCoordinator, 3, &find)
+            .expect("answered");
+        if answer.error_code == 0 {
+            break NodeId(answer.node_id.0);
+        }
+        tries += 1;
+        assert!(tries < 100, "no coordinator: {answer:?}");
+        cluster.run_for(50);
+    };
+    let at_coordinator = cluster.connect(coordinator);
+    let commit = OffsetCommitRequest::default()
+        .with_group_id(GroupId(StrBytes::from_static_str("billing")))
+        .with_generation_id_or_member_epoch(-1)
+        .with_topics(vec![
+            offset_commit_request::OffsetCommitRequestTopic::default()
+                .with_name(TopicName(StrBytes::from_static_str("orders")))
+                .with_partitions(vec![
+                    offset_commit_request::OffsetCommitRequestPartition::default()
+                        .with_partition_index(0)
+                        .with_committed_offset(42),
+                ]),
+        ]);
+    let committed: OffsetCommitResponse = cluster
+        .request(at_coordinator, ApiKey::OffsetCommit, 8, &commit)
+        .expect("answered");
+    assert_eq!(committed.topics[0].partitions[0].error_code, 0);
+
+    cluster.crash(coordinator, sluice_sim::CrashLoss::LoseUnsynced);
+    cluster.run_until(|c| {
+        c.node(coordinator).is_ready()
+            && c.node(coordinator).broker().topic_exists("orders")
+            && c.node(coordinator).broker().live_brokers().len() == 3
+    });
+    let fetch = OffsetFetchRequest::default()
+        .with_group_id(GroupId(StrBytes::from_static_str("billing")))
+        .with_topics(Some(vec![
+            offset_fetch_request::OffsetFetchRequestTopic::default()
+                .with_name(TopicName(StrBytes::from_static_str("orders")))
+                .with_partition_indexes(vec![0]),
+        ]));
+    let at_restarted = cluster.connect(coordinator);
+    let mut tries = 0;
+    let answer = loop {
+        let answer: OffsetFetchResponse = cluster
+            .request(at_restarted, ApiKey::OffsetFetch, 7, &fetch)
+            .expect("answered");
+        if answer.error_code == 0 {
+            break answer;
+        }
+        tries += 1;
+        assert!(tries < 200, "no answer from the coordinator: {answer:?}");
+        cluster.run_for(50);
+    };
+    assert_eq!(answer.topics[0].partitions[0].committed_offset, 42);
+}

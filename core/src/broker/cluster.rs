@@ -203,7 +203,7 @@ impl<S: Storage> Broker<S> {
 
     /// A committed record applied to the image: open, grow or remove the
     /// local logs it describes.
-    pub fn apply_metadata(&mut self, record: &MetadataRecord) {
+    pub fn apply_metadata(&mut self, now: crate::types::Now, record: &MetadataRecord) {
         let Some(cluster) = self.cluster.as_mut() else {
             return;
         };
@@ -227,6 +227,11 @@ impl<S: Storage> Broker<S> {
                     partition.partition_id,
                     configs,
                 );
+                if name == super::OFFSETS_TOPIC {
+                    // A restart replays the partitions of the offsets
+                    // topic: their groups and commits load as they open.
+                    self.load_group_partition(now, partition.partition_id);
+                }
             }
             MetadataRecord::RemoveTopic(removed) => {
                 let name = self

@@ -263,6 +263,18 @@ impl<S: Storage> Broker<S> {
 
     /// Rebuilds groups and committed offsets from `__consumer_offsets` at start.
     pub(super) fn load_groups(&mut self, now: Now) {
+        self.load_groups_of(now, None);
+    }
+
+    /// In a cluster, `__consumer_offsets` opens partition by partition as
+    /// the node applies the metadata log: each one's groups load then.
+    pub(super) fn load_group_partition(&mut self, now: Now, partition: i32) {
+        self.load_groups_of(now, Some(partition));
+    }
+
+    /// Loads the groups and commits of one partition of the offsets topic,
+    /// or of all of them.
+    fn load_groups_of(&mut self, now: Now, only: Option<i32>) {
         if self.config.mutated(Mutation::ForgetCommittedOffsets) {
             return;
         }
@@ -272,7 +284,10 @@ impl<S: Storage> Broker<S> {
         let mut loaded = 0usize;
         let mut commits = Vec::new();
         let mut groups: BTreeMap<String, Option<Group>> = BTreeMap::new();
-        for partition in &topic.partitions {
+        for (index, partition) in topic.partitions.iter().enumerate() {
+            if only.is_some_and(|p| p != index as i32) {
+                continue;
+            }
             for_each_record(&partition.log, &mut self.storage, |key, value| {
                 let Some(key) = key else { return };
                 if let Some((group, topic, partition)) = parse_offset_key(key) {
@@ -282,6 +297,12 @@ impl<S: Storage> Broker<S> {
                 }
             });
         }
+        // The groups this load saw (a group lives in one partition).
+        let touched: std::collections::BTreeSet<String> = groups
+            .keys()
+            .cloned()
+            .chain(commits.iter().map(|(group, ..)| group.clone()))
+            .collect();
         let mut recorded = Vec::new();
         for (group_id, group) in groups {
             if let Some(group) = group {
@@ -298,7 +319,13 @@ impl<S: Storage> Broker<S> {
         }
         // A group whose record was tombstoned (deleted) and whose offsets all
         // were too is gone; replaying its old commits must not bring it back.
-        self.groups.forget_unrecorded_empty(&recorded);
+        // Loading one partition, the groups of the others stay as they are.
+        match only {
+            None => self.groups.forget_unrecorded_empty(&recorded),
+            Some(_) => self
+                .groups
+                .forget_unrecorded_empty_where(&recorded, |group| touched.contains(group)),
+        }
         tracing::info!(
             records = loaded,
             groups = self.groups.offsets.len(),

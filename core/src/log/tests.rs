@@ -161,11 +161,18 @@ fn run(ops: Vec<Op>) {
                 log = reopened;
                 let end = log.log_end_offset();
                 if log.log_start_offset() < model.log_start {
-                    // Unsynced retention deletions came back.
+                    // Unsynced retention deletions came back: they are live
+                    // again (and a later truncation may replace them).
                     let start = log.log_start_offset();
-                    model
-                        .batches
-                        .extend(model.deleted.range(start..).map(|(k, v)| (*k, v.clone())));
+                    let back: Vec<i64> = model
+                        .deleted
+                        .range(start..model.log_start)
+                        .map(|(k, _)| *k)
+                        .collect();
+                    for base in back {
+                        let batch = model.deleted.remove(&base).expect("listed");
+                        model.batches.insert(base, batch);
+                    }
                     model.log_start = start;
                 }
                 assert!(

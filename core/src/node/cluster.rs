@@ -259,6 +259,15 @@ impl<S: Storage> Node<S> {
         }
         let epoch = replica.leader_epoch();
         if self.controller.as_ref().is_none_or(|c| c.epoch != epoch) {
+            // A new leader acts as the controller only once it applied its
+            // whole log (its own epoch's first entry committed): until
+            // then its image may lack what earlier controllers committed,
+            // and it would decide on a past state (refused meanwhile with
+            // NOT_CONTROLLER, which clients retry).
+            if self.quorum_committed < replica.entries().len() as i64 {
+                self.controller = None;
+                return None;
+            }
             // A new active controller: every registered broker gets a full
             // session from now, as Kafka's does on failover.
             let heartbeats = self
@@ -672,7 +681,7 @@ impl<S: Storage> Node<S> {
 
     /// Applies a committed metadata record to the image; a registration
     /// change it settles is no longer in flight.
-    pub(super) fn apply_committed(&mut self, offset: i64, record: &Record) {
+    pub(super) fn apply_committed(&mut self, now: Now, offset: i64, record: &Record) {
         let Record::Data(bytes) = record else {
             return;
         };
@@ -711,7 +720,7 @@ impl<S: Storage> Node<S> {
                 }
             }
         }
-        self.broker.apply_metadata(&decoded);
+        self.broker.apply_metadata(now, &decoded);
         let changed = match &decoded {
             MetadataRecord::RegisterBroker(r) => Some(r.broker_id),
             MetadataRecord::BrokerRegistrationChange(r) => Some(r.broker_id),

@@ -1945,9 +1945,14 @@ fn run_quorum_until(h: &mut Harness, done: impl Fn(&crate::raft::RaftReplica) ->
 #[test]
 fn a_single_voter_answers_describe_quorum_as_its_leader() {
     let mut h = Harness::new(MemStorage::new(), &SINGLE_VOTER);
+    // Quiet once its broker registered and was unfenced: three entries
+    // (the leader change and the two registration records), all committed.
     run_quorum_until(&mut h, |r| {
-        r.role() == crate::raft::Role::Leader && r.high_watermark() > 0
+        r.role() == crate::raft::Role::Leader
+            && r.entries().len() >= 3
+            && r.high_watermark() == r.entries().len() as i64
     });
+    assert!(h.node.is_unfenced());
     let replica = h.node.quorum().and_then(|q| q.replica()).expect("started");
     let (epoch, high_watermark) = (replica.leader_epoch(), replica.high_watermark());
     let log_end_offset = replica.entries().len() as i64;

@@ -178,9 +178,6 @@ pub enum Mutation {
     HighWatermarkCountsUnpersisted,
     /// The leader answers any fetch with entries, never with DivergingEpoch.
     SkipDivergenceCheck,
-    /// The leader commits entries of earlier epochs by counting replicas,
-    /// before an entry of its own epoch is on a majority (Raft's Figure 8).
-    CommitOlderEpochByCounting,
     /// Every later epoch seen restarts the election timer (the liveness bug
     /// the recovery checker found, kept to show that checker bites).
     RestartElectionTimerOnNewEpoch,

@@ -284,15 +284,12 @@ impl RaftReplica {
         let majority_end_offset = end_offsets[self.majority() - 1];
         // Entries of earlier epochs commit only under this epoch's own
         // leader-change entry (Raft's rule against the Figure 8 loss).
-        let own_epoch_on_majority = majority_end_offset > leader.epoch_start_offset
-            || self.mutated(Mutation::CommitOlderEpochByCounting);
-        if !own_epoch_on_majority || majority_end_offset <= self.high_watermark {
+        if majority_end_offset <= leader.epoch_start_offset
+            || majority_end_offset <= self.high_watermark
+        {
             return;
         }
-        assert!(
-            majority_end_offset > leader.epoch_start_offset
-                || self.mutated(Mutation::CommitOlderEpochByCounting)
-        );
+        assert!(majority_end_offset > leader.epoch_start_offset);
         self.set_high_watermark(majority_end_offset);
         self.answer_parked_fetches();
     }
