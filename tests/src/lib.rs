@@ -1116,6 +1116,79 @@ pub fn write_file(dir: &Path, name: &str, contents: &[u8]) -> PathBuf {
 }
 
 // ---------------------------------------------------------------------------
+// Shared by the interop and cluster tests
+// ---------------------------------------------------------------------------
+
+/// `count` distinct `key:value` lines. 101 keys repeat across the lines;
+/// values hold the key separator, tabs, non-ASCII text and varying padding.
+pub fn keyed_lines(count: usize) -> Vec<String> {
+    (0..count)
+        .map(|i| {
+            format!(
+                "k{:03}:line {i:05}: colon inside\tand a tab; ünïcødé ☃ {}",
+                i % 101,
+                "x".repeat(i * 7 % 61)
+            )
+        })
+        .collect()
+}
+
+/// The lines, each ended by a newline, as one file's bytes.
+pub fn lines_file(lines: &[String]) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for line in lines {
+        bytes.extend_from_slice(line.as_bytes());
+        bytes.push(b'\n');
+    }
+    bytes
+}
+
+/// The partitions a `kcat -G` member last reported as assigned in its
+/// stderr (eager rebalancing: an `assigned:` line lists them all,
+/// `revoked:` takes them all away).
+pub fn kcat_assigned(stderr: &str) -> std::collections::BTreeSet<i32> {
+    let mut owned = std::collections::BTreeSet::new();
+    for line in stderr.lines() {
+        if let Some((_, list)) = line.split_once("assigned: ") {
+            owned = list
+                .split(", ")
+                .filter_map(|item| {
+                    let (_, partition) = item.trim().rsplit_once(" [")?;
+                    partition.strip_suffix(']')?.parse().ok()
+                })
+                .collect();
+        } else if line.contains("revoked: ") {
+            owned.clear();
+        }
+    }
+    owned
+}
+
+/// One poll of `sluice cluster quorum --json` against these addresses
+/// (each asked with a 500 ms bound): the leader's answer, or why there was
+/// none (no leader yet, nobody reachable).
+pub fn poll_quorum(bootstrap: &str, timeout: Duration) -> Result<serde_json::Value, String> {
+    let run = run_sluice(
+        &[
+            "cluster",
+            "quorum",
+            "--json",
+            "--bootstrap-server",
+            bootstrap,
+            "--request-timeout-ms",
+            "500",
+        ],
+        None,
+        timeout,
+    );
+    if !run.status.success() {
+        return Err(String::from_utf8_lossy(&run.stderr).trim().to_string());
+    }
+    serde_json::from_slice(&run.stdout)
+        .map_err(|error| format!("not JSON ({error}): {:?}", run.stdout))
+}
+
+// ---------------------------------------------------------------------------
 // sarama (Go)
 // ---------------------------------------------------------------------------
 

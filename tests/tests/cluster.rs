@@ -12,7 +12,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use sluice_tests::{free_ports, run_sluice, Broker, BrokerOptions};
+use sluice_tests::{free_ports, poll_quorum, Broker, BrokerOptions};
 
 const VOTERS: usize = 3;
 /// The first election and the followers' catching up, from the start of
@@ -31,24 +31,7 @@ const POLL_TIMEOUT: Duration = Duration::from_secs(10);
 /// `sluice cluster quorum --json` against these addresses: the leader's
 /// answer, or why there was none (no leader yet, nobody reachable).
 fn describe(bootstrap: &str) -> Result<Value, String> {
-    let run = run_sluice(
-        &[
-            "cluster",
-            "quorum",
-            "--json",
-            "--bootstrap-server",
-            bootstrap,
-            "--request-timeout-ms",
-            "500",
-        ],
-        None,
-        POLL_TIMEOUT,
-    );
-    if !run.status.success() {
-        return Err(String::from_utf8_lossy(&run.stderr).trim().to_string());
-    }
-    serde_json::from_slice(&run.stdout)
-        .map_err(|error| format!("not JSON ({error}): {:?}", run.stdout))
+    poll_quorum(bootstrap, POLL_TIMEOUT)
 }
 
 /// Polls until an answer satisfies `done`; that answer, and the time from

@@ -43,9 +43,9 @@ use kafka_protocol::protocol::StrBytes;
 use serde_json::{json, Value};
 use sluice_tests::wire::Wire;
 use sluice_tests::{
-    free_ports, interop_node_modules, interop_script, kcat, node, run_sluice, run_tool,
-    run_tool_bytes, sarama_bin, sluice_bin, venv_python, write_file, Broker, BrokerOptions, Member,
-    Tool,
+    free_ports, interop_node_modules, interop_script, kcat, kcat_assigned, keyed_lines, lines_file,
+    node, run_sluice, run_tool, run_tool_bytes, sarama_bin, sluice_bin, venv_python, write_file,
+    Broker, BrokerOptions, Member, Tool,
 };
 
 /// Nodes of the cluster, ids `1..=NODES`, every one a voter and a broker.
@@ -419,29 +419,6 @@ fn assert_not_coordinator(cluster: &Cluster, node: i32, group: &str) {
 // kcat
 // ---------------------------------------------------------------------------
 
-/// `count` distinct `key:value` lines over 101 keys; values hold the key
-/// separator, a tab, non-ASCII text and varying padding.
-fn keyed_lines(count: usize) -> Vec<String> {
-    (0..count)
-        .map(|i| {
-            format!(
-                "k{:03}:line {i:05}: colon inside\tand a tab; ünïcødé ☃ {}",
-                i % 101,
-                "x".repeat(i * 7 % 61)
-            )
-        })
-        .collect()
-}
-
-fn lines_file(lines: &[String]) -> Vec<u8> {
-    let mut bytes = Vec::new();
-    for line in lines {
-        bytes.extend_from_slice(line.as_bytes());
-        bytes.push(b'\n');
-    }
-    bytes
-}
-
 /// `kcat -L` through one node, optionally for one topic.
 fn kcat_metadata(bootstrap: &str, topic: Option<&str>) -> String {
     let mut args = vec!["-L", "-m", "15", "-b", bootstrap];
@@ -681,24 +658,9 @@ fn kcat_group_args(bootstrap: &str, group: &str, topic: &str) -> Vec<String> {
     .collect()
 }
 
-/// The partitions a `kcat -G` member last reported as assigned (eager
-/// rebalancing: `assigned:` lists them all, `revoked:` takes them away).
+/// The partitions a `kcat -G` member last reported as assigned.
 fn owned(member: &Member) -> BTreeSet<i32> {
-    let mut owned = BTreeSet::new();
-    for line in member.stderr().lines() {
-        if let Some((_, list)) = line.split_once("assigned: ") {
-            owned = list
-                .split(", ")
-                .filter_map(|item| {
-                    let (_, partition) = item.trim().rsplit_once(" [")?;
-                    partition.strip_suffix(']')?.parse().ok()
-                })
-                .collect();
-        } else if line.contains("revoked: ") {
-            owned.clear();
-        }
-    }
-    owned
+    kcat_assigned(&member.stderr())
 }
 
 /// The lines `members` printed, all together.

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use sluice_tests::{free_ports, run_sluice, sluice_bin, workspace_root, Member, Tool, ToolOutput};
+use sluice_tests::{free_ports, poll_quorum, sluice_bin, workspace_root, Member, Tool, ToolOutput};
 use tempfile::TempDir;
 
 const NODES: u16 = 3;
@@ -135,23 +135,7 @@ fn number_after(text: &str, label: &str) -> i64 {
 }
 
 fn quorum(bootstrap: &str) -> Result<Value, String> {
-    let run = run_sluice(
-        &[
-            "cluster",
-            "quorum",
-            "--json",
-            "--bootstrap-server",
-            bootstrap,
-            "--request-timeout-ms",
-            "500",
-        ],
-        None,
-        POLL_TIMEOUT,
-    );
-    if !run.status.success() {
-        return Err(String::from_utf8_lossy(&run.stderr).trim().to_string());
-    }
-    serde_json::from_slice(&run.stdout).map_err(|e| format!("not JSON ({e}): {:?}", run.stdout))
+    poll_quorum(bootstrap, POLL_TIMEOUT)
 }
 
 /// Polls the quorum until `done`; panics past `within` with the last answer.

@@ -305,24 +305,9 @@ impl KcatMember {
         self.0.stderr()
     }
 
-    /// The partitions kcat last reported as assigned (eager rebalancing: an
-    /// `assigned:` line lists them all, `revoked:` takes them all away).
+    /// The partitions kcat last reported as assigned.
     fn owned(&self) -> BTreeSet<i32> {
-        let mut owned = BTreeSet::new();
-        for line in self.log().lines() {
-            if let Some((_, list)) = line.split_once("assigned: ") {
-                owned = list
-                    .split(", ")
-                    .filter_map(|item| {
-                        let (_, partition) = item.trim().rsplit_once(" [")?;
-                        partition.strip_suffix(']')?.parse().ok()
-                    })
-                    .collect();
-            } else if line.contains("revoked: ") {
-                owned.clear();
-            }
-        }
-        owned
+        sluice_tests::kcat_assigned(&self.log())
     }
 
     fn fail_if_exited(&mut self) {

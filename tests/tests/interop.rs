@@ -19,8 +19,8 @@ use serde_json::{json, Value};
 use sluice_client::partitioner::key_partition;
 use sluice_tests::wire::Wire;
 use sluice_tests::{
-    interop_node_modules, interop_script, kcat, node, run_tool, run_tool_bytes, sarama_bin,
-    sluice_bin, venv_python, write_file, Broker, BrokerOptions, Tool,
+    interop_node_modules, interop_script, kcat, keyed_lines, lines_file, node, run_tool,
+    run_tool_bytes, sarama_bin, sluice_bin, venv_python, write_file, Broker, BrokerOptions, Tool,
 };
 
 /// Bound on one kcat run.
@@ -38,29 +38,6 @@ const RECORDS: usize = 10_000;
 // ---------------------------------------------------------------------------
 // kcat
 // ---------------------------------------------------------------------------
-
-/// `count` distinct `key:value` lines. 101 keys repeat across the lines;
-/// values hold the key separator, tabs, non-ASCII text and varying padding.
-fn keyed_lines(count: usize) -> Vec<String> {
-    (0..count)
-        .map(|i| {
-            format!(
-                "k{:03}:line {i:05}: colon inside\tand a tab; ünïcødé ☃ {}",
-                i % 101,
-                "x".repeat(i * 7 % 61)
-            )
-        })
-        .collect()
-}
-
-fn lines_file(lines: &[String]) -> Vec<u8> {
-    let mut bytes = Vec::new();
-    for line in lines {
-        bytes.extend_from_slice(line.as_bytes());
-        bytes.push(b'\n');
-    }
-    bytes
-}
 
 /// `kcat -L`, optionally for one topic.
 fn kcat_metadata(broker: &Broker, topic: Option<&str>) -> String {
