@@ -171,6 +171,31 @@ fn topics_go_through_the_controller_and_partitions_are_served_by_their_leaders()
     });
 }
 
+/// An idempotent producer's id from a node, retried while the node waits
+/// for its block of ids (COORDINATOR_LOAD_IN_PROGRESS), at most
+/// `attempts_max` times.
+fn producer_id(cluster: &mut Cluster, client: ClientId, attempts_max: u32) -> i64 {
+    let request = InitProducerIdRequest::default()
+        .with_transaction_timeout_ms(60_000)
+        .with_producer_id(ProducerId(-1))
+        .with_producer_epoch(-1);
+    for _ in 0..attempts_max {
+        let response: InitProducerIdResponse = cluster
+            .request(client, ApiKey::InitProducerId, 4, &request)
+            .expect("answered");
+        if response.error_code == 0 {
+            return response.producer_id.0;
+        }
+        assert_eq!(
+            response.error_code,
+            ResponseError::CoordinatorLoadInProgress.code(),
+            "retriable while the block is allocated"
+        );
+        cluster.run_for(20);
+    }
+    panic!("no block of producer ids within {attempts_max} tries");
+}
+
 /// Producer ids come from blocks the controller commits per broker, so
 /// idempotent producers on different brokers never share an id.
 #[test]
@@ -180,27 +205,7 @@ fn producer_ids_are_unique_across_the_brokers() {
     for node in IDS {
         let client = cluster.connect(node);
         for _ in 0..3 {
-            let request = InitProducerIdRequest::default()
-                .with_transaction_timeout_ms(60_000)
-                .with_producer_id(ProducerId(-1))
-                .with_producer_epoch(-1);
-            let mut attempts = 0;
-            let id = loop {
-                let response: InitProducerIdResponse = cluster
-                    .request(client, ApiKey::InitProducerId, 4, &request)
-                    .expect("answered");
-                if response.error_code == 0 {
-                    break response.producer_id.0;
-                }
-                assert_eq!(
-                    response.error_code,
-                    ResponseError::CoordinatorLoadInProgress.code(),
-                    "retriable while the block is allocated"
-                );
-                attempts += 1;
-                assert!(attempts < 100, "a block of producer ids within 100 tries");
-                cluster.run_for(20);
-            };
+            let id = producer_id(&mut cluster, client, 100);
             ids.push((node, id));
         }
     }
@@ -210,22 +215,7 @@ fn producer_ids_are_unique_across_the_brokers() {
     cluster.run_until(|c| c.node(IDS[0]).is_ready());
     let client = cluster.connect(IDS[0]);
     for _ in 0..3 {
-        let request = InitProducerIdRequest::default()
-            .with_transaction_timeout_ms(60_000)
-            .with_producer_id(ProducerId(-1))
-            .with_producer_epoch(-1);
-        let mut attempts = 0;
-        let id = loop {
-            let response: InitProducerIdResponse = cluster
-                .request(client, ApiKey::InitProducerId, 4, &request)
-                .expect("answered");
-            if response.error_code == 0 {
-                break response.producer_id.0;
-            }
-            attempts += 1;
-            assert!(attempts < 200, "a block of producer ids after the restart");
-            cluster.run_for(20);
-        };
+        let id = producer_id(&mut cluster, client, 200);
         ids.push((IDS[0], id));
     }
     let mut distinct: Vec<i64> = ids.iter().map(|(_, id)| *id).collect();
