@@ -303,6 +303,34 @@ pub const BROKER_KEYS: &[Key] = &[
         "a voter with no answer from its leader for this long stands for election",
     ),
     key(
+        "replica.lag.time.max.ms",
+        Kind::Long,
+        "30000",
+        1,
+        "a follower not caught up for this long leaves the ISR",
+    ),
+    key(
+        "replica.fetch.max.bytes",
+        Kind::Int,
+        "1048576",
+        1,
+        "bytes a follower asks for per partition and fetch",
+    ),
+    key(
+        "replica.fetch.wait.max.ms",
+        Kind::Int,
+        "500",
+        0,
+        "how long a leader holds a follower's fetch that finds nothing new",
+    ),
+    key(
+        "replica.fetch.backoff.ms",
+        Kind::Int,
+        "1000",
+        0,
+        "a follower's pause after a failed fetch",
+    ),
+    key(
         "broker.session.timeout.ms",
         Kind::Int,
         "9000",
@@ -568,6 +596,10 @@ pub struct BrokerConfig {
     pub quorum_fetch_timeout_ms: i64,
     pub broker_session_timeout_ms: i64,
     pub broker_heartbeat_interval_ms: i64,
+    pub replica_lag_time_max_ms: i64,
+    pub replica_fetch_max_bytes: i32,
+    pub replica_fetch_wait_max_ms: i32,
+    pub replica_fetch_backoff_ms: i64,
     /// A deliberately broken variant to run (feature `mutations` only).
     pub mutation: Option<Mutation>,
 }
@@ -717,6 +749,11 @@ impl BrokerConfig {
             quorum_fetch_timeout_ms: number("controller.quorum.fetch.timeout.ms"),
             broker_session_timeout_ms: number("broker.session.timeout.ms"),
             broker_heartbeat_interval_ms: number("broker.heartbeat.interval.ms"),
+            replica_lag_time_max_ms: number("replica.lag.time.max.ms"),
+            replica_fetch_max_bytes: number("replica.fetch.max.bytes").min(i32::MAX as i64) as i32,
+            replica_fetch_wait_max_ms: number("replica.fetch.wait.max.ms").min(i32::MAX as i64)
+                as i32,
+            replica_fetch_backoff_ms: number("replica.fetch.backoff.ms"),
             advertised_listeners: if advertised.is_empty() {
                 listeners.clone()
             } else {
@@ -789,6 +826,8 @@ pub struct TopicConfig {
     pub skip_recovery_crc: bool,
     /// Mutation `offset-gap` (never set without the feature).
     pub offset_gap: bool,
+    /// Replicas in the ISR needed for acks=all (capped by the replicas).
+    pub min_insync_replicas: usize,
 }
 
 impl TopicConfig {
@@ -811,6 +850,7 @@ impl TopicConfig {
             timestamp_after_max_ms: number("message.timestamp.after.max.ms"),
             skip_recovery_crc: broker.mutated(Mutation::SkipRecoveryCrc),
             offset_gap: broker.mutated(Mutation::OffsetGap),
+            min_insync_replicas: number("min.insync.replicas").max(1) as usize,
             overrides,
         })
     }

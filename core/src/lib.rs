@@ -30,6 +30,7 @@ pub mod group;
 pub mod group_records;
 pub mod quorum;
 pub mod raft;
+pub mod replication;
 pub mod topics;
 // handlers: one module per API family, over the broker's state.
 pub mod handlers;
@@ -74,7 +75,11 @@ mod layers {
         (
             "log",
             DOMAIN,
-            &[include_str!("log.rs"), include_str!("log/format.rs")],
+            &[
+                include_str!("log.rs"),
+                include_str!("log/epochs.rs"),
+                include_str!("log/format.rs"),
+            ],
         ),
         ("metadata", DOMAIN, &[include_str!("metadata.rs")]),
         (
@@ -96,6 +101,7 @@ mod layers {
             ],
         ),
         ("durability", MACHINES, &[include_str!("durability.rs")]),
+        ("replication", MACHINES, &[include_str!("replication.rs")]),
         ("group", MACHINES, &[include_str!("group.rs")]),
         (
             "group_records",

@@ -305,6 +305,8 @@ impl BrokerRegistrationChangeRecord {
     pub const FENCED: i8 = 1;
     pub const UNFENCED: i8 = -1;
     pub const UNCHANGED: i8 = 0;
+    /// `in_controlled_shutdown`: the broker asked to shut down.
+    pub const IN_CONTROLLED_SHUTDOWN: i8 = 1;
 }
 
 impl Default for RegisterBrokerRecord {

@@ -105,6 +105,11 @@ pub fn client_host(peer: IpAddr) -> String {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ShutdownStep {
     None,
+    /// The controller is moving this broker's leaderships away, until it
+    /// says they moved or the deadline passes.
+    Controlled {
+        until_ms: i64,
+    },
     /// Everything is being synced; next the marker is written.
     Flush,
 }
@@ -119,6 +124,18 @@ const PEER_REQUESTS_IN_FLIGHT_MAX: usize = 64;
 /// How long a request to a peer may go unanswered before the link is reset:
 /// Kafka's `controller.quorum.request.timeout.ms` default.
 pub const PEER_REQUEST_TIMEOUT_MS: i64 = 2_000;
+
+/// How long a shutting-down broker waits for the controller to move its
+/// leaderships before it stops anyway.
+const CONTROLLED_SHUTDOWN_MS: i64 = 5_000;
+
+/// How often a leader checks its ISRs: half `replica.lag.time.max.ms`, as
+/// Kafka does, and often enough that an ISR change lost on its way is asked
+/// again soon after `ISR_CHANGE_TIMEOUT_MS`.
+fn isr_check_interval_ms(config: &BrokerConfig) -> i64 {
+    (config.replica_lag_time_max_ms / 2)
+        .clamp(1, crate::broker::replicas::ISR_CHANGE_TIMEOUT_MS / 2)
+}
 
 /// A request sent to a peer and not answered yet.
 #[derive(Debug, Clone)]
@@ -194,6 +211,10 @@ pub struct Node<S: Storage> {
     /// When this node, leading the quorum, saw each voter fetch and catch
     /// up (DescribeQuorum's timestamps).
     voter_fetches: BTreeMap<NodeId, describe_quorum::FetchTimes>,
+    /// This follower's fetching, per leader.
+    replica_fetches: BTreeMap<NodeId, replicas::LeaderFetch>,
+    /// ISR changes sent to the controller and not answered yet.
+    isr_changes_sent: Vec<crate::broker::replicas::IsrChange>,
 }
 
 impl<S: Storage> Node<S> {
@@ -268,11 +289,17 @@ impl<S: Storage> Node<S> {
             lifecycle: None,
             controller: None,
             voter_fetches: BTreeMap::new(),
+            replica_fetches: BTreeMap::new(),
+            isr_changes_sent: Vec::new(),
         };
         if node.quorum.is_some() {
             let incarnation_id = uuid::Uuid::from_bytes(node.broker.rng.uuid());
             node.lifecycle = Some(cluster::Lifecycle::new(incarnation_id));
             node.broker.cluster = Some(crate::broker::ClusterView::default());
+            node.timers.set(
+                Timer::IsrCheck,
+                now.monotonic_ms + isr_check_interval_ms(&node.broker.config),
+            );
         }
         node.settle(now);
         Ok(node)
@@ -532,6 +559,9 @@ impl<S: Storage> Node<S> {
         if !up && channel == Channel::Control {
             self.controller_link_lost(now);
         }
+        if channel == Channel::Replica {
+            self.replica_link_lost(peer);
+        }
         if up {
             let request = ApiVersionsRequest::default()
                 .with_client_software_name(StrBytes::from_static_str("sluice"))
@@ -579,6 +609,9 @@ impl<S: Storage> Node<S> {
             self.outputs.push_back(Output::ResetPeer { peer, channel });
             if channel == Channel::Control {
                 self.controller_link_lost(now);
+            }
+            if channel == Channel::Replica {
+                self.replica_link_lost(peer);
             }
         }
         self.arm_peer_timer(peer, channel);
@@ -710,6 +743,12 @@ impl<S: Storage> Node<S> {
                     Err(error) => tracing::warn!(%peer, %error, "bad response from a peer"),
                 }
             }
+            Some((ApiKey::Fetch, version)) if channel == Channel::Replica => {
+                self.replica_response(now, peer, version, frame)
+            }
+            Some((ApiKey::AlterPartition, version)) => {
+                self.alter_partition_response(version, frame)
+            }
             // The controller's answer to a creation this broker forwarded:
             // the client that wanted it retries and finds the topic.
             Some((ApiKey::CreateTopics | ApiKey::AllocateProducerIds, _)) => {
@@ -724,7 +763,7 @@ impl<S: Storage> Node<S> {
 
     /// A sync completed (`Ok`) or failed (`Err`, with the reason).
     pub fn handle_synced(&mut self, now: Now, id: u64, result: Result<(), String>) {
-        let completed = self.broker.handle_synced(id, result);
+        let completed = self.broker.handle_synced(now, id, result);
         if let Some(quorum) = &mut self.quorum {
             let Broker {
                 storage,
@@ -746,27 +785,67 @@ impl<S: Storage> Node<S> {
     /// reading; `is_stopped` turns true when the marker is durable.
     pub fn begin_shutdown(&mut self, now: Now) {
         if self.shutdown == ShutdownStep::None {
-            if let Some(quorum) = &mut self.quorum {
-                let Broker {
-                    storage,
-                    durability,
-                    ..
-                } = &mut self.broker;
-                quorum.resign(storage, durability, now.monotonic_ms);
-            }
-            self.shutdown = ShutdownStep::Flush;
-            if self.broker.storage_offline() {
-                self.stopped = true;
-            } else if !self.broker.durability.in_flight() {
-                let sync = self.broker.flush_all();
-                self.push_sync(sync);
+            match self.lifecycle.as_mut() {
+                Some(lifecycle) if lifecycle.serving() && !self.broker.storage_offline() => {
+                    // A broker of a cluster first has its partitions' leaders
+                    // moved, so their clients find the new ones at once.
+                    tracing::info!(
+                        "shutting down: asking the controller to move this broker's leaderships"
+                    );
+                    lifecycle.want_shut_down = true;
+                    lifecycle.next_ms = now.monotonic_ms;
+                    let until_ms = now.monotonic_ms + CONTROLLED_SHUTDOWN_MS;
+                    self.shutdown = ShutdownStep::Controlled { until_ms };
+                    self.timers.set(Timer::ControlledShutdown, until_ms);
+                }
+                _ => self.flush_for_shutdown(now),
             }
         }
         self.settle(now);
     }
 
+    /// After a controlled shutdown's step: the moves are done (or it gave
+    /// up waiting), so the node stops as a node alone would.
+    fn tend_shutdown(&mut self, now: Now) {
+        let ShutdownStep::Controlled { until_ms } = self.shutdown else {
+            return;
+        };
+        let moved = self.lifecycle.as_ref().is_some_and(|l| l.may_shut_down);
+        if !moved && now.monotonic_ms < until_ms {
+            return;
+        }
+        if !moved {
+            tracing::warn!(
+                waited_ms = CONTROLLED_SHUTDOWN_MS,
+                "the controller did not move this broker's leaderships in time; stopping anyway"
+            );
+        }
+        self.timers.stop(Timer::ControlledShutdown);
+        self.flush_for_shutdown(now);
+    }
+
+    /// Resigns the quorum's leadership and syncs everything, then writes
+    /// the clean-shutdown marker.
+    fn flush_for_shutdown(&mut self, now: Now) {
+        if let Some(quorum) = &mut self.quorum {
+            let Broker {
+                storage,
+                durability,
+                ..
+            } = &mut self.broker;
+            quorum.resign(storage, durability, now.monotonic_ms);
+        }
+        self.shutdown = ShutdownStep::Flush;
+        if self.broker.storage_offline() {
+            self.stopped = true;
+        } else if !self.broker.durability.in_flight() {
+            let sync = self.broker.flush_all();
+            self.push_sync(sync);
+        }
+    }
+
     fn continue_shutdown(&mut self, completed: &Completed) {
-        if self.shutdown == ShutdownStep::None {
+        if self.shutdown != ShutdownStep::Flush {
             return;
         }
         if !completed.ok {
@@ -838,6 +917,13 @@ impl<S: Storage> Node<S> {
                 }
                 Timer::RaftAnswers => self.decline_overdue_raft(now),
                 Timer::Cluster => self.cluster_timeout(now),
+                // Both are looked at by `settle`, below.
+                Timer::ReplicaFetch | Timer::ControlledShutdown => {}
+                Timer::IsrCheck => {
+                    self.broker.check_isr(now);
+                    let interval = isr_check_interval_ms(&self.broker.config);
+                    self.timers.set(timer, now.monotonic_ms + interval);
+                }
             }
         }
         self.settle(now);
@@ -881,6 +967,8 @@ impl<S: Storage> Node<S> {
             everyone = true;
         }
         self.tend_cluster(now);
+        self.tend_shutdown(now);
+        self.tend_replication(now);
         // What the controller proposed just now (and the fetches it wakes).
         if self.drain_quorum(now) {
             everyone = true;
@@ -956,6 +1044,12 @@ impl<S: Storage> Node<S> {
                 WaitState::Failed if matches!(wait, handlers::Wait::Committed(_)) => {
                     encode(&reply.uncommitted())
                 }
+                WaitState::Failed
+                    if matches!(wait, handlers::Wait::HighWatermarks(_))
+                        && !self.broker.storage_offline() =>
+                {
+                    encode(&reply.leadership_lost())
+                }
                 WaitState::Failed => encode(&reply.unsynced()),
                 WaitState::Waiting => Completion::NotYet(Slot {
                     header,
@@ -967,6 +1061,7 @@ impl<S: Storage> Node<S> {
                 let answer = if woken || deadline_passed {
                     fetch_response(
                         &mut self.broker,
+                        now,
                         header.version,
                         &parked.request,
                         deadline_passed,
@@ -1082,5 +1177,6 @@ impl<S: Storage> Node<S> {
 mod cluster;
 mod describe_quorum;
 mod quorum;
+mod replicas;
 #[cfg(test)]
 mod tests;

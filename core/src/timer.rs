@@ -30,6 +30,13 @@ pub enum Timer {
     /// This broker's next registration or heartbeat, and, on the active
     /// controller, the end of the first silent broker's session.
     Cluster,
+    /// A follower's next fetch after a failed one
+    /// (`replica.fetch.backoff.ms`).
+    ReplicaFetch,
+    /// The leader's periodic ISR check (half `replica.lag.time.max.ms`).
+    IsrCheck,
+    /// The end of a controlled shutdown's wait for the controller.
+    ControlledShutdown,
 }
 
 #[derive(Debug, Default)]

@@ -12,6 +12,7 @@ use std::io;
 use crate::config::{BrokerConfig, TopicConfig};
 use crate::log::PartitionLog;
 use crate::metadata::TopicRecord;
+use crate::replication::Role;
 use crate::storage::Storage;
 use crate::types::TopicPartition;
 
@@ -20,6 +21,8 @@ use crate::types::TopicPartition;
 pub struct Partition {
     pub log: PartitionLog,
     pub incarnation: u64,
+    /// What this broker is for the partition: alone, leader or follower.
+    pub role: Role,
 }
 
 /// A topic and its partitions.
@@ -176,7 +179,11 @@ impl Topics {
         if recovery.truncated_bytes > 0 || recovery.segments_removed > 0 {
             tracing::warn!(%dir, ?recovery, "recovered partition log");
         }
-        topic.partitions.push(Partition { log, incarnation });
+        topic.partitions.push(Partition {
+            log,
+            incarnation,
+            role: Role::Alone,
+        });
         self.next_incarnation += 1;
         Ok(Opened { created_dirs })
     }

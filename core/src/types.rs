@@ -22,15 +22,18 @@ pub enum Channel {
     Raft,
     /// A broker's requests to the active controller.
     Control,
+    /// A follower's fetches of the partitions it replicates from a leader.
+    Replica,
 }
 
 impl Channel {
-    pub const ALL: [Channel; 2] = [Channel::Raft, Channel::Control];
+    pub const ALL: [Channel; 3] = [Channel::Raft, Channel::Control, Channel::Replica];
 
     pub fn name(self) -> &'static str {
         match self {
             Channel::Raft => "raft",
             Channel::Control => "control",
+            Channel::Replica => "replica",
         }
     }
 }

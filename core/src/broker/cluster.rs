@@ -227,11 +227,16 @@ impl<S: Storage> Broker<S> {
                     partition.partition_id,
                     configs,
                 );
-                if name == super::OFFSETS_TOPIC {
-                    // A restart replays the partitions of the offsets
-                    // topic: their groups and commits load as they open.
-                    self.load_group_partition(now, partition.partition_id);
-                }
+                // The leader of a partition of the offsets topic loads its
+                // groups and commits as it takes the partition.
+                self.refresh_role(now, &name, partition.partition_id);
+            }
+            MetadataRecord::PartitionChange(change) => {
+                let Some(topic) = cluster.image.topic_by_id(change.topic_id) else {
+                    return;
+                };
+                let name = topic.name.clone();
+                self.refresh_role(now, &name, change.partition_id);
             }
             MetadataRecord::RemoveTopic(removed) => {
                 let name = self
@@ -326,10 +331,35 @@ impl<S: Storage> Broker<S> {
         self.cluster.as_ref()?;
         match self.registration(topic, partition) {
             None => Some(ResponseError::UnknownTopicOrPartition),
-            Some(p) if p.leader == self.config.node_id => None,
+            // Named leader, and acting as one (caught up with the metadata).
+            Some(p) if p.leader == self.config.node_id && self.leads(topic, partition) => None,
+            Some(p) if p.leader == self.config.node_id => Some(ResponseError::NotLeaderOrFollower),
             Some(p) if p.leader < 0 => Some(ResponseError::LeaderNotAvailable),
             Some(_) => Some(ResponseError::NotLeaderOrFollower),
         }
+    }
+
+    /// The partitions of the offsets topic, which place each group. In a
+    /// cluster, `offsets.topic.num.partitions` (the committed metadata may
+    /// hold only the first of them while their records apply one by one),
+    /// or more if the topic was created with more; alone, as this node
+    /// holds them.
+    pub fn offsets_partition_count(&self) -> i32 {
+        match &self.cluster {
+            Some(cluster) => cluster
+                .image
+                .topic_by_name(super::OFFSETS_TOPIC)
+                .map_or(0, |t| t.partitions.len() as i32)
+                .max(self.config.offsets_topic_partitions),
+            None => self.topics.partition_count(super::OFFSETS_TOPIC),
+        }
+    }
+
+    /// This broker acts as the partition's leader.
+    fn leads(&self, topic: &str, partition: i32) -> bool {
+        self.topics
+            .partition(topic, partition)
+            .is_some_and(|p| p.role.leading().is_some())
     }
 
     /// The node that coordinates a group: the leader of its partition of
@@ -352,10 +382,18 @@ impl<S: Storage> Broker<S> {
             self.request_offsets_topic();
             return Some(ResponseError::CoordinatorNotAvailable);
         }
-        let partitions = self.topics.partition_count(super::OFFSETS_TOPIC);
+        let partitions = self.offsets_partition_count();
         let partition = super::groups::offsets_partition(group_id, partitions);
         match self.coordinator_of(partition) {
-            Ok(leader) if leader == self.config.node_id => None,
+            Ok(leader)
+                if leader == self.config.node_id && self.leads(super::OFFSETS_TOPIC, partition) =>
+            {
+                None
+            }
+            // Named, not acting yet: its groups are not loaded.
+            Ok(leader) if leader == self.config.node_id => {
+                Some(ResponseError::CoordinatorLoadInProgress)
+            }
             Ok(_) => Some(ResponseError::NotCoordinator),
             Err(error) => Some(error),
         }
@@ -370,7 +408,7 @@ impl<S: Storage> Broker<S> {
             self.request_offsets_topic();
             return Err(ResponseError::CoordinatorNotAvailable);
         }
-        let partitions = self.topics.partition_count(super::OFFSETS_TOPIC);
+        let partitions = self.offsets_partition_count();
         let leader = self.coordinator_of(super::groups::offsets_partition(group_id, partitions))?;
         self.live_brokers()
             .into_iter()

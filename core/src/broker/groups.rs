@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 
 use kafka_protocol::ResponseError;
 
+use super::replicas::HighWatermark;
 use super::{Broker, Written};
 use crate::batch;
 use crate::config::Mutation;
@@ -53,13 +54,31 @@ pub fn offsets_partition(group_id: &str, partitions: i32) -> i32 {
     positive % partitions.max(1)
 }
 
+/// Where a coordinator's records went: the write sequence that makes them
+/// durable here and, when `__consumer_offsets` is replicated, the high
+/// watermark they need (Kafka's coordinator appends with acks=all).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct GroupWrite {
+    pub seq: u64,
+    pub marks: Vec<HighWatermark>,
+}
+
+impl GroupWrite {
+    pub fn and(mut self, other: GroupWrite) -> GroupWrite {
+        self.seq = self.seq.max(other.seq);
+        self.marks.extend(other.marks);
+        self
+    }
+}
+
 /// How the group changes behind an answer were recorded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Recorded {
     /// Nothing changed: the answer may go at once.
     Nothing,
-    /// Appended: the answer waits until this sequence is durable.
-    After(u64),
+    /// Appended: the answer waits until the write is durable (and
+    /// replicated).
+    After(GroupWrite),
     /// The append failed: the answer is an error and nothing was recorded.
     Failed,
 }
@@ -68,7 +87,7 @@ impl Recorded {
     fn and(self, other: Recorded) -> Recorded {
         match (self, other) {
             (Recorded::Failed, _) | (_, Recorded::Failed) => Recorded::Failed,
-            (Recorded::After(a), Recorded::After(b)) => Recorded::After(a.max(b)),
+            (Recorded::After(a), Recorded::After(b)) => Recorded::After(a.and(b)),
             (Recorded::After(a), Recorded::Nothing) | (Recorded::Nothing, Recorded::After(a)) => {
                 Recorded::After(a)
             }
@@ -93,7 +112,7 @@ impl<S: Storage> Broker<S> {
         let mut recorded = Recorded::Nothing;
         for group_id in self.groups.take_changed() {
             let outcome = match self.write_group_record(now, &group_id) {
-                Ok(seq) => Recorded::After(seq),
+                Ok(written) => Recorded::After(written),
                 Err(error) => {
                     tracing::error!(group = %group_id, ?error, "cannot record a group's state");
                     Recorded::Failed
@@ -105,7 +124,7 @@ impl<S: Storage> Broker<S> {
             self.group_answers.push(GroupAnswer {
                 token,
                 resolved,
-                recorded,
+                recorded: recorded.clone(),
             });
         }
         recorded
@@ -113,7 +132,11 @@ impl<S: Storage> Broker<S> {
 
     /// Records a group's state, or a tombstone when it no longer exists;
     /// returns the sequence to wait for.
-    pub fn write_group_record(&mut self, now: Now, group_id: &str) -> Result<u64, ResponseError> {
+    pub fn write_group_record(
+        &mut self,
+        now: Now,
+        group_id: &str,
+    ) -> Result<GroupWrite, ResponseError> {
         let value = self
             .groups
             .groups
@@ -131,7 +154,7 @@ impl<S: Storage> Broker<S> {
         now: Now,
         group_id: &str,
         records: &[(String, i32, Option<Committed>)],
-    ) -> Result<u64, ResponseError> {
+    ) -> Result<GroupWrite, ResponseError> {
         assert!(!records.is_empty());
         let encoded: Vec<(Vec<u8>, Option<Vec<u8>>)> = records
             .iter()
@@ -142,7 +165,7 @@ impl<S: Storage> Broker<S> {
                 )
             })
             .collect();
-        let seq = self.append_group_records(now, group_id, &encoded)?;
+        let written = self.append_group_records(now, group_id, &encoded)?;
         for (topic, index, committed) in records {
             match committed {
                 Some(committed) => self
@@ -151,7 +174,7 @@ impl<S: Storage> Broker<S> {
                 None => self.groups.forget_offset(group_id, topic, *index),
             }
         }
-        Ok(seq)
+        Ok(written)
     }
 
     /// Appends keyed records (a `None` value is a tombstone) to a group's
@@ -162,28 +185,35 @@ impl<S: Storage> Broker<S> {
         now: Now,
         group_id: &str,
         records: &[(Vec<u8>, Option<Vec<u8>>)],
-    ) -> Result<u64, ResponseError> {
+    ) -> Result<GroupWrite, ResponseError> {
         if self.storage_offline() {
             return Err(ResponseError::CoordinatorNotAvailable);
         }
         let created = self.ensure_offsets_topic()?;
-        let partition = offsets_partition(group_id, self.topics.partition_count(OFFSETS_TOPIC));
+        let partition = offsets_partition(group_id, self.offsets_partition_count());
         let specs: Vec<batch::RecordSpec<'_>> = records
             .iter()
             .map(|(key, value)| (Some(&key[..]), value.as_deref(), Vec::new(), 0))
             .collect();
         let bytes = batch::build_batch(now.wall_ms, &specs);
+        let epoch = self.append_epoch(OFFSETS_TOPIC, partition);
         let held = self
             .topics
             .partition_mut(OFFSETS_TOPIC, partition)
             .ok_or(ResponseError::CoordinatorNotAvailable)?;
-        held.log
-            .append(&mut self.storage, &bytes, 0, now.wall_ms)
+        let appended = held
+            .log
+            .append(&mut self.storage, &bytes, epoch, now.wall_ms)
             .map_err(|error| {
                 tracing::error!(%error, group = group_id, "cannot write to {OFFSETS_TOPIC}");
                 ResponseError::KafkaStorageError
             })?;
-        Ok(created.max(self.note_partition_write(OFFSETS_TOPIC, partition)))
+        let seq = created.max(self.note_partition_write(OFFSETS_TOPIC, partition));
+        let marks = self
+            .replication_mark(OFFSETS_TOPIC, partition, appended.last_offset + 1)
+            .into_iter()
+            .collect();
+        Ok(GroupWrite { seq, marks })
     }
 
     /// Creates `__consumer_offsets` on first use, like Kafka's internal topic.
@@ -219,14 +249,12 @@ impl<S: Storage> Broker<S> {
             return;
         }
         let partitions = self.config.offsets_topic_partitions;
-        let factor = self.config.default_replication_factor;
-        if let Err(error) = self.create_topic(
-            OFFSETS_TOPIC,
-            partitions,
-            offsets_topic_configs(),
-            factor,
-            None,
-        ) {
+        // Kafka's internal topics keep three replicas (as many as there are
+        // brokers, if fewer) and need two of them in sync.
+        let factor = self.placeable_brokers().len().clamp(1, 3) as i16;
+        let mut configs = offsets_topic_configs();
+        configs.insert("min.insync.replicas".into(), "2".into());
+        if let Err(error) = self.create_topic(OFFSETS_TOPIC, partitions, configs, factor, None) {
             tracing::warn!(?error, "cannot create {OFFSETS_TOPIC} yet");
         }
     }

@@ -8,6 +8,7 @@
 
 pub mod cluster;
 pub mod groups;
+pub mod replicas;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
@@ -18,12 +19,13 @@ use crate::config::{BrokerConfig, Mutation};
 use crate::durability::{Completed, Durability, SyncRequest};
 use crate::group::Coordinator;
 use crate::metadata::{Change, MetadataLog, TopicRecord, METADATA_DIR};
+use crate::replication::Role;
 use crate::rng::{base64_url, Rng};
 use crate::storage::{Storage, SyncTarget};
 use crate::topics::{remove_dir_all, topic_name_problem, Partition, Topics};
 use crate::types::{Now, TopicPartition};
 
-pub use groups::{GroupAnswer, Recorded, OFFSETS_TOPIC};
+pub use groups::{GroupAnswer, GroupWrite, Recorded, OFFSETS_TOPIC};
 
 /// Marks a clean stop: the next start may skip the recovery scan.
 pub const CLEAN_SHUTDOWN_FILE: &str = ".clean-shutdown";
@@ -54,6 +56,8 @@ pub struct Broker<S: Storage> {
     clean_start: bool,
     /// What the controller quorum committed, when this node is part of one.
     pub cluster: Option<ClusterView>,
+    /// ISR changes this broker's led partitions ask of the controller.
+    isr_changes: Vec<replicas::IsrChange>,
 }
 
 /// A node's view of the cluster from the committed metadata log: the
@@ -78,6 +82,10 @@ pub struct ClusterView {
     pub producer_block: Option<(i64, i64)>,
     /// This broker needs a block of producer ids from the controller.
     pub wants_producer_block: bool,
+    /// Registered and unfenced: caught up with the metadata log, so the
+    /// roles it derives from it may act (a restarted broker replays old
+    /// leaderships before it reaches the current ones).
+    pub serving: bool,
 }
 
 /// What a change waits for before it is answered: a sync of this node's
@@ -172,6 +180,7 @@ impl<S: Storage> Broker<S> {
             group_answers: Vec::new(),
             clean_start: clean,
             cluster: None,
+            isr_changes: Vec::new(),
         };
         if broker.config.quorum_voters.is_empty() {
             broker.remove_orphan_dirs()?;
@@ -322,17 +331,32 @@ impl<S: Storage> Broker<S> {
     }
 
     /// The offset below which a partition's records are acknowledged and
-    /// may be read: what every replica has durable. On one node that is the
-    /// synced end of the log.
+    /// may be read: what every replica in the ISR has durable. On one node
+    /// that is the synced end of the log.
     pub fn high_watermark(&self, partition: &Partition) -> i64 {
-        partition.log.durable_offset()
+        let log = &partition.log;
+        match &partition.role {
+            Role::Alone => log.durable_offset(),
+            Role::Leader(leading) => leading.high_watermark,
+            Role::Follower(following) => following.high_watermark(log.durable_offset()),
+            Role::Offline { .. } => log.log_start_offset(),
+        }
     }
 
     /// Records that a partition's log changed; returns the sequence after
     /// which the change is durable.
     pub fn note_partition_write(&mut self, topic: &str, partition: i32) -> u64 {
-        self.durability
-            .note_partition_write(TopicPartition::new(topic, partition))
+        let tp = TopicPartition::new(topic, partition);
+        let followed = self
+            .topics
+            .partition(topic, partition)
+            .and_then(|p| p.role.leading())
+            .is_some_and(|l| !l.followers.is_empty());
+        if followed {
+            // Followers' fetches parked on it read the new records.
+            self.moved.insert(tp.clone());
+        }
+        self.durability.note_partition_write(tp)
     }
 
     /// Records a new topic and opens its logs; durable after the next sync.
@@ -544,7 +568,7 @@ impl<S: Storage> Broker<S> {
 
     /// A sync completed or failed: marks the synced log ends durable on the
     /// logs they were taken from.
-    pub fn handle_synced(&mut self, id: u64, result: Result<(), String>) -> Completed {
+    pub fn handle_synced(&mut self, now: Now, id: u64, result: Result<(), String>) -> Completed {
         if let Err(why) = &result {
             // After a failed fsync the page cache may have dropped the
             // data: nothing it covered may be acknowledged, ever.
@@ -577,6 +601,9 @@ impl<S: Storage> Broker<S> {
             if end.end_offset > held.log.durable_offset() {
                 held.log.mark_durable(end.end_offset);
                 self.moved.insert(end.partition.clone());
+                if matches!(held.role, Role::Leader(_)) {
+                    self.update_high_watermark(now, &end.partition.topic, end.partition.partition);
+                }
             }
         }
         self.topics.invariants();
@@ -619,8 +646,8 @@ impl<S: Storage> Broker<S> {
             }
         }
         for answer in &self.group_answers {
-            if let Recorded::After(seq) = answer.recorded {
-                assert!(seq <= self.durability.write_seq());
+            if let Recorded::After(written) = &answer.recorded {
+                assert!(written.seq <= self.durability.write_seq());
             }
         }
     }

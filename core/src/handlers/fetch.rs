@@ -6,6 +6,7 @@ use kafka_protocol::messages::*;
 use kafka_protocol::ResponseError;
 
 use super::{code, now, Context, Handled, ParkedFetch, Pending};
+use crate::broker::replicas::{FollowerFetch, ForFollower};
 use crate::broker::Broker;
 use crate::config::Mutation;
 use crate::storage::Storage;
@@ -18,7 +19,13 @@ pub(super) fn fetch<S: Storage>(
     request: FetchRequest,
 ) -> Handled {
     let immediate = request.max_wait_ms <= 0;
-    if let Some(response) = fetch_response(broker, context.header.version, &request, immediate) {
+    if let Some(response) = fetch_response(
+        broker,
+        context.now,
+        context.header.version,
+        &request,
+        immediate,
+    ) {
         return now(Reply::Fetch(response));
     }
     let deadline_ms = context
@@ -52,10 +59,18 @@ pub(super) fn fetch<S: Storage>(
 /// (fewer than `min_bytes` readable, no error, deadline not reached).
 pub fn fetch_response<S: Storage>(
     broker: &mut Broker<S>,
+    now: crate::types::Now,
     version: i16,
     request: &FetchRequest,
     deadline_passed: bool,
 ) -> Option<FetchResponse> {
+    // A follower names itself (in ReplicaState from v15, before as the
+    // request's replica id); consumers send -1.
+    let replica_id = if version >= 15 {
+        request.replica_state.replica_id.0
+    } else {
+        request.replica_id.0
+    };
     if request.session_id != 0 {
         return Some(
             FetchResponse::default().with_error_code(code(ResponseError::FetchSessionIdNotFound)),
@@ -80,9 +95,41 @@ pub fn fetch_response<S: Storage>(
                 .with_last_stable_offset(-1)
                 .with_log_start_offset(-1)
                 .with_preferred_read_replica(BrokerId(-1));
+            let first = bytes_read == 0;
             let read = match &name {
                 None => Err(ResponseError::UnknownTopicId),
-                Some(name) => read_partition(broker, name, partition, bytes_left, bytes_read == 0),
+                Some(name) if replica_id >= 0 => {
+                    let fetch = FollowerFetch {
+                        replica_id,
+                        current_leader_epoch: partition.current_leader_epoch,
+                        fetch_offset: partition.fetch_offset,
+                        last_fetched_epoch: partition.last_fetched_epoch,
+                        bytes_max: (partition.partition_max_bytes.max(0) as usize).min(bytes_left),
+                    };
+                    match broker.read_for_follower(now, name, partition.partition, fetch, first) {
+                        Ok(ForFollower::Records {
+                            records,
+                            high_watermark,
+                            log_start,
+                        }) => Ok((records, high_watermark, log_start)),
+                        Ok(ForFollower::Diverging {
+                            epoch,
+                            end_offset,
+                            high_watermark,
+                            log_start,
+                        }) => {
+                            any_error = true;
+                            data = data.with_diverging_epoch(
+                                fetch_response::EpochEndOffset::default()
+                                    .with_epoch(epoch)
+                                    .with_end_offset(end_offset),
+                            );
+                            Ok((Bytes::new(), high_watermark, log_start))
+                        }
+                        Err(error) => Err(error),
+                    }
+                }
+                Some(name) => read_partition(broker, name, partition, bytes_left, first),
             };
             match read {
                 Ok((records, high_watermark, log_start)) => {
@@ -99,6 +146,20 @@ pub fn fetch_response<S: Storage>(
                 }
                 Err(error) => {
                     any_error = true;
+                    if let (
+                        ResponseError::NotLeaderOrFollower | ResponseError::FencedLeaderEpoch,
+                        Some(name),
+                    ) = (error, &name)
+                    {
+                        // KIP-951: the leader this broker knows of.
+                        if let Some(r) = broker.registration(name, partition.partition) {
+                            data = data.with_current_leader(
+                                fetch_response::LeaderIdAndEpoch::default()
+                                    .with_leader_id(BrokerId(r.leader))
+                                    .with_leader_epoch(r.leader_epoch),
+                            );
+                        }
+                    }
                     data = data
                         .with_error_code(code(error))
                         .with_records(Some(Bytes::new()));
@@ -137,6 +198,11 @@ fn read_partition<S: Storage>(
         return Err(ResponseError::KafkaStorageError);
     }
     if let Some(error) = broker.not_leader(name, partition.partition) {
+        return Err(error);
+    }
+    if let Some(error) =
+        broker.epoch_refusal(name, partition.partition, partition.current_leader_epoch)
+    {
         return Err(error);
     }
     let held = broker
@@ -187,11 +253,17 @@ pub(super) fn list_offsets<S: Storage>(
                     .with_timestamp(-1)
                     .with_offset(-1)
                     .with_leader_epoch(-1);
-                match list_offset(broker, &name, p.partition_index, p.timestamp) {
+                let refused =
+                    broker.epoch_refusal(&name, p.partition_index, p.current_leader_epoch);
+                let found = match refused {
+                    Some(error) => Err(error),
+                    None => list_offset(broker, &name, p.partition_index, p.timestamp),
+                };
+                match found {
                     Ok((offset, timestamp)) => {
                         // The leader epoch field exists from v4 on.
                         let epoch = if context.header.version >= 4 && offset >= 0 {
-                            0
+                            broker.append_epoch(&name, p.partition_index)
                         } else {
                             -1
                         };
@@ -233,7 +305,12 @@ fn list_offset<S: Storage>(
         .partition(name, partition)
         .ok_or(ResponseError::UnknownTopicOrPartition)?
         .log;
-    let high_watermark = log.durable_offset();
+    let high_watermark = broker.high_watermark(
+        broker
+            .topics
+            .partition(name, partition)
+            .expect("looked up above"),
+    );
     let storage_error = |error: std::io::Error| {
         tracing::error!(topic = name, partition, %error, "offset lookup failed");
         ResponseError::KafkaStorageError
@@ -252,4 +329,54 @@ fn list_offset<S: Storage>(
             .unwrap_or((-1, -1))),
         _ => Err(ResponseError::InvalidRequest),
     }
+}
+
+/// OffsetForLeaderEpoch: where each asked epoch ends in the leader's log
+/// (the start of the next epoch, or the log end for the latest), as
+/// followers and consumers (KIP-320) ask after a leader change to find
+/// where their log or position diverged.
+pub(super) fn offset_for_leader_epoch<S: Storage>(
+    broker: &mut Broker<S>,
+    request: OffsetForLeaderEpochRequest,
+) -> Handled {
+    let mut topics = Vec::with_capacity(request.topics.len());
+    for topic in &request.topics {
+        let name = topic.topic.0.to_string();
+        let partitions = topic
+            .partitions
+            .iter()
+            .map(|p| {
+                let answer = offset_for_leader_epoch_response::EpochEndOffset::default()
+                    .with_partition(p.partition)
+                    .with_leader_epoch(-1)
+                    .with_end_offset(-1);
+                let refusal = if broker.storage_offline() {
+                    Some(ResponseError::KafkaStorageError)
+                } else {
+                    broker.not_leader(&name, p.partition).or_else(|| {
+                        broker.epoch_refusal(&name, p.partition, p.current_leader_epoch)
+                    })
+                };
+                let held = broker.topics.partition(&name, p.partition);
+                match (refusal, held) {
+                    (Some(error), _) => answer.with_error_code(code(error)),
+                    (None, None) => {
+                        answer.with_error_code(code(ResponseError::UnknownTopicOrPartition))
+                    }
+                    (None, Some(held)) => {
+                        let (epoch, end_offset) = held.log.end_offset_for_epoch(p.leader_epoch);
+                        answer.with_leader_epoch(epoch).with_end_offset(end_offset)
+                    }
+                }
+            })
+            .collect();
+        topics.push(
+            offset_for_leader_epoch_response::OffsetForLeaderTopicResult::default()
+                .with_topic(topic.topic.clone())
+                .with_partitions(partitions),
+        );
+    }
+    now(Reply::OffsetForLeaderEpoch(
+        OffsetForLeaderEpochResponse::default().with_topics(topics),
+    ))
 }

@@ -12,8 +12,8 @@ use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 
 use super::cluster::endpoint;
-use super::{code, now, Context, Handled, Pending, Wait};
-use crate::broker::{Broker, GroupAnswer, Recorded};
+use super::{code, now, Context, Handled, Pending};
+use crate::broker::{Broker, GroupAnswer, GroupWrite, Recorded};
 use crate::group::{Committed, Join, Resolved, SyncAnswer, Token};
 use crate::storage::Storage;
 use crate::wire::Reply;
@@ -152,10 +152,7 @@ fn answered(reply: Option<Reply>, recorded: Recorded, token: Token) -> Pending {
 pub fn recorded_reply(reply: Reply, recorded: Recorded) -> Pending {
     match recorded {
         Recorded::Nothing => Pending::Now(reply),
-        Recorded::After(seq) => Pending::After {
-            wait: Wait::Durable(seq),
-            reply: Box::new(reply),
-        },
+        Recorded::After(written) => Pending::after_group_write(Some(written), reply),
         Recorded::Failed => Pending::Now(reply.unsynced()),
     }
 }
@@ -438,7 +435,7 @@ pub(super) fn delete_groups<S: Storage>(
     context: Context<'_>,
     request: DeleteGroupsRequest,
 ) -> Handled {
-    let mut wait_seq = None;
+    let mut written: Option<GroupWrite> = None;
     let mut results = Vec::new();
     for id in &request.groups_names {
         let group_id = str_of(&id.0);
@@ -458,18 +455,21 @@ pub(super) fn delete_groups<S: Storage>(
             .unwrap_or_default();
         let outcome = broker.groups.delete(&group_id).and_then(|()| {
             // Tombstones for the group's record and every committed offset.
-            let group_seq = broker.write_group_record(context.now, &group_id)?;
+            let group_write = broker.write_group_record(context.now, &group_id)?;
             if tombstones.is_empty() {
-                Ok(Some(group_seq))
+                Ok(group_write)
             } else {
                 broker
                     .write_offsets(context.now, &group_id, &tombstones)
-                    .map(|seq| Some(seq.max(group_seq)))
+                    .map(|w| w.and(group_write))
             }
         });
         let error = match outcome {
-            Ok(seq) => {
-                wait_seq = wait_seq.max(seq);
+            Ok(write) => {
+                written = Some(match written.take() {
+                    Some(before) => before.and(write),
+                    None => write,
+                });
                 None
             }
             Err(e) => Some(e),
@@ -481,8 +481,8 @@ pub(super) fn delete_groups<S: Storage>(
         );
     }
     let response = DeleteGroupsResponse::default().with_results(results);
-    Ok(Pending::after_durable(
-        wait_seq,
+    Ok(Pending::after_group_write(
+        written,
         Reply::DeleteGroups(response),
     ))
 }

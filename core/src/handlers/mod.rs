@@ -52,13 +52,7 @@ pub enum Wait {
     Committed(u64),
 }
 
-/// A partition's high watermark to wait for, on the log it was appended to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HighWatermark {
-    pub partition: TopicPartition,
-    pub incarnation: u64,
-    pub offset: i64,
-}
+pub use crate::broker::replicas::HighWatermark;
 
 /// A fetch waiting for data.
 #[derive(Debug)]
@@ -100,8 +94,13 @@ impl Wait {
                         .topics
                         .partition(&mark.partition.topic, mark.partition.partition)
                         .filter(|p| p.incarnation == mark.incarnation);
+                    let led = |p: &crate::topics::Partition| match mark.leader_epoch {
+                        None => true,
+                        Some(epoch) => p.role.leading().is_some_and(|l| l.leader_epoch == epoch),
+                    };
                     match held {
                         None => return WaitState::Failed,
+                        Some(p) if !led(p) => return WaitState::Failed,
                         Some(p) if broker.high_watermark(p) >= mark.offset => {}
                         Some(_) if broker.storage_offline() => return WaitState::Failed,
                         Some(_) => state = WaitState::Waiting,
@@ -121,6 +120,21 @@ impl Pending {
             Some(Written::Durable(seq)) => Pending::after_durable(Some(seq), reply),
             Some(Written::Committed(ticket)) => Pending::After {
                 wait: Wait::Committed(ticket),
+                reply: Box::new(reply),
+            },
+        }
+    }
+
+    /// `reply`, once a coordinator's write is durable here and, when its
+    /// partition has followers, under the high watermark.
+    pub fn after_group_write(written: Option<crate::broker::GroupWrite>, reply: Reply) -> Pending {
+        match written {
+            None => Pending::Now(reply),
+            Some(written) if written.marks.is_empty() => {
+                Pending::after_durable(Some(written.seq), reply)
+            }
+            Some(written) => Pending::After {
+                wait: Wait::HighWatermarks(written.marks),
                 reply: Box::new(reply),
             },
         }
@@ -180,6 +194,9 @@ pub fn dispatch<S: Storage>(
         ApiKey::Produce => produce::produce(broker, context, decode(body, version)?),
         ApiKey::Fetch => fetch::fetch(broker, context, decode(body, version)?),
         ApiKey::ListOffsets => fetch::list_offsets(broker, context, decode(body, version)?),
+        ApiKey::OffsetForLeaderEpoch => {
+            fetch::offset_for_leader_epoch(broker, decode(body, version)?)
+        }
         ApiKey::CreateTopics => topics::create_topics(broker, decode(body, version)?),
         ApiKey::DeleteTopics => topics::delete_topics(broker, decode(body, version)?),
         ApiKey::CreatePartitions => topics::create_partitions(broker, decode(body, version)?),

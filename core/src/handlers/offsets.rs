@@ -89,8 +89,8 @@ pub(super) fn offset_commit<S: Storage>(
     if records.is_empty() {
         return now(Reply::OffsetCommit(response));
     }
-    let seq = match broker.write_offsets(context.now, &group_id, &records) {
-        Ok(seq) => seq,
+    let written = match broker.write_offsets(context.now, &group_id, &records) {
+        Ok(written) => written,
         Err(error) => {
             let mut failed = response;
             for partition in failed
@@ -103,8 +103,8 @@ pub(super) fn offset_commit<S: Storage>(
             return now(Reply::OffsetCommit(failed));
         }
     };
-    Ok(Pending::after_durable(
-        Some(seq),
+    Ok(Pending::after_group_write(
+        Some(written),
         Reply::OffsetCommit(response),
     ))
 }

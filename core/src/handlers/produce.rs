@@ -83,7 +83,7 @@ pub(super) fn produce<S: Storage>(
             let result = match (topic_error, &name) {
                 (Some(error), _) => Err((error, None)),
                 (None, Some(name)) => {
-                    produce_partition(broker, context, name, index, partition_data.records)
+                    produce_partition(broker, context, acks, name, index, partition_data.records)
                 }
                 (None, None) => Err((ResponseError::UnknownTopicId, None)),
             };
@@ -95,6 +95,11 @@ pub(super) fn produce<S: Storage>(
                             partition: TopicPartition::new(name.clone(), index),
                             incarnation: produced.incarnation,
                             offset: produced.appended.last_offset + 1,
+                            leader_epoch: broker
+                                .topics
+                                .partition(name, index)
+                                .and_then(|p| p.role.leading())
+                                .map(|l| l.leader_epoch),
                         });
                     }
                     produce_response::PartitionProduceResponse::default()
@@ -147,6 +152,7 @@ pub(super) fn produce<S: Storage>(
 fn produce_partition<S: Storage>(
     broker: &mut Broker<S>,
     context: Context<'_>,
+    acks: i16,
     name: &str,
     index: i32,
     records: Option<Bytes>,
@@ -155,9 +161,17 @@ fn produce_partition<S: Storage>(
     if let Some(error) = broker.not_leader(name, index) {
         return Err((error, None));
     }
+    let leader_epoch = broker.append_epoch(name, index);
     let Some(held) = broker.topics.partition_mut(name, index) else {
         return Err((ResponseError::UnknownTopicOrPartition, None));
     };
+    if acks == -1 && held.role.leading().is_some_and(|l| !l.enough_replicas()) {
+        // Kafka refuses before appending when the ISR is already too small.
+        return Err((
+            ResponseError::NotEnoughReplicas,
+            Some("the ISR is smaller than min.insync.replicas"),
+        ));
+    }
     let log = &mut held.log;
     let incarnation = held.incarnation;
     let Some(records) = records.filter(|r| !r.is_empty()) else {
@@ -201,7 +215,13 @@ fn produce_partition<S: Storage>(
     })?;
     let appended = match log.producers().check(&header) {
         Ok(Verdict::Append) => log
-            .append_with_max_timestamp(&mut broker.storage, &records, 0, now_ms, max_timestamp)
+            .append_with_max_timestamp(
+                &mut broker.storage,
+                &records,
+                leader_epoch,
+                now_ms,
+                max_timestamp,
+            )
             .map_err(|error| {
                 tracing::error!(topic = name, partition = index, %error, "append failed");
                 (ResponseError::KafkaStorageError, None)

@@ -136,15 +136,6 @@ fn create_one_topic<S: Storage>(
     if factor as usize > brokers.len() {
         return Err((ResponseError::InvalidReplicationFactor, format!("Unable to replicate the partition {factor} time(s): The target replication factor of {factor} cannot be reached because only {} broker(s) are registered.", brokers.len())));
     }
-    if factor > 1 {
-        // Placement across brokers works; replication itself does not yet.
-        return Err((
-            ResponseError::InvalidReplicationFactor,
-            format!(
-                "Replication factor {factor}: partitions have one replica until replication exists"
-            ),
-        ));
-    }
     let assignments = check_assignments(&brokers, topic.assignments.iter().map(|a| &a.broker_ids))?;
     let mut configs = BTreeMap::new();
     for entry in &topic.configs {
@@ -231,9 +222,6 @@ fn check_assignments<'a>(
             return bad(format!(
                 "Replica assignment names broker {unknown}, which cannot host replicas"
             ));
-        }
-        if list.len() > 1 {
-            return bad("Partitions have one replica until replication exists".into());
         }
     }
     Ok(Some(lists))

@@ -21,9 +21,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
 use kafka_protocol::messages::{
-    broker_registration_request, create_partitions_response, create_topics_request,
-    create_topics_response, delete_topics_response, AllocateProducerIdsRequest,
-    AllocateProducerIdsResponse, ApiKey, BrokerHeartbeatRequest, BrokerHeartbeatResponse, BrokerId,
+    alter_partition_response, broker_registration_request, create_partitions_response,
+    create_topics_request, create_topics_response, delete_topics_response,
+    AllocateProducerIdsRequest, AllocateProducerIdsResponse, AlterPartitionRequest,
+    AlterPartitionResponse, ApiKey, BrokerHeartbeatRequest, BrokerHeartbeatResponse, BrokerId,
     BrokerRegistrationRequest, BrokerRegistrationResponse, CreatePartitionsRequest,
     CreatePartitionsResponse, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest,
     DeleteTopicsResponse, ProducerId, RequestHeader, TopicName,
@@ -55,6 +56,8 @@ const REGISTRATION_VERSION: i16 = 3;
 const HEARTBEAT_VERSION: i16 = 1;
 const REGISTRATION_VERSIONS: (i16, i16) = (0, 4);
 const HEARTBEAT_VERSIONS: (i16, i16) = (0, 1);
+/// AlterPartition with topic ids (v2) and ISR members with epochs (v3).
+const ALTER_PARTITION_VERSIONS: (i16, i16) = (2, 3);
 /// A broker retries a refused or lost request to the controller after this.
 const CONTROLLER_RETRY_MS: i64 = 100;
 /// A request to the controller with no answer for this long is taken as lost.
@@ -69,7 +72,7 @@ pub(super) struct Lifecycle {
     incarnation_id: Uuid,
     registered: Option<Registered>,
     /// When to send the next registration or heartbeat.
-    next_ms: i64,
+    pub(super) next_ms: i64,
     /// A request sent and not answered, until this deadline.
     in_flight_until: Option<i64>,
     /// A request to this node's own controller, waiting for its commit.
@@ -79,6 +82,10 @@ pub(super) struct Lifecycle {
     /// The metadata log's end when the block was asked for: only a block
     /// committed at or after it is this request's.
     producer_block_from: Option<i64>,
+    /// A controlled shutdown: heartbeats ask for it (want_shut_down) until
+    /// the controller moved this broker's leaderships away and says so.
+    pub(super) want_shut_down: bool,
+    pub(super) may_shut_down: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -128,6 +135,11 @@ enum Decision<T> {
 }
 
 impl Lifecycle {
+    /// The broker epoch the controller gave this broker, once registered.
+    pub(super) fn broker_epoch(&self) -> Option<i64> {
+        self.registered.map(|r| r.epoch)
+    }
+
     pub(super) fn new(incarnation_id: Uuid) -> Lifecycle {
         Lifecycle {
             incarnation_id,
@@ -137,7 +149,15 @@ impl Lifecycle {
             local: None,
             producer_block_until: None,
             producer_block_from: None,
+            want_shut_down: false,
+            may_shut_down: false,
         }
+    }
+
+    /// Registered and unfenced: partitions may lead here, so a shutdown
+    /// asks the controller to move them first.
+    pub(super) fn serving(&self) -> bool {
+        self.registered.is_some_and(|r| !r.fenced)
     }
 }
 
@@ -150,6 +170,7 @@ pub(super) fn is_controller_api(frame: &[u8]) -> bool {
     key == ApiKey::BrokerRegistration as i16
         || key == ApiKey::BrokerHeartbeat as i16
         || key == ApiKey::AllocateProducerIds as i16
+        || key == ApiKey::AlterPartition as i16
 }
 
 fn error<T: Default + WithError>(error: ResponseError) -> T {
@@ -167,6 +188,12 @@ impl WithError for BrokerRegistrationResponse {
 }
 
 impl WithError for AllocateProducerIdsResponse {
+    fn with_error(self, code: i16) -> Self {
+        self.with_error_code(code)
+    }
+}
+
+impl WithError for AlterPartitionResponse {
     fn with_error(self, code: i16) -> Self {
         self.with_error_code(code)
     }
@@ -192,6 +219,7 @@ impl<S: Storage> Node<S> {
         let (min, max) = match api_key {
             ApiKey::BrokerRegistration => REGISTRATION_VERSIONS,
             ApiKey::AllocateProducerIds => (0, 0),
+            ApiKey::AlterPartition => ALTER_PARTITION_VERSIONS,
             _ => HEARTBEAT_VERSIONS,
         };
         if !(min..=max).contains(&version) || self.quorum.is_none() {
@@ -219,6 +247,11 @@ impl<S: Storage> Node<S> {
                     header,
                     self.controller_allocate(now, request.broker_id.0, request.broker_epoch),
                 )?
+            }
+            ApiKey::AlterPartition => {
+                let request = AlterPartitionRequest::decode(&mut body, version)
+                    .map_err(|e| format!("bad AlterPartition: {e}"))?;
+                slot_state(header, self.controller_alter_partition(now, &request))?
             }
             _ => {
                 let request = BrokerHeartbeatRequest::decode(&mut body, version)
@@ -319,8 +352,9 @@ impl<S: Storage> Node<S> {
             durability,
             ..
         } = &mut self.broker;
+        let count = encoded.len() as i64;
         match quorum.propose(storage, durability, now.monotonic_ms, encoded) {
-            Ok(offset) => Some(offset),
+            Ok(first) => Some(first + count - 1),
             Err(error) => {
                 tracing::warn!(?error, "metadata record not proposed");
                 None
@@ -382,9 +416,18 @@ impl<S: Storage> Node<S> {
             fenced: true,
             ..RegisterBrokerRecord::default()
         });
-        let Some(offset) = self.propose_record(now, &record) else {
+        // A new incarnation of a known broker (it restarted, and may have
+        // lost writes it never synced): its partitions move as if it had
+        // been fenced, so they get a new leader epoch before it leads again
+        // and followers cut what it lost by epoch.
+        let mut records = vec![record];
+        if self.cluster_view().image.broker(id).is_some() {
+            records.extend(self.leadership_changes(id, false));
+        }
+        let Some(last) = self.propose_records(now, &records) else {
             return Decision::Now(error(ResponseError::RequestTimedOut));
         };
+        let offset = last - (records.len() as i64 - 1);
         assert_eq!(
             offset, broker_epoch,
             "a broker's epoch is its record's offset"
@@ -396,7 +439,7 @@ impl<S: Storage> Node<S> {
             .insert(id);
         tracing::info!(broker = id, broker_epoch, "registering a broker");
         Decision::AfterCommit {
-            offset,
+            offset: last,
             epoch,
             answer: BrokerRegistrationResponse::default().with_broker_epoch(broker_epoch),
             lost: error(ResponseError::NotController),
@@ -426,6 +469,15 @@ impl<S: Storage> Node<S> {
                 .with_is_caught_up(caught_up)
                 .with_is_fenced(fenced)
         };
+        if request.want_shut_down {
+            return self.controlled_shutdown(
+                now,
+                epoch,
+                id,
+                &registration,
+                answer(registration.fenced),
+            );
+        }
         let wants_in = registration.fenced && !request.want_fence && caught_up;
         if !wants_in || controller.changing.contains(&id) {
             return Decision::Now(answer(registration.fenced));
@@ -454,6 +506,187 @@ impl<S: Storage> Node<S> {
             offset,
             epoch,
             answer: answer(false),
+            lost: error(ResponseError::NotController),
+        }
+    }
+
+    /// A leader's ISR change (AlterPartition), checked as Kafka's
+    /// controller checks it against the committed partition state, turned
+    /// into PartitionChangeRecords and answered once they are committed.
+    fn controller_alter_partition(
+        &mut self,
+        now: Now,
+        request: &AlterPartitionRequest,
+    ) -> Decision<AlterPartitionResponse> {
+        let Some(epoch) = self.leading(now) else {
+            return Decision::Now(error(ResponseError::NotController));
+        };
+        let broker_id = request.broker_id.0;
+        let image = &self.cluster_view().image;
+        match image.broker(broker_id) {
+            Some(b) if b.epoch == request.broker_epoch || request.broker_epoch == -1 => {}
+            _ => return Decision::Now(error(ResponseError::StaleBrokerEpoch)),
+        }
+        let mut records = Vec::new();
+        let mut topics = Vec::new();
+        for topic in &request.topics {
+            let mut partitions = Vec::new();
+            for p in &topic.partitions {
+                let new_isr: Vec<i32> = if p.new_isr_with_epochs.is_empty() {
+                    p.new_isr.iter().map(|b| b.0).collect()
+                } else {
+                    p.new_isr_with_epochs
+                        .iter()
+                        .map(|b| b.broker_id.0)
+                        .collect()
+                };
+                let answer = alter_partition_response::PartitionData::default()
+                    .with_partition_index(p.partition_index);
+                let registration = image
+                    .topic_by_id(topic.topic_id)
+                    .and_then(|t| t.partitions.get(&p.partition_index));
+                let refusal = match registration {
+                    None => Some(ResponseError::UnknownTopicOrPartition),
+                    Some(r) if r.leader != broker_id => Some(ResponseError::NotLeaderOrFollower),
+                    Some(r) if p.leader_epoch != r.leader_epoch => {
+                        Some(ResponseError::FencedLeaderEpoch)
+                    }
+                    Some(r) if p.partition_epoch != r.partition_epoch => {
+                        Some(ResponseError::InvalidUpdateVersion)
+                    }
+                    Some(_) if !new_isr.contains(&broker_id) => Some(ResponseError::InvalidRequest),
+                    Some(r)
+                        if new_isr.iter().any(|id| {
+                            !r.replicas.contains(id)
+                                || (!r.isr.contains(id)
+                                    && image
+                                        .broker(*id)
+                                        .is_none_or(|b| b.fenced || b.in_controlled_shutdown))
+                        }) =>
+                    {
+                        // A new member must be a replica on an unfenced broker.
+                        Some(ResponseError::IneligibleReplica)
+                    }
+                    Some(_) => None,
+                };
+                let registration = registration.cloned();
+                match (refusal, registration) {
+                    (Some(refusal), _) => {
+                        partitions.push(answer.with_error_code(refusal.code()));
+                    }
+                    (None, None) => unreachable!("a partition without registration is refused"),
+                    (None, Some(r)) => {
+                        records.push(MetadataRecord::PartitionChange(PartitionChangeRecord {
+                            partition_id: p.partition_index,
+                            topic_id: topic.topic_id,
+                            isr: Some(new_isr.clone()),
+                            ..PartitionChangeRecord::default()
+                        }));
+                        partitions.push(
+                            answer
+                                .with_leader_id(BrokerId(r.leader))
+                                .with_leader_epoch(r.leader_epoch)
+                                .with_isr(new_isr.iter().map(|&id| BrokerId(id)).collect())
+                                .with_partition_epoch(r.partition_epoch + 1),
+                        );
+                    }
+                }
+            }
+            topics.push(
+                alter_partition_response::TopicData::default()
+                    .with_topic_id(topic.topic_id)
+                    .with_partitions(partitions),
+            );
+        }
+        let answer = AlterPartitionResponse::default().with_topics(topics);
+        if records.is_empty() {
+            return Decision::Now(answer);
+        }
+        if records.len() > crate::raft::RECORDS_PER_PROPOSAL_MAX {
+            return Decision::Now(error(ResponseError::InvalidRequest));
+        }
+        let Some(offset) = self.propose_records(now, &records) else {
+            return Decision::Now(error(ResponseError::RequestTimedOut));
+        };
+        tracing::info!(
+            broker = broker_id,
+            partitions = records.len(),
+            "changing ISRs"
+        );
+        Decision::AfterCommit {
+            offset,
+            epoch,
+            answer,
+            lost: error(ResponseError::NotController),
+        }
+    }
+
+    /// This node's own leader asks its own controller: the answer now, or
+    /// None when it waits for a commit (the record settles the change as it
+    /// applies).
+    pub(super) fn alter_partition_locally(
+        &mut self,
+        now: Now,
+        request: &AlterPartitionRequest,
+    ) -> Option<AlterPartitionResponse> {
+        match self.controller_alter_partition(now, request) {
+            Decision::Now(answer) => Some(answer),
+            Decision::AfterCommit { .. } => None,
+        }
+    }
+
+    /// A broker asks to shut down: its partitions' leaderships move to other
+    /// ISR members and it leaves their ISRs (in one proposal with its
+    /// registration marked as shutting down), and once it leads nothing
+    /// and is in no shared ISR it is told it may stop (Kafka's controlled
+    /// shutdown, without which clients would wait a session timeout for
+    /// its partitions to move).
+    fn controlled_shutdown(
+        &mut self,
+        now: Now,
+        epoch: i32,
+        id: i32,
+        registration: &crate::image::BrokerRegistration,
+        answer: BrokerHeartbeatResponse,
+    ) -> Decision<BrokerHeartbeatResponse> {
+        let changes = self.leadership_changes(id, false);
+        if changes.is_empty() && (registration.in_controlled_shutdown || registration.fenced) {
+            return Decision::Now(answer.with_should_shut_down(true));
+        }
+        let controller = self.controller.as_ref().expect("leading");
+        if controller.changing.contains(&id) {
+            return Decision::Now(answer);
+        }
+        let mut records = Vec::with_capacity(changes.len() + 1);
+        if !registration.in_controlled_shutdown {
+            records.push(MetadataRecord::BrokerRegistrationChange(
+                BrokerRegistrationChangeRecord {
+                    broker_id: id,
+                    broker_epoch: registration.epoch,
+                    fenced: BrokerRegistrationChangeRecord::UNCHANGED,
+                    in_controlled_shutdown: BrokerRegistrationChangeRecord::IN_CONTROLLED_SHUTDOWN,
+                    log_dirs: Vec::new(),
+                },
+            ));
+        }
+        records.extend(changes);
+        let Some(offset) = self.propose_records(now, &records) else {
+            return Decision::Now(answer);
+        };
+        self.controller
+            .as_mut()
+            .expect("leading")
+            .changing
+            .insert(id);
+        tracing::info!(
+            broker = id,
+            changes = records.len(),
+            "a broker shuts down: moving its leaderships"
+        );
+        Decision::AfterCommit {
+            offset,
+            epoch,
+            answer: answer.clone(),
             lost: error(ResponseError::NotController),
         }
     }
@@ -635,32 +868,58 @@ impl<S: Storage> Node<S> {
         }
     }
 
-    /// The partition changes when broker `id` is fenced (`up` false: the
-    /// partitions it leads lose their leader, the ISR kept as Kafka keeps
-    /// its last member) or unfenced (`up`: leaderless partitions with it in
-    /// their ISR get it as leader). Bounded to one proposal; the rest wait
-    /// for the next change.
+    /// The partition changes when broker `id` is fenced (`up` false) or
+    /// unfenced (`up`). Fenced: the partitions it leads move to the first
+    /// other ISR member on an unfenced broker, in replica order (none left:
+    /// no leader, the ISR kept as Kafka keeps its last member), and it
+    /// leaves every ISR it is in with others. Unfenced: leaderless
+    /// partitions with it in their ISR get it as leader. Bounded to one
+    /// proposal; the rest wait for the next change.
     fn leadership_changes(&self, id: i32, up: bool) -> Vec<MetadataRecord> {
         let room = crate::raft::RECORDS_PER_PROPOSAL_MAX - 1;
+        let image = &self.cluster_view().image;
+        let live = |r: i32| {
+            r != id
+                && image
+                    .broker(r)
+                    .is_some_and(|b| !b.fenced && !b.in_controlled_shutdown)
+        };
+        let shutting_down = image.broker(id).is_some_and(|b| b.in_controlled_shutdown);
         let mut changes = Vec::new();
-        for topic in self.cluster_view().image.topics() {
+        for topic in image.topics() {
             for (&partition_id, partition) in &topic.partitions {
-                let affected = if up {
-                    partition.leader < 0 && partition.isr.contains(&id)
-                } else {
-                    partition.leader == id
-                };
-                if affected && changes.len() < room {
-                    changes.push(MetadataRecord::PartitionChange(PartitionChangeRecord {
+                if changes.len() >= room {
+                    return changes;
+                }
+                let change = |leader: i32, isr: Option<Vec<i32>>| {
+                    MetadataRecord::PartitionChange(PartitionChangeRecord {
                         partition_id,
                         topic_id: topic.id,
-                        leader: if up {
-                            id
-                        } else {
-                            PartitionChangeRecord::LEADER_NONE
-                        },
+                        leader,
+                        isr,
                         ..PartitionChangeRecord::default()
-                    }));
+                    })
+                };
+                let others: Vec<i32> = partition.isr.iter().copied().filter(|&r| r != id).collect();
+                if up {
+                    if partition.leader < 0 && partition.isr.contains(&id) && !shutting_down {
+                        changes.push(change(id, None));
+                    }
+                } else if partition.leader == id {
+                    let successor = partition
+                        .replicas
+                        .iter()
+                        .copied()
+                        .find(|&r| others.contains(&r) && live(r));
+                    match successor {
+                        Some(next) => changes.push(change(next, Some(others))),
+                        None => changes.push(change(PartitionChangeRecord::LEADER_NONE, None)),
+                    }
+                } else if partition.isr.contains(&id) && !others.is_empty() {
+                    changes.push(change(
+                        PartitionChangeRecord::LEADER_UNCHANGED,
+                        Some(others),
+                    ));
                 }
             }
         }
@@ -753,6 +1012,8 @@ impl<S: Storage> Node<S> {
         if let Some(cluster) = self.broker.cluster.as_mut() {
             cluster.is_controller = leading.is_some();
         }
+        let serving = self.lifecycle.as_ref().is_some_and(|l| l.serving());
+        self.broker.set_serving(now, serving);
         self.propose_outbox(now);
         self.settle_tickets();
         self.forward_creations(now, leader);
@@ -823,8 +1084,11 @@ impl<S: Storage> Node<S> {
                         durability,
                         ..
                     } = &mut self.broker;
+                    let count = encoded.len() as i64;
                     match quorum.propose(storage, durability, now.monotonic_ms, encoded) {
-                        Ok(offset) => last = Some(offset),
+                        // The proposal's first offset: its last is what
+                        // commits the whole of it.
+                        Ok(first) => last = Some(first + count - 1),
                         Err(error) => {
                             tracing::warn!(?error, "a change was not proposed");
                             last = None;
@@ -948,10 +1212,12 @@ impl<S: Storage> Node<S> {
     }
 
     fn heartbeat_request(&self, epoch: i64) -> BrokerHeartbeatRequest {
+        let want_shut_down = self.lifecycle.as_ref().is_some_and(|l| l.want_shut_down);
         BrokerHeartbeatRequest::default()
             .with_broker_id(BrokerId(self.node_id.0))
             .with_broker_epoch(epoch)
             .with_current_metadata_offset(self.quorum_committed - 1)
+            .with_want_shut_down(want_shut_down)
     }
 
     fn send_to_controller(&mut self, now: Now, leader: NodeId) {
@@ -1137,8 +1403,12 @@ impl<S: Storage> Node<S> {
                     }
                     registered.fenced = r.is_fenced;
                 }
+                if lifecycle.want_shut_down && r.should_shut_down && !lifecycle.may_shut_down {
+                    tracing::info!("the controller moved this broker's leaderships away");
+                    lifecycle.may_shut_down = true;
+                }
                 lifecycle.next_ms = now.monotonic_ms
-                    + if r.is_fenced && r.is_caught_up {
+                    + if (r.is_fenced && r.is_caught_up) || lifecycle.want_shut_down {
                         CONTROLLER_RETRY_MS
                     } else {
                         interval

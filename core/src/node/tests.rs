@@ -912,6 +912,23 @@ fn every_api_answers_at_every_version() {
                         .with_groups_names(vec![GroupId(StrBytes::from_static_str("nosuch"))]),
                 ),
                 ApiKey::DescribeQuorum => h.send(key, version, &describe_quorum_request()),
+                ApiKey::OffsetForLeaderEpoch => {
+                    let partition =
+                        offset_for_leader_epoch_request::OffsetForLeaderPartition::default()
+                            .with_partition(0)
+                            .with_current_leader_epoch(-1)
+                            .with_leader_epoch(0);
+                    let topic = offset_for_leader_epoch_request::OffsetForLeaderTopic::default()
+                        .with_topic(name())
+                        .with_partitions(vec![partition]);
+                    h.send(
+                        key,
+                        version,
+                        &OffsetForLeaderEpochRequest::default()
+                            .with_replica_id(BrokerId(-2))
+                            .with_topics(vec![topic]),
+                    )
+                }
                 other => panic!("no request written for {other:?}"),
             };
             h.sync_all();
@@ -1000,6 +1017,10 @@ fn every_api_answers_at_every_version() {
                         r.topics[0].partitions[0].error_code
                             - ResponseError::UnknownTopicOrPartition.code()
                     })
+                }
+                ApiKey::OffsetForLeaderEpoch => {
+                    OffsetForLeaderEpochResponse::decode(&mut frame, version)
+                        .map(|r| r.topics[0].partitions[0].error_code)
                 }
                 _ => unreachable!(),
             };

@@ -39,6 +39,7 @@ pub enum Reply {
     DescribeGroups(DescribeGroupsResponse),
     DeleteGroups(DeleteGroupsResponse),
     DescribeQuorum(DescribeQuorumResponse),
+    OffsetForLeaderEpoch(OffsetForLeaderEpochResponse),
 }
 
 impl Reply {
@@ -66,6 +67,7 @@ impl Reply {
             Reply::DescribeGroups(r) => r.encode(buf, version),
             Reply::DeleteGroups(r) => r.encode(buf, version),
             Reply::DescribeQuorum(r) => r.encode(buf, version),
+            Reply::OffsetForLeaderEpoch(r) => r.encode(buf, version),
         };
         result.map_err(|e| e.to_string())
     }
@@ -200,6 +202,30 @@ impl Reply {
                     .iter_mut()
                     .for_each(|t| replace(&mut t.error_code));
                 Reply::CreatePartitions(response)
+            }
+            other => other.unsynced(),
+        }
+    }
+
+    /// A produce answered after the partition's leadership moved away while
+    /// it waited for the high watermark: its successes turn into
+    /// NOT_LEADER_OR_FOLLOWER (the client finds the new leader and retries;
+    /// an idempotent retry finds its batch if it was kept).
+    pub fn leadership_lost(self) -> Reply {
+        match self {
+            Reply::Produce(mut response) => {
+                for partition in response
+                    .responses
+                    .iter_mut()
+                    .flat_map(|t| t.partition_responses.iter_mut())
+                {
+                    if partition.error_code == 0 {
+                        partition.error_code =
+                            kafka_protocol::ResponseError::NotLeaderOrFollower.code();
+                        partition.base_offset = -1;
+                    }
+                }
+                Reply::Produce(response)
             }
             other => other.unsynced(),
         }

@@ -1,0 +1,556 @@
+//! The broker's replicated partitions: each partition's role follows the
+//! committed metadata (leader, follower, or neither); the leader serves its
+//! followers' fetches, tracks their synced log ends and moves the high
+//! watermark; a follower appends what its leader sends, truncates where its
+//! log diverged from the leader's (by leader epoch, never by high
+//! watermark), and learns the high watermark.
+//!
+//! A follower fetches from an offset only after everything below it is
+//! synced on its own disk, so the log ends the leader counts are durable:
+//! a record below the high watermark is on the disk of every ISR member.
+
+use bytes::Bytes;
+use kafka_protocol::ResponseError;
+use uuid::Uuid;
+
+use super::Broker;
+use crate::image::PartitionRegistration;
+use crate::replication::{Following, Leading, Role};
+use crate::storage::Storage;
+use crate::types::{Now, TopicPartition};
+
+/// A partition's high watermark to wait for, on the log it was appended to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HighWatermark {
+    pub partition: TopicPartition,
+    pub incarnation: u64,
+    pub offset: i64,
+    /// The leader epoch it was appended in (in a cluster): the wait fails
+    /// once this broker no longer leads the partition in that epoch.
+    pub leader_epoch: Option<i32>,
+}
+
+/// A follower's fetch of one partition, as the leader reads it.
+#[derive(Debug, Clone, Copy)]
+pub struct FollowerFetch {
+    pub replica_id: i32,
+    pub current_leader_epoch: i32,
+    pub fetch_offset: i64,
+    pub last_fetched_epoch: i32,
+    pub bytes_max: usize,
+}
+
+/// What the leader answers a follower for one partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ForFollower {
+    Records {
+        records: Bytes,
+        high_watermark: i64,
+        log_start: i64,
+    },
+    /// The follower's log diverged: the end of the largest epoch the leader
+    /// has at or below the follower's last fetched epoch.
+    Diverging {
+        epoch: i32,
+        end_offset: i64,
+        high_watermark: i64,
+        log_start: i64,
+    },
+}
+
+/// One partition this broker follows, ready to fetch (its log synced).
+#[derive(Debug, Clone)]
+pub struct ToFetch {
+    pub partition: TopicPartition,
+    pub topic_id: Uuid,
+    pub leader_epoch: i32,
+    pub fetch_offset: i64,
+    pub last_fetched_epoch: i32,
+    pub log_start: i64,
+}
+
+/// An ISR change a leader asks of the controller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IsrChange {
+    pub partition: TopicPartition,
+    pub topic_id: Uuid,
+    pub leader_epoch: i32,
+    pub partition_epoch: i32,
+    pub isr: Vec<i32>,
+}
+
+/// How long an ISR change may stay unanswered before it may be asked again.
+pub const ISR_CHANGE_TIMEOUT_MS: i64 = 5_000;
+
+impl<S: Storage> Broker<S> {
+    /// The leader epoch batches appended here get: the partition's, or 0
+    /// for a node alone.
+    pub fn append_epoch(&self, topic: &str, partition: i32) -> i32 {
+        self.topics
+            .partition(topic, partition)
+            .and_then(|p| p.role.leader_epoch())
+            .unwrap_or(0)
+            .max(0)
+    }
+
+    /// Sets a partition's role from its committed registration. Called as
+    /// every partition record applies (at start, replaying them all).
+    pub(super) fn refresh_role(&mut self, now: Now, name: &str, partition: i32) {
+        let me = self.config.node_id;
+        let registration: Option<PartitionRegistration> =
+            self.registration(name, partition).cloned();
+        let Some(held) = self.topics.partition_mut(name, partition) else {
+            return;
+        };
+        let log_end = held.log.log_end_offset();
+        let synced = held.log.durable_offset();
+        let known_high_watermark = match &held.role {
+            Role::Leader(l) => l.high_watermark,
+            Role::Follower(f) => f.high_watermark(synced),
+            Role::Alone | Role::Offline { .. } => held.log.log_start_offset(),
+        }
+        .min(synced);
+        let was_leader = matches!(held.role, Role::Leader(_));
+        let Some(r) = registration else {
+            held.role = Role::Offline { leader_epoch: -1 };
+            return;
+        };
+        let serving = self.cluster.as_ref().is_some_and(|c| c.serving);
+        if !serving {
+            if was_leader {
+                self.moved.insert(TopicPartition::new(name, partition));
+            }
+            held.role = Role::Offline {
+                leader_epoch: r.leader_epoch,
+            };
+            return;
+        }
+        let min_insync = held.log.config().min_insync_replicas;
+        let tp = TopicPartition::new(name, partition);
+        let mut became_leader = false;
+        match &mut held.role {
+            Role::Leader(l) if r.leader == me && l.leader_epoch == r.leader_epoch => {
+                if l.isr != r.isr || l.replicas != r.replicas {
+                    l.set_isr(r.partition_epoch, &r.replicas, &r.isr);
+                    tracing::info!(partition = %tp, isr = ?r.isr, "ISR changed");
+                } else {
+                    l.partition_epoch = r.partition_epoch;
+                    l.pending_isr = None;
+                }
+            }
+            _ if r.leader == me => {
+                // A new leader epoch: the epoch starts at this log's end.
+                // An epoch older than the log's latest is a record replayed
+                // at start, already superseded: the log keeps its epochs.
+                if held
+                    .log
+                    .epochs()
+                    .latest_epoch()
+                    .is_none_or(|latest| latest <= r.leader_epoch)
+                {
+                    if let Err(error) = held.log.assign_epoch(&mut self.storage, r.leader_epoch) {
+                        tracing::error!(partition = %tp, %error, "cannot record the leader epoch");
+                    }
+                }
+                held.role = Role::Leader(Leading::new(
+                    me,
+                    r.leader_epoch,
+                    r.partition_epoch,
+                    &r.replicas,
+                    &r.isr,
+                    log_end,
+                    known_high_watermark,
+                    min_insync,
+                    now.monotonic_ms,
+                ));
+                became_leader = true;
+                tracing::info!(partition = %tp, epoch = r.leader_epoch, isr = ?r.isr, log_end, "leading");
+            }
+            Role::Follower(f) if r.leader == f.leader && r.leader_epoch == f.leader_epoch => {}
+            _ if r.leader >= 0 && r.replicas.contains(&me) => {
+                held.role = Role::Follower(Following {
+                    leader: r.leader,
+                    leader_epoch: r.leader_epoch,
+                    leader_high_watermark: known_high_watermark,
+                });
+                tracing::info!(partition = %tp, leader = r.leader, epoch = r.leader_epoch, "following");
+            }
+            _ => {
+                held.role = Role::Offline {
+                    leader_epoch: r.leader_epoch,
+                };
+            }
+        }
+        if was_leader || became_leader {
+            // Waits on this partition (acks=all, parked fetches) look again.
+            self.moved.insert(tp.clone());
+            self.note_partition_write(name, partition);
+        }
+        if became_leader {
+            self.update_high_watermark(now, name, partition);
+            if name == super::OFFSETS_TOPIC {
+                self.load_group_partition(now, partition);
+            }
+        }
+    }
+
+    /// This broker became (or stopped being) caught up and unfenced: every
+    /// partition's role follows.
+    pub fn set_serving(&mut self, now: Now, serving: bool) {
+        let Some(cluster) = self.cluster.as_mut() else {
+            return;
+        };
+        if cluster.serving == serving {
+            return;
+        }
+        cluster.serving = serving;
+        tracing::info!(serving, "partition roles follow this broker's registration");
+        let partitions: Vec<TopicPartition> =
+            self.topics.partitions_mut().map(|(tp, _)| tp).collect();
+        for tp in partitions {
+            self.refresh_role(now, &tp.topic, tp.partition);
+        }
+    }
+
+    /// Recomputes a led partition's high watermark; true when it moved.
+    pub fn update_high_watermark(&mut self, now: Now, name: &str, partition: i32) -> bool {
+        let lag_ms = self.config.replica_lag_time_max_ms;
+        let Some(held) = self.topics.partition_mut(name, partition) else {
+            return false;
+        };
+        let (synced, log_end) = (held.log.durable_offset(), held.log.log_end_offset());
+        let Some(leading) = held.role.leading_mut() else {
+            return false;
+        };
+        let moved = leading.update_high_watermark(synced, log_end, now.monotonic_ms, lag_ms);
+        if moved {
+            self.moved.insert(TopicPartition::new(name, partition));
+        }
+        moved
+    }
+
+    /// Why a request naming `current_leader_epoch` is refused here (-1
+    /// names none): FENCED_LEADER_EPOCH when it is older than this
+    /// replica's, UNKNOWN_LEADER_EPOCH when newer.
+    pub fn epoch_refusal(
+        &self,
+        name: &str,
+        partition: i32,
+        current_leader_epoch: i32,
+    ) -> Option<ResponseError> {
+        if current_leader_epoch < 0 {
+            return None;
+        }
+        let epoch = self
+            .topics
+            .partition(name, partition)?
+            .role
+            .leader_epoch()?;
+        match current_leader_epoch.cmp(&epoch) {
+            std::cmp::Ordering::Less => Some(ResponseError::FencedLeaderEpoch),
+            std::cmp::Ordering::Greater => Some(ResponseError::UnknownLeaderEpoch),
+            std::cmp::Ordering::Equal => None,
+        }
+    }
+
+    /// A follower's fetch of a partition this broker leads: its progress
+    /// counts for the high watermark and the ISR, and it gets the records
+    /// from its offset up to this log's end (or where its log diverged).
+    pub fn read_for_follower(
+        &mut self,
+        now: Now,
+        name: &str,
+        partition: i32,
+        fetch: FollowerFetch,
+        at_least_one: bool,
+    ) -> Result<ForFollower, ResponseError> {
+        if self.storage_offline() {
+            return Err(ResponseError::KafkaStorageError);
+        }
+        if let Some(error) = self.not_leader(name, partition) {
+            return Err(error);
+        }
+        if let Some(error) = self.epoch_refusal(name, partition, fetch.current_leader_epoch) {
+            return Err(error);
+        }
+        let lag_ms = self.config.replica_lag_time_max_ms;
+        let held = self
+            .topics
+            .partition_mut(name, partition)
+            .ok_or(ResponseError::UnknownTopicOrPartition)?;
+        let log_end = held.log.log_end_offset();
+        let log_start = held.log.log_start_offset();
+        let Role::Leader(leading) = &mut held.role else {
+            return Err(ResponseError::NotLeaderOrFollower);
+        };
+        if !leading.replicas.contains(&fetch.replica_id) {
+            return Err(ResponseError::UnknownLeaderEpoch);
+        }
+        let high_watermark = leading.high_watermark;
+        if fetch.last_fetched_epoch >= 0 {
+            let (epoch, end_offset) = held.log.end_offset_for_epoch(fetch.last_fetched_epoch);
+            if epoch != fetch.last_fetched_epoch || end_offset < fetch.fetch_offset {
+                return Ok(ForFollower::Diverging {
+                    epoch,
+                    end_offset,
+                    high_watermark,
+                    log_start,
+                });
+            }
+        }
+        if fetch.fetch_offset < log_start || fetch.fetch_offset > log_end {
+            return Err(ResponseError::OffsetOutOfRange);
+        }
+        leading.on_fetch(
+            fetch.replica_id,
+            fetch.fetch_offset,
+            log_end,
+            now.monotonic_ms,
+        );
+        let expansion = leading
+            .expansion(fetch.replica_id)
+            .filter(|_| leading.caught_up(fetch.replica_id, log_end, now.monotonic_ms, lag_ms));
+        let records = held
+            .log
+            .read(
+                &mut self.storage,
+                fetch.fetch_offset,
+                log_end,
+                fetch.bytes_max,
+                at_least_one,
+            )
+            .map_err(|error| {
+                tracing::error!(topic = name, partition, %error, "read for a follower failed");
+                ResponseError::KafkaStorageError
+            })?;
+        if let Some(isr) = expansion {
+            self.ask_isr_change(now, name, partition, isr);
+        }
+        self.update_high_watermark(now, name, partition);
+        let held = self.topics.partition(name, partition).expect("read above");
+        let high_watermark = held
+            .role
+            .leading()
+            .map_or(high_watermark, |l| l.high_watermark);
+        Ok(ForFollower::Records {
+            records,
+            high_watermark,
+            log_start,
+        })
+    }
+
+    /// Queues an ISR change for the node to send the controller; the
+    /// partition holds it as pending until the controller answers.
+    fn ask_isr_change(&mut self, now: Now, name: &str, partition: i32, isr: Vec<i32>) {
+        let Some(topic_id) = self.registration_topic_id(name) else {
+            return;
+        };
+        let Some(held) = self.topics.partition_mut(name, partition) else {
+            return;
+        };
+        let Some(leading) = held.role.leading_mut() else {
+            return;
+        };
+        if leading.pending_isr.is_some() {
+            return;
+        }
+        tracing::info!(topic = name, partition, from = ?leading.isr, to = ?isr, "asking the controller to change the ISR");
+        leading.pending_isr = Some(isr.clone());
+        leading.pending_since_ms = now.monotonic_ms;
+        self.isr_changes.push(IsrChange {
+            partition: TopicPartition::new(name, partition),
+            topic_id,
+            leader_epoch: leading.leader_epoch,
+            partition_epoch: leading.partition_epoch,
+            isr,
+        });
+    }
+
+    fn registration_topic_id(&self, name: &str) -> Option<Uuid> {
+        Some(self.cluster.as_ref()?.image.topic_by_name(name)?.id)
+    }
+
+    /// The periodic ISR check (every half `replica.lag.time.max.ms`): ISR
+    /// members behind for the lag time are dropped, and changes asked too
+    /// long ago without an answer may be asked again.
+    pub fn check_isr(&mut self, now: Now) {
+        let lag_ms = self.config.replica_lag_time_max_ms;
+        let mut shrinks = Vec::new();
+        for (tp, held) in self.topics.partitions_mut() {
+            let log_end = held.log.log_end_offset();
+            let Some(leading) = held.role.leading_mut() else {
+                continue;
+            };
+            if leading.pending_isr.is_some()
+                && now.monotonic_ms - leading.pending_since_ms >= ISR_CHANGE_TIMEOUT_MS
+            {
+                leading.pending_isr = None;
+            }
+            if let Some(isr) = leading.shrink(log_end, now.monotonic_ms, lag_ms) {
+                shrinks.push((tp, isr));
+            }
+        }
+        for (tp, isr) in shrinks {
+            tracing::warn!(partition = %tp, ?isr, lag_ms, "followers fell behind; shrinking the ISR");
+            self.ask_isr_change(now, &tp.topic, tp.partition, isr);
+        }
+    }
+
+    /// ISR changes for the node to send.
+    pub fn take_isr_changes(&mut self) -> Vec<IsrChange> {
+        std::mem::take(&mut self.isr_changes)
+    }
+
+    /// The controller refused or lost an ISR change: it may be asked again.
+    pub fn isr_change_failed(&mut self, change: &IsrChange) {
+        if let Some(leading) = self
+            .topics
+            .partition_mut(&change.partition.topic, change.partition.partition)
+            .and_then(|p| p.role.leading_mut())
+        {
+            if leading.leader_epoch == change.leader_epoch {
+                leading.pending_isr = None;
+            }
+        }
+    }
+
+    /// The partitions this broker follows, by leader, whose logs are
+    /// synced to their end (a follower reports only synced offsets).
+    pub fn partitions_to_fetch(&self) -> Vec<(i32, ToFetch)> {
+        let Some(cluster) = &self.cluster else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for name in self.topics.names() {
+            let Some(topic_id) = cluster.image.topic_by_name(name).map(|t| t.id) else {
+                continue;
+            };
+            let count = self.topics.partition_count(name);
+            for index in 0..count {
+                let held = self.topics.partition(name, index).expect("counted");
+                let Role::Follower(f) = &held.role else {
+                    continue;
+                };
+                let log = &held.log;
+                out.push((
+                    f.leader,
+                    ToFetch {
+                        partition: TopicPartition::new(name.clone(), index),
+                        topic_id,
+                        leader_epoch: f.leader_epoch,
+                        fetch_offset: log.log_end_offset(),
+                        last_fetched_epoch: log.epochs().latest_epoch().unwrap_or(-1),
+                        log_start: log.log_start_offset(),
+                    },
+                ));
+            }
+        }
+        out
+    }
+
+    /// What an append to a partition that has followers must wait for
+    /// besides its sync: the high watermark passing `end`. None for a
+    /// partition without followers (its sync is enough).
+    pub fn replication_mark(&self, name: &str, partition: i32, end: i64) -> Option<HighWatermark> {
+        let held = self.topics.partition(name, partition)?;
+        let leading = held.role.leading()?;
+        if leading.followers.is_empty() {
+            return None;
+        }
+        Some(HighWatermark {
+            partition: TopicPartition::new(name, partition),
+            incarnation: held.incarnation,
+            offset: end,
+            leader_epoch: Some(leading.leader_epoch),
+        })
+    }
+
+    /// True when a followed partition has appended records not yet synced.
+    pub fn follower_unsynced(&self, partition: &TopicPartition) -> bool {
+        self.topics
+            .partition(&partition.topic, partition.partition)
+            .is_some_and(|p| {
+                matches!(p.role, Role::Follower(_))
+                    && p.log.durable_offset() < p.log.log_end_offset()
+            })
+    }
+
+    /// Appends what the leader sent for a followed partition, and learns its
+    /// high watermark. Returns the write sequence that makes it durable, or
+    /// None when nothing was appended.
+    pub fn append_from_leader(
+        &mut self,
+        partition: &TopicPartition,
+        leader_epoch: i32,
+        records: &[u8],
+        leader_high_watermark: i64,
+    ) -> Result<Option<u64>, String> {
+        let Some(held) = self
+            .topics
+            .partition_mut(&partition.topic, partition.partition)
+        else {
+            return Err("the partition is gone".into());
+        };
+        match &held.role {
+            Role::Follower(f) if f.leader_epoch == leader_epoch => {}
+            _ => return Err("no longer a follower in that epoch".into()),
+        }
+        let before = held.log.log_end_offset();
+        if !records.is_empty() {
+            held.log
+                .append_replicated(&mut self.storage, records)
+                .map_err(|e| format!("{e:?}"))?;
+        }
+        let appended = held.log.log_end_offset() > before;
+        if let Role::Follower(f) = &mut held.role {
+            f.leader_high_watermark = f.leader_high_watermark.max(leader_high_watermark);
+        }
+        if !appended {
+            return Ok(None);
+        }
+        Ok(Some(self.note_partition_write(
+            &partition.topic,
+            partition.partition,
+        )))
+    }
+
+    /// The leader says this log diverged from its own after `epoch`, whose
+    /// end is `end_offset`: cut this log where they agree (Kafka's
+    /// truncation by leader epoch; the next fetch checks again).
+    pub fn truncate_diverged(
+        &mut self,
+        partition: &TopicPartition,
+        epoch: i32,
+        end_offset: i64,
+    ) -> Result<(), String> {
+        let Some(held) = self
+            .topics
+            .partition_mut(&partition.topic, partition.partition)
+        else {
+            return Err("the partition is gone".into());
+        };
+        let log = &held.log;
+        let log_end = log.log_end_offset();
+        let (own_epoch, own_end) = log.end_offset_for_epoch(epoch);
+        let target = if own_end < 0 {
+            end_offset.min(log_end)
+        } else if own_epoch == epoch {
+            end_offset.min(own_end).min(log_end)
+        } else {
+            own_end.min(log_end)
+        }
+        .max(log.log_start_offset());
+        if let Role::Follower(f) = &held.role {
+            let high_watermark = f.high_watermark(log.durable_offset());
+            if target < high_watermark {
+                tracing::error!(%partition, target, high_watermark, "truncating below the high watermark");
+            }
+        }
+        tracing::info!(%partition, epoch, end_offset, target, log_end, "the log diverged from the leader's; truncating");
+        held.log
+            .truncate_to(&mut self.storage, target)
+            .map_err(|e| e.to_string())?;
+        self.note_partition_write(&partition.topic, partition.partition);
+        Ok(())
+    }
+}

@@ -1,0 +1,202 @@
+//! Replicated partitions on three nodes: followers fetch from the leader,
+//! acks=all is answered once the ISR has the records synced, a leader's
+//! crash moves leadership to an ISR member that has every acknowledged
+//! record, and the replicas' logs end up identical.
+
+use bytes::Bytes;
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::ResponseError;
+use sluice_core::batch::{build_batch, decode_records, headers_in};
+use sluice_core::NodeId;
+use sluice_sim::{ClientId, Cluster, ClusterConfig, CrashLoss};
+
+const IDS: [NodeId; 3] = [NodeId(1), NodeId(2), NodeId(3)];
+const TOPIC: &str = "replicated";
+
+fn formed(seed: u64) -> Cluster {
+    let mut config = ClusterConfig::new(seed, 3);
+    config.broker = sluice_sim::quorum::quorum_broker_config(3);
+    let mut cluster = Cluster::new(config);
+    for (a, b) in [(0, 1), (0, 2), (1, 2)] {
+        cluster.link_up(IDS[a], IDS[b]);
+    }
+    cluster.run_until(|c| {
+        IDS.iter()
+            .all(|&id| c.node(id).is_unfenced() && c.node(id).broker().live_brokers().len() == 3)
+    });
+    cluster
+}
+
+fn create(cluster: &mut Cluster, client: ClientId, factor: i16, min_insync: &str) -> i16 {
+    let config = create_topics_request::CreatableTopicConfig::default()
+        .with_name(StrBytes::from_static_str("min.insync.replicas"))
+        .with_value(Some(StrBytes::from_string(min_insync.into())));
+    let request = CreateTopicsRequest::default()
+        .with_topics(vec![create_topics_request::CreatableTopic::default()
+            .with_name(TopicName(StrBytes::from_static_str(TOPIC)))
+            .with_num_partitions(1)
+            .with_replication_factor(factor)
+            .with_configs(vec![config])])
+        .with_timeout_ms(5_000);
+    let response: CreateTopicsResponse = cluster
+        .request(client, ApiKey::CreateTopics, 7, &request)
+        .expect("create answered");
+    response.topics[0].error_code
+}
+
+/// The partition as node `at` answers Metadata: leader, epoch, ISR.
+fn partition_state(cluster: &mut Cluster, at: NodeId) -> (i32, i32, Vec<i32>) {
+    let client = cluster.connect(at);
+    let request = MetadataRequest::default()
+        .with_topics(Some(vec![metadata_request::MetadataRequestTopic::default(
+        )
+        .with_name(Some(TopicName(StrBytes::from_static_str(TOPIC))))]))
+        .with_allow_auto_topic_creation(false);
+    let answer: MetadataResponse = cluster
+        .request(client, ApiKey::Metadata, 12, &request)
+        .expect("metadata answered");
+    let p = &answer.topics[0].partitions[0];
+    let mut isr: Vec<i32> = p.isr_nodes.iter().map(|b| b.0).collect();
+    isr.sort_unstable();
+    (p.leader_id.0, p.leader_epoch, isr)
+}
+
+/// Produces one record with value `value` at acks=all; the error code and
+/// base offset.
+fn produce(cluster: &mut Cluster, client: ClientId, value: &str) -> (i16, i64) {
+    let records = Bytes::from(build_batch(0, &[(None, Some(value.as_bytes()), vec![], 0)]));
+    let data = produce_request::PartitionProduceData::default()
+        .with_index(0)
+        .with_records(Some(records));
+    let request = ProduceRequest::default()
+        .with_acks(-1)
+        .with_timeout_ms(10_000)
+        .with_topic_data(vec![produce_request::TopicProduceData::default()
+            .with_name(TopicName(StrBytes::from_static_str(TOPIC)))
+            .with_partition_data(vec![data])]);
+    let response: ProduceResponse = cluster
+        .request(client, ApiKey::Produce, 9, &request)
+        .expect("produce answered");
+    let p = &response.responses[0].partition_responses[0];
+    (p.error_code, p.base_offset)
+}
+
+/// Every record value readable from `at` from offset 0, by Fetch.
+fn read_all(cluster: &mut Cluster, at: NodeId) -> Vec<(i64, String)> {
+    let client = cluster.connect(at);
+    let mut out = Vec::new();
+    loop {
+        let request = FetchRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_max_wait_ms(0)
+            .with_max_bytes(1 << 20)
+            .with_topics(vec![fetch_request::FetchTopic::default()
+                .with_topic(TopicName(StrBytes::from_static_str(TOPIC)))
+                .with_partitions(vec![fetch_request::FetchPartition::default()
+                    .with_partition(0)
+                    .with_fetch_offset(out.len() as i64)
+                    .with_partition_max_bytes(1 << 20)])]);
+        let response: FetchResponse = cluster
+            .request(client, ApiKey::Fetch, 11, &request)
+            .expect("fetch answered");
+        let p = &response.responses[0].partitions[0];
+        assert_eq!(p.error_code, 0, "fetch from n{at}");
+        let records = p.records.clone().unwrap_or_default();
+        if records.is_empty() {
+            return out;
+        }
+        for (_, range) in headers_in(&records) {
+            let decoded = decode_records(&records[range]).expect("a stored batch decodes");
+            for record in decoded {
+                let value = record.value.expect("a value");
+                out.push((record.offset, String::from_utf8_lossy(&value).into_owned()));
+            }
+        }
+    }
+}
+
+#[test]
+fn acknowledged_records_survive_the_leaders_crash() {
+    for seed in 0..4u64 {
+        let mut cluster = formed(100 + seed);
+        let client = cluster.connect(IDS[0]);
+        assert_eq!(create(&mut cluster, client, 3, "2"), 0);
+        cluster.run_until(|c| {
+            IDS.iter()
+                .all(|&id| c.node(id).broker().topic_exists(TOPIC))
+        });
+        let (leader, epoch, isr) = partition_state(&mut cluster, IDS[0]);
+        assert_eq!(isr, [1, 2, 3], "every replica starts in the ISR");
+        let at_leader = cluster.connect(NodeId(leader));
+        let mut acknowledged = Vec::new();
+        for i in 0..20 {
+            let value = format!("a{i}");
+            let (error, offset) = produce(&mut cluster, at_leader, &value);
+            assert_eq!(error, 0, "seed {seed}: produce {i}");
+            acknowledged.push((offset, value));
+        }
+        // Every replica has the acknowledged records on disk: the leader
+        // answered only once the ISR synced them.
+        cluster.crash(NodeId(leader), CrashLoss::LoseUnsynced);
+        cluster.run_until(|c| c.node(NodeId(leader)).is_ready());
+        // A new leader, in a newer epoch, takes writes again.
+        let survivor = *IDS.iter().find(|id| id.0 != leader).expect("another node");
+        let mut tries = 0;
+        let (new_leader, new_epoch) = loop {
+            let (l, e, _) = partition_state(&mut cluster, survivor);
+            if l >= 0 && e > epoch {
+                break (l, e);
+            }
+            tries += 1;
+            assert!(tries < 400, "seed {seed}: no new leader");
+            cluster.run_for(50);
+        };
+        assert!(new_epoch > epoch);
+        let at_new = cluster.connect(NodeId(new_leader));
+        let mut tries = 0;
+        for i in 0..20 {
+            let value = format!("b{i}");
+            loop {
+                let (error, offset) = produce(&mut cluster, at_new, &value);
+                if error == 0 {
+                    acknowledged.push((offset, value));
+                    break;
+                }
+                assert!(
+                    error == ResponseError::NotEnoughReplicas.code()
+                        || error == ResponseError::NotLeaderOrFollower.code(),
+                    "seed {seed}: produce after failover: {error}"
+                );
+                tries += 1;
+                assert!(tries < 400, "seed {seed}: produce never accepted");
+                cluster.run_for(50);
+            }
+        }
+        // Read back from the leader: every acknowledged record, at its
+        // offset, once.
+        let read = read_all(&mut cluster, NodeId(new_leader));
+        for (offset, value) in &acknowledged {
+            assert_eq!(
+                read.get(*offset as usize),
+                Some(&(*offset, value.clone())),
+                "seed {seed}: acknowledged record at {offset}"
+            );
+        }
+        // The replicas converge on the same log.
+        cluster.run_until(|c| {
+            let ends: Vec<i64> = IDS
+                .iter()
+                .map(|&id| {
+                    c.node(id)
+                        .broker()
+                        .topics
+                        .partition(TOPIC, 0)
+                        .map_or(-1, |p| p.log.durable_offset())
+                })
+                .collect();
+            ends.iter()
+                .all(|&e| e == ends[0] && e >= acknowledged.len() as i64)
+        });
+    }
+}
