@@ -338,6 +338,25 @@ impl<S: Storage> Node<S> {
         result
     }
 
+    /// Reads a partition's log from `offset` below `limit`, whole batches up
+    /// to `bytes_max` from one segment (for checkers that compare replicas).
+    pub fn read_log(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        limit: i64,
+        bytes_max: usize,
+    ) -> io::Result<Bytes> {
+        let Broker {
+            storage, topics, ..
+        } = &mut self.broker;
+        match topics.partition(topic, partition) {
+            Some(held) => held.log.read(storage, offset, limit, bytes_max, true),
+            None => Ok(Bytes::new()),
+        }
+    }
+
     /// Metadata entries committed and handed out to this node.
     pub fn quorum_committed(&self) -> i64 {
         self.quorum_committed

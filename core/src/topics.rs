@@ -23,6 +23,8 @@ pub struct Partition {
     pub incarnation: u64,
     /// What this broker is for the partition: alone, leader or follower.
     pub role: Role,
+    /// The log end found on disk when the log was opened.
+    pub opened_end: i64,
 }
 
 /// A topic and its partitions.
@@ -180,6 +182,7 @@ impl Topics {
             tracing::warn!(%dir, ?recovery, "recovered partition log");
         }
         topic.partitions.push(Partition {
+            opened_end: log.log_end_offset(),
             log,
             incarnation,
             role: Role::Alone,

@@ -200,3 +200,21 @@ fn acknowledged_records_survive_the_leaders_crash() {
         });
     }
 }
+
+#[test]
+fn the_replication_campaign_holds_on_three_nodes() {
+    for seed in 0..20 {
+        let stats =
+            sluice_sim::replication::run_replication(&sluice_sim::replication::ReplicationRun {
+                seed,
+                nodes: 3,
+                broker: Vec::new(),
+                faults: true,
+            })
+            .unwrap_or_else(|failure| panic!("{failure}"));
+        assert!(
+            stats.acknowledged > 0,
+            "seed {seed}: nothing acknowledged: {stats:?}"
+        );
+    }
+}

@@ -130,27 +130,37 @@ impl<S: Storage> Broker<S> {
         let mut became_leader = false;
         match &mut held.role {
             Role::Leader(l) if r.leader == me && l.leader_epoch == r.leader_epoch => {
-                if l.isr != r.isr || l.replicas != r.replicas {
+                // A change committed after the one this leader asked for
+                // (if any) settles it: the controller proposes one change
+                // of a partition at a time, so the asked one is either
+                // this or refused for good.
+                if r.partition_epoch > l.partition_epoch {
+                    if l.isr != r.isr {
+                        tracing::info!(partition = %tp, isr = ?r.isr, "ISR changed");
+                    }
                     l.set_isr(r.partition_epoch, &r.replicas, &r.isr);
-                    tracing::info!(partition = %tp, isr = ?r.isr, "ISR changed");
-                } else {
-                    l.partition_epoch = r.partition_epoch;
-                    l.pending_isr = None;
                 }
             }
-            _ if r.leader == me => {
-                // A new leader epoch: the epoch starts at this log's end.
-                // An epoch older than the log's latest is a record replayed
-                // at start, already superseded: the log keeps its epochs.
-                if held
+            _ if r.leader == me
+                && held
                     .log
                     .epochs()
                     .latest_epoch()
-                    .is_none_or(|latest| latest <= r.leader_epoch)
-                {
-                    if let Err(error) = held.log.assign_epoch(&mut self.storage, r.leader_epoch) {
-                        tracing::error!(partition = %tp, %error, "cannot record the leader epoch");
-                    }
+                    .is_some_and(|latest| latest >= r.leader_epoch) =>
+            {
+                // This log already has the epoch: a record replayed at
+                // start, or this broker led the epoch before it restarted
+                // and may have lost writes its followers hold. It leads
+                // again only in a newer epoch (the controller moves a
+                // restarted broker's leaderships).
+                held.role = Role::Offline {
+                    leader_epoch: r.leader_epoch,
+                };
+            }
+            _ if r.leader == me => {
+                // A new leader epoch: it starts at this log's end.
+                if let Err(error) = held.log.assign_epoch(&mut self.storage, r.leader_epoch) {
+                    tracing::error!(partition = %tp, %error, "cannot record the leader epoch");
                 }
                 held.role = Role::Leader(Leading::new(
                     me,
@@ -376,18 +386,39 @@ impl<S: Storage> Broker<S> {
     pub fn check_isr(&mut self, now: Now) {
         let lag_ms = self.config.replica_lag_time_max_ms;
         let mut shrinks = Vec::new();
+        let mut again = Vec::new();
         for (tp, held) in self.topics.partitions_mut() {
             let log_end = held.log.log_end_offset();
             let Some(leading) = held.role.leading_mut() else {
                 continue;
             };
-            if leading.pending_isr.is_some()
-                && now.monotonic_ms - leading.pending_since_ms >= ISR_CHANGE_TIMEOUT_MS
-            {
-                leading.pending_isr = None;
+            match &leading.pending_isr {
+                // Unanswered for long: asked again (it stays pending: it
+                // may have been proposed, and only a commit settles it).
+                Some(isr)
+                    if now.monotonic_ms - leading.pending_since_ms >= ISR_CHANGE_TIMEOUT_MS =>
+                {
+                    leading.pending_since_ms = now.monotonic_ms;
+                    again.push(IsrChange {
+                        partition: tp.clone(),
+                        topic_id: Uuid::nil(),
+                        leader_epoch: leading.leader_epoch,
+                        partition_epoch: leading.partition_epoch,
+                        isr: isr.clone(),
+                    });
+                }
+                Some(_) => {}
+                None => {
+                    if let Some(isr) = leading.shrink(log_end, now.monotonic_ms, lag_ms) {
+                        shrinks.push((tp, isr));
+                    }
+                }
             }
-            if let Some(isr) = leading.shrink(log_end, now.monotonic_ms, lag_ms) {
-                shrinks.push((tp, isr));
+        }
+        for mut change in again {
+            if let Some(topic_id) = self.registration_topic_id(&change.partition.topic) {
+                change.topic_id = topic_id;
+                self.isr_changes.push(change);
             }
         }
         for (tp, isr) in shrinks {
@@ -401,7 +432,8 @@ impl<S: Storage> Broker<S> {
         std::mem::take(&mut self.isr_changes)
     }
 
-    /// The controller refused or lost an ISR change: it may be asked again.
+    /// The controller refused an ISR change for good (or it was never
+    /// sent): it may be asked again.
     pub fn isr_change_failed(&mut self, change: &IsrChange) {
         if let Some(leading) = self
             .topics

@@ -120,6 +120,11 @@ pub(super) struct ControllerState {
     producer_next: i64,
     /// The last leadership sweep proposed: none other before it commits.
     sweep_offset: Option<i64>,
+    /// Partitions with a change proposed and not yet committed, and the
+    /// offset that commits it: no other change of theirs is proposed
+    /// before (this controller decides on the committed image only, and a
+    /// leader's pending ISR change must be the next one to commit).
+    altering: BTreeMap<(Uuid, i32), i64>,
 }
 
 /// What the controller answers: now, or once the records it proposed are
@@ -316,6 +321,7 @@ impl<S: Storage> Node<S> {
                 changing: BTreeSet::new(),
                 producer_next: 0,
                 sweep_offset: None,
+                altering: BTreeMap::new(),
             });
         }
         Some(epoch)
@@ -354,7 +360,11 @@ impl<S: Storage> Node<S> {
         } = &mut self.broker;
         let count = encoded.len() as i64;
         match quorum.propose(storage, durability, now.monotonic_ms, encoded) {
-            Ok(first) => Some(first + count - 1),
+            Ok(first) => {
+                let last = first + count - 1;
+                self.note_altering(records, last);
+                Some(last)
+            }
             Err(error) => {
                 tracing::warn!(?error, "metadata record not proposed");
                 None
@@ -419,9 +429,18 @@ impl<S: Storage> Node<S> {
         // A new incarnation of a known broker (it restarted, and may have
         // lost writes it never synced): its partitions move as if it had
         // been fenced, so they get a new leader epoch before it leads again
-        // and followers cut what it lost by epoch.
+        // and followers cut what it lost by epoch. Not while a change of a
+        // partition it leads is on its way: it registers again after.
         let mut records = vec![record];
         if self.cluster_view().image.broker(id).is_some() {
+            let blocked = self.cluster_view().image.topics().any(|t| {
+                t.partitions
+                    .iter()
+                    .any(|(&p, r)| r.leader == id && self.altering_partition(t.id, p))
+            });
+            if blocked {
+                return Decision::Now(error(ResponseError::RequestTimedOut));
+            }
             records.extend(self.leadership_changes(id, false));
         }
         let Some(last) = self.propose_records(now, &records) else {
@@ -545,7 +564,11 @@ impl<S: Storage> Node<S> {
                 let registration = image
                     .topic_by_id(topic.topic_id)
                     .and_then(|t| t.partitions.get(&p.partition_index));
+                let in_flight = self.altering_partition(topic.topic_id, p.partition_index);
                 let refusal = match registration {
+                    // Another change of it is on its way: the leader asks
+                    // again (an ambiguous answer keeps its change pending).
+                    _ if in_flight => Some(ResponseError::RequestTimedOut),
                     None => Some(ResponseError::UnknownTopicOrPartition),
                     Some(r) if r.leader != broker_id => Some(ResponseError::NotLeaderOrFollower),
                     Some(r) if p.leader_epoch != r.leader_epoch => {
@@ -618,6 +641,33 @@ impl<S: Storage> Node<S> {
             epoch,
             answer,
             lost: error(ResponseError::NotController),
+        }
+    }
+
+    /// True while a change of the partition proposed by this controller is
+    /// not committed.
+    fn altering_partition(&self, topic_id: Uuid, partition: i32) -> bool {
+        self.controller.as_ref().is_some_and(|c| {
+            c.altering
+                .get(&(topic_id, partition))
+                .is_some_and(|&offset| offset >= self.quorum_committed)
+        })
+    }
+
+    /// Notes the partitions a proposal ending at `offset` changes, and
+    /// forgets those whose changes committed.
+    fn note_altering(&mut self, records: &[MetadataRecord], offset: i64) {
+        let committed = self.quorum_committed;
+        let Some(controller) = self.controller.as_mut() else {
+            return;
+        };
+        controller.altering.retain(|_, at| *at >= committed);
+        for record in records {
+            if let MetadataRecord::PartitionChange(change) = record {
+                controller
+                    .altering
+                    .insert((change.topic_id, change.partition_id), offset);
+            }
         }
     }
 
@@ -890,6 +940,10 @@ impl<S: Storage> Node<S> {
             for (&partition_id, partition) in &topic.partitions {
                 if changes.len() >= room {
                     return changes;
+                }
+                if self.altering_partition(topic.id, partition_id) {
+                    // After the change on its way (the sweep comes back).
+                    continue;
                 }
                 let change = |leader: i32, isr: Option<Vec<i32>>| {
                     MetadataRecord::PartitionChange(PartitionChangeRecord {

@@ -305,32 +305,41 @@ impl<S: Storage> Node<S> {
                 self.alter_partition_answered(&changes, &response);
             }
             Err(error) => {
-                let changes = std::mem::take(&mut self.isr_changes_sent);
+                // Unreadable: the changes stay pending until a commit
+                // settles them or they are asked again.
+                self.isr_changes_sent.clear();
                 tracing::warn!(%error, "a bad AlterPartition answer");
-                for change in &changes {
-                    self.broker.isr_change_failed(change);
-                }
             }
         }
     }
 
-    /// Refused changes may be asked again; accepted ones settle when their
-    /// record applies.
+    /// Changes refused for good may be asked again; accepted ones settle
+    /// when their record applies, and so do those whose fate the answer
+    /// leaves open (NOT_CONTROLLER, REQUEST_TIMED_OUT: the change may have
+    /// been proposed), which stay pending until a commit settles them.
     fn alter_partition_answered(
         &mut self,
         changes: &[IsrChange],
         response: &AlterPartitionResponse,
     ) {
+        let open = |code: i16| {
+            code == ResponseError::NotController.code()
+                || code == ResponseError::RequestTimedOut.code()
+        };
         for change in changes {
-            let refused = response.error_code != 0
-                || response
+            let code = if response.error_code != 0 {
+                response.error_code
+            } else {
+                response
                     .topics
                     .iter()
                     .filter(|t| t.topic_id == change.topic_id)
                     .flat_map(|t| &t.partitions)
-                    .any(|p| p.partition_index == change.partition.partition && p.error_code != 0);
-            if refused {
-                tracing::info!(partition = %change.partition, error = response.error_code, "the controller refused an ISR change");
+                    .find(|p| p.partition_index == change.partition.partition)
+                    .map_or(0, |p| p.error_code)
+            };
+            if code != 0 && !open(code) {
+                tracing::info!(partition = %change.partition, error = code, "the controller refused an ISR change");
                 self.broker.isr_change_failed(change);
             }
         }
