@@ -212,12 +212,11 @@ fn scenario_named(name: &str) -> Result<&'static Scenario, String> {
 /// The command that replays a run, with its mutation.
 fn replay_of(report: &Report) -> String {
     let spec = &report.spec;
-    let mutation = spec
-        .broker
-        .iter()
-        .find(|(key, _)| key == sluice_core::config::MUTATION_KEY)
-        .map(|(_, value)| value.as_str());
-    replay_command(spec.scenario, spec.seed, mutation)
+    replay_command(
+        spec.scenario,
+        spec.seed,
+        sluice_sim::report::mutation(report),
+    )
 }
 
 fn print_report(report: &Report) {
@@ -355,16 +354,13 @@ fn replay(
     };
     write("trace.log", report.trace.lines().join("\n") + "\n")?;
     write("history.txt", report.history.render())?;
+    let replay = replay_of(&report);
     let title = format!("{} seed {seed:#x}", scenario.name);
     write(
         "timeline.html",
         sluice_sim::timeline::render(&title, &report.history.entries()),
     )?;
-    let mut summary = format!("{title}\nspec: {:#?}\n", report.spec);
-    for violation in &report.violations {
-        summary.push_str(&format!("[{}] {}\n", violation.checker, violation.detail));
-    }
-    write("report.txt", summary)?;
+    write("report.txt", sluice_sim::report::render(&report, &replay))?;
     print_report(&report);
     println!(
         "  wrote {}/{{trace.log,history.txt,timeline.html,report.txt}}",

@@ -11,6 +11,7 @@ pub mod disk;
 pub mod history;
 pub mod nemesis;
 pub mod quorum;
+pub mod report;
 pub mod run;
 pub mod timeline;
 pub mod trace;
