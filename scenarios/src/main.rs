@@ -355,10 +355,9 @@ fn replay(
     write("trace.log", report.trace.lines().join("\n") + "\n")?;
     write("history.txt", report.history.render())?;
     let replay = replay_of(&report);
-    let title = format!("{} seed {seed:#x}", scenario.name);
     write(
         "timeline.html",
-        sluice_sim::timeline::render(&title, &report.history.entries()),
+        sluice_sim::timeline::render(&report, &replay),
     )?;
     write("report.txt", sluice_sim::report::render(&report, &replay))?;
     print_report(&report);
