@@ -292,3 +292,90 @@ pub fn with_mutation(mut spec: Spec, mutation: Option<&str>) -> Spec {
     }
     spec
 }
+
+/// The one command that reruns a seed exactly, with its mutation and the
+/// feature build a mutation needs.
+pub fn replay_command(scenario: &str, seed: u64, mutation: Option<&str>) -> String {
+    match mutation {
+        Some(name) => format!(
+            "cargo run --release -p sluice-scenarios --features mutations --bin sluice-sim -- replay --scenario {scenario} --seed {seed:#x} --mutation {name}"
+        ),
+        None => format!(
+            "cargo run --release -p sluice-scenarios --bin sluice-sim -- replay --scenario {scenario} --seed {seed:#x}"
+        ),
+    }
+}
+
+/// Refuses a mutation this build cannot run, in one line: without the
+/// `mutations` feature it says how to build with it (`arguments` are the
+/// command's own, to repeat), and with it it lists the known names.
+pub fn check_mutation(mutation: Option<&str>, arguments: &[String]) -> Result<(), String> {
+    let Some(name) = mutation else {
+        return Ok(());
+    };
+    if !cfg!(feature = "mutations") {
+        let arguments: Vec<String> = arguments
+            .iter()
+            .map(|a| {
+                if a.is_empty() || a.contains(|c: char| c.is_whitespace() || c == '\'') {
+                    format!("'{}'", a.replace('\'', r"'\''"))
+                } else {
+                    a.clone()
+                }
+            })
+            .collect();
+        return Err(format!(
+            "mutation `{name}` needs a build with the mutations feature, which this one lacks; run: cargo run --release -p sluice-scenarios --features mutations --bin sluice-sim -- {}",
+            arguments.join(" ")
+        ));
+    }
+    let known: Vec<&str> = sluice_core::config::Mutation::ALL
+        .iter()
+        .map(|m| m.name())
+        .collect();
+    if known.contains(&name) {
+        Ok(())
+    } else {
+        Err(format!("no mutation `{name}`; known: {}", known.join(", ")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mutation_is_checked_before_any_run() {
+        assert_eq!(check_mutation(None, &[]), Ok(()));
+        let arguments = [
+            "sweep".to_string(),
+            "--mutation".into(),
+            "offset-gap".into(),
+        ];
+        let checked = check_mutation(Some("offset-gap"), &arguments);
+        if cfg!(feature = "mutations") {
+            assert_eq!(checked, Ok(()));
+        } else {
+            let why = checked.expect_err("refused without the feature");
+            assert!(
+                why.ends_with(
+                    "--features mutations --bin sluice-sim -- sweep --mutation offset-gap"
+                ),
+                "{why}"
+            );
+            assert!(!why.contains('\n'), "{why}");
+        }
+        let unknown = check_mutation(Some("no-such"), &arguments).expect_err("refused");
+        assert!(unknown.contains("no-such"), "{unknown}");
+    }
+
+    #[test]
+    fn a_mutated_replay_command_builds_the_feature() {
+        assert_eq!(
+            replay_command("groups", 42, None),
+            "cargo run --release -p sluice-scenarios --bin sluice-sim -- replay --scenario groups --seed 0x2a"
+        );
+        assert!(replay_command("groups", 42, Some("offset-gap"))
+            .contains("--features mutations --bin sluice-sim -- replay --scenario groups --seed 0x2a --mutation offset-gap"));
+    }
+}

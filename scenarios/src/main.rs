@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
-use sluice_scenarios::{find, Scenario, ALL};
+use sluice_scenarios::{check_mutation, find, replay_command, Scenario, ALL};
 use sluice_sim::Report;
 
 #[derive(Parser)]
@@ -85,7 +85,20 @@ fn parse_seed(text: &str) -> Result<u64, String> {
 }
 
 fn main() -> std::process::ExitCode {
-    let outcome = match Cli::parse().command {
+    let command = Cli::parse().command;
+    let arguments: Vec<String> = std::env::args().skip(1).collect();
+    let mutation = match &command {
+        Command::List => None,
+        Command::Run { mutation, .. }
+        | Command::Sweep { mutation, .. }
+        | Command::Quorum { mutation, .. }
+        | Command::Replay { mutation, .. } => mutation.as_deref(),
+    };
+    if let Err(error) = check_mutation(mutation, &arguments) {
+        eprintln!("sluice-sim: {error}");
+        return std::process::ExitCode::from(2);
+    }
+    let outcome = match command {
         Command::List => {
             for scenario in ALL {
                 println!("{:<16} {}", scenario.name, scenario.about);
@@ -146,12 +159,10 @@ fn quorum_sweep(
         return Err(format!("{voters} voters: a quorum has 1 to 16"));
     }
     let broker = match mutation {
-        Some(name) if !cfg!(feature = "mutations") => {
-            return Err(format!(
-                "mutation `{name}` needs a build with `--features mutations`"
-            ))
-        }
-        Some(name) => vec![("sluice.mutation".to_string(), name.to_string())],
+        Some(name) => vec![(
+            sluice_core::config::MUTATION_KEY.to_string(),
+            name.to_string(),
+        )],
         None => Vec::new(),
     };
     let began = std::time::Instant::now();
@@ -172,9 +183,12 @@ fn quorum_sweep(
             }
             Err(why) => {
                 println!("FAILED {why}");
+                let (features, flag) = match mutation {
+                    Some(name) => (" --features mutations", format!(" --mutation {name}")),
+                    None => ("", String::new()),
+                };
                 println!(
-                    "replay: cargo run --release -p sluice-scenarios --bin sluice-sim -- quorum --voters {voters} --seeds 1 --start {seed:#x}{}",
-                    mutation.map_or(String::new(), |m| format!(" --mutation {m}"))
+                    "replay: cargo run --release -p sluice-scenarios{features} --bin sluice-sim -- quorum --voters {voters} --seeds 1 --start {seed:#x}{flag}"
                 );
                 return Ok(false);
             }
@@ -195,9 +209,14 @@ fn scenario_named(name: &str) -> Result<&'static Scenario, String> {
     find(name).ok_or_else(|| format!("no scenario `{name}`; known: {}", names.join(", ")))
 }
 
-/// The one command that reruns a seed exactly.
-pub fn replay_command(scenario: &str, seed: u64) -> String {
-    format!("cargo run --release -p sluice-scenarios --bin sluice-sim -- replay --scenario {scenario} --seed {seed:#x}")
+/// The command that replays a run, with its mutation.
+fn replay_of(report: &Report) -> String {
+    let spec = &report.spec;
+    replay_command(
+        spec.scenario,
+        spec.seed,
+        sluice_sim::report::mutation(report),
+    )
 }
 
 fn print_report(report: &Report) {
@@ -220,7 +239,7 @@ fn print_report(report: &Report) {
         println!("  [{}] {}", violation.checker, violation.detail);
     }
     if !report.passed() {
-        println!("  replay: {}", replay_command(spec.scenario, spec.seed));
+        println!("  replay: {}", replay_of(report));
     }
 }
 
@@ -276,7 +295,7 @@ fn sweep(
                         "FAILED {} seed {seed:#x}: {}\n  replay: {}",
                         scenario.name,
                         first_problem(&report),
-                        replay_command(scenario.name, *seed)
+                        replay_command(scenario.name, *seed, mutation)
                     );
                     bar.suspend(|| println!("{text}"));
                     failures
@@ -299,7 +318,7 @@ fn sweep(
         failures.len()
     );
     for (scenario, seed) in &failures {
-        println!("  {}", replay_command(scenario, *seed));
+        println!("  {}", replay_command(scenario, *seed, mutation));
     }
     Ok(failures.is_empty())
 }
@@ -335,16 +354,12 @@ fn replay(
     };
     write("trace.log", report.trace.lines().join("\n") + "\n")?;
     write("history.txt", report.history.render())?;
-    let title = format!("{} seed {seed:#x}", scenario.name);
+    let replay = replay_of(&report);
     write(
         "timeline.html",
-        sluice_sim::timeline::render(&title, &report.history.entries()),
+        sluice_sim::timeline::render(&report, &replay),
     )?;
-    let mut summary = format!("{title}\nspec: {:#?}\n", report.spec);
-    for violation in &report.violations {
-        summary.push_str(&format!("[{}] {}\n", violation.checker, violation.detail));
-    }
-    write("report.txt", summary)?;
+    write("report.txt", sluice_sim::report::render(&report, &replay))?;
     print_report(&report);
     println!(
         "  wrote {}/{{trace.log,history.txt,timeline.html,report.txt}}",

@@ -5,7 +5,7 @@
 #![cfg(feature = "mutations")]
 
 use sluice_core::config::Mutation;
-use sluice_scenarios::{with_mutation, ALL};
+use sluice_scenarios::{replay_command, with_mutation, ALL};
 use sluice_sim::quorum::{run_quorum, QuorumRun};
 
 /// Seeds per scenario within which each mutation must be caught.
@@ -48,6 +48,57 @@ fn ack_before_sync_loses_acknowledged_records() {
     assert!(
         caught.is_ok(),
         "not caught within {SEEDS_MAX} seeds; other checkers: {caught:?}"
+    );
+}
+
+/// A deliberately broken node's run reads as a failure from its first
+/// line: `FAIL`, the run, the checkers that caught it, then the command
+/// that replays it with the feature, each failing checker's violations,
+/// and the operations they name; the timeline outlines those operations.
+#[test]
+fn a_caught_mutation_reports_fail_and_names_its_checker() {
+    let mutation = Mutation::AckBeforeSync.name();
+    let failed = (1..=SEEDS_MAX)
+        .map(|seed| {
+            let spec = sluice_scenarios::crash_restart(seed);
+            sluice_sim::run(with_mutation(spec, Some(mutation)), false)
+        })
+        .find(|report| !report.violations.is_empty())
+        .unwrap_or_else(|| panic!("{mutation} not caught within {SEEDS_MAX} seeds"));
+    let seed = failed.spec.seed;
+    let replay = replay_command("crash-restart", seed, Some(mutation));
+    let text = sluice_sim::report::render(&failed, &replay);
+    let mut lines = text.lines();
+    let verdict = lines.next().unwrap_or_default();
+    let run = format!("FAIL crash-restart seed {seed:#x} (mutation {mutation}): ");
+    assert!(verdict.starts_with(&run), "{text}");
+    assert_eq!(lines.next(), Some(format!("replay: {replay}").as_str()));
+    for violation in &failed.violations {
+        assert!(verdict.contains(violation.checker), "{verdict}");
+        assert!(
+            text.lines().any(|l| {
+                let mut words = l.split_whitespace();
+                words.next() == Some(violation.checker) && words.next() == Some("FAILED,")
+            }),
+            "{} is not listed as failed:\n{text}",
+            violation.checker
+        );
+    }
+    let offending = text
+        .split("first offending operations")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no offending operations in:\n{text}"));
+    let checker = failed.violations[0].checker;
+    assert!(
+        offending
+            .lines()
+            .any(|l| l.trim_start().starts_with("op ") && l.contains(checker)),
+        "no operation named by {checker}:\n{text}"
+    );
+    let timeline = sluice_sim::timeline::render(&failed, &replay);
+    assert!(
+        timeline.contains(" offending' data-op="),
+        "no operation outlined"
     );
 }
 

@@ -37,8 +37,9 @@ fn every_scenario_passes_its_seeds() {
                     })
                     .unwrap_or_default();
                 failures.push(format!(
-                    "{} seed {seed:#x}: {problem}\n  replay: cargo run --release -p sluice-scenarios --bin sluice-sim -- replay --scenario {} --seed {seed:#x}",
-                    scenario.name, scenario.name
+                    "{} seed {seed:#x}: {problem}\n  replay: {}",
+                    scenario.name,
+                    sluice_scenarios::replay_command(scenario.name, seed, None)
                 ));
             }
         }

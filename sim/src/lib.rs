@@ -12,6 +12,7 @@ pub mod history;
 pub mod nemesis;
 pub mod quorum;
 pub mod replication;
+pub mod report;
 pub mod run;
 pub mod timeline;
 pub mod trace;

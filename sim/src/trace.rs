@@ -75,6 +75,52 @@ impl Trace {
     }
 }
 
+/// One line of a trace, taken apart: what `Trace::record` stamped and what
+/// `TraceLayer` wrote (`FAULT` is the level of the nemesis's lines).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Line<'a> {
+    pub at_us: u128,
+    pub level: &'a str,
+    /// The host whose span the event ran in (`node1`, `producer0`, ...), or
+    /// `harness` outside every host.
+    pub host: &'a str,
+    /// The rest: `target: message key=value ...`.
+    pub text: &'a str,
+}
+
+impl<'a> Line<'a> {
+    /// Takes a stamped line apart; `None` when it is not one.
+    pub fn parse(line: &'a str) -> Option<Line<'a>> {
+        let line = line.trim_start();
+        let (stamp, rest) = line.split_once(' ')?;
+        let (seconds, micros) = stamp.split_once('.')?;
+        if micros.len() != 6 {
+            return None;
+        }
+        let at_us = seconds.parse::<u128>().ok()? * 1_000_000 + micros.parse::<u128>().ok()?;
+        let rest = rest.trim_start();
+        let (level, rest) = rest.split_once(' ')?;
+        let rest = rest.trim_start();
+        let (host, text) = rest.split_once(' ')?;
+        Some(Line {
+            at_us,
+            level,
+            host,
+            text: text.trim_start(),
+        })
+    }
+
+    /// The event's message without its target and its `key=value` fields.
+    pub fn message(&self) -> &'a str {
+        let text = self.text.split_once(": ").map_or(self.text, |(_, m)| m);
+        let mut end = 0;
+        for word in text.split(' ').take_while(|word| !word.contains('=')) {
+            end += word.len() + 1;
+        }
+        text[..end.min(text.len())].trim_end()
+    }
+}
+
 /// A tracing layer feeding a `Trace`, with turmoil's simulated clock.
 pub struct TraceLayer {
     pub trace: Trace,
@@ -146,5 +192,41 @@ where
             fields.0
         );
         self.trace.record(elapsed_us, &line);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_recorded_line_parses_back() {
+        let trace = Trace::new(true);
+        trace.record(
+            12_345_678,
+            &format!(
+                "{:<5} {:<12} {}",
+                "WARN",
+                "node1",
+                "sluice_core::log: truncating a torn tail dir=events-0 cut_bytes=203"
+            ),
+        );
+        trace.record(
+            7,
+            "FAULT harness      nemesis: crash node2, unsynced writes: KeepPrefix",
+        );
+        let lines = trace.lines();
+        let warn = Line::parse(&lines[0]).expect("a trace line");
+        assert_eq!(warn.at_us, 12_345_678);
+        assert_eq!((warn.level, warn.host), ("WARN", "node1"));
+        assert_eq!(warn.message(), "truncating a torn tail");
+        let fault = Line::parse(&lines[1]).expect("a trace line");
+        assert_eq!(
+            (fault.at_us, fault.level, fault.host),
+            (7, "FAULT", "harness")
+        );
+        assert_eq!(fault.message(), "crash node2, unsynced writes: KeepPrefix");
+        assert_eq!(Line::parse("not a trace line"), None);
+        assert_eq!(Line::parse(""), None);
     }
 }
