@@ -814,7 +814,7 @@ mod tests {
         assert_eq!(args.partition, Some(2));
         assert_eq!(args.to, ResetTarget::Timestamp(1000));
         assert!(args.dry_run && args.json);
-        assert_eq!(args.connection.bootstrap_server, "h:1");
+        assert_eq!(args.connection.bootstrap_server.as_deref(), Some("h:1"));
         let GroupsCommand::ResetOffsets(args) =
             parse(&["reset-offsets", "g", "--topic", "t", "--to", "earliest"]).unwrap()
         else {

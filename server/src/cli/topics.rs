@@ -444,7 +444,7 @@ mod tests {
                 ("cleanup.policy".into(), "delete".into())
             ]
         );
-        assert_eq!(args.connection.bootstrap_server, "h:1");
+        assert_eq!(args.connection.bootstrap_server.as_deref(), Some("h:1"));
         assert!(args.json);
     }
 
@@ -455,7 +455,7 @@ mod tests {
         };
         assert_eq!(args.partitions, None);
         assert_eq!(args.replication_factor, None);
-        assert_eq!(args.connection.bootstrap_server, "127.0.0.1:9092");
+        assert_eq!(args.connection.bootstrap_server, None);
     }
 
     #[test]
