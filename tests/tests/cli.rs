@@ -882,7 +882,7 @@ fn bad_arguments_and_bad_input_fail_with_one_line() {
                 "consume", "--topic", "mistakes", "--group", "g", "--offset", "1",
             ],
             2,
-            "'--group <GROUP>' cannot be used with '--offset <O>'",
+            "'--group <GROUP>' cannot be used with '--offset <OFFSET>'",
         ),
         (
             &["topics", "create", "x", "--partitions", "0"],
