@@ -127,6 +127,22 @@ pub struct ClusterDescription {
     pub fenced: Vec<i32>,
 }
 
+/// One API a broker serves: its key and version range, from ApiVersions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApiVersionRange {
+    pub api_key: i16,
+    pub min_version: i16,
+    pub max_version: i16,
+}
+
+/// A broker's ApiVersions answer and the address that gave it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerApiVersions {
+    pub answered_by: String,
+    /// By API key, ascending.
+    pub apis: Vec<ApiVersionRange>,
+}
+
 /// Where an admin request goes.
 #[derive(Debug, Clone, Copy)]
 enum Target {
@@ -440,6 +456,26 @@ impl<C: Connector> Admin<C> {
             .refresh_metadata_with(Some(&[topic.to_string()]), false)
             .await;
         Ok(())
+    }
+
+    /// The APIs and versions a broker serves: the ApiVersions answer of
+    /// the connection the client holds to one (opened if need be).
+    pub async fn api_versions(&self) -> Result<BrokerApiVersions> {
+        let connection = self.client.any_connection().await?;
+        let apis = connection
+            .versions()
+            .broker_ranges()
+            .iter()
+            .map(|(&api_key, &(min_version, max_version))| ApiVersionRange {
+                api_key,
+                min_version,
+                max_version,
+            })
+            .collect();
+        Ok(BrokerApiVersions {
+            answered_by: connection.address().to_string(),
+            apis,
+        })
     }
 
     /// Cluster id, controller and brokers.

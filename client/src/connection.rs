@@ -116,6 +116,12 @@ impl Versions {
         }
     }
 
+    /// Every API the broker listed in its ApiVersions answer, by key, with
+    /// its `(min, max)` versions.
+    pub fn broker_ranges(&self) -> &BTreeMap<i16, (i16, i16)> {
+        &self.broker
+    }
+
     /// `min(client max, broker max)` (and the cap, if any), provided the
     /// ranges overlap.
     pub fn pick(&self, api: ApiKey, address: &str) -> Result<i16> {
@@ -318,6 +324,11 @@ impl Connection {
 
     pub fn close(&self, reason: &str) {
         self.shared.close(reason);
+    }
+
+    /// What the broker answered to this connection's ApiVersions.
+    pub fn versions(&self) -> &Versions {
+        &self.versions
     }
 
     /// The version to use for `api` on this connection.

@@ -67,9 +67,9 @@ pub mod producer;
 pub mod record;
 
 pub use admin::{
-    Admin, ClusterDescription, ConfigEntry, ConfigSource, GroupDescription, GroupListing,
-    MemberDescription, NewTopic, QuorumDescription, QuorumEndpoint, QuorumReplica,
-    TopicDescription, TopicListing,
+    Admin, ApiVersionRange, BrokerApiVersions, ClusterDescription, ConfigEntry, ConfigSource,
+    GroupDescription, GroupListing, MemberDescription, NewTopic, QuorumDescription, QuorumEndpoint,
+    QuorumReplica, TopicDescription, TopicListing,
 };
 pub use client::Client;
 pub use config::{

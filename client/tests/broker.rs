@@ -191,6 +191,19 @@ async fn check_description(admin: &Admin<TokioConnector>, topic: &str) {
     );
     let cluster = admin.describe_cluster().await.unwrap();
     assert_eq!(cluster.brokers.len(), 1);
+    // The broker's ApiVersions answer, as the core's table states it.
+    let versions = admin.api_versions().await.unwrap();
+    let produce = versions
+        .apis
+        .iter()
+        .find(|api| api.api_key == ApiKey::Produce as i16)
+        .expect("Produce is served");
+    let (min, max) = sluice_core::wire::versions::supported_versions(ApiKey::Produce).unwrap();
+    assert_eq!((produce.min_version, produce.max_version), (min, max));
+    assert!(versions
+        .apis
+        .windows(2)
+        .all(|w| w[0].api_key < w[1].api_key));
     let node = cluster.brokers[0].node_id;
     assert_eq!(cluster.controller_id, Some(node));
     let described = admin.describe_topics(&[topic.to_string()]).await.unwrap();

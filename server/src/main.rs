@@ -53,7 +53,8 @@ enum Command {
         #[command(subcommand)]
         command: groups::GroupsCommand,
     },
-    /// Describe the cluster's controller quorum (leader, epoch, voters' lag).
+    /// Describe the cluster: its brokers, its controller quorum (leader,
+    /// epoch, voters' lag), the API versions a broker serves.
     Cluster {
         #[command(subcommand)]
         command: cluster::ClusterCommand,

@@ -15,17 +15,25 @@
 //!
 //! Everything goes through `sluice-client`'s `Producer` and `Consumer`, so
 //! the figures include the client's own cost, as Kafka's tools include
-//! theirs. A progress bar runs on stderr while measuring (indicatif hides
-//! it when stderr is not a terminal); the result goes to stdout, as text or,
-//! with `--json`, as one JSON object. MB means 10^6 bytes (Kafka's tools
-//! use 2^20) of record values (keys and headers, absent here, and the
-//! batch framing are not counted).
+//! theirs. While measuring, a progress line about the last interval goes
+//! out every `--reporting-interval-ms` (see `live`); the result follows
+//! (see `report`), as text or, with `--json`, as one JSON object on stdout.
+//! MB means 10^6 bytes (Kafka's tools use 2^20) of record values (keys and
+//! headers, absent here, and the batch framing are not counted).
 //!
-//! Every run is bounded: by `--records`, by `--timeout-ms` for the whole
-//! run, by `--idle-timeout-ms` without progress on the consuming side, and
-//! by `DELIVERIES_PENDING_MAX` deliveries awaited at once per producer.
+//! Every run is bounded: by `--records`; by `--timeout-ms` for the whole
+//! run; by `--request-timeout-ms`, both per request and for the run, which
+//! stops once records have waited that long with none acknowledged (a
+//! broker that died); by `--idle-timeout-ms` without a record on
+//! the consuming side; and by `DELIVERIES_PENDING_MAX` deliveries awaited
+//! at once per producer. A run stopped by a bound still reports what it
+//! did, then fails: records acknowledged, failed, unknown (sent, no answer)
+//! and not sent, and its rate up to its last progress only.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+mod live;
+mod report;
+
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,7 +41,6 @@ use anyhow::{anyhow, bail, Context};
 use bytes::{BufMut, Bytes, BytesMut};
 use clap::{Args, Subcommand};
 use hdrhistogram::Histogram;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 use sluice_client::{
     system_clock, Acks, Admin, Client, ClientConfig, Consumer, ConsumerConfig, ConsumerRecord,
@@ -43,6 +50,11 @@ use sluice_client::{
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+
+use crate::cli::{bootstrap_from_environment, split_bootstrap, CONNECT_TIMEOUT_MS_MAX};
+use live::{Activity, Live, MonitorPlan};
+pub use report::LATENCY_US_MAX;
+use report::{latency_histogram, latency_micros, Report};
 
 /// Largest `--records`; with the other bounds it keeps every run finite.
 pub const RECORDS_MAX: u64 = 1_000_000_000;
@@ -62,12 +74,15 @@ pub const DELIVERIES_PENDING_MAX: usize = 65_536;
 /// unless `--idle-timeout-ms` says otherwise.
 pub const IDLE_TIMEOUT_MS_DEFAULT: u64 = 10_000;
 
-/// Latencies are recorded in microseconds, from 1 µs to this, with three
-/// significant digits; longer ones are clamped to it.
-pub const LATENCY_US_MAX: u64 = 60_000_000;
+/// `--request-timeout-ms` unless given: Kafka's `request.timeout.ms`.
+pub const REQUEST_TIMEOUT_MS_DEFAULT: u64 = 30_000;
 
-/// How often the progress bar reads the counters.
-const PROGRESS_INTERVAL_MS: u64 = 100;
+/// `--reporting-interval-ms` unless given: Kafka's perf tools print every 5 s.
+pub const REPORTING_INTERVAL_MS_DEFAULT: u64 = 5_000;
+
+/// Beyond `--timeout-ms`, how long a run told to stop may take to wind
+/// down before the command gives up on it without a report.
+const STOP_GRACE_MS: u64 = 5_000;
 
 /// How long one `poll` may wait before the loop checks its bounds again.
 const POLL_WAIT_MS: u64 = 200;
@@ -106,15 +121,26 @@ pub enum PerfCommand {
 #[derive(Args, Debug, Clone)]
 pub struct CommonArgs {
     /// Topic to use.
-    #[arg(long)]
+    #[arg(long, short = 't')]
     pub topic: String,
     /// Records to send (or read).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=RECORDS_MAX))]
     pub records: u64,
-    /// Broker address(es) to start from, `host:port[,host:port...]`.
-    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:9092")]
-    pub bootstrap_server: String,
-    /// The whole run must finish within this, or it fails.
+    /// Broker address(es) to start from, `host:port[,host:port...]`
+    /// [default: $SLUICE_BOOTSTRAP_SERVERS, else $KAFKA_BOOTSTRAP_SERVERS,
+    /// else 127.0.0.1:9092].
+    #[arg(long, short = 'b', value_name = "HOST:PORT")]
+    pub bootstrap_server: Option<String>,
+    /// How long a request may wait for its answer; the run stops, failed,
+    /// once records have waited this long with none acknowledged.
+    #[arg(long, value_name = "MS", default_value_t = REQUEST_TIMEOUT_MS_DEFAULT,
+          value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub request_timeout_ms: u64,
+    /// How often to print a progress line (to stdout; to stderr with --json).
+    #[arg(long, value_name = "MS", default_value_t = REPORTING_INTERVAL_MS_DEFAULT,
+          value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    pub reporting_interval_ms: u64,
+    /// The whole run must finish within this, or it stops and fails.
     #[arg(long, value_name = "MS", default_value_t = 600_000,
           value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
     pub timeout_ms: u64,
@@ -251,7 +277,8 @@ impl PerfCommand {
 }
 
 /// Runs one perf command on a runtime of its own and prints its result.
-/// A run that lost records prints its figures first, then fails.
+/// A run that lost records or was stopped prints its figures first, then
+/// fails with one line.
 pub fn run(args: PerfArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.command.threads())
@@ -271,22 +298,44 @@ pub fn run(args: PerfArgs) -> anyhow::Result<()> {
     } else {
         print!("{}", report.text());
     }
-    match &report.first_error {
-        Some(error) => bail!("{} records failed; the first: {error}", report.errors),
+    match report.failure() {
+        Some(failure) => bail!("{failure}"),
         None => Ok(()),
     }
 }
 
-/// The run within `--timeout-ms`.
+/// The run within `--timeout-ms`, which its monitor enforces; this is the
+/// last resort for a run that did not wind down when told to.
 async fn bounded(
     common: &CommonArgs,
     run: impl std::future::Future<Output = anyhow::Result<Report>>,
 ) -> anyhow::Result<Report> {
-    match tokio::time::timeout(Duration::from_millis(common.timeout_ms), run).await {
+    let bound_ms = common
+        .timeout_ms
+        .saturating_add(common.request_timeout_ms)
+        .saturating_add(STOP_GRACE_MS);
+    match tokio::time::timeout(Duration::from_millis(bound_ms), run).await {
         Ok(result) => result,
         Err(_) => bail!(
-            "the run did not finish within {} ms (--timeout-ms)",
-            common.timeout_ms
+            "the run did not stop within {bound_ms} ms (--timeout-ms, --request-timeout-ms \
+             and {STOP_GRACE_MS} ms to wind down)"
+        ),
+    }
+}
+
+/// A step before the measured run (a topic lookup, a seek) within the
+/// request timeout.
+async fn step<T>(
+    common: &CommonArgs,
+    what: &str,
+    work: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    let bound = Duration::from_millis(common.request_timeout_ms);
+    match tokio::time::timeout(bound, work).await {
+        Ok(result) => result,
+        Err(_) => bail!(
+            "{what}: no answer within {} ms (--request-timeout-ms)",
+            common.request_timeout_ms
         ),
     }
 }
@@ -296,15 +345,13 @@ fn client(
     client_id: &str,
     auto_create: bool,
 ) -> anyhow::Result<Client<TokioConnector>> {
-    let servers: Vec<String> = common
-        .bootstrap_server
-        .split(',')
-        .map(|server| server.trim().to_string())
-        .filter(|server| !server.is_empty())
-        .collect();
+    let bootstrap = bootstrap_from_environment(common.bootstrap_server.as_deref());
+    let servers = split_bootstrap(&bootstrap).map_err(|error| anyhow!("{error}"))?;
     let mut config = ClientConfig::new(servers).with_client_id(client_id);
     config.seed = seed();
     config.allow_auto_topic_creation = auto_create;
+    config.request_timeout_ms = common.request_timeout_ms;
+    config.connect_timeout_ms = common.request_timeout_ms.min(CONNECT_TIMEOUT_MS_MAX);
     Client::new(TokioConnector, config).map_err(|error| anyhow!("{error}"))
 }
 
@@ -326,29 +373,59 @@ async fn prepare_topic(
     let client = client(common, "sluice-perf-admin", true)?;
     if let Some(partitions) = partitions {
         let admin = Admin::new(client.clone());
-        match admin
-            .create_topic(&NewTopic::new(&common.topic, partitions, 1))
-            .await
-        {
+        let what = format!("create topic {}", common.topic);
+        let created = step(common, &what, async {
+            Ok(admin
+                .create_topic(&NewTopic::new(&common.topic, partitions, 1))
+                .await)
+        })
+        .await?;
+        match created {
             Ok(()) => {}
             Err(error) if error.response_error() == Some(ResponseError::TopicAlreadyExists) => {}
-            Err(error) => bail!("create topic {}: {error}", common.topic),
+            Err(error) => bail!("{what}: {error}"),
         }
     }
-    topic_partitions(&client, &common.topic).await
+    topic_partitions(common, &client).await
 }
 
 async fn topic_partitions(
+    common: &CommonArgs,
     client: &Client<TokioConnector>,
-    topic: &str,
 ) -> anyhow::Result<Vec<TopicPartition>> {
-    let info = client
-        .topic(topic)
-        .await
-        .map_err(|error| anyhow!("metadata for topic {topic}: {error}"))?;
+    let topic = &common.topic;
+    let what = format!("metadata for topic {topic}");
+    let info = step(common, &what, async {
+        client
+            .topic(topic)
+            .await
+            .map_err(|error| anyhow!("{what}: {error}"))
+    })
+    .await?;
     Ok((0..info.partition_count())
         .map(|partition| TopicPartition::new(topic, partition))
         .collect())
+}
+
+/// Starts the monitor of a run that `began` (its setup included): its
+/// bounds and its progress lines.
+fn start_monitor(
+    common: &CommonArgs,
+    began: Instant,
+    live: &Arc<Live>,
+    mode: &'static str,
+    activity: Activity,
+) -> tokio::task::JoinHandle<()> {
+    let plan = MonitorPlan {
+        mode,
+        activity,
+        request_timeout: Duration::from_millis(common.request_timeout_ms),
+        reporting_interval: Duration::from_millis(common.reporting_interval_ms),
+        deadline: began + Duration::from_millis(common.timeout_ms),
+        run_timeout: Duration::from_millis(common.timeout_ms),
+        to_stdout: !common.json,
+    };
+    tokio::spawn(live::monitor(live.clone(), plan))
 }
 
 /// Linger of `produce` unless `--linger-ms` says otherwise.
@@ -359,13 +436,19 @@ pub const PRODUCE_LINGER_MS_DEFAULT: u64 = 5;
 /// the broker.
 pub const LATENCY_LINGER_MS_DEFAULT: u64 = 0;
 
-fn producer_config(send: &SendArgs, linger_ms: u64) -> ProducerConfig {
+/// The producer's settings. A record may take at most the linger and one
+/// request timeout to settle (Kafka's smallest `delivery.timeout.ms`), and
+/// `send` may block for one request timeout, so a broker that goes away
+/// fails the records waiting for it within the run's own bound.
+fn producer_config(common: &CommonArgs, send: &SendArgs, linger_ms: u64) -> ProducerConfig {
     ProducerConfig {
         acks: send.acks,
         linger_ms,
         batch_bytes_max: send.batch_bytes as usize,
         buffer_memory_bytes: send.buffer_bytes as usize,
         retries_max: send.retries,
+        delivery_timeout_ms: linger_ms.saturating_add(common.request_timeout_ms),
+        max_block_ms: common.request_timeout_ms,
         ..ProducerConfig::default()
     }
 }
@@ -397,14 +480,6 @@ impl Pacer {
     fn due(&self, sent: u64) -> Option<Instant> {
         let rate = self.records_per_s?;
         Some(self.started + Duration::from_secs_f64(sent as f64 / rate))
-    }
-
-    async fn wait(&self, sent: u64) {
-        if let Some(due) = self.due(sent) {
-            if due > Instant::now() {
-                tokio::time::sleep_until(due).await;
-            }
-        }
     }
 }
 
@@ -452,21 +527,18 @@ fn send_time(value: &[u8]) -> Option<Duration> {
     Some(Duration::from_nanos(u64::from_be_bytes(stamp)))
 }
 
-fn latency_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, LATENCY_US_MAX, 3).expect("valid histogram bounds")
-}
-
-fn record_latency(histogram: &mut Histogram<u64>, latency: Duration) {
-    let micros = (latency.as_micros() as u64).clamp(1, LATENCY_US_MAX);
-    histogram.saturating_record(micros);
-}
-
 /// What one producer (or consumer) counted.
 struct Tally {
+    /// Acknowledged (or read).
     records: u64,
     latency: Histogram<u64>,
-    errors: u64,
+    /// Refused by the broker, or never sent.
+    failed: u64,
+    /// Sent without an answer: its fate is not known.
+    unknown: u64,
     first_error: Option<String>,
+    /// When the last record was acknowledged (or read).
+    last_progress: Option<Instant>,
 }
 
 impl Tally {
@@ -474,13 +546,15 @@ impl Tally {
         Tally {
             records: 0,
             latency: latency_histogram(),
-            errors: 0,
+            failed: 0,
+            unknown: 0,
             first_error: None,
+            last_progress: None,
         }
     }
 
     fn failed(&mut self, error: String) {
-        self.errors += 1;
+        self.failed += 1;
         self.first_error.get_or_insert(error);
     }
 
@@ -489,10 +563,36 @@ impl Tally {
         self.latency
             .add(&other.latency)
             .expect("histograms of equal bounds");
-        self.errors += other.errors;
+        self.failed += other.failed;
+        self.unknown += other.unknown;
         if self.first_error.is_none() {
             self.first_error = other.first_error;
         }
+        self.last_progress = self.last_progress.max(other.last_progress);
+    }
+}
+
+/// Whether a record that failed with `error` may still have been written:
+/// its request went out and no answer came (a timeout, a lost connection,
+/// a producer dropped with it in flight).
+fn outcome_unknown(error: &sluice_client::Error) -> bool {
+    matches!(
+        error,
+        sluice_client::Error::Timeout { .. }
+            | sluice_client::Error::Disconnected { .. }
+            | sluice_client::Error::Closed
+    )
+}
+
+/// The outcome of a delivery that is already settled, without waiting.
+fn settled_now(delivery: &mut DeliveryFuture) -> Option<sluice_client::Result<RecordMetadata>> {
+    let ready = std::future::Future::poll(
+        std::pin::Pin::new(delivery),
+        &mut std::task::Context::from_waker(std::task::Waker::noop()),
+    );
+    match ready {
+        std::task::Poll::Ready(outcome) => Some(outcome),
+        std::task::Poll::Pending => None,
     }
 }
 
@@ -508,11 +608,14 @@ struct ProducerPlan {
 
 /// Sends a plan's records with a producer of its own and awaits every
 /// delivery, in order, on a second task (or at once, one at a time).
+/// When the run is stopped it sends no more; records sent and not yet
+/// settled then count as unknown, and the producer is dropped rather than
+/// closed (closing would wait for a broker that may be gone).
 async fn run_producer(
     client: Client<TokioConnector>,
     config: ProducerConfig,
     plan: ProducerPlan,
-    acknowledged: Arc<AtomicU64>,
+    live: Arc<Live>,
 ) -> Tally {
     let producer = match Producer::new(client, config, system_clock()) {
         Ok(producer) => producer,
@@ -523,39 +626,94 @@ async fn run_producer(
         }
     };
     let (pending, deliveries) = mpsc::channel(DELIVERIES_PENDING_MAX);
-    let collector = tokio::spawn(await_deliveries(deliveries, acknowledged.clone()));
-    let pacer = Pacer::new(plan.records_per_s);
-    let mut own = Tally::new();
-    for sent in 0..plan.records {
-        pacer.wait(sent).await;
-        let sent_at = Instant::now();
-        let record = ProducerRecord::new(plan.topic.as_str(), plan.payload.value());
-        let delivery = match producer.send(record).await {
-            Ok(delivery) => delivery,
-            Err(error) => {
-                // Kafka's perf tool stops on a send it cannot queue too.
-                own.failed(format!("send: {error}"));
-                break;
-            }
-        };
-        if plan.one_at_a_time {
-            let outcome = delivery.await;
-            settle(&mut own, sent_at, Instant::now(), outcome, &acknowledged);
-        } else if pending.send((sent_at, delivery)).await.is_err() {
-            break; // the collector stopped: it panicked
-        }
-    }
-    drop(pending);
+    let collector = tokio::spawn(await_deliveries(deliveries, live.clone()));
+    let own = send_plan(&producer, &plan, pending, &live).await;
     let mut tally = collector.await.unwrap_or_else(|error| {
         let mut tally = Tally::new();
         tally.failed(format!("the delivery collector failed: {error}"));
         tally
     });
     tally.merge(own);
-    if let Err(error) = producer.close().await {
-        tally.failed(format!("close the producer: {error}"));
+    if live.stop_reason().is_none() {
+        tokio::select! {
+            closed = producer.close() => if let Err(error) = closed {
+                tally.first_error.get_or_insert(format!("close the producer: {error}"));
+            },
+            _ = live.clone().stopped() => {}
+        }
     }
     tally
+}
+
+/// The sending loop of `run_producer`: what it counted itself (records it
+/// could not send, and with `one_at_a_time` every outcome).
+async fn send_plan(
+    producer: &Producer<TokioConnector>,
+    plan: &ProducerPlan,
+    pending: mpsc::Sender<(Instant, DeliveryFuture)>,
+    live: &Arc<Live>,
+) -> Tally {
+    let pacer = Pacer::new(plan.records_per_s);
+    let mut own = Tally::new();
+    let stopped = live.clone().stopped();
+    tokio::pin!(stopped);
+    for sent in 0..plan.records {
+        if let Some(due) = pacer.due(sent).filter(|due| *due > Instant::now()) {
+            tokio::select! {
+                biased;
+                _ = &mut stopped => break,
+                _ = tokio::time::sleep_until(due) => {}
+            }
+        }
+        let sent_at = Instant::now();
+        let record = ProducerRecord::new(plan.topic.as_str(), plan.payload.value());
+        live.sent.fetch_add(1, Ordering::Relaxed);
+        let sending = tokio::select! {
+            biased;
+            _ = &mut stopped => None,
+            sending = producer.send(record) => Some(sending),
+        };
+        let delivery = match sending {
+            // Stopped while `send` waited: the record may have been queued.
+            None => {
+                own.unknown += 1;
+                break;
+            }
+            Some(Ok(delivery)) => delivery,
+            Some(Err(error)) => {
+                // Kafka's perf tool stops on a send it cannot queue too.
+                live.unacknowledged.fetch_add(1, Ordering::Relaxed);
+                own.failed(format!("send: {error}"));
+                break;
+            }
+        };
+        if plan.one_at_a_time {
+            let outcome = tokio::select! {
+                biased;
+                _ = &mut stopped => None,
+                outcome = delivery => Some(outcome),
+            };
+            match outcome {
+                Some(outcome) => settle(&mut own, sent_at, Instant::now(), outcome, live),
+                None => {
+                    own.unknown += 1;
+                    break;
+                }
+            }
+            continue;
+        }
+        let queued = tokio::select! {
+            biased;
+            _ = &mut stopped => false,
+            queued = pending.send((sent_at, delivery)) => queued.is_ok(),
+        };
+        if !queued {
+            // Stopped, or the collector gone: this delivery is not awaited.
+            own.unknown += 1;
+            break;
+        }
+    }
+    own
 }
 
 /// Most records the delivery collector settles on one clock reading.
@@ -569,34 +727,46 @@ const CLOCK_READ_EVERY_RECORDS: u32 = 64;
 /// records one answer completes are found ready together and share that
 /// reading (re-read if a record was sent after it), which keeps clock reads
 /// off the per-record path of small records.
+///
+/// Once the run is stopped, the deliveries still queued are settled if
+/// their outcome already came and counted as unknown if not.
 async fn await_deliveries(
     mut deliveries: mpsc::Receiver<(Instant, DeliveryFuture)>,
-    acknowledged: Arc<AtomicU64>,
+    live: Arc<Live>,
 ) -> Tally {
     let mut tally = Tally::new();
+    let stopped = live.clone().stopped();
+    tokio::pin!(stopped);
     let mut now = Instant::now();
     let mut settled_since_reading = 0u32;
     loop {
         let (sent_at, mut delivery) = match deliveries.try_recv() {
             Ok(item) => item,
             Err(mpsc::error::TryRecvError::Disconnected) => break,
-            Err(mpsc::error::TryRecvError::Empty) => match deliveries.recv().await {
-                Some(item) => {
-                    now = Instant::now();
-                    settled_since_reading = 0;
-                    item
-                }
-                None => break,
-            },
+            Err(mpsc::error::TryRecvError::Empty) => {
+                let item = tokio::select! {
+                    biased;
+                    _ = &mut stopped => break,
+                    item = deliveries.recv() => item,
+                };
+                let Some(item) = item else { break };
+                now = Instant::now();
+                settled_since_reading = 0;
+                item
+            }
         };
-        let ready = std::future::Future::poll(
-            std::pin::Pin::new(&mut delivery),
-            &mut std::task::Context::from_waker(std::task::Waker::noop()),
-        );
-        let outcome = match ready {
-            std::task::Poll::Ready(outcome) => outcome,
-            std::task::Poll::Pending => {
-                let outcome = delivery.await;
+        let outcome = match settled_now(&mut delivery) {
+            Some(outcome) => outcome,
+            None => {
+                let outcome = tokio::select! {
+                    biased;
+                    _ = &mut stopped => None,
+                    outcome = &mut delivery => Some(outcome),
+                };
+                let Some(outcome) = outcome else {
+                    tally.unknown += 1;
+                    break;
+                };
                 now = Instant::now();
                 settled_since_reading = 0;
                 outcome
@@ -609,7 +779,15 @@ async fn await_deliveries(
             now = Instant::now();
             settled_since_reading = 0;
         }
-        settle(&mut tally, sent_at, now, outcome, &acknowledged);
+        settle(&mut tally, sent_at, now, outcome, &live);
+    }
+    // Refuse what the sender would add now, and settle what is queued.
+    deliveries.close();
+    while let Ok((sent_at, mut delivery)) = deliveries.try_recv() {
+        match settled_now(&mut delivery) {
+            Some(outcome) => settle(&mut tally, sent_at, Instant::now(), outcome, &live),
+            None => tally.unknown += 1,
+        }
     }
     tally
 }
@@ -620,15 +798,26 @@ fn settle(
     sent_at: Instant,
     now: Instant,
     outcome: sluice_client::Result<RecordMetadata>,
-    acknowledged: &AtomicU64,
+    live: &Live,
 ) {
     match outcome {
         Ok(_) => {
-            record_latency(&mut tally.latency, now.saturating_duration_since(sent_at));
+            let micros = latency_micros(now.saturating_duration_since(sent_at));
+            tally.latency.saturating_record(micros);
             tally.records += 1;
-            acknowledged.fetch_add(1, Ordering::Relaxed);
+            tally.last_progress = Some(now);
+            live.acknowledged.fetch_add(1, Ordering::Relaxed);
+            live.record_latency(micros);
         }
-        Err(error) => tally.failed(error.to_string()),
+        Err(error) => {
+            live.unacknowledged.fetch_add(1, Ordering::Relaxed);
+            if outcome_unknown(&error) {
+                tally.unknown += 1;
+                tally.first_error.get_or_insert(error.to_string());
+            } else {
+                tally.failed(error.to_string());
+            }
+        }
     }
 }
 
@@ -647,7 +836,7 @@ fn start_producers(
     common: &CommonArgs,
     config: &ProducerConfig,
     load: Load,
-    acknowledged: &Arc<AtomicU64>,
+    live: &Arc<Live>,
 ) -> anyhow::Result<JoinSet<Tally>> {
     let mut tasks = JoinSet::new();
     for index in 0..load.producers {
@@ -661,12 +850,7 @@ fn start_producers(
             one_at_a_time: load.one_at_a_time,
         };
         let client = client(common, &format!("sluice-perf-producer-{index}"), true)?;
-        tasks.spawn(run_producer(
-            client,
-            config.clone(),
-            plan,
-            acknowledged.clone(),
-        ));
+        tasks.spawn(run_producer(client, config.clone(), plan, live.clone()));
     }
     Ok(tasks)
 }
@@ -683,6 +867,7 @@ async fn join_tallies(mut tasks: JoinSet<Tally>) -> Tally {
 }
 
 async fn produce(args: &ProduceArgs) -> anyhow::Result<Report> {
+    let began = Instant::now();
     let common = &args.common;
     prepare_topic(common, args.send.partitions).await?;
     let linger_ms = args.send.linger_ms.unwrap_or(if args.sync {
@@ -690,23 +875,32 @@ async fn produce(args: &ProduceArgs) -> anyhow::Result<Report> {
     } else {
         PRODUCE_LINGER_MS_DEFAULT
     });
-    let acknowledged = Arc::new(AtomicU64::new(0));
-    let progress = Progress::start(common.records, acknowledged.clone(), "acked");
+    let live = Live::new();
+    let activity = Activity::Produce {
+        record_bytes: args.send.record_size,
+    };
+    let monitor = start_monitor(common, began, &live, "produce", activity);
     let started = Instant::now();
     let tasks = start_producers(
         common,
-        &producer_config(&args.send, linger_ms),
+        &producer_config(common, &args.send, linger_ms),
         Load {
             producers: args.producers,
             records_per_s: args.throughput,
             payload: Payload::fixed(args.send.record_size as usize),
             one_at_a_time: args.sync,
         },
-        &acknowledged,
-    )?;
-    let tally = join_tallies(tasks).await;
+        &live,
+    );
+    let tally = match tasks {
+        Ok(tasks) => join_tallies(tasks).await,
+        Err(error) => {
+            monitor.abort();
+            return Err(error);
+        }
+    };
     let elapsed = started.elapsed();
-    drop(progress);
+    monitor.abort();
     Ok(Report {
         mode: "produce",
         topic: common.topic.clone(),
@@ -719,15 +913,28 @@ async fn produce(args: &ProduceArgs) -> anyhow::Result<Report> {
             "batch_bytes": args.send.batch_bytes,
             "linger_ms": linger_ms,
             "retries": args.send.retries,
+            "request_timeout_ms": common.request_timeout_ms,
         }),
+        records_total: common.records,
         records: tally.records,
+        acknowledged: tally.records,
         bytes: tally.records * args.send.record_size,
         elapsed,
+        active: active_since(started, tally.last_progress),
         latency_name: "send_to_ack",
         latency: tally.latency,
         ack_latency: None,
-        errors: tally.errors,
+        failed: tally.failed,
+        unknown: tally.unknown,
         first_error: tally.first_error,
+        stopped: live.stop_reason(),
+    })
+}
+
+/// The time from `started` to the last progress (zero without any).
+fn active_since(started: Instant, last_progress: Option<Instant>) -> Duration {
+    last_progress.map_or(Duration::ZERO, |last| {
+        last.saturating_duration_since(started)
     })
 }
 
@@ -745,7 +952,7 @@ async fn start_consumer(
     start: Start,
 ) -> anyhow::Result<Consumer<TokioConnector>> {
     let client = client(common, "sluice-perf-consumer", false)?;
-    let partitions = topic_partitions(&client, &common.topic).await?;
+    let partitions = topic_partitions(common, &client).await?;
     let config = ConsumerConfig {
         partition_fetch_bytes_max: partition_fetch_bytes,
         fetch_max_bytes: partition_fetch_bytes.max(ConsumerConfig::default().fetch_max_bytes),
@@ -755,11 +962,19 @@ async fn start_consumer(
     };
     let mut consumer = Consumer::new(client, config).map_err(|error| anyhow!("{error}"))?;
     consumer.assign(partitions.clone());
-    let (sought, place) = match start {
-        Start::Beginning => (consumer.seek_to_beginning(&partitions).await, "beginning"),
-        Start::End => (consumer.seek_to_end(&partitions).await, "end"),
+    let place = match start {
+        Start::Beginning => "beginning",
+        Start::End => "end",
     };
-    sought.map_err(|error| anyhow!("seek to the {place} of {}: {error}", common.topic))?;
+    let what = format!("seek to the {place} of {}", common.topic);
+    step(common, &what, async {
+        let sought = match start {
+            Start::Beginning => consumer.seek_to_beginning(&partitions).await,
+            Start::End => consumer.seek_to_end(&partitions).await,
+        };
+        sought.map_err(|error| anyhow!("{what}: {error}"))
+    })
+    .await?;
     Ok(consumer)
 }
 
@@ -770,104 +985,135 @@ struct Consumed {
     elapsed: Duration,
 }
 
-/// Polls until `records` records came, or fails after `idle_timeout`
-/// without one; records past the count in the last poll are not counted.
-/// `per_record` sees every record with the time its poll returned;
-/// `poll_latency` says whether the time per poll is the latency to record.
-async fn consume_loop(
-    consumer: &mut Consumer<TokioConnector>,
+/// What `consume_loop` reads and how long it waits.
+struct ReadPlan {
     records: u64,
     idle_timeout: Duration,
-    received: &AtomicU64,
-    mut per_record: impl FnMut(&mut Tally, &ConsumerRecord, Instant),
+    /// Whether the time per poll is the latency to record.
     poll_latency: bool,
-) -> anyhow::Result<Consumed> {
+}
+
+/// Polls until `records` records came, the run is stopped, or
+/// `idle_timeout` passes without a record (which stops the run); records
+/// past the count in the last poll are not counted. `per_record` sees
+/// every record with the time its poll returned.
+async fn consume_loop(
+    consumer: &mut Consumer<TokioConnector>,
+    plan: ReadPlan,
+    live: Arc<Live>,
+    mut per_record: impl FnMut(&mut Tally, &ConsumerRecord, Instant),
+) -> Consumed {
     let mut tally = Tally::new();
     let mut bytes = 0u64;
     let started = Instant::now();
     let mut last_progress = started;
-    while tally.records < records {
+    let stopped = live.clone().stopped();
+    tokio::pin!(stopped);
+    while tally.records < plan.records {
         let polled_at = Instant::now();
-        let batch = consumer
-            .poll(Duration::from_millis(POLL_WAIT_MS).min(idle_timeout))
-            .await
-            .map_err(|error| anyhow!("poll: {error}"))?;
+        let wait = Duration::from_millis(POLL_WAIT_MS).min(plan.idle_timeout);
+        let polled = tokio::select! {
+            biased;
+            _ = &mut stopped => break,
+            polled = consumer.poll(wait) => polled,
+        };
+        let batch = match polled {
+            Ok(batch) => batch,
+            Err(error) => {
+                live.stop(format!("poll: {error}"));
+                break;
+            }
+        };
         let returned_at = Instant::now();
         if batch.is_empty() {
-            if returned_at - last_progress > idle_timeout {
-                bail!(
-                    "no record for {} ms after {} of {records}",
-                    idle_timeout.as_millis(),
-                    tally.records
-                );
+            if returned_at - last_progress > plan.idle_timeout {
+                live.stop(format!(
+                    "no record for {} ms after {} of {} (--idle-timeout-ms)",
+                    plan.idle_timeout.as_millis(),
+                    tally.records,
+                    plan.records
+                ));
+                break;
             }
             continue;
         }
         last_progress = returned_at;
-        if poll_latency {
-            record_latency(&mut tally.latency, returned_at - polled_at);
+        tally.last_progress = Some(returned_at);
+        if plan.poll_latency {
+            let micros = latency_micros(returned_at - polled_at);
+            tally.latency.saturating_record(micros);
+            live.record_latency(micros);
         }
-        let wanted = (records - tally.records).min(batch.len() as u64) as usize;
+        let wanted = (plan.records - tally.records).min(batch.len() as u64) as usize;
+        let mut batch_bytes = 0u64;
         for record in &batch[..wanted] {
-            bytes += record.value.as_ref().map_or(0, |value| value.len() as u64);
+            batch_bytes += record.value.as_ref().map_or(0, |value| value.len() as u64);
             per_record(&mut tally, record, returned_at);
         }
+        bytes += batch_bytes;
         tally.records += wanted as u64;
-        received.store(tally.records, Ordering::Relaxed);
+        live.read_bytes.fetch_add(batch_bytes, Ordering::Relaxed);
+        live.read.fetch_add(wanted as u64, Ordering::Relaxed);
     }
-    Ok(Consumed {
+    Consumed {
         tally,
         bytes,
         elapsed: started.elapsed(),
-    })
+    }
 }
 
 async fn consume(args: &ConsumeArgs) -> anyhow::Result<Report> {
+    let began = Instant::now();
     let common = &args.common;
     let mut consumer = start_consumer(common, args.partition_fetch_bytes, Start::Beginning).await?;
-    let received = Arc::new(AtomicU64::new(0));
-    let progress = Progress::start(common.records, received.clone(), "read");
-    let idle_timeout = Duration::from_millis(args.idle.idle_timeout_ms);
-    let count = common.records;
-    let consumed = consume_loop(
-        &mut consumer,
-        count,
-        idle_timeout,
-        &received,
-        |_, _, _| {},
-        true,
-    )
-    .await;
-    drop(progress);
-    let consumed = consumed?;
+    let live = Live::new();
+    let monitor = start_monitor(common, began, &live, "consume", Activity::Consume);
+    let plan = ReadPlan {
+        records: common.records,
+        idle_timeout: Duration::from_millis(args.idle.idle_timeout_ms),
+        poll_latency: true,
+    };
+    let started = Instant::now();
+    let consumed = consume_loop(&mut consumer, plan, live.clone(), |_, _, _| {}).await;
+    monitor.abort();
     Ok(Report {
         mode: "consume",
         topic: common.topic.clone(),
         settings: json!({ "partition_fetch_bytes": args.partition_fetch_bytes }),
+        records_total: common.records,
         records: consumed.tally.records,
+        acknowledged: 0,
         bytes: consumed.bytes,
         elapsed: consumed.elapsed,
+        active: active_since(started, consumed.tally.last_progress),
         latency_name: "poll",
         latency: consumed.tally.latency,
         ack_latency: None,
-        errors: 0,
+        failed: 0,
+        unknown: 0,
         first_error: None,
+        stopped: live.stop_reason(),
     })
 }
 
 /// Records the latency a stamped record's value tells, or an error for a
 /// record that carries no send time.
-fn stamp_latency(base: Instant) -> impl FnMut(&mut Tally, &ConsumerRecord, Instant) {
+fn stamp_latency(
+    base: Instant,
+    live: Arc<Live>,
+) -> impl FnMut(&mut Tally, &ConsumerRecord, Instant) {
     move |tally, record, returned_at| match record.value.as_deref().and_then(send_time) {
-        Some(sent) => record_latency(
-            &mut tally.latency,
-            (returned_at - base).saturating_sub(sent),
-        ),
+        Some(sent) => {
+            let micros = latency_micros((returned_at - base).saturating_sub(sent));
+            tally.latency.saturating_record(micros);
+            live.record_latency(micros);
+        }
         None => tally.failed(format!("offset {} carries no send time", record.offset)),
     }
 }
 
 async fn end_to_end(args: &E2eArgs) -> anyhow::Result<Report> {
+    let began = Instant::now();
     let common = &args.common;
     let size = args.send.record_size as usize;
     if size < SEND_TIME_BYTES {
@@ -878,28 +1124,40 @@ async fn end_to_end(args: &E2eArgs) -> anyhow::Result<Report> {
     let mut consumer = start_consumer(common, E2E_PARTITION_FETCH_BYTES, Start::End).await?;
     let linger_ms = args.send.linger_ms.unwrap_or(LATENCY_LINGER_MS_DEFAULT);
     let base = Instant::now();
-    let received = Arc::new(AtomicU64::new(0));
-    let progress = Progress::start(common.records, received.clone(), "delivered");
+    let live = Live::new();
+    let monitor = start_monitor(common, began, &live, "e2e", Activity::EndToEnd);
     let load = Load {
         producers: 1,
         records_per_s: Some(args.throughput),
         payload: Payload::Stamped { base, size },
         one_at_a_time: false,
     };
-    let config = producer_config(&args.send, linger_ms);
-    let producers = start_producers(common, &config, load, &Arc::new(AtomicU64::new(0)))?;
-    let count = common.records;
-    let idle_timeout = Duration::from_millis(args.idle.idle_timeout_ms);
+    let config = producer_config(common, &args.send, linger_ms);
+    let producers = match start_producers(common, &config, load, &live) {
+        Ok(producers) => producers,
+        Err(error) => {
+            monitor.abort();
+            return Err(error);
+        }
+    };
+    let plan = ReadPlan {
+        records: common.records,
+        idle_timeout: Duration::from_millis(args.idle.idle_timeout_ms),
+        poll_latency: false,
+    };
+    let reader_live = live.clone();
     let reader = tokio::spawn(async move {
-        let stamp = stamp_latency(base);
-        consume_loop(&mut consumer, count, idle_timeout, &received, stamp, false).await
+        let stamp = stamp_latency(base, reader_live.clone());
+        consume_loop(&mut consumer, plan, reader_live, stamp).await
     });
     let sent = join_tallies(producers).await;
-    let consumed = reader.await.context("the consumer task failed")?;
-    drop(progress);
+    let consumed = reader.await.context("the consumer task failed");
+    monitor.abort();
     let mut consumed = consumed?;
-    // A record lost or duplicated between the two sides is an error too.
-    if sent.records != consumed.tally.records {
+    // A record lost or duplicated between the two sides is an error too,
+    // in a run that went to its end.
+    let stopped = live.stop_reason();
+    if stopped.is_none() && sent.records != consumed.tally.records {
         let counts = format!(
             "{} acknowledged, {} consumed",
             sent.records, consumed.tally.records
@@ -915,151 +1173,22 @@ async fn end_to_end(args: &E2eArgs) -> anyhow::Result<Report> {
             "throughput_target": args.throughput,
             "batch_bytes": args.send.batch_bytes,
             "linger_ms": linger_ms,
+            "request_timeout_ms": common.request_timeout_ms,
         }),
+        records_total: common.records,
         records: consumed.tally.records,
+        acknowledged: sent.records,
         bytes: consumed.bytes,
         elapsed: consumed.elapsed,
+        active: active_since(base, consumed.tally.last_progress),
         latency_name: "send_to_consume",
         latency: consumed.tally.latency,
         ack_latency: Some(sent.latency),
-        errors: sent.errors + consumed.tally.errors,
+        failed: sent.failed + consumed.tally.failed,
+        unknown: sent.unknown,
         first_error: sent.first_error.or(consumed.tally.first_error),
+        stopped,
     })
-}
-
-/// The progress bar on stderr, fed from a counter by a ticker task; it
-/// goes away when dropped, however the run ends.
-struct Progress {
-    bar: ProgressBar,
-    ticker: tokio::task::JoinHandle<()>,
-}
-
-impl Progress {
-    fn start(total: u64, counter: Arc<AtomicU64>, what: &str) -> Progress {
-        let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
-        let template = format!(
-            "{{elapsed_precise}} [{{bar:40}}] {{pos}}/{{len}} {what} ({{per_sec}}, eta {{eta}})"
-        );
-        if let Ok(style) = ProgressStyle::with_template(&template) {
-            bar.set_style(style.progress_chars("=> "));
-        }
-        let ticking = bar.clone();
-        let ticker = tokio::spawn(async move {
-            let mut interval = tokio::time::interval(Duration::from_millis(PROGRESS_INTERVAL_MS));
-            loop {
-                interval.tick().await;
-                ticking.set_position(counter.load(Ordering::Relaxed).min(total));
-            }
-        });
-        Progress { bar, ticker }
-    }
-}
-
-impl Drop for Progress {
-    fn drop(&mut self) {
-        self.ticker.abort();
-        self.bar.finish_and_clear();
-    }
-}
-
-/// The result of a run.
-struct Report {
-    mode: &'static str,
-    topic: String,
-    settings: serde_json::Value,
-    records: u64,
-    bytes: u64,
-    elapsed: Duration,
-    /// What `latency` measures: `send_to_ack`, `poll` or `send_to_consume`.
-    latency_name: &'static str,
-    latency: Histogram<u64>,
-    /// For e2e, the producer's send-to-ack latency beside the main one.
-    ack_latency: Option<Histogram<u64>>,
-    errors: u64,
-    first_error: Option<String>,
-}
-
-impl Report {
-    fn records_per_s(&self) -> f64 {
-        self.records as f64 / self.elapsed.as_secs_f64().max(1e-9)
-    }
-
-    fn mb_per_s(&self) -> f64 {
-        self.bytes as f64 / 1e6 / self.elapsed.as_secs_f64().max(1e-9)
-    }
-
-    fn json(&self) -> serde_json::Value {
-        let mut object = json!({
-            "mode": self.mode,
-            "topic": self.topic,
-            "settings": self.settings,
-            "records": self.records,
-            "bytes": self.bytes,
-            "elapsed_s": round(self.elapsed.as_secs_f64(), 6),
-            "records_per_s": round(self.records_per_s(), 1),
-            "mb_per_s": round(self.mb_per_s(), 3),
-            "latency": latency_json(self.latency_name, &self.latency),
-            "errors": self.errors,
-            "first_error": self.first_error,
-        });
-        if let Some(ack) = &self.ack_latency {
-            object["ack_latency"] = latency_json("send_to_ack", ack);
-        }
-        object
-    }
-
-    fn text(&self) -> String {
-        let mut text = format!(
-            "{}: {} records ({} bytes) in {:.3} s: {:.1} records/s, {:.2} MB/s\n",
-            self.mode,
-            self.records,
-            self.bytes,
-            self.elapsed.as_secs_f64(),
-            self.records_per_s(),
-            self.mb_per_s(),
-        );
-        text += &latency_text(self.latency_name, &self.latency);
-        if let Some(ack) = &self.ack_latency {
-            text += &latency_text("send_to_ack", ack);
-        }
-        if self.errors > 0 {
-            text += &format!("errors: {}\n", self.errors);
-        }
-        text
-    }
-}
-
-fn round(value: f64, digits: i32) -> f64 {
-    let scale = 10f64.powi(digits);
-    (value * scale).round() / scale
-}
-
-fn millis(histogram: &Histogram<u64>, quantile: f64) -> f64 {
-    histogram.value_at_quantile(quantile) as f64 / 1000.0
-}
-
-fn latency_json(name: &str, histogram: &Histogram<u64>) -> serde_json::Value {
-    json!({
-        "what": name,
-        "unit": "ms",
-        "count": histogram.len(),
-        "p50": millis(histogram, 0.5),
-        "p99": millis(histogram, 0.99),
-        "p99_9": millis(histogram, 0.999),
-        "max": histogram.max() as f64 / 1000.0,
-        "mean": round(histogram.mean() / 1000.0, 3),
-    })
-}
-
-fn latency_text(name: &str, histogram: &Histogram<u64>) -> String {
-    format!(
-        "{name} latency (ms, {} samples): p50 {:.3}, p99 {:.3}, p99.9 {:.3}, max {:.3}\n",
-        histogram.len(),
-        millis(histogram, 0.5),
-        millis(histogram, 0.99),
-        millis(histogram, 0.999),
-        histogram.max() as f64 / 1000.0,
-    )
 }
 
 #[cfg(test)]
@@ -1151,9 +1280,10 @@ mod tests {
         };
         let report = produce(&args).await.unwrap();
         assert_eq!(
-            (report.records, report.bytes, report.errors),
+            (report.records, report.bytes, report.errors()),
             (3001, 300_100, 0)
         );
+        assert_eq!(report.stopped, None);
         assert_eq!(report.latency.len(), 3001, "one latency per record");
 
         let consume_args = ["consume", "--topic", "t", "--records", "3000"];
@@ -1179,7 +1309,7 @@ mod tests {
             unreachable!()
         };
         let report = end_to_end(&args).await.unwrap();
-        assert_eq!((report.records, report.errors), (400, 0));
+        assert_eq!((report.records, report.errors()), (400, 0));
         assert_eq!(report.latency.len(), 400);
         // Paced at 4,000 records/s, 400 records take about 0.1 s.
         assert!(
@@ -1204,8 +1334,49 @@ mod tests {
             unreachable!()
         };
         let report = produce(&args).await.unwrap();
-        assert_eq!((report.records, report.errors), (20, 0));
+        assert_eq!((report.records, report.errors()), (20, 0));
         assert_eq!(report.settings["linger_ms"], 0, "--sync lingers 0 ms");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_run_past_its_timeout_stops_and_reports_what_it_did() {
+        let dir = tempfile::tempdir().unwrap();
+        let (bootstrap, _stop) = broker(dir.path());
+        let args = [
+            "produce",
+            "--topic",
+            "slow",
+            "--partitions",
+            "1",
+            "--records",
+            "1000000",
+            "--record-size",
+            "10",
+            "--throughput",
+            "200",
+            "--bootstrap-server",
+            &bootstrap,
+            "--timeout-ms",
+            "1500",
+        ];
+        let PerfCommand::Produce(args) = parse(&args).unwrap() else {
+            unreachable!()
+        };
+        let started = std::time::Instant::now();
+        let report = produce(&args).await.unwrap();
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(5), "took {took:?}");
+        assert_eq!(
+            report.stopped.as_deref(),
+            Some("the run did not finish within 1500 ms (--timeout-ms)")
+        );
+        // About 200 records/s until the stop, not 1,000,000 records.
+        assert!((50..=400).contains(&report.records), "{}", report.records);
+        assert_eq!(
+            report.records + report.failed + report.unknown + report.not_done(),
+            1_000_000
+        );
+        assert!(report.failure().is_some());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1239,8 +1410,16 @@ mod tests {
         let PerfCommand::Consume(args) = command(&bootstrap, &consume_args) else {
             unreachable!()
         };
-        let error = consume(&args).await.err().unwrap().to_string();
-        assert_eq!(error, "no record for 300 ms after 5 of 6");
+        let report = consume(&args).await.unwrap();
+        assert_eq!(report.records, 5);
+        assert_eq!(
+            report.stopped.as_deref(),
+            Some("no record for 300 ms after 5 of 6 (--idle-timeout-ms)")
+        );
+        assert_eq!(
+            report.failure().unwrap(),
+            "consume: stopped: no record for 300 ms after 5 of 6 (--idle-timeout-ms)"
+        );
     }
 
     #[test]
@@ -1262,7 +1441,12 @@ mod tests {
         };
         assert_eq!(args.common.topic, "t");
         assert_eq!(args.common.records, 10);
-        assert_eq!(args.common.bootstrap_server, "127.0.0.1:9092");
+        assert_eq!(args.common.bootstrap_server, None);
+        assert_eq!(args.common.request_timeout_ms, REQUEST_TIMEOUT_MS_DEFAULT);
+        assert_eq!(
+            args.common.reporting_interval_ms,
+            REPORTING_INTERVAL_MS_DEFAULT
+        );
         assert_eq!(args.send.acks, Acks::All);
         assert_eq!(args.send.record_size, 100);
         assert_eq!(args.producers, 1);
@@ -1325,46 +1509,5 @@ mod tests {
             Some(Duration::from_nanos(1_234_567_890_123))
         );
         assert_eq!(send_time(&value[..7]), None);
-    }
-
-    #[test]
-    fn reports_give_rates_and_quantiles_in_milliseconds() {
-        let mut latency = latency_histogram();
-        for micros in 1..=1_000u64 {
-            record_latency(&mut latency, Duration::from_micros(micros));
-        }
-        record_latency(&mut latency, Duration::from_secs(3_600)); // clamped
-        let report = Report {
-            mode: "produce",
-            topic: "t".into(),
-            settings: json!({}),
-            records: 2_000,
-            bytes: 2_000_000,
-            elapsed: Duration::from_secs(2),
-            latency_name: "send_to_ack",
-            latency,
-            ack_latency: None,
-            errors: 0,
-            first_error: None,
-        };
-        let object = report.json();
-        assert_eq!(object["records_per_s"], 1_000.0);
-        assert_eq!(object["mb_per_s"], 1.0);
-        assert_eq!(object["latency"]["count"], 1_001);
-        assert_eq!(object["latency"]["p50"], 0.501);
-        // Clamped to 60 s, give or take the histogram's 3 significant digits.
-        let max_ms = object["latency"]["max"].as_f64().unwrap();
-        assert!((60_000.0..60_100.0).contains(&max_ms), "{max_ms}");
-        let text = report.text();
-        assert!(
-            text.starts_with(
-                "produce: 2000 records (2000000 bytes) in 2.000 s: 1000.0 records/s, 1.00 MB/s\n"
-            ),
-            "{text}"
-        );
-        assert!(
-            text.contains("send_to_ack latency (ms, 1001 samples): p50 0.501"),
-            "{text}"
-        );
     }
 }

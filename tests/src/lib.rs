@@ -723,7 +723,7 @@ fn send_signal(pid: u32, signal: libc::c_int) {
 }
 
 /// Waits for `child` to exit, for at most `timeout`.
-fn wait_with_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+pub fn wait_with_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(status) = child.try_wait().expect("poll a child process") {
@@ -769,12 +769,39 @@ pub struct SluiceRun {
 /// backtrace) and `RUST_LOG` unset, feeding it `stdin` or closing its stdin;
 /// kills it and panics if it has not finished within `timeout`.
 pub fn run_sluice(args: &[&str], stdin: Option<&[u8]>, timeout: Duration) -> SluiceRun {
+    run_sluice_with_env(args, &[], stdin, timeout)
+}
+
+/// The environment variables that give `sluice` client commands their
+/// default bootstrap servers.
+pub const BOOTSTRAP_ENV_VARS: [&str; 2] = ["SLUICE_BOOTSTRAP_SERVERS", "KAFKA_BOOTSTRAP_SERVERS"];
+
+/// [`run_sluice`] with `env` set (`None` removes a variable). The bootstrap
+/// variables are removed unless `env` names them, so the test's own
+/// environment cannot steer a command.
+pub fn run_sluice_with_env(
+    args: &[&str],
+    env: &[(&str, Option<&str>)],
+    stdin: Option<&[u8]>,
+    timeout: Duration,
+) -> SluiceRun {
     let command_line = format!("sluice {}", args.join(" "));
     let started = Instant::now();
-    let mut child = Command::new(sluice_bin())
+    let mut command = Command::new(sluice_bin());
+    command
         .args(args)
         .env("RUST_BACKTRACE", "1")
-        .env_remove("RUST_LOG")
+        .env_remove("RUST_LOG");
+    for name in BOOTSTRAP_ENV_VARS {
+        command.env_remove(name);
+    }
+    for (name, value) in env {
+        match value {
+            Some(value) => command.env(name, value),
+            None => command.env_remove(name),
+        };
+    }
+    let mut child = command
         .stdin(if stdin.is_some() {
             Stdio::piped()
         } else {
@@ -808,6 +835,27 @@ pub fn run_sluice(args: &[&str], stdin: Option<&[u8]>, timeout: Duration) -> Slu
         elapsed: started.elapsed(),
         command_line,
     }
+}
+
+/// Starts `sluice args…` with stdin closed, stdout and stderr piped to the
+/// caller, `RUST_LOG` and the bootstrap variables unset; it dies with the
+/// test's thread. For commands a test watches while they run.
+pub fn spawn_sluice(args: &[&str]) -> Child {
+    let mut command = Command::new(sluice_bin());
+    command
+        .args(args)
+        .env("RUST_BACKTRACE", "1")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for name in BOOTSTRAP_ENV_VARS {
+        command.env_remove(name);
+    }
+    die_with_parent_thread(&mut command);
+    command
+        .spawn()
+        .unwrap_or_else(|err| panic!("could not start `sluice {}`: {err}", args.join(" ")))
 }
 
 // ---------------------------------------------------------------------------

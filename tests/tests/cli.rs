@@ -695,14 +695,19 @@ fn topic_commands_create_list_describe_alter_and_delete() {
     );
     assert!(listed.contains("\"partitions\":3"), "{listed}");
 
+    // Four records on partition 1, so its log end offset says 4.
+    let produce_args = with_b(&["produce", "-t", "admin-t", "-p", "1", "-q"]);
+    let produce_args: Vec<&str> = produce_args.iter().map(String::as_str).collect();
+    sluice(&produce_args, Some(b"a\nb\nc\nd\n")).ok();
     let described = run(&["topics", "describe", "admin-t"]).ok().stdout_text();
     for expected in [
         "Topic:              admin-t\n",
         "Partitions:         3\n",
         "Replication factor: 1\n",
         "Configs (set):      retention.ms=3600000\n",
-        "PARTITION  LEADER  REPLICAS  ISR  OFFLINE\n",
-        "2          1       1         1    -\n",
+        "PARTITION  LEADER  REPLICAS  ISR  OFFLINE  LOG-START-OFFSET  LOG-END-OFFSET\n",
+        "1          1       1         1    -        0                 4\n",
+        "2          1       1         1    -        0                 0\n",
     ] {
         assert!(
             described.contains(expected),
@@ -720,6 +725,12 @@ fn topic_commands_create_list_describe_alter_and_delete() {
         .ok()
         .stdout_text();
     assert!(json.contains(&format!("\"id\":\"{id}\"")), "{json}");
+    assert!(
+        json.contains(
+            r#""log_end_offset":4,"log_start_offset":0,"offline_replicas":[],"partition":1"#
+        ),
+        "{json}"
+    );
     assert!(
         json.contains(
             r#"{"name":"retention.ms","read_only":false,"sensitive":false,"source":"TOPIC_CONFIG","value":"3600000"}"#
@@ -882,7 +893,7 @@ fn bad_arguments_and_bad_input_fail_with_one_line() {
                 "consume", "--topic", "mistakes", "--group", "g", "--offset", "1",
             ],
             2,
-            "'--group <GROUP>' cannot be used with '--offset <O>'",
+            "'--group <GROUP>' cannot be used with '--offset <OFFSET>'",
         ),
         (
             &["topics", "create", "x", "--partitions", "0"],

@@ -8,10 +8,12 @@
 //! - `groups list|describe` show the group, its members with their hosts
 //!   and decoded assignments (also one written by librdkafka) and the lag per
 //!   partition; the committed offsets agree with a raw OffsetFetch.
-//! - `groups reset-offsets` moves the offsets (earliest, latest, offset:N
-//!   kept within the log, timestamp:MS to the first record at or after MS)
-//!   and is refused while the group has a member, as is `groups delete`
-//!   (NON_EMPTY_GROUP); both work once the member left on SIGTERM.
+//! - `groups reset-offsets` prints its plan and commits nothing unless
+//!   `--execute` is given (checked with a raw OffsetFetch), moves the
+//!   offsets (earliest, latest, offset:N kept within the log, timestamp:MS
+//!   to the first record at or after MS) and is refused while the group
+//!   has a member, as is `groups delete` (NON_EMPTY_GROUP); both work once
+//!   the member left on SIGTERM.
 //!
 //! Every test starts its own broker, with the initial rebalance delay off
 //! so that groups form at once. kcat comes from `scripts/install-test-deps`.
@@ -314,8 +316,8 @@ fn a_group_reads_everything_once_commits_what_it_printed_and_resumes_there() {
     let ends_now = committed(&describe(&broker, group), topic, partitions.into());
     assert_eq!(ends_now.iter().sum::<i64>(), 31);
 
-    // A dry run prints the reset without committing it.
-    let dry = sluice(
+    // Without --execute the reset is only planned.
+    let plan = sluice(
         &broker,
         &[
             "groups",
@@ -325,16 +327,15 @@ fn a_group_reads_everything_once_commits_what_it_printed_and_resumes_there() {
             topic,
             "--to",
             "earliest",
-            "--dry-run",
             "--json",
         ],
     )
     .ok()
     .json();
-    assert_eq!(dry["dry_run"], true);
-    for (index, row) in dry["partitions"].as_array().unwrap().iter().enumerate() {
-        assert_eq!(row["new_offset"], 0, "{dry}");
-        assert_eq!(row["previous_offset"], ends_now[index], "{dry}");
+    assert_eq!(plan["executed"], false);
+    for (index, row) in plan["partitions"].as_array().unwrap().iter().enumerate() {
+        assert_eq!(row["new_offset"], 0, "{plan}");
+        assert_eq!(row["current_offset"], ends_now[index], "{plan}");
     }
     assert_eq!(
         committed(&describe(&broker, group), topic, partitions.into()),
@@ -352,16 +353,18 @@ fn a_group_reads_everything_once_commits_what_it_printed_and_resumes_there() {
             topic,
             "--to",
             "earliest",
+            "--execute",
         ],
     )
     .ok();
     assert!(
-        reset
-            .stdout
-            .starts_with("TOPIC   PARTITION  PREVIOUS-OFFSET  NEW-OFFSET\n"),
+        reset.stdout.starts_with(
+            "GROUP    TOPIC   PARTITION  CURRENT-OFFSET  NEW-OFFSET\nbilling  orders  0  "
+        ),
         "{}",
         reset.describe()
     );
+    assert!(reset.stderr.is_empty(), "{}", reset.describe());
     let described = describe(&broker, group);
     assert_eq!(
         committed(&described, topic, partitions.into()),
@@ -395,6 +398,7 @@ fn a_group_reads_everything_once_commits_what_it_printed_and_resumes_there() {
             topic,
             "--to",
             "earliest",
+            "--execute",
         ],
     )
     .ok();
@@ -465,6 +469,7 @@ fn reset_offsets_moves_to_offsets_and_timestamps_within_the_log() {
                 topic,
                 "--to",
                 to,
+                "--execute",
                 "--json",
             ],
         )
@@ -550,6 +555,63 @@ fn reset_offsets_moves_to_offsets_and_timestamps_within_the_log() {
     );
     let line = outcome.failed_with_one_line(1);
     assert!(line.contains("does not exist"), "{line}");
+}
+
+/// `reset-offsets` without `--execute` (or with `--dry-run`) prints the plan
+/// and leaves the group's offsets as they were, read back with a raw
+/// OffsetFetch; with `--execute` it commits exactly the plan.
+#[test]
+fn reset_offsets_commits_only_with_execute() {
+    let broker = group_broker();
+    let (topic, group) = ("planned", "planners");
+    sluice(&broker, &["topics", "create", topic, "--partitions", "2"]).ok();
+    produce(&broker, topic, &keyed_lines(0, 20));
+    consume_group(
+        &broker,
+        topic,
+        group,
+        &["--from-beginning", "-c", "20", "--timeout-ms", "30000"],
+    )
+    .ok();
+    let before = fetched_offsets(&broker, group, topic, 2);
+    assert_eq!(before.iter().sum::<i64>(), 20, "{before:?}");
+
+    let reset = |extra: &[&str]| {
+        let mut args = vec![
+            "groups",
+            "reset-offsets",
+            group,
+            "-t",
+            topic,
+            "--to",
+            "earliest",
+        ];
+        args.extend(extra);
+        sluice(&broker, &args).ok()
+    };
+    for extra in [&[][..], &["--dry-run"]] {
+        let plan = reset(extra);
+        let mut expected =
+            String::from("GROUP     TOPIC    PARTITION  CURRENT-OFFSET  NEW-OFFSET\n");
+        for (partition, current) in before.iter().enumerate() {
+            let current = format!("{current:<14}");
+            expected += &format!("{group}  {topic}  {partition:<9}  {current}  0\n");
+        }
+        assert_eq!(plan.stdout, expected, "{}", plan.describe());
+        assert_eq!(
+            plan.stderr,
+            "Nothing was committed: this is the plan. Add --execute to commit it.\n"
+        );
+        assert_eq!(
+            fetched_offsets(&broker, group, topic, 2),
+            before,
+            "{extra:?} committed the plan"
+        );
+    }
+
+    let executed = reset(&["--execute", "--json"]).json();
+    assert_eq!(executed["executed"], true, "{executed}");
+    assert_eq!(fetched_offsets(&broker, group, topic, 2), vec![0, 0]);
 }
 
 // ---------------------------------------------------------------------------
@@ -683,6 +745,7 @@ fn a_member_blocks_reset_and_delete_until_it_leaves_on_sigterm() {
             topic,
             "--to",
             "latest",
+            "--execute",
         ],
     )
     .ok();

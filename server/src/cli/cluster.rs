@@ -1,7 +1,11 @@
 //! `sluice cluster quorum`: the controller quorum as its leader describes
 //! it, printed as `kafka-metadata-quorum.sh describe --status` and
 //! `--replication` print it, one after the other (or as one JSON document
-//! with `--json`).
+//! with `--json`). `sluice cluster describe`: the cluster id, controller
+//! and brokers (DescribeCluster). `sluice cluster info`: the APIs a broker
+//! serves with their version ranges (its ApiVersions answer), and the
+//! version this client would use of each, as
+//! `kafka-broker-api-versions.sh` shows them.
 //!
 //! Only the quorum's leader answers DescribeQuorum, and the others do not
 //! say which node leads, so the client asks each address of
@@ -9,8 +13,13 @@
 //! in pure functions over the client's values, tested without a broker.
 
 use clap::{Args, Subcommand};
+use kafka_protocol::messages::ApiKey;
 use serde_json::{json, Value};
-use sluice_client::{Admin, ClusterDescription, QuorumDescription, QuorumReplica, ResponseError};
+use sluice_client::connection::client_versions;
+use sluice_client::{
+    Admin, ApiVersionRange, BrokerApiVersions, ClusterDescription, QuorumDescription,
+    QuorumReplica, ResponseError,
+};
 
 use super::{json_line, print_stdout, table, CliError, ConnectionArgs};
 
@@ -23,6 +32,9 @@ pub enum ClusterCommand {
     /// Show the cluster: its id, the active controller, and every
     /// registered broker with its address and whether it is fenced.
     Describe(QuorumArgs),
+    /// Show the APIs a broker serves (its ApiVersions answer): name, key,
+    /// lowest and highest version, and the version this client would use.
+    Info(QuorumArgs),
 }
 
 #[derive(Args, Debug, Clone, PartialEq, Eq)]
@@ -38,7 +50,77 @@ pub async fn run(command: ClusterCommand) -> Result<(), CliError> {
     match command {
         ClusterCommand::Quorum(args) => quorum(args).await,
         ClusterCommand::Describe(args) => describe(args).await,
+        ClusterCommand::Info(args) => info(args).await,
     }
+}
+
+async fn info(args: QuorumArgs) -> Result<(), CliError> {
+    let admin = Admin::new(args.connection.client(false)?);
+    let versions = args
+        .connection
+        .bounded("ask a broker for its API versions", admin.api_versions())
+        .await?;
+    let output = if args.json {
+        json_line(&api_versions_json(&versions))
+    } else {
+        api_versions_text(&versions)
+    };
+    print_stdout(&output)
+}
+
+/// An API's name as Kafka spells it (`Produce`, `ApiVersions`), or
+/// `Unknown(N)` for a key this build does not know.
+fn api_name(api_key: i16) -> String {
+    match ApiKey::try_from(api_key) {
+        Ok(api) => format!("{api:?}"),
+        Err(()) => format!("Unknown({api_key})"),
+    }
+}
+
+/// The version this client would use of an API the broker serves in
+/// `range`: the highest both speak, or none (not an API the client sends,
+/// or no common version).
+fn usable_version(range: &ApiVersionRange) -> Option<i16> {
+    let api = ApiKey::try_from(range.api_key).ok()?;
+    let (client_min, client_max) = client_versions(api)?;
+    let version = client_max.min(range.max_version);
+    (version >= client_min.max(range.min_version)).then_some(version)
+}
+
+/// `cluster info` for a person: who answered, then one row per API.
+pub fn api_versions_text(versions: &BrokerApiVersions) -> String {
+    let mut out = format!("Broker:  {}\n\n", versions.answered_by);
+    let mut rows = vec![[
+        "API".to_string(),
+        "KEY".to_string(),
+        "MIN".to_string(),
+        "MAX".to_string(),
+        "USABLE".to_string(),
+    ]];
+    for range in &versions.apis {
+        rows.push([
+            api_name(range.api_key),
+            range.api_key.to_string(),
+            range.min_version.to_string(),
+            range.max_version.to_string(),
+            usable_version(range).map_or_else(|| "-".to_string(), |v| v.to_string()),
+        ]);
+    }
+    out.push_str(&table(&rows));
+    out
+}
+
+pub fn api_versions_json(versions: &BrokerApiVersions) -> Value {
+    json!({
+        "answered_by": versions.answered_by,
+        "apis": versions.apis.iter().map(|range| json!({
+            "api": api_name(range.api_key),
+            "key": range.api_key,
+            "min_version": range.min_version,
+            "max_version": range.max_version,
+            "usable_version": usable_version(range),
+        })).collect::<Vec<_>>(),
+    })
 }
 
 async fn describe(args: QuorumArgs) -> Result<(), CliError> {
@@ -313,6 +395,44 @@ mod tests {
         let json = cluster_json(&cluster);
         assert_eq!(json["brokers"][0]["fenced"], true);
         assert_eq!(json["brokers"][1]["fenced"], false);
+    }
+
+    #[test]
+    fn info_names_each_api_with_its_range_and_the_version_used() {
+        let range = |api_key, min_version, max_version| ApiVersionRange {
+            api_key,
+            min_version,
+            max_version,
+        };
+        let versions = BrokerApiVersions {
+            answered_by: "127.0.0.1:9092".into(),
+            apis: vec![
+                range(ApiKey::Produce as i16, 3, 13),
+                range(ApiKey::ApiVersions as i16, 0, 4),
+                // The client does not send this one.
+                range(ApiKey::SaslHandshake as i16, 0, 1),
+                range(999, 0, 2),
+            ],
+        };
+        let (_, produce_max) = client_versions(ApiKey::Produce).unwrap();
+        let (_, api_versions_max) = client_versions(ApiKey::ApiVersions).unwrap();
+        assert_eq!(
+            api_versions_text(&versions),
+            format!(
+                "Broker:  127.0.0.1:9092\n\n\
+                 API            KEY  MIN  MAX  USABLE\n\
+                 Produce        0    3    13   {}\n\
+                 ApiVersions    18   0    4    {}\n\
+                 SaslHandshake  17   0    1    -\n\
+                 Unknown(999)   999  0    2    -\n",
+                produce_max.min(13),
+                api_versions_max.min(4)
+            )
+        );
+        let json = api_versions_json(&versions);
+        assert_eq!(json["apis"][0]["api"], "Produce");
+        assert_eq!(json["apis"][0]["max_version"], 13);
+        assert_eq!(json["apis"][2]["usable_version"], Value::Null);
     }
 
     fn sample() -> QuorumDescription {

@@ -3,8 +3,11 @@
 //!
 //! Without `--group` the command assigns itself every partition of the
 //! topic (or the one `--partition` names) and starts at the end, at the
-//! beginning with `--from-beginning`, or at `--offset` on each assigned
-//! partition. With `--group G` it subscribes as a member of consumer group
+//! beginning with `--from-beginning`, at `--offset` on each assigned
+//! partition (`earliest` or -2, `latest` or -1, as ListOffsets names them,
+//! or an offset in the log), or at `--from-timestamp MS`: on each partition
+//! the first record whose timestamp is at or after MS (ListOffsets by
+//! timestamp), or the end where there is none. With `--group G` it subscribes as a member of consumer group
 //! G instead: the group's leader shares the partitions among its members,
 //! each partition starts at the group's committed offset (without one: at
 //! the end, or the beginning with `--from-beginning`), and what was printed
@@ -12,8 +15,8 @@
 //! once more on the way out, before a clean LeaveGroup. Records polled but
 //! not printed (past `--max-messages`, or lost to a closed stdout) are not
 //! committed: the partition is sought back to the first of them, so the
-//! group's next reader gets them. `--partition` and `--offset` make no
-//! sense in a group and are refused.
+//! group's next reader gets them. `--partition`, `--offset` and
+//! `--from-timestamp` make no sense in a group and are refused.
 //!
 //! Records of one partition come out in offset order; partitions interleave.
 //!
@@ -41,7 +44,7 @@ use sluice_client::{
 };
 use tokio::time::Instant;
 
-use super::format::{record_json, RecordFormat, FORMAT_DEFAULT};
+use super::format::{record_json, RecordFormat, FORMAT_DEFAULT, NULL_TEXT};
 use super::{plural, CliError, ConnectionArgs};
 
 /// How long one poll waits when no `--timeout-ms` bounds it; only the
@@ -51,25 +54,31 @@ pub const POLL_WAIT_MS: u64 = 1_000;
 #[derive(Args, Debug, Clone, PartialEq, Eq)]
 pub struct ConsumeArgs {
     /// Topic to read.
-    #[arg(long)]
+    #[arg(long, short = 't')]
     pub topic: String,
     /// Read as a member of this consumer group: the group shares the
     /// partitions among its members, reading resumes at the group's
     /// committed offsets, and what is printed is committed.
     #[arg(long, value_name = "GROUP", value_parser = parse_group_id,
-          conflicts_with_all = ["partition", "offset"])]
+          conflicts_with_all = ["partition", "offset", "from_timestamp"])]
     pub group: Option<String>,
     /// Start at the first record still in the log instead of the end (with
     /// --group: only where the group has no committed offset).
-    #[arg(long, conflicts_with = "offset")]
+    #[arg(long, conflicts_with_all = ["offset", "from_timestamp"])]
     pub from_beginning: bool,
     /// Read only this partition (default: all of them).
-    #[arg(long, value_name = "P", value_parser = clap::value_parser!(i32).range(0..))]
+    #[arg(long, short = 'p', value_name = "P", value_parser = clap::value_parser!(i32).range(0..))]
     pub partition: Option<i32>,
-    /// Start at this offset on each partition read (an offset outside the
-    /// log is an error).
-    #[arg(long, value_name = "O", value_parser = clap::value_parser!(i64).range(0..))]
-    pub offset: Option<i64>,
+    /// Where to start on each partition read: earliest (or -2), latest (or
+    /// -1), or an offset (one outside the log is an error).
+    #[arg(long, short = 'o', value_name = "OFFSET", value_parser = StartOffset::parse,
+          allow_hyphen_values = true)]
+    pub offset: Option<StartOffset>,
+    /// Start on each partition at the first record whose timestamp is at or
+    /// after MS (milliseconds since the epoch), or at its end if none is.
+    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(i64).range(0..),
+          conflicts_with = "offset")]
+    pub from_timestamp: Option<i64>,
     /// Stop after this many records.
     #[arg(long, short = 'c', visible_alias = "count", value_name = "N",
           value_parser = clap::value_parser!(u64).range(1..))]
@@ -81,9 +90,12 @@ pub struct ConsumeArgs {
     /// How to print a record: %k key, %s value, %K / %S their lengths,
     /// %o offset, %p partition, %t timestamp (ms), %h headers (k=v,...),
     /// %% a percent sign; escapes \n \t \r \\ \0.
-    #[arg(long, value_name = "FMT", default_value = FORMAT_DEFAULT,
+    #[arg(long, short = 'f', value_name = "FMT", default_value = FORMAT_DEFAULT,
           value_parser = RecordFormat::parse, conflicts_with = "json")]
     pub format: RecordFormat,
+    /// Print a null key or value as NULL instead of nothing (kcat's -Z).
+    #[arg(short = 'Z', long = "null-as-text", conflicts_with = "json")]
+    pub null_as_text: bool,
     /// Print no count at the end.
     #[arg(long, short)]
     pub quiet: bool,
@@ -92,6 +104,33 @@ pub struct ConsumeArgs {
     /// Print each record as a JSON object on its own line.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Where `--offset` starts reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartOffset {
+    Earliest,
+    Latest,
+    At(i64),
+}
+
+impl StartOffset {
+    /// `earliest`/`beginning`/-2, `latest`/`end`/-1 (ListOffsets' two
+    /// sentinels), or an offset >= 0.
+    pub fn parse(text: &str) -> Result<StartOffset, String> {
+        match text {
+            "earliest" | "beginning" | "-2" => Ok(StartOffset::Earliest),
+            "latest" | "end" | "-1" => Ok(StartOffset::Latest),
+            _ => text
+                .parse::<i64>()
+                .ok()
+                .filter(|offset| *offset >= 0)
+                .map(StartOffset::At)
+                .ok_or_else(|| {
+                    format!("expected earliest, latest, -2, -1 or an offset >= 0, got `{text}`")
+                }),
+        }
+    }
 }
 
 /// A group id as `--group` (and `sluice groups`) take it: not empty, as
@@ -204,7 +243,7 @@ async fn assigned_consumer(
     let config = ConsumerConfig {
         // An explicit offset outside the log is the user's mistake, said
         // as such; otherwise a log trimmed under us restarts at its start.
-        auto_offset_reset: if args.offset.is_some() {
+        auto_offset_reset: if matches!(args.offset, Some(StartOffset::At(_))) {
             OffsetReset::None
         } else {
             OffsetReset::Earliest
@@ -214,9 +253,20 @@ async fn assigned_consumer(
     let mut consumer =
         Consumer::new(client, config).map_err(|error| CliError::Usage(error.to_string()))?;
     consumer.assign(partitions.clone());
-    if let Some(offset) = args.offset {
-        seek_checked(connection, &mut consumer, &partitions, offset).await?;
-    } else if args.from_beginning {
+    let start = match (args.offset, args.from_timestamp) {
+        (Some(StartOffset::At(offset)), _) => {
+            seek_checked(connection, &mut consumer, &partitions, offset).await?;
+            return Ok(consumer);
+        }
+        (_, Some(timestamp_ms)) => {
+            seek_to_timestamp(connection, &mut consumer, &partitions, timestamp_ms).await?;
+            return Ok(consumer);
+        }
+        (Some(StartOffset::Earliest), None) => StartOffset::Earliest,
+        (None, None) if args.from_beginning => StartOffset::Earliest,
+        (Some(StartOffset::Latest) | None, None) => StartOffset::Latest,
+    };
+    if start == StartOffset::Earliest {
         let what = format!("find the start of {}", args.topic);
         connection
             .bounded(&what, consumer.seek_to_beginning(&partitions))
@@ -228,6 +278,40 @@ async fn assigned_consumer(
             .await?;
     }
     Ok(consumer)
+}
+
+/// Seeks every partition to its first record at or after `timestamp_ms`
+/// (one ListOffsets by timestamp), or to its end where no record is that
+/// late, as Kafka's consumers do with `offsetsForTimes`.
+async fn seek_to_timestamp(
+    connection: &ConnectionArgs,
+    consumer: &mut Consumer<TokioConnector>,
+    partitions: &[TopicPartition],
+    timestamp_ms: i64,
+) -> Result<(), CliError> {
+    let what = format!("look up the offsets at timestamp {timestamp_ms}");
+    let found = connection
+        .bounded(
+            &what,
+            consumer.list_offsets(partitions, OffsetSpec::Timestamp(timestamp_ms)),
+        )
+        .await?;
+    let mut too_late = Vec::new();
+    for tp in partitions {
+        match found.get(tp) {
+            Some(listed) if listed.offset >= 0 => consumer
+                .seek(tp, listed.offset)
+                .map_err(|error| CliError::from_client("seek", &error))?,
+            Some(_) => too_late.push(tp.clone()),
+            None => return Err(CliError::Failed(format!("{what}: no answer for {tp}"))),
+        }
+    }
+    if !too_late.is_empty() {
+        connection
+            .bounded(&what, consumer.seek_to_end(&too_late))
+            .await?;
+    }
+    Ok(())
 }
 
 /// Seeks every partition to `offset` after checking that the offset lies
@@ -273,7 +357,7 @@ async fn seek_checked(
 
 /// Resolves on Ctrl-C or SIGTERM (only Ctrl-C where SIGTERM cannot be
 /// watched).
-async fn interrupted() {
+pub async fn interrupted() {
     use tokio::signal::unix::{signal, SignalKind};
     match signal(SignalKind::terminate()) {
         Ok(mut terminate) => {
@@ -360,7 +444,7 @@ async fn read_loop(
                 out.extend_from_slice(record_json(record).to_string().as_bytes());
                 out.push(b'\n');
             } else {
-                args.format.render(record, &mut out);
+                args.format.render(record, null_text(args), &mut out);
             }
             *count += 1;
             printed += 1;
@@ -386,6 +470,15 @@ async fn read_loop(
             return Err(CliError::Failed(format!("write to stdout: {error}")));
         }
         rewind(consumer, &records[printed..])?;
+    }
+}
+
+/// What a null key or value prints as.
+fn null_text(args: &ConsumeArgs) -> &'static [u8] {
+    if args.null_as_text {
+        NULL_TEXT
+    } else {
+        b""
     }
 }
 
@@ -465,6 +558,7 @@ mod tests {
         for bad in [
             &["--topic", "t", "--group", "g", "--partition", "0"][..],
             &["--topic", "t", "--group", "g", "--offset", "5"],
+            &["--topic", "t", "--group", "g", "--from-timestamp", "5"],
             &["--topic", "t", "--partition", "1", "--group", "g"],
             &["--topic", "t", "--group", ""],
             &["--topic", "t", "--group"],
@@ -481,7 +575,7 @@ mod tests {
         let error = parse(&["--topic", "t", "--group", "g", "--offset", "5"]).unwrap_err();
         let line = super::super::clap_error_line(&error);
         assert!(
-            line.contains("'--group <GROUP>' cannot be used with '--offset <O>'"),
+            line.contains("'--group <GROUP>' cannot be used with '--offset <OFFSET>'"),
             "{line}"
         );
     }
@@ -507,7 +601,7 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(args.partition, Some(3));
-        assert_eq!(args.offset, Some(17));
+        assert_eq!(args.offset, Some(StartOffset::At(17)));
         assert_eq!(args.max_messages, Some(10));
         assert_eq!(args.timeout_ms, Some(2500));
         assert_eq!(args.format, RecordFormat::parse("%p %o %k:%s\\n").unwrap());
@@ -517,6 +611,38 @@ mod tests {
                 .unwrap()
                 .from_beginning
         );
+        let short = parse(&[
+            "-t", "t", "-p", "1", "-o", "-2", "-c", "4", "-f", "%s", "-Z", "-b", "h:1",
+        ])
+        .unwrap();
+        assert_eq!(short.topic, "t");
+        assert_eq!(short.partition, Some(1));
+        assert_eq!(short.offset, Some(StartOffset::Earliest));
+        assert_eq!(short.max_messages, Some(4));
+        assert_eq!(short.format, RecordFormat::parse("%s").unwrap());
+        assert!(short.null_as_text);
+        assert_eq!(short.connection.bootstrap_server.as_deref(), Some("h:1"));
+        let stamped = parse(&["-t", "t", "--from-timestamp", "1700000000000"]).unwrap();
+        assert_eq!(stamped.from_timestamp, Some(1_700_000_000_000));
+    }
+
+    #[test]
+    fn start_offsets_take_names_sentinels_and_numbers() {
+        for (text, start) in [
+            ("earliest", StartOffset::Earliest),
+            ("beginning", StartOffset::Earliest),
+            ("-2", StartOffset::Earliest),
+            ("latest", StartOffset::Latest),
+            ("end", StartOffset::Latest),
+            ("-1", StartOffset::Latest),
+            ("0", StartOffset::At(0)),
+            ("42", StartOffset::At(42)),
+        ] {
+            assert_eq!(StartOffset::parse(text), Ok(start), "{text}");
+        }
+        for bad in ["", "-3", "first", "1.5", "s@100"] {
+            assert!(StartOffset::parse(bad).is_err(), "{bad:?} was accepted");
+        }
     }
 
     #[test]
@@ -530,6 +656,10 @@ mod tests {
             &["--topic", "t", "--timeout-ms", "0"],
             &["--topic", "t", "--offset", "-5"],
             &["--topic", "t", "--partition", "-1"],
+            &["--topic", "t", "--offset", "3", "--from-timestamp", "5"],
+            &["--topic", "t", "--from-beginning", "--from-timestamp", "5"],
+            &["--topic", "t", "--from-timestamp", "-1"],
+            &["--topic", "t", "-Z", "--json"],
         ] {
             assert!(parse(bad).is_err(), "{bad:?} was accepted");
         }

@@ -4,7 +4,8 @@
 //!
 //! Keys, values and headers are written as the raw bytes the broker holds,
 //! never through a lossy string conversion, so `%s\n` reproduces the lines
-//! `sluice produce` read byte for byte. A null key or value prints nothing.
+//! `sluice produce` read byte for byte. A null key or value prints nothing,
+//! or `NULL` with `consume -Z` (as kcat's `-Z`); `%K` and `%S` say -1.
 //! In JSON, bytes that are valid UTF-8 become a string and other bytes an
 //! object `{"base64": "..."}`, so nothing is lost there either.
 
@@ -13,6 +14,10 @@ use sluice_client::{ConsumerRecord, Header, TimestampType};
 
 /// The format `consume` uses when none is given: the value, one per line.
 pub const FORMAT_DEFAULT: &str = "%s\\n";
+
+/// What a null key or value prints as with `consume -Z` (kcat's default
+/// null string); without it a null prints nothing.
+pub const NULL_TEXT: &[u8] = b"NULL";
 
 /// One piece of a parsed format.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,13 +116,14 @@ impl RecordFormat {
         Ok(RecordFormat { pieces })
     }
 
-    /// Appends the record, formatted, to `out`.
-    pub fn render(&self, record: &ConsumerRecord, out: &mut Vec<u8>) {
+    /// Appends the record, formatted, to `out`; a null key or value is
+    /// written as `null`.
+    pub fn render(&self, record: &ConsumerRecord, null: &[u8], out: &mut Vec<u8>) {
         for piece in &self.pieces {
             match piece {
                 Piece::Literal(bytes) => out.extend_from_slice(bytes),
-                Piece::Key => out.extend_from_slice(record.key.as_deref().unwrap_or_default()),
-                Piece::Value => out.extend_from_slice(record.value.as_deref().unwrap_or_default()),
+                Piece::Key => out.extend_from_slice(record.key.as_deref().unwrap_or(null)),
+                Piece::Value => out.extend_from_slice(record.value.as_deref().unwrap_or(null)),
                 Piece::KeyLength => push_display(out, length(record.key.as_deref())),
                 Piece::ValueLength => push_display(out, length(record.value.as_deref())),
                 Piece::Offset => push_display(out, record.offset),
@@ -230,7 +236,7 @@ mod tests {
         let mut out = Vec::new();
         RecordFormat::parse(format)
             .unwrap()
-            .render(record, &mut out);
+            .render(record, b"", &mut out);
         out
     }
 
@@ -256,6 +262,11 @@ mod tests {
         record.value = None;
         record.headers.clear();
         assert_eq!(render("[%k][%s][%h]%K,%S\\n", &record), b"[][][]-1,-1\n");
+        let mut out = Vec::new();
+        RecordFormat::parse("[%k][%s]")
+            .unwrap()
+            .render(&record, NULL_TEXT, &mut out);
+        assert_eq!(out, b"[NULL][NULL]");
     }
 
     #[test]

@@ -8,13 +8,15 @@
 //!   bytes), then one row per partition the group has a committed offset
 //!   for or a member owns: committed offset, log end offset, lag and owner
 //!   (DescribeGroups, OffsetFetch, ListOffsets).
-//! - `reset-offsets G --topic T --to ...`: commits new offsets for the
-//!   group without being a member (OffsetCommit with generation -1). Kafka
-//!   refuses this while the group has members (their commits would undo it
-//!   at once), and so does this command: the group must be Empty, or not
-//!   exist yet. `--to offset:N` is kept within the log, as Kafka keeps it;
-//!   `--to timestamp:MS` takes the first offset whose timestamp is at or
-//!   after MS, or the log end when there is none. `--dry-run` only prints.
+//! - `reset-offsets G --topic T --to ...`: prints the plan (group, topic,
+//!   partition, current and new offset) and, only with `--execute`,
+//!   commits it for the group without being a member (OffsetCommit with
+//!   generation -1), as `kafka-consumer-groups.sh --reset-offsets` does.
+//!   Kafka refuses a reset while the group has members (their commits
+//!   would undo it at once), plan or not, and so does this command: the
+//!   group must be Empty, or not exist yet. `--to offset:N` is kept within
+//!   the log, as Kafka keeps it; `--to timestamp:MS` takes the first offset
+//!   whose timestamp is at or after MS, or the log end when there is none.
 //! - `delete G`: DeleteGroups; a group with members fails with
 //!   NON_EMPTY_GROUP.
 //!
@@ -42,8 +44,8 @@ pub enum GroupsCommand {
     /// Show a group's members and, per partition, its committed offset,
     /// the log end offset, the lag and the owning member.
     Describe(DescribeArgs),
-    /// Set a group's committed offsets on a topic (the group must have no
-    /// active members).
+    /// Plan new committed offsets for a group on a topic, and commit them
+    /// with --execute (the group must have no active members).
     ResetOffsets(ResetArgs),
     /// Delete a group and its committed offsets (it must have no members).
     Delete(DeleteArgs),
@@ -76,17 +78,20 @@ pub struct ResetArgs {
     #[arg(value_parser = parse_group_id)]
     pub group: String,
     /// The topic whose offsets to set.
-    #[arg(long)]
+    #[arg(long, short = 't')]
     pub topic: String,
     /// Only this partition (default: every partition of the topic).
-    #[arg(long, value_name = "P", value_parser = clap::value_parser!(i32).range(0..))]
+    #[arg(long, short = 'p', value_name = "P", value_parser = clap::value_parser!(i32).range(0..))]
     pub partition: Option<i32>,
     /// Where to: earliest, latest, offset:N or timestamp:MS (the first
     /// record at or after MS milliseconds since the epoch).
     #[arg(long, value_name = "TARGET", value_parser = ResetTarget::parse)]
     pub to: ResetTarget,
-    /// Print the new offsets without committing them.
+    /// Commit the new offsets. Without it the plan is only printed.
     #[arg(long)]
+    pub execute: bool,
+    /// Only print the plan (the default; for scripts that want to say so).
+    #[arg(long, conflicts_with = "execute")]
     pub dry_run: bool,
     #[command(flatten)]
     pub connection: ConnectionArgs,
@@ -519,11 +524,12 @@ pub fn report_json(report: &GroupReport) -> Value {
     })
 }
 
-/// One partition of `reset-offsets`.
+/// One partition of `reset-offsets`: its committed offset now (none when
+/// the group has none there) and the one the reset commits.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResetRow {
     pub partition: TopicPartition,
-    pub previous: Option<i64>,
+    pub current: Option<i64>,
     pub new: i64,
 }
 
@@ -542,7 +548,7 @@ async fn reset_offsets(args: ResetArgs) -> Result<(), CliError> {
             group_error,
         )
         .await?;
-    if !args.dry_run {
+    if args.execute {
         // A member that joined since the check makes the coordinator refuse
         // a commit from outside the group.
         let refused = |what: &str, error: &sluice_client::Error| match error.response_error() {
@@ -565,19 +571,19 @@ async fn reset_offsets(args: ResetArgs) -> Result<(), CliError> {
     let rows: Vec<ResetRow> = targets
         .into_iter()
         .map(|(tp, new)| ResetRow {
-            previous: previous.get(&tp).copied(),
+            current: previous.get(&tp).copied(),
             partition: tp,
             new,
         })
         .collect();
     let output = if args.json {
-        json_line(&reset_json(group, args.dry_run, &rows))
+        json_line(&reset_json(group, args.execute, &rows))
     } else {
-        reset_text(&rows)
+        reset_text(group, &rows)
     };
     print_stdout(&output)?;
-    if args.dry_run && !args.json {
-        eprintln!("Dry run: nothing was committed.");
+    if !args.execute && !args.json {
+        eprintln!("Nothing was committed: this is the plan. Add --execute to commit it.");
     }
     Ok(())
 }
@@ -693,40 +699,45 @@ async fn reset_targets(
     Ok((targets, notes))
 }
 
-/// The human form of `reset-offsets`.
-pub fn reset_text(rows: &[ResetRow]) -> String {
+/// The human form of `reset-offsets`: the plan, as Kafka's tool prints
+/// it, with the current offset beside the new one.
+pub fn reset_text(group: &str, rows: &[ResetRow]) -> String {
     let mut table_rows = vec![[
+        "GROUP".to_string(),
         "TOPIC".to_string(),
         "PARTITION".to_string(),
-        "PREVIOUS-OFFSET".to_string(),
+        "CURRENT-OFFSET".to_string(),
         "NEW-OFFSET".to_string(),
     ]];
     for row in rows {
         table_rows.push([
+            group.to_string(),
             row.partition.topic.clone(),
             row.partition.partition.to_string(),
-            offset_text(row.previous),
+            offset_text(row.current),
             row.new.to_string(),
         ]);
     }
     table(&table_rows)
 }
 
-pub fn reset_json(group: &str, dry_run: bool, rows: &[ResetRow]) -> Value {
+/// The JSON form of `reset-offsets`; `executed` says whether it was
+/// committed.
+pub fn reset_json(group: &str, executed: bool, rows: &[ResetRow]) -> Value {
     let partitions: Vec<Value> = rows
         .iter()
         .map(|row| {
             json!({
                 "topic": row.partition.topic,
                 "partition": row.partition.partition,
-                "previous_offset": row.previous,
+                "current_offset": row.current,
                 "new_offset": row.new,
             })
         })
         .collect();
     json!({
         "group_id": group,
-        "dry_run": dry_run,
+        "executed": executed,
         "partitions": partitions,
     })
 }
@@ -801,7 +812,7 @@ mod tests {
             "2",
             "--to",
             "timestamp:1000",
-            "--dry-run",
+            "--execute",
             "--json",
             "--bootstrap-server",
             "h:1",
@@ -813,15 +824,37 @@ mod tests {
         assert_eq!(args.topic, "orders");
         assert_eq!(args.partition, Some(2));
         assert_eq!(args.to, ResetTarget::Timestamp(1000));
-        assert!(args.dry_run && args.json);
-        assert_eq!(args.connection.bootstrap_server, "h:1");
-        let GroupsCommand::ResetOffsets(args) =
-            parse(&["reset-offsets", "g", "--topic", "t", "--to", "earliest"]).unwrap()
-        else {
+        assert!(args.execute && args.json && !args.dry_run);
+        assert_eq!(args.connection.bootstrap_server.as_deref(), Some("h:1"));
+        let GroupsCommand::ResetOffsets(args) = parse(&[
+            "reset-offsets",
+            "g",
+            "-t",
+            "t",
+            "-p",
+            "1",
+            "--to",
+            "earliest",
+        ])
+        .unwrap() else {
             panic!("not reset-offsets")
         };
-        assert_eq!(args.partition, None);
-        assert!(!args.dry_run);
+        assert_eq!((args.topic.as_str(), args.partition), ("t", Some(1)));
+        // The plan only, unless --execute says otherwise.
+        assert!(!args.execute);
+        let GroupsCommand::ResetOffsets(args) = parse(&[
+            "reset-offsets",
+            "g",
+            "--topic",
+            "t",
+            "--to",
+            "earliest",
+            "--dry-run",
+        ])
+        .unwrap() else {
+            panic!("not reset-offsets")
+        };
+        assert!(args.dry_run && !args.execute);
     }
 
     #[test]
@@ -857,6 +890,16 @@ mod tests {
             ],
             &["list", "extra"],
             &["rename", "g"],
+            &[
+                "reset-offsets",
+                "g",
+                "--topic",
+                "t",
+                "--to",
+                "latest",
+                "--dry-run",
+                "--execute",
+            ],
         ] {
             let error = parse(bad).unwrap_err();
             assert_eq!(error.exit_code(), 2, "{bad:?}");
@@ -1010,30 +1053,30 @@ No committed offsets and no assigned partitions.
     }
 
     #[test]
-    fn reset_prints_previous_and_new_offsets() {
+    fn reset_prints_the_plan_with_current_and_new_offsets() {
         let rows = [
             ResetRow {
                 partition: tp("t", 0),
-                previous: Some(120),
+                current: Some(120),
                 new: 0,
             },
             ResetRow {
                 partition: tp("t", 1),
-                previous: None,
+                current: None,
                 new: 17,
             },
         ];
         assert_eq!(
-            reset_text(&rows),
+            reset_text("billing", &rows),
             "\
-TOPIC  PARTITION  PREVIOUS-OFFSET  NEW-OFFSET
-t      0          120              0
-t      1          -                17
+GROUP    TOPIC  PARTITION  CURRENT-OFFSET  NEW-OFFSET
+billing  t      0          120             0
+billing  t      1          -               17
 "
         );
         assert_eq!(
-            reset_json("g", true, &rows).to_string(),
-            r#"{"dry_run":true,"group_id":"g","partitions":[{"new_offset":0,"partition":0,"previous_offset":120,"topic":"t"},{"new_offset":17,"partition":1,"previous_offset":null,"topic":"t"}]}"#
+            reset_json("g", false, &rows).to_string(),
+            r#"{"executed":false,"group_id":"g","partitions":[{"current_offset":120,"new_offset":0,"partition":0,"topic":"t"},{"current_offset":null,"new_offset":17,"partition":1,"topic":"t"}]}"#
         );
     }
 

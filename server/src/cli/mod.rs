@@ -2,7 +2,9 @@
 //! `cluster`, `produce` and `consume`, built on `sluice-client`.
 //!
 //! This module holds what they share: the connection flags
-//! (`--bootstrap-server`, `--request-timeout-ms`), the tokio runtime each
+//! (`--bootstrap-server` or `-b`, else `SLUICE_BOOTSTRAP_SERVERS`, else
+//! `KAFKA_BOOTSTRAP_SERVERS`, else `127.0.0.1:9092`; and
+//! `--request-timeout-ms`), the tokio runtime each
 //! command runs in, the bound on every broker operation, the printing of
 //! tables and JSON, and the one error type whose `Display` is the single
 //! line printed on failure. Errors a user
@@ -29,6 +31,10 @@ use sluice_client::{Client, ClientConfig, ResponseError, TokioConnector};
 /// The address clients use when none is given, as Kafka's tools do.
 pub const BOOTSTRAP_SERVER_DEFAULT: &str = "127.0.0.1:9092";
 
+/// Environment variables that name the bootstrap servers when no
+/// `--bootstrap-server` is given, the first one set winning.
+pub const BOOTSTRAP_ENV_VARS: [&str; 2] = ["SLUICE_BOOTSTRAP_SERVERS", "KAFKA_BOOTSTRAP_SERVERS"];
+
 /// Longest wait for one TCP connection and version negotiation; a
 /// blackholed address then fails well inside the operation bound.
 pub const CONNECT_TIMEOUT_MS_MAX: u64 = 5_000;
@@ -36,9 +42,11 @@ pub const CONNECT_TIMEOUT_MS_MAX: u64 = 5_000;
 /// Flags every client command takes.
 #[derive(Args, Debug, Clone, PartialEq, Eq)]
 pub struct ConnectionArgs {
-    /// Broker address(es) to start from, `host:port[,host:port...]`.
-    #[arg(long, value_name = "HOST:PORT", default_value = BOOTSTRAP_SERVER_DEFAULT)]
-    pub bootstrap_server: String,
+    /// Broker address(es) to start from, `host:port[,host:port...]`
+    /// [default: $SLUICE_BOOTSTRAP_SERVERS, else $KAFKA_BOOTSTRAP_SERVERS,
+    /// else 127.0.0.1:9092].
+    #[arg(long, short = 'b', value_name = "HOST:PORT")]
+    pub bootstrap_server: Option<String>,
     /// How long one operation on the cluster (a lookup, a topic change, a
     /// record's delivery) may take, retries included.
     #[arg(long, value_name = "MS", default_value_t = 10_000,
@@ -46,20 +54,69 @@ pub struct ConnectionArgs {
     pub request_timeout_ms: u64,
 }
 
+/// The bootstrap list to use and where it came from (a flag, a variable
+/// or the default), so that a bad one can be blamed on its source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bootstrap {
+    pub servers: String,
+    pub source: &'static str,
+}
+
+/// The flag's value, else the first of `BOOTSTRAP_ENV_VARS` that `lookup`
+/// finds non-blank, else the default. Kept apart from the process's
+/// environment so tests need not change it.
+pub fn resolve_bootstrap(flag: Option<&str>, lookup: impl Fn(&str) -> Option<String>) -> Bootstrap {
+    if let Some(servers) = flag {
+        return Bootstrap {
+            servers: servers.to_string(),
+            source: "--bootstrap-server",
+        };
+    }
+    for name in BOOTSTRAP_ENV_VARS {
+        if let Some(servers) = lookup(name).filter(|value| !value.trim().is_empty()) {
+            return Bootstrap {
+                servers,
+                source: name,
+            };
+        }
+    }
+    Bootstrap {
+        servers: BOOTSTRAP_SERVER_DEFAULT.to_string(),
+        source: "the default",
+    }
+}
+
+/// `resolve_bootstrap` over the process's environment.
+pub fn bootstrap_from_environment(flag: Option<&str>) -> Bootstrap {
+    resolve_bootstrap(flag, |name| std::env::var(name).ok())
+}
+
+/// A bootstrap list split on commas, each entry checked to be
+/// `host:port`; a bad one is named with the list's source.
+pub fn split_bootstrap(bootstrap: &Bootstrap) -> Result<Vec<String>, CliError> {
+    let servers: Vec<String> = bootstrap
+        .servers
+        .split(',')
+        .map(|server| server.trim().to_string())
+        .collect();
+    if let Some(bad) = servers.iter().find(|s| !looks_like_host_port(s)) {
+        return Err(CliError::Usage(format!(
+            "{} wants HOST:PORT[,HOST:PORT...], got `{bad}`",
+            bootstrap.source
+        )));
+    }
+    Ok(servers)
+}
+
 impl ConnectionArgs {
+    /// The bootstrap list: the flag, the environment or the default.
+    pub fn bootstrap(&self) -> Bootstrap {
+        bootstrap_from_environment(self.bootstrap_server.as_deref())
+    }
+
     /// The bootstrap list, split on commas, empty entries refused.
     pub fn bootstrap_servers(&self) -> Result<Vec<String>, CliError> {
-        let servers: Vec<String> = self
-            .bootstrap_server
-            .split(',')
-            .map(|server| server.trim().to_string())
-            .collect();
-        if let Some(bad) = servers.iter().find(|s| !looks_like_host_port(s)) {
-            return Err(CliError::Usage(format!(
-                "--bootstrap-server wants HOST:PORT[,HOST:PORT...], got `{bad}`"
-            )));
-        }
-        Ok(servers)
+        split_bootstrap(&self.bootstrap())
     }
 
     /// A client for these brokers. `auto_create` says whether Metadata may
@@ -96,7 +153,8 @@ impl ConnectionArgs {
             Ok(result) => result.map_err(|error| explain(what, &error)),
             Err(_) => Err(CliError::Failed(format!(
                 "{what}: no answer from {} within {} ms",
-                self.bootstrap_server, self.request_timeout_ms
+                self.bootstrap().servers,
+                self.request_timeout_ms
             ))),
         }
     }
@@ -323,25 +381,54 @@ mod tests {
     #[test]
     fn connection_defaults_to_the_local_broker() {
         let parsed = Wrapper::try_parse_from(["t"]).unwrap();
-        assert_eq!(parsed.connection.bootstrap_server, "127.0.0.1:9092");
+        assert_eq!(parsed.connection.bootstrap_server, None);
         assert_eq!(parsed.connection.request_timeout_ms, 10_000);
+        let nothing_set = |_: &str| None;
+        let bootstrap = resolve_bootstrap(None, nothing_set);
+        assert_eq!(bootstrap.servers, "127.0.0.1:9092");
+        assert_eq!(split_bootstrap(&bootstrap).unwrap(), vec!["127.0.0.1:9092"]);
+    }
+
+    #[test]
+    fn the_flag_wins_over_sluice_then_kafka_variables() {
+        let both = |name: &str| match name {
+            "SLUICE_BOOTSTRAP_SERVERS" => Some("s:1".to_string()),
+            "KAFKA_BOOTSTRAP_SERVERS" => Some("k:2".to_string()),
+            _ => None,
+        };
+        let kafka_only = |name: &str| (name == "KAFKA_BOOTSTRAP_SERVERS").then(|| "k:2".into());
+        let blank_sluice = |name: &str| match name {
+            "SLUICE_BOOTSTRAP_SERVERS" => Some("  ".to_string()),
+            _ => kafka_only(name),
+        };
+        assert_eq!(resolve_bootstrap(Some("f:3"), both).servers, "f:3");
+        assert_eq!(resolve_bootstrap(None, both).servers, "s:1");
+        assert_eq!(resolve_bootstrap(None, kafka_only).servers, "k:2");
+        assert_eq!(resolve_bootstrap(None, blank_sluice).servers, "k:2");
+        let parsed = Wrapper::try_parse_from(["t", "-b", "f:3"]).unwrap();
+        assert_eq!(parsed.connection.bootstrap_server.as_deref(), Some("f:3"));
+        // A bad list is blamed on where it came from.
+        let bad = resolve_bootstrap(None, |name| {
+            (name == "KAFKA_BOOTSTRAP_SERVERS").then(|| "nohost".into())
+        });
+        let error = split_bootstrap(&bad).unwrap_err();
         assert_eq!(
-            parsed.connection.bootstrap_servers().unwrap(),
-            vec!["127.0.0.1:9092"]
+            error,
+            CliError::Usage(
+                "KAFKA_BOOTSTRAP_SERVERS wants HOST:PORT[,HOST:PORT...], got `nohost`".into()
+            )
         );
     }
 
     #[test]
     fn bootstrap_lists_split_on_commas_and_refuse_bad_entries() {
-        let parsed =
-            Wrapper::try_parse_from(["t", "--bootstrap-server", "a:1, [::1]:9092"]).unwrap();
+        let flag = |text: &str| resolve_bootstrap(Some(text), |_| None);
         assert_eq!(
-            parsed.connection.bootstrap_servers().unwrap(),
+            split_bootstrap(&flag("a:1, [::1]:9092")).unwrap(),
             vec!["a:1", "[::1]:9092"]
         );
         for bad in ["localhost", "a:1,", "a:0", "a:99999", ":9092"] {
-            let parsed = Wrapper::try_parse_from(["t", "--bootstrap-server", bad]).unwrap();
-            let error = parsed.connection.bootstrap_servers().unwrap_err();
+            let error = split_bootstrap(&flag(bad)).unwrap_err();
             assert!(matches!(error, CliError::Usage(_)), "{bad}: {error}");
         }
         assert!(Wrapper::try_parse_from(["t", "--request-timeout-ms", "0"]).is_err());

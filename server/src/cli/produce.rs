@@ -6,9 +6,13 @@
 //! a chunk leaves as soon as the reader has nothing more buffered, so lines
 //! typed at a terminal go out at once. Lines split on `\n` only and keep
 //! every other byte (a `\r` included), so a consumer printing `%s\n` gets
-//! the input back byte for byte. With `--key-separator` the key is what
-//! comes before its first occurrence; a line without it is an error, as in
-//! Kafka's console producer.
+//! the input back byte for byte. With `--key-separator` (`-K`, as kcat)
+//! the key is what comes before its first occurrence; a line without it is
+//! an error, as in Kafka's console producer. `-k KEY` gives every record
+//! the same key instead. `-H key=value` (repeatable) adds a header to every
+//! record. With `-Z`, as kcat, an empty value is sent as null (with a key:
+//! a tombstone, which compaction reads as a deletion) and an empty key as
+//! no key.
 //!
 //! The command waits for every record's delivery. On success it prints a
 //! summary (records, bytes of keys and values, time, rate) to stderr, or
@@ -25,7 +29,8 @@ use bytes::Bytes;
 use clap::Args;
 use serde_json::json;
 use sluice_client::{
-    system_clock, Acks, Compression, DeliveryFuture, Producer, ProducerConfig, ProducerRecord,
+    system_clock, Acks, Compression, DeliveryFuture, Header, Producer, ProducerConfig,
+    ProducerRecord,
 };
 use tokio::sync::mpsc;
 
@@ -49,16 +54,32 @@ pub const DELIVERIES_PENDING_MAX: usize = 100_000;
 #[derive(Args, Debug, Clone, PartialEq, Eq)]
 pub struct ProduceArgs {
     /// Topic to write to (created on first use if the broker auto-creates topics).
-    #[arg(long)]
+    #[arg(long, short = 't')]
     pub topic: String,
     /// Read lines from this file instead of stdin.
     #[arg(long, value_name = "FILE")]
     pub file: Option<PathBuf>,
     /// Split each line into key and value at the first occurrence of SEP.
-    #[arg(long, value_name = "SEP", value_parser = non_empty, allow_hyphen_values = true)]
+    #[arg(long, short = 'K', value_name = "SEP", value_parser = non_empty,
+          allow_hyphen_values = true)]
     pub key_separator: Option<String>,
+    /// Give every record this key.
+    #[arg(
+        long,
+        short = 'k',
+        value_name = "KEY",
+        conflicts_with = "key_separator"
+    )]
+    pub key: Option<String>,
+    /// Add this header to every record (repeatable; `name=` gives an empty value).
+    #[arg(long = "header", short = 'H', value_name = "NAME=VALUE", value_parser = parse_header)]
+    pub headers: Vec<(String, String)>,
+    /// Send an empty value as null (a tombstone when the record has a key)
+    /// and an empty key as no key, as kcat's -Z does.
+    #[arg(long = "null-empty", short = 'Z')]
+    pub null_empty: bool,
     /// Write every record to this partition instead of letting the key choose.
-    #[arg(long, value_name = "P", value_parser = clap::value_parser!(i32).range(0..))]
+    #[arg(long, short = 'p', value_name = "P", value_parser = clap::value_parser!(i32).range(0..))]
     pub partition: Option<i32>,
     /// Replicas that must have a record before it counts: 0, 1 or all.
     #[arg(long, value_name = "0|1|all", default_value = "all", value_parser = parse_acks,
@@ -78,6 +99,14 @@ pub struct ProduceArgs {
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `-H name=value`: split at the first `=`, kept byte for byte otherwise.
+pub fn parse_header(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, value)) if !name.is_empty() => Ok((name.to_string(), value.to_string())),
+        _ => Err(format!("expected NAME=VALUE, got `{text}`")),
+    }
 }
 
 fn non_empty(text: &str) -> Result<String, String> {
@@ -172,6 +201,35 @@ pub fn split_line(line: Vec<u8>, separator: Option<&[u8]>) -> Option<(Option<Byt
         .position(|window| window == separator)?;
     let line = Bytes::from(line);
     Some((Some(line.slice(..at)), line.slice(at + separator.len()..)))
+}
+
+/// The record a line becomes: its key (split off, or `-k`), value and
+/// headers, with `-Z` turning empty keys and values into nulls.
+pub fn line_record(args: &ProduceArgs, split_key: Option<Bytes>, value: Bytes) -> ProducerRecord {
+    let key = match &args.key {
+        Some(key) => Some(Bytes::from(key.clone().into_bytes())),
+        None => split_key,
+    };
+    let (key, value) = if args.null_empty {
+        (
+            key.filter(|k| !k.is_empty()),
+            Some(value).filter(|v| !v.is_empty()),
+        )
+    } else {
+        (key, Some(value))
+    };
+    ProducerRecord {
+        topic: args.topic.clone(),
+        partition: args.partition,
+        key,
+        value,
+        headers: args
+            .headers
+            .iter()
+            .map(|(name, value)| Header::new(name.clone().into_bytes(), value.clone().into_bytes()))
+            .collect(),
+        timestamp_ms: None,
+    }
 }
 
 /// Counts of one run.
@@ -304,10 +362,10 @@ async fn send_lines(
                 ));
                 break 'input;
             };
-            let payload_bytes = (key.as_ref().map_or(0, Bytes::len) + value.len()) as u64;
-            let mut record = ProducerRecord::new(args.topic.clone(), value);
-            record.key = key;
-            record.partition = args.partition;
+            let record = line_record(args, key, value);
+            let payload_bytes = (record.key.as_ref().map_or(0, Bytes::len)
+                + record.value.as_ref().map_or(0, Bytes::len))
+                as u64;
             match producer.send(record).await {
                 Ok(delivery) => pending.push_back((delivery, payload_bytes)),
                 Err(error) => {
@@ -408,6 +466,64 @@ mod tests {
         assert_eq!(args.key_separator, None);
         assert_eq!(args.file, None);
         assert_eq!(args.linger_ms, 5);
+        assert_eq!(
+            (args.key, args.headers.len(), args.null_empty),
+            (None, 0, false)
+        );
+    }
+
+    #[test]
+    fn kcat_short_flags_parse() {
+        let args = parse(&[
+            "-t", "t", "-p", "1", "-K", ":", "-H", "a=1", "-H", "b=", "-H", "c=x=y", "-Z", "-b",
+            "h:1",
+        ])
+        .unwrap();
+        assert_eq!(args.topic, "t");
+        assert_eq!(args.partition, Some(1));
+        assert_eq!(args.key_separator.as_deref(), Some(":"));
+        assert_eq!(
+            args.headers,
+            vec![
+                ("a".into(), "1".into()),
+                ("b".into(), String::new()),
+                ("c".into(), "x=y".into())
+            ]
+        );
+        assert!(args.null_empty);
+        assert_eq!(args.connection.bootstrap_server.as_deref(), Some("h:1"));
+        assert_eq!(
+            parse(&["-t", "t", "-k", "fixed"]).unwrap().key.as_deref(),
+            Some("fixed")
+        );
+    }
+
+    #[test]
+    fn lines_become_records_with_nulls_only_under_z() {
+        let plain = parse(&["-t", "t", "-K", ":", "-H", "h=v"]).unwrap();
+        let record = line_record(&plain, Some(Bytes::from_static(b"k")), Bytes::new());
+        assert_eq!(record.key.as_deref(), Some(&b"k"[..]));
+        assert_eq!(
+            record.value.as_deref(),
+            Some(&b""[..]),
+            "empty, not null, without -Z"
+        );
+        assert_eq!(record.headers, vec![Header::new("h", "v")]);
+        let nulls = parse(&["-t", "t", "-K", ":", "-Z"]).unwrap();
+        let tombstone = line_record(&nulls, Some(Bytes::from_static(b"k")), Bytes::new());
+        assert_eq!(
+            (tombstone.key.as_deref(), tombstone.value),
+            (Some(&b"k"[..]), None)
+        );
+        let keyless = line_record(&nulls, Some(Bytes::new()), Bytes::from_static(b"v"));
+        assert_eq!(
+            (keyless.key, keyless.value.as_deref()),
+            (None, Some(&b"v"[..]))
+        );
+        let fixed = parse(&["-t", "t", "-k", "id-7", "-p", "2"]).unwrap();
+        let record = line_record(&fixed, None, Bytes::from_static(b"v"));
+        assert_eq!(record.key.as_deref(), Some(&b"id-7"[..]));
+        assert_eq!(record.partition, Some(2));
     }
 
     #[test]
@@ -450,6 +566,9 @@ mod tests {
             &["--topic", "t", "--compression", "brotli"],
             &["--topic", "t", "--partition", "-1"],
             &["--topic", "t", "--key-separator", ""],
+            &["--topic", "t", "-k", "a", "-K", ":"],
+            &["--topic", "t", "-H", "novalue"],
+            &["--topic", "t", "-H", "=v"],
         ] {
             assert!(parse(bad).is_err(), "{bad:?} was accepted");
         }

@@ -2,7 +2,9 @@
 //! through the client's `Admin`.
 //!
 //! Each subcommand makes one bounded admin call and prints the outcome for
-//! a person, or as one JSON document with `--json`. The printing is kept
+//! a person, or as one JSON document with `--json`; `describe` also looks
+//! up each partition's log start and end offsets (ListOffsets earliest and
+//! latest on its leader) beside its leader, replicas and ISR. The printing is kept
 //! in pure functions over the client's values so tests can pin it down
 //! without a broker. Topic ids are shown as Kafka's tools show them
 //! (unpadded URL-safe base64 of the 16 bytes).
@@ -12,7 +14,10 @@ use std::fmt::Write as _;
 
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
-use sluice_client::{Admin, ConfigEntry, ConfigSource, NewTopic, TopicDescription};
+use sluice_client::{
+    Admin, ConfigEntry, ConfigSource, NewTopic, OffsetSpec, TokioConnector, TopicDescription,
+    TopicPartition,
+};
 
 use super::format::base64;
 use super::{json_line, parse_key_value, print_stdout, table, CliError, ConnectionArgs};
@@ -23,7 +28,8 @@ pub enum TopicsCommand {
     Create(CreateArgs),
     /// List every topic, one name per line.
     List(ListArgs),
-    /// Show a topic's id, partitions (leader, replicas, ISR) and configs.
+    /// Show a topic's id, configs and partitions (leader, replicas, ISR,
+    /// log start and end offsets).
     Describe(DescribeArgs),
     /// Delete a topic and its data.
     Delete(DeleteArgs),
@@ -195,12 +201,52 @@ async fn describe(args: DescribeArgs) -> Result<(), CliError> {
             "{what}: the broker described nothing"
         )));
     };
+    let offsets = log_offsets(&admin, &args.connection, &description).await;
     let output = if args.json {
-        json_line(&description_json(&description))
+        json_line(&description_json(&description, &offsets))
     } else {
-        description_text(&description, args.all_configs)
+        description_text(&description, &offsets, args.all_configs)
     };
     print_stdout(&output)
+}
+
+/// A partition's log start offset and log end offset (high watermark).
+pub type LogOffsets = BTreeMap<i32, (i64, i64)>;
+
+/// The log start and end offsets of every partition that has a leader.
+/// A description is most wanted when something is wrong, so offsets that
+/// cannot be had leave their cells empty (said once on stderr) instead of
+/// failing the command.
+async fn log_offsets(
+    admin: &Admin<TokioConnector>,
+    connection: &ConnectionArgs,
+    description: &TopicDescription,
+) -> LogOffsets {
+    let led: Vec<TopicPartition> = description
+        .partitions
+        .iter()
+        .filter(|p| p.leader.is_some())
+        .map(|p| TopicPartition::new(description.name.clone(), p.partition))
+        .collect();
+    if led.is_empty() {
+        return LogOffsets::new();
+    }
+    let what = format!("look up the log offsets of {}", description.name);
+    let both = async {
+        let starts = admin.list_offsets(&led, OffsetSpec::Earliest).await?;
+        let ends = admin.list_offsets(&led, OffsetSpec::Latest).await?;
+        Ok((starts, ends))
+    };
+    match connection.bounded(&what, both).await {
+        Ok((starts, ends)) => starts
+            .iter()
+            .filter_map(|(tp, start)| Some((tp.partition, (start.offset, ends.get(tp)?.offset))))
+            .collect(),
+        Err(error) => {
+            eprintln!("sluice: {error}; offsets left out");
+            LogOffsets::new()
+        }
+    }
 }
 
 async fn delete(args: DeleteArgs) -> Result<(), CliError> {
@@ -286,7 +332,11 @@ fn ids(list: &[i32]) -> String {
 }
 
 /// The human form of `describe`.
-pub fn description_text(description: &TopicDescription, all_configs: bool) -> String {
+pub fn description_text(
+    description: &TopicDescription,
+    offsets: &LogOffsets,
+    all_configs: bool,
+) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "Topic:              {}", description.name);
     let _ = writeln!(
@@ -341,8 +391,14 @@ pub fn description_text(description: &TopicDescription, all_configs: bool) -> St
         "REPLICAS".to_string(),
         "ISR".to_string(),
         "OFFLINE".to_string(),
+        "LOG-START-OFFSET".to_string(),
+        "LOG-END-OFFSET".to_string(),
     ]];
     for partition in &description.partitions {
+        let (start, end) = match offsets.get(&partition.partition) {
+            Some((start, end)) => (start.to_string(), end.to_string()),
+            None => ("-".to_string(), "-".to_string()),
+        };
         rows.push([
             partition.partition.to_string(),
             partition
@@ -351,18 +407,21 @@ pub fn description_text(description: &TopicDescription, all_configs: bool) -> St
             ids(&partition.replicas),
             ids(&partition.isr),
             ids(&partition.offline_replicas),
+            start,
+            end,
         ]);
     }
     out.push_str(&table(&rows));
     out
 }
 
-/// The JSON form of `describe`.
-pub fn description_json(description: &TopicDescription) -> Value {
+/// The JSON form of `describe`; offsets not known are null.
+pub fn description_json(description: &TopicDescription, offsets: &LogOffsets) -> Value {
     let partitions: Vec<Value> = description
         .partitions
         .iter()
         .map(|p| {
+            let known = offsets.get(&p.partition);
             json!({
                 "partition": p.partition,
                 "leader": p.leader,
@@ -370,6 +429,8 @@ pub fn description_json(description: &TopicDescription) -> Value {
                 "replicas": p.replicas,
                 "isr": p.isr,
                 "offline_replicas": p.offline_replicas,
+                "log_start_offset": known.map(|(start, _)| start),
+                "log_end_offset": known.map(|(_, end)| end),
                 "error": p.error.map(super::error_name),
             })
         })
@@ -444,7 +505,7 @@ mod tests {
                 ("cleanup.policy".into(), "delete".into())
             ]
         );
-        assert_eq!(args.connection.bootstrap_server, "h:1");
+        assert_eq!(args.connection.bootstrap_server.as_deref(), Some("h:1"));
         assert!(args.json);
     }
 
@@ -455,7 +516,7 @@ mod tests {
         };
         assert_eq!(args.partitions, None);
         assert_eq!(args.replication_factor, None);
-        assert_eq!(args.connection.bootstrap_server, "127.0.0.1:9092");
+        assert_eq!(args.connection.bootstrap_server, None);
     }
 
     #[test]
@@ -555,8 +616,9 @@ mod tests {
 
     #[test]
     fn describe_prints_the_set_configs_and_a_partition_table() {
+        let offsets = LogOffsets::from([(0, (12, 340))]);
         assert_eq!(
-            description_text(&sample(), false),
+            description_text(&sample(), &offsets, false),
             "\
 Topic:              orders
 Topic id:           7Tq2YHpRRsSTJzAlQ3tS7g
@@ -564,12 +626,12 @@ Partitions:         2
 Replication factor: 1
 Configs (set):      retention.ms=60000
 
-PARTITION  LEADER  REPLICAS  ISR  OFFLINE
-0          1       1         1    -
-1          none    1         -    -
+PARTITION  LEADER  REPLICAS  ISR  OFFLINE  LOG-START-OFFSET  LOG-END-OFFSET
+0          1       1         1    -        12                340
+1          none    1         -    -        -                 -
 "
         );
-        let all = description_text(&sample(), true);
+        let all = description_text(&sample(), &offsets, true);
         assert!(all.contains(
             "Configs:            cleanup.policy=delete  (DEFAULT_CONFIG)\n                    retention.ms=60000  (TOPIC_CONFIG)\n"
         ), "{all}");
@@ -577,11 +639,14 @@ PARTITION  LEADER  REPLICAS  ISR  OFFLINE
 
     #[test]
     fn describe_json_has_every_config_with_its_source() {
-        let value = description_json(&sample());
+        let value = description_json(&sample(), &LogOffsets::from([(0, (12, 340))]));
         assert_eq!(value["id"], "7Tq2YHpRRsSTJzAlQ3tS7g");
         assert_eq!(value["replication_factor"], 1);
         assert_eq!(value["partitions"][1]["leader"], Value::Null);
         assert_eq!(value["partitions"][0]["isr"], json!([1]));
+        assert_eq!(value["partitions"][0]["log_start_offset"], 12);
+        assert_eq!(value["partitions"][0]["log_end_offset"], 340);
+        assert_eq!(value["partitions"][1]["log_end_offset"], Value::Null);
         assert_eq!(value["configs"][0]["source"], "DEFAULT_CONFIG");
         assert_eq!(value["configs"][1]["value"], "60000");
     }
