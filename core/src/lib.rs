@@ -74,7 +74,11 @@ mod layers {
         (
             "log",
             DOMAIN,
-            &[include_str!("log.rs"), include_str!("log/format.rs")],
+            &[
+                include_str!("log.rs"),
+                include_str!("log/epochs.rs"),
+                include_str!("log/format.rs"),
+            ],
         ),
         ("metadata", DOMAIN, &[include_str!("metadata.rs")]),
         (

@@ -14,19 +14,34 @@
 //! they are derived data, rebuilt by a full scan after an unclean stop. The
 //! log never syncs by itself: every file it changes is reported by
 //! `take_dirty`, and the owner turns that into a sync request.
+//!
+//! The log also keeps Kafka's leader epoch cache (`epochs`): the first
+//! offset of every leader epoch in it, from the batch headers, kept in
+//! `leader-epoch-checkpoint`. That file is derived data too: at open the
+//! cache is checked against the headers (which open walks anyway, for the
+//! producer state), so a lost, stale or torn checkpoint costs nothing.
+//!
+//! Batches come in two ways: `append` takes a produced batch and gives it
+//! its offsets, epoch and (with LogAppendTime) timestamp; `append_replicated`
+//! takes batches a leader already stored and keeps them byte for byte.
 
 use std::collections::BTreeSet;
 use std::io;
 
 use bytes::{Bytes, BytesMut};
 
-use crate::batch::{self, BatchHeader, HEADER_BYTES};
+use crate::batch::{self, BatchError, BatchHeader, HEADER_BYTES};
 use crate::config::TopicConfig;
 use crate::producers::ProducerStates;
 use crate::storage::{read_exact_at, FileId, Storage, SyncTarget};
 
+mod epochs;
 pub mod format;
 
+pub use epochs::{
+    EpochCache, EpochEntry, CHECKPOINT_BYTES_MAX, CHECKPOINT_ENTRIES_MAX, CHECKPOINT_FILE,
+    CHECKPOINT_TMP_FILE, CHECKPOINT_VERSION, UNDEFINED_EPOCH, UNDEFINED_EPOCH_OFFSET,
+};
 pub use format::segment_name;
 use format::{
     OffsetEntry, TimeEntry, BATCH_BYTES_MAX, INDEX_SUFFIX, LOG_SUFFIX, OFFSET_ENTRY_BYTES,
@@ -96,6 +111,63 @@ pub struct PartitionLog {
     dirty: BTreeSet<SyncTarget>,
     /// Idempotent producers seen in this log, rebuilt from it at open.
     producers: ProducerStates,
+    /// The first offset of each leader epoch, checked against the log at open.
+    epochs: EpochCache,
+    /// The cache changed since `leader-epoch-checkpoint` was last written
+    /// (or the write failed): the next `flush_checkpoint` writes it.
+    checkpoint_stale: bool,
+}
+
+/// Why `append_replicated` refused a leader's batches. Every batch is
+/// checked before the first is written: only `Io` may leave some in the log.
+#[derive(Debug)]
+pub enum ReplicaAppendError {
+    /// Storage failed; the batches before the failing one may be in the log.
+    Io(io::Error),
+    /// A batch is damaged: bad framing, CRC or offset delta.
+    Corrupt(&'static str),
+    /// A batch does not start where the log (or the batch before it) ends.
+    OutOfOrder { expected: i64, got: i64 },
+    /// A batch's leader epoch is below the latest epoch already holding
+    /// records: the leader's log and this one parted, truncate first.
+    EpochBelowLatest { latest: i32, got: i32 },
+}
+
+impl std::fmt::Display for ReplicaAppendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReplicaAppendError::Io(error) => write!(f, "storage error: {error}"),
+            ReplicaAppendError::Corrupt(why) => write!(f, "corrupt batch: {why}"),
+            ReplicaAppendError::OutOfOrder { expected, got } => {
+                write!(f, "batch at offset {got} where {expected} was expected")
+            }
+            ReplicaAppendError::EpochBelowLatest { latest, got } => {
+                write!(f, "batch of leader epoch {got} after epoch {latest}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ReplicaAppendError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ReplicaAppendError::Io(error) => Some(error),
+            _ => None,
+        }
+    }
+}
+
+impl From<io::Error> for ReplicaAppendError {
+    fn from(error: io::Error) -> ReplicaAppendError {
+        ReplicaAppendError::Io(error)
+    }
+}
+
+/// What open found in `leader-epoch-checkpoint`.
+enum Checkpoint {
+    Missing,
+    Unreadable(String),
+    Read(EpochCache),
 }
 
 /// Result of opening a log.
@@ -110,6 +182,14 @@ impl PartitionLog {
     /// Opens (or creates) the log in `dir`. After an unclean stop every
     /// segment is scanned: a torn or corrupt tail is cut off, later segments
     /// are removed, and the indexes are rebuilt.
+    ///
+    /// The epoch cache starts from `leader-epoch-checkpoint`, then every
+    /// batch header met on the way (all of them, clean start or not) is
+    /// assigned over it, as Kafka's recovery does for the segments it
+    /// scans, and the result is cut to the log's [start, end): a crash may
+    /// have lost the tail the checkpoint describes, or the checkpoint may
+    /// miss an epoch whose batches survived. The cache is thus the one the
+    /// headers give; the checkpoint is rewritten when it says otherwise.
     pub fn open<S: Storage + ?Sized>(
         storage: &mut S,
         dir: &str,
@@ -125,8 +205,15 @@ impl PartitionLog {
             durable_offset: 0,
             dirty: BTreeSet::new(),
             producers: ProducerStates::default(),
+            epochs: EpochCache::new(),
+            checkpoint_stale: false,
         };
         let mut recovery = Recovery::default();
+        let checkpoint_path = log.checkpoint_path();
+        let checkpoint = read_checkpoint(storage, &checkpoint_path);
+        if let Checkpoint::Read(cache) = &checkpoint {
+            log.epochs = cache.clone();
+        }
         let names = storage.list_dir(dir)?;
         let bases: Vec<i64> = names
             .iter()
@@ -141,7 +228,8 @@ impl PartitionLog {
                     stem.parse::<i64>().map_or(true, |b| !bases.contains(&b))
                 }
                 Some((_, "deleted" | "cleaned" | "swap")) => true,
-                _ => false,
+                // A checkpoint written but not renamed before a crash.
+                _ => name == CHECKPOINT_TMP_FILE,
             };
             if orphan {
                 storage.remove_file(&format!("{dir}/{name}"))?;
@@ -161,8 +249,11 @@ impl PartitionLog {
             }
             let mut segment = log.open_segment(storage, base)?;
             let intact = if clean && load_indexes(storage, &mut segment)? {
-                let producers = &mut log.producers;
-                scan_headers(storage, &segment, |header| producers.record(header))?;
+                let (producers, epochs) = (&mut log.producers, &mut log.epochs);
+                scan_headers(storage, &segment, |header| {
+                    producers.record(header);
+                    epochs.assign(header.partition_leader_epoch, header.base_offset);
+                })?;
                 true
             } else {
                 recovery.indexes_rebuilt += 1;
@@ -182,6 +273,7 @@ impl PartitionLog {
             log.dirty.insert(SyncTarget::Dir(dir.to_string()));
         }
         log.log_start_offset = log.segments[0].base_offset;
+        log.open_epochs(storage, checkpoint, clean)?;
         // Recovered bytes, and the directory entries of the segments, may
         // still sit only in the page cache (an earlier run may have stopped
         // before its sync): nothing counts as durable until the first sync
@@ -197,6 +289,103 @@ impl PartitionLog {
         }
         log.invariants();
         Ok((log, recovery))
+    }
+
+    /// The end of `open` for the epoch cache, once the segments are
+    /// loaded and every header assigned: cuts the cache to the log, and
+    /// rewrites the checkpoint when it differs.
+    fn open_epochs<S: Storage + ?Sized>(
+        &mut self,
+        storage: &mut S,
+        checkpoint: Checkpoint,
+        clean: bool,
+    ) -> io::Result<()> {
+        let (start, end) = (self.log_start_offset, self.log_end_offset());
+        self.epochs.truncate_from_start(start);
+        self.epochs.truncate_from_end(end);
+        let path = self.checkpoint_path();
+        match checkpoint {
+            Checkpoint::Missing => {
+                if !self.epochs.is_empty() {
+                    tracing::warn!(%path, entries = self.epochs.entries().len(),
+                        "no leader epoch checkpoint; rebuilt the cache from the batch headers");
+                    self.checkpoint_stale = true;
+                }
+            }
+            Checkpoint::Unreadable(why) => {
+                tracing::warn!(%path, why, entries = self.epochs.entries().len(),
+                    "unreadable leader epoch checkpoint; rebuilt the cache from the batch headers");
+                self.checkpoint_stale = true;
+            }
+            Checkpoint::Read(read) => {
+                let mut cut = read.clone();
+                cut.truncate_from_start(start);
+                cut.truncate_from_end(end);
+                if cut != self.epochs {
+                    // Expected after a crash that kept batches whose
+                    // checkpoint was not renamed yet; not after a clean stop.
+                    let first_difference = (cut.entries().iter())
+                        .zip(self.epochs.entries())
+                        .position(|(a, b)| a != b)
+                        .unwrap_or(cut.entries().len().min(self.epochs.entries().len()));
+                    tracing::warn!(%path, clean, first_difference,
+                        checkpoint_entries = cut.entries().len(), log_entries = self.epochs.entries().len(),
+                        "the leader epoch checkpoint disagrees with the batch headers; rewriting it");
+                }
+                self.checkpoint_stale = read != self.epochs;
+                if !self.checkpoint_stale {
+                    // It may sit only in the page cache, like the segments.
+                    self.dirty.insert(SyncTarget::File(path));
+                }
+            }
+        }
+        self.flush_checkpoint(storage)
+    }
+
+    fn checkpoint_path(&self) -> String {
+        format!("{}/{CHECKPOINT_FILE}", self.dir)
+    }
+
+    /// Writes `leader-epoch-checkpoint` if the cache changed since it was
+    /// last written: to `leader-epoch-checkpoint.tmp`, then renamed over
+    /// it, as Kafka does; the next sync covers the file and the directory.
+    ///
+    /// Why a crash leaves the old file or the new one, whole: the file
+    /// under the real name is never written in place, the rename swaps
+    /// whole files, and every rename joins the dirty set with both the
+    /// file and its directory. The file goes in under its final name: once
+    /// renamed, the temporary name is gone (a sync skips a missing file)
+    /// and the final name reaches the same data. Within one sync request
+    /// the driver syncs file data before any directory (`SyncJob::run`),
+    /// so when that sync completes, name and contents are both on disk.
+    /// A crash before then finds the directory as the last completed sync
+    /// left it, naming the previous file, whose contents that same sync
+    /// covered. The one gap is the file system's own: the rename sits in
+    /// the page cache before the data sync, and a file system may write a
+    /// directory change back ahead of the file's data, bringing the file
+    /// back short or empty. The format is strict enough to see that (an
+    /// entry count, a final newline), and open rebuilds the cache from the
+    /// batch headers whatever the file says, so no crash leaves a wrong
+    /// cache.
+    fn flush_checkpoint<S: Storage + ?Sized>(&mut self, storage: &mut S) -> io::Result<()> {
+        if !self.checkpoint_stale {
+            return Ok(());
+        }
+        let tmp = format!("{}/{CHECKPOINT_TMP_FILE}", self.dir);
+        let path = self.checkpoint_path();
+        let text = self.epochs.encode();
+        let file = storage.open(&tmp, true)?;
+        let written = storage
+            .truncate(file, 0)
+            .and_then(|()| storage.write_at(file, 0, text.as_bytes()));
+        storage.close(file);
+        // The temporary name is in the directory now, whatever follows.
+        self.dirty.insert(SyncTarget::Dir(self.dir.clone()));
+        written?;
+        storage.rename(&tmp, &path)?;
+        self.dirty.insert(SyncTarget::File(path));
+        self.checkpoint_stale = false;
+        Ok(())
     }
 
     fn open_segment<S: Storage + ?Sized>(
@@ -274,6 +463,8 @@ impl PartitionLog {
                             self.config.index_interval_bytes,
                         );
                         self.producers.record(&header);
+                        self.epochs
+                            .assign(header.partition_leader_epoch, header.base_offset);
                         consumed += header.size_bytes();
                     }
                     Scan::NeedMore(bytes) => {
@@ -354,8 +545,9 @@ impl PartitionLog {
         self.segments.last().expect("a log always has a segment")
     }
 
-    /// Files and directories changed since the last call; a sync of them
-    /// makes everything below `log_end_offset()` (at the time of the call) durable.
+    /// Files and directories changed since the last call (segments, their
+    /// directory, the epoch checkpoint); a sync of them makes everything
+    /// below `log_end_offset()` (at the time of the call) durable.
     pub fn take_dirty(&mut self) -> Vec<SyncTarget> {
         std::mem::take(&mut self.dirty).into_iter().collect()
     }
@@ -405,7 +597,8 @@ impl PartitionLog {
             batch.len(),
             "append of a partial batch"
         );
-        // The segment's age counts the timestamp the batch will carry.
+        // The header the batch will carry: the segment's age (whether to
+        // roll) counts its timestamp.
         let stamped = BatchHeader {
             max_timestamp: if self.config.log_append_time {
                 now_ms
@@ -414,9 +607,6 @@ impl PartitionLog {
             },
             ..header
         };
-        if self.should_roll(&stamped, batch.len()) {
-            self.roll(storage)?;
-        }
         let mut base_offset = self.log_end_offset();
         if self.config.offset_gap && base_offset % 97 == 13 {
             base_offset += 1;
@@ -478,6 +668,130 @@ impl PartitionLog {
         {
             assert_eq!(header.crc, original.crc, "an unpatched batch keeps its CRC");
         }
+        self.append_stored(storage, &header, &[&head, records])?;
+        Ok(Appended {
+            base_offset,
+            last_offset: header.last_offset(),
+            log_append_time_ms,
+        })
+    }
+
+    /// Appends batches a leader stored, as they are: offsets, leader
+    /// epochs, timestamps and CRCs stay byte for byte. `batches` is what a
+    /// fetch answered: whole batches back to back, the first starting at
+    /// `log_end_offset()`, each where the one before ends, each with a
+    /// valid CRC and a leader epoch not below that of the records already
+    /// here (a new leader's epoch that wrote nothing yet gives way, as in
+    /// Kafka). A batch cut short at the end (an answer may stop mid-batch)
+    /// is left for the next fetch. Everything is checked before anything
+    /// is written; then each batch is appended as `append` does (roll,
+    /// indexes, producer state, epoch cache, dirty files). Returns the new
+    /// log end. Bad input is an error, never a panic.
+    pub fn append_replicated<S: Storage + ?Sized>(
+        &mut self,
+        storage: &mut S,
+        batches: &[u8],
+    ) -> Result<i64, ReplicaAppendError> {
+        let checked = self.check_replicated(batches)?;
+        for (header, range) in &checked {
+            self.append_stored(storage, header, &[&batches[range.clone()]])?;
+        }
+        Ok(self.log_end_offset())
+    }
+
+    /// The whole batches at the start of `batches` and where each lies, if
+    /// all of them may follow this log; see `append_replicated`. One pass
+    /// over the input, so bounded by its length.
+    fn check_replicated(
+        &self,
+        batches: &[u8],
+    ) -> Result<Vec<(BatchHeader, std::ops::Range<usize>)>, ReplicaAppendError> {
+        let mut expected = self.log_end_offset();
+        let mut epoch_floor = self.records_epoch();
+        let mut position = 0usize;
+        let mut checked = Vec::new();
+        while batches.len() - position >= batch::LOG_OVERHEAD {
+            let rest = &batches[position..];
+            let length = i32::from_be_bytes(
+                rest[batch::LENGTH_OFFSET..batch::LOG_OVERHEAD]
+                    .try_into()
+                    .expect("four bytes"),
+            );
+            let size = length as i64 + batch::LOG_OVERHEAD as i64;
+            if size < HEADER_BYTES as i64 || size > BATCH_BYTES_MAX as i64 {
+                return Err(ReplicaAppendError::Corrupt("bad batch length"));
+            }
+            if rest.len() > batch::MAGIC_OFFSET && rest[batch::MAGIC_OFFSET] as i8 != batch::MAGIC {
+                return Err(ReplicaAppendError::Corrupt("not a v2 record batch"));
+            }
+            if size > rest.len() as i64 {
+                break;
+            }
+            let whole = &rest[..size as usize];
+            let header = batch::check_framing(whole).map_err(|error| match error {
+                BatchError::Corrupt(why)
+                | BatchError::Invalid(why)
+                | BatchError::InvalidTimestamp(why) => ReplicaAppendError::Corrupt(why),
+            })?;
+            if header.last_offset_delta < 0 {
+                return Err(ReplicaAppendError::Corrupt("negative offset delta"));
+            }
+            if header.base_offset != expected {
+                return Err(ReplicaAppendError::OutOfOrder {
+                    expected,
+                    got: header.base_offset,
+                });
+            }
+            let epoch = header.partition_leader_epoch;
+            if let Some(latest) = epoch_floor.filter(|&latest| epoch < latest) {
+                return Err(ReplicaAppendError::EpochBelowLatest { latest, got: epoch });
+            }
+            if epoch >= 0 {
+                epoch_floor = Some(epoch);
+            }
+            expected = header.next_offset();
+            checked.push((header, position..position + whole.len()));
+            position += whole.len();
+        }
+        Ok(checked)
+    }
+
+    /// The leader epoch of the last records in the log (None without
+    /// any): a new leader's epoch that wrote nothing does not count.
+    fn records_epoch(&self) -> Option<i32> {
+        let end = self.log_end_offset();
+        if end <= self.log_start_offset {
+            return None;
+        }
+        self.epochs.epoch_for(end - 1)
+    }
+
+    /// Writes one batch in its final form (`parts`, header first, make up
+    /// the batch `header` describes) at the log end, rolling first if the
+    /// active segment must not take it, and indexes it and records it in
+    /// the producer state and the epoch cache. Both append paths end here.
+    /// Once its bytes are written the batch is in the log: a later failure
+    /// (an index or checkpoint write) is returned, but the next sync still
+    /// covers the batch.
+    fn append_stored<S: Storage + ?Sized>(
+        &mut self,
+        storage: &mut S,
+        header: &BatchHeader,
+        parts: &[&[u8]],
+    ) -> io::Result<()> {
+        let batch_bytes = header.size_bytes();
+        assert_eq!(
+            parts.iter().map(|p| p.len()).sum::<usize>(),
+            batch_bytes,
+            "append of a partial batch"
+        );
+        assert!(
+            header.base_offset >= self.log_end_offset(),
+            "append below the log end"
+        );
+        if self.should_roll(header, batch_bytes) {
+            self.roll(storage)?;
+        }
         let interval = self.config.index_interval_bytes;
         let dir = self.dir.clone();
         let segment = self
@@ -485,17 +799,22 @@ impl PartitionLog {
             .last_mut()
             .expect("a log always has a segment");
         let position = segment.size_bytes;
-        if let Err(error) = storage.write_vectored_at(segment.log_file, position, &[&head, records])
-        {
+        if let Err(error) = storage.write_vectored_at(segment.log_file, position, parts) {
             // Nothing was appended: put the file back to its old length so a
             // partial write cannot linger; the next append overwrites it anyway.
             let _ = storage.truncate(segment.log_file, position);
             return Err(error);
         }
         let (index_before, time_before) = (segment.offset_index.len(), segment.time_index.len());
-        index_batch(segment, &header, position, interval);
-        segment.size_bytes = position + batch.len() as u64;
-        self.producers.record(&header);
+        index_batch(segment, header, position, interval);
+        segment.size_bytes = position + batch_bytes as u64;
+        self.producers.record(header);
+        if self
+            .epochs
+            .assign(header.partition_leader_epoch, header.base_offset)
+        {
+            self.checkpoint_stale = true;
+        }
         // The batch is in the log now, whatever happens to its index
         // entries: the next sync must cover its segment, or a roll after a
         // failed index write would leave it unsynced below a durable end.
@@ -504,12 +823,44 @@ impl PartitionLog {
             segment_name(segment.base_offset, LOG_SUFFIX)
         )));
         append_index_entries(storage, segment, index_before, time_before)?;
+        self.flush_checkpoint(storage)?;
         self.invariants();
-        Ok(Appended {
-            base_offset,
-            last_offset: header.last_offset(),
-            log_append_time_ms,
-        })
+        Ok(())
+    }
+
+    /// A new leader's first step, before any write in `epoch`: its epoch
+    /// starts at the log end (Kafka's `makeLeader`), so that followers
+    /// asking for the end of an earlier epoch learn it ends here. The
+    /// caller makes the partition's next sync cover the checkpoint.
+    pub fn assign_epoch<S: Storage + ?Sized>(
+        &mut self,
+        storage: &mut S,
+        epoch: i32,
+    ) -> io::Result<()> {
+        assert!(epoch >= 0, "a leader epoch is never negative ({epoch})");
+        if let Some(latest) = self.records_epoch() {
+            assert!(
+                epoch >= latest,
+                "leader epoch {epoch} below epoch {latest} of records already in the log"
+            );
+        }
+        if self.epochs.assign(epoch, self.log_end_offset()) {
+            self.checkpoint_stale = true;
+        }
+        self.flush_checkpoint(storage)?;
+        self.invariants();
+        Ok(())
+    }
+
+    pub fn epochs(&self) -> &EpochCache {
+        &self.epochs
+    }
+
+    /// Kafka's answer to OffsetsForLeaderEpoch for `epoch`: the largest
+    /// epoch at most it, and where that epoch ends (see
+    /// `EpochCache::end_offset_for`), with this log's end.
+    pub fn end_offset_for_epoch(&self, epoch: i32) -> (i32, i64) {
+        self.epochs.end_offset_for(epoch, self.log_end_offset())
     }
 
     fn should_roll(&self, incoming: &BatchHeader, batch_bytes: usize) -> bool {
@@ -709,6 +1060,7 @@ impl PartitionLog {
             self.delete_oldest_segment(storage)?;
             count += 1;
         }
+        self.flush_checkpoint(storage)?;
         self.invariants();
         Ok(count)
     }
@@ -716,6 +1068,9 @@ impl PartitionLog {
     fn delete_oldest_segment<S: Storage + ?Sized>(&mut self, storage: &mut S) -> io::Result<()> {
         let segment = self.segments.remove(0);
         self.log_start_offset = self.segments[0].base_offset;
+        if self.epochs.truncate_from_start(self.log_start_offset) {
+            self.checkpoint_stale = true;
+        }
         for file in [segment.log_file, segment.index_file, segment.time_file] {
             storage.close(file);
         }
@@ -748,6 +1103,12 @@ impl PartitionLog {
         );
         if offset >= self.log_end_offset() {
             return Ok(self.log_end_offset());
+        }
+        // Every batch starting at or after `offset` goes; the cache forgets
+        // their epochs before any IO, so that a failure below cannot leave
+        // it describing records that are gone.
+        if self.epochs.truncate_from_end(offset) {
+            self.checkpoint_stale = true;
         }
         // The segment that keeps the cut: the last one starting below
         // `offset`, or the first when the whole log goes.
@@ -814,11 +1175,15 @@ impl PartitionLog {
         let end = self.log_end_offset();
         assert!(end <= offset, "truncation left {end} above {offset}");
         self.durable_offset = self.durable_offset.min(end);
+        if self.epochs.truncate_from_end(end) {
+            self.checkpoint_stale = true;
+        }
         self.producers = ProducerStates::default();
         for segment in &self.segments {
             let producers = &mut self.producers;
             scan_headers(storage, segment, |header| producers.record(header))?;
         }
+        self.flush_checkpoint(storage)?;
         tracing::info!(dir = %self.dir, offset, end, segments_removed = removed.len(), "truncated the log");
         self.invariants();
         Ok(end)
@@ -833,9 +1198,13 @@ impl PartitionLog {
         }
     }
 
-    /// Every file of the log, for a sync before a clean shutdown.
+    /// Every file of the log, for a sync before a clean shutdown (the
+    /// checkpoint too, whether written yet or not: a sync skips a missing file).
     pub fn all_files(&self) -> Vec<SyncTarget> {
-        let mut files = vec![SyncTarget::Dir(self.dir.clone())];
+        let mut files = vec![
+            SyncTarget::Dir(self.dir.clone()),
+            SyncTarget::File(self.checkpoint_path()),
+        ];
         for segment in &self.segments {
             for suffix in SEGMENT_SUFFIXES {
                 files.push(SyncTarget::File(format!(
@@ -856,6 +1225,21 @@ impl PartitionLog {
             assert_eq!(
                 pair[0].next_offset, pair[1].base_offset,
                 "segments must be contiguous"
+            );
+        }
+        // The epochs describe this log: none starts before it, and only a
+        // new leader's (or one whose records retention deleted) at its end.
+        self.epochs.invariants();
+        if let Some(first) = self.epochs.entries().first() {
+            assert!(
+                first.start_offset >= self.log_start_offset,
+                "epoch {first:?} starts before the log"
+            );
+        }
+        if let Some(latest) = self.epochs.latest() {
+            assert!(
+                latest.start_offset <= self.log_end_offset(),
+                "epoch {latest:?} starts after the log end"
             );
         }
     }
@@ -1070,6 +1454,39 @@ fn load_indexes<S: Storage + ?Sized>(storage: &mut S, segment: &mut Segment) -> 
     segment.max_timestamp = max_timestamp;
     segment.bytes_since_index_entry = bytes_since;
     Ok(true)
+}
+
+/// Reads `leader-epoch-checkpoint`. A read error is reported as unreadable,
+/// not returned: the file is derived data, rebuilt from the log.
+fn read_checkpoint<S: Storage + ?Sized>(storage: &mut S, path: &str) -> Checkpoint {
+    if !storage.exists(path) {
+        return Checkpoint::Missing;
+    }
+    let read = |storage: &mut S| -> io::Result<Result<Vec<u8>, String>> {
+        let file = storage.open(path, false)?;
+        let bytes = storage.len(file).and_then(|len| {
+            if len > CHECKPOINT_BYTES_MAX as u64 {
+                return Ok(Err(format!("{len} bytes, more than a checkpoint holds")));
+            }
+            let mut bytes = vec![0u8; len as usize];
+            read_exact_at(storage, file, 0, &mut bytes)?;
+            Ok(Ok(bytes))
+        });
+        storage.close(file);
+        bytes
+    };
+    let bytes = match read(storage) {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(why)) => return Checkpoint::Unreadable(why),
+        Err(error) => return Checkpoint::Unreadable(format!("read failed: {error}")),
+    };
+    let decoded = std::str::from_utf8(&bytes)
+        .map_err(|_| "not UTF-8 text".to_string())
+        .and_then(EpochCache::decode);
+    match decoded {
+        Ok(cache) => Checkpoint::Read(cache),
+        Err(why) => Checkpoint::Unreadable(why),
+    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,8 @@
 //! Property tests of the partition log against a plain in-memory model:
 //! appends, reads at any offset, rolls, retention, syncs, crashes with torn
-//! unsynced tails, and clean restarts.
+//! unsynced tails, and clean restarts; the leader epoch cache checked
+//! against the one the log's batches give. Then unit tests of the epoch
+//! cache in the log (checkpoint, reopen) and of `append_replicated`.
 
 use std::collections::BTreeMap;
 
@@ -36,6 +38,11 @@ enum Op {
     Truncate {
         offset_pick: u16,
     },
+    /// A new leader epoch: the log's own leadership again, or a term whose
+    /// leader wrote nothing here.
+    NewEpoch {
+        assign: bool,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -48,6 +55,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (500u16..3000).prop_map(|retention_bytes| Op::Retention { retention_bytes }),
         1 => (0i64..1100).prop_map(|timestamp| Op::Lookup { timestamp }),
         1 => any::<u16>().prop_map(|offset_pick| Op::Truncate { offset_pick }),
+        1 => any::<bool>().prop_map(|assign| Op::NewEpoch { assign }),
     ]
 }
 
@@ -82,6 +90,39 @@ impl Model {
             .next_back()
             .map_or(self.log_start, |(_, b)| BatchHeader::parse(b).next_offset())
     }
+}
+
+/// The epoch cache the log's batches give: each batch's epoch assigned in
+/// order, from the log start.
+fn rebuilt_epochs<S: Storage + ?Sized>(log: &PartitionLog, storage: &mut S) -> EpochCache {
+    let mut epochs = EpochCache::new();
+    let mut offset = log.log_start_offset();
+    while offset < log.log_end_offset() {
+        let bytes = log
+            .read(storage, offset, i64::MAX, 1 << 16, true)
+            .expect("read");
+        for (header, _) in batch::headers_in(&bytes) {
+            epochs.assign(header.partition_leader_epoch, header.base_offset);
+            offset = header.next_offset();
+        }
+    }
+    epochs.truncate_from_start(log.log_start_offset());
+    epochs
+}
+
+/// The log's cache is the one its batches give, but for an epoch that
+/// starts at the log end (a new leader's, or one whose records retention
+/// deleted); right after open not even that.
+fn check_epochs<S: Storage + ?Sized>(log: &PartitionLog, storage: &mut S, just_opened: bool) {
+    let mut cut = log.epochs().clone();
+    if !just_opened {
+        cut.truncate_from_end(log.log_end_offset());
+    }
+    assert_eq!(
+        cut,
+        rebuilt_epochs(log, storage),
+        "the epochs differ from the log's"
+    );
 }
 
 fn sync(log: &mut PartitionLog, storage: &mut MemStorage) {
@@ -126,6 +167,7 @@ fn run(ops: Vec<Op>) {
         log_start: 0,
     };
     let mut counter = 0u8;
+    let mut epoch = 0i32;
     for op in ops {
         match op {
             Op::Append {
@@ -139,10 +181,11 @@ fn run(ops: Vec<Op>) {
                     .map(|_| (None, Some(&value[..]), vec![], 0))
                     .collect();
                 let mut batch = build_batch(timestamp, &recs);
-                let appended = log.append(&mut storage, &batch, 0, 0).expect("append");
+                let appended = log.append(&mut storage, &batch, epoch, 0).expect("append");
                 assert_eq!(appended.base_offset, model.end());
+                assert_eq!(log.epochs().latest_epoch(), Some(epoch));
                 // What the log writes: the batch with its offsets assigned.
-                batch::assign_offset(&mut batch, appended.base_offset, 0);
+                batch::assign_offset(&mut batch, appended.base_offset, epoch);
                 model.batches.insert(appended.base_offset, batch);
             }
             Op::Sync => {
@@ -204,6 +247,7 @@ fn run(ops: Vec<Op>) {
                 model.truncated.clear();
                 assert_eq!(model.end(), end, "a batch survived partially");
                 assert_eq!(log.log_start_offset(), model.log_start);
+                check_epochs(&log, &mut storage, true);
                 sync(&mut log, &mut storage);
                 model.durable_end = end;
                 check_contents(&log, &mut storage, &model);
@@ -224,6 +268,15 @@ fn run(ops: Vec<Op>) {
                     "a clean restart needs no repair"
                 );
                 log = reopened;
+                check_epochs(&log, &mut storage, true);
+                let file = read_file(&mut storage, "t-0/leader-epoch-checkpoint");
+                if !log.epochs().is_empty() {
+                    assert_eq!(
+                        file.as_deref(),
+                        Some(log.epochs().encode().as_bytes()),
+                        "a clean start finds the checkpoint it would write"
+                    );
+                }
                 sync(&mut log, &mut storage);
                 model.durable_end = model.end();
                 model.truncated.clear();
@@ -273,10 +326,12 @@ fn run(ops: Vec<Op>) {
                     .deleted
                     .extend(std::mem::replace(&mut model.batches, kept));
                 check_contents(&log, &mut storage, &model);
+                check_epochs(&log, &mut storage, false);
             }
             Op::Truncate { offset_pick } => {
                 let span = (model.end() - model.log_start + 1).max(1);
                 let offset = model.log_start + offset_pick as i64 % span;
+                let end_before = log.log_end_offset();
                 let end = log.truncate_to(&mut storage, offset).expect("truncate");
                 let cut: Vec<i64> = model
                     .batches
@@ -293,6 +348,22 @@ fn run(ops: Vec<Op>) {
                 model.durable_end = model.durable_end.min(end);
                 assert!(log.durable_offset() <= end);
                 check_contents(&log, &mut storage, &model);
+                check_epochs(&log, &mut storage, false);
+                if offset < end_before {
+                    assert!(
+                        log.epochs().entries().iter().all(|e| e.start_offset < end),
+                        "a truncation keeps no epoch starting at or past the new end"
+                    );
+                }
+            }
+            Op::NewEpoch { assign } => {
+                epoch += 1;
+                if assign {
+                    let end = log.log_end_offset();
+                    log.assign_epoch(&mut storage, epoch).expect("assign");
+                    assert_eq!(log.end_offset_for_epoch(epoch), (epoch, end));
+                    assert_eq!(log.epochs().latest().map(|e| e.start_offset), Some(end));
+                }
             }
             Op::Lookup { timestamp } => {
                 let limit = log.durable_offset();
@@ -310,7 +381,22 @@ fn run(ops: Vec<Op>) {
             }
         }
         log.invariants();
+        // What the log wrote last is what it holds.
+        if let Some(file) = read_file(&mut storage, "t-0/leader-epoch-checkpoint") {
+            assert_eq!(file, log.epochs().encode().into_bytes());
+        }
     }
+}
+
+fn read_file(storage: &mut MemStorage, path: &str) -> Option<Vec<u8>> {
+    if !storage.exists(path) {
+        return None;
+    }
+    let file = storage.open(path, false).expect("open");
+    let mut bytes = vec![0u8; storage.len(file).expect("len") as usize];
+    read_exact_at(storage, file, 0, &mut bytes).expect("read");
+    storage.close(file);
+    Some(bytes)
 }
 
 proptest! {
@@ -509,4 +595,481 @@ fn a_failed_index_write_then_a_roll_loses_nothing_synced() {
         (3, 0),
         "everything below the durable end survived"
     );
+}
+
+fn topic_config(pairs: &[(&str, &str)]) -> TopicConfig {
+    let pairs = pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    TopicConfig::new(&BrokerConfig::defaults(), &pairs).expect("valid")
+}
+
+fn one_record(n: u8, timestamp: i64) -> Vec<u8> {
+    build_batch(timestamp, &[(None, Some(&[n; 40][..]), vec![], 0)])
+}
+
+/// A log whose batches span epochs 1, 2 (after an epoch that wrote
+/// nothing) and 5, over several segments.
+fn leader_log(storage: &mut MemStorage, dir: &str, config: TopicConfig) -> PartitionLog {
+    let (mut log, _) = PartitionLog::open(storage, dir, config, false).expect("open");
+    let mut n = 0u8;
+    for (epoch, batches) in [(1, 4), (2, 0), (3, 3), (5, 5)] {
+        log.assign_epoch(storage, epoch).expect("assign");
+        for _ in 0..batches {
+            n += 1;
+            log.append(
+                storage,
+                &one_record(n, 1_000 + n as i64),
+                epoch,
+                5_000 + n as i64,
+            )
+            .expect("append");
+        }
+    }
+    log
+}
+
+fn pairs(cache: &EpochCache) -> Vec<(i32, i64)> {
+    cache
+        .entries()
+        .iter()
+        .map(|e| (e.epoch, e.start_offset))
+        .collect()
+}
+
+#[test]
+fn appends_and_leaders_assign_epochs_and_the_checkpoint_follows() {
+    let mut storage = MemStorage::new();
+    let log = leader_log(&mut storage, "t-0", config(-1));
+    assert_eq!(pairs(log.epochs()), [(1, 0), (3, 4), (5, 7)]);
+    assert_eq!(log.log_end_offset(), 12);
+    // Kafka's answers: the latest epoch ends at the log end, an epoch that
+    // wrote nothing answers the one below it.
+    assert_eq!(log.end_offset_for_epoch(5), (5, 12));
+    assert_eq!(log.end_offset_for_epoch(1), (1, 4));
+    assert_eq!(log.end_offset_for_epoch(2), (1, 4));
+    assert_eq!(log.end_offset_for_epoch(4), (3, 7));
+    assert_eq!(log.end_offset_for_epoch(6), (-1, -1));
+    assert_eq!(log.end_offset_for_epoch(UNDEFINED_EPOCH), (-1, -1));
+    assert_eq!(log.epochs().epoch_for(6), Some(3));
+    assert_eq!(
+        read_file(&mut storage, "t-0/leader-epoch-checkpoint"),
+        Some(b"0\n3\n1 0\n3 4\n5 7\n".to_vec())
+    );
+    assert!(!storage.exists("t-0/leader-epoch-checkpoint.tmp"));
+}
+
+#[test]
+fn a_changed_cache_is_written_through_a_rename_and_synced_with_its_directory() {
+    let mut storage = MemStorage::new();
+    let (mut log, _) = PartitionLog::open(&mut storage, "t-0", config(-1), false).expect("open");
+    sync(&mut log, &mut storage);
+    log.append(&mut storage, &one_record(1, 0), 0, 0)
+        .expect("append");
+    let dirty = log.take_dirty();
+    assert!(dirty.contains(&SyncTarget::File("t-0/leader-epoch-checkpoint".into())));
+    assert!(dirty.contains(&SyncTarget::Dir("t-0".into())));
+    // The same epoch again changes nothing, and writes nothing.
+    log.append(&mut storage, &one_record(2, 0), 0, 0)
+        .expect("append");
+    assert!(!log
+        .take_dirty()
+        .contains(&SyncTarget::File("t-0/leader-epoch-checkpoint".into())));
+    for target in &dirty {
+        storage.sync(target);
+    }
+    log.assign_epoch(&mut storage, 4).expect("assign");
+    let written = b"0\n2\n0 0\n4 2\n".to_vec();
+    assert_eq!(
+        read_file(&mut storage, "t-0/leader-epoch-checkpoint"),
+        Some(written.clone())
+    );
+    // Before the next sync a crash leaves the old file, whole.
+    let mut crashed = storage.clone();
+    crashed.crash(usize::MAX);
+    assert_eq!(
+        read_file(&mut crashed, "t-0/leader-epoch-checkpoint"),
+        Some(b"0\n1\n0 0\n".to_vec())
+    );
+    // After it, the new one.
+    sync(&mut log, &mut storage);
+    storage.crash(0);
+    assert_eq!(
+        read_file(&mut storage, "t-0/leader-epoch-checkpoint"),
+        Some(written)
+    );
+}
+
+/// How the files are left before a reopen.
+#[derive(Debug, Clone, Copy)]
+enum Damage {
+    None,
+    NoCheckpoint,
+    GarbageCheckpoint,
+    /// The file as it was before the latest epochs, whole.
+    StaleCheckpoint,
+    /// A checkpoint that claims epochs the log never had.
+    WrongCheckpoint,
+    LeftoverTmp,
+}
+
+#[test]
+fn reopen_gives_the_cache_the_batches_give_whatever_the_checkpoint_says() {
+    for clean in [true, false] {
+        for damage in [
+            Damage::None,
+            Damage::NoCheckpoint,
+            Damage::GarbageCheckpoint,
+            Damage::StaleCheckpoint,
+            Damage::WrongCheckpoint,
+            Damage::LeftoverTmp,
+        ] {
+            let mut storage = MemStorage::new();
+            let mut log = leader_log(&mut storage, "t-0", config(-1));
+            // An epoch that wrote nothing is not kept across a restart.
+            log.assign_epoch(&mut storage, 7).expect("assign");
+            assert_eq!(log.epochs().latest_epoch(), Some(7));
+            let path = "t-0/leader-epoch-checkpoint";
+            let write = |storage: &mut MemStorage, path: &str, bytes: &[u8]| {
+                let file = storage.open(path, true).expect("open");
+                storage.truncate(file, 0).expect("truncate");
+                storage.write_at(file, 0, bytes).expect("write");
+                storage.close(file);
+            };
+            match damage {
+                Damage::None => {}
+                Damage::NoCheckpoint => storage.remove_file(path).expect("remove"),
+                Damage::GarbageCheckpoint => write(&mut storage, path, b"0\n3\n1 0\n3 4\n5"),
+                Damage::StaleCheckpoint => write(&mut storage, path, b"0\n1\n1 0\n"),
+                Damage::WrongCheckpoint => write(&mut storage, path, b"0\n2\n0 0\n9 3\n"),
+                Damage::LeftoverTmp => {
+                    write(&mut storage, "t-0/leader-epoch-checkpoint.tmp", b"0\n")
+                }
+            }
+            log.close(&mut storage);
+            let (log, _) =
+                PartitionLog::open(&mut storage, "t-0", config(-1), clean).expect("reopen");
+            let case = format!("clean {clean}, {damage:?}");
+            assert_eq!(pairs(log.epochs()), [(1, 0), (3, 4), (5, 7)], "{case}");
+            assert_eq!(log.epochs(), &rebuilt_epochs(&log, &mut storage), "{case}");
+            assert_eq!(
+                read_file(&mut storage, path),
+                Some(log.epochs().encode().into_bytes()),
+                "{case}: the checkpoint is rewritten to match"
+            );
+            assert!(!storage.exists("t-0/leader-epoch-checkpoint.tmp"), "{case}");
+        }
+    }
+}
+
+#[test]
+fn a_crash_that_tears_the_log_tail_cuts_the_cache_with_it() {
+    for keep in [0usize, 30, 61, 70, 200, usize::MAX] {
+        let mut storage = MemStorage::new();
+        let mut log = leader_log(&mut storage, "t-0", config(-1));
+        sync(&mut log, &mut storage);
+        // Epoch 6 starts in a tail that is not synced.
+        log.assign_epoch(&mut storage, 6).expect("assign");
+        for n in 0..3 {
+            log.append(&mut storage, &one_record(n, 0), 6, 0)
+                .expect("append");
+        }
+        log.close(&mut storage);
+        storage.crash(keep);
+        let (log, _) = PartitionLog::open(&mut storage, "t-0", config(-1), false).expect("reopen");
+        assert_eq!(
+            log.epochs(),
+            &rebuilt_epochs(&log, &mut storage),
+            "keep {keep}"
+        );
+        let expected_latest = if log.log_end_offset() > 12 { 6 } else { 5 };
+        assert_eq!(
+            log.epochs().latest_epoch(),
+            Some(expected_latest),
+            "keep {keep}"
+        );
+        // The tail's batches may survive while the renamed checkpoint did
+        // not: the headers win either way.
+        let mut torn = storage.clone();
+        torn.crash_with(|_, tail| tail.to_vec());
+        let (again, _) = PartitionLog::open(&mut torn, "t-0", config(-1), false).expect("reopen");
+        assert_eq!(again.epochs(), &rebuilt_epochs(&again, &mut torn));
+    }
+}
+
+#[test]
+fn truncation_and_retention_cut_the_cache_and_rewrite_the_checkpoint() {
+    let mut storage = MemStorage::new();
+    let small =
+        |retention: &str| topic_config(&[("segment.bytes", "250"), ("retention.bytes", retention)]);
+    let mut log = leader_log(&mut storage, "t-0", small("-1"));
+    assert!(log.segment_count() > 2, "small segments: several of them");
+    assert_eq!(log.truncate_to(&mut storage, 8).expect("truncate"), 8);
+    assert_eq!(pairs(log.epochs()), [(1, 0), (3, 4), (5, 7)]);
+    assert_eq!(log.truncate_to(&mut storage, 7).expect("truncate"), 7);
+    assert_eq!(pairs(log.epochs()), [(1, 0), (3, 4)]);
+    assert_eq!(log.end_offset_for_epoch(3), (3, 7));
+    assert_eq!(
+        read_file(&mut storage, "t-0/leader-epoch-checkpoint"),
+        Some(b"0\n2\n1 0\n3 4\n".to_vec())
+    );
+    sync(&mut log, &mut storage);
+    log.set_config(small("300"));
+    let deleted = log.apply_retention(&mut storage, 0).expect("retention");
+    assert!(deleted > 0);
+    let start = log.log_start_offset();
+    assert!(start > 0);
+    let first = log.epochs().entries()[0];
+    assert_eq!(
+        first.start_offset, start,
+        "the first epoch now starts at the log start"
+    );
+    assert_eq!(log.epochs(), &rebuilt_epochs(&log, &mut storage));
+    assert_eq!(
+        read_file(&mut storage, "t-0/leader-epoch-checkpoint"),
+        Some(log.epochs().encode().into_bytes())
+    );
+    log.truncate_to(&mut storage, start).expect("truncate");
+    assert!(log.epochs().is_empty());
+    assert_eq!(log.end_offset_for_epoch(3), (-1, -1));
+}
+
+/// Copies `leader` to `follower` the way fetches would: from the
+/// follower's end, `bytes_max` at a time, answers that stop mid-batch
+/// included.
+fn replicate(
+    leader: &PartitionLog,
+    follower: &mut PartitionLog,
+    storage: &mut MemStorage,
+    bytes_max: usize,
+) {
+    let mut rounds = 0;
+    while follower.log_end_offset() < leader.log_end_offset() {
+        rounds += 1;
+        assert!(rounds < 1000, "replication makes progress");
+        let from = follower.log_end_offset();
+        let whole = leader
+            .read(storage, from, i64::MAX, bytes_max, true)
+            .expect("read");
+        // A fetch answer cut at `bytes_max`, as Kafka may send it.
+        let mut answer = whole.to_vec();
+        let more = leader
+            .read(storage, from, i64::MAX, bytes_max + 100, true)
+            .expect("read");
+        answer.extend_from_slice(&more[whole.len()..more.len().min(whole.len() + 50)]);
+        let end = follower
+            .append_replicated(storage, &answer)
+            .expect("replicated");
+        assert_eq!(end, follower.log_end_offset());
+        assert!(end > from);
+    }
+}
+
+#[test]
+fn replicated_batches_are_kept_byte_for_byte_with_their_epochs() {
+    let mut storage = MemStorage::new();
+    let appended_time = topic_config(&[
+        ("segment.bytes", "400"),
+        ("index.interval.bytes", "150"),
+        ("message.timestamp.type", "LogAppendTime"),
+    ]);
+    let leader = leader_log(&mut storage, "t-0", appended_time.clone());
+    for bytes_max in [1, 150, 10_000] {
+        let dir = format!("copy-{bytes_max}");
+        let (mut follower, _) =
+            PartitionLog::open(&mut storage, &dir, appended_time.clone(), false).expect("open");
+        replicate(&leader, &mut follower, &mut storage, bytes_max);
+        let all = |log: &PartitionLog, storage: &mut MemStorage| {
+            let mut bytes = Vec::new();
+            let mut offset = 0;
+            while offset < log.log_end_offset() {
+                let read = log
+                    .read(storage, offset, i64::MAX, 1 << 20, true)
+                    .expect("read");
+                offset = batch::headers_in(&read)
+                    .last()
+                    .expect("a batch")
+                    .0
+                    .next_offset();
+                bytes.extend_from_slice(&read);
+            }
+            bytes
+        };
+        assert_eq!(all(&follower, &mut storage), all(&leader, &mut storage));
+        assert_eq!(follower.epochs(), leader.epochs());
+        assert!(follower.segment_count() > 1, "the follower rolled");
+        assert_eq!(
+            follower
+                .offset_for_timestamp(&mut storage, 5_005, 12)
+                .expect("lookup"),
+            leader
+                .offset_for_timestamp(&mut storage, 5_005, 12)
+                .expect("lookup"),
+            "indexed alike, on the leader's append times"
+        );
+        assert_eq!(
+            read_file(&mut storage, &format!("{dir}/leader-epoch-checkpoint")),
+            read_file(&mut storage, "t-0/leader-epoch-checkpoint")
+        );
+        // The follower's files pass an unclean start's full scan.
+        follower.close(&mut storage);
+        let (reopened, recovery) =
+            PartitionLog::open(&mut storage, &dir, appended_time.clone(), false).expect("reopen");
+        assert_eq!(recovery.truncated_bytes, 0);
+        assert_eq!(reopened.epochs(), leader.epochs());
+    }
+}
+
+#[test]
+fn replicated_batches_out_of_place_or_damaged_are_refused_whole() {
+    let mut storage = MemStorage::new();
+    let leader = leader_log(&mut storage, "t-0", config(-1));
+    let from = |offset: i64, storage: &mut MemStorage| {
+        leader
+            .read(storage, offset, i64::MAX, 1 << 20, true)
+            .expect("read")
+            .to_vec()
+    };
+    let (mut follower, _) =
+        PartitionLog::open(&mut storage, "f-0", config(-1), false).expect("open");
+    let first_two = {
+        let bytes = from(0, &mut storage);
+        let second_end = batch::headers_in(&bytes).nth(1).expect("two").1.end;
+        bytes[..second_end].to_vec()
+    };
+    let refused = |follower: &mut PartitionLog, storage: &mut MemStorage, bytes: &[u8]| {
+        let end = follower.log_end_offset();
+        let error = follower
+            .append_replicated(storage, bytes)
+            .expect_err("refused");
+        assert_eq!(follower.log_end_offset(), end, "nothing appended");
+        error
+    };
+    // Not where the log ends.
+    let later = from(2, &mut storage);
+    assert!(matches!(
+        refused(&mut follower, &mut storage, &later),
+        ReplicaAppendError::OutOfOrder {
+            expected: 0,
+            got: 2
+        }
+    ));
+    // A flipped bit in the second batch refuses the first too.
+    let mut flipped = first_two.clone();
+    let last = flipped.len() - 3;
+    flipped[last] ^= 0x40;
+    assert!(matches!(
+        refused(&mut follower, &mut storage, &flipped),
+        ReplicaAppendError::Corrupt(_)
+    ));
+    // An old message format, a length below a header's.
+    let mut old_magic = first_two.clone();
+    old_magic[batch::MAGIC_OFFSET] = 1;
+    assert!(matches!(
+        refused(&mut follower, &mut storage, &old_magic),
+        ReplicaAppendError::Corrupt(_)
+    ));
+    let mut short = first_two.clone();
+    short[batch::LENGTH_OFFSET..batch::LOG_OVERHEAD].copy_from_slice(&3i32.to_be_bytes());
+    assert!(matches!(
+        refused(&mut follower, &mut storage, &short),
+        ReplicaAppendError::Corrupt(_)
+    ));
+    // Nothing whole: nothing appended, no error.
+    for cut in [0, 5, 12, 61, first_two.len() / 2 - 1] {
+        assert_eq!(
+            follower
+                .append_replicated(&mut storage, &first_two[..cut])
+                .expect("partial"),
+            0
+        );
+    }
+    assert_eq!(
+        follower
+            .append_replicated(&mut storage, &first_two)
+            .expect("whole"),
+        2
+    );
+    assert!(follower
+        .take_dirty()
+        .contains(&SyncTarget::File("f-0/leader-epoch-checkpoint".into())));
+    // Records of an earlier epoch after later ones: the logs parted.
+    follower.truncate_to(&mut storage, 0).expect("truncate");
+    let mut epoch_five = one_record(9, 0);
+    batch::assign_offset(&mut epoch_five, 0, 5);
+    follower
+        .append_replicated(&mut storage, &epoch_five)
+        .expect("epoch 5");
+    let mut epoch_three = one_record(9, 0);
+    batch::assign_offset(&mut epoch_three, 1, 3);
+    assert!(matches!(
+        refused(&mut follower, &mut storage, &epoch_three),
+        ReplicaAppendError::EpochBelowLatest { latest: 5, got: 3 }
+    ));
+}
+
+/// A leader of epoch 7 that wrote nothing becomes a follower of a leader
+/// whose log holds epoch 6 records past its end: as in Kafka, the empty
+/// epoch gives way.
+#[test]
+fn an_epoch_that_wrote_nothing_gives_way_to_replicated_records() {
+    let mut storage = MemStorage::new();
+    let (mut follower, _) =
+        PartitionLog::open(&mut storage, "f-0", config(-1), false).expect("open");
+    follower
+        .append(&mut storage, &one_record(1, 0), 5, 0)
+        .expect("append");
+    follower.assign_epoch(&mut storage, 7).expect("assign");
+    assert_eq!(pairs(follower.epochs()), [(5, 0), (7, 1)]);
+    let mut epoch_six = one_record(2, 0);
+    batch::assign_offset(&mut epoch_six, 1, 6);
+    assert_eq!(
+        follower
+            .append_replicated(&mut storage, &epoch_six)
+            .expect("accepted"),
+        2
+    );
+    assert_eq!(pairs(follower.epochs()), [(5, 0), (6, 1)]);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+    /// Whatever bytes come, append_replicated answers: appended (a prefix
+    /// of whole, valid batches) or refused, never a panic, and the log
+    /// stays whole.
+    #[test]
+    fn append_replicated_never_panics(
+        edits in proptest::collection::vec((any::<u16>(), any::<u8>()), 0..4),
+        cut in any::<u16>(),
+        random in proptest::collection::vec(any::<u8>(), 0..300),
+        use_random in any::<bool>(),
+    ) {
+        let mut storage = MemStorage::new();
+        let (mut source, _) =
+            PartitionLog::open(&mut storage, "s-0", config(-1), false).expect("open");
+        for (n, epoch) in [(1u8, 0), (2, 0), (3, 2)] {
+            source.append(&mut storage, &one_record(n, 0), epoch, 0).expect("append");
+        }
+        let mut bytes = source.read(&mut storage, 0, i64::MAX, 1 << 20, true).expect("read").to_vec();
+        for (at, byte) in edits {
+            let at = at as usize % bytes.len();
+            bytes[at] = byte;
+        }
+        bytes.truncate(cut as usize % (bytes.len() + 1));
+        let input = if use_random { random } else { bytes };
+        let (mut follower, _) =
+            PartitionLog::open(&mut storage, "f-0", config(-1), false).expect("open");
+        match follower.append_replicated(&mut storage, &input) {
+            Ok(end) => {
+                prop_assert_eq!(end, follower.log_end_offset());
+                let stored = follower.read(&mut storage, 0, i64::MAX, 1 << 20, true).expect("read");
+                prop_assert_eq!(&stored[..], &input[..stored.len()]);
+            }
+            Err(ReplicaAppendError::Io(error)) => panic!("no storage error here: {error}"),
+            Err(_) => prop_assert_eq!(follower.log_end_offset(), 0),
+        }
+        follower.invariants();
+        check_epochs(&follower, &mut storage, false);
+    }
 }
