@@ -634,10 +634,22 @@ pub enum Mutation {
     /// The quorum leader answers every fetch with entries, never with a
     /// diverging epoch, so followers never truncate.
     SkipDivergenceCheck,
+    /// A partition follower cuts its log to its high watermark when it
+    /// starts following, and never asks by epoch (Kafka before KIP-101).
+    TruncateToHighWatermark,
+    /// A partition follower fetches (reporting its log end) before its
+    /// appends are synced.
+    FollowerReportsUnsynced,
+    /// A partition leader acknowledges acks=all and moves its high
+    /// watermark with its ISR below `min.insync.replicas`.
+    AcksBelowMinInsync,
+    /// A partition leader answers followers' fetches without checking their
+    /// last fetched epoch, so a diverged log is never cut.
+    SkipFetchEpochCheck,
 }
 
 impl Mutation {
-    pub const ALL: [Mutation; 11] = [
+    pub const ALL: [Mutation; 15] = [
         Mutation::AckBeforeSync,
         Mutation::ReadBeforeSync,
         Mutation::SkipRecoveryCrc,
@@ -649,6 +661,10 @@ impl Mutation {
         Mutation::VoteTwice,
         Mutation::CommitUnsyncedEntries,
         Mutation::SkipDivergenceCheck,
+        Mutation::TruncateToHighWatermark,
+        Mutation::FollowerReportsUnsynced,
+        Mutation::AcksBelowMinInsync,
+        Mutation::SkipFetchEpochCheck,
     ];
 
     pub fn name(self) -> &'static str {
@@ -664,6 +680,10 @@ impl Mutation {
             Mutation::VoteTwice => "vote-twice",
             Mutation::CommitUnsyncedEntries => "commit-unsynced-entries",
             Mutation::SkipDivergenceCheck => "skip-divergence-check",
+            Mutation::TruncateToHighWatermark => "truncate-to-high-watermark",
+            Mutation::FollowerReportsUnsynced => "follower-reports-unsynced",
+            Mutation::AcksBelowMinInsync => "acks-below-min-insync",
+            Mutation::SkipFetchEpochCheck => "skip-fetch-epoch-check",
         }
     }
 }

@@ -1102,6 +1102,14 @@ impl PartitionLog {
             self.log_start_offset
         );
         if offset >= self.log_end_offset() {
+            // No record goes, but an epoch this log started at its end and
+            // wrote nothing in (a leader that led without appending) does:
+            // the log's last fetched epoch is then the one its records
+            // have, which a leader that diverged from it can place.
+            if self.epochs.truncate_from_end(offset) {
+                self.checkpoint_stale = true;
+                self.flush_checkpoint(storage)?;
+            }
             return Ok(self.log_end_offset());
         }
         // Every batch starting at or after `offset` goes; the cache forgets

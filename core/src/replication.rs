@@ -60,6 +60,13 @@ pub struct Leading {
     pub high_watermark: i64,
     /// `min.insync.replicas`, capped by the replica count.
     pub min_insync: usize,
+    /// The size of the maximal ISR when the high watermark last moved (for
+    /// checkers: never below `min_insync`).
+    pub isr_size_at_last_move: usize,
+    /// An ISR change asked for by an earlier leadership of this epoch may
+    /// still commit: the maximal ISR is every replica until a commit of
+    /// this partition settles it.
+    pub unsettled: bool,
 }
 
 /// The follower's side of a partition.
@@ -143,6 +150,8 @@ impl Leading {
             followers,
             high_watermark,
             min_insync: min_insync.clamp(1, replicas.len().max(1)),
+            isr_size_at_last_move: isr.len(),
+            unsettled: false,
         };
         leading.invariants(log_end);
         leading
@@ -152,6 +161,7 @@ impl Leading {
     /// leader epoch: the change asked for is settled.
     pub fn set_isr(&mut self, partition_epoch: i32, replicas: &[i32], isr: &[i32]) {
         assert!(isr.contains(&self.me), "a leader stays in its ISR");
+        self.unsettled = false;
         self.partition_epoch = partition_epoch;
         self.isr = isr.to_vec();
         self.pending_isr = None;
@@ -171,6 +181,9 @@ impl Leading {
     /// Kafka's maximal ISR: the committed ISR plus an expansion in flight
     /// (a shrink in flight keeps the larger, committed one).
     pub fn maximal_isr(&self) -> Vec<i32> {
+        if self.unsettled {
+            return self.replicas.clone();
+        }
         let mut isr = self.isr.clone();
         if let Some(pending) = &self.pending_isr {
             for r in pending {
@@ -229,6 +242,7 @@ impl Leading {
         }
         if candidate > self.high_watermark {
             self.high_watermark = candidate;
+            self.isr_size_at_last_move = maximal.len();
             self.invariants(log_end);
             return true;
         }

@@ -191,6 +191,17 @@ impl Topics {
         Ok(Opened { created_dirs })
     }
 
+    /// Gives a partition's log a new incarnation: after a truncation, so
+    /// that a sync issued before it (whose end may be past the cut, or
+    /// cover records since replaced) says nothing of the log after.
+    pub fn renew_incarnation(&mut self, topic: &str, index: i32) {
+        let incarnation = self.next_incarnation;
+        if let Some(held) = self.partition_mut(topic, index) {
+            held.incarnation = incarnation;
+            self.next_incarnation += 1;
+        }
+    }
+
     /// Forgets a topic and removes its files (after its deletion was recorded).
     pub fn remove<S: Storage>(&mut self, storage: &mut S, name: &str) -> io::Result<()> {
         let Some(mut topic) = self.by_name.remove(name) else {

@@ -61,6 +61,19 @@ enum Command {
         #[arg(long)]
         mutation: Option<String>,
     },
+    /// Run the replicated partitions' fault campaign (real nodes, three
+    /// replicas, acks=all producers and consumers) over many seeds.
+    Replication {
+        #[arg(long, default_value_t = 3)]
+        nodes: i32,
+        #[arg(long, default_value_t = 100)]
+        seeds: u64,
+        #[arg(long, value_parser = parse_seed, default_value = "1")]
+        start: u64,
+        /// Run a deliberately broken node (needs `--features mutations`).
+        #[arg(long)]
+        mutation: Option<String>,
+    },
     /// Rerun one seed exactly and write its trace, history and timeline.
     Replay {
         #[arg(long)]
@@ -92,6 +105,7 @@ fn main() -> std::process::ExitCode {
         Command::Run { mutation, .. }
         | Command::Sweep { mutation, .. }
         | Command::Quorum { mutation, .. }
+        | Command::Replication { mutation, .. }
         | Command::Replay { mutation, .. } => mutation.as_deref(),
     };
     if let Err(error) = check_mutation(mutation, &arguments) {
@@ -130,6 +144,12 @@ fn main() -> std::process::ExitCode {
             start,
             mutation,
         } => quorum_sweep(voters, seeds, start, mutation.as_deref()),
+        Command::Replication {
+            nodes,
+            seeds,
+            start,
+            mutation,
+        } => replication_sweep(nodes, seeds, start, mutation.as_deref()),
         Command::Replay {
             scenario,
             seed,
@@ -158,13 +178,7 @@ fn quorum_sweep(
     if !(1..=16).contains(&voters) {
         return Err(format!("{voters} voters: a quorum has 1 to 16"));
     }
-    let broker = match mutation {
-        Some(name) => vec![(
-            sluice_core::config::MUTATION_KEY.to_string(),
-            name.to_string(),
-        )],
-        None => Vec::new(),
-    };
+    let broker = mutation_config(mutation);
     let began = std::time::Instant::now();
     let (mut epochs, mut committed, mut crashes, mut convergence_max) = (0, 0, 0, 0);
     for seed in start..start + seeds {
@@ -202,6 +216,76 @@ fn quorum_sweep(
         simulated_s / wall
     );
     Ok(true)
+}
+
+/// The replication campaign over `seeds` seeds; false at the first
+/// failure, printed with the command that replays it.
+fn replication_sweep(
+    nodes: i32,
+    seeds: u64,
+    start: u64,
+    mutation: Option<&str>,
+) -> Result<bool, String> {
+    if !(3..=16).contains(&nodes) {
+        return Err(format!("{nodes} nodes: three replicas need 3 to 16 nodes"));
+    }
+    let broker = mutation_config(mutation);
+    let began = std::time::Instant::now();
+    let mut totals = sluice_sim::replication::ReplicationStats::default();
+    for seed in start..start + seeds {
+        let run = sluice_sim::replication::ReplicationRun {
+            seed,
+            nodes,
+            broker: broker.clone(),
+            faults: true,
+        };
+        match sluice_sim::replication::run_replication(&run) {
+            Ok(stats) => {
+                totals.acknowledged += stats.acknowledged;
+                totals.read += stats.read;
+                totals.leader_epochs += stats.leader_epochs;
+                totals.crashes += stats.crashes;
+                totals.cuts += stats.cuts;
+                totals.convergence_ms = totals.convergence_ms.max(stats.convergence_ms);
+            }
+            Err(why) => {
+                println!("FAILED {why}");
+                let (features, flag) = match mutation {
+                    Some(name) => (" --features mutations", format!(" --mutation {name}")),
+                    None => ("", String::new()),
+                };
+                println!(
+                    "replay: cargo run --release -p sluice-scenarios{features} --bin sluice-sim -- replication --nodes {nodes} --seeds 1 --start {seed:#x}{flag}"
+                );
+                return Ok(false);
+            }
+        }
+    }
+    let wall = began.elapsed().as_secs_f64().max(1e-9);
+    let simulated_s = seeds as f64 * (sluice_sim::replication::CHAOS_MS as f64 / 1000.0);
+    println!(
+        "replication on {nodes} nodes: {seeds} seeds in {wall:.1} s: {:.1} seeds/s, at least {:.0}x simulated/wall (1 job); {} records acknowledged at acks=all, {} read, {} partition leader epochs, {} crashes, {} cuts; slowest convergence after the heal {} ms; 0 failed",
+        seeds as f64 / wall,
+        simulated_s / wall,
+        totals.acknowledged,
+        totals.read,
+        totals.leader_epochs,
+        totals.crashes,
+        totals.cuts,
+        totals.convergence_ms,
+    );
+    Ok(true)
+}
+
+/// The broker config pair that selects a mutation, if any.
+fn mutation_config(mutation: Option<&str>) -> Vec<(String, String)> {
+    match mutation {
+        Some(name) => vec![(
+            sluice_core::config::MUTATION_KEY.to_string(),
+            name.to_string(),
+        )],
+        None => Vec::new(),
+    }
 }
 
 fn scenario_named(name: &str) -> Result<&'static Scenario, String> {

@@ -7,6 +7,7 @@
 use sluice_core::config::Mutation;
 use sluice_scenarios::{replay_command, with_mutation, ALL};
 use sluice_sim::quorum::{run_quorum, QuorumRun};
+use sluice_sim::replication::{run_replication, ReplicationRun};
 
 /// Seeds per scenario within which each mutation must be caught.
 const SEEDS_MAX: u64 = 20;
@@ -232,8 +233,81 @@ fn skipping_the_divergence_check_keeps_diverged_logs() {
     );
 }
 
+/// Seeds of the replication campaign within which each of its mutations
+/// must be caught.
+const REPLICATION_SEEDS_MAX: u64 = 100;
+
+/// Runs replication campaign seeds (3 nodes, and 5 on every third seed)
+/// until one fails with one of `expected`; that failure, or the others.
+fn replication_caught_by(mutation: Mutation, expected: &[&str]) -> Result<String, Vec<String>> {
+    let mut seen = Vec::new();
+    for seed in 1..=REPLICATION_SEEDS_MAX {
+        let run = ReplicationRun {
+            seed,
+            nodes: if seed % 3 == 0 { 5 } else { 3 },
+            broker: vec![("sluice.mutation".into(), mutation.name().into())],
+            faults: true,
+        };
+        match run_replication(&run) {
+            Err(why) if expected.iter().any(|e| why.contains(e)) => return Ok(why),
+            Err(why) => seen.push(why),
+            Ok(_) => {}
+        }
+    }
+    Err(seen)
+}
+
+#[test]
+fn a_follower_reporting_unsynced_offsets_lets_the_high_watermark_pass_the_isr() {
+    let caught = replication_caught_by(Mutation::FollowerReportsUnsynced, &["[hw-within-isr]"]);
+    assert!(
+        caught.is_ok(),
+        "not caught within {REPLICATION_SEEDS_MAX} seeds: {caught:?}"
+    );
+}
+
+#[test]
+fn acknowledging_below_min_insync_moves_a_frozen_high_watermark() {
+    let caught =
+        replication_caught_by(Mutation::AcksBelowMinInsync, &["[hw-frozen-below-min-isr]"]);
+    assert!(
+        caught.is_ok(),
+        "not caught within {REPLICATION_SEEDS_MAX} seeds: {caught:?}"
+    );
+}
+
+/// Kafka before KIP-101: followers cut their logs to their (lagging) high
+/// watermark when a leader changes; an ISR member then lacks records the
+/// high watermark covers.
+#[test]
+fn truncating_to_the_high_watermark_drops_records_the_isr_must_hold() {
+    let caught = replication_caught_by(
+        Mutation::TruncateToHighWatermark,
+        &["[hw-within-isr]", "[acked-kept]", "[read-kept]"],
+    );
+    assert!(
+        caught.is_ok(),
+        "not caught within {REPLICATION_SEEDS_MAX} seeds: {caught:?}"
+    );
+}
+
+/// Without the epoch check a follower keeps records the leader does not
+/// have: the replicas end up different, or the follower asks past the
+/// leader's log end forever.
+#[test]
+fn skipping_the_fetch_epoch_check_leaves_diverged_replicas() {
+    let caught = replication_caught_by(
+        Mutation::SkipFetchEpochCheck,
+        &["[replicas-agree]", "[converges]"],
+    );
+    assert!(
+        caught.is_ok(),
+        "not caught within {REPLICATION_SEEDS_MAX} seeds: {caught:?}"
+    );
+}
+
 #[test]
 fn every_mutation_has_a_proof() {
     // Adding a mutation means adding a test above that shows it is caught.
-    assert_eq!(Mutation::ALL.len(), 11);
+    assert_eq!(Mutation::ALL.len(), 15);
 }

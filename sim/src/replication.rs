@@ -162,10 +162,10 @@ impl Checker {
                     .insert((id, partition), (epoch, high_watermark));
                 if let Some((before_epoch, before)) = before {
                     let moved = before_epoch == epoch && high_watermark > before;
-                    if moved && leading.maximal_isr().len() < MIN_INSYNC {
+                    if moved && leading.isr_size_at_last_move < MIN_INSYNC {
                         return Err(format!(
-                            "[hw-frozen-below-min-isr] at {at} ms: n{id}'s high watermark of partition {partition} moved {before} -> {high_watermark} with ISR {:?}",
-                            leading.maximal_isr()
+                            "[hw-frozen-below-min-isr] at {at} ms: n{id}'s high watermark of partition {partition} moved {before} -> {high_watermark} with {} in its ISR",
+                            leading.isr_size_at_last_move
                         ));
                     }
                 }
@@ -542,7 +542,9 @@ pub fn run_replication(run: &ReplicationRun) -> Result<ReplicationStats, String>
         }
         stats.steps += 1;
         driver.collect(&mut cluster, &mut checker).map_err(fail)?;
-        checker.check(&cluster, &nodes).map_err(fail)?;
+        checker
+            .check(&cluster, &nodes)
+            .map_err(|why| fail(format!("{why}; {}", describe(&cluster, &nodes))))?;
     }
     stats.convergence_ms = cluster.now_ms() - healed_ms;
     for partition in 0..PARTITIONS {
@@ -576,7 +578,13 @@ pub fn run_replication(run: &ReplicationRun) -> Result<ReplicationStats, String>
             }
         }
         let reference = batches(&mut cluster, leader, partition);
-        for &id in &nodes {
+        let replicas: Vec<NodeId> = cluster
+            .node(leader)
+            .broker()
+            .registration(TOPIC, partition)
+            .map(|r| r.replicas.iter().map(|&id| NodeId(id)).collect())
+            .unwrap_or_default();
+        for id in replicas {
             let replica = batches(&mut cluster, id, partition);
             if replica != reference {
                 let at = replica
@@ -677,8 +685,15 @@ fn describe(cluster: &Cluster, nodes: &[NodeId]) -> String {
                         Role::Offline { leader_epoch } => format!("offline e{leader_epoch}"),
                         Role::Alone => "alone".into(),
                     };
+                    let epochs: Vec<(i32, i64)> = held
+                        .log
+                        .epochs()
+                        .entries()
+                        .iter()
+                        .map(|e| (e.epoch, e.start_offset))
+                        .collect();
                     format!(
-                        "p{p} {role} end {} synced {}",
+                        "p{p} {role} end {} synced {} epochs {epochs:?}",
                         held.log.log_end_offset(),
                         held.log.durable_offset()
                     )

@@ -58,6 +58,8 @@ pub struct Broker<S: Storage> {
     pub cluster: Option<ClusterView>,
     /// ISR changes this broker's led partitions ask of the controller.
     isr_changes: Vec<replicas::IsrChange>,
+    /// The leader epoch each partition was last led in by this process.
+    led_epochs: BTreeMap<TopicPartition, i32>,
 }
 
 /// A node's view of the cluster from the committed metadata log: the
@@ -181,6 +183,7 @@ impl<S: Storage> Broker<S> {
             clean_start: clean,
             cluster: None,
             isr_changes: Vec::new(),
+            led_epochs: BTreeMap::new(),
         };
         if broker.config.quorum_voters.is_empty() {
             broker.remove_orphan_dirs()?;

@@ -14,6 +14,7 @@ use kafka_protocol::ResponseError;
 use uuid::Uuid;
 
 use super::Broker;
+use crate::config::Mutation;
 use crate::image::PartitionRegistration;
 use crate::replication::{Following, Leading, Role};
 use crate::storage::Storage;
@@ -128,6 +129,7 @@ impl<S: Storage> Broker<S> {
         let min_insync = held.log.config().min_insync_replicas;
         let tp = TopicPartition::new(name, partition);
         let mut became_leader = false;
+        let mut truncated = false;
         match &mut held.role {
             Role::Leader(l) if r.leader == me && l.leader_epoch == r.leader_epoch => {
                 // A change committed after the one this leader asked for
@@ -142,17 +144,20 @@ impl<S: Storage> Broker<S> {
                 }
             }
             _ if r.leader == me
+                && self.led_epochs.get(&tp) != Some(&r.leader_epoch)
                 && held
                     .log
                     .epochs()
                     .latest_epoch()
                     .is_some_and(|latest| latest >= r.leader_epoch) =>
             {
-                // This log already has the epoch: a record replayed at
-                // start, or this broker led the epoch before it restarted
-                // and may have lost writes its followers hold. It leads
-                // again only in a newer epoch (the controller moves a
-                // restarted broker's leaderships).
+                // This log already has the epoch, and not from this process:
+                // a record replayed at start, or this broker led the epoch
+                // before it restarted and may have lost writes its followers
+                // hold. It leads again only in a newer epoch (the controller
+                // moves a restarted broker's leaderships). The same process
+                // leading again after a pause (fenced, then unfenced) lost
+                // nothing and goes on.
                 held.role = Role::Offline {
                     leader_epoch: r.leader_epoch,
                 };
@@ -162,7 +167,7 @@ impl<S: Storage> Broker<S> {
                 if let Err(error) = held.log.assign_epoch(&mut self.storage, r.leader_epoch) {
                     tracing::error!(partition = %tp, %error, "cannot record the leader epoch");
                 }
-                held.role = Role::Leader(Leading::new(
+                let mut leading = Leading::new(
                     me,
                     r.leader_epoch,
                     r.partition_epoch,
@@ -172,12 +177,30 @@ impl<S: Storage> Broker<S> {
                     known_high_watermark,
                     min_insync,
                     now.monotonic_ms,
-                ));
+                );
+                // Leading this epoch again after a pause (fenced, then
+                // unfenced): an ISR change it asked for before may still
+                // commit, so until a commit settles it every replica counts
+                // for the high watermark.
+                leading.unsettled = self.led_epochs.get(&tp) == Some(&r.leader_epoch);
+                held.role = Role::Leader(leading);
                 became_leader = true;
+                self.led_epochs.insert(tp.clone(), r.leader_epoch);
                 tracing::info!(partition = %tp, epoch = r.leader_epoch, isr = ?r.isr, log_end, "leading");
             }
             Role::Follower(f) if r.leader == f.leader && r.leader_epoch == f.leader_epoch => {}
             _ if r.leader >= 0 && r.replicas.contains(&me) => {
+                if self.config.mutated(Mutation::TruncateToHighWatermark)
+                    && known_high_watermark < log_end
+                {
+                    if let Err(error) = held
+                        .log
+                        .truncate_to(&mut self.storage, known_high_watermark)
+                    {
+                        tracing::error!(partition = %tp, %error, "cannot truncate");
+                    }
+                    truncated = true;
+                }
                 held.role = Role::Follower(Following {
                     leader: r.leader,
                     leader_epoch: r.leader_epoch,
@@ -190,6 +213,10 @@ impl<S: Storage> Broker<S> {
                     leader_epoch: r.leader_epoch,
                 };
             }
+        }
+        if truncated {
+            self.topics.renew_incarnation(name, partition);
+            self.note_partition_write(name, partition);
         }
         if was_leader || became_leader {
             // Waits on this partition (acks=all, parked fetches) look again.
@@ -225,6 +252,7 @@ impl<S: Storage> Broker<S> {
     /// Recomputes a led partition's high watermark; true when it moved.
     pub fn update_high_watermark(&mut self, now: Now, name: &str, partition: i32) -> bool {
         let lag_ms = self.config.replica_lag_time_max_ms;
+        let below_min_insync = self.config.mutated(Mutation::AcksBelowMinInsync);
         let Some(held) = self.topics.partition_mut(name, partition) else {
             return false;
         };
@@ -232,6 +260,9 @@ impl<S: Storage> Broker<S> {
         let Some(leading) = held.role.leading_mut() else {
             return false;
         };
+        if below_min_insync {
+            leading.min_insync = 1;
+        }
         let moved = leading.update_high_watermark(synced, log_end, now.monotonic_ms, lag_ms);
         if moved {
             self.moved.insert(TopicPartition::new(name, partition));
@@ -284,6 +315,7 @@ impl<S: Storage> Broker<S> {
             return Err(error);
         }
         let lag_ms = self.config.replica_lag_time_max_ms;
+        let skip_epoch_check = self.config.mutated(Mutation::SkipFetchEpochCheck);
         let held = self
             .topics
             .partition_mut(name, partition)
@@ -297,7 +329,7 @@ impl<S: Storage> Broker<S> {
             return Err(ResponseError::UnknownLeaderEpoch);
         }
         let high_watermark = leading.high_watermark;
-        if fetch.last_fetched_epoch >= 0 {
+        if fetch.last_fetched_epoch >= 0 && !skip_epoch_check {
             let (epoch, end_offset) = held.log.end_offset_for_epoch(fetch.last_fetched_epoch);
             if epoch != fetch.last_fetched_epoch || end_offset < fetch.fetch_offset {
                 return Ok(ForFollower::Diverging {
@@ -432,15 +464,20 @@ impl<S: Storage> Broker<S> {
         std::mem::take(&mut self.isr_changes)
     }
 
-    /// The controller refused an ISR change for good (or it was never
-    /// sent): it may be asked again.
+    /// The controller refused an ISR change for good: it may be asked
+    /// again.
     pub fn isr_change_failed(&mut self, change: &IsrChange) {
         if let Some(leading) = self
             .topics
             .partition_mut(&change.partition.topic, change.partition.partition)
             .and_then(|p| p.role.leading_mut())
         {
-            if leading.leader_epoch == change.leader_epoch {
+            // Only the pending change's own refusal: an older one's says
+            // nothing of it.
+            let same = leading.leader_epoch == change.leader_epoch
+                && leading.partition_epoch == change.partition_epoch
+                && leading.pending_isr.as_ref() == Some(&change.isr);
+            if same {
                 leading.pending_isr = None;
             }
         }
@@ -452,6 +489,7 @@ impl<S: Storage> Broker<S> {
         let Some(cluster) = &self.cluster else {
             return Vec::new();
         };
+        let truncate_to_hw = self.config.mutated(Mutation::TruncateToHighWatermark);
         let mut out = Vec::new();
         for name in self.topics.names() {
             let Some(topic_id) = cluster.image.topic_by_name(name).map(|t| t.id) else {
@@ -471,7 +509,11 @@ impl<S: Storage> Broker<S> {
                         topic_id,
                         leader_epoch: f.leader_epoch,
                         fetch_offset: log.log_end_offset(),
-                        last_fetched_epoch: log.epochs().latest_epoch().unwrap_or(-1),
+                        last_fetched_epoch: if truncate_to_hw {
+                            -1
+                        } else {
+                            log.epochs().latest_epoch().unwrap_or(-1)
+                        },
                         log_start: log.log_start_offset(),
                     },
                 ));
@@ -582,6 +624,8 @@ impl<S: Storage> Broker<S> {
         held.log
             .truncate_to(&mut self.storage, target)
             .map_err(|e| e.to_string())?;
+        self.topics
+            .renew_incarnation(&partition.topic, partition.partition);
         self.note_partition_write(&partition.topic, partition.partition);
         Ok(())
     }

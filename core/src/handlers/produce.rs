@@ -162,10 +162,12 @@ fn produce_partition<S: Storage>(
         return Err((error, None));
     }
     let leader_epoch = broker.append_epoch(name, index);
+    let below_min_insync = broker.config.mutated(Mutation::AcksBelowMinInsync);
     let Some(held) = broker.topics.partition_mut(name, index) else {
         return Err((ResponseError::UnknownTopicOrPartition, None));
     };
-    if acks == -1 && held.role.leading().is_some_and(|l| !l.enough_replicas()) {
+    if acks == -1 && !below_min_insync && held.role.leading().is_some_and(|l| !l.enough_replicas())
+    {
         // Kafka refuses before appending when the ISR is already too small.
         return Err((
             ResponseError::NotEnoughReplicas,

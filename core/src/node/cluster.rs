@@ -501,6 +501,17 @@ impl<S: Storage> Node<S> {
         if !wants_in || controller.changing.contains(&id) {
             return Decision::Now(answer(registration.fenced));
         }
+        // A change of a partition it leads or is in sync for is on its way
+        // (the moves proposed with its registration, perhaps): it stays
+        // fenced until that settles, so what it held before is decided on.
+        let settling = self.cluster_view().image.topics().any(|t| {
+            t.partitions.iter().any(|(&p, r)| {
+                (r.leader == id || r.isr.contains(&id)) && self.altering_partition(t.id, p)
+            })
+        });
+        if settling {
+            return Decision::Now(answer(true));
+        }
         let mut records = vec![MetadataRecord::BrokerRegistrationChange(
             BrokerRegistrationChangeRecord {
                 broker_id: id,
@@ -510,8 +521,18 @@ impl<S: Storage> Node<S> {
                 log_dirs: Vec::new(),
             },
         )];
-        // Partitions left without a leader while it was fenced get it back.
-        records.extend(self.leadership_changes(id, true));
+        // What it led or was in sync for under its registration's earlier
+        // incarnation (a registration commits apart from the moves proposed
+        // with it when the controller changes in between) moves away: a
+        // fenced broker is never elected, so these are stale. Then the
+        // partitions left without a leader while it was fenced get it back
+        // (at the next sweep, if there were stale ones).
+        let stale = self.leadership_changes(id, false);
+        if stale.is_empty() {
+            records.extend(self.leadership_changes(id, true));
+        } else {
+            records.extend(stale);
+        }
         let Some(offset) = self.propose_records(now, &records) else {
             return Decision::Now(answer(true));
         };

@@ -67,9 +67,14 @@ impl<S: Storage> Node<S> {
             }
             // What this follower reports must be on its disk: wait for the
             // sync of what the last answer appended.
-            if partitions
-                .iter()
-                .any(|p| self.broker.follower_unsynced(&p.partition))
+            let report_unsynced = self
+                .broker
+                .config
+                .mutated(crate::config::Mutation::FollowerReportsUnsynced);
+            if !report_unsynced
+                && partitions
+                    .iter()
+                    .any(|p| self.broker.follower_unsynced(&p.partition))
             {
                 continue;
             }
@@ -241,7 +246,9 @@ impl<S: Storage> Node<S> {
     }
 
     /// Sends the ISR changes the led partitions asked for to the active
-    /// controller; those that cannot be sent may be asked again.
+    /// controller. Those that cannot be sent stay pending and are asked
+    /// again after `ISR_CHANGE_TIMEOUT_MS`: one may be a change asked again
+    /// whose first asking is still on its way to a commit.
     fn send_isr_changes(&mut self, now: Now) {
         let changes = self.broker.take_isr_changes();
         if changes.is_empty() {
@@ -250,9 +257,6 @@ impl<S: Storage> Node<S> {
         let controller = self.broker.cluster.as_ref().and_then(|c| c.controller_id);
         let (Some(broker_epoch), Some(controller)) = (self.registered_broker_epoch(), controller)
         else {
-            for change in &changes {
-                self.broker.isr_change_failed(change);
-            }
             return;
         };
         let request = alter_partition_request(self.node_id.0, broker_epoch, &changes);
@@ -275,10 +279,6 @@ impl<S: Storage> Node<S> {
             );
         if sent {
             self.isr_changes_sent.extend(changes);
-        } else {
-            for change in &changes {
-                self.broker.isr_change_failed(change);
-            }
         }
     }
 
@@ -316,15 +316,20 @@ impl<S: Storage> Node<S> {
     /// Changes refused for good may be asked again; accepted ones settle
     /// when their record applies, and so do those whose fate the answer
     /// leaves open (NOT_CONTROLLER, REQUEST_TIMED_OUT: the change may have
-    /// been proposed), which stay pending until a commit settles them.
+    /// been proposed), which stay pending until a commit settles them or
+    /// they are asked again.
     fn alter_partition_answered(
         &mut self,
         changes: &[IsrChange],
         response: &AlterPartitionResponse,
     ) {
+        // INVALID_UPDATE_VERSION too: the partition changed since this
+        // leader asked, perhaps by this very change, committed and not yet
+        // applied here.
         let open = |code: i16| {
             code == ResponseError::NotController.code()
                 || code == ResponseError::RequestTimedOut.code()
+                || code == ResponseError::InvalidUpdateVersion.code()
         };
         for change in changes {
             let code = if response.error_code != 0 {
