@@ -218,3 +218,33 @@ fn the_replication_campaign_holds_on_three_nodes() {
         );
     }
 }
+
+/// A broker asked to stop first has the controller move its leaderships
+/// (BrokerHeartbeat with want_shut_down): by the time it stopped, another
+/// ISR member leads each of its partitions in a newer epoch and it is out
+/// of their ISRs, so clients never wait a session timeout for them.
+#[test]
+fn a_controlled_shutdown_moves_leadership_before_the_broker_stops() {
+    let mut cluster = formed(300);
+    let client = cluster.connect(IDS[0]);
+    assert_eq!(create(&mut cluster, client, 3, "2"), 0);
+    cluster.run_until(|c| {
+        IDS.iter()
+            .all(|&id| c.node(id).broker().topic_exists(TOPIC))
+    });
+    let (leader, epoch, _) = partition_state(&mut cluster, IDS[0]);
+    let at_leader = cluster.connect(NodeId(leader));
+    let (error, _) = produce(&mut cluster, at_leader, "before");
+    assert_eq!(error, 0);
+    cluster.input(NodeId(leader), |node, now| node.begin_shutdown(now));
+    cluster.run_until(|c| c.node(NodeId(leader)).is_stopped());
+    let other = *IDS.iter().find(|id| id.0 != leader).expect("another node");
+    let (now_leader, now_epoch, isr) = partition_state(&mut cluster, other);
+    assert_ne!(now_leader, leader, "the stopped broker still leads");
+    assert!(now_leader >= 0, "no leader after the controlled shutdown");
+    assert!(now_epoch > epoch);
+    assert!(
+        !isr.contains(&leader),
+        "the stopped broker is still in the ISR {isr:?}"
+    );
+}

@@ -3,6 +3,7 @@
 
 use bytes::Bytes;
 use kafka_protocol::messages::*;
+use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 
 use super::{code, now, Context, Handled, ParkedFetch, Pending};
@@ -80,6 +81,7 @@ pub fn fetch_response<S: Storage>(
     let mut bytes_left = request.max_bytes.max(0) as usize;
     let mut bytes_read = 0usize;
     let mut any_error = false;
+    let mut hinted = std::collections::BTreeSet::new();
     let mut responses = Vec::with_capacity(request.topics.len());
     for topic in &request.topics {
         let name = if by_id {
@@ -152,7 +154,11 @@ pub fn fetch_response<S: Storage>(
                     ) = (error, &name)
                     {
                         // KIP-951: the leader this broker knows of.
-                        if let Some(r) = broker.registration(name, partition.partition) {
+                        if let Some(r) = broker
+                            .registration(name, partition.partition)
+                            .filter(|r| r.leader >= 0)
+                        {
+                            hinted.insert(r.leader);
                             data = data.with_current_leader(
                                 fetch_response::LeaderIdAndEpoch::default()
                                     .with_leader_id(BrokerId(r.leader))
@@ -184,7 +190,23 @@ pub fn fetch_response<S: Storage>(
     {
         return None;
     }
-    Some(FetchResponse::default().with_responses(responses))
+    let node_endpoints = broker
+        .live_brokers()
+        .into_iter()
+        .filter(|b| hinted.contains(&b.id))
+        .map(|b| {
+            fetch_response::NodeEndpoint::default()
+                .with_node_id(BrokerId(b.id))
+                .with_host(StrBytes::from_string(b.host))
+                .with_port(b.port as i32)
+                .with_rack(b.rack.map(StrBytes::from_string))
+        })
+        .collect();
+    Some(
+        FetchResponse::default()
+            .with_responses(responses)
+            .with_node_endpoints(node_endpoints),
+    )
 }
 
 fn read_partition<S: Storage>(

@@ -50,6 +50,7 @@ pub(super) fn produce<S: Storage>(
     let mut wait_seq = None;
     let mut marks = Vec::new();
     let mut any_error = false;
+    let mut hinted = std::collections::BTreeSet::new();
     for topic_data in request.topic_data {
         let name = if context.header.version >= 13 {
             broker.topics.name_by_id(&topic_data.topic_id)
@@ -110,19 +111,50 @@ pub(super) fn produce<S: Storage>(
                 }
                 Err((error, message)) => {
                     any_error = true;
-                    produce_response::PartitionProduceResponse::default()
+                    let answer = produce_response::PartitionProduceResponse::default()
                         .with_index(index)
                         .with_error_code(code(error))
                         .with_base_offset(-1)
                         .with_log_append_time_ms(-1)
                         .with_log_start_offset(-1)
-                        .with_error_message(message.map(StrBytes::from_static_str))
+                        .with_error_message(message.map(StrBytes::from_static_str));
+                    // KIP-951: the leader this broker knows of, so the
+                    // client need not ask Metadata first.
+                    let hint = match (&name, error) {
+                        (Some(name), ResponseError::NotLeaderOrFollower) => {
+                            broker.registration(name, index).filter(|r| r.leader >= 0)
+                        }
+                        _ => None,
+                    };
+                    match hint {
+                        Some(r) => {
+                            hinted.insert(r.leader);
+                            answer.with_current_leader(
+                                produce_response::LeaderIdAndEpoch::default()
+                                    .with_leader_id(BrokerId(r.leader))
+                                    .with_leader_epoch(r.leader_epoch),
+                            )
+                        }
+                        None => answer,
+                    }
                 }
             };
             topic_response.partition_responses.push(partition_response);
         }
         response.responses.push(topic_response);
     }
+    response.node_endpoints = broker
+        .live_brokers()
+        .into_iter()
+        .filter(|b| hinted.contains(&b.id))
+        .map(|b| {
+            produce_response::NodeEndpoint::default()
+                .with_node_id(BrokerId(b.id))
+                .with_host(StrBytes::from_string(b.host))
+                .with_port(b.port as i32)
+                .with_rack(b.rack.map(StrBytes::from_string))
+        })
+        .collect();
     if acks == 0 {
         if any_error {
             return Err("an acks=0 produce failed; closing so the client notices".into());

@@ -412,6 +412,17 @@ pub fn description_text(
         ]);
     }
     out.push_str(&table(&rows));
+    let under: Vec<String> = description
+        .partitions
+        .iter()
+        .filter(|p| p.isr.len() < p.replicas.len())
+        .map(|p| p.partition.to_string())
+        .collect();
+    if !under.is_empty() {
+        // As `kafka-topics.sh --describe --under-replicated-partitions`
+        // would list them: fewer in sync than replicas.
+        let _ = writeln!(out, "\nUnder-replicated partitions: {}", under.join(", "));
+    }
     out
 }
 
@@ -429,6 +440,7 @@ pub fn description_json(description: &TopicDescription, offsets: &LogOffsets) ->
                 "replicas": p.replicas,
                 "isr": p.isr,
                 "offline_replicas": p.offline_replicas,
+                "under_replicated": p.isr.len() < p.replicas.len(),
                 "log_start_offset": known.map(|(start, _)| start),
                 "log_end_offset": known.map(|(_, end)| end),
                 "error": p.error.map(super::error_name),
