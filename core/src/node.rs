@@ -1038,14 +1038,22 @@ impl<S: Storage> Node<S> {
                 }
             }
         }
-        match self.sessions.front(connection) {
+        // The front slot's deadline: a parked fetch's, or a produce's
+        // waiting for its high watermarks.
+        let deadline = match self.sessions.front(connection) {
             Some(Slot {
                 state: SlotState::Fetch { parked, .. },
                 ..
-            }) => self
-                .timers
-                .set(Timer::FetchDeadline(connection), parked.deadline_ms),
-            _ => self.timers.stop(Timer::FetchDeadline(connection)),
+            }) => Some(parked.deadline_ms),
+            Some(Slot {
+                state: SlotState::After { wait, .. },
+                ..
+            }) => wait.deadline_ms(),
+            _ => None,
+        };
+        match deadline {
+            Some(deadline) => self.timers.set(Timer::FetchDeadline(connection), deadline),
+            None => self.timers.stop(Timer::FetchDeadline(connection)),
         }
     }
 
@@ -1058,6 +1066,13 @@ impl<S: Storage> Node<S> {
         };
         match state {
             SlotState::Ready(frame) => Completion::Frame(frame),
+            SlotState::After { wait, reply }
+                if wait.deadline_ms().is_some_and(|d| now.monotonic_ms >= d)
+                    && wait.state(&self.broker) == WaitState::Waiting =>
+            {
+                let unreached = wait.unreached(&self.broker);
+                encode(&reply.timed_out(&unreached))
+            }
             SlotState::After { wait, reply } => match wait.state(&self.broker) {
                 WaitState::Done => encode(&reply),
                 WaitState::Failed if matches!(wait, handlers::Wait::Committed(_)) => {

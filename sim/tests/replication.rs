@@ -248,3 +248,47 @@ fn a_controlled_shutdown_moves_leadership_before_the_broker_stops() {
         "the stopped broker is still in the ISR {isr:?}"
     );
 }
+
+/// A leader cut off from its followers cannot move its high watermark: an
+/// acks=all produce is answered REQUEST_TIMED_OUT at its `timeout_ms`, as
+/// Kafka's delayed produce is, not left waiting.
+#[test]
+fn acks_all_times_out_when_the_isr_cannot_follow() {
+    let mut cluster = formed(400);
+    let client = cluster.connect(IDS[0]);
+    assert_eq!(create(&mut cluster, client, 3, "2"), 0);
+    cluster.run_until(|c| {
+        IDS.iter()
+            .all(|&id| c.node(id).broker().topic_exists(TOPIC))
+    });
+    let (leader, _, _) = partition_state(&mut cluster, IDS[0]);
+    let at_leader = cluster.connect(NodeId(leader));
+    assert_eq!(produce(&mut cluster, at_leader, "before").0, 0);
+    for id in IDS.iter().filter(|id| id.0 != leader) {
+        cluster.cut(NodeId(leader), *id);
+    }
+    let sent_ms = cluster.now_ms();
+    let records = Bytes::from(build_batch(0, &[(None, Some(&b"cut off"[..]), vec![], 0)]));
+    let request = ProduceRequest::default()
+        .with_acks(-1)
+        .with_timeout_ms(1_000)
+        .with_topic_data(vec![produce_request::TopicProduceData::default()
+            .with_name(TopicName(StrBytes::from_static_str(TOPIC)))
+            .with_partition_data(vec![
+                produce_request::PartitionProduceData::default()
+                    .with_index(0)
+                    .with_records(Some(records)),
+            ])]);
+    let response: ProduceResponse = cluster
+        .request(at_leader, ApiKey::Produce, 9, &request)
+        .expect("answered");
+    let waited = cluster.now_ms() - sent_ms;
+    assert_eq!(
+        response.responses[0].partition_responses[0].error_code,
+        ResponseError::RequestTimedOut.code()
+    );
+    assert!(
+        (1_000..2_000).contains(&waited),
+        "answered after {waited} ms"
+    );
+}

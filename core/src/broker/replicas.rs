@@ -29,6 +29,10 @@ pub struct HighWatermark {
     /// The leader epoch it was appended in (in a cluster): the wait fails
     /// once this broker no longer leads the partition in that epoch.
     pub leader_epoch: Option<i32>,
+    /// A produce's `timeout_ms`, as a monotonic deadline: past it the
+    /// partitions still waiting answer REQUEST_TIMED_OUT, as Kafka's
+    /// delayed produce does. None for the coordinator's own writes.
+    pub deadline_ms: Option<i64>,
 }
 
 /// A follower's fetch of one partition, as the leader reads it.
@@ -536,6 +540,7 @@ impl<S: Storage> Broker<S> {
             incarnation: held.incarnation,
             offset: end,
             leader_epoch: Some(leading.leader_epoch),
+            deadline_ms: None,
         })
     }
 

@@ -72,6 +72,31 @@ pub enum WaitState {
 }
 
 impl Wait {
+    /// When a wait for high watermarks gives up: its produce's timeout.
+    pub fn deadline_ms(&self) -> Option<i64> {
+        match self {
+            Wait::HighWatermarks(marks) => marks.iter().filter_map(|m| m.deadline_ms).min(),
+            _ => None,
+        }
+    }
+
+    /// The partitions whose high watermark has not reached their mark yet.
+    pub fn unreached<S: Storage>(&self, broker: &Broker<S>) -> Vec<(String, [u8; 16], i32)> {
+        let Wait::HighWatermarks(marks) = self else {
+            return Vec::new();
+        };
+        marks
+            .iter()
+            .filter_map(|mark| {
+                let tp = &mark.partition;
+                let topic = broker.topics.get(&tp.topic)?;
+                let held = broker.topics.partition(&tp.topic, tp.partition)?;
+                (broker.high_watermark(held) < mark.offset)
+                    .then(|| (tp.topic.clone(), topic.id, tp.partition))
+            })
+            .collect()
+    }
+
     pub fn state<S: Storage>(&self, broker: &Broker<S>) -> WaitState {
         match self {
             Wait::Durable(seq) if broker.durability.is_durable(*seq) => WaitState::Done,

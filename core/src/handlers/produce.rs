@@ -45,6 +45,7 @@ pub(super) fn produce<S: Storage>(
     request: ProduceRequest,
 ) -> Handled {
     let acks = request.acks;
+    let timeout_ms = request.timeout_ms;
     let acks_valid = matches!(acks, -1..=1);
     let mut response = ProduceResponse::default();
     let mut wait_seq = None;
@@ -101,6 +102,12 @@ pub(super) fn produce<S: Storage>(
                                 .partition(name, index)
                                 .and_then(|p| p.role.leading())
                                 .map(|l| l.leader_epoch),
+                            deadline_ms: Some(
+                                context
+                                    .now
+                                    .monotonic_ms
+                                    .saturating_add(timeout_ms.max(0) as i64),
+                            ),
                         });
                     }
                     produce_response::PartitionProduceResponse::default()

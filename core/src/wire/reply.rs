@@ -231,6 +231,34 @@ impl Reply {
         }
     }
 
+    /// A produce whose `timeout_ms` passed before the high watermark of
+    /// some of its partitions reached their records: those answer
+    /// REQUEST_TIMED_OUT (the records stay, and may still be replicated;
+    /// an idempotent retry finds them), the others keep their success.
+    pub fn timed_out(self, unreached: &[(String, [u8; 16], i32)]) -> Reply {
+        match self {
+            Reply::Produce(mut response) => {
+                for topic in response.responses.iter_mut() {
+                    for partition in topic.partition_responses.iter_mut() {
+                        let late = unreached.iter().any(|(name, id, index)| {
+                            *index == partition.index
+                                && (*topic.name == **name
+                                    || (!topic.topic_id.is_nil()
+                                        && topic.topic_id.as_bytes() == id))
+                        });
+                        if late && partition.error_code == 0 {
+                            partition.error_code =
+                                kafka_protocol::ResponseError::RequestTimedOut.code();
+                            partition.base_offset = -1;
+                        }
+                    }
+                }
+                Reply::Produce(response)
+            }
+            other => other,
+        }
+    }
+
     /// What the client gets instead of this reply when the change behind it
     /// never became durable (a sync failed first): every success turns into
     /// the error Kafka gives for storage it cannot trust, errors stay.
