@@ -641,6 +641,8 @@ Configs (set):      retention.ms=60000
 PARTITION  LEADER  REPLICAS  ISR  OFFLINE  LOG-START-OFFSET  LOG-END-OFFSET
 0          1       1         1    -        12                340
 1          none    1         -    -        -                 -
+
+Under-replicated partitions: 1
 "
         );
         let all = description_text(&sample(), &offsets, true);
@@ -656,6 +658,8 @@ PARTITION  LEADER  REPLICAS  ISR  OFFLINE  LOG-START-OFFSET  LOG-END-OFFSET
         assert_eq!(value["replication_factor"], 1);
         assert_eq!(value["partitions"][1]["leader"], Value::Null);
         assert_eq!(value["partitions"][0]["isr"], json!([1]));
+        assert_eq!(value["partitions"][0]["under_replicated"], false);
+        assert_eq!(value["partitions"][1]["under_replicated"], true);
         assert_eq!(value["partitions"][0]["log_start_offset"], 12);
         assert_eq!(value["partitions"][0]["log_end_offset"], 340);
         assert_eq!(value["partitions"][1]["log_end_offset"], Value::Null);
