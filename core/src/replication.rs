@@ -229,6 +229,7 @@ impl Leading {
         log_end: i64,
         now_ms: i64,
         lag_ms: i64,
+        ineligible: &[i32],
     ) -> bool {
         let maximal = self.maximal_isr();
         if maximal.len() < self.min_insync {
@@ -236,7 +237,12 @@ impl Leading {
         }
         let mut candidate = synced_end;
         for (&r, progress) in &self.followers {
-            if maximal.contains(&r) || self.caught_up(r, log_end, now_ms, lag_ms) {
+            // A caught-up replica outside the ISR counts only if it could
+            // join it (Kafka's ISR eligibility): a fenced or shutting-down
+            // broker's last fetch must not hold the high watermark back.
+            let eligible_caught_up =
+                !ineligible.contains(&r) && self.caught_up(r, log_end, now_ms, lag_ms);
+            if maximal.contains(&r) || eligible_caught_up {
                 candidate = candidate.min(progress.end_offset);
             }
         }
@@ -327,19 +333,19 @@ mod tests {
     fn high_watermark_is_the_least_synced_end_of_the_isr() {
         let mut l = leader(&[1, 2, 3], 1);
         // No follower fetched yet in this epoch: nothing moves.
-        assert!(!l.update_high_watermark(100, 100, 1_000, 30_000));
+        assert!(!l.update_high_watermark(100, 100, 1_000, 30_000, &[]));
         assert_eq!(l.high_watermark, 40);
         l.on_fetch(2, 90, 100, 1_010);
         l.on_fetch(3, 70, 100, 1_010);
-        assert!(l.update_high_watermark(100, 100, 1_010, 30_000));
+        assert!(l.update_high_watermark(100, 100, 1_010, 30_000, &[]));
         assert_eq!(l.high_watermark, 70);
         // The leader's own unsynced tail does not count.
         l.on_fetch(3, 100, 100, 1_020);
-        l.update_high_watermark(95, 100, 1_020, 30_000);
+        l.update_high_watermark(95, 100, 1_020, 30_000, &[]);
         assert_eq!(l.high_watermark, 90);
         // It never moves back.
         l.on_fetch(2, 60, 100, 1_030);
-        assert!(!l.update_high_watermark(95, 100, 1_030, 30_000));
+        assert!(!l.update_high_watermark(95, 100, 1_030, 30_000, &[]));
         assert_eq!(l.high_watermark, 90);
     }
 
@@ -347,13 +353,13 @@ mod tests {
     fn high_watermark_stays_while_the_isr_is_below_min_insync() {
         let mut l = leader(&[1], 2);
         l.on_fetch(2, 100, 100, 1_000);
-        assert!(!l.update_high_watermark(100, 100, 1_000, 30_000));
+        assert!(!l.update_high_watermark(100, 100, 1_000, 30_000, &[]));
         assert_eq!(l.high_watermark, 40);
         assert!(!l.enough_replicas());
         // A pending expansion counts for the maximal ISR.
         l.pending_isr = l.expansion(2);
         assert_eq!(l.pending_isr, Some(vec![1, 2]));
-        assert!(l.update_high_watermark(100, 100, 1_000, 30_000));
+        assert!(l.update_high_watermark(100, 100, 1_000, 30_000, &[]));
         assert_eq!(l.high_watermark, 100);
     }
 
@@ -364,8 +370,20 @@ mod tests {
         l.on_fetch(3, 100, 100, 1_000);
         l.on_fetch(3, 80, 120, 1_001);
         // 3 was caught up a moment ago: it bounds the high watermark.
-        l.update_high_watermark(120, 120, 1_001, 30_000);
+        l.update_high_watermark(120, 120, 1_001, 30_000, &[]);
         assert_eq!(l.high_watermark, 80);
+    }
+
+    #[test]
+    fn a_fenced_replica_outside_the_isr_does_not_hold_the_high_watermark_back() {
+        let mut l = leader(&[1, 2], 1);
+        l.on_fetch(2, 100, 100, 1_000);
+        l.on_fetch(3, 100, 100, 1_000);
+        l.on_fetch(3, 80, 120, 1_001);
+        l.on_fetch(2, 120, 120, 1_002);
+        // 3 caught up a moment ago, but its broker is fenced.
+        l.update_high_watermark(120, 120, 1_002, 30_000, &[3]);
+        assert_eq!(l.high_watermark, 120);
     }
 
     #[test]

@@ -257,6 +257,15 @@ impl<S: Storage> Broker<S> {
     pub fn update_high_watermark(&mut self, now: Now, name: &str, partition: i32) -> bool {
         let lag_ms = self.config.replica_lag_time_max_ms;
         let below_min_insync = self.config.mutated(Mutation::AcksBelowMinInsync);
+        let ineligible: Vec<i32> = match &self.cluster {
+            Some(cluster) => cluster
+                .image
+                .brokers()
+                .filter(|b| b.fenced || b.in_controlled_shutdown)
+                .map(|b| b.id)
+                .collect(),
+            None => Vec::new(),
+        };
         let Some(held) = self.topics.partition_mut(name, partition) else {
             return false;
         };
@@ -267,7 +276,8 @@ impl<S: Storage> Broker<S> {
         if below_min_insync {
             leading.min_insync = 1;
         }
-        let moved = leading.update_high_watermark(synced, log_end, now.monotonic_ms, lag_ms);
+        let moved =
+            leading.update_high_watermark(synced, log_end, now.monotonic_ms, lag_ms, &ineligible);
         if moved {
             self.moved.insert(TopicPartition::new(name, partition));
         }

@@ -327,12 +327,20 @@ fn list_offset<S: Storage>(
         .partition(name, partition)
         .ok_or(ResponseError::UnknownTopicOrPartition)?
         .log;
-    let high_watermark = broker.high_watermark(
-        broker
-            .topics
-            .partition(name, partition)
-            .expect("looked up above"),
-    );
+    let held = broker
+        .topics
+        .partition(name, partition)
+        .expect("looked up above");
+    // KIP-207: a new leader whose high watermark has not reached the start
+    // of its epoch may be below what was acknowledged under the old one.
+    let behind_epoch = held
+        .role
+        .leading()
+        .is_some_and(|l| l.high_watermark < l.epoch_start);
+    if behind_epoch && !matches!(target, -2 | -4) {
+        return Err(ResponseError::OffsetNotAvailable);
+    }
+    let high_watermark = broker.high_watermark(held);
     let storage_error = |error: std::io::Error| {
         tracing::error!(topic = name, partition, %error, "offset lookup failed");
         ResponseError::KafkaStorageError
