@@ -927,6 +927,22 @@ impl Member {
         }
     }
 
+    /// Waits for the member to exit on its own; kills it and panics, with
+    /// its stderr, if that takes longer than `timeout`.
+    pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        let mut child = self.child.take().expect("the member is running");
+        if let Some(status) = wait_with_timeout(&mut child, timeout) {
+            return status;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "member {} did not exit within {timeout:?}; its stderr:\n{}",
+            self.name,
+            self.stderr()
+        );
+    }
+
     /// Sends SIGTERM and waits for the exit; kills it and panics if it
     /// takes longer than `timeout`.
     pub fn terminate(&mut self, timeout: Duration) -> ExitStatus {
@@ -1253,29 +1269,42 @@ pub const GO_BUILD_TIMEOUT: Duration = Duration::from_secs(600);
 /// hint when Go or sarama's source is missing: CI installs both.
 pub fn sarama_bin() -> PathBuf {
     static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    match BIN.get_or_init(build_sarama) {
+    match BIN.get_or_init(|| build_sarama_program("sarama", "sarama-interop")) {
         Ok(path) => path.clone(),
         Err(message) => panic!("{message}"),
     }
 }
 
-fn build_sarama() -> Result<PathBuf, String> {
+/// The program of `tests/interop/go/sarama_failover` (one sarama client
+/// across a partition leader's death), built as [`sarama_bin`] builds its
+/// own, beside it.
+pub fn sarama_failover_bin() -> PathBuf {
+    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    match BIN.get_or_init(|| build_sarama_program("sarama_failover", "sarama-failover")) {
+        Ok(path) => path.clone(),
+        Err(message) => panic!("{message}"),
+    }
+}
+
+/// Builds the Go program in `tests/interop/go/<source>` against Debian's
+/// sarama into `target/sarama-interop/<name>`.
+fn build_sarama_program(source: &str, name: &str) -> Result<PathBuf, String> {
     let go = find_in_path("go")
         .ok_or_else(|| format!("`go` is not on PATH (Debian's golang-go): {INSTALL_HINT}"))?;
-    let source = Path::new(DEBIAN_GOCODE).join("src/github.com/Shopify/sarama");
-    if !source.is_dir() {
+    let sarama = Path::new(DEBIAN_GOCODE).join("src/github.com/Shopify/sarama");
+    if !sarama.is_dir() {
         return Err(format!(
             "sarama's source is not in {} (Debian's golang-github-shopify-sarama-dev): {INSTALL_HINT}",
-            source.display()
+            sarama.display()
         ));
     }
     let build = workspace_root().join("target").join("sarama-interop");
     let gopath = build.join("gopath");
     fs::create_dir_all(&gopath).map_err(|err| format!("create {}: {err}", gopath.display()))?;
-    let bin = build.join("sarama-interop");
+    let bin = build.join(name);
     // Built under a name of its own, then renamed: another test process may
     // be running the previous binary.
-    let fresh = build.join(format!("sarama-interop.{}", std::process::id()));
+    let fresh = build.join(format!("{name}.{}", std::process::id()));
     let mut search_path = gopath.into_os_string();
     search_path.push(":");
     search_path.push(DEBIAN_GOCODE);
@@ -1284,7 +1313,7 @@ fn build_sarama() -> Result<PathBuf, String> {
         .arg("-o")
         .arg(&fresh)
         .arg(".")
-        .current_dir(interop_dir().join("go").join("sarama"))
+        .current_dir(interop_dir().join("go").join(source))
         // GOPATH mode over Debian's tree: no go.mod, no module proxy, no
         // network. Without cgo, sarama builds without DataDog/zstd's C code
         // (and without zstd, which no test uses), and no C compiler is needed.
