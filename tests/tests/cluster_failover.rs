@@ -1684,9 +1684,12 @@ fn described_rows(bootstrap: &str, topic: &str) -> Result<Vec<Vec<String>>, Stri
     if header != columns {
         return Err(format!("the table's columns are {header:?}:\n{text}"));
     }
+    // The table ends at the first blank line (the under-replicated
+    // partitions are listed after it).
     Ok(table
         .lines()
         .skip(1)
+        .take_while(|row| !row.trim().is_empty())
         .map(|row| row.split_whitespace().map(str::to_string).collect())
         .collect())
 }
