@@ -197,13 +197,7 @@ fn quorum_sweep(
             }
             Err(why) => {
                 println!("FAILED {why}");
-                let (features, flag) = match mutation {
-                    Some(name) => (" --features mutations", format!(" --mutation {name}")),
-                    None => ("", String::new()),
-                };
-                println!(
-                    "replay: cargo run --release -p sluice-scenarios{features} --bin sluice-sim -- quorum --voters {voters} --seeds 1 --start {seed:#x}{flag}"
-                );
+                print_campaign_replay(&format!("quorum --voters {voters}"), seed, mutation);
                 return Ok(false);
             }
         }
@@ -250,13 +244,7 @@ fn replication_sweep(
             }
             Err(why) => {
                 println!("FAILED {why}");
-                let (features, flag) = match mutation {
-                    Some(name) => (" --features mutations", format!(" --mutation {name}")),
-                    None => ("", String::new()),
-                };
-                println!(
-                    "replay: cargo run --release -p sluice-scenarios{features} --bin sluice-sim -- replication --nodes {nodes} --seeds 1 --start {seed:#x}{flag}"
-                );
+                print_campaign_replay(&format!("replication --nodes {nodes}"), seed, mutation);
                 return Ok(false);
             }
         }
@@ -275,6 +263,18 @@ fn replication_sweep(
         totals.convergence_ms,
     );
     Ok(true)
+}
+
+/// The command that replays one seed of a campaign (`campaign` is its
+/// subcommand and node count), with its mutation.
+fn print_campaign_replay(campaign: &str, seed: u64, mutation: Option<&str>) {
+    let (features, flag) = match mutation {
+        Some(name) => (" --features mutations", format!(" --mutation {name}")),
+        None => ("", String::new()),
+    };
+    println!(
+        "replay: cargo run --release -p sluice-scenarios{features} --bin sluice-sim -- {campaign} --seeds 1 --start {seed:#x}{flag}"
+    );
 }
 
 /// The broker config pair that selects a mutation, if any.

@@ -191,35 +191,10 @@ pub fn run_quorum(run: &QuorumRun) -> Result<QuorumStats, String> {
     let mut next_fault_ms = cluster.now_ms() + 500 + (rng.next_u64() % 1_000) as i64;
     while cluster.now_ms() < CHAOS_MS {
         if run.faults && cluster.now_ms() >= next_fault_ms {
-            let pick = |rng: &mut Rng| voters[(rng.next_u64() % voters.len() as u64) as usize];
-            match rng.next_u64() % 5 {
-                0 => {
-                    let loss = if rng.next_u64().is_multiple_of(2) {
-                        CrashLoss::LoseUnsynced
-                    } else {
-                        CrashLoss::TearUnsynced
-                    };
-                    cluster.crash(pick(&mut rng), loss);
-                    stats.crashes += 1;
-                }
-                1 | 2 => {
-                    let (a, b) = (pick(&mut rng), pick(&mut rng));
-                    if a != b && !cut.contains(&(a.min(b), a.max(b))) {
-                        cluster.cut(a, b);
-                        cut.push((a.min(b), a.max(b)));
-                        stats.cuts += 1;
-                    }
-                }
-                3 => {
-                    if !cut.is_empty() {
-                        let (a, b) = cut.remove((rng.next_u64() % cut.len() as u64) as usize);
-                        cluster.link_up(a, b);
-                    }
-                }
-                _ => {
-                    let delta = (rng.next_u64() % 7_200_000) as i64 - 3_600_000;
-                    cluster.jump_wall_clock(pick(&mut rng), delta);
-                }
+            match draw_fault(&mut cluster, &mut rng, &voters, &mut cut, 5) {
+                Some(Drawn::Crash) => stats.crashes += 1,
+                Some(Drawn::Cut) => stats.cuts += 1,
+                None => {}
             }
             next_fault_ms = cluster.now_ms() + 100 + (rng.next_u64() % 1_500) as i64;
         }
@@ -260,6 +235,60 @@ pub fn run_quorum(run: &QuorumRun) -> Result<QuorumStats, String> {
     stats.epochs = checker.leaders.len();
     stats.committed = checker.committed.len();
     Ok(stats)
+}
+
+/// A fault drawn by `draw_fault` that the campaigns count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drawn {
+    Crash,
+    Cut,
+}
+
+/// Draws one fault from `rng` among `kinds` equally likely outcomes: 0 a
+/// crash of a node (unsynced writes lost or torn), 1 and 2 a cut between
+/// two nodes, 3 up to `kinds - 2` the heal of a cut, the last a wall-clock
+/// jump of up to an hour either way. `cut` holds the links cut now.
+pub fn draw_fault(
+    cluster: &mut Cluster,
+    rng: &mut Rng,
+    nodes: &[NodeId],
+    cut: &mut Vec<(NodeId, NodeId)>,
+    kinds: u64,
+) -> Option<Drawn> {
+    assert!(kinds >= 5, "every kind of fault has a draw");
+    let pick = |rng: &mut Rng| nodes[(rng.next_u64() % nodes.len() as u64) as usize];
+    match rng.next_u64() % kinds {
+        0 => {
+            let loss = if rng.next_u64().is_multiple_of(2) {
+                CrashLoss::LoseUnsynced
+            } else {
+                CrashLoss::TearUnsynced
+            };
+            cluster.crash(pick(rng), loss);
+            Some(Drawn::Crash)
+        }
+        1 | 2 => {
+            let (a, b) = (pick(rng), pick(rng));
+            if a != b && !cut.contains(&(a.min(b), a.max(b))) {
+                cluster.cut(a, b);
+                cut.push((a.min(b), a.max(b)));
+                return Some(Drawn::Cut);
+            }
+            None
+        }
+        drawn if drawn < kinds - 1 => {
+            if !cut.is_empty() {
+                let (a, b) = cut.remove((rng.next_u64() % cut.len() as u64) as usize);
+                cluster.link_up(a, b);
+            }
+            None
+        }
+        _ => {
+            let delta = (rng.next_u64() % 7_200_000) as i64 - 3_600_000;
+            cluster.jump_wall_clock(pick(rng), delta);
+            None
+        }
+    }
 }
 
 /// Proposes one record (numbered, so every entry differs) to whichever

@@ -36,8 +36,8 @@ use sluice_core::replication::Role;
 use sluice_core::rng::Rng;
 use sluice_core::NodeId;
 
-use crate::cluster::{ClientId, Cluster, ClusterConfig, CrashLoss};
-use crate::quorum::quorum_broker_config;
+use crate::cluster::{ClientId, Cluster, ClusterConfig};
+use crate::quorum::{draw_fault, quorum_broker_config, Drawn};
 
 pub const TOPIC: &str = "chaos";
 const PARTITIONS: i32 = 2;
@@ -459,37 +459,13 @@ pub fn run_replication(run: &ReplicationRun) -> Result<ReplicationStats, String>
     let mut next_fault_ms = start + 500;
     let mut next_produce_ms = start;
     let mut next_consume_ms = start;
-    let pick = |rng: &mut Rng| nodes[(rng.next_u64() % nodes.len() as u64) as usize];
     while cluster.now_ms() < chaos_end {
         if run.faults && cluster.now_ms() >= next_fault_ms {
-            match rng.next_u64() % 6 {
-                0 => {
-                    let loss = if rng.next_u64().is_multiple_of(2) {
-                        CrashLoss::LoseUnsynced
-                    } else {
-                        CrashLoss::TearUnsynced
-                    };
-                    cluster.crash(pick(&mut rng), loss);
-                    stats.crashes += 1;
-                }
-                1 | 2 => {
-                    let (a, b) = (pick(&mut rng), pick(&mut rng));
-                    if a != b && !cut.contains(&(a.min(b), a.max(b))) {
-                        cluster.cut(a, b);
-                        cut.push((a.min(b), a.max(b)));
-                        stats.cuts += 1;
-                    }
-                }
-                3 | 4 => {
-                    if !cut.is_empty() {
-                        let (a, b) = cut.remove((rng.next_u64() % cut.len() as u64) as usize);
-                        cluster.link_up(a, b);
-                    }
-                }
-                _ => {
-                    let delta = (rng.next_u64() % 7_200_000) as i64 - 3_600_000;
-                    cluster.jump_wall_clock(pick(&mut rng), delta);
-                }
+            // Heals draw twice as often as in the quorum's campaign.
+            match draw_fault(&mut cluster, &mut rng, &nodes, &mut cut, 6) {
+                Some(Drawn::Crash) => stats.crashes += 1,
+                Some(Drawn::Cut) => stats.cuts += 1,
+                None => {}
             }
             next_fault_ms = cluster.now_ms() + 200 + (rng.next_u64() % 1_500) as i64;
         }
