@@ -637,8 +637,8 @@ pub enum Mutation {
     /// A partition follower cuts its log to its high watermark when it
     /// starts following, and never asks by epoch (Kafka before KIP-101).
     TruncateToHighWatermark,
-    /// A partition follower fetches (reporting its log end) before its
-    /// appends are synced.
+    /// A partition follower reports its log end as synced, and fetches
+    /// again before its appends are synced.
     FollowerReportsUnsynced,
     /// A partition leader acknowledges acks=all and moves its high
     /// watermark with its ISR below `min.insync.replicas`.

@@ -1,7 +1,8 @@
 //! A partition's replication state on this broker, as Kafka's `Partition`
 //! keeps it: the leader tracks each follower's log end (what it fetches
-//! from, which a Sluice follower asks only once it synced everything
-//! below it), decides who is caught up, moves the high watermark, and asks
+//! from) and, unlike Kafka, the end of what the follower synced (which a
+//! Sluice follower reports beside it), decides who is caught up, moves the
+//! high watermark over synced ends only, and asks
 //! the controller to grow or shrink the ISR; a follower knows its leader,
 //! the leader epoch, and the high watermark the leader last told it.
 //!
@@ -31,9 +32,13 @@ const NEVER: i64 = i64::MIN;
 /// A follower as its leader sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Progress {
-    /// The offset the follower last fetched from: everything below it is
-    /// on the follower's disk, synced. -1 until it fetched in this epoch.
+    /// The offset the follower last fetched from: its log end, which is
+    /// what Kafka's lag rules look at. -1 until it fetched in this epoch.
     pub end_offset: i64,
+    /// The offset below which the follower's log is on its disk, synced,
+    /// as its last fetch reported it (never past `end_offset`): what the
+    /// high watermark and ISR expansion look at. -1 until it fetched.
+    pub synced_offset: i64,
     /// The last time the follower was caught up with the leader's log end.
     pub last_caught_up_ms: i64,
     /// The leader's log end and the time at the follower's last fetch.
@@ -131,6 +136,7 @@ impl Leading {
                     r,
                     Progress {
                         end_offset: -1,
+                        synced_offset: -1,
                         last_caught_up_ms: caught_up,
                         last_fetch_leader_end: -1,
                         last_fetch_ms: NEVER,
@@ -171,6 +177,7 @@ impl Leading {
         for &r in replicas.iter().filter(|&&r| r != me) {
             self.followers.entry(r).or_insert(Progress {
                 end_offset: -1,
+                synced_offset: -1,
                 last_caught_up_ms: NEVER,
                 last_fetch_leader_end: -1,
                 last_fetch_ms: NEVER,
@@ -195,19 +202,32 @@ impl Leading {
         isr
     }
 
-    /// A follower fetched from `fetch_offset` (its synced log end) while
-    /// this log ended at `log_end`: its progress, as Kafka's
-    /// `Replica.updateFetchState` keeps it.
-    pub fn on_fetch(&mut self, follower: i32, fetch_offset: i64, log_end: i64, now_ms: i64) {
+    /// A follower fetched from `fetch_offset` (its log end), with its log
+    /// synced below `synced_offset`, while this log ended at `log_end`: its
+    /// progress, as Kafka's `Replica.updateFetchState` keeps it, plus the
+    /// synced end.
+    pub fn on_fetch(
+        &mut self,
+        follower: i32,
+        fetch_offset: i64,
+        synced_offset: i64,
+        log_end: i64,
+        now_ms: i64,
+    ) {
         let Some(progress) = self.followers.get_mut(&follower) else {
             return;
         };
+        assert!(
+            synced_offset <= fetch_offset,
+            "a follower syncs what it has"
+        );
         if fetch_offset >= log_end {
             progress.last_caught_up_ms = now_ms;
         } else if fetch_offset >= progress.last_fetch_leader_end {
             progress.last_caught_up_ms = progress.last_caught_up_ms.max(progress.last_fetch_ms);
         }
         progress.end_offset = fetch_offset.min(log_end);
+        progress.synced_offset = synced_offset.min(log_end);
         progress.last_fetch_leader_end = log_end;
         progress.last_fetch_ms = now_ms;
     }
@@ -219,8 +239,8 @@ impl Leading {
         })
     }
 
-    /// Recomputes the high watermark: the least log end over the leader's
-    /// synced end and every follower in the maximal ISR or caught up; it
+    /// Recomputes the high watermark: the least synced end over the leader
+    /// and every follower in the maximal ISR or caught up; it
     /// never moves back, and stays put while the ISR is below
     /// `min.insync.replicas` (Kafka 3.7's rule). True when it moved.
     pub fn update_high_watermark(
@@ -243,7 +263,7 @@ impl Leading {
             let eligible_caught_up =
                 !ineligible.contains(&r) && self.caught_up(r, log_end, now_ms, lag_ms);
             if maximal.contains(&r) || eligible_caught_up {
-                candidate = candidate.min(progress.end_offset);
+                candidate = candidate.min(progress.synced_offset);
             }
         }
         if candidate > self.high_watermark {
@@ -256,13 +276,15 @@ impl Leading {
     }
 
     /// The ISR to ask for when a follower outside it caught up: at least the
-    /// high watermark and the start of this epoch (Kafka's expansion rule).
+    /// high watermark and the start of this epoch (Kafka's expansion rule),
+    /// synced.
     pub fn expansion(&self, follower: i32) -> Option<Vec<i32>> {
         if self.pending_isr.is_some() || self.isr.contains(&follower) {
             return None;
         }
         let progress = self.followers.get(&follower)?;
-        if progress.end_offset < self.high_watermark || progress.end_offset < self.epoch_start {
+        if progress.synced_offset < self.high_watermark || progress.synced_offset < self.epoch_start
+        {
             return None;
         }
         let mut isr = self.isr.clone();
@@ -309,6 +331,7 @@ impl Leading {
         assert!(!self.followers.contains_key(&self.me));
         for progress in self.followers.values() {
             assert!(progress.end_offset <= log_end, "no follower is ahead");
+            assert!(progress.synced_offset <= progress.end_offset);
         }
     }
 }
@@ -335,24 +358,46 @@ mod tests {
         // No follower fetched yet in this epoch: nothing moves.
         assert!(!l.update_high_watermark(100, 100, 1_000, 30_000, &[]));
         assert_eq!(l.high_watermark, 40);
-        l.on_fetch(2, 90, 100, 1_010);
-        l.on_fetch(3, 70, 100, 1_010);
+        l.on_fetch(2, 90, 90, 100, 1_010);
+        l.on_fetch(3, 70, 70, 100, 1_010);
         assert!(l.update_high_watermark(100, 100, 1_010, 30_000, &[]));
         assert_eq!(l.high_watermark, 70);
         // The leader's own unsynced tail does not count.
-        l.on_fetch(3, 100, 100, 1_020);
+        l.on_fetch(3, 100, 100, 100, 1_020);
         l.update_high_watermark(95, 100, 1_020, 30_000, &[]);
         assert_eq!(l.high_watermark, 90);
         // It never moves back.
-        l.on_fetch(2, 60, 100, 1_030);
+        l.on_fetch(2, 60, 60, 100, 1_030);
         assert!(!l.update_high_watermark(95, 100, 1_030, 30_000, &[]));
         assert_eq!(l.high_watermark, 90);
     }
 
     #[test]
+    fn a_followers_unsynced_tail_counts_for_lag_but_not_for_the_high_watermark() {
+        let mut l = leader(&[1, 2], 1);
+        // Follower 2 has everything (it is caught up) but synced only to 80.
+        l.on_fetch(2, 100, 80, 100, 1_000);
+        assert!(l.caught_up(2, 100, 1_000, 30_000));
+        assert!(l.update_high_watermark(100, 100, 1_000, 30_000, &[]));
+        assert_eq!(l.high_watermark, 80);
+        // Follower 3 outside the ISR reached the high watermark only in
+        // what it appended: no expansion until it synced there.
+        l.on_fetch(3, 100, 60, 100, 1_000);
+        assert_eq!(l.expansion(3), None);
+        l.on_fetch(3, 100, 100, 100, 1_001);
+        assert_eq!(l.expansion(3), Some(vec![1, 2, 3]));
+    }
+
+    #[test]
+    #[should_panic(expected = "a follower syncs what it has")]
+    fn a_synced_end_past_the_fetch_offset_is_refused() {
+        leader(&[1, 2], 1).on_fetch(2, 90, 91, 100, 1_000);
+    }
+
+    #[test]
     fn high_watermark_stays_while_the_isr_is_below_min_insync() {
         let mut l = leader(&[1], 2);
-        l.on_fetch(2, 100, 100, 1_000);
+        l.on_fetch(2, 100, 100, 100, 1_000);
         assert!(!l.update_high_watermark(100, 100, 1_000, 30_000, &[]));
         assert_eq!(l.high_watermark, 40);
         assert!(!l.enough_replicas());
@@ -366,9 +411,9 @@ mod tests {
     #[test]
     fn a_caught_up_follower_outside_the_isr_holds_the_high_watermark_back() {
         let mut l = leader(&[1, 2], 1);
-        l.on_fetch(2, 100, 100, 1_000);
-        l.on_fetch(3, 100, 100, 1_000);
-        l.on_fetch(3, 80, 120, 1_001);
+        l.on_fetch(2, 100, 100, 100, 1_000);
+        l.on_fetch(3, 100, 100, 100, 1_000);
+        l.on_fetch(3, 80, 80, 120, 1_001);
         // 3 was caught up a moment ago: it bounds the high watermark.
         l.update_high_watermark(120, 120, 1_001, 30_000, &[]);
         assert_eq!(l.high_watermark, 80);
@@ -377,10 +422,10 @@ mod tests {
     #[test]
     fn a_fenced_replica_outside_the_isr_does_not_hold_the_high_watermark_back() {
         let mut l = leader(&[1, 2], 1);
-        l.on_fetch(2, 100, 100, 1_000);
-        l.on_fetch(3, 100, 100, 1_000);
-        l.on_fetch(3, 80, 120, 1_001);
-        l.on_fetch(2, 120, 120, 1_002);
+        l.on_fetch(2, 100, 100, 100, 1_000);
+        l.on_fetch(3, 100, 100, 100, 1_000);
+        l.on_fetch(3, 80, 80, 120, 1_001);
+        l.on_fetch(2, 120, 120, 120, 1_002);
         // 3 caught up a moment ago, but its broker is fenced.
         l.update_high_watermark(120, 120, 1_002, 30_000, &[3]);
         assert_eq!(l.high_watermark, 120);
@@ -389,9 +434,9 @@ mod tests {
     #[test]
     fn expansion_needs_the_high_watermark_and_the_epoch_start() {
         let mut l = leader(&[1, 2], 1);
-        l.on_fetch(3, 99, 100, 1_000);
+        l.on_fetch(3, 99, 99, 100, 1_000);
         assert_eq!(l.expansion(3), None, "below the epoch start");
-        l.on_fetch(3, 100, 100, 1_001);
+        l.on_fetch(3, 100, 100, 100, 1_001);
         assert_eq!(l.expansion(3), Some(vec![1, 2, 3]));
         assert_eq!(l.expansion(2), None, "already a member");
     }
@@ -399,12 +444,12 @@ mod tests {
     #[test]
     fn shrink_drops_members_behind_for_the_lag_time() {
         let mut l = leader(&[1, 2, 3], 1);
-        l.on_fetch(2, 100, 100, 2_000);
-        l.on_fetch(3, 50, 100, 2_000);
+        l.on_fetch(2, 100, 100, 100, 2_000);
+        l.on_fetch(3, 50, 50, 100, 2_000);
         assert_eq!(l.shrink(100, 30_000, 30_000), None);
         assert_eq!(l.shrink(100, 31_001, 30_000), Some(vec![1, 2]));
         // A member at the log end is caught up however old its last fetch.
-        l.on_fetch(3, 100, 100, 2_000);
+        l.on_fetch(3, 100, 100, 100, 2_000);
         assert_eq!(l.shrink(100, 90_000, 30_000), None);
         l.pending_isr = Some(vec![1]);
         assert_eq!(l.shrink(200, 90_000, 30_000), None, "one change at a time");
@@ -413,13 +458,13 @@ mod tests {
     #[test]
     fn catching_up_counts_the_previous_fetch_time() {
         let mut l = leader(&[1, 2], 1);
-        l.on_fetch(2, 100, 100, 5_000);
+        l.on_fetch(2, 100, 100, 100, 5_000);
         assert_eq!(l.followers[&2].last_caught_up_ms, 5_000);
         // The log grew to 120; the follower now fetches from 100 (where the
         // log ended at its previous fetch): caught up as of that fetch.
-        l.on_fetch(2, 100, 120, 9_000);
+        l.on_fetch(2, 100, 100, 120, 9_000);
         assert_eq!(l.followers[&2].last_caught_up_ms, 5_000);
-        l.on_fetch(2, 120, 130, 9_500);
+        l.on_fetch(2, 120, 120, 130, 9_500);
         assert_eq!(l.followers[&2].last_caught_up_ms, 9_000);
     }
 

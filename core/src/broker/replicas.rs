@@ -35,14 +35,43 @@ pub struct HighWatermark {
     pub deadline_ms: Option<i64>,
 }
 
+/// The tag of a Sluice follower's own field in each partition of its
+/// Fetch (an int64, tagged so that the request stays Kafka's): the offset
+/// below which its log is synced. Kafka followers report only their log
+/// end; a Sluice follower may fetch again while its last records sync, so
+/// it says how far it synced, and only that counts for the high watermark.
+/// Without the field, the fetch offset is taken as synced.
+pub const SYNCED_END_TAG: i32 = 8_000;
+
 /// A follower's fetch of one partition, as the leader reads it.
 #[derive(Debug, Clone, Copy)]
 pub struct FollowerFetch {
     pub replica_id: i32,
     pub current_leader_epoch: i32,
     pub fetch_offset: i64,
+    /// The offset below which the follower's log is synced, as it reported
+    /// it (`SYNCED_END_TAG`); at most `fetch_offset`.
+    pub synced_offset: i64,
     pub last_fetched_epoch: i32,
     pub bytes_max: usize,
+}
+
+impl FollowerFetch {
+    /// The synced end a follower's fetch partition reports: the tagged
+    /// field when present and well formed, else the fetch offset. A value
+    /// past the fetch offset is taken as the fetch offset (a follower
+    /// cannot have synced what it does not have).
+    pub fn synced_end(partition: &kafka_protocol::messages::fetch_request::FetchPartition) -> i64 {
+        let reported = partition
+            .unknown_tagged_fields
+            .get(&SYNCED_END_TAG)
+            .and_then(|value| <[u8; 8]>::try_from(value.as_ref()).ok())
+            .map(i64::from_be_bytes);
+        match reported {
+            Some(synced) => synced.min(partition.fetch_offset),
+            None => partition.fetch_offset,
+        }
+    }
 }
 
 /// What the leader answers a follower for one partition.
@@ -70,6 +99,8 @@ pub struct ToFetch {
     pub topic_id: Uuid,
     pub leader_epoch: i32,
     pub fetch_offset: i64,
+    /// The offset below which this follower's log is synced.
+    pub synced_offset: i64,
     pub last_fetched_epoch: i32,
     pub log_start: i64,
 }
@@ -360,6 +391,7 @@ impl<S: Storage> Broker<S> {
         leading.on_fetch(
             fetch.replica_id,
             fetch.fetch_offset,
+            fetch.synced_offset.min(fetch.fetch_offset),
             log_end,
             now.monotonic_ms,
         );
@@ -523,6 +555,7 @@ impl<S: Storage> Broker<S> {
                         topic_id,
                         leader_epoch: f.leader_epoch,
                         fetch_offset: log.log_end_offset(),
+                        synced_offset: log.durable_offset(),
                         last_fetched_epoch: if truncate_to_hw {
                             -1
                         } else {
@@ -552,16 +585,6 @@ impl<S: Storage> Broker<S> {
             leader_epoch: Some(leading.leader_epoch),
             deadline_ms: None,
         })
-    }
-
-    /// True when a followed partition has appended records not yet synced.
-    pub fn follower_unsynced(&self, partition: &TopicPartition) -> bool {
-        self.topics
-            .partition(&partition.topic, partition.partition)
-            .is_some_and(|p| {
-                matches!(p.role, Role::Follower(_))
-                    && p.log.durable_offset() < p.log.log_end_offset()
-            })
     }
 
     /// Appends what the leader sent for a followed partition, and learns its

@@ -105,6 +105,7 @@ pub fn fetch_response<S: Storage>(
                         replica_id,
                         current_leader_epoch: partition.current_leader_epoch,
                         fetch_offset: partition.fetch_offset,
+                        synced_offset: FollowerFetch::synced_end(partition),
                         last_fetched_epoch: partition.last_fetched_epoch,
                         bytes_max: (partition.partition_max_bytes.max(0) as usize).min(bytes_left),
                     };

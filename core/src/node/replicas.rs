@@ -1,9 +1,17 @@
 //! The node's side of partition replication: a follower's fetch loop, one
-//! Fetch in flight per leader over the replica link, sent only once every
-//! partition it follows from that leader is synced to its log end (so the
-//! offsets it reports are on its disk); the answers appended or truncated;
-//! and a leader's ISR changes sent to the active controller as
-//! AlterPartition, or handed to its own controller when it is one.
+//! Fetch in flight per leader over the replica link; the answers appended
+//! or truncated; and a leader's ISR changes sent to the active controller
+//! as AlterPartition, or handed to its own controller when it is one.
+//!
+//! A follower reports, beside its log end, the end of what it synced
+//! (`SYNCED_END_TAG`), and only that counts for the leader's high
+//! watermark. It may fetch again while the records of its last answer
+//! sync, so that the network round trip overlaps the sync, but never
+//! further ahead: a fetch is sent only once everything below the previous
+//! fetch's offset is synced, and one sent with records still unsyncing asks
+//! the leader not to wait for more (max_wait_ms 0), since its answer is
+//! what carries the next synced end. After an empty answer the follower
+//! waits for its sync, then fetches and lets the leader hold the fetch.
 
 use std::collections::BTreeMap;
 
@@ -15,7 +23,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::ResponseError;
 
 use super::Node;
-use crate::broker::replicas::{IsrChange, ToFetch};
+use crate::broker::replicas::{IsrChange, ToFetch, SYNCED_END_TAG};
 use crate::storage::Storage;
 use crate::timer::Timer;
 use crate::types::{Channel, NodeId, Now, TopicPartition};
@@ -31,8 +39,30 @@ pub(super) const ALTER_PARTITION_VERSION: i16 = 3;
 pub(super) struct LeaderFetch {
     /// The fetch in flight: each partition's leader epoch and offset.
     sent: Option<BTreeMap<TopicPartition, (i32, i64)>>,
+    /// The offsets the last answered fetch asked from, per partition.
+    last_offsets: BTreeMap<TopicPartition, i64>,
+    /// The last answer carried records: more may be waiting at the leader.
+    answered_records: bool,
     /// No fetch before this time (after a failed one).
     backoff_until_ms: i64,
+}
+
+impl LeaderFetch {
+    /// Whether the next fetch may go now, and if so whether it may wait at
+    /// the leader for records (Some(true)) or must be answered at once
+    /// because records are still syncing here (Some(false)).
+    fn may_fetch(&self, partitions: &[ToFetch]) -> Option<bool> {
+        let syncing = partitions.iter().any(|p| p.synced_offset < p.fetch_offset);
+        if !syncing {
+            return Some(true);
+        }
+        let previous_synced = partitions.iter().all(|p| {
+            self.last_offsets
+                .get(&p.partition)
+                .is_none_or(|&previous| p.synced_offset >= previous)
+        });
+        (self.answered_records && previous_synced).then_some(false)
+    }
 }
 
 impl<S: Storage> Node<S> {
@@ -65,19 +95,18 @@ impl<S: Storage> Node<S> {
                 );
                 continue;
             }
-            // What this follower reports must be on its disk: wait for the
-            // sync of what the last answer appended.
             let report_unsynced = self
                 .broker
                 .config
                 .mutated(crate::config::Mutation::FollowerReportsUnsynced);
-            if !report_unsynced
-                && partitions
-                    .iter()
-                    .any(|p| self.broker.follower_unsynced(&p.partition))
-            {
+            let may_wait = if report_unsynced {
+                Some(true)
+            } else {
+                state.may_fetch(&partitions)
+            };
+            let Some(may_wait) = may_wait else {
                 continue;
-            }
+            };
             let link_ready = self
                 .peers
                 .get(&(leader, Channel::Replica))
@@ -85,7 +114,7 @@ impl<S: Storage> Node<S> {
             if !link_ready {
                 continue;
             }
-            let request = self.replica_fetch_request(&partitions);
+            let request = self.replica_fetch_request(&partitions, may_wait, report_unsynced);
             let sent = self.send_peer(
                 now,
                 (leader, Channel::Replica),
@@ -110,17 +139,30 @@ impl<S: Storage> Node<S> {
         }
     }
 
-    fn replica_fetch_request(&self, partitions: &[ToFetch]) -> FetchRequest {
+    /// A follower's Fetch. `report_unsynced` is the mutation that reports
+    /// the log end as synced.
+    fn replica_fetch_request(
+        &self,
+        partitions: &[ToFetch],
+        may_wait: bool,
+        report_unsynced: bool,
+    ) -> FetchRequest {
         let config = &self.broker.config;
         let mut topics: Vec<fetch_request::FetchTopic> = Vec::new();
         for p in partitions {
-            let partition = fetch_request::FetchPartition::default()
+            let mut partition = fetch_request::FetchPartition::default()
                 .with_partition(p.partition.partition)
                 .with_current_leader_epoch(p.leader_epoch)
                 .with_fetch_offset(p.fetch_offset)
                 .with_last_fetched_epoch(p.last_fetched_epoch)
                 .with_log_start_offset(p.log_start)
                 .with_partition_max_bytes(config.replica_fetch_max_bytes);
+            if p.synced_offset < p.fetch_offset && !report_unsynced {
+                partition = partition.with_unknown_tagged_field(
+                    SYNCED_END_TAG,
+                    Bytes::copy_from_slice(&p.synced_offset.to_be_bytes()),
+                );
+            }
             match topics.last_mut() {
                 Some(topic) if topic.topic_id == p.topic_id => topic.partitions.push(partition),
                 _ => topics.push(
@@ -138,7 +180,11 @@ impl<S: Storage> Node<S> {
                     .with_replica_id(BrokerId(self.node_id.0))
                     .with_replica_epoch(broker_epoch),
             )
-            .with_max_wait_ms(config.replica_fetch_wait_max_ms)
+            .with_max_wait_ms(if may_wait {
+                config.replica_fetch_wait_max_ms
+            } else {
+                0
+            })
             .with_min_bytes(1)
             .with_max_bytes(config.replica_fetch_max_bytes.saturating_mul(10))
             .with_session_id(0)
@@ -150,6 +196,7 @@ impl<S: Storage> Node<S> {
     pub(super) fn replica_link_lost(&mut self, peer: NodeId) {
         if let Some(state) = self.replica_fetches.get_mut(&peer) {
             state.sent = None;
+            state.answered_records = false;
         }
     }
 
@@ -161,6 +208,7 @@ impl<S: Storage> Node<S> {
             .and_then(|state| state.sent.take())
             .unwrap_or_default();
         let mut failed = false;
+        let mut records = false;
         match decode_response::<FetchResponse>(ApiKey::Fetch, version, frame) {
             Ok((_, response)) if response.error_code != 0 => {
                 tracing::warn!(%peer, error = response.error_code, "a leader refused a fetch");
@@ -176,6 +224,7 @@ impl<S: Storage> Node<S> {
                         let Some(&(epoch, offset)) = sent.get(&tp) else {
                             continue;
                         };
+                        records |= p.records.as_ref().is_some_and(|r| !r.is_empty());
                         if !self.follower_answer(&tp, epoch, offset, p) {
                             failed = true;
                         }
@@ -187,10 +236,14 @@ impl<S: Storage> Node<S> {
                 failed = true;
             }
         }
+        let state = self.replica_fetches.entry(peer).or_default();
+        state.last_offsets = sent
+            .into_iter()
+            .map(|(tp, (_, offset))| (tp, offset))
+            .collect();
+        state.answered_records = records && !failed;
         if failed {
-            let backoff = self.broker.config.replica_fetch_backoff_ms;
-            let state = self.replica_fetches.entry(peer).or_default();
-            state.backoff_until_ms = now.monotonic_ms + backoff;
+            state.backoff_until_ms = now.monotonic_ms + self.broker.config.replica_fetch_backoff_ms;
         }
     }
 
