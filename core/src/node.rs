@@ -695,6 +695,10 @@ impl<S: Storage> Node<S> {
                     frame,
                     after_sync,
                 });
+                // Its deadline: a request whose answer never comes (a
+                // network that lost it) resets the link, whatever else
+                // does or does not arrive on it.
+                self.arm_peer_timer(peer, channel);
                 true
             }
             Err(error) => {

@@ -38,6 +38,11 @@ pub const ALL: &[Scenario] = &[
         build: groups,
     },
     Scenario {
+        name: "replicated",
+        about: "three brokers forming a cluster, a topic with three replicas and min.insync.replicas=2 at acks=all; brokers crash, are cut off from each other and from producers, slow their disks and jump their clocks",
+        build: replicated,
+    },
+    Scenario {
         name: "disk-trouble",
         about: "a disk that fills up, slows down and fails syncs",
         build: disk_trouble,
@@ -82,6 +87,9 @@ fn base(scenario: &'static str, seed: u64, rng: &mut Rng) -> Spec {
             send_interval_ms,
             acks: Acks::All,
             group_members: 0,
+            replication_factor: 1,
+            min_insync_replicas: None,
+            bootstrap_nodes: 1,
         },
         faults: Vec::new(),
         safety_ms,
@@ -278,6 +286,80 @@ pub fn groups(seed: u64) -> Spec {
     let jumps = pick(&mut rng, 0, 2);
     spec.faults
         .extend(clock_jumps(&mut rng, jumps, spec.safety_ms));
+    spec
+}
+
+/// Nodes of the `replicated` scenario.
+const REPLICATED_NODES: u32 = 3;
+
+pub fn replicated(seed: u64) -> Spec {
+    let mut rng = Rng::from_seed(seed);
+    let mut spec = base("replicated", seed, &mut rng);
+    spec.nodes = REPLICATED_NODES;
+    let voters: Vec<String> = (1..=REPLICATED_NODES)
+        .map(|n| format!("{n}@node{n}:9092"))
+        .collect();
+    spec.broker.extend([
+        ("controller.quorum.voters".into(), voters.join(",")),
+        // Short enough for the faults of a ten-second run to fence
+        // brokers, move leaders and shrink and grow ISRs.
+        ("broker.session.timeout.ms".into(), "2000".into()),
+        ("broker.heartbeat.interval.ms".into(), "500".into()),
+        ("replica.lag.time.max.ms".into(), "1500".into()),
+    ]);
+    spec.workload.replication_factor = REPLICATED_NODES as i16;
+    spec.workload.min_insync_replicas = Some(2);
+    spec.workload.bootstrap_nodes = REPLICATED_NODES;
+    let node = |rng: &mut Rng| pick(rng, 1, REPLICATED_NODES as u64) as u32;
+    for _ in 0..pick(&mut rng, 2, 7) {
+        let at_ms = pick(&mut rng, 500, spec.safety_ms - 1_000);
+        let fault = match rng.next_u64() % 5 {
+            0 | 1 => Fault::Crash {
+                node: node(&mut rng),
+                damage: CrashFault::ALL[(rng.next_u64() % 4) as usize],
+                down_ms: pick(&mut rng, 10, 2_500),
+            },
+            2 => {
+                let a = node(&mut rng);
+                let b = a % REPLICATED_NODES + 1;
+                Fault::PartitionNodes {
+                    a,
+                    b,
+                    for_ms: pick(&mut rng, 100, 4_000),
+                }
+            }
+            3 => Fault::Partition {
+                client: format!(
+                    "producer{}",
+                    rng.next_u64() % spec.workload.producers as u64
+                ),
+                node: node(&mut rng),
+                for_ms: pick(&mut rng, 100, 3_000),
+            },
+            _ => Fault::SlowDisk {
+                node: node(&mut rng),
+                latency_ms: pick(&mut rng, 5, 300),
+                for_ms: pick(&mut rng, 100, 3_000),
+            },
+        };
+        spec.faults.push(Scheduled { at_ms, fault });
+    }
+    for _ in 0..pick(&mut rng, 0, 2) {
+        let at_ms = pick(&mut rng, 100, spec.safety_ms - 1_000);
+        let size_ms = pick(&mut rng, 1_000, 3_600_000) as i64;
+        let delta_ms = if rng.next_u64().is_multiple_of(2) {
+            size_ms
+        } else {
+            -size_ms
+        };
+        spec.faults.push(Scheduled {
+            at_ms,
+            fault: Fault::ClockJump {
+                node: node(&mut rng),
+                delta_ms,
+            },
+        });
+    }
     spec
 }
 

@@ -36,7 +36,60 @@ pub const CHECKERS: &[&str] = &[
     "dense-offsets",
     "high-watermark-monotonic",
     "durable-data-intact",
+    "replicas-agree",
 ];
+
+/// Every replica's durable log holds exactly what the reference replica's
+/// holds once the cluster converged (the same records at the same offsets,
+/// from the same log start), and its own durable data is intact.
+pub fn replicas_agree(host: &str, reference: &FinalLogs, theirs: &FinalLogs) -> Vec<Violation> {
+    let mut found: Vec<Violation> = theirs
+        .scan_problems
+        .iter()
+        .map(|p| violation("durable-data-intact", format!("{host}: {p}")))
+        .collect();
+    let partitions: std::collections::BTreeSet<i32> = reference
+        .partitions
+        .keys()
+        .chain(theirs.partitions.keys())
+        .copied()
+        .collect();
+    for partition in partitions {
+        let (ours, other) = (
+            reference.partitions.get(&partition),
+            theirs.partitions.get(&partition),
+        );
+        if ours == other {
+            continue;
+        }
+        let describe = |logs: Option<&(i64, Vec<(i64, String)>)>| match logs {
+            None => "no log".to_string(),
+            Some((start, records)) => format!(
+                "start {start}, {} records, last {:?}",
+                records.len(),
+                records.last()
+            ),
+        };
+        let first_difference = match (ours, other) {
+            (Some((_, a)), Some((_, b))) => a
+                .iter()
+                .zip(b.iter())
+                .find(|(x, y)| x != y)
+                .map(|(x, y)| format!("; first difference: {x:?} against {y:?}"))
+                .unwrap_or_default(),
+            _ => String::new(),
+        };
+        found.push(violation(
+            "replicas-agree",
+            format!(
+                "partition {partition}: node1 has {}, {host} has {}{first_difference}",
+                describe(ours),
+                describe(other)
+            ),
+        ));
+    }
+    found
+}
 
 /// Runs every checker.
 pub fn check_all(history: &[Entry], logs: &FinalLogs) -> Vec<Violation> {

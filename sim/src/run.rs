@@ -400,11 +400,23 @@ fn run_inner(spec: &Spec, trace: &Trace) -> Outcome {
     if failure.is_none() {
         failure = converge_links(&mut sim, &nodes);
     }
+    let replicated = spec.workload.replication_factor > 1;
+    if failure.is_none() && replicated {
+        failure = converge_replicas(&mut sim, &nodes, spec);
+    }
     let simulated = sim.elapsed();
     drop(sim);
     let logs = final_logs(&nodes[0].disk, spec);
     let entries = history.entries();
-    let violations = check::check_all(&entries, &logs);
+    let mut violations = check::check_all(&entries, &logs);
+    if replicated {
+        // Every replica holds what node 1 holds, record for record, and
+        // its own durable data is intact.
+        for node in &nodes[1..] {
+            let theirs = final_logs(&node.disk, spec);
+            violations.extend(check::replicas_agree(&node.host, &logs, &theirs));
+        }
+    }
     let acknowledged = entries
         .iter()
         .filter(|e| {
@@ -445,6 +457,60 @@ fn converge_links(sim: &mut turmoil::Sim<'_>, nodes: &[SimNode]) -> Option<Strin
         }
     }
     None
+}
+
+/// How long after the workload ended the replicas of every partition must
+/// hold the same durable log end.
+const REPLICAS_CONVERGE_MS: u64 = 30_000;
+/// Simulated time between two looks at the replicas' disks.
+const REPLICAS_LOOK_MS: u64 = 250;
+
+/// The durable log end of each partition of the workload's topic on a
+/// node's disk (None for a partition whose log is missing or unreadable).
+fn durable_ends(disk: &SimDisk, spec: &Spec) -> Vec<Option<i64>> {
+    let mut storage = disk.snapshot();
+    storage.crash(0);
+    let config = sluice_core::config::TopicConfig::new(&BrokerConfig::defaults(), &BTreeMap::new())
+        .expect("defaults");
+    (0..spec.workload.partitions)
+        .map(|partition| {
+            let dir = format!("{}-{partition}", spec.workload.topic);
+            if !storage.exists(&dir) {
+                return None;
+            }
+            PartitionLog::open(&mut storage, &dir, config.clone(), false)
+                .ok()
+                .map(|(log, _)| log.log_end_offset())
+        })
+        .collect()
+}
+
+/// Runs on until every node's durable log of every partition ends at the
+/// same offset (followers fetched and synced all the leader has); a
+/// failure when that takes longer than `REPLICAS_CONVERGE_MS`.
+fn converge_replicas(sim: &mut turmoil::Sim<'_>, nodes: &[SimNode], spec: &Spec) -> Option<String> {
+    let deadline = sim.elapsed() + Duration::from_millis(REPLICAS_CONVERGE_MS);
+    loop {
+        let ends: Vec<Vec<Option<i64>>> =
+            nodes.iter().map(|n| durable_ends(&n.disk, spec)).collect();
+        if ends
+            .iter()
+            .all(|e| e == &ends[0] && e.iter().all(Option::is_some))
+        {
+            return None;
+        }
+        if sim.elapsed() > deadline {
+            return Some(format!(
+                "replicas not converged {REPLICAS_CONVERGE_MS} ms after the workload: durable ends by node {ends:?}"
+            ));
+        }
+        let look = sim.elapsed() + Duration::from_millis(REPLICAS_LOOK_MS);
+        while sim.elapsed() < look {
+            if let Err(error) = sim.step() {
+                return Some(format!("a host failed: {error}"));
+            }
+        }
+    }
 }
 
 /// Reads every partition of the workload's topic straight from a copy of

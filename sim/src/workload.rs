@@ -16,7 +16,7 @@ use sluice_core::storage::MemStorage;
 use tracing::Instrument;
 
 use crate::history::{History, Operation, Outcome};
-use crate::run::{sim_clock, KillSwitch, Spec, NODE, PORT};
+use crate::run::{node_host, sim_clock, KillSwitch, Spec, PORT};
 
 #[derive(Debug, Clone)]
 pub struct Workload {
@@ -34,6 +34,14 @@ pub struct Workload {
     /// Members of a consumer group reading the topic (0: no group). They
     /// run as hosts named `member0`.., so the nemesis can crash them.
     pub group_members: usize,
+    /// Replicas of each partition of the topic: more than one only when the
+    /// nodes form a cluster.
+    pub replication_factor: i16,
+    /// The topic's `min.insync.replicas`, when set.
+    pub min_insync_replicas: Option<i16>,
+    /// Nodes the clients bootstrap from: `node1`..; 1 unless the nodes form
+    /// a cluster.
+    pub bootstrap_nodes: u32,
 }
 
 /// The consumer group of the workload.
@@ -200,7 +208,7 @@ async fn consume_in_group(
     seed: u64,
     producers_done: &AtomicUsize,
 ) -> bool {
-    let Ok(client) = Client::new(SimConnector, client_config(process, seed)) else {
+    let Ok(client) = Client::new(SimConnector, client_config(process, workload, seed)) else {
         return false;
     };
     ensure_topic(&client, workload).await;
@@ -371,7 +379,7 @@ async fn group_done<C: sluice_client::Connector>(
 /// high watermark lookup now and then, until the producers finished and
 /// it has read up to the end.
 async fn read(workload: &Workload, history: &History, seed: u64, producers_done: &AtomicUsize) {
-    let Ok(client) = Client::new(SimConnector, client_config("reader", seed)) else {
+    let Ok(client) = Client::new(SimConnector, client_config("reader", workload, seed)) else {
         return;
     };
     ensure_topic(&client, workload).await;
@@ -498,8 +506,10 @@ fn unpadded(value: &[u8]) -> String {
         .to_string()
 }
 
-fn client_config(process: &str, seed: u64) -> ClientConfig {
-    let mut config = ClientConfig::new([format!("{NODE}:{PORT}")])
+fn client_config(process: &str, workload: &Workload, seed: u64) -> ClientConfig {
+    let bootstrap =
+        (1..=workload.bootstrap_nodes.max(1)).map(|n| format!("{}:{PORT}", node_host(n)));
+    let mut config = ClientConfig::new(bootstrap)
         .with_seed(seed)
         .with_client_id(process);
     config.request_timeout_ms = 5_000;
@@ -510,7 +520,7 @@ fn client_config(process: &str, seed: u64) -> ClientConfig {
 /// record whose delivery failed was perhaps written: the checkers only
 /// rely on acknowledged ones.
 async fn produce(process: &str, workload: &Workload, history: &History, seed: u64) {
-    let client = match Client::new(SimConnector, client_config(process, seed)) {
+    let client = match Client::new(SimConnector, client_config(process, workload, seed)) {
         Ok(client) => client,
         Err(error) => {
             tracing::error!(%error, "cannot make a client");
@@ -614,7 +624,14 @@ fn complete(
 /// Creates the topic, retrying through faults; another producer may win.
 async fn ensure_topic(client: &Client<SimConnector>, workload: &Workload) {
     let admin = sluice_client::Admin::new(client.clone());
-    let topic = sluice_client::NewTopic::new(workload.topic.clone(), workload.partitions, 1);
+    let mut topic = sluice_client::NewTopic::new(
+        workload.topic.clone(),
+        workload.partitions,
+        workload.replication_factor.max(1),
+    );
+    if let Some(min_insync) = workload.min_insync_replicas {
+        topic = topic.with_config("min.insync.replicas", min_insync.to_string());
+    }
     for _ in 0..200 {
         match admin.create_topic(&topic).await {
             Ok(()) => return,

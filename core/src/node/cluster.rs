@@ -499,6 +499,15 @@ impl<S: Storage> Node<S> {
         }
         let wants_in = registration.fenced && !request.want_fence && caught_up;
         if !wants_in || controller.changing.contains(&id) {
+            if registration.fenced {
+                tracing::debug!(
+                    broker = id,
+                    caught_up,
+                    want_fence = request.want_fence,
+                    changing = controller.changing.contains(&id),
+                    "a fenced broker stays fenced"
+                );
+            }
             return Decision::Now(answer(registration.fenced));
         }
         // A change of a partition it leads or is in sync for is on its way
@@ -510,6 +519,10 @@ impl<S: Storage> Node<S> {
             })
         });
         if settling {
+            tracing::debug!(
+                broker = id,
+                "a fenced broker stays fenced while a change of its partitions settles"
+            );
             return Decision::Now(answer(true));
         }
         let mut records = vec![MetadataRecord::BrokerRegistrationChange(
