@@ -646,10 +646,25 @@ pub enum Mutation {
     /// A partition leader answers followers' fetches without checking their
     /// last fetched epoch, so a diverged log is never cut.
     SkipFetchEpochCheck,
+    /// A partition leader answers acks=all once its own sync completes,
+    /// without waiting for the high watermark (for its followers).
+    AcksAllAfterLocalSync,
+    /// A partition leader answers a produce with the offset after its
+    /// batch (the log end after the append) instead of the batch's base
+    /// offset.
+    AnswerNextOffset,
+    /// The controller fencing a partition's leader with no live ISR member
+    /// to succeed it takes the leader out of the ISR too, leaving the ISR
+    /// empty (Kafka keeps the last member).
+    EmptyIsrOnFence,
+    /// A partition follower refused by a broker that does not lead follows
+    /// the leader that broker names (KIP-951's hint) without checking that
+    /// its epoch is newer than the one it follows.
+    FollowHintedLeader,
 }
 
 impl Mutation {
-    pub const ALL: [Mutation; 15] = [
+    pub const ALL: [Mutation; 19] = [
         Mutation::AckBeforeSync,
         Mutation::ReadBeforeSync,
         Mutation::SkipRecoveryCrc,
@@ -665,6 +680,10 @@ impl Mutation {
         Mutation::FollowerReportsUnsynced,
         Mutation::AcksBelowMinInsync,
         Mutation::SkipFetchEpochCheck,
+        Mutation::AcksAllAfterLocalSync,
+        Mutation::AnswerNextOffset,
+        Mutation::EmptyIsrOnFence,
+        Mutation::FollowHintedLeader,
     ];
 
     pub fn name(self) -> &'static str {
@@ -684,6 +703,10 @@ impl Mutation {
             Mutation::FollowerReportsUnsynced => "follower-reports-unsynced",
             Mutation::AcksBelowMinInsync => "acks-below-min-insync",
             Mutation::SkipFetchEpochCheck => "skip-fetch-epoch-check",
+            Mutation::AcksAllAfterLocalSync => "acks-all-after-local-sync",
+            Mutation::AnswerNextOffset => "answer-next-offset",
+            Mutation::EmptyIsrOnFence => "empty-isr-on-fence",
+            Mutation::FollowHintedLeader => "follow-hinted-leader",
         }
     }
 }
