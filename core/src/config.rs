@@ -661,10 +661,14 @@ pub enum Mutation {
     /// the leader that broker names (KIP-951's hint) without checking that
     /// its epoch is newer than the one it follows.
     FollowHintedLeader,
+    /// Electing a partition leader keeps the partition's leader epoch
+    /// instead of bumping it (every node's metadata image applies the
+    /// change so).
+    KeepLeaderEpoch,
 }
 
 impl Mutation {
-    pub const ALL: [Mutation; 19] = [
+    pub const ALL: [Mutation; 20] = [
         Mutation::AckBeforeSync,
         Mutation::ReadBeforeSync,
         Mutation::SkipRecoveryCrc,
@@ -684,6 +688,7 @@ impl Mutation {
         Mutation::AnswerNextOffset,
         Mutation::EmptyIsrOnFence,
         Mutation::FollowHintedLeader,
+        Mutation::KeepLeaderEpoch,
     ];
 
     pub fn name(self) -> &'static str {
@@ -707,6 +712,7 @@ impl Mutation {
             Mutation::AnswerNextOffset => "answer-next-offset",
             Mutation::EmptyIsrOnFence => "empty-isr-on-fence",
             Mutation::FollowHintedLeader => "follow-hinted-leader",
+            Mutation::KeepLeaderEpoch => "keep-leader-epoch",
         }
     }
 }

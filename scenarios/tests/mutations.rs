@@ -327,14 +327,22 @@ fn following_a_hinted_leader_moves_a_follower_epoch_back() {
     );
 }
 
+/// A leader elected without a new leader epoch leads the epoch its
+/// predecessor led: a broker refuses to lead an epoch its log already
+/// holds, but a successor that had not yet replicated a batch of that
+/// epoch takes it.
+#[test]
+fn electing_a_leader_without_a_new_epoch_gives_the_epoch_two_leaders() {
+    let caught = replication_caught_by(Mutation::KeepLeaderEpoch, &["[one-leader-per-epoch]"]);
+    assert!(
+        caught.is_ok(),
+        "not caught within {REPLICATION_SEEDS_MAX} seeds: {caught:?}"
+    );
+}
+
 /// Diverged metadata logs (the quorum leader never answers a diverging
 /// epoch, so a follower keeps entries the quorum dropped) name two leaders
-/// for the same partition epoch on different brokers. No partition-level
-/// bug can do this first: every broker takes its role from the committed
-/// metadata log, whose leader epochs only grow, and a broker refuses to
-/// lead an epoch its log already holds; a controller that forgot to bump
-/// the epoch leaves the partition without a serving leader, which
-/// `[converges]` reports instead.
+/// for the same partition epoch on different brokers.
 #[test]
 fn diverged_metadata_logs_give_a_partition_epoch_two_leaders() {
     let caught = replication_caught_by(Mutation::SkipDivergenceCheck, &["[one-leader-per-epoch]"]);
@@ -405,5 +413,5 @@ fn reading_past_the_high_watermark_reads_records_that_vanish() {
 #[test]
 fn every_mutation_has_a_proof() {
     // Adding a mutation means adding a test above that shows it is caught.
-    assert_eq!(Mutation::ALL.len(), 19);
+    assert_eq!(Mutation::ALL.len(), 20);
 }
