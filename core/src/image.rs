@@ -209,6 +209,7 @@ impl PartitionRegistration {
 
     /// This state with a PartitionChangeRecord merged in, as Kafka's
     /// `PartitionRegistration.merge`.
+    ///
     /// `keep_leader_epoch` is mutation `keep-leader-epoch`: an election of
     /// a leader does not bump the leader epoch.
     fn merge(
