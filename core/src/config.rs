@@ -646,10 +646,29 @@ pub enum Mutation {
     /// A partition leader answers followers' fetches without checking their
     /// last fetched epoch, so a diverged log is never cut.
     SkipFetchEpochCheck,
+    /// A partition leader answers acks=all once its own sync completes,
+    /// without waiting for the high watermark (for its followers).
+    AcksAllAfterLocalSync,
+    /// A partition leader answers a produce with the offset after its
+    /// batch (the log end after the append) instead of the batch's base
+    /// offset.
+    AnswerNextOffset,
+    /// The controller fencing a partition's leader with no live ISR member
+    /// to succeed it takes the leader out of the ISR too, leaving the ISR
+    /// empty (Kafka keeps the last member).
+    EmptyIsrOnFence,
+    /// A partition follower refused by a broker that does not lead follows
+    /// the leader that broker names (KIP-951's hint) without checking that
+    /// its epoch is newer than the one it follows.
+    FollowHintedLeader,
+    /// Electing a partition leader keeps the partition's leader epoch
+    /// instead of bumping it (every node's metadata image applies the
+    /// change so).
+    KeepLeaderEpoch,
 }
 
 impl Mutation {
-    pub const ALL: [Mutation; 15] = [
+    pub const ALL: [Mutation; 20] = [
         Mutation::AckBeforeSync,
         Mutation::ReadBeforeSync,
         Mutation::SkipRecoveryCrc,
@@ -665,6 +684,11 @@ impl Mutation {
         Mutation::FollowerReportsUnsynced,
         Mutation::AcksBelowMinInsync,
         Mutation::SkipFetchEpochCheck,
+        Mutation::AcksAllAfterLocalSync,
+        Mutation::AnswerNextOffset,
+        Mutation::EmptyIsrOnFence,
+        Mutation::FollowHintedLeader,
+        Mutation::KeepLeaderEpoch,
     ];
 
     pub fn name(self) -> &'static str {
@@ -684,6 +708,11 @@ impl Mutation {
             Mutation::FollowerReportsUnsynced => "follower-reports-unsynced",
             Mutation::AcksBelowMinInsync => "acks-below-min-insync",
             Mutation::SkipFetchEpochCheck => "skip-fetch-epoch-check",
+            Mutation::AcksAllAfterLocalSync => "acks-all-after-local-sync",
+            Mutation::AnswerNextOffset => "answer-next-offset",
+            Mutation::EmptyIsrOnFence => "empty-isr-on-fence",
+            Mutation::FollowHintedLeader => "follow-hinted-leader",
+            Mutation::KeepLeaderEpoch => "keep-leader-epoch",
         }
     }
 }

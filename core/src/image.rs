@@ -209,14 +209,19 @@ impl PartitionRegistration {
 
     /// This state with a PartitionChangeRecord merged in, as Kafka's
     /// `PartitionRegistration.merge`.
+    ///
+    /// `keep_leader_epoch` is mutation `keep-leader-epoch`: an election of
+    /// a leader does not bump the leader epoch.
     fn merge(
         &self,
         change: &PartitionChangeRecord,
+        keep_leader_epoch: bool,
     ) -> Result<PartitionRegistration, PartitionFault> {
         let (leader, leader_epoch) = if change.leader == PartitionChangeRecord::LEADER_UNCHANGED {
             (self.leader, self.leader_epoch)
         } else {
-            let leader_epoch = self.leader_epoch.checked_add(1);
+            let bump = !(keep_leader_epoch && change.leader != LEADER_NONE);
+            let leader_epoch = self.leader_epoch.checked_add(i32::from(bump));
             (
                 change.leader,
                 leader_epoch.ok_or(PartitionFault::EpochOverflow)?,
@@ -539,6 +544,8 @@ pub struct MetadataImage {
     /// Finalized features by name, metadata.version among them; no level 0.
     features: BTreeMap<String, i16>,
     last_offset: Option<i64>,
+    /// Mutation `keep-leader-epoch` (never set without the feature).
+    pub keep_leader_epoch: bool,
 }
 
 impl MetadataImage {
@@ -715,7 +722,7 @@ impl MetadataImage {
                 partition_id,
             })?;
         *partition = partition
-            .merge(record)
+            .merge(record, self.keep_leader_epoch)
             .map_err(|fault| Fault::PartitionInvalid {
                 topic_id,
                 partition_id,

@@ -297,7 +297,12 @@ impl<S: Storage> Node<S> {
         if node.quorum.is_some() {
             let incarnation_id = uuid::Uuid::from_bytes(node.broker.rng.uuid());
             node.lifecycle = Some(cluster::Lifecycle::new(incarnation_id));
-            node.broker.cluster = Some(crate::broker::ClusterView::default());
+            let mut view = crate::broker::ClusterView::default();
+            view.image.keep_leader_epoch = node
+                .broker
+                .config
+                .mutated(crate::config::Mutation::KeepLeaderEpoch);
+            node.broker.cluster = Some(view);
             node.timers.set(
                 Timer::IsrCheck,
                 now.monotonic_ms + isr_check_interval_ms(&node.broker.config),

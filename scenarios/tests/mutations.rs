@@ -240,8 +240,17 @@ const REPLICATION_SEEDS_MAX: u64 = 100;
 /// Runs replication campaign seeds (3 nodes, and 5 on every third seed)
 /// until one fails with one of `expected`; that failure, or the others.
 fn replication_caught_by(mutation: Mutation, expected: &[&str]) -> Result<String, Vec<String>> {
+    replication_caught_within(mutation, expected, REPLICATION_SEEDS_MAX)
+}
+
+/// `replication_caught_by` over the first `seeds_max` seeds.
+fn replication_caught_within(
+    mutation: Mutation,
+    expected: &[&str],
+    seeds_max: u64,
+) -> Result<String, Vec<String>> {
     let mut seen = Vec::new();
-    for seed in 1..=REPLICATION_SEEDS_MAX {
+    for seed in 1..=seeds_max {
         let run = ReplicationRun {
             seed,
             nodes: if seed % 3 == 0 { 5 } else { 3 },
@@ -306,8 +315,103 @@ fn skipping_the_fetch_epoch_check_leaves_diverged_replicas() {
     );
 }
 
+/// A follower that trusts the leader a refusing broker names (a broker
+/// that has not yet learned it leads names the leader of the epoch before)
+/// goes back to an epoch it has already left.
+#[test]
+fn following_a_hinted_leader_moves_a_follower_epoch_back() {
+    let caught = replication_caught_by(Mutation::FollowHintedLeader, &["[epochs-monotonic]"]);
+    assert!(
+        caught.is_ok(),
+        "not caught within {REPLICATION_SEEDS_MAX} seeds: {caught:?}"
+    );
+}
+
+/// A leader elected without a new leader epoch leads the epoch its
+/// predecessor led: a broker refuses to lead an epoch its log already
+/// holds, but a successor that had not yet replicated a batch of that
+/// epoch takes it.
+#[test]
+fn electing_a_leader_without_a_new_epoch_gives_the_epoch_two_leaders() {
+    let caught = replication_caught_by(Mutation::KeepLeaderEpoch, &["[one-leader-per-epoch]"]);
+    assert!(
+        caught.is_ok(),
+        "not caught within {REPLICATION_SEEDS_MAX} seeds: {caught:?}"
+    );
+}
+
+/// Diverged metadata logs (the quorum leader never answers a diverging
+/// epoch, so a follower keeps entries the quorum dropped) name two leaders
+/// for the same partition epoch on different brokers.
+#[test]
+fn diverged_metadata_logs_give_a_partition_epoch_two_leaders() {
+    let caught = replication_caught_by(Mutation::SkipDivergenceCheck, &["[one-leader-per-epoch]"]);
+    assert!(
+        caught.is_ok(),
+        "not caught within {REPLICATION_SEEDS_MAX} seeds: {caught:?}"
+    );
+}
+
+/// The controller fences a leader that is its partition's last live ISR
+/// member and takes it out of the ISR too: no replica is left that may
+/// be elected without losing data.
+#[test]
+fn emptying_the_isr_at_a_fence_is_caught() {
+    let caught = replication_caught_by(Mutation::EmptyIsrOnFence, &["[isr-valid]"]);
+    assert!(
+        caught.is_ok(),
+        "not caught within {REPLICATION_SEEDS_MAX} seeds: {caught:?}"
+    );
+}
+
+/// A leader cut off from its followers (clients still reach it) and the
+/// leader elected in its place both acknowledge records at the same
+/// offsets.
+#[test]
+fn acknowledging_acks_all_after_the_local_sync_acknowledges_an_offset_twice() {
+    let caught = replication_caught_by(Mutation::AcksAllAfterLocalSync, &["[acked-unique]"]);
+    assert!(
+        caught.is_ok(),
+        "not caught within {REPLICATION_SEEDS_MAX} seeds: {caught:?}"
+    );
+}
+
+/// Acknowledged records the log loses during the faults are caught by
+/// `[acked-unique]` first (the producers go on, and the offsets are
+/// acknowledged again for new records); `[acked-kept]` is first when the
+/// answer itself names the wrong offset.
+#[test]
+fn answering_the_next_offset_names_offsets_that_hold_other_records() {
+    let caught = replication_caught_by(Mutation::AnswerNextOffset, &["[acked-kept]"]);
+    assert!(
+        caught.is_ok(),
+        "not caught within {REPLICATION_SEEDS_MAX} seeds: {caught:?}"
+    );
+}
+
+/// Seeds within which consumers reading past the high watermark are
+/// caught: records above it are lost only when a leader loses its
+/// partition before a follower fetched them (a crash in the moment, or a
+/// cut that lasts until it is fenced), which few seeds draw.
+const READ_PAST_HIGH_WATERMARK_SEEDS_MAX: u64 = 400;
+
+/// Consumers served up to the log end (in a cluster `read-before-sync`
+/// reads past the high watermark too) read records a new leader never had.
+#[test]
+fn reading_past_the_high_watermark_reads_records_that_vanish() {
+    let caught = replication_caught_within(
+        Mutation::ReadBeforeSync,
+        &["[read-kept]"],
+        READ_PAST_HIGH_WATERMARK_SEEDS_MAX,
+    );
+    assert!(
+        caught.is_ok(),
+        "not caught within {READ_PAST_HIGH_WATERMARK_SEEDS_MAX} seeds: {caught:?}"
+    );
+}
+
 #[test]
 fn every_mutation_has_a_proof() {
     // Adding a mutation means adding a test above that shows it is caught.
-    assert_eq!(Mutation::ALL.len(), 15);
+    assert_eq!(Mutation::ALL.len(), 20);
 }

@@ -626,6 +626,26 @@ impl<S: Storage> Broker<S> {
         )))
     }
 
+    /// Mutation `follow-hinted-leader`: a refused follower takes the leader
+    /// the refusing broker names, in whatever epoch it names. The right
+    /// thing is to wait for the metadata log, which names leaders in order.
+    pub fn follow_hinted_leader(&mut self, partition: &TopicPartition, leader: i32, epoch: i32) {
+        let me = self.config.node_id;
+        let Some(held) = self
+            .topics
+            .partition_mut(&partition.topic, partition.partition)
+        else {
+            return;
+        };
+        if let Role::Follower(f) = &mut held.role {
+            if leader >= 0 && leader != me && (leader, epoch) != (f.leader, f.leader_epoch) {
+                tracing::info!(%partition, leader, epoch, "following the leader a refusal names");
+                f.leader = leader;
+                f.leader_epoch = epoch;
+            }
+        }
+    }
+
     /// The leader says this log diverged from its own after `epoch`, whose
     /// end is `end_offset`: cut this log where they agree (Kafka's
     /// truncation by leader epoch; the next fetch checks again).

@@ -110,9 +110,14 @@ pub(super) fn produce<S: Storage>(
                             ),
                         });
                     }
+                    let base_offset = if broker.config.mutated(Mutation::AnswerNextOffset) {
+                        produced.appended.last_offset + 1
+                    } else {
+                        produced.appended.base_offset
+                    };
                     produce_response::PartitionProduceResponse::default()
                         .with_index(index)
-                        .with_base_offset(produced.appended.base_offset)
+                        .with_base_offset(base_offset)
                         .with_log_append_time_ms(produced.appended.log_append_time_ms)
                         .with_log_start_offset(produced.log_start_offset)
                 }
@@ -177,10 +182,16 @@ pub(super) fn produce<S: Storage>(
         // Only the partitions' own ends matter for acks=all: a topic
         // created on the way is in the same sync as the batches appended
         // after it, and the high watermark moves only when a sync completes.
-        Some(_) if acks == -1 && !marks.is_empty() => Ok(Pending::After {
-            wait: Wait::HighWatermarks(marks),
-            reply,
-        }),
+        Some(_)
+            if acks == -1
+                && !marks.is_empty()
+                && !broker.config.mutated(Mutation::AcksAllAfterLocalSync) =>
+        {
+            Ok(Pending::After {
+                wait: Wait::HighWatermarks(marks),
+                reply,
+            })
+        }
         Some(seq) => Ok(Pending::After {
             wait: Wait::Durable(seq),
             reply,

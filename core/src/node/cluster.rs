@@ -36,6 +36,7 @@ use uuid::Uuid;
 use super::{Node, SentRequest};
 use crate::broker::cluster::Ticket;
 use crate::broker::{Broker, ClusterView};
+use crate::config::Mutation;
 use crate::group::Token;
 use crate::handlers::WaitState;
 use crate::metadata_records::{
@@ -969,6 +970,7 @@ impl<S: Storage> Node<S> {
                     .is_some_and(|b| !b.fenced && !b.in_controlled_shutdown)
         };
         let shutting_down = image.broker(id).is_some_and(|b| b.in_controlled_shutdown);
+        let empty_isr = self.broker.config.mutated(Mutation::EmptyIsrOnFence);
         let mut changes = Vec::new();
         for topic in image.topics() {
             for (&partition_id, partition) in &topic.partitions {
@@ -1001,7 +1003,10 @@ impl<S: Storage> Node<S> {
                         .find(|&r| others.contains(&r) && live(r));
                     match successor {
                         Some(next) => changes.push(change(next, Some(others))),
-                        None => changes.push(change(PartitionChangeRecord::LEADER_NONE, None)),
+                        None => changes.push(change(
+                            PartitionChangeRecord::LEADER_NONE,
+                            empty_isr.then(Vec::new),
+                        )),
                     }
                 } else if partition.isr.contains(&id) && !others.is_empty() {
                     changes.push(change(

@@ -258,6 +258,15 @@ impl<S: Storage> Node<S> {
         if answer.error_code != 0 {
             let error = ResponseError::try_from_code(answer.error_code);
             tracing::debug!(partition = %tp, ?error, "a leader refused a partition's fetch");
+            if self
+                .broker
+                .config
+                .mutated(crate::config::Mutation::FollowHintedLeader)
+            {
+                let hint = &answer.current_leader;
+                self.broker
+                    .follow_hinted_leader(tp, hint.leader_id.0, hint.leader_epoch);
+            }
             return false;
         }
         // The log must still be where the fetch asked from, in that epoch.
