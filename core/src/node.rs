@@ -1076,7 +1076,15 @@ impl<S: Storage> Node<S> {
                 encode(&reply.timed_out(&unreached))
             }
             SlotState::After { wait, reply } => match wait.state(&self.broker) {
-                WaitState::Done => encode(&reply),
+                WaitState::Done => {
+                    let short = wait.under_min_insync(&self.broker);
+                    if short.is_empty() {
+                        encode(&reply)
+                    } else {
+                        tracing::warn!(partitions = ?short, "acks=all reached the high watermark with the ISR below min.insync.replicas");
+                        encode(&reply.not_enough_replicas_after_append(&short))
+                    }
+                }
                 WaitState::Failed if matches!(wait, handlers::Wait::Committed(_)) => {
                     encode(&reply.uncommitted())
                 }

@@ -15,8 +15,16 @@ const IDS: [NodeId; 3] = [NodeId(1), NodeId(2), NodeId(3)];
 const TOPIC: &str = "replicated";
 
 fn formed(seed: u64) -> Cluster {
+    formed_with(seed, &[])
+}
+
+/// Three formed nodes whose brokers also take `extra` settings.
+fn formed_with(seed: u64, extra: &[(&str, &str)]) -> Cluster {
     let mut config = ClusterConfig::new(seed, 3);
     config.broker = sluice_sim::quorum::quorum_broker_config(3);
+    config
+        .broker
+        .extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     let mut cluster = Cluster::new(config);
     for (a, b) in [(0, 1), (0, 2), (1, 2)] {
         cluster.link_up(IDS[a], IDS[b]);
@@ -291,4 +299,122 @@ fn acks_all_times_out_when_the_isr_cannot_follow() {
         (1_000..2_000).contains(&waited),
         "answered after {waited} ms"
     );
+}
+
+/// Kafka answers an acks=all produce NOT_ENOUGH_REPLICAS_AFTER_APPEND when
+/// the high watermark reached its records but the ISR shrank below
+/// `min.insync.replicas` before the answer was settled. Here the answer
+/// waits behind a long-polling fetch on the same connection (answers keep
+/// request order) while a follower is cut off and leaves the ISR.
+#[test]
+fn acks_all_settled_after_the_isr_shrank_is_not_enough_replicas_after_append() {
+    let mut cluster = formed_with(500, &[("replica.lag.time.max.ms", "2000")]);
+    let client = cluster.connect(IDS[0]);
+    assert_eq!(create(&mut cluster, client, 3, "3"), 0);
+    cluster.run_until(|c| {
+        IDS.iter()
+            .all(|&id| c.node(id).broker().topic_exists(TOPIC))
+    });
+    let (leader, _, isr) = partition_state(&mut cluster, IDS[0]);
+    assert_eq!(isr, [1, 2, 3]);
+    let at_leader = cluster.connect(NodeId(leader));
+    let (error, _) = produce(&mut cluster, at_leader, "before");
+    assert_eq!(error, 0, "with the whole ISR an acks=all produce succeeds");
+    // A fetch that waits long for more than will come, then the produce.
+    let fetch = FetchRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_max_wait_ms(60_000)
+        .with_min_bytes(1 << 20)
+        .with_max_bytes(1 << 20)
+        .with_topics(vec![fetch_request::FetchTopic::default()
+            .with_topic(TopicName(StrBytes::from_static_str(TOPIC)))
+            .with_partitions(vec![fetch_request::FetchPartition::default()
+                .with_partition(0)
+                .with_fetch_offset(1)
+                .with_partition_max_bytes(1 << 20)])]);
+    let fetch_correlation = cluster.send(at_leader, ApiKey::Fetch, 11, &fetch);
+    let records = Bytes::from(build_batch(0, &[(None, Some(&b"after"[..]), vec![], 0)]));
+    let request = ProduceRequest::default()
+        .with_acks(-1)
+        .with_timeout_ms(60_000)
+        .with_topic_data(vec![produce_request::TopicProduceData::default()
+            .with_name(TopicName(StrBytes::from_static_str(TOPIC)))
+            .with_partition_data(vec![
+                produce_request::PartitionProduceData::default()
+                    .with_index(0)
+                    .with_records(Some(records)),
+            ])]);
+    let produce_correlation = cluster.send(at_leader, ApiKey::Produce, 9, &request);
+    let leader_high_watermark = |c: &Cluster| {
+        c.node(NodeId(leader))
+            .broker()
+            .topics
+            .partition(TOPIC, 0)
+            .and_then(|p| p.role.leading())
+            .map_or(-1, |l| l.high_watermark)
+    };
+    cluster.run_until(|c| leader_high_watermark(c) >= 2);
+    assert!(!cluster.has_response(at_leader, produce_correlation));
+    // Cut off a follower that is not the active controller: the leader
+    // still reaches the controller, which commits the shrink.
+    let controller = cluster
+        .node(NodeId(leader))
+        .broker()
+        .cluster
+        .as_ref()
+        .and_then(|c| c.controller_id)
+        .expect("a controller");
+    let cut = *IDS
+        .iter()
+        .find(|id| id.0 != leader && id.0 != controller)
+        .expect("a follower that does not control");
+    cluster.cut(NodeId(leader), cut);
+    // A follower at the leader's log end counts as caught up however long
+    // it is silent: a record written with acks=1 leaves it behind.
+    let other = cluster.connect(NodeId(leader));
+    let records = Bytes::from(build_batch(0, &[(None, Some(&b"acks=1"[..]), vec![], 0)]));
+    let one = ProduceRequest::default()
+        .with_acks(1)
+        .with_timeout_ms(10_000)
+        .with_topic_data(vec![produce_request::TopicProduceData::default()
+            .with_name(TopicName(StrBytes::from_static_str(TOPIC)))
+            .with_partition_data(vec![
+                produce_request::PartitionProduceData::default()
+                    .with_index(0)
+                    .with_records(Some(records)),
+            ])]);
+    let answer: ProduceResponse = cluster
+        .request(other, ApiKey::Produce, 9, &one)
+        .expect("acks=1 answered");
+    assert_eq!(answer.responses[0].partition_responses[0].error_code, 0);
+    let isr_of_leader = |c: &Cluster| {
+        c.node(NodeId(leader))
+            .broker()
+            .topics
+            .partition(TOPIC, 0)
+            .and_then(|p| p.role.leading())
+            .map_or(0, |l| l.isr.len())
+    };
+    cluster.run_until(|c| isr_of_leader(c) == 2);
+    assert!(
+        !cluster.has_response(at_leader, produce_correlation),
+        "the produce is still behind the fetch"
+    );
+    cluster.run_until(|c| c.has_response(at_leader, produce_correlation));
+    let _: FetchResponse = cluster
+        .take_response(at_leader, ApiKey::Fetch, 11, fetch_correlation)
+        .expect("the fetch answered first");
+    let response: ProduceResponse = cluster
+        .take_response(at_leader, ApiKey::Produce, 9, produce_correlation)
+        .expect("the produce answered");
+    let p = &response.responses[0].partition_responses[0];
+    assert_eq!(
+        p.error_code,
+        ResponseError::NotEnoughReplicasAfterAppend.code()
+    );
+    assert_eq!(p.base_offset, 1, "the records stay, at their offset");
+    // The same produce now, with the ISR below min.insync, is refused
+    // before it is appended.
+    let (error, _) = produce(&mut cluster, at_leader, "refused");
+    assert_eq!(error, ResponseError::NotEnoughReplicas.code());
 }
