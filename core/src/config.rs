@@ -233,6 +233,13 @@ pub const BROKER_KEYS: &[Key] = &[
         "replicas needed for acks=all",
     ),
     key(
+        "unclean.leader.election.enable",
+        Kind::Bool,
+        "false",
+        0,
+        "elect a live replica outside the ISR when no ISR member is live (acknowledged records may be lost)",
+    ),
+    key(
         "compression.type",
         Kind::Choice(COMPRESSION_TYPES),
         "producer",
@@ -476,6 +483,13 @@ pub const TOPIC_KEYS: &[Key] = &[
         Kind::Int,
         "1",
         1,
+    ),
+    topic(
+        "unclean.leader.election.enable",
+        "unclean.leader.election.enable",
+        Kind::Bool,
+        "false",
+        0,
     ),
     topic(
         "compression.type",
@@ -884,6 +898,20 @@ impl TopicConfig {
                 (key.name, value, source)
             })
             .collect()
+    }
+}
+
+/// `unclean.leader.election.enable` for a topic with these overrides (as
+/// the metadata image keeps them, checked when they were set), else the
+/// broker's value.
+pub fn unclean_leader_election(
+    broker: &BrokerConfig,
+    overrides: Option<&BTreeMap<String, String>>,
+) -> bool {
+    const KEY: &str = "unclean.leader.election.enable";
+    match overrides.and_then(|o| o.get(KEY)) {
+        Some(value) => value.eq_ignore_ascii_case("true"),
+        None => broker.get(KEY) == "true",
     }
 }
 

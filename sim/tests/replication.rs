@@ -418,3 +418,164 @@ fn acks_all_settled_after_the_isr_shrank_is_not_enough_replicas_after_append() {
     let (error, _) = produce(&mut cluster, at_leader, "refused");
     assert_eq!(error, ResponseError::NotEnoughReplicas.code());
 }
+
+/// Creates the test topic with one partition on two replicas,
+/// min.insync.replicas 1, and `unclean.leader.election.enable` as given.
+fn create_two_replicas(cluster: &mut Cluster, client: ClientId, unclean: bool) -> i16 {
+    let configs = [
+        ("min.insync.replicas", "1"),
+        (
+            "unclean.leader.election.enable",
+            if unclean { "true" } else { "false" },
+        ),
+    ]
+    .iter()
+    .map(|(k, v)| {
+        create_topics_request::CreatableTopicConfig::default()
+            .with_name(StrBytes::from_static_str(k))
+            .with_value(Some(StrBytes::from_static_str(v)))
+    })
+    .collect();
+    let request = CreateTopicsRequest::default()
+        .with_topics(vec![create_topics_request::CreatableTopic::default()
+            .with_name(TopicName(StrBytes::from_static_str(TOPIC)))
+            .with_num_partitions(1)
+            .with_replication_factor(2)
+            .with_configs(configs)])
+        .with_timeout_ms(5_000);
+    let response: CreateTopicsResponse = cluster
+        .request(client, ApiKey::CreateTopics, 7, &request)
+        .expect("create answered");
+    response.topics[0].error_code
+}
+
+/// The partition's registration in node `at`'s metadata image.
+fn registration(
+    cluster: &Cluster,
+    at: NodeId,
+) -> Option<sluice_core::image::PartitionRegistration> {
+    let image = &cluster.node(at).broker().cluster.as_ref()?.image;
+    let id = image.topic_by_name(TOPIC)?.id;
+    image.partition(id, 0).cloned()
+}
+
+fn log_end(cluster: &Cluster, at: NodeId) -> i64 {
+    cluster
+        .node(at)
+        .broker()
+        .topics
+        .partition(TOPIC, 0)
+        .map_or(-1, |p| p.log.log_end_offset())
+}
+
+/// Produces one record at acks=1 (the leader's own sync is enough).
+fn produce_acks_one(cluster: &mut Cluster, client: ClientId, value: &str) -> i16 {
+    let records = Bytes::from(build_batch(0, &[(None, Some(value.as_bytes()), vec![], 0)]));
+    let request = ProduceRequest::default()
+        .with_acks(1)
+        .with_timeout_ms(10_000)
+        .with_topic_data(vec![produce_request::TopicProduceData::default()
+            .with_name(TopicName(StrBytes::from_static_str(TOPIC)))
+            .with_partition_data(vec![
+                produce_request::PartitionProduceData::default()
+                    .with_index(0)
+                    .with_records(Some(records)),
+            ])]);
+    let response: ProduceResponse = cluster
+        .request(client, ApiKey::Produce, 9, &request)
+        .expect("produce answered");
+    response.responses[0].partition_responses[0].error_code
+}
+
+/// A partition on two replicas whose follower fell out of the ISR, then
+/// whose leader is lost: with `unclean.leader.election.enable` the
+/// controller elects the follower (its ISR just itself, recovering) and
+/// counts the election, and the records only the old leader had are gone;
+/// without it the partition stays without a leader. Returns the third
+/// node, which is neither replica.
+fn lose_the_only_isr_member(unclean: bool) -> (Cluster, NodeId, NodeId, NodeId) {
+    let mut cluster = formed_with(600, &[("replica.lag.time.max.ms", "2000")]);
+    let client = cluster.connect(IDS[0]);
+    assert_eq!(create_two_replicas(&mut cluster, client, unclean), 0);
+    cluster.run_until(|c| registration(c, IDS[0]).is_some_and(|r| r.leader >= 0));
+    let r = registration(&cluster, IDS[0]).expect("registered");
+    let leader = NodeId(r.leader);
+    let follower = NodeId(*r.replicas.iter().find(|&&id| id != r.leader).expect("two"));
+    let third = *IDS
+        .iter()
+        .find(|&&id| id != leader && id != follower)
+        .expect("three nodes");
+    cluster.run_until(|c| c.node(leader).broker().topic_exists(TOPIC));
+    let at_leader = cluster.connect(leader);
+    assert_eq!(produce_acks_one(&mut cluster, at_leader, "both have it"), 0);
+    cluster.run_until(|c| log_end(c, follower) == 1);
+    // The follower loses the leader and falls behind: it leaves the ISR.
+    cluster.cut(leader, follower);
+    assert_eq!(produce_acks_one(&mut cluster, at_leader, "leader only"), 0);
+    cluster.run_until(|c| registration(c, third).is_some_and(|r| r.isr == [leader.0]));
+    // Then the leader is lost to everyone.
+    cluster.cut(leader, third);
+    (cluster, leader, follower, third)
+}
+
+#[test]
+fn unclean_election_elects_a_replica_outside_the_isr_only_when_enabled() {
+    let (mut cluster, leader, _, third) = lose_the_only_isr_member(false);
+    let before = registration(&cluster, third).expect("registered");
+    cluster.run_for(30_000);
+    let after = registration(&cluster, third).expect("registered");
+    assert_eq!(after.leader, -1, "no replica of the ISR is live: no leader");
+    assert_eq!(after.isr, [leader.0], "the ISR keeps its last member");
+    assert!(after.leader_epoch > before.leader_epoch);
+    assert_eq!(
+        cluster
+            .node(third)
+            .broker()
+            .cluster
+            .as_ref()
+            .map(|c| c.image.unclean_elections()),
+        Some(0)
+    );
+
+    let (mut cluster, leader, follower, third) = lose_the_only_isr_member(true);
+    cluster.run_until(|c| registration(c, third).is_some_and(|r| r.leader == follower.0));
+    let r = registration(&cluster, third).expect("registered");
+    assert_eq!(r.isr, [follower.0], "the unclean leader is the ISR alone");
+    assert_eq!(
+        r.leader_recovery_state,
+        sluice_core::image::LeaderRecoveryState::Recovering
+    );
+    for id in [follower, third] {
+        cluster.run_until(|c| {
+            c.node(id)
+                .broker()
+                .cluster
+                .as_ref()
+                .is_some_and(|v| v.image.unclean_elections() == 1)
+        });
+    }
+    // The record only the old leader had is not on the new one.
+    assert_eq!(log_end(&cluster, leader), 2);
+    assert_eq!(log_end(&cluster, follower), 1);
+    let at_new = cluster.connect(follower);
+    let mut tries = 0;
+    while produce_acks_one(&mut cluster, at_new, "after the election") != 0 {
+        tries += 1;
+        assert!(tries < 100, "the new leader never takes writes");
+        cluster.run_for(100);
+    }
+    // The old leader comes back, follows, and cuts its own record; the
+    // new leader takes it back into the ISR, recovered.
+    cluster.link_up(leader, follower);
+    cluster.link_up(leader, third);
+    cluster.run_until(|c| {
+        registration(c, third).is_some_and(|r| {
+            r.isr.len() == 2
+                && r.leader_recovery_state == sluice_core::image::LeaderRecoveryState::Recovered
+        })
+    });
+    cluster.run_until(|c| log_end(c, leader) == log_end(c, follower));
+    let read = read_all(&mut cluster, follower);
+    let values: Vec<&str> = read.iter().map(|(_, v)| v.as_str()).collect();
+    assert_eq!(values, ["both have it", "after the election"]);
+}
