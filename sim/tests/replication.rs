@@ -579,3 +579,109 @@ fn unclean_election_elects_a_replica_outside_the_isr_only_when_enabled() {
     let values: Vec<&str> = read.iter().map(|(_, v)| v.as_str()).collect();
     assert_eq!(values, ["both have it", "after the election"]);
 }
+
+fn log_start(cluster: &Cluster, at: NodeId) -> i64 {
+    cluster
+        .node(at)
+        .broker()
+        .topics
+        .partition(TOPIC, 0)
+        .map_or(-1, |p| p.log.log_start_offset())
+}
+
+/// A follower cut off while retention on the leader deleted everything it
+/// would fetch next gets OFFSET_OUT_OF_RANGE when it comes back: it empties
+/// its log, starts it again at the leader's log start (Kafka's
+/// `truncateFullyAndStartAt`), catches up and rejoins the ISR.
+#[test]
+fn a_follower_behind_the_leaders_log_start_restarts_its_log_there() {
+    let mut cluster = formed_with(
+        700,
+        &[
+            ("replica.lag.time.max.ms", "2000"),
+            ("log.retention.check.interval.ms", "500"),
+        ],
+    );
+    let client = cluster.connect(IDS[0]);
+    let configs = [
+        ("min.insync.replicas", "1"),
+        ("segment.bytes", "200"),
+        ("retention.bytes", "400"),
+    ]
+    .iter()
+    .map(|(k, v)| {
+        create_topics_request::CreatableTopicConfig::default()
+            .with_name(StrBytes::from_static_str(k))
+            .with_value(Some(StrBytes::from_static_str(v)))
+    })
+    .collect();
+    let request = CreateTopicsRequest::default()
+        .with_topics(vec![create_topics_request::CreatableTopic::default()
+            .with_name(TopicName(StrBytes::from_static_str(TOPIC)))
+            .with_num_partitions(1)
+            .with_replication_factor(3)
+            .with_configs(configs)])
+        .with_timeout_ms(5_000);
+    let response: CreateTopicsResponse = cluster
+        .request(client, ApiKey::CreateTopics, 7, &request)
+        .expect("create answered");
+    assert_eq!(response.topics[0].error_code, 0);
+    cluster.run_until(|c| registration(c, IDS[0]).is_some_and(|r| r.leader >= 0));
+    let leader = NodeId(registration(&cluster, IDS[0]).expect("registered").leader);
+    cluster.run_until(|c| c.node(leader).broker().topic_exists(TOPIC));
+    let at_leader = cluster.connect(leader);
+    assert_eq!(produce_acks_one(&mut cluster, at_leader, "first"), 0);
+    cluster.run_until(|c| IDS.iter().all(|&id| log_end(c, id) == 1));
+    let controller = cluster
+        .node(leader)
+        .broker()
+        .cluster
+        .as_ref()
+        .and_then(|c| c.controller_id)
+        .expect("a controller");
+    let follower = *IDS
+        .iter()
+        .find(|id| id.0 != leader.0 && id.0 != controller)
+        .expect("a follower that does not control");
+    cluster.cut(leader, follower);
+    for i in 0..40 {
+        assert_eq!(
+            produce_acks_one(&mut cluster, at_leader, &format!("while cut off {i}")),
+            0
+        );
+    }
+    cluster.run_for(2_000);
+    let behind_end = log_end(&cluster, follower);
+    assert_eq!(behind_end, 1, "the follower got nothing while cut off");
+    let leader_start = log_start(&cluster, leader);
+    assert!(
+        leader_start > behind_end,
+        "retention on the leader deleted the follower's next offsets (log start {leader_start})"
+    );
+    cluster.link_up(leader, follower);
+    cluster.run_until(|c| {
+        log_start(c, follower) >= leader_start && log_end(c, follower) == log_end(c, leader)
+    });
+    cluster.run_until(|c| {
+        c.node(leader)
+            .broker()
+            .topics
+            .partition(TOPIC, 0)
+            .and_then(|p| p.role.leading())
+            .is_some_and(|l| l.isr.len() == 3)
+    });
+    // Its log restarted: nothing of what it held before is left.
+    assert!(log_start(&cluster, follower) > behind_end);
+    let epochs_at = |c: &Cluster, id: NodeId| {
+        let node = c.node(id);
+        let p = node.broker().topics.partition(TOPIC, 0).expect("held");
+        p.log
+            .end_offset_for_epoch(p.log.epochs().latest_epoch().unwrap_or(-1))
+    };
+    // It goes on following: a record written now lands on it, in the
+    // leader's epoch.
+    assert_eq!(produce_acks_one(&mut cluster, at_leader, "after"), 0);
+    cluster.run_until(|c| log_end(c, follower) == log_end(c, leader));
+    assert_eq!(epochs_at(&cluster, follower), epochs_at(&cluster, leader));
+    assert!(epochs_at(&cluster, follower).0 >= 0);
+}

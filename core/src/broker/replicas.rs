@@ -61,6 +61,10 @@ pub enum ForFollower {
         high_watermark: i64,
         log_start: i64,
     },
+    /// OFFSET_OUT_OF_RANGE: the follower asked from below this log's start
+    /// (retention deleted it) or past its end. The answer carries the log
+    /// start, where a follower behind it restarts its log.
+    OutOfRange { high_watermark: i64, log_start: i64 },
 }
 
 /// One partition this broker follows, ready to fetch (its log synced).
@@ -355,7 +359,10 @@ impl<S: Storage> Broker<S> {
             }
         }
         if fetch.fetch_offset < log_start || fetch.fetch_offset > log_end {
-            return Err(ResponseError::OffsetOutOfRange);
+            return Ok(ForFollower::OutOfRange {
+                high_watermark,
+                log_start,
+            });
         }
         leading.on_fetch(
             fetch.replica_id,
@@ -601,6 +608,39 @@ impl<S: Storage> Broker<S> {
             &partition.topic,
             partition.partition,
         )))
+    }
+
+    /// The leader answered OFFSET_OUT_OF_RANGE and its log starts at
+    /// `leader_log_start`: when this whole log lies below it (retention on
+    /// the leader deleted what this follower would fetch next), the log is
+    /// emptied and starts again there, as Kafka's fetcher does
+    /// (`truncateFullyAndStartAt`). True when it did.
+    pub fn restart_below_leader_start(
+        &mut self,
+        partition: &TopicPartition,
+        leader_log_start: i64,
+    ) -> Result<bool, String> {
+        let Some(held) = self
+            .topics
+            .partition_mut(&partition.topic, partition.partition)
+        else {
+            return Err("the partition is gone".into());
+        };
+        if !matches!(held.role, Role::Follower(_)) {
+            return Err("no longer a follower".into());
+        }
+        let log_end = held.log.log_end_offset();
+        if leader_log_start <= log_end {
+            return Ok(false);
+        }
+        tracing::warn!(%partition, log_end, leader_log_start, "this log ends before the leader's log start; emptying it to start there");
+        held.log
+            .truncate_fully_and_start_at(&mut self.storage, leader_log_start)
+            .map_err(|e| e.to_string())?;
+        self.topics
+            .renew_incarnation(&partition.topic, partition.partition);
+        self.note_partition_write(&partition.topic, partition.partition);
+        Ok(true)
     }
 
     /// The leader says this log diverged from its own after `epoch`, whose
