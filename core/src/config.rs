@@ -338,6 +338,13 @@ pub const BROKER_KEYS: &[Key] = &[
         "a follower's pause after a failed fetch",
     ),
     key(
+        "replica.high.watermark.checkpoint.interval.ms",
+        Kind::Long,
+        "5000",
+        1,
+        "how often the high watermarks are written to replication-offset-checkpoint",
+    ),
+    key(
         "broker.session.timeout.ms",
         Kind::Int,
         "9000",
@@ -614,6 +621,8 @@ pub struct BrokerConfig {
     pub replica_fetch_max_bytes: i32,
     pub replica_fetch_wait_max_ms: i32,
     pub replica_fetch_backoff_ms: i64,
+    /// `replica.high.watermark.checkpoint.interval.ms`.
+    pub high_watermark_checkpoint_interval_ms: i64,
     /// A deliberately broken variant to run (feature `mutations` only).
     pub mutation: Option<Mutation>,
 }
@@ -788,6 +797,9 @@ impl BrokerConfig {
             replica_fetch_wait_max_ms: number("replica.fetch.wait.max.ms").min(i32::MAX as i64)
                 as i32,
             replica_fetch_backoff_ms: number("replica.fetch.backoff.ms"),
+            high_watermark_checkpoint_interval_ms: number(
+                "replica.high.watermark.checkpoint.interval.ms",
+            ),
             advertised_listeners: if advertised.is_empty() {
                 listeners.clone()
             } else {

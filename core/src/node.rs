@@ -302,6 +302,12 @@ impl<S: Storage> Node<S> {
                 Timer::IsrCheck,
                 now.monotonic_ms + isr_check_interval_ms(&node.broker.config),
             );
+            // Replicated partitions only: a node alone's high watermark is
+            // its synced log end, found again at start.
+            node.timers.set(
+                Timer::HighWatermarkCheckpoint,
+                now.monotonic_ms + node.broker.config.high_watermark_checkpoint_interval_ms,
+            );
         }
         node.settle(now);
         Ok(node)
@@ -848,6 +854,10 @@ impl<S: Storage> Node<S> {
     /// Resigns the quorum's leadership and syncs everything, then writes
     /// the clean-shutdown marker.
     fn flush_for_shutdown(&mut self, now: Now) {
+        if self.broker.cluster.is_some() {
+            // The last high watermarks, for the next start.
+            self.broker.checkpoint_high_watermarks();
+        }
         if let Some(quorum) = &mut self.quorum {
             let Broker {
                 storage,
@@ -943,6 +953,11 @@ impl<S: Storage> Node<S> {
                 Timer::IsrCheck => {
                     self.broker.check_isr(now);
                     let interval = isr_check_interval_ms(&self.broker.config);
+                    self.timers.set(timer, now.monotonic_ms + interval);
+                }
+                Timer::HighWatermarkCheckpoint => {
+                    self.broker.checkpoint_high_watermarks();
+                    let interval = self.broker.config.high_watermark_checkpoint_interval_ms;
                     self.timers.set(timer, now.monotonic_ms + interval);
                 }
             }

@@ -685,3 +685,49 @@ fn a_follower_behind_the_leaders_log_start_restarts_its_log_there() {
     assert_eq!(epochs_at(&cluster, follower), epochs_at(&cluster, leader));
     assert!(epochs_at(&cluster, follower).0 >= 0);
 }
+
+/// Every broker keeps its high watermarks in `replication-offset-checkpoint`
+/// (written every `replica.high.watermark.checkpoint.interval.ms`): after
+/// the whole cluster restarts, the partition's new leader starts from the
+/// high watermark it had, not from its log start, so consumers read the
+/// acknowledged records before any follower fetched.
+#[test]
+fn a_restarted_leader_starts_from_its_checkpointed_high_watermark() {
+    let mut cluster = formed_with(
+        800,
+        &[("replica.high.watermark.checkpoint.interval.ms", "1000")],
+    );
+    let client = cluster.connect(IDS[0]);
+    assert_eq!(create(&mut cluster, client, 3, "2"), 0);
+    cluster.run_until(|c| {
+        IDS.iter()
+            .all(|&id| c.node(id).broker().topic_exists(TOPIC))
+    });
+    let (leader, epoch, _) = partition_state(&mut cluster, IDS[0]);
+    let at_leader = cluster.connect(NodeId(leader));
+    for i in 0..10 {
+        assert_eq!(produce(&mut cluster, at_leader, &format!("r{i}")).0, 0);
+    }
+    // Long enough for a checkpoint on every broker and its sync.
+    cluster.run_for(3_000);
+    for id in IDS {
+        cluster.crash(id, CrashLoss::LoseUnsynced);
+    }
+    let leading = |c: &Cluster| {
+        IDS.iter().find_map(|&id| {
+            c.node(id)
+                .broker()
+                .topics
+                .partition(TOPIC, 0)
+                .and_then(|p| p.role.leading())
+                .map(|l| (l.leader_epoch, l.high_watermark))
+        })
+    };
+    // The first moment a broker leads again.
+    cluster.run_until(|c| leading(c).is_some_and(|(e, _)| e > epoch));
+    let (_, high_watermark) = leading(&cluster).expect("a leader");
+    assert_eq!(
+        high_watermark, 10,
+        "the new leader starts from the checkpoint"
+    );
+}

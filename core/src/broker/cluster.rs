@@ -309,6 +309,7 @@ impl<S: Storage> Broker<S> {
         for partition in 0..self.topics.partition_count(name) {
             self.moved.insert(TopicPartition::new(name, partition));
         }
+        self.known_high_watermarks.retain(|tp, _| tp.topic != name);
         if let Err(error) = self.topics.remove(&mut self.storage, name) {
             tracing::error!(topic = name, %error, "cannot remove the files of a deleted topic");
         }
