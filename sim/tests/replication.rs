@@ -731,3 +731,45 @@ fn a_restarted_leader_starts_from_its_checkpointed_high_watermark() {
         "the new leader starts from the checkpoint"
     );
 }
+
+/// A broker keeps no log for a partition it holds no replica of (Kafka's
+/// brokers create logs only for their replicas): no directory on its disk,
+/// yet it knows the partition from the metadata, lists it in Metadata and
+/// sends producers to the leader.
+#[test]
+fn a_broker_keeps_no_log_for_a_partition_it_holds_no_replica_of() {
+    let mut cluster = formed(900);
+    let client = cluster.connect(IDS[0]);
+    assert_eq!(create_two_replicas(&mut cluster, client, false), 0);
+    cluster.run_until(|c| {
+        IDS.iter()
+            .all(|&id| registration(c, id).is_some_and(|r| r.leader >= 0))
+    });
+    let r = registration(&cluster, IDS[0]).expect("registered");
+    let outsider = *IDS
+        .iter()
+        .find(|id| !r.replicas.contains(&id.0))
+        .expect("a broker without a replica");
+    cluster.run_until(|c| r.replicas.iter().all(|&id| log_end(c, NodeId(id)) == 0));
+    assert!(cluster.node(outsider).broker().topic_exists(TOPIC));
+    assert!(cluster
+        .node(outsider)
+        .broker()
+        .topics
+        .partition(TOPIC, 0)
+        .is_none());
+    for id in IDS {
+        let has_dir = cluster.input(id, |node, _| {
+            sluice_core::Storage::exists(node.storage_mut(), "replicated-0")
+        });
+        assert_eq!(has_dir, r.replicas.contains(&id.0), "n{id}");
+    }
+    let (leader, _, isr) = partition_state(&mut cluster, outsider);
+    assert_eq!(leader, r.leader);
+    assert_eq!(isr.len(), 2);
+    let at_outsider = cluster.connect(outsider);
+    assert_eq!(
+        produce_acks_one(&mut cluster, at_outsider, "misdirected"),
+        ResponseError::NotLeaderOrFollower.code()
+    );
+}

@@ -513,7 +513,7 @@ impl<S: Storage> Broker<S> {
             .map_err(|e| (ResponseError::KafkaStorageError, e.to_string()))?;
         for index in current..count {
             self.topics
-                .grow(&mut self.storage, name, true)
+                .grow(&mut self.storage, name, true, true)
                 .map_err(|e| (ResponseError::KafkaStorageError, e.to_string()))?;
             self.note_partition_write(name, index);
             self.moved.insert(TopicPartition::new(name, index));

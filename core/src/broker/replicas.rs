@@ -533,7 +533,10 @@ impl<S: Storage> Broker<S> {
             };
             let count = self.topics.partition_count(name);
             for index in 0..count {
-                let held = self.topics.partition(name, index).expect("counted");
+                // None: no replica here.
+                let Some(held) = self.topics.partition(name, index) else {
+                    continue;
+                };
                 let Role::Follower(f) = &held.role else {
                     continue;
                 };
