@@ -233,6 +233,13 @@ pub const BROKER_KEYS: &[Key] = &[
         "replicas needed for acks=all",
     ),
     key(
+        "unclean.leader.election.enable",
+        Kind::Bool,
+        "false",
+        0,
+        "elect a live replica outside the ISR when no ISR member is live (acknowledged records may be lost)",
+    ),
+    key(
         "compression.type",
         Kind::Choice(COMPRESSION_TYPES),
         "producer",
@@ -329,6 +336,13 @@ pub const BROKER_KEYS: &[Key] = &[
         "1000",
         0,
         "a follower's pause after a failed fetch",
+    ),
+    key(
+        "replica.high.watermark.checkpoint.interval.ms",
+        Kind::Long,
+        "5000",
+        1,
+        "how often the high watermarks are written to replication-offset-checkpoint",
     ),
     key(
         "broker.session.timeout.ms",
@@ -478,6 +492,13 @@ pub const TOPIC_KEYS: &[Key] = &[
         1,
     ),
     topic(
+        "unclean.leader.election.enable",
+        "unclean.leader.election.enable",
+        Kind::Bool,
+        "false",
+        0,
+    ),
+    topic(
         "compression.type",
         "compression.type",
         Kind::Choice(COMPRESSION_TYPES),
@@ -600,6 +621,8 @@ pub struct BrokerConfig {
     pub replica_fetch_max_bytes: i32,
     pub replica_fetch_wait_max_ms: i32,
     pub replica_fetch_backoff_ms: i64,
+    /// `replica.high.watermark.checkpoint.interval.ms`.
+    pub high_watermark_checkpoint_interval_ms: i64,
     /// A deliberately broken variant to run (feature `mutations` only).
     pub mutation: Option<Mutation>,
 }
@@ -803,6 +826,9 @@ impl BrokerConfig {
             replica_fetch_wait_max_ms: number("replica.fetch.wait.max.ms").min(i32::MAX as i64)
                 as i32,
             replica_fetch_backoff_ms: number("replica.fetch.backoff.ms"),
+            high_watermark_checkpoint_interval_ms: number(
+                "replica.high.watermark.checkpoint.interval.ms",
+            ),
             advertised_listeners: if advertised.is_empty() {
                 listeners.clone()
             } else {
@@ -913,6 +939,20 @@ impl TopicConfig {
                 (key.name, value, source)
             })
             .collect()
+    }
+}
+
+/// `unclean.leader.election.enable` for a topic with these overrides (as
+/// the metadata image keeps them, checked when they were set), else the
+/// broker's value.
+pub fn unclean_leader_election(
+    broker: &BrokerConfig,
+    overrides: Option<&BTreeMap<String, String>>,
+) -> bool {
+    const KEY: &str = "unclean.leader.election.enable";
+    match overrides.and_then(|o| o.get(KEY)) {
+        Some(value) => value.eq_ignore_ascii_case("true"),
+        None => broker.get(KEY) == "true",
     }
 }
 

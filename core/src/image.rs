@@ -546,6 +546,11 @@ pub struct MetadataImage {
     last_offset: Option<i64>,
     /// Mutation `keep-leader-epoch` (never set without the feature).
     pub keep_leader_epoch: bool,
+    /// Leader elections applied that chose a replica outside the ISR
+    /// before them (Kafka's `electionWasClean` false), counted as Kafka's
+    /// controller metrics count `UncleanLeaderElectionsPerSec`: from the
+    /// records applied, so a replayed log counts its elections again.
+    unclean_elections: u64,
 }
 
 impl MetadataImage {
@@ -721,13 +726,18 @@ impl MetadataImage {
                 topic_id,
                 partition_id,
             })?;
-        *partition = partition
+        let merged = partition
             .merge(record, self.keep_leader_epoch)
             .map_err(|fault| Fault::PartitionInvalid {
                 topic_id,
                 partition_id,
                 fault,
             })?;
+        let elected = record.leader != PartitionChangeRecord::LEADER_UNCHANGED;
+        if elected && merged.leader >= 0 && !partition.isr.contains(&merged.leader) {
+            self.unclean_elections += 1;
+        }
+        *partition = merged;
         Ok(())
     }
 
@@ -860,6 +870,11 @@ impl MetadataImage {
             resource_type,
             name: name.to_owned(),
         })
+    }
+
+    /// How many unclean leader elections the applied records hold.
+    pub fn unclean_elections(&self) -> u64 {
+        self.unclean_elections
     }
 
     /// A topic's config overrides, by key; None when it has none.
@@ -1473,6 +1488,47 @@ mod tests {
         assert_eq!(fault, expected);
         let fault = log.refuse(partition(topic_id(1), -1, &[0]));
         assert_eq!(fault, Fault::PartitionIdNegative(-1));
+    }
+
+    /// Kafka counts an election unclean when its leader was not in the ISR
+    /// before it; moving leadership within the ISR, or to none, is clean.
+    #[test]
+    fn elections_outside_the_isr_are_counted_unclean() {
+        let id = topic_id(1);
+        let mut log = Log::new();
+        log.push(topic("a", id));
+        log.push(partition(id, 0, &[0, 1, 2]));
+        let shrink = PartitionChangeRecord {
+            isr: Some(vec![0]),
+            ..change(id, 0)
+        };
+        log.push(shrink);
+        let none = PartitionChangeRecord {
+            leader: PartitionChangeRecord::LEADER_NONE,
+            ..change(id, 0)
+        };
+        log.push(none);
+        assert_eq!(log.image.unclean_elections(), 0);
+        let back = PartitionChangeRecord {
+            leader: 0,
+            ..change(id, 0)
+        };
+        log.push(back);
+        assert_eq!(log.image.unclean_elections(), 0, "the ISR's own member");
+        let outsider = PartitionChangeRecord {
+            leader: 2,
+            isr: Some(vec![2]),
+            leader_recovery_state: LeaderRecoveryState::Recovering.value(),
+            ..change(id, 0)
+        };
+        log.push(outsider);
+        assert_eq!(log.image.unclean_elections(), 1);
+        let registration = log.image.partition(id, 0).expect("there");
+        assert_eq!(
+            registration.leader_recovery_state,
+            LeaderRecoveryState::Recovering
+        );
+        assert_eq!(registration.isr, [2]);
     }
 
     /// The partition states the image refuses, from a PartitionRecord or

@@ -18,6 +18,7 @@ pub mod image;
 pub mod log;
 pub mod metadata;
 pub mod metadata_records;
+pub mod offset_checkpoint;
 pub mod producers;
 pub mod rng;
 pub mod storage;
@@ -86,6 +87,11 @@ mod layers {
             "metadata_records",
             DOMAIN,
             &[include_str!("metadata_records.rs")],
+        ),
+        (
+            "offset_checkpoint",
+            DOMAIN,
+            &[include_str!("offset_checkpoint.rs")],
         ),
         ("producers", DOMAIN, &[include_str!("producers.rs")]),
         ("rng", DOMAIN, &[include_str!("rng.rs")]),

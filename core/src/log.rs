@@ -1197,6 +1197,49 @@ impl PartitionLog {
         Ok(end)
     }
 
+    /// Empties the log and restarts it, empty, at `offset`: Kafka's
+    /// `truncateFullyAndStartAt`, for a follower whose whole log lies below
+    /// its leader's log start (retention there deleted what it would fetch
+    /// next). Every segment goes, the epoch cache and the producer state
+    /// are cleared, and one empty segment starts at `offset`. Until the
+    /// next sync covers the directory, a crash may bring the old segments
+    /// back, which only puts the follower back where it was.
+    pub fn truncate_fully_and_start_at<S: Storage + ?Sized>(
+        &mut self,
+        storage: &mut S,
+        offset: i64,
+    ) -> io::Result<()> {
+        assert!(offset >= 0, "a log starts at a real offset ({offset})");
+        // The cache forgets first, so that a failure below cannot leave it
+        // describing records that are gone.
+        if !self.epochs.is_empty() {
+            self.epochs = EpochCache::new();
+            self.checkpoint_stale = true;
+        }
+        let removed: Vec<Segment> = std::mem::take(&mut self.segments);
+        for segment in &removed {
+            for file in [segment.log_file, segment.index_file, segment.time_file] {
+                storage.close(file);
+            }
+            for suffix in SEGMENT_SUFFIXES {
+                let path = format!("{}/{}", self.dir, segment_name(segment.base_offset, suffix));
+                self.dirty.remove(&SyncTarget::File(path));
+            }
+        }
+        let bases: Vec<i64> = removed.iter().map(|s| s.base_offset).collect();
+        self.remove_files_from(storage, &bases)?;
+        let segment = self.open_segment(storage, offset)?;
+        self.segments.push(segment);
+        self.log_start_offset = offset;
+        self.durable_offset = offset;
+        self.dirty.insert(SyncTarget::Dir(self.dir.clone()));
+        self.producers = ProducerStates::default();
+        self.flush_checkpoint(storage)?;
+        tracing::info!(dir = %self.dir, offset, segments_removed = removed.len(), "emptied the log; it starts again at the leader's log start");
+        self.invariants();
+        Ok(())
+    }
+
     /// Closes every file, for a clean shutdown or a topic deletion.
     pub fn close<S: Storage + ?Sized>(&mut self, storage: &mut S) {
         for segment in &self.segments {

@@ -307,6 +307,12 @@ impl<S: Storage> Node<S> {
                 Timer::IsrCheck,
                 now.monotonic_ms + isr_check_interval_ms(&node.broker.config),
             );
+            // Replicated partitions only: a node alone's high watermark is
+            // its synced log end, found again at start.
+            node.timers.set(
+                Timer::HighWatermarkCheckpoint,
+                now.monotonic_ms + node.broker.config.high_watermark_checkpoint_interval_ms,
+            );
         }
         node.settle(now);
         Ok(node)
@@ -857,6 +863,10 @@ impl<S: Storage> Node<S> {
     /// Resigns the quorum's leadership and syncs everything, then writes
     /// the clean-shutdown marker.
     fn flush_for_shutdown(&mut self, now: Now) {
+        if self.broker.cluster.is_some() {
+            // The last high watermarks, for the next start.
+            self.broker.checkpoint_high_watermarks();
+        }
         if let Some(quorum) = &mut self.quorum {
             let Broker {
                 storage,
@@ -952,6 +962,11 @@ impl<S: Storage> Node<S> {
                 Timer::IsrCheck => {
                     self.broker.check_isr(now);
                     let interval = isr_check_interval_ms(&self.broker.config);
+                    self.timers.set(timer, now.monotonic_ms + interval);
+                }
+                Timer::HighWatermarkCheckpoint => {
+                    self.broker.checkpoint_high_watermarks();
+                    let interval = self.broker.config.high_watermark_checkpoint_interval_ms;
                     self.timers.set(timer, now.monotonic_ms + interval);
                 }
             }
@@ -1085,7 +1100,15 @@ impl<S: Storage> Node<S> {
                 encode(&reply.timed_out(&unreached))
             }
             SlotState::After { wait, reply } => match wait.state(&self.broker) {
-                WaitState::Done => encode(&reply),
+                WaitState::Done => {
+                    let short = wait.under_min_insync(&self.broker);
+                    if short.is_empty() {
+                        encode(&reply)
+                    } else {
+                        tracing::warn!(partitions = ?short, "acks=all reached the high watermark with the ISR below min.insync.replicas");
+                        encode(&reply.not_enough_replicas_after_append(&short))
+                    }
+                }
                 WaitState::Failed if matches!(wait, handlers::Wait::Committed(_)) => {
                     encode(&reply.uncommitted())
                 }

@@ -37,6 +37,9 @@ pub enum Timer {
     IsrCheck,
     /// The end of a controlled shutdown's wait for the controller.
     ControlledShutdown,
+    /// The high watermarks are written to `replication-offset-checkpoint`
+    /// (`replica.high.watermark.checkpoint.interval.ms`).
+    HighWatermarkCheckpoint,
 }
 
 #[derive(Debug, Default)]

@@ -32,7 +32,9 @@ pub struct Partition {
 pub struct Topic {
     pub id: [u8; 16],
     pub config: TopicConfig,
-    pub partitions: Vec<Partition>,
+    /// By index; None for a partition of a cluster this broker holds no
+    /// replica of (it keeps no log for it).
+    pub partitions: Vec<Option<Partition>>,
 }
 
 /// What opening a partition found on disk.
@@ -95,21 +97,28 @@ impl Topics {
                 .partitions
                 .iter_mut()
                 .enumerate()
-                .map(move |(index, p)| (TopicPartition::new(name.clone(), index as i32), p))
+                .filter_map(move |(index, p)| {
+                    Some((TopicPartition::new(name.clone(), index as i32), p.as_mut()?))
+                })
         })
     }
 
     pub fn partition(&self, topic: &str, index: i32) -> Option<&Partition> {
         let index = usize::try_from(index).ok()?;
-        self.by_name.get(topic)?.partitions.get(index)
+        self.by_name.get(topic)?.partitions.get(index)?.as_ref()
     }
 
     pub fn partition_mut(&mut self, topic: &str, index: i32) -> Option<&mut Partition> {
         let index = usize::try_from(index).ok()?;
-        self.by_name.get_mut(topic)?.partitions.get_mut(index)
+        self.by_name
+            .get_mut(topic)?
+            .partitions
+            .get_mut(index)?
+            .as_mut()
     }
 
-    /// The number of partitions of a topic; 0 when it does not exist.
+    /// The number of partitions of a topic, held here or not; 0 when it
+    /// does not exist.
     pub fn partition_count(&self, topic: &str) -> i32 {
         self.by_name
             .get(topic)
@@ -157,36 +166,43 @@ impl Topics {
         self.by_name.insert(record.name.clone(), topic);
         let mut opened = Opened::default();
         for _ in 0..record.partitions {
-            let grown = self.grow(storage, &record.name, clean)?;
+            let grown = self.grow(storage, &record.name, clean, true)?;
             opened.created_dirs |= grown.created_dirs;
         }
         Ok(opened)
     }
 
-    /// Opens the next partition of a topic (a new one, or one found at start).
+    /// Opens the next partition of a topic (a new one, or one found at
+    /// start); with `hosted` false it only counts it: this broker holds no
+    /// replica of it, and no log.
     pub fn grow<S: Storage>(
         &mut self,
         storage: &mut S,
         name: &str,
         clean: bool,
+        hosted: bool,
     ) -> io::Result<Opened> {
         let incarnation = self.next_incarnation;
         let topic = self
             .by_name
             .get_mut(name)
             .expect("grown topics are registered");
+        if !hosted {
+            topic.partitions.push(None);
+            return Ok(Opened::default());
+        }
         let dir = partition_dir(name, topic.partitions.len() as i32);
         let created_dirs = !storage.exists(&dir);
         let (log, recovery) = PartitionLog::open(storage, &dir, topic.config.clone(), clean)?;
         if recovery.truncated_bytes > 0 || recovery.segments_removed > 0 {
             tracing::warn!(%dir, ?recovery, "recovered partition log");
         }
-        topic.partitions.push(Partition {
+        topic.partitions.push(Some(Partition {
             opened_end: log.log_end_offset(),
             log,
             incarnation,
             role: Role::Alone,
-        });
+        }));
         self.next_incarnation += 1;
         Ok(Opened { created_dirs })
     }
@@ -207,7 +223,7 @@ impl Topics {
         let Some(mut topic) = self.by_name.remove(name) else {
             return Ok(());
         };
-        for partition in topic.partitions.iter_mut() {
+        for partition in topic.partitions.iter_mut().flatten() {
             partition.log.close(storage);
             let dir = partition.log.dir().to_string();
             remove_dir_all(storage, &dir)?;
@@ -222,6 +238,9 @@ impl Topics {
                 "a held topic has a legal name"
             );
             for (index, partition) in topic.partitions.iter().enumerate() {
+                let Some(partition) = partition else {
+                    continue;
+                };
                 assert!(partition.incarnation < self.next_incarnation);
                 assert_eq!(partition.log.dir(), partition_dir(name, index as i32));
                 partition.log.invariants();

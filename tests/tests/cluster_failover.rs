@@ -1822,10 +1822,9 @@ fn sluice_topics_describe_shows_a_killed_broker_leave_and_rejoin_the_isr() {
     wait_described(&cluster, victim, topic, &rejoined, &ends);
 }
 
-/// Kafka lists a fenced broker's replicas as offline in Metadata (and
-/// `describe` shows them in its OFFLINE column); Sluice lists none.
+/// Kafka lists a fenced broker's replicas as offline in Metadata, and
+/// `describe` shows them in its OFFLINE column.
 #[test]
-#[ignore = "broker gap: Metadata lists no offline replicas for a fenced broker (Kafka lists them)"]
 fn metadata_lists_a_killed_brokers_replicas_as_offline() {
     let mut cluster = Cluster::start();
     let topic = "failover-offline";

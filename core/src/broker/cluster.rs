@@ -221,11 +221,13 @@ impl<S: Storage> Broker<S> {
                     .topic_configs(&name)
                     .cloned()
                     .unwrap_or_default();
+                let hosted = partition.replicas.contains(&self.config.node_id);
                 self.open_cluster_partition(
                     &name,
                     partition.topic_id,
                     partition.partition_id,
                     configs,
+                    hosted,
                 );
                 // The leader of a partition of the offsets topic loads its
                 // groups and commits as it takes the partition.
@@ -256,13 +258,16 @@ impl<S: Storage> Broker<S> {
         }
     }
 
-    /// Opens a partition's log here (every node keeps one per partition).
+    /// Opens a partition's log here when this broker holds one of its
+    /// replicas (`hosted`); otherwise the topic only counts the partition,
+    /// with no log, as a Kafka broker keeps none for it.
     fn open_cluster_partition(
         &mut self,
         name: &str,
         topic_id: Uuid,
         partition: i32,
         configs: BTreeMap<String, String>,
+        hosted: bool,
     ) {
         let clean = self.clean_start;
         if !self.topics.contains(name) {
@@ -290,7 +295,8 @@ impl<S: Storage> Broker<S> {
             );
             return;
         }
-        match self.topics.grow(&mut self.storage, name, clean) {
+        match self.topics.grow(&mut self.storage, name, clean, hosted) {
+            Ok(_) if !hosted => {}
             Ok(opened) => {
                 if opened.created_dirs {
                     self.durability
@@ -309,6 +315,7 @@ impl<S: Storage> Broker<S> {
         for partition in 0..self.topics.partition_count(name) {
             self.moved.insert(TopicPartition::new(name, partition));
         }
+        self.known_high_watermarks.retain(|tp, _| tp.topic != name);
         if let Err(error) = self.topics.remove(&mut self.storage, name) {
             tracing::error!(topic = name, %error, "cannot remove the files of a deleted topic");
         }

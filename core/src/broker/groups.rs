@@ -316,6 +316,9 @@ impl<S: Storage> Broker<S> {
             if only.is_some_and(|p| p != index as i32) {
                 continue;
             }
+            let Some(partition) = partition else {
+                continue;
+            };
             for_each_record(&partition.log, &mut self.storage, |key, value| {
                 let Some(key) = key else { return };
                 if let Some((group, topic, partition)) = parse_offset_key(key) {

@@ -60,6 +60,14 @@ pub struct Broker<S: Storage> {
     isr_changes: Vec<replicas::IsrChange>,
     /// The leader epoch each partition was last led in by this process.
     led_epochs: BTreeMap<TopicPartition, i32>,
+    /// The high watermark last known of each partition whatever its role:
+    /// read from `replication-offset-checkpoint` at start, raised as roles
+    /// change and at each checkpoint, dropped when its log is truncated.
+    /// A partition that neither leads nor follows starts from it.
+    pub(crate) known_high_watermarks: BTreeMap<TopicPartition, i64>,
+    /// What the checkpoint file holds now, so an unchanged one is not
+    /// written again.
+    checkpointed_high_watermarks: BTreeMap<TopicPartition, i64>,
 }
 
 /// A node's view of the cluster from the committed metadata log: the
@@ -162,6 +170,7 @@ impl<S: Storage> Broker<S> {
                 id
             }
         };
+        let known_high_watermarks = crate::offset_checkpoint::read(&mut storage);
         let mut groups = Coordinator::new(config.group_initial_rebalance_delay_ms);
         groups.same_assignment_for_all = config.mutated(Mutation::SameAssignmentForAll);
         // Ids of the last reserved block may have been handed out before a crash.
@@ -184,6 +193,8 @@ impl<S: Storage> Broker<S> {
             cluster: None,
             isr_changes: Vec::new(),
             led_epochs: BTreeMap::new(),
+            checkpointed_high_watermarks: known_high_watermarks.clone(),
+            known_high_watermarks,
         };
         if broker.config.quorum_voters.is_empty() {
             broker.remove_orphan_dirs()?;
@@ -465,6 +476,7 @@ impl<S: Storage> Broker<S> {
         }
         // The deletion is recorded first: a crash from here on leaves orphan
         // directories, which the next start removes.
+        self.known_high_watermarks.retain(|tp, _| tp.topic != name);
         if let Err(error) = self.topics.remove(&mut self.storage, name) {
             tracing::error!(topic = name, %error, "cannot remove the files of a deleted topic; the next start removes them");
         }
@@ -501,7 +513,7 @@ impl<S: Storage> Broker<S> {
             .map_err(|e| (ResponseError::KafkaStorageError, e.to_string()))?;
         for index in current..count {
             self.topics
-                .grow(&mut self.storage, name, true)
+                .grow(&mut self.storage, name, true, true)
                 .map_err(|e| (ResponseError::KafkaStorageError, e.to_string()))?;
             self.note_partition_write(name, index);
             self.moved.insert(TopicPartition::new(name, index));

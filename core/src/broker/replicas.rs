@@ -90,6 +90,10 @@ pub enum ForFollower {
         high_watermark: i64,
         log_start: i64,
     },
+    /// OFFSET_OUT_OF_RANGE: the follower asked from below this log's start
+    /// (retention deleted it) or past its end. The answer carries the log
+    /// start, where a follower behind it restarts its log.
+    OutOfRange { high_watermark: i64, log_start: i64 },
 }
 
 /// One partition this broker follows, ready to fetch (its log synced).
@@ -140,12 +144,28 @@ impl<S: Storage> Broker<S> {
         };
         let log_end = held.log.log_end_offset();
         let synced = held.log.durable_offset();
+        let tp = TopicPartition::new(name, partition);
+        // Neither leading nor following: what was known before, as the
+        // checkpoint kept it (Kafka's log keeps its high watermark across
+        // role changes and restarts), within this log.
+        let restored = self
+            .known_high_watermarks
+            .get(&tp)
+            .copied()
+            .unwrap_or(-1)
+            .max(held.log.log_start_offset());
         let known_high_watermark = match &held.role {
             Role::Leader(l) => l.high_watermark,
             Role::Follower(f) => f.high_watermark(synced),
-            Role::Alone | Role::Offline { .. } => held.log.log_start_offset(),
+            Role::Alone | Role::Offline { .. } => restored,
         }
         .min(synced);
+        let known = self.known_high_watermarks.entry(tp.clone()).or_insert(-1);
+        *known = (*known).max(known_high_watermark);
+        let held = self
+            .topics
+            .partition_mut(name, partition)
+            .expect("found above");
         let was_leader = matches!(held.role, Role::Leader(_));
         let Some(r) = registration else {
             held.role = Role::Offline { leader_epoch: -1 };
@@ -162,7 +182,6 @@ impl<S: Storage> Broker<S> {
             return;
         }
         let min_insync = held.log.config().min_insync_replicas;
-        let tp = TopicPartition::new(name, partition);
         let mut became_leader = false;
         let mut truncated = false;
         match &mut held.role {
@@ -386,7 +405,10 @@ impl<S: Storage> Broker<S> {
             }
         }
         if fetch.fetch_offset < log_start || fetch.fetch_offset > log_end {
-            return Err(ResponseError::OffsetOutOfRange);
+            return Ok(ForFollower::OutOfRange {
+                high_watermark,
+                log_start,
+            });
         }
         leading.on_fetch(
             fetch.replica_id,
@@ -543,7 +565,10 @@ impl<S: Storage> Broker<S> {
             };
             let count = self.topics.partition_count(name);
             for index in 0..count {
-                let held = self.topics.partition(name, index).expect("counted");
+                // None: no replica here.
+                let Some(held) = self.topics.partition(name, index) else {
+                    continue;
+                };
                 let Role::Follower(f) = &held.role else {
                     continue;
                 };
@@ -646,6 +671,85 @@ impl<S: Storage> Broker<S> {
         }
     }
 
+    /// Writes every partition's high watermark to
+    /// `replication-offset-checkpoint` (Kafka's `checkpointHighWatermarks`,
+    /// every `replica.high.watermark.checkpoint.interval.ms` and at a clean
+    /// stop), unless it holds them already; the next sync makes it durable.
+    pub fn checkpoint_high_watermarks(&mut self) {
+        if self.storage_offline() {
+            return;
+        }
+        // Partitions whose logs are not open yet (a start replays the
+        // metadata before it opens them) keep what was known of them.
+        let mut offsets = self.known_high_watermarks.clone();
+        for (tp, held) in self.topics.partitions_mut() {
+            let log = &held.log;
+            let known = self.known_high_watermarks.get(&tp).copied().unwrap_or(-1);
+            let high_watermark = match &held.role {
+                Role::Leader(l) => l.high_watermark,
+                Role::Follower(f) => f.high_watermark(log.durable_offset()),
+                Role::Alone => log.durable_offset(),
+                Role::Offline { .. } => known.min(log.log_end_offset()),
+            }
+            .max(known.min(log.log_end_offset()))
+            .max(log.log_start_offset());
+            offsets.insert(tp, high_watermark);
+        }
+        self.known_high_watermarks = offsets.clone();
+        if offsets == self.checkpointed_high_watermarks {
+            return;
+        }
+        match crate::offset_checkpoint::write(&mut self.storage, &offsets) {
+            Ok(()) => {
+                let file = crate::storage::SyncTarget::File(crate::offset_checkpoint::FILE.into());
+                self.durability.note_other_write(file);
+                self.durability
+                    .note_other_write(crate::storage::SyncTarget::Dir(String::new()));
+                self.checkpointed_high_watermarks = offsets;
+            }
+            Err(error) => {
+                // The directory entries may have changed all the same.
+                self.durability
+                    .note_other_write(crate::storage::SyncTarget::Dir(String::new()));
+                tracing::error!(%error, "cannot write the high watermark checkpoint");
+            }
+        }
+    }
+
+    /// The leader answered OFFSET_OUT_OF_RANGE and its log starts at
+    /// `leader_log_start`: when this whole log lies below it (retention on
+    /// the leader deleted what this follower would fetch next), the log is
+    /// emptied and starts again there, as Kafka's fetcher does
+    /// (`truncateFullyAndStartAt`). True when it did.
+    pub fn restart_below_leader_start(
+        &mut self,
+        partition: &TopicPartition,
+        leader_log_start: i64,
+    ) -> Result<bool, String> {
+        let Some(held) = self
+            .topics
+            .partition_mut(&partition.topic, partition.partition)
+        else {
+            return Err("the partition is gone".into());
+        };
+        if !matches!(held.role, Role::Follower(_)) {
+            return Err("no longer a follower".into());
+        }
+        let log_end = held.log.log_end_offset();
+        if leader_log_start <= log_end {
+            return Ok(false);
+        }
+        tracing::warn!(%partition, log_end, leader_log_start, "this log ends before the leader's log start; emptying it to start there");
+        held.log
+            .truncate_fully_and_start_at(&mut self.storage, leader_log_start)
+            .map_err(|e| e.to_string())?;
+        self.known_high_watermarks.remove(partition);
+        self.topics
+            .renew_incarnation(&partition.topic, partition.partition);
+        self.note_partition_write(&partition.topic, partition.partition);
+        Ok(true)
+    }
+
     /// The leader says this log diverged from its own after `epoch`, whose
     /// end is `end_offset`: cut this log where they agree (Kafka's
     /// truncation by leader epoch; the next fetch checks again).
@@ -682,6 +786,11 @@ impl<S: Storage> Broker<S> {
         held.log
             .truncate_to(&mut self.storage, target)
             .map_err(|e| e.to_string())?;
+        // As Kafka's truncation lowers the log's high watermark: what was
+        // known above the cut no longer describes this log.
+        if let Some(known) = self.known_high_watermarks.get_mut(partition) {
+            *known = (*known).min(target);
+        }
         self.topics
             .renew_incarnation(&partition.topic, partition.partition);
         self.note_partition_write(&partition.topic, partition.partition);

@@ -127,6 +127,20 @@ fn metadata_topic<S: Storage>(
                 // In a cluster, as the committed metadata says.
                 Some(registration) => {
                     let ids = |list: &[i32]| list.iter().map(|&id| BrokerId(id)).collect();
+                    // Kafka's KRaft metadata cache: a replica whose broker
+                    // is fenced or not registered is offline.
+                    let offline: Vec<i32> = registration
+                        .replicas
+                        .iter()
+                        .copied()
+                        .filter(|&id| {
+                            broker
+                                .cluster
+                                .as_ref()
+                                .and_then(|c| c.image.broker(id))
+                                .is_none_or(|b| b.fenced)
+                        })
+                        .collect();
                     let error = if registration.leader < 0 {
                         code(ResponseError::LeaderNotAvailable)
                     } else {
@@ -138,6 +152,7 @@ fn metadata_topic<S: Storage>(
                         .with_leader_epoch(registration.leader_epoch)
                         .with_replica_nodes(ids(&registration.replicas))
                         .with_isr_nodes(ids(&registration.isr))
+                        .with_offline_replicas(ids(&offline))
                 }
                 None => partition
                     .with_leader_id(me)

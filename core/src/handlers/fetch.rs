@@ -129,6 +129,17 @@ pub fn fetch_response<S: Storage>(
                             );
                             Ok((Bytes::new(), high_watermark, log_start))
                         }
+                        Ok(ForFollower::OutOfRange {
+                            high_watermark,
+                            log_start,
+                        }) => {
+                            // The follower learns the log start from the
+                            // answer (Kafka's fetcher asks ListOffsets).
+                            data = data
+                                .with_high_watermark(high_watermark)
+                                .with_log_start_offset(log_start);
+                            Err(ResponseError::OffsetOutOfRange)
+                        }
                         Err(error) => Err(error),
                     }
                 }

@@ -97,6 +97,34 @@ impl Wait {
             .collect()
     }
 
+    /// The partitions of an acks=all wait whose leader's maximal ISR is
+    /// now smaller than `min.insync.replicas`. Kafka's
+    /// `Partition.checkEnoughReplicasReachOffset` answers those
+    /// NOT_ENOUGH_REPLICAS_AFTER_APPEND once the high watermark reached
+    /// them: the ISR shrank after the records were appended (the high
+    /// watermark does not move while it is too small, so they got there
+    /// before the shrink). Only waits of a produce in a cluster count.
+    pub fn under_min_insync<S: Storage>(&self, broker: &Broker<S>) -> Vec<(String, [u8; 16], i32)> {
+        let Wait::HighWatermarks(marks) = self else {
+            return Vec::new();
+        };
+        marks
+            .iter()
+            .filter(|mark| mark.deadline_ms.is_some() && mark.leader_epoch.is_some())
+            .filter_map(|mark| {
+                let tp = &mark.partition;
+                let topic = broker.topics.get(&tp.topic)?;
+                let leading = broker
+                    .topics
+                    .partition(&tp.topic, tp.partition)?
+                    .role
+                    .leading()?;
+                (!leading.enough_replicas_after_append())
+                    .then(|| (tp.topic.clone(), topic.id, tp.partition))
+            })
+            .collect()
+    }
+
     pub fn state<S: Storage>(&self, broker: &Broker<S>) -> WaitState {
         match self {
             Wait::Durable(seq) if broker.durability.is_durable(*seq) => WaitState::Done,

@@ -1073,3 +1073,38 @@ proptest! {
         check_epochs(&follower, &mut storage, false);
     }
 }
+
+/// A follower whose log ends before its leader's log start empties it and
+/// starts again there: no segment, epoch or producer of the old log is
+/// left, the next replicated batch lands at the new start, and a restart
+/// finds the log where it was left.
+#[test]
+fn a_log_emptied_to_start_at_a_later_offset_continues_from_there() {
+    let mut storage = MemStorage::new();
+    let (mut log, _) = PartitionLog::open(&mut storage, "f-0", config(-1), false).expect("open");
+    for n in 0..3u8 {
+        let mut batch = one_record(n, 0);
+        batch::assign_offset(&mut batch, n as i64, 2);
+        log.append_replicated(&mut storage, &batch).expect("append");
+    }
+    sync(&mut log, &mut storage);
+    assert_eq!(log.epochs().latest_epoch(), Some(2));
+    log.truncate_fully_and_start_at(&mut storage, 50)
+        .expect("restart");
+    assert_eq!((log.log_start_offset(), log.log_end_offset()), (50, 50));
+    assert!(log.epochs().is_empty());
+    assert!(!storage.exists("f-0/00000000000000000000.log"));
+    assert!(storage.exists("f-0/00000000000000000050.log"));
+    let mut next = one_record(7, 0);
+    batch::assign_offset(&mut next, 50, 4);
+    assert_eq!(
+        log.append_replicated(&mut storage, &next).expect("append"),
+        51
+    );
+    assert_eq!(log.end_offset_for_epoch(4), (4, 51));
+    sync(&mut log, &mut storage);
+    log.close(&mut storage);
+    let (log, _) = PartitionLog::open(&mut storage, "f-0", config(-1), true).expect("reopen");
+    assert_eq!((log.log_start_offset(), log.log_end_offset()), (50, 51));
+    assert_eq!(log.epochs().latest_epoch(), Some(4));
+}

@@ -39,6 +39,7 @@ use crate::broker::{Broker, ClusterView};
 use crate::config::Mutation;
 use crate::group::Token;
 use crate::handlers::WaitState;
+use crate::image::LeaderRecoveryState;
 use crate::metadata_records::{
     BrokerEndpoint, BrokerRegistrationChangeRecord, MetadataRecord, PartitionChangeRecord,
     ProducerIdsRecord, RegisterBrokerRecord,
@@ -613,6 +614,18 @@ impl<S: Storage> Node<S> {
                         Some(ResponseError::InvalidUpdateVersion)
                     }
                     Some(_) if !new_isr.contains(&broker_id) => Some(ResponseError::InvalidRequest),
+                    // A leader still recovering from an unclean election
+                    // leads alone (Kafka's check), and a recovered one
+                    // never goes back to recovering.
+                    Some(_) if p.leader_recovery_state == 1 && new_isr.len() > 1 => {
+                        Some(ResponseError::InvalidRequest)
+                    }
+                    Some(r)
+                        if p.leader_recovery_state == 1
+                            && r.leader_recovery_state == LeaderRecoveryState::Recovered =>
+                    {
+                        Some(ResponseError::InvalidRequest)
+                    }
                     Some(r)
                         if new_isr.iter().any(|id| {
                             !r.replicas.contains(id)
@@ -634,16 +647,28 @@ impl<S: Storage> Node<S> {
                     }
                     (None, None) => unreachable!("a partition without registration is refused"),
                     (None, Some(r)) => {
+                        // The leader's asking settles its recovery state:
+                        // one that recovered from an unclean election says
+                        // so (RECOVERED), as Kafka's leaders do.
+                        let recovery = LeaderRecoveryState::from_value(p.leader_recovery_state)
+                            .unwrap_or(LeaderRecoveryState::Recovered);
+                        let leader_recovery_state = if recovery == r.leader_recovery_state {
+                            PartitionChangeRecord::RECOVERY_STATE_UNCHANGED
+                        } else {
+                            recovery.value()
+                        };
                         records.push(MetadataRecord::PartitionChange(PartitionChangeRecord {
                             partition_id: p.partition_index,
                             topic_id: topic.topic_id,
                             isr: Some(new_isr.clone()),
+                            leader_recovery_state,
                             ..PartitionChangeRecord::default()
                         }));
                         partitions.push(
                             answer
                                 .with_leader_id(BrokerId(r.leader))
                                 .with_leader_epoch(r.leader_epoch)
+                                .with_leader_recovery_state(p.leader_recovery_state.max(0))
                                 .with_isr(new_isr.iter().map(|&id| BrokerId(id)).collect())
                                 .with_partition_epoch(r.partition_epoch + 1),
                         );
@@ -954,12 +979,8 @@ impl<S: Storage> Node<S> {
     }
 
     /// The partition changes when broker `id` is fenced (`up` false) or
-    /// unfenced (`up`). Fenced: the partitions it leads move to the first
-    /// other ISR member on an unfenced broker, in replica order (none left:
-    /// no leader, the ISR kept as Kafka keeps its last member), and it
-    /// leaves every ISR it is in with others. Unfenced: leaderless
-    /// partitions with it in their ISR get it as leader. Bounded to one
-    /// proposal; the rest wait for the next change.
+    /// unfenced (`up`), as `leadership_change` decides each. Bounded to
+    /// one proposal; the rest wait for the next change.
     fn leadership_changes(&self, id: i32, up: bool) -> Vec<MetadataRecord> {
         let room = crate::raft::RECORDS_PER_PROPOSAL_MAX - 1;
         let image = &self.cluster_view().image;
@@ -973,6 +994,10 @@ impl<S: Storage> Node<S> {
         let empty_isr = self.broker.config.mutated(Mutation::EmptyIsrOnFence);
         let mut changes = Vec::new();
         for topic in image.topics() {
+            let unclean = crate::config::unclean_leader_election(
+                &self.broker.config,
+                image.topic_configs(&topic.name),
+            );
             for (&partition_id, partition) in &topic.partitions {
                 if changes.len() >= room {
                     return changes;
@@ -981,38 +1006,22 @@ impl<S: Storage> Node<S> {
                     // After the change on its way (the sweep comes back).
                     continue;
                 }
-                let change = |leader: i32, isr: Option<Vec<i32>>| {
-                    MetadataRecord::PartitionChange(PartitionChangeRecord {
+                let broker = BrokerChange {
+                    id,
+                    up,
+                    shutting_down,
+                };
+                if let Some(mut change) = leadership_change(partition, broker, unclean, live) {
+                    if empty_isr && change.leader == PartitionChangeRecord::LEADER_NONE {
+                        // Mutation `empty-isr-on-fence`: the last member
+                        // leaves the ISR with the leader.
+                        change.isr = Some(Vec::new());
+                    }
+                    changes.push(MetadataRecord::PartitionChange(PartitionChangeRecord {
                         partition_id,
                         topic_id: topic.id,
-                        leader,
-                        isr,
-                        ..PartitionChangeRecord::default()
-                    })
-                };
-                let others: Vec<i32> = partition.isr.iter().copied().filter(|&r| r != id).collect();
-                if up {
-                    if partition.leader < 0 && partition.isr.contains(&id) && !shutting_down {
-                        changes.push(change(id, None));
-                    }
-                } else if partition.leader == id {
-                    let successor = partition
-                        .replicas
-                        .iter()
-                        .copied()
-                        .find(|&r| others.contains(&r) && live(r));
-                    match successor {
-                        Some(next) => changes.push(change(next, Some(others))),
-                        None => changes.push(change(
-                            PartitionChangeRecord::LEADER_NONE,
-                            empty_isr.then(Vec::new),
-                        )),
-                    }
-                } else if partition.isr.contains(&id) && !others.is_empty() {
-                    changes.push(change(
-                        PartitionChangeRecord::LEADER_UNCHANGED,
-                        Some(others),
-                    ));
+                        ..change
+                    }));
                 }
             }
         }
@@ -1048,9 +1057,23 @@ impl<S: Storage> Node<S> {
             return;
         };
         let producer_next_before = cluster.image.next_producer_id().unwrap_or(0);
+        let unclean_before = cluster.image.unclean_elections();
         if let Err(error) = cluster.image.apply(offset, &decoded) {
             tracing::error!(offset, %error, "a committed metadata record does not apply; skipped");
             return;
+        }
+        if let MetadataRecord::PartitionChange(change) = &decoded {
+            let unclean_elections = cluster.image.unclean_elections();
+            // Logged once in the cluster: by the controller that elected.
+            if unclean_elections > unclean_before && cluster.is_controller {
+                tracing::warn!(
+                    topic_id = %change.topic_id,
+                    partition = change.partition_id,
+                    leader = change.leader,
+                    unclean_elections,
+                    "unclean leader election: a replica outside the ISR leads; records only the ISR had may be lost"
+                );
+            }
         }
         // Only a block allocated after this broker asked: a restarted node
         // replays its earlier blocks, whose ids it may have handed out.
@@ -1762,4 +1785,194 @@ fn encode<T: kafka_protocol::protocol::Encodable>(
     body: &T,
 ) -> Result<Bytes, String> {
     encode_reply_body(header, body)
+}
+
+/// A broker whose state changes: fenced or shutting down (`up` false), or
+/// unfenced (`up`).
+#[derive(Debug, Clone, Copy)]
+struct BrokerChange {
+    id: i32,
+    up: bool,
+    shutting_down: bool,
+}
+
+/// What a broker's change does to one partition, as a change record
+/// without its topic and partition. Fenced: the partition it leads moves
+/// to the first other ISR member on a live broker, in replica order (none
+/// left: no leader, the ISR kept as Kafka keeps its last member), and it
+/// leaves every ISR it is in with others. Unfenced: a leaderless partition
+/// with it in its ISR gets it as leader.
+///
+/// With `unclean` (`unclean.leader.election.enable`), a partition left
+/// with no live ISR member takes the first live replica in replica order,
+/// as its only ISR member, in leader recovery state RECOVERING: Kafka's
+/// unclean election, which may lose records only the old ISR had.
+fn leadership_change(
+    partition: &crate::image::PartitionRegistration,
+    broker: BrokerChange,
+    unclean: bool,
+    live: impl Fn(i32) -> bool,
+) -> Option<PartitionChangeRecord> {
+    let id = broker.id;
+    let change = |leader: i32, isr: Option<Vec<i32>>| PartitionChangeRecord {
+        leader,
+        isr,
+        ..PartitionChangeRecord::default()
+    };
+    let unclean_change = |leader: i32| PartitionChangeRecord {
+        leader,
+        isr: Some(vec![leader]),
+        leader_recovery_state: LeaderRecoveryState::Recovering.value(),
+        ..PartitionChangeRecord::default()
+    };
+    let others: Vec<i32> = partition.isr.iter().copied().filter(|&r| r != id).collect();
+    if broker.up {
+        if partition.leader >= 0 || broker.shutting_down {
+            return None;
+        }
+        if partition.isr.contains(&id) {
+            return Some(change(id, None));
+        }
+        // No live ISR member: this broker leads if it is the first live
+        // replica (the sweep asks each live broker in turn).
+        let first_live = partition
+            .replicas
+            .iter()
+            .copied()
+            .find(|&r| r == id || live(r));
+        let elect = unclean && !partition.isr.iter().any(|&r| live(r)) && first_live == Some(id);
+        return elect.then(|| unclean_change(id));
+    }
+    if partition.leader == id {
+        let successor = partition
+            .replicas
+            .iter()
+            .copied()
+            .find(|&r| others.contains(&r) && live(r));
+        let outsider = partition.replicas.iter().copied().find(|&r| live(r));
+        return Some(match (successor, outsider) {
+            (Some(next), _) => change(next, Some(others)),
+            (None, Some(next)) if unclean => unclean_change(next),
+            (None, _) => change(PartitionChangeRecord::LEADER_NONE, None),
+        });
+    }
+    (partition.isr.contains(&id) && !others.is_empty())
+        .then(|| change(PartitionChangeRecord::LEADER_UNCHANGED, Some(others)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::PartitionRegistration;
+
+    fn partition(replicas: &[i32], isr: &[i32], leader: i32) -> PartitionRegistration {
+        PartitionRegistration {
+            replicas: replicas.to_vec(),
+            isr: isr.to_vec(),
+            removing_replicas: Vec::new(),
+            adding_replicas: Vec::new(),
+            leader,
+            leader_recovery_state: LeaderRecoveryState::Recovered,
+            leader_epoch: 4,
+            partition_epoch: 7,
+            directories: Vec::new(),
+            eligible_leader_replicas: Vec::new(),
+            last_known_elr: Vec::new(),
+        }
+    }
+
+    fn fenced(id: i32) -> BrokerChange {
+        BrokerChange {
+            id,
+            up: false,
+            shutting_down: false,
+        }
+    }
+
+    fn unfenced(id: i32) -> BrokerChange {
+        BrokerChange {
+            id,
+            up: true,
+            shutting_down: false,
+        }
+    }
+
+    fn leader_and_isr(
+        change: Option<PartitionChangeRecord>,
+    ) -> Option<(i32, Option<Vec<i32>>, i8)> {
+        change.map(|c| (c.leader, c.isr, c.leader_recovery_state))
+    }
+
+    const UNCHANGED: i8 = PartitionChangeRecord::RECOVERY_STATE_UNCHANGED;
+
+    #[test]
+    fn a_fenced_leader_hands_over_to_a_live_isr_member_whatever_the_setting() {
+        let p = partition(&[1, 2, 3], &[1, 2], 1);
+        let live = |r: i32| r == 2 || r == 3;
+        for unclean in [false, true] {
+            assert_eq!(
+                leader_and_isr(leadership_change(&p, fenced(1), unclean, live)),
+                Some((2, Some(vec![2]), UNCHANGED))
+            );
+        }
+    }
+
+    #[test]
+    fn without_a_live_isr_member_only_unclean_election_picks_an_outsider() {
+        // The ISR is the fenced leader alone; 3 is live, outside the ISR.
+        let p = partition(&[1, 2, 3], &[1], 1);
+        let live = |r: i32| r == 3;
+        assert_eq!(
+            leader_and_isr(leadership_change(&p, fenced(1), false, live)),
+            Some((PartitionChangeRecord::LEADER_NONE, None, UNCHANGED)),
+            "off: no leader, the ISR kept"
+        );
+        assert_eq!(
+            leader_and_isr(leadership_change(&p, fenced(1), true, live)),
+            Some((3, Some(vec![3]), LeaderRecoveryState::Recovering.value())),
+            "on: the first live replica, alone in the ISR, recovering"
+        );
+    }
+
+    #[test]
+    fn a_leaderless_partition_is_taken_by_the_first_live_replica_only_when_enabled() {
+        // Leaderless, its last ISR member (1) fenced; 2 and 3 come back.
+        let p = partition(&[1, 3, 2], &[1], -1);
+        let live = |r: i32| r == 2 || r == 3;
+        for id in [2, 3] {
+            assert_eq!(
+                leadership_change(&p, unfenced(id), false, live),
+                None,
+                "off: {id} does not lead"
+            );
+        }
+        // Replica order: 3 comes before 2.
+        assert_eq!(leadership_change(&p, unfenced(2), true, live), None);
+        assert_eq!(
+            leader_and_isr(leadership_change(&p, unfenced(3), true, live)),
+            Some((3, Some(vec![3]), LeaderRecoveryState::Recovering.value()))
+        );
+        // An ISR member back takes it cleanly, however the setting.
+        let with_member = |r: i32| r == 1 || r == 3;
+        assert_eq!(
+            leadership_change(&p, unfenced(3), true, with_member),
+            None,
+            "a live ISR member leads, not an outsider"
+        );
+        assert_eq!(
+            leader_and_isr(leadership_change(&p, unfenced(1), true, with_member)),
+            Some((1, None, UNCHANGED))
+        );
+    }
+
+    #[test]
+    fn a_broker_shutting_down_never_takes_a_leadership() {
+        let p = partition(&[1, 2], &[1], -1);
+        let change = BrokerChange {
+            id: 2,
+            up: true,
+            shutting_down: true,
+        };
+        assert_eq!(leadership_change(&p, change, true, |r| r == 2), None);
+    }
 }

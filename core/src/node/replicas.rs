@@ -255,6 +255,26 @@ impl<S: Storage> Node<S> {
         offset: i64,
         answer: &kafka_protocol::messages::fetch_response::PartitionData,
     ) -> bool {
+        // The log must still be where the fetch asked from, in that epoch.
+        let current = self
+            .broker
+            .topics
+            .partition(&tp.topic, tp.partition)
+            .map(|p| (p.role.leader_epoch(), p.log.log_end_offset()));
+        let unchanged = current == Some((Some(epoch), offset));
+        let out_of_range = ResponseError::OffsetOutOfRange.code();
+        if answer.error_code == out_of_range && unchanged && answer.log_start_offset > offset {
+            return match self
+                .broker
+                .restart_below_leader_start(tp, answer.log_start_offset)
+            {
+                Ok(restarted) => restarted,
+                Err(error) => {
+                    tracing::error!(partition = %tp, %error, "cannot restart the log at the leader's log start");
+                    false
+                }
+            };
+        }
         if answer.error_code != 0 {
             let error = ResponseError::try_from_code(answer.error_code);
             tracing::debug!(partition = %tp, ?error, "a leader refused a partition's fetch");
@@ -269,13 +289,7 @@ impl<S: Storage> Node<S> {
             }
             return false;
         }
-        // The log must still be where the fetch asked from, in that epoch.
-        let current = self
-            .broker
-            .topics
-            .partition(&tp.topic, tp.partition)
-            .map(|p| (p.role.leader_epoch(), p.log.log_end_offset()));
-        if current != Some((Some(epoch), offset)) {
+        if !unchanged {
             return true;
         }
         if answer.diverging_epoch.epoch >= 0 {

@@ -1083,7 +1083,11 @@ fn retention_by_time_deletes_old_segments_on_the_timer() {
         h.produce_result(c);
     }
     assert_eq!(
-        h.node.broker.topics.get("t").expect("topic").partitions[0]
+        h.node
+            .broker
+            .topics
+            .partition("t", 0)
+            .expect("held")
             .log
             .segment_count(),
         3,
@@ -1093,7 +1097,7 @@ fn retention_by_time_deletes_old_segments_on_the_timer() {
     h.node.handle_timeout(Now::at(h.now_ms));
     h.drain();
     h.sync_all();
-    let log = &h.node.broker.topics.get("t").expect("topic").partitions[0].log;
+    let log = &h.node.broker.topics.partition("t", 0).expect("held").log;
     assert_eq!(
         log.log_start_offset(),
         1,
@@ -1665,7 +1669,7 @@ fn offsets_log_ends(h: &Harness) -> Vec<i64> {
     topic
         .partitions
         .iter()
-        .map(|p| p.log.log_end_offset())
+        .map(|p| p.as_ref().expect("held alone").log.log_end_offset())
         .collect()
 }
 
@@ -1871,7 +1875,7 @@ fn a_decompression_bomb_is_refused_and_appends_nothing() {
     let c = h.produce("t", 0, 1, Bytes::from(bomb));
     h.sync_all();
     assert_eq!(h.produce_result(c).0, ResponseError::InvalidRecord.code());
-    let log = &h.node.broker.topics.get("t").expect("topic").partitions[0].log;
+    let log = &h.node.broker.topics.partition("t", 0).expect("held").log;
     assert_eq!(log.log_end_offset(), 0);
 }
 

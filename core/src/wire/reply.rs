@@ -236,20 +236,42 @@ impl Reply {
     /// REQUEST_TIMED_OUT (the records stay, and may still be replicated;
     /// an idempotent retry finds them), the others keep their success.
     pub fn timed_out(self, unreached: &[(String, [u8; 16], i32)]) -> Reply {
+        let code = kafka_protocol::ResponseError::RequestTimedOut.code();
+        self.produce_partitions_failed(unreached, code, true)
+    }
+
+    /// An acks=all produce whose partitions named in `short` reached the
+    /// high watermark while their ISR is now below `min.insync.replicas`:
+    /// those answer NOT_ENOUGH_REPLICAS_AFTER_APPEND. The records stay in
+    /// the log, and Kafka keeps their base offset in the answer.
+    pub fn not_enough_replicas_after_append(self, short: &[(String, [u8; 16], i32)]) -> Reply {
+        let code = kafka_protocol::ResponseError::NotEnoughReplicasAfterAppend.code();
+        self.produce_partitions_failed(short, code, false)
+    }
+
+    /// A produce reply whose successful partitions named in `failed` get
+    /// `error_code` instead (and no base offset when `clear_offset`).
+    fn produce_partitions_failed(
+        self,
+        failed: &[(String, [u8; 16], i32)],
+        error_code: i16,
+        clear_offset: bool,
+    ) -> Reply {
         match self {
             Reply::Produce(mut response) => {
                 for topic in response.responses.iter_mut() {
                     for partition in topic.partition_responses.iter_mut() {
-                        let late = unreached.iter().any(|(name, id, index)| {
+                        let named = failed.iter().any(|(name, id, index)| {
                             *index == partition.index
                                 && (*topic.name == **name
                                     || (!topic.topic_id.is_nil()
                                         && topic.topic_id.as_bytes() == id))
                         });
-                        if late && partition.error_code == 0 {
-                            partition.error_code =
-                                kafka_protocol::ResponseError::RequestTimedOut.code();
-                            partition.base_offset = -1;
+                        if named && partition.error_code == 0 {
+                            partition.error_code = error_code;
+                            if clear_offset {
+                                partition.base_offset = -1;
+                            }
                         }
                     }
                 }
