@@ -389,27 +389,6 @@ fn answering_the_next_offset_names_offsets_that_hold_other_records() {
     );
 }
 
-/// Seeds within which consumers reading past the high watermark are
-/// caught: records above it are lost only when a leader loses its
-/// partition before a follower fetched them (a crash in the moment, or a
-/// cut that lasts until it is fenced), which few seeds draw.
-const READ_PAST_HIGH_WATERMARK_SEEDS_MAX: u64 = 400;
-
-/// Consumers served up to the log end (in a cluster `read-before-sync`
-/// reads past the high watermark too) read records a new leader never had.
-#[test]
-fn reading_past_the_high_watermark_reads_records_that_vanish() {
-    let caught = replication_caught_within(
-        Mutation::ReadBeforeSync,
-        &["[read-kept]"],
-        READ_PAST_HIGH_WATERMARK_SEEDS_MAX,
-    );
-    assert!(
-        caught.is_ok(),
-        "not caught within {READ_PAST_HIGH_WATERMARK_SEEDS_MAX} seeds: {caught:?}"
-    );
-}
-
 #[test]
 fn every_mutation_has_a_proof() {
     // Adding a mutation means adding a test above that shows it is caught.

@@ -539,19 +539,30 @@ pub fn run_replication(run: &ReplicationRun) -> Result<ReplicationStats, String>
             }
             log.extend(read);
         }
+        // Both checkers report: a record lost after it was acknowledged
+        // and read breaks both promises, and each is named.
+        let mut broken = Vec::new();
         for (what, records) in [
             ("acked-kept", checker.acked.get(&partition)),
             ("read-kept", checker.read.get(&partition)),
         ] {
-            for (offset, value) in records.into_iter().flatten() {
-                if log.get(offset) != Some(value) {
-                    return Err(fail(format!(
-                        "[{what}] partition {partition}: {value} at offset {offset} is gone (now {:?}); {}",
-                        log.get(offset),
-                        describe(&cluster, &nodes)
-                    )));
-                }
+            let gone = records
+                .into_iter()
+                .flatten()
+                .find(|&(offset, value)| log.get(offset) != Some(value));
+            if let Some((offset, value)) = gone {
+                broken.push(format!(
+                    "[{what}] partition {partition}: {value} at offset {offset} is gone (now {:?})",
+                    log.get(offset)
+                ));
             }
+        }
+        if !broken.is_empty() {
+            return Err(fail(format!(
+                "{}; {}",
+                broken.join("; "),
+                describe(&cluster, &nodes)
+            )));
         }
         let reference = batches(&mut cluster, leader, partition);
         let replicas: Vec<NodeId> = cluster
