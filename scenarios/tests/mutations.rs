@@ -342,10 +342,17 @@ fn electing_a_leader_without_a_new_epoch_gives_the_epoch_two_leaders() {
 
 /// Diverged metadata logs (the quorum leader never answers a diverging
 /// epoch, so a follower keeps entries the quorum dropped) name two leaders
-/// for the same partition epoch on different brokers.
+/// for the same partition epoch on different brokers, or leave brokers
+/// following leaders the others never elected, so the replicas never
+/// converge (with two-second sessions, brokers are fenced and leaders
+/// move often enough that the second is what most seeds show;
+/// `keep-leader-epoch` above is the proof of `[one-leader-per-epoch]`).
 #[test]
-fn diverged_metadata_logs_give_a_partition_epoch_two_leaders() {
-    let caught = replication_caught_by(Mutation::SkipDivergenceCheck, &["[one-leader-per-epoch]"]);
+fn diverged_metadata_logs_split_the_partitions_leadership() {
+    let caught = replication_caught_by(
+        Mutation::SkipDivergenceCheck,
+        &["[one-leader-per-epoch]", "[converges]"],
+    );
     assert!(
         caught.is_ok(),
         "not caught within {REPLICATION_SEEDS_MAX} seeds: {caught:?}"
@@ -383,6 +390,19 @@ fn acknowledging_acks_all_after_the_local_sync_acknowledges_an_offset_twice() {
 #[test]
 fn answering_the_next_offset_names_offsets_that_hold_other_records() {
     let caught = replication_caught_by(Mutation::AnswerNextOffset, &["[acked-kept]"]);
+    assert!(
+        caught.is_ok(),
+        "not caught within {REPLICATION_SEEDS_MAX} seeds: {caught:?}"
+    );
+}
+
+/// Consumers served up to the log end (in a cluster `read-before-sync`
+/// reads past the high watermark too) read what a leader cut off from its
+/// followers appended and lost when it was fenced and a new leader wrote
+/// other records at those offsets.
+#[test]
+fn reading_past_the_high_watermark_reads_records_that_vanish() {
+    let caught = replication_caught_by(Mutation::ReadBeforeSync, &["[read-kept]"]);
     assert!(
         caught.is_ok(),
         "not caught within {REPLICATION_SEEDS_MAX} seeds: {caught:?}"

@@ -53,6 +53,9 @@ const CONSUME_INTERVAL_MS: i64 = 50;
 const IN_FLIGHT_MAX: usize = 16;
 const STEPS_MAX: u64 = 3_000_000;
 const REPLICA_LAG_MS: i64 = 1_500;
+/// A broker's session and heartbeat in the campaign.
+const SESSION_TIMEOUT_MS: i64 = 2_000;
+const HEARTBEAT_INTERVAL_MS: i64 = 500;
 
 /// One run's settings.
 #[derive(Debug, Clone)]
@@ -415,6 +418,19 @@ pub fn run_replication(run: &ReplicationRun) -> Result<ReplicationStats, String>
     config
         .broker
         .push(("replica.lag.time.max.ms".into(), REPLICA_LAG_MS.to_string()));
+    // Brokers cut off from the controller for two seconds are fenced, so a
+    // cut-off leader loses its partitions within a run (Kafka's default is
+    // nine seconds, longer than most cuts drawn here).
+    config.broker.extend([
+        (
+            "broker.session.timeout.ms".to_string(),
+            SESSION_TIMEOUT_MS.to_string(),
+        ),
+        (
+            "broker.heartbeat.interval.ms".to_string(),
+            HEARTBEAT_INTERVAL_MS.to_string(),
+        ),
+    ]);
     config.broker.extend(run.broker.iter().cloned());
     config.steps_max = STEPS_MAX;
     if run.seed.is_multiple_of(3) {
