@@ -37,15 +37,36 @@ fn formed_with(seed: u64, extra: &[(&str, &str)]) -> Cluster {
 }
 
 fn create(cluster: &mut Cluster, client: ClientId, factor: i16, min_insync: &str) -> i16 {
-    let config = create_topics_request::CreatableTopicConfig::default()
-        .with_name(StrBytes::from_static_str("min.insync.replicas"))
-        .with_value(Some(StrBytes::from_string(min_insync.into())));
+    create_with(
+        cluster,
+        client,
+        factor,
+        &[("min.insync.replicas", min_insync)],
+    )
+}
+
+/// Creates the one-partition topic with `factor` replicas and `configs`;
+/// the error code of the answer.
+fn create_with(
+    cluster: &mut Cluster,
+    client: ClientId,
+    factor: i16,
+    configs: &[(&str, &str)],
+) -> i16 {
+    let configs = configs
+        .iter()
+        .map(|(k, v)| {
+            create_topics_request::CreatableTopicConfig::default()
+                .with_name(StrBytes::from_string((*k).into()))
+                .with_value(Some(StrBytes::from_string((*v).into())))
+        })
+        .collect();
     let request = CreateTopicsRequest::default()
         .with_topics(vec![create_topics_request::CreatableTopic::default()
             .with_name(TopicName(StrBytes::from_static_str(TOPIC)))
             .with_num_partitions(1)
             .with_replication_factor(factor)
-            .with_configs(vec![config])])
+            .with_configs(configs)])
         .with_timeout_ms(5_000);
     let response: CreateTopicsResponse = cluster
         .request(client, ApiKey::CreateTopics, 7, &request)
@@ -422,31 +443,16 @@ fn acks_all_settled_after_the_isr_shrank_is_not_enough_replicas_after_append() {
 /// Creates the test topic with one partition on two replicas,
 /// min.insync.replicas 1, and `unclean.leader.election.enable` as given.
 fn create_two_replicas(cluster: &mut Cluster, client: ClientId, unclean: bool) -> i16 {
-    let configs = [
-        ("min.insync.replicas", "1"),
-        (
-            "unclean.leader.election.enable",
-            if unclean { "true" } else { "false" },
-        ),
-    ]
-    .iter()
-    .map(|(k, v)| {
-        create_topics_request::CreatableTopicConfig::default()
-            .with_name(StrBytes::from_static_str(k))
-            .with_value(Some(StrBytes::from_static_str(v)))
-    })
-    .collect();
-    let request = CreateTopicsRequest::default()
-        .with_topics(vec![create_topics_request::CreatableTopic::default()
-            .with_name(TopicName(StrBytes::from_static_str(TOPIC)))
-            .with_num_partitions(1)
-            .with_replication_factor(2)
-            .with_configs(configs)])
-        .with_timeout_ms(5_000);
-    let response: CreateTopicsResponse = cluster
-        .request(client, ApiKey::CreateTopics, 7, &request)
-        .expect("create answered");
-    response.topics[0].error_code
+    let unclean = if unclean { "true" } else { "false" };
+    create_with(
+        cluster,
+        client,
+        2,
+        &[
+            ("min.insync.replicas", "1"),
+            ("unclean.leader.election.enable", unclean),
+        ],
+    )
 }
 
 /// The partition's registration in node `at`'s metadata image.
@@ -603,29 +609,17 @@ fn a_follower_behind_the_leaders_log_start_restarts_its_log_there() {
         ],
     );
     let client = cluster.connect(IDS[0]);
-    let configs = [
-        ("min.insync.replicas", "1"),
-        ("segment.bytes", "200"),
-        ("retention.bytes", "400"),
-    ]
-    .iter()
-    .map(|(k, v)| {
-        create_topics_request::CreatableTopicConfig::default()
-            .with_name(StrBytes::from_static_str(k))
-            .with_value(Some(StrBytes::from_static_str(v)))
-    })
-    .collect();
-    let request = CreateTopicsRequest::default()
-        .with_topics(vec![create_topics_request::CreatableTopic::default()
-            .with_name(TopicName(StrBytes::from_static_str(TOPIC)))
-            .with_num_partitions(1)
-            .with_replication_factor(3)
-            .with_configs(configs)])
-        .with_timeout_ms(5_000);
-    let response: CreateTopicsResponse = cluster
-        .request(client, ApiKey::CreateTopics, 7, &request)
-        .expect("create answered");
-    assert_eq!(response.topics[0].error_code, 0);
+    let created = create_with(
+        &mut cluster,
+        client,
+        3,
+        &[
+            ("min.insync.replicas", "1"),
+            ("segment.bytes", "200"),
+            ("retention.bytes", "400"),
+        ],
+    );
+    assert_eq!(created, 0);
     cluster.run_until(|c| registration(c, IDS[0]).is_some_and(|r| r.leader >= 0));
     let leader = NodeId(registration(&cluster, IDS[0]).expect("registered").leader);
     cluster.run_until(|c| c.node(leader).broker().topic_exists(TOPIC));
