@@ -86,6 +86,13 @@ pub const BROKER_KEYS: &[Key] = &[
         "address clients are told (defaults to listeners)",
     ),
     key(
+        "metrics.listener",
+        Kind::String,
+        "",
+        0,
+        "host:port serving Prometheus metrics at /metrics, and /health and /ready (off when empty; 127.0.0.1:9644 is the usual choice)",
+    ),
+    key(
         "log.dirs",
         Kind::String,
         "./sluice-data",
@@ -570,6 +577,8 @@ pub struct BrokerConfig {
     pub node_id: i32,
     pub listeners: String,
     pub advertised_listeners: String,
+    /// `metrics.listener`: where metrics are served; empty for nowhere.
+    pub metrics_listener: String,
     pub log_dirs: String,
     pub num_partitions: i32,
     pub default_replication_factor: i16,
@@ -780,6 +789,7 @@ impl BrokerConfig {
                 advertised
             },
             listeners,
+            metrics_listener: get("metrics.listener"),
             log_dirs,
             num_partitions: number("num.partitions") as i32,
             default_replication_factor: number("default.replication.factor").min(i16::MAX as i64)

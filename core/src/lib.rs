@@ -18,6 +18,7 @@ pub mod image;
 pub mod log;
 pub mod metadata;
 pub mod metadata_records;
+pub mod metrics;
 pub mod producers;
 pub mod rng;
 pub mod storage;
@@ -87,6 +88,7 @@ mod layers {
             DOMAIN,
             &[include_str!("metadata_records.rs")],
         ),
+        ("metrics", DOMAIN, &[include_str!("metrics.rs")]),
         ("producers", DOMAIN, &[include_str!("producers.rs")]),
         ("rng", DOMAIN, &[include_str!("rng.rs")]),
         ("storage", DOMAIN, &[include_str!("storage.rs")]),
@@ -143,6 +145,7 @@ mod layers {
                 include_str!("node.rs"),
                 include_str!("node/cluster.rs"),
                 include_str!("node/describe_quorum.rs"),
+                include_str!("node/gauges.rs"),
                 include_str!("node/quorum.rs"),
             ],
         ),

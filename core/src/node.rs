@@ -39,6 +39,7 @@ use crate::config::BrokerConfig;
 use crate::durability::{Completed, SyncPurpose, SyncRequest};
 use crate::group::Token;
 use crate::handlers::{self, fetch::fetch_response, Context, Pending, WaitState};
+use crate::metrics::Counters;
 use crate::quorum::{Quorum, QuorumSettings};
 use crate::raft::wire as raft_wire;
 use crate::raft::Timeouts;
@@ -534,7 +535,11 @@ impl<S: Storage> Node<S> {
                     response_queued: false,
                 })
             }
-            Pending::Now(reply) => SlotState::Ready(encode_reply(request.header, &reply)?),
+            Pending::Now(reply) => SlotState::Ready(encode_counted(
+                &mut self.broker.metrics,
+                request.header,
+                &reply,
+            )?),
             Pending::After { wait, reply } => SlotState::After { wait, reply },
             Pending::Coordinator(token) => {
                 assert_eq!(token, self.next_token, "a request waits for its own token");
@@ -1062,10 +1067,11 @@ impl<S: Storage> Node<S> {
     /// The encoded reply of a slot whose wait is over; the slot back if not.
     fn try_complete(&mut self, slot: Slot, now: Now) -> Completion {
         let Slot { header, state } = slot;
-        let encode = |reply: &Reply| match encode_reply(header, reply) {
-            Ok(frame) => Completion::Frame(frame),
-            Err(error) => Completion::Unencodable(error),
-        };
+        let encode =
+            |metrics: &mut Counters, reply: &Reply| match encode_counted(metrics, header, reply) {
+                Ok(frame) => Completion::Frame(frame),
+                Err(error) => Completion::Unencodable(error),
+            };
         match state {
             SlotState::Ready(frame) => Completion::Frame(frame),
             SlotState::After { wait, reply }
@@ -1073,20 +1079,20 @@ impl<S: Storage> Node<S> {
                     && wait.state(&self.broker) == WaitState::Waiting =>
             {
                 let unreached = wait.unreached(&self.broker);
-                encode(&reply.timed_out(&unreached))
+                encode(&mut self.broker.metrics, &reply.timed_out(&unreached))
             }
             SlotState::After { wait, reply } => match wait.state(&self.broker) {
-                WaitState::Done => encode(&reply),
+                WaitState::Done => encode(&mut self.broker.metrics, &reply),
                 WaitState::Failed if matches!(wait, handlers::Wait::Committed(_)) => {
-                    encode(&reply.uncommitted())
+                    encode(&mut self.broker.metrics, &reply.uncommitted())
                 }
                 WaitState::Failed
                     if matches!(wait, handlers::Wait::HighWatermarks(_))
                         && !self.broker.storage_offline() =>
                 {
-                    encode(&reply.leadership_lost())
+                    encode(&mut self.broker.metrics, &reply.leadership_lost())
                 }
-                WaitState::Failed => encode(&reply.unsynced()),
+                WaitState::Failed => encode(&mut self.broker.metrics, &reply.unsynced()),
                 WaitState::Waiting => Completion::NotYet(Slot {
                     header,
                     state: SlotState::After { wait, reply },
@@ -1106,7 +1112,7 @@ impl<S: Storage> Node<S> {
                     None
                 };
                 match answer {
-                    Some(response) => encode(&Reply::Fetch(response)),
+                    Some(response) => encode(&mut self.broker.metrics, &Reply::Fetch(response)),
                     None => Completion::NotYet(Slot {
                         header,
                         state: SlotState::Fetch {
@@ -1150,7 +1156,7 @@ impl<S: Storage> Node<S> {
             },
             SlotState::Coordinator(token) => match self.group_answers.remove(&token) {
                 Some(answer) => match handlers::coordinator_reply(answer, header.version) {
-                    Pending::Now(reply) => encode(&reply),
+                    Pending::Now(reply) => encode(&mut self.broker.metrics, &reply),
                     Pending::After { wait, reply } => self.try_complete(
                         Slot {
                             header,
@@ -1212,7 +1218,19 @@ impl<S: Storage> Node<S> {
 
 mod cluster;
 mod describe_quorum;
+mod gauges;
 mod quorum;
 mod replicas;
 #[cfg(test)]
 mod tests;
+
+/// Encodes a reply to a client and counts the error codes it carries.
+fn encode_counted(
+    metrics: &mut Counters,
+    header: ReplyHeader,
+    reply: &Reply,
+) -> Result<Bytes, String> {
+    let api_key = header.api_key as i16;
+    reply.error_codes(&mut |code| metrics.error(api_key, code));
+    encode_reply(header, reply)
+}

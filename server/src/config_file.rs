@@ -109,7 +109,24 @@ pub fn load(path: Option<&Path>, overrides: &[(String, String)]) -> anyhow::Resu
             bail!("{place}: `advertised.listeners` must name an address clients can reach, not `{host}`");
         }
     }
+    if !config.metrics_listener.is_empty() {
+        parse_metrics_listener(&config.metrics_listener)
+            .map_err(|err| anyhow!("{}: `metrics.listener`: {err}", place("metrics.listener")))?;
+    }
     Ok(config)
+}
+
+/// Parses `metrics.listener`: `host:port`, or `http://host:port`.
+pub fn parse_metrics_listener(value: &str) -> anyhow::Result<(String, u16)> {
+    let value = value.trim();
+    let address = match value.split_once("://") {
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => rest,
+        Some((scheme, _)) => {
+            bail!("bad listener `{value}`: unsupported scheme `{scheme}`, only http is served")
+        }
+        None => value,
+    };
+    parse_listener(address.trim_end_matches('/'))
 }
 
 /// Splits one `--override` argument, `key=value`, at its first `=`.

@@ -116,11 +116,23 @@ fn serve(config: Option<PathBuf>, overrides: Vec<String>) -> anyhow::Result<()> 
     let config = config_file::load(config.as_deref(), &pairs)?;
     let listen = config_file::parse_listener(&config.listeners)?;
     let advertised = config_file::parse_listener(&config.advertised_listeners)?;
+    let metrics_address = match config.metrics_listener.as_str() {
+        "" => None,
+        value => Some(config_file::parse_metrics_listener(value)?),
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async move {
         let listener = driver::bind(&listen).await?;
+        let metrics_listener = match &metrics_address {
+            Some(address) => {
+                let bound = driver::bind(address).await?;
+                tracing::info!(address = %bound.local_addr()?, "serving metrics at /metrics, /health and /ready");
+                Some(bound)
+            }
+            None => None,
+        };
         // An ephemeral port (0) is advertised as the port actually bound.
         let bound = listener.local_addr()?.port();
         let advertised = (
@@ -147,6 +159,7 @@ fn serve(config: Option<PathBuf>, overrides: Vec<String>) -> anyhow::Result<()> 
             peers,
             connector: driver::TokioConnector,
             peer_status: None,
+            metrics_listener,
         };
         Ok(driver::serve(environment, shutdown_signal()).await?)
     })

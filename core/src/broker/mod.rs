@@ -60,6 +60,8 @@ pub struct Broker<S: Storage> {
     isr_changes: Vec<replicas::IsrChange>,
     /// The leader epoch each partition was last led in by this process.
     led_epochs: BTreeMap<TopicPartition, i32>,
+    /// What operators read: traffic per topic, errors answered, ISR changes.
+    pub metrics: crate::metrics::Counters,
 }
 
 /// A node's view of the cluster from the committed metadata log: the
@@ -184,6 +186,7 @@ impl<S: Storage> Broker<S> {
             cluster: None,
             isr_changes: Vec::new(),
             led_epochs: BTreeMap::new(),
+            metrics: crate::metrics::Counters::default(),
         };
         if broker.config.quorum_voters.is_empty() {
             broker.remove_orphan_dirs()?;
