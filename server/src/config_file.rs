@@ -271,7 +271,63 @@ pub fn parse_listener(value: &str) -> anyhow::Result<(String, u16)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sluice_core::config::BROKER_KEYS;
     use std::io::Write;
+
+    /// The example configuration shipped in config/.
+    fn example() -> (std::path::PathBuf, String) {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/sluice.example.toml");
+        let text = std::fs::read_to_string(&path).expect("read config/sluice.example.toml");
+        (path, text)
+    }
+
+    #[test]
+    fn the_example_config_lists_every_key_and_is_the_defaults() {
+        let (path, text) = example();
+        for key in BROKER_KEYS {
+            let line = format!("# \"{}\" = ", key.name);
+            assert_eq!(
+                text.lines().filter(|l| l.starts_with(&line)).count(),
+                1,
+                "the example lists `{}` once, commented out",
+                key.name
+            );
+        }
+        // Every key line is one the broker knows.
+        for line in text.lines().filter(|l| l.starts_with("# \"")) {
+            let name = line.split('"').nth(1).unwrap_or_default();
+            assert!(
+                BROKER_KEYS.iter().any(|k| k.name == name),
+                "the example names an unknown key: {line}"
+            );
+        }
+        let config = load(Some(&path), &[]).expect("the example parses");
+        assert_eq!(config, BrokerConfig::defaults());
+    }
+
+    #[test]
+    fn the_example_config_shows_each_default_as_a_valid_value() {
+        let (_, text) = example();
+        // Every key set, to the value shown.
+        let uncommented: String = text
+            .lines()
+            .map(|line| match line.strip_prefix("# ") {
+                Some(rest) if rest.starts_with('"') => format!("{rest}\n"),
+                _ => format!("{line}\n"),
+            })
+            .collect();
+        let example = file(&uncommented);
+        let config = load(Some(example.path()), &[]).expect("the example, uncommented, parses");
+        assert_eq!(config.values.explicit.len(), BROKER_KEYS.len());
+        for key in BROKER_KEYS {
+            assert_eq!(
+                config.get(key.name),
+                key.default,
+                "the example shows `{}` at another value than its default",
+                key.name
+            );
+        }
+    }
 
     fn file(text: &str) -> tempfile::NamedTempFile {
         let mut file = tempfile::Builder::new()

@@ -15,8 +15,21 @@ use sluice_driver as driver;
 use sluice_server::cli::{self, cluster, consume, groups, produce, topics};
 use sluice_server::{config_file, dump_log};
 
+/// `sluice --version`: the crate's version and the commit it was built
+/// from (`unknown` outside a git checkout; see build.rs).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("SLUICE_GIT_COMMIT"),
+    ")"
+);
+
 #[derive(Parser)]
-#[command(name = "sluice", version, about = "A Kafka-compatible distributed log")]
+#[command(
+    name = "sluice",
+    version = VERSION,
+    about = "A Kafka-compatible distributed log"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
