@@ -759,6 +759,26 @@ impl BrokerConfig {
                 why: format!("node.id {node_id} has the controller role but is not a voter"),
             });
         }
+        // Every voter is a broker too (combined nodes), and a node alone
+        // is the one broker: a factor above that could never be placed,
+        // and every create relying on the default would fail.
+        let brokers = quorum_voters.len().max(1);
+        let factor = number("default.replication.factor");
+        if factor > brokers as i64 {
+            return Err(ConfigError::BadValue {
+                key: "default.replication.factor".into(),
+                value: factor.to_string(),
+                why: format!(
+                    "larger than the {brokers} broker{} this configuration names{}",
+                    if brokers == 1 { "" } else { "s" },
+                    if quorum_voters.is_empty() {
+                        " (a node without controller.quorum.voters is alone)"
+                    } else {
+                        " in controller.quorum.voters"
+                    }
+                ),
+            });
+        }
         if !(controller && roles.contains("broker")) {
             // A broker without the controller role would follow the quorum
             // as an observer, and a controller alone would serve no data:
@@ -985,6 +1005,27 @@ mod tests {
         );
         let one = BrokerConfig::from_pairs(&pairs(&[("log.dirs", "/a")])).expect("valid");
         assert_eq!(one.log_dirs, "/a");
+    }
+
+    #[test]
+    fn a_default_replication_factor_above_the_brokers_is_refused() {
+        let alone = BrokerConfig::from_pairs(&pairs(&[("default.replication.factor", "3")]))
+            .expect_err("refused");
+        let text = alone.to_string();
+        assert!(
+            text.contains("`default.replication.factor`") && text.contains("the 1 broker "),
+            "{text}"
+        );
+        let voters = "1@h:1,2@h:2,3@h:3";
+        let three = |factor: &str| {
+            BrokerConfig::from_pairs(&pairs(&[
+                ("controller.quorum.voters", voters),
+                ("default.replication.factor", factor),
+            ]))
+        };
+        assert_eq!(three("3").expect("valid").default_replication_factor, 3);
+        let four = three("4").expect_err("refused").to_string();
+        assert!(four.contains("the 3 brokers"), "{four}");
     }
 
     #[test]

@@ -42,7 +42,9 @@ enum Command {
     /// Without --config the embedded defaults apply: data in ./sluice-data,
     /// listening on 127.0.0.1:9092.
     Serve {
-        /// A TOML file of broker settings, with Kafka's key names.
+        /// A file of broker settings under Kafka's key names: TOML, or
+        /// Kafka's server.properties format (a .properties name, or
+        /// key=value lines).
         #[arg(long)]
         config: Option<PathBuf>,
         /// Set one key, over the file: --override num.partitions=3
@@ -160,7 +162,8 @@ fn serve(config: Option<PathBuf>, overrides: Vec<String>) -> anyhow::Result<()> 
                 advertised.1
             },
         );
-        let disk = driver::FileDisk::open(std::path::Path::new(&config.log_dirs))?;
+        let disk = driver::FileDisk::open(std::path::Path::new(&config.log_dirs))
+            .map_err(|error| anyhow::anyhow!("log.dirs: {error}"))?;
         let peers = quorum_peers(&config);
         let environment = driver::Environment {
             config,
