@@ -365,6 +365,12 @@ impl<S: Storage> Node<S> {
         self.quorum_committed
     }
 
+    /// Whether the last stop was clean, and what opening the partition
+    /// logs found (at start; partitions created since add to it).
+    pub fn recovery(&self) -> (bool, crate::topics::OpenedSummary) {
+        (self.broker.clean_start(), self.broker.topics.opened)
+    }
+
     /// True once the start-up sync completed; connections may be accepted.
     pub fn is_ready(&self) -> bool {
         self.broker.durability.durable_seq() > 0

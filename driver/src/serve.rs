@@ -188,11 +188,25 @@ pub async fn serve_until<L: Listener, D: Disk, C: Connector>(
         monotonic_ms: started.elapsed().as_millis() as i64,
         wall_ms: clock(),
     };
+    let opening = tokio::time::Instant::now();
     let mut node =
         Node::open(disk, config, advertised, seed, now()).map_err(|error| DriverError::Open {
             data_dir: data_dir.clone(),
             error,
         })?;
+    let (clean, opened) = node.recovery();
+    tracing::info!(
+        log_dir = %data_dir,
+        clean_shutdown = clean,
+        partitions = opened.partitions,
+        segments = opened.segments,
+        bytes = opened.bytes,
+        segments_scanned = opened.segments_scanned,
+        truncated_bytes = opened.truncated_bytes,
+        segments_removed = opened.segments_removed,
+        took_ms = opening.elapsed().as_millis() as u64,
+        "opened the log directory"
+    );
     let mut peer_links = PeerLinks::new(peer_status);
     // The start-up sync makes recovered data durable before anything is served.
     while let Some(output) = node.poll_output() {

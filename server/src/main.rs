@@ -35,6 +35,12 @@ struct Cli {
     command: Command,
 }
 
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run a node: a broker with its controller, alone or, when
@@ -50,6 +56,10 @@ enum Command {
         /// Set one key, over the file: --override num.partitions=3
         #[arg(long = "override", value_name = "KEY=VALUE")]
         overrides: Vec<String>,
+        /// How log lines are written to stderr: text (coloured only on a
+        /// terminal) or json (one object per line). RUST_LOG sets the level.
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
     },
     /// Print the batches of a segment file (.log), or the entries of an index.
     DumpLog {
@@ -97,7 +107,11 @@ fn main() -> ExitCode {
         Err(help) => help.exit(),
     };
     let result = match cli.command {
-        Command::Serve { config, overrides } => serve(config, overrides),
+        Command::Serve {
+            config,
+            overrides,
+            log_format,
+        } => serve(config, overrides, log_format),
         Command::DumpLog { file, records } => {
             dump_log::run(&file, records, &mut std::io::stdout().lock())
         }
@@ -117,18 +131,36 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(config: Option<PathBuf>, overrides: Vec<String>) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+/// Sends log lines to stderr, as text (with colours only when stderr is a
+/// terminal, so none reach a file or the journal) or as JSON lines.
+fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+    }
+}
+
+fn serve(
+    config_path: Option<PathBuf>,
+    overrides: Vec<String>,
+    log_format: LogFormat,
+) -> anyhow::Result<()> {
+    init_logging(log_format);
     let pairs = overrides
         .iter()
         .map(|argument| config_file::parse_override(argument))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let config = config_file::load(config.as_deref(), &pairs)?;
+    let config = config_file::load(config_path.as_deref(), &pairs)?;
     let listen = config_file::parse_listener(&config.listeners)?;
     let advertised = config_file::parse_listener(&config.advertised_listeners)?;
     let metrics_address = match config.metrics_listener.as_str() {
@@ -139,13 +171,10 @@ fn serve(config: Option<PathBuf>, overrides: Vec<String>) -> anyhow::Result<()> 
         .enable_all()
         .build()?;
     runtime.block_on(async move {
+        let shutdown = shutdown_signal()?;
         let listener = driver::bind(&listen).await?;
         let metrics_listener = match &metrics_address {
-            Some(address) => {
-                let bound = driver::bind(address).await?;
-                tracing::info!(address = %bound.local_addr()?, "serving metrics at /metrics, /health and /ready");
-                Some(bound)
-            }
+            Some(address) => Some(driver::bind(address).await?),
             None => None,
         };
         // An ephemeral port (0) is advertised as the port actually bound.
@@ -164,6 +193,17 @@ fn serve(config: Option<PathBuf>, overrides: Vec<String>) -> anyhow::Result<()> 
         );
         let disk = driver::FileDisk::open(std::path::Path::new(&config.log_dirs))
             .map_err(|error| anyhow::anyhow!("log.dirs: {error}"))?;
+        log_startup(&StartupView {
+            config: &config,
+            config_path: config_path.as_deref(),
+            overrides: &pairs,
+            listener: listener.local_addr()?,
+            advertised: &advertised,
+            metrics: match &metrics_listener {
+                Some(bound) => Some(bound.local_addr()?),
+                None => None,
+            },
+        });
         let peers = quorum_peers(&config);
         let environment = driver::Environment {
             config,
@@ -177,8 +217,64 @@ fn serve(config: Option<PathBuf>, overrides: Vec<String>) -> anyhow::Result<()> 
             peer_status: None,
             metrics_listener,
         };
-        Ok(driver::serve(environment, shutdown_signal()).await?)
+        Ok(driver::serve(environment, shutdown).await?)
     })
+}
+
+/// What the start-up lines tell.
+struct StartupView<'a> {
+    config: &'a BrokerConfig,
+    config_path: Option<&'a std::path::Path>,
+    overrides: &'a [(String, String)],
+    listener: std::net::SocketAddr,
+    advertised: &'a (String, u16),
+    metrics: Option<std::net::SocketAddr>,
+}
+
+/// The lines an operator reads first: what runs, as which node, where it
+/// listens and is reached, where its data is, and which configuration it
+/// read (the file, and each override on top).
+fn log_startup(view: &StartupView<'_>) {
+    let config = view.config;
+    tracing::info!(
+        version = VERSION,
+        node_id = config.node_id,
+        "starting sluice"
+    );
+    let source = match view.config_path {
+        Some(path) => path.display().to_string(),
+        None => "built-in defaults (no --config)".to_string(),
+    };
+    let overrides: Vec<String> = view
+        .overrides
+        .iter()
+        .map(|(key, value)| format!("{key}={value}"))
+        .collect();
+    tracing::info!(
+        config = %source,
+        keys_set = config.values.explicit.len(),
+        overrides = %overrides.join(" "),
+        "configuration"
+    );
+    let advertised = format!("{}:{}", view.advertised.0, view.advertised.1);
+    tracing::info!(listener = %view.listener, advertised = %advertised, "listening for clients");
+    if view.listener.ip().is_unspecified() && config.get("advertised.listeners").is_empty() {
+        tracing::warn!(
+            listener = %view.listener,
+            advertised = %advertised,
+            "listening on every address but telling clients `{}`: set advertised.listeners to an address they can reach",
+            view.advertised.0
+        );
+    }
+    let log_dir = std::path::Path::new(&config.log_dirs);
+    let absolute = std::fs::canonicalize(log_dir).unwrap_or_else(|_| log_dir.to_path_buf());
+    tracing::info!(log_dir = %absolute.display(), "log directory");
+    match view.metrics {
+        Some(address) => {
+            tracing::info!(address = %address, "serving metrics at /metrics, /health and /ready")
+        }
+        None => tracing::info!("no metrics.listener: metrics are not served"),
+    }
 }
 
 /// The other voters of `controller.quorum.voters`, where the driver keeps
@@ -218,14 +314,18 @@ fn fresh_seed() -> u64 {
     nanos ^ ((std::process::id() as u64) << 32)
 }
 
-async fn shutdown_signal() {
+/// Resolves at SIGTERM or SIGINT. The handlers are installed when this is
+/// called, not when it is first awaited: a signal during start-up (bind,
+/// recovery) waits for the broker to serve, then stops it cleanly, where
+/// the default action would have killed it mid-recovery.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut terminate = match signal(SignalKind::terminate()) {
-        Ok(stream) => stream,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate.recv() => {}
-    }
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+    })
 }
