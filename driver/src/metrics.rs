@@ -27,6 +27,8 @@ const FILES_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256
 /// Requests of one connection whose answer is awaited for timing; acks=0
 /// produces are never answered, so the oldest go past this bound.
 pub(crate) const IN_FLIGHT_TRACKED_MAX: usize = 1_024;
+/// Metrics connections answered at once; further ones wait to be accepted.
+const HTTP_CONNECTIONS_MAX: usize = 16;
 /// Bytes of an HTTP request head read at most.
 const HTTP_HEAD_BYTES_MAX: usize = 8 * 1024;
 /// How long a metrics client has to send its request, and the node task
@@ -617,7 +619,11 @@ pub(crate) async fn http_loop(
     listener: tokio::net::TcpListener,
     events: mpsc::UnboundedSender<Event>,
 ) {
+    let places = std::sync::Arc::new(tokio::sync::Semaphore::new(HTTP_CONNECTIONS_MAX));
     loop {
+        let Ok(place) = places.clone().acquire_owned().await else {
+            return;
+        };
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
             Err(error) => {
@@ -629,7 +635,11 @@ pub(crate) async fn http_loop(
         if events.is_closed() {
             return;
         }
-        tokio::spawn(answer(stream, events.clone()));
+        let events = events.clone();
+        tokio::spawn(async move {
+            answer(stream, events).await;
+            drop(place);
+        });
     }
 }
 
@@ -764,6 +774,78 @@ mod tests {
         assert_eq!(metrics.requests[&(1, 12)], 1);
         assert!(!metrics.latency.contains_key(&(0, 9)));
         assert_eq!(metrics.latency[&(1, 12)].count, 1);
+    }
+
+    /// Serves `http_loop` on a free port, with a stand-in node task that
+    /// answers scrapes as `ready`; returns the port.
+    async fn serve_http(ready: bool) -> u16 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        let (events, mut received) = mpsc::unbounded_channel();
+        tokio::spawn(http_loop(listener, events));
+        tokio::spawn(async move {
+            while let Some(event) = received.recv().await {
+                if let Event::Scrape { reply, .. } = event {
+                    let text = "sluice_ready 1\n".to_string();
+                    let _ = reply.send(Scraped { ready, text });
+                }
+            }
+        });
+        port
+    }
+
+    async fn get(port: u16, path: &str) -> String {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.expect("send");
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.expect("read");
+        answer
+    }
+
+    #[tokio::test]
+    async fn the_listener_answers_each_path() {
+        let port = serve_http(false).await;
+        assert!(get(port, "/health")
+            .await
+            .starts_with("HTTP/1.1 200 OK\r\n"));
+        let ready = get(port, "/ready").await;
+        assert!(ready.starts_with("HTTP/1.1 503 "), "{ready}");
+        let metrics = get(port, "/metrics?x=1").await;
+        assert!(metrics.starts_with("HTTP/1.1 200 OK\r\n"), "{metrics}");
+        assert!(metrics.contains("Content-Type: text/plain; version=0.0.4"));
+        assert!(metrics.ends_with("\r\n\r\nsluice_ready 1\n"), "{metrics}");
+        assert!(get(port, "/other").await.starts_with("HTTP/1.1 404 "));
+        let port = serve_http(true).await;
+        assert!(get(port, "/ready").await.starts_with("HTTP/1.1 200 OK\r\n"));
+    }
+
+    #[tokio::test]
+    async fn idle_connections_beyond_the_bound_wait_for_a_place() {
+        let port = serve_http(true).await;
+        let mut idle = Vec::new();
+        for _ in 0..HTTP_CONNECTIONS_MAX {
+            idle.push(
+                tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .expect("connect"),
+            );
+        }
+        // Every place is held: one more request is not answered...
+        let mut waiting = tokio::spawn(get(port, "/health"));
+        let early = tokio::time::timeout(Duration::from_millis(300), &mut waiting).await;
+        assert!(early.is_err(), "answered while every place was held");
+        // ...until one is given back.
+        drop(idle.pop());
+        let answer = tokio::time::timeout(HTTP_TIMEOUT, waiting)
+            .await
+            .expect("answered once a place is free")
+            .expect("the request task");
+        assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
     }
 
     #[test]
