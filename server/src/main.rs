@@ -172,6 +172,13 @@ fn serve(
         .build()?;
     runtime.block_on(async move {
         let shutdown = shutdown_signal()?;
+        // The directory first: a second broker on it stops here, before it
+        // binds anything. What the broker is and what it read is logged
+        // before it listens, so whoever waits for the port finds it.
+        let disk = driver::FileDisk::open(std::path::Path::new(&config.log_dirs))
+            .map_err(|error| anyhow::anyhow!("log.dirs: {error}"))?;
+        log_identity(&config, config_path.as_deref(), &pairs);
+        let peers = quorum_peers(&config);
         let listener = driver::bind(&listen).await?;
         let metrics_listener = match &metrics_address {
             Some(address) => Some(driver::bind(address).await?),
@@ -191,20 +198,15 @@ fn serve(
                 advertised.1
             },
         );
-        let disk = driver::FileDisk::open(std::path::Path::new(&config.log_dirs))
-            .map_err(|error| anyhow::anyhow!("log.dirs: {error}"))?;
-        log_startup(&StartupView {
-            config: &config,
-            config_path: config_path.as_deref(),
-            overrides: &pairs,
-            listener: listener.local_addr()?,
-            advertised: &advertised,
-            metrics: match &metrics_listener {
+        log_listeners(
+            &config,
+            listener.local_addr()?,
+            &advertised,
+            match &metrics_listener {
                 Some(bound) => Some(bound.local_addr()?),
                 None => None,
             },
-        });
-        let peers = quorum_peers(&config);
+        );
         let environment = driver::Environment {
             config,
             listener,
@@ -221,32 +223,24 @@ fn serve(
     })
 }
 
-/// What the start-up lines tell.
-struct StartupView<'a> {
-    config: &'a BrokerConfig,
-    config_path: Option<&'a std::path::Path>,
-    overrides: &'a [(String, String)],
-    listener: std::net::SocketAddr,
-    advertised: &'a (String, u16),
-    metrics: Option<std::net::SocketAddr>,
-}
-
-/// The lines an operator reads first: what runs, as which node, where it
-/// listens and is reached, where its data is, and which configuration it
-/// read (the file, and each override on top).
-fn log_startup(view: &StartupView<'_>) {
-    let config = view.config;
+/// The first lines an operator reads: what runs as which node, which
+/// configuration it read (the file, and each override on top), and where
+/// its data is.
+fn log_identity(
+    config: &BrokerConfig,
+    config_path: Option<&std::path::Path>,
+    overrides: &[(String, String)],
+) {
     tracing::info!(
         version = VERSION,
         node_id = config.node_id,
         "starting sluice"
     );
-    let source = match view.config_path {
+    let source = match config_path {
         Some(path) => path.display().to_string(),
         None => "built-in defaults (no --config)".to_string(),
     };
-    let overrides: Vec<String> = view
-        .overrides
+    let overrides: Vec<String> = overrides
         .iter()
         .map(|(key, value)| format!("{key}={value}"))
         .collect();
@@ -256,20 +250,30 @@ fn log_startup(view: &StartupView<'_>) {
         overrides = %overrides.join(" "),
         "configuration"
     );
-    let advertised = format!("{}:{}", view.advertised.0, view.advertised.1);
-    tracing::info!(listener = %view.listener, advertised = %advertised, "listening for clients");
-    if view.listener.ip().is_unspecified() && config.get("advertised.listeners").is_empty() {
-        tracing::warn!(
-            listener = %view.listener,
-            advertised = %advertised,
-            "listening on every address but telling clients `{}`: set advertised.listeners to an address they can reach",
-            view.advertised.0
-        );
-    }
     let log_dir = std::path::Path::new(&config.log_dirs);
     let absolute = std::fs::canonicalize(log_dir).unwrap_or_else(|_| log_dir.to_path_buf());
     tracing::info!(log_dir = %absolute.display(), "log directory");
-    match view.metrics {
+}
+
+/// Where the broker listens and what it tells clients (with a warning
+/// for every address told as `localhost`), and where metrics are served.
+fn log_listeners(
+    config: &BrokerConfig,
+    listener: std::net::SocketAddr,
+    advertised: &(String, u16),
+    metrics: Option<std::net::SocketAddr>,
+) {
+    let told = format!("{}:{}", advertised.0, advertised.1);
+    tracing::info!(listener = %listener, advertised = %told, "listening for clients");
+    if listener.ip().is_unspecified() && config.get("advertised.listeners").is_empty() {
+        tracing::warn!(
+            listener = %listener,
+            advertised = %told,
+            "listening on every address but telling clients `{}`: set advertised.listeners to an address they can reach",
+            advertised.0
+        );
+    }
+    match metrics {
         Some(address) => {
             tracing::info!(address = %address, "serving metrics at /metrics, /health and /ready")
         }
