@@ -86,6 +86,13 @@ pub const BROKER_KEYS: &[Key] = &[
         "address clients are told (defaults to listeners)",
     ),
     key(
+        "metrics.listener",
+        Kind::String,
+        "",
+        0,
+        "host:port serving Prometheus metrics at /metrics, and /health and /ready (off when empty; 127.0.0.1:9644 is the usual choice)",
+    ),
+    key(
         "log.dirs",
         Kind::String,
         "./sluice-data",
@@ -591,6 +598,8 @@ pub struct BrokerConfig {
     pub node_id: i32,
     pub listeners: String,
     pub advertised_listeners: String,
+    /// `metrics.listener`: where metrics are served; empty for nowhere.
+    pub metrics_listener: String,
     pub log_dirs: String,
     pub num_partitions: i32,
     pub default_replication_factor: i16,
@@ -802,6 +811,26 @@ impl BrokerConfig {
                 why: format!("node.id {node_id} has the controller role but is not a voter"),
             });
         }
+        // Every voter is a broker too (combined nodes), and a node alone
+        // is the one broker: a factor above that could never be placed,
+        // and every create relying on the default would fail.
+        let brokers = quorum_voters.len().max(1);
+        let factor = number("default.replication.factor");
+        if factor > brokers as i64 {
+            return Err(ConfigError::BadValue {
+                key: "default.replication.factor".into(),
+                value: factor.to_string(),
+                why: format!(
+                    "larger than the {brokers} broker{} this configuration names{}",
+                    if brokers == 1 { "" } else { "s" },
+                    if quorum_voters.is_empty() {
+                        " (a node without controller.quorum.voters is alone)"
+                    } else {
+                        " in controller.quorum.voters"
+                    }
+                ),
+            });
+        }
         if !(controller && roles.contains("broker")) {
             // A broker without the controller role would follow the quorum
             // as an observer, and a controller alone would serve no data:
@@ -835,6 +864,7 @@ impl BrokerConfig {
                 advertised
             },
             listeners,
+            metrics_listener: get("metrics.listener"),
             log_dirs,
             num_partitions: number("num.partitions") as i32,
             default_replication_factor: number("default.replication.factor").min(i16::MAX as i64)
@@ -1044,6 +1074,27 @@ mod tests {
         );
         let one = BrokerConfig::from_pairs(&pairs(&[("log.dirs", "/a")])).expect("valid");
         assert_eq!(one.log_dirs, "/a");
+    }
+
+    #[test]
+    fn a_default_replication_factor_above_the_brokers_is_refused() {
+        let alone = BrokerConfig::from_pairs(&pairs(&[("default.replication.factor", "3")]))
+            .expect_err("refused");
+        let text = alone.to_string();
+        assert!(
+            text.contains("`default.replication.factor`") && text.contains("the 1 broker "),
+            "{text}"
+        );
+        let voters = "1@h:1,2@h:2,3@h:3";
+        let three = |factor: &str| {
+            BrokerConfig::from_pairs(&pairs(&[
+                ("controller.quorum.voters", voters),
+                ("default.replication.factor", factor),
+            ]))
+        };
+        assert_eq!(three("3").expect("valid").default_replication_factor, 3);
+        let four = three("4").expect_err("refused").to_string();
+        assert!(four.contains("the 3 brokers"), "{four}");
     }
 
     #[test]

@@ -326,7 +326,13 @@ impl Coordinator {
             member.session_timeout_ms = join.session_timeout_ms;
             member.rebalance_timeout_ms = join.rebalance_timeout_ms;
             member.awaiting_join = Some(token);
-            prepare_rebalance(group, now_ms, 0);
+            prepare_rebalance(
+                &join.group_id,
+                group,
+                now_ms,
+                0,
+                "a member rejoined with new metadata",
+            );
             return self.try_complete_join(&join.group_id.clone(), now_ms);
         }
         let member_id = join.member_id.clone();
@@ -379,7 +385,7 @@ impl Coordinator {
         }
         member.awaiting_join = Some(token);
         group.members.insert(new_id, member);
-        prepare_rebalance(group, now_ms, 0);
+        prepare_rebalance(&join.group_id, group, now_ms, 0, "a member joined");
         self.try_complete_join(&join.group_id, now_ms)
     }
 
@@ -418,7 +424,8 @@ impl Coordinator {
                 session_deadline_ms: now_ms + join.session_timeout_ms as i64,
             },
         );
-        prepare_rebalance(group, now_ms, if was_empty { delay } else { 0 });
+        let delay_ms = if was_empty { delay } else { 0 };
+        prepare_rebalance(&join.group_id, group, now_ms, delay_ms, "a member joined");
         self.try_complete_join(&join.group_id, now_ms)
     }
 
@@ -473,6 +480,13 @@ impl Coordinator {
         group.state = State::CompletingRebalance;
         group.rebalance_deadline_ms = None;
         group.protocol = select_protocol(group);
+        tracing::info!(
+            group = group_id,
+            generation = group.generation,
+            members = group.members.len(),
+            protocol = group.protocol.as_deref().unwrap_or(""),
+            "group stabilized; awaiting the leader's assignment"
+        );
         if group
             .leader
             .as_ref()
@@ -631,7 +645,7 @@ impl Coordinator {
                     ));
                 }
             }
-            prepare_rebalance(group, now_ms, 0);
+            prepare_rebalance(group_id, group, now_ms, 0, "a member left");
         }
         self.try_complete_join(group_id, now_ms);
     }
@@ -879,7 +893,7 @@ fn answer_removed(resolved: &mut Vec<(Token, Resolved)>, member: Member) {
 
 /// Enters PreparingRebalance; `delay_ms` holds an empty group's first
 /// rebalance open for more members.
-fn prepare_rebalance(group: &mut Group, now_ms: i64, delay_ms: i64) {
+fn prepare_rebalance(group_id: &str, group: &mut Group, now_ms: i64, delay_ms: i64, reason: &str) {
     let timeout = group
         .members
         .values()
@@ -887,6 +901,14 @@ fn prepare_rebalance(group: &mut Group, now_ms: i64, delay_ms: i64) {
         .max()
         .unwrap_or(0);
     if group.state != State::PreparingRebalance {
+        tracing::info!(
+            group = group_id,
+            from = group.state.name(),
+            generation = group.generation,
+            members = group.members.len(),
+            reason,
+            "preparing to rebalance"
+        );
         group.state = State::PreparingRebalance;
         group.join_not_before_ms = now_ms + delay_ms;
         group.rebalance_deadline_ms = Some(now_ms + timeout.max(delay_ms));

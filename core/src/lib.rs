@@ -18,6 +18,7 @@ pub mod image;
 pub mod log;
 pub mod metadata;
 pub mod metadata_records;
+pub mod metrics;
 pub mod offset_checkpoint;
 pub mod producers;
 pub mod rng;
@@ -93,6 +94,7 @@ mod layers {
             DOMAIN,
             &[include_str!("offset_checkpoint.rs")],
         ),
+        ("metrics", DOMAIN, &[include_str!("metrics.rs")]),
         ("producers", DOMAIN, &[include_str!("producers.rs")]),
         ("rng", DOMAIN, &[include_str!("rng.rs")]),
         ("storage", DOMAIN, &[include_str!("storage.rs")]),
@@ -149,6 +151,7 @@ mod layers {
                 include_str!("node.rs"),
                 include_str!("node/cluster.rs"),
                 include_str!("node/describe_quorum.rs"),
+                include_str!("node/gauges.rs"),
                 include_str!("node/quorum.rs"),
             ],
         ),

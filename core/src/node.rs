@@ -39,6 +39,7 @@ use crate::config::BrokerConfig;
 use crate::durability::{Completed, SyncPurpose, SyncRequest};
 use crate::group::Token;
 use crate::handlers::{self, fetch::fetch_response, Context, Pending, WaitState};
+use crate::metrics::Counters;
 use crate::quorum::{Quorum, QuorumSettings};
 use crate::raft::wire as raft_wire;
 use crate::raft::Timeouts;
@@ -375,6 +376,12 @@ impl<S: Storage> Node<S> {
         self.quorum_committed
     }
 
+    /// Whether the last stop was clean, and what opening the partition
+    /// logs found (at start; partitions created since add to it).
+    pub fn recovery(&self) -> (bool, crate::topics::OpenedSummary) {
+        (self.broker.clean_start(), self.broker.topics.opened)
+    }
+
     /// True once the start-up sync completed; connections may be accepted.
     pub fn is_ready(&self) -> bool {
         self.broker.durability.durable_seq() > 0
@@ -545,7 +552,11 @@ impl<S: Storage> Node<S> {
                     response_queued: false,
                 })
             }
-            Pending::Now(reply) => SlotState::Ready(encode_reply(request.header, &reply)?),
+            Pending::Now(reply) => SlotState::Ready(encode_counted(
+                &mut self.broker.metrics,
+                request.header,
+                &reply,
+            )?),
             Pending::After { wait, reply } => SlotState::After { wait, reply },
             Pending::Coordinator(token) => {
                 assert_eq!(token, self.next_token, "a request waits for its own token");
@@ -1086,10 +1097,11 @@ impl<S: Storage> Node<S> {
     /// The encoded reply of a slot whose wait is over; the slot back if not.
     fn try_complete(&mut self, slot: Slot, now: Now) -> Completion {
         let Slot { header, state } = slot;
-        let encode = |reply: &Reply| match encode_reply(header, reply) {
-            Ok(frame) => Completion::Frame(frame),
-            Err(error) => Completion::Unencodable(error),
-        };
+        let encode =
+            |metrics: &mut Counters, reply: &Reply| match encode_counted(metrics, header, reply) {
+                Ok(frame) => Completion::Frame(frame),
+                Err(error) => Completion::Unencodable(error),
+            };
         match state {
             SlotState::Ready(frame) => Completion::Frame(frame),
             SlotState::After { wait, reply }
@@ -1097,28 +1109,31 @@ impl<S: Storage> Node<S> {
                     && wait.state(&self.broker) == WaitState::Waiting =>
             {
                 let unreached = wait.unreached(&self.broker);
-                encode(&reply.timed_out(&unreached))
+                encode(&mut self.broker.metrics, &reply.timed_out(&unreached))
             }
             SlotState::After { wait, reply } => match wait.state(&self.broker) {
                 WaitState::Done => {
                     let short = wait.under_min_insync(&self.broker);
                     if short.is_empty() {
-                        encode(&reply)
+                        encode(&mut self.broker.metrics, &reply)
                     } else {
                         tracing::warn!(partitions = ?short, "acks=all reached the high watermark with the ISR below min.insync.replicas");
-                        encode(&reply.not_enough_replicas_after_append(&short))
+                        encode(
+                            &mut self.broker.metrics,
+                            &reply.not_enough_replicas_after_append(&short),
+                        )
                     }
                 }
                 WaitState::Failed if matches!(wait, handlers::Wait::Committed(_)) => {
-                    encode(&reply.uncommitted())
+                    encode(&mut self.broker.metrics, &reply.uncommitted())
                 }
                 WaitState::Failed
                     if matches!(wait, handlers::Wait::HighWatermarks(_))
                         && !self.broker.storage_offline() =>
                 {
-                    encode(&reply.leadership_lost())
+                    encode(&mut self.broker.metrics, &reply.leadership_lost())
                 }
-                WaitState::Failed => encode(&reply.unsynced()),
+                WaitState::Failed => encode(&mut self.broker.metrics, &reply.unsynced()),
                 WaitState::Waiting => Completion::NotYet(Slot {
                     header,
                     state: SlotState::After { wait, reply },
@@ -1138,7 +1153,7 @@ impl<S: Storage> Node<S> {
                     None
                 };
                 match answer {
-                    Some(response) => encode(&Reply::Fetch(response)),
+                    Some(response) => encode(&mut self.broker.metrics, &Reply::Fetch(response)),
                     None => Completion::NotYet(Slot {
                         header,
                         state: SlotState::Fetch {
@@ -1182,7 +1197,7 @@ impl<S: Storage> Node<S> {
             },
             SlotState::Coordinator(token) => match self.group_answers.remove(&token) {
                 Some(answer) => match handlers::coordinator_reply(answer, header.version) {
-                    Pending::Now(reply) => encode(&reply),
+                    Pending::Now(reply) => encode(&mut self.broker.metrics, &reply),
                     Pending::After { wait, reply } => self.try_complete(
                         Slot {
                             header,
@@ -1244,7 +1259,19 @@ impl<S: Storage> Node<S> {
 
 mod cluster;
 mod describe_quorum;
+mod gauges;
 mod quorum;
 mod replicas;
 #[cfg(test)]
 mod tests;
+
+/// Encodes a reply to a client and counts the error codes it carries.
+fn encode_counted(
+    metrics: &mut Counters,
+    header: ReplyHeader,
+    reply: &Reply,
+) -> Result<Bytes, String> {
+    let api_key = header.api_key as i16;
+    reply.error_codes(&mut |code| metrics.error(api_key, code));
+    encode_reply(header, reply)
+}

@@ -48,6 +48,23 @@ pub struct Opened {
 pub struct Topics {
     by_name: BTreeMap<String, Topic>,
     next_incarnation: u64,
+    /// What opening the partition logs found, summed since the start.
+    pub opened: OpenedSummary,
+}
+
+/// The partition logs opened since the start, and what recovering them
+/// did: the start-up log line's numbers.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct OpenedSummary {
+    pub partitions: u64,
+    pub segments: u64,
+    pub bytes: u64,
+    /// Segments read whole to rebuild their indexes (after an unclean stop).
+    pub segments_scanned: u64,
+    /// Bytes of torn or corrupt tails cut off.
+    pub truncated_bytes: u64,
+    /// Segments removed after a cut.
+    pub segments_removed: u64,
 }
 
 /// Kafka's topic name rule: 1 to 249 of `[a-zA-Z0-9._-]`, not `.` or `..`.
@@ -197,6 +214,13 @@ impl Topics {
         if recovery.truncated_bytes > 0 || recovery.segments_removed > 0 {
             tracing::warn!(%dir, ?recovery, "recovered partition log");
         }
+        let opened = &mut self.opened;
+        opened.partitions += 1;
+        opened.segments += log.segment_count() as u64;
+        opened.bytes += log.size_bytes();
+        opened.segments_scanned += recovery.indexes_rebuilt as u64;
+        opened.truncated_bytes += recovery.truncated_bytes;
+        opened.segments_removed += recovery.segments_removed as u64;
         topic.partitions.push(Some(Partition {
             opened_end: log.log_end_offset(),
             log,

@@ -90,7 +90,13 @@ impl FileDisk {
     /// (`ErrorKind::WouldBlock`), as Kafka refuses a log directory whose
     /// `.lock` it cannot take.
     pub fn open(root: &Path) -> io::Result<FileDisk> {
-        fs::create_dir_all(root)?;
+        fs::create_dir_all(root).map_err(|e| named(e, "cannot create the log directory", root))?;
+        if !root.is_dir() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotADirectory,
+                format!("the log directory {} is not a directory", root.display()),
+            ));
+        }
         let lock = lock_directory(root)?;
         let (syncer, jobs) =
             std::sync::mpsc::channel::<(SyncJob, tokio::sync::oneshot::Sender<io::Result<()>>)>();
@@ -100,6 +106,12 @@ impl FileDisk {
                 for (job, done) in jobs {
                     let _ = done.send(job.run());
                 }
+            })
+            .map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("cannot start the syncer thread of {}: {e}", root.display()),
+                )
             })?;
         Ok(FileDisk {
             root: root.to_path_buf(),
@@ -404,6 +416,21 @@ mod tests {
         assert!(error
             .to_string()
             .contains(&dir.path().join("t-0").display().to_string()));
+    }
+
+    #[test]
+    fn a_log_directory_that_cannot_be_one_is_named() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("a-file");
+        std::fs::write(&file, b"x").expect("write");
+        for root in [file.clone(), file.join("below")] {
+            let refused = FileDisk::open(&root).err().expect("refused");
+            assert!(
+                refused.to_string().contains(&root.display().to_string())
+                    && refused.to_string().contains("log directory"),
+                "{refused}"
+            );
+        }
     }
 
     #[test]

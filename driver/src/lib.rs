@@ -13,6 +13,7 @@
 mod admission;
 pub mod disk;
 mod error;
+mod metrics;
 mod on_thread;
 mod peers;
 mod serve;

@@ -18,7 +18,7 @@
 //! event channel; with no peers there are none. After every input the node
 //! task publishes the links' state on `Environment.peer_status`, if given.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -35,6 +35,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::AbortHandle;
 
 use crate::admission::{read_request, Admission, Admitted, RequestError};
+use crate::metrics::{http_loop, DriverMetrics, InFlight, Scraped};
 use crate::peers::{Connector, PeerEvent, PeerLinks, PeerStatuses};
 use crate::DriverError;
 
@@ -101,6 +102,9 @@ pub struct Environment<L: Listener, D: Disk, C: Connector> {
     /// input the node handles (only when it changed) and set all down when
     /// the driver stops. Tests and tools watch it rather than the node.
     pub peer_status: Option<watch::Sender<PeerStatuses>>,
+    /// If given, where `/metrics`, `/health` and `/ready` are served
+    /// (`metrics.listener`), from when the node starts serving.
+    pub metrics_listener: Option<tokio::net::TcpListener>,
 }
 
 pub(crate) enum Event {
@@ -117,10 +121,18 @@ pub(crate) enum Event {
         connection: ConnectionId,
     },
     Peer(PeerEvent),
+    /// The metrics listener asks for the numbers (rendered as text when
+    /// `render`) and whether the broker is ready.
+    Scrape {
+        render: bool,
+        reply: tokio::sync::oneshot::Sender<Scraped>,
+    },
 }
 
 pub(crate) struct ConnectionHandle {
     writer: mpsc::UnboundedSender<Bytes>,
+    /// Requests awaiting their answer, for timing.
+    in_flight: VecDeque<InFlight>,
     /// Requests the reader may still hand in before a response goes out.
     permits: Arc<Semaphore>,
     reader: AbortHandle,
@@ -162,6 +174,7 @@ pub async fn serve_until<L: Listener, D: Disk, C: Connector>(
         peers,
         connector,
         peer_status,
+        metrics_listener,
     } = environment;
     let node_id = NodeId(config.node_id);
     if peers.contains_key(&node_id) {
@@ -175,11 +188,25 @@ pub async fn serve_until<L: Listener, D: Disk, C: Connector>(
         monotonic_ms: started.elapsed().as_millis() as i64,
         wall_ms: clock(),
     };
+    let opening = tokio::time::Instant::now();
     let mut node =
         Node::open(disk, config, advertised, seed, now()).map_err(|error| DriverError::Open {
             data_dir: data_dir.clone(),
             error,
         })?;
+    let (clean, opened) = node.recovery();
+    tracing::info!(
+        log_dir = %data_dir,
+        clean_shutdown = clean,
+        partitions = opened.partitions,
+        segments = opened.segments,
+        bytes = opened.bytes,
+        segments_scanned = opened.segments_scanned,
+        truncated_bytes = opened.truncated_bytes,
+        segments_removed = opened.segments_removed,
+        took_ms = opening.elapsed().as_millis() as u64,
+        "opened the log directory"
+    );
     let mut peer_links = PeerLinks::new(peer_status);
     // The start-up sync makes recovered data durable before anything is served.
     while let Some(output) = node.poll_output() {
@@ -198,9 +225,13 @@ pub async fn serve_until<L: Listener, D: Disk, C: Connector>(
     let frame_bytes_max = node.frame_bytes_max();
     peer_links.start(peers, connector, &events_tx, frame_bytes_max, seed);
     let admission = Admission::new(node.config());
+    let metrics_http = metrics_listener.map(|l| tokio::spawn(http_loop(l, events_tx.clone())));
     let accept = tokio::spawn(accept_loop(listener, events_tx, frame_bytes_max, admission));
+    let mut metrics = DriverMetrics::default();
     let mut connections: BTreeMap<ConnectionId, ConnectionHandle> = BTreeMap::new();
     let mut sync_in_flight: Option<(u64, SyncFuture)> = None;
+    // When the sync in flight started, and how many files it covers.
+    let mut sync_started = (tokio::time::Instant::now(), 0usize);
     tokio::pin!(shutdown);
     tokio::pin!(kill);
     let mut stopping = false;
@@ -210,7 +241,8 @@ pub async fn serve_until<L: Listener, D: Disk, C: Connector>(
             &mut node,
             &mut connections,
             &mut peer_links,
-            &mut sync_in_flight,
+            (&mut sync_in_flight, &mut sync_started),
+            &mut metrics,
         );
         peer_links.publish(&node);
         if node.is_stopped() {
@@ -229,11 +261,28 @@ pub async fn serve_until<L: Listener, D: Disk, C: Connector>(
             }
         };
         tokio::select! {
-            Some(event) = events.recv() => {
-                handle_event(&mut node, &mut connections, &mut peer_links, event, now())
-            }
+            Some(event) = events.recv() => match event {
+                Event::Scrape { render, reply } => {
+                    let snapshot = node.metrics();
+                    let ready = snapshot.ready && !stopping;
+                    let text = if render {
+                        crate::metrics::render(&snapshot, &metrics, connections.len(), ready)
+                    } else {
+                        String::new()
+                    };
+                    let _ = reply.send(Scraped { ready, text });
+                }
+                event => handle_event(
+                    &mut node,
+                    &mut connections,
+                    (&mut peer_links, &mut metrics),
+                    event,
+                    now(),
+                ),
+            },
             (id, result) = sync => {
                 sync_in_flight = None;
+                metrics.synced(sync_started.1, sync_started.0.elapsed(), result.is_ok());
                 peer_links.sync_completed(id, result.is_ok());
                 node.handle_synced(now(), id, result);
             }
@@ -241,6 +290,9 @@ pub async fn serve_until<L: Listener, D: Disk, C: Connector>(
             _ = &mut kill => {
                 tracing::info!("killed");
                 accept.abort();
+                if let Some(task) = &metrics_http {
+                    task.abort();
+                }
                 while let Ok(event) = events.try_recv() {
                     if let Event::Connected {
                         connection, handle, ..
@@ -269,6 +321,9 @@ pub async fn serve_until<L: Listener, D: Disk, C: Connector>(
         }
     }
     accept.abort();
+    if let Some(task) = &metrics_http {
+        task.abort();
+    }
     for (_, handle) in connections {
         handle.reader.abort();
     }
@@ -279,7 +334,7 @@ pub async fn serve_until<L: Listener, D: Disk, C: Connector>(
 fn handle_event<D: Disk>(
     node: &mut Node<D>,
     connections: &mut BTreeMap<ConnectionId, ConnectionHandle>,
-    peer_links: &mut PeerLinks,
+    (peer_links, metrics): (&mut PeerLinks, &mut DriverMetrics),
     event: Event,
     now: Now,
 ) {
@@ -289,10 +344,14 @@ fn handle_event<D: Disk>(
             peer,
             handle,
         } => {
+            metrics.connections_accepted += 1;
             connections.insert(connection, handle);
             node.handle_connect(now, connection, peer);
         }
         Event::Frame { connection, frame } => {
+            if let Some(handle) = connections.get_mut(&connection) {
+                metrics.request(&mut handle.in_flight, &frame);
+            }
             let outcome = node.handle_frame(now, connection, frame);
             if !outcome.response_queued {
                 if let Some(handle) = connections.get(&connection) {
@@ -307,6 +366,8 @@ fn handle_event<D: Disk>(
             }
         }
         Event::Peer(event) => peer_links.handle(node, event, now),
+        // Answered by the caller, which holds the driver's numbers.
+        Event::Scrape { .. } => {}
     }
 }
 
@@ -315,12 +376,17 @@ fn drain<D: Disk>(
     node: &mut Node<D>,
     connections: &mut BTreeMap<ConnectionId, ConnectionHandle>,
     peer_links: &mut PeerLinks,
-    sync_in_flight: &mut Option<(u64, SyncFuture)>,
+    (sync_in_flight, sync_started): (
+        &mut Option<(u64, SyncFuture)>,
+        &mut (tokio::time::Instant, usize),
+    ),
+    metrics: &mut DriverMetrics,
 ) {
     while let Some(output) = node.poll_output() {
         match output {
             Output::Send { connection, frame } => {
-                if let Some(handle) = connections.get(&connection) {
+                if let Some(handle) = connections.get_mut(&connection) {
+                    metrics.response(&mut handle.in_flight, &frame);
                     handle.permits.add_permits(1);
                     let _ = handle.writer.send(frame);
                 }
@@ -342,6 +408,7 @@ fn drain<D: Disk>(
                     sync_in_flight.is_none(),
                     "the core asked for a second sync in flight"
                 );
+                *sync_started = (tokio::time::Instant::now(), targets.len());
                 *sync_in_flight = Some((id, node.storage_mut().sync(&targets)));
             }
         }
@@ -400,6 +467,7 @@ async fn accept_loop<L: Listener>(
         ));
         let handle = ConnectionHandle {
             writer: writer_tx,
+            in_flight: VecDeque::new(),
             permits,
             reader: reader.abort_handle(),
             writer_task: writer_task.abort_handle(),

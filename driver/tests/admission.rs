@@ -51,6 +51,7 @@ fn start(dir: &Path, settings: &[(&str, &str)]) -> Running {
         peers: BTreeMap::new(),
         connector: TokioConnector,
         peer_status: None,
+        metrics_listener: None,
     };
     let node = serve_on_thread("broker".into(), listener, || (), build).expect("broker thread");
     Running { port, node }

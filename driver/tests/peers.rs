@@ -75,6 +75,7 @@ fn start(
         peers,
         connector: TokioConnector,
         peer_status: Some(status),
+        metrics_listener: None,
     };
     serve_on_thread(format!("node-{node_id}"), listener, || (), build).expect("node thread")
 }

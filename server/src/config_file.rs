@@ -1,4 +1,11 @@
-//! The broker's configuration file: TOML under Kafka's key names.
+//! The broker's configuration file: TOML under Kafka's key names, or
+//! Kafka's own `server.properties` format (`kafka`): a `.properties` name,
+//! or text that is not TOML and reads as `key=value` lines.
+//!
+//! Either way, Kafka's older names (`broker.id`, `log.dir`,
+//! `log.retention.hours`, ...) are read as the keys they stand for, and
+//! Kafka broker keys Sluice has no use for are ignored with one line each;
+//! any other unknown key is refused.
 //!
 //! A key may be written as one quoted name (`"log.dirs" = "/data"`) or with
 //! TOML's own dotted keys and tables (`log.dirs = "/data"`, or `dirs` under
@@ -14,8 +21,27 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Context};
-use sluice_core::config::{BrokerConfig, ConfigError};
+use sluice_core::config::{BrokerConfig, ConfigError, BROKER_KEYS, MUTATION_KEY};
 use toml::de::{DeTable, DeValue};
+
+pub mod kafka;
+
+/// The formats a config file may be in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Toml,
+    /// Kafka's `server.properties`.
+    Properties,
+}
+
+/// A configuration read, with what reading it noticed: the Kafka keys it
+/// ignored and the older names it read as newer keys, one line each.
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: BrokerConfig,
+    pub format: Option<Format>,
+    pub notes: Vec<String>,
+}
 
 /// Where a configuration value came from, for error messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,6 +51,9 @@ enum Origin {
     /// A `--override` on the command line.
     Override,
 }
+
+/// Values by key name, each with where it came from.
+type Values = BTreeMap<String, (String, Origin)>;
 
 /// The text of a config file with its name, for locating errors.
 struct Source<'a> {
@@ -60,8 +89,18 @@ impl Source<'_> {
 /// command-line `overrides` on top, checked against the known keys. Without a
 /// path the result is the built-in defaults plus the overrides.
 pub fn load(path: Option<&Path>, overrides: &[(String, String)]) -> anyhow::Result<BrokerConfig> {
+    let loaded = load_noting(path, overrides)?;
+    for note in &loaded.notes {
+        tracing::warn!("{note}");
+    }
+    Ok(loaded.config)
+}
+
+/// `load`, returning what it noticed instead of logging it.
+pub fn load_noting(path: Option<&Path>, overrides: &[(String, String)]) -> anyhow::Result<Loaded> {
     let mut values: BTreeMap<String, (String, Origin)> = BTreeMap::new();
     let mut file_name = String::new();
+    let mut format = None;
     if let Some(path) = path {
         file_name = path.display().to_string();
         let text = std::fs::read_to_string(path)
@@ -70,7 +109,9 @@ pub fn load(path: Option<&Path>, overrides: &[(String, String)]) -> anyhow::Resu
             name: file_name.clone(),
             text: &text,
         };
-        values = read_toml(&source)?;
+        let (read_as, read) = read_file(path, &source)?;
+        format = Some(read_as);
+        values = read;
     }
     for (key, value) in overrides {
         let key = key.trim();
@@ -79,6 +120,7 @@ pub fn load(path: Option<&Path>, overrides: &[(String, String)]) -> anyhow::Resu
         }
         values.insert(key.to_string(), (value.clone(), Origin::Override));
     }
+    let notes = kafka_names(&mut values, &file_name)?;
 
     let pairs: BTreeMap<String, String> = values
         .iter()
@@ -109,7 +151,97 @@ pub fn load(path: Option<&Path>, overrides: &[(String, String)]) -> anyhow::Resu
             bail!("{place}: `advertised.listeners` must name an address clients can reach, not `{host}`");
         }
     }
-    Ok(config)
+    if !config.metrics_listener.is_empty() {
+        parse_metrics_listener(&config.metrics_listener)
+            .map_err(|err| anyhow!("{}: `metrics.listener`: {err}", place("metrics.listener")))?;
+    }
+    Ok(Loaded {
+        config,
+        format,
+        notes,
+    })
+}
+
+/// Reads a config file as TOML or as Kafka's properties: by its extension,
+/// else TOML unless the text is not TOML and reads as properties.
+fn read_file(path: &Path, source: &Source<'_>) -> anyhow::Result<(Format, Values)> {
+    let extension = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+    let format = match extension {
+        "properties" => Format::Properties,
+        "toml" => Format::Toml,
+        _ => match read_toml(source) {
+            Ok(values) => return Ok((Format::Toml, values)),
+            Err(_) if kafka::looks_like_properties(source.text) => Format::Properties,
+            Err(error) => return Err(error),
+        },
+    };
+    let values = match format {
+        Format::Toml => read_toml(source)?,
+        Format::Properties => kafka::parse_properties(source.text)
+            .map_err(|why| anyhow!("{}: {why}", source.name))?
+            .into_iter()
+            .map(|(key, value, line)| (key, (value, Origin::Line(line))))
+            .collect(),
+    };
+    Ok((format, values))
+}
+
+/// Reads Kafka's older names as the keys they stand for and drops the
+/// Kafka keys Sluice ignores; returns one line for each.
+fn kafka_names(
+    values: &mut BTreeMap<String, (String, Origin)>,
+    file_name: &str,
+) -> anyhow::Result<Vec<String>> {
+    let known = |key: &str| key == MUTATION_KEY || BROKER_KEYS.iter().any(|k| k.name == key);
+    let where_ = |origin: Origin| match origin {
+        Origin::Line(line) => format!("{file_name}:{line}"),
+        Origin::Override => "--override".to_string(),
+    };
+    let mut notes = Vec::new();
+    let mut unknown: Vec<String> = values.keys().filter(|k| !known(k)).cloned().collect();
+    unknown.sort_by_key(|key| kafka::rename_rank(key));
+    for key in unknown {
+        let Some((value, origin)) = values.get(&key).cloned() else {
+            continue;
+        };
+        let place = where_(origin);
+        if kafka::rename_rank(&key) != usize::MAX {
+            values.remove(&key);
+            let Some((target, converted)) = kafka::renamed(&key, &value) else {
+                bail!("{place}: `{key}`: `{value}` is not a whole number");
+            };
+            if let Some((_, first)) = values.get(target) {
+                notes.push(format!(
+                    "{place}: `{key}` ignored: `{target}` is set ({})",
+                    where_(*first)
+                ));
+            } else {
+                notes.push(format!(
+                    "{place}: Kafka's `{key}={value}` read as `{target}={converted}`"
+                ));
+                values.insert(target.to_string(), (converted, origin));
+            }
+        } else if kafka::is_ignored(&key) {
+            values.remove(&key);
+            notes.push(format!(
+                "{place}: `{key}` is a Kafka setting Sluice does not use; ignored"
+            ));
+        }
+    }
+    Ok(notes)
+}
+
+/// Parses `metrics.listener`: `host:port`, or `http://host:port`.
+pub fn parse_metrics_listener(value: &str) -> anyhow::Result<(String, u16)> {
+    let value = value.trim();
+    let address = match value.split_once("://") {
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => rest,
+        Some((scheme, _)) => {
+            bail!("bad listener `{value}`: unsupported scheme `{scheme}`, only http is served")
+        }
+        None => value,
+    };
+    parse_listener(address.trim_end_matches('/'))
 }
 
 /// Splits one `--override` argument, `key=value`, at its first `=`.
@@ -254,7 +386,186 @@ pub fn parse_listener(value: &str) -> anyhow::Result<(String, u16)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sluice_core::config::BROKER_KEYS;
     use std::io::Write;
+
+    /// The example configuration shipped in config/.
+    fn example() -> (std::path::PathBuf, String) {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/sluice.example.toml");
+        let text = std::fs::read_to_string(&path).expect("read config/sluice.example.toml");
+        (path, text)
+    }
+
+    /// A file with `name` (its extension matters) holding `text`.
+    fn named_file(name: &str, text: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).expect("write");
+        (dir, path)
+    }
+
+    /// Kafka's KRaft server.properties, as Kafka ships it but for the one
+    /// listener Sluice serves the quorum and clients on.
+    const KAFKA_PROPERTIES: &str = "\
+# The role of this server.
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@localhost:9092
+listeners=PLAINTEXT://127.0.0.1:9092
+inter.broker.listener.name=PLAINTEXT
+advertised.listeners=PLAINTEXT://localhost:9092
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+num.network.threads=3
+num.io.threads=8
+socket.send.buffer.bytes=102400
+socket.receive.buffer.bytes=102400
+socket.request.max.bytes=104857600
+log.dirs=/tmp/kraft-combined-logs
+num.partitions=1
+num.recovery.threads.per.data.dir=1
+offsets.topic.replication.factor=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+log.retention.hours=168
+log.segment.bytes=1073741824
+log.retention.check.interval.ms=300000
+";
+
+    #[test]
+    fn kafkas_server_properties_is_read_with_a_line_per_ignored_key() {
+        for name in ["server.properties", "server.conf"] {
+            let (_dir, path) = named_file(name, KAFKA_PROPERTIES);
+            let loaded = load_noting(Some(&path), &[]).expect("Kafka's file loads");
+            assert_eq!(loaded.format, Some(Format::Properties), "{name}");
+            let config = &loaded.config;
+            assert_eq!(config.log_dirs, "/tmp/kraft-combined-logs");
+            assert_eq!(config.get("log.retention.ms"), "604800000");
+            assert_eq!(config.quorum_voters.len(), 1);
+            assert_eq!(
+                config.get("advertised.listeners"),
+                "PLAINTEXT://localhost:9092"
+            );
+            let ignored: Vec<&String> = loaded
+                .notes
+                .iter()
+                .filter(|n| n.ends_with("Sluice does not use; ignored"))
+                .collect();
+            assert_eq!(ignored.len(), 10, "{:#?}", loaded.notes);
+            let display = path.display().to_string();
+            assert!(
+                loaded
+                    .notes
+                    .contains(&format!("{display}:10: `num.network.threads` is a Kafka setting Sluice does not use; ignored")),
+                "{:#?}",
+                loaded.notes
+            );
+            assert!(loaded.notes.contains(&format!(
+                "{display}:21: Kafka's `log.retention.hours=168` read as `log.retention.ms=604800000`"
+            )));
+        }
+    }
+
+    #[test]
+    fn a_misspelt_key_in_properties_is_still_refused_by_line() {
+        let (_dir, path) = named_file("broker.properties", "num.partitions=2\nlog.dir.s=/x\n");
+        let error = load(Some(&path), &[]).expect_err("refused").to_string();
+        assert!(
+            error.contains("broker.properties:2") && error.contains("log.dir.s"),
+            "{error}"
+        );
+        let (_dir, path) = named_file("bad.properties", "log.retention.hours=a week\n");
+        let error = load(Some(&path), &[]).expect_err("refused").to_string();
+        assert!(
+            error.contains("bad.properties:1") && error.contains("whole number"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn newer_keys_win_over_kafkas_older_names() {
+        let (_dir, path) = named_file(
+            "s.properties",
+            "log.retention.hours=1\nlog.retention.minutes=2\nbroker.id=4\nlog.dir=/d\n",
+        );
+        let loaded = load_noting(Some(&path), &[]).expect("loads");
+        // Kafka reads minutes before hours.
+        assert_eq!(loaded.config.get("log.retention.ms"), "120000");
+        assert_eq!(loaded.config.node_id, 4);
+        assert_eq!(loaded.config.log_dirs, "/d");
+        let overridden = load_noting(
+            Some(&path),
+            &[("log.retention.ms".to_string(), "5".to_string())],
+        )
+        .expect("loads");
+        assert_eq!(overridden.config.get("log.retention.ms"), "5");
+        assert!(
+            overridden.notes.iter().any(|n| n
+                .contains("`log.retention.hours` ignored: `log.retention.ms` is set (--override)")),
+            "{:#?}",
+            overridden.notes
+        );
+    }
+
+    #[test]
+    fn toml_files_take_kafkas_habits_too() {
+        let (_dir, path) = named_file(
+            "sluice.toml",
+            "\"num.io.threads\" = 8\n\"log.retention.hours\" = 1\n",
+        );
+        let loaded = load_noting(Some(&path), &[]).expect("loads");
+        assert_eq!(loaded.format, Some(Format::Toml));
+        assert_eq!(loaded.config.get("log.retention.ms"), "3600000");
+        assert_eq!(loaded.notes.len(), 2, "{:#?}", loaded.notes);
+    }
+
+    #[test]
+    fn the_example_config_lists_every_key_and_is_the_defaults() {
+        let (path, text) = example();
+        for key in BROKER_KEYS {
+            let line = format!("# \"{}\" = ", key.name);
+            assert_eq!(
+                text.lines().filter(|l| l.starts_with(&line)).count(),
+                1,
+                "the example lists `{}` once, commented out",
+                key.name
+            );
+        }
+        // Every key line is one the broker knows.
+        for line in text.lines().filter(|l| l.starts_with("# \"")) {
+            let name = line.split('"').nth(1).unwrap_or_default();
+            assert!(
+                BROKER_KEYS.iter().any(|k| k.name == name),
+                "the example names an unknown key: {line}"
+            );
+        }
+        let config = load(Some(&path), &[]).expect("the example parses");
+        assert_eq!(config, BrokerConfig::defaults());
+    }
+
+    #[test]
+    fn the_example_config_shows_each_default_as_a_valid_value() {
+        let (_, text) = example();
+        // Every key set, to the value shown.
+        let uncommented: String = text
+            .lines()
+            .map(|line| match line.strip_prefix("# ") {
+                Some(rest) if rest.starts_with('"') => format!("{rest}\n"),
+                _ => format!("{line}\n"),
+            })
+            .collect();
+        let example = file(&uncommented);
+        let config = load(Some(example.path()), &[]).expect("the example, uncommented, parses");
+        assert_eq!(config.values.explicit.len(), BROKER_KEYS.len());
+        for key in BROKER_KEYS {
+            assert_eq!(
+                config.get(key.name),
+                key.default,
+                "the example shows `{}` at another value than its default",
+                key.name
+            );
+        }
+    }
 
     fn file(text: &str) -> tempfile::NamedTempFile {
         let mut file = tempfile::Builder::new()
@@ -342,8 +653,8 @@ mod tests {
 
     #[test]
     fn unknown_key_names_file_line_and_key() {
-        let err = error_text("node.id = 1\n\n[log]\ndir = \"/data\"\n", &[]);
-        assert_eq!(err, "sluice.toml:4: unknown configuration key `log.dir`");
+        let err = error_text("node.id = 1\n\n[log]\ndirz = \"/data\"\n", &[]);
+        assert_eq!(err, "sluice.toml:4: unknown configuration key `log.dirz`");
     }
 
     #[test]
@@ -415,8 +726,8 @@ mod tests {
         .expect("valid");
         assert_eq!(config.log_dirs, "/cli");
         assert_eq!(config.num_partitions, 2);
-        let err = error_text("log.dirs = \"/file\"\n", &[("log.dir", "/cli")]);
-        assert_eq!(err, "--override: unknown configuration key `log.dir`");
+        let err = error_text("log.dirs = \"/file\"\n", &[("log.dirz", "/cli")]);
+        assert_eq!(err, "--override: unknown configuration key `log.dirz`");
     }
 
     #[test]

@@ -15,11 +15,30 @@ use sluice_driver as driver;
 use sluice_server::cli::{self, cluster, consume, groups, produce, topics};
 use sluice_server::{config_file, dump_log};
 
+/// `sluice --version`: the crate's version and the commit it was built
+/// from (`unknown` outside a git checkout; see build.rs).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("SLUICE_GIT_COMMIT"),
+    ")"
+);
+
 #[derive(Parser)]
-#[command(name = "sluice", version, about = "A Kafka-compatible distributed log")]
+#[command(
+    name = "sluice",
+    version = VERSION,
+    about = "A Kafka-compatible distributed log"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -29,12 +48,18 @@ enum Command {
     /// Without --config the embedded defaults apply: data in ./sluice-data,
     /// listening on 127.0.0.1:9092.
     Serve {
-        /// A TOML file of broker settings, with Kafka's key names.
+        /// A file of broker settings under Kafka's key names: TOML, or
+        /// Kafka's server.properties format (a .properties name, or
+        /// key=value lines).
         #[arg(long)]
         config: Option<PathBuf>,
         /// Set one key, over the file: --override num.partitions=3
         #[arg(long = "override", value_name = "KEY=VALUE")]
         overrides: Vec<String>,
+        /// How log lines are written to stderr: text (coloured only on a
+        /// terminal) or json (one object per line). RUST_LOG sets the level.
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
     },
     /// Print the batches of a segment file (.log), or the entries of an index.
     DumpLog {
@@ -82,7 +107,11 @@ fn main() -> ExitCode {
         Err(help) => help.exit(),
     };
     let result = match cli.command {
-        Command::Serve { config, overrides } => serve(config, overrides),
+        Command::Serve {
+            config,
+            overrides,
+            log_format,
+        } => serve(config, overrides, log_format),
         Command::DumpLog { file, records } => {
             dump_log::run(&file, records, &mut std::io::stdout().lock())
         }
@@ -102,25 +131,59 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(config: Option<PathBuf>, overrides: Vec<String>) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+/// Sends log lines to stderr, as text (with colours only when stderr is a
+/// terminal, so none reach a file or the journal) or as JSON lines.
+fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+    }
+}
+
+fn serve(
+    config_path: Option<PathBuf>,
+    overrides: Vec<String>,
+    log_format: LogFormat,
+) -> anyhow::Result<()> {
+    init_logging(log_format);
     let pairs = overrides
         .iter()
         .map(|argument| config_file::parse_override(argument))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let config = config_file::load(config.as_deref(), &pairs)?;
+    let config = config_file::load(config_path.as_deref(), &pairs)?;
     let listen = config_file::parse_listener(&config.listeners)?;
     let advertised = config_file::parse_listener(&config.advertised_listeners)?;
+    let metrics_address = match config.metrics_listener.as_str() {
+        "" => None,
+        value => Some(config_file::parse_metrics_listener(value)?),
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async move {
+        let shutdown = shutdown_signal()?;
+        // The directory first: a second broker on it stops here, before it
+        // binds anything. What the broker is and what it read is logged
+        // before it listens, so whoever waits for the port finds it.
+        let disk = driver::FileDisk::open(std::path::Path::new(&config.log_dirs))
+            .map_err(|error| anyhow::anyhow!("log.dirs: {error}"))?;
+        log_identity(&config, config_path.as_deref(), &pairs);
+        let peers = quorum_peers(&config);
         let listener = driver::bind(&listen).await?;
+        let metrics_listener = match &metrics_address {
+            Some(address) => Some(driver::bind(address).await?),
+            None => None,
+        };
         // An ephemeral port (0) is advertised as the port actually bound.
         let bound = listener.local_addr()?.port();
         let advertised = (
@@ -135,8 +198,15 @@ fn serve(config: Option<PathBuf>, overrides: Vec<String>) -> anyhow::Result<()> 
                 advertised.1
             },
         );
-        let disk = driver::FileDisk::open(std::path::Path::new(&config.log_dirs))?;
-        let peers = quorum_peers(&config);
+        log_listeners(
+            &config,
+            listener.local_addr()?,
+            &advertised,
+            match &metrics_listener {
+                Some(bound) => Some(bound.local_addr()?),
+                None => None,
+            },
+        );
         let environment = driver::Environment {
             config,
             listener,
@@ -147,9 +217,68 @@ fn serve(config: Option<PathBuf>, overrides: Vec<String>) -> anyhow::Result<()> 
             peers,
             connector: driver::TokioConnector,
             peer_status: None,
+            metrics_listener,
         };
-        Ok(driver::serve(environment, shutdown_signal()).await?)
+        Ok(driver::serve(environment, shutdown).await?)
     })
+}
+
+/// The first lines an operator reads: what runs as which node, which
+/// configuration it read (the file, and each override on top), and where
+/// its data is.
+fn log_identity(
+    config: &BrokerConfig,
+    config_path: Option<&std::path::Path>,
+    overrides: &[(String, String)],
+) {
+    tracing::info!(
+        version = VERSION,
+        node_id = config.node_id,
+        "starting sluice"
+    );
+    let source = match config_path {
+        Some(path) => path.display().to_string(),
+        None => "built-in defaults (no --config)".to_string(),
+    };
+    let overrides: Vec<String> = overrides
+        .iter()
+        .map(|(key, value)| format!("{key}={value}"))
+        .collect();
+    tracing::info!(
+        config = %source,
+        keys_set = config.values.explicit.len(),
+        overrides = %overrides.join(" "),
+        "configuration"
+    );
+    let log_dir = std::path::Path::new(&config.log_dirs);
+    let absolute = std::fs::canonicalize(log_dir).unwrap_or_else(|_| log_dir.to_path_buf());
+    tracing::info!(log_dir = %absolute.display(), "log directory");
+}
+
+/// Where the broker listens and what it tells clients (with a warning
+/// for every address told as `localhost`), and where metrics are served.
+fn log_listeners(
+    config: &BrokerConfig,
+    listener: std::net::SocketAddr,
+    advertised: &(String, u16),
+    metrics: Option<std::net::SocketAddr>,
+) {
+    let told = format!("{}:{}", advertised.0, advertised.1);
+    tracing::info!(listener = %listener, advertised = %told, "listening for clients");
+    if listener.ip().is_unspecified() && config.get("advertised.listeners").is_empty() {
+        tracing::warn!(
+            listener = %listener,
+            advertised = %told,
+            "listening on every address but telling clients `{}`: set advertised.listeners to an address they can reach",
+            advertised.0
+        );
+    }
+    match metrics {
+        Some(address) => {
+            tracing::info!(address = %address, "serving metrics at /metrics, /health and /ready")
+        }
+        None => tracing::info!("no metrics.listener: metrics are not served"),
+    }
 }
 
 /// The other voters of `controller.quorum.voters`, where the driver keeps
@@ -189,14 +318,18 @@ fn fresh_seed() -> u64 {
     nanos ^ ((std::process::id() as u64) << 32)
 }
 
-async fn shutdown_signal() {
+/// Resolves at SIGTERM or SIGINT. The handlers are installed when this is
+/// called, not when it is first awaited: a signal during start-up (bind,
+/// recovery) waits for the broker to serve, then stops it cleanly, where
+/// the default action would have killed it mid-recovery.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut terminate = match signal(SignalKind::terminate()) {
-        Ok(stream) => stream,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate.recv() => {}
-    }
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+    })
 }

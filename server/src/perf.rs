@@ -1239,6 +1239,7 @@ mod tests {
                     peers: std::collections::BTreeMap::new(),
                     connector: sluice_driver::TokioConnector,
                     peer_status: None,
+                    metrics_listener: None,
                 };
                 let shutdown = async {
                     let _ = stopped.await;

@@ -274,6 +274,7 @@ impl SimNode {
                 .collect(),
             connector: SimConnector,
             peer_status: Some(self.peer_status.clone()),
+            metrics_listener: None,
         }
     }
 }

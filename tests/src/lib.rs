@@ -1332,6 +1332,56 @@ fn build_sarama_program(source: &str, name: &str) -> Result<PathBuf, String> {
     Ok(bin)
 }
 
+// ---------------------------------------------------------------------------
+// The metrics listener
+// ---------------------------------------------------------------------------
+
+/// One HTTP/1.0 GET on 127.0.0.1 (so no chunked answer): the status code
+/// and the body, or why it failed.
+pub fn http_get(port: u16, target: &str) -> Result<(u16, String), String> {
+    let mut stream =
+        TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect :{port}: {e}"))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    write!(
+        stream,
+        "GET {target} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n"
+    )
+    .map_err(|e| format!("send: {e}"))?;
+    let mut answer = Vec::new();
+    stream
+        .read_to_end(&mut answer)
+        .map_err(|e| format!("read: {e}"))?;
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let (head, body) = answer
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("no blank line after the head: {answer:?}"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| format!("no status in {head:?}"))?;
+    Ok((status, body.to_string()))
+}
+
+/// The value of the one sample of Prometheus text whose name and labels
+/// are exactly `series` (as in `sluice_partitions` or
+/// `sluice_topic_records_in_total{topic="t"}`).
+pub fn metric_sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|value| value.trim().parse().ok())
+}
+
+/// The `/metrics` text of a broker's metrics listener on `port`.
+pub fn scrape_metrics(port: u16) -> Result<String, String> {
+    match http_get(port, "/metrics")? {
+        (200, text) => Ok(text),
+        (status, body) => Err(format!("/metrics answered {status}: {body}")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -979,6 +979,113 @@ fn serve_refuses_a_bad_override_with_one_line() {
     }
 }
 
+/// A log directory that cannot be one, and a replication factor no
+/// broker count here could place, stop the start with one line naming
+/// what is wrong and where.
+#[test]
+fn serve_refuses_a_bad_log_directory_and_replication_factor_with_one_line() {
+    let work = tempfile::tempdir().unwrap();
+    let file = write_file(work.path(), "not-a-dir", b"x");
+    for log_dirs in [file.clone(), file.join("below")] {
+        let log_dirs_arg = format!("log.dirs={}", log_dirs.display());
+        let outcome = sluice(
+            &[
+                "serve",
+                "--override",
+                &log_dirs_arg,
+                "--override",
+                "listeners=PLAINTEXT://127.0.0.1:0",
+            ],
+            None,
+        );
+        let line = outcome.failed_with_one_line(1);
+        assert!(
+            line.starts_with("sluice: log.dirs: ")
+                && line.contains("log directory")
+                && line.contains(&log_dirs.display().to_string()),
+            "{line}"
+        );
+    }
+    let outcome = sluice(
+        &[
+            "serve",
+            "--override",
+            "default.replication.factor=3",
+            "--override",
+            "listeners=PLAINTEXT://127.0.0.1:0",
+        ],
+        None,
+    );
+    let line = outcome.failed_with_one_line(1);
+    assert!(
+        line.contains("`default.replication.factor`") && line.contains("larger than the 1 broker"),
+        "{line}"
+    );
+}
+
+/// `serve --config server.properties` reads Kafka's format: the broker
+/// serves, and logs one line for each Kafka key it ignores.
+#[test]
+fn serve_reads_kafkas_server_properties() {
+    let work = tempfile::tempdir().unwrap();
+    let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let properties = format!(
+        "# Kafka's habits\nprocess.roles=broker,controller\nnode.id=1\n\
+         listeners=PLAINTEXT://127.0.0.1:{port}\nnum.network.threads=3\n\
+         num.io.threads=8\nlog.dirs={}\nlog.retention.hours=168\n",
+        work.path().join("data").display()
+    );
+    let config = write_file(work.path(), "server.properties", properties.as_bytes());
+    let mut broker = sluice_tests::Member::spawn(
+        sluice_tests::sluice_bin(),
+        &[
+            "serve".to_string(),
+            "--config".to_string(),
+            config.display().to_string(),
+        ],
+        work.path(),
+        "broker",
+    );
+    let bootstrap = format!("127.0.0.1:{port}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(&bootstrap).is_err() {
+        broker.fail_if_exited();
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the broker did not listen: {}",
+            broker.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let created = sluice(
+        &[
+            "topics",
+            "create",
+            "from-properties",
+            "--bootstrap-server",
+            &bootstrap,
+        ],
+        None,
+    );
+    assert!(created.status.success(), "{}", created.describe());
+    let log = broker.stderr();
+    let config_name = config.display().to_string();
+    for (line, key) in [(5, "num.network.threads"), (6, "num.io.threads")] {
+        let said = format!(
+            "{config_name}:{line}: `{key}` is a Kafka setting Sluice does not use; ignored"
+        );
+        assert_eq!(log.matches(&said).count(), 1, "{said} in:\n{log}");
+    }
+    assert!(
+        log.contains("`log.retention.hours=168` read as `log.retention.ms=604800000`"),
+        "{log}"
+    );
+    assert!(broker.terminate(Duration::from_secs(30)).success());
+}
+
 /// A second broker on a data directory another one holds refuses to start,
 /// with one line naming the directory, and the first keeps serving.
 #[test]

@@ -38,9 +38,9 @@ use kafka_protocol::messages::{ApiKey, MetadataRequest, MetadataResponse, TopicN
 use kafka_protocol::protocol::StrBytes;
 use sluice_tests::wire::Wire;
 use sluice_tests::{
-    free_ports, interop_node_modules, interop_script, kcat, lines_file, node, run_sluice,
-    run_tool_bytes, sarama_failover_bin, sluice_bin, venv_python, write_file, Broker,
-    BrokerOptions, Member, Tool,
+    free_ports, interop_node_modules, interop_script, kcat, lines_file, metric_sample, node,
+    run_sluice, run_tool_bytes, sarama_failover_bin, scrape_metrics, sluice_bin, venv_python,
+    write_file, Broker, BrokerOptions, Member, Tool,
 };
 
 /// Nodes of the cluster, ids `1..=NODES`, every one a voter and a broker.
@@ -130,13 +130,16 @@ impl PartitionView {
 /// Metadata says (the brokers' own drops then print their log tails).
 struct Cluster {
     nodes: Vec<Broker>,
+    /// Each node's metrics listener, by node index.
+    metrics_ports: Vec<u16>,
     /// The active controller when the cluster formed.
     controller: i32,
 }
 
 impl Cluster {
     fn start() -> Cluster {
-        let ports = free_ports(NODES);
+        let all_ports = free_ports(2 * NODES);
+        let (ports, metrics_ports) = all_ports.split_at(NODES);
         let voters = (0..NODES)
             .map(|i| format!("{}@127.0.0.1:{}", i + 1, ports[i]))
             .collect::<Vec<_>>()
@@ -148,13 +151,18 @@ impl Cluster {
                     .config("controller.quorum.voters", voters.as_str())
                     .config("broker.session.timeout.ms", SESSION_TIMEOUT_MS)
                     .config("broker.heartbeat.interval.ms", HEARTBEAT_INTERVAL_MS)
-                    .config("group.initial.rebalance.delay.ms", 0);
+                    .config("group.initial.rebalance.delay.ms", 0)
+                    .config(
+                        "metrics.listener",
+                        format!("127.0.0.1:{}", metrics_ports[i]),
+                    );
                 Broker::start_on(ports[i], options)
             })
             .collect();
         let started = Instant::now();
         let mut cluster = Cluster {
             nodes,
+            metrics_ports: metrics_ports.to_vec(),
             controller: 0,
         };
         cluster.controller = cluster.wait_until(
@@ -197,6 +205,22 @@ impl Cluster {
 
     fn node_mut(&mut self, id: i32) -> &mut Broker {
         &mut self.nodes[usize::try_from(id - 1).expect("node ids start at 1")]
+    }
+
+    /// A node's `/metrics` text.
+    fn metrics(&self, id: i32) -> Result<String, String> {
+        let port = self.metrics_ports[usize::try_from(id - 1).expect("node ids start at 1")];
+        scrape_metrics(port).map_err(|e| format!("node {id}: {e}"))
+    }
+
+    /// The sum of one unlabelled metric over the running nodes.
+    fn metric_sum(&self, name: &str) -> Result<f64, String> {
+        let mut sum = 0.0;
+        for id in self.running() {
+            let text = self.metrics(id)?;
+            sum += metric_sample(&text, name).ok_or_else(|| format!("node {id} has no {name}"))?;
+        }
+        Ok(sum)
     }
 
     fn bootstrap(&self, id: i32) -> String {
@@ -1820,6 +1844,77 @@ fn sluice_topics_describe_shows_a_killed_broker_leave_and_rejoin_the_isr() {
     cluster.restart(victim);
     let rejoined = cluster.wait_for_full_isr(topic, PARTITIONS);
     wait_described(&cluster, victim, topic, &rejoined, &ends);
+}
+
+/// The metrics listeners follow a follower's death and return: one active
+/// controller named alike by every node, in one quorum epoch; every
+/// partition under-replicated on the survivors with the ISR shrinks
+/// counted; none once the broker is back, with the expansions counted.
+#[test]
+fn metrics_follow_a_killed_broker_out_of_and_back_into_the_isr() {
+    let mut cluster = Cluster::start();
+    let topic = "failover-metrics";
+    let before = cluster.create_topic(topic, PARTITIONS);
+    let controller = cluster.controller;
+    cluster.wait_until(
+        SPREAD_WITHIN,
+        "every node naming the same active controller and quorum epoch",
+        |cluster| {
+            let mut named = BTreeSet::new();
+            for id in cluster.ids() {
+                let text = cluster.metrics(id)?;
+                let active_id = metric_sample(&text, "sluice_controller_active_id");
+                let epoch = metric_sample(&text, "sluice_quorum_leader_epoch");
+                named.insert(format!("{active_id:?} in epoch {epoch:?}"));
+            }
+            let active = cluster.metric_sum("sluice_controller_active")?;
+            let expected = format!("{:?}", Some(f64::from(controller)));
+            match (active, named.len()) {
+                (1.0, 1) if named.iter().all(|n| n.starts_with(&expected)) => Ok(()),
+                _ => Err(format!("{active} active; nodes name {named:?}")),
+            }
+        },
+    );
+    assert_eq!(
+        cluster.metric_sum("sluice_under_replicated_partitions"),
+        Ok(0.0)
+    );
+    let shrinks_before = cluster.metric_sum("sluice_isr_shrinks_total").unwrap();
+
+    let victim = cluster.other_than(&[controller]);
+    cluster.kill(victim);
+    cluster.wait_for_failover(topic, victim, &before);
+    cluster.wait_until(
+        FAILOVER_WITHIN,
+        "every partition under-replicated on the survivors, the shrinks counted",
+        |cluster| {
+            let under = cluster.metric_sum("sluice_under_replicated_partitions")?;
+            let shrinks = cluster.metric_sum("sluice_isr_shrinks_total")?;
+            // The topic's partitions and __consumer_offsets are not
+            // created here: only this topic's count is known.
+            if under >= f64::from(PARTITIONS) && shrinks >= shrinks_before + 1.0 {
+                Ok(())
+            } else {
+                Err(format!("{under} under-replicated, {shrinks} shrinks"))
+            }
+        },
+    );
+
+    cluster.restart(victim);
+    cluster.wait_for_full_isr(topic, PARTITIONS);
+    cluster.wait_until(
+        REJOIN_WITHIN,
+        "no partition under-replicated, the expansions counted",
+        |cluster| {
+            let under = cluster.metric_sum("sluice_under_replicated_partitions")?;
+            let expands = cluster.metric_sum("sluice_isr_expands_total")?;
+            if under == 0.0 && expands >= 1.0 {
+                Ok(())
+            } else {
+                Err(format!("{under} under-replicated, {expands} expands"))
+            }
+        },
+    );
 }
 
 /// Kafka lists a fenced broker's replicas as offline in Metadata, and

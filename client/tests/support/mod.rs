@@ -144,6 +144,7 @@ fn launch(dir: &Path, port: u16) -> (ServedOnThread, u16) {
         peers: BTreeMap::new(),
         connector: sluice_driver::TokioConnector,
         peer_status: None,
+        metrics_listener: None,
     };
     // Killed, not shut down: a dropped `Broker` kills it too.
     let running = serve_on_thread(format!("sluice-broker-{port}"), listener, prepare, build)

@@ -68,6 +68,8 @@ pub struct Broker<S: Storage> {
     /// What the checkpoint file holds now, so an unchanged one is not
     /// written again.
     checkpointed_high_watermarks: BTreeMap<TopicPartition, i64>,
+    /// What operators read: traffic per topic, errors answered, ISR changes.
+    pub metrics: crate::metrics::Counters,
 }
 
 /// A node's view of the cluster from the committed metadata log: the
@@ -195,6 +197,7 @@ impl<S: Storage> Broker<S> {
             led_epochs: BTreeMap::new(),
             checkpointed_high_watermarks: known_high_watermarks.clone(),
             known_high_watermarks,
+            metrics: crate::metrics::Counters::default(),
         };
         if broker.config.quorum_voters.is_empty() {
             broker.remove_orphan_dirs()?;

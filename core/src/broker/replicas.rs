@@ -193,6 +193,7 @@ impl<S: Storage> Broker<S> {
                 if r.partition_epoch > l.partition_epoch {
                     if l.isr != r.isr {
                         tracing::info!(partition = %tp, isr = ?r.isr, "ISR changed");
+                        self.metrics.isr_changed(l.isr.len(), r.isr.len());
                     }
                     l.set_isr(r.partition_epoch, &r.replicas, &r.isr);
                 }

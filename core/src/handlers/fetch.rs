@@ -83,6 +83,8 @@ pub fn fetch_response<S: Storage>(
     let mut any_error = false;
     let mut hinted = std::collections::BTreeSet::new();
     let mut responses = Vec::with_capacity(request.topics.len());
+    // What a consumer is given, counted only if the answer goes out now.
+    let mut handed_out: Vec<(String, Bytes)> = Vec::new();
     for topic in &request.topics {
         let name = if by_id {
             broker.topics.name_by_id(&topic.topic_id)
@@ -149,6 +151,9 @@ pub fn fetch_response<S: Storage>(
                 Ok((records, high_watermark, log_start)) => {
                     bytes_left = bytes_left.saturating_sub(records.len());
                     bytes_read += records.len();
+                    if let (Some(name), false) = (&name, records.is_empty() || replica_id >= 0) {
+                        handed_out.push((name.clone(), records.clone()));
+                    }
                     data = data
                         .with_high_watermark(high_watermark)
                         .with_last_stable_offset(high_watermark)
@@ -201,6 +206,10 @@ pub fn fetch_response<S: Storage>(
         || broker.storage_offline())
     {
         return None;
+    }
+    for (name, records) in handed_out {
+        let count = crate::metrics::records_in_batches(&records);
+        broker.metrics.consumed(&name, count, records.len() as u64);
     }
     let node_endpoints = broker
         .live_brokers()

@@ -265,6 +265,7 @@ fn produce_partition<S: Storage>(
         let (error, why) = batch_error_code(&e);
         (error, Some(why))
     })?;
+    let records_len = records.len();
     let appended = match log.producers().check(&header) {
         Ok(Verdict::Append) => log
             .append_with_max_timestamp(
@@ -277,6 +278,12 @@ fn produce_partition<S: Storage>(
             .map_err(|error| {
                 tracing::error!(topic = name, partition = index, %error, "append failed");
                 (ResponseError::KafkaStorageError, None)
+            })
+            .inspect(|appended| {
+                let records = appended.last_offset - appended.base_offset + 1;
+                broker
+                    .metrics
+                    .produced(name, records as u64, records_len as u64);
             })?,
         Ok(Verdict::Duplicate {
             base_offset,

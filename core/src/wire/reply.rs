@@ -73,6 +73,90 @@ impl Reply {
     }
 }
 
+impl Reply {
+    /// Calls `each` with every error code the reply carries, top-level and
+    /// per topic, partition, group or member (zeros included: callers skip
+    /// them).
+    pub fn error_codes(&self, each: &mut dyn FnMut(i16)) {
+        match self {
+            Reply::ApiVersions(r) => each(r.error_code),
+            Reply::Metadata(r) => {
+                each(r.error_code);
+                for t in &r.topics {
+                    each(t.error_code);
+                    t.partitions.iter().for_each(|p| each(p.error_code));
+                }
+            }
+            Reply::Produce(r) => {
+                for t in &r.responses {
+                    t.partition_responses
+                        .iter()
+                        .for_each(|p| each(p.error_code));
+                }
+            }
+            Reply::Fetch(r) => {
+                each(r.error_code);
+                for t in &r.responses {
+                    t.partitions.iter().for_each(|p| each(p.error_code));
+                }
+            }
+            Reply::ListOffsets(r) => {
+                for t in &r.topics {
+                    t.partitions.iter().for_each(|p| each(p.error_code));
+                }
+            }
+            Reply::CreateTopics(r) => r.topics.iter().for_each(|t| each(t.error_code)),
+            Reply::DeleteTopics(r) => r.responses.iter().for_each(|t| each(t.error_code)),
+            Reply::CreatePartitions(r) => r.results.iter().for_each(|t| each(t.error_code)),
+            Reply::DescribeConfigs(r) => r.results.iter().for_each(|t| each(t.error_code)),
+            Reply::DescribeCluster(r) => each(r.error_code),
+            Reply::InitProducerId(r) => each(r.error_code),
+            Reply::FindCoordinator(r) => {
+                each(r.error_code);
+                r.coordinators.iter().for_each(|c| each(c.error_code));
+            }
+            Reply::JoinGroup(r) => each(r.error_code),
+            Reply::SyncGroup(r) => each(r.error_code),
+            Reply::Heartbeat(r) => each(r.error_code),
+            Reply::LeaveGroup(r) => {
+                each(r.error_code);
+                r.members.iter().for_each(|m| each(m.error_code));
+            }
+            Reply::OffsetCommit(r) => {
+                for t in &r.topics {
+                    t.partitions.iter().for_each(|p| each(p.error_code));
+                }
+            }
+            Reply::OffsetFetch(r) => {
+                each(r.error_code);
+                for t in &r.topics {
+                    t.partitions.iter().for_each(|p| each(p.error_code));
+                }
+                for g in &r.groups {
+                    each(g.error_code);
+                    for t in &g.topics {
+                        t.partitions.iter().for_each(|p| each(p.error_code));
+                    }
+                }
+            }
+            Reply::ListGroups(r) => each(r.error_code),
+            Reply::DescribeGroups(r) => r.groups.iter().for_each(|g| each(g.error_code)),
+            Reply::DeleteGroups(r) => r.results.iter().for_each(|g| each(g.error_code)),
+            Reply::DescribeQuorum(r) => {
+                each(r.error_code);
+                for t in &r.topics {
+                    t.partitions.iter().for_each(|p| each(p.error_code));
+                }
+            }
+            Reply::OffsetForLeaderEpoch(r) => {
+                for t in &r.topics {
+                    t.partitions.iter().for_each(|p| each(p.error_code));
+                }
+            }
+        }
+    }
+}
+
 /// Decodes a request body; a body that does not parse closes the connection.
 pub fn decode<T: Decodable>(buf: &mut Bytes, version: i16) -> Result<T, String> {
     T::decode(buf, version).map_err(|e| format!("bad request body: {e}"))
