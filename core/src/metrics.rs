@@ -169,6 +169,10 @@ pub struct ControllerGauges {
     pub voters: u64,
     /// Brokers registered and not fenced, as the committed metadata says.
     pub live_brokers: u64,
+    /// Leader elections the committed metadata made outside the ISR
+    /// (`unclean.leader.election.enable`), as Kafka's controller counts
+    /// `UncleanLeaderElectionsPerSec`.
+    pub unclean_elections: u64,
 }
 
 /// Everything the node reports at one moment.

@@ -611,6 +611,12 @@ fn render_cluster(t: &mut Text, snapshot: &Snapshot) {
         "Brokers registered and not fenced, as this node knows.",
         c.live_brokers,
     );
+    t.single(
+        "sluice_unclean_leader_elections_total",
+        "counter",
+        "Partition leaders the committed metadata elected outside the ISR (unclean.leader.election.enable).",
+        c.unclean_elections,
+    );
 }
 
 /// Serves `/metrics`, `/health` and `/ready` on `listener` until the node

@@ -109,6 +109,7 @@ impl<S: Storage> Node<S> {
                 high_watermark: self.quorum_committed,
                 voters: 1,
                 live_brokers,
+                unclean_elections: 0,
             };
         };
         let replica = quorum.replica();
@@ -120,6 +121,10 @@ impl<S: Storage> Node<S> {
             high_watermark: replica.map_or(0, |r| r.high_watermark()),
             voters: quorum.voters().len() as u64,
             live_brokers,
+            unclean_elections: broker
+                .cluster
+                .as_ref()
+                .map_or(0, |c| c.image.unclean_elections()),
         }
     }
 }
