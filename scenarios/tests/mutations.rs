@@ -409,6 +409,28 @@ fn reading_past_the_high_watermark_reads_records_that_vanish() {
     );
 }
 
+/// On turmoil's three brokers, a leader that never checks a follower's
+/// last fetched epoch leaves diverged replicas: `[replicas-agree]` finds
+/// node 1's durable log and another node's holding different records at
+/// the same offsets.
+#[test]
+fn diverged_replicas_disagree_on_the_replicated_scenario() {
+    let mutation = Mutation::SkipFetchEpochCheck.name();
+    let caught = (1..=SEEDS_MAX).find_map(|seed| {
+        let spec = with_mutation(sluice_scenarios::replicated(seed), Some(mutation));
+        let report = sluice_sim::run(spec, false);
+        report
+            .violations
+            .iter()
+            .find(|v| v.checker == "replicas-agree")
+            .map(|v| format!("seed {seed}: {}", v.detail))
+    });
+    assert!(
+        caught.is_some(),
+        "{mutation} not caught by [replicas-agree] within {SEEDS_MAX} seeds"
+    );
+}
+
 #[test]
 fn every_mutation_has_a_proof() {
     // Adding a mutation means adding a test above that shows it is caught.
