@@ -218,7 +218,6 @@ const IGNORED: &[&str] = &[
     "quota.window.size.seconds",
     "replica.fetch.min.bytes",
     "replica.fetch.response.max.bytes",
-    "replica.high.watermark.checkpoint.interval.ms",
     "replica.selector.class",
     "replica.socket.receive.buffer.bytes",
     "replica.socket.timeout.ms",
@@ -240,7 +239,6 @@ const IGNORED: &[&str] = &[
     "transaction.state.log.replication.factor",
     "transaction.state.log.segment.bytes",
     "transactional.id.expiration.ms",
-    "unclean.leader.election.enable",
     "zookeeper.connect",
 ];
 
