@@ -91,21 +91,25 @@ fn partition_state(cluster: &mut Cluster, at: NodeId) -> (i32, i32, Vec<i32>) {
     (p.leader_id.0, p.leader_epoch, isr)
 }
 
-/// Produces one record with value `value` at acks=all; the error code and
-/// base offset.
-fn produce(cluster: &mut Cluster, client: ClientId, value: &str) -> (i16, i64) {
+/// A Produce of one record with value `value` to the topic's partition 0.
+fn one_record(value: &str, acks: i16, timeout_ms: i32) -> ProduceRequest {
     let records = Bytes::from(build_batch(0, &[(None, Some(value.as_bytes()), vec![], 0)]));
     let data = produce_request::PartitionProduceData::default()
         .with_index(0)
         .with_records(Some(records));
-    let request = ProduceRequest::default()
-        .with_acks(-1)
-        .with_timeout_ms(10_000)
+    ProduceRequest::default()
+        .with_acks(acks)
+        .with_timeout_ms(timeout_ms)
         .with_topic_data(vec![produce_request::TopicProduceData::default()
             .with_name(TopicName(StrBytes::from_static_str(TOPIC)))
-            .with_partition_data(vec![data])]);
+            .with_partition_data(vec![data])])
+}
+
+/// Produces one record with value `value` at acks=all; the error code and
+/// base offset.
+fn produce(cluster: &mut Cluster, client: ClientId, value: &str) -> (i16, i64) {
     let response: ProduceResponse = cluster
-        .request(client, ApiKey::Produce, 9, &request)
+        .request(client, ApiKey::Produce, 9, &one_record(value, -1, 10_000))
         .expect("produce answered");
     let p = &response.responses[0].partition_responses[0];
     (p.error_code, p.base_offset)
@@ -297,17 +301,7 @@ fn acks_all_times_out_when_the_isr_cannot_follow() {
         cluster.cut(NodeId(leader), *id);
     }
     let sent_ms = cluster.now_ms();
-    let records = Bytes::from(build_batch(0, &[(None, Some(&b"cut off"[..]), vec![], 0)]));
-    let request = ProduceRequest::default()
-        .with_acks(-1)
-        .with_timeout_ms(1_000)
-        .with_topic_data(vec![produce_request::TopicProduceData::default()
-            .with_name(TopicName(StrBytes::from_static_str(TOPIC)))
-            .with_partition_data(vec![
-                produce_request::PartitionProduceData::default()
-                    .with_index(0)
-                    .with_records(Some(records)),
-            ])]);
+    let request = one_record("cut off", -1, 1_000);
     let response: ProduceResponse = cluster
         .request(at_leader, ApiKey::Produce, 9, &request)
         .expect("answered");
@@ -354,17 +348,7 @@ fn acks_all_settled_after_the_isr_shrank_is_not_enough_replicas_after_append() {
                 .with_fetch_offset(1)
                 .with_partition_max_bytes(1 << 20)])]);
     let fetch_correlation = cluster.send(at_leader, ApiKey::Fetch, 11, &fetch);
-    let records = Bytes::from(build_batch(0, &[(None, Some(&b"after"[..]), vec![], 0)]));
-    let request = ProduceRequest::default()
-        .with_acks(-1)
-        .with_timeout_ms(60_000)
-        .with_topic_data(vec![produce_request::TopicProduceData::default()
-            .with_name(TopicName(StrBytes::from_static_str(TOPIC)))
-            .with_partition_data(vec![
-                produce_request::PartitionProduceData::default()
-                    .with_index(0)
-                    .with_records(Some(records)),
-            ])]);
+    let request = one_record("after", -1, 60_000);
     let produce_correlation = cluster.send(at_leader, ApiKey::Produce, 9, &request);
     let leader_high_watermark = |c: &Cluster| {
         c.node(NodeId(leader))
@@ -393,21 +377,7 @@ fn acks_all_settled_after_the_isr_shrank_is_not_enough_replicas_after_append() {
     // A follower at the leader's log end counts as caught up however long
     // it is silent: a record written with acks=1 leaves it behind.
     let other = cluster.connect(NodeId(leader));
-    let records = Bytes::from(build_batch(0, &[(None, Some(&b"acks=1"[..]), vec![], 0)]));
-    let one = ProduceRequest::default()
-        .with_acks(1)
-        .with_timeout_ms(10_000)
-        .with_topic_data(vec![produce_request::TopicProduceData::default()
-            .with_name(TopicName(StrBytes::from_static_str(TOPIC)))
-            .with_partition_data(vec![
-                produce_request::PartitionProduceData::default()
-                    .with_index(0)
-                    .with_records(Some(records)),
-            ])]);
-    let answer: ProduceResponse = cluster
-        .request(other, ApiKey::Produce, 9, &one)
-        .expect("acks=1 answered");
-    assert_eq!(answer.responses[0].partition_responses[0].error_code, 0);
+    assert_eq!(produce_acks_one(&mut cluster, other, "acks=1"), 0);
     let isr_of_leader = |c: &Cluster| {
         c.node(NodeId(leader))
             .broker()
@@ -476,19 +446,8 @@ fn log_end(cluster: &Cluster, at: NodeId) -> i64 {
 
 /// Produces one record at acks=1 (the leader's own sync is enough).
 fn produce_acks_one(cluster: &mut Cluster, client: ClientId, value: &str) -> i16 {
-    let records = Bytes::from(build_batch(0, &[(None, Some(value.as_bytes()), vec![], 0)]));
-    let request = ProduceRequest::default()
-        .with_acks(1)
-        .with_timeout_ms(10_000)
-        .with_topic_data(vec![produce_request::TopicProduceData::default()
-            .with_name(TopicName(StrBytes::from_static_str(TOPIC)))
-            .with_partition_data(vec![
-                produce_request::PartitionProduceData::default()
-                    .with_index(0)
-                    .with_records(Some(records)),
-            ])]);
     let response: ProduceResponse = cluster
-        .request(client, ApiKey::Produce, 9, &request)
+        .request(client, ApiKey::Produce, 9, &one_record(value, 1, 10_000))
         .expect("produce answered");
     response.responses[0].partition_responses[0].error_code
 }
