@@ -24,10 +24,9 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io;
-// A peer address is a plain value the driver hands in with a connection
-// (what it accepted); nothing here opens or resolves anything.
 // A peer's address as a value (the driver hands it in with a connection);
-// the core formats it as Kafka writes a client host and opens no socket.
+// the core formats it as Kafka writes a client host and opens, resolves or
+// connects nothing.
 use std::net::IpAddr;
 
 use bytes::Bytes;
