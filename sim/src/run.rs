@@ -466,22 +466,44 @@ const REPLICAS_CONVERGE_MS: u64 = 30_000;
 /// Simulated time between two looks at the replicas' disks.
 const REPLICAS_LOOK_MS: u64 = 250;
 
+/// A copy of `disk` after a crash that loses everything unsynced: what a
+/// node would find durable.
+fn durable_copy(disk: &SimDisk) -> sluice_core::storage::MemStorage {
+    let mut storage = disk.snapshot();
+    storage.crash(0);
+    storage
+}
+
+/// Opens partition `partition` of the workload's topic on `storage` with a
+/// full recovery scan and the checker's own settings (the defaults, whatever
+/// mutation the node ran); its directory and the outcome, or None when the
+/// directory is missing.
+fn open_partition(
+    storage: &mut sluice_core::storage::MemStorage,
+    spec: &Spec,
+    partition: i32,
+) -> Option<(
+    String,
+    std::io::Result<(PartitionLog, sluice_core::log::Recovery)>,
+)> {
+    let dir = format!("{}-{partition}", spec.workload.topic);
+    if !storage.exists(&dir) {
+        return None;
+    }
+    let config = sluice_core::config::TopicConfig::new(&BrokerConfig::defaults(), &BTreeMap::new())
+        .expect("defaults");
+    let opened = PartitionLog::open(storage, &dir, config, false);
+    Some((dir, opened))
+}
+
 /// The durable log end of each partition of the workload's topic on a
 /// node's disk (None for a partition whose log is missing or unreadable).
 fn durable_ends(disk: &SimDisk, spec: &Spec) -> Vec<Option<i64>> {
-    let mut storage = disk.snapshot();
-    storage.crash(0);
-    let config = sluice_core::config::TopicConfig::new(&BrokerConfig::defaults(), &BTreeMap::new())
-        .expect("defaults");
+    let mut storage = durable_copy(disk);
     (0..spec.workload.partitions)
         .map(|partition| {
-            let dir = format!("{}-{partition}", spec.workload.topic);
-            if !storage.exists(&dir) {
-                return None;
-            }
-            PartitionLog::open(&mut storage, &dir, config.clone(), false)
-                .ok()
-                .map(|(log, _)| log.log_end_offset())
+            let (_, opened) = open_partition(&mut storage, spec, partition)?;
+            opened.ok().map(|(log, _)| log.log_end_offset())
         })
         .collect()
 }
@@ -518,18 +540,13 @@ fn converge_replicas(sim: &mut turmoil::Sim<'_>, nodes: &[SimNode], spec: &Spec)
 /// the disk after a crash that loses everything unsynced, with a full
 /// recovery scan: durable data must be intact.
 fn final_logs(disk: &SimDisk, spec: &Spec) -> FinalLogs {
-    let mut storage = disk.snapshot();
-    storage.crash(0);
-    // The checker's own reading: default settings, whatever mutation the node ran.
-    let config = sluice_core::config::TopicConfig::new(&BrokerConfig::defaults(), &BTreeMap::new())
-        .expect("defaults");
+    let mut storage = durable_copy(disk);
     let mut logs = FinalLogs::default();
     for partition in 0..spec.workload.partitions {
-        let dir = format!("{}-{partition}", spec.workload.topic);
-        if !storage.exists(&dir) {
+        let Some((dir, opened)) = open_partition(&mut storage, spec, partition) else {
             continue;
-        }
-        let (log, recovery) = match PartitionLog::open(&mut storage, &dir, config.clone(), false) {
+        };
+        let (log, recovery) = match opened {
             Ok(opened) => opened,
             Err(error) => {
                 logs.scan_problems
