@@ -115,16 +115,23 @@ fn crashes(rng: &mut Rng, count: u64, safety_ms: u64) -> Vec<Scheduled> {
 /// times (LogAppendTime, commit times, retention) move with it, deadlines
 /// do not. A node an hour or more behind its producers refuses their
 /// records as INVALID_TIMESTAMP (`log.message.timestamp.after.max.ms`).
-fn clock_jumps(rng: &mut Rng, count: u64, safety_ms: u64) -> Vec<Scheduled> {
+/// Each jump is of node 1, or of a node drawn among `nodes` when there are
+/// more.
+fn clock_jumps(rng: &mut Rng, count: u64, safety_ms: u64, nodes: u32) -> Vec<Scheduled> {
     (0..count)
         .map(|_| {
             let at_ms = pick(rng, 100, safety_ms - 1_000);
             let size_ms = pick(rng, 1_000, 3_600_000) as i64;
             let forward = rng.next_u64().is_multiple_of(2);
             let delta_ms = if forward { size_ms } else { -size_ms };
+            let node = if nodes > 1 {
+                pick(rng, 1, nodes as u64) as u32
+            } else {
+                1
+            };
             Scheduled {
                 at_ms,
-                fault: Fault::ClockJump { node: 1, delta_ms },
+                fault: Fault::ClockJump { node, delta_ms },
             }
         })
         .collect()
@@ -169,7 +176,7 @@ pub fn network(seed: u64) -> Spec {
     }
     let jumps = pick(&mut rng, 1, 2);
     spec.faults
-        .extend(clock_jumps(&mut rng, jumps, spec.safety_ms));
+        .extend(clock_jumps(&mut rng, jumps, spec.safety_ms, 1));
     // Up to two more nodes, linked to node 1 and to each other, whose links
     // are cut and slowed and who crash: their links must come back.
     spec.nodes = pick(&mut rng, 1, 3) as u32;
@@ -285,7 +292,7 @@ pub fn groups(seed: u64) -> Spec {
     }
     let jumps = pick(&mut rng, 0, 2);
     spec.faults
-        .extend(clock_jumps(&mut rng, jumps, spec.safety_ms));
+        .extend(clock_jumps(&mut rng, jumps, spec.safety_ms, 1));
     spec
 }
 
@@ -344,22 +351,13 @@ pub fn replicated(seed: u64) -> Spec {
         };
         spec.faults.push(Scheduled { at_ms, fault });
     }
-    for _ in 0..pick(&mut rng, 0, 2) {
-        let at_ms = pick(&mut rng, 100, spec.safety_ms - 1_000);
-        let size_ms = pick(&mut rng, 1_000, 3_600_000) as i64;
-        let delta_ms = if rng.next_u64().is_multiple_of(2) {
-            size_ms
-        } else {
-            -size_ms
-        };
-        spec.faults.push(Scheduled {
-            at_ms,
-            fault: Fault::ClockJump {
-                node: node(&mut rng),
-                delta_ms,
-            },
-        });
-    }
+    let jumps = pick(&mut rng, 0, 2);
+    spec.faults.extend(clock_jumps(
+        &mut rng,
+        jumps,
+        spec.safety_ms,
+        REPLICATED_NODES,
+    ));
     spec
 }
 
