@@ -7,7 +7,7 @@ use bytes::{Buf, BufMut, Bytes};
 
 use crate::group::{Committed, Group, Member, MEMBERS_MAX};
 
-fn put_string(out: &mut Vec<u8>, text: &str) {
+pub(crate) fn put_string(out: &mut Vec<u8>, text: &str) {
     out.put_i16(text.len() as i16);
     out.put_slice(text.as_bytes());
 }
@@ -24,7 +24,7 @@ fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
     out.put_slice(bytes);
 }
 
-fn get_string(buf: &mut &[u8]) -> Option<String> {
+pub(crate) fn get_string(buf: &mut &[u8]) -> Option<String> {
     if buf.remaining() < 2 {
         return None;
     }

@@ -34,6 +34,7 @@ pub mod quorum;
 pub mod raft;
 pub mod replication;
 pub mod topics;
+pub mod txn;
 // handlers: one module per API family, over the broker's state.
 pub mod handlers;
 // node: connections and reply order, timers, peers, composition.
