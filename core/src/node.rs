@@ -240,6 +240,10 @@ impl<S: Storage> Node<S> {
             Timer::OffsetsExpiry,
             now.monotonic_ms + config.offsets_retention_check_interval_ms,
         );
+        timers.set(
+            Timer::TransactionSweep,
+            now.monotonic_ms + config.txn_abort_check_interval_ms,
+        );
         let mut broker = Broker::open(storage, config, advertised, seed, now)?;
         let quorum = match broker.config.quorum_voters.as_slice() {
             [] => None,
@@ -942,6 +946,13 @@ impl<S: Storage> Node<S> {
                     let interval = self.broker.config.offsets_retention_check_interval_ms;
                     self.timers.set(timer, now.monotonic_ms + interval);
                 }
+                Timer::TransactionSweep => {
+                    self.broker.sweep_transactions(now);
+                    let interval = self.broker.config.txn_abort_check_interval_ms;
+                    self.timers.set(timer, now.monotonic_ms + interval);
+                }
+                // Looked at by `settle`, below.
+                Timer::MarkerRetry => {}
                 Timer::Groups => {
                     self.broker.expire_groups(now);
                     if let Some(next) = self.broker.groups.next_deadline_ms() {
@@ -1024,6 +1035,7 @@ impl<S: Storage> Node<S> {
         self.tend_cluster(now);
         self.tend_shutdown(now);
         self.tend_replication(now);
+        self.broker.tend_transactions(now);
         // What the controller proposed just now (and the fetches it wakes).
         if self.drain_quorum(now) {
             everyone = true;
@@ -1051,6 +1063,10 @@ impl<S: Storage> Node<S> {
         match self.broker.groups.next_deadline_ms() {
             Some(deadline) => self.timers.set(Timer::Groups, deadline),
             None => self.timers.stop(Timer::Groups),
+        }
+        match self.broker.transactions.retry_ms {
+            Some(at) => self.timers.set(Timer::MarkerRetry, at),
+            None => self.timers.stop(Timer::MarkerRetry),
         }
         self.invariants();
     }

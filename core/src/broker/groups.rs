@@ -365,7 +365,7 @@ impl<S: Storage> Broker<S> {
     }
 }
 
-fn for_each_record<S: Storage>(
+pub(super) fn for_each_record<S: Storage>(
     log: &PartitionLog,
     storage: &mut S,
     mut visit: impl FnMut(Option<&[u8]>, Option<&[u8]>),

@@ -8,7 +8,9 @@
 
 pub mod cluster;
 pub mod groups;
+pub mod markers;
 pub mod replicas;
+pub mod txns;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
@@ -44,6 +46,8 @@ pub struct Broker<S: Storage> {
     pub durability: Durability,
     /// The coordinator of every group (this is the only broker).
     pub groups: Coordinator,
+    /// The transactional ids this broker coordinates.
+    pub transactions: txns::Transactions,
     /// Next producer id to hand out, and the sequence that made its block durable.
     next_producer_id: i64,
     producer_block_seq: u64,
@@ -187,6 +191,7 @@ impl<S: Storage> Broker<S> {
             topics: Topics::default(),
             durability: Durability::new(dirty_other),
             groups,
+            transactions: txns::Transactions::default(),
             next_producer_id,
             producer_block_seq: 0,
             moved: BTreeSet::new(),
@@ -214,6 +219,9 @@ impl<S: Storage> Broker<S> {
             );
         }
         broker.load_groups(now);
+        if broker.config.quorum_voters.is_empty() {
+            broker.load_txn_partitions(None);
+        }
         broker.topics.invariants();
         broker.invariants();
         Ok(broker)
@@ -645,6 +653,7 @@ impl<S: Storage> Broker<S> {
     pub fn invariants(&self) {
         self.durability.invariants();
         self.groups.invariants();
+        self.transactions.invariants();
         assert!(self.next_producer_id <= self.metadata.producer_id_block_end);
         assert!(self.producer_block_seq <= self.durability.write_seq());
         for name in self.topics.names() {

@@ -283,6 +283,11 @@ impl<S: Storage> Broker<S> {
             if name == super::OFFSETS_TOPIC {
                 self.load_group_partition(now, partition);
             }
+            if name == crate::txn::TXN_TOPIC {
+                self.load_txn_partitions(Some(partition));
+            }
+        } else if was_leader && name == crate::txn::TXN_TOPIC {
+            self.unload_txn_partition(partition);
         }
     }
 

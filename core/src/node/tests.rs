@@ -701,6 +701,7 @@ fn every_api_answers_at_every_version() {
     h.sync_all();
     h.produce_result(c);
     let name = || TopicName(StrBytes::from_static_str("t"));
+    let nobody = || TransactionalId(StrBytes::from_static_str("nobody"));
     let id = uuid::Uuid::from_bytes(h.node.broker.topics.get("t").expect("topic").id);
     for &(key, min, max) in crate::wire::versions::SUPPORTED {
         for version in min..=max {
@@ -929,6 +930,41 @@ fn every_api_answers_at_every_version() {
                             .with_topics(vec![topic]),
                     )
                 }
+                ApiKey::AddPartitionsToTxn => {
+                    let topic = add_partitions_to_txn_request::AddPartitionsToTxnTopic::default()
+                        .with_name(name())
+                        .with_partitions(vec![0]);
+                    let request = AddPartitionsToTxnRequest::default()
+                        .with_v3_and_below_transactional_id(nobody())
+                        .with_v3_and_below_producer_id(ProducerId(5))
+                        .with_v3_and_below_producer_epoch(0)
+                        .with_v3_and_below_topics(vec![topic]);
+                    h.send(key, version, &request)
+                }
+                ApiKey::AddOffsetsToTxn => {
+                    let request = AddOffsetsToTxnRequest::default()
+                        .with_transactional_id(nobody())
+                        .with_producer_id(ProducerId(5))
+                        .with_group_id(GroupId(StrBytes::from_static_str("g")));
+                    h.send(key, version, &request)
+                }
+                ApiKey::EndTxn => {
+                    let request = EndTxnRequest::default()
+                        .with_transactional_id(nobody())
+                        .with_producer_id(ProducerId(5))
+                        .with_committed(true);
+                    h.send(key, version, &request)
+                }
+                ApiKey::DescribeTransactions => h.send(
+                    key,
+                    version,
+                    &DescribeTransactionsRequest::default().with_transactional_ids(vec![nobody()]),
+                ),
+                ApiKey::ListTransactions => h.send(
+                    key,
+                    version,
+                    &ListTransactionsRequest::default().with_duration_filter(-1),
+                ),
                 other => panic!("no request written for {other:?}"),
             };
             h.sync_all();
@@ -974,6 +1010,27 @@ fn every_api_answers_at_every_version() {
                 }
                 ApiKey::InitProducerId => {
                     InitProducerIdResponse::decode(&mut frame, version).map(|r| r.error_code)
+                }
+                // An id the coordinator never saw.
+                ApiKey::AddPartitionsToTxn => {
+                    AddPartitionsToTxnResponse::decode(&mut frame, version).map(|r| {
+                        r.results_by_topic_v3_and_below[0].results_by_partition[0]
+                            .partition_error_code
+                            - ResponseError::InvalidProducerIdMapping.code()
+                    })
+                }
+                ApiKey::AddOffsetsToTxn => AddOffsetsToTxnResponse::decode(&mut frame, version)
+                    .map(|r| r.error_code - ResponseError::InvalidProducerIdMapping.code()),
+                ApiKey::EndTxn => EndTxnResponse::decode(&mut frame, version)
+                    .map(|r| r.error_code - ResponseError::InvalidProducerIdMapping.code()),
+                ApiKey::DescribeTransactions => {
+                    DescribeTransactionsResponse::decode(&mut frame, version).map(|r| {
+                        r.transaction_states[0].error_code
+                            - ResponseError::TransactionalIdNotFound.code()
+                    })
+                }
+                ApiKey::ListTransactions => {
+                    ListTransactionsResponse::decode(&mut frame, version).map(|r| r.error_code)
                 }
                 ApiKey::FindCoordinator => FindCoordinatorResponse::decode(&mut frame, version)
                     .map(|r| {
@@ -2116,3 +2173,5 @@ fn a_describe_quorum_body_that_does_not_decode_closes_the_connection() {
     assert!(h.closed);
     assert!(h.sent.is_empty());
 }
+
+mod txn;

@@ -29,6 +29,11 @@ pub enum Reply {
     DescribeCluster(DescribeClusterResponse),
     InitProducerId(InitProducerIdResponse),
     FindCoordinator(FindCoordinatorResponse),
+    AddPartitionsToTxn(AddPartitionsToTxnResponse),
+    AddOffsetsToTxn(AddOffsetsToTxnResponse),
+    EndTxn(EndTxnResponse),
+    DescribeTransactions(DescribeTransactionsResponse),
+    ListTransactions(ListTransactionsResponse),
     JoinGroup(JoinGroupResponse),
     SyncGroup(SyncGroupResponse),
     Heartbeat(HeartbeatResponse),
@@ -57,6 +62,11 @@ impl Reply {
             Reply::DescribeCluster(r) => r.encode(buf, version),
             Reply::InitProducerId(r) => r.encode(buf, version),
             Reply::FindCoordinator(r) => r.encode(buf, version),
+            Reply::AddPartitionsToTxn(r) => r.encode(buf, version),
+            Reply::AddOffsetsToTxn(r) => r.encode(buf, version),
+            Reply::EndTxn(r) => r.encode(buf, version),
+            Reply::DescribeTransactions(r) => r.encode(buf, version),
+            Reply::ListTransactions(r) => r.encode(buf, version),
             Reply::JoinGroup(r) => r.encode(buf, version),
             Reply::SyncGroup(r) => r.encode(buf, version),
             Reply::Heartbeat(r) => r.encode(buf, version),
@@ -115,6 +125,20 @@ impl Reply {
                 each(r.error_code);
                 r.coordinators.iter().for_each(|c| each(c.error_code));
             }
+            Reply::AddPartitionsToTxn(r) => {
+                each(r.error_code);
+                for t in &r.results_by_topic_v3_and_below {
+                    t.results_by_partition
+                        .iter()
+                        .for_each(|p| each(p.partition_error_code));
+                }
+            }
+            Reply::AddOffsetsToTxn(r) => each(r.error_code),
+            Reply::EndTxn(r) => each(r.error_code),
+            Reply::DescribeTransactions(r) => {
+                r.transaction_states.iter().for_each(|t| each(t.error_code))
+            }
+            Reply::ListTransactions(r) => each(r.error_code),
             Reply::JoinGroup(r) => each(r.error_code),
             Reply::SyncGroup(r) => each(r.error_code),
             Reply::Heartbeat(r) => each(r.error_code),
@@ -430,6 +454,26 @@ impl Reply {
                     group.error_code = unsynced_error_code(group.error_code);
                 }
                 Reply::DeleteGroups(response)
+            }
+            // A transaction change that was not recorded: the producer
+            // finds its coordinator again and retries.
+            Reply::AddPartitionsToTxn(mut response) => {
+                for partition in response
+                    .results_by_topic_v3_and_below
+                    .iter_mut()
+                    .flat_map(|t| t.results_by_partition.iter_mut())
+                {
+                    if partition.partition_error_code == 0 {
+                        partition.partition_error_code = coordinator_not_available;
+                    }
+                }
+                Reply::AddPartitionsToTxn(response)
+            }
+            Reply::AddOffsetsToTxn(response) => {
+                Reply::AddOffsetsToTxn(response.with_error_code(coordinator_not_available))
+            }
+            Reply::EndTxn(response) => {
+                Reply::EndTxn(response.with_error_code(coordinator_not_available))
             }
             // A group change that was not recorded: the member finds the
             // coordinator again and rejoins.
