@@ -150,6 +150,8 @@ struct SentRequest {
     /// A client's request forwarded to the controller: the token of the
     /// slot waiting for its answer.
     forwarded: Option<Token>,
+    /// The transaction markers a WriteTxnMarkers carries.
+    markers: txn_markers::MarkersSent,
 }
 
 /// The node's link to another node, as the driver reports it.
@@ -602,6 +604,7 @@ impl<S: Storage> Node<S> {
         let lost: Vec<SentRequest> = std::mem::take(&mut link.in_flight).into_values().collect();
         link.api_versions = None;
         self.answer_lost_forwardings(&lost);
+        self.txn_markers_lost(now, &lost);
         if !up && channel == Channel::Control {
             self.controller_link_lost(now);
         }
@@ -652,6 +655,7 @@ impl<S: Storage> Node<S> {
                 std::mem::take(&mut link.in_flight).into_values().collect();
             link.api_versions = None;
             self.answer_lost_forwardings(&lost);
+            self.txn_markers_lost(now, &lost);
             self.outputs.push_back(Output::ResetPeer { peer, channel });
             if channel == Channel::Control {
                 self.controller_link_lost(now);
@@ -696,6 +700,47 @@ impl<S: Storage> Node<S> {
         after_sync: Option<u64>,
         forwarded: Option<Token>,
     ) -> bool {
+        self.send_peer_carrying(
+            now,
+            (peer, channel),
+            (api_key, version),
+            body,
+            after_sync,
+            (forwarded, Vec::new()),
+        )
+    }
+
+    /// Sends transaction markers to the leader at the other end of `link`.
+    fn send_peer_markers(
+        &mut self,
+        now: Now,
+        link: (NodeId, Channel),
+        request: &kafka_protocol::messages::WriteTxnMarkersRequest,
+        markers: txn_markers::MarkersSent,
+    ) -> bool {
+        self.send_peer_carrying(
+            now,
+            link,
+            (
+                ApiKey::WriteTxnMarkers,
+                txn_markers::WRITE_TXN_MARKERS_VERSION,
+            ),
+            request,
+            None,
+            (None, markers),
+        )
+    }
+
+    /// Sends a request and remembers what its answer is for.
+    fn send_peer_carrying<T: kafka_protocol::protocol::Encodable>(
+        &mut self,
+        now: Now,
+        (peer, channel): (NodeId, Channel),
+        (api_key, version): (ApiKey, i16),
+        body: &T,
+        after_sync: Option<u64>,
+        (forwarded, markers): (Option<Token>, txn_markers::MarkersSent),
+    ) -> bool {
         let client_id = format!("sluice-node-{}", self.node_id);
         let link = self.peers.entry((peer, channel)).or_default();
         assert!(link.up, "requests go only over links that are up");
@@ -712,6 +757,7 @@ impl<S: Storage> Node<S> {
                     deadline_ms: now.monotonic_ms + PEER_REQUEST_TIMEOUT_MS,
                     raft: None,
                     forwarded,
+                    markers,
                 };
                 link.in_flight.insert(correlation_id, sent);
                 self.outputs.push_back(Output::SendPeer {
@@ -762,6 +808,15 @@ impl<S: Storage> Node<S> {
             self.settle(now);
             return;
         }
+        let sent = match sent {
+            Some(sent) if sent.api_key == ApiKey::WriteTxnMarkers => {
+                self.txn_markers_response(now, peer, sent, frame);
+                self.arm_peer_timer(peer, channel);
+                self.settle(now);
+                return;
+            }
+            other => other,
+        };
         if let Some(
             sent @ SentRequest {
                 api_key: ApiKey::BrokerRegistration | ApiKey::BrokerHeartbeat,
@@ -1036,6 +1091,7 @@ impl<S: Storage> Node<S> {
         self.tend_shutdown(now);
         self.tend_replication(now);
         self.broker.tend_transactions(now);
+        self.send_txn_markers(now);
         // What the controller proposed just now (and the fetches it wakes).
         if self.drain_quorum(now) {
             everyone = true;
@@ -1279,6 +1335,7 @@ mod quorum;
 mod replicas;
 #[cfg(test)]
 mod tests;
+mod txn_markers;
 
 /// Encodes a reply to a client and counts the error codes it carries.
 fn encode_counted(

@@ -36,6 +36,8 @@ pub enum MarkerProgress {
     ToWrite,
     /// Appended; counts once this write is durable and replicated.
     Writing(GroupWrite),
+    /// Sent to the partition's leader as WriteTxnMarkers; its answer says.
+    Sent,
     /// Durable on the partition (or the partition is gone).
     Written,
     /// Refused for good (a newer producer epoch or coordinator there):
@@ -67,6 +69,17 @@ pub struct Transactions {
     pub retry_ms: Option<i64>,
     /// When idle ids were last looked at for expiry (wall clock).
     pub expiry_checked_ms: i64,
+    /// Markers for partitions other brokers lead, for the node to send.
+    pub outbox: Vec<RemoteMarker>,
+}
+
+/// A marker bound for the broker that leads its partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteMarker {
+    pub transactional_id: String,
+    pub leader: i32,
+    pub partition: TopicPartition,
+    pub marker: super::markers::TxnMarker,
 }
 
 impl Transactions {
@@ -450,7 +463,7 @@ impl<S: Storage> Broker<S> {
         for (tp, marker) in markers {
             let next = match marker {
                 MarkerProgress::ToWrite if self.transactions.retry_ms.is_none() => {
-                    self.write_marker_for(now, &meta, coordinator_epoch, &tp)
+                    self.write_marker_for(now, id, &meta, coordinator_epoch, &tp)
                 }
                 MarkerProgress::Writing(written) => match self.write_state(&written) {
                     WaitState::Done => MarkerProgress::Written,
@@ -497,6 +510,7 @@ impl<S: Storage> Broker<S> {
     fn write_marker_for(
         &mut self,
         now: Now,
+        id: &str,
         meta: &TxnMetadata,
         coordinator_epoch: i32,
         tp: &TopicPartition,
@@ -507,6 +521,23 @@ impl<S: Storage> Broker<S> {
             coordinator_epoch,
             commit: meta.state == TxnState::PrepareCommit,
         };
+        if self.in_cluster() {
+            match self.registration(&tp.topic, tp.partition).map(|r| r.leader) {
+                Some(leader) if leader >= 0 && leader != self.config.node_id => {
+                    self.transactions.outbox.push(RemoteMarker {
+                        transactional_id: id.to_string(),
+                        leader,
+                        partition: tp.clone(),
+                        marker,
+                    });
+                    return MarkerProgress::Sent;
+                }
+                Some(leader) if leader < 0 => return MarkerProgress::ToWrite,
+                // Gone from the metadata: nothing to mark.
+                None if !self.topic_exists(&tp.topic) => return MarkerProgress::Written,
+                _ => {}
+            }
+        }
         match self.write_txn_marker(now, &tp.topic, tp.partition, marker) {
             Ok(write) => MarkerProgress::Writing(write),
             // A deleted topic needs no marker.
@@ -525,6 +556,48 @@ impl<S: Storage> Broker<S> {
                 MarkerProgress::ToWrite
             }
         }
+    }
+
+    /// A leader answered a marker this coordinator sent (`None`: it is
+    /// durable and replicated there; an error, or `lost` when no answer
+    /// will come).
+    pub fn marker_answered(
+        &mut self,
+        now: Now,
+        transactional_id: &str,
+        producer_id: i64,
+        partition: &TopicPartition,
+        error: Option<ResponseError>,
+    ) {
+        let topic_gone = !self.topic_exists(&partition.topic);
+        let Some(entry) = self.transactions.ids.get_mut(transactional_id) else {
+            return;
+        };
+        if entry.meta.producer_id != producer_id {
+            return;
+        }
+        let Some(progress) = entry.markers.get_mut(partition) else {
+            return;
+        };
+        if *progress != MarkerProgress::Sent {
+            return;
+        }
+        *progress = match error {
+            None => MarkerProgress::Written,
+            Some(ResponseError::UnknownTopicOrPartition) if topic_gone => MarkerProgress::Written,
+            Some(
+                error @ (ResponseError::InvalidProducerEpoch
+                | ResponseError::TransactionCoordinatorFenced),
+            ) => {
+                tracing::error!(%partition, ?error, producer_id, "a transaction marker was refused; this coordinator stops ending the transaction");
+                MarkerProgress::Refused
+            }
+            Some(error) => {
+                tracing::debug!(%partition, ?error, "a transaction marker waits for its partition");
+                self.transactions.retry_ms = Some(now.monotonic_ms + MARKER_RETRY_MS);
+                MarkerProgress::ToWrite
+            }
+        };
     }
 
     /// Aborts open transactions past their timeout (fencing their producer)
