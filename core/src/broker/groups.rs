@@ -225,10 +225,6 @@ impl<S: Storage> Broker<S> {
             base_sequence: 0,
         };
         let bytes = batch::build_transactional_batch(now.wall_ms, producer, &specs);
-        // KIP-890 verification: here the transaction coordinator confirms
-        // that the group's `__consumer_offsets` partition was added to this
-        // producer's ongoing transaction (AddOffsetsToTxn) before anything
-        // is appended; a producer that did not add it is refused.
         let (written, base_offset) = self.append_group_batch(now, group_id, &bytes)?;
         for (record_offset, (topic, index, committed)) in (base_offset..).zip(records) {
             let committed = Committed {

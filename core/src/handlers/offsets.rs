@@ -155,6 +155,12 @@ pub(super) fn txn_offset_commit<S: Storage>(
     }
     if !records.is_empty() {
         let outcome = txn_offsets_allowed(broker, &request, &group_id).and_then(|()| {
+            // KIP-890 verification: the transaction coordinator confirms
+            // here, before anything is appended, that this transactional
+            // id's producer (id and epoch) added the group's
+            // `__consumer_offsets` partition to its ongoing transaction
+            // (AddOffsetsToTxn); if not, nothing is written and the
+            // partitions not refused already get the error.
             broker.write_transactional_offsets(
                 context.now,
                 &group_id,
