@@ -626,7 +626,37 @@ pub type RecordSpec<'a> = (
 /// the broker's own records. Record timestamps are `base_timestamp` plus
 /// their delta; `records` is not empty (asserted).
 pub fn build_batch(base_timestamp: i64, records: &[RecordSpec<'_>]) -> Vec<u8> {
-    use builder::{BatchBuilder, Compression, ProducerIdentity, RecordData};
+    build_uncompressed(base_timestamp, builder::ProducerIdentity::NONE, records)
+}
+
+/// `build_batch` of a transaction's records: the producer id, epoch and
+/// base sequence are `producer`'s, and the transactional attribute (bit 4)
+/// is set, the CRC covering it. The group coordinator writes a
+/// transaction's offsets this way.
+pub fn build_transactional_batch(
+    base_timestamp: i64,
+    producer: builder::ProducerIdentity,
+    records: &[RecordSpec<'_>],
+) -> Vec<u8> {
+    assert!(
+        producer.producer_id >= 0 && producer.producer_epoch >= 0,
+        "a transaction has a producer"
+    );
+    let mut batch = build_uncompressed(base_timestamp, producer, records);
+    let attributes = i16::from_be_bytes([batch[ATTRIBUTES_OFFSET], batch[ATTRIBUTES_OFFSET + 1]]);
+    let attributes = attributes | ATTRIBUTE_TRANSACTIONAL;
+    batch[ATTRIBUTES_OFFSET..ATTRIBUTES_OFFSET + 2].copy_from_slice(&attributes.to_be_bytes());
+    write_crc(&mut batch);
+    batch
+}
+
+/// An uncompressed batch of `records` carrying `producer`.
+fn build_uncompressed(
+    base_timestamp: i64,
+    producer: builder::ProducerIdentity,
+    records: &[RecordSpec<'_>],
+) -> Vec<u8> {
+    use builder::{BatchBuilder, Compression, RecordData};
     let mut batch = BatchBuilder::new().with_base_timestamp(base_timestamp);
     for (key, value, headers, timestamp_delta) in records {
         batch.append(&RecordData {
@@ -637,7 +667,7 @@ pub fn build_batch(base_timestamp: i64, records: &[RecordSpec<'_>]) -> Vec<u8> {
         });
     }
     let built = batch
-        .build(Compression::None, ProducerIdentity::NONE)
+        .build(Compression::None, producer)
         .expect("the broker's own batches are far below 2 GiB");
     // With the builder gone the batch owns its bytes alone: no copy below.
     drop(batch);
@@ -828,6 +858,35 @@ pub mod tests {
         let header = check_framing(&batch).expect("crc recomputed");
         assert!(header.is_log_append_time());
         assert_eq!(decode_records(&batch).expect("decodes")[0].timestamp, 99);
+    }
+
+    #[test]
+    fn a_transactional_batch_carries_its_producer_and_the_bit() {
+        let producer = builder::ProducerIdentity {
+            producer_id: 7,
+            producer_epoch: 3,
+            base_sequence: 0,
+        };
+        let records = [(Some(&b"k"[..]), Some(&b"v"[..]), vec![], 0)];
+        let batch = build_transactional_batch(5, producer, &records);
+        let header = check_framing(&batch).expect("a valid CRC over the set bit");
+        assert!(header.is_transactional());
+        assert!(!header.is_control());
+        assert_eq!(
+            (
+                header.producer_id,
+                header.producer_epoch,
+                header.base_sequence
+            ),
+            (7, 3, 0)
+        );
+        let plain = BatchHeader::parse(&build_batch(5, &records));
+        assert!(!plain.is_transactional());
+        assert_eq!(plain.producer_id, -1);
+        assert_eq!(
+            decode_records(&batch).expect("decodes")[0].value.as_deref(),
+            Some(&b"v"[..])
+        );
     }
 
     proptest::proptest! {

@@ -355,7 +355,8 @@ impl<S: Storage> Broker<S> {
             }
             let Some(held) = held else { continue };
             partitions.push(index);
-            super::groups::for_each_record(&held.log, &mut self.storage, |key, value| {
+            super::groups::for_each_record(&held.log, &mut self.storage, |record| {
+                let (key, value) = (record.key, record.value);
                 let Some(id) = key.and_then(parse_txn_key) else {
                     return;
                 };

@@ -14,7 +14,7 @@ use kafka_protocol::ResponseError;
 use super::cluster::endpoint;
 use super::{code, now, Context, Handled, Pending};
 use crate::broker::{Broker, GroupAnswer, GroupWrite, Recorded};
-use crate::group::{Committed, Join, Resolved, SyncAnswer, Token};
+use crate::group::{Join, Resolved, SyncAnswer, Token};
 use crate::storage::Storage;
 use crate::wire::Reply;
 
@@ -455,12 +455,7 @@ pub(super) fn delete_groups<S: Storage>(
             );
             continue;
         }
-        let tombstones: Vec<(String, i32, Option<Committed>)> = broker
-            .groups
-            .offsets
-            .get(&group_id)
-            .map(|o| o.keys().map(|(t, p)| (t.clone(), *p, None)).collect())
-            .unwrap_or_default();
+        let tombstones = broker.group_offset_tombstones(&group_id);
         let outcome = broker.groups.delete(&group_id).and_then(|()| {
             // Tombstones for the group's record and every committed offset.
             let group_write = broker.write_group_record(context.now, &group_id)?;

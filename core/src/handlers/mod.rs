@@ -277,6 +277,9 @@ pub fn dispatch<S: Storage>(
         ApiKey::DeleteGroups => group::delete_groups(broker, context, decode(body, version)?),
         ApiKey::OffsetCommit => offsets::offset_commit(broker, context, decode(body, version)?),
         ApiKey::OffsetFetch => offsets::offset_fetch(broker, context, decode(body, version)?),
+        ApiKey::TxnOffsetCommit => {
+            offsets::txn_offset_commit(broker, context, decode(body, version)?)
+        }
         other => Err(format!("api {other:?} is not served")),
     }
 }

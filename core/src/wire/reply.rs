@@ -45,6 +45,7 @@ pub enum Reply {
     DeleteGroups(DeleteGroupsResponse),
     DescribeQuorum(DescribeQuorumResponse),
     OffsetForLeaderEpoch(OffsetForLeaderEpochResponse),
+    TxnOffsetCommit(TxnOffsetCommitResponse),
 }
 
 impl Reply {
@@ -78,6 +79,7 @@ impl Reply {
             Reply::DeleteGroups(r) => r.encode(buf, version),
             Reply::DescribeQuorum(r) => r.encode(buf, version),
             Reply::OffsetForLeaderEpoch(r) => r.encode(buf, version),
+            Reply::TxnOffsetCommit(r) => r.encode(buf, version),
         };
         result.map_err(|e| e.to_string())
     }
@@ -173,6 +175,11 @@ impl Reply {
                 }
             }
             Reply::OffsetForLeaderEpoch(r) => {
+                for t in &r.topics {
+                    t.partitions.iter().for_each(|p| each(p.error_code));
+                }
+            }
+            Reply::TxnOffsetCommit(r) => {
                 for t in &r.topics {
                     t.partitions.iter().for_each(|p| each(p.error_code));
                 }
@@ -445,6 +452,16 @@ impl Reply {
                     partition.error_code = unsynced_error_code(partition.error_code);
                 }
                 Reply::OffsetCommit(response)
+            }
+            Reply::TxnOffsetCommit(mut response) => {
+                for partition in response
+                    .topics
+                    .iter_mut()
+                    .flat_map(|t| t.partitions.iter_mut())
+                {
+                    partition.error_code = unsynced_error_code(partition.error_code);
+                }
+                Reply::TxnOffsetCommit(response)
             }
             Reply::OffsetFetch(_) => Reply::OffsetFetch(
                 OffsetFetchResponse::default().with_error_code(coordinator_not_available),
