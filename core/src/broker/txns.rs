@@ -559,6 +559,34 @@ impl<S: Storage> Broker<S> {
         }
     }
 
+    /// KIP-890 part 1: before a producer's first transactional write to a
+    /// partition in a transaction, its coordinator confirms that the
+    /// partition was added to the ongoing transaction of that producer id
+    /// and epoch; a write that comes too late (the transaction ended) or
+    /// from a fenced producer is refused before it is appended. Done when
+    /// this node coordinates the id; a coordinator elsewhere is not asked
+    /// (the write is taken as Kafka before 3.6 took it).
+    pub fn verify_txn(
+        &mut self,
+        transactional_id: &str,
+        producer_id: i64,
+        epoch: i16,
+        partition: &TopicPartition,
+    ) -> Result<(), ResponseError> {
+        let count = self.txn_partition_count();
+        if !self
+            .transactions
+            .loaded
+            .contains(&txn_partition(transactional_id, count))
+        {
+            return Ok(());
+        }
+        match self.transactions.get(transactional_id) {
+            None => Err(ResponseError::InvalidProducerIdMapping),
+            Some(meta) => meta.verify(producer_id, epoch, partition),
+        }
+    }
+
     /// A leader answered a marker this coordinator sent (`None`: it is
     /// durable and replicated there; an error, or `lost` when no answer
     /// will come).
