@@ -265,8 +265,18 @@ fn produce_partition<S: Storage>(
         let (error, why) = batch_error_code(&e);
         (error, Some(why))
     })?;
+    if header.is_transactional() && header.producer_id < 0 {
+        return Err((
+            ResponseError::InvalidRecord,
+            Some("a transactional batch must carry a producer id"),
+        ));
+    }
     let records_len = records.len();
-    let appended = match log.producers().check(&header) {
+    let verdict = log.producers().check(&header);
+    // KIP-890 verification: a transactional batch that opens no
+    // transaction here yet is checked against its coordinator here,
+    // before it is appended.
+    let appended = match verdict {
         Ok(Verdict::Append) => log
             .append_with_max_timestamp(
                 &mut broker.storage,
@@ -313,6 +323,12 @@ fn produce_partition<S: Storage>(
             return Err((
                 ResponseError::InvalidProducerEpoch,
                 Some("producer epoch is stale"),
+            ))
+        }
+        Err(SequenceError::TxnOpen) => {
+            return Err((
+                ResponseError::InvalidTxnState,
+                Some("a plain batch from a producer whose transaction is open here"),
             ))
         }
     };
