@@ -1550,3 +1550,35 @@ fn replicated_markers_update_the_followers_state_and_index() {
         Err(MarkerAppendError::Refused(MarkerError::CoordinatorFenced))
     ));
 }
+
+#[test]
+fn retention_deletes_a_segments_txn_index_with_it() {
+    let mut storage = MemStorage::new();
+    let (mut log, _) = PartitionLog::open(&mut storage, "t-0", config(-1), false).expect("open");
+    for round in 0..4i64 {
+        for n in 0..3 {
+            log.append(&mut storage, &txn_batch(round, 0, n, &[1u8; 120]), 0, 0)
+                .expect("append");
+        }
+        log.append_marker(&mut storage, &txn_marker(round, 0, 0, false), 0, 0)
+            .expect("abort");
+    }
+    sync(&mut log, &mut storage);
+    let first = log.segments[0].base_offset;
+    let first_path = format!("t-0/{}", segment_name(first, TXN_INDEX_SUFFIX));
+    assert!(storage.exists(&first_path));
+    let before = log.aborted_txns(0, log.log_end_offset());
+    assert_eq!(before.len(), 4);
+    log.set_config(config(900));
+    assert!(log.apply_retention(&mut storage, 0).expect("retention") > 0);
+    assert!(!storage.exists(&first_path), "deleted with its segment");
+    let start = log.log_start_offset();
+    let after = log.aborted_txns(start, log.log_end_offset());
+    assert_eq!(
+        after,
+        before
+            .into_iter()
+            .filter(|e| e.last_offset >= start)
+            .collect::<Vec<_>>()
+    );
+}
