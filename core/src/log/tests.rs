@@ -43,6 +43,16 @@ enum Op {
     NewEpoch {
         assign: bool,
     },
+    /// A batch of one of three producers' transactions.
+    TxnAppend {
+        producer: u8,
+        value_bytes: u16,
+    },
+    /// A marker for one of them, open transaction or not.
+    Marker {
+        producer: u8,
+        commit: bool,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -56,6 +66,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0i64..1100).prop_map(|timestamp| Op::Lookup { timestamp }),
         1 => any::<u16>().prop_map(|offset_pick| Op::Truncate { offset_pick }),
         1 => any::<bool>().prop_map(|assign| Op::NewEpoch { assign }),
+        3 => (0u8..3, 0u16..200).prop_map(|(producer, value_bytes)| Op::TxnAppend { producer, value_bytes }),
+        2 => (0u8..3, any::<bool>()).prop_map(|(producer, commit)| Op::Marker { producer, commit }),
     ]
 }
 
@@ -365,6 +377,28 @@ fn run(ops: Vec<Op>) {
                     assert_eq!(log.epochs().latest().map(|e| e.start_offset), Some(end));
                 }
             }
+            Op::TxnAppend {
+                producer,
+                value_bytes,
+            } => {
+                counter = counter.wrapping_add(1);
+                let value = vec![counter; value_bytes as usize];
+                let mut batch = txn_batch(producer as i64, 0, counter as i32, &value);
+                let appended = log.append(&mut storage, &batch, epoch, 0).expect("append");
+                assert_eq!(appended.base_offset, model.end());
+                batch::assign_offset(&mut batch, appended.base_offset, epoch);
+                model.batches.insert(appended.base_offset, batch);
+            }
+            Op::Marker { producer, commit } => {
+                let marker = txn_marker(producer as i64, 0, 0, commit);
+                let appended = log
+                    .append_marker(&mut storage, &marker, epoch, 0)
+                    .expect("marker");
+                assert_eq!(appended.base_offset, model.end());
+                let mut batch = batch::build_control_batch(0, producer as i64, 0, 0, commit);
+                batch::assign_offset(&mut batch, appended.base_offset, epoch);
+                model.batches.insert(appended.base_offset, batch);
+            }
             Op::Lookup { timestamp } => {
                 let limit = log.durable_offset();
                 let found = log
@@ -381,10 +415,61 @@ fn run(ops: Vec<Op>) {
             }
         }
         log.invariants();
+        check_txn_index(&log, &mut storage, model.log_start == 0);
         // What the log wrote last is what it holds.
         if let Some(file) = read_file(&mut storage, "t-0/leader-epoch-checkpoint") {
             assert_eq!(file, log.epochs().encode().into_bytes());
         }
+    }
+}
+
+/// The aborted transactions a replay of the log's batches from its start gives.
+fn replayed_aborts(log: &PartitionLog, storage: &mut MemStorage) -> Vec<AbortedTxn> {
+    let mut producers = ProducerStates::default();
+    let mut found = Vec::new();
+    let mut offset = log.log_start_offset();
+    while offset < log.log_end_offset() {
+        let bytes = log
+            .read(storage, offset, i64::MAX, 1 << 16, true)
+            .expect("read");
+        for (header, range) in batch::headers_in(&bytes) {
+            let control = header
+                .is_control()
+                .then(|| batch::parse_control_record(&bytes[range]).expect("a marker"))
+                .flatten();
+            found.extend(record_producer(&mut producers, &header, control));
+            offset = header.next_offset();
+        }
+    }
+    found
+}
+
+/// Each segment's `.txnindex` holds the segment's entries, each entry
+/// lies in its segment; with the whole log still there (no retention
+/// yet), the entries are those a replay of it gives.
+fn check_txn_index(log: &PartitionLog, storage: &mut MemStorage, whole_log: bool) {
+    log.producers().invariants();
+    let mut held = Vec::new();
+    for segment in &log.segments {
+        let path = format!(
+            "{}/{}",
+            log.dir(),
+            segment_name(segment.base_offset, TXN_INDEX_SUFFIX)
+        );
+        let file = read_file(storage, &path).expect("a txnindex per segment");
+        let entries: Vec<u8> = segment
+            .aborted_txns
+            .iter()
+            .flat_map(AbortedTxn::encode)
+            .collect();
+        assert_eq!(file, entries, "{path} holds what the log holds");
+        for entry in &segment.aborted_txns {
+            assert!((segment.base_offset..segment.next_offset).contains(&entry.last_offset));
+        }
+        held.extend(segment.aborted_txns.iter().copied());
+    }
+    if whole_log {
+        assert_eq!(held, replayed_aborts(log, storage));
     }
 }
 
