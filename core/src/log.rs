@@ -17,10 +17,10 @@
 //! The indexes are kept in memory and appended to their files as they grow;
 //! they are derived data, rebuilt by a full scan after an unclean stop.
 //! The `.txnindex` is rebuilt by every open (the producer state needs the
-//! same walk over the batches) and rewritten when its file disagrees; its
-//! appends join the same sync as the marker's batch. The
-//! log never syncs by itself: every file it changes is reported by
-//! `take_dirty`, and the owner turns that into a sync request.
+//! same walk over the batches) and rewritten when its file disagrees; an
+//! entry appended joins the same sync as its marker's batch. The log never
+//! syncs by itself: every file it changes is reported by `take_dirty`, and
+//! the owner turns that into a sync request.
 //!
 //! The log also keeps Kafka's leader epoch cache (`epochs`): the first
 //! offset of every leader epoch in it, from the batch headers, kept in
