@@ -79,7 +79,7 @@ pub struct RemoteMarker {
     pub transactional_id: String,
     pub leader: i32,
     pub partition: TopicPartition,
-    pub marker: super::markers::TxnMarker,
+    pub marker: crate::producers::TxnMarker,
 }
 
 impl Transactions {
@@ -516,7 +516,7 @@ impl<S: Storage> Broker<S> {
         coordinator_epoch: i32,
         tp: &TopicPartition,
     ) -> MarkerProgress {
-        let marker = super::markers::TxnMarker {
+        let marker = crate::producers::TxnMarker {
             producer_id: meta.producer_id,
             producer_epoch: meta.epoch,
             coordinator_epoch,
@@ -540,7 +540,10 @@ impl<S: Storage> Broker<S> {
             }
         }
         match self.write_txn_marker(now, &tp.topic, tp.partition, marker) {
-            Ok(write) => MarkerProgress::Writing(write),
+            Ok(write) => MarkerProgress::Writing(GroupWrite {
+                seq: write.seq,
+                marks: write.mark.into_iter().collect(),
+            }),
             // A deleted topic needs no marker.
             Err(ResponseError::UnknownTopicOrPartition) if !self.topic_exists(&tp.topic) => {
                 MarkerProgress::Written
