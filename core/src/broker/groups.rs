@@ -346,6 +346,16 @@ impl<S: Storage> Broker<S> {
         }
     }
 
+    /// The `__consumer_offsets` partition of a group, also before the
+    /// topic exists (it will have `offsets.topic.num.partitions`).
+    pub fn group_offsets_partition(&self, group_id: &str) -> crate::types::TopicPartition {
+        let count = match self.offsets_partition_count() {
+            0 => self.config.offsets_topic_partitions,
+            count => count,
+        };
+        crate::types::TopicPartition::new(OFFSETS_TOPIC, offsets_partition(group_id, count))
+    }
+
     /// In a cluster: has the controller create `__consumer_offsets`.
     pub fn request_offsets_topic(&mut self) {
         self.request_internal_topic(OFFSETS_TOPIC);
