@@ -90,6 +90,7 @@ fn base(scenario: &'static str, seed: u64, rng: &mut Rng) -> Spec {
             replication_factor: 1,
             min_insync_replicas: None,
             bootstrap_nodes: 1,
+            eos: None,
         },
         faults: Vec::new(),
         safety_ms,
