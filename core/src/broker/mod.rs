@@ -28,6 +28,7 @@ use crate::topics::{remove_dir_all, topic_name_problem, Partition, Topics};
 use crate::types::{Now, TopicPartition};
 
 pub use groups::{GroupAnswer, GroupWrite, Recorded, OFFSETS_TOPIC};
+pub use markers::MarkerWrite;
 
 /// Marks a clean stop: the next start may skip the recovery scan.
 pub const CLEAN_SHUTDOWN_FILE: &str = ".clean-shutdown";
@@ -381,7 +382,25 @@ impl<S: Storage> Broker<S> {
             // Followers' fetches parked on it read the new records.
             self.moved.insert(tp.clone());
         }
+        self.forget_completed_txns(topic, partition);
         self.durability.note_partition_write(tp)
+    }
+
+    /// Lets a partition's log forget the transactions completed below its
+    /// high watermark: they no longer hold the last stable offset back.
+    /// Done at every write and sync, so the completed transactions kept
+    /// are those of the writes since the high watermark last moved.
+    fn forget_completed_txns(&mut self, topic: &str, partition: i32) {
+        let Some(high_watermark) = self
+            .topics
+            .partition(topic, partition)
+            .map(|held| self.high_watermark(held))
+        else {
+            return;
+        };
+        if let Some(held) = self.topics.partition_mut(topic, partition) {
+            held.log.forget_completed_txns(high_watermark);
+        }
     }
 
     /// Records a new topic and opens its logs; durable after the next sync.
@@ -630,6 +649,7 @@ impl<S: Storage> Broker<S> {
                 if matches!(held.role, Role::Leader(_)) {
                     self.update_high_watermark(now, &end.partition.topic, end.partition.partition);
                 }
+                self.forget_completed_txns(&end.partition.topic, end.partition.partition);
             }
         }
         self.topics.invariants();

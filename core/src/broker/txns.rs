@@ -79,7 +79,7 @@ pub struct RemoteMarker {
     pub transactional_id: String,
     pub leader: i32,
     pub partition: TopicPartition,
-    pub marker: super::markers::TxnMarker,
+    pub marker: crate::producers::TxnMarker,
 }
 
 impl Transactions {
@@ -516,7 +516,7 @@ impl<S: Storage> Broker<S> {
         coordinator_epoch: i32,
         tp: &TopicPartition,
     ) -> MarkerProgress {
-        let marker = super::markers::TxnMarker {
+        let marker = crate::producers::TxnMarker {
             producer_id: meta.producer_id,
             producer_epoch: meta.epoch,
             coordinator_epoch,
@@ -540,7 +540,10 @@ impl<S: Storage> Broker<S> {
             }
         }
         match self.write_txn_marker(now, &tp.topic, tp.partition, marker) {
-            Ok(write) => MarkerProgress::Writing(write),
+            Ok(write) => MarkerProgress::Writing(GroupWrite {
+                seq: write.seq,
+                marks: write.mark.into_iter().collect(),
+            }),
             // A deleted topic needs no marker.
             Err(ResponseError::UnknownTopicOrPartition) if !self.topic_exists(&tp.topic) => {
                 MarkerProgress::Written
@@ -556,6 +559,34 @@ impl<S: Storage> Broker<S> {
                 tracing::debug!(partition = %tp, ?error, "a transaction marker waits for its partition");
                 MarkerProgress::ToWrite
             }
+        }
+    }
+
+    /// KIP-890 part 1: before a producer's first transactional write to a
+    /// partition in a transaction, its coordinator confirms that the
+    /// partition was added to the ongoing transaction of that producer id
+    /// and epoch; a write that comes too late (the transaction ended) or
+    /// from a fenced producer is refused before it is appended. Done when
+    /// this node coordinates the id; a coordinator elsewhere is not asked
+    /// (the write is taken as Kafka before 3.6 took it).
+    pub fn verify_txn(
+        &mut self,
+        transactional_id: &str,
+        producer_id: i64,
+        epoch: i16,
+        partition: &TopicPartition,
+    ) -> Result<(), ResponseError> {
+        let count = self.txn_partition_count();
+        if !self
+            .transactions
+            .loaded
+            .contains(&txn_partition(transactional_id, count))
+        {
+            return Ok(());
+        }
+        match self.transactions.get(transactional_id) {
+            None => Err(ResponseError::InvalidProducerIdMapping),
+            Some(meta) => meta.verify(producer_id, epoch, partition),
         }
     }
 

@@ -11,6 +11,7 @@ mod offsets;
 mod produce;
 mod topics;
 mod txn;
+mod txn_markers;
 
 use bytes::Bytes;
 use kafka_protocol::messages::{ApiKey, FetchRequest};
@@ -279,6 +280,12 @@ pub fn dispatch<S: Storage>(
         ApiKey::OffsetFetch => offsets::offset_fetch(broker, context, decode(body, version)?),
         ApiKey::TxnOffsetCommit => {
             offsets::txn_offset_commit(broker, context, decode(body, version)?)
+        }
+        ApiKey::WriteTxnMarkers if version == 1 => {
+            txn_markers::write_txn_markers(broker, context, decode(body, version)?)
+        }
+        ApiKey::DescribeProducers if version == 0 => {
+            txn_markers::describe_producers(broker, decode(body, version)?)
         }
         other => Err(format!("api {other:?} is not served")),
     }

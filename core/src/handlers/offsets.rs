@@ -12,9 +12,11 @@ use kafka_protocol::ResponseError;
 
 use super::group::{str_of, strb};
 use super::{code, now, Context, Handled, Pending};
-use crate::broker::Broker;
+use crate::broker::groups::offsets_partition;
+use crate::broker::{Broker, OFFSETS_TOPIC};
 use crate::group::Committed;
 use crate::storage::Storage;
+use crate::types::TopicPartition;
 use crate::wire::Reply;
 
 pub(super) fn offset_commit<S: Storage>(
@@ -161,6 +163,16 @@ pub(super) fn txn_offset_commit<S: Storage>(
             // `__consumer_offsets` partition to its ongoing transaction
             // (AddOffsetsToTxn); if not, nothing is written and the
             // partitions not refused already get the error.
+            let offsets_partition = TopicPartition::new(
+                OFFSETS_TOPIC,
+                offsets_partition(&group_id, broker.offsets_partition_count()),
+            );
+            broker.verify_txn(
+                request.transactional_id.0.as_str(),
+                request.producer_id.0,
+                request.producer_epoch,
+                &offsets_partition,
+            )?;
             broker.write_transactional_offsets(
                 context.now,
                 &group_id,

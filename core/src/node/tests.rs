@@ -153,7 +153,11 @@ impl Harness {
         response.topics[0].error_code
     }
 
+    /// A Produce of one batch; a transactional batch goes with the
+    /// transactional id "tx", as clients send it.
     fn produce(&mut self, topic: &str, partition: i32, acks: i16, records: Bytes) -> i32 {
+        let transactional = records.len() > HEADER_BYTES
+            && i16::from_be_bytes([records[21], records[22]]) & 0x10 != 0;
         let data = produce_request::PartitionProduceData::default()
             .with_index(partition)
             .with_records(Some(records));
@@ -161,6 +165,9 @@ impl Harness {
             .with_name(TopicName(StrBytes::from_string(topic.into())))
             .with_partition_data(vec![data]);
         let request = ProduceRequest::default()
+            .with_transactional_id(
+                transactional.then(|| TransactionalId(StrBytes::from_static_str("tx"))),
+            )
             .with_acks(acks)
             .with_timeout_ms(1000)
             .with_topic_data(vec![topic]);
@@ -968,6 +975,16 @@ fn every_api_answers_at_every_version() {
                 ApiKey::TxnOffsetCommit => {
                     h.send(key, version, &txn_offsets("simple", 0, 0, "t", 0, 1))
                 }
+                ApiKey::DescribeProducers => {
+                    let topic = describe_producers_request::TopicRequest::default()
+                        .with_name(name())
+                        .with_partition_indexes(vec![0]);
+                    h.send(
+                        key,
+                        version,
+                        &DescribeProducersRequest::default().with_topics(vec![topic]),
+                    )
+                }
                 other => panic!("no request written for {other:?}"),
             };
             h.sync_all();
@@ -1082,7 +1099,13 @@ fn every_api_answers_at_every_version() {
                     OffsetForLeaderEpochResponse::decode(&mut frame, version)
                         .map(|r| r.topics[0].partitions[0].error_code)
                 }
+                // Verified with the coordinator, which never saw the id.
                 ApiKey::TxnOffsetCommit => TxnOffsetCommitResponse::decode(&mut frame, version)
+                    .map(|r| {
+                        r.topics[0].partitions[0].error_code
+                            - ResponseError::InvalidProducerIdMapping.code()
+                    }),
+                ApiKey::DescribeProducers => DescribeProducersResponse::decode(&mut frame, version)
                     .map(|r| r.topics[0].partitions[0].error_code),
                 _ => unreachable!(),
             };
@@ -2577,3 +2600,292 @@ fn txn_offset_commit_checks_members_and_partitions_like_kafka() {
 }
 
 mod txn;
+// Transactions, partition side: markers, read_committed, producers.
+
+/// A transactional batch of one record.
+fn txn_record(producer_id: i64, epoch: i16, sequence: i32, value: &[u8]) -> Bytes {
+    let mut batch = idempotent_record(producer_id, epoch, sequence, value).to_vec();
+    batch[crate::batch::ATTRIBUTES_OFFSET..crate::batch::LAST_OFFSET_DELTA_OFFSET]
+        .copy_from_slice(&crate::batch::ATTRIBUTE_TRANSACTIONAL.to_be_bytes());
+    crate::batch::write_crc(&mut batch);
+    Bytes::from(batch)
+}
+
+impl Harness {
+    fn produce_synced(&mut self, topic: &str, records: Bytes) -> (i16, i64) {
+        let c = self.produce(topic, 0, 1, records);
+        self.sync_all();
+        self.produce_result(c)
+    }
+
+    fn fetch_isolated(&mut self, topic: &str, offset: i64, max_wait_ms: i32, isolation: i8) -> i32 {
+        let partition = fetch_request::FetchPartition::default()
+            .with_partition(0)
+            .with_fetch_offset(offset)
+            .with_partition_max_bytes(1 << 20);
+        let topic = fetch_request::FetchTopic::default()
+            .with_topic(TopicName(StrBytes::from_string(topic.into())))
+            .with_partitions(vec![partition]);
+        let request = FetchRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_max_wait_ms(max_wait_ms)
+            .with_min_bytes(1)
+            .with_max_bytes(1 << 24)
+            .with_isolation_level(isolation)
+            .with_topics(vec![topic]);
+        self.send(ApiKey::Fetch, 12, &request)
+    }
+
+    /// Sends WriteTxnMarkers for one marker on partitions of `topic`.
+    fn write_markers(
+        &mut self,
+        producer_id: i64,
+        producer_epoch: i16,
+        coordinator_epoch: i32,
+        commit: bool,
+        topic: &str,
+        partitions: Vec<i32>,
+    ) -> i32 {
+        let marker = write_txn_markers_request::WritableTxnMarker::default()
+            .with_producer_id(ProducerId(producer_id))
+            .with_producer_epoch(producer_epoch)
+            .with_coordinator_epoch(coordinator_epoch)
+            .with_transaction_result(commit)
+            .with_topics(vec![
+                write_txn_markers_request::WritableTxnMarkerTopic::default()
+                    .with_name(TopicName(StrBytes::from_string(topic.into())))
+                    .with_partition_indexes(partitions),
+            ]);
+        let request = WriteTxnMarkersRequest::default().with_markers(vec![marker]);
+        self.send(ApiKey::WriteTxnMarkers, 1, &request)
+    }
+
+    fn markers_result(&mut self, correlation: i32) -> Vec<(i32, i16)> {
+        let response: WriteTxnMarkersResponse = self.take(ApiKey::WriteTxnMarkers, 1, correlation);
+        response.markers[0].topics[0]
+            .partitions
+            .iter()
+            .map(|p| (p.partition_index, p.error_code))
+            .collect()
+    }
+
+    fn marker_synced(&mut self, producer_id: i64, commit: bool) {
+        let c = self.write_markers(producer_id, 0, 0, commit, "t", vec![0]);
+        assert!(self.sent.is_empty(), "answered once durable");
+        self.sync_all();
+        assert_eq!(self.markers_result(c), vec![(0, 0)]);
+    }
+
+    fn latest_offset(&mut self, isolation: i8) -> i64 {
+        let partition = list_offsets_request::ListOffsetsPartition::default()
+            .with_partition_index(0)
+            .with_timestamp(-1);
+        let topic = list_offsets_request::ListOffsetsTopic::default()
+            .with_name(TopicName(StrBytes::from_static_str("t")))
+            .with_partitions(vec![partition]);
+        let request = ListOffsetsRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_isolation_level(isolation)
+            .with_topics(vec![topic]);
+        let c = self.send(ApiKey::ListOffsets, 5, &request);
+        let response: ListOffsetsResponse = self.take(ApiKey::ListOffsets, 5, c);
+        response.topics[0].partitions[0].offset
+    }
+}
+
+fn aborted_in(data: &fetch_response::PartitionData) -> Option<Vec<(i64, i64)>> {
+    data.aborted_transactions.as_ref().map(|list| {
+        list.iter()
+            .map(|a| (a.producer_id.0, a.first_offset))
+            .collect()
+    })
+}
+
+/// Offsets of the batches in a fetch answer.
+fn batch_offsets(data: &fetch_response::PartitionData) -> Vec<i64> {
+    let records = data.records.clone().unwrap_or_default();
+    crate::batch::headers_in(&records)
+        .map(|(header, _)| header.base_offset)
+        .collect()
+}
+
+#[test]
+fn read_committed_fetches_stop_at_the_lso_and_name_the_aborted_transactions() {
+    let mut h = Harness::new(MemStorage::new(), &[]);
+    h.create_topic("t", 1, &[]);
+    assert_eq!(h.produce_synced("t", one_record(b"plain")), (0, 0));
+    assert_eq!(h.produce_synced("t", txn_record(7, 0, 0, b"a")), (0, 1));
+    assert_eq!(h.produce_synced("t", txn_record(8, 0, 0, b"b")), (0, 2));
+    assert_eq!(h.produce_synced("t", txn_record(7, 0, 1, b"c")), (0, 3));
+    let c = h.fetch_isolated("t", 0, 0, 1);
+    let data = h.fetch_result(c);
+    assert_eq!((data.high_watermark, data.last_stable_offset), (4, 1));
+    assert_eq!(batch_offsets(&data), vec![0]);
+    assert_eq!(aborted_in(&data), Some(vec![]));
+    let c = h.fetch_isolated("t", 0, 0, 0);
+    let data = h.fetch_result(c);
+    assert_eq!((data.high_watermark, data.last_stable_offset), (4, 1));
+    assert_eq!(batch_offsets(&data), vec![0, 1, 2, 3]);
+    assert_eq!(aborted_in(&data), None, "read_uncommitted gets no list");
+    assert_eq!((h.latest_offset(0), h.latest_offset(1)), (4, 1));
+
+    h.marker_synced(7, false);
+    let c = h.fetch_isolated("t", 0, 0, 1);
+    let data = h.fetch_result(c);
+    assert_eq!((data.high_watermark, data.last_stable_offset), (5, 2));
+    assert_eq!(batch_offsets(&data), vec![0, 1]);
+    assert_eq!(aborted_in(&data), Some(vec![(7, 1)]));
+    assert_eq!(h.latest_offset(1), 2);
+
+    h.marker_synced(8, true);
+    let c = h.fetch_isolated("t", 0, 0, 1);
+    let data = h.fetch_result(c);
+    assert_eq!((data.high_watermark, data.last_stable_offset), (6, 6));
+    assert_eq!(batch_offsets(&data), vec![0, 1, 2, 3, 4, 5]);
+    assert_eq!(aborted_in(&data), Some(vec![(7, 1)]));
+    // From past the abort's marker, it is named no more.
+    let c = h.fetch_isolated("t", 5, 0, 1);
+    let data = h.fetch_result(c);
+    assert_eq!(batch_offsets(&data), vec![5]);
+    assert_eq!(aborted_in(&data), Some(vec![]));
+    // The abort is named to a fetch from inside it, not to one before it
+    // that returns nothing of it.
+    let c = h.fetch_isolated("t", 3, 0, 1);
+    assert_eq!(aborted_in(&h.fetch_result(c)), Some(vec![(7, 1)]));
+    assert_eq!((h.latest_offset(0), h.latest_offset(1)), (6, 6));
+}
+
+#[test]
+fn a_parked_read_committed_fetch_wakes_when_a_marker_moves_the_lso() {
+    let mut h = Harness::new(MemStorage::new(), &[]);
+    h.create_topic("t", 1, &[]);
+    assert_eq!(h.produce_synced("t", txn_record(7, 0, 0, b"a")), (0, 0));
+    let committed = h.fetch_isolated("t", 0, 60_000, 1);
+    let uncommitted = h.fetch_isolated("t", 1, 60_000, 0);
+    assert!(
+        h.sent.is_empty(),
+        "nothing below the LSO yet, nothing past the HW"
+    );
+    let c = h.write_markers(7, 0, 0, true, "t", vec![0]);
+    assert!(h.sent.is_empty(), "the marker is not under the HW yet");
+    h.sync_all();
+    let data = h.fetch_result(committed);
+    assert_eq!(data.last_stable_offset, 2);
+    assert_eq!(batch_offsets(&data), vec![0, 1]);
+    assert_eq!(aborted_in(&data), Some(vec![]));
+    let data = h.fetch_result(uncommitted);
+    assert_eq!(batch_offsets(&data), vec![1], "the marker itself");
+    assert_eq!(h.markers_result(c), vec![(0, 0)]);
+}
+
+#[test]
+fn markers_are_refused_as_kafka_refuses_them_and_fence_the_producer() {
+    let mut h = Harness::new(MemStorage::new(), &[]);
+    h.create_topic("t", 2, &[]);
+    assert_eq!(h.produce_synced("t", txn_record(7, 0, 0, b"a")), (0, 0));
+    // A plain batch while its transaction is open; a transactional batch
+    // without a producer id.
+    assert_eq!(
+        h.produce_synced("t", idempotent_record(7, 0, 1, b"plain"))
+            .0,
+        ResponseError::InvalidTxnState.code()
+    );
+    let mut no_producer = build_batch(1_000_000, &[(None, Some(b"x"), vec![], 0)]);
+    no_producer[crate::batch::ATTRIBUTES_OFFSET..crate::batch::LAST_OFFSET_DELTA_OFFSET]
+        .copy_from_slice(&crate::batch::ATTRIBUTE_TRANSACTIONAL.to_be_bytes());
+    crate::batch::write_crc(&mut no_producer);
+    assert_eq!(
+        h.produce_synced("t", Bytes::from(no_producer)).0,
+        ResponseError::InvalidRecord.code()
+    );
+    // A fencing abort with producer epoch 1, from coordinator epoch 3;
+    // partition 1 has no transaction: the marker only records the epochs;
+    // partition 5 does not exist.
+    let c = h.write_markers(7, 1, 3, false, "t", vec![0, 1, 5]);
+    h.sync_all();
+    assert_eq!(
+        h.markers_result(c),
+        vec![
+            (0, 0),
+            (1, 0),
+            (5, ResponseError::UnknownTopicOrPartition.code())
+        ]
+    );
+    let c = h.write_markers(7, 0, 3, true, "t", vec![0]);
+    assert_eq!(
+        h.markers_result(c),
+        vec![(0, ResponseError::InvalidProducerEpoch.code())]
+    );
+    let c = h.write_markers(7, 1, 2, true, "t", vec![0]);
+    assert_eq!(
+        h.markers_result(c),
+        vec![(0, ResponseError::TransactionCoordinatorFenced.code())]
+    );
+    let c = h.write_markers(7, 1, 3, false, "unknown", vec![0]);
+    assert_eq!(
+        h.markers_result(c),
+        vec![(0, ResponseError::UnknownTopicOrPartition.code())]
+    );
+    // The old epoch's batches are fenced.
+    assert_eq!(
+        h.produce_synced("t", txn_record(7, 0, 1, b"zombie")).0,
+        ResponseError::InvalidProducerEpoch.code()
+    );
+    // DescribeProducers shows the state, on both partitions.
+    let request = DescribeProducersRequest::default().with_topics(vec![
+        describe_producers_request::TopicRequest::default()
+            .with_name(TopicName(StrBytes::from_static_str("t")))
+            .with_partition_indexes(vec![0, 1, 9]),
+    ]);
+    let c = h.send(ApiKey::DescribeProducers, 0, &request);
+    let response: DescribeProducersResponse = h.take(ApiKey::DescribeProducers, 0, c);
+    let partitions = &response.topics[0].partitions;
+    let state = |p: &describe_producers_response::PartitionResponse| {
+        p.active_producers
+            .iter()
+            .map(|s| {
+                (
+                    s.producer_id.0,
+                    s.producer_epoch,
+                    s.last_sequence,
+                    s.coordinator_epoch,
+                    s.current_txn_start_offset,
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(partitions[0].error_code, 0);
+    assert_eq!(state(&partitions[0]), vec![(7, 1, -1, 3, -1)]);
+    assert_eq!(state(&partitions[1]), vec![(7, 1, -1, 3, -1)]);
+    assert_eq!(
+        partitions[2].error_code,
+        ResponseError::UnknownTopicOrPartition.code()
+    );
+    // A new transaction of the new epoch shows its start.
+    assert_eq!(h.produce_synced("t", txn_record(7, 1, 0, b"next")).0, 0);
+    let c = h.send(ApiKey::DescribeProducers, 0, &request);
+    let response: DescribeProducersResponse = h.take(ApiKey::DescribeProducers, 0, c);
+    assert_eq!(
+        state(&response.topics[0].partitions[0]),
+        vec![(7, 1, 0, 3, 2)]
+    );
+}
+
+/// The transaction state survives a crash: the log gives it back, and the
+/// `.txnindex` with it.
+#[test]
+fn transactions_and_their_aborts_survive_a_crash() {
+    let mut h = Harness::new(MemStorage::new(), &[]);
+    h.create_topic("t", 1, &[]);
+    h.produce_synced("t", txn_record(7, 0, 0, b"a"));
+    h.marker_synced(7, false);
+    h.produce_synced("t", txn_record(8, 0, 0, b"b"));
+    let mut storage = std::mem::take(&mut h.node.broker.storage);
+    storage.crash(0);
+    let mut h = Harness::new(storage, &[]);
+    let c = h.fetch_isolated("t", 0, 0, 1);
+    let data = h.fetch_result(c);
+    assert_eq!((data.high_watermark, data.last_stable_offset), (3, 2));
+    assert_eq!(batch_offsets(&data), vec![0, 1]);
+    assert_eq!(aborted_in(&data), Some(vec![(7, 0)]));
+}

@@ -46,6 +46,8 @@ pub enum Reply {
     DescribeQuorum(DescribeQuorumResponse),
     OffsetForLeaderEpoch(OffsetForLeaderEpochResponse),
     TxnOffsetCommit(TxnOffsetCommitResponse),
+    WriteTxnMarkers(WriteTxnMarkersResponse),
+    DescribeProducers(DescribeProducersResponse),
 }
 
 impl Reply {
@@ -80,6 +82,8 @@ impl Reply {
             Reply::DescribeQuorum(r) => r.encode(buf, version),
             Reply::OffsetForLeaderEpoch(r) => r.encode(buf, version),
             Reply::TxnOffsetCommit(r) => r.encode(buf, version),
+            Reply::WriteTxnMarkers(r) => r.encode(buf, version),
+            Reply::DescribeProducers(r) => r.encode(buf, version),
         };
         result.map_err(|e| e.to_string())
     }
@@ -180,6 +184,16 @@ impl Reply {
                 }
             }
             Reply::TxnOffsetCommit(r) => {
+                for t in &r.topics {
+                    t.partitions.iter().for_each(|p| each(p.error_code));
+                }
+            }
+            Reply::WriteTxnMarkers(r) => {
+                for t in r.markers.iter().flat_map(|m| m.topics.iter()) {
+                    t.partitions.iter().for_each(|p| each(p.error_code));
+                }
+            }
+            Reply::DescribeProducers(r) => {
                 for t in &r.topics {
                     t.partitions.iter().for_each(|p| each(p.error_code));
                 }
@@ -342,6 +356,10 @@ impl Reply {
                 }
                 Reply::Produce(response)
             }
+            Reply::WriteTxnMarkers(response) => Reply::WriteTxnMarkers(markers_failed(
+                response,
+                kafka_protocol::ResponseError::NotLeaderOrFollower,
+            )),
             other => other.unsynced(),
         }
     }
@@ -419,6 +437,10 @@ impl Reply {
             Reply::Metadata(_) => {
                 Reply::Metadata(MetadataResponse::default().with_error_code(unsynced_error_code(0)))
             }
+            Reply::WriteTxnMarkers(response) => Reply::WriteTxnMarkers(markers_failed(
+                response,
+                kafka_protocol::ResponseError::KafkaStorageError,
+            )),
             Reply::CreateTopics(mut response) => {
                 for topic in response.topics.iter_mut() {
                     topic.error_code = unsynced_error_code(topic.error_code);
@@ -505,4 +527,24 @@ impl Reply {
             other => other,
         }
     }
+}
+
+/// A WriteTxnMarkers answer whose markers did not all count as written:
+/// the partitions that succeeded answer `error` (retriable: the
+/// coordinator writes them again, and a marker written twice is harmless).
+fn markers_failed(
+    mut response: WriteTxnMarkersResponse,
+    error: kafka_protocol::ResponseError,
+) -> WriteTxnMarkersResponse {
+    for partition in response
+        .markers
+        .iter_mut()
+        .flat_map(|m| m.topics.iter_mut())
+        .flat_map(|t| t.partitions.iter_mut())
+    {
+        if partition.error_code == 0 {
+            partition.error_code = error.code();
+        }
+    }
+    response
 }

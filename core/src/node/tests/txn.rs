@@ -151,13 +151,161 @@ fn a_transaction_is_recorded_and_survives_a_crash() {
         init_txn(&mut h, "t1", None).0,
         ResponseError::ConcurrentTransactions.code()
     );
+    // Its markers are written (the partitions are this node's) and the
+    // abort completes under the bumped epoch.
     let fenced = h.node.broker.transactions.get("t1").expect("kept").clone();
     assert_eq!(
         (fenced.state, fenced.epoch),
-        (TxnState::PrepareAbort, epoch + 1)
+        (TxnState::CompleteAbort, epoch + 1)
     );
     assert_eq!(
         end_txn(&mut h, "t1", (producer_id, epoch), true),
         ResponseError::ProducerFenced.code()
     );
+    // The new instance's retry bumps again.
+    assert_eq!(init_txn(&mut h, "t1", None), (0, producer_id, epoch + 2));
+}
+
+/// One transactional record, as a producer with this id and epoch sends
+/// its `sequence`-th batch to a partition.
+fn send(h: &mut Harness, producer: (i64, i16), sequence: i32, value: &[u8]) -> (i16, i64) {
+    h.produce_synced("t", txn_record(producer.0, producer.1, sequence, value))
+}
+
+/// What a read_committed consumer gets from offset 0 of "t": the batch
+/// offsets, the last stable offset and the aborted transactions.
+fn read_committed(h: &mut Harness) -> (Vec<i64>, i64, Vec<(i64, i64)>) {
+    let c = h.fetch_isolated("t", 0, 0, 1);
+    let data = h.fetch_result(c);
+    (
+        batch_offsets(&data),
+        data.last_stable_offset,
+        aborted_in(&data).unwrap_or_default(),
+    )
+}
+
+#[test]
+fn a_commit_writes_its_markers_and_the_records_become_readable() {
+    let mut h = Harness::new(MemStorage::new(), CONFIG);
+    h.create_topic("t", 1, &[]);
+    let (_, producer_id, epoch) = init_txn(&mut h, "tx", None);
+    let producer = (producer_id, epoch);
+    assert_eq!(add_partitions(&mut h, "tx", producer, "t", &[0]), vec![0]);
+    assert_eq!(send(&mut h, producer, 0, b"a"), (0, 0));
+    assert_eq!(send(&mut h, producer, 1, b"b"), (0, 1));
+    // Open: nothing is stable yet.
+    assert_eq!(read_committed(&mut h), (vec![], 0, vec![]));
+    assert_eq!(end_txn(&mut h, "tx", producer, true), 0);
+    // The EndTxn answer came once PREPARE was durable; the marker and
+    // COMPLETE follow with the next syncs.
+    h.sync_all();
+    assert_eq!(state_of(&h, "tx"), Some(TxnState::CompleteCommit));
+    let (offsets, lso, aborted) = read_committed(&mut h);
+    assert_eq!(offsets, vec![0, 1, 2], "both records and the marker");
+    assert_eq!((lso, aborted), (3, vec![]));
+    // The next transaction aborts: its record is listed as aborted.
+    assert_eq!(add_partitions(&mut h, "tx", producer, "t", &[0]), vec![0]);
+    assert_eq!(send(&mut h, producer, 2, b"c"), (0, 3));
+    assert_eq!(end_txn(&mut h, "tx", producer, false), 0);
+    h.sync_all();
+    assert_eq!(state_of(&h, "tx"), Some(TxnState::CompleteAbort));
+    let (_, lso, aborted) = read_committed(&mut h);
+    assert_eq!((lso, aborted), (5, vec![(producer_id, 3)]));
+}
+
+#[test]
+fn a_partition_outside_the_transaction_is_refused_before_it_is_written() {
+    let mut h = Harness::new(MemStorage::new(), CONFIG);
+    h.create_topic("t", 1, &[]);
+    let (_, producer_id, epoch) = init_txn(&mut h, "tx", None);
+    // KIP-890: no AddPartitionsToTxn for "t"-0, so Produce v9 gets
+    // INVALID_TXN_STATE and nothing is appended.
+    assert_eq!(
+        send(&mut h, (producer_id, epoch), 0, b"late"),
+        (ResponseError::InvalidTxnState.code(), -1)
+    );
+    assert_eq!(
+        h.node
+            .broker
+            .topics
+            .partition("t", 0)
+            .unwrap()
+            .log
+            .log_end_offset(),
+        0
+    );
+    // A fenced epoch is told so.
+    assert_eq!(
+        add_partitions(&mut h, "tx", (producer_id, epoch), "t", &[0]),
+        vec![0]
+    );
+    init_txn(&mut h, "tx", None);
+    h.sync_all();
+    assert_eq!(
+        send(&mut h, (producer_id, epoch), 0, b"zombie").0,
+        ResponseError::InvalidProducerEpoch.code()
+    );
+}
+
+#[test]
+fn a_transaction_past_its_timeout_is_aborted_by_the_sweep() {
+    let mut h = Harness::new(MemStorage::new(), CONFIG);
+    h.create_topic("t", 1, &[]);
+    let (_, producer_id, epoch) = init_txn(&mut h, "tx", None);
+    let producer = (producer_id, epoch);
+    add_partitions(&mut h, "tx", producer, "t", &[0]);
+    assert_eq!(send(&mut h, producer, 0, b"stuck"), (0, 0));
+    // The default sweep runs every 10 s; the timeout is 60 s.
+    h.now_ms += 30_000;
+    h.node.handle_timeout(Now::at(h.now_ms));
+    h.drain();
+    h.sync_all();
+    assert_eq!(state_of(&h, "tx"), Some(TxnState::Ongoing));
+    h.now_ms += 40_000;
+    h.node.handle_timeout(Now::at(h.now_ms));
+    h.drain();
+    h.sync_all();
+    let meta = h.node.broker.transactions.get("tx").unwrap().clone();
+    assert_eq!(
+        (meta.state, meta.epoch),
+        (TxnState::CompleteAbort, epoch + 1)
+    );
+    let (_, lso, aborted) = read_committed(&mut h);
+    assert_eq!((lso, aborted), (2, vec![(producer_id, 0)]));
+    // The producer that went silent is fenced.
+    assert_eq!(
+        end_txn(&mut h, "tx", producer, true),
+        ResponseError::ProducerFenced.code()
+    );
+}
+
+#[test]
+fn a_prepared_commit_found_at_start_is_finished() {
+    let mut h = Harness::new(MemStorage::new(), CONFIG);
+    h.create_topic("t", 1, &[]);
+    let (_, producer_id, epoch) = init_txn(&mut h, "tx", None);
+    let producer = (producer_id, epoch);
+    add_partitions(&mut h, "tx", producer, "t", &[0]);
+    send(&mut h, producer, 0, b"x");
+    // EndTxn's PREPARE becomes durable, then the node stops before the
+    // marker is: only PREPARE is on disk.
+    let request = EndTxnRequest::default()
+        .with_transactional_id(txn_id("tx"))
+        .with_producer_id(ProducerId(producer_id))
+        .with_producer_epoch(epoch)
+        .with_committed(true);
+    h.send(ApiKey::EndTxn, 3, &request);
+    let (id, targets) = h.pending_syncs.remove(0);
+    for target in &targets {
+        h.node.broker.storage.sync(target);
+    }
+    h.node.handle_synced(Now::at(h.now_ms), id, Ok(()));
+    h.drain();
+    let mut storage = std::mem::take(&mut h.node.broker.storage);
+    storage.crash(1);
+    let mut h = Harness::new(storage, CONFIG);
+    h.sync_all();
+    assert_eq!(state_of(&h, "tx"), Some(TxnState::CompleteCommit));
+    let (offsets, lso, _) = read_committed(&mut h);
+    assert_eq!((offsets, lso), (vec![0, 1], 2));
 }
