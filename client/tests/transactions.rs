@@ -3,7 +3,8 @@
 //! read_uncommitted sees both), an open one holds the last stable offset
 //! back, a second instance with the same transactional id fences the first,
 //! and a group's offsets sent in a transaction become its committed offsets
-//! on commit and are dropped on abort; calls out of order are refused.
+//! on commit and are dropped on abort; calls out of order are refused, and
+//! after a failed send only an abort is, which bumps the epoch.
 
 // Not every test file uses every helper (this one never restarts).
 #[allow(dead_code)]
@@ -399,4 +400,47 @@ async fn calls_out_of_order_are_refused_without_reaching_the_broker() {
         ends(&broker, &tps, IsolationLevel::ReadUncommitted).await[tp],
         0
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_send_leaves_only_abort_which_bumps_the_epoch() {
+    let broker = Broker::start();
+    let tps = create_topic(&broker, "refused", 1).await;
+    let tp = &tps[0];
+    let mut producer = producer(&broker, "refused-1").await;
+    let (producer_id, epoch) = (producer.producer_id(), producer.producer_epoch());
+    producer.begin().unwrap();
+    producer.send(tp, &records(tp, &["before"])).await.unwrap();
+    // Above the broker's message.max.bytes (1 MiB by default).
+    let huge = "x".repeat(2 * 1024 * 1024);
+    let error = producer
+        .send(tp, &records(tp, &[huge.as_str()]))
+        .await
+        .expect_err("too large for the broker");
+    assert_eq!(
+        error.response_error(),
+        Some(ResponseError::MessageTooLarge),
+        "{error}"
+    );
+    assert_eq!(producer.state(), TransactionState::AbortableError);
+    let refused = producer.commit().await;
+    assert!(
+        matches!(refused, Err(Error::TransactionState { cause: Some(_), .. })),
+        "{refused:?}"
+    );
+    producer.abort().await.unwrap();
+    assert_eq!(producer.state(), TransactionState::Ready);
+    assert_eq!(producer.producer_id(), producer_id);
+    assert_eq!(
+        producer.producer_epoch(),
+        epoch + 1,
+        "the abort bumped the epoch"
+    );
+
+    producer.begin().unwrap();
+    producer.send(tp, &records(tp, &["after"])).await.unwrap();
+    producer.commit().await.unwrap();
+    settle(&broker, &tps).await;
+    let read = read_all(&broker, &tps, IsolationLevel::ReadCommitted).await;
+    assert_eq!(read, by_partition(&[(0, &["after"])]));
 }
