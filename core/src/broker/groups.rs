@@ -35,18 +35,6 @@ use crate::types::Now;
 
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 
-/// `__consumer_offsets` keeps every record (no compaction yet).
-fn offsets_topic_configs() -> BTreeMap<String, String> {
-    [
-        ("retention.ms", "-1"),
-        ("retention.bytes", "-1"),
-        ("segment.bytes", "104857600"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect()
-}
-
 /// Java's `String.hashCode` over UTF-16 code units, wrapping.
 pub fn java_hash(text: &str) -> i32 {
     text.encode_utf16()
@@ -349,35 +337,28 @@ impl<S: Storage> Broker<S> {
             self.request_offsets_topic();
             return Err(ResponseError::CoordinatorNotAvailable);
         }
-        let partitions = self.config.offsets_topic_partitions;
-        match self.create_topic(OFFSETS_TOPIC, partitions, offsets_topic_configs(), 1, None)? {
+        let spec = self
+            .internal_topic(OFFSETS_TOPIC)
+            .expect("an internal topic");
+        match self.create_topic(OFFSETS_TOPIC, spec.partitions, spec.configs, 1, None)? {
             Written::Durable(seq) => Ok(seq),
             Written::Committed(_) => unreachable!("a node alone writes its own topics"),
         }
     }
 
-    /// In a cluster: has the controller create `__consumer_offsets` (this
-    /// node proposes it if it is the controller, else asks for it).
-    pub fn request_offsets_topic(&mut self) {
-        if self.topic_exists(OFFSETS_TOPIC) {
-            return;
-        }
-        let Some(cluster) = self.cluster.as_mut() else {
-            return;
+    /// The `__consumer_offsets` partition of a group, also before the
+    /// topic exists (it will have `offsets.topic.num.partitions`).
+    pub fn group_offsets_partition(&self, group_id: &str) -> crate::types::TopicPartition {
+        let count = match self.offsets_partition_count() {
+            0 => self.config.offsets_topic_partitions,
+            count => count,
         };
-        if !cluster.is_controller {
-            cluster.forward.insert(OFFSETS_TOPIC.to_string());
-            return;
-        }
-        let partitions = self.config.offsets_topic_partitions;
-        // Kafka's internal topics keep three replicas (as many as there are
-        // brokers, if fewer) and need two of them in sync.
-        let factor = self.placeable_brokers().len().clamp(1, 3) as i16;
-        let mut configs = offsets_topic_configs();
-        configs.insert("min.insync.replicas".into(), "2".into());
-        if let Err(error) = self.create_topic(OFFSETS_TOPIC, partitions, configs, factor, None) {
-            tracing::warn!(?error, "cannot create {OFFSETS_TOPIC} yet");
-        }
+        crate::types::TopicPartition::new(OFFSETS_TOPIC, offsets_partition(group_id, count))
+    }
+
+    /// In a cluster: has the controller create `__consumer_offsets`.
+    pub fn request_offsets_topic(&mut self) {
+        self.request_internal_topic(OFFSETS_TOPIC);
     }
 
     /// Removes committed offsets past `offsets.retention.minutes` (tombstones).

@@ -8,6 +8,7 @@
 
 pub mod cluster;
 pub mod groups;
+pub mod internal;
 pub mod markers;
 pub mod replicas;
 pub mod txns;

@@ -104,19 +104,6 @@ impl Transactions {
     }
 }
 
-/// `__transaction_state` as Kafka creates it: compacted in Kafka (kept
-/// whole here until compaction exists), uncompressed.
-fn txn_topic_configs() -> BTreeMap<String, String> {
-    [
-        ("retention.ms", "-1"),
-        ("retention.bytes", "-1"),
-        ("segment.bytes", "104857600"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect()
-}
-
 /// The `__transaction_state` partition of a transactional id.
 pub fn txn_partition(transactional_id: &str, partitions: i32) -> i32 {
     offsets_partition(transactional_id, partitions)
@@ -189,39 +176,13 @@ impl<S: Storage> Broker<S> {
             self.request_internal_topic(TXN_TOPIC);
             return Err(ResponseError::CoordinatorNotAvailable);
         }
-        let partitions = self.config.txn_topic_partitions;
-        self.create_topic(TXN_TOPIC, partitions, txn_topic_configs(), 1, None)?;
+        let spec = self.internal_topic(TXN_TOPIC).expect("an internal topic");
+        let partitions = spec.partitions;
+        self.create_topic(TXN_TOPIC, partitions, spec.configs, 1, None)?;
         // Alone, this node leads every partition: all of them are loaded
         // (and empty).
         self.transactions.loaded.extend(0..partitions);
         Ok(())
-    }
-
-    /// In a cluster: has the controller create an internal topic (this node
-    /// proposes it if it is the controller, else asks for it).
-    pub fn request_internal_topic(&mut self, name: &str) {
-        if self.topic_exists(name) {
-            return;
-        }
-        let Some(cluster) = self.cluster.as_mut() else {
-            return;
-        };
-        if !cluster.is_controller {
-            cluster.forward.insert(name.to_string());
-            return;
-        }
-        let (partitions, mut configs) = if name == TXN_TOPIC {
-            (self.config.txn_topic_partitions, txn_topic_configs())
-        } else {
-            return self.request_offsets_topic();
-        };
-        // Kafka's internal topics keep three replicas (as many as there are
-        // brokers, if fewer) and need two of them in sync.
-        let factor = self.placeable_brokers().len().clamp(1, 3) as i16;
-        configs.insert("min.insync.replicas".into(), "2".into());
-        if let Err(error) = self.create_topic(name, partitions, configs, factor, None) {
-            tracing::warn!(?error, "cannot create {name} yet");
-        }
     }
 
     /// The write an answer about this id waits for.

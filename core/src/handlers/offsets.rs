@@ -12,11 +12,9 @@ use kafka_protocol::ResponseError;
 
 use super::group::{str_of, strb};
 use super::{code, now, Context, Handled, Pending};
-use crate::broker::groups::offsets_partition;
-use crate::broker::{Broker, OFFSETS_TOPIC};
+use crate::broker::Broker;
 use crate::group::Committed;
 use crate::storage::Storage;
-use crate::types::TopicPartition;
 use crate::wire::Reply;
 
 pub(super) fn offset_commit<S: Storage>(
@@ -163,10 +161,7 @@ pub(super) fn txn_offset_commit<S: Storage>(
             // `__consumer_offsets` partition to its ongoing transaction
             // (AddOffsetsToTxn); if not, nothing is written and the
             // partitions not refused already get the error.
-            let offsets_partition = TopicPartition::new(
-                OFFSETS_TOPIC,
-                offsets_partition(&group_id, broker.offsets_partition_count()),
-            );
+            let offsets_partition = broker.group_offsets_partition(&group_id);
             broker.verify_txn(
                 request.transactional_id.0.as_str(),
                 request.producer_id.0,

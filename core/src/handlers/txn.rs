@@ -15,8 +15,7 @@ use kafka_protocol::ResponseError;
 
 use super::group::str_of;
 use super::{code, now, Context, Handled, Pending};
-use crate::broker::groups::offsets_partition;
-use crate::broker::{Broker, GroupWrite, OFFSETS_TOPIC};
+use crate::broker::{Broker, GroupWrite};
 use crate::storage::Storage;
 use crate::txn::{Init, TxnMetadata, TxnState, NO_EPOCH};
 use crate::types::TopicPartition;
@@ -275,22 +274,13 @@ pub(super) fn add_partitions_to_txn<S: Storage>(
     }
 }
 
-/// The `__consumer_offsets` partition of a group, before the topic exists too.
-fn group_offsets_partition<S: Storage>(broker: &Broker<S>, group_id: &str) -> TopicPartition {
-    let count = match broker.offsets_partition_count() {
-        0 => broker.config.offsets_topic_partitions,
-        count => count,
-    };
-    TopicPartition::new(OFFSETS_TOPIC, offsets_partition(group_id, count))
-}
-
 pub(super) fn add_offsets_to_txn<S: Storage>(
     broker: &mut Broker<S>,
     context: Context<'_>,
     request: AddOffsetsToTxnRequest,
 ) -> Handled {
     let transactional_id = request.transactional_id.0.to_string();
-    let partition = group_offsets_partition(broker, request.group_id.as_str());
+    let partition = broker.group_offsets_partition(request.group_id.as_str());
     let added = add_to_transaction(
         broker,
         context,

@@ -309,3 +309,27 @@ fn a_prepared_commit_found_at_start_is_finished() {
     let (offsets, lso, _) = read_committed(&mut h);
     assert_eq!((offsets, lso), (vec![0, 1], 2));
 }
+
+#[test]
+fn offsets_sent_to_a_fresh_broker_join_the_transaction() {
+    // No `__consumer_offsets` yet: AddOffsetsToTxn and TxnOffsetCommit must
+    // place the group on the same partition the topic will have.
+    let mut h = Harness::new(MemStorage::new(), CONFIG);
+    h.create_topic("t", 1, &[]);
+    let (_, producer_id, epoch) = init_txn(&mut h, "tx", None);
+    let request = AddOffsetsToTxnRequest::default()
+        .with_transactional_id(txn_id("tx"))
+        .with_producer_id(ProducerId(producer_id))
+        .with_producer_epoch(epoch)
+        .with_group_id(GroupId(StrBytes::from_static_str("copier")));
+    let c = h.send(ApiKey::AddOffsetsToTxn, 3, &request);
+    h.sync_all();
+    let response: AddOffsetsToTxnResponse = h.take(ApiKey::AddOffsetsToTxn, 3, c);
+    assert_eq!(response.error_code, 0);
+    assert!(!h.node.broker.topics.contains(OFFSETS_TOPIC));
+    let commit = txn_offsets("copier", producer_id, epoch, "t", 0, 5);
+    assert_eq!(txn_commit_error(&mut h, &commit), 0);
+    assert_eq!(end_txn(&mut h, "tx", (producer_id, epoch), true), 0);
+    h.sync_all();
+    assert_eq!(committed(&mut h, "copier", "t"), 5);
+}
