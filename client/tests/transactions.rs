@@ -285,12 +285,9 @@ async fn offsets_sent_in_a_transaction_are_committed_with_it_and_dropped_on_abor
 }
 
 /// On a broker where no group ever committed, `__consumer_offsets` does not
-/// exist yet when the first TxnOffsetCommit arrives: the broker checks that
-/// the offsets' partition joined the transaction against partition 0 of a
-/// topic of no partitions, not the one AddOffsetsToTxn added, and answers
-/// INVALID_TXN_STATE.
+/// exist yet when the first AddOffsetsToTxn and TxnOffsetCommit arrive:
+/// both must still name the partition the group will have.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "the broker verifies the first transactional offsets against the wrong partition"]
 async fn offsets_sent_in_a_transaction_on_a_fresh_broker() {
     let broker = Broker::start();
     let input = create_topic(&broker, "input", 2).await;
