@@ -7,6 +7,7 @@ use std::time::Duration;
 use sluice_client::Acks;
 use sluice_core::rng::Rng;
 use sluice_sim::disk::{CrashFault, DiskFaults};
+use sluice_sim::eos::EosWorkload;
 use sluice_sim::workload::Workload;
 use sluice_sim::{Fault, Scheduled, Spec};
 
@@ -41,6 +42,11 @@ pub const ALL: &[Scenario] = &[
         name: "replicated",
         about: "three brokers forming a cluster, a topic with three replicas and min.insync.replicas=2 at acks=all; brokers crash, are cut off from each other and from producers, slow their disks and jump their clocks",
         build: replicated,
+    },
+    Scenario {
+        name: "eos",
+        about: "exactly-once pipelines: 1-3 transactional workers copy the topic to another, committing their input offsets in each transaction and aborting some on purpose, while workers crash and come back, get cut off, and the node crashes and jumps its clock",
+        build: eos,
     },
     Scenario {
         name: "disk-trouble",
@@ -292,6 +298,57 @@ pub fn groups(seed: u64) -> Spec {
         spec.faults.push(Scheduled { at_ms, fault });
     }
     let jumps = pick(&mut rng, 0, 2);
+    spec.faults
+        .extend(clock_jumps(&mut rng, jumps, spec.safety_ms, 1));
+    spec
+}
+
+pub fn eos(seed: u64) -> Spec {
+    let mut rng = Rng::from_seed(seed);
+    let mut spec = base("eos", seed, &mut rng);
+    spec.workload.partitions = pick(&mut rng, 1, 4) as i32;
+    spec.workload.records_per_producer = pick(&mut rng, 50, 300) as usize;
+    spec.workload.send_interval_ms = (spec.safety_ms * 8 / 10 * spec.workload.burst as u64
+        / spec.workload.records_per_producer as u64)
+        .max(1);
+    let workers = pick(&mut rng, 1, 3).min(spec.workload.partitions as u64) as usize;
+    spec.workload.eos = Some(EosWorkload {
+        workers,
+        output_partitions: pick(&mut rng, 1, 3) as i32,
+        abort_percent: pick(&mut rng, 0, 20),
+        records_per_transaction: pick(&mut rng, 1, 20) as usize,
+        transaction_timeout_ms: 3_000,
+    });
+    for (key, value) in [
+        ("transaction.state.log.num.partitions", "5"),
+        ("offsets.topic.num.partitions", "5"),
+        (
+            "transaction.abort.timed.out.transaction.cleanup.interval.ms",
+            "500",
+        ),
+    ] {
+        spec.broker.push((key.into(), value.into()));
+    }
+    let count = pick(&mut rng, 0, 3);
+    spec.faults = crashes(&mut rng, count, spec.safety_ms);
+    for _ in 0..pick(&mut rng, 0, 4) {
+        let at_ms = pick(&mut rng, 300, spec.safety_ms - 1_000);
+        let worker = format!("eos{}", rng.next_u64() % workers as u64);
+        let fault = if rng.next_u64().is_multiple_of(2) {
+            Fault::CrashHost {
+                host: worker,
+                down_ms: pick(&mut rng, 100, 3_000),
+            }
+        } else {
+            Fault::Partition {
+                client: worker,
+                node: 1,
+                for_ms: pick(&mut rng, 100, 5_000),
+            }
+        };
+        spec.faults.push(Scheduled { at_ms, fault });
+    }
+    let jumps = pick(&mut rng, 0, 1);
     spec.faults
         .extend(clock_jumps(&mut rng, jumps, spec.safety_ms, 1));
     spec
