@@ -742,10 +742,20 @@ pub enum Mutation {
     /// instead of bumping it (every node's metadata image applies the
     /// change so).
     KeepLeaderEpoch,
+    /// Transactional offsets count as committed when TxnOffsetCommit
+    /// writes them, not when their transaction's COMMIT marker does (an
+    /// abort keeps them).
+    TxnOffsetsBeforeMarker,
+    /// The last stable offset is the high watermark: read_committed
+    /// consumers read open transactions.
+    LsoIsHighWatermark,
+    /// Fetches at read_committed name no aborted transactions, so
+    /// consumers keep what aborted.
+    NoAbortedTransactions,
 }
 
 impl Mutation {
-    pub const ALL: [Mutation; 20] = [
+    pub const ALL: [Mutation; 23] = [
         Mutation::AckBeforeSync,
         Mutation::ReadBeforeSync,
         Mutation::SkipRecoveryCrc,
@@ -766,6 +776,9 @@ impl Mutation {
         Mutation::EmptyIsrOnFence,
         Mutation::FollowHintedLeader,
         Mutation::KeepLeaderEpoch,
+        Mutation::TxnOffsetsBeforeMarker,
+        Mutation::LsoIsHighWatermark,
+        Mutation::NoAbortedTransactions,
     ];
 
     pub fn name(self) -> &'static str {
@@ -790,6 +803,9 @@ impl Mutation {
             Mutation::EmptyIsrOnFence => "empty-isr-on-fence",
             Mutation::FollowHintedLeader => "follow-hinted-leader",
             Mutation::KeepLeaderEpoch => "keep-leader-epoch",
+            Mutation::TxnOffsetsBeforeMarker => "txn-offsets-before-marker",
+            Mutation::LsoIsHighWatermark => "lso-is-high-watermark",
+            Mutation::NoAbortedTransactions => "no-aborted-transactions",
         }
     }
 }

@@ -316,7 +316,7 @@ pub fn eos(seed: u64) -> Spec {
         workers,
         output_partitions: pick(&mut rng, 1, 3) as i32,
         abort_percent: pick(&mut rng, 0, 20),
-        records_per_transaction: pick(&mut rng, 1, 20) as usize,
+        records_per_transaction: pick(&mut rng, 5, 40) as usize,
         transaction_timeout_ms: 3_000,
     });
     for (key, value) in [

@@ -41,6 +41,7 @@ pub const CHECKERS: &[&str] = &[
     "eos-committed-visible",
     "eos-aborted-invisible",
     "eos-atomic",
+    "eos-read-committed",
     "eos-no-open-transactions",
 ];
 

@@ -79,6 +79,29 @@ pub fn start(
     let Some(eos) = spec.workload.eos.clone() else {
         return kills;
     };
+    let workers_done = Arc::new(AtomicUsize::new(0));
+    let (workload, reader_history, reader_finished, reader_workers_done) = (
+        spec.workload.clone(),
+        history.clone(),
+        finished.clone(),
+        workers_done.clone(),
+    );
+    let reader_seed = spec.seed.wrapping_add(0xe0e0);
+    sim.client(
+        "eos-reader",
+        async move {
+            read_output(
+                &workload,
+                &reader_history,
+                reader_seed,
+                &reader_workers_done,
+            )
+            .await;
+            reader_finished.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+        .instrument(tracing::info_span!("client", host = "eos-reader")),
+    );
     for index in 0..eos.workers {
         let name = format!("eos{index}");
         let kill = KillSwitch::new();
@@ -90,8 +113,11 @@ pub fn start(
             finished.clone(),
             eos.clone(),
         );
+        let workers_done = workers_done.clone();
         let seed = spec.seed.wrapping_add(0xe050 + index as u64);
         let boots = Arc::new(AtomicUsize::new(0));
+        // A worker restarted after it finished finishes again: it counts once.
+        let counted = Arc::new(std::sync::atomic::AtomicBool::new(false));
         sim.host(name.clone().as_str(), move || {
             let killed = kill.armed();
             let boot = boots.fetch_add(1, Ordering::SeqCst) as u64;
@@ -103,6 +129,8 @@ pub fn start(
                 finished.clone(),
                 eos.clone(),
             );
+            let workers_done = workers_done.clone();
+            let counted = counted.clone();
             let span = tracing::info_span!("eos", host = name.as_str());
             async move {
                 let worker = Worker {
@@ -116,8 +144,9 @@ pub fn start(
                 };
                 tokio::select! {
                     done = worker.run(&producers_done) => {
-                        if done {
+                        if done && !counted.swap(true, Ordering::SeqCst) {
                             finished.fetch_add(1, Ordering::SeqCst);
+                            workers_done.fetch_add(1, Ordering::SeqCst);
                         }
                     }
                     _ = killed => return Ok(()),
@@ -285,7 +314,10 @@ impl Worker {
             by_partition
                 .entry(partition)
                 .or_default()
-                .push(ProducerRecord::new(output.clone(), Bytes::from(value.clone())));
+                .push(ProducerRecord::new(
+                    output.clone(),
+                    Bytes::from(value.clone()),
+                ));
             values.push(value);
             next.insert(record.partition, record.offset + 1);
         }
@@ -299,7 +331,9 @@ impl Worker {
             offsets: next.iter().map(|(p, o)| (*p, *o)).collect(),
         };
         let index = self.history.invoke(&self.name, operation.clone());
-        let outcome = self.write_and_end(producer, &by_partition, &next, commit).await;
+        let outcome = self
+            .write_and_end(producer, &by_partition, &next, commit)
+            .await;
         let restart = match &outcome {
             Ok(()) => false,
             Err(_) => producer.state() != TransactionState::Ready,
@@ -411,6 +445,76 @@ impl Worker {
             }
         }
         done
+    }
+}
+
+/// Follows every output partition at read_committed from the start,
+/// recording what it gets, until the workers are done and it has read up
+/// to the last stable offsets.
+async fn read_output(
+    workload: &Workload,
+    history: &History,
+    seed: u64,
+    workers_done: &AtomicUsize,
+) {
+    let Some(eos) = &workload.eos else { return };
+    let Ok(client) = Client::new(SimConnector, client_config("eos-reader", workload, seed)) else {
+        return;
+    };
+    let topic = output_topic(workload);
+    ensure_topic_named(&client, workload, &topic, eos.output_partitions).await;
+    let config = ConsumerConfig {
+        fetch_max_wait_ms: 100,
+        auto_offset_reset: OffsetReset::Earliest,
+        isolation_level: IsolationLevel::ReadCommitted,
+        ..ConsumerConfig::default()
+    };
+    let Ok(mut consumer) = Consumer::new(client, config) else {
+        return;
+    };
+    let all: Vec<TopicPartition> = (0..eos.output_partitions)
+        .map(|p| TopicPartition::new(topic.clone(), p))
+        .collect();
+    consumer.assign(all.clone());
+    loop {
+        let records = match consumer.poll(Duration::from_millis(200)).await {
+            Ok(records) => records,
+            Err(error) => {
+                tracing::debug!(%error, "poll failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                Vec::new()
+            }
+        };
+        for partition in 0..eos.output_partitions {
+            let read: Vec<(i64, String)> = records
+                .iter()
+                .filter(|r| r.partition == partition)
+                .map(|r| {
+                    let value = r.value.as_deref().unwrap_or_default();
+                    (r.offset, String::from_utf8_lossy(value).into_owned())
+                })
+                .collect();
+            if !read.is_empty() {
+                let operation = Operation::ReadCommitted {
+                    partition,
+                    records: read,
+                };
+                let index = history.invoke("eos-reader", operation.clone());
+                history.complete(index, operation, Outcome::Ok);
+            }
+        }
+        if records.is_empty() && workers_done.load(Ordering::SeqCst) >= eos.workers {
+            let Ok(ends) = consumer.list_offsets(&all, OffsetSpec::Latest).await else {
+                continue;
+            };
+            let caught_up = all.iter().all(|tp| {
+                let end = ends.get(tp).map_or(0, |e| e.offset);
+                consumer.position(tp).unwrap_or(0) >= end
+            });
+            if caught_up {
+                return;
+            }
+        }
     }
 }
 
@@ -532,7 +636,9 @@ pub fn check(
         let Some(&committed) = final_offsets.get(partition) else {
             found.push(violation(
                 "eos-exactly-once",
-                format!("input partition {partition}: no worker reported its final committed offset"),
+                format!(
+                    "input partition {partition}: no worker reported its final committed offset"
+                ),
             ));
             continue;
         };
@@ -555,6 +661,24 @@ pub fn check(
             }
         }
     }
+    // A read_committed consumer gets only what ends committed, at the
+    // offsets where it ends up.
+    let committed_at: BTreeSet<(i32, i64, &str)> = outputs
+        .iter()
+        .flat_map(|(p, view)| view.records.iter().map(move |(o, v)| (*p, *o, v.as_str())))
+        .collect();
+    for entry in history {
+        if let Operation::ReadCommitted { partition, records } = &entry.operation {
+            for (offset, value) in records {
+                if !committed_at.contains(&(*partition, *offset, value.as_str())) {
+                    found.push(violation(
+                        "eos-read-committed",
+                        format!("a read_committed consumer got {value:?} at {partition}:{offset}, which is not committed there"),
+                    ));
+                }
+            }
+        }
+    }
     for entry in history {
         let Operation::Transaction {
             transactional_id,
@@ -567,7 +691,10 @@ pub fn check(
         else {
             continue;
         };
-        let shown = outputs.iter().filter(|v| visible.contains(v.as_str())).count();
+        let shown = outputs
+            .iter()
+            .filter(|v| visible.contains(v.as_str()))
+            .count();
         match (&entry.outcome, commit) {
             (Outcome::Ok, true) if shown != outputs.len() => found.push(violation(
                 "eos-committed-visible",

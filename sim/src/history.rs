@@ -66,6 +66,12 @@ pub enum Operation {
         outputs: Vec<String>,
         offsets: Vec<(i32, i64)>,
     },
+    /// Records a read_committed consumer got from an output partition of
+    /// the pipelines.
+    ReadCommitted {
+        partition: i32,
+        records: Vec<(i64, String)>,
+    },
     /// A fault or a heal, from the nemesis.
     Fault { description: String },
 }

@@ -202,6 +202,10 @@ pub fn describe(operation: &Operation) -> String {
             if *commit { "commit" } else { "abort" },
             outputs.len()
         ),
+        Operation::ReadCommitted { partition, records } => format!(
+            "read_committed output partition {partition}: {}",
+            describe_records(records)
+        ),
         Operation::Fault { description } => format!("fault: {description}"),
     }
 }

@@ -544,7 +544,8 @@ fn final_logs(disk: &SimDisk, spec: &Spec) -> FinalLogs {
     let mut storage = durable_copy(disk);
     let mut logs = FinalLogs::default();
     for partition in 0..spec.workload.partitions {
-        let Some((dir, opened)) = open_partition(&mut storage, &spec.workload.topic, partition) else {
+        let Some((dir, opened)) = open_partition(&mut storage, &spec.workload.topic, partition)
+        else {
             continue;
         };
         let (log, recovery) = match opened {

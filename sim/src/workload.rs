@@ -96,7 +96,12 @@ pub fn start(
     let workers = spec.workload.eos.as_ref().map_or(0, |e| e.workers);
     let done = Done {
         finished: Arc::default(),
-        total: spec.workload.producers + 1 + spec.workload.group_members + workers,
+        // Each worker, and the reader of their output.
+        total: spec.workload.producers
+            + 1
+            + spec.workload.group_members
+            + workers
+            + usize::from(workers > 0),
     };
     let producers_done = Arc::new(AtomicUsize::new(0));
     let mut kills = crate::eos::start(sim, spec, history, &producers_done, &done.finished);

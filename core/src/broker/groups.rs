@@ -219,8 +219,12 @@ impl<S: Storage> Broker<S> {
                 record_offset,
                 ..committed.clone()
             };
-            self.groups
-                .stage(group_id, producer_id, topic, *index, committed);
+            if self.config.mutated(Mutation::TxnOffsetsBeforeMarker) {
+                self.groups.commit(group_id, topic, *index, committed);
+            } else {
+                self.groups
+                    .stage(group_id, producer_id, topic, *index, committed);
+            }
         }
         Ok(written)
     }

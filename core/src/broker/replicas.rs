@@ -136,6 +136,20 @@ impl<S: Storage> Broker<S> {
     /// Sets a partition's role from its committed registration. Called as
     /// every partition record applies (at start, replaying them all).
     pub(super) fn refresh_role(&mut self, now: Now, name: &str, partition: i32) {
+        self.refresh_role_of(now, name, partition);
+        // A transaction coordinator that no longer leads its partition of
+        // `__transaction_state` hands its ids over (a change that keeps
+        // this node the leader, such as an ISR change, keeps them).
+        let leads = self
+            .topics
+            .partition(name, partition)
+            .is_some_and(|p| p.role.leading().is_some());
+        if name == crate::txn::TXN_TOPIC && !leads {
+            self.unload_txn_partition(partition);
+        }
+    }
+
+    fn refresh_role_of(&mut self, now: Now, name: &str, partition: i32) {
         let me = self.config.node_id;
         let registration: Option<PartitionRegistration> =
             self.registration(name, partition).cloned();
@@ -286,8 +300,6 @@ impl<S: Storage> Broker<S> {
             if name == crate::txn::TXN_TOPIC {
                 self.load_txn_partitions(Some(partition));
             }
-        } else if was_leader && name == crate::txn::TXN_TOPIC {
-            self.unload_txn_partition(partition);
         }
     }
 

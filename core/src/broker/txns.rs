@@ -169,7 +169,12 @@ impl<S: Storage> Broker<S> {
     /// Creates `__transaction_state` on first use, like Kafka's internal
     /// topic (in a cluster, has the controller create it).
     pub fn ensure_txn_topic(&mut self) -> Result<(), ResponseError> {
-        if self.topics.contains(TXN_TOPIC) {
+        let exists = match &self.cluster {
+            // In a cluster, whether or not this node holds a replica.
+            Some(cluster) => cluster.image.topic_by_name(TXN_TOPIC).is_some(),
+            None => self.topics.contains(TXN_TOPIC),
+        };
+        if exists {
             return Ok(());
         }
         if self.in_cluster() {

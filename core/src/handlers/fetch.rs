@@ -319,7 +319,11 @@ fn read_partition<S: Storage>(
     };
     let log = &held.log;
     assert!(high_watermark <= log.log_end_offset());
-    let last_stable_offset = log.last_stable_offset(high_watermark);
+    let last_stable_offset = if broker.config.mutated(Mutation::LsoIsHighWatermark) {
+        high_watermark
+    } else {
+        log.last_stable_offset(high_watermark)
+    };
     let read_committed = isolation_level == 1;
     let limit_offset = if read_committed {
         last_stable_offset
@@ -337,13 +341,15 @@ fn read_partition<S: Storage>(
             tracing::error!(topic = name, partition = partition.partition, %error, "read failed");
             ResponseError::KafkaStorageError
         })?;
+    let name_aborted = !broker.config.mutated(Mutation::NoAbortedTransactions);
     let aborted = read_committed.then(|| {
         // The end of what is returned bounds the transactions named.
         match crate::batch::headers_in(&records).last() {
-            Some((last, _)) => {
+            Some((last, _)) if name_aborted => {
                 assert!(last.next_offset() <= limit_offset);
                 log.aborted_txns(offset, last.next_offset())
             }
+            Some(_) => Vec::new(),
             None => Vec::new(),
         }
     });
