@@ -3,6 +3,7 @@ a transactional producer, and a read of whole partitions at either
 isolation level that ends at each partition's end (librdkafka's partition
 EOF, which at read_committed comes at the last stable offset)."""
 
+import os
 import time
 
 from confluent_kafka import (
@@ -22,11 +23,17 @@ def client_config(bootstrap, name):
     def on_error(err):
         log(name, f"client error: {err}")
 
-    return {
+    config = {
         "bootstrap.servers": bootstrap,
         "socket.connection.setup.timeout.ms": 10000,
         "error_cb": on_error,
     }
+    # librdkafka's debug contexts (such as "eos,protocol"), for looking
+    # into a failure: its log goes to stderr.
+    debug = os.environ.get("TXN_TESTS_LIBRDKAFKA_DEBUG")
+    if debug:
+        config["debug"] = debug
+    return config
 
 
 def create_topic(name, bootstrap, topic, partitions, deadline, replication=1):
