@@ -29,10 +29,8 @@
 //!   WriteTxnMarkers, and keeps going while the transaction coordinator,
 //!   or the leader of one of the partitions, is killed with SIGKILL; no
 //!   committed transaction is lost or torn and no aborted one is visible.
-//!   The transaction log there is created through the controller; a test
-//!   of its creation through another node stands apart. That one and the
-//!   partition leader's death are ignored for the broker bugs their
-//!   `ignore` reasons name.
+//!   A test of the transaction log's creation through a node that is not
+//!   the controller stands apart.
 //!
 //! Single steps of a producer that the test kills, or that must outlive a
 //! broker, come from `confluent_txn_tool.py`, one process each. Nothing
@@ -1413,14 +1411,7 @@ fn transactions_through_a_kill(
         "the partitions of {topic} are not led by all three brokers: {views:?}"
     );
     let id = format!("{topic}-txn");
-    // The transaction log is created by the controller, as when a client
-    // asks it first: created through another node, it comes out wrong
-    // today (see `cluster_transaction_log_created_through_any_node_...`).
-    cluster.wait_until(
-        SPREAD_WITHIN,
-        "the controller creating the transaction log",
-        |cluster| cluster.txn_coordinator_at(cluster.controller, &id),
-    );
+    // Whichever node is asked first has the transaction log created.
     cluster.wait_until(
         SPREAD_WITHIN,
         &format!("every node naming the coordinator of {id}"),
@@ -1574,11 +1565,6 @@ fn cluster_transactions_survive_the_coordinator_s_death() {
 }
 
 #[test]
-#[ignore = "broker bug: when the ISR of a __transaction_state partition changes while its \
-            leader keeps leading (here: a follower killed), the leader unloads the partition \
-            (the `else if was_leader && name == TXN_TOPIC` branch after the role update in \
-            broker/replicas.rs runs although the node still leads), so its coordinator answers \
-            AddPartitionsToTxn and EndTxn with COORDINATOR_LOAD_IN_PROGRESS for ever"]
 fn cluster_transactions_survive_a_partition_leader_s_death() {
     transactions_through_a_kill("txn-leader-killed", |cluster, views, txn_state| {
         views
@@ -1598,11 +1584,6 @@ const TXN_STATE_PARTITIONS: usize = 50;
 /// partitions, three replicas), and every node must then find the
 /// coordinator of an id.
 #[test]
-#[ignore = "broker bug: a node that is not the controller forwards the creation of \
-            __transaction_state as a plain CreateTopics (partitions and replication factor -1), \
-            so the controller creates it with num.partitions and default.replication.factor \
-            (1 and 1 here); nodes without a replica of it then answer FindCoordinator key_type 1 \
-            with COORDINATOR_NOT_AVAILABLE for ever"]
 fn cluster_transaction_log_created_through_any_node_is_replicated_and_found_everywhere() {
     let cluster = Cluster::start();
     let asked = *cluster
