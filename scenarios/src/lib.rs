@@ -49,6 +49,11 @@ pub const ALL: &[Scenario] = &[
         build: eos,
     },
     Scenario {
+        name: "eos-replicated",
+        about: "the eos pipelines on three brokers (every topic with three replicas, min.insync.replicas=2): transaction coordinators and partition leaders move as brokers crash and are cut off, markers travel between brokers, workers crash and come back",
+        build: eos_replicated,
+    },
+    Scenario {
         name: "disk-trouble",
         about: "a disk that fills up, slows down and fails syncs",
         build: disk_trouble,
@@ -306,17 +311,62 @@ pub fn groups(seed: u64) -> Spec {
 pub fn eos(seed: u64) -> Spec {
     let mut rng = Rng::from_seed(seed);
     let mut spec = base("eos", seed, &mut rng);
-    spec.workload.partitions = pick(&mut rng, 1, 4) as i32;
-    spec.workload.records_per_producer = pick(&mut rng, 50, 300) as usize;
+    let workers = with_pipelines(&mut spec, &mut rng);
+    let count = pick(&mut rng, 0, 3);
+    spec.faults = crashes(&mut rng, count, spec.safety_ms);
+    worker_faults(&mut spec, &mut rng, workers, 1);
+    let jumps = pick(&mut rng, 0, 1);
+    spec.faults
+        .extend(clock_jumps(&mut rng, jumps, spec.safety_ms, 1));
+    spec
+}
+
+/// The `replicated` cluster and its faults, with the pipelines on it.
+pub fn eos_replicated(seed: u64) -> Spec {
+    let mut spec = replicated(seed);
+    spec.scenario = "eos-replicated";
+    let mut rng = Rng::from_seed(seed ^ 0xe05);
+    let workers = with_pipelines(&mut spec, &mut rng);
+    worker_faults(&mut spec, &mut rng, workers, REPLICATED_NODES);
+    spec
+}
+
+/// Crashes of the pipelines' workers, and cuts between a worker and a node.
+fn worker_faults(spec: &mut Spec, rng: &mut Rng, workers: usize, nodes: u32) {
+    for _ in 0..pick(rng, 0, 4) {
+        let at_ms = pick(rng, 300, spec.safety_ms - 1_000);
+        let worker = format!("eos{}", rng.next_u64() % workers as u64);
+        let fault = if rng.next_u64().is_multiple_of(2) {
+            Fault::CrashHost {
+                host: worker,
+                down_ms: pick(rng, 100, 3_000),
+            }
+        } else {
+            Fault::Partition {
+                client: worker,
+                node: pick(rng, 1, nodes as u64) as u32,
+                for_ms: pick(rng, 100, 5_000),
+            }
+        };
+        spec.faults.push(Scheduled { at_ms, fault });
+    }
+}
+
+/// Adds 1-3 exactly-once workers over a smaller input, and the broker
+/// settings their transactions need in a ten-second run; returns how
+/// many workers.
+fn with_pipelines(spec: &mut Spec, rng: &mut Rng) -> usize {
+    spec.workload.partitions = pick(rng, 1, 4) as i32;
+    spec.workload.records_per_producer = pick(rng, 50, 300) as usize;
     spec.workload.send_interval_ms = (spec.safety_ms * 8 / 10 * spec.workload.burst as u64
         / spec.workload.records_per_producer as u64)
         .max(1);
-    let workers = pick(&mut rng, 1, 3).min(spec.workload.partitions as u64) as usize;
+    let workers = pick(rng, 1, 3).min(spec.workload.partitions as u64) as usize;
     spec.workload.eos = Some(EosWorkload {
         workers,
-        output_partitions: pick(&mut rng, 1, 3) as i32,
-        abort_percent: pick(&mut rng, 0, 20),
-        records_per_transaction: pick(&mut rng, 5, 40) as usize,
+        output_partitions: pick(rng, 1, 3) as i32,
+        abort_percent: pick(rng, 0, 20),
+        records_per_transaction: pick(rng, 5, 40) as usize,
         transaction_timeout_ms: 3_000,
     });
     for (key, value) in [
@@ -329,29 +379,7 @@ pub fn eos(seed: u64) -> Spec {
     ] {
         spec.broker.push((key.into(), value.into()));
     }
-    let count = pick(&mut rng, 0, 3);
-    spec.faults = crashes(&mut rng, count, spec.safety_ms);
-    for _ in 0..pick(&mut rng, 0, 4) {
-        let at_ms = pick(&mut rng, 300, spec.safety_ms - 1_000);
-        let worker = format!("eos{}", rng.next_u64() % workers as u64);
-        let fault = if rng.next_u64().is_multiple_of(2) {
-            Fault::CrashHost {
-                host: worker,
-                down_ms: pick(&mut rng, 100, 3_000),
-            }
-        } else {
-            Fault::Partition {
-                client: worker,
-                node: 1,
-                for_ms: pick(&mut rng, 100, 5_000),
-            }
-        };
-        spec.faults.push(Scheduled { at_ms, fault });
-    }
-    let jumps = pick(&mut rng, 0, 1);
-    spec.faults
-        .extend(clock_jumps(&mut rng, jumps, spec.safety_ms, 1));
-    spec
+    workers
 }
 
 /// Nodes of the `replicated` scenario.

@@ -39,3 +39,35 @@ fn requests_lost_by_a_cut_reset_their_links_and_the_replicas_converge() {
         );
     }
 }
+
+/// Seed 0x232d of `eos-replicated`: a worker commits a transaction, then
+/// reads its committed offsets back before the COMMIT marker reached the
+/// `__consumer_offsets` partition on another broker. Without
+/// `require_stable` the read answered the offsets before the transaction,
+/// the worker processed the same input again, and `[eos-exactly-once]`
+/// found an input record twice in the output. With it, the consumer is
+/// told UNSTABLE_OFFSET_COMMIT until the marker is in, as Kafka's are.
+#[test]
+fn offsets_read_back_after_a_commit_wait_for_its_marker() {
+    let spec = sluice_scenarios::eos_replicated(0x232d);
+    assert_eq!(spec.nodes, 3);
+    let report = sluice_sim::run(spec, false);
+    assert!(
+        report.passed(),
+        "{:?} {:?}",
+        report.failure,
+        report.violations.first()
+    );
+    let transactions = report
+        .history
+        .entries()
+        .iter()
+        .filter(|e| {
+            matches!(
+                e.operation,
+                sluice_sim::history::Operation::Transaction { .. }
+            )
+        })
+        .count();
+    assert!(transactions > 10, "only {transactions} transactions ran");
+}

@@ -501,9 +501,20 @@ fn open_partition(
 /// node's disk (None for a partition whose log is missing or unreadable).
 fn durable_ends(disk: &SimDisk, spec: &Spec) -> Vec<Option<i64>> {
     let mut storage = durable_copy(disk);
-    (0..spec.workload.partitions)
-        .map(|partition| {
-            let (_, opened) = open_partition(&mut storage, &spec.workload.topic, partition)?;
+    // The workload's topic, then the pipelines' output topic if any.
+    let output = spec.workload.eos.as_ref().map(|eos| {
+        (
+            crate::eos::output_topic(&spec.workload),
+            eos.output_partitions,
+        )
+    });
+    let topics = [(spec.workload.topic.clone(), spec.workload.partitions)]
+        .into_iter()
+        .chain(output);
+    topics
+        .flat_map(|(topic, partitions)| (0..partitions).map(move |p| (topic.clone(), p)))
+        .map(|(topic, partition)| {
+            let (_, opened) = open_partition(&mut storage, &topic, partition)?;
             opened.ok().map(|(log, _)| log.log_end_offset())
         })
         .collect()

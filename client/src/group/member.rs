@@ -1011,8 +1011,13 @@ impl<C: Connector> GroupMember<C> {
                 .with_group_id(group_id)
                 .with_member_epoch(NO_MEMBER_EPOCH)
                 .with_topics(Some(topics));
-            // The top-level fields stay at their defaults, which v8+ omits.
-            OffsetFetchRequest::default().with_groups(vec![group])
+            // The top-level fields stay at their defaults, which v8+ omits,
+            // except require_stable (v7+): offsets a transaction has not
+            // committed yet are answered UNSTABLE_OFFSET_COMMIT, retried,
+            // as Java's consumer asks.
+            OffsetFetchRequest::default()
+                .with_groups(vec![group])
+                .with_require_stable(true)
         } else {
             let topics = by_topic
                 .into_iter()
@@ -1025,6 +1030,7 @@ impl<C: Connector> GroupMember<C> {
             OffsetFetchRequest::default()
                 .with_group_id(group_id)
                 .with_topics(Some(topics))
+                .with_require_stable(version >= 7)
         }
     }
 }
