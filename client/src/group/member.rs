@@ -83,6 +83,11 @@ pub(crate) struct GroupSettings {
     pub heartbeat_interval_ms: u64,
     pub max_poll_interval_ms: u64,
     pub assignors: Vec<Assignor>,
+    /// Committed offsets a transaction has not committed yet are answered
+    /// UNSTABLE_OFFSET_COMMIT, and asked again (OffsetFetch
+    /// `require_stable`, v7+): a consumer's view, as Java's consumer asks
+    /// it; an admin's listing takes the offsets as they are.
+    pub require_stable: bool,
 }
 
 /// A join that completed: the generation and this member's share of it.
@@ -1012,12 +1017,10 @@ impl<C: Connector> GroupMember<C> {
                 .with_member_epoch(NO_MEMBER_EPOCH)
                 .with_topics(Some(topics));
             // The top-level fields stay at their defaults, which v8+ omits,
-            // except require_stable (v7+): offsets a transaction has not
-            // committed yet are answered UNSTABLE_OFFSET_COMMIT, retried,
-            // as Java's consumer asks.
+            // except require_stable.
             OffsetFetchRequest::default()
                 .with_groups(vec![group])
-                .with_require_stable(true)
+                .with_require_stable(self.settings.require_stable)
         } else {
             let topics = by_topic
                 .into_iter()
@@ -1030,7 +1033,7 @@ impl<C: Connector> GroupMember<C> {
             OffsetFetchRequest::default()
                 .with_group_id(group_id)
                 .with_topics(Some(topics))
-                .with_require_stable(version >= 7)
+                .with_require_stable(version >= 7 && self.settings.require_stable)
         }
     }
 }
