@@ -331,8 +331,21 @@ pub fn eos_replicated(seed: u64) -> Spec {
     spec
 }
 
-/// Crashes of the pipelines' workers, and cuts between a worker and a node.
+/// Crashes of the pipelines' workers, cuts between a worker and a node,
+/// and a spell of latency that reorders what travels on different
+/// connections (a worker's AddPartitionsToTxn, Produce and EndTxn each go
+/// on their own).
 fn worker_faults(spec: &mut Spec, rng: &mut Rng, workers: usize, nodes: u32) {
+    if rng.next_u64().is_multiple_of(2) {
+        let at_ms = pick(rng, 300, spec.safety_ms - 2_000);
+        spec.faults.push(Scheduled {
+            at_ms,
+            fault: Fault::Latency {
+                max_ms: pick(rng, 20, 300),
+                for_ms: pick(rng, 500, 4_000),
+            },
+        });
+    }
     for _ in 0..pick(rng, 0, 4) {
         let at_ms = pick(rng, 300, spec.safety_ms - 1_000);
         let worker = format!("eos{}", rng.next_u64() % workers as u64);
