@@ -145,12 +145,15 @@ pub struct PartitionLog {
 pub enum ReplicaAppendError {
     /// Storage failed; the batches before the failing one may be in the log.
     Io(io::Error),
-    /// A batch is damaged: bad framing, CRC or offset delta.
+    /// A batch is damaged: bad framing, CRC or offset delta, or a leader
+    /// epoch below that of a batch before it in the same input (no log
+    /// holds such a run, so it cannot be a leader's).
     Corrupt(&'static str),
     /// A batch does not start where the log (or the batch before it) ends.
     OutOfOrder { expected: i64, got: i64 },
-    /// A batch's leader epoch is below the latest epoch already holding
-    /// records: the leader's log and this one parted, truncate first.
+    /// A batch's leader epoch is below `latest`, the epoch of the records
+    /// already at the end of this log: the leader's log and this one
+    /// parted, truncate first.
     EpochBelowLatest { latest: i32, got: i32 },
 }
 
@@ -768,7 +771,8 @@ impl PartitionLog {
         batches: &[u8],
     ) -> Result<Vec<(BatchHeader, std::ops::Range<usize>)>, ReplicaAppendError> {
         let mut expected = self.log_end_offset();
-        let mut epoch_floor = self.records_epoch();
+        let records_epoch = self.records_epoch();
+        let mut previous_epoch: Option<i32> = None;
         let mut position = 0usize;
         let mut checked = Vec::new();
         while batches.len() - position >= batch::LOG_OVERHEAD {
@@ -804,11 +808,14 @@ impl PartitionLog {
                 });
             }
             let epoch = header.partition_leader_epoch;
-            if let Some(latest) = epoch_floor.filter(|&latest| epoch < latest) {
+            if previous_epoch.is_some_and(|previous| epoch < previous) {
+                return Err(ReplicaAppendError::Corrupt("leader epochs go back"));
+            }
+            if let Some(latest) = records_epoch.filter(|&latest| epoch < latest) {
                 return Err(ReplicaAppendError::EpochBelowLatest { latest, got: epoch });
             }
             if epoch >= 0 {
-                epoch_floor = Some(epoch);
+                previous_epoch = Some(epoch);
             }
             expected = header.next_offset();
             checked.push((header, position..position + whole.len()));
@@ -934,6 +941,82 @@ impl PartitionLog {
     /// `EpochCache::end_offset_for`), with this log's end.
     pub fn end_offset_for_epoch(&self, epoch: i32) -> (i32, i64) {
         self.epochs.end_offset_for(epoch, self.log_end_offset())
+    }
+
+    /// A leader's check of a follower's fetch (Kafka's
+    /// `validateFetchOffsetAndMaybeGetDivergingEpoch`): the follower's log
+    /// ends at `fetch_offset` with records of `last_fetched_epoch` (-1
+    /// names none, and leaves nothing to check). None when this log holds
+    /// that epoch up to there; else the divergence to answer: the largest
+    /// epoch here at most the follower's, and where it ends.
+    /// `leading_epoch` is the epoch this log's leader leads in.
+    pub fn divergence(
+        &self,
+        last_fetched_epoch: i32,
+        fetch_offset: i64,
+        leading_epoch: i32,
+    ) -> Option<(i32, i64)> {
+        if last_fetched_epoch < 0 {
+            return None;
+        }
+        let (mut epoch, mut end_offset) = self.end_offset_for_epoch(last_fetched_epoch);
+        if epoch == UNDEFINED_EPOCH {
+            // The follower's last epoch is after every epoch here, the
+            // leader's own included, so no leader of the partition wrote
+            // the records its log ends with: a crash flipped a bit in the
+            // epoch field of an unsynced batch there, which the batch CRC
+            // does not cover. Kafka's leader answers OFFSET_OUT_OF_RANGE,
+            // after which its follower fetches from where it stands for
+            // ever; the undefined epoch end would go out as no divergence
+            // at all (-1 is the field's default), an empty answer. The
+            // largest epoch here at most the follower's is the leader's
+            // own, which ends at this log's end: answered, it has the
+            // follower cut its records of later epochs.
+            (epoch, end_offset) = (leading_epoch, self.log_end_offset());
+            tracing::warn!(dir = %self.dir, last_fetched_epoch, fetch_offset, epoch, end_offset,
+                "a follower's last epoch is after every epoch of this log; answering the leader's own as the divergence");
+        }
+        (epoch != last_fetched_epoch || end_offset < fetch_offset).then_some((epoch, end_offset))
+    }
+
+    /// Where a follower cuts its log when the leader answers that they
+    /// parted after the leader's `epoch`, which ends at `end_offset` on
+    /// the leader (Kafka's truncation on DivergingEpoch): at the earlier of
+    /// the two ends of that epoch if this log has it too; else at the end
+    /// of this log's largest epoch below it, and the next fetch checks
+    /// again (KIP-279). Never past this log's end nor before its start.
+    pub fn diverged_end(&self, epoch: i32, end_offset: i64) -> i64 {
+        let log_end = self.log_end_offset();
+        let (own_epoch, own_end) = self.end_offset_for_epoch(epoch);
+        if own_end < 0 {
+            end_offset.min(log_end)
+        } else if own_epoch == epoch {
+            end_offset.min(own_end).min(log_end)
+        } else {
+            own_end.min(log_end)
+        }
+        .max(self.log_start_offset)
+    }
+
+    /// Where this log's records of epochs after `epoch` start: None when
+    /// every record here is of `epoch` or earlier. A follower whose leader
+    /// sends batches of `epoch` at this log's end (`EpochBelowLatest`)
+    /// cuts its log there: a leader's log does not go back in epoch, so
+    /// every record the leader holds below this end is of `epoch` or
+    /// earlier, and records here of a later epoch are not the leader's.
+    pub fn start_of_epochs_after(&self, epoch: i32) -> Option<i64> {
+        if self.records_epoch().is_none_or(|latest| latest <= epoch) {
+            return None;
+        }
+        let start = self
+            .epochs
+            .start_after(epoch)
+            .expect("the records' epoch is in the cache");
+        assert!(
+            (self.log_start_offset..self.log_end_offset()).contains(&start),
+            "the epochs after {epoch} start at {start}, outside the log's records"
+        );
+        Some(start)
     }
 
     fn should_roll(&self, incoming: &BatchHeader, batch_bytes: usize) -> bool {

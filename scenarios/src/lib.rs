@@ -398,19 +398,6 @@ fn with_pipelines(spec: &mut Spec, rng: &mut Rng) -> usize {
 /// Nodes of the `replicated` scenario.
 const REPLICATED_NODES: u32 = 3;
 
-/// What a crash does to a broker's unsynced writes in the `replicated`
-/// scenario: lost, partly kept, or torn. Not `FlipBits`: a flipped bit in
-/// an unsynced batch's leader epoch field (outside the batch CRC, as in
-/// Kafka's format) survives recovery, and the follower then refuses its
-/// leader's batches of the older epoch at that offset for good (seed
-/// 0xaaf39 showed it); until a follower treats that refusal as divergence,
-/// the scenario draws the damage kinds replication is meant to survive.
-const REPLICATED_DAMAGE: [CrashFault; 3] = [
-    CrashFault::LoseUnsynced,
-    CrashFault::KeepPrefix,
-    CrashFault::TearLastSector,
-];
-
 pub fn replicated(seed: u64) -> Spec {
     let mut rng = Rng::from_seed(seed);
     let mut spec = base("replicated", seed, &mut rng);
@@ -435,7 +422,7 @@ pub fn replicated(seed: u64) -> Spec {
         let fault = match rng.next_u64() % 5 {
             0 | 1 => Fault::Crash {
                 node: node(&mut rng),
-                damage: REPLICATED_DAMAGE[(rng.next_u64() % 3) as usize],
+                damage: CrashFault::ALL[(rng.next_u64() % 4) as usize],
                 down_ms: pick(&mut rng, 10, 2_500),
             },
             2 => {

@@ -1092,6 +1092,152 @@ fn replicated_batches_out_of_place_or_damaged_are_refused_whole() {
         refused(&mut follower, &mut storage, &epoch_three),
         ReplicaAppendError::EpochBelowLatest { latest: 5, got: 3 }
     ));
+    // Epochs that go back inside one answer, each of them at least the
+    // log's: no leader's log holds them, whatever this one does.
+    let mut epoch_six = one_record(9, 0);
+    batch::assign_offset(&mut epoch_six, 1, 6);
+    let mut epoch_five_again = one_record(9, 0);
+    batch::assign_offset(&mut epoch_five_again, 2, 5);
+    assert!(matches!(
+        refused(
+            &mut follower,
+            &mut storage,
+            &[epoch_six, epoch_five_again].concat()
+        ),
+        ReplicaAppendError::Corrupt(_)
+    ));
+}
+
+/// The bytes of `log` from its start, read as a fetch would.
+fn all_bytes(log: &PartitionLog, storage: &mut MemStorage) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    let mut offset = log.log_start_offset();
+    while offset < log.log_end_offset() {
+        let read = log
+            .read(storage, offset, i64::MAX, 1 << 20, true)
+            .expect("read");
+        offset = batch::headers_in(&read)
+            .last()
+            .expect("a batch")
+            .0
+            .next_offset();
+        bytes.extend_from_slice(&read);
+    }
+    bytes
+}
+
+/// One fetch of `follower` from `leader`, which leads in `leading_epoch`,
+/// decided as the broker decides it (`read_for_follower` on the leader,
+/// `follower_answer` on the follower): a divergence the follower cuts its
+/// log to, or the leader's batches from the follower's end, appended, or
+/// refused for an older epoch than the follower's last records, which
+/// the follower then cuts (the broker cuts only above the high watermark
+/// it knows, which a log alone has no notion of). Returns whether the
+/// follower cut its log.
+fn fetch_once(
+    leader: &PartitionLog,
+    leading_epoch: i32,
+    follower: &mut PartitionLog,
+    storage: &mut MemStorage,
+) -> bool {
+    let fetch_offset = follower.log_end_offset();
+    let last_fetched_epoch = follower.epochs().latest_epoch().unwrap_or(UNDEFINED_EPOCH);
+    if let Some((epoch, end_offset)) =
+        leader.divergence(last_fetched_epoch, fetch_offset, leading_epoch)
+    {
+        assert!(epoch >= 0 && end_offset >= 0, "a divergence is placed");
+        let target = follower.diverged_end(epoch, end_offset);
+        follower.truncate_to(storage, target).expect("truncate");
+        return true;
+    }
+    let records = leader
+        .read(storage, fetch_offset, i64::MAX, 1 << 20, true)
+        .expect("read");
+    match follower.append_replicated(storage, &records) {
+        Ok(_) => false,
+        Err(ReplicaAppendError::EpochBelowLatest { latest, got }) => {
+            let cut = follower.start_of_epochs_after(got);
+            assert!(cut.is_some(), "records of epoch {latest}, after {got}");
+            follower
+                .truncate_to(storage, cut.expect("found"))
+                .expect("truncate");
+            true
+        }
+        Err(error) => panic!("the follower refused its leader's batches: {error}"),
+    }
+}
+
+/// A crash leaves the last batch of a follower with its leader epoch
+/// raised: the field lies outside the batch CRC, so recovery keeps the
+/// batch, and the follower's epoch cache runs ahead of its leader's.
+/// Fetching from the leader brings the follower back to the leader's bytes
+/// and epochs, by a divergence the leader answers or by the follower's
+/// own cut when the leader's older batches follow. An epoch the leader has
+/// from later on, or one after all of the leader's, used to leave the
+/// follower refused, or answered nothing, for ever.
+#[test]
+fn a_follower_whose_epochs_run_ahead_of_its_leaders_cuts_them_and_converges() {
+    let mut storage = MemStorage::new();
+    // Epoch 1 at 0..4, epoch 3 at 4..7, epoch 5, the leader's own, from 7.
+    let leader = leader_log(&mut storage, "t-0", config(-1));
+    assert_eq!(pairs(leader.epochs()), [(1, 0), (3, 4), (5, 7)]);
+    // The last batch the follower got, at offset 5, is of epoch 3.
+    let position = leader
+        .read(&mut storage, 0, 5, 1 << 20, true)
+        .expect("read")
+        .len() as u64
+        + batch::PARTITION_LEADER_EPOCH_OFFSET as u64;
+    for damaged in [
+        5i32,        // the leader's own epoch, which starts there at 7
+        4,           // between the leader's epochs
+        7,           // after every epoch of the leader
+        3 | 1 << 20, // far after
+    ] {
+        let dir = format!("f-{damaged}");
+        let (mut follower, _) =
+            PartitionLog::open(&mut storage, &dir, config(-1), false).expect("open");
+        let first_six = leader
+            .read(&mut storage, 0, 6, 1 << 20, true)
+            .expect("read");
+        follower
+            .append_replicated(&mut storage, &first_six)
+            .expect("replicated");
+        follower.close(&mut storage);
+        let segment = format!("{dir}/00000000000000000000.log");
+        let file = storage.open(&segment, false).expect("exists");
+        storage
+            .write_at(file, position, &damaged.to_be_bytes())
+            .expect("write");
+        storage.close(file);
+        let (mut follower, recovery) =
+            PartitionLog::open(&mut storage, &dir, config(-1), false).expect("reopen");
+        assert_eq!(recovery.truncated_bytes, 0, "{damaged}: the CRC passes");
+        assert_eq!(follower.log_end_offset(), 6);
+        assert_eq!(pairs(follower.epochs()), [(1, 0), (3, 4), (damaged, 5)]);
+        // The leader places the damaged epoch when it lacks it: below it,
+        // epoch 3 ends at 7; above all, its own ends at its log end. Its own
+        // epoch is on its log up to there: only its batches tell.
+        let placed = match damaged {
+            5 => None,
+            4 => Some((3, 7)),
+            _ => Some((5, 12)),
+        };
+        assert_eq!(leader.divergence(damaged, 6, 5), placed, "{damaged}");
+        let mut cuts = 0;
+        for _ in 0..10 {
+            if follower.log_end_offset() == leader.log_end_offset() {
+                break;
+            }
+            cuts += fetch_once(&leader, 5, &mut follower, &mut storage) as usize;
+        }
+        assert_eq!(
+            all_bytes(&follower, &mut storage),
+            all_bytes(&leader, &mut storage),
+            "{damaged}: the follower holds the leader's batches"
+        );
+        assert_eq!(follower.epochs(), leader.epochs(), "{damaged}");
+        assert_eq!(cuts, 1, "{damaged}: one cut, to offset 5");
+    }
 }
 
 /// A leader of epoch 7 that wrote nothing becomes a follower of a leader
