@@ -1,7 +1,8 @@
 //! Whole-system tests of what the `sluice` commands do with Kafka
 //! transactions, against a real broker: `sluice consume --isolation-level`
 //! hides an aborted transaction at read_committed and shows it at
-//! read_uncommitted.
+//! read_uncommitted; `sluice transactions list` and `describe` show a
+//! transactional id as its coordinator holds it, committed and open.
 //!
 //! The transactions are written with the client's `TransactionalProducer`
 //! on a runtime of the test's own, so that each one ends exactly as the
@@ -9,6 +10,7 @@
 
 use std::time::Duration;
 
+use serde_json::Value;
 use sluice_client::{
     system_clock, Client, ClientConfig, ProducerRecord, TokioConnector, TopicPartition,
     TransactionalConfig, TransactionalProducer,
@@ -137,5 +139,128 @@ fn consume_at_read_committed_hides_an_aborted_transaction() {
     assert_eq!(
         consume_all(&bootstrap, topic, "read_uncommitted"),
         ["kept-1", "kept-2", "dropped-1", "dropped-2", "kept-3"]
+    );
+}
+
+/// `sluice transactions ARGS… --json --bootstrap-server B`, parsed.
+fn transactions_json(bootstrap: &str, args: &[&str]) -> Value {
+    let mut all = vec!["transactions"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--json", "--bootstrap-server", bootstrap]);
+    let run = sluice_ok(&all);
+    serde_json::from_slice(&run.stdout).expect("sluice printed JSON")
+}
+
+/// The listing of `transactional_id` in `sluice transactions list --json`.
+fn listed(bootstrap: &str, transactional_id: &str) -> Value {
+    let listings = transactions_json(bootstrap, &["list"]);
+    listings
+        .as_array()
+        .expect("a JSON array")
+        .iter()
+        .find(|listing| listing["transactional_id"] == transactional_id)
+        .cloned()
+        .unwrap_or_else(|| panic!("{transactional_id} is not listed in {listings}"))
+}
+
+#[test]
+fn transactions_list_and_describe_show_committed_and_open_transactions() {
+    let broker = txn_broker();
+    let bootstrap = broker.bootstrap();
+    let topic = "payments";
+    let id = "cli-payments";
+    sluice_ok(&[
+        "topics",
+        "create",
+        topic,
+        "--partitions",
+        "1",
+        "--bootstrap-server",
+        &bootstrap,
+    ]);
+    let runtime = runtime();
+    let mut producer = runtime.block_on(async {
+        let mut producer = producer(&bootstrap, id).await;
+        transaction(&mut producer, topic, &["one"], true).await;
+        producer
+    });
+    let producer_id = producer.producer_id();
+
+    let listing = listed(&bootstrap, id);
+    assert_eq!(listing["state"], "CompleteCommit", "{listing}");
+    assert_eq!(listing["producer_id"], producer_id, "{listing}");
+    assert_eq!(listing["coordinator"], 1, "{listing}");
+    let committed = transactions_json(&bootstrap, &["describe", "--transactional-id", id]);
+    assert_eq!(committed["state"], "CompleteCommit", "{committed}");
+    assert_eq!(committed["producer_id"], producer_id, "{committed}");
+    assert_eq!(
+        committed["producer_epoch"],
+        producer.producer_epoch(),
+        "{committed}"
+    );
+    assert_eq!(committed["transaction_timeout_ms"], 60_000, "{committed}");
+    assert_eq!(
+        committed["partitions"],
+        serde_json::json!([]),
+        "{committed}"
+    );
+
+    // A transaction left open: Ongoing, with its partition and start time.
+    runtime.block_on(async {
+        producer.begin().expect("begin");
+        let tp = TopicPartition::new(topic, 0);
+        producer
+            .send(&tp, &[ProducerRecord::new(topic, "two")])
+            .await
+            .expect("send");
+    });
+    assert_eq!(listed(&bootstrap, id)["state"], "Ongoing");
+    let open = transactions_json(&bootstrap, &["describe", "--transactional-id", id]);
+    assert_eq!(open["state"], "Ongoing", "{open}");
+    assert_eq!(
+        open["partitions"],
+        serde_json::json!([{"topic": topic, "partition": 0}]),
+        "{open}"
+    );
+    assert!(
+        open["transaction_start_time_ms"].as_i64().unwrap_or(-1) > 0,
+        "{open}"
+    );
+    let text = sluice_ok(&[
+        "transactions",
+        "describe",
+        "--transactional-id",
+        id,
+        "--bootstrap-server",
+        &bootstrap,
+    ]);
+    let lines = stdout_lines(&text);
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(
+        lines[0].starts_with("COORDINATOR  TRANSACTIONAL-ID"),
+        "{lines:?}"
+    );
+    assert!(lines[1].contains(" Ongoing "), "{lines:?}");
+    assert!(lines[1].ends_with(" payments-0"), "{lines:?}");
+    runtime.block_on(async { producer.abort().await.expect("abort") });
+    assert_eq!(listed(&bootstrap, id)["state"], "CompleteAbort");
+
+    let unknown = run_sluice(
+        &[
+            "transactions",
+            "describe",
+            "--transactional-id",
+            "nobody",
+            "--bootstrap-server",
+            &bootstrap,
+        ],
+        None,
+        SLUICE_TIMEOUT,
+    );
+    assert_eq!(unknown.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&unknown.stderr);
+    assert!(
+        stderr.contains("TRANSACTIONAL_ID_NOT_FOUND") && stderr.lines().count() == 1,
+        "{stderr}"
     );
 }
