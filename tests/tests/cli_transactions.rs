@@ -2,7 +2,9 @@
 //! transactions, against a real broker: `sluice consume --isolation-level`
 //! hides an aborted transaction at read_committed and shows it at
 //! read_uncommitted; `sluice transactions list` and `describe` show a
-//! transactional id as its coordinator holds it, committed and open.
+//! transactional id as its coordinator holds it, committed and open;
+//! `sluice produce --transactional-id` commits a run's lines as one
+//! transaction, and aborts them all when the input turns out bad.
 //!
 //! The transactions are written with the client's `TransactionalProducer`
 //! on a runtime of the test's own, so that each one ends exactly as the
@@ -262,5 +264,69 @@ fn transactions_list_and_describe_show_committed_and_open_transactions() {
     assert!(
         stderr.contains("TRANSACTIONAL_ID_NOT_FOUND") && stderr.lines().count() == 1,
         "{stderr}"
+    );
+}
+
+#[test]
+fn produce_with_a_transactional_id_commits_a_good_run_and_aborts_a_bad_one() {
+    let broker = txn_broker();
+    let bootstrap = broker.bootstrap();
+    let topic = "imports";
+    let id = "cli-import";
+    sluice_ok(&[
+        "topics",
+        "create",
+        topic,
+        "--partitions",
+        "3",
+        "--bootstrap-server",
+        &bootstrap,
+    ]);
+    let produce = |input: &[u8]| {
+        run_sluice(
+            &[
+                "produce",
+                "--topic",
+                topic,
+                "-K",
+                ":",
+                "--transactional-id",
+                id,
+                "--bootstrap-server",
+                &bootstrap,
+            ],
+            Some(input),
+            SLUICE_TIMEOUT,
+        )
+    };
+    let good = produce(b"a:good-1\nb:good-2\nc:good-3\n");
+    assert!(
+        good.status.success(),
+        "{}",
+        String::from_utf8_lossy(&good.stderr)
+    );
+    assert_eq!(listed(&bootstrap, id)["state"], "CompleteCommit");
+    // The third line has no separator: the two before it were sent, then
+    // the transaction was aborted.
+    let bad = produce(b"a:bad-1\nb:bad-2\nno separator\n");
+    assert_eq!(bad.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        stderr.contains("line 3 has no key separator") && stderr.contains("aborted"),
+        "{stderr}"
+    );
+    assert_eq!(listed(&bootstrap, id)["state"], "CompleteAbort");
+
+    let sorted = |mut values: Vec<String>| {
+        values.sort();
+        values
+    };
+    assert_eq!(
+        sorted(consume_all(&bootstrap, topic, "read_committed")),
+        ["good-1", "good-2", "good-3"]
+    );
+    assert_eq!(
+        sorted(consume_all(&bootstrap, topic, "read_uncommitted")),
+        ["bad-1", "bad-2", "good-1", "good-2", "good-3"]
     );
 }
