@@ -84,6 +84,8 @@ pub const CLIENT_APIS: &[ApiKey] = &[
     ApiKey::AddOffsetsToTxn,
     ApiKey::EndTxn,
     ApiKey::TxnOffsetCommit,
+    ApiKey::DescribeTransactions,
+    ApiKey::ListTransactions,
 ];
 
 /// The newest AddPartitionsToTxn a client sends: v4 and later batch

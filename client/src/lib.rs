@@ -89,7 +89,7 @@ pub mod transaction;
 pub use admin::{
     Admin, ApiVersionRange, BrokerApiVersions, ClusterDescription, ConfigEntry, ConfigSource,
     GroupDescription, GroupListing, MemberDescription, NewTopic, QuorumDescription, QuorumEndpoint,
-    QuorumReplica, TopicDescription, TopicListing,
+    QuorumReplica, TopicDescription, TopicListing, TransactionDescription, TransactionListing,
 };
 pub use client::Client;
 pub use config::{
