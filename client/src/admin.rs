@@ -28,9 +28,11 @@ use crate::metadata::{BrokerInfo, PartitionInfo};
 
 pub mod groups;
 pub mod quorum;
+pub mod transactions;
 
 pub use groups::{GroupDescription, GroupListing, MemberDescription};
 pub use quorum::{QuorumDescription, QuorumEndpoint, QuorumReplica};
+pub use transactions::{TransactionDescription, TransactionListing};
 
 /// Attempts of one admin request on retriable failures.
 pub const ADMIN_ATTEMPTS_MAX: u32 = 5;

@@ -6,6 +6,8 @@
 //! `sluice_core::batch`, the parser the broker trusts. This module adapts
 //! them to the client's record types.
 
+use std::collections::BTreeSet;
+
 use sluice_core::batch as core_batch;
 use sluice_core::batch::builder::RecordHeader;
 
@@ -39,18 +41,116 @@ pub struct Fetched {
     pub batch_count: usize,
 }
 
+/// A transaction a read_committed fetch answer names as aborted: the
+/// producer's transactional records from `first_offset` up to its ABORT
+/// marker are not to be returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct AbortedTransaction {
+    pub producer_id: i64,
+    pub first_offset: i64,
+}
+
+/// The control record type of an ABORT marker (key: int16 version, int16 type).
+const CONTROL_TYPE_ABORT: i16 = 0;
+
+/// Kafka's filter of aborted transactions (`CompletedFetch`), over the
+/// batches of one fetch answer in order. A producer joins the aborted set
+/// once a batch reaches the first offset of one of its aborted
+/// transactions, and leaves it at its ABORT marker; its transactional
+/// batches in between are skipped.
+#[derive(Debug)]
+struct AbortedFilter {
+    /// Not reached yet, the highest first offset first (popped from the end).
+    pending: Vec<AbortedTransaction>,
+    producers: BTreeSet<i64>,
+}
+
+impl AbortedFilter {
+    fn new(aborted: &[AbortedTransaction]) -> AbortedFilter {
+        let mut pending = aborted.to_vec();
+        pending.sort_by_key(|t| std::cmp::Reverse(t.first_offset));
+        AbortedFilter {
+            pending,
+            producers: BTreeSet::new(),
+        }
+    }
+
+    /// Whether the batch's records are skipped, after updating the
+    /// aborted set with it. `batch` holds the whole batch.
+    fn skips(
+        &mut self,
+        tp: &TopicPartition,
+        header: &core_batch::BatchHeader,
+        batch: &[u8],
+    ) -> Result<bool, Error> {
+        if header.producer_id < 0 {
+            return Ok(false);
+        }
+        while let Some(next) = self.pending.last() {
+            if next.first_offset > header.last_offset() {
+                break;
+            }
+            self.producers.insert(next.producer_id);
+            self.pending.pop();
+        }
+        if header.is_control() {
+            if is_abort_marker(tp, header, batch)? {
+                self.producers.remove(&header.producer_id);
+            }
+            return Ok(true);
+        }
+        Ok(header.is_transactional() && self.producers.contains(&header.producer_id))
+    }
+}
+
+fn is_abort_marker(
+    tp: &TopicPartition,
+    header: &core_batch::BatchHeader,
+    batch: &[u8],
+) -> Result<bool, Error> {
+    let records = core_batch::decode_records(batch).map_err(|error| Error::CorruptBatch {
+        topic: tp.topic.clone(),
+        partition: tp.partition,
+        offset: header.base_offset,
+        detail: format!("{error:?}"),
+    })?;
+    let control_type = records
+        .first()
+        .and_then(|record| record.key.as_deref())
+        .filter(|key| key.len() >= 4)
+        .map(|key| i16::from_be_bytes([key[2], key[3]]));
+    Ok(control_type == Some(CONTROL_TYPE_ABORT))
+}
+
 /// Reads the complete batches of a fetch answer, skipping records below
 /// `position` and control batches; a partial batch at the end (cut by the
 /// size limit) is ignored, as the protocol allows.
 pub fn read_fetched(tp: &TopicPartition, bytes: &[u8], position: i64) -> Result<Fetched, Error> {
+    read_fetched_isolated(tp, bytes, position, None)
+}
+
+/// As `read_fetched`; at read_committed (`aborted` holds the answer's
+/// aborted transactions, maybe none) the records of aborted transactions
+/// are skipped too.
+pub fn read_fetched_isolated(
+    tp: &TopicPartition,
+    bytes: &[u8],
+    position: i64,
+    aborted: Option<&[AbortedTransaction]>,
+) -> Result<Fetched, Error> {
+    let mut filter = aborted.map(AbortedFilter::new);
     let mut fetched = Fetched::default();
     for (header, range) in core_batch::headers_in(bytes) {
         fetched.batch_count += 1;
+        let skipped = match &mut filter {
+            Some(filter) => filter.skips(tp, &header, &bytes[range.clone()])?,
+            None => false,
+        };
         if header.next_offset() <= position {
             continue;
         }
         fetched.next_offset = Some(header.next_offset());
-        if header.is_control() {
+        if header.is_control() || skipped {
             continue;
         }
         let views =
@@ -210,6 +310,158 @@ mod tests {
             matches!(result, Err(Error::CorruptBatch { .. })),
             "{result:?}"
         );
+    }
+
+    /// A transactional batch of `pid` at `base_offset`, one record per value.
+    fn transactional(pid: i64, base_offset: i64, values: &[&str]) -> Vec<u8> {
+        let specs: Vec<core_batch::RecordSpec<'_>> = values
+            .iter()
+            .map(|value| (None, Some(value.as_bytes()), vec![], 0))
+            .collect();
+        let identity = ProducerIdentity {
+            producer_id: pid,
+            producer_epoch: 0,
+            base_sequence: 0,
+        };
+        let mut batch = core_batch::build_transactional_batch(5, identity, &specs);
+        core_batch::assign_offset(&mut batch, base_offset, 0);
+        batch
+    }
+
+    fn plain(base_offset: i64, values: &[&str]) -> Vec<u8> {
+        let specs: Vec<core_batch::RecordSpec<'_>> = values
+            .iter()
+            .map(|value| (None, Some(value.as_bytes()), vec![], 0))
+            .collect();
+        let mut batch = core_batch::build_batch(5, &specs);
+        core_batch::assign_offset(&mut batch, base_offset, 0);
+        batch
+    }
+
+    /// A COMMIT or ABORT marker of `pid` at `offset`, in Kafka's layout.
+    fn marker(pid: i64, offset: i64, commit: bool) -> Vec<u8> {
+        let key = [0, 0, 0, u8::from(commit)];
+        let value = [0, 0, 0, 0, 0, 0];
+        let identity = ProducerIdentity {
+            producer_id: pid,
+            producer_epoch: 0,
+            base_sequence: -1,
+        };
+        let specs: Vec<core_batch::RecordSpec<'_>> = vec![(Some(&key), Some(&value), vec![], 0)];
+        let mut batch = core_batch::build_transactional_batch(5, identity, &specs);
+        let at = core_batch::ATTRIBUTES_OFFSET;
+        let attributes =
+            i16::from_be_bytes([batch[at], batch[at + 1]]) | core_batch::ATTRIBUTE_CONTROL;
+        batch[at..at + 2].copy_from_slice(&attributes.to_be_bytes());
+        core_batch::write_crc(&mut batch);
+        core_batch::assign_offset(&mut batch, offset, 0);
+        batch
+    }
+
+    fn values(fetched: &Fetched) -> Vec<String> {
+        fetched
+            .records
+            .iter()
+            .map(|r| String::from_utf8(r.value.as_ref().unwrap().to_vec()).unwrap())
+            .collect()
+    }
+
+    const P1: i64 = 1_000;
+    const P2: i64 = 2_000;
+
+    /// P1 aborts at 0-1 and 4 (marker 6) and then commits at 7; P2
+    /// commits at 2-3 (marker 5) in between; a plain batch closes.
+    fn interleaved() -> Vec<u8> {
+        [
+            transactional(P1, 0, &["p1-aborted-0", "p1-aborted-1"]),
+            transactional(P2, 2, &["p2-committed-2", "p2-committed-3"]),
+            transactional(P1, 4, &["p1-aborted-4"]),
+            marker(P2, 5, true),
+            marker(P1, 6, false),
+            transactional(P1, 7, &["p1-committed-7"]),
+            plain(8, &["plain-8"]),
+        ]
+        .concat()
+    }
+
+    #[test]
+    fn read_committed_drops_aborted_transactions_of_interleaved_producers() {
+        let tp = TopicPartition::new("t", 0);
+        let bytes = interleaved();
+        let aborted = [AbortedTransaction {
+            producer_id: P1,
+            first_offset: 0,
+        }];
+        let committed = read_fetched_isolated(&tp, &bytes, 0, Some(&aborted)).unwrap();
+        assert_eq!(
+            values(&committed),
+            [
+                "p2-committed-2",
+                "p2-committed-3",
+                "p1-committed-7",
+                "plain-8"
+            ]
+        );
+        assert_eq!(committed.next_offset, Some(9));
+        let offsets: Vec<i64> = committed.records.iter().map(|r| r.offset).collect();
+        assert_eq!(offsets, [2, 3, 7, 8]);
+        let everything = read_fetched(&tp, &bytes, 0).unwrap();
+        assert_eq!(
+            everything.records.len(),
+            7,
+            "read_uncommitted keeps all records"
+        );
+        let nothing_aborted = read_fetched_isolated(&tp, &bytes, 0, Some(&[])).unwrap();
+        assert_eq!(nothing_aborted.records, everything.records);
+    }
+
+    #[test]
+    fn read_committed_from_the_middle_of_an_aborted_transaction() {
+        let tp = TopicPartition::new("t", 0);
+        let bytes = interleaved();
+        let aborted = [AbortedTransaction {
+            producer_id: P1,
+            first_offset: 0,
+        }];
+        let fetched = read_fetched_isolated(&tp, &bytes, 1, Some(&aborted)).unwrap();
+        assert_eq!(
+            values(&fetched),
+            [
+                "p2-committed-2",
+                "p2-committed-3",
+                "p1-committed-7",
+                "plain-8"
+            ]
+        );
+    }
+
+    #[test]
+    fn an_aborted_transaction_starts_at_its_first_offset_not_before() {
+        let tp = TopicPartition::new("t", 0);
+        // P1 commits at 0 (marker 1), then aborts at 2-3 (marker 4), then
+        // P2 aborts at 5 with no marker in this answer yet.
+        let bytes = [
+            transactional(P1, 0, &["p1-committed-0"]),
+            marker(P1, 1, true),
+            transactional(P1, 2, &["p1-aborted-2", "p1-aborted-3"]),
+            marker(P1, 4, false),
+            transactional(P2, 5, &["p2-aborted-5"]),
+            transactional(P1, 6, &["p1-committed-6"]),
+        ]
+        .concat();
+        let aborted = [
+            AbortedTransaction {
+                producer_id: P2,
+                first_offset: 5,
+            },
+            AbortedTransaction {
+                producer_id: P1,
+                first_offset: 2,
+            },
+        ];
+        let fetched = read_fetched_isolated(&tp, &bytes, 0, Some(&aborted)).unwrap();
+        assert_eq!(values(&fetched), ["p1-committed-0", "p1-committed-6"]);
+        assert_eq!(fetched.next_offset, Some(7));
     }
 
     type ArbitraryRecord = (

@@ -186,6 +186,102 @@ impl ProducerConfig {
     }
 }
 
+/// Settings of a [`TransactionalProducer`](crate::TransactionalProducer).
+#[derive(Debug, Clone)]
+pub struct TransactionalConfig {
+    /// Names the producer across restarts (Kafka: `transactional.id`): a
+    /// new instance with the same id fences the old one and aborts its open
+    /// transaction.
+    pub transactional_id: String,
+    /// How long the coordinator lets a transaction stay open before it
+    /// aborts it (Kafka: `transaction.timeout.ms`).
+    pub transaction_timeout_ms: i32,
+    /// How long `init`, `send_offsets`, `commit` and `abort` may retry
+    /// before they give up (Kafka: `max.block.ms`).
+    pub max_block_ms: u64,
+    /// How long one `send` may retry before it gives up (Kafka:
+    /// `delivery.timeout.ms`).
+    pub delivery_timeout_ms: u64,
+}
+
+impl TransactionalConfig {
+    pub fn new(transactional_id: impl Into<String>) -> TransactionalConfig {
+        TransactionalConfig {
+            transactional_id: transactional_id.into(),
+            transaction_timeout_ms: 60_000,
+            max_block_ms: 60_000,
+            delivery_timeout_ms: 120_000,
+        }
+    }
+
+    pub fn with_transaction_timeout_ms(mut self, timeout_ms: i32) -> TransactionalConfig {
+        self.transaction_timeout_ms = timeout_ms;
+        self
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        if self.transactional_id.is_empty() {
+            return Err(Error::Config("transactional_id must not be empty".into()));
+        }
+        if self.transaction_timeout_ms <= 0 {
+            return Err(Error::Config(
+                "transaction_timeout_ms must be positive".into(),
+            ));
+        }
+        if self.max_block_ms == 0 || self.delivery_timeout_ms == 0 {
+            return Err(Error::Config(
+                "max_block_ms and delivery_timeout_ms must be positive".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Which records a consumer sees (Kafka: `isolation.level`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IsolationLevel {
+    /// Everything up to the high watermark, open and aborted transactions
+    /// included (`read_uncommitted`, Kafka's default).
+    #[default]
+    ReadUncommitted,
+    /// Only up to the last stable offset, without the records of aborted
+    /// transactions (`read_committed`).
+    ReadCommitted,
+}
+
+impl IsolationLevel {
+    /// The value Fetch and ListOffsets carry.
+    pub fn code(self) -> i8 {
+        match self {
+            IsolationLevel::ReadUncommitted => 0,
+            IsolationLevel::ReadCommitted => 1,
+        }
+    }
+
+    /// Kafka's name of the setting's value.
+    pub fn name(self) -> &'static str {
+        match self {
+            IsolationLevel::ReadUncommitted => "read_uncommitted",
+            IsolationLevel::ReadCommitted => "read_committed",
+        }
+    }
+}
+
+impl std::str::FromStr for IsolationLevel {
+    type Err = Error;
+
+    /// Kafka's names, as `isolation.level` takes them.
+    fn from_str(name: &str) -> Result<IsolationLevel> {
+        match name {
+            "read_uncommitted" => Ok(IsolationLevel::ReadUncommitted),
+            "read_committed" => Ok(IsolationLevel::ReadCommitted),
+            other => Err(Error::Config(format!(
+                "isolation.level must be read_uncommitted or read_committed, not {other:?}"
+            ))),
+        }
+    }
+}
+
 /// Where a consumer starts when it has no valid position.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OffsetReset {
@@ -237,6 +333,9 @@ pub struct ConsumerConfig {
     /// changed their partition count, which needs a new assignment
     /// (Kafka: `metadata.max.age.ms`).
     pub metadata_max_age_ms: u64,
+    /// Whether records of open and aborted transactions are returned
+    /// (Kafka: `isolation.level`; read_uncommitted by default, as in Kafka).
+    pub isolation_level: IsolationLevel,
 }
 
 impl Default for ConsumerConfig {
@@ -258,6 +357,7 @@ impl Default for ConsumerConfig {
             auto_commit_interval_ms: 5_000,
             partition_assignment_strategy: vec![Assignor::Range],
             metadata_max_age_ms: 300_000,
+            isolation_level: IsolationLevel::ReadUncommitted,
         }
     }
 }

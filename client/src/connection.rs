@@ -79,7 +79,18 @@ pub const CLIENT_APIS: &[ApiKey] = &[
     ApiKey::ListGroups,
     ApiKey::DeleteGroups,
     ApiKey::DescribeQuorum,
+    ApiKey::InitProducerId,
+    ApiKey::AddPartitionsToTxn,
+    ApiKey::AddOffsetsToTxn,
+    ApiKey::EndTxn,
+    ApiKey::TxnOffsetCommit,
+    ApiKey::DescribeTransactions,
+    ApiKey::ListTransactions,
 ];
+
+/// The newest AddPartitionsToTxn a client sends: v4 and later batch
+/// several transactional ids and are for brokers only.
+const ADD_PARTITIONS_TO_TXN_CLIENT_MAX: i16 = 3;
 
 /// The `(min, max)` versions of `api` this client speaks: the core's range,
 /// narrowed per API where the client cannot use all of it. None for an API
@@ -93,6 +104,7 @@ pub fn client_versions(api: ApiKey) -> Option<(i16, i16)> {
         // The client asks for all topics with a null topic list, which
         // Metadata v0 cannot carry (its list is not nullable there).
         ApiKey::Metadata => Some((min.max(1), max)),
+        ApiKey::AddPartitionsToTxn => Some((min, max.min(ADD_PARTITIONS_TO_TXN_CLIENT_MAX))),
         _ => Some((min, max)),
     }
 }

@@ -9,7 +9,9 @@
 //! answered OFFSET_OUT_OF_RANGE. One `poll` round sends one Fetch per
 //! leader (concurrently), decodes every complete batch, skips records below
 //! the position and control batches, and moves the position past the last
-//! complete batch. Errors that mean stale metadata trigger a refresh and
+//! complete batch. At read_committed (`isolation_level`) the leader returns
+//! only what lies below the last stable offset, and the records of the
+//! aborted transactions the answer names are skipped too. Errors that mean stale metadata trigger a refresh and
 //! the round is retried until the poll's timeout.
 //!
 //! With a group, a partition without a position first asks the group's
@@ -33,9 +35,9 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use crate::batch::read_fetched;
+use crate::batch::{read_fetched_isolated, AbortedTransaction};
 use crate::client::{Client, Endpoint};
-use crate::config::{ConsumerConfig, OffsetReset};
+use crate::config::{ConsumerConfig, IsolationLevel, OffsetReset};
 use crate::connector::Connector;
 use crate::error::{check_code, Error, Result};
 use crate::record::{ConsumerRecord, TopicPartition};
@@ -56,7 +58,8 @@ pub const LIST_OFFSETS_ATTEMPTS_MAX: u32 = 5;
 pub enum OffsetSpec {
     /// The log start offset.
     Earliest,
-    /// The offset after the last readable record (the high watermark).
+    /// The offset after the last readable record: the high watermark, or
+    /// at read_committed the last stable offset.
     Latest,
     /// The first offset whose timestamp is at or after this.
     Timestamp(i64),
@@ -77,6 +80,14 @@ impl OffsetSpec {
 pub struct ListedOffset {
     pub offset: i64,
     pub timestamp_ms: i64,
+}
+
+/// One partition's part of a fetch answer.
+struct PartitionData {
+    error_code: i16,
+    records: Bytes,
+    /// The aborted transactions in `records`, at read_committed only.
+    aborted: Option<Vec<AbortedTransaction>>,
 }
 
 /// A fetch answer from one leader, with the topic ids the request used.
@@ -321,8 +332,15 @@ impl<C: Connector> Consumer<C> {
             );
         }
         let timeout_ms = self.client.request_timeout_ms();
+        // Before v2 there is no isolation level: the high watermark it is.
+        let isolation_level = if version >= 2 {
+            self.config.isolation_level.code()
+        } else {
+            0
+        };
         let request = ListOffsetsRequest::default()
             .with_replica_id(BrokerId(-1))
+            .with_isolation_level(isolation_level)
             .with_timeout_ms(i32::try_from(timeout_ms).unwrap_or(i32::MAX))
             .with_topics(
                 topics
@@ -553,9 +571,22 @@ impl<C: Connector> Consumer<C> {
                     continue;
                 };
                 let records = data.records.clone().unwrap_or_default();
-                if let Err(error) =
-                    self.fold_partition(&tp, position, data.error_code, records, stale)
-                {
+                let aborted =
+                    (self.config.isolation_level == IsolationLevel::ReadCommitted).then(|| {
+                        let listed = data.aborted_transactions.iter().flatten();
+                        listed
+                            .map(|entry| AbortedTransaction {
+                                producer_id: entry.producer_id.0,
+                                first_offset: entry.first_offset,
+                            })
+                            .collect::<Vec<_>>()
+                    });
+                let answer = PartitionData {
+                    error_code: data.error_code,
+                    records,
+                    aborted,
+                };
+                if let Err(error) = self.fold_partition(&tp, position, answer, stale) {
                     result = result.and(Err(error));
                 }
             }
@@ -567,10 +598,14 @@ impl<C: Connector> Consumer<C> {
         &mut self,
         tp: &TopicPartition,
         position: i64,
-        error_code: i16,
-        records: Bytes,
+        answer: PartitionData,
         stale: &mut BTreeSet<String>,
     ) -> Result<()> {
+        let PartitionData {
+            error_code,
+            records,
+            aborted,
+        } = answer;
         if self.positions.get(tp) != Some(&Some(position)) {
             return Ok(()); // sought or unassigned meanwhile
         }
@@ -587,7 +622,7 @@ impl<C: Connector> Consumer<C> {
                 ));
             }
         }
-        let fetched = read_fetched(tp, &records, position)?;
+        let fetched = read_fetched_isolated(tp, &records, position, aborted.as_deref())?;
         if fetched.batch_count == 0 && !records.is_empty() {
             return Err(Error::RecordTooLarge {
                 bytes: records.len(),
@@ -667,7 +702,7 @@ fn fetch_request(
         .with_max_wait_ms(i32::try_from(wait_ms).unwrap_or(i32::MAX))
         .with_min_bytes(config.fetch_min_bytes)
         .with_max_bytes(config.fetch_max_bytes)
-        .with_isolation_level(0)
+        .with_isolation_level(config.isolation_level.code())
         .with_session_id(0)
         .with_session_epoch(-1)
         .with_topics(

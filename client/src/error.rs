@@ -11,6 +11,8 @@ use std::sync::Arc;
 use kafka_protocol::messages::ApiKey;
 use kafka_protocol::ResponseError;
 
+use crate::transaction::{Operation, TransactionState};
+
 /// Every failure the client reports.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
@@ -110,6 +112,29 @@ pub enum Error {
     /// A configuration value that cannot work.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// Records a call cannot send as given (none at all, or naming another
+    /// partition than the one they are sent to).
+    #[error("invalid records: {0}")]
+    InvalidRecords(String),
+    /// A transactional producer call its state does not allow: `send`
+    /// outside a transaction, `commit` after a failed send, anything after a
+    /// fatal error. `cause` is the error that put it in that state, if any.
+    #[error(
+        "transactional producer: cannot {operation} in state {state:?}{}",
+        cause_detail(cause)
+    )]
+    TransactionState {
+        operation: Operation,
+        state: TransactionState,
+        cause: Option<Box<Error>>,
+    },
+}
+
+fn cause_detail(cause: &Option<Box<Error>>) -> String {
+    match cause {
+        Some(cause) => format!(" (after: {cause})"),
+        None => String::new(),
+    }
 }
 
 fn detail(message: &Option<String>) -> String {

@@ -49,6 +49,25 @@
 //! consumer.close().await?; // commits, then leaves the group
 //! # Ok(()) }
 //! ```
+//!
+//! Transactions ([`transaction`]): a [`TransactionalProducer`] writes to
+//! several partitions and commits a group's offsets all at once or not at
+//! all; consumers with `isolation_level: ReadCommitted` see only what
+//! committed.
+//!
+//! ```no_run
+//! # async fn example() -> sluice_client::Result<()> {
+//! use sluice_client::*;
+//! let client = Client::new(TokioConnector, ClientConfig::new(["127.0.0.1:9092"]))?;
+//! let config = TransactionalConfig::new("billing-1");
+//! let mut producer = TransactionalProducer::init(client, config, system_clock()).await?;
+//! producer.begin()?;
+//! let tp = TopicPartition::new("invoices", 0);
+//! producer.send(&tp, &[ProducerRecord::new("invoices", "paid")]).await?;
+//! producer.send_offsets("billing", &[(TopicPartition::new("orders", 0), 42)]).await?;
+//! producer.commit().await?;
+//! # Ok(()) }
+//! ```
 
 pub mod accumulator;
 pub mod admin;
@@ -65,16 +84,17 @@ pub mod metadata;
 pub mod partitioner;
 pub mod producer;
 pub mod record;
+pub mod transaction;
 
 pub use admin::{
     Admin, ApiVersionRange, BrokerApiVersions, ClusterDescription, ConfigEntry, ConfigSource,
     GroupDescription, GroupListing, MemberDescription, NewTopic, QuorumDescription, QuorumEndpoint,
-    QuorumReplica, TopicDescription, TopicListing,
+    QuorumReplica, TopicDescription, TopicListing, TransactionDescription, TransactionListing,
 };
 pub use client::Client;
 pub use config::{
-    system_clock, Acks, ClientConfig, Clock, Compression, ConsumerConfig, OffsetReset,
-    ProducerConfig,
+    system_clock, Acks, ClientConfig, Clock, Compression, ConsumerConfig, IsolationLevel,
+    OffsetReset, ProducerConfig, TransactionalConfig,
 };
 pub use connection::IN_FLIGHT_REQUESTS_MAX;
 pub use connector::{Connector, TokioConnector};
@@ -87,3 +107,4 @@ pub use producer::{DeliveryFuture, Producer};
 pub use record::{
     ConsumerRecord, Header, ProducerRecord, RecordMetadata, TimestampType, TopicPartition,
 };
+pub use transaction::{Operation, TransactionState, TransactionalProducer};

@@ -626,7 +626,37 @@ pub type RecordSpec<'a> = (
 /// the broker's own records. Record timestamps are `base_timestamp` plus
 /// their delta; `records` is not empty (asserted).
 pub fn build_batch(base_timestamp: i64, records: &[RecordSpec<'_>]) -> Vec<u8> {
-    use builder::{BatchBuilder, Compression, ProducerIdentity, RecordData};
+    build_uncompressed(base_timestamp, builder::ProducerIdentity::NONE, records)
+}
+
+/// `build_batch` of a transaction's records: the producer id, epoch and
+/// base sequence are `producer`'s, and the transactional attribute (bit 4)
+/// is set, the CRC covering it. The group coordinator writes a
+/// transaction's offsets this way.
+pub fn build_transactional_batch(
+    base_timestamp: i64,
+    producer: builder::ProducerIdentity,
+    records: &[RecordSpec<'_>],
+) -> Vec<u8> {
+    assert!(
+        producer.producer_id >= 0 && producer.producer_epoch >= 0,
+        "a transaction has a producer"
+    );
+    let mut batch = build_uncompressed(base_timestamp, producer, records);
+    let attributes = i16::from_be_bytes([batch[ATTRIBUTES_OFFSET], batch[ATTRIBUTES_OFFSET + 1]]);
+    let attributes = attributes | ATTRIBUTE_TRANSACTIONAL;
+    batch[ATTRIBUTES_OFFSET..ATTRIBUTES_OFFSET + 2].copy_from_slice(&attributes.to_be_bytes());
+    write_crc(&mut batch);
+    batch
+}
+
+/// An uncompressed batch of `records` carrying `producer`.
+fn build_uncompressed(
+    base_timestamp: i64,
+    producer: builder::ProducerIdentity,
+    records: &[RecordSpec<'_>],
+) -> Vec<u8> {
+    use builder::{BatchBuilder, Compression, RecordData};
     let mut batch = BatchBuilder::new().with_base_timestamp(base_timestamp);
     for (key, value, headers, timestamp_delta) in records {
         batch.append(&RecordData {
@@ -637,11 +667,118 @@ pub fn build_batch(base_timestamp: i64, records: &[RecordSpec<'_>]) -> Vec<u8> {
         });
     }
     let built = batch
-        .build(Compression::None, ProducerIdentity::NONE)
+        .build(Compression::None, producer)
         .expect("the broker's own batches are far below 2 GiB");
     // With the builder gone the batch owns its bytes alone: no copy below.
     drop(batch);
     Vec::from(built)
+}
+
+/// Control record type of a transaction's abort marker (Kafka's `ControlRecordType.ABORT`).
+pub const CONTROL_TYPE_ABORT: i16 = 0;
+/// Control record type of a transaction's commit marker.
+pub const CONTROL_TYPE_COMMIT: i16 = 1;
+/// Bytes of a transaction marker batch as `build_control_batch` writes it.
+pub const MARKER_BATCH_BYTES: usize = 78;
+
+/// The record of a transaction marker (Kafka's `EndTransactionMarker`):
+/// how the transaction ended, and the epoch of the coordinator that said so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ControlRecord {
+    pub commit: bool,
+    pub coordinator_epoch: i32,
+}
+
+/// A transaction marker as Kafka writes it (`MemoryRecords.withEndTransactionMarker`):
+/// a transactional control batch (attribute bits 4 and 5), uncompressed,
+/// without sequence (-1), holding one record whose key is `int16 version 0,
+/// int16 type` (0 abort, 1 commit) and whose value is `int16 version 0,
+/// int32 coordinator_epoch`, timestamped `now_ms`. Like every built batch it
+/// starts at offset 0 with no leader epoch: the leader assigns both.
+pub fn build_control_batch(
+    now_ms: i64,
+    producer_id: i64,
+    producer_epoch: i16,
+    coordinator_epoch: i32,
+    commit: bool,
+) -> Vec<u8> {
+    use builder::{BatchBuilder, Compression, ProducerIdentity, RecordData};
+    assert!(producer_id >= 0, "a marker closes a producer's transaction");
+    let kind = if commit {
+        CONTROL_TYPE_COMMIT
+    } else {
+        CONTROL_TYPE_ABORT
+    };
+    let mut key = [0u8; 4];
+    key[2..].copy_from_slice(&kind.to_be_bytes());
+    let mut value = [0u8; 6];
+    value[2..].copy_from_slice(&coordinator_epoch.to_be_bytes());
+    let none: &[(&[u8], Option<&[u8]>)] = &[];
+    let mut builder = BatchBuilder::new().with_base_timestamp(now_ms);
+    builder.append(&RecordData {
+        timestamp_ms: now_ms,
+        key: Some(&key),
+        value: Some(&value),
+        headers: none,
+    });
+    let identity = ProducerIdentity {
+        producer_id,
+        producer_epoch,
+        base_sequence: -1,
+    };
+    let built = builder
+        .build(Compression::None, identity)
+        .expect("a marker is 78 bytes");
+    drop(builder);
+    let mut batch = Vec::from(built);
+    let attributes = ATTRIBUTE_TRANSACTIONAL | ATTRIBUTE_CONTROL;
+    batch[ATTRIBUTES_OFFSET..LAST_OFFSET_DELTA_OFFSET].copy_from_slice(&attributes.to_be_bytes());
+    write_crc(&mut batch);
+    assert_eq!(batch.len(), MARKER_BATCH_BYTES);
+    batch
+}
+
+/// The transaction marker a control batch holds: None when its record is
+/// another control type (a KRaft log's leader change, say); an error when
+/// the batch is damaged or not a control batch. Kafka reads only the
+/// first record, and accepts newer key and value versions (which only add
+/// fields at the end).
+pub fn parse_control_record(batch: &[u8]) -> Result<Option<ControlRecord>, BatchError> {
+    const BROKEN: BatchError = BatchError::Corrupt("malformed control record");
+    let header = check_framing(batch)?;
+    if !header.is_control() {
+        return Err(BatchError::Invalid("not a control batch"));
+    }
+    let records = decode_records(batch)?;
+    let record = records.first().ok_or(BROKEN)?;
+    let key = record
+        .key
+        .as_deref()
+        .filter(|k| k.len() >= 4)
+        .ok_or(BROKEN)?;
+    let key_version = i16::from_be_bytes([key[0], key[1]]);
+    let kind = i16::from_be_bytes([key[2], key[3]]);
+    if key_version < 0 {
+        return Err(BROKEN);
+    }
+    let commit = match kind {
+        CONTROL_TYPE_ABORT => false,
+        CONTROL_TYPE_COMMIT => true,
+        _ => return Ok(None),
+    };
+    let value = record
+        .value
+        .as_deref()
+        .filter(|v| v.len() >= 6)
+        .ok_or(BROKEN)?;
+    if i16::from_be_bytes([value[0], value[1]]) < 0 {
+        return Err(BROKEN);
+    }
+    let coordinator_epoch = i32::from_be_bytes([value[2], value[3], value[4], value[5]]);
+    Ok(Some(ControlRecord {
+        commit,
+        coordinator_epoch,
+    }))
 }
 
 /// Iterates over the complete batches at the start of `bytes`, yielding each
@@ -820,6 +957,95 @@ pub mod tests {
         ));
     }
 
+    /// A marker's bytes are Kafka's: 78 of them, attributes 0x30, no
+    /// sequence, one record with the control key and the coordinator
+    /// epoch; an independent encoder (kafka-protocol's) given the same
+    /// record writes the same bytes, and its decoder reads them back.
+    #[test]
+    fn a_marker_is_kafkas_control_batch() {
+        use kafka_protocol::records::{
+            Compression as Codec, Record, RecordBatchDecoder, RecordBatchEncoder,
+            RecordEncodeOptions, TimestampType,
+        };
+        let abort = build_control_batch(1_700_000_000_123, 4_242, 7, 19, false);
+        let commit = build_control_batch(1_700_000_000_123, 4_242, 7, 19, true);
+        for (batch, commit_bit) in [(&abort, false), (&commit, true)] {
+            assert_eq!(batch.len(), MARKER_BATCH_BYTES);
+            let header = check_framing(batch).expect("framing");
+            assert_eq!(header.attributes, 0x30);
+            assert_eq!(
+                (
+                    header.producer_id,
+                    header.producer_epoch,
+                    header.base_sequence
+                ),
+                (4_242, 7, -1)
+            );
+            assert_eq!((header.record_count, header.last_offset_delta), (1, 0));
+            assert_eq!(
+                parse_control_record(batch),
+                Ok(Some(ControlRecord {
+                    commit: commit_bit,
+                    coordinator_epoch: 19
+                }))
+            );
+            let kind: i16 = if commit_bit { 1 } else { 0 };
+            let record = Record {
+                transactional: true,
+                control: true,
+                delete_horizon: false,
+                partition_leader_epoch: -1,
+                producer_id: 4_242,
+                producer_epoch: 7,
+                timestamp_type: TimestampType::Creation,
+                offset: 0,
+                sequence: -1,
+                timestamp: 1_700_000_000_123,
+                key: Some(Bytes::from([0, 0, 0, kind as u8].to_vec())),
+                value: Some(Bytes::from(vec![0, 0, 0, 0, 0, 19])),
+                headers: Default::default(),
+            };
+            let mut encoded = bytes::BytesMut::new();
+            let options = RecordEncodeOptions {
+                version: 2,
+                compression: Codec::None,
+            };
+            RecordBatchEncoder::encode(&mut encoded, [&record], &options).expect("encodes");
+            assert_eq!(&encoded[..], &batch[..], "commit {commit_bit}");
+            let mut read = Bytes::copy_from_slice(batch);
+            let decoded = RecordBatchDecoder::decode(&mut read).expect("decodes");
+            assert_eq!(decoded.records, vec![record]);
+        }
+        let hex: String = abort.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(
+            &hex[..34],
+            "000000000000000000000042ffffffff02",
+            "offset 0, length 66, no leader epoch, magic 2"
+        );
+        assert_eq!(
+            &hex[122..],
+            "2000000008000000000c00000000001300",
+            "record: length 16, attributes, deltas, key (0, ABORT), value (0, epoch 19), no headers"
+        );
+    }
+
+    #[test]
+    fn other_control_records_are_not_markers_and_damage_is_an_error() {
+        let marker = build_control_batch(0, 1, 0, 0, true);
+        let mut leader_change = marker.clone();
+        // Type 2: KRaft's LEADER_CHANGE; the CRC covers the record.
+        let type_at = MARKER_BATCH_BYTES - 1 - 6 - 1 - 1;
+        assert_eq!(leader_change[type_at], 1);
+        leader_change[type_at] = 2;
+        write_crc(&mut leader_change);
+        assert_eq!(parse_control_record(&leader_change), Ok(None));
+        let plain = build_batch(0, &[(None, Some(b"v"), vec![], 0)]);
+        assert!(parse_control_record(&plain).is_err());
+        let mut torn = marker.clone();
+        torn[70] ^= 1;
+        assert!(parse_control_record(&torn).is_err());
+    }
+
     #[test]
     fn log_append_time_rewrite_keeps_the_crc_valid() {
         let mut batch = build_batch(5, &[(None, Some(b"a"), vec![], 0)]);
@@ -828,6 +1054,35 @@ pub mod tests {
         let header = check_framing(&batch).expect("crc recomputed");
         assert!(header.is_log_append_time());
         assert_eq!(decode_records(&batch).expect("decodes")[0].timestamp, 99);
+    }
+
+    #[test]
+    fn a_transactional_batch_carries_its_producer_and_the_bit() {
+        let producer = builder::ProducerIdentity {
+            producer_id: 7,
+            producer_epoch: 3,
+            base_sequence: 0,
+        };
+        let records = [(Some(&b"k"[..]), Some(&b"v"[..]), vec![], 0)];
+        let batch = build_transactional_batch(5, producer, &records);
+        let header = check_framing(&batch).expect("a valid CRC over the set bit");
+        assert!(header.is_transactional());
+        assert!(!header.is_control());
+        assert_eq!(
+            (
+                header.producer_id,
+                header.producer_epoch,
+                header.base_sequence
+            ),
+            (7, 3, 0)
+        );
+        let plain = BatchHeader::parse(&build_batch(5, &records));
+        assert!(!plain.is_transactional());
+        assert_eq!(plain.producer_id, -1);
+        assert_eq!(
+            decode_records(&batch).expect("decodes")[0].value.as_deref(),
+            Some(&b"v"[..])
+        );
     }
 
     proptest::proptest! {

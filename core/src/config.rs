@@ -282,6 +282,41 @@ pub const BROKER_KEYS: &[Key] = &[
         "partitions of __consumer_offsets",
     ),
     key(
+        "transaction.state.log.num.partitions",
+        Kind::Int,
+        "50",
+        1,
+        "partitions of __transaction_state",
+    ),
+    key(
+        "transaction.max.timeout.ms",
+        Kind::Int,
+        "900000",
+        1,
+        "the longest transaction timeout a producer may ask for",
+    ),
+    key(
+        "transactional.id.expiration.ms",
+        Kind::Int,
+        "604800000",
+        1,
+        "how long a transactional id without a transaction is kept",
+    ),
+    key(
+        "transaction.abort.timed.out.transaction.cleanup.interval.ms",
+        Kind::Int,
+        "10000",
+        1,
+        "how often open transactions past their timeout are aborted",
+    ),
+    key(
+        "transaction.remove.expired.transaction.cleanup.interval.ms",
+        Kind::Int,
+        "3600000",
+        1,
+        "how often expired transactional ids are removed",
+    ),
+    key(
         "process.roles",
         Kind::Choice(PROCESS_ROLES),
         "broker,controller",
@@ -617,6 +652,16 @@ pub struct BrokerConfig {
     pub offsets_topic_partitions: i32,
     pub offsets_retention_ms: i64,
     pub offsets_retention_check_interval_ms: i64,
+    /// `transaction.state.log.num.partitions`.
+    pub txn_topic_partitions: i32,
+    /// `transaction.max.timeout.ms`.
+    pub txn_max_timeout_ms: i64,
+    /// `transactional.id.expiration.ms`.
+    pub txn_id_expiration_ms: i64,
+    /// `transaction.abort.timed.out.transaction.cleanup.interval.ms`.
+    pub txn_abort_check_interval_ms: i64,
+    /// `transaction.remove.expired.transaction.cleanup.interval.ms`.
+    pub txn_expiry_check_interval_ms: i64,
     /// `process.roles` includes `controller` / `broker`.
     pub controller: bool,
     pub broker: bool,
@@ -697,10 +742,20 @@ pub enum Mutation {
     /// instead of bumping it (every node's metadata image applies the
     /// change so).
     KeepLeaderEpoch,
+    /// Transactional offsets count as committed when TxnOffsetCommit
+    /// writes them, not when their transaction's COMMIT marker does (an
+    /// abort keeps them).
+    TxnOffsetsBeforeMarker,
+    /// The last stable offset is the high watermark: read_committed
+    /// consumers read open transactions.
+    LsoIsHighWatermark,
+    /// Fetches at read_committed name no aborted transactions, so
+    /// consumers keep what aborted.
+    NoAbortedTransactions,
 }
 
 impl Mutation {
-    pub const ALL: [Mutation; 20] = [
+    pub const ALL: [Mutation; 23] = [
         Mutation::AckBeforeSync,
         Mutation::ReadBeforeSync,
         Mutation::SkipRecoveryCrc,
@@ -721,6 +776,9 @@ impl Mutation {
         Mutation::EmptyIsrOnFence,
         Mutation::FollowHintedLeader,
         Mutation::KeepLeaderEpoch,
+        Mutation::TxnOffsetsBeforeMarker,
+        Mutation::LsoIsHighWatermark,
+        Mutation::NoAbortedTransactions,
     ];
 
     pub fn name(self) -> &'static str {
@@ -745,6 +803,9 @@ impl Mutation {
             Mutation::EmptyIsrOnFence => "empty-isr-on-fence",
             Mutation::FollowHintedLeader => "follow-hinted-leader",
             Mutation::KeepLeaderEpoch => "keep-leader-epoch",
+            Mutation::TxnOffsetsBeforeMarker => "txn-offsets-before-marker",
+            Mutation::LsoIsHighWatermark => "lso-is-high-watermark",
+            Mutation::NoAbortedTransactions => "no-aborted-transactions",
         }
     }
 }
@@ -880,6 +941,15 @@ impl BrokerConfig {
             offsets_topic_partitions: number("offsets.topic.num.partitions") as i32,
             offsets_retention_ms: number("offsets.retention.minutes") * 60_000,
             offsets_retention_check_interval_ms: number("offsets.retention.check.interval.ms"),
+            txn_topic_partitions: number("transaction.state.log.num.partitions") as i32,
+            txn_max_timeout_ms: number("transaction.max.timeout.ms"),
+            txn_id_expiration_ms: number("transactional.id.expiration.ms"),
+            txn_abort_check_interval_ms: number(
+                "transaction.abort.timed.out.transaction.cleanup.interval.ms",
+            ),
+            txn_expiry_check_interval_ms: number(
+                "transaction.remove.expired.transaction.cleanup.interval.ms",
+            ),
             mutation,
             values,
         })

@@ -7,7 +7,9 @@
 //!
 //! JoinGroup and SyncGroup answers are often deferred: the caller passes a
 //! token, and the answer comes out later from `take_resolved`. Committed
-//! offsets live here too (persisted by the node in `__consumer_offsets`).
+//! offsets live here too (persisted by the node in `__consumer_offsets`),
+//! and so do a transaction's offsets until its marker commits or drops
+//! them (`pending`).
 
 use std::collections::BTreeMap;
 
@@ -110,12 +112,19 @@ impl Group {
     }
 }
 
+/// A group's offsets, by topic and partition.
+pub type GroupOffsets = BTreeMap<(String, i32), Committed>;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Committed {
     pub offset: i64,
     pub leader_epoch: i32,
     pub metadata: String,
     pub commit_timestamp_ms: i64,
+    /// Where the commit's record is in `__consumer_offsets` (-1 before it
+    /// is written). A transaction's commit replaces a committed offset only
+    /// when its record is the later one, as Kafka compares them.
+    pub record_offset: i64,
 }
 
 /// A JoinGroup request, decoded.
@@ -166,6 +175,9 @@ pub enum Resolved {
 pub struct Coordinator {
     pub groups: BTreeMap<String, Group>,
     pub offsets: BTreeMap<String, BTreeMap<(String, i32), Committed>>,
+    /// Transactional offsets written and not yet committed or aborted, by
+    /// group and producer id: OffsetFetch does not see them.
+    pending: BTreeMap<String, BTreeMap<i64, GroupOffsets>>,
     resolved: Vec<(Token, Resolved)>,
     /// How long the first rebalance of an empty group waits for more members.
     pub initial_rebalance_delay_ms: i64,
@@ -772,23 +784,31 @@ impl Coordinator {
     ) {
         let offsets = &mut self.offsets;
         offsets.retain(|id, committed| !committed.is_empty() || !among(id));
+        // A group with an open transaction's offsets stays until it ends.
+        let pending = &self.pending;
         self.groups.retain(|id, group| {
             !among(id)
                 || !group.members.is_empty()
                 || offsets.contains_key(id)
+                || pending.contains_key(id)
                 || recorded.contains(id)
         });
     }
 
-    /// Forgets a committed offset (its tombstone was written).
+    /// Forgets a committed offset (its tombstone was written), and the
+    /// open transactions' offsets of the same partition, as Kafka's replay
+    /// of a tombstone does: a later commit marker brings none of them back.
     pub fn forget_offset(&mut self, group_id: &str, topic: &str, partition: i32) {
+        let key = (topic.to_string(), partition);
         if let Some(offsets) = self.offsets.get_mut(group_id) {
-            offsets.remove(&(topic.to_string(), partition));
+            offsets.remove(&key);
         }
+        self.forget_pending_of(group_id, &key);
     }
 
     /// Committed offsets of groups without members older than the
-    /// retention, to be removed (Kafka's `offsets.retention.minutes`).
+    /// retention, to be removed (Kafka's `offsets.retention.minutes`). A
+    /// partition with an open transaction's offset waits for its end.
     pub fn expired_offsets(&self, now_ms: i64, retention_ms: i64) -> Vec<(String, String, i32)> {
         let mut expired = Vec::new();
         for (group_id, offsets) in &self.offsets {
@@ -800,7 +820,9 @@ impl Coordinator {
                 continue;
             }
             for ((topic, partition), committed) in offsets {
-                if committed.commit_timestamp_ms.saturating_add(retention_ms) < now_ms {
+                if committed.commit_timestamp_ms.saturating_add(retention_ms) < now_ms
+                    && !self.has_pending(group_id, topic, *partition)
+                {
                     expired.push((group_id.clone(), topic.clone(), *partition));
                 }
             }
@@ -856,9 +878,11 @@ impl Coordinator {
                 "committed offsets belong to a known group"
             );
         }
+        self.pending_invariants();
     }
 
-    /// Deletes an empty group and its offsets.
+    /// Deletes an empty group and its offsets, the open transactions'
+    /// included.
     pub fn delete(&mut self, group_id: &str) -> Result<(), ResponseError> {
         match self.groups.get(group_id) {
             None if !self.offsets.contains_key(group_id) => Err(ResponseError::GroupIdNotFound),
@@ -866,6 +890,7 @@ impl Coordinator {
             _ => {
                 self.groups.remove(group_id);
                 self.offsets.remove(group_id);
+                self.pending.remove(group_id);
                 Ok(())
             }
         }
@@ -981,5 +1006,6 @@ fn answer_for(group: &Group, member_id: &str) -> JoinAnswer {
     }
 }
 
+mod pending;
 #[cfg(test)]
 mod tests;

@@ -1,7 +1,7 @@
 //! Kafka's record formats in `__consumer_offsets`: the offset commit key
 //! (version 1) and value (version 3), and the group metadata key (version
 //! 2) and value (version 3), with decoders for the older versions Kafka
-//! may have written.
+//! may have written; and the key of the transaction markers found there.
 
 use bytes::{Buf, BufMut, Bytes};
 
@@ -120,7 +120,25 @@ pub fn parse_offset_value(mut value: &[u8]) -> Option<Committed> {
         leader_epoch,
         metadata,
         commit_timestamp_ms,
+        // Known to whoever read the record from the log.
+        record_offset: -1,
     })
+}
+
+/// Decodes the key of a transaction marker (a control record): `int16
+/// version, int16 type`, type 0 ABORT and 1 COMMIT. Some(true) for a
+/// commit, Some(false) for an abort, None for other control records or
+/// garbage.
+pub fn parse_marker_key(mut key: &[u8]) -> Option<bool> {
+    if key.remaining() < 4 {
+        return None;
+    }
+    let _version = key.get_i16();
+    match key.get_i16() {
+        0 => Some(false),
+        1 => Some(true),
+        _ => None,
+    }
 }
 
 /// Kafka's group metadata key, version 2.

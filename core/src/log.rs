@@ -10,10 +10,17 @@
 //! (max timestamp so far, i64; relative offset of that batch's last record, u32).
 //! `format` defines these bytes, for this module and for `sluice dump-log`.
 //!
+//! `.txnindex` holds 34-byte entries, one per transaction an abort marker
+//! in the segment closed (`format::AbortedTxn`), for read_committed
+//! fetches to name the aborted transactions in what they return.
+//!
 //! The indexes are kept in memory and appended to their files as they grow;
-//! they are derived data, rebuilt by a full scan after an unclean stop. The
-//! log never syncs by itself: every file it changes is reported by
-//! `take_dirty`, and the owner turns that into a sync request.
+//! they are derived data, rebuilt by a full scan after an unclean stop.
+//! The `.txnindex` is rebuilt by every open (the producer state needs the
+//! same walk over the batches) and rewritten when its file disagrees; an
+//! entry appended joins the same sync as its marker's batch. The log never
+//! syncs by itself: every file it changes is reported by `take_dirty`, and
+//! the owner turns that into a sync request.
 //!
 //! The log also keeps Kafka's leader epoch cache (`epochs`): the first
 //! offset of every leader epoch in it, from the batch headers, kept in
@@ -30,9 +37,9 @@ use std::io;
 
 use bytes::{Bytes, BytesMut};
 
-use crate::batch::{self, BatchError, BatchHeader, HEADER_BYTES};
+use crate::batch::{self, BatchError, BatchHeader, ControlRecord, HEADER_BYTES};
 use crate::config::TopicConfig;
-use crate::producers::ProducerStates;
+use crate::producers::{MarkerError, ProducerStates, TxnMarker};
 use crate::storage::{read_exact_at, FileId, Storage, SyncTarget};
 
 mod epochs;
@@ -43,9 +50,10 @@ pub use epochs::{
     CHECKPOINT_TMP_FILE, CHECKPOINT_VERSION, UNDEFINED_EPOCH, UNDEFINED_EPOCH_OFFSET,
 };
 pub use format::segment_name;
+pub use format::AbortedTxn;
 use format::{
-    OffsetEntry, TimeEntry, BATCH_BYTES_MAX, INDEX_SUFFIX, LOG_SUFFIX, OFFSET_ENTRY_BYTES,
-    SEGMENT_SUFFIXES, TIME_ENTRY_BYTES, TIME_INDEX_SUFFIX,
+    OffsetEntry, TimeEntry, ABORTED_TXN_BYTES, BATCH_BYTES_MAX, INDEX_SUFFIX, LOG_SUFFIX,
+    OFFSET_ENTRY_BYTES, SEGMENT_SUFFIXES, TIME_ENTRY_BYTES, TIME_INDEX_SUFFIX, TXN_INDEX_SUFFIX,
 };
 
 /// Read size when scanning a segment during recovery.
@@ -57,10 +65,14 @@ struct Segment {
     log_file: FileId,
     index_file: FileId,
     time_file: FileId,
+    txn_file: FileId,
     size_bytes: u64,
     next_offset: i64,
     offset_index: Vec<OffsetEntry>,
     time_index: Vec<TimeEntry>,
+    /// The `.txnindex` entries: transactions aborted by markers in this
+    /// segment, in marker order.
+    aborted_txns: Vec<AbortedTxn>,
     /// Largest batch max timestamp in the segment (-1 when empty).
     max_timestamp: i64,
     /// Max timestamp of the first batch: segment.ms counts from it.
@@ -69,6 +81,15 @@ struct Segment {
 }
 
 impl Segment {
+    fn files(&self) -> [FileId; 4] {
+        [
+            self.log_file,
+            self.index_file,
+            self.time_file,
+            self.txn_file,
+        ]
+    }
+
     fn relative(&self, offset: i64) -> u32 {
         let relative = offset - self.base_offset;
         assert!(
@@ -124,12 +145,15 @@ pub struct PartitionLog {
 pub enum ReplicaAppendError {
     /// Storage failed; the batches before the failing one may be in the log.
     Io(io::Error),
-    /// A batch is damaged: bad framing, CRC or offset delta.
+    /// A batch is damaged: bad framing, CRC or offset delta, or a leader
+    /// epoch below that of a batch before it in the same input (no log
+    /// holds such a run, so it cannot be a leader's).
     Corrupt(&'static str),
     /// A batch does not start where the log (or the batch before it) ends.
     OutOfOrder { expected: i64, got: i64 },
-    /// A batch's leader epoch is below the latest epoch already holding
-    /// records: the leader's log and this one parted, truncate first.
+    /// A batch's leader epoch is below `latest`, the epoch of the records
+    /// already at the end of this log: the leader's log and this one
+    /// parted, truncate first.
     EpochBelowLatest { latest: i32, got: i32 },
 }
 
@@ -162,6 +186,32 @@ impl From<io::Error> for ReplicaAppendError {
         ReplicaAppendError::Io(error)
     }
 }
+
+/// Why `append_marker` wrote nothing.
+#[derive(Debug)]
+pub enum MarkerAppendError {
+    /// The producer state refuses it: INVALID_PRODUCER_EPOCH or
+    /// TRANSACTION_COORDINATOR_FENCED.
+    Refused(MarkerError),
+    /// Storage failed (the marker may be in the log, as for `append`).
+    Io(io::Error),
+}
+
+impl std::fmt::Display for MarkerAppendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MarkerAppendError::Refused(MarkerError::StaleEpoch) => {
+                f.write_str("the producer has a newer epoch")
+            }
+            MarkerAppendError::Refused(MarkerError::CoordinatorFenced) => {
+                f.write_str("a newer transaction coordinator wrote a marker")
+            }
+            MarkerAppendError::Io(error) => write!(f, "storage error: {error}"),
+        }
+    }
+}
+
+impl std::error::Error for MarkerAppendError {}
 
 /// What open found in `leader-epoch-checkpoint`.
 enum Checkpoint {
@@ -224,7 +274,7 @@ impl PartitionLog {
             .collect();
         for name in &names {
             let orphan = match name.rsplit_once('.') {
-                Some((stem, INDEX_SUFFIX | TIME_INDEX_SUFFIX)) => {
+                Some((stem, INDEX_SUFFIX | TIME_INDEX_SUFFIX | TXN_INDEX_SUFFIX)) => {
                     stem.parse::<i64>().map_or(true, |b| !bases.contains(&b))
                 }
                 Some((_, "deleted" | "cleaned" | "swap")) => true,
@@ -250,15 +300,18 @@ impl PartitionLog {
             let mut segment = log.open_segment(storage, base)?;
             let intact = if clean && load_indexes(storage, &mut segment)? {
                 let (producers, epochs) = (&mut log.producers, &mut log.epochs);
-                scan_headers(storage, &segment, |header| {
-                    producers.record(header);
+                let mut aborted_txns = Vec::new();
+                scan_batches(storage, &segment, |header, control| {
+                    aborted_txns.extend(record_producer(producers, header, control));
                     epochs.assign(header.partition_leader_epoch, header.base_offset);
                 })?;
+                segment.aborted_txns = aborted_txns;
                 true
             } else {
                 recovery.indexes_rebuilt += 1;
                 log.recover_segment(storage, &mut segment, &mut recovery)?
             };
+            log.keep_txn_index(storage, &segment)?;
             expected_next = Some(segment.next_offset);
             log.segments.push(segment);
             if !intact {
@@ -397,15 +450,18 @@ impl PartitionLog {
         let log_file = storage.open(&path(LOG_SUFFIX), true)?;
         let index_file = storage.open(&path(INDEX_SUFFIX), true)?;
         let time_file = storage.open(&path(TIME_INDEX_SUFFIX), true)?;
+        let txn_file = storage.open(&path(TXN_INDEX_SUFFIX), true)?;
         Ok(Segment {
             base_offset: base,
             log_file,
             index_file,
             time_file,
+            txn_file,
             size_bytes: storage.len(log_file)?,
             next_offset: base,
             offset_index: Vec::new(),
             time_index: Vec::new(),
+            aborted_txns: Vec::new(),
             max_timestamp: -1,
             first_batch_timestamp: None,
             bytes_since_index_entry: 0,
@@ -439,6 +495,7 @@ impl PartitionLog {
     ) -> io::Result<bool> {
         let file_len = storage.len(segment.log_file)?;
         segment.size_bytes = 0;
+        segment.aborted_txns.clear();
         let mut position = 0u64;
         let mut chunk = Vec::new();
         let mut intact = true;
@@ -462,7 +519,14 @@ impl PartitionLog {
                             position + consumed as u64,
                             self.config.index_interval_bytes,
                         );
-                        self.producers.record(&header);
+                        let control = header.is_control().then(|| {
+                            control_record(&chunk[consumed..consumed + header.size_bytes()])
+                        });
+                        segment.aborted_txns.extend(record_producer(
+                            &mut self.producers,
+                            &header,
+                            control.flatten(),
+                        ));
                         self.epochs
                             .assign(header.partition_leader_epoch, header.base_offset);
                         consumed += header.size_bytes();
@@ -707,7 +771,8 @@ impl PartitionLog {
         batches: &[u8],
     ) -> Result<Vec<(BatchHeader, std::ops::Range<usize>)>, ReplicaAppendError> {
         let mut expected = self.log_end_offset();
-        let mut epoch_floor = self.records_epoch();
+        let records_epoch = self.records_epoch();
+        let mut previous_epoch: Option<i32> = None;
         let mut position = 0usize;
         let mut checked = Vec::new();
         while batches.len() - position >= batch::LOG_OVERHEAD {
@@ -743,11 +808,14 @@ impl PartitionLog {
                 });
             }
             let epoch = header.partition_leader_epoch;
-            if let Some(latest) = epoch_floor.filter(|&latest| epoch < latest) {
+            if previous_epoch.is_some_and(|previous| epoch < previous) {
+                return Err(ReplicaAppendError::Corrupt("leader epochs go back"));
+            }
+            if let Some(latest) = records_epoch.filter(|&latest| epoch < latest) {
                 return Err(ReplicaAppendError::EpochBelowLatest { latest, got: epoch });
             }
             if epoch >= 0 {
-                epoch_floor = Some(epoch);
+                previous_epoch = Some(epoch);
             }
             expected = header.next_offset();
             checked.push((header, position..position + whole.len()));
@@ -808,7 +876,8 @@ impl PartitionLog {
         let (index_before, time_before) = (segment.offset_index.len(), segment.time_index.len());
         index_batch(segment, header, position, interval);
         segment.size_bytes = position + batch_bytes as u64;
-        self.producers.record(header);
+        let control = header.is_control().then(|| control_record(&parts.concat()));
+        let aborted = record_producer(&mut self.producers, header, control.flatten());
         if self
             .epochs
             .assign(header.partition_leader_epoch, header.base_offset)
@@ -822,6 +891,17 @@ impl PartitionLog {
             "{dir}/{}",
             segment_name(segment.base_offset, LOG_SUFFIX)
         )));
+        if let Some(aborted) = aborted {
+            // The entry goes to the marker's segment, and into the sync
+            // that makes the marker durable.
+            segment.aborted_txns.push(aborted);
+            self.dirty.insert(SyncTarget::File(format!(
+                "{dir}/{}",
+                segment_name(segment.base_offset, TXN_INDEX_SUFFIX)
+            )));
+            let position = (segment.aborted_txns.len() - 1) * ABORTED_TXN_BYTES;
+            storage.write_at(segment.txn_file, position as u64, &aborted.encode())?;
+        }
         append_index_entries(storage, segment, index_before, time_before)?;
         self.flush_checkpoint(storage)?;
         self.invariants();
@@ -861,6 +941,82 @@ impl PartitionLog {
     /// `EpochCache::end_offset_for`), with this log's end.
     pub fn end_offset_for_epoch(&self, epoch: i32) -> (i32, i64) {
         self.epochs.end_offset_for(epoch, self.log_end_offset())
+    }
+
+    /// A leader's check of a follower's fetch (Kafka's
+    /// `validateFetchOffsetAndMaybeGetDivergingEpoch`): the follower's log
+    /// ends at `fetch_offset` with records of `last_fetched_epoch` (-1
+    /// names none, and leaves nothing to check). None when this log holds
+    /// that epoch up to there; else the divergence to answer: the largest
+    /// epoch here at most the follower's, and where it ends.
+    /// `leading_epoch` is the epoch this log's leader leads in.
+    pub fn divergence(
+        &self,
+        last_fetched_epoch: i32,
+        fetch_offset: i64,
+        leading_epoch: i32,
+    ) -> Option<(i32, i64)> {
+        if last_fetched_epoch < 0 {
+            return None;
+        }
+        let (mut epoch, mut end_offset) = self.end_offset_for_epoch(last_fetched_epoch);
+        if epoch == UNDEFINED_EPOCH {
+            // The follower's last epoch is after every epoch here, the
+            // leader's own included, so no leader of the partition wrote
+            // the records its log ends with: a crash flipped a bit in the
+            // epoch field of an unsynced batch there, which the batch CRC
+            // does not cover. Kafka's leader answers OFFSET_OUT_OF_RANGE,
+            // after which its follower fetches from where it stands for
+            // ever; the undefined epoch end would go out as no divergence
+            // at all (-1 is the field's default), an empty answer. The
+            // largest epoch here at most the follower's is the leader's
+            // own, which ends at this log's end: answered, it has the
+            // follower cut its records of later epochs.
+            (epoch, end_offset) = (leading_epoch, self.log_end_offset());
+            tracing::warn!(dir = %self.dir, last_fetched_epoch, fetch_offset, epoch, end_offset,
+                "a follower's last epoch is after every epoch of this log; answering the leader's own as the divergence");
+        }
+        (epoch != last_fetched_epoch || end_offset < fetch_offset).then_some((epoch, end_offset))
+    }
+
+    /// Where a follower cuts its log when the leader answers that they
+    /// parted after the leader's `epoch`, which ends at `end_offset` on
+    /// the leader (Kafka's truncation on DivergingEpoch): at the earlier of
+    /// the two ends of that epoch if this log has it too; else at the end
+    /// of this log's largest epoch below it, and the next fetch checks
+    /// again (KIP-279). Never past this log's end nor before its start.
+    pub fn diverged_end(&self, epoch: i32, end_offset: i64) -> i64 {
+        let log_end = self.log_end_offset();
+        let (own_epoch, own_end) = self.end_offset_for_epoch(epoch);
+        if own_end < 0 {
+            end_offset.min(log_end)
+        } else if own_epoch == epoch {
+            end_offset.min(own_end).min(log_end)
+        } else {
+            own_end.min(log_end)
+        }
+        .max(self.log_start_offset)
+    }
+
+    /// Where this log's records of epochs after `epoch` start: None when
+    /// every record here is of `epoch` or earlier. A follower whose leader
+    /// sends batches of `epoch` at this log's end (`EpochBelowLatest`)
+    /// cuts its log there: a leader's log does not go back in epoch, so
+    /// every record the leader holds below this end is of `epoch` or
+    /// earlier, and records here of a later epoch are not the leader's.
+    pub fn start_of_epochs_after(&self, epoch: i32) -> Option<i64> {
+        if self.records_epoch().is_none_or(|latest| latest <= epoch) {
+            return None;
+        }
+        let start = self
+            .epochs
+            .start_after(epoch)
+            .expect("the records' epoch is in the cache");
+        assert!(
+            (self.log_start_offset..self.log_end_offset()).contains(&start),
+            "the epochs after {epoch} start at {start}, outside the log's records"
+        );
+        Some(start)
     }
 
     fn should_roll(&self, incoming: &BatchHeader, batch_bytes: usize) -> bool {
@@ -1071,7 +1227,7 @@ impl PartitionLog {
         if self.epochs.truncate_from_start(self.log_start_offset) {
             self.checkpoint_stale = true;
         }
-        for file in [segment.log_file, segment.index_file, segment.time_file] {
+        for file in segment.files() {
             storage.close(file);
         }
         let log_path = format!(
@@ -1126,7 +1282,7 @@ impl PartitionLog {
             .max(1);
         let removed: Vec<Segment> = self.segments.drain(keep..).collect();
         for segment in &removed {
-            for file in [segment.log_file, segment.index_file, segment.time_file] {
+            for file in segment.files() {
                 storage.close(file);
             }
             let log_path = format!(
@@ -1165,7 +1321,7 @@ impl PartitionLog {
         segment.bytes_since_index_entry = 0;
         let mut headers = Vec::new();
         let mut at = 0u64;
-        scan_headers(storage, segment, |header| {
+        scan_batches(storage, segment, |header, _| {
             headers.push((*header, at));
             at += header.size_bytes() as u64;
         })?;
@@ -1186,15 +1342,139 @@ impl PartitionLog {
         if self.epochs.truncate_from_end(end) {
             self.checkpoint_stale = true;
         }
-        self.producers = ProducerStates::default();
-        for segment in &self.segments {
-            let producers = &mut self.producers;
-            scan_headers(storage, segment, |header| producers.record(header))?;
-        }
+        self.rebuild_producers(storage)?;
         self.flush_checkpoint(storage)?;
         tracing::info!(dir = %self.dir, offset, end, segments_removed = removed.len(), "truncated the log");
         self.invariants();
         Ok(end)
+    }
+
+    /// Rebuilds the producer state and every segment's aborted
+    /// transactions from the batches, after a truncation; a `.txnindex`
+    /// that no longer matches (the cut segment's) is rewritten.
+    fn rebuild_producers<S: Storage + ?Sized>(&mut self, storage: &mut S) -> io::Result<()> {
+        self.producers = ProducerStates::default();
+        let mut segments = std::mem::take(&mut self.segments);
+        let rebuilt = (|| {
+            for segment in &mut segments {
+                let producers = &mut self.producers;
+                let mut aborted_txns = Vec::new();
+                scan_batches(storage, segment, |header, control| {
+                    aborted_txns.extend(record_producer(producers, header, control));
+                })?;
+                segment.aborted_txns = aborted_txns;
+                self.keep_txn_index(storage, segment)?;
+            }
+            Ok(())
+        })();
+        self.segments = segments;
+        rebuilt
+    }
+
+    /// Makes a segment's `.txnindex` file hold its entries, rewriting it
+    /// (and marking it for the next sync) when it says anything else: a
+    /// crash may have kept entries of markers it cut, or lost some.
+    fn keep_txn_index<S: Storage + ?Sized>(
+        &mut self,
+        storage: &mut S,
+        segment: &Segment,
+    ) -> io::Result<()> {
+        let expected: Vec<u8> = segment
+            .aborted_txns
+            .iter()
+            .flat_map(AbortedTxn::encode)
+            .collect();
+        let len = storage.len(segment.txn_file)?;
+        if len == expected.len() as u64 {
+            let mut found = vec![0u8; expected.len()];
+            read_exact_at(storage, segment.txn_file, 0, &mut found)?;
+            if found == expected {
+                return Ok(());
+            }
+        }
+        tracing::info!(dir = %self.dir, segment = segment.base_offset, file_bytes = len,
+            entries = segment.aborted_txns.len(), "rewriting the aborted transaction index");
+        storage.truncate(segment.txn_file, 0)?;
+        storage.write_at(segment.txn_file, 0, &expected)?;
+        self.dirty.insert(SyncTarget::File(format!(
+            "{}/{}",
+            self.dir,
+            segment_name(segment.base_offset, TXN_INDEX_SUFFIX)
+        )));
+        Ok(())
+    }
+
+    /// Appends a transaction marker as this partition's leader, in
+    /// `leader_epoch`, after Kafka's checks: a producer epoch below the
+    /// producer's, or a coordinator epoch below the last marker's, is
+    /// refused. The marker closes the producer's open transaction here (an
+    /// abort adds a `.txnindex` entry); with none open it only records
+    /// the epochs. Durable, like any append, after the next sync.
+    pub fn append_marker<S: Storage + ?Sized>(
+        &mut self,
+        storage: &mut S,
+        marker: &TxnMarker,
+        leader_epoch: i32,
+        now_ms: i64,
+    ) -> Result<Appended, MarkerAppendError> {
+        self.producers
+            .check_marker(marker)
+            .map_err(MarkerAppendError::Refused)?;
+        let bytes = batch::build_control_batch(
+            now_ms,
+            marker.producer_id,
+            marker.producer_epoch,
+            marker.coordinator_epoch,
+            marker.commit,
+        );
+        let appended = self
+            .append(storage, &bytes, leader_epoch, now_ms)
+            .map_err(MarkerAppendError::Io)?;
+        assert_eq!(
+            appended.base_offset, appended.last_offset,
+            "a marker is one record"
+        );
+        assert_eq!(self.producers.open_txn(marker.producer_id), None);
+        Ok(appended)
+    }
+
+    /// Kafka's last stable offset under `high_watermark`: below it every
+    /// transaction is decided, and decided below the high watermark.
+    pub fn last_stable_offset(&self, high_watermark: i64) -> i64 {
+        let stable = self.producers.last_stable_offset(high_watermark);
+        assert!(stable <= high_watermark);
+        stable
+    }
+
+    /// The high watermark passed `high_watermark`: completed transactions
+    /// whose marker is below it no longer hold the last stable offset.
+    pub fn forget_completed_txns(&mut self, high_watermark: i64) {
+        self.producers.forget_completed_below(high_watermark);
+    }
+
+    /// The aborted transactions a read_committed fetch from `fetch_offset`
+    /// that returned records up to `upper_bound_offset` (exclusive) must
+    /// name: those whose marker is at or after the fetch offset and whose
+    /// first offset is below the bound. As Kafka's
+    /// `LocalLog.collectAbortedTransactions`, the scan starts at the segment
+    /// holding the fetch offset and stops at the first entry whose last
+    /// stable offset reaches the bound (no later abort can concern the range).
+    pub fn aborted_txns(&self, fetch_offset: i64, upper_bound_offset: i64) -> Vec<AbortedTxn> {
+        let from = self
+            .segments
+            .partition_point(|s| s.base_offset <= fetch_offset);
+        let mut found = Vec::new();
+        for segment in &self.segments[from.max(1) - 1..] {
+            for txn in &segment.aborted_txns {
+                if txn.last_offset >= fetch_offset && txn.first_offset < upper_bound_offset {
+                    found.push(*txn);
+                }
+                if txn.last_stable_offset >= upper_bound_offset {
+                    return found;
+                }
+            }
+        }
+        found
     }
 
     /// Empties the log and restarts it, empty, at `offset`: Kafka's
@@ -1218,7 +1498,7 @@ impl PartitionLog {
         }
         let removed: Vec<Segment> = std::mem::take(&mut self.segments);
         for segment in &removed {
-            for file in [segment.log_file, segment.index_file, segment.time_file] {
+            for file in segment.files() {
                 storage.close(file);
             }
             for suffix in SEGMENT_SUFFIXES {
@@ -1243,7 +1523,7 @@ impl PartitionLog {
     /// Closes every file, for a clean shutdown or a topic deletion.
     pub fn close<S: Storage + ?Sized>(&mut self, storage: &mut S) {
         for segment in &self.segments {
-            for file in [segment.log_file, segment.index_file, segment.time_file] {
+            for file in segment.files() {
                 storage.close(file);
             }
         }
@@ -1341,11 +1621,13 @@ fn check_stored_batch(bytes: &[u8], expected_offset: i64, file_rest: u64, check_
 }
 
 /// Calls `visit` with the header of every batch of a segment, reading in
-/// large chunks. Only for segments whose structure was already checked.
-fn scan_headers<S: Storage + ?Sized>(
+/// large chunks, and with the record of every control batch (the marker
+/// it holds; None for another control record or a damaged one). Only for
+/// segments whose structure was already checked.
+fn scan_batches<S: Storage + ?Sized>(
     storage: &mut S,
     segment: &Segment,
-    mut visit: impl FnMut(&BatchHeader),
+    mut visit: impl FnMut(&BatchHeader, Option<ControlRecord>),
 ) -> io::Result<()> {
     let mut chunk = vec![0u8; SCAN_CHUNK_BYTES];
     let mut position = 0u64;
@@ -1355,12 +1637,51 @@ fn scan_headers<S: Storage + ?Sized>(
         let mut at = 0usize;
         while at + HEADER_BYTES <= want {
             let header = BatchHeader::parse(&chunk[at..]);
-            visit(&header);
+            let mut control = None;
+            if header.is_control() {
+                // Markers are small; one that straddles the chunk is read alone.
+                let end = at + header.size_bytes();
+                control = if end <= want {
+                    control_record(&chunk[at..end])
+                } else {
+                    let mut whole = vec![0u8; header.size_bytes().min(BATCH_BYTES_MAX)];
+                    read_exact_at(storage, segment.log_file, position + at as u64, &mut whole)?;
+                    control_record(&whole)
+                };
+            }
+            visit(&header, control);
             at += header.size_bytes();
         }
         position += at as u64;
     }
     Ok(())
+}
+
+/// The marker a stored control batch holds, if it holds one and is intact.
+fn control_record(batch: &[u8]) -> Option<ControlRecord> {
+    match batch::parse_control_record(batch) {
+        Ok(marker) => marker,
+        Err(error) => {
+            tracing::warn!(%error, "a control batch without a readable record; not applied to the producer state");
+            None
+        }
+    }
+}
+
+/// Records a batch in the producer state; for a marker that aborted a
+/// transaction, returns the `.txnindex` entry it adds to its segment.
+fn record_producer(
+    producers: &mut ProducerStates,
+    header: &BatchHeader,
+    control: Option<ControlRecord>,
+) -> Option<AbortedTxn> {
+    let completed = producers.record(header, control)?;
+    completed.aborted.then(|| AbortedTxn {
+        producer_id: completed.producer_id,
+        first_offset: completed.first_offset,
+        last_offset: completed.last_offset,
+        last_stable_offset: producers.stable_offset_after(&completed),
+    })
 }
 
 /// Updates a segment's in-memory indexes for a batch written at `position`.

@@ -150,6 +150,8 @@ struct SentRequest {
     /// A client's request forwarded to the controller: the token of the
     /// slot waiting for its answer.
     forwarded: Option<Token>,
+    /// The transaction markers a WriteTxnMarkers carries.
+    markers: txn_markers::MarkersSent,
 }
 
 /// The node's link to another node, as the driver reports it.
@@ -239,6 +241,10 @@ impl<S: Storage> Node<S> {
         timers.set(
             Timer::OffsetsExpiry,
             now.monotonic_ms + config.offsets_retention_check_interval_ms,
+        );
+        timers.set(
+            Timer::TransactionSweep,
+            now.monotonic_ms + config.txn_abort_check_interval_ms,
         );
         let mut broker = Broker::open(storage, config, advertised, seed, now)?;
         let quorum = match broker.config.quorum_voters.as_slice() {
@@ -598,6 +604,7 @@ impl<S: Storage> Node<S> {
         let lost: Vec<SentRequest> = std::mem::take(&mut link.in_flight).into_values().collect();
         link.api_versions = None;
         self.answer_lost_forwardings(&lost);
+        self.txn_markers_lost(now, &lost);
         if !up && channel == Channel::Control {
             self.controller_link_lost(now);
         }
@@ -648,6 +655,7 @@ impl<S: Storage> Node<S> {
                 std::mem::take(&mut link.in_flight).into_values().collect();
             link.api_versions = None;
             self.answer_lost_forwardings(&lost);
+            self.txn_markers_lost(now, &lost);
             self.outputs.push_back(Output::ResetPeer { peer, channel });
             if channel == Channel::Control {
                 self.controller_link_lost(now);
@@ -692,6 +700,47 @@ impl<S: Storage> Node<S> {
         after_sync: Option<u64>,
         forwarded: Option<Token>,
     ) -> bool {
+        self.send_peer_carrying(
+            now,
+            (peer, channel),
+            (api_key, version),
+            body,
+            after_sync,
+            (forwarded, Vec::new()),
+        )
+    }
+
+    /// Sends transaction markers to the leader at the other end of `link`.
+    fn send_peer_markers(
+        &mut self,
+        now: Now,
+        link: (NodeId, Channel),
+        request: &kafka_protocol::messages::WriteTxnMarkersRequest,
+        markers: txn_markers::MarkersSent,
+    ) -> bool {
+        self.send_peer_carrying(
+            now,
+            link,
+            (
+                ApiKey::WriteTxnMarkers,
+                txn_markers::WRITE_TXN_MARKERS_VERSION,
+            ),
+            request,
+            None,
+            (None, markers),
+        )
+    }
+
+    /// Sends a request and remembers what its answer is for.
+    fn send_peer_carrying<T: kafka_protocol::protocol::Encodable>(
+        &mut self,
+        now: Now,
+        (peer, channel): (NodeId, Channel),
+        (api_key, version): (ApiKey, i16),
+        body: &T,
+        after_sync: Option<u64>,
+        (forwarded, markers): (Option<Token>, txn_markers::MarkersSent),
+    ) -> bool {
         let client_id = format!("sluice-node-{}", self.node_id);
         let link = self.peers.entry((peer, channel)).or_default();
         assert!(link.up, "requests go only over links that are up");
@@ -708,6 +757,7 @@ impl<S: Storage> Node<S> {
                     deadline_ms: now.monotonic_ms + PEER_REQUEST_TIMEOUT_MS,
                     raft: None,
                     forwarded,
+                    markers,
                 };
                 link.in_flight.insert(correlation_id, sent);
                 self.outputs.push_back(Output::SendPeer {
@@ -758,6 +808,15 @@ impl<S: Storage> Node<S> {
             self.settle(now);
             return;
         }
+        let sent = match sent {
+            Some(sent) if sent.api_key == ApiKey::WriteTxnMarkers => {
+                self.txn_markers_response(now, peer, sent, frame);
+                self.arm_peer_timer(peer, channel);
+                self.settle(now);
+                return;
+            }
+            other => other,
+        };
         if let Some(
             sent @ SentRequest {
                 api_key: ApiKey::BrokerRegistration | ApiKey::BrokerHeartbeat,
@@ -942,6 +1001,13 @@ impl<S: Storage> Node<S> {
                     let interval = self.broker.config.offsets_retention_check_interval_ms;
                     self.timers.set(timer, now.monotonic_ms + interval);
                 }
+                Timer::TransactionSweep => {
+                    self.broker.sweep_transactions(now);
+                    let interval = self.broker.config.txn_abort_check_interval_ms;
+                    self.timers.set(timer, now.monotonic_ms + interval);
+                }
+                // Looked at by `settle`, below.
+                Timer::MarkerRetry => {}
                 Timer::Groups => {
                     self.broker.expire_groups(now);
                     if let Some(next) = self.broker.groups.next_deadline_ms() {
@@ -1024,6 +1090,8 @@ impl<S: Storage> Node<S> {
         self.tend_cluster(now);
         self.tend_shutdown(now);
         self.tend_replication(now);
+        self.broker.tend_transactions(now);
+        self.send_txn_markers(now);
         // What the controller proposed just now (and the fetches it wakes).
         if self.drain_quorum(now) {
             everyone = true;
@@ -1051,6 +1119,10 @@ impl<S: Storage> Node<S> {
         match self.broker.groups.next_deadline_ms() {
             Some(deadline) => self.timers.set(Timer::Groups, deadline),
             None => self.timers.stop(Timer::Groups),
+        }
+        match self.broker.transactions.retry_ms {
+            Some(at) => self.timers.set(Timer::MarkerRetry, at),
+            None => self.timers.stop(Timer::MarkerRetry),
         }
         self.invariants();
     }
@@ -1263,6 +1335,7 @@ mod quorum;
 mod replicas;
 #[cfg(test)]
 mod tests;
+mod txn_markers;
 
 /// Encodes a reply to a client and counts the error codes it carries.
 fn encode_counted(

@@ -18,6 +18,12 @@ pub enum Timer {
     OffsetsExpiry,
     /// The group coordinator's earliest session, rebalance or join deadline.
     Groups,
+    /// Open transactions past their timeout are aborted and idle
+    /// transactional ids expire
+    /// (`transaction.abort.timed.out.transaction.cleanup.interval.ms`).
+    TransactionSweep,
+    /// Transaction markers that could not be written are tried again.
+    MarkerRetry,
     /// The long-polling fetch at the front of a connection's queue.
     FetchDeadline(ConnectionId),
     /// The oldest unanswered request on the link to a peer.

@@ -24,16 +24,24 @@ pub enum Channel {
     Control,
     /// A follower's fetches of the partitions it replicates from a leader.
     Replica,
+    /// A transaction coordinator's markers for the partitions a peer leads.
+    Markers,
 }
 
 impl Channel {
-    pub const ALL: [Channel; 3] = [Channel::Raft, Channel::Control, Channel::Replica];
+    pub const ALL: [Channel; 4] = [
+        Channel::Raft,
+        Channel::Control,
+        Channel::Replica,
+        Channel::Markers,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Channel::Raft => "raft",
             Channel::Control => "control",
             Channel::Replica => "replica",
+            Channel::Markers => "txn",
         }
     }
 }

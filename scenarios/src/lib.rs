@@ -7,6 +7,7 @@ use std::time::Duration;
 use sluice_client::Acks;
 use sluice_core::rng::Rng;
 use sluice_sim::disk::{CrashFault, DiskFaults};
+use sluice_sim::eos::EosWorkload;
 use sluice_sim::workload::Workload;
 use sluice_sim::{Fault, Scheduled, Spec};
 
@@ -41,6 +42,16 @@ pub const ALL: &[Scenario] = &[
         name: "replicated",
         about: "three brokers forming a cluster, a topic with three replicas and min.insync.replicas=2 at acks=all; brokers crash, are cut off from each other and from producers, slow their disks and jump their clocks",
         build: replicated,
+    },
+    Scenario {
+        name: "eos",
+        about: "exactly-once pipelines: 1-3 transactional workers copy the topic to another, committing their input offsets in each transaction and aborting some on purpose, while workers crash and come back, get cut off, and the node crashes and jumps its clock",
+        build: eos,
+    },
+    Scenario {
+        name: "eos-replicated",
+        about: "the eos pipelines on three brokers (every topic with three replicas, min.insync.replicas=2): transaction coordinators and partition leaders move as brokers crash and are cut off, markers travel between brokers, workers crash and come back",
+        build: eos_replicated,
     },
     Scenario {
         name: "disk-trouble",
@@ -90,6 +101,7 @@ fn base(scenario: &'static str, seed: u64, rng: &mut Rng) -> Spec {
             replication_factor: 1,
             min_insync_replicas: None,
             bootstrap_nodes: 1,
+            eos: None,
         },
         faults: Vec::new(),
         safety_ms,
@@ -296,21 +308,95 @@ pub fn groups(seed: u64) -> Spec {
     spec
 }
 
+pub fn eos(seed: u64) -> Spec {
+    let mut rng = Rng::from_seed(seed);
+    let mut spec = base("eos", seed, &mut rng);
+    let workers = with_pipelines(&mut spec, &mut rng);
+    let count = pick(&mut rng, 0, 3);
+    spec.faults = crashes(&mut rng, count, spec.safety_ms);
+    worker_faults(&mut spec, &mut rng, workers, 1);
+    let jumps = pick(&mut rng, 0, 1);
+    spec.faults
+        .extend(clock_jumps(&mut rng, jumps, spec.safety_ms, 1));
+    spec
+}
+
+/// The `replicated` cluster and its faults, with the pipelines on it.
+pub fn eos_replicated(seed: u64) -> Spec {
+    let mut spec = replicated(seed);
+    spec.scenario = "eos-replicated";
+    let mut rng = Rng::from_seed(seed ^ 0xe05);
+    let workers = with_pipelines(&mut spec, &mut rng);
+    worker_faults(&mut spec, &mut rng, workers, REPLICATED_NODES);
+    spec
+}
+
+/// Crashes of the pipelines' workers, cuts between a worker and a node,
+/// and a spell of latency that reorders what travels on different
+/// connections (a worker's AddPartitionsToTxn, Produce and EndTxn each go
+/// on their own).
+fn worker_faults(spec: &mut Spec, rng: &mut Rng, workers: usize, nodes: u32) {
+    if rng.next_u64().is_multiple_of(2) {
+        let at_ms = pick(rng, 300, spec.safety_ms - 2_000);
+        spec.faults.push(Scheduled {
+            at_ms,
+            fault: Fault::Latency {
+                max_ms: pick(rng, 20, 300),
+                for_ms: pick(rng, 500, 4_000),
+            },
+        });
+    }
+    for _ in 0..pick(rng, 0, 4) {
+        let at_ms = pick(rng, 300, spec.safety_ms - 1_000);
+        let worker = format!("eos{}", rng.next_u64() % workers as u64);
+        let fault = if rng.next_u64().is_multiple_of(2) {
+            Fault::CrashHost {
+                host: worker,
+                down_ms: pick(rng, 100, 3_000),
+            }
+        } else {
+            Fault::Partition {
+                client: worker,
+                node: pick(rng, 1, nodes as u64) as u32,
+                for_ms: pick(rng, 100, 5_000),
+            }
+        };
+        spec.faults.push(Scheduled { at_ms, fault });
+    }
+}
+
+/// Adds 1-3 exactly-once workers over a smaller input, and the broker
+/// settings their transactions need in a ten-second run; returns how
+/// many workers.
+fn with_pipelines(spec: &mut Spec, rng: &mut Rng) -> usize {
+    spec.workload.partitions = pick(rng, 1, 4) as i32;
+    spec.workload.records_per_producer = pick(rng, 50, 300) as usize;
+    spec.workload.send_interval_ms = (spec.safety_ms * 8 / 10 * spec.workload.burst as u64
+        / spec.workload.records_per_producer as u64)
+        .max(1);
+    let workers = pick(rng, 1, 3).min(spec.workload.partitions as u64) as usize;
+    spec.workload.eos = Some(EosWorkload {
+        workers,
+        output_partitions: pick(rng, 1, 3) as i32,
+        abort_percent: pick(rng, 0, 20),
+        records_per_transaction: pick(rng, 5, 40) as usize,
+        transaction_timeout_ms: 3_000,
+    });
+    for (key, value) in [
+        ("transaction.state.log.num.partitions", "5"),
+        ("offsets.topic.num.partitions", "5"),
+        (
+            "transaction.abort.timed.out.transaction.cleanup.interval.ms",
+            "500",
+        ),
+    ] {
+        spec.broker.push((key.into(), value.into()));
+    }
+    workers
+}
+
 /// Nodes of the `replicated` scenario.
 const REPLICATED_NODES: u32 = 3;
-
-/// What a crash does to a broker's unsynced writes in the `replicated`
-/// scenario: lost, partly kept, or torn. Not `FlipBits`: a flipped bit in
-/// an unsynced batch's leader epoch field (outside the batch CRC, as in
-/// Kafka's format) survives recovery, and the follower then refuses its
-/// leader's batches of the older epoch at that offset for good (seed
-/// 0xaaf39 showed it); until a follower treats that refusal as divergence,
-/// the scenario draws the damage kinds replication is meant to survive.
-const REPLICATED_DAMAGE: [CrashFault; 3] = [
-    CrashFault::LoseUnsynced,
-    CrashFault::KeepPrefix,
-    CrashFault::TearLastSector,
-];
 
 pub fn replicated(seed: u64) -> Spec {
     let mut rng = Rng::from_seed(seed);
@@ -336,7 +422,7 @@ pub fn replicated(seed: u64) -> Spec {
         let fault = match rng.next_u64() % 5 {
             0 | 1 => Fault::Crash {
                 node: node(&mut rng),
-                damage: REPLICATED_DAMAGE[(rng.next_u64() % 3) as usize],
+                damage: CrashFault::ALL[(rng.next_u64() % 4) as usize],
                 down_ms: pick(&mut rng, 10, 2_500),
             },
             2 => {

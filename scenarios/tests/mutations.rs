@@ -431,8 +431,48 @@ fn diverged_replicas_disagree_on_the_replicated_scenario() {
     );
 }
 
+/// Runs seeds of the `eos` scenario until one fails with `checker`.
+fn eos_caught_by(mutation: Mutation, checker: &str) -> Option<String> {
+    (1..=SEEDS_MAX).find_map(|seed| {
+        let spec = with_mutation(sluice_scenarios::eos(seed), Some(mutation.name()));
+        let report = sluice_sim::run(spec, false);
+        report
+            .violations
+            .iter()
+            .find(|v| v.checker == checker)
+            .map(|v| format!("seed {seed}: {}", v.detail))
+    })
+}
+
+/// Offsets that count before their transaction commits stay when it
+/// aborts: the worker resumes past input records whose outputs were
+/// aborted, and `[eos-exactly-once]` finds inputs below the committed
+/// offset that are nowhere in the output.
+#[test]
+fn transactional_offsets_applied_before_the_marker_skip_aborted_inputs() {
+    let caught = eos_caught_by(Mutation::TxnOffsetsBeforeMarker, "eos-exactly-once");
+    assert!(caught.is_some(), "not caught within {SEEDS_MAX} seeds");
+}
+
+/// A last stable offset at the high watermark hands read_committed
+/// consumers the records of open transactions, some of which abort:
+/// `[eos-read-committed]` finds records read that never committed.
+#[test]
+fn a_last_stable_offset_at_the_high_watermark_reads_uncommitted_records() {
+    let caught = eos_caught_by(Mutation::LsoIsHighWatermark, "eos-read-committed");
+    assert!(caught.is_some(), "not caught within {SEEDS_MAX} seeds");
+}
+
+/// Without the aborted transactions in fetch answers, read_committed
+/// consumers keep what aborted: `[eos-read-committed]`.
+#[test]
+fn fetches_without_aborted_transactions_read_aborted_records() {
+    let caught = eos_caught_by(Mutation::NoAbortedTransactions, "eos-read-committed");
+    assert!(caught.is_some(), "not caught within {SEEDS_MAX} seeds");
+}
+
 #[test]
 fn every_mutation_has_a_proof() {
     // Adding a mutation means adding a test above that shows it is caught.
-    assert_eq!(Mutation::ALL.len(), 20);
+    assert_eq!(Mutation::ALL.len(), 23);
 }

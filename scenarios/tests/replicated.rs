@@ -39,3 +39,69 @@ fn requests_lost_by_a_cut_reset_their_links_and_the_replicas_converge() {
         );
     }
 }
+
+/// Seed 0x232d of `eos-replicated`: a worker commits a transaction, then
+/// reads its committed offsets back before the COMMIT marker reached the
+/// `__consumer_offsets` partition on another broker. Without
+/// `require_stable` the read answered the offsets before the transaction,
+/// the worker processed the same input again, and `[eos-exactly-once]`
+/// found an input record twice in the output. With it, the consumer is
+/// told UNSTABLE_OFFSET_COMMIT until the marker is in, as Kafka's are.
+#[test]
+fn offsets_read_back_after_a_commit_wait_for_its_marker() {
+    let spec = sluice_scenarios::eos_replicated(0x232d);
+    assert_eq!(spec.nodes, 3);
+    let report = sluice_sim::run(spec, false);
+    assert!(
+        report.passed(),
+        "{:?} {:?}",
+        report.failure,
+        report.violations.first()
+    );
+    let transactions = report
+        .history
+        .entries()
+        .iter()
+        .filter(|e| {
+            matches!(
+                e.operation,
+                sluice_sim::history::Operation::Transaction { .. }
+            )
+        })
+        .count();
+    assert!(transactions > 10, "only {transactions} transactions ran");
+}
+
+/// Seed 0xaaf39 crashes node 2, the leader of partition 1 in epoch 0, and
+/// flips bits in what it had not synced: its last batch (offsets 121 and
+/// 122, never replicated) comes back with leader epoch 2 in place of 0, a
+/// field the batch CRC does not cover, so recovery keeps it. Node 3 leads
+/// in epoch 1 by then, and node 2 follows it naming epoch 2, after every
+/// epoch node 3 has: node 3 answered an undefined divergence, which reads
+/// as none, and once node 1 led in epoch 2, node 2 refused its epoch 1
+/// batches for good and never caught up. Node 3 now answers its own epoch
+/// and log end, and node 2 cuts the damaged batch.
+#[test]
+fn a_leader_epoch_flipped_by_a_crash_is_cut_and_the_replicas_converge() {
+    let report = sluice_sim::run(sluice_scenarios::replicated(0xaaf39), true);
+    assert!(
+        report.passed(),
+        "{:?} {:?}",
+        report.failure,
+        report.violations.first()
+    );
+    assert!(report.acknowledged > 0);
+    assert!(traced(&report, "crash node2, unsynced writes: FlipBits"));
+    assert!(
+        report
+            .trace
+            .lines()
+            .iter()
+            .any(|line| line.contains("node2")
+                && line.contains(
+                    "the log diverged from the leader's; truncating partition=events-1 epoch=1 "
+                )
+                && line.contains("target=121 log_end=123")),
+        "node 2 never cut its batch of epoch 2"
+    );
+}

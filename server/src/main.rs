@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
 use sluice_core::config::BrokerConfig;
 use sluice_core::NodeId;
 use sluice_driver as driver;
-use sluice_server::cli::{self, cluster, consume, groups, produce, topics};
+use sluice_server::cli::{self, cluster, consume, groups, produce, topics, transactions};
 use sluice_server::{config_file, dump_log};
 
 /// `sluice --version`: the crate's version and the commit it was built
@@ -84,6 +84,11 @@ enum Command {
         #[command(subcommand)]
         command: cluster::ClusterCommand,
     },
+    /// List transactional ids and their state, or describe one.
+    Transactions {
+        #[command(subcommand)]
+        command: transactions::TransactionsCommand,
+    },
     /// Write lines from stdin or a file as records, one per line.
     Produce(produce::ProduceArgs),
     /// Print records of a topic, alone or as a member of a consumer group.
@@ -118,6 +123,7 @@ fn main() -> ExitCode {
         Command::Topics { command } => return cli::run(topics::run(command)),
         Command::Groups { command } => return cli::run(groups::run(command)),
         Command::Cluster { command } => return cli::run(cluster::run(command)),
+        Command::Transactions { command } => return cli::run(transactions::run(command)),
         Command::Produce(args) => return cli::run(produce::run(args)),
         Command::Consume(args) => return cli::run(consume::run(args)),
         Command::Perf(args) => sluice_server::perf::run(args),

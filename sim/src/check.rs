@@ -37,6 +37,12 @@ pub const CHECKERS: &[&str] = &[
     "high-watermark-monotonic",
     "durable-data-intact",
     "replicas-agree",
+    "eos-exactly-once",
+    "eos-committed-visible",
+    "eos-aborted-invisible",
+    "eos-atomic",
+    "eos-read-committed",
+    "eos-no-open-transactions",
 ];
 
 /// Every replica's durable log holds exactly what the reference replica's

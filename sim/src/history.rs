@@ -54,6 +54,24 @@ pub enum Operation {
         partition: i32,
         offset: i64,
     },
+    /// A transaction of an exactly-once pipeline: the records it wrote and
+    /// the input offsets it committed with them; whether it meant to
+    /// commit (it aborts on purpose otherwise). Ok: the coordinator
+    /// confirmed the end it asked for.
+    Transaction {
+        transactional_id: String,
+        producer_id: i64,
+        epoch: i16,
+        commit: bool,
+        outputs: Vec<String>,
+        offsets: Vec<(i32, i64)>,
+    },
+    /// Records a read_committed consumer got from an output partition of
+    /// the pipelines.
+    ReadCommitted {
+        partition: i32,
+        records: Vec<(i64, String)>,
+    },
     /// A fault or a heal, from the nemesis.
     Fault { description: String },
 }

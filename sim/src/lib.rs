@@ -8,6 +8,7 @@
 pub mod check;
 pub mod cluster;
 pub mod disk;
+pub mod eos;
 pub mod history;
 pub mod nemesis;
 pub mod quorum;

@@ -190,6 +190,22 @@ pub fn describe(operation: &Operation) -> String {
             partition,
             offset,
         } => format!("committed offset of {group}, partition {partition}, read as {offset}"),
+        Operation::Transaction {
+            transactional_id,
+            producer_id,
+            epoch,
+            commit,
+            outputs,
+            offsets,
+        } => format!(
+            "{} a transaction of {transactional_id} (producer {producer_id}, epoch {epoch}): {} records, input offsets {offsets:?}",
+            if *commit { "commit" } else { "abort" },
+            outputs.len()
+        ),
+        Operation::ReadCommitted { partition, records } => format!(
+            "read_committed output partition {partition}: {}",
+            describe_records(records)
+        ),
         Operation::Fault { description } => format!("fault: {description}"),
     }
 }
@@ -890,6 +906,7 @@ mod tests {
                 replication_factor: 1,
                 min_insync_replicas: None,
                 bootstrap_nodes: 1,
+                eos: None,
             },
             faults: Vec::new(),
             safety_ms: 10_000,

@@ -418,6 +418,7 @@ fn run_inner(spec: &Spec, trace: &Trace) -> Outcome {
             violations.extend(check::replicas_agree(&node.host, &logs, &theirs));
         }
     }
+    violations.extend(eos_violations(&nodes[0].disk, spec, &entries, &logs));
     let acknowledged = entries
         .iter()
         .filter(|e| {
@@ -474,19 +475,19 @@ fn durable_copy(disk: &SimDisk) -> sluice_core::storage::MemStorage {
     storage
 }
 
-/// Opens partition `partition` of the workload's topic on `storage` with a
+/// Opens partition `partition` of `topic` on `storage` with a
 /// full recovery scan and the checker's own settings (the defaults, whatever
 /// mutation the node ran); its directory and the outcome, or None when the
 /// directory is missing.
 fn open_partition(
     storage: &mut sluice_core::storage::MemStorage,
-    spec: &Spec,
+    topic: &str,
     partition: i32,
 ) -> Option<(
     String,
     std::io::Result<(PartitionLog, sluice_core::log::Recovery)>,
 )> {
-    let dir = format!("{}-{partition}", spec.workload.topic);
+    let dir = format!("{topic}-{partition}");
     if !storage.exists(&dir) {
         return None;
     }
@@ -500,9 +501,20 @@ fn open_partition(
 /// node's disk (None for a partition whose log is missing or unreadable).
 fn durable_ends(disk: &SimDisk, spec: &Spec) -> Vec<Option<i64>> {
     let mut storage = durable_copy(disk);
-    (0..spec.workload.partitions)
-        .map(|partition| {
-            let (_, opened) = open_partition(&mut storage, spec, partition)?;
+    // The workload's topic, then the pipelines' output topic if any.
+    let output = spec.workload.eos.as_ref().map(|eos| {
+        (
+            crate::eos::output_topic(&spec.workload),
+            eos.output_partitions,
+        )
+    });
+    let topics = [(spec.workload.topic.clone(), spec.workload.partitions)]
+        .into_iter()
+        .chain(output);
+    topics
+        .flat_map(|(topic, partitions)| (0..partitions).map(move |p| (topic.clone(), p)))
+        .map(|(topic, partition)| {
+            let (_, opened) = open_partition(&mut storage, &topic, partition)?;
             opened.ok().map(|(log, _)| log.log_end_offset())
         })
         .collect()
@@ -543,7 +555,8 @@ fn final_logs(disk: &SimDisk, spec: &Spec) -> FinalLogs {
     let mut storage = durable_copy(disk);
     let mut logs = FinalLogs::default();
     for partition in 0..spec.workload.partitions {
-        let Some((dir, opened)) = open_partition(&mut storage, spec, partition) else {
+        let Some((dir, opened)) = open_partition(&mut storage, &spec.workload.topic, partition)
+        else {
             continue;
         };
         let (log, recovery) = match opened {
@@ -563,6 +576,45 @@ fn final_logs(disk: &SimDisk, spec: &Spec) -> FinalLogs {
             .insert(partition, (log.log_start_offset(), records));
     }
     logs
+}
+
+/// The exactly-once checkers over the pipelines' output, read from a
+/// node's durable logs as a read_committed consumer would.
+fn eos_violations(
+    disk: &SimDisk,
+    spec: &Spec,
+    entries: &[crate::history::Entry],
+    logs: &FinalLogs,
+) -> Vec<check::Violation> {
+    let Some(eos) = &spec.workload.eos else {
+        return Vec::new();
+    };
+    let mut storage = durable_copy(disk);
+    let topic = crate::eos::output_topic(&spec.workload);
+    let mut outputs = BTreeMap::new();
+    let mut found = Vec::new();
+    for partition in 0..eos.output_partitions {
+        match open_partition(&mut storage, &topic, partition) {
+            Some((_, Ok((log, _)))) => {
+                outputs.insert(
+                    partition,
+                    crate::eos::read_committed_view(&log, &mut storage),
+                );
+            }
+            Some((dir, Err(error))) => found.push(check::Violation {
+                checker: "durable-data-intact",
+                detail: format!("{dir}: cannot open: {error}"),
+            }),
+            None => {}
+        }
+    }
+    let inputs = logs
+        .partitions
+        .iter()
+        .map(|(partition, (_, records))| (*partition, records.clone()))
+        .collect();
+    found.extend(crate::eos::check(entries, &inputs, &outputs));
+    found
 }
 
 /// Milliseconds of the host's wall clock; only for progress output.

@@ -42,6 +42,8 @@ pub struct Workload {
     /// Nodes the clients bootstrap from: `node1`..; 1 unless the nodes form
     /// a cluster.
     pub bootstrap_nodes: u32,
+    /// Exactly-once pipelines reading the topic, if any.
+    pub eos: Option<crate::eos::EosWorkload>,
 }
 
 /// The consumer group of the workload.
@@ -91,12 +93,18 @@ pub fn start(
     spec: &Spec,
     history: &History,
 ) -> (Done, std::collections::BTreeMap<String, KillSwitch>) {
+    let workers = spec.workload.eos.as_ref().map_or(0, |e| e.workers);
     let done = Done {
         finished: Arc::default(),
-        total: spec.workload.producers + 1 + spec.workload.group_members,
+        // Each worker, and the reader of their output.
+        total: spec.workload.producers
+            + 1
+            + spec.workload.group_members
+            + workers
+            + usize::from(workers > 0),
     };
     let producers_done = Arc::new(AtomicUsize::new(0));
-    let mut kills = std::collections::BTreeMap::new();
+    let mut kills = crate::eos::start(sim, spec, history, &producers_done, &done.finished);
     for index in 0..spec.workload.group_members {
         let kill = KillSwitch::new();
         add_member(
@@ -500,13 +508,13 @@ fn caught_up<C: sluice_client::Connector>(
     })
 }
 
-fn unpadded(value: &[u8]) -> String {
+pub fn unpadded(value: &[u8]) -> String {
     String::from_utf8_lossy(value)
         .trim_end_matches('.')
         .to_string()
 }
 
-fn client_config(process: &str, workload: &Workload, seed: u64) -> ClientConfig {
+pub fn client_config(process: &str, workload: &Workload, seed: u64) -> ClientConfig {
     let bootstrap =
         (1..=workload.bootstrap_nodes.max(1)).map(|n| format!("{}:{PORT}", node_host(n)));
     let mut config = ClientConfig::new(bootstrap)
@@ -623,10 +631,21 @@ fn complete(
 
 /// Creates the topic, retrying through faults; another producer may win.
 async fn ensure_topic(client: &Client<SimConnector>, workload: &Workload) {
+    ensure_topic_named(client, workload, &workload.topic, workload.partitions).await
+}
+
+/// Creates a topic of the workload (its replication settings), unless it
+/// exists.
+pub async fn ensure_topic_named(
+    client: &Client<SimConnector>,
+    workload: &Workload,
+    name: &str,
+    partitions: i32,
+) {
     let admin = sluice_client::Admin::new(client.clone());
     let mut topic = sluice_client::NewTopic::new(
-        workload.topic.clone(),
-        workload.partitions,
+        name.to_string(),
+        partitions,
         workload.replication_factor.max(1),
     );
     if let Some(min_insync) = workload.min_insync_replicas {

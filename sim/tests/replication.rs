@@ -726,3 +726,112 @@ fn a_broker_keeps_no_log_for_a_partition_it_holds_no_replica_of() {
         ResponseError::NotLeaderOrFollower.code()
     );
 }
+
+/// The leader's epochs as a follower or leader `at` holds them.
+fn epochs(cluster: &Cluster, at: NodeId) -> Vec<(i32, i64)> {
+    let node = cluster.node(at);
+    let p = node.broker().topics.partition(TOPIC, 0).expect("held");
+    (p.log.epochs().entries().iter())
+        .map(|e| (e.epoch, e.start_offset))
+        .collect()
+}
+
+/// Sets the leader epoch field of the batch at `offset` of node `at`'s
+/// log to `epoch`, on its disk, and crashes it: the field lies outside the
+/// batch CRC, so the node comes back with the batch and the epoch (as a
+/// crash that flips a bit of an unsynced batch's epoch field may leave it).
+fn damage_epoch_and_crash(cluster: &mut Cluster, at: NodeId, offset: i64, epoch: i32) {
+    use sluice_core::Storage;
+    cluster.input(at, |node, _| {
+        let path = "replicated-0/00000000000000000000.log";
+        let storage = node.storage_mut();
+        let file = storage.open(path, false).expect("the segment");
+        let mut bytes = vec![0u8; storage.len(file).expect("len") as usize];
+        storage.read_at(file, 0, &mut bytes).expect("read");
+        let (_, range) = headers_in(&bytes)
+            .find(|(header, _)| header.base_offset == offset)
+            .expect("the batch");
+        let at = range.start + sluice_core::batch::PARTITION_LEADER_EPOCH_OFFSET;
+        storage
+            .write_at(file, at as u64, &epoch.to_be_bytes())
+            .expect("write");
+        storage.close(file);
+        storage.sync(&sluice_core::SyncTarget::File(path.into()));
+    });
+    cluster.crash(at, CrashLoss::LoseUnsynced);
+}
+
+/// A follower left behind comes back from a crash with its last batch in
+/// the epoch its next leader is about to lead in: recovery keeps the
+/// batch (its epoch field lies outside the batch CRC). Its fetches name
+/// that epoch, which the leader has, from a later offset on, so the leader
+/// sends the batches of the older epoch that follow the follower's end,
+/// and the follower refuses them. It cuts its records of the newer epoch
+/// and fetches them again, ending with the leader's log and epochs; it
+/// used to refuse them for good.
+#[test]
+fn a_follower_whose_last_epoch_its_leader_has_only_later_cuts_it_and_catches_up() {
+    // No high watermark checkpoint in the run: the follower comes back
+    // knowing none above its damaged batch, as it would for a batch it
+    // had not synced.
+    let mut cluster = formed_with(
+        1_000,
+        &[
+            ("replica.lag.time.max.ms", "2000"),
+            ("replica.high.watermark.checkpoint.interval.ms", "3600000"),
+        ],
+    );
+    let client = cluster.connect(IDS[0]);
+    assert_eq!(create(&mut cluster, client, 3, "1"), 0);
+    cluster.run_until(|c| registration(c, IDS[0]).is_some_and(|r| r.leader >= 0));
+    let first = registration(&cluster, IDS[0]).expect("registered");
+    let leader = NodeId(first.leader);
+    let (follower, other) = {
+        let others: Vec<NodeId> = IDS.iter().copied().filter(|&id| id != leader).collect();
+        (others[0], others[1])
+    };
+    cluster.run_until(|c| c.node(leader).broker().topic_exists(TOPIC));
+    let at_leader = cluster.connect(leader);
+    for value in ["a", "b"] {
+        assert_eq!(produce_acks_one(&mut cluster, at_leader, value), 0);
+    }
+    cluster.run_until(|c| IDS.iter().all(|&id| log_end(c, id) == 2));
+    // The follower falls behind and leaves the ISR.
+    cluster.cut(leader, follower);
+    for value in ["c", "d"] {
+        assert_eq!(produce_acks_one(&mut cluster, at_leader, value), 0);
+    }
+    cluster.run_until(|c| {
+        registration(c, other).is_some_and(|r| !r.isr.contains(&follower.0))
+            && log_end(c, other) == 4
+    });
+    // Its last batch comes back in the next leader epoch.
+    let next_epoch = first.leader_epoch + 1;
+    damage_epoch_and_crash(&mut cluster, follower, 1, next_epoch);
+    cluster.run_until(|c| log_end(c, follower) >= 0);
+    assert_eq!(log_end(&cluster, follower), 2);
+    assert_eq!(
+        epochs(&cluster, follower),
+        [(first.leader_epoch, 0), (next_epoch, 1)]
+    );
+    // The leader is lost; the other replica leads in that epoch, from
+    // offset 4.
+    cluster.cut(leader, other);
+    cluster.run_until(|c| registration(c, other).is_some_and(|r| r.leader == other.0));
+    assert_eq!(
+        registration(&cluster, other).map(|r| r.leader_epoch),
+        Some(next_epoch)
+    );
+    let at_other = cluster.connect(other);
+    let mut tries = 0;
+    while produce_acks_one(&mut cluster, at_other, "e") != 0 {
+        tries += 1;
+        assert!(tries < 100, "the new leader never takes writes");
+        cluster.run_for(100);
+    }
+    assert_eq!(
+        epochs(&cluster, other),
+        [(first.leader_epoch, 0), (next_epoch, 4)]
+    );
+    cluster.run_until(|c| log_end(c, follower) == 5 && epochs(c, follower) == epochs(c, other));
+}

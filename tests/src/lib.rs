@@ -943,6 +943,14 @@ impl Member {
         );
     }
 
+    /// Kills the member with SIGKILL (a crash: nothing of it runs after)
+    /// and waits for it.
+    pub fn kill(&mut self) {
+        let mut child = self.child.take().expect("the member is running");
+        let _ = child.kill();
+        child.wait().expect("wait for the killed member");
+    }
+
     /// Sends SIGTERM and waits for the exit; kills it and panics if it
     /// takes longer than `timeout`.
     pub fn terminate(&mut self, timeout: Duration) -> ExitStatus {

@@ -169,6 +169,52 @@ impl Wire {
         ))
     }
 
+    /// ListOffsets v4 of the latest offset of each of `partitions`, at an
+    /// isolation level (0: read_uncommitted, the high watermark; 1:
+    /// read_committed, the last stable offset); (error code, offset) for
+    /// each, in the order asked.
+    pub fn end_offsets(
+        &mut self,
+        topic: &str,
+        partitions: &[i32],
+        isolation_level: i8,
+    ) -> std::io::Result<Vec<(i16, i64)>> {
+        const LATEST: i64 = -1;
+        let wanted = partitions
+            .iter()
+            .map(|&partition| {
+                list_offsets_request::ListOffsetsPartition::default()
+                    .with_partition_index(partition)
+                    .with_current_leader_epoch(-1)
+                    .with_timestamp(LATEST)
+            })
+            .collect();
+        let request = ListOffsetsRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_isolation_level(isolation_level)
+            .with_topics(vec![list_offsets_request::ListOffsetsTopic::default()
+                .with_name(TopicName(StrBytes::from_string(topic.into())))
+                .with_partitions(wanted)]);
+        let response: ListOffsetsResponse = self.call(ApiKey::ListOffsets, 4, &request)?;
+        let answered = response
+            .topics
+            .first()
+            .map(|t| t.partitions.as_slice())
+            .unwrap_or_default();
+        partitions
+            .iter()
+            .map(|&partition| {
+                answered
+                    .iter()
+                    .find(|p| p.partition_index == partition)
+                    .map(|p| (p.error_code, p.offset))
+                    .ok_or_else(|| {
+                        std::io::Error::other(format!("no answer for {topic}/{partition}"))
+                    })
+            })
+            .collect()
+    }
+
     /// Reads a whole partition from `offset` up to its high watermark; returns
     /// every record as (offset, value).
     pub fn read_all(

@@ -319,6 +319,7 @@ impl<C: Connector> Admin<C> {
         }
         let defaults = ConsumerConfig::default();
         let settings = GroupSettings {
+            require_stable: false,
             group_id: group_id.to_string(),
             group_instance_id: None,
             session_timeout_ms: defaults.session_timeout_ms,

@@ -102,6 +102,7 @@ impl<C: Connector> GroupState<C> {
     pub(crate) fn new(client: &Client<C>, config: &ConsumerConfig) -> Option<GroupState<C>> {
         let group_id = config.group_id.clone()?;
         let settings = GroupSettings {
+            require_stable: true,
             group_id,
             group_instance_id: config.group_instance_id.clone(),
             session_timeout_ms: config.session_timeout_ms,

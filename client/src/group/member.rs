@@ -72,7 +72,7 @@ const JOIN_TIMEOUT_SLACK_MS: u64 = 5_000;
 const NO_MEMBER_EPOCH: i32 = -1;
 
 /// FindCoordinator's key type of a consumer group.
-const KEY_TYPE_GROUP: i8 = 0;
+pub(crate) const KEY_TYPE_GROUP: i8 = 0;
 
 /// The group settings of a consumer, taken from `ConsumerConfig`.
 #[derive(Debug, Clone)]
@@ -83,6 +83,11 @@ pub(crate) struct GroupSettings {
     pub heartbeat_interval_ms: u64,
     pub max_poll_interval_ms: u64,
     pub assignors: Vec<Assignor>,
+    /// Committed offsets a transaction has not committed yet are answered
+    /// UNSTABLE_OFFSET_COMMIT, and asked again (OffsetFetch
+    /// `require_stable`, v7+): a consumer's view, as Java's consumer asks
+    /// it; an admin's listing takes the offsets as they are.
+    pub require_stable: bool,
 }
 
 /// A join that completed: the generation and this member's share of it.
@@ -330,53 +335,14 @@ impl<C: Connector> GroupMember<C> {
     }
 
     async fn find_coordinator(&self) -> Result<CoordinatorNode> {
-        let connection = self.client.any_connection().await?;
-        let version = connection.version(ApiKey::FindCoordinator)?;
-        let group_id = StrBytes::from_string(self.settings.group_id.clone());
-        let mut request = FindCoordinatorRequest::default().with_key_type(KEY_TYPE_GROUP);
-        if version >= 4 {
-            request.coordinator_keys = vec![group_id];
-        } else {
-            request.key = group_id;
-        }
-        let timeout_ms = self.client.request_timeout_ms();
-        let response = connection.send(&request, version, timeout_ms).await?;
-        let (code, message, node_id, host, port) = if version >= 4 {
-            let Some(found) = response.coordinators.first() else {
-                return Err(Error::Protocol {
-                    address: connection.address().to_string(),
-                    detail: "FindCoordinator answered no coordinator".into(),
-                });
-            };
-            let found = found.clone();
-            (
-                found.error_code,
-                found.error_message,
-                found.node_id,
-                found.host,
-                found.port,
-            )
-        } else {
-            (
-                response.error_code,
-                response.error_message,
-                response.node_id,
-                response.host,
-                response.port,
-            )
-        };
-        if let Some(error) = ResponseError::try_from_code(code) {
-            return Err(Error::broker_with_message(
-                error,
-                self.context("find the coordinator"),
-                message.as_ref().map(|m| m.as_str()),
-            ));
-        }
-        let node = CoordinatorNode {
-            node_id: node_id.0,
-            host: host.to_string(),
-            port,
-        };
+        let context = self.context("find the coordinator");
+        let node = find_coordinator(
+            &self.client,
+            KEY_TYPE_GROUP,
+            &self.settings.group_id,
+            &context,
+        )
+        .await?;
         tracing::debug!(group = %self.settings.group_id, coordinator = node.node_id, address = %node.address(), "found the coordinator");
         Ok(node)
     }
@@ -1050,8 +1016,11 @@ impl<C: Connector> GroupMember<C> {
                 .with_group_id(group_id)
                 .with_member_epoch(NO_MEMBER_EPOCH)
                 .with_topics(Some(topics));
-            // The top-level fields stay at their defaults, which v8+ omits.
-            OffsetFetchRequest::default().with_groups(vec![group])
+            // The top-level fields stay at their defaults, which v8+ omits,
+            // except require_stable.
+            OffsetFetchRequest::default()
+                .with_groups(vec![group])
+                .with_require_stable(self.settings.require_stable)
         } else {
             let topics = by_topic
                 .into_iter()
@@ -1064,8 +1033,67 @@ impl<C: Connector> GroupMember<C> {
             OffsetFetchRequest::default()
                 .with_group_id(group_id)
                 .with_topics(Some(topics))
+                .with_require_stable(version >= 7 && self.settings.require_stable)
         }
     }
+}
+
+/// Asks any broker which node coordinates `key` (a group id with key type
+/// 0, a transactional id with key type 1). One attempt; an error code in
+/// the answer comes back as `Error::Broker` with `context`.
+pub(crate) async fn find_coordinator<C: Connector>(
+    client: &Client<C>,
+    key_type: i8,
+    key: &str,
+    context: &str,
+) -> Result<CoordinatorNode> {
+    let connection = client.any_connection().await?;
+    let version = connection.version(ApiKey::FindCoordinator)?;
+    let key = StrBytes::from_string(key.to_string());
+    let mut request = FindCoordinatorRequest::default().with_key_type(key_type);
+    if version >= 4 {
+        request.coordinator_keys = vec![key];
+    } else {
+        request.key = key;
+    }
+    let timeout_ms = client.request_timeout_ms();
+    let response = connection.send(&request, version, timeout_ms).await?;
+    let (code, message, node_id, host, port) = if version >= 4 {
+        let Some(found) = response.coordinators.first() else {
+            return Err(Error::Protocol {
+                address: connection.address().to_string(),
+                detail: "FindCoordinator answered no coordinator".into(),
+            });
+        };
+        let found = found.clone();
+        (
+            found.error_code,
+            found.error_message,
+            found.node_id,
+            found.host,
+            found.port,
+        )
+    } else {
+        (
+            response.error_code,
+            response.error_message,
+            response.node_id,
+            response.host,
+            response.port,
+        )
+    };
+    if let Some(error) = ResponseError::try_from_code(code) {
+        return Err(Error::broker_with_message(
+            error,
+            context,
+            message.as_ref().map(|m| m.as_str()),
+        ));
+    }
+    Ok(CoordinatorNode {
+        node_id: node_id.0,
+        host: host.to_string(),
+        port,
+    })
 }
 
 /// `(group error code, [(partition, committed offset, error code)])` of an

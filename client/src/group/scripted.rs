@@ -449,6 +449,7 @@ fn client(script: &Shared) -> Client<ScriptedConnector> {
 
 fn settings(instance: Option<&str>) -> GroupSettings {
     GroupSettings {
+        require_stable: true,
         group_id: "g".into(),
         group_instance_id: instance.map(str::to_string),
         session_timeout_ms: 10_000,

@@ -8,7 +8,10 @@
 
 pub mod cluster;
 pub mod groups;
+pub mod internal;
+pub mod markers;
 pub mod replicas;
+pub mod txns;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
@@ -26,6 +29,7 @@ use crate::topics::{remove_dir_all, topic_name_problem, Partition, Topics};
 use crate::types::{Now, TopicPartition};
 
 pub use groups::{GroupAnswer, GroupWrite, Recorded, OFFSETS_TOPIC};
+pub use markers::MarkerWrite;
 
 /// Marks a clean stop: the next start may skip the recovery scan.
 pub const CLEAN_SHUTDOWN_FILE: &str = ".clean-shutdown";
@@ -44,6 +48,8 @@ pub struct Broker<S: Storage> {
     pub durability: Durability,
     /// The coordinator of every group (this is the only broker).
     pub groups: Coordinator,
+    /// The transactional ids this broker coordinates.
+    pub transactions: txns::Transactions,
     /// Next producer id to hand out, and the sequence that made its block durable.
     next_producer_id: i64,
     producer_block_seq: u64,
@@ -187,6 +193,7 @@ impl<S: Storage> Broker<S> {
             topics: Topics::default(),
             durability: Durability::new(dirty_other),
             groups,
+            transactions: txns::Transactions::default(),
             next_producer_id,
             producer_block_seq: 0,
             moved: BTreeSet::new(),
@@ -214,6 +221,9 @@ impl<S: Storage> Broker<S> {
             );
         }
         broker.load_groups(now);
+        if broker.config.quorum_voters.is_empty() {
+            broker.load_txn_partitions(None);
+        }
         broker.topics.invariants();
         broker.invariants();
         Ok(broker)
@@ -373,7 +383,25 @@ impl<S: Storage> Broker<S> {
             // Followers' fetches parked on it read the new records.
             self.moved.insert(tp.clone());
         }
+        self.forget_completed_txns(topic, partition);
         self.durability.note_partition_write(tp)
+    }
+
+    /// Lets a partition's log forget the transactions completed below its
+    /// high watermark: they no longer hold the last stable offset back.
+    /// Done at every write and sync, so the completed transactions kept
+    /// are those of the writes since the high watermark last moved.
+    fn forget_completed_txns(&mut self, topic: &str, partition: i32) {
+        let Some(high_watermark) = self
+            .topics
+            .partition(topic, partition)
+            .map(|held| self.high_watermark(held))
+        else {
+            return;
+        };
+        if let Some(held) = self.topics.partition_mut(topic, partition) {
+            held.log.forget_completed_txns(high_watermark);
+        }
     }
 
     /// Records a new topic and opens its logs; durable after the next sync.
@@ -622,6 +650,7 @@ impl<S: Storage> Broker<S> {
                 if matches!(held.role, Role::Leader(_)) {
                     self.update_high_watermark(now, &end.partition.topic, end.partition.partition);
                 }
+                self.forget_completed_txns(&end.partition.topic, end.partition.partition);
             }
         }
         self.topics.invariants();
@@ -645,6 +674,7 @@ impl<S: Storage> Broker<S> {
     pub fn invariants(&self) {
         self.durability.invariants();
         self.groups.invariants();
+        self.transactions.invariants();
         assert!(self.next_producer_id <= self.metadata.producer_id_block_end);
         assert!(self.producer_block_seq <= self.durability.write_seq());
         for name in self.topics.names() {

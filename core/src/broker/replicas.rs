@@ -16,6 +16,7 @@ use uuid::Uuid;
 use super::Broker;
 use crate::config::Mutation;
 use crate::image::PartitionRegistration;
+use crate::log::ReplicaAppendError;
 use crate::replication::{Following, Leading, Role};
 use crate::storage::Storage;
 use crate::types::{Now, TopicPartition};
@@ -136,6 +137,20 @@ impl<S: Storage> Broker<S> {
     /// Sets a partition's role from its committed registration. Called as
     /// every partition record applies (at start, replaying them all).
     pub(super) fn refresh_role(&mut self, now: Now, name: &str, partition: i32) {
+        self.refresh_role_of(now, name, partition);
+        // A transaction coordinator that no longer leads its partition of
+        // `__transaction_state` hands its ids over (a change that keeps
+        // this node the leader, such as an ISR change, keeps them).
+        let leads = self
+            .topics
+            .partition(name, partition)
+            .is_some_and(|p| p.role.leading().is_some());
+        if name == crate::txn::TXN_TOPIC && !leads {
+            self.unload_txn_partition(partition);
+        }
+    }
+
+    fn refresh_role_of(&mut self, now: Now, name: &str, partition: i32) {
         let me = self.config.node_id;
         let registration: Option<PartitionRegistration> =
             self.registration(name, partition).cloned();
@@ -283,6 +298,9 @@ impl<S: Storage> Broker<S> {
             if name == super::OFFSETS_TOPIC {
                 self.load_group_partition(now, partition);
             }
+            if name == crate::txn::TXN_TOPIC {
+                self.load_txn_partitions(Some(partition));
+            }
         }
     }
 
@@ -394,16 +412,18 @@ impl<S: Storage> Broker<S> {
             return Err(ResponseError::UnknownLeaderEpoch);
         }
         let high_watermark = leading.high_watermark;
-        if fetch.last_fetched_epoch >= 0 && !skip_epoch_check {
-            let (epoch, end_offset) = held.log.end_offset_for_epoch(fetch.last_fetched_epoch);
-            if epoch != fetch.last_fetched_epoch || end_offset < fetch.fetch_offset {
-                return Ok(ForFollower::Diverging {
-                    epoch,
-                    end_offset,
-                    high_watermark,
-                    log_start,
-                });
-            }
+        let divergence = held.log.divergence(
+            fetch.last_fetched_epoch,
+            fetch.fetch_offset,
+            leading.leader_epoch,
+        );
+        if let Some((epoch, end_offset)) = divergence.filter(|_| !skip_epoch_check) {
+            return Ok(ForFollower::Diverging {
+                epoch,
+                end_offset,
+                high_watermark,
+                log_start,
+            });
         }
         if fetch.fetch_offset < log_start || fetch.fetch_offset > log_end {
             return Ok(ForFollower::OutOfRange {
@@ -635,9 +655,21 @@ impl<S: Storage> Broker<S> {
         }
         let before = held.log.log_end_offset();
         if !records.is_empty() {
-            held.log
-                .append_replicated(&mut self.storage, records)
-                .map_err(|e| format!("{e:?}"))?;
+            match held.log.append_replicated(&mut self.storage, records) {
+                Ok(_) => {}
+                Err(ReplicaAppendError::EpochBelowLatest { latest, got }) if got >= 0 => {
+                    // The leader's next records are of an older epoch than
+                    // this log's last ones: the logs parted where the
+                    // leader's divergence check cannot see it (it has this
+                    // log's last epoch, only from later on). Nothing is
+                    // appended, nor the answer's high watermark taken: the
+                    // log is cut back, and fetches again. A negative epoch
+                    // places nothing, and stays refused.
+                    self.truncate_epochs_after(partition, latest, got)?;
+                    return Ok(None);
+                }
+                Err(error) => return Err(format!("{error:?}")),
+            }
         }
         let appended = held.log.log_end_offset() > before;
         if let Role::Follower(f) = &mut held.role {
@@ -751,6 +783,67 @@ impl<S: Storage> Broker<S> {
         Ok(true)
     }
 
+    /// This follower's log ends in records of epochs up to `latest`
+    /// where its leader's log goes on in the older epoch `leader_epoch`:
+    /// the records of the later epochs are not the leader's, and go (see
+    /// `PartitionLog::start_of_epochs_after`); the next fetch takes the
+    /// leader's from the cut. Kafka's follower never meets this (it takes
+    /// the older epoch and drops the newer ones from its cache, keeping
+    /// their records). It follows from a crash that flipped a bit in the
+    /// epoch field of an unsynced batch here, which the batch CRC does not
+    /// cover, to an epoch the leader has from later on; that batch lies
+    /// above every high watermark this follower learned, since it was not
+    /// synced and no answer since could be appended after it. A cut below
+    /// the high watermark this follower knows would drop records it knows
+    /// were acknowledged, on the word of a leader whose own log goes back
+    /// in epoch (damaged where recovery cannot see it): it is refused, and
+    /// the follower stays where it is.
+    fn truncate_epochs_after(
+        &mut self,
+        partition: &TopicPartition,
+        latest: i32,
+        leader_epoch: i32,
+    ) -> Result<(), String> {
+        let Some(held) = self
+            .topics
+            .partition_mut(&partition.topic, partition.partition)
+        else {
+            return Err("the partition is gone".into());
+        };
+        let log = &held.log;
+        let log_end = log.log_end_offset();
+        let high_watermark = match &held.role {
+            Role::Follower(f) => f.high_watermark(log.durable_offset()),
+            _ => return Err("no longer a follower".into()),
+        };
+        let Some(cut) = log.start_of_epochs_after(leader_epoch) else {
+            return Err(format!(
+                "leader epoch {leader_epoch} below {latest}, yet no record here is of a later epoch"
+            ));
+        };
+        let dropped: Vec<(i32, i64)> = (log.epochs().entries().iter())
+            .filter(|e| e.epoch > leader_epoch)
+            .map(|e| (e.epoch, e.start_offset))
+            .collect();
+        if cut < high_watermark {
+            return Err(format!(
+                "the records of epochs {dropped:?} after the leader's {leader_epoch} start at {cut}, below the high watermark {high_watermark}: not cut"
+            ));
+        }
+        tracing::warn!(%partition, latest, leader_epoch, ?dropped, cut, log_end, high_watermark,
+            "this log's last epochs are newer than the leader's records that follow them; truncating to where they start");
+        held.log
+            .truncate_to(&mut self.storage, cut)
+            .map_err(|e| e.to_string())?;
+        if let Some(known) = self.known_high_watermarks.get_mut(partition) {
+            *known = (*known).min(cut);
+        }
+        self.topics
+            .renew_incarnation(&partition.topic, partition.partition);
+        self.note_partition_write(&partition.topic, partition.partition);
+        Ok(())
+    }
+
     /// The leader says this log diverged from its own after `epoch`, whose
     /// end is `end_offset`: cut this log where they agree (Kafka's
     /// truncation by leader epoch; the next fetch checks again).
@@ -768,15 +861,7 @@ impl<S: Storage> Broker<S> {
         };
         let log = &held.log;
         let log_end = log.log_end_offset();
-        let (own_epoch, own_end) = log.end_offset_for_epoch(epoch);
-        let target = if own_end < 0 {
-            end_offset.min(log_end)
-        } else if own_epoch == epoch {
-            end_offset.min(own_end).min(log_end)
-        } else {
-            own_end.min(log_end)
-        }
-        .max(log.log_start_offset());
+        let target = log.diverged_end(epoch, end_offset);
         if let Role::Follower(f) = &held.role {
             let high_watermark = f.high_watermark(log.durable_offset());
             if target < high_watermark {

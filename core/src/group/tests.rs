@@ -307,6 +307,7 @@ fn offsets_of_groups_without_members_expire() {
         leader_epoch: -1,
         metadata: String::new(),
         commit_timestamp_ms: ms,
+        record_offset: -1,
     };
     c.commit("idle", "t", 0, at(5, 0));
     c.commit("idle", "t", 1, at(6, 900));
@@ -350,4 +351,159 @@ fn a_rebalance_waiting_for_members_reports_no_deadline_in_the_past() {
     new_member(&mut c, 200, "b", 2);
     // a has not rejoined yet: the next deadline is a's session or the rebalance timeout, not the spent delay.
     assert!(c.next_deadline_ms().is_some_and(|d| d > 200));
+}
+
+// ---- Transactional offsets ----
+
+/// A commit of `offset` whose record sits at `record_offset`.
+fn written(offset: i64, record_offset: i64) -> Committed {
+    Committed {
+        offset,
+        leader_epoch: -1,
+        metadata: String::new(),
+        commit_timestamp_ms: 0,
+        record_offset,
+    }
+}
+
+fn committed_offset(c: &Coordinator, group: &str) -> Option<i64> {
+    c.offsets
+        .get(group)
+        .and_then(|o| o.get(&("t".to_string(), 0)))
+        .map(|committed| committed.offset)
+}
+
+const ANY_PARTITION: fn(&str) -> bool = |_| true;
+
+#[test]
+fn a_transactions_offsets_are_committed_by_its_commit_marker_only() {
+    let mut c = Coordinator::new(0);
+    c.stage("g", 5, "t", 0, written(42, 0));
+    c.invariants();
+    assert_eq!(committed_offset(&c, "g"), None, "pending, not committed");
+    assert!(c.has_pending("g", "t", 0));
+    assert!(!c.has_pending("g", "t", 1));
+    assert_eq!(c.open_transactions("g"), [5]);
+    // Another producer's marker, or one in another partition, ends nothing.
+    assert_eq!(c.end_transaction(6, true, ANY_PARTITION), 0);
+    assert_eq!(c.end_transaction(5, true, |_| false), 0);
+    assert!(c.has_pending("g", "t", 0));
+    assert_eq!(c.end_transaction(5, true, ANY_PARTITION), 1);
+    c.invariants();
+    assert_eq!(committed_offset(&c, "g"), Some(42));
+    assert!(!c.has_pending("g", "t", 0));
+    assert!(c.open_transactions("g").is_empty());
+}
+
+#[test]
+fn an_aborted_transactions_offsets_are_never_committed() {
+    let mut c = Coordinator::new(0);
+    c.commit("g", "t", 0, written(7, 0));
+    c.stage("g", 5, "t", 0, written(42, 1));
+    assert_eq!(c.end_transaction(5, false, ANY_PARTITION), 0);
+    c.invariants();
+    assert_eq!(committed_offset(&c, "g"), Some(7));
+    assert!(!c.has_pending("g", "t", 0));
+    // A late commit marker of the same producer finds nothing.
+    assert_eq!(c.end_transaction(5, true, ANY_PARTITION), 0);
+    assert_eq!(committed_offset(&c, "g"), Some(7));
+}
+
+#[test]
+fn a_transactions_offset_replaces_only_an_older_commit() {
+    let mut c = Coordinator::new(0);
+    // The plain commit was written after the transaction's record: it stays.
+    c.stage("g", 5, "t", 0, written(42, 10));
+    c.commit("g", "t", 0, written(50, 11));
+    assert_eq!(c.end_transaction(5, true, ANY_PARTITION), 0);
+    assert_eq!(committed_offset(&c, "g"), Some(50));
+    // Written before the transaction's record: replaced.
+    c.stage("g", 6, "t", 0, written(60, 13));
+    c.commit("g", "t", 0, written(55, 12));
+    assert_eq!(c.end_transaction(6, true, ANY_PARTITION), 1);
+    assert_eq!(committed_offset(&c, "g"), Some(60));
+    c.invariants();
+}
+
+#[test]
+fn a_tombstone_or_a_deletion_drops_a_transactions_offsets() {
+    let mut c = Coordinator::new(0);
+    c.stage("g", 5, "t", 0, written(42, 0));
+    c.stage("g", 5, "t", 1, written(43, 1));
+    c.forget_offset("g", "t", 0);
+    c.invariants();
+    assert!(!c.has_pending("g", "t", 0));
+    assert!(c.has_pending("g", "t", 1));
+    assert_eq!(c.pending_partitions("g"), [("t".to_string(), 1)]);
+    assert_eq!(c.delete("g"), Ok(()));
+    c.invariants();
+    assert!(!c.has_pending("g", "t", 1));
+    assert_eq!(c.end_transaction(5, true, ANY_PARTITION), 0);
+    assert!(!c.groups.contains_key("g") && !c.offsets.contains_key("g"));
+}
+
+#[test]
+fn offsets_an_open_transaction_holds_neither_expire_nor_vanish_at_load() {
+    let mut c = Coordinator::new(0);
+    c.commit("idle", "t", 0, written(5, 0));
+    c.stage("idle", 9, "t", 0, written(6, 1));
+    assert!(
+        c.expired_offsets(1_000, 500).is_empty(),
+        "waits for the transaction"
+    );
+    c.stage("only-pending", 9, "t", 0, written(6, 2));
+    c.forget_unrecorded_empty(&[]);
+    c.invariants();
+    assert!(c.groups.contains_key("only-pending"));
+    c.end_transaction(9, false, ANY_PARTITION);
+    assert_eq!(
+        c.expired_offsets(1_000, 500),
+        vec![("idle".to_string(), "t".to_string(), 0)]
+    );
+}
+
+#[test]
+fn transactional_commits_check_members_only_when_named() {
+    let mut c = Coordinator::new(0);
+    assert_eq!(c.may_commit_transactional("new", -1, "", None), Ok(()));
+    assert_eq!(
+        c.may_commit_transactional("new", 1, "a", None),
+        Err(ResponseError::IllegalGeneration)
+    );
+    let mut static_join = join("g", "", 1);
+    static_join.group_instance_id = Some("i".into());
+    c.join(0, 1, static_join, || "a".to_string());
+    c.expire(0);
+    c.take_resolved();
+    // Generation 1 is completing its rebalance: OffsetCommit would wait.
+    assert_eq!(
+        c.may_commit("g", 1, "a"),
+        Err(ResponseError::RebalanceInProgress)
+    );
+    assert_eq!(c.may_commit_transactional("g", 1, "a", Some("i")), Ok(()));
+    assert_eq!(
+        c.may_commit_transactional("g", -1, "", None),
+        Ok(()),
+        "a producer that names no member commits to a group with members"
+    );
+    assert_eq!(
+        c.may_commit("g", -1, ""),
+        Err(ResponseError::UnknownMemberId)
+    );
+    assert_eq!(
+        c.may_commit_transactional("g", 2, "a", Some("i")),
+        Err(ResponseError::IllegalGeneration)
+    );
+    assert_eq!(
+        c.may_commit_transactional("g", 1, "b", None),
+        Err(ResponseError::UnknownMemberId)
+    );
+    assert_eq!(
+        c.may_commit_transactional("g", 1, "b", Some("i")),
+        Err(ResponseError::FencedInstanceId)
+    );
+    assert_eq!(
+        c.may_commit_transactional("g", 1, "a", Some("other")),
+        Err(ResponseError::UnknownMemberId)
+    );
 }

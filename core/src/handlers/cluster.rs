@@ -337,26 +337,15 @@ pub(super) fn describe_cluster<S: Storage>(
     now(Reply::DescribeCluster(response))
 }
 
-pub(super) fn init_producer_id<S: Storage>(
-    broker: &mut Broker<S>,
-    request: InitProducerIdRequest,
-) -> Handled {
+/// InitProducerId without a transactional id (idempotence); transactional
+/// ids go to the transaction coordinator.
+pub(super) fn init_producer_id<S: Storage>(broker: &mut Broker<S>) -> Handled {
     let failed = |error: ResponseError| {
         InitProducerIdResponse::default()
             .with_error_code(code(error))
             .with_producer_id(ProducerId(-1))
             .with_producer_epoch(-1)
     };
-    if request
-        .transactional_id
-        .as_ref()
-        .is_some_and(|id| !id.0.is_empty())
-    {
-        // Transactions need a transaction coordinator, which this broker does not run yet.
-        return now(Reply::InitProducerId(failed(
-            ResponseError::CoordinatorNotAvailable,
-        )));
-    }
     if broker.storage_offline() {
         return now(Reply::InitProducerId(failed(
             ResponseError::KafkaStorageError,

@@ -1,5 +1,7 @@
-//! Reading: Fetch (bounded by the high watermark, long-polling until
-//! enough bytes are readable or the deadline passes) and ListOffsets.
+//! Reading: Fetch (bounded by the high watermark, or at read_committed by
+//! the last stable offset with the aborted transactions in what it
+//! returns; long-polling until enough bytes are readable or the deadline
+//! passes) and ListOffsets.
 
 use bytes::Bytes;
 use kafka_protocol::messages::*;
@@ -10,6 +12,7 @@ use super::{code, now, Context, Handled, ParkedFetch, Pending};
 use crate::broker::replicas::{FollowerFetch, ForFollower};
 use crate::broker::Broker;
 use crate::config::Mutation;
+use crate::log::AbortedTxn;
 use crate::storage::Storage;
 use crate::types::TopicPartition;
 use crate::wire::Reply;
@@ -116,7 +119,7 @@ pub fn fetch_response<S: Storage>(
                             records,
                             high_watermark,
                             log_start,
-                        }) => Ok((records, high_watermark, log_start)),
+                        }) => Ok(Read::for_follower(records, high_watermark, log_start)),
                         Ok(ForFollower::Diverging {
                             epoch,
                             end_offset,
@@ -129,7 +132,7 @@ pub fn fetch_response<S: Storage>(
                                     .with_epoch(epoch)
                                     .with_end_offset(end_offset),
                             );
-                            Ok((Bytes::new(), high_watermark, log_start))
+                            Ok(Read::for_follower(Bytes::new(), high_watermark, log_start))
                         }
                         Ok(ForFollower::OutOfRange {
                             high_watermark,
@@ -145,10 +148,31 @@ pub fn fetch_response<S: Storage>(
                         Err(error) => Err(error),
                     }
                 }
-                Some(name) => read_partition(broker, name, partition, bytes_left, first),
+                Some(name) => read_partition(
+                    broker,
+                    name,
+                    partition,
+                    request.isolation_level,
+                    bytes_left,
+                    first,
+                ),
             };
             match read {
-                Ok((records, high_watermark, log_start)) => {
+                Ok(Read {
+                    records,
+                    high_watermark,
+                    last_stable_offset,
+                    log_start,
+                    aborted,
+                }) => {
+                    // A follower is told the leader's LSO too (it reads past it).
+                    let last_stable_offset = last_stable_offset.unwrap_or_else(|| {
+                        name.as_deref()
+                            .and_then(|n| broker.topics.partition(n, partition.partition))
+                            .map_or(high_watermark, |held| {
+                                held.log.last_stable_offset(high_watermark)
+                            })
+                    });
                     bytes_left = bytes_left.saturating_sub(records.len());
                     bytes_read += records.len();
                     if let (Some(name), false) = (&name, records.is_empty() || replica_id >= 0) {
@@ -156,12 +180,19 @@ pub fn fetch_response<S: Storage>(
                     }
                     data = data
                         .with_high_watermark(high_watermark)
-                        .with_last_stable_offset(high_watermark)
+                        .with_last_stable_offset(last_stable_offset)
                         .with_log_start_offset(log_start)
-                        .with_records(Some(records));
-                    if request.isolation_level == 1 {
-                        data.aborted_transactions = Some(Vec::new());
-                    }
+                        .with_records(Some(records))
+                        .with_aborted_transactions(aborted.map(|entries| {
+                            entries
+                                .iter()
+                                .map(|entry| {
+                                    fetch_response::AbortedTransaction::default()
+                                        .with_producer_id(ProducerId(entry.producer_id))
+                                        .with_first_offset(entry.first_offset)
+                                })
+                                .collect()
+                        }));
                 }
                 Err(error) => {
                     any_error = true;
@@ -230,13 +261,42 @@ pub fn fetch_response<S: Storage>(
     )
 }
 
+/// What a partition's fetch read.
+struct Read {
+    records: Bytes,
+    high_watermark: i64,
+    /// None for a follower's read (the caller looks it up).
+    last_stable_offset: Option<i64>,
+    log_start: i64,
+    /// The aborted transactions in `records`, at read_committed only.
+    aborted: Option<Vec<AbortedTxn>>,
+}
+
+impl Read {
+    /// A follower reads up to the log end whatever its isolation level,
+    /// and is told of no aborted transaction (it copies the markers).
+    fn for_follower(records: Bytes, high_watermark: i64, log_start: i64) -> Read {
+        Read {
+            records,
+            high_watermark,
+            last_stable_offset: None,
+            log_start,
+            aborted: None,
+        }
+    }
+}
+
+/// A consumer's read of one partition: below the high watermark, or at
+/// read_committed (`isolation_level` 1) below the last stable offset,
+/// with the aborted transactions overlapping what it returns.
 fn read_partition<S: Storage>(
     broker: &mut Broker<S>,
     name: &str,
     partition: &fetch_request::FetchPartition,
+    isolation_level: i8,
     bytes_left: usize,
     first: bool,
-) -> Result<(Bytes, i64, i64), ResponseError> {
+) -> Result<Read, ResponseError> {
     if broker.storage_offline() {
         return Err(ResponseError::KafkaStorageError);
     }
@@ -259,24 +319,47 @@ fn read_partition<S: Storage>(
     };
     let log = &held.log;
     assert!(high_watermark <= log.log_end_offset());
+    let last_stable_offset = if broker.config.mutated(Mutation::LsoIsHighWatermark) {
+        high_watermark
+    } else {
+        log.last_stable_offset(high_watermark)
+    };
+    let read_committed = isolation_level == 1;
+    let limit_offset = if read_committed {
+        last_stable_offset
+    } else {
+        high_watermark
+    };
     let offset = partition.fetch_offset;
     if offset < log.log_start_offset() || offset > log.log_end_offset() {
         return Err(ResponseError::OffsetOutOfRange);
     }
     let bytes_max = (partition.partition_max_bytes.max(0) as usize).min(bytes_left);
     let records = log
-        .read(
-            &mut broker.storage,
-            offset,
-            high_watermark,
-            bytes_max,
-            first,
-        )
+        .read(&mut broker.storage, offset, limit_offset, bytes_max, first)
         .map_err(|error| {
             tracing::error!(topic = name, partition = partition.partition, %error, "read failed");
             ResponseError::KafkaStorageError
         })?;
-    Ok((records, high_watermark, log.log_start_offset()))
+    let name_aborted = !broker.config.mutated(Mutation::NoAbortedTransactions);
+    let aborted = read_committed.then(|| {
+        // The end of what is returned bounds the transactions named.
+        match crate::batch::headers_in(&records).last() {
+            Some((last, _)) if name_aborted => {
+                assert!(last.next_offset() <= limit_offset);
+                log.aborted_txns(offset, last.next_offset())
+            }
+            Some(_) => Vec::new(),
+            None => Vec::new(),
+        }
+    });
+    Ok(Read {
+        records,
+        high_watermark,
+        last_stable_offset: Some(last_stable_offset),
+        log_start: log.log_start_offset(),
+        aborted,
+    })
 }
 
 pub(super) fn list_offsets<S: Storage>(
@@ -300,7 +383,13 @@ pub(super) fn list_offsets<S: Storage>(
                     broker.epoch_refusal(&name, p.partition_index, p.current_leader_epoch);
                 let found = match refused {
                     Some(error) => Err(error),
-                    None => list_offset(broker, &name, p.partition_index, p.timestamp),
+                    None => list_offset(
+                        broker,
+                        &name,
+                        p.partition_index,
+                        p.timestamp,
+                        request.isolation_level,
+                    ),
                 };
                 match found {
                     Ok((offset, timestamp)) => {
@@ -330,12 +419,16 @@ pub(super) fn list_offsets<S: Storage>(
 }
 
 /// Offset and timestamp for a ListOffsets target: -1 latest, -2 earliest,
-/// -3 max timestamp, -4 earliest local, -5 latest tiered, else by timestamp.
+/// -3 max timestamp, -4 earliest local, -5 latest tiered, else by
+/// timestamp. What a consumer may read bounds the answers: the high
+/// watermark, or at read_committed (`isolation_level` 1) the last stable
+/// offset, as Kafka's `fetchOffsetForTimestamp` does.
 fn list_offset<S: Storage>(
     broker: &mut Broker<S>,
     name: &str,
     partition: i32,
     target: i64,
+    isolation_level: i8,
 ) -> Result<(i64, i64), ResponseError> {
     if broker.storage_offline() {
         return Err(ResponseError::KafkaStorageError);
@@ -362,20 +455,25 @@ fn list_offset<S: Storage>(
         return Err(ResponseError::OffsetNotAvailable);
     }
     let high_watermark = broker.high_watermark(held);
+    let limit_offset = if isolation_level == 1 {
+        log.last_stable_offset(high_watermark)
+    } else {
+        high_watermark
+    };
     let storage_error = |error: std::io::Error| {
         tracing::error!(topic = name, partition, %error, "offset lookup failed");
         ResponseError::KafkaStorageError
     };
     match target {
-        -1 => Ok((high_watermark, -1)),
+        -1 => Ok((limit_offset, -1)),
         -2 | -4 => Ok((log.log_start_offset(), -1)),
         -5 => Ok((-1, -1)),
         -3 => Ok(log
-            .offset_of_max_timestamp(&mut broker.storage, high_watermark)
+            .offset_of_max_timestamp(&mut broker.storage, limit_offset)
             .map_err(storage_error)?
             .unwrap_or((-1, -1))),
         t if t >= 0 => Ok(log
-            .offset_for_timestamp(&mut broker.storage, t, high_watermark)
+            .offset_for_timestamp(&mut broker.storage, t, limit_offset)
             .map_err(storage_error)?
             .unwrap_or((-1, -1))),
         _ => Err(ResponseError::InvalidRequest),

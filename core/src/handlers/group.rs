@@ -14,11 +14,12 @@ use kafka_protocol::ResponseError;
 use super::cluster::endpoint;
 use super::{code, now, Context, Handled, Pending};
 use crate::broker::{Broker, GroupAnswer, GroupWrite, Recorded};
-use crate::group::{Committed, Join, Resolved, SyncAnswer, Token};
+use crate::group::{Join, Resolved, SyncAnswer, Token};
 use crate::storage::Storage;
 use crate::wire::Reply;
 
 const GROUP_KEY_TYPE: i8 = 0;
+const TRANSACTION_KEY_TYPE: i8 = 1;
 
 pub(super) fn str_of(text: &StrBytes) -> String {
     text.as_str().to_string()
@@ -34,8 +35,10 @@ pub(super) fn find_coordinator<S: Storage>(
     request: FindCoordinatorRequest,
 ) -> Handled {
     let (node_id, host, port) = endpoint(broker);
-    let error = if request.key_type != GROUP_KEY_TYPE || broker.storage_offline() {
-        // Transactions need a transaction coordinator, which is not served yet.
+    let transactions = request.key_type == TRANSACTION_KEY_TYPE;
+    let error = if !matches!(request.key_type, GROUP_KEY_TYPE | TRANSACTION_KEY_TYPE) {
+        Some(ResponseError::InvalidRequest)
+    } else if broker.storage_offline() {
         Some(ResponseError::CoordinatorNotAvailable)
     } else {
         None
@@ -49,7 +52,12 @@ pub(super) fn find_coordinator<S: Storage>(
         Some(str_of(&request.key))
     };
     let located = match (error, key) {
+        (None, Some(key)) if transactions && broker.in_cluster() => {
+            Some(broker.txn_coordinator_address(&key))
+        }
         (None, Some(key)) if broker.in_cluster() => Some(broker.coordinator_address(&key)),
+        // Alone: this node, once `__transaction_state` exists.
+        (None, Some(_)) if transactions => broker.ensure_txn_topic().err().map(Err),
         _ => None,
     };
     // Kafka's "no coordinator": node -1, no host, port -1.
@@ -447,12 +455,7 @@ pub(super) fn delete_groups<S: Storage>(
             );
             continue;
         }
-        let tombstones: Vec<(String, i32, Option<Committed>)> = broker
-            .groups
-            .offsets
-            .get(&group_id)
-            .map(|o| o.keys().map(|(t, p)| (t.clone(), *p, None)).collect())
-            .unwrap_or_default();
+        let tombstones = broker.group_offset_tombstones(&group_id);
         let outcome = broker.groups.delete(&group_id).and_then(|()| {
             // Tombstones for the group's record and every committed offset.
             let group_write = broker.write_group_record(context.now, &group_id)?;

@@ -10,6 +10,8 @@ mod group;
 mod offsets;
 mod produce;
 mod topics;
+mod txn;
+mod txn_markers;
 
 use bytes::Bytes;
 use kafka_protocol::messages::{ApiKey, FetchRequest};
@@ -243,7 +245,20 @@ pub fn dispatch<S: Storage>(
             cluster::describe_cluster(broker, context, decode(body, version)?)
         }
         ApiKey::DescribeConfigs => cluster::describe_configs(broker, decode(body, version)?),
-        ApiKey::InitProducerId => cluster::init_producer_id(broker, decode(body, version)?),
+        ApiKey::InitProducerId => {
+            let request: kafka_protocol::messages::InitProducerIdRequest = decode(body, version)?;
+            match request.transactional_id.as_ref().map(|id| id.0.to_string()) {
+                Some(id) if !id.is_empty() => txn::init_producer_id(broker, context, request, id),
+                _ => cluster::init_producer_id(broker),
+            }
+        }
+        ApiKey::AddPartitionsToTxn => {
+            txn::add_partitions_to_txn(broker, context, decode(body, version)?)
+        }
+        ApiKey::AddOffsetsToTxn => txn::add_offsets_to_txn(broker, context, decode(body, version)?),
+        ApiKey::EndTxn => txn::end_txn(broker, context, decode(body, version)?),
+        ApiKey::DescribeTransactions => txn::describe_transactions(broker, decode(body, version)?),
+        ApiKey::ListTransactions => txn::list_transactions(broker, context, decode(body, version)?),
         ApiKey::Produce => produce::produce(broker, context, decode(body, version)?),
         ApiKey::Fetch => fetch::fetch(broker, context, decode(body, version)?),
         ApiKey::ListOffsets => fetch::list_offsets(broker, context, decode(body, version)?),
@@ -263,6 +278,15 @@ pub fn dispatch<S: Storage>(
         ApiKey::DeleteGroups => group::delete_groups(broker, context, decode(body, version)?),
         ApiKey::OffsetCommit => offsets::offset_commit(broker, context, decode(body, version)?),
         ApiKey::OffsetFetch => offsets::offset_fetch(broker, context, decode(body, version)?),
+        ApiKey::TxnOffsetCommit => {
+            offsets::txn_offset_commit(broker, context, decode(body, version)?)
+        }
+        ApiKey::WriteTxnMarkers if version == 1 => {
+            txn_markers::write_txn_markers(broker, context, decode(body, version)?)
+        }
+        ApiKey::DescribeProducers if version == 0 => {
+            txn_markers::describe_producers(broker, decode(body, version)?)
+        }
         other => Err(format!("api {other:?} is not served")),
     }
 }

@@ -85,7 +85,16 @@ pub(super) fn produce<S: Storage>(
             let result = match (topic_error, &name) {
                 (Some(error), _) => Err((error, None)),
                 (None, Some(name)) => {
-                    produce_partition(broker, context, acks, name, index, partition_data.records)
+                    let transactional_id =
+                        request.transactional_id.as_ref().map(|id| id.0.as_str());
+                    produce_partition(
+                        broker,
+                        context,
+                        (acks, transactional_id),
+                        name,
+                        index,
+                        partition_data.records,
+                    )
                 }
                 (None, None) => Err((ResponseError::UnknownTopicId, None)),
             };
@@ -202,7 +211,7 @@ pub(super) fn produce<S: Storage>(
 fn produce_partition<S: Storage>(
     broker: &mut Broker<S>,
     context: Context<'_>,
-    acks: i16,
+    (acks, transactional_id): (i16, Option<&str>),
     name: &str,
     index: i32,
     records: Option<Bytes>,
@@ -265,8 +274,43 @@ fn produce_partition<S: Storage>(
         let (error, why) = batch_error_code(&e);
         (error, Some(why))
     })?;
+    if header.is_transactional() && header.producer_id < 0 {
+        return Err((
+            ResponseError::InvalidRecord,
+            Some("a transactional batch must carry a producer id"),
+        ));
+    }
     let records_len = records.len();
-    let appended = match log.producers().check(&header) {
+    let verdict = log.producers().check(&header);
+    // KIP-890 verification: a transactional batch that opens no
+    // transaction here yet is checked against its coordinator here,
+    // before it is appended.
+    let opens_transaction = header.is_transactional()
+        && matches!(verdict, Ok(Verdict::Append))
+        && log.producers().open_txn(header.producer_id).is_none();
+    if opens_transaction {
+        let Some(transactional_id) = transactional_id else {
+            return Err((
+                ResponseError::TransactionalIdAuthorizationFailed,
+                Some("transactional records without a transactional id"),
+            ));
+        };
+        let partition = TopicPartition::new(name, index);
+        if let Err(error) = broker.verify_txn(
+            transactional_id,
+            header.producer_id,
+            header.producer_epoch,
+            &partition,
+        ) {
+            return Err(verification_refusal(error, context.header.version));
+        }
+    }
+    let log = &mut broker
+        .topics
+        .partition_mut(name, index)
+        .expect("held above")
+        .log;
+    let appended = match verdict {
         Ok(Verdict::Append) => log
             .append_with_max_timestamp(
                 &mut broker.storage,
@@ -315,6 +359,12 @@ fn produce_partition<S: Storage>(
                 Some("producer epoch is stale"),
             ))
         }
+        Err(SequenceError::TxnOpen) => {
+            return Err((
+                ResponseError::InvalidTxnState,
+                Some("a plain batch from a producer whose transaction is open here"),
+            ))
+        }
     };
     assert!(appended.base_offset <= appended.last_offset);
     assert!(appended.last_offset < log.log_end_offset());
@@ -331,4 +381,25 @@ fn produce_partition<S: Storage>(
         write_seq,
         incarnation,
     })
+}
+
+/// What a produce gets when its transaction's coordinator refuses the
+/// partition (Kafka's ReplicaManager mapping): a fenced producer its epoch
+/// error; a partition not in the ongoing transaction INVALID_TXN_STATE, or
+/// TRANSACTION_ABORTABLE from v11 on, where clients can abort and go on.
+fn verification_refusal(error: ResponseError, version: i16) -> Refusal {
+    match error {
+        ResponseError::InvalidProducerEpoch | ResponseError::ProducerFenced => (
+            ResponseError::InvalidProducerEpoch,
+            Some("the transaction coordinator knows a newer epoch"),
+        ),
+        _ if version >= 11 => (
+            ResponseError::TransactionAbortable,
+            Some("the partition is not in the producer's ongoing transaction"),
+        ),
+        _ => (
+            ResponseError::InvalidTxnState,
+            Some("the partition is not in the producer's ongoing transaction"),
+        ),
+    }
 }

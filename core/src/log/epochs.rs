@@ -128,6 +128,13 @@ impl EpochCache {
         }
     }
 
+    /// The start of the first epoch after `epoch`, None when no later
+    /// epoch is known.
+    pub fn start_after(&self, epoch: i32) -> Option<i64> {
+        let after = self.entries.partition_point(|e| e.epoch <= epoch);
+        self.entries.get(after).map(|e| e.start_offset)
+    }
+
     /// The epoch of the record at `offset`: that of the last entry starting
     /// at or before it (Kafka's `epochForOffset`); None below every entry.
     pub fn epoch_for(&self, offset: i64) -> Option<i32> {
@@ -343,6 +350,17 @@ mod tests {
         assert_eq!(cache.end_offset_for(2, 20), (2, 17));
         assert_eq!(cache.end_offset_for(3, 20), (2, 17));
         assert_eq!(cache.end_offset_for(4, 20), (4, 20));
+    }
+
+    #[test]
+    fn the_epochs_after_one_start_where_the_first_of_them_does() {
+        let cache = cache(&[(0, 10), (2, 13), (4, 17)]);
+        assert_eq!(cache.start_after(0), Some(13));
+        assert_eq!(cache.start_after(1), Some(13));
+        assert_eq!(cache.start_after(3), Some(17));
+        assert_eq!(cache.start_after(4), None);
+        assert_eq!(cache.start_after(-1), Some(10));
+        assert_eq!(EpochCache::new().start_after(0), None);
     }
 
     #[test]

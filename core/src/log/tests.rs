@@ -43,6 +43,16 @@ enum Op {
     NewEpoch {
         assign: bool,
     },
+    /// A batch of one of three producers' transactions.
+    TxnAppend {
+        producer: u8,
+        value_bytes: u16,
+    },
+    /// A marker for one of them, open transaction or not.
+    Marker {
+        producer: u8,
+        commit: bool,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -56,6 +66,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0i64..1100).prop_map(|timestamp| Op::Lookup { timestamp }),
         1 => any::<u16>().prop_map(|offset_pick| Op::Truncate { offset_pick }),
         1 => any::<bool>().prop_map(|assign| Op::NewEpoch { assign }),
+        3 => (0u8..3, 0u16..200).prop_map(|(producer, value_bytes)| Op::TxnAppend { producer, value_bytes }),
+        2 => (0u8..3, any::<bool>()).prop_map(|(producer, commit)| Op::Marker { producer, commit }),
     ]
 }
 
@@ -365,6 +377,28 @@ fn run(ops: Vec<Op>) {
                     assert_eq!(log.epochs().latest().map(|e| e.start_offset), Some(end));
                 }
             }
+            Op::TxnAppend {
+                producer,
+                value_bytes,
+            } => {
+                counter = counter.wrapping_add(1);
+                let value = vec![counter; value_bytes as usize];
+                let mut batch = txn_batch(producer as i64, 0, counter as i32, &value);
+                let appended = log.append(&mut storage, &batch, epoch, 0).expect("append");
+                assert_eq!(appended.base_offset, model.end());
+                batch::assign_offset(&mut batch, appended.base_offset, epoch);
+                model.batches.insert(appended.base_offset, batch);
+            }
+            Op::Marker { producer, commit } => {
+                let marker = txn_marker(producer as i64, 0, 0, commit);
+                let appended = log
+                    .append_marker(&mut storage, &marker, epoch, 0)
+                    .expect("marker");
+                assert_eq!(appended.base_offset, model.end());
+                let mut batch = batch::build_control_batch(0, producer as i64, 0, 0, commit);
+                batch::assign_offset(&mut batch, appended.base_offset, epoch);
+                model.batches.insert(appended.base_offset, batch);
+            }
             Op::Lookup { timestamp } => {
                 let limit = log.durable_offset();
                 let found = log
@@ -381,10 +415,61 @@ fn run(ops: Vec<Op>) {
             }
         }
         log.invariants();
+        check_txn_index(&log, &mut storage, model.log_start == 0);
         // What the log wrote last is what it holds.
         if let Some(file) = read_file(&mut storage, "t-0/leader-epoch-checkpoint") {
             assert_eq!(file, log.epochs().encode().into_bytes());
         }
+    }
+}
+
+/// The aborted transactions a replay of the log's batches from its start gives.
+fn replayed_aborts(log: &PartitionLog, storage: &mut MemStorage) -> Vec<AbortedTxn> {
+    let mut producers = ProducerStates::default();
+    let mut found = Vec::new();
+    let mut offset = log.log_start_offset();
+    while offset < log.log_end_offset() {
+        let bytes = log
+            .read(storage, offset, i64::MAX, 1 << 16, true)
+            .expect("read");
+        for (header, range) in batch::headers_in(&bytes) {
+            let control = header
+                .is_control()
+                .then(|| batch::parse_control_record(&bytes[range]).expect("a marker"))
+                .flatten();
+            found.extend(record_producer(&mut producers, &header, control));
+            offset = header.next_offset();
+        }
+    }
+    found
+}
+
+/// Each segment's `.txnindex` holds the segment's entries, each entry
+/// lies in its segment; with the whole log still there (no retention
+/// yet), the entries are those a replay of it gives.
+fn check_txn_index(log: &PartitionLog, storage: &mut MemStorage, whole_log: bool) {
+    log.producers().invariants();
+    let mut held = Vec::new();
+    for segment in &log.segments {
+        let path = format!(
+            "{}/{}",
+            log.dir(),
+            segment_name(segment.base_offset, TXN_INDEX_SUFFIX)
+        );
+        let file = read_file(storage, &path).expect("a txnindex per segment");
+        let entries: Vec<u8> = segment
+            .aborted_txns
+            .iter()
+            .flat_map(AbortedTxn::encode)
+            .collect();
+        assert_eq!(file, entries, "{path} holds what the log holds");
+        for entry in &segment.aborted_txns {
+            assert!((segment.base_offset..segment.next_offset).contains(&entry.last_offset));
+        }
+        held.extend(segment.aborted_txns.iter().copied());
+    }
+    if whole_log {
+        assert_eq!(held, replayed_aborts(log, storage));
     }
 }
 
@@ -1007,6 +1092,152 @@ fn replicated_batches_out_of_place_or_damaged_are_refused_whole() {
         refused(&mut follower, &mut storage, &epoch_three),
         ReplicaAppendError::EpochBelowLatest { latest: 5, got: 3 }
     ));
+    // Epochs that go back inside one answer, each of them at least the
+    // log's: no leader's log holds them, whatever this one does.
+    let mut epoch_six = one_record(9, 0);
+    batch::assign_offset(&mut epoch_six, 1, 6);
+    let mut epoch_five_again = one_record(9, 0);
+    batch::assign_offset(&mut epoch_five_again, 2, 5);
+    assert!(matches!(
+        refused(
+            &mut follower,
+            &mut storage,
+            &[epoch_six, epoch_five_again].concat()
+        ),
+        ReplicaAppendError::Corrupt(_)
+    ));
+}
+
+/// The bytes of `log` from its start, read as a fetch would.
+fn all_bytes(log: &PartitionLog, storage: &mut MemStorage) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    let mut offset = log.log_start_offset();
+    while offset < log.log_end_offset() {
+        let read = log
+            .read(storage, offset, i64::MAX, 1 << 20, true)
+            .expect("read");
+        offset = batch::headers_in(&read)
+            .last()
+            .expect("a batch")
+            .0
+            .next_offset();
+        bytes.extend_from_slice(&read);
+    }
+    bytes
+}
+
+/// One fetch of `follower` from `leader`, which leads in `leading_epoch`,
+/// decided as the broker decides it (`read_for_follower` on the leader,
+/// `follower_answer` on the follower): a divergence the follower cuts its
+/// log to, or the leader's batches from the follower's end, appended, or
+/// refused for an older epoch than the follower's last records, which
+/// the follower then cuts (the broker cuts only above the high watermark
+/// it knows, which a log alone has no notion of). Returns whether the
+/// follower cut its log.
+fn fetch_once(
+    leader: &PartitionLog,
+    leading_epoch: i32,
+    follower: &mut PartitionLog,
+    storage: &mut MemStorage,
+) -> bool {
+    let fetch_offset = follower.log_end_offset();
+    let last_fetched_epoch = follower.epochs().latest_epoch().unwrap_or(UNDEFINED_EPOCH);
+    if let Some((epoch, end_offset)) =
+        leader.divergence(last_fetched_epoch, fetch_offset, leading_epoch)
+    {
+        assert!(epoch >= 0 && end_offset >= 0, "a divergence is placed");
+        let target = follower.diverged_end(epoch, end_offset);
+        follower.truncate_to(storage, target).expect("truncate");
+        return true;
+    }
+    let records = leader
+        .read(storage, fetch_offset, i64::MAX, 1 << 20, true)
+        .expect("read");
+    match follower.append_replicated(storage, &records) {
+        Ok(_) => false,
+        Err(ReplicaAppendError::EpochBelowLatest { latest, got }) => {
+            let cut = follower.start_of_epochs_after(got);
+            assert!(cut.is_some(), "records of epoch {latest}, after {got}");
+            follower
+                .truncate_to(storage, cut.expect("found"))
+                .expect("truncate");
+            true
+        }
+        Err(error) => panic!("the follower refused its leader's batches: {error}"),
+    }
+}
+
+/// A crash leaves the last batch of a follower with its leader epoch
+/// raised: the field lies outside the batch CRC, so recovery keeps the
+/// batch, and the follower's epoch cache runs ahead of its leader's.
+/// Fetching from the leader brings the follower back to the leader's bytes
+/// and epochs, by a divergence the leader answers or by the follower's
+/// own cut when the leader's older batches follow. An epoch the leader has
+/// from later on, or one after all of the leader's, used to leave the
+/// follower refused, or answered nothing, for ever.
+#[test]
+fn a_follower_whose_epochs_run_ahead_of_its_leaders_cuts_them_and_converges() {
+    let mut storage = MemStorage::new();
+    // Epoch 1 at 0..4, epoch 3 at 4..7, epoch 5, the leader's own, from 7.
+    let leader = leader_log(&mut storage, "t-0", config(-1));
+    assert_eq!(pairs(leader.epochs()), [(1, 0), (3, 4), (5, 7)]);
+    // The last batch the follower got, at offset 5, is of epoch 3.
+    let position = leader
+        .read(&mut storage, 0, 5, 1 << 20, true)
+        .expect("read")
+        .len() as u64
+        + batch::PARTITION_LEADER_EPOCH_OFFSET as u64;
+    for damaged in [
+        5i32,        // the leader's own epoch, which starts there at 7
+        4,           // between the leader's epochs
+        7,           // after every epoch of the leader
+        3 | 1 << 20, // far after
+    ] {
+        let dir = format!("f-{damaged}");
+        let (mut follower, _) =
+            PartitionLog::open(&mut storage, &dir, config(-1), false).expect("open");
+        let first_six = leader
+            .read(&mut storage, 0, 6, 1 << 20, true)
+            .expect("read");
+        follower
+            .append_replicated(&mut storage, &first_six)
+            .expect("replicated");
+        follower.close(&mut storage);
+        let segment = format!("{dir}/00000000000000000000.log");
+        let file = storage.open(&segment, false).expect("exists");
+        storage
+            .write_at(file, position, &damaged.to_be_bytes())
+            .expect("write");
+        storage.close(file);
+        let (mut follower, recovery) =
+            PartitionLog::open(&mut storage, &dir, config(-1), false).expect("reopen");
+        assert_eq!(recovery.truncated_bytes, 0, "{damaged}: the CRC passes");
+        assert_eq!(follower.log_end_offset(), 6);
+        assert_eq!(pairs(follower.epochs()), [(1, 0), (3, 4), (damaged, 5)]);
+        // The leader places the damaged epoch when it lacks it: below it,
+        // epoch 3 ends at 7; above all, its own ends at its log end. Its own
+        // epoch is on its log up to there: only its batches tell.
+        let placed = match damaged {
+            5 => None,
+            4 => Some((3, 7)),
+            _ => Some((5, 12)),
+        };
+        assert_eq!(leader.divergence(damaged, 6, 5), placed, "{damaged}");
+        let mut cuts = 0;
+        for _ in 0..10 {
+            if follower.log_end_offset() == leader.log_end_offset() {
+                break;
+            }
+            cuts += fetch_once(&leader, 5, &mut follower, &mut storage) as usize;
+        }
+        assert_eq!(
+            all_bytes(&follower, &mut storage),
+            all_bytes(&leader, &mut storage),
+            "{damaged}: the follower holds the leader's batches"
+        );
+        assert_eq!(follower.epochs(), leader.epochs(), "{damaged}");
+        assert_eq!(cuts, 1, "{damaged}: one cut, to offset 5");
+    }
 }
 
 /// A leader of epoch 7 that wrote nothing becomes a follower of a leader
@@ -1107,4 +1338,478 @@ fn a_log_emptied_to_start_at_a_later_offset_continues_from_there() {
     let (log, _) = PartitionLog::open(&mut storage, "f-0", config(-1), true).expect("reopen");
     assert_eq!((log.log_start_offset(), log.log_end_offset()), (50, 51));
     assert_eq!(log.epochs().latest_epoch(), Some(4));
+}
+
+// Transactions: markers, the last stable offset and `.txnindex`.
+
+/// A transactional batch of one record, as a producer in a transaction
+/// sends it.
+fn txn_batch(producer_id: i64, epoch: i16, sequence: i32, value: &[u8]) -> Vec<u8> {
+    use crate::batch::builder::{BatchBuilder, Compression, ProducerIdentity, RecordData};
+    let none: &[(&[u8], Option<&[u8]>)] = &[];
+    let mut builder = BatchBuilder::new();
+    builder.append(&RecordData {
+        timestamp_ms: 1_000,
+        key: None,
+        value: Some(value),
+        headers: none,
+    });
+    let identity = ProducerIdentity {
+        producer_id,
+        producer_epoch: epoch,
+        base_sequence: sequence,
+    };
+    let built = builder.build(Compression::None, identity).expect("built");
+    let mut bytes = built.to_vec();
+    bytes[batch::ATTRIBUTES_OFFSET..batch::LAST_OFFSET_DELTA_OFFSET]
+        .copy_from_slice(&batch::ATTRIBUTE_TRANSACTIONAL.to_be_bytes());
+    batch::write_crc(&mut bytes);
+    bytes
+}
+
+fn txn_marker(
+    producer_id: i64,
+    producer_epoch: i16,
+    coordinator_epoch: i32,
+    commit: bool,
+) -> TxnMarker {
+    TxnMarker {
+        producer_id,
+        producer_epoch,
+        coordinator_epoch,
+        commit,
+    }
+}
+
+fn txn_index_bytes(storage: &mut MemStorage, dir: &str, base: i64) -> Vec<u8> {
+    read_file(
+        storage,
+        &format!("{dir}/{}", segment_name(base, TXN_INDEX_SUFFIX)),
+    )
+    .expect("a txnindex per segment")
+}
+
+fn encoded(entries: &[AbortedTxn]) -> Vec<u8> {
+    entries.iter().flat_map(AbortedTxn::encode).collect()
+}
+
+#[test]
+fn markers_close_transactions_and_the_lso_follows_them_and_the_hw() {
+    let mut storage = MemStorage::new();
+    let (mut log, _) = PartitionLog::open(&mut storage, "t-0", config(-1), false).expect("open");
+    log.append(&mut storage, &one_record(0, 0), 0, 0)
+        .expect("plain");
+    log.append(&mut storage, &txn_batch(1, 0, 0, b"a"), 0, 0)
+        .expect("pid 1 at 1");
+    log.append(&mut storage, &txn_batch(2, 0, 0, b"b"), 0, 0)
+        .expect("pid 2 at 2");
+    log.append(&mut storage, &txn_batch(1, 0, 1, b"c"), 0, 0)
+        .expect("pid 1 at 3");
+    assert_eq!(log.last_stable_offset(1), 1);
+    assert_eq!(log.last_stable_offset(4), 1);
+    let commit = log
+        .append_marker(&mut storage, &txn_marker(1, 0, 0, true), 0, 7)
+        .expect("commit");
+    assert_eq!((commit.base_offset, commit.last_offset), (4, 4));
+    assert_eq!(
+        log.last_stable_offset(4),
+        1,
+        "the commit is not under the HW yet"
+    );
+    assert_eq!(log.last_stable_offset(5), 2, "pid 2 is still open");
+    assert!(
+        !log.take_dirty()
+            .iter()
+            .any(|t| matches!(t, SyncTarget::File(p) if p.ends_with(".txnindex"))),
+        "a commit adds no index entry"
+    );
+    let abort = log
+        .append_marker(&mut storage, &txn_marker(2, 0, 0, false), 0, 8)
+        .expect("abort");
+    assert_eq!(abort.base_offset, 5);
+    assert_eq!(log.last_stable_offset(5), 2);
+    assert_eq!(log.last_stable_offset(6), 6);
+    // The entry is in the file, in Kafka's layout, and in the next sync
+    // with the marker's segment.
+    let entry = AbortedTxn {
+        producer_id: 2,
+        first_offset: 2,
+        last_offset: 5,
+        last_stable_offset: 6,
+    };
+    assert_eq!(txn_index_bytes(&mut storage, "t-0", 0), encoded(&[entry]));
+    let dirty = log.take_dirty();
+    for suffix in [LOG_SUFFIX, TXN_INDEX_SUFFIX] {
+        let path = format!("t-0/{}", segment_name(0, suffix));
+        assert!(dirty.contains(&SyncTarget::File(path)), "{suffix}");
+    }
+    // The marker's stored batch is Kafka's, stamped with offset and epoch.
+    let stored = log.read(&mut storage, 5, 6, 1 << 10, true).expect("read");
+    let mut expected = batch::build_control_batch(8, 2, 0, 0, false);
+    batch::assign_offset(&mut expected, 5, 0);
+    assert_eq!(&stored[..], &expected[..]);
+    // Markers again: no open transaction, only epochs; the LSO stays.
+    log.append_marker(&mut storage, &txn_marker(2, 0, 0, false), 0, 9)
+        .expect("resent");
+    assert_eq!(log.last_stable_offset(7), 7);
+    assert_eq!(
+        txn_index_bytes(&mut storage, "t-0", 0).len(),
+        ABORTED_TXN_BYTES
+    );
+    let end = log.log_end_offset();
+    assert_eq!(log.last_stable_offset(4), 1);
+    log.forget_completed_txns(5);
+    assert_eq!(
+        log.last_stable_offset(4),
+        2,
+        "the commit under HW 5 is forgotten"
+    );
+    // A producer fenced by a bumped epoch, and a coordinator by a newer one.
+    log.append_marker(&mut storage, &txn_marker(1, 3, 5, false), 0, 9)
+        .expect("fence");
+    assert!(matches!(
+        log.append_marker(&mut storage, &txn_marker(1, 2, 5, true), 0, 9),
+        Err(MarkerAppendError::Refused(MarkerError::StaleEpoch))
+    ));
+    assert!(matches!(
+        log.append_marker(&mut storage, &txn_marker(1, 3, 4, true), 0, 9),
+        Err(MarkerAppendError::Refused(MarkerError::CoordinatorFenced))
+    ));
+    assert_eq!(
+        log.log_end_offset(),
+        end + 1,
+        "refused markers write nothing"
+    );
+    assert_eq!(
+        log.producers()
+            .check(&BatchHeader::parse(&txn_batch(1, 2, 2, b"late"))),
+        Err(crate::producers::SequenceError::StaleEpoch),
+        "the fencing marker fenced the old epoch's batches"
+    );
+}
+
+/// The aborted transactions of a log with several segments, for every
+/// fetch range, against the plain rule: every entry whose marker is at or
+/// after the fetch offset and whose first offset is below the bound.
+#[test]
+fn aborted_transactions_are_exactly_the_aborts_overlapping_a_range() {
+    let mut storage = MemStorage::new();
+    let (mut log, _) = PartitionLog::open(&mut storage, "t-0", config(-1), false).expect("open");
+    let mut sequences = BTreeMap::new();
+    let mut all = Vec::new();
+    // Four producers interleave; each transaction spans a few batches.
+    let plan: &[(i64, Option<bool>)] = &[
+        (1, None),
+        (2, None),
+        (1, None),
+        (3, None),
+        (2, Some(false)),
+        (1, None),
+        (4, None),
+        (1, Some(false)),
+        (3, None),
+        (4, Some(true)),
+        (3, Some(false)),
+        (2, None),
+        (2, None),
+        (1, None),
+        (2, Some(false)),
+        (1, Some(true)),
+        (4, None),
+        (4, Some(false)),
+    ];
+    for &(producer_id, end) in plan {
+        match end {
+            None => {
+                let sequence = sequences.entry(producer_id).or_insert(0);
+                let batch = txn_batch(producer_id, 0, *sequence, &[7u8; 120]);
+                *sequence += 1;
+                log.append(&mut storage, &batch, 0, 0).expect("append");
+            }
+            Some(commit) => {
+                let at = log
+                    .append_marker(&mut storage, &txn_marker(producer_id, 0, 0, commit), 0, 0)
+                    .expect("marker");
+                if !commit {
+                    let entry = log
+                        .aborted_txns(at.base_offset, at.base_offset + 1)
+                        .into_iter()
+                        .find(|e| e.last_offset == at.base_offset)
+                        .expect("an entry per abort");
+                    all.push(entry);
+                }
+            }
+        }
+    }
+    assert!(log.segment_count() >= 3, "{} segments", log.segment_count());
+    assert_eq!(all.len(), 5);
+    let end = log.log_end_offset();
+    for fetch in 0..=end {
+        for bound in fetch..=end + 1 {
+            let expected: Vec<AbortedTxn> = all
+                .iter()
+                .filter(|e| e.last_offset >= fetch && e.first_offset < bound)
+                .copied()
+                .collect();
+            assert_eq!(
+                log.aborted_txns(fetch, bound),
+                expected,
+                "fetch {fetch}, bound {bound}"
+            );
+        }
+    }
+    // Each segment's file holds the entries of its own markers.
+    let mut from_files = Vec::new();
+    for base in log
+        .segments
+        .iter()
+        .map(|s| s.base_offset)
+        .collect::<Vec<_>>()
+    {
+        let bytes = txn_index_bytes(&mut storage, "t-0", base);
+        for chunk in bytes.chunks_exact(ABORTED_TXN_BYTES) {
+            let entry = AbortedTxn::decode(chunk.try_into().expect("whole")).expect("v0");
+            let segment = log
+                .segments
+                .iter()
+                .find(|s| s.base_offset == base)
+                .expect("held");
+            assert!((segment.base_offset..segment.next_offset).contains(&entry.last_offset));
+            from_files.push(entry);
+        }
+    }
+    assert_eq!(from_files, all);
+}
+
+/// A log with a synced abort, then an unsynced transaction and abort; the
+/// crash keeps or loses the tails of the log and of the index apart. The
+/// reopened index holds exactly the entries of the markers that survived,
+/// whatever survived of its own file, and the producer state agrees.
+#[test]
+fn recovery_rebuilds_the_txn_index_of_a_torn_tail() {
+    let cases: [(&str, usize, usize); 4] = [
+        ("both tails kept", usize::MAX, usize::MAX),
+        (
+            "log torn inside the marker, index entry kept",
+            100,
+            usize::MAX,
+        ),
+        ("log kept, index entry lost", usize::MAX, 0),
+        ("index entry torn", usize::MAX, 20),
+    ];
+    for (case, log_keep, index_keep) in cases {
+        let mut storage = MemStorage::new();
+        let (mut log, _) =
+            PartitionLog::open(&mut storage, "t-0", config(-1), false).expect("open");
+        log.append(&mut storage, &txn_batch(1, 0, 0, b"a"), 0, 0)
+            .expect("append");
+        log.append_marker(&mut storage, &txn_marker(1, 0, 0, false), 0, 0)
+            .expect("abort");
+        sync(&mut log, &mut storage);
+        let synced = txn_index_bytes(&mut storage, "t-0", 0);
+        assert_eq!(synced.len(), ABORTED_TXN_BYTES);
+        log.append(&mut storage, &txn_batch(2, 0, 0, b"b"), 0, 0)
+            .expect("append");
+        log.append(&mut storage, &txn_batch(2, 0, 1, &[9u8; 60]), 0, 0)
+            .expect("append");
+        let marker = log
+            .append_marker(&mut storage, &txn_marker(2, 0, 0, false), 0, 0)
+            .expect("abort");
+        drop(log);
+        storage.crash_with(|path, tail| {
+            let keep = if path.ends_with(".txnindex") {
+                index_keep
+            } else if path.ends_with(".log") {
+                log_keep
+            } else {
+                0
+            };
+            tail[..keep.min(tail.len())].to_vec()
+        });
+        let (log, recovery) =
+            PartitionLog::open(&mut storage, "t-0", config(-1), false).expect("reopen");
+        let marker_survived = log.log_end_offset() > marker.base_offset;
+        assert_eq!(marker_survived, log_keep == usize::MAX, "{case}");
+        let mut expected = vec![AbortedTxn {
+            producer_id: 1,
+            first_offset: 0,
+            last_offset: 1,
+            last_stable_offset: 2,
+        }];
+        if marker_survived {
+            expected.push(AbortedTxn {
+                producer_id: 2,
+                first_offset: 2,
+                last_offset: marker.base_offset,
+                last_stable_offset: marker.base_offset + 1,
+            });
+            assert_eq!(
+                log.last_stable_offset(log.log_end_offset()),
+                log.log_end_offset()
+            );
+        } else {
+            assert!(recovery.truncated_bytes > 0, "{case}");
+            assert!(log.log_end_offset() <= marker.base_offset);
+            if log.log_end_offset() > 2 {
+                assert_eq!(
+                    log.last_stable_offset(log.log_end_offset()),
+                    2,
+                    "{case}: open again"
+                );
+            }
+        }
+        assert_eq!(
+            txn_index_bytes(&mut storage, "t-0", 0),
+            encoded(&expected),
+            "{case}"
+        );
+        assert_eq!(
+            log.aborted_txns(0, log.log_end_offset()),
+            expected,
+            "{case}"
+        );
+        log.producers().invariants();
+        // What the open rewrote joins its first sync, and a clean reopen
+        // finds the same index.
+        let mut log = log;
+        sync(&mut log, &mut storage);
+        storage.crash(0);
+        assert_eq!(
+            txn_index_bytes(&mut storage, "t-0", 0),
+            encoded(&expected),
+            "{case}"
+        );
+        let (log, _) = PartitionLog::open(&mut storage, "t-0", config(-1), true).expect("reopen");
+        assert_eq!(
+            log.aborted_txns(0, log.log_end_offset()),
+            expected,
+            "{case}"
+        );
+        assert_eq!(
+            txn_index_bytes(&mut storage, "t-0", 0),
+            encoded(&expected),
+            "{case}"
+        );
+    }
+}
+
+#[test]
+fn truncation_reopens_cut_transactions_and_drops_their_index_entries() {
+    let mut storage = MemStorage::new();
+    let small = topic_config(&[("segment.bytes", "300")]);
+    let (mut log, _) = PartitionLog::open(&mut storage, "t-0", small, false).expect("open");
+    log.append(&mut storage, &txn_batch(1, 0, 0, &[1u8; 100]), 0, 0)
+        .expect("append");
+    log.append(&mut storage, &txn_batch(2, 0, 0, &[2u8; 100]), 0, 0)
+        .expect("append");
+    log.append_marker(&mut storage, &txn_marker(1, 0, 0, false), 0, 0)
+        .expect("abort at 2");
+    log.append(&mut storage, &txn_batch(3, 0, 0, &[3u8; 100]), 0, 0)
+        .expect("append");
+    log.append(&mut storage, &txn_batch(3, 0, 1, &[3u8; 100]), 0, 0)
+        .expect("append");
+    log.append_marker(&mut storage, &txn_marker(3, 0, 0, false), 0, 0)
+        .expect("abort at 5");
+    assert!(log.segment_count() >= 2);
+    let last_base = log.segments.last().expect("a segment").base_offset;
+    assert!(
+        last_base > 2 && last_base <= 5,
+        "the second abort is in a later segment"
+    );
+    assert_eq!(log.aborted_txns(0, 6).len(), 2);
+    assert_eq!(log.last_stable_offset(6), 1, "pid 2 is open");
+    log.truncate_to(&mut storage, 4).expect("truncate");
+    assert_eq!(log.log_end_offset(), 4);
+    assert_eq!(log.producers().open_txn(3), Some(3), "its marker is gone");
+    assert_eq!(
+        log.aborted_txns(0, 4),
+        vec![AbortedTxn {
+            producer_id: 1,
+            first_offset: 0,
+            last_offset: 2,
+            last_stable_offset: 1,
+        }]
+    );
+    log.truncate_to(&mut storage, 2).expect("truncate");
+    assert_eq!(log.log_end_offset(), 2);
+    assert_eq!(log.producers().open_txn(1), Some(0), "the abort is cut");
+    assert_eq!(log.aborted_txns(0, 2), vec![]);
+    assert_eq!(log.last_stable_offset(2), 0);
+    for segment in &log.segments {
+        assert_eq!(
+            txn_index_bytes(&mut storage, "t-0", segment.base_offset),
+            Vec::<u8>::new()
+        );
+    }
+    let gone = format!("t-0/{}", segment_name(last_base, TXN_INDEX_SUFFIX));
+    assert!(
+        !storage.exists(&gone),
+        "a removed segment's index goes with it"
+    );
+    log.producers().invariants();
+}
+
+/// A follower gets markers byte for byte and ends with the leader's
+/// producer state, last stable offset and index.
+#[test]
+fn replicated_markers_update_the_followers_state_and_index() {
+    let mut storage = MemStorage::new();
+    let (mut leader, _) = PartitionLog::open(&mut storage, "l-0", config(-1), false).expect("open");
+    let (mut follower, _) =
+        PartitionLog::open(&mut storage, "f-0", config(-1), false).expect("open");
+    leader
+        .append(&mut storage, &txn_batch(1, 0, 0, b"a"), 3, 0)
+        .expect("append");
+    leader
+        .append(&mut storage, &txn_batch(2, 0, 0, b"b"), 3, 0)
+        .expect("append");
+    leader
+        .append_marker(&mut storage, &txn_marker(1, 0, 4, false), 3, 0)
+        .expect("abort");
+    replicate(&leader, &mut follower, &mut storage, 1 << 10);
+    assert_eq!(follower.last_stable_offset(3), 1);
+    assert_eq!(follower.aborted_txns(0, 3), leader.aborted_txns(0, 3));
+    assert_eq!(
+        txn_index_bytes(&mut storage, "f-0", 0),
+        txn_index_bytes(&mut storage, "l-0", 0)
+    );
+    let views: Vec<_> = follower.producers().views().collect();
+    assert_eq!(views, leader.producers().views().collect::<Vec<_>>());
+    assert_eq!(views[0].coordinator_epoch, 4);
+    assert!(matches!(
+        follower.append_marker(&mut storage, &txn_marker(1, 0, 3, true), 3, 0),
+        Err(MarkerAppendError::Refused(MarkerError::CoordinatorFenced))
+    ));
+}
+
+#[test]
+fn retention_deletes_a_segments_txn_index_with_it() {
+    let mut storage = MemStorage::new();
+    let (mut log, _) = PartitionLog::open(&mut storage, "t-0", config(-1), false).expect("open");
+    for round in 0..4i64 {
+        for n in 0..3 {
+            log.append(&mut storage, &txn_batch(round, 0, n, &[1u8; 120]), 0, 0)
+                .expect("append");
+        }
+        log.append_marker(&mut storage, &txn_marker(round, 0, 0, false), 0, 0)
+            .expect("abort");
+    }
+    sync(&mut log, &mut storage);
+    let first = log.segments[0].base_offset;
+    let first_path = format!("t-0/{}", segment_name(first, TXN_INDEX_SUFFIX));
+    assert!(storage.exists(&first_path));
+    let before = log.aborted_txns(0, log.log_end_offset());
+    assert_eq!(before.len(), 4);
+    log.set_config(config(900));
+    assert!(log.apply_retention(&mut storage, 0).expect("retention") > 0);
+    assert!(!storage.exists(&first_path), "deleted with its segment");
+    let start = log.log_start_offset();
+    let after = log.aborted_txns(start, log.log_end_offset());
+    assert_eq!(
+        after,
+        before
+            .into_iter()
+            .filter(|e| e.last_offset >= start)
+            .collect::<Vec<_>>()
+    );
 }

@@ -1284,15 +1284,26 @@ impl<S: Storage> Node<S> {
         let topics = names
             .into_iter()
             .map(|name| {
-                let partitions = if name == crate::broker::OFFSETS_TOPIC {
-                    self.broker.config.offsets_topic_partitions
-                } else {
-                    -1
+                // Internal topics go with their own partitions, replicas
+                // and settings; the rest as auto-creation makes them.
+                let (partitions, factor, configs) = match self.broker.internal_topic(&name) {
+                    Some(spec) => (spec.partitions, spec.replication_factor, spec.configs),
+                    None => (-1, -1, Default::default()),
                 };
                 create_topics_request::CreatableTopic::default()
                     .with_name(TopicName(StrBytes::from_string(name)))
                     .with_num_partitions(partitions)
-                    .with_replication_factor(-1)
+                    .with_replication_factor(factor)
+                    .with_configs(
+                        configs
+                            .into_iter()
+                            .map(|(key, value)| {
+                                create_topics_request::CreatableTopicConfig::default()
+                                    .with_name(StrBytes::from_string(key))
+                                    .with_value(Some(StrBytes::from_string(value)))
+                            })
+                            .collect(),
+                    )
             })
             .collect();
         let request = CreateTopicsRequest::default()

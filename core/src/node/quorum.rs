@@ -357,6 +357,7 @@ impl<S: Storage> Node<S> {
                 deadline_ms: now.monotonic_ms + PEER_REQUEST_TIMEOUT_MS,
                 raft: Some(message.clone()),
                 forwarded: None,
+                markers: Vec::new(),
             },
         );
         self.outputs.push_back(Output::SendPeer {

@@ -153,7 +153,11 @@ impl Harness {
         response.topics[0].error_code
     }
 
+    /// A Produce of one batch; a transactional batch goes with the
+    /// transactional id "tx", as clients send it.
     fn produce(&mut self, topic: &str, partition: i32, acks: i16, records: Bytes) -> i32 {
+        let transactional = records.len() > HEADER_BYTES
+            && i16::from_be_bytes([records[21], records[22]]) & 0x10 != 0;
         let data = produce_request::PartitionProduceData::default()
             .with_index(partition)
             .with_records(Some(records));
@@ -161,6 +165,9 @@ impl Harness {
             .with_name(TopicName(StrBytes::from_string(topic.into())))
             .with_partition_data(vec![data]);
         let request = ProduceRequest::default()
+            .with_transactional_id(
+                transactional.then(|| TransactionalId(StrBytes::from_static_str("tx"))),
+            )
             .with_acks(acks)
             .with_timeout_ms(1000)
             .with_topic_data(vec![topic]);
@@ -701,6 +708,7 @@ fn every_api_answers_at_every_version() {
     h.sync_all();
     h.produce_result(c);
     let name = || TopicName(StrBytes::from_static_str("t"));
+    let nobody = || TransactionalId(StrBytes::from_static_str("nobody"));
     let id = uuid::Uuid::from_bytes(h.node.broker.topics.get("t").expect("topic").id);
     for &(key, min, max) in crate::wire::versions::SUPPORTED {
         for version in min..=max {
@@ -929,6 +937,54 @@ fn every_api_answers_at_every_version() {
                             .with_topics(vec![topic]),
                     )
                 }
+                ApiKey::AddPartitionsToTxn => {
+                    let topic = add_partitions_to_txn_request::AddPartitionsToTxnTopic::default()
+                        .with_name(name())
+                        .with_partitions(vec![0]);
+                    let request = AddPartitionsToTxnRequest::default()
+                        .with_v3_and_below_transactional_id(nobody())
+                        .with_v3_and_below_producer_id(ProducerId(5))
+                        .with_v3_and_below_producer_epoch(0)
+                        .with_v3_and_below_topics(vec![topic]);
+                    h.send(key, version, &request)
+                }
+                ApiKey::AddOffsetsToTxn => {
+                    let request = AddOffsetsToTxnRequest::default()
+                        .with_transactional_id(nobody())
+                        .with_producer_id(ProducerId(5))
+                        .with_group_id(GroupId(StrBytes::from_static_str("g")));
+                    h.send(key, version, &request)
+                }
+                ApiKey::EndTxn => {
+                    let request = EndTxnRequest::default()
+                        .with_transactional_id(nobody())
+                        .with_producer_id(ProducerId(5))
+                        .with_committed(true);
+                    h.send(key, version, &request)
+                }
+                ApiKey::DescribeTransactions => h.send(
+                    key,
+                    version,
+                    &DescribeTransactionsRequest::default().with_transactional_ids(vec![nobody()]),
+                ),
+                ApiKey::ListTransactions => h.send(
+                    key,
+                    version,
+                    &ListTransactionsRequest::default().with_duration_filter(-1),
+                ),
+                ApiKey::TxnOffsetCommit => {
+                    h.send(key, version, &txn_offsets("simple", 0, 0, "t", 0, 1))
+                }
+                ApiKey::DescribeProducers => {
+                    let topic = describe_producers_request::TopicRequest::default()
+                        .with_name(name())
+                        .with_partition_indexes(vec![0]);
+                    h.send(
+                        key,
+                        version,
+                        &DescribeProducersRequest::default().with_topics(vec![topic]),
+                    )
+                }
                 other => panic!("no request written for {other:?}"),
             };
             h.sync_all();
@@ -974,6 +1030,27 @@ fn every_api_answers_at_every_version() {
                 }
                 ApiKey::InitProducerId => {
                     InitProducerIdResponse::decode(&mut frame, version).map(|r| r.error_code)
+                }
+                // An id the coordinator never saw.
+                ApiKey::AddPartitionsToTxn => {
+                    AddPartitionsToTxnResponse::decode(&mut frame, version).map(|r| {
+                        r.results_by_topic_v3_and_below[0].results_by_partition[0]
+                            .partition_error_code
+                            - ResponseError::InvalidProducerIdMapping.code()
+                    })
+                }
+                ApiKey::AddOffsetsToTxn => AddOffsetsToTxnResponse::decode(&mut frame, version)
+                    .map(|r| r.error_code - ResponseError::InvalidProducerIdMapping.code()),
+                ApiKey::EndTxn => EndTxnResponse::decode(&mut frame, version)
+                    .map(|r| r.error_code - ResponseError::InvalidProducerIdMapping.code()),
+                ApiKey::DescribeTransactions => {
+                    DescribeTransactionsResponse::decode(&mut frame, version).map(|r| {
+                        r.transaction_states[0].error_code
+                            - ResponseError::TransactionalIdNotFound.code()
+                    })
+                }
+                ApiKey::ListTransactions => {
+                    ListTransactionsResponse::decode(&mut frame, version).map(|r| r.error_code)
                 }
                 ApiKey::FindCoordinator => FindCoordinatorResponse::decode(&mut frame, version)
                     .map(|r| {
@@ -1022,6 +1099,14 @@ fn every_api_answers_at_every_version() {
                     OffsetForLeaderEpochResponse::decode(&mut frame, version)
                         .map(|r| r.topics[0].partitions[0].error_code)
                 }
+                // Verified with the coordinator, which never saw the id.
+                ApiKey::TxnOffsetCommit => TxnOffsetCommitResponse::decode(&mut frame, version)
+                    .map(|r| {
+                        r.topics[0].partitions[0].error_code
+                            - ResponseError::InvalidProducerIdMapping.code()
+                    }),
+                ApiKey::DescribeProducers => DescribeProducersResponse::decode(&mut frame, version)
+                    .map(|r| r.topics[0].partitions[0].error_code),
                 _ => unreachable!(),
             };
             assert_eq!(
@@ -2115,4 +2200,692 @@ fn a_describe_quorum_body_that_does_not_decode_closes_the_connection() {
     assert!(!outcome.response_queued);
     assert!(h.closed);
     assert!(h.sent.is_empty());
+}
+
+// ---- Transactional offsets ----
+
+/// A TxnOffsetCommit v3 of `offset` for one partition, from a producer
+/// outside the group (no member, generation -1).
+fn txn_offsets(
+    group: &str,
+    producer_id: i64,
+    producer_epoch: i16,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+) -> TxnOffsetCommitRequest {
+    let partition = txn_offset_commit_request::TxnOffsetCommitRequestPartition::default()
+        .with_partition_index(partition)
+        .with_committed_offset(offset)
+        .with_committed_metadata(Some(StrBytes::from_static_str("m")));
+    let topic = txn_offset_commit_request::TxnOffsetCommitRequestTopic::default()
+        .with_name(TopicName(StrBytes::from_string(topic.into())))
+        .with_partitions(vec![partition]);
+    TxnOffsetCommitRequest::default()
+        .with_transactional_id(TransactionalId(StrBytes::from_static_str("tx")))
+        .with_group_id(GroupId(StrBytes::from_string(group.into())))
+        .with_producer_id(ProducerId(producer_id))
+        .with_producer_epoch(producer_epoch)
+        .with_topics(vec![topic])
+}
+
+/// Hands a TxnOffsetCommit to its handler as the node does. The API is
+/// not in the versions table yet (the transaction coordinator is served
+/// later), so a frame would close the connection; here the request skips
+/// the header check and everything after it is the node's own path. A
+/// success is answered only once its write is durable.
+fn txn_commit(
+    h: &mut Harness,
+    request: &TxnOffsetCommitRequest,
+    version: i16,
+) -> TxnOffsetCommitResponse {
+    let mut buf = BytesMut::new();
+    request.encode(&mut buf, version).expect("encodes");
+    let context = crate::handlers::Context {
+        now: Now::at(h.now_ms),
+        header: ReplyHeader {
+            api_key: ApiKey::TxnOffsetCommit,
+            version,
+            correlation_id: 0,
+        },
+        client_id: "test",
+        client_host: "/192.0.2.7",
+        token: 0,
+    };
+    let pending =
+        crate::handlers::dispatch(&mut h.node.broker, context, &mut buf.freeze()).expect("handled");
+    let reply = match pending {
+        Pending::Now(reply) => reply,
+        Pending::After { wait, reply } => {
+            assert_eq!(
+                wait.state(&h.node.broker),
+                WaitState::Waiting,
+                "answered only once durable"
+            );
+            h.node.handle_timeout(Now::at(h.now_ms));
+            h.drain();
+            h.sync_all();
+            assert_eq!(wait.state(&h.node.broker), WaitState::Done);
+            *reply
+        }
+        other => panic!("unexpected {other:?}"),
+    };
+    let Reply::TxnOffsetCommit(response) = reply else {
+        panic!("a TxnOffsetCommit answer")
+    };
+    // The answer encodes at the version asked.
+    let mut encoded = BytesMut::new();
+    response.encode(&mut encoded, version).expect("encodes");
+    response
+}
+
+fn txn_commit_error(h: &mut Harness, request: &TxnOffsetCommitRequest) -> i16 {
+    txn_commit(h, request, 3).topics[0].partitions[0].error_code
+}
+
+/// A transaction marker as a partition leader writes it: a control batch
+/// of the producer (transactional and control bits, sequence -1) holding
+/// one record, key (version 0, type 0 ABORT or 1 COMMIT) and value
+/// (version 0, coordinator epoch 0).
+fn marker_batch(now_ms: i64, producer_id: i64, producer_epoch: i16, commit: bool) -> Vec<u8> {
+    let key = [0, 0, 0, u8::from(commit)];
+    let value = [0u8; 6];
+    let producer = crate::batch::builder::ProducerIdentity {
+        producer_id,
+        producer_epoch,
+        base_sequence: -1,
+    };
+    let records = [(Some(&key[..]), Some(&value[..]), vec![], 0)];
+    let mut batch = crate::batch::build_transactional_batch(now_ms, producer, &records);
+    let attributes = crate::batch::ATTRIBUTE_TRANSACTIONAL | crate::batch::ATTRIBUTE_CONTROL;
+    let at = crate::batch::ATTRIBUTES_OFFSET;
+    batch[at..at + 2].copy_from_slice(&attributes.to_be_bytes());
+    crate::batch::write_crc(&mut batch);
+    batch
+}
+
+/// Appends a transaction marker to a group's `__consumer_offsets`
+/// partition and applies it to the coordinator, as the marker writer does.
+fn write_offsets_marker(h: &mut Harness, group: &str, producer_id: i64, commit: bool) {
+    let broker = &mut h.node.broker;
+    let partition =
+        crate::broker::groups::offsets_partition(group, broker.offsets_partition_count());
+    let batch = marker_batch(h.now_ms, producer_id, 0, commit);
+    let held = broker
+        .topics
+        .partition_mut(OFFSETS_TOPIC, partition)
+        .expect("the offsets partition");
+    held.log
+        .append(&mut broker.storage, &batch, 0, h.now_ms)
+        .expect("appended");
+    broker.note_partition_write(OFFSETS_TOPIC, partition);
+    broker.apply_offsets_marker(partition, producer_id, commit);
+    h.node.handle_timeout(Now::at(h.now_ms));
+    h.drain();
+    h.sync_all();
+}
+
+/// A plain OffsetCommit v8 of one partition, outside the group.
+fn plain_commit(h: &mut Harness, group: &str, topic: &str, partition: i32, offset: i64) {
+    let partition = offset_commit_request::OffsetCommitRequestPartition::default()
+        .with_partition_index(partition)
+        .with_committed_offset(offset);
+    let topic = offset_commit_request::OffsetCommitRequestTopic::default()
+        .with_name(TopicName(StrBytes::from_string(topic.into())))
+        .with_partitions(vec![partition]);
+    let request = OffsetCommitRequest::default()
+        .with_group_id(GroupId(StrBytes::from_string(group.into())))
+        .with_generation_id_or_member_epoch(-1)
+        .with_topics(vec![topic]);
+    let c = h.send(ApiKey::OffsetCommit, 8, &request);
+    h.sync_all();
+    let response: OffsetCommitResponse = h.take(ApiKey::OffsetCommit, 8, c);
+    assert_eq!(response.topics[0].partitions[0].error_code, 0);
+}
+
+/// OffsetFetch of one partition: (error code, committed offset), at v7
+/// (one group) or v8 (groups), with or without require_stable.
+fn fetched(
+    h: &mut Harness,
+    version: i16,
+    require_stable: bool,
+    group: &str,
+    topic: &str,
+    partition: i32,
+) -> (i16, i64) {
+    let name = TopicName(StrBytes::from_string(topic.into()));
+    let group = GroupId(StrBytes::from_string(group.into()));
+    let request = if version >= 8 {
+        let topics = offset_fetch_request::OffsetFetchRequestTopics::default()
+            .with_name(name)
+            .with_partition_indexes(vec![partition]);
+        OffsetFetchRequest::default().with_groups(vec![
+            offset_fetch_request::OffsetFetchRequestGroup::default()
+                .with_group_id(group)
+                .with_topics(Some(vec![topics])),
+        ])
+    } else {
+        let topics = offset_fetch_request::OffsetFetchRequestTopic::default()
+            .with_name(name)
+            .with_partition_indexes(vec![partition]);
+        OffsetFetchRequest::default()
+            .with_group_id(group)
+            .with_topics(Some(vec![topics]))
+    }
+    .with_require_stable(require_stable);
+    let c = h.send(ApiKey::OffsetFetch, version, &request);
+    h.sync_all();
+    let response: OffsetFetchResponse = h.take(ApiKey::OffsetFetch, version, c);
+    if version >= 8 {
+        let group = &response.groups[0];
+        assert_eq!(group.error_code, 0, "no group-level error");
+        let p = &group.topics[0].partitions[0];
+        (p.error_code, p.committed_offset)
+    } else {
+        assert_eq!(response.error_code, 0, "no top-level error");
+        let p = &response.topics[0].partitions[0];
+        (p.error_code, p.committed_offset)
+    }
+}
+
+const UNSTABLE: i16 = 88;
+
+#[test]
+fn a_transactions_offsets_show_only_after_its_commit_marker() {
+    let configs = [("offsets.topic.num.partitions", "3")];
+    let mut h = Harness::new(MemStorage::new(), &configs);
+    h.create_topic("t", 1, &[]);
+    plain_commit(&mut h, "g", "t", 0, 5);
+    assert_eq!(
+        txn_commit_error(&mut h, &txn_offsets("g", 7, 0, "t", 0, 42)),
+        0
+    );
+    for version in [7, 8] {
+        assert_eq!(
+            fetched(&mut h, version, false, "g", "t", 0),
+            (0, 5),
+            "v{version}: the committed offset, not the pending one"
+        );
+        assert_eq!(
+            fetched(&mut h, version, true, "g", "t", 0),
+            (UNSTABLE, -1),
+            "v{version}: require_stable while the transaction is open"
+        );
+    }
+    // Another group in the same partition has nothing pending.
+    assert_eq!(fetched(&mut h, 7, true, "other", "t", 0), (0, -1));
+    write_offsets_marker(&mut h, "g", 7, true);
+    for version in [7, 8] {
+        assert_eq!(fetched(&mut h, version, true, "g", "t", 0), (0, 42));
+        assert_eq!(fetched(&mut h, version, false, "g", "t", 0), (0, 42));
+    }
+}
+
+#[test]
+fn an_aborted_transactions_offsets_are_never_visible() {
+    let mut h = Harness::new(MemStorage::new(), &[("offsets.topic.num.partitions", "1")]);
+    h.create_topic("t", 1, &[]);
+    assert_eq!(
+        txn_commit_error(&mut h, &txn_offsets("g", 7, 0, "t", 0, 42)),
+        0
+    );
+    write_offsets_marker(&mut h, "g", 7, false);
+    assert_eq!(fetched(&mut h, 7, true, "g", "t", 0), (0, -1));
+    // A commit marker of the same producer after the abort finds nothing.
+    write_offsets_marker(&mut h, "g", 7, true);
+    assert_eq!(fetched(&mut h, 7, true, "g", "t", 0), (0, -1));
+    let mut storage = std::mem::take(&mut h.node.broker.storage);
+    storage.crash(0);
+    let mut h = Harness::new(storage, &[("offsets.topic.num.partitions", "1")]);
+    assert_eq!(
+        fetched(&mut h, 7, true, "g", "t", 0),
+        (0, -1),
+        "after a restart"
+    );
+}
+
+#[test]
+fn a_stale_producer_epoch_is_fenced_and_writes_nothing() {
+    let mut h = Harness::new(MemStorage::new(), &[("offsets.topic.num.partitions", "1")]);
+    h.create_topic("t", 1, &[]);
+    assert_eq!(
+        txn_commit_error(&mut h, &txn_offsets("g", 7, 1, "t", 0, 42)),
+        0
+    );
+    // A second batch of the same epoch starts at sequence 0 again: taken.
+    assert_eq!(
+        txn_commit_error(&mut h, &txn_offsets("g", 7, 1, "t", 0, 43)),
+        0
+    );
+    let ends = offsets_log_ends(&h);
+    assert_eq!(
+        txn_commit_error(&mut h, &txn_offsets("g", 7, 0, "t", 0, 44)),
+        ResponseError::InvalidProducerEpoch.code()
+    );
+    assert_eq!(offsets_log_ends(&h), ends, "nothing was appended");
+    write_offsets_marker(&mut h, "g", 7, true);
+    assert_eq!(fetched(&mut h, 7, true, "g", "t", 0), (0, 43));
+}
+
+#[test]
+fn a_transactions_commit_does_not_replace_a_later_plain_commit() {
+    let mut h = Harness::new(MemStorage::new(), &[("offsets.topic.num.partitions", "1")]);
+    h.create_topic("t", 1, &[]);
+    assert_eq!(
+        txn_commit_error(&mut h, &txn_offsets("g", 7, 0, "t", 0, 42)),
+        0
+    );
+    plain_commit(&mut h, "g", "t", 0, 50);
+    write_offsets_marker(&mut h, "g", 7, true);
+    assert_eq!(fetched(&mut h, 7, true, "g", "t", 0), (0, 50));
+    let mut storage = std::mem::take(&mut h.node.broker.storage);
+    storage.crash(0);
+    let mut h = Harness::new(storage, &[("offsets.topic.num.partitions", "1")]);
+    assert_eq!(
+        fetched(&mut h, 7, true, "g", "t", 0),
+        (0, 50),
+        "after a restart"
+    );
+}
+
+/// Replay at load: committed and aborted transactions as logged, an open
+/// one still pending (its marker, written after the restart, commits it),
+/// and a plain commit newer than a transaction's record kept.
+#[test]
+fn transactional_offsets_replay_as_logged_after_a_restart() {
+    let configs = [("offsets.topic.num.partitions", "1")];
+    let mut h = Harness::new(MemStorage::new(), &configs);
+    h.create_topic("t", 4, &[]);
+    for (producer_id, partition) in [(1, 0), (2, 1), (3, 2), (4, 3)] {
+        let request = txn_offsets("g", producer_id, 0, "t", partition, 10 * producer_id);
+        assert_eq!(txn_commit_error(&mut h, &request), 0);
+    }
+    plain_commit(&mut h, "g", "t", 3, 45);
+    write_offsets_marker(&mut h, "g", 1, true);
+    write_offsets_marker(&mut h, "g", 2, false);
+    write_offsets_marker(&mut h, "g", 4, true);
+    let expected = [(0, 10), (0, -1), (UNSTABLE, -1), (0, 45)];
+    let seen = |h: &mut Harness| -> Vec<(i16, i64)> {
+        (0..4)
+            .map(|partition| fetched(h, 7, true, "g", "t", partition))
+            .collect()
+    };
+    assert_eq!(seen(&mut h), expected);
+    let mut storage = std::mem::take(&mut h.node.broker.storage);
+    storage.crash(0);
+    let mut h = Harness::new(storage, &configs);
+    assert_eq!(seen(&mut h), expected, "rebuilt from __consumer_offsets");
+    assert_eq!(h.node.broker.groups.open_transactions("g"), [3]);
+    write_offsets_marker(&mut h, "g", 3, true);
+    assert_eq!(fetched(&mut h, 7, true, "g", "t", 2), (0, 30));
+}
+
+#[test]
+fn a_deleted_groups_pending_offsets_do_not_come_back() {
+    let configs = [("offsets.topic.num.partitions", "1")];
+    let mut h = Harness::new(MemStorage::new(), &configs);
+    h.create_topic("t", 1, &[]);
+    assert_eq!(
+        txn_commit_error(&mut h, &txn_offsets("g", 7, 0, "t", 0, 42)),
+        0
+    );
+    let request = DeleteGroupsRequest::default()
+        .with_groups_names(vec![GroupId(StrBytes::from_static_str("g"))]);
+    let c = h.send(ApiKey::DeleteGroups, 2, &request);
+    h.sync_all();
+    let deleted: DeleteGroupsResponse = h.take(ApiKey::DeleteGroups, 2, c);
+    assert_eq!(deleted.results[0].error_code, 0);
+    write_offsets_marker(&mut h, "g", 7, true);
+    assert_eq!(fetched(&mut h, 7, true, "g", "t", 0), (0, -1));
+    let mut storage = std::mem::take(&mut h.node.broker.storage);
+    storage.crash(0);
+    let mut h = Harness::new(storage, &configs);
+    assert_eq!(
+        fetched(&mut h, 7, true, "g", "t", 0),
+        (0, -1),
+        "after a restart"
+    );
+    assert!(!h.node.broker.groups.groups.contains_key("g"));
+}
+
+#[test]
+fn txn_offset_commit_checks_members_and_partitions_like_kafka() {
+    let mut h = Harness::new(
+        MemStorage::new(),
+        &[
+            ("group.initial.rebalance.delay.ms", "0"),
+            ("offsets.topic.num.partitions", "1"),
+        ],
+    );
+    h.create_topic("t", 1, &[]);
+    let member = join_group(&mut h, "g", "").member_id.to_string();
+    let joined = join_group(&mut h, "g", &member);
+    assert_eq!((joined.error_code, joined.generation_id), (0, 1));
+    let named = |generation: i32, member: &str| {
+        txn_offsets("g", 7, 0, "t", 0, 42)
+            .with_generation_id(generation)
+            .with_member_id(StrBytes::from_string(member.into()))
+    };
+    assert_eq!(
+        txn_commit_error(&mut h, &named(2, &member)),
+        ResponseError::IllegalGeneration.code()
+    );
+    assert_eq!(
+        txn_commit_error(&mut h, &named(1, "stranger")),
+        ResponseError::UnknownMemberId.code()
+    );
+    // Between join and sync: a transactional commit is not held back.
+    assert_eq!(txn_commit_error(&mut h, &named(1, &member)), 0);
+    // v2 names no member: accepted by a group with members.
+    let old = txn_commit(&mut h, &txn_offsets("g", 7, 0, "t", 0, 43), 2);
+    assert_eq!(old.topics[0].partitions[0].error_code, 0);
+    // An unknown partition is refused alone; an empty group id everywhere.
+    let mut request = txn_offsets("g", 7, 0, "t", 0, 44);
+    let mut unknown = request.topics[0].clone();
+    unknown.partitions[0].partition_index = 5;
+    request.topics.push(unknown);
+    let response = txn_commit(&mut h, &request, 3);
+    let errors: Vec<i16> = response
+        .topics
+        .iter()
+        .map(|t| t.partitions[0].error_code)
+        .collect();
+    assert_eq!(errors, [0, ResponseError::UnknownTopicOrPartition.code()]);
+    assert_eq!(
+        txn_commit_error(&mut h, &txn_offsets("", 7, 0, "t", 0, 1)),
+        ResponseError::InvalidGroupId.code()
+    );
+    write_offsets_marker(&mut h, "g", 7, true);
+    assert_eq!(fetched(&mut h, 7, true, "g", "t", 0), (0, 44));
+}
+
+mod txn;
+// Transactions, partition side: markers, read_committed, producers.
+
+/// A transactional batch of one record.
+fn txn_record(producer_id: i64, epoch: i16, sequence: i32, value: &[u8]) -> Bytes {
+    let mut batch = idempotent_record(producer_id, epoch, sequence, value).to_vec();
+    batch[crate::batch::ATTRIBUTES_OFFSET..crate::batch::LAST_OFFSET_DELTA_OFFSET]
+        .copy_from_slice(&crate::batch::ATTRIBUTE_TRANSACTIONAL.to_be_bytes());
+    crate::batch::write_crc(&mut batch);
+    Bytes::from(batch)
+}
+
+impl Harness {
+    fn produce_synced(&mut self, topic: &str, records: Bytes) -> (i16, i64) {
+        let c = self.produce(topic, 0, 1, records);
+        self.sync_all();
+        self.produce_result(c)
+    }
+
+    fn fetch_isolated(&mut self, topic: &str, offset: i64, max_wait_ms: i32, isolation: i8) -> i32 {
+        let partition = fetch_request::FetchPartition::default()
+            .with_partition(0)
+            .with_fetch_offset(offset)
+            .with_partition_max_bytes(1 << 20);
+        let topic = fetch_request::FetchTopic::default()
+            .with_topic(TopicName(StrBytes::from_string(topic.into())))
+            .with_partitions(vec![partition]);
+        let request = FetchRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_max_wait_ms(max_wait_ms)
+            .with_min_bytes(1)
+            .with_max_bytes(1 << 24)
+            .with_isolation_level(isolation)
+            .with_topics(vec![topic]);
+        self.send(ApiKey::Fetch, 12, &request)
+    }
+
+    /// Sends WriteTxnMarkers for one marker on partitions of `topic`.
+    fn write_markers(
+        &mut self,
+        producer_id: i64,
+        producer_epoch: i16,
+        coordinator_epoch: i32,
+        commit: bool,
+        topic: &str,
+        partitions: Vec<i32>,
+    ) -> i32 {
+        let marker = write_txn_markers_request::WritableTxnMarker::default()
+            .with_producer_id(ProducerId(producer_id))
+            .with_producer_epoch(producer_epoch)
+            .with_coordinator_epoch(coordinator_epoch)
+            .with_transaction_result(commit)
+            .with_topics(vec![
+                write_txn_markers_request::WritableTxnMarkerTopic::default()
+                    .with_name(TopicName(StrBytes::from_string(topic.into())))
+                    .with_partition_indexes(partitions),
+            ]);
+        let request = WriteTxnMarkersRequest::default().with_markers(vec![marker]);
+        self.send(ApiKey::WriteTxnMarkers, 1, &request)
+    }
+
+    fn markers_result(&mut self, correlation: i32) -> Vec<(i32, i16)> {
+        let response: WriteTxnMarkersResponse = self.take(ApiKey::WriteTxnMarkers, 1, correlation);
+        response.markers[0].topics[0]
+            .partitions
+            .iter()
+            .map(|p| (p.partition_index, p.error_code))
+            .collect()
+    }
+
+    fn marker_synced(&mut self, producer_id: i64, commit: bool) {
+        let c = self.write_markers(producer_id, 0, 0, commit, "t", vec![0]);
+        assert!(self.sent.is_empty(), "answered once durable");
+        self.sync_all();
+        assert_eq!(self.markers_result(c), vec![(0, 0)]);
+    }
+
+    fn latest_offset(&mut self, isolation: i8) -> i64 {
+        let partition = list_offsets_request::ListOffsetsPartition::default()
+            .with_partition_index(0)
+            .with_timestamp(-1);
+        let topic = list_offsets_request::ListOffsetsTopic::default()
+            .with_name(TopicName(StrBytes::from_static_str("t")))
+            .with_partitions(vec![partition]);
+        let request = ListOffsetsRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_isolation_level(isolation)
+            .with_topics(vec![topic]);
+        let c = self.send(ApiKey::ListOffsets, 5, &request);
+        let response: ListOffsetsResponse = self.take(ApiKey::ListOffsets, 5, c);
+        response.topics[0].partitions[0].offset
+    }
+}
+
+fn aborted_in(data: &fetch_response::PartitionData) -> Option<Vec<(i64, i64)>> {
+    data.aborted_transactions.as_ref().map(|list| {
+        list.iter()
+            .map(|a| (a.producer_id.0, a.first_offset))
+            .collect()
+    })
+}
+
+/// Offsets of the batches in a fetch answer.
+fn batch_offsets(data: &fetch_response::PartitionData) -> Vec<i64> {
+    let records = data.records.clone().unwrap_or_default();
+    crate::batch::headers_in(&records)
+        .map(|(header, _)| header.base_offset)
+        .collect()
+}
+
+#[test]
+fn read_committed_fetches_stop_at_the_lso_and_name_the_aborted_transactions() {
+    let mut h = Harness::new(MemStorage::new(), &[]);
+    h.create_topic("t", 1, &[]);
+    assert_eq!(h.produce_synced("t", one_record(b"plain")), (0, 0));
+    assert_eq!(h.produce_synced("t", txn_record(7, 0, 0, b"a")), (0, 1));
+    assert_eq!(h.produce_synced("t", txn_record(8, 0, 0, b"b")), (0, 2));
+    assert_eq!(h.produce_synced("t", txn_record(7, 0, 1, b"c")), (0, 3));
+    let c = h.fetch_isolated("t", 0, 0, 1);
+    let data = h.fetch_result(c);
+    assert_eq!((data.high_watermark, data.last_stable_offset), (4, 1));
+    assert_eq!(batch_offsets(&data), vec![0]);
+    assert_eq!(aborted_in(&data), Some(vec![]));
+    let c = h.fetch_isolated("t", 0, 0, 0);
+    let data = h.fetch_result(c);
+    assert_eq!((data.high_watermark, data.last_stable_offset), (4, 1));
+    assert_eq!(batch_offsets(&data), vec![0, 1, 2, 3]);
+    assert_eq!(aborted_in(&data), None, "read_uncommitted gets no list");
+    assert_eq!((h.latest_offset(0), h.latest_offset(1)), (4, 1));
+
+    h.marker_synced(7, false);
+    let c = h.fetch_isolated("t", 0, 0, 1);
+    let data = h.fetch_result(c);
+    assert_eq!((data.high_watermark, data.last_stable_offset), (5, 2));
+    assert_eq!(batch_offsets(&data), vec![0, 1]);
+    assert_eq!(aborted_in(&data), Some(vec![(7, 1)]));
+    assert_eq!(h.latest_offset(1), 2);
+
+    h.marker_synced(8, true);
+    let c = h.fetch_isolated("t", 0, 0, 1);
+    let data = h.fetch_result(c);
+    assert_eq!((data.high_watermark, data.last_stable_offset), (6, 6));
+    assert_eq!(batch_offsets(&data), vec![0, 1, 2, 3, 4, 5]);
+    assert_eq!(aborted_in(&data), Some(vec![(7, 1)]));
+    // From past the abort's marker, it is named no more.
+    let c = h.fetch_isolated("t", 5, 0, 1);
+    let data = h.fetch_result(c);
+    assert_eq!(batch_offsets(&data), vec![5]);
+    assert_eq!(aborted_in(&data), Some(vec![]));
+    // The abort is named to a fetch from inside it, not to one before it
+    // that returns nothing of it.
+    let c = h.fetch_isolated("t", 3, 0, 1);
+    assert_eq!(aborted_in(&h.fetch_result(c)), Some(vec![(7, 1)]));
+    assert_eq!((h.latest_offset(0), h.latest_offset(1)), (6, 6));
+}
+
+#[test]
+fn a_parked_read_committed_fetch_wakes_when_a_marker_moves_the_lso() {
+    let mut h = Harness::new(MemStorage::new(), &[]);
+    h.create_topic("t", 1, &[]);
+    assert_eq!(h.produce_synced("t", txn_record(7, 0, 0, b"a")), (0, 0));
+    let committed = h.fetch_isolated("t", 0, 60_000, 1);
+    let uncommitted = h.fetch_isolated("t", 1, 60_000, 0);
+    assert!(
+        h.sent.is_empty(),
+        "nothing below the LSO yet, nothing past the HW"
+    );
+    let c = h.write_markers(7, 0, 0, true, "t", vec![0]);
+    assert!(h.sent.is_empty(), "the marker is not under the HW yet");
+    h.sync_all();
+    let data = h.fetch_result(committed);
+    assert_eq!(data.last_stable_offset, 2);
+    assert_eq!(batch_offsets(&data), vec![0, 1]);
+    assert_eq!(aborted_in(&data), Some(vec![]));
+    let data = h.fetch_result(uncommitted);
+    assert_eq!(batch_offsets(&data), vec![1], "the marker itself");
+    assert_eq!(h.markers_result(c), vec![(0, 0)]);
+}
+
+#[test]
+fn markers_are_refused_as_kafka_refuses_them_and_fence_the_producer() {
+    let mut h = Harness::new(MemStorage::new(), &[]);
+    h.create_topic("t", 2, &[]);
+    assert_eq!(h.produce_synced("t", txn_record(7, 0, 0, b"a")), (0, 0));
+    // A plain batch while its transaction is open; a transactional batch
+    // without a producer id.
+    assert_eq!(
+        h.produce_synced("t", idempotent_record(7, 0, 1, b"plain"))
+            .0,
+        ResponseError::InvalidTxnState.code()
+    );
+    let mut no_producer = build_batch(1_000_000, &[(None, Some(b"x"), vec![], 0)]);
+    no_producer[crate::batch::ATTRIBUTES_OFFSET..crate::batch::LAST_OFFSET_DELTA_OFFSET]
+        .copy_from_slice(&crate::batch::ATTRIBUTE_TRANSACTIONAL.to_be_bytes());
+    crate::batch::write_crc(&mut no_producer);
+    assert_eq!(
+        h.produce_synced("t", Bytes::from(no_producer)).0,
+        ResponseError::InvalidRecord.code()
+    );
+    // A fencing abort with producer epoch 1, from coordinator epoch 3;
+    // partition 1 has no transaction: the marker only records the epochs;
+    // partition 5 does not exist.
+    let c = h.write_markers(7, 1, 3, false, "t", vec![0, 1, 5]);
+    h.sync_all();
+    assert_eq!(
+        h.markers_result(c),
+        vec![
+            (0, 0),
+            (1, 0),
+            (5, ResponseError::UnknownTopicOrPartition.code())
+        ]
+    );
+    let c = h.write_markers(7, 0, 3, true, "t", vec![0]);
+    assert_eq!(
+        h.markers_result(c),
+        vec![(0, ResponseError::InvalidProducerEpoch.code())]
+    );
+    let c = h.write_markers(7, 1, 2, true, "t", vec![0]);
+    assert_eq!(
+        h.markers_result(c),
+        vec![(0, ResponseError::TransactionCoordinatorFenced.code())]
+    );
+    let c = h.write_markers(7, 1, 3, false, "unknown", vec![0]);
+    assert_eq!(
+        h.markers_result(c),
+        vec![(0, ResponseError::UnknownTopicOrPartition.code())]
+    );
+    // The old epoch's batches are fenced.
+    assert_eq!(
+        h.produce_synced("t", txn_record(7, 0, 1, b"zombie")).0,
+        ResponseError::InvalidProducerEpoch.code()
+    );
+    // DescribeProducers shows the state, on both partitions.
+    let request = DescribeProducersRequest::default().with_topics(vec![
+        describe_producers_request::TopicRequest::default()
+            .with_name(TopicName(StrBytes::from_static_str("t")))
+            .with_partition_indexes(vec![0, 1, 9]),
+    ]);
+    let c = h.send(ApiKey::DescribeProducers, 0, &request);
+    let response: DescribeProducersResponse = h.take(ApiKey::DescribeProducers, 0, c);
+    let partitions = &response.topics[0].partitions;
+    let state = |p: &describe_producers_response::PartitionResponse| {
+        p.active_producers
+            .iter()
+            .map(|s| {
+                (
+                    s.producer_id.0,
+                    s.producer_epoch,
+                    s.last_sequence,
+                    s.coordinator_epoch,
+                    s.current_txn_start_offset,
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(partitions[0].error_code, 0);
+    assert_eq!(state(&partitions[0]), vec![(7, 1, -1, 3, -1)]);
+    assert_eq!(state(&partitions[1]), vec![(7, 1, -1, 3, -1)]);
+    assert_eq!(
+        partitions[2].error_code,
+        ResponseError::UnknownTopicOrPartition.code()
+    );
+    // A new transaction of the new epoch shows its start.
+    assert_eq!(h.produce_synced("t", txn_record(7, 1, 0, b"next")).0, 0);
+    let c = h.send(ApiKey::DescribeProducers, 0, &request);
+    let response: DescribeProducersResponse = h.take(ApiKey::DescribeProducers, 0, c);
+    assert_eq!(
+        state(&response.topics[0].partitions[0]),
+        vec![(7, 1, 0, 3, 2)]
+    );
+}
+
+/// The transaction state survives a crash: the log gives it back, and the
+/// `.txnindex` with it.
+#[test]
+fn transactions_and_their_aborts_survive_a_crash() {
+    let mut h = Harness::new(MemStorage::new(), &[]);
+    h.create_topic("t", 1, &[]);
+    h.produce_synced("t", txn_record(7, 0, 0, b"a"));
+    h.marker_synced(7, false);
+    h.produce_synced("t", txn_record(8, 0, 0, b"b"));
+    let mut storage = std::mem::take(&mut h.node.broker.storage);
+    storage.crash(0);
+    let mut h = Harness::new(storage, &[]);
+    let c = h.fetch_isolated("t", 0, 0, 1);
+    let data = h.fetch_result(c);
+    assert_eq!((data.high_watermark, data.last_stable_offset), (3, 2));
+    assert_eq!(batch_offsets(&data), vec![0, 1]);
+    assert_eq!(aborted_in(&data), Some(vec![(7, 0)]));
 }

@@ -29,6 +29,11 @@ pub enum Reply {
     DescribeCluster(DescribeClusterResponse),
     InitProducerId(InitProducerIdResponse),
     FindCoordinator(FindCoordinatorResponse),
+    AddPartitionsToTxn(AddPartitionsToTxnResponse),
+    AddOffsetsToTxn(AddOffsetsToTxnResponse),
+    EndTxn(EndTxnResponse),
+    DescribeTransactions(DescribeTransactionsResponse),
+    ListTransactions(ListTransactionsResponse),
     JoinGroup(JoinGroupResponse),
     SyncGroup(SyncGroupResponse),
     Heartbeat(HeartbeatResponse),
@@ -40,6 +45,9 @@ pub enum Reply {
     DeleteGroups(DeleteGroupsResponse),
     DescribeQuorum(DescribeQuorumResponse),
     OffsetForLeaderEpoch(OffsetForLeaderEpochResponse),
+    TxnOffsetCommit(TxnOffsetCommitResponse),
+    WriteTxnMarkers(WriteTxnMarkersResponse),
+    DescribeProducers(DescribeProducersResponse),
 }
 
 impl Reply {
@@ -57,6 +65,11 @@ impl Reply {
             Reply::DescribeCluster(r) => r.encode(buf, version),
             Reply::InitProducerId(r) => r.encode(buf, version),
             Reply::FindCoordinator(r) => r.encode(buf, version),
+            Reply::AddPartitionsToTxn(r) => r.encode(buf, version),
+            Reply::AddOffsetsToTxn(r) => r.encode(buf, version),
+            Reply::EndTxn(r) => r.encode(buf, version),
+            Reply::DescribeTransactions(r) => r.encode(buf, version),
+            Reply::ListTransactions(r) => r.encode(buf, version),
             Reply::JoinGroup(r) => r.encode(buf, version),
             Reply::SyncGroup(r) => r.encode(buf, version),
             Reply::Heartbeat(r) => r.encode(buf, version),
@@ -68,6 +81,9 @@ impl Reply {
             Reply::DeleteGroups(r) => r.encode(buf, version),
             Reply::DescribeQuorum(r) => r.encode(buf, version),
             Reply::OffsetForLeaderEpoch(r) => r.encode(buf, version),
+            Reply::TxnOffsetCommit(r) => r.encode(buf, version),
+            Reply::WriteTxnMarkers(r) => r.encode(buf, version),
+            Reply::DescribeProducers(r) => r.encode(buf, version),
         };
         result.map_err(|e| e.to_string())
     }
@@ -115,6 +131,20 @@ impl Reply {
                 each(r.error_code);
                 r.coordinators.iter().for_each(|c| each(c.error_code));
             }
+            Reply::AddPartitionsToTxn(r) => {
+                each(r.error_code);
+                for t in &r.results_by_topic_v3_and_below {
+                    t.results_by_partition
+                        .iter()
+                        .for_each(|p| each(p.partition_error_code));
+                }
+            }
+            Reply::AddOffsetsToTxn(r) => each(r.error_code),
+            Reply::EndTxn(r) => each(r.error_code),
+            Reply::DescribeTransactions(r) => {
+                r.transaction_states.iter().for_each(|t| each(t.error_code))
+            }
+            Reply::ListTransactions(r) => each(r.error_code),
             Reply::JoinGroup(r) => each(r.error_code),
             Reply::SyncGroup(r) => each(r.error_code),
             Reply::Heartbeat(r) => each(r.error_code),
@@ -149,6 +179,21 @@ impl Reply {
                 }
             }
             Reply::OffsetForLeaderEpoch(r) => {
+                for t in &r.topics {
+                    t.partitions.iter().for_each(|p| each(p.error_code));
+                }
+            }
+            Reply::TxnOffsetCommit(r) => {
+                for t in &r.topics {
+                    t.partitions.iter().for_each(|p| each(p.error_code));
+                }
+            }
+            Reply::WriteTxnMarkers(r) => {
+                for t in r.markers.iter().flat_map(|m| m.topics.iter()) {
+                    t.partitions.iter().for_each(|p| each(p.error_code));
+                }
+            }
+            Reply::DescribeProducers(r) => {
                 for t in &r.topics {
                     t.partitions.iter().for_each(|p| each(p.error_code));
                 }
@@ -311,6 +356,10 @@ impl Reply {
                 }
                 Reply::Produce(response)
             }
+            Reply::WriteTxnMarkers(response) => Reply::WriteTxnMarkers(markers_failed(
+                response,
+                kafka_protocol::ResponseError::NotLeaderOrFollower,
+            )),
             other => other.unsynced(),
         }
     }
@@ -388,6 +437,10 @@ impl Reply {
             Reply::Metadata(_) => {
                 Reply::Metadata(MetadataResponse::default().with_error_code(unsynced_error_code(0)))
             }
+            Reply::WriteTxnMarkers(response) => Reply::WriteTxnMarkers(markers_failed(
+                response,
+                kafka_protocol::ResponseError::KafkaStorageError,
+            )),
             Reply::CreateTopics(mut response) => {
                 for topic in response.topics.iter_mut() {
                     topic.error_code = unsynced_error_code(topic.error_code);
@@ -422,6 +475,16 @@ impl Reply {
                 }
                 Reply::OffsetCommit(response)
             }
+            Reply::TxnOffsetCommit(mut response) => {
+                for partition in response
+                    .topics
+                    .iter_mut()
+                    .flat_map(|t| t.partitions.iter_mut())
+                {
+                    partition.error_code = unsynced_error_code(partition.error_code);
+                }
+                Reply::TxnOffsetCommit(response)
+            }
             Reply::OffsetFetch(_) => Reply::OffsetFetch(
                 OffsetFetchResponse::default().with_error_code(coordinator_not_available),
             ),
@@ -430,6 +493,26 @@ impl Reply {
                     group.error_code = unsynced_error_code(group.error_code);
                 }
                 Reply::DeleteGroups(response)
+            }
+            // A transaction change that was not recorded: the producer
+            // finds its coordinator again and retries.
+            Reply::AddPartitionsToTxn(mut response) => {
+                for partition in response
+                    .results_by_topic_v3_and_below
+                    .iter_mut()
+                    .flat_map(|t| t.results_by_partition.iter_mut())
+                {
+                    if partition.partition_error_code == 0 {
+                        partition.partition_error_code = coordinator_not_available;
+                    }
+                }
+                Reply::AddPartitionsToTxn(response)
+            }
+            Reply::AddOffsetsToTxn(response) => {
+                Reply::AddOffsetsToTxn(response.with_error_code(coordinator_not_available))
+            }
+            Reply::EndTxn(response) => {
+                Reply::EndTxn(response.with_error_code(coordinator_not_available))
             }
             // A group change that was not recorded: the member finds the
             // coordinator again and rejoins.
@@ -444,4 +527,24 @@ impl Reply {
             other => other,
         }
     }
+}
+
+/// A WriteTxnMarkers answer whose markers did not all count as written:
+/// the partitions that succeeded answer `error` (retriable: the
+/// coordinator writes them again, and a marker written twice is harmless).
+fn markers_failed(
+    mut response: WriteTxnMarkersResponse,
+    error: kafka_protocol::ResponseError,
+) -> WriteTxnMarkersResponse {
+    for partition in response
+        .markers
+        .iter_mut()
+        .flat_map(|m| m.topics.iter_mut())
+        .flat_map(|t| t.partitions.iter_mut())
+    {
+        if partition.error_code == 0 {
+            partition.error_code = error.code();
+        }
+    }
+    response
 }

@@ -31,6 +31,10 @@
 //!   SIGTERM, status 0), like `tail -f`;
 //! - when stdout is closed by its reader (`| head`), status 0.
 //!
+//! `--isolation-level read_committed` shows only committed transactions
+//! (reading stops at the last stable offset and aborted records are left
+//! out); `read_uncommitted`, the default as in Kafka, shows every record.
+//!
 //! A count of the records read goes to stderr at the end unless `--quiet`.
 
 use std::collections::BTreeMap;
@@ -39,8 +43,8 @@ use std::time::Duration;
 
 use clap::Args;
 use sluice_client::{
-    Consumer, ConsumerConfig, ConsumerRecord, OffsetReset, OffsetSpec, TokioConnector,
-    TopicPartition,
+    Consumer, ConsumerConfig, ConsumerRecord, IsolationLevel, OffsetReset, OffsetSpec,
+    TokioConnector, TopicPartition,
 };
 use tokio::time::Instant;
 
@@ -96,6 +100,12 @@ pub struct ConsumeArgs {
     /// Print a null key or value as NULL instead of nothing (kcat's -Z).
     #[arg(short = 'Z', long = "null-as-text", conflicts_with = "json")]
     pub null_as_text: bool,
+    /// Which transactional records to show: read_committed leaves out
+    /// aborted ones and waits for open ones to end; read_uncommitted shows
+    /// all of them.
+    #[arg(long, value_name = "LEVEL", default_value = "read_uncommitted",
+          value_parser = parse_isolation_level)]
+    pub isolation_level: IsolationLevel,
     /// Print no count at the end.
     #[arg(long, short)]
     pub quiet: bool,
@@ -131,6 +141,12 @@ impl StartOffset {
                 }),
         }
     }
+}
+
+/// `--isolation-level`: Kafka's two names.
+pub fn parse_isolation_level(text: &str) -> Result<IsolationLevel, String> {
+    text.parse::<IsolationLevel>()
+        .map_err(|_| format!("expected read_committed or read_uncommitted, got `{text}`"))
 }
 
 /// A group id as `--group` (and `sluice groups`) take it: not empty, as
@@ -169,6 +185,7 @@ pub async fn run(args: ConsumeArgs) -> Result<(), CliError> {
                 } else {
                     OffsetReset::Latest
                 },
+                isolation_level: args.isolation_level,
                 ..ConsumerConfig::with_group(group.clone())
             };
             let mut consumer = Consumer::new(client, config)
@@ -248,6 +265,7 @@ async fn assigned_consumer(
         } else {
             OffsetReset::Earliest
         },
+        isolation_level: args.isolation_level,
         ..ConsumerConfig::default()
     };
     let mut consumer =
@@ -528,6 +546,19 @@ mod tests {
         assert_eq!(args.format, RecordFormat::parse("%s\\n").unwrap());
         assert!(!args.json);
         assert_eq!(args.group, None);
+        assert_eq!(args.isolation_level, IsolationLevel::ReadUncommitted);
+    }
+
+    #[test]
+    fn isolation_levels_take_kafkas_names() {
+        let args = parse(&["--topic", "t", "--isolation-level", "read_committed"]).unwrap();
+        assert_eq!(args.isolation_level, IsolationLevel::ReadCommitted);
+        let args = parse(&["--topic", "t", "--isolation-level", "read_uncommitted"]).unwrap();
+        assert_eq!(args.isolation_level, IsolationLevel::ReadUncommitted);
+        for bad in ["", "committed", "READ_COMMITTED", "1"] {
+            let error = parse(&["--topic", "t", "--isolation-level", bad]).unwrap_err();
+            assert_eq!(error.exit_code(), 2, "{bad:?} was accepted");
+        }
     }
 
     #[test]

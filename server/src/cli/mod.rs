@@ -1,5 +1,6 @@
 //! The client commands of the `sluice` binary: `topics`, `groups`,
-//! `cluster`, `produce` and `consume`, built on `sluice-client`.
+//! `cluster`, `transactions`, `produce` and `consume`, built on
+//! `sluice-client`.
 //!
 //! This module holds what they share: the connection flags
 //! (`--bootstrap-server` or `-b`, else `SLUICE_BOOTSTRAP_SERVERS`, else
@@ -19,6 +20,7 @@ pub mod format;
 pub mod groups;
 pub mod produce;
 pub mod topics;
+pub mod transactions;
 
 use std::future::Future;
 use std::process::ExitCode;

@@ -14,12 +14,21 @@
 //! a tombstone, which compaction reads as a deletion) and an empty key as
 //! no key.
 //!
+//! With `--transactional-id ID` every line of the run goes into one
+//! transaction (the client's `TransactionalProducer`, acks=all, without
+//! compression), committed once the input ends and aborted if the input
+//! or a send fails, so read_committed readers see all of the run or none
+//! of it. Records go to `--partition`, else to the key's partition
+//! (murmur2, as elsewhere), else each chunk of lines to the next partition
+//! in turn. Starting with an id fences an older producer of the same id and
+//! aborts what it left open.
+//!
 //! The command waits for every record's delivery. On success it prints a
 //! summary (records, bytes of keys and values, time, rate) to stderr, or
 //! as JSON to stdout with `--json`; on any failure it prints one line
 //! saying how many records were delivered and why the rest were not.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
@@ -28,9 +37,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use clap::Args;
 use serde_json::json;
+use sluice_client::partitioner::key_partition;
 use sluice_client::{
     system_clock, Acks, Compression, DeliveryFuture, Header, Producer, ProducerConfig,
-    ProducerRecord,
+    ProducerRecord, TokioConnector, TopicPartition, TransactionalConfig, TransactionalProducer,
 };
 use tokio::sync::mpsc;
 
@@ -91,6 +101,10 @@ pub struct ProduceArgs {
     /// How long a batch waits for more records before it is sent.
     #[arg(long, value_name = "MS", default_value_t = 5)]
     pub linger_ms: u64,
+    /// Write all lines of the run in one transaction with this id,
+    /// committed at the end, aborted if the input or a send fails.
+    #[arg(long, value_name = "ID", value_parser = non_empty)]
+    pub transactional_id: Option<String>,
     /// Print no summary.
     #[arg(long, short)]
     pub quiet: bool,
@@ -274,6 +288,32 @@ pub async fn run(args: ProduceArgs) -> Result<(), CliError> {
             )));
         }
     }
+    if let Some(transactional_id) = &args.transactional_id {
+        if args.acks != Acks::All || args.compression != Compression::None {
+            return Err(CliError::Usage(
+                "--transactional-id writes with --acks all and no --compression".into(),
+            ));
+        }
+        let started = Instant::now();
+        let mut tally = Tally::default();
+        let config = TransactionalConfig {
+            max_block_ms: connection.request_timeout_ms,
+            delivery_timeout_ms: connection.request_timeout_ms.saturating_mul(3),
+            ..TransactionalConfig::new(transactional_id.clone())
+        };
+        let what = format!("start transactional producer {transactional_id}");
+        let producer = connection
+            .bounded_with(
+                &what,
+                TransactionalProducer::init(client, config, system_clock()),
+                CliError::from_client,
+            )
+            .await?;
+        let lines = spawn_reader(input, source);
+        let partition_count = topic.partition_count();
+        send_transaction(&args, producer, partition_count, lines, &mut tally).await?;
+        return finish(&args, &tally, started.elapsed());
+    }
     let config = ProducerConfig {
         acks: args.acks,
         compression: args.compression,
@@ -318,10 +358,109 @@ pub async fn run(args: ProduceArgs) -> Result<(), CliError> {
             tally.first_failure.unwrap_or_default()
         )));
     }
+    finish(&args, &tally, elapsed)
+}
+
+/// Prints the summary of a successful run.
+fn finish(args: &ProduceArgs, tally: &Tally, elapsed: Duration) -> Result<(), CliError> {
     if args.json {
-        println!("{}", summary_json(&args, &tally, elapsed));
+        println!("{}", summary_json(args, tally, elapsed));
     } else if !args.quiet {
-        eprintln!("{}", summary_text(&args, &tally, elapsed));
+        eprintln!("{}", summary_text(args, tally, elapsed));
+    }
+    Ok(())
+}
+
+/// Sends every line in one transaction and commits it; on bad input or a
+/// failed send, aborts it and says why.
+async fn send_transaction(
+    args: &ProduceArgs,
+    mut producer: TransactionalProducer<TokioConnector>,
+    partition_count: i32,
+    lines: mpsc::Receiver<Chunk>,
+    tally: &mut Tally,
+) -> Result<(), CliError> {
+    let transactional_id = producer.transactional_id().to_string();
+    producer
+        .begin()
+        .map_err(|error| CliError::from_client("begin a transaction", &error))?;
+    let sent = send_chunks(args, &mut producer, partition_count, lines, tally).await;
+    let Err(reason) = sent else {
+        let what = format!("commit transaction {transactional_id}");
+        return args
+            .connection
+            .bounded(&what, producer.commit())
+            .await
+            .map_err(|error| {
+                CliError::Failed(format!("{error} ({} sent)", plural(tally.sent, "record")))
+            });
+    };
+    let what = format!("abort transaction {transactional_id}");
+    args.connection.bounded(&what, producer.abort()).await?;
+    Err(CliError::Failed(format!(
+        "{reason} (transaction {transactional_id} aborted: none of its {} is committed)",
+        plural(tally.sent, "record")
+    )))
+}
+
+/// Sends the lines of each chunk, one batch per partition; the reason it
+/// stopped early, if it did.
+async fn send_chunks(
+    args: &ProduceArgs,
+    producer: &mut TransactionalProducer<TokioConnector>,
+    partition_count: i32,
+    mut lines: mpsc::Receiver<Chunk>,
+    tally: &mut Tally,
+) -> Result<(), String> {
+    let separator = args.key_separator.as_deref().map(str::as_bytes);
+    let mut chunk_number = 0i32;
+    while let Some(chunk) = lines.recv().await {
+        // Keyless records of one chunk share a partition, the next chunk
+        // the next one, as a sticky partitioner would spread them.
+        let sticky = chunk_number % partition_count;
+        chunk_number = chunk_number.wrapping_add(1).max(0);
+        let mut by_partition: BTreeMap<i32, Vec<ProducerRecord>> = BTreeMap::new();
+        let mut stopped = None;
+        for line in chunk? {
+            let Some((key, value)) = split_line(line, separator) else {
+                let parsed: usize = by_partition.values().map(Vec::len).sum();
+                // The lines before it go out first, as without a
+                // transaction; the abort then takes them back.
+                stopped = Some(format!(
+                    "line {} has no key separator {:?}",
+                    tally.sent + parsed as u64 + 1,
+                    args.key_separator.as_deref().unwrap_or_default()
+                ));
+                break;
+            };
+            let record = line_record(args, key, value);
+            let partition = match (args.partition, &record.key) {
+                (Some(partition), _) => partition,
+                (None, Some(key)) => key_partition(key, partition_count),
+                (None, None) => sticky,
+            };
+            by_partition.entry(partition).or_default().push(record);
+        }
+        for (partition, records) in by_partition {
+            let tp = TopicPartition::new(args.topic.clone(), partition);
+            producer
+                .send(&tp, &records)
+                .await
+                .map_err(|error| format!("send to {tp}: {error}"))?;
+            let count = records.len() as u64;
+            tally.sent += count;
+            tally.delivered += count;
+            tally.payload_bytes += records
+                .iter()
+                .map(|record| {
+                    (record.key.as_ref().map_or(0, Bytes::len)
+                        + record.value.as_ref().map_or(0, Bytes::len)) as u64
+                })
+                .sum::<u64>();
+        }
+        if let Some(reason) = stopped {
+            return Err(reason);
+        }
     }
     Ok(())
 }
@@ -556,6 +695,14 @@ mod tests {
         for codec in ["none", "gzip", "snappy", "lz4", "zstd"] {
             assert!(parse(&["--topic", "t", "--compression", codec]).is_ok());
         }
+    }
+
+    #[test]
+    fn a_transactional_id_is_optional_and_not_empty() {
+        assert_eq!(parse(&["--topic", "t"]).unwrap().transactional_id, None);
+        let args = parse(&["--topic", "t", "--transactional-id", "import"]).unwrap();
+        assert_eq!(args.transactional_id.as_deref(), Some("import"));
+        assert!(parse(&["--topic", "t", "--transactional-id", ""]).is_err());
     }
 
     #[test]

@@ -230,15 +230,10 @@ const IGNORED: &[&str] = &[
     "socket.receive.buffer.bytes",
     "socket.send.buffer.bytes",
     "super.users",
-    "transaction.abort.timed.out.transaction.cleanup.interval.ms",
-    "transaction.max.timeout.ms",
-    "transaction.remove.expired.transaction.cleanup.interval.ms",
     "transaction.state.log.load.buffer.size",
     "transaction.state.log.min.isr",
-    "transaction.state.log.num.partitions",
     "transaction.state.log.replication.factor",
     "transaction.state.log.segment.bytes",
-    "transactional.id.expiration.ms",
     "zookeeper.connect",
 ];
 
