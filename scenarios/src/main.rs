@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
-use sluice_scenarios::{check_mutation, find, replay_command, Scenario, ALL};
+use sluice_scenarios::{check_mutation, find, replay_command, Scenario, ALL, PENDING};
 use sluice_sim::Report;
 
 #[derive(Parser)]
@@ -114,7 +114,7 @@ fn main() -> std::process::ExitCode {
     }
     let outcome = match command {
         Command::List => {
-            for scenario in ALL {
+            for scenario in ALL.iter().chain(PENDING) {
                 println!("{:<16} {}", scenario.name, scenario.about);
             }
             Ok(true)
@@ -289,7 +289,7 @@ fn mutation_config(mutation: Option<&str>) -> Vec<(String, String)> {
 }
 
 fn scenario_named(name: &str) -> Result<&'static Scenario, String> {
-    let names: Vec<&str> = ALL.iter().map(|s| s.name).collect();
+    let names: Vec<&str> = ALL.iter().chain(PENDING).map(|s| s.name).collect();
     find(name).ok_or_else(|| format!("no scenario `{name}`; known: {}", names.join(", ")))
 }
 
