@@ -752,10 +752,14 @@ pub enum Mutation {
     /// Fetches at read_committed name no aborted transactions, so
     /// consumers keep what aborted.
     NoAbortedTransactions,
+    /// A broker acts on its metadata image without a lease: cut off from
+    /// the controller, it goes on leading and coordinating after the
+    /// controller fenced it and gave its partitions to others.
+    NoBrokerLease,
 }
 
 impl Mutation {
-    pub const ALL: [Mutation; 23] = [
+    pub const ALL: [Mutation; 24] = [
         Mutation::AckBeforeSync,
         Mutation::ReadBeforeSync,
         Mutation::SkipRecoveryCrc,
@@ -779,6 +783,7 @@ impl Mutation {
         Mutation::TxnOffsetsBeforeMarker,
         Mutation::LsoIsHighWatermark,
         Mutation::NoAbortedTransactions,
+        Mutation::NoBrokerLease,
     ];
 
     pub fn name(self) -> &'static str {
@@ -806,6 +811,7 @@ impl Mutation {
             Mutation::TxnOffsetsBeforeMarker => "txn-offsets-before-marker",
             Mutation::LsoIsHighWatermark => "lso-is-high-watermark",
             Mutation::NoAbortedTransactions => "no-aborted-transactions",
+            Mutation::NoBrokerLease => "no-broker-lease",
         }
     }
 }

@@ -463,6 +463,7 @@ impl<S: Storage> Node<S> {
                 response_queued: false,
             };
         }
+        self.follow_lease(now);
         let outcome = match self.dispatch(now, connection, frame) {
             Ok(outcome) => outcome,
             Err(why) => {
@@ -782,6 +783,7 @@ impl<S: Storage> Node<S> {
     /// A response frame (without its length prefix) from a peer. A frame
     /// that answers nothing sent is logged and dropped.
     pub fn handle_peer_frame(&mut self, now: Now, peer: NodeId, channel: Channel, frame: Bytes) {
+        self.follow_lease(now);
         let link = self.peers.entry((peer, channel)).or_default();
         let sent = response_correlation_id(&frame).and_then(|id| link.in_flight.remove(&id));
         if let Some(
@@ -1121,7 +1123,14 @@ impl<S: Storage> Node<S> {
             None => self.timers.stop(Timer::Groups),
         }
         match self.broker.transactions.retry_ms {
-            Some(at) => self.timers.set(Timer::MarkerRetry, at),
+            Some(at) => {
+                // One due now would fire again at once, for ever.
+                assert!(
+                    at > now.monotonic_ms,
+                    "a marker retry due now is left armed"
+                );
+                self.timers.set(Timer::MarkerRetry, at)
+            }
             None => self.timers.stop(Timer::MarkerRetry),
         }
         self.invariants();

@@ -471,8 +471,30 @@ fn fetches_without_aborted_transactions_read_aborted_records() {
     assert!(caught.is_some(), "not caught within {SEEDS_MAX} seeds");
 }
 
+/// Without its lease, a group coordinator cut off from the controller
+/// goes on answering OffsetFetch from its stale image after the group
+/// moved: seed 0x7eebc7 of `eos-replicated` (see `tests/replicated.rs`)
+/// has a worker read older offsets back and copy its inputs again,
+/// `[eos-exactly-once]`.
+#[test]
+fn a_broker_without_a_lease_answers_from_a_stale_image() {
+    let spec = with_mutation(
+        sluice_scenarios::eos_replicated(0x7eebc7),
+        Some(Mutation::NoBrokerLease.name()),
+    );
+    let report = sluice_sim::run(spec, false);
+    assert!(
+        report
+            .violations
+            .iter()
+            .any(|v| v.checker == "eos-exactly-once"),
+        "not caught: {:?}",
+        report.violations.first()
+    );
+}
+
 #[test]
 fn every_mutation_has_a_proof() {
     // Adding a mutation means adding a test above that shows it is caught.
-    assert_eq!(Mutation::ALL.len(), 23);
+    assert_eq!(Mutation::ALL.len(), 24);
 }

@@ -71,6 +71,28 @@ impl<S: Storage> Broker<S> {
         self.cluster.is_some()
     }
 
+    /// The roles this broker's image gives it may act: alone, always; in
+    /// a cluster, while it is registered, unfenced and within its lease.
+    pub fn acting(&self) -> bool {
+        self.cluster.as_ref().is_none_or(|c| c.serving)
+    }
+
+    /// How clients reach `coordinator`, the broker an image names for a
+    /// group or a transactional id. This broker while it does not act is
+    /// not available: clients ask again, maybe another broker.
+    pub(super) fn coordinator_address_of(
+        &self,
+        coordinator: i32,
+    ) -> Result<super::BrokerAddress, ResponseError> {
+        if coordinator == self.config.node_id && !self.acting() {
+            return Err(ResponseError::CoordinatorNotAvailable);
+        }
+        self.live_brokers()
+            .into_iter()
+            .find(|b| b.id == coordinator)
+            .ok_or(ResponseError::CoordinatorNotAvailable)
+    }
+
     /// True when a topic exists here, or its creation is under way.
     pub fn topic_exists(&self, name: &str) -> bool {
         self.topics.contains(name)
@@ -392,6 +414,10 @@ impl<S: Storage> Broker<S> {
         let partitions = self.offsets_partition_count();
         let partition = super::groups::offsets_partition(group_id, partitions);
         match self.coordinator_of(partition) {
+            // Its lease ended: the group may have moved already.
+            Ok(leader) if leader == self.config.node_id && !self.acting() => {
+                Some(ResponseError::NotCoordinator)
+            }
             Ok(leader)
                 if leader == self.config.node_id && self.leads(super::OFFSETS_TOPIC, partition) =>
             {
@@ -417,10 +443,7 @@ impl<S: Storage> Broker<S> {
         }
         let partitions = self.offsets_partition_count();
         let leader = self.coordinator_of(super::groups::offsets_partition(group_id, partitions))?;
-        self.live_brokers()
-            .into_iter()
-            .find(|b| b.id == leader)
-            .ok_or(ResponseError::CoordinatorNotAvailable)
+        self.coordinator_address_of(leader)
     }
 
     /// A producer id from the block the controller gave this broker (ids of

@@ -29,7 +29,6 @@ use crate::group_records::{
     parse_marker_key, parse_offset_key, parse_offset_value,
 };
 use crate::log::PartitionLog;
-use crate::producers::SequenceError;
 use crate::storage::Storage;
 use crate::types::Now;
 
@@ -299,34 +298,10 @@ impl<S: Storage> Broker<S> {
         }
         let created = self.ensure_offsets_topic()?;
         let partition = offsets_partition(group_id, self.offsets_partition_count());
-        let epoch = self.append_epoch(OFFSETS_TOPIC, partition);
-        let held = self
-            .topics
-            .partition_mut(OFFSETS_TOPIC, partition)
-            .ok_or(ResponseError::CoordinatorNotAvailable)?;
-        let header = BatchHeader::parse(bytes);
-        // Kafka appends the coordinator's batches without the sequence
-        // checks a client's batch gets (`AppendOrigin.COORDINATOR`): every
-        // transactional offsets batch starts at sequence 0. The epoch check
-        // stays: a fenced producer's offsets are refused.
-        if header.is_transactional()
-            && held.log.producers().check(&header) == Err(SequenceError::StaleEpoch)
-        {
-            return Err(ResponseError::InvalidProducerEpoch);
-        }
-        let appended = held
-            .log
-            .append(&mut self.storage, bytes, epoch, now.wall_ms)
-            .map_err(|error| {
-                tracing::error!(%error, group = group_id, "cannot write to {OFFSETS_TOPIC}");
-                ResponseError::KafkaStorageError
-            })?;
-        let seq = created.max(self.note_partition_write(OFFSETS_TOPIC, partition));
-        let marks = self
-            .replication_mark(OFFSETS_TOPIC, partition, appended.last_offset + 1)
-            .into_iter()
-            .collect();
-        Ok((GroupWrite { seq, marks }, appended.base_offset))
+        let (mut written, base_offset) =
+            self.append_internal_batch(now, OFFSETS_TOPIC, partition, bytes, group_id)?;
+        written.seq = written.seq.max(created);
+        Ok((written, base_offset))
     }
 
     /// Creates `__consumer_offsets` on first use, like Kafka's internal topic.

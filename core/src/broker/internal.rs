@@ -5,9 +5,15 @@
 
 use std::collections::BTreeMap;
 
+use kafka_protocol::ResponseError;
+
+use super::groups::GroupWrite;
 use super::{Broker, OFFSETS_TOPIC};
+use crate::batch::BatchHeader;
+use crate::producers::SequenceError;
 use crate::storage::Storage;
 use crate::txn::TXN_TOPIC;
+use crate::types::Now;
 
 /// How an internal topic is created.
 pub struct InternalTopic {
@@ -71,5 +77,51 @@ impl<S: Storage> Broker<S> {
         if let Err(error) = created {
             tracing::warn!(?error, "cannot create {name} yet");
         }
+    }
+
+    /// Appends a coordinator's batch to a partition of an internal topic
+    /// this node leads, at the partition's leader epoch: the write to wait
+    /// for (its sync, and its replication where the partition has
+    /// followers) and the batch's base offset. `owner` (a group or a
+    /// transactional id) names the write in the log line of a failure.
+    pub(super) fn append_internal_batch(
+        &mut self,
+        now: Now,
+        topic: &str,
+        partition: i32,
+        bytes: &[u8],
+        owner: &str,
+    ) -> Result<(GroupWrite, i64), ResponseError> {
+        if self.storage_offline() {
+            return Err(ResponseError::CoordinatorNotAvailable);
+        }
+        let epoch = self.append_epoch(topic, partition);
+        let held = self
+            .topics
+            .partition_mut(topic, partition)
+            .ok_or(ResponseError::CoordinatorNotAvailable)?;
+        // Kafka appends the coordinators' batches without the sequence
+        // checks a client's batch gets (`AppendOrigin.COORDINATOR`): every
+        // transactional offsets batch starts at sequence 0. The epoch check
+        // stays: a fenced producer's offsets are refused.
+        let header = BatchHeader::parse(bytes);
+        if header.is_transactional()
+            && held.log.producers().check(&header) == Err(SequenceError::StaleEpoch)
+        {
+            return Err(ResponseError::InvalidProducerEpoch);
+        }
+        let appended = held
+            .log
+            .append(&mut self.storage, bytes, epoch, now.wall_ms)
+            .map_err(|error| {
+                tracing::error!(%error, owner, "cannot write to {topic}");
+                ResponseError::KafkaStorageError
+            })?;
+        let seq = self.note_partition_write(topic, partition);
+        let marks = self
+            .replication_mark(topic, partition, appended.last_offset + 1)
+            .into_iter()
+            .collect();
+        Ok((GroupWrite { seq, marks }, appended.base_offset))
     }
 }

@@ -138,6 +138,10 @@ impl<S: Storage> Broker<S> {
         let partition = txn_partition(transactional_id, self.txn_partition_count());
         if self.cluster.is_some() {
             match self.registration(TXN_TOPIC, partition) {
+                // Its lease ended: the id may have moved already.
+                Some(p) if p.leader == self.config.node_id && !self.acting() => {
+                    return Some(ResponseError::NotCoordinator)
+                }
                 Some(p) if p.leader == self.config.node_id => {}
                 Some(p) if p.leader >= 0 => return Some(ResponseError::NotCoordinator),
                 _ => return Some(ResponseError::CoordinatorNotAvailable),
@@ -160,10 +164,7 @@ impl<S: Storage> Broker<S> {
             Some(p) if p.leader >= 0 => p.leader,
             _ => return Err(ResponseError::CoordinatorNotAvailable),
         };
-        self.live_brokers()
-            .into_iter()
-            .find(|b| b.id == leader)
-            .ok_or(ResponseError::CoordinatorNotAvailable)
+        self.coordinator_address_of(leader)
     }
 
     /// Creates `__transaction_state` on first use, like Kafka's internal
@@ -262,29 +263,10 @@ impl<S: Storage> Broker<S> {
         transactional_id: &str,
         value: Option<&[u8]>,
     ) -> Result<GroupWrite, ResponseError> {
-        if self.storage_offline() {
-            return Err(ResponseError::CoordinatorNotAvailable);
-        }
         let key = txn_key(transactional_id);
         let bytes = batch::build_batch(now.wall_ms, &[(Some(&key[..]), value, Vec::new(), 0)]);
-        let epoch = self.append_epoch(TXN_TOPIC, partition);
-        let held = self
-            .topics
-            .partition_mut(TXN_TOPIC, partition)
-            .ok_or(ResponseError::CoordinatorNotAvailable)?;
-        let appended = held
-            .log
-            .append(&mut self.storage, &bytes, epoch, now.wall_ms)
-            .map_err(|error| {
-                tracing::error!(%error, transactional_id, "cannot write to {TXN_TOPIC}");
-                ResponseError::KafkaStorageError
-            })?;
-        let seq = self.note_partition_write(TXN_TOPIC, partition);
-        let marks = self
-            .replication_mark(TXN_TOPIC, partition, appended.last_offset + 1)
-            .into_iter()
-            .collect();
-        Ok(GroupWrite { seq, marks })
+        self.append_internal_batch(now, TXN_TOPIC, partition, &bytes, transactional_id)
+            .map(|(written, _)| written)
     }
 
     /// The coordinator epoch markers carry: the leader epoch of the id's
@@ -392,15 +374,17 @@ impl<S: Storage> Broker<S> {
     /// PREPARE is durable, and completes those whose markers all are.
     /// Call after every input.
     pub fn tend_transactions(&mut self, now: Now) {
-        if self.transactions.ending.is_empty() || self.storage_offline() {
-            return;
-        }
+        // A retry that came due is over, whether or not anything is left to
+        // retry (the ids may have moved to another coordinator since).
         if self
             .transactions
             .retry_ms
             .is_some_and(|at| at <= now.monotonic_ms)
         {
             self.transactions.retry_ms = None;
+        }
+        if self.transactions.ending.is_empty() || self.storage_offline() {
+            return;
         }
         let ending: Vec<String> = self.transactions.ending.iter().cloned().collect();
         for id in ending {

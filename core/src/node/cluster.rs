@@ -77,6 +77,16 @@ pub(super) struct Lifecycle {
     pub(super) next_ms: i64,
     /// A request sent and not answered, until this deadline.
     in_flight_until: Option<i64>,
+    /// When the request in flight was sent.
+    in_flight_sent_ms: Option<i64>,
+    /// Until when this broker may act on the roles its metadata image
+    /// gives it: the send time of the last heartbeat the controller
+    /// answered unfenced, plus `broker.session.timeout.ms`. The controller
+    /// fences a broker a whole session after the last heartbeat it
+    /// received, which was sent no earlier; so a broker cut off from the
+    /// controller stops leading and coordinating before any other broker
+    /// can be given its partitions, and never answers from a stale image.
+    lease_until_ms: Option<i64>,
     /// A request to this node's own controller, waiting for its commit.
     local: Option<LocalWait>,
     /// A block of producer ids asked for, until this deadline.
@@ -102,6 +112,7 @@ struct LocalWait {
     offset: i64,
     epoch: i32,
     answer: Answer,
+    sent_ms: i64,
 }
 
 #[derive(Debug)]
@@ -153,6 +164,8 @@ impl Lifecycle {
             registered: None,
             next_ms: 0,
             in_flight_until: None,
+            in_flight_sent_ms: None,
+            lease_until_ms: None,
             local: None,
             producer_block_until: None,
             producer_block_from: None,
@@ -165,6 +178,15 @@ impl Lifecycle {
     /// asks the controller to move them first.
     pub(super) fn serving(&self) -> bool {
         self.registered.is_some_and(|r| !r.fenced)
+    }
+
+    /// Serving, and within the lease of the last answered heartbeat: the
+    /// roles this broker's image gives it may act.
+    pub(super) fn acting(&self, now: Now) -> bool {
+        self.serving()
+            && self
+                .lease_until_ms
+                .is_some_and(|until| now.monotonic_ms < until)
     }
 }
 
@@ -1106,6 +1128,33 @@ impl<S: Storage> Node<S> {
         }
     }
 
+    /// The broker's roles act while it is registered, unfenced and within
+    /// its lease. Called before a request is handled too, so a lease that
+    /// ended since the last input is honoured at once.
+    pub(super) fn follow_lease(&mut self, now: Now) {
+        let Some(lifecycle) = &self.lifecycle else {
+            return;
+        };
+        let acting = if self
+            .broker
+            .config
+            .mutated(crate::config::Mutation::NoBrokerLease)
+        {
+            lifecycle.serving()
+        } else {
+            lifecycle.acting(now)
+        };
+        let was = self.broker.cluster.as_ref().is_some_and(|c| c.serving);
+        if was && !acting && lifecycle.serving() {
+            tracing::warn!(
+                session_ms = self.broker.config.broker_session_timeout_ms,
+                "no heartbeat answered for a session: the controller may have fenced this broker; \
+                 it stops leading and coordinating until the controller answers"
+            );
+        }
+        self.broker.set_serving(now, acting);
+    }
+
     /// After every input of a node in a quorum: the controller id clients
     /// see, the broker's registration and heartbeats, the fencing of
     /// silent brokers, and the timer for the next of these.
@@ -1128,8 +1177,7 @@ impl<S: Storage> Node<S> {
         if let Some(cluster) = self.broker.cluster.as_mut() {
             cluster.is_controller = leading.is_some();
         }
-        let serving = self.lifecycle.as_ref().is_some_and(|l| l.serving());
-        self.broker.set_serving(now, serving);
+        self.follow_lease(now);
         self.propose_outbox(now);
         self.settle_tickets();
         self.forward_creations(now, leader);
@@ -1155,17 +1203,21 @@ impl<S: Storage> Node<S> {
             }
         }
         let lifecycle = self.lifecycle.as_ref().expect("checked above");
+        let lease_ends = lifecycle
+            .lease_until_ms
+            .filter(|&until| until > now.monotonic_ms);
         let mut next = [
             Some(lifecycle.in_flight_until.unwrap_or(lifecycle.next_ms)),
             self.next_fence_ms(),
+            lease_ends,
         ]
         .into_iter()
         .flatten()
         .min();
         if leader.is_none() || lifecycle.local.is_some() {
             // Waiting for a leader or a commit: the quorum's own inputs
-            // bring this back.
-            next = self.next_fence_ms();
+            // bring this back, or the lease ending.
+            next = self.next_fence_ms().into_iter().chain(lease_ends).min();
         }
         match next {
             Some(at) => self
@@ -1382,6 +1434,7 @@ impl<S: Storage> Node<S> {
         }
         if let Some(lifecycle) = self.lifecycle.as_mut() {
             lifecycle.in_flight_until = Some(now.monotonic_ms + CONTROLLER_REQUEST_MS);
+            lifecycle.in_flight_sent_ms = Some(now.monotonic_ms);
         }
     }
 
@@ -1431,7 +1484,7 @@ impl<S: Storage> Node<S> {
         };
         let _ = is_registration;
         match decision {
-            Decision::Now(answer) => self.take_answer(now, answer),
+            Decision::Now(answer) => self.take_answer(now, answer, Some(now.monotonic_ms)),
             Decision::AfterCommit {
                 offset,
                 epoch,
@@ -1443,6 +1496,7 @@ impl<S: Storage> Node<S> {
                     offset,
                     epoch,
                     answer,
+                    sent_ms: now.monotonic_ms,
                 });
             }
         }
@@ -1462,7 +1516,7 @@ impl<S: Storage> Node<S> {
                     .as_mut()
                     .and_then(|l| l.local.take())
                     .expect("checked above");
-                self.take_answer(now, wait.answer);
+                self.take_answer(now, wait.answer, Some(wait.sent_ms));
             }
             WaitState::Failed => {
                 let lifecycle = self.lifecycle.as_mut().expect("checked above");
@@ -1486,11 +1540,14 @@ impl<S: Storage> Node<S> {
             )
             .map(|(_, r)| Answer::Heartbeat(r)),
         };
-        if let Some(lifecycle) = self.lifecycle.as_mut() {
+        // An answer to a request given up as lost has no known send time:
+        // it renews no lease.
+        let sent_ms = self.lifecycle.as_mut().and_then(|lifecycle| {
             lifecycle.in_flight_until = None;
-        }
+            lifecycle.in_flight_sent_ms.take()
+        });
         match answer {
-            Ok(answer) => self.take_answer(now, answer),
+            Ok(answer) => self.take_answer(now, answer, sent_ms),
             Err(error) => {
                 tracing::warn!(%error, "bad answer from the controller");
                 if let Some(lifecycle) = self.lifecycle.as_mut() {
@@ -1500,8 +1557,9 @@ impl<S: Storage> Node<S> {
         }
     }
 
-    fn take_answer(&mut self, now: Now, answer: Answer) {
+    fn take_answer(&mut self, now: Now, answer: Answer, sent_ms: Option<i64>) {
         let interval = self.broker.config.broker_heartbeat_interval_ms;
+        let session_ms = self.broker.config.broker_session_timeout_ms;
         let lifecycle = self.lifecycle.as_mut().expect("a broker of a cluster");
         let retry = now.monotonic_ms + CONTROLLER_RETRY_MS;
         match answer {
@@ -1514,6 +1572,7 @@ impl<S: Storage> Node<S> {
                     epoch: r.broker_epoch,
                     fenced: true,
                 });
+                lifecycle.lease_until_ms = None;
                 lifecycle.next_ms = now.monotonic_ms;
             }
             Answer::Registration(r) => {
@@ -1530,6 +1589,11 @@ impl<S: Storage> Node<S> {
                     }
                     registered.fenced = r.is_fenced;
                 }
+                lifecycle.lease_until_ms = match sent_ms {
+                    _ if r.is_fenced => None,
+                    Some(sent_ms) => lifecycle.lease_until_ms.max(Some(sent_ms + session_ms)),
+                    None => lifecycle.lease_until_ms,
+                };
                 if lifecycle.want_shut_down && r.should_shut_down && !lifecycle.may_shut_down {
                     tracing::info!("the controller moved this broker's leaderships away");
                     lifecycle.may_shut_down = true;
@@ -1546,6 +1610,7 @@ impl<S: Storage> Node<S> {
                     "the controller does not know this broker's epoch; registering again"
                 );
                 lifecycle.registered = None;
+                lifecycle.lease_until_ms = None;
                 lifecycle.next_ms = now.monotonic_ms;
             }
             Answer::Heartbeat(r) => {
