@@ -23,7 +23,7 @@
 //! - timeout: a killed producer's transaction is aborted by the broker once
 //!   its transaction.timeout.ms passed (the sweep runs every 500 ms here),
 //!   and a read_committed consumer waiting behind it gets through;
-//! - on three brokers (as `cluster_failover.rs` starts them), a
+//! - on three brokers (the harness's `Cluster`, with short sessions), a
 //!   transactional producer writes every partition of a topic whose
 //!   partitions are led by all three brokers, so markers travel as
 //!   WriteTxnMarkers, and keeps going while the transaction coordinator,
@@ -37,32 +37,28 @@
 //! waits a fixed time: every wait polls for its event against a bound.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt::Write as _;
 use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
-use kafka_protocol::messages::{
-    ApiKey, FindCoordinatorRequest, FindCoordinatorResponse, MetadataRequest, MetadataResponse,
-    TopicName,
-};
-use kafka_protocol::protocol::StrBytes;
 use serde_json::{json, Value};
 use sluice_core::broker::txns::txn_partition;
+use sluice_tests::cluster::{
+    find_coordinator, metadata, short_sessions, Cluster, PartitionView, NODES, TRANSACTION_KEY,
+};
 use sluice_tests::wire::Wire;
 use sluice_tests::{
-    free_ports, interop_node_modules, interop_script, kcat, node, run_sluice, run_tool_bytes,
-    sluice_bin, venv_python, Broker, BrokerOptions, Member, Tool,
+    complete_lines, interop_node_modules, interop_script, kcat_read_all, node,
+    partition_offset_value, run_sluice, sluice_stdout, venv_python, Broker, BrokerOptions, Member,
+    Tool,
 };
 
 /// Bound on one script, and the script's own deadline in seconds.
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(60);
 const SCRIPT_DEADLINE_SECS: &str = "50";
 
-/// Bound on one `sluice` command and one kcat run.
+/// Bound on one `sluice` command.
 const SLUICE_TIMEOUT: Duration = Duration::from_secs(30);
-const KCAT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Partitions of every topic here.
 const PARTITIONS: i32 = 3;
@@ -260,13 +256,8 @@ fn printed_records(lines: &[String]) -> Vec<Printed> {
         .iter()
         .filter_map(|line| line.strip_prefix("record "))
         .map(|rest| {
-            let mut words = rest.splitn(3, ' ');
-            let partition = words.next().and_then(|p| p.parse().ok());
-            let offset = words.next().and_then(|o| o.parse().ok());
-            match (partition, offset, words.next()) {
-                (Some(p), Some(o), Some(v)) => (p, o, v.to_string()),
-                _ => panic!("the tool printed `record {rest}`"),
-            }
+            partition_offset_value(rest)
+                .unwrap_or_else(|| panic!("the tool printed `record {rest}`"))
         })
         .collect()
 }
@@ -318,21 +309,12 @@ fn wait_for_line(member: &mut Member, line: &str, within: Duration) -> Vec<Strin
         member.fail_if_exited();
         let stdout = member.stdout();
         let lines = complete_lines(&stdout);
-        if lines.iter().any(|l| l == line) {
-            Ok(lines)
+        if lines.contains(&line) {
+            Ok(lines.into_iter().map(str::to_string).collect())
         } else {
             Err(format!("{} lines so far", lines.len()))
         }
     })
-}
-
-/// The complete lines of a text still being written.
-fn complete_lines(text: &str) -> Vec<String> {
-    text.rfind('\n')
-        .map_or("", |end| &text[..end])
-        .lines()
-        .map(str::to_string)
-        .collect()
 }
 
 /// A test's directory for its clients' output, kept (and named) when the
@@ -485,9 +467,11 @@ fn confluent_kafka_copier_copies_each_record_exactly_once_through_aborts() {
 
     // The broker's own view of the group: empty, committed at the input's
     // end, no lag; and nothing open on the output.
-    let described: Value =
-        serde_json::from_slice(&sluice(&broker, &["groups", "describe", group, "--json"]))
-            .expect("`sluice groups describe --json` prints JSON");
+    let described: Value = serde_json::from_slice(&sluice_stdout(
+        &broker.bootstrap(),
+        &["groups", "describe", group, "--json"],
+    ))
+    .expect("`sluice groups describe --json` prints JSON");
     assert_eq!(described["state"], "Empty", "{described}");
     let rows: Vec<&Value> = described["partitions"]
         .as_array()
@@ -509,16 +493,6 @@ fn confluent_kafka_copier_copies_each_record_exactly_once_through_aborts() {
         );
     }
     wait_until_stable(&broker, output);
-}
-
-/// Runs `sluice ARGS… --bootstrap-server B` and returns its stdout.
-fn sluice(broker: &Broker, args: &[&str]) -> Vec<u8> {
-    Tool::new(sluice_bin())
-        .args(args)
-        .args(["--bootstrap-server", &broker.bootstrap()])
-        .timeout(SLUICE_TIMEOUT)
-        .run()
-        .stdout
 }
 
 // ---------------------------------------------------------------------------
@@ -800,17 +774,6 @@ fn confluent_kafka_transaction_of_a_killed_producer_is_aborted_at_its_timeout() 
 // Three brokers
 // ---------------------------------------------------------------------------
 
-/// Nodes of the cluster, ids `1..=NODES`, every one a voter and a broker.
-const NODES: usize = 3;
-
-/// A broker not heard from for this long is fenced and its leaderships move.
-const SESSION_TIMEOUT_MS: i64 = 3_000;
-const HEARTBEAT_INTERVAL_MS: i64 = 500;
-
-/// From the last start to every node listing all three brokers and naming
-/// one controller.
-const FORMED_WITHIN: Duration = Duration::from_secs(20);
-
 /// From a topic's creation to every node reporting its partitions led with
 /// a full ISR.
 const SPREAD_WITHIN: Duration = Duration::from_secs(15);
@@ -833,369 +796,85 @@ const STDERR_TAIL_BYTES: usize = 4000;
 /// Transactions the producer is to commit before the kill, and again after.
 const COMMITS_PER_STEP: usize = 5;
 
-/// Metadata v12: brokers, controller, leaders with epochs and ISRs.
-const METADATA_VERSION: i16 = 12;
-
 /// The transaction log, whose partition leaders coordinate transactions.
 const TXN_STATE_TOPIC: &str = "__transaction_state";
 
-/// One partition as a broker's Metadata describes it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct PartitionView {
-    partition: i32,
-    leader: i32,
-    isr: BTreeSet<i32>,
-}
-
-/// Three `sluice serve` processes sharing `controller.quorum.voters`, with
-/// short broker sessions. Dropped while its test panics, it prints what
-/// each running node's Metadata says.
-struct Cluster {
-    nodes: Vec<Broker>,
-    controller: i32,
-}
-
-impl Cluster {
-    fn start() -> Cluster {
-        let ports = free_ports(NODES);
-        let voters = (0..NODES)
-            .map(|i| format!("{}@127.0.0.1:{}", i + 1, ports[i]))
-            .collect::<Vec<_>>()
-            .join(",");
-        let nodes = (0..NODES)
-            .map(|i| {
-                let options = BrokerOptions::default()
-                    .config("node.id", (i + 1) as i64)
-                    .config("controller.quorum.voters", voters.as_str())
-                    .config("broker.session.timeout.ms", SESSION_TIMEOUT_MS)
-                    .config("broker.heartbeat.interval.ms", HEARTBEAT_INTERVAL_MS)
-                    .config("group.initial.rebalance.delay.ms", 0);
-                Broker::start_on(ports[i], options)
-            })
-            .collect();
-        let mut cluster = Cluster {
-            nodes,
-            controller: 0,
-        };
-        let started = Instant::now();
-        cluster.controller = cluster.wait_until(
-            FORMED_WITHIN,
-            "every node listing all three brokers and naming one controller",
-            Cluster::agreed_controller,
-        );
-        eprintln!(
-            "cluster formed {:.1?} after the last start; controller {}",
-            started.elapsed(),
-            cluster.controller
-        );
-        cluster
-    }
-
-    fn agreed_controller(&self) -> Result<i32, String> {
-        let mut named = BTreeSet::new();
-        for id in self.running() {
-            let answer = metadata(&self.bootstrap(id), Some(&[]))?;
-            let listed: BTreeSet<i32> = answer.brokers.iter().map(|b| b.node_id.0).collect();
-            if listed.len() != NODES {
-                return Err(format!("node {id} lists brokers {listed:?}"));
-            }
-            named.insert(answer.controller_id.0);
-        }
-        match named.len() {
-            1 => Ok(*named.first().expect("one controller")),
-            _ => Err(format!("the nodes name controllers {named:?}")),
-        }
-    }
-
-    fn ids(&self) -> impl Iterator<Item = i32> {
-        1..=NODES as i32
-    }
-
-    fn node(&self, id: i32) -> &Broker {
-        &self.nodes[usize::try_from(id - 1).expect("node ids start at 1")]
-    }
-
-    fn bootstrap(&self, id: i32) -> String {
-        self.node(id).bootstrap()
-    }
-
-    /// Every node's address, dead or alive, as a client is configured.
-    fn bootstrap_all(&self) -> String {
-        self.ids()
-            .map(|id| self.bootstrap(id))
-            .collect::<Vec<_>>()
-            .join(",")
-    }
-
-    fn running(&self) -> Vec<i32> {
-        self.ids()
-            .filter(|&id| self.node(id).pid().is_some())
-            .collect()
-    }
-
-    fn kill(&mut self, id: i32) {
-        self.nodes[usize::try_from(id - 1).expect("node ids start at 1")].kill9();
-        eprintln!("killed node {id} with SIGKILL");
-    }
-
-    fn wait_until<T>(
-        &self,
-        within: Duration,
-        what: &str,
-        mut probe: impl FnMut(&Cluster) -> Result<T, String>,
-    ) -> T {
-        let started = Instant::now();
-        loop {
-            let last = match probe(self) {
-                Ok(value) => return value,
-                Err(last) => last,
-            };
-            assert!(
-                started.elapsed() < within,
-                "{what}: not within {within:?}; last poll: {last}\n{}",
-                self.state()
-            );
-            thread::sleep(POLL_INTERVAL);
-        }
-    }
-
-    /// Creates a topic with three replicas and `min.insync.replicas=2` and
-    /// waits until every node reports each partition led with a full ISR.
-    fn create_topic(&self, topic: &str) -> Vec<PartitionView> {
-        let run = run_sluice(
-            &[
-                "topics",
-                "create",
-                topic,
-                "--partitions",
-                &PARTITIONS.to_string(),
-                "--replication-factor",
-                "3",
-                "--config",
-                "min.insync.replicas=2",
-                "--bootstrap-server",
-                &self.bootstrap_all(),
-            ],
-            None,
-            SLUICE_TIMEOUT,
-        );
-        assert!(
-            run.status.success(),
-            "`{}`: {}",
-            run.command_line,
-            String::from_utf8_lossy(&run.stderr)
-        );
-        let everyone: BTreeSet<i32> = self.ids().collect();
-        self.wait_until(
-            SPREAD_WITHIN,
-            &format!("every node serving {topic} with full ISRs"),
-            |cluster| {
-                let views = cluster.partitions(topic)?;
-                match views.iter().find(|view| view.isr != everyone) {
-                    Some(view) => Err(format!("{view:?} has not a full ISR")),
-                    None => Ok(views),
-                }
-            },
-        )
-    }
-
-    /// The topic's partitions, each led by a running node, as every running
-    /// node reports them.
-    fn partitions(&self, topic: &str) -> Result<Vec<PartitionView>, String> {
-        let running = self.running();
-        let mut seen: Option<Vec<PartitionView>> = None;
-        for &id in &running {
-            let views = partition_views(&self.bootstrap(id), topic)?;
-            if let Some(view) = views.iter().find(|v| !running.contains(&v.leader)) {
-                return Err(format!("node {id} reports {view:?}, led by a dead node"));
-            }
-            match &seen {
-                Some(earlier) if *earlier != views => {
-                    return Err(format!("nodes disagree: {earlier:?} and {views:?}"))
-                }
-                Some(_) => {}
-                None => seen = Some(views),
-            }
-        }
-        seen.ok_or_else(|| "no node is running".to_string())
-    }
-
-    /// The coordinator of a transactional id as node `id` names it
-    /// (FindCoordinator key_type 1, which creates the transaction log on
-    /// first use).
-    fn txn_coordinator_at(&self, id: i32, transactional_id: &str) -> Result<i32, String> {
-        let mut wire = Wire::connect(&self.bootstrap(id)).map_err(|e| e.to_string())?;
-        let _ = wire.stream.set_read_timeout(Some(Duration::from_secs(5)));
-        let request = FindCoordinatorRequest::default()
-            .with_key(StrBytes::from_string(transactional_id.to_string()))
-            .with_key_type(1);
-        let response: FindCoordinatorResponse = wire
-            .call(ApiKey::FindCoordinator, 3, &request)
-            .map_err(|e| format!("FindCoordinator v3 at node {id}: {e}"))?;
-        match response.error_code {
-            0 => Ok(response.node_id.0),
-            code => Err(format!("node {id}: FindCoordinator error {code}")),
-        }
-    }
-
-    /// The coordinator of a transactional id as every running node names it
-    /// (FindCoordinator key_type 1), once that is a running node.
-    fn txn_coordinator(&self, transactional_id: &str) -> Result<i32, String> {
-        let running = self.running();
-        let mut named = BTreeSet::new();
-        for &id in &running {
-            named.insert(self.txn_coordinator_at(id, transactional_id)?);
-        }
-        match named.len() {
-            1 => {
-                let coordinator = *named.first().expect("one coordinator");
-                if running.contains(&coordinator) {
-                    Ok(coordinator)
-                } else {
-                    Err(format!(
-                        "the coordinator is node {coordinator}, which is dead"
-                    ))
-                }
-            }
-            _ => Err(format!("the nodes name coordinators {named:?}")),
-        }
-    }
-
-    /// Waits until no transaction holds a partition of the topic back: at
-    /// each partition's leader, the last stable offset is the high
-    /// watermark.
-    fn wait_until_stable(&self, topic: &str) -> Vec<i64> {
-        self.wait_until(MARKERS_WITHIN, &format!("{topic} stable"), |cluster| {
-            let views = cluster.partitions(topic)?;
-            let mut high = Vec::new();
-            for view in &views {
-                let bootstrap = cluster.bootstrap(view.leader);
-                let mut wire = Wire::connect(&bootstrap).map_err(|e| e.to_string())?;
-                let mut ends = Vec::new();
-                for isolation in [READ_UNCOMMITTED, READ_COMMITTED] {
-                    let answer = wire
-                        .end_offsets(topic, &[view.partition], isolation)
-                        .map_err(|e| e.to_string())?;
-                    match answer[0] {
-                        (0, offset) => ends.push(offset),
-                        (error, _) => {
-                            return Err(format!(
-                                "{topic}/{}: ListOffsets error {error}",
-                                view.partition
-                            ))
-                        }
-                    }
-                }
-                if ends[0] != ends[1] {
-                    return Err(format!(
-                        "{topic}/{}: high watermark {}, last stable offset {}",
-                        view.partition, ends[0], ends[1]
-                    ));
-                }
-                high.push(ends[0]);
-            }
-            Ok(high)
-        })
-    }
-
-    /// What every running node's Metadata says, for failure messages.
-    fn state(&self) -> String {
-        let mut out = String::from("---- the cluster as each running node describes it ----\n");
-        for id in self.ids() {
-            if self.node(id).pid().is_none() {
-                let _ = writeln!(out, "node {id}: not running");
-                continue;
-            }
-            match metadata(&self.bootstrap(id), None) {
-                Ok(answer) => {
-                    let _ = writeln!(out, "node {id}: controller {}", answer.controller_id.0);
-                    for topic in &answer.topics {
-                        let name = topic.name.as_ref().map_or("?", |n| n.0.as_str());
-                        if name == "__consumer_offsets" {
-                            continue;
-                        }
-                        for p in &topic.partitions {
-                            let isr: Vec<i32> = p.isr_nodes.iter().map(|b| b.0).collect();
-                            let _ = writeln!(
-                                out,
-                                "  {name}/{}: error {}, leader {} epoch {}, isr {isr:?}",
-                                p.partition_index, p.error_code, p.leader_id.0, p.leader_epoch
-                            );
-                        }
-                    }
-                }
-                Err(error) => {
-                    let _ = writeln!(out, "node {id}: {error}");
-                }
-            }
-        }
-        out.push_str("---- end of the cluster's state ----");
-        out
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        if thread::panicking() {
-            eprintln!("{}", self.state());
-        }
-    }
-}
-
-/// Metadata from one node, for `topics` (every topic when `None`), never
-/// creating one.
-fn metadata(bootstrap: &str, topics: Option<&[&str]>) -> Result<MetadataResponse, String> {
-    let mut wire = Wire::connect(bootstrap).map_err(|e| format!("connect to {bootstrap}: {e}"))?;
-    let _ = wire.stream.set_read_timeout(Some(Duration::from_secs(5)));
-    let topics = topics.map(|names| {
-        names
-            .iter()
-            .map(|name| {
-                MetadataRequestTopic::default()
-                    .with_name(Some(TopicName(StrBytes::from_string(name.to_string()))))
-            })
-            .collect()
-    });
-    let request = MetadataRequest::default()
-        .with_topics(topics)
-        .with_allow_auto_topic_creation(false);
-    wire.call(ApiKey::Metadata, METADATA_VERSION, &request)
-        .map_err(|e| format!("Metadata v{METADATA_VERSION} from {bootstrap}: {e}"))
-}
-
-/// A topic's partitions as one node reports them, once it has all, each
-/// with a leader and no error.
-fn partition_views(bootstrap: &str, topic: &str) -> Result<Vec<PartitionView>, String> {
-    let answer = metadata(bootstrap, Some(&[topic]))?;
-    let described = answer
-        .topics
-        .iter()
-        .find(|t| t.name.as_ref().map(|n| n.0.as_str()) == Some(topic))
-        .ok_or_else(|| format!("{bootstrap} does not answer for {topic}"))?;
-    if described.error_code != 0 {
-        return Err(format!(
-            "{bootstrap}: {topic} has error {}",
-            described.error_code
-        ));
-    }
-    let mut views: Vec<PartitionView> = described
-        .partitions
-        .iter()
-        .map(|p| PartitionView {
-            partition: p.partition_index,
-            leader: if p.error_code == 0 { p.leader_id.0 } else { -1 },
-            isr: p.isr_nodes.iter().map(|b| b.0).collect(),
-        })
-        .collect();
-    views.sort_by_key(|view| view.partition);
-    let numbers: Vec<i32> = views.iter().map(|view| view.partition).collect();
-    if numbers != all_partitions() {
-        return Err(format!("{bootstrap}: {topic} has partitions {numbers:?}"));
-    }
-    match views.iter().find(|view| view.leader < 1) {
-        Some(view) => Err(format!("{bootstrap}: {topic} has no leader: {view:?}")),
+/// The topic's partitions as every running node reports them, once each
+/// is led by a running node.
+fn led_by_running(cluster: &Cluster, topic: &str) -> Result<Vec<PartitionView>, String> {
+    let running = cluster.running();
+    let views = cluster.partitions(topic, PARTITIONS)?;
+    match views.iter().find(|view| !running.contains(&view.leader)) {
+        Some(view) => Err(format!("{view:?} is led by a dead node")),
         None => Ok(views),
     }
+}
+
+/// The coordinator of a transactional id as node `id` names it
+/// (FindCoordinator key type 1, which creates the transaction log on
+/// first use).
+fn txn_coordinator_at(cluster: &Cluster, id: i32, transactional_id: &str) -> Result<i32, String> {
+    find_coordinator(&cluster.bootstrap(id), transactional_id, TRANSACTION_KEY)
+}
+
+/// The coordinator of a transactional id as every running node names it,
+/// once that is a running node.
+fn txn_coordinator(cluster: &Cluster, transactional_id: &str) -> Result<i32, String> {
+    let running = cluster.running();
+    let mut named = BTreeSet::new();
+    for &id in &running {
+        named.insert(txn_coordinator_at(cluster, id, transactional_id)?);
+    }
+    match named.len() {
+        1 => {
+            let coordinator = *named.first().expect("one coordinator");
+            if running.contains(&coordinator) {
+                Ok(coordinator)
+            } else {
+                Err(format!(
+                    "the coordinator is node {coordinator}, which is dead"
+                ))
+            }
+        }
+        _ => Err(format!("the nodes name coordinators {named:?}")),
+    }
+}
+
+/// Waits until no transaction holds a partition of the topic back: at
+/// each partition's leader, the last stable offset is the high watermark.
+/// The high watermarks then.
+fn wait_until_stable_on(cluster: &Cluster, topic: &str, partitions: i32) -> Vec<i64> {
+    cluster.wait_until(MARKERS_WITHIN, &format!("{topic} stable"), |cluster| {
+        let views = cluster.partitions(topic, partitions)?;
+        let mut high = Vec::new();
+        for view in &views {
+            let bootstrap = cluster.bootstrap(view.leader);
+            let mut wire = Wire::connect(&bootstrap).map_err(|e| e.to_string())?;
+            let mut ends = Vec::new();
+            for isolation in [READ_UNCOMMITTED, READ_COMMITTED] {
+                let answer = wire
+                    .end_offsets(topic, &[view.partition], isolation)
+                    .map_err(|e| e.to_string())?;
+                match answer[0] {
+                    (0, offset) => ends.push(offset),
+                    (error, _) => {
+                        return Err(format!(
+                            "{topic}/{}: ListOffsets error {error}",
+                            view.partition
+                        ))
+                    }
+                }
+            }
+            if ends[0] != ends[1] {
+                return Err(format!(
+                    "{topic}/{}: high watermark {}, last stable offset {}",
+                    view.partition, ends[0], ends[1]
+                ));
+            }
+            high.push(ends[0]);
+        }
+        Ok(high)
+    })
 }
 
 /// What the `loop` step reported.
@@ -1227,47 +906,11 @@ fn parse_loop_report(stdout: &str) -> LoopReport {
             ("abort", Some(n), Some(error)) => report.aborted_after_error.push((n, error)),
             ("unknown", Some(n), Some(error)) => report.unknown.push((n, error)),
             ("instance", Some(_), None) => report.instances += 1,
-            ("done", _, _) => report.done = Some(line.clone()),
+            ("done", _, _) => report.done = Some(line.to_string()),
             _ => panic!("the loop printed {line:?}"),
         }
     }
     report
-}
-
-/// Every record of the topic with kcat at an isolation level, from the
-/// beginning to each partition's end (the last stable offset at
-/// read_committed): (partition, offset, value).
-fn kcat_read_all(bootstrap: &str, topic: &str, isolation: &str) -> Vec<Printed> {
-    let isolation = format!("isolation.level={isolation}");
-    let args = [
-        "-C",
-        "-b",
-        bootstrap,
-        "-t",
-        topic,
-        "-o",
-        "beginning",
-        "-e",
-        "-q",
-        "-X",
-        &isolation,
-        "-f",
-        "%p %o %s\n",
-    ];
-    let stdout =
-        String::from_utf8(run_tool_bytes(kcat(), args, KCAT_TIMEOUT)).expect("ASCII records");
-    complete_lines(&stdout)
-        .iter()
-        .map(|line| {
-            let mut words = line.splitn(3, ' ');
-            let partition = words.next().and_then(|p| p.parse().ok());
-            let offset = words.next().and_then(|o| o.parse().ok());
-            match (partition, offset, words.next()) {
-                (Some(p), Some(o), Some(v)) => (p, o, v.to_string()),
-                _ => panic!("kcat printed {line:?}"),
-            }
-        })
-        .collect()
 }
 
 /// Records each transaction of the loop writes: two on every partition.
@@ -1361,6 +1004,8 @@ fn check_loop_outcome(report: &LoopReport, committed: &[Printed], uncommitted: &
 fn txn_state_partition(cluster: &Cluster, transactional_id: &str) -> Result<PartitionView, String> {
     let running = cluster.running();
     let mut seen: Option<PartitionView> = None;
+    // What the nodes must agree on; epochs and the rest may lag a moment.
+    let placement = |view: &PartitionView| (view.partition, view.leader, view.isr_set());
     for &id in &running {
         let answer = metadata(&cluster.bootstrap(id), Some(&[TXN_STATE_TOPIC]))?;
         let described = answer
@@ -1375,14 +1020,10 @@ fn txn_state_partition(cluster: &Cluster, transactional_id: &str) -> Result<Part
             .partitions
             .iter()
             .find(|p| p.partition_index == wanted)
-            .map(|p| PartitionView {
-                partition: p.partition_index,
-                leader: p.leader_id.0,
-                isr: p.isr_nodes.iter().map(|b| b.0).collect(),
-            })
+            .map(PartitionView::of)
             .ok_or_else(|| format!("node {id}: no {TXN_STATE_TOPIC}/{wanted} of {count}"))?;
         match &seen {
-            Some(earlier) if *earlier != view => {
+            Some(earlier) if placement(earlier) != placement(&view) => {
                 return Err(format!("nodes disagree: {earlier:?} and {view:?}"))
             }
             Some(_) => {}
@@ -1402,8 +1043,8 @@ fn transactions_through_a_kill(
     topic: &str,
     pick: impl Fn(&Cluster, &[PartitionView], &PartitionView) -> i32,
 ) {
-    let mut cluster = Cluster::start();
-    let views = cluster.create_topic(topic);
+    let mut cluster = Cluster::start(short_sessions);
+    let views = cluster.create_topic(topic, PARTITIONS);
     let leaders: BTreeSet<i32> = views.iter().map(|view| view.leader).collect();
     assert_eq!(
         leaders.len(),
@@ -1415,7 +1056,7 @@ fn transactions_through_a_kill(
     cluster.wait_until(
         SPREAD_WITHIN,
         &format!("every node naming the coordinator of {id}"),
-        |cluster| cluster.txn_coordinator(&id),
+        |cluster| txn_coordinator(cluster, &id),
     );
     let work = WorkDir::new();
     let mut producer = Member::spawn(
@@ -1463,9 +1104,8 @@ fn transactions_through_a_kill(
         0,
         "commits and aborts before the kill",
     );
-    let coordinator = cluster
-        .txn_coordinator(&id)
-        .unwrap_or_else(|e| panic!("the coordinator of {id}: {e}"));
+    let coordinator =
+        txn_coordinator(&cluster, &id).unwrap_or_else(|e| panic!("the coordinator of {id}: {e}"));
     let txn_state = txn_state_partition(&cluster, &id)
         .unwrap_or_else(|e| panic!("the {TXN_STATE_TOPIC} partition of {id}: {e}"));
     assert_eq!(
@@ -1492,13 +1132,13 @@ fn transactions_through_a_kill(
         FAILOVER_WITHIN,
         "the coordinator and every leader on a running node",
         |cluster| {
-            cluster.partitions(topic)?;
-            cluster.txn_coordinator(&id)
+            led_by_running(cluster, topic)?;
+            txn_coordinator(cluster, &id)
         },
     );
     eprintln!(
         "{topic}: coordinator {moved_to}, leaders {:?}, {:.1?} after the kill",
-        cluster.partitions(topic),
+        led_by_running(&cluster, topic),
         killed_at.elapsed()
     );
     progress(
@@ -1531,15 +1171,15 @@ fn transactions_through_a_kill(
         report.aborted_after_error,
         report.unknown
     );
-    cluster.wait_until_stable(topic);
+    wait_until_stable_on(&cluster, topic, PARTITIONS);
     let live = cluster
         .running()
         .iter()
         .map(|&id| cluster.bootstrap(id))
         .collect::<Vec<_>>()
         .join(",");
-    let committed = kcat_read_all(&live, topic, "read_committed");
-    let uncommitted = kcat_read_all(&live, topic, "read_uncommitted");
+    let committed = kcat_read_all(&live, topic, "read_committed", "%s");
+    let uncommitted = kcat_read_all(&live, topic, "read_uncommitted", "%s");
     check_loop_outcome(&report, &committed, &uncommitted);
     eprintln!(
         "{topic}: {} records visible at read_committed, {} written",
@@ -1555,7 +1195,8 @@ fn cluster_transactions_survive_the_coordinator_s_death() {
         // transaction log lives on other brokers too.
         let everyone: BTreeSet<i32> = cluster.ids().collect();
         assert_eq!(
-            txn_state.isr, everyone,
+            txn_state.isr_set(),
+            everyone,
             "{TXN_STATE_TOPIC}/{} is not replicated on all three brokers: the coordinator's \
              death would leave its transactional ids without one",
             txn_state.partition
@@ -1585,7 +1226,7 @@ const TXN_STATE_PARTITIONS: usize = 50;
 /// coordinator of an id.
 #[test]
 fn cluster_transaction_log_created_through_any_node_is_replicated_and_found_everywhere() {
-    let cluster = Cluster::start();
+    let cluster = Cluster::start(short_sessions);
     let asked = *cluster
         .ids()
         .collect::<Vec<_>>()
@@ -1594,7 +1235,7 @@ fn cluster_transaction_log_created_through_any_node_is_replicated_and_found_ever
         .expect("a node that is not the controller");
     let id = "asked-elsewhere-txn";
     // The first ask creates the log; it is answered COORDINATOR_NOT_AVAILABLE.
-    let _ = cluster.txn_coordinator_at(asked, id);
+    let _ = txn_coordinator_at(&cluster, asked, id);
     let partitions = cluster.wait_until(
         SPREAD_WITHIN,
         &format!("{TXN_STATE_TOPIC} in every node's metadata"),
@@ -1639,7 +1280,7 @@ fn cluster_transaction_log_created_through_any_node_is_replicated_and_found_ever
     let coordinator = cluster.wait_until(
         SPREAD_WITHIN,
         &format!("every node naming the coordinator of {id}"),
-        |cluster| cluster.txn_coordinator(id),
+        |cluster| txn_coordinator(cluster, id),
     );
     eprintln!("{TXN_STATE_TOPIC} created through node {asked}; {id} coordinated by {coordinator}");
 }
