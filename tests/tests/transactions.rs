@@ -15,6 +15,15 @@
 //!   transaction, aborting every third on purpose and seeking back; every
 //!   input record is copied exactly once and the group's offsets end at the
 //!   input's end (also checked with `sluice groups describe`);
+//! - consume-transform-produce through kills (confluent-kafka, on one
+//!   node and on three): a worker with a stable transactional id copies
+//!   100,000 records, each transaction one consume batch with the group's
+//!   offsets; its first instance is killed with SIGKILL holding a
+//!   transaction open (which the broker shows open, its offsets not
+//!   visible to the group), the second is killed wherever it is, the third
+//!   runs to the end; read_committed then holds every input exactly once,
+//!   read_uncommitted the held transaction's aborted copies too, and the
+//!   group's offsets are the input's ends;
 //! - fencing (confluent-kafka): a second instance of a transactional id
 //!   makes the first one's commit fail with a fatal _FENCED error; a
 //!   producer killed with SIGKILL mid-transaction holds the last stable
@@ -493,6 +502,560 @@ fn confluent_kafka_copier_copies_each_record_exactly_once_through_aborts() {
         );
     }
     wait_until_stable(&broker, output);
+}
+
+// ---------------------------------------------------------------------------
+// Consume-transform-produce through worker kills
+// ---------------------------------------------------------------------------
+
+/// Input records of the worker runs, round robin over [`PARTITIONS`].
+const CTP_RECORDS: usize = 100_000;
+
+/// Most records in one of the worker's transactions (one consume batch).
+const CTP_BATCH: usize = 1_000;
+
+/// The first instance leaves its transaction of this number open (after
+/// as many commits) and is killed while it is.
+const CTP_HOLD_AT: usize = 20;
+
+/// The second instance is killed wherever it is once it has committed
+/// this many transactions.
+const CTP_COMMITS_BEFORE_KILL: usize = 20;
+
+/// Bound on the fill, and its own deadline in seconds.
+const CTP_FILL_TIMEOUT: Duration = Duration::from_secs(120);
+const CTP_FILL_DEADLINE_SECS: &str = "110";
+
+/// Bound on an instance reaching the point it is waited for (the last one:
+/// its exit), and its own deadline in seconds.
+const CTP_INSTANCE_WITHIN: Duration = Duration::from_secs(150);
+const CTP_INSTANCE_DEADLINE_SECS: &str = "140";
+
+/// What one instance of `confluent_ctp_worker.py work` printed.
+#[derive(Debug, Default)]
+struct WorkerReport {
+    /// Each commit: its number, its records and the positions committed.
+    commits: Vec<(usize, usize, BTreeMap<i32, i64>)>,
+    /// The transaction left open: its number, records and positions sent.
+    holding: Option<(usize, usize, BTreeMap<i32, i64>)>,
+    /// The closing line: transactions and records of the instance.
+    done: Option<(usize, usize)>,
+}
+
+fn parse_worker_report(stdout: &str) -> WorkerReport {
+    let bad = |line: &str| -> ! { panic!("the worker printed {line:?}") };
+    let mut report = WorkerReport::default();
+    for line in complete_lines(stdout) {
+        let words: Vec<&str> = line.split(' ').collect();
+        let number = |i: usize| -> usize {
+            words
+                .get(i)
+                .and_then(|word| word.parse().ok())
+                .unwrap_or_else(|| bad(line))
+        };
+        let positions = || -> BTreeMap<i32, i64> {
+            let list = words.get(3).unwrap_or_else(|| bad(line));
+            list.split(',')
+                .map(|pair| {
+                    let (partition, offset) = pair.split_once(':').unwrap_or_else(|| bad(line));
+                    match (partition.parse(), offset.parse()) {
+                        (Ok(p), Ok(o)) => (p, o),
+                        _ => bad(line),
+                    }
+                })
+                .collect()
+        };
+        match words[0] {
+            "commit" => report.commits.push((number(1), number(2), positions())),
+            "holding" => report.holding = Some((number(1), number(2), positions())),
+            "done" => report.done = Some((number(1), number(2))),
+            _ => bad(line),
+        }
+    }
+    report
+}
+
+/// Where the worker runs: its brokers' addresses, the replicas of its
+/// topics, whether its instances are static group members, and how to wait
+/// until no transaction holds a topic back (the high watermarks then).
+struct CtpTarget<'a> {
+    bootstrap: String,
+    replication: i32,
+    static_member: bool,
+    wait_until_stable: &'a dyn Fn(&str) -> Vec<i64>,
+}
+
+/// `confluent_ctp_worker.py STEP --bootstrap B --input I --output O ARGS…`.
+fn ctp_args(
+    step: &str,
+    target: &CtpTarget,
+    input: &str,
+    output: &str,
+    args: &[&str],
+) -> Vec<String> {
+    let mut all = vec![
+        interop_script("transactions/confluent_ctp_worker.py")
+            .display()
+            .to_string(),
+        step.to_string(),
+        "--bootstrap".into(),
+        target.bootstrap.clone(),
+        "--input".into(),
+        input.to_string(),
+        "--output".into(),
+        output.to_string(),
+        "--partitions".into(),
+        PARTITIONS.to_string(),
+    ];
+    all.extend(args.iter().map(|arg| arg.to_string()));
+    all
+}
+
+/// Polls an instance's report until `ready` accepts it; panics if the
+/// instance exits first or the bound passes.
+fn wait_for_report(
+    worker: &mut Member,
+    what: &str,
+    ready: impl Fn(&WorkerReport) -> bool,
+) -> WorkerReport {
+    wait_until(CTP_INSTANCE_WITHIN, what, || {
+        worker.fail_if_exited();
+        let report = parse_worker_report(&worker.stdout());
+        if ready(&report) {
+            Ok(report)
+        } else {
+            Err(format!("{} commits so far", report.commits.len()))
+        }
+    })
+}
+
+/// The group's committed offsets on `topic`, by partition, as `sluice
+/// groups describe --json` shows them (partitions without one left out),
+/// and the lag of each.
+fn described_offsets(bootstrap: &str, group: &str, topic: &str) -> BTreeMap<i32, (i64, i64)> {
+    let described: Value = serde_json::from_slice(&sluice_stdout(
+        bootstrap,
+        &["groups", "describe", group, "--json"],
+    ))
+    .expect("`sluice groups describe --json` prints JSON");
+    described["partitions"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no partitions array: {described}"))
+        .iter()
+        .filter(|row| row["topic"] == topic)
+        .filter_map(|row| {
+            let partition = row["partition"].as_i64()? as i32;
+            let committed = row["committed_offset"].as_i64().filter(|&o| o >= 0)?;
+            Some((partition, (committed, row["lag"].as_i64().unwrap_or(-1))))
+        })
+        .collect()
+}
+
+/// The input record `(partition, offset)` a copy names, checked to sit in
+/// the partition of its input and to carry that input's value.
+fn copied_input(isolation: &str, (partition, offset, value): &Printed) -> (i32, i64) {
+    let parsed = value.strip_prefix("copy ").and_then(|rest| {
+        let (position, input) = rest.split_once(' ')?;
+        let (p, o) = position.split_once('/')?;
+        let (p, o): (i32, i64) = (p.parse().ok()?, o.parse().ok()?);
+        let (input_p, input_o) = input.strip_prefix("in-")?.split_once('-')?;
+        let same = input_p.parse() == Ok(p) && input_o.parse() == Ok(o);
+        same.then_some((p, o))
+    });
+    match parsed {
+        Some((p, o)) if p == *partition => (p, o),
+        _ => panic!(
+            "{isolation}: output {partition}/{offset} holds {value:?}, not the copy of an input \
+             record of partition {partition}"
+        ),
+    }
+}
+
+/// How many copies of each input record `records` hold.
+fn copies_by_input(isolation: &str, records: &[Printed]) -> BTreeMap<(i32, i64), usize> {
+    let mut copies = BTreeMap::new();
+    for record in records {
+        *copies.entry(copied_input(isolation, record)).or_default() += 1;
+    }
+    copies
+}
+
+/// The transaction the first instance held open when it was killed: its
+/// records and the positions it sent, and the positions committed before.
+struct Held {
+    records: usize,
+    positions: BTreeMap<i32, i64>,
+    committed_before: BTreeMap<i32, i64>,
+}
+
+impl Held {
+    /// The input records it copied, by partition and offset.
+    fn inputs(&self) -> Vec<(i32, i64)> {
+        self.positions
+            .iter()
+            .flat_map(|(&p, &end)| {
+                let start = self.committed_before.get(&p).copied().unwrap_or(0);
+                (start..end).map(move |o| (p, o))
+            })
+            .collect()
+    }
+}
+
+/// One run of the worker over an input topic: three instances of one
+/// transactional id and group, their output kept in a work directory.
+struct CtpRun<'a> {
+    target: &'a CtpTarget<'a>,
+    name: &'a str,
+    input: String,
+    output: String,
+    group: String,
+    transactional_id: String,
+    work: WorkDir,
+}
+
+impl CtpRun<'_> {
+    /// Creates the topics and fills the input; its ends.
+    fn fill(&self) -> BTreeMap<i32, i64> {
+        let args = [
+            "--replication",
+            &self.target.replication.to_string(),
+            "--records",
+            &CTP_RECORDS.to_string(),
+            "--timeout",
+            CTP_FILL_DEADLINE_SECS,
+        ];
+        let fill = Tool::new(venv_python())
+            .args(ctp_args(
+                "fill",
+                self.target,
+                &self.input,
+                &self.output,
+                &args,
+            ))
+            .timeout(CTP_FILL_TIMEOUT)
+            .run();
+        let filled = String::from_utf8(fill.stdout).expect("the fill prints UTF-8");
+        let ends: BTreeMap<i32, i64> = complete_lines(&filled)
+            .iter()
+            .map(|line| match line.split(' ').collect::<Vec<_>>()[..] {
+                ["filled", p, end] => (
+                    p.parse().expect("a partition"),
+                    end.parse().expect("an end"),
+                ),
+                _ => panic!("the fill printed {line:?}"),
+            })
+            .collect();
+        let (records, partitions) = (CTP_RECORDS as i64, i64::from(PARTITIONS));
+        let wanted: BTreeMap<i32, i64> = (0..PARTITIONS)
+            .map(|p| {
+                let first = i64::from(p) < records % partitions;
+                (p, records / partitions + i64::from(first))
+            })
+            .collect();
+        assert_eq!(ends, wanted, "the input's ends after the fill");
+        eprintln!(
+            "{}: {CTP_RECORDS} input records in {:.1?}",
+            self.name, fill.elapsed
+        );
+        ends
+    }
+
+    fn spawn(&self, instance: usize, hold_at: Option<usize>) -> Member {
+        let batch = CTP_BATCH.to_string();
+        let hold_at = hold_at.map(|n| n.to_string());
+        let mut args = vec![
+            "--group",
+            &self.group,
+            "--transactional-id",
+            &self.transactional_id,
+            "--batch",
+            &batch,
+            "--timeout",
+            CTP_INSTANCE_DEADLINE_SECS,
+        ];
+        if self.target.static_member {
+            args.push("--static-member");
+        }
+        if let Some(n) = &hold_at {
+            args.extend(["--hold-at", n]);
+        }
+        Member::spawn(
+            venv_python(),
+            &ctp_args("work", self.target, &self.input, &self.output, &args),
+            self.work.path(),
+            &format!("worker-{instance}"),
+        )
+    }
+
+    /// The first instance, killed while it holds a transaction open: the
+    /// broker shows it open on the partitions it wrote, and the group the
+    /// offsets of the last commit. The held transaction, and the records
+    /// the instance committed.
+    fn first_instance(&self) -> (Held, usize) {
+        let mut first = self.spawn(1, Some(CTP_HOLD_AT));
+        let report = wait_for_report(
+            &mut first,
+            "the first instance holding a transaction",
+            |r| r.holding.is_some(),
+        );
+        let (number, records, positions) = report.holding.clone().expect("waited for");
+        let numbers: Vec<usize> = report.commits.iter().map(|(n, _, _)| *n).collect();
+        assert_eq!(
+            (numbers, number),
+            ((0..CTP_HOLD_AT).collect(), CTP_HOLD_AT),
+            "the first instance commits transactions 0 to {} and holds the next",
+            CTP_HOLD_AT - 1
+        );
+        let committed_before = report.commits.last().expect("commits").2.clone();
+        let held = Held {
+            records,
+            positions,
+            committed_before,
+        };
+        let described = transactions_describe(&self.target.bootstrap, &self.transactional_id);
+        assert_eq!(described["state"], "Ongoing", "{described}");
+        let open: BTreeSet<i32> = described["partitions"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no partitions: {described}"))
+            .iter()
+            .filter(|tp| tp["topic"] == self.output.as_str())
+            .filter_map(|tp| tp["partition"].as_i64().map(|p| p as i32))
+            .collect();
+        let written: BTreeSet<i32> = held.inputs().iter().map(|(p, _)| *p).collect();
+        assert_eq!(
+            open, written,
+            "the open transaction's output partitions, wanted those of its inputs: {described}"
+        );
+        let visible: BTreeMap<i32, i64> = self
+            .described_offsets()
+            .into_iter()
+            .map(|(p, (offset, _))| (p, offset))
+            .collect();
+        assert_eq!(
+            visible, held.committed_before,
+            "while a transaction with offsets {:?} is open, the group shows the last commit's",
+            held.positions
+        );
+        first.kill();
+        eprintln!(
+            "{}: killed the first instance after {} commits, holding {} copies",
+            self.name,
+            report.commits.len(),
+            held.records
+        );
+        (held, committed_records(&report))
+    }
+
+    /// The second instance, killed wherever it is once it has committed
+    /// some; it must have started where the first one's last commit left
+    /// the group. The records it reported committed.
+    fn second_instance(&self, held: &Held) -> usize {
+        let mut second = self.spawn(2, None);
+        wait_for_report(&mut second, "commits of the second instance", |r| {
+            r.commits.len() >= CTP_COMMITS_BEFORE_KILL
+        });
+        second.kill();
+        let at_kill = transactions_describe(&self.target.bootstrap, &self.transactional_id);
+        let report = parse_worker_report(&second.stdout());
+        eprintln!(
+            "{}: killed the second instance after {} commits; its transaction then: {}",
+            self.name,
+            report.commits.len(),
+            at_kill["state"]
+        );
+        for (partition, resumed) in &report.commits[0].2 {
+            let before = held.committed_before.get(partition).copied().unwrap_or(0);
+            assert!(
+                *resumed > before,
+                "the second instance's first commit moved {partition} to {resumed}, not past \
+                 {before}"
+            );
+        }
+        committed_records(&report)
+    }
+
+    /// The third instance, run to its end. The records it committed.
+    fn third_instance(&self) -> usize {
+        let mut third = self.spawn(3, None);
+        let status = third.wait(CTP_INSTANCE_WITHIN);
+        assert!(
+            status.success(),
+            "the third instance exited with {status}; its stderr:\n{}",
+            third.stderr()
+        );
+        let report = parse_worker_report(&third.stdout());
+        let (transactions, records) = report.done.unwrap_or_else(|| {
+            panic!(
+                "the third instance ended without its closing line:\n{}",
+                third.stderr()
+            )
+        });
+        assert_eq!(records, committed_records(&report), "{report:?}");
+        eprintln!(
+            "{}: the third instance copied {records} records in {transactions} transactions",
+            self.name
+        );
+        records
+    }
+
+    /// The group's committed offsets and lags on the input.
+    fn described_offsets(&self) -> BTreeMap<i32, (i64, i64)> {
+        described_offsets(&self.target.bootstrap, &self.group, &self.input)
+    }
+
+    /// The output read back at both isolation levels: every input copied
+    /// exactly once at read_committed; the held transaction's copies there
+    /// at read_uncommitted too, beside their committed ones (they were
+    /// acknowledged before the kill). The record counts.
+    fn check_output(&self, ends: &BTreeMap<i32, i64>, held: &Held) -> (usize, usize) {
+        (self.target.wait_until_stable)(&self.output);
+        let committed = kcat_read_all(&self.target.bootstrap, &self.output, "read_committed", "%s");
+        let uncommitted = kcat_read_all(
+            &self.target.bootstrap,
+            &self.output,
+            "read_uncommitted",
+            "%s",
+        );
+        let copies = copies_by_input("read_committed", &committed);
+        let twice: Vec<_> = copies.iter().filter(|(_, n)| **n > 1).take(5).collect();
+        assert!(
+            twice.is_empty(),
+            "read_committed: inputs copied more than once: {twice:?}"
+        );
+        let missing: Vec<(i32, i64)> = ends
+            .iter()
+            .flat_map(|(&p, &end)| (0..end).map(move |o| (p, o)))
+            .filter(|input| !copies.contains_key(input))
+            .collect();
+        assert!(
+            missing.is_empty() && copies.len() == CTP_RECORDS,
+            "read_committed: {} copies, {} inputs never copied (first {:?})",
+            copies.len(),
+            missing.len(),
+            &missing[..missing.len().min(5)]
+        );
+        let written = copies_by_input("read_uncommitted", &uncommitted);
+        let inputs = held.inputs();
+        assert_eq!(inputs.len(), held.records, "the held transaction's inputs");
+        let once: Vec<&(i32, i64)> = inputs
+            .iter()
+            .filter(|input| written.get(input).copied().unwrap_or(0) < 2)
+            .take(5)
+            .collect();
+        assert!(
+            once.is_empty(),
+            "read_uncommitted: inputs of the killed open transaction not copied twice: {once:?}"
+        );
+        assert!(
+            uncommitted.len() >= committed.len() + held.records,
+            "read_uncommitted shows {} records, read_committed {}, and {} were aborted",
+            uncommitted.len(),
+            committed.len(),
+            held.records
+        );
+        (committed.len(), uncommitted.len())
+    }
+}
+
+/// The records of an instance's reported commits.
+fn committed_records(report: &WorkerReport) -> usize {
+    report.commits.iter().map(|(_, records, _)| records).sum()
+}
+
+/// Fills an input topic, then runs a consume-transform-produce worker over
+/// it in three instances of one transactional id and group: the first is
+/// killed (SIGKILL) with a transaction open, its copies acknowledged and
+/// its offsets sent; the second is killed wherever it is once it has
+/// committed some; the third runs to the end. Every input record must then
+/// be copied exactly once at read_committed, the aborted copies of the
+/// first kill must be in the log at read_uncommitted, and the group's
+/// offsets must be the input's ends.
+fn copy_through_worker_kills(target: &CtpTarget, name: &str) {
+    let started = Instant::now();
+    let run = CtpRun {
+        target,
+        name,
+        input: format!("{name}-input"),
+        output: format!("{name}-output"),
+        group: format!("{name}-group"),
+        transactional_id: format!("{name}-worker"),
+        work: WorkDir::new(),
+    };
+    let ends = run.fill();
+    let (held, first) = run.first_instance();
+    let second = run.second_instance(&held);
+    let third = run.third_instance();
+    // A kill can come between a commit and its line: one transaction at
+    // most is committed unreported.
+    let reported = first + second + third;
+    assert!(
+        reported <= CTP_RECORDS && reported + CTP_BATCH >= CTP_RECORDS,
+        "the instances reported commits of {reported} records of {CTP_RECORDS}"
+    );
+    let (committed, uncommitted) = run.check_output(&ends, &held);
+    let caught_up: BTreeMap<i32, (i64, i64)> =
+        ends.iter().map(|(&p, &end)| (p, (end, 0))).collect();
+    assert_eq!(
+        run.described_offsets(),
+        caught_up,
+        "the group's committed offsets and lags, wanted the input's ends"
+    );
+    eprintln!(
+        "{name}: read_committed {committed} copies, each input once; read_uncommitted \
+         {uncommitted} ({} aborted, {} of them held open at the first kill); committed offsets \
+         {ends:?}; {:.1?} in all",
+        uncommitted - committed,
+        held.records,
+        started.elapsed()
+    );
+}
+
+/// `sluice transactions describe --transactional-id ID --json`.
+fn transactions_describe(bootstrap: &str, transactional_id: &str) -> Value {
+    let stdout = sluice_stdout(
+        bootstrap,
+        &[
+            "transactions",
+            "describe",
+            "--transactional-id",
+            transactional_id,
+            "--json",
+        ],
+    );
+    serde_json::from_slice(&stdout).expect("`sluice transactions describe --json` prints JSON")
+}
+
+#[test]
+fn confluent_kafka_worker_copies_100k_records_exactly_once_through_kills() {
+    let broker = txn_broker(BrokerOptions::default());
+    let wait_until_stable = |topic: &str| wait_until_stable(&broker, topic);
+    copy_through_worker_kills(
+        &CtpTarget {
+            bootstrap: broker.bootstrap(),
+            replication: 1,
+            static_member: false,
+            wait_until_stable: &wait_until_stable,
+        },
+        "ctp",
+    );
+}
+
+/// The same on three brokers: topics with three replicas led by all of
+/// them, markers sent as WriteTxnMarkers, the worker a static group
+/// member whose restart takes the killed instance's place at once.
+#[test]
+fn confluent_kafka_worker_copies_100k_records_exactly_once_through_kills_on_three_brokers() {
+    let cluster = Cluster::start(|options| options);
+    let wait_until_stable = |topic: &str| wait_until_stable_on(&cluster, topic, PARTITIONS);
+    copy_through_worker_kills(
+        &CtpTarget {
+            bootstrap: cluster.bootstrap_all(),
+            replication: NODES as i32,
+            static_member: true,
+            wait_until_stable: &wait_until_stable,
+        },
+        "ctp-cluster",
+    );
 }
 
 // ---------------------------------------------------------------------------
