@@ -6,7 +6,8 @@
 //! [`Tool`] run an external client (kcat, or a Python or Node script from
 //! `tests/interop/`) with a time bound. The locators ([`kcat`],
 //! [`venv_python`], [`node`], [`interop_node_modules`]) fail with a message
-//! that says how to install what is missing.
+//! that says how to install what is missing. [`cluster::Cluster`] runs
+//! three brokers as one cluster.
 //!
 //! Everything here panics on failure, with enough context to debug from the
 //! test output alone: a broker dropped while its test is panicking prints
@@ -29,6 +30,7 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+pub mod cluster;
 pub mod wire;
 
 /// What to tell someone whose machine lacks a client tool.
@@ -772,6 +774,20 @@ pub fn run_sluice(args: &[&str], stdin: Option<&[u8]>, timeout: Duration) -> Slu
     run_sluice_with_env(args, &[], stdin, timeout)
 }
 
+/// Bound on one [`sluice_stdout`] command.
+const SLUICE_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Runs `sluice args… --bootstrap-server BOOTSTRAP`, which must succeed
+/// within 30 s (else it panics with its output); its stdout.
+pub fn sluice_stdout(bootstrap: &str, args: &[&str]) -> Vec<u8> {
+    Tool::new(sluice_bin())
+        .args(args)
+        .args(["--bootstrap-server", bootstrap])
+        .timeout(SLUICE_COMMAND_TIMEOUT)
+        .run()
+        .stdout
+}
+
 /// The environment variables that give `sluice` client commands their
 /// default bootstrap servers.
 pub const BOOTSTRAP_ENV_VARS: [&str; 2] = ["SLUICE_BOOTSTRAP_SERVERS", "KAFKA_BOOTSTRAP_SERVERS"];
@@ -1213,6 +1229,67 @@ pub fn lines_file(lines: &[String]) -> Vec<u8> {
         bytes.push(b'\n');
     }
     bytes
+}
+
+/// The complete lines of a text still being written (a running client's
+/// output): the last one is left out unless a newline ends it.
+pub fn complete_lines(text: &str) -> Vec<&str> {
+    text.rfind('\n')
+        .map_or("", |end| &text[..end])
+        .lines()
+        .collect()
+}
+
+/// Bound on one [`kcat_read_all`].
+const KCAT_READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Every record of `topic` read with kcat at an isolation level
+/// (`read_committed` or `read_uncommitted`), from the beginning to each
+/// partition's end (the last stable offset at read_committed):
+/// (partition, offset, value), the value as kcat's `value_format` prints
+/// it (`%s`, or `%k:%s` for key and value). Records must be UTF-8 without
+/// newlines.
+pub fn kcat_read_all(
+    bootstrap: &str,
+    topic: &str,
+    isolation: &str,
+    value_format: &str,
+) -> Vec<(i32, i64, String)> {
+    let isolation = format!("isolation.level={isolation}");
+    let format = format!("%p %o {value_format}\n");
+    let args = [
+        "-C",
+        "-b",
+        bootstrap,
+        "-t",
+        topic,
+        "-o",
+        "beginning",
+        "-e",
+        "-q",
+        "-X",
+        &isolation,
+        "-f",
+        &format,
+    ];
+    let stdout = String::from_utf8(run_tool_bytes(kcat(), args, KCAT_READ_TIMEOUT))
+        .expect("the records are UTF-8");
+    complete_lines(&stdout)
+        .into_iter()
+        .map(|line| {
+            partition_offset_value(line)
+                .unwrap_or_else(|| panic!("kcat printed {line:?}, not `partition offset value`"))
+        })
+        .collect()
+}
+
+/// A `PARTITION OFFSET VALUE` line (as kcat's `-f '%p %o %s\n'` prints
+/// one; the value may hold spaces), or `None` when it is not one.
+pub fn partition_offset_value(line: &str) -> Option<(i32, i64, String)> {
+    let mut words = line.splitn(3, ' ');
+    let partition = words.next()?.parse().ok()?;
+    let offset = words.next()?.parse().ok()?;
+    Some((partition, offset, words.next()?.to_string()))
 }
 
 /// The partitions a `kcat -G` member last reported as assigned in its

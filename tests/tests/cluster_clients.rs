@@ -1,6 +1,6 @@
 //! Real Kafka clients against a real cluster: three `sluice serve`
-//! processes forming one controller quorum (started as `cluster.rs`
-//! starts them), each partition served by its leader only, groups
+//! processes forming one controller quorum (the harness's `Cluster`),
+//! each partition served by its leader only, groups
 //! coordinated by the leader of their `__consumer_offsets` partition.
 //!
 //! Every client is given the address of ONE node and must find the rest
@@ -30,45 +30,27 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ffi::OsString;
 use std::path::Path;
-use std::thread;
 use std::time::{Duration, Instant};
 
-use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::{
     ApiKey, DeleteGroupsRequest, DeleteGroupsResponse, DescribeGroupsRequest,
-    DescribeGroupsResponse, FindCoordinatorRequest, FindCoordinatorResponse, GroupId,
-    MetadataRequest, MetadataResponse, TopicName,
+    DescribeGroupsResponse, GroupId,
 };
 use kafka_protocol::protocol::StrBytes;
 use serde_json::{json, Value};
+use sluice_tests::cluster::{find_coordinator, partition_views, Cluster, GROUP_KEY, NODES};
 use sluice_tests::wire::Wire;
 use sluice_tests::{
-    free_ports, interop_node_modules, interop_script, kcat, kcat_assigned, keyed_lines, lines_file,
-    node, run_sluice, run_tool, run_tool_bytes, sarama_bin, sluice_bin, venv_python, write_file,
-    Broker, BrokerOptions, Member, Tool,
+    complete_lines, interop_node_modules, interop_script, kcat, kcat_assigned, kcat_read_all,
+    keyed_lines, lines_file, node, partition_offset_value, run_tool, sarama_bin, sluice_stdout,
+    venv_python, write_file, Member, Tool,
 };
-
-/// Nodes of the cluster, ids `1..=NODES`, every one a voter and a broker.
-const NODES: usize = 3;
-
-/// From the last start to every node listing all three brokers and the
-/// same controller (an election, three registrations, their unfencing).
-const FORMED_WITHIN: Duration = Duration::from_secs(20);
 
 /// From a topic change committed to every node serving it.
 const SPREAD_WITHIN: Duration = Duration::from_secs(10);
 
-/// The pause between two polls.
-const POLL_INTERVAL: Duration = Duration::from_millis(100);
-
-/// Metadata v12: broker list, controller id and partition leaders.
-const METADATA_VERSION: i16 = 12;
-
 /// Bound on one kcat run.
 const KCAT_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Bound on one `sluice` command.
-const SLUICE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Records in the kcat and script round trips.
 const RECORDS: usize = 10_000;
@@ -87,242 +69,41 @@ const NOT_COORDINATOR: i16 = 16;
 // The cluster
 // ---------------------------------------------------------------------------
 
-/// Three `sluice serve` processes sharing `controller.quorum.voters`,
-/// started and then polled until every node lists all three brokers and
-/// names the same controller.
-struct Cluster {
-    nodes: Vec<Broker>,
-    /// The active controller, as every node named it once formed.
-    controller: i32,
+/// Creates a topic with `sluice topics create`, sent to the controller
+/// (see `sluice_topics_create_through_a_node_that_is_not_the_controller`
+/// for why not to another node), and waits until every node serves it.
+fn create_topic(cluster: &Cluster, topic: &str, partitions: i32) -> Vec<i32> {
+    sluice_stdout(
+        &cluster.bootstrap(cluster.controller),
+        &[
+            "topics",
+            "create",
+            topic,
+            "--partitions",
+            &partitions.to_string(),
+        ],
+    );
+    wait_for_topic(cluster, topic, partitions)
 }
 
-impl Cluster {
-    /// Starts the nodes with `configure` applied to each one's options.
-    fn start(configure: impl Fn(BrokerOptions) -> BrokerOptions) -> Cluster {
-        let ports = free_ports(NODES);
-        let voters = (0..NODES)
-            .map(|i| format!("{}@127.0.0.1:{}", i + 1, ports[i]))
-            .collect::<Vec<_>>()
-            .join(",");
-        let nodes: Vec<Broker> = (0..NODES)
-            .map(|i| {
-                let options = BrokerOptions::default()
-                    .config("node.id", (i + 1) as i64)
-                    .config("controller.quorum.voters", voters.as_str())
-                    .config("group.initial.rebalance.delay.ms", 0);
-                Broker::start_on(ports[i], configure(options))
-            })
-            .collect();
-        let started = Instant::now();
-        let expected: BTreeMap<i32, i32> = (0..NODES)
-            .map(|i| ((i + 1) as i32, i32::from(ports[i])))
-            .collect();
-        let controller = wait_until(
-            FORMED_WITHIN,
-            "every node listing all three brokers and naming one controller",
-            || {
-                let mut named = BTreeSet::new();
-                for node in &nodes {
-                    let answer = metadata(&node.bootstrap(), Some(&[]))?;
-                    let listed: BTreeMap<i32, i32> = answer
-                        .brokers
-                        .iter()
-                        .map(|b| (b.node_id.0, b.port))
-                        .collect();
-                    if listed != expected {
-                        return Err(format!("{} lists {listed:?}", node.bootstrap()));
-                    }
-                    named.insert(answer.controller_id.0);
-                }
-                match named.len() {
-                    1 => Ok(*named.first().expect("one controller")),
-                    _ => Err(format!("the nodes name controllers {named:?}")),
-                }
-            },
-        );
-        eprintln!(
-            "cluster formed {:.1?} after the last start; controller {controller}",
-            started.elapsed()
-        );
-        let cluster = Cluster { nodes, controller };
-        let quorum = cluster.quorum();
-        assert_eq!(
-            quorum["leader_id"],
-            json!(controller),
-            "Metadata names controller {controller}, the quorum another leader: {quorum}"
-        );
-        cluster
-    }
-
-    fn node(&self, id: i32) -> &Broker {
-        &self.nodes[usize::try_from(id - 1).expect("node ids start at 1")]
-    }
-
-    fn bootstrap(&self, id: i32) -> String {
-        self.node(id).bootstrap()
-    }
-
-    fn ids(&self) -> impl Iterator<Item = i32> {
-        1..=NODES as i32
-    }
-
-    /// The nodes that are not the controller, by id: `followers()[0]` and
-    /// `followers()[1]`.
-    fn followers(&self) -> Vec<i32> {
-        self.ids().filter(|&id| id != self.controller).collect()
-    }
-
-    /// `sluice cluster quorum --json`, asked of every node.
-    fn quorum(&self) -> Value {
-        let everyone = self
-            .ids()
-            .map(|id| self.bootstrap(id))
-            .collect::<Vec<_>>()
-            .join(",");
-        let run = run_sluice(
-            &[
-                "cluster",
-                "quorum",
-                "--json",
-                "--bootstrap-server",
-                &everyone,
-            ],
-            None,
-            SLUICE_TIMEOUT,
-        );
-        assert!(
-            run.status.success(),
-            "`{}`: {}",
-            run.command_line,
-            String::from_utf8_lossy(&run.stderr)
-        );
-        serde_json::from_slice(&run.stdout).expect("`sluice cluster quorum --json` prints JSON")
-    }
-
-    /// Creates a topic with `sluice topics create`, sent to the controller
-    /// (see `sluice_topics_create_through_a_node_that_is_not_the_controller`
-    /// for why not to another node), and waits until every node serves it.
-    fn create_topic(&self, topic: &str, partitions: i32) -> Vec<i32> {
-        sluice(
-            &self.bootstrap(self.controller),
-            &[
-                "topics",
-                "create",
-                topic,
-                "--partitions",
-                &partitions.to_string(),
-            ],
-        );
-        self.wait_for_topic(topic, partitions)
-    }
-
-    /// Polls every node until each reports the same leader for every one
-    /// of the topic's `partitions` partitions; those leaders, by partition.
-    fn wait_for_topic(&self, topic: &str, partitions: i32) -> Vec<i32> {
-        wait_until(
-            SPREAD_WITHIN,
-            &format!("every node serving the {partitions} partitions of {topic}"),
-            || {
-                let mut seen = BTreeSet::new();
-                for id in self.ids() {
-                    seen.insert(partition_leaders(&self.bootstrap(id), topic, partitions)?);
-                }
-                match seen.len() {
-                    1 => Ok(seen.pop_first().expect("one leader list")),
-                    _ => Err(format!("the nodes disagree on the leaders: {seen:?}")),
-                }
-            },
-        )
-    }
-
-    /// The coordinator of `group`, from FindCoordinator asked of the
-    /// controller, polled while `__consumer_offsets` is being created.
-    fn coordinator(&self, group: &str) -> i32 {
-        let bootstrap = self.bootstrap(self.controller);
-        wait_until(SPREAD_WITHIN, &format!("a coordinator for {group}"), || {
-            let mut wire = Wire::connect(&bootstrap).map_err(|e| e.to_string())?;
-            let request = FindCoordinatorRequest::default()
-                .with_key(StrBytes::from_string(group.to_string()))
-                .with_key_type(0);
-            let response: FindCoordinatorResponse = wire
-                .call(ApiKey::FindCoordinator, 3, &request)
-                .map_err(|e| format!("FindCoordinator v3: {e}"))?;
-            match response.error_code {
-                0 => Ok(response.node_id.0),
-                code => Err(format!("FindCoordinator answered error {code}")),
-            }
-        })
-    }
+/// Polls every node until each reports the same leader for every one of
+/// the topic's `partitions` partitions; those leaders, by partition.
+fn wait_for_topic(cluster: &Cluster, topic: &str, partitions: i32) -> Vec<i32> {
+    let views = cluster.wait_until(
+        SPREAD_WITHIN,
+        &format!("every node serving the {partitions} partitions of {topic}"),
+        |cluster| cluster.partitions(topic, partitions),
+    );
+    views.iter().map(|view| view.leader).collect()
 }
 
-/// Polls `probe` until it answers `Ok`; panics past `within` with its last
-/// error.
-fn wait_until<T>(within: Duration, what: &str, mut probe: impl FnMut() -> Result<T, String>) -> T {
-    let started = Instant::now();
-    loop {
-        let last = match probe() {
-            Ok(value) => return value,
-            Err(last) => last,
-        };
-        assert!(
-            started.elapsed() < within,
-            "{what}: not within {within:?}; last poll: {last}"
-        );
-        thread::sleep(POLL_INTERVAL);
-    }
-}
-
-/// Metadata from one node, for `topics` (every topic when `None`), never
-/// creating one.
-fn metadata(bootstrap: &str, topics: Option<&[&str]>) -> Result<MetadataResponse, String> {
-    let mut wire = Wire::connect(bootstrap).map_err(|e| format!("connect to {bootstrap}: {e}"))?;
-    let topics = topics.map(|names| {
-        names
-            .iter()
-            .map(|name| {
-                MetadataRequestTopic::default()
-                    .with_name(Some(TopicName(StrBytes::from_string(name.to_string()))))
-            })
-            .collect()
-    });
-    let request = MetadataRequest::default()
-        .with_topics(topics)
-        .with_allow_auto_topic_creation(false);
-    wire.call(ApiKey::Metadata, METADATA_VERSION, &request)
-        .map_err(|e| format!("Metadata v{METADATA_VERSION} from {bootstrap}: {e}"))
-}
-
-/// The leader of each of a topic's partitions as one node reports them,
-/// once it has `partitions` partitions, each with a leader.
-fn partition_leaders(bootstrap: &str, topic: &str, partitions: i32) -> Result<Vec<i32>, String> {
-    let answer = metadata(bootstrap, Some(&[topic]))?;
-    let described = answer
-        .topics
-        .iter()
-        .find(|t| t.name.as_ref().map(|n| n.0.as_str()) == Some(topic))
-        .ok_or_else(|| format!("{bootstrap} does not answer for {topic}"))?;
-    if described.error_code != 0 {
-        return Err(format!(
-            "{bootstrap}: {topic} has error {}",
-            described.error_code
-        ));
-    }
-    let mut leaders = vec![-1; usize::try_from(partitions).expect("a partition count")];
-    for partition in &described.partitions {
-        let slot = usize::try_from(partition.partition_index)
-            .ok()
-            .filter(|&p| p < leaders.len())
-            .ok_or_else(|| format!("{bootstrap}: {topic} has more than {partitions} partitions"))?;
-        if partition.error_code == 0 {
-            leaders[slot] = partition.leader_id.0;
-        }
-    }
-    match leaders.iter().position(|&leader| leader < 1) {
-        Some(p) => Err(format!(
-            "{bootstrap}: {topic}/{p} has no leader: {leaders:?}"
-        )),
-        None => Ok(leaders),
-    }
+/// The coordinator of `group`, from FindCoordinator asked of the
+/// controller, polled while `__consumer_offsets` is being created.
+fn coordinator(cluster: &Cluster, group: &str) -> i32 {
+    let bootstrap = cluster.bootstrap(cluster.controller);
+    cluster.wait_until(SPREAD_WITHIN, &format!("a coordinator for {group}"), |_| {
+        find_coordinator(&bootstrap, group, GROUP_KEY)
+    })
 }
 
 /// Asserts that round robin gave every broker the same number of the
@@ -340,20 +121,13 @@ fn assert_spread_evenly(topic: &str, leaders: &[i32]) {
     );
 }
 
-/// Runs `sluice ARGS… --bootstrap-server B` and returns its stdout.
-fn sluice(bootstrap: &str, args: &[&str]) -> Vec<u8> {
-    Tool::new(sluice_bin())
-        .args(args)
-        .args(["--bootstrap-server", bootstrap])
-        .timeout(SLUICE_TIMEOUT)
-        .run()
-        .stdout
-}
-
 /// `sluice groups describe GROUP --json` through `bootstrap`.
 fn describe_group(bootstrap: &str, group: &str) -> Value {
-    serde_json::from_slice(&sluice(bootstrap, &["groups", "describe", group, "--json"]))
-        .expect("`sluice groups describe --json` prints JSON")
+    serde_json::from_slice(&sluice_stdout(
+        bootstrap,
+        &["groups", "describe", group, "--json"],
+    ))
+    .expect("`sluice groups describe --json` prints JSON")
 }
 
 /// Asserts that `group` is empty and has committed `ends` (the log end of
@@ -445,17 +219,12 @@ type Consumed = (i32, i64, String);
 
 /// The complete `%p %o %k:%s` lines of `text`.
 fn parse_consumed(text: &str) -> Vec<Consumed> {
-    let complete = text.rfind('\n').map_or("", |end| &text[..end]);
-    complete
-        .lines()
+    complete_lines(text)
+        .into_iter()
         .map(|line| {
-            let mut parts = line.splitn(3, ' ');
-            let partition = parts.next().and_then(|p| p.parse().ok());
-            let offset = parts.next().and_then(|o| o.parse().ok());
-            match (partition, offset, parts.next()) {
-                (Some(p), Some(o), Some(rest)) => (p, o, rest.to_owned()),
-                _ => panic!("kcat printed {line:?}, not `partition offset key:value`"),
-            }
+            partition_offset_value(line).unwrap_or_else(|| {
+                panic!("kcat printed {line:?}, not `partition offset key:value`")
+            })
         })
         .collect()
 }
@@ -463,21 +232,7 @@ fn parse_consumed(text: &str) -> Vec<Consumed> {
 /// Consumes every partition of `topic` from the beginning to its end
 /// through one node.
 fn kcat_consume_all(bootstrap: &str, topic: &str) -> Vec<Consumed> {
-    let args = [
-        "-C",
-        "-b",
-        bootstrap,
-        "-t",
-        topic,
-        "-o",
-        "beginning",
-        "-e",
-        "-q",
-        "-f",
-        "%p %o %k:%s\n",
-    ];
-    let stdout = run_tool_bytes(kcat(), args, KCAT_TIMEOUT);
-    parse_consumed(&String::from_utf8(stdout).expect("kcat printed UTF-8: the input was UTF-8"))
+    kcat_read_all(bootstrap, topic, "read_committed", "%k:%s")
 }
 
 /// Asserts that `consumed` holds each of `lines` exactly once and nothing
@@ -574,7 +329,7 @@ fn kcat_lists_three_brokers_and_round_trips_10k_keyed_lines_across_them() {
 
     let topic = "kcat-cluster-lines";
     let partitions = 6;
-    let leaders = cluster.create_topic(topic, partitions);
+    let leaders = create_topic(&cluster, topic, partitions);
     assert_spread_evenly(topic, &leaders);
     let listing = kcat_metadata(&cluster.bootstrap(producer_node), Some(topic));
     for (partition, leader) in leaders.iter().enumerate() {
@@ -618,7 +373,7 @@ fn kcat_auto_creates_a_topic_through_a_node_that_is_not_the_controller() {
     // Node `producer_node` asks the controller to create the topic and
     // answers LEADER_NOT_AVAILABLE until it exists; librdkafka retries.
     kcat_produce_keyed(&cluster.bootstrap(producer_node), topic, &file);
-    let leaders = cluster.wait_for_topic(topic, 6);
+    let leaders = wait_for_topic(&cluster, topic, 6);
     assert_spread_evenly(topic, &leaders);
     let consumed = kcat_consume_all(&cluster.bootstrap(consumer_node), topic);
     check_consumed_once(&consumed, &lines, &[0; 6]);
@@ -677,9 +432,9 @@ fn kcat_group_members_on_different_nodes_split_partitions_led_by_different_broke
     let topic = "kcat-cluster-group";
     let group = "kcat-cluster-members";
     let partitions = 6;
-    let leaders = cluster.create_topic(topic, partitions);
+    let leaders = create_topic(&cluster, topic, partitions);
     assert_spread_evenly(topic, &leaders);
-    let coordinator = cluster.coordinator(group);
+    let coordinator = coordinator(&cluster, group);
     let elsewhere: Vec<i32> = cluster.ids().filter(|&id| id != coordinator).collect();
     eprintln!(
         "group {group}: coordinator {coordinator}, controller {}",
@@ -707,10 +462,10 @@ fn kcat_group_members_on_different_nodes_split_partitions_led_by_different_broke
         "b",
     );
     let all: BTreeSet<i32> = (0..partitions).collect();
-    wait_until(
+    cluster.wait_until(
         Duration::from_secs(30),
         "members a and b splitting the partitions 3/3 and reading the first 3000 lines",
-        || {
+        |_| {
             a.fail_if_exited();
             b.fail_if_exited();
             let (owned_a, owned_b) = (owned(&a), owned(&b));
@@ -732,10 +487,10 @@ fn kcat_group_members_on_different_nodes_split_partitions_led_by_different_broke
     let file = write_file(work.path(), "second.txt", &lines_file(&second));
     kcat_produce_keyed(&cluster.bootstrap(elsewhere[1]), topic, &file);
     let total = first.len() + second.len();
-    wait_until(
+    cluster.wait_until(
         Duration::from_secs(30),
         "members a and b reading all 4000 lines",
-        || {
+        |_| {
             let read = consumed_by(&[&a, &b]).len();
             if read >= total {
                 Ok(())
@@ -836,7 +591,7 @@ fn script_roundtrip(program: &Path, script: &str, topic: &str, follower: usize) 
     );
     // The topic it created through a node that is not the controller has
     // one partition on each broker: the round trip went through all three.
-    let leaders = cluster.wait_for_topic(topic, SCRIPT_PARTITIONS);
+    let leaders = wait_for_topic(&cluster, topic, SCRIPT_PARTITIONS);
     assert_spread_evenly(topic, &leaders);
     eprintln!(
         "{summary} through node {via} (controller {}, leaders {leaders:?}) in {:.1?}",
@@ -969,7 +724,7 @@ fn sarama_produces_through_one_node_and_a_sarama_group_reads_back_through_anothe
     let topic = "sarama-cluster";
     let group = "sarama-cluster-members";
     let partitions = 3;
-    let leaders = cluster.create_topic(topic, partitions);
+    let leaders = create_topic(&cluster, topic, partitions);
     assert_spread_evenly(topic, &leaders);
 
     let work = tempfile::tempdir().unwrap();
@@ -1048,7 +803,7 @@ fn sarama_produces_through_one_node_and_a_sarama_group_reads_back_through_anothe
         started.elapsed() - produced_in
     );
 
-    let coordinator = cluster.coordinator(group);
+    let coordinator = coordinator(&cluster, group);
     let describe_via = cluster
         .ids()
         .find(|&id| id != coordinator)
@@ -1068,14 +823,14 @@ fn sluice_topics_create_through_a_node_that_is_not_the_controller() {
     let cluster = Cluster::start(|options| options);
     let via = cluster.bootstrap(cluster.followers()[0]);
     let topic = "created-elsewhere";
-    sluice(&via, &["topics", "create", topic, "--partitions", "3"]);
-    assert_spread_evenly(topic, &cluster.wait_for_topic(topic, 3));
-    sluice(&via, &["topics", "alter", topic, "--partitions", "6"]);
-    assert_spread_evenly(topic, &cluster.wait_for_topic(topic, 6));
-    sluice(&via, &["topics", "delete", topic]);
-    wait_until(SPREAD_WITHIN, "the topic gone from every node", || {
+    sluice_stdout(&via, &["topics", "create", topic, "--partitions", "3"]);
+    assert_spread_evenly(topic, &wait_for_topic(&cluster, topic, 3));
+    sluice_stdout(&via, &["topics", "alter", topic, "--partitions", "6"]);
+    assert_spread_evenly(topic, &wait_for_topic(&cluster, topic, 6));
+    sluice_stdout(&via, &["topics", "delete", topic]);
+    cluster.wait_until(SPREAD_WITHIN, "the topic gone from every node", |cluster| {
         for id in cluster.ids() {
-            if partition_leaders(&cluster.bootstrap(id), topic, 6).is_ok() {
+            if partition_views(&cluster.bootstrap(id), topic, 6).is_ok() {
                 return Err(format!("node {id} still serves {topic}"));
             }
         }

@@ -1,7 +1,7 @@
 //! Real clients through broker failures on a three-broker cluster.
 //!
-//! Three `sluice serve` processes form one controller quorum (as in
-//! `cluster.rs` and `cluster_clients.rs`) with short broker sessions, so a
+//! Three `sluice serve` processes form one controller quorum (the harness's
+//! `Cluster`, as in `cluster_clients.rs`) with short broker sessions, so a
 //! broker killed with SIGKILL is fenced within seconds and the leadership
 //! of its partitions moves to another member of their ISR. Topics have three
 //! replicas and `min.insync.replicas=2`, so one dead broker stops nothing.
@@ -28,32 +28,21 @@
 //! tail of each broker's log.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt::Write as _;
 use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
-use kafka_protocol::messages::{ApiKey, MetadataRequest, MetadataResponse, TopicName};
+use kafka_protocol::messages::{ApiKey, TopicName};
 use kafka_protocol::protocol::StrBytes;
+use sluice_tests::cluster::{
+    find_coordinator, short_sessions, Cluster, PartitionView, GROUP_KEY, SESSION_TIMEOUT_MS,
+};
 use sluice_tests::wire::Wire;
 use sluice_tests::{
-    free_ports, interop_node_modules, interop_script, kcat, lines_file, metric_sample, node,
-    run_sluice, run_tool_bytes, sarama_failover_bin, scrape_metrics, sluice_bin, venv_python,
-    write_file, Broker, BrokerOptions, Member, Tool,
+    complete_lines, interop_node_modules, interop_script, kcat, kcat_read_all, lines_file,
+    metric_sample, node, run_sluice, run_tool_bytes, sarama_failover_bin, sluice_bin,
+    sluice_stdout, venv_python, write_file, Member, Tool,
 };
-
-/// Nodes of the cluster, ids `1..=NODES`, every one a voter and a broker.
-const NODES: usize = 3;
-
-/// A broker not heard from for this long is fenced: the time from a kill
-/// to the leadership moving, when the controller survives.
-const SESSION_TIMEOUT_MS: i64 = 3_000;
-const HEARTBEAT_INTERVAL_MS: i64 = 500;
-
-/// From the last start to every node listing all three brokers and naming
-/// one controller.
-const FORMED_WITHIN: Duration = Duration::from_secs(20);
 
 /// From a topic's creation to every node reporting its partitions with a
 /// leader and a full ISR.
@@ -83,13 +72,6 @@ const RESUMED_WITHIN: Duration = Duration::from_secs(15);
 /// its time after the records are checked.
 const STALL_WITHIN: Duration = Duration::from_secs(45);
 
-/// The pause between two polls.
-const POLL_INTERVAL: Duration = Duration::from_millis(100);
-
-/// Metadata v12: brokers, controller, leaders with epochs, replicas, ISR
-/// and offline replicas.
-const METADATA_VERSION: i16 = 12;
-
 /// Bound on one `sluice` command and on one kcat run.
 const SLUICE_TIMEOUT: Duration = Duration::from_secs(30);
 const KCAT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -103,423 +85,6 @@ const PARTITIONS: i32 = 3;
 /// Records a producer is to have acknowledged on every partition before
 /// the kill, and again after each step.
 const ACKS_PER_STEP: usize = 300;
-
-// ---------------------------------------------------------------------------
-// The cluster
-// ---------------------------------------------------------------------------
-
-/// One partition as a broker's Metadata describes it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct PartitionView {
-    partition: i32,
-    leader: i32,
-    leader_epoch: i32,
-    replicas: Vec<i32>,
-    isr: Vec<i32>,
-    offline: Vec<i32>,
-}
-
-impl PartitionView {
-    fn isr_set(&self) -> BTreeSet<i32> {
-        self.isr.iter().copied().collect()
-    }
-}
-
-/// Three `sluice serve` processes sharing `controller.quorum.voters`.
-/// Dropped while its test panics, it prints what every running node's
-/// Metadata says (the brokers' own drops then print their log tails).
-struct Cluster {
-    nodes: Vec<Broker>,
-    /// Each node's metrics listener, by node index.
-    metrics_ports: Vec<u16>,
-    /// The active controller when the cluster formed.
-    controller: i32,
-}
-
-impl Cluster {
-    fn start() -> Cluster {
-        let all_ports = free_ports(2 * NODES);
-        let (ports, metrics_ports) = all_ports.split_at(NODES);
-        let voters = (0..NODES)
-            .map(|i| format!("{}@127.0.0.1:{}", i + 1, ports[i]))
-            .collect::<Vec<_>>()
-            .join(",");
-        let nodes: Vec<Broker> = (0..NODES)
-            .map(|i| {
-                let options = BrokerOptions::default()
-                    .config("node.id", (i + 1) as i64)
-                    .config("controller.quorum.voters", voters.as_str())
-                    .config("broker.session.timeout.ms", SESSION_TIMEOUT_MS)
-                    .config("broker.heartbeat.interval.ms", HEARTBEAT_INTERVAL_MS)
-                    .config("group.initial.rebalance.delay.ms", 0)
-                    .config(
-                        "metrics.listener",
-                        format!("127.0.0.1:{}", metrics_ports[i]),
-                    );
-                Broker::start_on(ports[i], options)
-            })
-            .collect();
-        let started = Instant::now();
-        let mut cluster = Cluster {
-            nodes,
-            metrics_ports: metrics_ports.to_vec(),
-            controller: 0,
-        };
-        cluster.controller = cluster.wait_until(
-            FORMED_WITHIN,
-            "every node listing all three brokers and naming one controller",
-            |cluster| cluster.agreed_controller(),
-        );
-        eprintln!(
-            "cluster formed {:.1?} after the last start; controller {}",
-            started.elapsed(),
-            cluster.controller
-        );
-        cluster
-    }
-
-    /// The controller every node names, once each lists all three brokers.
-    fn agreed_controller(&self) -> Result<i32, String> {
-        let mut named = BTreeSet::new();
-        for id in self.ids() {
-            let answer = metadata(&self.bootstrap(id), Some(&[]))?;
-            let listed: BTreeSet<i32> = answer.brokers.iter().map(|b| b.node_id.0).collect();
-            if listed != self.ids().collect() {
-                return Err(format!("node {id} lists brokers {listed:?}"));
-            }
-            named.insert(answer.controller_id.0);
-        }
-        match named.len() {
-            1 => Ok(*named.first().expect("one controller")),
-            _ => Err(format!("the nodes name controllers {named:?}")),
-        }
-    }
-
-    fn ids(&self) -> impl Iterator<Item = i32> {
-        1..=NODES as i32
-    }
-
-    fn node(&self, id: i32) -> &Broker {
-        &self.nodes[usize::try_from(id - 1).expect("node ids start at 1")]
-    }
-
-    fn node_mut(&mut self, id: i32) -> &mut Broker {
-        &mut self.nodes[usize::try_from(id - 1).expect("node ids start at 1")]
-    }
-
-    /// A node's `/metrics` text.
-    fn metrics(&self, id: i32) -> Result<String, String> {
-        let port = self.metrics_ports[usize::try_from(id - 1).expect("node ids start at 1")];
-        scrape_metrics(port).map_err(|e| format!("node {id}: {e}"))
-    }
-
-    /// The sum of one unlabelled metric over the running nodes.
-    fn metric_sum(&self, name: &str) -> Result<f64, String> {
-        let mut sum = 0.0;
-        for id in self.running() {
-            let text = self.metrics(id)?;
-            sum += metric_sample(&text, name).ok_or_else(|| format!("node {id} has no {name}"))?;
-        }
-        Ok(sum)
-    }
-
-    fn bootstrap(&self, id: i32) -> String {
-        self.node(id).bootstrap()
-    }
-
-    /// Every node's address, dead or alive, as a client is configured.
-    fn bootstrap_all(&self) -> String {
-        self.ids()
-            .map(|id| self.bootstrap(id))
-            .collect::<Vec<_>>()
-            .join(",")
-    }
-
-    /// The nodes whose process runs.
-    fn running(&self) -> Vec<i32> {
-        self.ids()
-            .filter(|&id| self.node(id).pid().is_some())
-            .collect()
-    }
-
-    /// A running node other than `not`.
-    fn other_than(&self, not: &[i32]) -> i32 {
-        self.running()
-            .into_iter()
-            .find(|id| !not.contains(id))
-            .expect("a running node outside the excluded ones")
-    }
-
-    /// Kills a node with SIGKILL: a crash.
-    fn kill(&mut self, id: i32) {
-        self.node_mut(id).kill9();
-        eprintln!("killed node {id} with SIGKILL");
-    }
-
-    /// Starts a killed node again, with its data.
-    fn restart(&mut self, id: i32) {
-        self.node_mut(id).restart();
-        eprintln!("restarted node {id}");
-    }
-
-    /// Polls `probe` until it answers `Ok`; panics past `within` with its
-    /// last error and the cluster's state.
-    fn wait_until<T>(
-        &self,
-        within: Duration,
-        what: &str,
-        mut probe: impl FnMut(&Cluster) -> Result<T, String>,
-    ) -> T {
-        let started = Instant::now();
-        loop {
-            let last = match probe(self) {
-                Ok(value) => return value,
-                Err(last) => last,
-            };
-            assert!(
-                started.elapsed() < within,
-                "{what}: not within {within:?}; last poll: {last}\n{}",
-                self.state()
-            );
-            thread::sleep(POLL_INTERVAL);
-        }
-    }
-
-    /// Creates a topic with three replicas and `min.insync.replicas=2`
-    /// (sent to every node; one that is not the controller forwards it)
-    /// and waits until every node reports each partition led, with all
-    /// three replicas in its ISR.
-    fn create_topic(&self, topic: &str, partitions: i32) -> Vec<PartitionView> {
-        let partitions_arg = partitions.to_string();
-        sluice(
-            &self.bootstrap_all(),
-            &[
-                "topics",
-                "create",
-                topic,
-                "--partitions",
-                &partitions_arg,
-                "--replication-factor",
-                "3",
-                "--config",
-                "min.insync.replicas=2",
-            ],
-        );
-        let everyone: BTreeSet<i32> = self.ids().collect();
-        self.wait_until(
-            SPREAD_WITHIN,
-            &format!("every node serving {topic} with full ISRs"),
-            |cluster| {
-                let views = cluster.partitions(topic, partitions)?;
-                match views.iter().find(|view| view.isr_set() != everyone) {
-                    Some(view) => Err(format!("partition {view:?} has not a full ISR")),
-                    None => Ok(views),
-                }
-            },
-        )
-    }
-
-    /// A topic's `partitions` partitions, each with a leader, as every
-    /// running node reports them (an error while two nodes disagree).
-    fn partitions(&self, topic: &str, partitions: i32) -> Result<Vec<PartitionView>, String> {
-        let mut seen: Option<(i32, Vec<PartitionView>)> = None;
-        for id in self.running() {
-            let views = partition_views(&self.bootstrap(id), topic, partitions)?;
-            match &seen {
-                Some((first, earlier)) if *earlier != views => {
-                    return Err(format!(
-                        "node {first} reports {earlier:?}, node {id} reports {views:?}"
-                    ))
-                }
-                Some(_) => {}
-                None => seen = Some((id, views)),
-            }
-        }
-        Ok(seen.expect("a running node").1)
-    }
-
-    /// Waits, after `killed` was killed, until every partition of the
-    /// topic is led by another node in a later leader epoch than `before`
-    /// had where `killed` led, and `killed` is in no ISR. The views then.
-    fn wait_for_failover(
-        &self,
-        topic: &str,
-        killed: i32,
-        before: &[PartitionView],
-    ) -> Vec<PartitionView> {
-        let partitions = before.len() as i32;
-        self.wait_until(
-            FAILOVER_WITHIN,
-            &format!("{topic}'s partitions led elsewhere and node {killed} out of their ISRs"),
-            |cluster| {
-                let views = cluster.partitions(topic, partitions)?;
-                for (view, old) in views.iter().zip(before) {
-                    let moved = old.leader != killed || view.leader_epoch > old.leader_epoch;
-                    if view.leader == killed || view.isr.contains(&killed) || !moved {
-                        return Err(format!("partition {view:?} (was {old:?})"));
-                    }
-                }
-                Ok(views)
-            },
-        )
-    }
-
-    /// Waits until every partition of the topic has all three replicas in
-    /// its ISR again. The views then.
-    fn wait_for_full_isr(&self, topic: &str, partitions: i32) -> Vec<PartitionView> {
-        let everyone: BTreeSet<i32> = self.ids().collect();
-        self.wait_until(
-            REJOIN_WITHIN,
-            &format!("all three replicas back in the ISR of every partition of {topic}"),
-            |cluster| {
-                let views = cluster.partitions(topic, partitions)?;
-                match views.iter().find(|view| view.isr_set() != everyone) {
-                    Some(view) => Err(format!("partition {view:?}")),
-                    None => Ok(views),
-                }
-            },
-        )
-    }
-
-    /// What every running node's Metadata says: brokers, controller and
-    /// each topic's partitions, for failure messages.
-    fn state(&self) -> String {
-        let mut out = String::from("---- the cluster as each running node describes it ----\n");
-        for id in self.ids() {
-            if self.node(id).pid().is_none() {
-                let _ = writeln!(out, "node {id}: not running");
-                continue;
-            }
-            match metadata(&self.bootstrap(id), None) {
-                Ok(answer) => out.push_str(&describe_metadata(id, &answer)),
-                Err(error) => {
-                    let _ = writeln!(out, "node {id}: {error}");
-                }
-            }
-        }
-        out.push_str("---- end of the cluster's state ----");
-        out
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        if thread::panicking() {
-            eprintln!("{}", self.state());
-        }
-    }
-}
-
-/// One node's Metadata answer, a line per broker list and partition.
-fn describe_metadata(id: i32, answer: &MetadataResponse) -> String {
-    let brokers: Vec<i32> = answer.brokers.iter().map(|b| b.node_id.0).collect();
-    let mut out = format!(
-        "node {id}: brokers {brokers:?}, controller {}\n",
-        answer.controller_id.0
-    );
-    for topic in &answer.topics {
-        let name = topic.name.as_ref().map_or("?", |n| n.0.as_str());
-        for p in &topic.partitions {
-            let _ = writeln!(
-                out,
-                "  {name}/{}: error {}, leader {} epoch {}, replicas {:?}, isr {:?}, offline {:?}",
-                p.partition_index,
-                p.error_code,
-                p.leader_id.0,
-                p.leader_epoch,
-                ids(&p.replica_nodes),
-                ids(&p.isr_nodes),
-                ids(&p.offline_replicas),
-            );
-        }
-    }
-    out
-}
-
-fn ids(list: &[kafka_protocol::messages::BrokerId]) -> Vec<i32> {
-    list.iter().map(|id| id.0).collect()
-}
-
-/// Metadata from one node, for `topics` (every topic when `None`), never
-/// creating one.
-fn metadata(bootstrap: &str, topics: Option<&[&str]>) -> Result<MetadataResponse, String> {
-    let mut wire = Wire::connect(bootstrap).map_err(|e| format!("connect to {bootstrap}: {e}"))?;
-    let _ = wire.stream.set_read_timeout(Some(Duration::from_secs(5)));
-    let topics = topics.map(|names| {
-        names
-            .iter()
-            .map(|name| {
-                MetadataRequestTopic::default()
-                    .with_name(Some(TopicName(StrBytes::from_string(name.to_string()))))
-            })
-            .collect()
-    });
-    let request = MetadataRequest::default()
-        .with_topics(topics)
-        .with_allow_auto_topic_creation(false);
-    wire.call(ApiKey::Metadata, METADATA_VERSION, &request)
-        .map_err(|e| format!("Metadata v{METADATA_VERSION} from {bootstrap}: {e}"))
-}
-
-/// A topic's partitions as one node reports them, once it has
-/// `partitions` partitions, each with a leader and no error.
-fn partition_views(
-    bootstrap: &str,
-    topic: &str,
-    partitions: i32,
-) -> Result<Vec<PartitionView>, String> {
-    let answer = metadata(bootstrap, Some(&[topic]))?;
-    let described = answer
-        .topics
-        .iter()
-        .find(|t| t.name.as_ref().map(|n| n.0.as_str()) == Some(topic))
-        .ok_or_else(|| format!("{bootstrap} does not answer for {topic}"))?;
-    if described.error_code != 0 {
-        return Err(format!(
-            "{bootstrap}: {topic} has error {}",
-            described.error_code
-        ));
-    }
-    let mut views: Vec<PartitionView> = described
-        .partitions
-        .iter()
-        .map(|p| PartitionView {
-            partition: p.partition_index,
-            leader: if p.error_code == 0 { p.leader_id.0 } else { -1 },
-            leader_epoch: p.leader_epoch,
-            replicas: ids(&p.replica_nodes),
-            isr: ids(&p.isr_nodes),
-            offline: ids(&p.offline_replicas),
-        })
-        .collect();
-    views.sort_by_key(|view| view.partition);
-    let numbers: Vec<i32> = views.iter().map(|view| view.partition).collect();
-    if numbers != (0..partitions).collect::<Vec<_>>() {
-        return Err(format!("{bootstrap}: {topic} has partitions {numbers:?}"));
-    }
-    match views.iter().find(|view| view.leader < 1) {
-        Some(view) => Err(format!("{bootstrap}: {topic} has no leader: {view:?}")),
-        None => Ok(views),
-    }
-}
-
-/// Runs `sluice ARGS… --bootstrap-server B` and returns its stdout.
-fn sluice(bootstrap: &str, args: &[&str]) -> Vec<u8> {
-    Tool::new(sluice_bin())
-        .args(args)
-        .args(["--bootstrap-server", bootstrap])
-        .timeout(SLUICE_TIMEOUT)
-        .run()
-        .stdout
-}
-
-/// The complete lines a member has written to stdout so far.
-fn complete_lines(text: &str) -> Vec<&str> {
-    text.rfind('\n')
-        .map_or("", |end| &text[..end])
-        .lines()
-        .collect()
-}
 
 // ---------------------------------------------------------------------------
 // Producers through a failover
@@ -702,7 +267,7 @@ fn produce_through_a_failover(
     pick: impl Fn(&Cluster, &[PartitionView]) -> i32,
     spawn: impl Fn(&Cluster, &Path) -> FailoverProducer,
 ) {
-    let mut cluster = Cluster::start();
+    let mut cluster = Cluster::start(short_sessions);
     let before = cluster.create_topic(topic, PARTITIONS);
     let victim = before[pick(&cluster, &before) as usize].leader;
     eprintln!(
@@ -721,7 +286,7 @@ fn produce_through_a_failover(
 
     cluster.kill(victim);
     let killed_at = Instant::now();
-    let after = cluster.wait_for_failover(topic, victim, &before);
+    let after = cluster.wait_for_failover(topic, victim, &before, FAILOVER_WITHIN);
     eprintln!(
         "{topic}: failover seen {:.1?} after the kill: {after:?}",
         killed_at.elapsed()
@@ -745,7 +310,7 @@ fn produce_through_a_failover(
 
     cluster.restart(victim);
     let restarted_at = Instant::now();
-    let rejoined = cluster.wait_for_full_isr(topic, PARTITIONS);
+    let rejoined = cluster.wait_for_full_isr(topic, PARTITIONS, REJOIN_WITHIN);
     eprintln!(
         "{topic}: node {victim} back in every ISR {:.1?} after its restart: {rejoined:?}",
         restarted_at.elapsed()
@@ -763,45 +328,13 @@ fn produce_through_a_failover(
         started.elapsed()
     );
     report.assert_nothing_failed();
-    let consumed = kcat_read_all(&cluster.bootstrap_all(), topic);
+    let consumed = kcat_read_all(&cluster.bootstrap_all(), topic, "read_committed", "%s");
     check_acknowledged_exactly_once(&report, &consumed);
     assert!(
         resumed_after < RESUMED_WITHIN,
         "acknowledgements on every partition resumed {resumed_after:.1?} after the kill, \
          not within {RESUMED_WITHIN:?}"
     );
-}
-
-/// Every record of `topic` read from the beginning to the end of each
-/// partition with kcat: (partition, offset, value).
-fn kcat_read_all(bootstrap: &str, topic: &str) -> Vec<(i32, i64, String)> {
-    let args = [
-        "-C",
-        "-b",
-        bootstrap,
-        "-t",
-        topic,
-        "-o",
-        "beginning",
-        "-e",
-        "-q",
-        "-f",
-        "%p %o %s\n",
-    ];
-    let stdout = String::from_utf8(run_tool_bytes(kcat(), args, KCAT_TIMEOUT))
-        .expect("the records are ASCII");
-    complete_lines(&stdout)
-        .into_iter()
-        .map(|line| {
-            let mut words = line.splitn(3, ' ');
-            let partition = words.next().and_then(|p| p.parse().ok());
-            let offset = words.next().and_then(|o| o.parse().ok());
-            match (partition, offset, words.next()) {
-                (Some(p), Some(o), Some(value)) => (p, o, value.to_string()),
-                _ => panic!("kcat printed {line:?}, not `partition offset value`"),
-            }
-        })
-        .collect()
 }
 
 /// Asserts that the log holds every acknowledged record exactly once, at
@@ -1019,24 +552,6 @@ fn parse_member_report(stdout: &str) -> MemberReport {
     report
 }
 
-/// The coordinator FindCoordinator names for `group`, asked of `bootstrap`;
-/// an error while there is none (or `__consumer_offsets` is being made).
-fn find_coordinator(bootstrap: &str, group: &str) -> Result<i32, String> {
-    use kafka_protocol::messages::{FindCoordinatorRequest, FindCoordinatorResponse};
-    let mut wire = Wire::connect(bootstrap).map_err(|e| format!("connect to {bootstrap}: {e}"))?;
-    let _ = wire.stream.set_read_timeout(Some(Duration::from_secs(5)));
-    let request = FindCoordinatorRequest::default()
-        .with_key(StrBytes::from_string(group.to_string()))
-        .with_key_type(0);
-    let response: FindCoordinatorResponse = wire
-        .call(ApiKey::FindCoordinator, 3, &request)
-        .map_err(|e| format!("FindCoordinator v3 from {bootstrap}: {e}"))?;
-    match response.error_code {
-        0 => Ok(response.node_id.0),
-        code => Err(format!("FindCoordinator for {group} answered error {code}")),
-    }
-}
-
 /// The offsets `group` committed for the topic's partitions, as
 /// OffsetFetch v7 at `bootstrap` answers (-1: none); an error while the
 /// coordinator moves or loads.
@@ -1083,7 +598,7 @@ fn group_away_from_the_controller(cluster: &Cluster, prefix: &str) -> (String, i
         let group = format!("{prefix}-{n}");
         let coordinator =
             cluster.wait_until(SPREAD_WITHIN, &format!("a coordinator for {group}"), |_| {
-                find_coordinator(&bootstrap, &group)
+                find_coordinator(&bootstrap, &group, GROUP_KEY)
             });
         if coordinator != cluster.controller {
             return (group, coordinator);
@@ -1203,7 +718,7 @@ fn wait_for_new_coordinator(
         cluster.wait_until(
             FAILOVER_WITHIN,
             "a new coordinator",
-            |cluster| match find_coordinator(&cluster.bootstrap(survivor), group)? {
+            |cluster| match find_coordinator(&cluster.bootstrap(survivor), group, GROUP_KEY)? {
                 id if id == old => Err(format!("still {id}")),
                 id => Ok(id),
             },
@@ -1223,7 +738,7 @@ fn wait_for_new_coordinator(
 /// commits reach the log ends, as OffsetFetch and `sluice groups describe`
 /// report them after it left.
 fn group_through_a_coordinator_kill(client: &str) {
-    let mut cluster = Cluster::start();
+    let mut cluster = Cluster::start(short_sessions);
     let topic = format!("failover-group-{client}");
     cluster.create_topic(&topic, PARTITIONS);
     let (group, coordinator) = group_away_from_the_controller(&cluster, &topic);
@@ -1326,9 +841,11 @@ fn check_group_read(report: &MemberReport, expected: &BTreeMap<(i32, i64), u64>)
 /// `sluice groups describe GROUP --json` shows the group empty, with
 /// `ends` committed and no lag on every partition.
 fn assert_described_commits(bootstrap: &str, group: &str, topic: &str, ends: &[i64]) {
-    let described: serde_json::Value =
-        serde_json::from_slice(&sluice(bootstrap, &["groups", "describe", group, "--json"]))
-            .expect("`sluice groups describe --json` prints JSON");
+    let described: serde_json::Value = serde_json::from_slice(&sluice_stdout(
+        bootstrap,
+        &["groups", "describe", group, "--json"],
+    ))
+    .expect("`sluice groups describe --json` prints JSON");
     assert_eq!(described["state"], "Empty", "{described}");
     let rows = described["partitions"]
         .as_array()
@@ -1504,7 +1021,7 @@ impl SaramaFailover {
 fn kcat_and_sarama_find_the_new_leader_after_a_kill() {
     const SARAMA_RECORDS: usize = 200;
     const KCAT_RECORDS: usize = 200;
-    let mut cluster = Cluster::start();
+    let mut cluster = Cluster::start(short_sessions);
     let topic = "failover-kcat-sarama";
     let before = cluster.create_topic(topic, PARTITIONS);
     let old = before
@@ -1525,7 +1042,7 @@ fn kcat_and_sarama_find_the_new_leader_after_a_kill() {
     sarama.wait_paused(&cluster);
 
     cluster.kill(victim);
-    let after = cluster.wait_for_failover(topic, victim, &before);
+    let after = cluster.wait_for_failover(topic, victim, &before, FAILOVER_WITHIN);
     let new = &after[partition as usize];
     let listing = kcat_metadata(&via, topic);
     assert!(
@@ -1783,7 +1300,7 @@ fn wait_described(cluster: &Cluster, via: i32, topic: &str, views: &[PartitionVi
 /// restart it is back in every ISR.
 #[test]
 fn sluice_topics_describe_shows_a_killed_broker_leave_and_rejoin_the_isr() {
-    let mut cluster = Cluster::start();
+    let mut cluster = Cluster::start(short_sessions);
     let topic = "failover-describe";
     let before = cluster.create_topic(topic, PARTITIONS);
     let ends: Vec<i64> = (0..PARTITIONS).map(|p| 10 * i64::from(p + 1)).collect();
@@ -1822,7 +1339,7 @@ fn sluice_topics_describe_shows_a_killed_broker_leave_and_rejoin_the_isr() {
     wait_described(&cluster, victim, topic, &before, &ends);
 
     cluster.kill(victim);
-    let after = cluster.wait_for_failover(topic, victim, &before);
+    let after = cluster.wait_for_failover(topic, victim, &before, FAILOVER_WITHIN);
     let survivor = cluster.other_than(&[victim]);
     for (old, new) in before.iter().zip(&after) {
         assert_eq!(new.replicas, old.replicas, "replicas stay: {new:?}");
@@ -1842,7 +1359,7 @@ fn sluice_topics_describe_shows_a_killed_broker_leave_and_rejoin_the_isr() {
     wait_described(&cluster, survivor, topic, &after, &ends);
 
     cluster.restart(victim);
-    let rejoined = cluster.wait_for_full_isr(topic, PARTITIONS);
+    let rejoined = cluster.wait_for_full_isr(topic, PARTITIONS, REJOIN_WITHIN);
     wait_described(&cluster, victim, topic, &rejoined, &ends);
 }
 
@@ -1852,7 +1369,7 @@ fn sluice_topics_describe_shows_a_killed_broker_leave_and_rejoin_the_isr() {
 /// counted; none once the broker is back, with the expansions counted.
 #[test]
 fn metrics_follow_a_killed_broker_out_of_and_back_into_the_isr() {
-    let mut cluster = Cluster::start();
+    let mut cluster = Cluster::start(short_sessions);
     let topic = "failover-metrics";
     let before = cluster.create_topic(topic, PARTITIONS);
     let controller = cluster.controller;
@@ -1883,7 +1400,7 @@ fn metrics_follow_a_killed_broker_out_of_and_back_into_the_isr() {
 
     let victim = cluster.other_than(&[controller]);
     cluster.kill(victim);
-    cluster.wait_for_failover(topic, victim, &before);
+    cluster.wait_for_failover(topic, victim, &before, FAILOVER_WITHIN);
     cluster.wait_until(
         FAILOVER_WITHIN,
         "every partition under-replicated on the survivors, the shrinks counted",
@@ -1901,7 +1418,7 @@ fn metrics_follow_a_killed_broker_out_of_and_back_into_the_isr() {
     );
 
     cluster.restart(victim);
-    cluster.wait_for_full_isr(topic, PARTITIONS);
+    cluster.wait_for_full_isr(topic, PARTITIONS, REJOIN_WITHIN);
     cluster.wait_until(
         REJOIN_WITHIN,
         "no partition under-replicated, the expansions counted",
@@ -1921,12 +1438,12 @@ fn metrics_follow_a_killed_broker_out_of_and_back_into_the_isr() {
 /// `describe` shows them in its OFFLINE column.
 #[test]
 fn metadata_lists_a_killed_brokers_replicas_as_offline() {
-    let mut cluster = Cluster::start();
+    let mut cluster = Cluster::start(short_sessions);
     let topic = "failover-offline";
     let before = cluster.create_topic(topic, PARTITIONS);
     let victim = cluster.other_than(&[cluster.controller]);
     cluster.kill(victim);
-    let after = cluster.wait_for_failover(topic, victim, &before);
+    let after = cluster.wait_for_failover(topic, victim, &before, FAILOVER_WITHIN);
     for view in &after {
         assert_eq!(view.offline, [victim], "partition {view:?}");
     }
@@ -1977,7 +1494,7 @@ fn produce_acks_all(
 /// to a leader that stays up, as soon as the follower is dead.
 #[test]
 fn acks_all_is_answered_once_a_killed_follower_is_fenced() {
-    let mut cluster = Cluster::start();
+    let mut cluster = Cluster::start(short_sessions);
     let topic = "acks-all-follower";
     let before = cluster.create_topic(topic, PARTITIONS);
     let led = before
@@ -1995,7 +1512,7 @@ fn acks_all_is_answered_once_a_killed_follower_is_fenced() {
     let (short, long) = thread::scope(|scope| {
         let short = scope.spawn(|| produce_acks_all(&at_leader, topic, partition, 1_500, b"short"));
         let long = scope.spawn(|| produce_acks_all(&at_leader, topic, partition, 25_000, b"long"));
-        let views = cluster.wait_for_failover(topic, follower, &before);
+        let views = cluster.wait_for_failover(topic, follower, &before, FAILOVER_WITHIN);
         eprintln!(
             "node {follower} out of every ISR {:.1?} after the kill: {views:?}",
             killed_at.elapsed()
@@ -2069,7 +1586,7 @@ fn list_latest(wire: &mut Wire, topic: &str, partition: i32) -> std::io::Result<
 #[test]
 fn list_offsets_on_a_new_leader_never_answers_below_what_was_acknowledged() {
     const RECORDS: usize = 20;
-    let mut cluster = Cluster::start();
+    let mut cluster = Cluster::start(short_sessions);
     let topic = "failover-list-offsets";
     let before = cluster.create_topic(topic, PARTITIONS);
     let led = before

@@ -15,6 +15,15 @@
 //!   transaction, aborting every third on purpose and seeking back; every
 //!   input record is copied exactly once and the group's offsets end at the
 //!   input's end (also checked with `sluice groups describe`);
+//! - consume-transform-produce through kills (confluent-kafka, on one
+//!   node and on three): a worker with a stable transactional id copies
+//!   100,000 records, each transaction one consume batch with the group's
+//!   offsets; its first instance is killed with SIGKILL holding a
+//!   transaction open (which the broker shows open, its offsets not
+//!   visible to the group), the second is killed wherever it is, the third
+//!   runs to the end; read_committed then holds every input exactly once,
+//!   read_uncommitted the held transaction's aborted copies too, and the
+//!   group's offsets are the input's ends;
 //! - fencing (confluent-kafka): a second instance of a transactional id
 //!   makes the first one's commit fail with a fatal _FENCED error; a
 //!   producer killed with SIGKILL mid-transaction holds the last stable
@@ -23,7 +32,7 @@
 //! - timeout: a killed producer's transaction is aborted by the broker once
 //!   its transaction.timeout.ms passed (the sweep runs every 500 ms here),
 //!   and a read_committed consumer waiting behind it gets through;
-//! - on three brokers (as `cluster_failover.rs` starts them), a
+//! - on three brokers (the harness's `Cluster`, with short sessions), a
 //!   transactional producer writes every partition of a topic whose
 //!   partitions are led by all three brokers, so markers travel as
 //!   WriteTxnMarkers, and keeps going while the transaction coordinator,
@@ -37,32 +46,28 @@
 //! waits a fixed time: every wait polls for its event against a bound.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt::Write as _;
 use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
-use kafka_protocol::messages::{
-    ApiKey, FindCoordinatorRequest, FindCoordinatorResponse, MetadataRequest, MetadataResponse,
-    TopicName,
-};
-use kafka_protocol::protocol::StrBytes;
 use serde_json::{json, Value};
 use sluice_core::broker::txns::txn_partition;
+use sluice_tests::cluster::{
+    find_coordinator, metadata, short_sessions, Cluster, PartitionView, NODES, TRANSACTION_KEY,
+};
 use sluice_tests::wire::Wire;
 use sluice_tests::{
-    free_ports, interop_node_modules, interop_script, kcat, node, run_sluice, run_tool_bytes,
-    sluice_bin, venv_python, Broker, BrokerOptions, Member, Tool,
+    complete_lines, interop_node_modules, interop_script, kcat_read_all, node,
+    partition_offset_value, run_sluice, sluice_stdout, venv_python, Broker, BrokerOptions, Member,
+    Tool,
 };
 
 /// Bound on one script, and the script's own deadline in seconds.
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(60);
 const SCRIPT_DEADLINE_SECS: &str = "50";
 
-/// Bound on one `sluice` command and one kcat run.
+/// Bound on one `sluice` command.
 const SLUICE_TIMEOUT: Duration = Duration::from_secs(30);
-const KCAT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Partitions of every topic here.
 const PARTITIONS: i32 = 3;
@@ -260,13 +265,8 @@ fn printed_records(lines: &[String]) -> Vec<Printed> {
         .iter()
         .filter_map(|line| line.strip_prefix("record "))
         .map(|rest| {
-            let mut words = rest.splitn(3, ' ');
-            let partition = words.next().and_then(|p| p.parse().ok());
-            let offset = words.next().and_then(|o| o.parse().ok());
-            match (partition, offset, words.next()) {
-                (Some(p), Some(o), Some(v)) => (p, o, v.to_string()),
-                _ => panic!("the tool printed `record {rest}`"),
-            }
+            partition_offset_value(rest)
+                .unwrap_or_else(|| panic!("the tool printed `record {rest}`"))
         })
         .collect()
 }
@@ -318,21 +318,12 @@ fn wait_for_line(member: &mut Member, line: &str, within: Duration) -> Vec<Strin
         member.fail_if_exited();
         let stdout = member.stdout();
         let lines = complete_lines(&stdout);
-        if lines.iter().any(|l| l == line) {
-            Ok(lines)
+        if lines.contains(&line) {
+            Ok(lines.into_iter().map(str::to_string).collect())
         } else {
             Err(format!("{} lines so far", lines.len()))
         }
     })
-}
-
-/// The complete lines of a text still being written.
-fn complete_lines(text: &str) -> Vec<String> {
-    text.rfind('\n')
-        .map_or("", |end| &text[..end])
-        .lines()
-        .map(str::to_string)
-        .collect()
 }
 
 /// A test's directory for its clients' output, kept (and named) when the
@@ -485,9 +476,11 @@ fn confluent_kafka_copier_copies_each_record_exactly_once_through_aborts() {
 
     // The broker's own view of the group: empty, committed at the input's
     // end, no lag; and nothing open on the output.
-    let described: Value =
-        serde_json::from_slice(&sluice(&broker, &["groups", "describe", group, "--json"]))
-            .expect("`sluice groups describe --json` prints JSON");
+    let described: Value = serde_json::from_slice(&sluice_stdout(
+        &broker.bootstrap(),
+        &["groups", "describe", group, "--json"],
+    ))
+    .expect("`sluice groups describe --json` prints JSON");
     assert_eq!(described["state"], "Empty", "{described}");
     let rows: Vec<&Value> = described["partitions"]
         .as_array()
@@ -511,14 +504,558 @@ fn confluent_kafka_copier_copies_each_record_exactly_once_through_aborts() {
     wait_until_stable(&broker, output);
 }
 
-/// Runs `sluice ARGS… --bootstrap-server B` and returns its stdout.
-fn sluice(broker: &Broker, args: &[&str]) -> Vec<u8> {
-    Tool::new(sluice_bin())
-        .args(args)
-        .args(["--bootstrap-server", &broker.bootstrap()])
-        .timeout(SLUICE_TIMEOUT)
-        .run()
-        .stdout
+// ---------------------------------------------------------------------------
+// Consume-transform-produce through worker kills
+// ---------------------------------------------------------------------------
+
+/// Input records of the worker runs, round robin over [`PARTITIONS`].
+const CTP_RECORDS: usize = 100_000;
+
+/// Most records in one of the worker's transactions (one consume batch).
+const CTP_BATCH: usize = 1_000;
+
+/// The first instance leaves its transaction of this number open (after
+/// as many commits) and is killed while it is.
+const CTP_HOLD_AT: usize = 20;
+
+/// The second instance is killed wherever it is once it has committed
+/// this many transactions.
+const CTP_COMMITS_BEFORE_KILL: usize = 20;
+
+/// Bound on the fill, and its own deadline in seconds.
+const CTP_FILL_TIMEOUT: Duration = Duration::from_secs(120);
+const CTP_FILL_DEADLINE_SECS: &str = "110";
+
+/// Bound on an instance reaching the point it is waited for (the last one:
+/// its exit), and its own deadline in seconds.
+const CTP_INSTANCE_WITHIN: Duration = Duration::from_secs(150);
+const CTP_INSTANCE_DEADLINE_SECS: &str = "140";
+
+/// What one instance of `confluent_ctp_worker.py work` printed.
+#[derive(Debug, Default)]
+struct WorkerReport {
+    /// Each commit: its number, its records and the positions committed.
+    commits: Vec<(usize, usize, BTreeMap<i32, i64>)>,
+    /// The transaction left open: its number, records and positions sent.
+    holding: Option<(usize, usize, BTreeMap<i32, i64>)>,
+    /// The closing line: transactions and records of the instance.
+    done: Option<(usize, usize)>,
+}
+
+fn parse_worker_report(stdout: &str) -> WorkerReport {
+    let bad = |line: &str| -> ! { panic!("the worker printed {line:?}") };
+    let mut report = WorkerReport::default();
+    for line in complete_lines(stdout) {
+        let words: Vec<&str> = line.split(' ').collect();
+        let number = |i: usize| -> usize {
+            words
+                .get(i)
+                .and_then(|word| word.parse().ok())
+                .unwrap_or_else(|| bad(line))
+        };
+        let positions = || -> BTreeMap<i32, i64> {
+            let list = words.get(3).unwrap_or_else(|| bad(line));
+            list.split(',')
+                .map(|pair| {
+                    let (partition, offset) = pair.split_once(':').unwrap_or_else(|| bad(line));
+                    match (partition.parse(), offset.parse()) {
+                        (Ok(p), Ok(o)) => (p, o),
+                        _ => bad(line),
+                    }
+                })
+                .collect()
+        };
+        match words[0] {
+            "commit" => report.commits.push((number(1), number(2), positions())),
+            "holding" => report.holding = Some((number(1), number(2), positions())),
+            "done" => report.done = Some((number(1), number(2))),
+            _ => bad(line),
+        }
+    }
+    report
+}
+
+/// Where the worker runs: its brokers' addresses, the replicas of its
+/// topics, whether its instances are static group members, and how to wait
+/// until no transaction holds a topic back (the high watermarks then).
+struct CtpTarget<'a> {
+    bootstrap: String,
+    replication: i32,
+    static_member: bool,
+    wait_until_stable: &'a dyn Fn(&str) -> Vec<i64>,
+}
+
+/// `confluent_ctp_worker.py STEP --bootstrap B --input I --output O ARGS…`.
+fn ctp_args(
+    step: &str,
+    target: &CtpTarget,
+    input: &str,
+    output: &str,
+    args: &[&str],
+) -> Vec<String> {
+    let mut all = vec![
+        interop_script("transactions/confluent_ctp_worker.py")
+            .display()
+            .to_string(),
+        step.to_string(),
+        "--bootstrap".into(),
+        target.bootstrap.clone(),
+        "--input".into(),
+        input.to_string(),
+        "--output".into(),
+        output.to_string(),
+        "--partitions".into(),
+        PARTITIONS.to_string(),
+    ];
+    all.extend(args.iter().map(|arg| arg.to_string()));
+    all
+}
+
+/// Polls an instance's report until `ready` accepts it; panics if the
+/// instance exits first or the bound passes.
+fn wait_for_report(
+    worker: &mut Member,
+    what: &str,
+    ready: impl Fn(&WorkerReport) -> bool,
+) -> WorkerReport {
+    wait_until(CTP_INSTANCE_WITHIN, what, || {
+        worker.fail_if_exited();
+        let report = parse_worker_report(&worker.stdout());
+        if ready(&report) {
+            Ok(report)
+        } else {
+            Err(format!("{} commits so far", report.commits.len()))
+        }
+    })
+}
+
+/// The group's committed offsets on `topic`, by partition, as `sluice
+/// groups describe --json` shows them (partitions without one left out),
+/// and the lag of each.
+fn described_offsets(bootstrap: &str, group: &str, topic: &str) -> BTreeMap<i32, (i64, i64)> {
+    let described: Value = serde_json::from_slice(&sluice_stdout(
+        bootstrap,
+        &["groups", "describe", group, "--json"],
+    ))
+    .expect("`sluice groups describe --json` prints JSON");
+    described["partitions"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no partitions array: {described}"))
+        .iter()
+        .filter(|row| row["topic"] == topic)
+        .filter_map(|row| {
+            let partition = row["partition"].as_i64()? as i32;
+            let committed = row["committed_offset"].as_i64().filter(|&o| o >= 0)?;
+            Some((partition, (committed, row["lag"].as_i64().unwrap_or(-1))))
+        })
+        .collect()
+}
+
+/// The input record `(partition, offset)` a copy names, checked to sit in
+/// the partition of its input and to carry that input's value.
+fn copied_input(isolation: &str, (partition, offset, value): &Printed) -> (i32, i64) {
+    let parsed = value.strip_prefix("copy ").and_then(|rest| {
+        let (position, input) = rest.split_once(' ')?;
+        let (p, o) = position.split_once('/')?;
+        let (p, o): (i32, i64) = (p.parse().ok()?, o.parse().ok()?);
+        let (input_p, input_o) = input.strip_prefix("in-")?.split_once('-')?;
+        let same = input_p.parse() == Ok(p) && input_o.parse() == Ok(o);
+        same.then_some((p, o))
+    });
+    match parsed {
+        Some((p, o)) if p == *partition => (p, o),
+        _ => panic!(
+            "{isolation}: output {partition}/{offset} holds {value:?}, not the copy of an input \
+             record of partition {partition}"
+        ),
+    }
+}
+
+/// How many copies of each input record `records` hold.
+fn copies_by_input(isolation: &str, records: &[Printed]) -> BTreeMap<(i32, i64), usize> {
+    let mut copies = BTreeMap::new();
+    for record in records {
+        *copies.entry(copied_input(isolation, record)).or_default() += 1;
+    }
+    copies
+}
+
+/// The transaction the first instance held open when it was killed: its
+/// records and the positions it sent, and the positions committed before.
+struct Held {
+    records: usize,
+    positions: BTreeMap<i32, i64>,
+    committed_before: BTreeMap<i32, i64>,
+}
+
+impl Held {
+    /// The input records it copied, by partition and offset.
+    fn inputs(&self) -> Vec<(i32, i64)> {
+        self.positions
+            .iter()
+            .flat_map(|(&p, &end)| {
+                let start = self.committed_before.get(&p).copied().unwrap_or(0);
+                (start..end).map(move |o| (p, o))
+            })
+            .collect()
+    }
+}
+
+/// One run of the worker over an input topic: three instances of one
+/// transactional id and group, their output kept in a work directory.
+struct CtpRun<'a> {
+    target: &'a CtpTarget<'a>,
+    name: &'a str,
+    input: String,
+    output: String,
+    group: String,
+    transactional_id: String,
+    work: WorkDir,
+}
+
+impl CtpRun<'_> {
+    /// Creates the topics and fills the input; its ends.
+    fn fill(&self) -> BTreeMap<i32, i64> {
+        let args = [
+            "--replication",
+            &self.target.replication.to_string(),
+            "--records",
+            &CTP_RECORDS.to_string(),
+            "--timeout",
+            CTP_FILL_DEADLINE_SECS,
+        ];
+        let fill = Tool::new(venv_python())
+            .args(ctp_args(
+                "fill",
+                self.target,
+                &self.input,
+                &self.output,
+                &args,
+            ))
+            .timeout(CTP_FILL_TIMEOUT)
+            .run();
+        let filled = String::from_utf8(fill.stdout).expect("the fill prints UTF-8");
+        let ends: BTreeMap<i32, i64> = complete_lines(&filled)
+            .iter()
+            .map(|line| match line.split(' ').collect::<Vec<_>>()[..] {
+                ["filled", p, end] => (
+                    p.parse().expect("a partition"),
+                    end.parse().expect("an end"),
+                ),
+                _ => panic!("the fill printed {line:?}"),
+            })
+            .collect();
+        let (records, partitions) = (CTP_RECORDS as i64, i64::from(PARTITIONS));
+        let wanted: BTreeMap<i32, i64> = (0..PARTITIONS)
+            .map(|p| {
+                let first = i64::from(p) < records % partitions;
+                (p, records / partitions + i64::from(first))
+            })
+            .collect();
+        assert_eq!(ends, wanted, "the input's ends after the fill");
+        eprintln!(
+            "{}: {CTP_RECORDS} input records in {:.1?}",
+            self.name, fill.elapsed
+        );
+        ends
+    }
+
+    fn spawn(&self, instance: usize, hold_at: Option<usize>) -> Member {
+        let batch = CTP_BATCH.to_string();
+        let hold_at = hold_at.map(|n| n.to_string());
+        let mut args = vec![
+            "--group",
+            &self.group,
+            "--transactional-id",
+            &self.transactional_id,
+            "--batch",
+            &batch,
+            "--timeout",
+            CTP_INSTANCE_DEADLINE_SECS,
+        ];
+        if self.target.static_member {
+            args.push("--static-member");
+        }
+        if let Some(n) = &hold_at {
+            args.extend(["--hold-at", n]);
+        }
+        Member::spawn(
+            venv_python(),
+            &ctp_args("work", self.target, &self.input, &self.output, &args),
+            self.work.path(),
+            &format!("worker-{instance}"),
+        )
+    }
+
+    /// The first instance, killed while it holds a transaction open: the
+    /// broker shows it open on the partitions it wrote, and the group the
+    /// offsets of the last commit. The held transaction, and the records
+    /// the instance committed.
+    fn first_instance(&self) -> (Held, usize) {
+        let mut first = self.spawn(1, Some(CTP_HOLD_AT));
+        let report = wait_for_report(
+            &mut first,
+            "the first instance holding a transaction",
+            |r| r.holding.is_some(),
+        );
+        let (number, records, positions) = report.holding.clone().expect("waited for");
+        let numbers: Vec<usize> = report.commits.iter().map(|(n, _, _)| *n).collect();
+        assert_eq!(
+            (numbers, number),
+            ((0..CTP_HOLD_AT).collect(), CTP_HOLD_AT),
+            "the first instance commits transactions 0 to {} and holds the next",
+            CTP_HOLD_AT - 1
+        );
+        let committed_before = report.commits.last().expect("commits").2.clone();
+        let held = Held {
+            records,
+            positions,
+            committed_before,
+        };
+        let described = transactions_describe(&self.target.bootstrap, &self.transactional_id);
+        assert_eq!(described["state"], "Ongoing", "{described}");
+        let open: BTreeSet<i32> = described["partitions"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no partitions: {described}"))
+            .iter()
+            .filter(|tp| tp["topic"] == self.output.as_str())
+            .filter_map(|tp| tp["partition"].as_i64().map(|p| p as i32))
+            .collect();
+        let written: BTreeSet<i32> = held.inputs().iter().map(|(p, _)| *p).collect();
+        assert_eq!(
+            open, written,
+            "the open transaction's output partitions, wanted those of its inputs: {described}"
+        );
+        let visible: BTreeMap<i32, i64> = self
+            .described_offsets()
+            .into_iter()
+            .map(|(p, (offset, _))| (p, offset))
+            .collect();
+        assert_eq!(
+            visible, held.committed_before,
+            "while a transaction with offsets {:?} is open, the group shows the last commit's",
+            held.positions
+        );
+        first.kill();
+        eprintln!(
+            "{}: killed the first instance after {} commits, holding {} copies",
+            self.name,
+            report.commits.len(),
+            held.records
+        );
+        (held, committed_records(&report))
+    }
+
+    /// The second instance, killed wherever it is once it has committed
+    /// some; it must have started where the first one's last commit left
+    /// the group. The records it reported committed.
+    fn second_instance(&self, held: &Held) -> usize {
+        let mut second = self.spawn(2, None);
+        wait_for_report(&mut second, "commits of the second instance", |r| {
+            r.commits.len() >= CTP_COMMITS_BEFORE_KILL
+        });
+        second.kill();
+        let at_kill = transactions_describe(&self.target.bootstrap, &self.transactional_id);
+        let report = parse_worker_report(&second.stdout());
+        eprintln!(
+            "{}: killed the second instance after {} commits; its transaction then: {}",
+            self.name,
+            report.commits.len(),
+            at_kill["state"]
+        );
+        for (partition, resumed) in &report.commits[0].2 {
+            let before = held.committed_before.get(partition).copied().unwrap_or(0);
+            assert!(
+                *resumed > before,
+                "the second instance's first commit moved {partition} to {resumed}, not past \
+                 {before}"
+            );
+        }
+        committed_records(&report)
+    }
+
+    /// The third instance, run to its end. The records it committed.
+    fn third_instance(&self) -> usize {
+        let mut third = self.spawn(3, None);
+        let status = third.wait(CTP_INSTANCE_WITHIN);
+        assert!(
+            status.success(),
+            "the third instance exited with {status}; its stderr:\n{}",
+            third.stderr()
+        );
+        let report = parse_worker_report(&third.stdout());
+        let (transactions, records) = report.done.unwrap_or_else(|| {
+            panic!(
+                "the third instance ended without its closing line:\n{}",
+                third.stderr()
+            )
+        });
+        assert_eq!(records, committed_records(&report), "{report:?}");
+        eprintln!(
+            "{}: the third instance copied {records} records in {transactions} transactions",
+            self.name
+        );
+        records
+    }
+
+    /// The group's committed offsets and lags on the input.
+    fn described_offsets(&self) -> BTreeMap<i32, (i64, i64)> {
+        described_offsets(&self.target.bootstrap, &self.group, &self.input)
+    }
+
+    /// The output read back at both isolation levels: every input copied
+    /// exactly once at read_committed; the held transaction's copies there
+    /// at read_uncommitted too, beside their committed ones (they were
+    /// acknowledged before the kill). The record counts.
+    fn check_output(&self, ends: &BTreeMap<i32, i64>, held: &Held) -> (usize, usize) {
+        (self.target.wait_until_stable)(&self.output);
+        let committed = kcat_read_all(&self.target.bootstrap, &self.output, "read_committed", "%s");
+        let uncommitted = kcat_read_all(
+            &self.target.bootstrap,
+            &self.output,
+            "read_uncommitted",
+            "%s",
+        );
+        let copies = copies_by_input("read_committed", &committed);
+        let twice: Vec<_> = copies.iter().filter(|(_, n)| **n > 1).take(5).collect();
+        assert!(
+            twice.is_empty(),
+            "read_committed: inputs copied more than once: {twice:?}"
+        );
+        let missing: Vec<(i32, i64)> = ends
+            .iter()
+            .flat_map(|(&p, &end)| (0..end).map(move |o| (p, o)))
+            .filter(|input| !copies.contains_key(input))
+            .collect();
+        assert!(
+            missing.is_empty() && copies.len() == CTP_RECORDS,
+            "read_committed: {} copies, {} inputs never copied (first {:?})",
+            copies.len(),
+            missing.len(),
+            &missing[..missing.len().min(5)]
+        );
+        let written = copies_by_input("read_uncommitted", &uncommitted);
+        let inputs = held.inputs();
+        assert_eq!(inputs.len(), held.records, "the held transaction's inputs");
+        let once: Vec<&(i32, i64)> = inputs
+            .iter()
+            .filter(|input| written.get(input).copied().unwrap_or(0) < 2)
+            .take(5)
+            .collect();
+        assert!(
+            once.is_empty(),
+            "read_uncommitted: inputs of the killed open transaction not copied twice: {once:?}"
+        );
+        assert!(
+            uncommitted.len() >= committed.len() + held.records,
+            "read_uncommitted shows {} records, read_committed {}, and {} were aborted",
+            uncommitted.len(),
+            committed.len(),
+            held.records
+        );
+        (committed.len(), uncommitted.len())
+    }
+}
+
+/// The records of an instance's reported commits.
+fn committed_records(report: &WorkerReport) -> usize {
+    report.commits.iter().map(|(_, records, _)| records).sum()
+}
+
+/// Fills an input topic, then runs a consume-transform-produce worker over
+/// it in three instances of one transactional id and group: the first is
+/// killed (SIGKILL) with a transaction open, its copies acknowledged and
+/// its offsets sent; the second is killed wherever it is once it has
+/// committed some; the third runs to the end. Every input record must then
+/// be copied exactly once at read_committed, the aborted copies of the
+/// first kill must be in the log at read_uncommitted, and the group's
+/// offsets must be the input's ends.
+fn copy_through_worker_kills(target: &CtpTarget, name: &str) {
+    let started = Instant::now();
+    let run = CtpRun {
+        target,
+        name,
+        input: format!("{name}-input"),
+        output: format!("{name}-output"),
+        group: format!("{name}-group"),
+        transactional_id: format!("{name}-worker"),
+        work: WorkDir::new(),
+    };
+    let ends = run.fill();
+    let (held, first) = run.first_instance();
+    let second = run.second_instance(&held);
+    let third = run.third_instance();
+    // A kill can come between a commit and its line: one transaction at
+    // most is committed unreported.
+    let reported = first + second + third;
+    assert!(
+        reported <= CTP_RECORDS && reported + CTP_BATCH >= CTP_RECORDS,
+        "the instances reported commits of {reported} records of {CTP_RECORDS}"
+    );
+    let (committed, uncommitted) = run.check_output(&ends, &held);
+    let caught_up: BTreeMap<i32, (i64, i64)> =
+        ends.iter().map(|(&p, &end)| (p, (end, 0))).collect();
+    assert_eq!(
+        run.described_offsets(),
+        caught_up,
+        "the group's committed offsets and lags, wanted the input's ends"
+    );
+    eprintln!(
+        "{name}: read_committed {committed} copies, each input once; read_uncommitted \
+         {uncommitted} ({} aborted, {} of them held open at the first kill); committed offsets \
+         {ends:?}; {:.1?} in all",
+        uncommitted - committed,
+        held.records,
+        started.elapsed()
+    );
+}
+
+/// `sluice transactions describe --transactional-id ID --json`.
+fn transactions_describe(bootstrap: &str, transactional_id: &str) -> Value {
+    let stdout = sluice_stdout(
+        bootstrap,
+        &[
+            "transactions",
+            "describe",
+            "--transactional-id",
+            transactional_id,
+            "--json",
+        ],
+    );
+    serde_json::from_slice(&stdout).expect("`sluice transactions describe --json` prints JSON")
+}
+
+#[test]
+fn confluent_kafka_worker_copies_100k_records_exactly_once_through_kills() {
+    let broker = txn_broker(BrokerOptions::default());
+    let wait_until_stable = |topic: &str| wait_until_stable(&broker, topic);
+    copy_through_worker_kills(
+        &CtpTarget {
+            bootstrap: broker.bootstrap(),
+            replication: 1,
+            static_member: false,
+            wait_until_stable: &wait_until_stable,
+        },
+        "ctp",
+    );
+}
+
+/// The same on three brokers: topics with three replicas led by all of
+/// them, markers sent as WriteTxnMarkers, the worker a static group
+/// member whose restart takes the killed instance's place at once.
+#[test]
+fn confluent_kafka_worker_copies_100k_records_exactly_once_through_kills_on_three_brokers() {
+    let cluster = Cluster::start(|options| options);
+    let wait_until_stable = |topic: &str| wait_until_stable_on(&cluster, topic, PARTITIONS);
+    copy_through_worker_kills(
+        &CtpTarget {
+            bootstrap: cluster.bootstrap_all(),
+            replication: NODES as i32,
+            static_member: true,
+            wait_until_stable: &wait_until_stable,
+        },
+        "ctp-cluster",
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -800,17 +1337,6 @@ fn confluent_kafka_transaction_of_a_killed_producer_is_aborted_at_its_timeout() 
 // Three brokers
 // ---------------------------------------------------------------------------
 
-/// Nodes of the cluster, ids `1..=NODES`, every one a voter and a broker.
-const NODES: usize = 3;
-
-/// A broker not heard from for this long is fenced and its leaderships move.
-const SESSION_TIMEOUT_MS: i64 = 3_000;
-const HEARTBEAT_INTERVAL_MS: i64 = 500;
-
-/// From the last start to every node listing all three brokers and naming
-/// one controller.
-const FORMED_WITHIN: Duration = Duration::from_secs(20);
-
 /// From a topic's creation to every node reporting its partitions led with
 /// a full ISR.
 const SPREAD_WITHIN: Duration = Duration::from_secs(15);
@@ -833,369 +1359,85 @@ const STDERR_TAIL_BYTES: usize = 4000;
 /// Transactions the producer is to commit before the kill, and again after.
 const COMMITS_PER_STEP: usize = 5;
 
-/// Metadata v12: brokers, controller, leaders with epochs and ISRs.
-const METADATA_VERSION: i16 = 12;
-
 /// The transaction log, whose partition leaders coordinate transactions.
 const TXN_STATE_TOPIC: &str = "__transaction_state";
 
-/// One partition as a broker's Metadata describes it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct PartitionView {
-    partition: i32,
-    leader: i32,
-    isr: BTreeSet<i32>,
-}
-
-/// Three `sluice serve` processes sharing `controller.quorum.voters`, with
-/// short broker sessions. Dropped while its test panics, it prints what
-/// each running node's Metadata says.
-struct Cluster {
-    nodes: Vec<Broker>,
-    controller: i32,
-}
-
-impl Cluster {
-    fn start() -> Cluster {
-        let ports = free_ports(NODES);
-        let voters = (0..NODES)
-            .map(|i| format!("{}@127.0.0.1:{}", i + 1, ports[i]))
-            .collect::<Vec<_>>()
-            .join(",");
-        let nodes = (0..NODES)
-            .map(|i| {
-                let options = BrokerOptions::default()
-                    .config("node.id", (i + 1) as i64)
-                    .config("controller.quorum.voters", voters.as_str())
-                    .config("broker.session.timeout.ms", SESSION_TIMEOUT_MS)
-                    .config("broker.heartbeat.interval.ms", HEARTBEAT_INTERVAL_MS)
-                    .config("group.initial.rebalance.delay.ms", 0);
-                Broker::start_on(ports[i], options)
-            })
-            .collect();
-        let mut cluster = Cluster {
-            nodes,
-            controller: 0,
-        };
-        let started = Instant::now();
-        cluster.controller = cluster.wait_until(
-            FORMED_WITHIN,
-            "every node listing all three brokers and naming one controller",
-            Cluster::agreed_controller,
-        );
-        eprintln!(
-            "cluster formed {:.1?} after the last start; controller {}",
-            started.elapsed(),
-            cluster.controller
-        );
-        cluster
-    }
-
-    fn agreed_controller(&self) -> Result<i32, String> {
-        let mut named = BTreeSet::new();
-        for id in self.running() {
-            let answer = metadata(&self.bootstrap(id), Some(&[]))?;
-            let listed: BTreeSet<i32> = answer.brokers.iter().map(|b| b.node_id.0).collect();
-            if listed.len() != NODES {
-                return Err(format!("node {id} lists brokers {listed:?}"));
-            }
-            named.insert(answer.controller_id.0);
-        }
-        match named.len() {
-            1 => Ok(*named.first().expect("one controller")),
-            _ => Err(format!("the nodes name controllers {named:?}")),
-        }
-    }
-
-    fn ids(&self) -> impl Iterator<Item = i32> {
-        1..=NODES as i32
-    }
-
-    fn node(&self, id: i32) -> &Broker {
-        &self.nodes[usize::try_from(id - 1).expect("node ids start at 1")]
-    }
-
-    fn bootstrap(&self, id: i32) -> String {
-        self.node(id).bootstrap()
-    }
-
-    /// Every node's address, dead or alive, as a client is configured.
-    fn bootstrap_all(&self) -> String {
-        self.ids()
-            .map(|id| self.bootstrap(id))
-            .collect::<Vec<_>>()
-            .join(",")
-    }
-
-    fn running(&self) -> Vec<i32> {
-        self.ids()
-            .filter(|&id| self.node(id).pid().is_some())
-            .collect()
-    }
-
-    fn kill(&mut self, id: i32) {
-        self.nodes[usize::try_from(id - 1).expect("node ids start at 1")].kill9();
-        eprintln!("killed node {id} with SIGKILL");
-    }
-
-    fn wait_until<T>(
-        &self,
-        within: Duration,
-        what: &str,
-        mut probe: impl FnMut(&Cluster) -> Result<T, String>,
-    ) -> T {
-        let started = Instant::now();
-        loop {
-            let last = match probe(self) {
-                Ok(value) => return value,
-                Err(last) => last,
-            };
-            assert!(
-                started.elapsed() < within,
-                "{what}: not within {within:?}; last poll: {last}\n{}",
-                self.state()
-            );
-            thread::sleep(POLL_INTERVAL);
-        }
-    }
-
-    /// Creates a topic with three replicas and `min.insync.replicas=2` and
-    /// waits until every node reports each partition led with a full ISR.
-    fn create_topic(&self, topic: &str) -> Vec<PartitionView> {
-        let run = run_sluice(
-            &[
-                "topics",
-                "create",
-                topic,
-                "--partitions",
-                &PARTITIONS.to_string(),
-                "--replication-factor",
-                "3",
-                "--config",
-                "min.insync.replicas=2",
-                "--bootstrap-server",
-                &self.bootstrap_all(),
-            ],
-            None,
-            SLUICE_TIMEOUT,
-        );
-        assert!(
-            run.status.success(),
-            "`{}`: {}",
-            run.command_line,
-            String::from_utf8_lossy(&run.stderr)
-        );
-        let everyone: BTreeSet<i32> = self.ids().collect();
-        self.wait_until(
-            SPREAD_WITHIN,
-            &format!("every node serving {topic} with full ISRs"),
-            |cluster| {
-                let views = cluster.partitions(topic)?;
-                match views.iter().find(|view| view.isr != everyone) {
-                    Some(view) => Err(format!("{view:?} has not a full ISR")),
-                    None => Ok(views),
-                }
-            },
-        )
-    }
-
-    /// The topic's partitions, each led by a running node, as every running
-    /// node reports them.
-    fn partitions(&self, topic: &str) -> Result<Vec<PartitionView>, String> {
-        let running = self.running();
-        let mut seen: Option<Vec<PartitionView>> = None;
-        for &id in &running {
-            let views = partition_views(&self.bootstrap(id), topic)?;
-            if let Some(view) = views.iter().find(|v| !running.contains(&v.leader)) {
-                return Err(format!("node {id} reports {view:?}, led by a dead node"));
-            }
-            match &seen {
-                Some(earlier) if *earlier != views => {
-                    return Err(format!("nodes disagree: {earlier:?} and {views:?}"))
-                }
-                Some(_) => {}
-                None => seen = Some(views),
-            }
-        }
-        seen.ok_or_else(|| "no node is running".to_string())
-    }
-
-    /// The coordinator of a transactional id as node `id` names it
-    /// (FindCoordinator key_type 1, which creates the transaction log on
-    /// first use).
-    fn txn_coordinator_at(&self, id: i32, transactional_id: &str) -> Result<i32, String> {
-        let mut wire = Wire::connect(&self.bootstrap(id)).map_err(|e| e.to_string())?;
-        let _ = wire.stream.set_read_timeout(Some(Duration::from_secs(5)));
-        let request = FindCoordinatorRequest::default()
-            .with_key(StrBytes::from_string(transactional_id.to_string()))
-            .with_key_type(1);
-        let response: FindCoordinatorResponse = wire
-            .call(ApiKey::FindCoordinator, 3, &request)
-            .map_err(|e| format!("FindCoordinator v3 at node {id}: {e}"))?;
-        match response.error_code {
-            0 => Ok(response.node_id.0),
-            code => Err(format!("node {id}: FindCoordinator error {code}")),
-        }
-    }
-
-    /// The coordinator of a transactional id as every running node names it
-    /// (FindCoordinator key_type 1), once that is a running node.
-    fn txn_coordinator(&self, transactional_id: &str) -> Result<i32, String> {
-        let running = self.running();
-        let mut named = BTreeSet::new();
-        for &id in &running {
-            named.insert(self.txn_coordinator_at(id, transactional_id)?);
-        }
-        match named.len() {
-            1 => {
-                let coordinator = *named.first().expect("one coordinator");
-                if running.contains(&coordinator) {
-                    Ok(coordinator)
-                } else {
-                    Err(format!(
-                        "the coordinator is node {coordinator}, which is dead"
-                    ))
-                }
-            }
-            _ => Err(format!("the nodes name coordinators {named:?}")),
-        }
-    }
-
-    /// Waits until no transaction holds a partition of the topic back: at
-    /// each partition's leader, the last stable offset is the high
-    /// watermark.
-    fn wait_until_stable(&self, topic: &str) -> Vec<i64> {
-        self.wait_until(MARKERS_WITHIN, &format!("{topic} stable"), |cluster| {
-            let views = cluster.partitions(topic)?;
-            let mut high = Vec::new();
-            for view in &views {
-                let bootstrap = cluster.bootstrap(view.leader);
-                let mut wire = Wire::connect(&bootstrap).map_err(|e| e.to_string())?;
-                let mut ends = Vec::new();
-                for isolation in [READ_UNCOMMITTED, READ_COMMITTED] {
-                    let answer = wire
-                        .end_offsets(topic, &[view.partition], isolation)
-                        .map_err(|e| e.to_string())?;
-                    match answer[0] {
-                        (0, offset) => ends.push(offset),
-                        (error, _) => {
-                            return Err(format!(
-                                "{topic}/{}: ListOffsets error {error}",
-                                view.partition
-                            ))
-                        }
-                    }
-                }
-                if ends[0] != ends[1] {
-                    return Err(format!(
-                        "{topic}/{}: high watermark {}, last stable offset {}",
-                        view.partition, ends[0], ends[1]
-                    ));
-                }
-                high.push(ends[0]);
-            }
-            Ok(high)
-        })
-    }
-
-    /// What every running node's Metadata says, for failure messages.
-    fn state(&self) -> String {
-        let mut out = String::from("---- the cluster as each running node describes it ----\n");
-        for id in self.ids() {
-            if self.node(id).pid().is_none() {
-                let _ = writeln!(out, "node {id}: not running");
-                continue;
-            }
-            match metadata(&self.bootstrap(id), None) {
-                Ok(answer) => {
-                    let _ = writeln!(out, "node {id}: controller {}", answer.controller_id.0);
-                    for topic in &answer.topics {
-                        let name = topic.name.as_ref().map_or("?", |n| n.0.as_str());
-                        if name == "__consumer_offsets" {
-                            continue;
-                        }
-                        for p in &topic.partitions {
-                            let isr: Vec<i32> = p.isr_nodes.iter().map(|b| b.0).collect();
-                            let _ = writeln!(
-                                out,
-                                "  {name}/{}: error {}, leader {} epoch {}, isr {isr:?}",
-                                p.partition_index, p.error_code, p.leader_id.0, p.leader_epoch
-                            );
-                        }
-                    }
-                }
-                Err(error) => {
-                    let _ = writeln!(out, "node {id}: {error}");
-                }
-            }
-        }
-        out.push_str("---- end of the cluster's state ----");
-        out
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        if thread::panicking() {
-            eprintln!("{}", self.state());
-        }
-    }
-}
-
-/// Metadata from one node, for `topics` (every topic when `None`), never
-/// creating one.
-fn metadata(bootstrap: &str, topics: Option<&[&str]>) -> Result<MetadataResponse, String> {
-    let mut wire = Wire::connect(bootstrap).map_err(|e| format!("connect to {bootstrap}: {e}"))?;
-    let _ = wire.stream.set_read_timeout(Some(Duration::from_secs(5)));
-    let topics = topics.map(|names| {
-        names
-            .iter()
-            .map(|name| {
-                MetadataRequestTopic::default()
-                    .with_name(Some(TopicName(StrBytes::from_string(name.to_string()))))
-            })
-            .collect()
-    });
-    let request = MetadataRequest::default()
-        .with_topics(topics)
-        .with_allow_auto_topic_creation(false);
-    wire.call(ApiKey::Metadata, METADATA_VERSION, &request)
-        .map_err(|e| format!("Metadata v{METADATA_VERSION} from {bootstrap}: {e}"))
-}
-
-/// A topic's partitions as one node reports them, once it has all, each
-/// with a leader and no error.
-fn partition_views(bootstrap: &str, topic: &str) -> Result<Vec<PartitionView>, String> {
-    let answer = metadata(bootstrap, Some(&[topic]))?;
-    let described = answer
-        .topics
-        .iter()
-        .find(|t| t.name.as_ref().map(|n| n.0.as_str()) == Some(topic))
-        .ok_or_else(|| format!("{bootstrap} does not answer for {topic}"))?;
-    if described.error_code != 0 {
-        return Err(format!(
-            "{bootstrap}: {topic} has error {}",
-            described.error_code
-        ));
-    }
-    let mut views: Vec<PartitionView> = described
-        .partitions
-        .iter()
-        .map(|p| PartitionView {
-            partition: p.partition_index,
-            leader: if p.error_code == 0 { p.leader_id.0 } else { -1 },
-            isr: p.isr_nodes.iter().map(|b| b.0).collect(),
-        })
-        .collect();
-    views.sort_by_key(|view| view.partition);
-    let numbers: Vec<i32> = views.iter().map(|view| view.partition).collect();
-    if numbers != all_partitions() {
-        return Err(format!("{bootstrap}: {topic} has partitions {numbers:?}"));
-    }
-    match views.iter().find(|view| view.leader < 1) {
-        Some(view) => Err(format!("{bootstrap}: {topic} has no leader: {view:?}")),
+/// The topic's partitions as every running node reports them, once each
+/// is led by a running node.
+fn led_by_running(cluster: &Cluster, topic: &str) -> Result<Vec<PartitionView>, String> {
+    let running = cluster.running();
+    let views = cluster.partitions(topic, PARTITIONS)?;
+    match views.iter().find(|view| !running.contains(&view.leader)) {
+        Some(view) => Err(format!("{view:?} is led by a dead node")),
         None => Ok(views),
     }
+}
+
+/// The coordinator of a transactional id as node `id` names it
+/// (FindCoordinator key type 1, which creates the transaction log on
+/// first use).
+fn txn_coordinator_at(cluster: &Cluster, id: i32, transactional_id: &str) -> Result<i32, String> {
+    find_coordinator(&cluster.bootstrap(id), transactional_id, TRANSACTION_KEY)
+}
+
+/// The coordinator of a transactional id as every running node names it,
+/// once that is a running node.
+fn txn_coordinator(cluster: &Cluster, transactional_id: &str) -> Result<i32, String> {
+    let running = cluster.running();
+    let mut named = BTreeSet::new();
+    for &id in &running {
+        named.insert(txn_coordinator_at(cluster, id, transactional_id)?);
+    }
+    match named.len() {
+        1 => {
+            let coordinator = *named.first().expect("one coordinator");
+            if running.contains(&coordinator) {
+                Ok(coordinator)
+            } else {
+                Err(format!(
+                    "the coordinator is node {coordinator}, which is dead"
+                ))
+            }
+        }
+        _ => Err(format!("the nodes name coordinators {named:?}")),
+    }
+}
+
+/// Waits until no transaction holds a partition of the topic back: at
+/// each partition's leader, the last stable offset is the high watermark.
+/// The high watermarks then.
+fn wait_until_stable_on(cluster: &Cluster, topic: &str, partitions: i32) -> Vec<i64> {
+    cluster.wait_until(MARKERS_WITHIN, &format!("{topic} stable"), |cluster| {
+        let views = cluster.partitions(topic, partitions)?;
+        let mut high = Vec::new();
+        for view in &views {
+            let bootstrap = cluster.bootstrap(view.leader);
+            let mut wire = Wire::connect(&bootstrap).map_err(|e| e.to_string())?;
+            let mut ends = Vec::new();
+            for isolation in [READ_UNCOMMITTED, READ_COMMITTED] {
+                let answer = wire
+                    .end_offsets(topic, &[view.partition], isolation)
+                    .map_err(|e| e.to_string())?;
+                match answer[0] {
+                    (0, offset) => ends.push(offset),
+                    (error, _) => {
+                        return Err(format!(
+                            "{topic}/{}: ListOffsets error {error}",
+                            view.partition
+                        ))
+                    }
+                }
+            }
+            if ends[0] != ends[1] {
+                return Err(format!(
+                    "{topic}/{}: high watermark {}, last stable offset {}",
+                    view.partition, ends[0], ends[1]
+                ));
+            }
+            high.push(ends[0]);
+        }
+        Ok(high)
+    })
 }
 
 /// What the `loop` step reported.
@@ -1227,47 +1469,11 @@ fn parse_loop_report(stdout: &str) -> LoopReport {
             ("abort", Some(n), Some(error)) => report.aborted_after_error.push((n, error)),
             ("unknown", Some(n), Some(error)) => report.unknown.push((n, error)),
             ("instance", Some(_), None) => report.instances += 1,
-            ("done", _, _) => report.done = Some(line.clone()),
+            ("done", _, _) => report.done = Some(line.to_string()),
             _ => panic!("the loop printed {line:?}"),
         }
     }
     report
-}
-
-/// Every record of the topic with kcat at an isolation level, from the
-/// beginning to each partition's end (the last stable offset at
-/// read_committed): (partition, offset, value).
-fn kcat_read_all(bootstrap: &str, topic: &str, isolation: &str) -> Vec<Printed> {
-    let isolation = format!("isolation.level={isolation}");
-    let args = [
-        "-C",
-        "-b",
-        bootstrap,
-        "-t",
-        topic,
-        "-o",
-        "beginning",
-        "-e",
-        "-q",
-        "-X",
-        &isolation,
-        "-f",
-        "%p %o %s\n",
-    ];
-    let stdout =
-        String::from_utf8(run_tool_bytes(kcat(), args, KCAT_TIMEOUT)).expect("ASCII records");
-    complete_lines(&stdout)
-        .iter()
-        .map(|line| {
-            let mut words = line.splitn(3, ' ');
-            let partition = words.next().and_then(|p| p.parse().ok());
-            let offset = words.next().and_then(|o| o.parse().ok());
-            match (partition, offset, words.next()) {
-                (Some(p), Some(o), Some(v)) => (p, o, v.to_string()),
-                _ => panic!("kcat printed {line:?}"),
-            }
-        })
-        .collect()
 }
 
 /// Records each transaction of the loop writes: two on every partition.
@@ -1361,6 +1567,8 @@ fn check_loop_outcome(report: &LoopReport, committed: &[Printed], uncommitted: &
 fn txn_state_partition(cluster: &Cluster, transactional_id: &str) -> Result<PartitionView, String> {
     let running = cluster.running();
     let mut seen: Option<PartitionView> = None;
+    // What the nodes must agree on; epochs and the rest may lag a moment.
+    let placement = |view: &PartitionView| (view.partition, view.leader, view.isr_set());
     for &id in &running {
         let answer = metadata(&cluster.bootstrap(id), Some(&[TXN_STATE_TOPIC]))?;
         let described = answer
@@ -1375,14 +1583,10 @@ fn txn_state_partition(cluster: &Cluster, transactional_id: &str) -> Result<Part
             .partitions
             .iter()
             .find(|p| p.partition_index == wanted)
-            .map(|p| PartitionView {
-                partition: p.partition_index,
-                leader: p.leader_id.0,
-                isr: p.isr_nodes.iter().map(|b| b.0).collect(),
-            })
+            .map(PartitionView::of)
             .ok_or_else(|| format!("node {id}: no {TXN_STATE_TOPIC}/{wanted} of {count}"))?;
         match &seen {
-            Some(earlier) if *earlier != view => {
+            Some(earlier) if placement(earlier) != placement(&view) => {
                 return Err(format!("nodes disagree: {earlier:?} and {view:?}"))
             }
             Some(_) => {}
@@ -1402,8 +1606,8 @@ fn transactions_through_a_kill(
     topic: &str,
     pick: impl Fn(&Cluster, &[PartitionView], &PartitionView) -> i32,
 ) {
-    let mut cluster = Cluster::start();
-    let views = cluster.create_topic(topic);
+    let mut cluster = Cluster::start(short_sessions);
+    let views = cluster.create_topic(topic, PARTITIONS);
     let leaders: BTreeSet<i32> = views.iter().map(|view| view.leader).collect();
     assert_eq!(
         leaders.len(),
@@ -1415,7 +1619,7 @@ fn transactions_through_a_kill(
     cluster.wait_until(
         SPREAD_WITHIN,
         &format!("every node naming the coordinator of {id}"),
-        |cluster| cluster.txn_coordinator(&id),
+        |cluster| txn_coordinator(cluster, &id),
     );
     let work = WorkDir::new();
     let mut producer = Member::spawn(
@@ -1463,9 +1667,8 @@ fn transactions_through_a_kill(
         0,
         "commits and aborts before the kill",
     );
-    let coordinator = cluster
-        .txn_coordinator(&id)
-        .unwrap_or_else(|e| panic!("the coordinator of {id}: {e}"));
+    let coordinator =
+        txn_coordinator(&cluster, &id).unwrap_or_else(|e| panic!("the coordinator of {id}: {e}"));
     let txn_state = txn_state_partition(&cluster, &id)
         .unwrap_or_else(|e| panic!("the {TXN_STATE_TOPIC} partition of {id}: {e}"));
     assert_eq!(
@@ -1492,13 +1695,13 @@ fn transactions_through_a_kill(
         FAILOVER_WITHIN,
         "the coordinator and every leader on a running node",
         |cluster| {
-            cluster.partitions(topic)?;
-            cluster.txn_coordinator(&id)
+            led_by_running(cluster, topic)?;
+            txn_coordinator(cluster, &id)
         },
     );
     eprintln!(
         "{topic}: coordinator {moved_to}, leaders {:?}, {:.1?} after the kill",
-        cluster.partitions(topic),
+        led_by_running(&cluster, topic),
         killed_at.elapsed()
     );
     progress(
@@ -1531,15 +1734,15 @@ fn transactions_through_a_kill(
         report.aborted_after_error,
         report.unknown
     );
-    cluster.wait_until_stable(topic);
+    wait_until_stable_on(&cluster, topic, PARTITIONS);
     let live = cluster
         .running()
         .iter()
         .map(|&id| cluster.bootstrap(id))
         .collect::<Vec<_>>()
         .join(",");
-    let committed = kcat_read_all(&live, topic, "read_committed");
-    let uncommitted = kcat_read_all(&live, topic, "read_uncommitted");
+    let committed = kcat_read_all(&live, topic, "read_committed", "%s");
+    let uncommitted = kcat_read_all(&live, topic, "read_uncommitted", "%s");
     check_loop_outcome(&report, &committed, &uncommitted);
     eprintln!(
         "{topic}: {} records visible at read_committed, {} written",
@@ -1555,7 +1758,8 @@ fn cluster_transactions_survive_the_coordinator_s_death() {
         // transaction log lives on other brokers too.
         let everyone: BTreeSet<i32> = cluster.ids().collect();
         assert_eq!(
-            txn_state.isr, everyone,
+            txn_state.isr_set(),
+            everyone,
             "{TXN_STATE_TOPIC}/{} is not replicated on all three brokers: the coordinator's \
              death would leave its transactional ids without one",
             txn_state.partition
@@ -1585,7 +1789,7 @@ const TXN_STATE_PARTITIONS: usize = 50;
 /// coordinator of an id.
 #[test]
 fn cluster_transaction_log_created_through_any_node_is_replicated_and_found_everywhere() {
-    let cluster = Cluster::start();
+    let cluster = Cluster::start(short_sessions);
     let asked = *cluster
         .ids()
         .collect::<Vec<_>>()
@@ -1594,7 +1798,7 @@ fn cluster_transaction_log_created_through_any_node_is_replicated_and_found_ever
         .expect("a node that is not the controller");
     let id = "asked-elsewhere-txn";
     // The first ask creates the log; it is answered COORDINATOR_NOT_AVAILABLE.
-    let _ = cluster.txn_coordinator_at(asked, id);
+    let _ = txn_coordinator_at(&cluster, asked, id);
     let partitions = cluster.wait_until(
         SPREAD_WITHIN,
         &format!("{TXN_STATE_TOPIC} in every node's metadata"),
@@ -1639,7 +1843,7 @@ fn cluster_transaction_log_created_through_any_node_is_replicated_and_found_ever
     let coordinator = cluster.wait_until(
         SPREAD_WITHIN,
         &format!("every node naming the coordinator of {id}"),
-        |cluster| cluster.txn_coordinator(id),
+        |cluster| txn_coordinator(cluster, id),
     );
     eprintln!("{TXN_STATE_TOPIC} created through node {asked}; {id} coordinated by {coordinator}");
 }

@@ -424,7 +424,11 @@ impl<S: Storage> Broker<S> {
                 },
                 other => other,
             };
-            if next == MarkerProgress::ToWrite {
+            // A marker that waits for a retry already pending keeps that
+            // deadline: moving it on each input would starve the retry
+            // while a client keeps asking (as librdkafka does every 20 ms
+            // while the transaction ends).
+            if next == MarkerProgress::ToWrite && self.transactions.retry_ms.is_none() {
                 self.transactions.retry_ms = Some(now.monotonic_ms + MARKER_RETRY_MS);
             }
             progress.push((tp, next));

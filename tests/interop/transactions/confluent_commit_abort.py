@@ -22,7 +22,7 @@ from confluent_kafka import KafkaException, libversion  # noqa: E402
 
 from confluent_common import (  # noqa: E402
     create_topic,
-    produce_all,
+    produce_acknowledged,
     read_partitions,
     transactional_producer,
     wait_for_ends,
@@ -51,7 +51,7 @@ def main():
     producer.init_transactions(min(30, deadline.remaining()))
     for txn, committed, records in plan_records(args.plan, args.partitions):
         producer.begin_transaction()
-        produce_all(NAME, producer, args.topic, records)
+        produce_acknowledged(producer, args.topic, records)
         if committed:
             producer.commit_transaction(min(30, deadline.remaining()))
         else:

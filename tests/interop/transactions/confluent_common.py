@@ -1,5 +1,7 @@
 """confluent-kafka pieces shared by the transaction scripts: topic creation,
-a transactional producer, and a read of whole partitions at either
+a transactional producer and a produce that waits for every
+acknowledgement, the consumer and the transaction body of a
+consume-transform-produce copier, and a read of whole partitions at either
 isolation level that ends at each partition's end (librdkafka's partition
 EOF, which at read_committed comes at the last stable offset)."""
 
@@ -79,36 +81,65 @@ def transactional_producer(name, bootstrap, transactional_id, **extra):
     return Producer(config)
 
 
-def produce_all(name, producer, topic, records, headers=None):
-    """Produces [(partition, value)] (keys are the values) and waits until
-    each is acknowledged; returns {value: (partition, offset)}."""
-    acks = {}
+def produce_acknowledged(producer, topic, records, timeout_s=60):
+    """Produces ``records``, each ``(partition, value)`` keyed by its value
+    or ``(partition, key, value)``, and waits until each is acknowledged.
+    Returns [(partition, offset, value)] in acknowledgement order; raises
+    KafkaException with the first delivery error, or a timeout."""
+    acks = []
     errors = []
 
     def delivered(err, msg):
         if err is not None:
-            errors.append(f"{msg.value()!r}: {err}")
+            errors.append(err)
         else:
-            acks[msg.value()] = (msg.partition(), msg.offset())
+            acks.append((msg.partition(), msg.offset(), msg.value()))
 
-    for partition, value in records:
+    for record in records:
+        partition, key, value = record if len(record) == 3 else (record[0], record[1], record[1])
         while True:
             try:
-                producer.produce(
-                    topic,
-                    key=value,
-                    value=value,
-                    partition=partition,
-                    headers=headers,
-                    on_delivery=delivered,
-                )
+                producer.produce(topic, key=key, value=value, partition=partition, on_delivery=delivered)
                 break
             except BufferError:
                 producer.poll(0.05)
-    left = producer.flush(30)
-    if left or errors:
-        fail(name, f"{left} records unacknowledged, {len(errors)} failed: {errors[:5]}")
+    left = producer.flush(timeout_s)
+    if errors:
+        raise KafkaException(errors[0])
+    if left:
+        raise KafkaException(KafkaError(KafkaError._TIMED_OUT, f"{left} records unacknowledged"))
     return acks
+
+
+def read_committed_member(name, bootstrap, group, **extra):
+    """A consumer in ``group`` that reads at read_committed from the
+    earliest offset when the group has none, committing nothing itself
+    (the transactions commit its offsets)."""
+    return Consumer(
+        {
+            **client_config(bootstrap, name),
+            "group.id": group,
+            "isolation.level": "read_committed",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "fetch.wait.max.ms": 100,
+            **extra,
+        }
+    )
+
+
+def send_copies(producer, consumer, output, copies, timeout_s=30):
+    """The body of a consume-transform-produce transaction: begins one,
+    writes ``copies`` (``(partition, key, value)``) to ``output``, waits
+    until every copy is acknowledged (so that an abort, or a kill, leaves
+    them all written), and adds the consumer's positions with
+    send_offsets_to_transaction. The caller commits or aborts. Returns the
+    positions sent."""
+    producer.begin_transaction()
+    produce_acknowledged(producer, output, copies)
+    positions = [tp for tp in consumer.position(consumer.assignment()) if tp.offset >= 0]
+    producer.send_offsets_to_transaction(positions, consumer.consumer_group_metadata(), timeout_s)
+    return positions
 
 
 def log_ends(name, bootstrap, topic, partitions, isolation, deadline):

@@ -47,8 +47,10 @@ from confluent_common import (  # noqa: E402
     client_config,
     create_topic,
     log_ends,
-    produce_all,
+    produce_acknowledged,
+    read_committed_member,
     read_partitions,
+    send_copies,
     transactional_producer,
 )
 from txn_common import Deadline, check, fail, log  # noqa: E402
@@ -82,9 +84,9 @@ def fill_input(args, deadline):
         }
     )
     records = [(i % args.partitions, f"in-{i:06d}".encode()) for i in range(args.records)]
-    acks = produce_all(NAME, producer, args.input, records)
+    acks = produce_acknowledged(producer, args.input, records)
     ends = {p: 0 for p in range(args.partitions)}
-    for partition, offset in acks.values():
+    for partition, offset, _ in acks:
         ends[partition] = max(ends[partition], offset + 1)
     by_partition = {p: [v for q, v in records if q == p] for p in range(args.partitions)}
     return ends, by_partition
@@ -101,16 +103,8 @@ class Copier:
     def __init__(self, args, deadline):
         self.args = args
         self.deadline = deadline
-        self.consumer = Consumer(
-            {
-                **client_config(args.bootstrap, NAME),
-                "group.id": args.group,
-                "isolation.level": "read_committed",
-                "enable.auto.commit": False,
-                "auto.offset.reset": "earliest",
-                "session.timeout.ms": 10000,
-                "fetch.wait.max.ms": 100,
-            }
+        self.consumer = read_committed_member(
+            NAME, args.bootstrap, args.group, **{"session.timeout.ms": 10000}
         )
         self.producer = transactional_producer(NAME, args.bootstrap, f"{args.group}-copier")
         self.producer.init_transactions(min(30, deadline.remaining()))
@@ -138,29 +132,16 @@ class Copier:
 
     def transaction(self, messages):
         number = sum(self.transactions.values())
-        self.producer.begin_transaction()
-        errors = []
-        for message in messages:
-            index = message.value().decode().removeprefix("in-")
-            self.producer.produce(
-                self.args.output,
-                key=message.key(),
-                value=f"copy-{index}".encode(),
-                partition=message.partition(),
-                on_delivery=lambda err, _msg: err is not None and errors.append(str(err)),
-            )
-        # Flushed before the decision, so that an aborted transaction's
-        # copies were written too (an abort drops what is still queued).
-        left = self.producer.flush(min(30, self.deadline.remaining()))
-        check(NAME, left == 0 and not errors, f"{left} copies unsent, failures: {errors[:5]}")
-        positions = [
-            tp
-            for tp in self.consumer.position(self.consumer.assignment())
-            if tp.offset >= 0
+        # Every copy is acknowledged before the decision, so that an aborted
+        # transaction's copies were written too.
+        copies = [
+            (m.partition(), m.key(), b"copy-" + m.value().removeprefix(b"in-")) for m in messages
         ]
-        self.producer.send_offsets_to_transaction(
-            positions,
-            self.consumer.consumer_group_metadata(),
+        positions = send_copies(
+            self.producer,
+            self.consumer,
+            self.args.output,
+            copies,
             min(30, self.deadline.remaining()),
         )
         if (number + 1) % self.args.abort_every == 0:

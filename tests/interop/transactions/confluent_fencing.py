@@ -26,7 +26,7 @@ from confluent_kafka import KafkaError, KafkaException, libversion  # noqa: E402
 
 from confluent_common import (  # noqa: E402
     create_topic,
-    produce_all,
+    produce_acknowledged,
     read_partitions,
     transactional_producer,
     wait_for_ends,
@@ -72,7 +72,7 @@ def main():
     first.init_transactions(min(30, deadline.remaining()))
     first.begin_transaction()
     zombie = [(i % args.partitions, f"first-{i:04d}".encode()) for i in range(args.records)]
-    produce_all(NAME, first, args.topic, zombie)
+    produce_acknowledged(first, args.topic, zombie)
     log(NAME, "the first instance wrote its records; starting the second")
 
     second = transactional_producer(NAME, args.bootstrap, transactional_id)
@@ -88,7 +88,7 @@ def main():
 
     second.begin_transaction()
     live = [(i % args.partitions, f"second-{i:04d}".encode()) for i in range(args.records)]
-    produce_all(NAME, second, args.topic, live)
+    produce_acknowledged(second, args.topic, live)
     second.commit_transaction(min(30, deadline.remaining()))
 
     # Each partition ends after the first instance's records, the marker

@@ -42,25 +42,18 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from confluent_kafka import (  # noqa: E402
-    OFFSET_BEGINNING,
-    Consumer,
-    KafkaError,
-    KafkaException,
-    TopicPartition,
-)
+from confluent_kafka import KafkaException  # noqa: E402
 
-from confluent_common import client_config, transactional_producer  # noqa: E402
-from txn_common import fail, log  # noqa: E402
+from confluent_common import (  # noqa: E402
+    produce_acknowledged,
+    read_partitions,
+    transactional_producer,
+)
+from txn_common import Deadline, fail, log, say  # noqa: E402
 
 NAME = "confluent_txn_tool"
 # Bound on one commit or abort call; a timeout is retried.
 END_TXN_TIMEOUT_S = 30
-
-
-def say(line):
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
 
 
 def producer(args, **extra):
@@ -73,28 +66,6 @@ def producer(args, **extra):
     return transactional_producer(NAME, args.bootstrap, args.transactional_id, **config)
 
 
-def produce_acknowledged(instance, topic, records):
-    """Produces [(partition, value)], waits for every acknowledgement, and
-    prints each; raises the first delivery error."""
-    acks = []
-    errors = []
-
-    def delivered(err, msg):
-        if err is not None:
-            errors.append(err)
-        else:
-            acks.append((msg.partition(), msg.offset(), msg.value().decode()))
-
-    for partition, value in records:
-        instance.produce(topic, key=value, value=value, partition=partition, on_delivery=delivered)
-    left = instance.flush(60)
-    if errors:
-        raise KafkaException(errors[0])
-    if left:
-        raise KafkaException(KafkaError(KafkaError._TIMED_OUT, f"{left} records unacknowledged"))
-    return acks
-
-
 def numbered(args, prefix):
     return [(i % args.partitions, f"{prefix}-{i:04d}".encode()) for i in range(args.records)]
 
@@ -104,7 +75,7 @@ def run_open(args):
     instance.init_transactions(30)
     instance.begin_transaction()
     for partition, offset, value in produce_acknowledged(instance, args.topic, numbered(args, args.prefix)):
-        say(f"record {partition} {offset} {value}")
+        say(f"record {partition} {offset} {value.decode()}")
     say("holding")
     deadline = time.monotonic() + args.max_seconds
     while time.monotonic() < deadline:
@@ -119,47 +90,29 @@ def run_commit(args):
     acks = produce_acknowledged(instance, args.topic, numbered(args, args.prefix))
     instance.commit_transaction(30)
     for partition, offset, value in acks:
-        say(f"record {partition} {offset} {value}")
+        say(f"record {partition} {offset} {value.decode()}")
     say("committed")
 
 
 def run_read(args):
-    consumer = Consumer(
-        {
-            **client_config(args.bootstrap, NAME),
-            "group.id": f"{args.topic}-{args.isolation}-reader",
-            "isolation.level": args.isolation,
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-            "auto.offset.reset": "error",
-            "fetch.wait.max.ms": 100,
-        }
+    until = args.until.encode() if args.until is not None else None
+    read, eof = read_partitions(
+        NAME,
+        args.bootstrap,
+        args.topic,
+        args.partitions,
+        args.isolation,
+        Deadline(NAME, args.max_seconds),
+        until=until,
     )
-    consumer.assign([TopicPartition(args.topic, p, OFFSET_BEGINNING) for p in range(args.partitions)])
-    eof = {}
-    deadline = time.monotonic() + args.max_seconds
-    while time.monotonic() < deadline:
-        msg = consumer.poll(0.2)
-        if msg is None:
-            continue
-        if msg.error() is not None:
-            if msg.error().code() == KafkaError._PARTITION_EOF:
-                eof[msg.partition()] = msg.offset()
-                if args.until is None and len(eof) == args.partitions:
-                    for partition, offset in sorted(eof.items()):
-                        say(f"eof {partition} {offset}")
-                    consumer.close()
-                    return
-                continue
-            fail(NAME, f"read: consume error: {msg.error()}")
-        eof.pop(msg.partition(), None)
-        value = msg.value().decode()
-        say(f"record {msg.partition()} {msg.offset()} {value}")
-        if value == args.until:
-            say(f"found {value}")
-            consumer.close()
-            return
-    fail(NAME, f"read: not done within {args.max_seconds} s (EOF at {eof})")
+    for partition, records in sorted(read.items()):
+        for offset, value in records:
+            say(f"record {partition} {offset} {value.decode()}")
+    if until is not None:
+        say(f"found {args.until}")
+    else:
+        for partition, offset in sorted(eof.items()):
+            say(f"eof {partition} {offset}")
 
 
 class Loop:

@@ -26,6 +26,13 @@ def log(name, message):
     print(f"[{time.monotonic() - _START:7.2f}] {name}: {message}", file=sys.stderr, flush=True)
 
 
+def say(line):
+    """One line of a script's report on stdout, flushed at once: a test
+    reads it while the script runs."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
 def fail(name, message):
     print(f"{name}: FAIL: {message}", file=sys.stderr, flush=True)
     sys.exit(1)

@@ -2,7 +2,9 @@
 //! `__transaction_state`, answers only once durable, state after a crash.
 
 use super::*;
+use crate::broker::txns::{MarkerProgress, MARKER_RETRY_MS};
 use crate::txn::{TxnState, TXN_TOPIC};
+use crate::types::TopicPartition;
 
 /// Few partitions keep the tests' directories small.
 const CONFIG: &[(&str, &str)] = &[("transaction.state.log.num.partitions", "3")];
@@ -332,4 +334,62 @@ fn offsets_sent_to_a_fresh_broker_join_the_transaction() {
     assert_eq!(end_txn(&mut h, "tx", (producer_id, epoch), true), 0);
     h.sync_all();
     assert_eq!(committed(&mut h, "copier", "t"), 5);
+}
+
+#[test]
+fn a_marker_put_back_for_a_retry_is_retried_while_the_producer_keeps_asking() {
+    let mut h = Harness::new(MemStorage::new(), CONFIG);
+    h.create_topic("t", 1, &[]);
+    let (_, producer_id, epoch) = init_txn(&mut h, "tx", None);
+    let producer = (producer_id, epoch);
+    add_partitions(&mut h, "tx", producer, "t", &[0]);
+    send(&mut h, producer, 0, b"x");
+    // The commit's marker went to a leader whose link was then lost: it is
+    // put back, to be tried again after the retry interval.
+    let request = EndTxnRequest::default()
+        .with_transactional_id(txn_id("tx"))
+        .with_producer_id(ProducerId(producer_id))
+        .with_producer_epoch(epoch)
+        .with_committed(true);
+    let c = h.send(ApiKey::EndTxn, 3, &request);
+    let partition = TopicPartition::new("t".to_string(), 0);
+    let entry = h.node.broker.transactions.ids.get_mut("tx").expect("tx");
+    entry
+        .markers
+        .insert(partition.clone(), MarkerProgress::Sent);
+    h.node.broker.marker_answered(
+        Now::at(h.now_ms),
+        "tx",
+        producer_id,
+        &partition,
+        Some(ResponseError::NetworkException),
+    );
+    h.sync_all();
+    let response: EndTxnResponse = h.take(ApiKey::EndTxn, 3, c);
+    assert_eq!(response.error_code, 0, "answered once PREPARE is durable");
+    // The producer asks to add a partition every 20 ms while the
+    // transaction ends, as librdkafka does; the marker must still be
+    // retried once the interval has passed.
+    let concurrent = ResponseError::ConcurrentTransactions.code();
+    let steps_max = 3 * MARKER_RETRY_MS / 20;
+    for step in 1.. {
+        assert!(
+            step <= steps_max,
+            "the marker was not retried within {} ms of asks",
+            steps_max * 20
+        );
+        h.now_ms += 20;
+        if h.node.poll_timeout().is_some_and(|at| at <= h.now_ms) {
+            h.node.handle_timeout(Now::at(h.now_ms));
+            h.drain();
+        }
+        h.sync_all();
+        if state_of(&h, "tx") == Some(TxnState::CompleteCommit) {
+            break;
+        }
+        let errors = add_partitions(&mut h, "tx", producer, "t", &[0]);
+        assert_eq!(errors, vec![concurrent], "while the transaction ends");
+    }
+    let (offsets, lso, _) = read_committed(&mut h);
+    assert_eq!((offsets, lso), (vec![0, 1], 2), "the record and its marker");
 }
