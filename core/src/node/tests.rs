@@ -181,6 +181,19 @@ impl Harness {
     }
 
     fn fetch(&mut self, topic: &str, offset: i64, max_wait_ms: i32, min_bytes: i32) -> i32 {
+        self.fetch_at(topic, offset, max_wait_ms, min_bytes, 0)
+    }
+
+    /// A Fetch v12 of partition 0 at an isolation level (0 read_uncommitted,
+    /// 1 read_committed).
+    fn fetch_at(
+        &mut self,
+        topic: &str,
+        offset: i64,
+        max_wait_ms: i32,
+        min_bytes: i32,
+        isolation: i8,
+    ) -> i32 {
         let partition = fetch_request::FetchPartition::default()
             .with_partition(0)
             .with_fetch_offset(offset)
@@ -193,6 +206,7 @@ impl Harness {
             .with_max_wait_ms(max_wait_ms)
             .with_min_bytes(min_bytes)
             .with_max_bytes(1 << 24)
+            .with_isolation_level(isolation)
             .with_topics(vec![topic]);
         self.send(ApiKey::Fetch, 12, &request)
     }
@@ -2618,24 +2632,6 @@ impl Harness {
         self.produce_result(c)
     }
 
-    fn fetch_isolated(&mut self, topic: &str, offset: i64, max_wait_ms: i32, isolation: i8) -> i32 {
-        let partition = fetch_request::FetchPartition::default()
-            .with_partition(0)
-            .with_fetch_offset(offset)
-            .with_partition_max_bytes(1 << 20);
-        let topic = fetch_request::FetchTopic::default()
-            .with_topic(TopicName(StrBytes::from_string(topic.into())))
-            .with_partitions(vec![partition]);
-        let request = FetchRequest::default()
-            .with_replica_id(BrokerId(-1))
-            .with_max_wait_ms(max_wait_ms)
-            .with_min_bytes(1)
-            .with_max_bytes(1 << 24)
-            .with_isolation_level(isolation)
-            .with_topics(vec![topic]);
-        self.send(ApiKey::Fetch, 12, &request)
-    }
-
     /// Sends WriteTxnMarkers for one marker on partitions of `topic`.
     fn write_markers(
         &mut self,
@@ -2717,12 +2713,12 @@ fn read_committed_fetches_stop_at_the_lso_and_name_the_aborted_transactions() {
     assert_eq!(h.produce_synced("t", txn_record(7, 0, 0, b"a")), (0, 1));
     assert_eq!(h.produce_synced("t", txn_record(8, 0, 0, b"b")), (0, 2));
     assert_eq!(h.produce_synced("t", txn_record(7, 0, 1, b"c")), (0, 3));
-    let c = h.fetch_isolated("t", 0, 0, 1);
+    let c = h.fetch_at("t", 0, 0, 1, 1);
     let data = h.fetch_result(c);
     assert_eq!((data.high_watermark, data.last_stable_offset), (4, 1));
     assert_eq!(batch_offsets(&data), vec![0]);
     assert_eq!(aborted_in(&data), Some(vec![]));
-    let c = h.fetch_isolated("t", 0, 0, 0);
+    let c = h.fetch_at("t", 0, 0, 1, 0);
     let data = h.fetch_result(c);
     assert_eq!((data.high_watermark, data.last_stable_offset), (4, 1));
     assert_eq!(batch_offsets(&data), vec![0, 1, 2, 3]);
@@ -2730,7 +2726,7 @@ fn read_committed_fetches_stop_at_the_lso_and_name_the_aborted_transactions() {
     assert_eq!((h.latest_offset(0), h.latest_offset(1)), (4, 1));
 
     h.marker_synced(7, false);
-    let c = h.fetch_isolated("t", 0, 0, 1);
+    let c = h.fetch_at("t", 0, 0, 1, 1);
     let data = h.fetch_result(c);
     assert_eq!((data.high_watermark, data.last_stable_offset), (5, 2));
     assert_eq!(batch_offsets(&data), vec![0, 1]);
@@ -2738,19 +2734,19 @@ fn read_committed_fetches_stop_at_the_lso_and_name_the_aborted_transactions() {
     assert_eq!(h.latest_offset(1), 2);
 
     h.marker_synced(8, true);
-    let c = h.fetch_isolated("t", 0, 0, 1);
+    let c = h.fetch_at("t", 0, 0, 1, 1);
     let data = h.fetch_result(c);
     assert_eq!((data.high_watermark, data.last_stable_offset), (6, 6));
     assert_eq!(batch_offsets(&data), vec![0, 1, 2, 3, 4, 5]);
     assert_eq!(aborted_in(&data), Some(vec![(7, 1)]));
     // From past the abort's marker, it is named no more.
-    let c = h.fetch_isolated("t", 5, 0, 1);
+    let c = h.fetch_at("t", 5, 0, 1, 1);
     let data = h.fetch_result(c);
     assert_eq!(batch_offsets(&data), vec![5]);
     assert_eq!(aborted_in(&data), Some(vec![]));
     // The abort is named to a fetch from inside it, not to one before it
     // that returns nothing of it.
-    let c = h.fetch_isolated("t", 3, 0, 1);
+    let c = h.fetch_at("t", 3, 0, 1, 1);
     assert_eq!(aborted_in(&h.fetch_result(c)), Some(vec![(7, 1)]));
     assert_eq!((h.latest_offset(0), h.latest_offset(1)), (6, 6));
 }
@@ -2760,8 +2756,8 @@ fn a_parked_read_committed_fetch_wakes_when_a_marker_moves_the_lso() {
     let mut h = Harness::new(MemStorage::new(), &[]);
     h.create_topic("t", 1, &[]);
     assert_eq!(h.produce_synced("t", txn_record(7, 0, 0, b"a")), (0, 0));
-    let committed = h.fetch_isolated("t", 0, 60_000, 1);
-    let uncommitted = h.fetch_isolated("t", 1, 60_000, 0);
+    let committed = h.fetch_at("t", 0, 60_000, 1, 1);
+    let uncommitted = h.fetch_at("t", 1, 60_000, 1, 0);
     assert!(
         h.sent.is_empty(),
         "nothing below the LSO yet, nothing past the HW"
@@ -2883,7 +2879,7 @@ fn transactions_and_their_aborts_survive_a_crash() {
     let mut storage = std::mem::take(&mut h.node.broker.storage);
     storage.crash(0);
     let mut h = Harness::new(storage, &[]);
-    let c = h.fetch_isolated("t", 0, 0, 1);
+    let c = h.fetch_at("t", 0, 0, 1, 1);
     let data = h.fetch_result(c);
     assert_eq!((data.high_watermark, data.last_stable_offset), (3, 2));
     assert_eq!(batch_offsets(&data), vec![0, 1]);

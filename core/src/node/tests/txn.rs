@@ -177,7 +177,7 @@ fn send(h: &mut Harness, producer: (i64, i16), sequence: i32, value: &[u8]) -> (
 /// What a read_committed consumer gets from offset 0 of "t": the batch
 /// offsets, the last stable offset and the aborted transactions.
 fn read_committed(h: &mut Harness) -> (Vec<i64>, i64, Vec<(i64, i64)>) {
-    let c = h.fetch_isolated("t", 0, 0, 1);
+    let c = h.fetch_at("t", 0, 0, 1, 1);
     let data = h.fetch_result(c);
     (
         batch_offsets(&data),
