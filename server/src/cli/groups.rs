@@ -35,7 +35,7 @@ use sluice_client::{
 };
 
 use super::consume::parse_group_id;
-use super::{error_name, json_line, print_stdout, table, CliError, ConnectionArgs};
+use super::{json_line, print_stdout, table, CliError, ConnectionArgs};
 
 #[derive(Subcommand, Debug, Clone, PartialEq, Eq)]
 pub enum GroupsCommand {
@@ -162,18 +162,14 @@ fn admin(connection: &ConnectionArgs) -> Result<Admin<TokioConnector>, CliError>
 /// A client error about a group, with a broker refusal told by its Kafka
 /// name (and what it means for the ones a user meets).
 fn group_error(what: &str, error: &sluice_client::Error) -> CliError {
-    let Some(code) = error.response_error() else {
-        return CliError::from_client(what, error);
-    };
-    let meaning = match code {
+    CliError::refused(what, error, |code| match code {
         ResponseError::NonEmptyGroup => " (the group has active members)",
         ResponseError::GroupIdNotFound => " (the group does not exist)",
         ResponseError::InvalidGroupId => " (not a valid group id)",
         ResponseError::UnknownTopicOrPartition => " (the topic does not exist)",
         ResponseError::CoordinatorNotAvailable => " (the group coordinator is not available)",
         _ => "",
-    };
-    CliError::Failed(format!("{what}: {}{meaning}", error_name(code)))
+    })
 }
 
 fn is_not_found(error: &sluice_client::Error) -> bool {

@@ -220,6 +220,19 @@ impl CliError {
         CliError::Failed(message)
     }
 
+    /// A client error where a broker's refusal is told by its Kafka name,
+    /// followed by `meaning(code)` (what it means to a user, or nothing).
+    pub fn refused(
+        what: &str,
+        error: &sluice_client::Error,
+        meaning: impl FnOnce(ResponseError) -> &'static str,
+    ) -> CliError {
+        let Some(code) = error.response_error() else {
+            return CliError::from_client(what, error);
+        };
+        CliError::Failed(format!("{what}: {}{}", error_name(code), meaning(code)))
+    }
+
     fn io(what: &str, error: &std::io::Error) -> CliError {
         CliError::Failed(format!("{what}: {error}"))
     }

@@ -14,7 +14,7 @@ use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 use sluice_client::{Admin, ResponseError, TransactionDescription, TransactionListing};
 
-use super::{error_name, json_line, print_stdout, table, CliError, ConnectionArgs};
+use super::{json_line, print_stdout, table, CliError, ConnectionArgs};
 
 #[derive(Subcommand, Debug, Clone, PartialEq, Eq)]
 pub enum TransactionsCommand {
@@ -66,15 +66,11 @@ pub async fn run(command: TransactionsCommand) -> Result<(), CliError> {
 /// A client error about transactions, with a broker refusal told by its
 /// Kafka name (and what it means for the ones a user meets).
 fn transaction_error(what: &str, error: &sluice_client::Error) -> CliError {
-    let Some(code) = error.response_error() else {
-        return CliError::from_client(what, error);
-    };
-    let meaning = match code {
+    CliError::refused(what, error, |code| match code {
         ResponseError::TransactionalIdNotFound => " (no such transactional id)",
         ResponseError::CoordinatorNotAvailable => " (the transaction coordinator is not available)",
         _ => "",
-    };
-    CliError::Failed(format!("{what}: {}{meaning}", error_name(code)))
+    })
 }
 
 async fn list(args: ListArgs) -> Result<(), CliError> {
