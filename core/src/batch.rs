@@ -42,6 +42,9 @@ pub const ATTRIBUTE_COMPRESSION_MASK: i16 = 0x07;
 pub const ATTRIBUTE_TIMESTAMP_LOG_APPEND: i16 = 0x08;
 pub const ATTRIBUTE_TRANSACTIONAL: i16 = 0x10;
 pub const ATTRIBUTE_CONTROL: i16 = 0x20;
+/// The batch's base timestamp is the delete horizon of its tombstones and
+/// markers (KIP-534): set by the log cleaner, never by a producer.
+pub const ATTRIBUTE_DELETE_HORIZON: i16 = 0x40;
 
 /// Why a batch was refused; each maps to the Kafka error a producer gets.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,6 +145,10 @@ impl BatchHeader {
 
     pub fn is_log_append_time(&self) -> bool {
         self.attributes & ATTRIBUTE_TIMESTAMP_LOG_APPEND != 0
+    }
+
+    pub fn has_delete_horizon(&self) -> bool {
+        self.attributes & ATTRIBUTE_DELETE_HORIZON != 0
     }
 }
 
@@ -258,6 +265,14 @@ pub fn validate_produced_bounded(
     if header.is_control() {
         return Err(BatchError::Invalid(
             "control batches may not be produced by clients",
+        ));
+    }
+    // Kafka's validator lets the bit through; refused here, since with it
+    // a producer would have its tombstones removed before
+    // delete.retention.ms, as the cleaner's own batches are.
+    if header.has_delete_horizon() {
+        return Err(BatchError::Invalid(
+            "the delete horizon is the log cleaner's to set, not a producer's",
         ));
     }
     if header.record_count <= 0 {

@@ -20,6 +20,9 @@ use crate::topics::topic_name_problem;
 use crate::types::TopicPartition;
 use crate::wire::Reply;
 
+/// The compression codec number of zstd in a batch's attributes.
+const ZSTD: i16 = 4;
+
 fn batch_error_code(error: &BatchError) -> (ResponseError, &'static str) {
     match error {
         BatchError::Corrupt(why) => (ResponseError::CorruptMessage, why),
@@ -246,6 +249,13 @@ fn produce_partition<S: Storage>(
         return Err((
             ResponseError::InvalidRecord,
             Some("exactly one record batch is allowed per partition"),
+        ));
+    }
+    // As Kafka's ProduceRequest.validateRecords: zstd came with Produce v7.
+    if context.header.version < 7 && header.compression() == ZSTD {
+        return Err((
+            ResponseError::UnsupportedCompressionType,
+            Some("zstd compression needs Produce v7 or later"),
         ));
     }
     if records.len() > log.config().max_message_bytes {

@@ -1978,6 +1978,71 @@ fn a_decompression_bomb_is_refused_and_appends_nothing() {
     assert_eq!(log.log_end_offset(), 0);
 }
 
+/// The attribute rules of Kafka's produce validation a client can break:
+/// a delete-horizon bit set by a producer is refused with INVALID_RECORD
+/// (Kafka keeps it; the bit is the cleaner's), a zstd batch in a Produce
+/// before v7 with UNSUPPORTED_COMPRESSION_TYPE, a control batch with
+/// INVALID_RECORD; none of them takes an offset.
+#[test]
+fn batches_with_attributes_a_producer_may_not_set_are_refused() {
+    use crate::batch::builder::{compress, Compression};
+    let mut h = Harness::new(MemStorage::new(), &[]);
+    h.create_topic("t", 1, &[]);
+    let with_attributes = |attributes: i16, body: Option<Bytes>| {
+        let plain = build_batch(1_000, &[(Some(b"k"), Some(b"v"), vec![], 0)]);
+        let mut batch = plain[..HEADER_BYTES].to_vec();
+        match body {
+            Some(body) => batch.extend_from_slice(&body),
+            None => batch.extend_from_slice(&plain[HEADER_BYTES..]),
+        }
+        let length = (batch.len() - crate::batch::LOG_OVERHEAD) as i32;
+        batch[crate::batch::LENGTH_OFFSET..crate::batch::LOG_OVERHEAD]
+            .copy_from_slice(&length.to_be_bytes());
+        batch[crate::batch::ATTRIBUTES_OFFSET..crate::batch::LAST_OFFSET_DELTA_OFFSET]
+            .copy_from_slice(&attributes.to_be_bytes());
+        crate::batch::write_crc(&mut batch);
+        Bytes::from(batch)
+    };
+    let horizon = with_attributes(crate::batch::ATTRIBUTE_DELETE_HORIZON, None);
+    let c = h.produce("t", 0, 1, horizon);
+    h.sync_all();
+    assert_eq!(h.produce_result(c).0, ResponseError::InvalidRecord.code());
+    let control = with_attributes(crate::batch::ATTRIBUTE_CONTROL, None);
+    let c = h.produce("t", 0, 1, control);
+    h.sync_all();
+    assert_eq!(h.produce_result(c).0, ResponseError::InvalidRecord.code());
+
+    let plain = build_batch(1_000, &[(Some(b"k"), Some(b"v"), vec![], 0)]);
+    let body = compress(Compression::Zstd, &plain[HEADER_BYTES..]).expect("zstd");
+    let zstd = with_attributes(Compression::Zstd.code(), Some(body));
+    let produce_at = |h: &mut Harness, version: i16| {
+        let data = produce_request::PartitionProduceData::default()
+            .with_index(0)
+            .with_records(Some(zstd.clone()));
+        let topic = produce_request::TopicProduceData::default()
+            .with_name(TopicName(StrBytes::from_static_str("t")))
+            .with_partition_data(vec![data]);
+        let request = ProduceRequest::default()
+            .with_acks(1)
+            .with_timeout_ms(1000)
+            .with_topic_data(vec![topic]);
+        let c = h.send(ApiKey::Produce, version, &request);
+        h.sync_all();
+        let response: ProduceResponse = h.take(ApiKey::Produce, version, c);
+        let partition = &response.responses[0].partition_responses[0];
+        (partition.error_code, partition.base_offset)
+    };
+    assert_eq!(
+        produce_at(&mut h, 6).0,
+        ResponseError::UnsupportedCompressionType.code()
+    );
+    assert_eq!(
+        produce_at(&mut h, 7),
+        (0, 0),
+        "nothing refused took an offset"
+    );
+}
+
 /// A deleted group stays deleted across a restart: replaying its old
 /// commits before their tombstones must not bring it back empty.
 #[test]
