@@ -226,6 +226,11 @@ pub struct Recovery {
     pub truncated_bytes: u64,
     pub segments_removed: usize,
     pub indexes_rebuilt: usize,
+    /// Index files found without their segment's `.log`, removed.
+    pub orphan_indexes_removed: usize,
+    /// The log's files were gone (its leader epoch checkpoint names
+    /// batches, yet no segment is left): it starts again empty.
+    pub log_files_gone: bool,
 }
 
 impl PartitionLog {
@@ -273,16 +278,25 @@ impl PartitionLog {
             })
             .collect();
         for name in &names {
+            let path = format!("{dir}/{name}");
             let orphan = match name.rsplit_once('.') {
                 Some((stem, INDEX_SUFFIX | TIME_INDEX_SUFFIX | TXN_INDEX_SUFFIX)) => {
-                    stem.parse::<i64>().map_or(true, |b| !bases.contains(&b))
+                    let alone = stem.parse::<i64>().map_or(true, |b| !bases.contains(&b));
+                    if alone {
+                        // Deletion removes the segment's files log first,
+                        // so a crash can leave its indexes behind; but so
+                        // can a `.log` removed by hand.
+                        tracing::warn!(%path, "an index file without its segment's log; removing it");
+                        recovery.orphan_indexes_removed += 1;
+                    }
+                    alone
                 }
                 Some((_, "deleted" | "cleaned" | "swap")) => true,
                 // A checkpoint written but not renamed before a crash.
                 _ => name == CHECKPOINT_TMP_FILE,
             };
             if orphan {
-                storage.remove_file(&format!("{dir}/{name}"))?;
+                storage.remove_file(&path)?;
                 log.dirty.insert(SyncTarget::Dir(dir.to_string()));
             }
         }
@@ -308,6 +322,14 @@ impl PartitionLog {
                 segment.aborted_txns = aborted_txns;
                 true
             } else {
+                if clean {
+                    // After a clean stop the indexes were whole: someone
+                    // or something removed or damaged them.
+                    tracing::warn!(
+                        path = %format!("{dir}/{}", segment_name(base, INDEX_SUFFIX)),
+                        "index files missing or inconsistent after a clean stop; rebuilding them from the segment"
+                    );
+                }
                 recovery.indexes_rebuilt += 1;
                 log.recover_segment(storage, &mut segment, &mut recovery)?
             };
@@ -321,6 +343,13 @@ impl PartitionLog {
             }
         }
         if log.segments.is_empty() {
+            if matches!(&checkpoint, Checkpoint::Read(epochs) if !epochs.is_empty()) {
+                tracing::warn!(
+                    dir,
+                    "the partition's log files are gone though its leader epoch checkpoint names batches; it starts again empty at offset 0"
+                );
+                recovery.log_files_gone = true;
+            }
             let segment = log.open_segment(storage, 0)?;
             log.segments.push(segment);
             log.dirty.insert(SyncTarget::Dir(dir.to_string()));

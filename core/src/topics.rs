@@ -211,7 +211,11 @@ impl Topics {
         let dir = partition_dir(name, topic.partitions.len() as i32);
         let created_dirs = !storage.exists(&dir);
         let (log, recovery) = PartitionLog::open(storage, &dir, topic.config.clone(), clean)?;
-        if recovery.truncated_bytes > 0 || recovery.segments_removed > 0 {
+        if recovery.truncated_bytes > 0
+            || recovery.segments_removed > 0
+            || recovery.orphan_indexes_removed > 0
+            || recovery.log_files_gone
+        {
             tracing::warn!(%dir, ?recovery, "recovered partition log");
         }
         let opened = &mut self.opened;

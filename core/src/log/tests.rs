@@ -559,6 +559,51 @@ fn a_flipped_bit_in_the_middle_cuts_the_log_there() {
     assert!(recovery.truncated_bytes > 0);
 }
 
+/// Segment files removed by hand are reported, not passed over: a first
+/// segment without its `.log` leaves index files that are removed with a
+/// WARN each (the log then starts at the next segment), and a partition
+/// without any `.log` whose leader epoch checkpoint names batches is
+/// reported gone before it starts again empty.
+#[test]
+fn segment_files_removed_by_hand_are_reported() {
+    let mut storage = MemStorage::new();
+    let (mut log, _) = PartitionLog::open(&mut storage, "t-0", config(-1), false).expect("open");
+    for n in 0..5u8 {
+        let batch = build_batch(0, &[(None, Some(&[n; 100]), vec![], 0)]);
+        log.append(&mut storage, &batch, 3, 0).expect("append");
+    }
+    sync(&mut log, &mut storage);
+    log.close(&mut storage);
+    let logs = |storage: &mut MemStorage| -> Vec<String> {
+        (storage.list_dir("t-0").expect("listed").into_iter())
+            .filter(|name| name.ends_with(".log"))
+            .collect()
+    };
+    let first = logs(&mut storage).remove(0);
+    storage
+        .remove_file(&format!("t-0/{first}"))
+        .expect("remove");
+    let (mut log, recovery) =
+        PartitionLog::open(&mut storage, "t-0", config(-1), true).expect("reopen");
+    assert!(log.log_start_offset() > 0);
+    assert_eq!(recovery.orphan_indexes_removed, 3, "{recovery:?}");
+    assert!(!recovery.log_files_gone, "{recovery:?}");
+    log.close(&mut storage);
+
+    for name in logs(&mut storage) {
+        storage.remove_file(&format!("t-0/{name}")).expect("remove");
+    }
+    let (log, recovery) =
+        PartitionLog::open(&mut storage, "t-0", config(-1), true).expect("reopen");
+    assert_eq!(log.log_end_offset(), 0);
+    assert!(recovery.log_files_gone, "{recovery:?}");
+    assert!(recovery.orphan_indexes_removed > 0, "{recovery:?}");
+    // A new empty log is not gone.
+    let (_, fresh) = PartitionLog::open(&mut storage, "u-0", config(-1), false).expect("open");
+    assert!(!fresh.log_files_gone);
+    assert_eq!(fresh.orphan_indexes_removed, 0);
+}
+
 #[test]
 fn missing_index_files_are_rebuilt_on_a_clean_start() {
     let mut storage = MemStorage::new();
