@@ -51,8 +51,8 @@ use kafka_protocol::messages::txn_offset_commit_request::{
 };
 use kafka_protocol::messages::{
     AddOffsetsToTxnRequest, AddPartitionsToTxnRequest, AddPartitionsToTxnResponse, ApiKey,
-    EndTxnRequest, GroupId, InitProducerIdRequest, ProduceRequest, ProducerId, TopicName,
-    TransactionalId, TxnOffsetCommitRequest, TxnOffsetCommitResponse,
+    EndTxnRequest, GroupId, ProduceRequest, ProducerId, TopicName, TransactionalId,
+    TxnOffsetCommitRequest, TxnOffsetCommitResponse,
 };
 use kafka_protocol::protocol::{Request, StrBytes};
 use kafka_protocol::ResponseError;
@@ -67,6 +67,7 @@ use crate::connector::Connector;
 use crate::error::{Error, Result};
 use crate::group::member::{find_coordinator, KEY_TYPE_GROUP};
 use crate::group::membership::CoordinatorNode;
+use crate::producer_id::{granted, init_producer_id_request, ProducerEpoch};
 use crate::record::{ProducerRecord, TopicPartition};
 
 /// Attempts of one request before it gives up, whatever its deadline.
@@ -555,7 +556,7 @@ impl<C: Connector> TransactionalProducer<C> {
     /// Sequences start again at 0.
     async fn init_producer_id(&mut self, bump: bool, budget: Budget) -> Result<()> {
         let (id, producer_id, epoch) = self.identity();
-        let (producer_id, epoch) = if bump { (producer_id, epoch) } else { (-1, -1) };
+        let current = bump.then_some(ProducerEpoch { producer_id, epoch });
         let timeout_ms = self.config.transaction_timeout_ms;
         let what = format!("initialize the producer of {}", id.0);
         // Below v3 the request cannot name the producer, and a bump fails
@@ -565,27 +566,13 @@ impl<C: Connector> TransactionalProducer<C> {
             &mut self.coordinator,
             budget,
             &what,
-            |_| {
-                InitProducerIdRequest::default()
-                    .with_transactional_id(Some(id.clone()))
-                    .with_transaction_timeout_ms(timeout_ms)
-                    .with_producer_id(ProducerId(producer_id))
-                    .with_producer_epoch(epoch)
-            },
+            |_| init_producer_id_request(Some(id.clone()), timeout_ms, current),
             |response| response.error_code,
         )
         .await?;
-        if response.producer_id.0 < 0 || response.producer_epoch < 0 {
-            return Err(Error::Protocol {
-                address: "the transaction coordinator".into(),
-                detail: format!(
-                    "InitProducerId answered producer id {} epoch {}",
-                    response.producer_id.0, response.producer_epoch
-                ),
-            });
-        }
-        self.producer_id = response.producer_id.0;
-        self.producer_epoch = response.producer_epoch;
+        let producer = granted(&response, "the transaction coordinator")?;
+        self.producer_id = producer.producer_id;
+        self.producer_epoch = producer.epoch;
         self.sequences.clear();
         self.epoch_bump_required = false;
         tracing::debug!(
