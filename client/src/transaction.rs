@@ -451,6 +451,19 @@ impl<C: Connector> TransactionalProducer<C> {
         result
     }
 
+    /// Writes each `(partition, records)` pair as one transactional batch,
+    /// as `send` does, and returns the offset of each batch's first record.
+    pub async fn send_all(
+        &mut self,
+        batches: &[(TopicPartition, Vec<ProducerRecord>)],
+    ) -> Result<Vec<i64>> {
+        let mut offsets = Vec::with_capacity(batches.len());
+        for (tp, records) in batches {
+            offsets.push(self.send(tp, records).await?);
+        }
+        Ok(offsets)
+    }
+
     /// Adds the group's offsets to the transaction: they become its
     /// committed offsets if the transaction commits, and are dropped if it
     /// aborts. The commit carries no member id or generation (Kafka accepts
