@@ -78,6 +78,12 @@ mod pipeline;
 /// Attempts of one request before it gives up, whatever its deadline.
 pub const REQUEST_ATTEMPTS_MAX: u32 = 1_000;
 
+/// The wait before retrying the first AddPartitionsToTxn of a transaction
+/// answered CONCURRENT_TRANSACTIONS, as Java's `TransactionManager` waits
+/// (`ADD_PARTITIONS_RETRY_BACKOFF_MS`): the coordinator is still writing
+/// the markers of the transaction before, which takes moments.
+pub const FIRST_ADD_RETRY_BACKOFF_MS: u64 = 20;
+
 /// FindCoordinator's key type of a transactional id.
 const KEY_TYPE_TRANSACTION: i8 = 1;
 
@@ -216,6 +222,9 @@ impl Machine {
 struct Budget {
     deadline: Instant,
     budget_ms: u64,
+    /// The wait after CONCURRENT_TRANSACTIONS, when shorter than the
+    /// client's backoff.
+    concurrent_backoff_ms: Option<u64>,
 }
 
 impl Budget {
@@ -223,6 +232,16 @@ impl Budget {
         Budget {
             deadline: Instant::now() + Duration::from_millis(budget_ms),
             budget_ms,
+            concurrent_backoff_ms: None,
+        }
+    }
+
+    /// The same deadline, retrying CONCURRENT_TRANSACTIONS after
+    /// `backoff_ms` (at most the client's backoff).
+    fn with_concurrent_backoff_ms(self, backoff_ms: u64) -> Budget {
+        Budget {
+            concurrent_backoff_ms: Some(backoff_ms),
+            ..self
         }
     }
 
@@ -236,7 +255,11 @@ impl Budget {
         error: Error,
         what: &str,
     ) -> Result<()> {
-        let pause = Duration::from_millis(client.retry_backoff_ms(attempt));
+        let mut pause_ms = client.retry_backoff_ms(attempt);
+        if error.response_error() == Some(ResponseError::ConcurrentTransactions) {
+            pause_ms = pause_ms.min(self.concurrent_backoff_ms.unwrap_or(u64::MAX));
+        }
+        let pause = Duration::from_millis(pause_ms);
         if attempt >= REQUEST_ATTEMPTS_MAX || Instant::now() + pause >= self.deadline {
             return Err(Error::Timeout {
                 what: format!("{what} (last error: {error})"),
@@ -733,6 +756,11 @@ impl<C: Connector> TransactionalProducer<C> {
 
     /// AddPartitionsToTxn for `tps`, in one request.
     async fn add_partitions(&mut self, tps: &[TopicPartition], budget: Budget) -> Result<()> {
+        let budget = if self.partitions.is_empty() {
+            budget.with_concurrent_backoff_ms(FIRST_ADD_RETRY_BACKOFF_MS)
+        } else {
+            budget
+        };
         let (id, producer_id, epoch) = self.identity();
         let mut by_topic: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
         for tp in tps {
@@ -1206,6 +1234,37 @@ mod tests {
         machine.start(Operation::Commit).unwrap();
         machine.fail(&fenced());
         assert_eq!(machine.state, FatalError);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrent_transactions_is_retried_soon_only_where_asked() {
+        let config = crate::config::ClientConfig::new(["127.0.0.1:1"]);
+        let client = Client::new(crate::connector::TokioConnector, config).unwrap();
+        let concurrent = Error::broker(ResponseError::ConcurrentTransactions, "add");
+        let other = Error::broker(ResponseError::CoordinatorLoadInProgress, "add");
+        let waited = |budget: Budget, error: Error| {
+            let client = client.clone();
+            async move {
+                let started = Instant::now();
+                budget.pause(&client, 1, error, "add").await.unwrap();
+                started.elapsed()
+            }
+        };
+        let soon = Budget::new(10_000).with_concurrent_backoff_ms(FIRST_ADD_RETRY_BACKOFF_MS);
+        assert_eq!(
+            waited(soon, concurrent.clone()).await,
+            Duration::from_millis(FIRST_ADD_RETRY_BACKOFF_MS)
+        );
+        let backoff_ms = client.config().retry_backoff_ms;
+        let least = Duration::from_millis(backoff_ms / 2);
+        assert!(
+            waited(soon, other).await >= least,
+            "other errors wait as usual"
+        );
+        assert!(
+            waited(Budget::new(10_000), concurrent).await >= least,
+            "elsewhere CONCURRENT_TRANSACTIONS waits as usual"
+        );
     }
 
     #[test]
