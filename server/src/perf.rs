@@ -1486,6 +1486,74 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn idempotent_and_transactional_runs_count_every_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let (bootstrap, _stop) = broker(dir.path());
+        let idempotent_args = [
+            "produce",
+            "--topic",
+            "i",
+            "--partitions",
+            "2",
+            "--records",
+            "2001",
+            "--record-size",
+            "100",
+            "--acks",
+            "all",
+            "--idempotence",
+        ];
+        let PerfCommand::Produce(args) = command(&bootstrap, &idempotent_args) else {
+            unreachable!()
+        };
+        let report = produce(&args).await.unwrap();
+        assert_eq!((report.records, report.errors()), (2001, 0));
+        assert_eq!(report.settings["idempotence"], true);
+        assert_eq!(report.settings["retries"], IDEMPOTENT_RETRIES_DEFAULT);
+
+        let transactional_args = [
+            "produce",
+            "--topic",
+            "x",
+            "--partitions",
+            "2",
+            "--producers",
+            "2",
+            "--records",
+            "2500",
+            "--record-size",
+            "100",
+            "--batch-bytes",
+            "4096",
+            "--acks",
+            "all",
+            "--transactional-id",
+            "perf",
+            "--records-per-txn",
+            "300",
+        ];
+        let PerfCommand::Produce(args) = command(&bootstrap, &transactional_args) else {
+            unreachable!()
+        };
+        let report = produce(&args).await.unwrap();
+        assert_eq!(
+            (report.records, report.bytes, report.errors()),
+            (2500, 250_000, 0)
+        );
+        assert_eq!(report.latency.len(), 2500, "one latency per record");
+        assert_eq!(report.latency_name, "send_to_commit");
+        assert_eq!(report.settings["records_per_txn"], 300);
+        assert_eq!(report.settings["records_per_send"], 35);
+        // Every record committed once (the consumer skips the markers).
+        let consume_args = ["consume", "--topic", "x", "--records", "2500"];
+        let PerfCommand::Consume(args) = command(&bootstrap, &consume_args) else {
+            unreachable!()
+        };
+        let report = consume(&args).await.unwrap();
+        assert_eq!((report.records, report.bytes), (2500, 250_000));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_run_past_its_timeout_stops_and_reports_what_it_did() {
         let dir = tempfile::tempdir().unwrap();
         let (bootstrap, _stop) = broker(dir.path());
@@ -1623,6 +1691,40 @@ mod tests {
             "8"
         ])
         .is_err());
+    }
+
+    #[test]
+    fn idempotence_and_transactions_refuse_what_cannot_work() {
+        let base = [
+            "produce",
+            "--topic",
+            "t",
+            "--records",
+            "1",
+            "--record-size",
+            "10",
+        ];
+        let with = |extra: &[&str]| {
+            let mut args = base.to_vec();
+            args.extend_from_slice(extra);
+            parse(&args)
+        };
+        let send = |extra: &[&str]| match with(extra).unwrap() {
+            PerfCommand::Produce(args) => args.send,
+            other => panic!("not produce: {other:?}"),
+        };
+        assert!(check_send(&send(&["--idempotence"])).is_err(), "acks=1");
+        assert!(check_send(&send(&["--idempotence", "--acks", "all"])).is_ok());
+        assert!(check_send(&send(&["--idempotence", "--acks", "all", "--retries", "0"])).is_err());
+        assert_eq!(retries(&send(&["--acks", "all"])), 0);
+        assert_eq!(retries(&send(&["--idempotence", "--acks", "all"])), 10);
+        assert!(with(&["--transactional-id", "x", "--sync"]).is_err());
+        assert!(with(&["--transactional-id", "x", "--throughput", "10"]).is_err());
+        assert!(with(&["--transactional-id", "x", "--records-per-txn", "0"]).is_err());
+        let Ok(PerfCommand::Produce(args)) = with(&["--transactional-id", "x"]) else {
+            panic!("parses")
+        };
+        assert_eq!(args.records_per_txn, RECORDS_PER_TXN_DEFAULT);
     }
 
     #[test]
