@@ -14,22 +14,31 @@
 //!   refused (`BufferFull`) and the producer waits, so nothing queues
 //!   without bound.
 //! - Order: a drained batch leaves its queue; a retried batch goes back to
-//!   the front, and with retries on a partition has at most one batch in
-//!   flight, so a retry can never be overtaken by a later batch.
+//!   its place by creation order. Without idempotence, a partition with
+//!   retries on has at most one batch in flight, so a retry can never be
+//!   overtaken by a later batch. With idempotence it may have five, and
+//!   sequence numbers keep the order (see `sequences`): a retried batch is
+//!   sent again only once it is the partition's oldest unacknowledged one.
 //! - A batch older than `delivery_timeout_ms` is not retried and, while
 //!   queued, expires.
+
+mod sequences;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use bytes::Bytes;
 use sluice_core::batch::HEADER_BYTES;
 
-use crate::batch::{BatchBuilder, RecordData};
+use crate::batch::{BatchBuilder, ProducerIdentity, RecordData};
 use crate::config::ProducerConfig;
+use crate::producer_id::ProducerEpoch;
 use crate::record::TopicPartition;
+use sequences::Sequences;
+pub use sequences::UNACKED_PER_PARTITION_MAX;
 
-/// Batches one partition may have in flight when retries are off (with
-/// retries on, the limit is one, to keep order).
+/// Batches one partition may have in flight when retries are off or the
+/// producer is idempotent (with retries on and without idempotence, the
+/// limit is one, to keep order).
 pub const PARTITION_IN_FLIGHT_MAX: usize = 5;
 
 /// Most a new batch reserves up front (Kafka's default `batch.size`):
@@ -47,6 +56,8 @@ pub struct AccumulatorConfig {
     pub retries_max: u32,
     pub delivery_timeout_ms: u64,
     pub in_flight_per_partition_max: usize,
+    /// Batches carry a producer id, epoch and sequence numbers.
+    pub idempotent: bool,
 }
 
 impl AccumulatorConfig {
@@ -58,13 +69,28 @@ impl AccumulatorConfig {
             record_bytes_max: config.request_bytes_max,
             retries_max: config.retries_max,
             delivery_timeout_ms: config.delivery_timeout_ms,
-            in_flight_per_partition_max: if config.retries_max > 0 {
+            in_flight_per_partition_max: if config.retries_max > 0 && !config.idempotence {
                 1
             } else {
                 PARTITION_IN_FLIGHT_MAX
             },
+            idempotent: config.idempotence,
         }
     }
+}
+
+/// How a sent batch failed, as far as its fate in the log goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// Worth another try; the batch may be in the log (a lost connection,
+    /// a timeout) or not (a retriable refusal).
+    Retriable,
+    /// Refused for good: not in the log.
+    Refused,
+    /// OUT_OF_ORDER_SEQUENCE_NUMBER: the leader expected another sequence.
+    OutOfOrderSequence,
+    /// UNKNOWN_PRODUCER_ID: the leader has no state for the producer.
+    UnknownProducer,
 }
 
 /// Why a record was not appended.
@@ -88,8 +114,14 @@ pub struct ProducerBatch<T> {
     pub topic_partition: TopicPartition,
     pub builder: BatchBuilder,
     pub deliveries: Vec<T>,
-    /// The bytes sent the first time, sent again unchanged on a retry.
+    /// The bytes sent the first time, sent again unchanged on a retry
+    /// (unless an epoch bump gave the batch new sequences).
     pub encoded: Option<Bytes>,
+    /// Producer id, epoch and base sequence; `ProducerIdentity::NONE`
+    /// without idempotence and until the batch is first drained.
+    pub identity: ProducerIdentity,
+    /// An epoch bump gave the batch new sequences after it was sent.
+    sequence_reset: bool,
     created_ms: u64,
     attempts: u32,
     retry_at_ms: u64,
@@ -102,6 +134,12 @@ impl<T> ProducerBatch<T> {
     /// Retries so far (0 on the first send).
     pub fn attempts(&self) -> u32 {
         self.attempts
+    }
+
+    /// Whether the batch has sequence numbers (it was drained by an
+    /// idempotent producer).
+    pub fn has_sequence(&self) -> bool {
+        self.identity.base_sequence >= 0
     }
 }
 
@@ -136,6 +174,8 @@ pub struct Accumulator<T> {
     /// Set when an append created or sealed a batch: only then can the
     /// sender have something new to do or a new linger deadline.
     sender_news: bool,
+    /// The idempotent producer's id, epoch and sequences.
+    sequences: Sequences,
 }
 
 impl<T> Accumulator<T> {
@@ -143,8 +183,12 @@ impl<T> Accumulator<T> {
         assert!(config.batch_bytes_max > 0 && config.buffer_memory_bytes > 0);
         assert!(config.in_flight_per_partition_max > 0);
         assert!(
-            config.retries_max == 0 || config.in_flight_per_partition_max == 1,
+            config.retries_max == 0 || config.in_flight_per_partition_max == 1 || config.idempotent,
             "retries with several batches in flight per partition could reorder records"
+        );
+        assert!(
+            !config.idempotent || config.in_flight_per_partition_max <= UNACKED_PER_PARTITION_MAX,
+            "the leader recognises a retry only among a producer's last five batches"
         );
         Accumulator {
             config,
@@ -155,7 +199,24 @@ impl<T> Accumulator<T> {
             flush_before_id: 0,
             closing: false,
             sender_news: false,
+            sequences: Sequences::default(),
         }
+    }
+
+    /// The idempotent producer's current id and epoch.
+    pub fn producer(&self) -> Option<ProducerEpoch> {
+        self.sequences.producer()
+    }
+
+    /// An idempotent producer without an id (InitProducerId is due).
+    pub fn needs_producer_id(&self) -> bool {
+        self.config.idempotent && self.sequences.producer().is_none()
+    }
+
+    /// The id and epoch InitProducerId granted.
+    pub fn set_producer(&mut self, producer: ProducerEpoch) {
+        assert!(self.config.idempotent);
+        self.sequences.set_producer(producer);
     }
 
     pub fn buffer_bytes_used(&self) -> usize {
@@ -235,6 +296,8 @@ impl<T> Accumulator<T> {
             builder,
             deliveries: vec![delivery],
             encoded: None,
+            identity: ProducerIdentity::NONE,
+            sequence_reset: false,
             created_ms: now_ms,
             attempts: 0,
             retry_at_ms: now_ms,
@@ -288,32 +351,96 @@ impl<T> Accumulator<T> {
     /// Takes at most one ready batch from each partition that `sendable`
     /// accepts (the sender passes "has a known leader") and marks it in
     /// flight. The batches are sealed: later records go to new batches.
+    /// With idempotence, a batch drained the first time gets its sequence
+    /// numbers, and partitions whose sequences forbid sending wait.
     pub fn drain(
         &mut self,
         now_ms: u64,
         mut sendable: impl FnMut(&TopicPartition) -> bool,
     ) -> Vec<ProducerBatch<T>> {
-        let ready: Vec<TopicPartition> = self
-            .queues
-            .iter()
-            .filter(|(_, q)| q.in_flight < self.config.in_flight_per_partition_max)
-            .filter(|(_, q)| {
-                q.batches
-                    .front()
-                    .is_some_and(|b| self.ready(b, q.batches.len(), now_ms))
-            })
-            .map(|(tp, _)| tp.clone())
-            .filter(|tp| sendable(tp))
-            .collect();
+        if self.config.idempotent {
+            self.restart_sequences();
+        }
+        let mut ready = Vec::new();
+        for (tp, queue) in &self.queues {
+            if queue.in_flight >= self.config.in_flight_per_partition_max {
+                continue;
+            }
+            let Some(front) = queue.batches.front() else {
+                continue;
+            };
+            if self.ready(front, queue.batches.len(), now_ms)
+                && sendable(tp)
+                && self.sequences_allow(tp, front)
+            {
+                ready.push(tp.clone());
+            }
+        }
         let mut drained = Vec::with_capacity(ready.len());
         for tp in ready {
             let queue = self.queues.get_mut(&tp).expect("listed above");
             let mut batch = queue.batches.pop_front().expect("has a front batch");
             batch.sealed = true;
             queue.in_flight += 1;
+            if self.config.idempotent && !batch.has_sequence() {
+                let count = batch.builder.record_count();
+                batch.identity = self.sequences.assign(&tp, batch.id, count);
+            }
             drained.push(batch);
         }
+        if self.config.idempotent {
+            self.check_sequences();
+        }
         drained
+    }
+
+    /// Whether the partition's sequences let its front batch go (always,
+    /// without idempotence).
+    fn sequences_allow(&self, tp: &TopicPartition, front: &ProducerBatch<T>) -> bool {
+        !self.config.idempotent || self.sequences.may_drain(tp, front.id, front.has_sequence())
+    }
+
+    /// Restarts the sequences of the partitions whose restart is due: their
+    /// queued batches get new sequences, and are encoded again.
+    fn restart_sequences(&mut self) {
+        let queues = &self.queues;
+        let due = self
+            .sequences
+            .restarts_due(|tp| queues.get(tp).map_or(0, |q| q.in_flight));
+        for tp in due {
+            let Some(queue) = self.queues.get_mut(&tp) else {
+                self.sequences.restart(&tp, &[]);
+                continue;
+            };
+            assert_eq!(queue.in_flight, 0, "{tp} restarts with batches on the wire");
+            let batches: Vec<(u64, i32)> = queue
+                .batches
+                .iter()
+                .filter(|b| b.has_sequence())
+                .map(|b| (b.id, b.builder.record_count()))
+                .collect();
+            let identities = self.sequences.restart(&tp, &batches);
+            let sequenced = queue.batches.iter_mut().filter(|b| b.has_sequence());
+            for (batch, identity) in sequenced.zip(identities) {
+                tracing::debug!(%tp, batch = batch.id, ?identity, "new sequence after an epoch bump");
+                batch.identity = identity;
+                batch.encoded = None;
+                batch.sequence_reset = true;
+            }
+        }
+    }
+
+    /// Every partition's unacknowledged batches are exactly its queued
+    /// batches with sequences and those on the wire.
+    fn check_sequences(&self) {
+        for (tp, queue) in &self.queues {
+            let queued = queue.batches.iter().filter(|b| b.has_sequence()).count();
+            assert_eq!(
+                self.sequences.unacked_count(tp),
+                queued + queue.in_flight,
+                "{tp}: sequences and queues disagree"
+            );
+        }
     }
 
     /// The earliest time something changes on its own: a batch becomes
@@ -331,7 +458,10 @@ impl<T> Accumulator<T> {
             let mut candidate = front
                 .created_ms
                 .saturating_add(self.config.delivery_timeout_ms);
-            if queue.in_flight < self.config.in_flight_per_partition_max && sendable(tp) {
+            if queue.in_flight < self.config.in_flight_per_partition_max
+                && sendable(tp)
+                && self.sequences_allow(tp, front)
+            {
                 let send_at = self
                     .send_at_ms(front, queue.batches.len())
                     .max(front.retry_at_ms);
@@ -342,9 +472,18 @@ impl<T> Accumulator<T> {
         deadline
     }
 
-    /// A sent batch succeeded (or failed for good): releases its memory and
-    /// returns its deliveries.
+    /// A sent batch was written (or the leader had it already): releases
+    /// its memory and returns its deliveries.
     pub fn complete(&mut self, batch: ProducerBatch<T>) -> Vec<T> {
+        if batch.has_sequence() {
+            self.sequences
+                .acknowledged(&batch.topic_partition, batch.id);
+        }
+        self.finish(batch)
+    }
+
+    /// Takes a batch that was in flight out for good.
+    fn finish(&mut self, batch: ProducerBatch<T>) -> Vec<T> {
         let tp = batch.topic_partition.clone();
         let queue = self
             .queues
@@ -360,43 +499,59 @@ impl<T> Accumulator<T> {
         batch.deliveries
     }
 
-    /// A sent batch failed: puts it back at the front of its queue to be
-    /// sent again after `backoff_ms`, or gives up on it.
+    /// A sent batch failed: puts it back in its queue, in creation order,
+    /// to be sent again after `backoff_ms`, or gives up on it.
     pub fn retry_or_give_up(
         &mut self,
         mut batch: ProducerBatch<T>,
         now_ms: u64,
-        retriable: bool,
+        failure: Failure,
         backoff_ms: u64,
     ) -> Retry<T> {
+        let tp = batch.topic_partition.clone();
         let expired = now_ms
             >= batch
                 .created_ms
                 .saturating_add(self.config.delivery_timeout_ms);
+        let retriable = if batch.has_sequence() {
+            self.sequences
+                .retry_wanted(&tp, batch.id, batch.sequence_reset, failure)
+        } else {
+            failure == Failure::Retriable
+        };
         if !retriable || expired || batch.attempts >= self.config.retries_max {
-            return Retry::GaveUp(self.complete(batch));
+            if batch.has_sequence() {
+                self.sequences.given_up(&tp, batch.id, failure);
+            }
+            return Retry::GaveUp(self.finish(batch));
         }
         let queue = self
             .queues
-            .get_mut(&batch.topic_partition)
+            .get_mut(&tp)
             .expect("an in-flight batch has a queue");
         assert!(
             queue.in_flight > 0,
             "retrying a batch that is not in flight"
         );
         queue.in_flight -= 1;
-        assert_eq!(
-            queue.in_flight, 0,
+        assert!(
+            self.config.idempotent || queue.in_flight == 0,
             "a retry with another batch in flight could reorder"
         );
         batch.attempts += 1;
         batch.retry_at_ms = now_ms.saturating_add(backoff_ms);
-        queue.batches.push_front(batch);
+        let place = queue
+            .batches
+            .iter()
+            .position(|queued| queued.id > batch.id)
+            .unwrap_or(queue.batches.len());
+        queue.batches.insert(place, batch);
         Retry::Scheduled
     }
 
     /// Removes queued batches older than the delivery timeout; returns the
-    /// deliveries to fail, per partition.
+    /// deliveries to fail, per partition. An expired batch that was sent
+    /// before may be in the log: its partition's sequences are unresolved.
     pub fn expire(&mut self, now_ms: u64) -> Vec<(TopicPartition, Vec<T>)> {
         let timeout_ms = self.config.delivery_timeout_ms;
         let mut expired = Vec::new();
@@ -408,6 +563,9 @@ impl<T> Accumulator<T> {
                 .is_some_and(|b| now_ms >= b.created_ms.saturating_add(timeout_ms))
             {
                 let batch = queue.batches.pop_front().expect("checked");
+                if batch.has_sequence() {
+                    self.sequences.given_up(tp, batch.id, Failure::Retriable);
+                }
                 released.push((batch.id, batch.reserved_bytes));
                 expired.push((tp.clone(), batch.deliveries));
             }
@@ -419,6 +577,29 @@ impl<T> Accumulator<T> {
             self.drop_queue_if_idle(tp);
         }
         expired
+    }
+
+    /// Removes every queued batch (those in flight stay): the producer
+    /// cannot go on. Returns the deliveries to fail.
+    pub fn abort_queued(&mut self) -> Vec<(TopicPartition, Vec<T>)> {
+        let mut aborted = Vec::new();
+        let mut released = Vec::new();
+        for (tp, queue) in self.queues.iter_mut() {
+            for batch in queue.batches.drain(..) {
+                if batch.has_sequence() {
+                    self.sequences.given_up(tp, batch.id, Failure::Retriable);
+                }
+                released.push((batch.id, batch.reserved_bytes));
+                aborted.push((tp.clone(), batch.deliveries));
+            }
+        }
+        for (id, bytes) in released {
+            self.release(id, bytes);
+        }
+        for (tp, _) in &aborted {
+            self.drop_queue_if_idle(tp);
+        }
+        aborted
     }
 
     /// Makes every batch that exists now ready at once; returns the mark to

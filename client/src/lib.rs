@@ -83,6 +83,7 @@ pub mod group;
 pub mod metadata;
 pub mod partitioner;
 pub mod producer;
+pub mod producer_id;
 pub mod record;
 pub mod transaction;
 
@@ -104,6 +105,7 @@ pub use group::{Assignor, CommitHandle};
 pub use kafka_protocol::ResponseError;
 pub use metadata::{BrokerInfo, ClusterMetadata, PartitionInfo, TopicInfo};
 pub use producer::{DeliveryFuture, Producer};
+pub use producer_id::ProducerEpoch;
 pub use record::{
     ConsumerRecord, Header, ProducerRecord, RecordMetadata, TimestampType, TopicPartition,
 };

@@ -3,7 +3,8 @@
 //! partition leaders and settles each record's future.
 //!
 //! Order of events in the sender loop (one task per producer):
-//! 1. expire queued batches past the delivery timeout;
+//! 1. expire queued batches past the delivery timeout (and, after a fatal
+//!    error, fail every queued batch);
 //! 2. drain ready batches of partitions with a known leader, group them by
 //!    leader into produce requests, and start each request as a sub-task
 //!    (a sub-task queues its request on the connection only after the
@@ -11,15 +12,27 @@
 //!    drain order while they are pipelined);
 //! 3. ask for a metadata refresh of topics whose ready batches have no
 //!    leader (at most one refresh at a time, spaced by the retry backoff);
-//! 4. sleep until woken (new record, flush, close), until the accumulator's
-//!    next deadline, or until a request or refresh finishes, whose outcome
-//!    completes, retries or fails batches under the state lock.
+//! 4. with idempotence, ask any broker for a producer id (InitProducerId)
+//!    while the producer has none: nothing is drained until it has one;
+//! 5. sleep until woken (new record, flush, close), until the accumulator's
+//!    next deadline, or until a request, refresh or InitProducerId
+//!    finishes, whose outcome completes, retries or fails batches (or sets
+//!    the producer id) under the state lock.
 //!
 //! Back-pressure: `send` waits while the buffer is full, up to
 //! `max_block_ms`. Retries keep per-partition order (see `accumulator`).
-//! Without idempotence a retry after a lost answer may write a record
-//! twice; producer id, epoch and sequence are sent as -1 until the
-//! idempotence work fills them in (`batch::ProducerIdentity`).
+//!
+//! Idempotence (`ProducerConfig::idempotence`, Kafka's
+//! `enable.idempotence`): every batch carries the producer id and epoch
+//! and its partition's sequence numbers, given when it is first drained and
+//! kept on retries, so the leader writes a retried batch once (it answers
+//! DUPLICATE_SEQUENCE_NUMBER, or success with the original offset) and
+//! refuses one that would leave a gap. Up to five batches per partition are
+//! in flight. What happens on OUT_OF_ORDER_SEQUENCE_NUMBER,
+//! UNKNOWN_PRODUCER_ID, a refused batch or one whose outcome is unknown
+//! (epoch bumps, new sequences) is in `accumulator::sequences`. Without
+//! idempotence a retry after a lost answer may write a record twice, and
+//! producer id, epoch and sequence go out as -1.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -31,21 +44,27 @@ use std::time::Duration;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::ResponseError;
 use sluice_core::rng::Rng;
 use tokio::sync::{oneshot, Notify};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use crate::accumulator::{Accumulator, AccumulatorConfig, AppendError, ProducerBatch, Retry};
+use crate::accumulator::{
+    Accumulator, AccumulatorConfig, AppendError, Failure, ProducerBatch, Retry,
+};
 use crate::backoff::backoff_ms;
-use crate::batch::{ProducerIdentity, RecordData};
+use crate::batch::RecordData;
 use crate::client::{Client, Endpoint};
 use crate::config::{Acks, Clock, ProducerConfig};
 use crate::connection::Queued;
 use crate::connector::Connector;
 use crate::error::{Error, Result};
 use crate::partitioner::{key_partition, StickyPartitioner};
+use crate::producer_id::{
+    granted, init_producer_id_request, ProducerEpoch, IDEMPOTENT_TRANSACTION_TIMEOUT_MS,
+};
 use crate::record::{ProducerRecord, RecordMetadata, TopicPartition};
 
 /// Mixed into the client seed so the producer's draws differ from the
@@ -82,6 +101,9 @@ struct State {
     rng: Rng,
     closed: bool,
     sender_stopped: bool,
+    /// Why the producer cannot go on (InitProducerId refused for good):
+    /// `send` returns it and queued records fail with it.
+    fatal: Option<Error>,
 }
 
 struct Shared<C: Connector> {
@@ -113,6 +135,8 @@ enum Event {
         result: Result<Option<Answers>>,
     },
     Refreshed,
+    /// InitProducerId answered (or failed).
+    ProducerId(Result<ProducerEpoch>),
 }
 
 /// A producer. Dropping it abandons unsent records (their futures fail with
@@ -142,6 +166,7 @@ impl<C: Connector> Producer<C> {
             rng,
             closed: false,
             sender_stopped: false,
+            fatal: None,
         };
         let shared = Arc::new(Shared {
             client,
@@ -196,6 +221,9 @@ impl<C: Connector> Producer<C> {
                 let mut state = shared.lock();
                 if state.closed {
                     return Err(Error::Closed);
+                }
+                if let Some(fatal) = &state.fatal {
+                    return Err(fatal.clone());
                 }
                 let available = || shared.client.available_partitions(&record.topic);
                 let partition =
@@ -268,6 +296,12 @@ impl<C: Connector> Producer<C> {
         }
     }
 
+    /// The producer id and epoch its batches carry now (idempotence only;
+    /// `None` until InitProducerId answered).
+    pub fn producer_epoch(&self) -> Option<ProducerEpoch> {
+        self.shared.lock().accumulator.producer()
+    }
+
     /// Refuses new records, sends the queued ones and stops.
     pub async fn close(mut self) -> Result<()> {
         {
@@ -314,12 +348,19 @@ impl<C: Connector> Drop for SenderExit<C> {
     }
 }
 
+/// Deliveries to fail, by partition.
+type Failed = Vec<(TopicPartition, Vec<Delivery>)>;
+
 /// What one pass over the accumulator produced.
 struct Plan {
     requests: Vec<(i32, Vec<ProducerBatch<Delivery>>)>,
     leaderless_topics: BTreeSet<String>,
-    expired: Vec<(TopicPartition, Vec<Delivery>)>,
+    expired: Failed,
+    /// Queued records failed by a fatal error, with it.
+    aborted: Option<(Error, Failed)>,
     deadline_ms: Option<u64>,
+    /// The producer needs an id before anything can be drained.
+    producer_id_wanted: bool,
     finished: bool,
 }
 
@@ -331,10 +372,19 @@ struct Refresh {
     last_started: Option<Instant>,
 }
 
+/// InitProducerId bookkeeping of the sender.
+#[derive(Default)]
+struct ProducerIdRequest {
+    running: bool,
+    /// Failed attempts since the last success; spaces the next one.
+    failures: u32,
+}
+
 async fn run_sender<C: Connector>(shared: Arc<Shared<C>>) {
     let _exit = SenderExit(shared.clone());
     let mut tasks: JoinSet<Event> = JoinSet::new();
     let mut refresh = Refresh::default();
+    let mut producer_id = ProducerIdRequest::default();
     // Per broker, the signal that the last request started is queued on
     // its connection: the next one waits for it, so requests reach the
     // broker in drain order even though each runs as its own task.
@@ -342,6 +392,9 @@ async fn run_sender<C: Connector>(shared: Arc<Shared<C>>) {
     loop {
         let plan = shared.plan(shared.now_ms());
         shared.fail_expired(plan.expired);
+        if let Some((error, aborted)) = plan.aborted {
+            shared.fail_all(aborted, &error);
+        }
         for (broker, batches) in plan.requests {
             let (queued, next) = oneshot::channel();
             let previous = last_queued.insert(broker, next);
@@ -349,6 +402,9 @@ async fn run_sender<C: Connector>(shared: Arc<Shared<C>>) {
         }
         refresh.wanted.extend(plan.leaderless_topics);
         shared.start_refresh(&mut tasks, &mut refresh);
+        if plan.producer_id_wanted {
+            shared.start_init_producer_id(&mut tasks, &mut producer_id);
+        }
         if plan.finished && tasks.is_empty() {
             return;
         }
@@ -365,6 +421,7 @@ async fn run_sender<C: Connector>(shared: Arc<Shared<C>>) {
                         refresh.wanted.extend(stale);
                     }
                     Event::Refreshed => refresh.running = false,
+                    Event::ProducerId(result) => shared.producer_id_answered(result, &mut producer_id),
                 }
             }
         }
@@ -398,6 +455,10 @@ impl<C: Connector> Shared<C> {
     fn plan(&self, now_ms: u64) -> Plan {
         let mut state = self.lock();
         let expired = state.accumulator.expire(now_ms);
+        let aborted = match &state.fatal {
+            Some(error) => Some((error.clone(), state.accumulator.abort_queued())),
+            None => None,
+        };
         let mut leaders = BTreeMap::new();
         let mut leaderless_topics = BTreeSet::new();
         let drained = state
@@ -430,7 +491,13 @@ impl<C: Connector> Shared<C> {
             requests: self.split_requests(by_broker),
             leaderless_topics,
             expired,
+            aborted,
             deadline_ms,
+            // Asked for at once, as Java does, but not by a producer that
+            // closes with nothing to send.
+            producer_id_wanted: state.accumulator.needs_producer_id()
+                && state.fatal.is_none()
+                && !(state.closed && state.accumulator.is_idle()),
             finished: state.closed && state.accumulator.is_idle(),
         }
     }
@@ -473,6 +540,66 @@ impl<C: Connector> Shared<C> {
                 let _ = delivery.reply.send(Err(error.clone()));
             }
         }
+        self.progress.notify_waiters();
+    }
+
+    fn fail_all(&self, failed: Failed, error: &Error) {
+        for (_, deliveries) in failed {
+            for delivery in deliveries {
+                let _ = delivery.reply.send(Err(error.clone()));
+            }
+        }
+        self.progress.notify_waiters();
+    }
+
+    /// Starts InitProducerId (no transactional id) to any broker, after the
+    /// retry backoff if the last attempt failed.
+    fn start_init_producer_id(
+        self: &Arc<Self>,
+        tasks: &mut JoinSet<Event>,
+        request: &mut ProducerIdRequest,
+    ) {
+        if request.running {
+            return;
+        }
+        request.running = true;
+        let wait_ms = match request.failures {
+            0 => 0,
+            failures => backoff_ms(
+                failures,
+                self.client.config().retry_backoff_ms,
+                self.client.config().retry_backoff_max_ms,
+                &mut self.lock().rng,
+            ),
+        };
+        let client = self.client.clone();
+        tasks.spawn(async move {
+            tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+            Event::ProducerId(init_producer_id(&client).await)
+        });
+    }
+
+    /// Takes the producer id InitProducerId granted; after a failure the
+    /// next pass asks again, unless the error is one retrying cannot cure.
+    fn producer_id_answered(&self, result: Result<ProducerEpoch>, request: &mut ProducerIdRequest) {
+        request.running = false;
+        let mut state = self.lock();
+        match result {
+            Ok(producer) => {
+                tracing::debug!(?producer, "producer id granted");
+                request.failures = 0;
+                state.accumulator.set_producer(producer);
+            }
+            Err(error) if error.is_retriable() => {
+                tracing::debug!(%error, "InitProducerId failed; retrying");
+                request.failures += 1;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "InitProducerId refused: the producer cannot send");
+                state.fatal = Some(error);
+            }
+        }
+        drop(state);
         self.progress.notify_waiters();
     }
 
@@ -549,7 +676,7 @@ impl<C: Connector> Shared<C> {
         let tp = batch.topic_partition.clone();
         match state
             .accumulator
-            .retry_or_give_up(batch, now_ms, error.is_retriable(), wait_ms)
+            .retry_or_give_up(batch, now_ms, failure_of(&error), wait_ms)
         {
             Retry::Scheduled => tracing::debug!(%tp, %error, wait_ms, "retrying a batch"),
             Retry::GaveUp(deliveries) => {
@@ -562,7 +689,31 @@ impl<C: Connector> Shared<C> {
     }
 }
 
+/// What a failure means for the batch's place in the log.
+fn failure_of(error: &Error) -> Failure {
+    match error.response_error() {
+        Some(ResponseError::OutOfOrderSequenceNumber) => Failure::OutOfOrderSequence,
+        Some(ResponseError::UnknownProducerId) => Failure::UnknownProducer,
+        _ if error.is_retriable() => Failure::Retriable,
+        _ => Failure::Refused,
+    }
+}
+
+/// InitProducerId without a transactional id, to any broker.
+async fn init_producer_id<C: Connector>(client: &Client<C>) -> Result<ProducerEpoch> {
+    let connection = client.any_connection().await?;
+    let version = connection.version(ApiKey::InitProducerId)?;
+    let request = init_producer_id_request(None, IDEMPOTENT_TRANSACTION_TIMEOUT_MS, None);
+    let response = connection
+        .send(&request, version, client.request_timeout_ms())
+        .await?;
+    granted(&response, connection.address())
+}
+
 /// `(base offset, log append time)` of a partition's answer, or its error.
+/// DUPLICATE_SEQUENCE_NUMBER is a success: the leader has the batch but
+/// no longer its offset (Kafka's brokers answer so for a retry older than
+/// the last five batches they remember).
 fn partition_outcome(answers: &Answers, tp: &TopicPartition) -> Result<(i64, i64)> {
     let Some(answer) = answers.get(tp) else {
         return Err(Error::Protocol {
@@ -570,8 +721,9 @@ fn partition_outcome(answers: &Answers, tp: &TopicPartition) -> Result<(i64, i64
             detail: format!("the produce answer does not mention {tp}"),
         });
     };
-    match kafka_protocol::ResponseError::try_from_code(answer.error_code) {
+    match ResponseError::try_from_code(answer.error_code) {
         None => Ok((answer.base_offset, answer.log_append_time_ms)),
+        Some(ResponseError::DuplicateSequenceNumber) => Ok((-1, -1)),
         Some(error) => Err(Error::broker_with_message(
             error,
             format!("produce to {tp}"),
@@ -640,7 +792,7 @@ async fn send_batches<C: Connector>(
     for batch in batches.iter_mut().filter(|b| b.encoded.is_none()) {
         let built = batch
             .builder
-            .build(shared.config.compression, ProducerIdentity::NONE);
+            .build(shared.config.compression, batch.identity);
         batch.encoded = Some(built.map_err(|error| Error::Encode {
             api: ApiKey::Produce,
             version,

@@ -2,15 +2,18 @@
 //! Java's `TransactionManager` speaks them without KIP-890 part 2) over a
 //! [`Client`].
 //!
-//! The producer is sequential: each call finishes before the next starts,
-//! and a `send` writes its records as one batch and waits for the answer.
+//! Each call finishes before the next starts. A `send` writes its records
+//! as one batch and waits for the answer; `send_all` writes several batches
+//! at once, pipelined per partition leader (`pipeline`), so a transaction
+//! of many batches costs about one round trip instead of one per batch.
 //! A transaction goes:
 //!
 //! 1. `init`: FindCoordinator (key type 1) and InitProducerId give the
 //!    producer id and epoch; the epoch fences every older instance with the
 //!    same transactional id, and the coordinator aborts what it left open.
-//! 2. `begin`, then `send`s: before a partition's first record in the
-//!    transaction, AddPartitionsToTxn tells the coordinator; then a Produce
+//! 2. `begin`, then `send`s (or `send_all`s): before a partition's first
+//!    record in the transaction, AddPartitionsToTxn tells the coordinator
+//!    (one request for all the new partitions of a `send_all`); then a Produce
 //!    (acks=-1) of one transactional batch (attributes bit 4, the producer
 //!    id and epoch, and the partition's next sequence number) goes to the
 //!    partition's leader. A retry sends the same bytes, so the leader's
@@ -51,8 +54,8 @@ use kafka_protocol::messages::txn_offset_commit_request::{
 };
 use kafka_protocol::messages::{
     AddOffsetsToTxnRequest, AddPartitionsToTxnRequest, AddPartitionsToTxnResponse, ApiKey,
-    EndTxnRequest, GroupId, InitProducerIdRequest, ProduceRequest, ProducerId, TopicName,
-    TransactionalId, TxnOffsetCommitRequest, TxnOffsetCommitResponse,
+    EndTxnRequest, GroupId, ProduceRequest, ProducerId, TopicName, TransactionalId,
+    TxnOffsetCommitRequest, TxnOffsetCommitResponse,
 };
 use kafka_protocol::protocol::{Request, StrBytes};
 use kafka_protocol::ResponseError;
@@ -67,10 +70,19 @@ use crate::connector::Connector;
 use crate::error::{Error, Result};
 use crate::group::member::{find_coordinator, KEY_TYPE_GROUP};
 use crate::group::membership::CoordinatorNode;
+use crate::producer_id::{granted, init_producer_id_request, ProducerEpoch};
 use crate::record::{ProducerRecord, TopicPartition};
+
+mod pipeline;
 
 /// Attempts of one request before it gives up, whatever its deadline.
 pub const REQUEST_ATTEMPTS_MAX: u32 = 1_000;
+
+/// The wait before retrying the first AddPartitionsToTxn of a transaction
+/// answered CONCURRENT_TRANSACTIONS, as Java's `TransactionManager` waits
+/// (`ADD_PARTITIONS_RETRY_BACKOFF_MS`): the coordinator is still writing
+/// the markers of the transaction before, which takes moments.
+pub const FIRST_ADD_RETRY_BACKOFF_MS: u64 = 20;
 
 /// FindCoordinator's key type of a transactional id.
 const KEY_TYPE_TRANSACTION: i8 = 1;
@@ -210,6 +222,9 @@ impl Machine {
 struct Budget {
     deadline: Instant,
     budget_ms: u64,
+    /// The wait after CONCURRENT_TRANSACTIONS, when shorter than the
+    /// client's backoff.
+    concurrent_backoff_ms: Option<u64>,
 }
 
 impl Budget {
@@ -217,6 +232,16 @@ impl Budget {
         Budget {
             deadline: Instant::now() + Duration::from_millis(budget_ms),
             budget_ms,
+            concurrent_backoff_ms: None,
+        }
+    }
+
+    /// The same deadline, retrying CONCURRENT_TRANSACTIONS after
+    /// `backoff_ms` (at most the client's backoff).
+    fn with_concurrent_backoff_ms(self, backoff_ms: u64) -> Budget {
+        Budget {
+            concurrent_backoff_ms: Some(backoff_ms),
+            ..self
         }
     }
 
@@ -230,7 +255,11 @@ impl Budget {
         error: Error,
         what: &str,
     ) -> Result<()> {
-        let pause = Duration::from_millis(client.retry_backoff_ms(attempt));
+        let mut pause_ms = client.retry_backoff_ms(attempt);
+        if error.response_error() == Some(ResponseError::ConcurrentTransactions) {
+            pause_ms = pause_ms.min(self.concurrent_backoff_ms.unwrap_or(u64::MAX));
+        }
+        let pause = Duration::from_millis(pause_ms);
         if attempt >= REQUEST_ATTEMPTS_MAX || Instant::now() + pause >= self.deadline {
             return Err(Error::Timeout {
                 what: format!("{what} (last error: {error})"),
@@ -435,15 +464,32 @@ impl<C: Connector> TransactionalProducer<C> {
     pub async fn send(&mut self, tp: &TopicPartition, records: &[ProducerRecord]) -> Result<i64> {
         self.machine.start(Operation::Send)?;
         check_records(tp, records)?;
-        let topic = self.client.topic(&tp.topic).await?;
-        if topic.partition(tp.partition).is_none() {
-            return Err(Error::UnknownPartition {
-                topic: tp.topic.clone(),
-                partition: tp.partition,
-                partitions: topic.partition_count(),
-            });
-        }
+        self.check_partition(tp).await?;
         let result = self.send_in_transaction(tp, records).await;
+        if let Err(error) = &result {
+            self.machine.fail(error);
+        }
+        result
+    }
+
+    /// Writes each `(partition, records)` pair as one transactional batch,
+    /// as `send` does, and returns the offset of each batch's first record
+    /// (-1 for a retry the leader answered as a duplicate without one).
+    /// The new partitions are added with one AddPartitionsToTxn, and the
+    /// batches go out at once, pipelined per leader (see `pipeline`);
+    /// those that fail are retried one by one, in order, with the same
+    /// bytes, for up to `config.delivery_timeout_ms`. A failure leaves
+    /// only `abort`.
+    pub async fn send_all(
+        &mut self,
+        batches: &[(TopicPartition, Vec<ProducerRecord>)],
+    ) -> Result<Vec<i64>> {
+        self.machine.start(Operation::Send)?;
+        for (tp, records) in batches {
+            check_records(tp, records)?;
+            self.check_partition(tp).await?;
+        }
+        let result = self.send_all_in_transaction(batches).await;
         if let Err(error) = &result {
             self.machine.fail(error);
         }
@@ -555,7 +601,7 @@ impl<C: Connector> TransactionalProducer<C> {
     /// Sequences start again at 0.
     async fn init_producer_id(&mut self, bump: bool, budget: Budget) -> Result<()> {
         let (id, producer_id, epoch) = self.identity();
-        let (producer_id, epoch) = if bump { (producer_id, epoch) } else { (-1, -1) };
+        let current = bump.then_some(ProducerEpoch { producer_id, epoch });
         let timeout_ms = self.config.transaction_timeout_ms;
         let what = format!("initialize the producer of {}", id.0);
         // Below v3 the request cannot name the producer, and a bump fails
@@ -565,27 +611,13 @@ impl<C: Connector> TransactionalProducer<C> {
             &mut self.coordinator,
             budget,
             &what,
-            |_| {
-                InitProducerIdRequest::default()
-                    .with_transactional_id(Some(id.clone()))
-                    .with_transaction_timeout_ms(timeout_ms)
-                    .with_producer_id(ProducerId(producer_id))
-                    .with_producer_epoch(epoch)
-            },
+            |_| init_producer_id_request(Some(id.clone()), timeout_ms, current),
             |response| response.error_code,
         )
         .await?;
-        if response.producer_id.0 < 0 || response.producer_epoch < 0 {
-            return Err(Error::Protocol {
-                address: "the transaction coordinator".into(),
-                detail: format!(
-                    "InitProducerId answered producer id {} epoch {}",
-                    response.producer_id.0, response.producer_epoch
-                ),
-            });
-        }
-        self.producer_id = response.producer_id.0;
-        self.producer_epoch = response.producer_epoch;
+        let producer = granted(&response, "the transaction coordinator")?;
+        self.producer_id = producer.producer_id;
+        self.producer_epoch = producer.epoch;
         self.sequences.clear();
         self.epoch_bump_required = false;
         tracing::debug!(
@@ -602,6 +634,94 @@ impl<C: Connector> TransactionalProducer<C> {
         (id, self.producer_id, self.producer_epoch)
     }
 
+    /// Refuses a partition its topic does not have.
+    async fn check_partition(&self, tp: &TopicPartition) -> Result<()> {
+        let topic = self.client.topic(&tp.topic).await?;
+        if topic.partition(tp.partition).is_none() {
+            return Err(Error::UnknownPartition {
+                topic: tp.topic.clone(),
+                partition: tp.partition,
+                partitions: topic.partition_count(),
+            });
+        }
+        Ok(())
+    }
+
+    async fn send_all_in_transaction(
+        &mut self,
+        batches: &[(TopicPartition, Vec<ProducerRecord>)],
+    ) -> Result<Vec<i64>> {
+        let budget = Budget::new(self.config.delivery_timeout_ms);
+        let new: BTreeSet<TopicPartition> = batches
+            .iter()
+            .map(|(tp, _)| tp)
+            .filter(|tp| !self.partitions.contains(*tp))
+            .cloned()
+            .collect();
+        if !new.is_empty() {
+            let new: Vec<TopicPartition> = new.into_iter().collect();
+            self.add_partitions(&new, budget).await?;
+            self.partitions.extend(new);
+        }
+        let mut sequences = self.sequences.clone();
+        let encoded: Vec<pipeline::Encoded> = batches
+            .iter()
+            .map(|(tp, records)| {
+                let sequence = sequences.get(tp).copied().unwrap_or(0);
+                let identity = ProducerIdentity {
+                    producer_id: self.producer_id,
+                    producer_epoch: self.producer_epoch,
+                    base_sequence: sequence,
+                };
+                let count = i32::try_from(records.len()).expect("checked by check_records");
+                sequences.insert(tp.clone(), increment_sequence(sequence, count));
+                pipeline::Encoded {
+                    tp: tp.clone(),
+                    bytes: Bytes::from(build_batch(records, identity, &self.clock)),
+                }
+            })
+            .collect();
+        let (id, _, _) = self.identity();
+        let first = pipeline::send_once(&self.client, &id, &encoded).await;
+        let mut offsets = Vec::with_capacity(encoded.len());
+        // Partitions with a batch that failed the first time: the leader
+        // refuses the batches after it until it is written.
+        let mut behind_a_failure = BTreeSet::new();
+        for (batch, outcome) in encoded.iter().zip(first) {
+            let offset = match outcome {
+                Some(Ok(offset)) => offset,
+                None => match self.produce(&batch.tp, batch.bytes.clone(), budget).await {
+                    Ok(offset) => offset,
+                    Err(error) => {
+                        self.epoch_bump_required = true;
+                        return Err(error);
+                    }
+                },
+                Some(Err(error)) => {
+                    let out_of_order =
+                        error.response_error() == Some(ResponseError::OutOfOrderSequenceNumber);
+                    let explained = out_of_order && behind_a_failure.contains(&batch.tp);
+                    let retried = if error.is_retriable() || explained {
+                        behind_a_failure.insert(batch.tp.clone());
+                        self.produce(&batch.tp, batch.bytes.clone(), budget).await
+                    } else {
+                        Err(error)
+                    };
+                    match retried {
+                        Ok(offset) => offset,
+                        Err(error) => {
+                            self.epoch_bump_required = true;
+                            return Err(error);
+                        }
+                    }
+                }
+            };
+            offsets.push(offset);
+        }
+        self.sequences = sequences;
+        Ok(offsets)
+    }
+
     async fn send_in_transaction(
         &mut self,
         tp: &TopicPartition,
@@ -609,7 +729,8 @@ impl<C: Connector> TransactionalProducer<C> {
     ) -> Result<i64> {
         let budget = Budget::new(self.config.delivery_timeout_ms);
         if !self.partitions.contains(tp) {
-            self.add_partition(tp, budget).await?;
+            self.add_partitions(std::slice::from_ref(tp), budget)
+                .await?;
             self.partitions.insert(tp.clone());
         }
         let sequence = self.sequences.get(tp).copied().unwrap_or(0);
@@ -633,12 +754,28 @@ impl<C: Connector> TransactionalProducer<C> {
         }
     }
 
-    async fn add_partition(&mut self, tp: &TopicPartition, budget: Budget) -> Result<()> {
+    /// AddPartitionsToTxn for `tps`, in one request.
+    async fn add_partitions(&mut self, tps: &[TopicPartition], budget: Budget) -> Result<()> {
+        let budget = if self.partitions.is_empty() {
+            budget.with_concurrent_backoff_ms(FIRST_ADD_RETRY_BACKOFF_MS)
+        } else {
+            budget
+        };
         let (id, producer_id, epoch) = self.identity();
-        let topic = AddPartitionsToTxnTopic::default()
-            .with_name(topic_name(&tp.topic))
-            .with_partitions(vec![tp.partition]);
-        let what = format!("add {tp} to the transaction of {}", id.0);
+        let mut by_topic: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
+        for tp in tps {
+            by_topic.entry(&tp.topic).or_default().push(tp.partition);
+        }
+        let topics: Vec<AddPartitionsToTxnTopic> = by_topic
+            .into_iter()
+            .map(|(topic, partitions)| {
+                AddPartitionsToTxnTopic::default()
+                    .with_name(topic_name(topic))
+                    .with_partitions(partitions)
+            })
+            .collect();
+        let named: Vec<String> = tps.iter().map(ToString::to_string).collect();
+        let what = format!("add {} to the transaction of {}", named.join(", "), id.0);
         self.add_sent = true;
         let response = coordinator_request(
             &self.client,
@@ -650,22 +787,24 @@ impl<C: Connector> TransactionalProducer<C> {
                     .with_v3_and_below_transactional_id(id.clone())
                     .with_v3_and_below_producer_id(ProducerId(producer_id))
                     .with_v3_and_below_producer_epoch(epoch)
-                    .with_v3_and_below_topics(vec![topic.clone()])
+                    .with_v3_and_below_topics(topics.clone())
             },
             add_partitions_code,
         )
         .await?;
-        let answered = response.results_by_topic_v3_and_below.iter().any(|topic| {
-            topic.name.0.as_str() == tp.topic
-                && topic
-                    .results_by_partition
-                    .iter()
-                    .any(|p| p.partition_index == tp.partition)
-        });
-        if !answered {
+        let answered = |tp: &TopicPartition| {
+            response.results_by_topic_v3_and_below.iter().any(|topic| {
+                topic.name.0.as_str() == tp.topic
+                    && topic
+                        .results_by_partition
+                        .iter()
+                        .any(|p| p.partition_index == tp.partition)
+            })
+        };
+        if let Some(missing) = tps.iter().find(|tp| !answered(tp)) {
             return Err(Error::Protocol {
                 address: "the transaction coordinator".into(),
-                detail: format!("the AddPartitionsToTxn answer does not mention {tp}"),
+                detail: format!("the AddPartitionsToTxn answer does not mention {missing}"),
             });
         }
         self.add_answered = true;
@@ -1095,6 +1234,37 @@ mod tests {
         machine.start(Operation::Commit).unwrap();
         machine.fail(&fenced());
         assert_eq!(machine.state, FatalError);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrent_transactions_is_retried_soon_only_where_asked() {
+        let config = crate::config::ClientConfig::new(["127.0.0.1:1"]);
+        let client = Client::new(crate::connector::TokioConnector, config).unwrap();
+        let concurrent = Error::broker(ResponseError::ConcurrentTransactions, "add");
+        let other = Error::broker(ResponseError::CoordinatorLoadInProgress, "add");
+        let waited = |budget: Budget, error: Error| {
+            let client = client.clone();
+            async move {
+                let started = Instant::now();
+                budget.pause(&client, 1, error, "add").await.unwrap();
+                started.elapsed()
+            }
+        };
+        let soon = Budget::new(10_000).with_concurrent_backoff_ms(FIRST_ADD_RETRY_BACKOFF_MS);
+        assert_eq!(
+            waited(soon, concurrent.clone()).await,
+            Duration::from_millis(FIRST_ADD_RETRY_BACKOFF_MS)
+        );
+        let backoff_ms = client.config().retry_backoff_ms;
+        let least = Duration::from_millis(backoff_ms / 2);
+        assert!(
+            waited(soon, other).await >= least,
+            "other errors wait as usual"
+        );
+        assert!(
+            waited(Budget::new(10_000), concurrent).await >= least,
+            "elsewhere CONCURRENT_TRANSACTIONS waits as usual"
+        );
     }
 
     #[test]

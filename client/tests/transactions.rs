@@ -4,7 +4,9 @@
 //! back, a second instance with the same transactional id fences the first,
 //! and a group's offsets sent in a transaction become its committed offsets
 //! on commit and are dropped on abort; calls out of order are refused, and
-//! after a failed send only an abort is, which bumps the epoch.
+//! after a failed send only an abort is, which bumps the epoch. `send_all`
+//! writes many batches over several partitions at once, each once and in
+//! order even when an answer is lost mid-way.
 
 // Not every test file uses every helper (this one never restarts).
 #[allow(dead_code)]
@@ -15,6 +17,7 @@ use std::time::Duration;
 
 use kafka_protocol::ResponseError;
 use sluice_client::*;
+use support::lossy::LossyConnector;
 use support::Broker;
 use tokio::time::Instant;
 
@@ -440,4 +443,56 @@ async fn a_failed_send_leaves_only_abort_which_bumps_the_epoch() {
     settle(&broker, &tps).await;
     let read = read_all(&broker, &tps, IsolationLevel::ReadCommitted).await;
     assert_eq!(read, by_partition(&[(0, &["after"])]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_all_writes_many_batches_once_and_in_order_despite_a_lost_answer() {
+    let broker = Broker::start();
+    let tps = create_topic(&broker, "send-all", 2).await;
+    let (client, connector) = LossyConnector::client(broker.client_config());
+    let config = TransactionalConfig {
+        max_block_ms: 20_000,
+        delivery_timeout_ms: 20_000,
+        ..TransactionalConfig::new("send-all-1")
+    };
+    let mut producer = TransactionalProducer::init(client, config, system_clock())
+        .await
+        .unwrap();
+    // Seven batches for partition 0 (more than the five a leader takes in
+    // flight from one producer) and three for partition 1, interleaved.
+    let mut batches = Vec::new();
+    for i in 0..10 {
+        let tp = &tps[usize::from(i >= 7)];
+        let values: Vec<String> = (0..3).map(|r| format!("b{i}-r{r}")).collect();
+        let refs: Vec<&str> = values.iter().map(String::as_str).collect();
+        batches.push((tp.clone(), records(tp, &refs)));
+    }
+    batches.swap(3, 8);
+    let mut expected: BTreeMap<i32, Vec<String>> = BTreeMap::new();
+    for (tp, records) in &batches {
+        let values = records
+            .iter()
+            .map(|r| String::from_utf8(r.value.as_ref().unwrap().to_vec()).unwrap());
+        expected.entry(tp.partition).or_default().extend(values);
+    }
+    // The answer of the second request is lost with later ones in flight.
+    connector.lose_produce_answers(1, 1);
+    producer.begin().unwrap();
+    let offsets = producer.send_all(&batches).await.unwrap();
+    assert_eq!(connector.lost(), 1, "an answer was lost");
+    assert!(
+        connector.produce_outstanding_max() > 1,
+        "the requests were pipelined"
+    );
+    assert_eq!(offsets.len(), batches.len());
+    let again = records(&tps[0], &["last"]);
+    producer.send_all(&[(tps[0].clone(), again)]).await.unwrap();
+    producer.commit().await.unwrap();
+    expected.get_mut(&0).unwrap().push("last".into());
+    settle(&broker, &tps).await;
+    let read = read_all(&broker, &tps, IsolationLevel::ReadCommitted).await;
+    assert_eq!(
+        read, expected,
+        "each record once, in send order per partition"
+    );
 }

@@ -572,6 +572,7 @@ impl<S: Storage> Node<S> {
                 parked,
                 woken: true,
             },
+            Pending::TxnAdd(held) => SlotState::TxnAdd(held),
         };
         self.sessions.push(
             connection,
@@ -1093,6 +1094,10 @@ impl<S: Storage> Node<S> {
         self.tend_shutdown(now);
         self.tend_replication(now);
         self.broker.tend_transactions(now);
+        if self.broker.take_txn_completed() {
+            // Adds held for a completing transaction may go on.
+            everyone = true;
+        }
         self.send_txn_markers(now);
         // What the controller proposed just now (and the fetches it wakes).
         if self.drain_quorum(now) {
@@ -1166,6 +1171,10 @@ impl<S: Storage> Node<S> {
                 state: SlotState::After { wait, .. },
                 ..
             }) => wait.deadline_ms(),
+            Some(Slot {
+                state: SlotState::TxnAdd(held),
+                ..
+            }) => Some(held.deadline_ms),
             _ => None,
         };
         match deadline {
@@ -1241,6 +1250,31 @@ impl<S: Storage> Node<S> {
                             woken: false,
                         },
                     }),
+                }
+            }
+            SlotState::TxnAdd(held) => {
+                let completing = self.broker.txn_completing(&held.transactional_id);
+                if completing && now.monotonic_ms < held.deadline_ms {
+                    return Completion::NotYet(Slot {
+                        header,
+                        state: SlotState::TxnAdd(held),
+                    });
+                }
+                match handlers::add_partitions_after_hold(
+                    &mut self.broker,
+                    now,
+                    header.version,
+                    held,
+                ) {
+                    Pending::Now(reply) => encode(&mut self.broker.metrics, &reply),
+                    Pending::After { wait, reply } => self.try_complete(
+                        Slot {
+                            header,
+                            state: SlotState::After { wait, reply },
+                        },
+                        now,
+                    ),
+                    other => unreachable!("a held add is answered, not {other:?}"),
                 }
             }
             SlotState::AfterCommit {

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use bytes::Bytes;
 
 use crate::group::Token;
-use crate::handlers::{ParkedFetch, Wait};
+use crate::handlers::{HeldTxnAdd, ParkedFetch, Wait};
 use crate::types::TopicPartition;
 use crate::wire::{Reply, ReplyHeader};
 
@@ -36,6 +36,9 @@ pub enum SlotState {
     /// A long-polling fetch; `woken` when one of its partitions moved (or
     /// it never was evaluated at the front of the queue).
     Fetch { parked: ParkedFetch, woken: bool },
+    /// An AddPartitionsToTxn waiting for its producer's last transaction
+    /// to complete.
+    TxnAdd(HeldTxnAdd),
     /// Waits for the group coordinator's answer to this token.
     Coordinator(Token),
     /// A request from another node's Raft replica, waiting for this node's

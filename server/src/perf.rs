@@ -32,6 +32,7 @@
 
 mod live;
 mod report;
+mod txn;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -45,7 +46,7 @@ use serde_json::json;
 use sluice_client::{
     system_clock, Acks, Admin, Client, ClientConfig, Consumer, ConsumerConfig, ConsumerRecord,
     DeliveryFuture, NewTopic, OffsetReset, Producer, ProducerConfig, ProducerRecord,
-    RecordMetadata, ResponseError, TokioConnector, TopicPartition,
+    RecordMetadata, ResponseError, TokioConnector, TopicPartition, TransactionalConfig,
 };
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -65,6 +66,13 @@ pub const RECORD_BYTES_MAX: u64 = 1_000_000;
 
 /// Largest `--producers`.
 pub const PRODUCERS_MAX: u64 = 64;
+
+/// `--records-per-txn` unless given.
+pub const RECORDS_PER_TXN_DEFAULT: u64 = 1_000;
+
+/// Largest `--records-per-txn`: a transaction's records are built before
+/// they are sent, so this bounds the memory one takes.
+pub const RECORDS_PER_TXN_MAX: u64 = 1_000_000;
 
 /// Deliveries one producer awaits at once; past it, the sender waits for
 /// the oldest (the producer's buffer memory bounds the bytes as well).
@@ -173,10 +181,16 @@ pub struct SendArgs {
     #[arg(long, value_name = "BYTES", default_value_t = 67_108_864,
           value_parser = clap::value_parser!(u64).range(1_048_576..=4_294_967_296))]
     pub buffer_bytes: u64,
-    /// Retries of a failed batch. With 0 (the default here) a partition may
-    /// have 5 batches in flight; with any retries, only one.
-    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=100))]
-    pub retries: u32,
+    /// Retries of a failed batch [default: 0, which lets a partition have
+    /// 5 batches in flight (with any retries, only one); 10 with
+    /// --idempotence, which keeps 5 in flight].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(0..=100))]
+    pub retries: Option<u32>,
+    /// An idempotent producer (Kafka: enable.idempotence): a producer id
+    /// and sequence numbers, so a retry is written once and in order, with
+    /// 5 batches in flight per partition. Needs --acks all and retries.
+    #[arg(long)]
+    pub idempotence: bool,
     /// Create the topic with this many partitions if it does not exist
     /// (otherwise the broker's auto-creation decides).
     #[arg(long, value_parser = clap::value_parser!(i32).range(1..=10_000))]
@@ -200,6 +214,15 @@ pub struct ProduceArgs {
     /// acknowledged: the latency of a single durable write.
     #[arg(long)]
     pub sync: bool,
+    /// Send in transactions, with this transactional id (with several
+    /// producers, producer N uses ID-N); a record counts once its
+    /// transaction committed. Needs --acks all.
+    #[arg(long, value_name = "ID", conflicts_with_all = ["sync", "throughput", "idempotence"])]
+    pub transactional_id: Option<String>,
+    /// Records per transaction with --transactional-id.
+    #[arg(long, value_name = "N", default_value_t = RECORDS_PER_TXN_DEFAULT,
+          value_parser = clap::value_parser!(u64).range(1..=RECORDS_PER_TXN_MAX))]
+    pub records_per_txn: u64,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -436,6 +459,31 @@ pub const PRODUCE_LINGER_MS_DEFAULT: u64 = 5;
 /// the broker.
 pub const LATENCY_LINGER_MS_DEFAULT: u64 = 0;
 
+/// Retries of an idempotent producer unless `--retries` says otherwise
+/// (Kafka retries until the delivery timeout; the count keeps it bounded).
+pub const IDEMPOTENT_RETRIES_DEFAULT: u32 = 10;
+
+/// `--retries`, or its default.
+fn retries(send: &SendArgs) -> u32 {
+    send.retries.unwrap_or(if send.idempotence {
+        IDEMPOTENT_RETRIES_DEFAULT
+    } else {
+        0
+    })
+}
+
+/// Refuses producer flags that cannot work together, as Kafka's producer
+/// refuses such a configuration.
+fn check_send(send: &SendArgs) -> anyhow::Result<()> {
+    if send.idempotence && send.acks != Acks::All {
+        bail!("--idempotence needs --acks all");
+    }
+    if send.idempotence && retries(send) == 0 {
+        bail!("--idempotence needs retries (--retries above 0)");
+    }
+    Ok(())
+}
+
 /// The producer's settings. A record may take at most the linger and one
 /// request timeout to settle (Kafka's smallest `delivery.timeout.ms`), and
 /// `send` may block for one request timeout, so a broker that goes away
@@ -446,9 +494,10 @@ fn producer_config(common: &CommonArgs, send: &SendArgs, linger_ms: u64) -> Prod
         linger_ms,
         batch_bytes_max: send.batch_bytes as usize,
         buffer_memory_bytes: send.buffer_bytes as usize,
-        retries_max: send.retries,
+        retries_max: retries(send),
         delivery_timeout_ms: linger_ms.saturating_add(common.request_timeout_ms),
         max_block_ms: common.request_timeout_ms,
+        idempotence: send.idempotence,
         ..ProducerConfig::default()
     }
 }
@@ -869,6 +918,10 @@ async fn join_tallies(mut tasks: JoinSet<Tally>) -> Tally {
 async fn produce(args: &ProduceArgs) -> anyhow::Result<Report> {
     let began = Instant::now();
     let common = &args.common;
+    check_send(&args.send)?;
+    if let Some(transactional_id) = &args.transactional_id {
+        return produce_transactions(args, transactional_id, began).await;
+    }
     prepare_topic(common, args.send.partitions).await?;
     let linger_ms = args.send.linger_ms.unwrap_or(if args.sync {
         LATENCY_LINGER_MS_DEFAULT
@@ -912,7 +965,8 @@ async fn produce(args: &ProduceArgs) -> anyhow::Result<Report> {
             "sync": args.sync,
             "batch_bytes": args.send.batch_bytes,
             "linger_ms": linger_ms,
-            "retries": args.send.retries,
+            "retries": retries(&args.send),
+            "idempotence": args.send.idempotence,
             "request_timeout_ms": common.request_timeout_ms,
         }),
         records_total: common.records,
@@ -922,6 +976,95 @@ async fn produce(args: &ProduceArgs) -> anyhow::Result<Report> {
         elapsed,
         active: active_since(started, tally.last_progress),
         latency_name: "send_to_ack",
+        latency: tally.latency,
+        ack_latency: None,
+        failed: tally.failed,
+        unknown: tally.unknown,
+        first_error: tally.first_error,
+        stopped: live.stop_reason(),
+    })
+}
+
+/// `produce --transactional-id`: every producer runs transactions (see
+/// `txn`).
+async fn produce_transactions(
+    args: &ProduceArgs,
+    transactional_id: &str,
+    began: Instant,
+) -> anyhow::Result<Report> {
+    let common = &args.common;
+    if args.send.acks != Acks::All {
+        bail!("--transactional-id needs --acks all: transactions are written with acks=all");
+    }
+    let partitions = prepare_topic(common, args.send.partitions).await?.len() as i32;
+    if partitions == 0 {
+        bail!("topic {} has no partitions", common.topic);
+    }
+    let records_per_send = txn::records_per_send(args.send.batch_bytes, args.send.record_size);
+    let live = Live::new();
+    let activity = Activity::Produce {
+        record_bytes: args.send.record_size,
+    };
+    let monitor = start_monitor(common, began, &live, "produce", activity);
+    let started = Instant::now();
+    let mut tasks = JoinSet::new();
+    for index in 0..args.producers {
+        let id = if args.producers == 1 {
+            transactional_id.to_string()
+        } else {
+            format!("{transactional_id}-{index}")
+        };
+        let config = TransactionalConfig {
+            max_block_ms: common.request_timeout_ms,
+            delivery_timeout_ms: common.request_timeout_ms,
+            ..TransactionalConfig::new(id)
+        };
+        let plan = txn::TxnPlan {
+            topic: common.topic.clone(),
+            partitions,
+            first_partition: (index % partitions as u64) as i32,
+            records: share(common.records, args.producers, index),
+            records_per_txn: args.records_per_txn,
+            records_per_send,
+            payload: Payload::fixed(args.send.record_size as usize),
+        };
+        let client = match client(common, &format!("sluice-perf-producer-{index}"), true) {
+            Ok(client) => client,
+            Err(error) => {
+                monitor.abort();
+                return Err(error);
+            }
+        };
+        tasks.spawn(txn::run_transactional_producer(
+            client,
+            config,
+            plan,
+            live.clone(),
+        ));
+    }
+    let tally = join_tallies(tasks).await;
+    let elapsed = started.elapsed();
+    monitor.abort();
+    Ok(Report {
+        mode: "produce",
+        topic: common.topic.clone(),
+        settings: json!({
+            "record_size": args.send.record_size,
+            "acks": acks_name(args.send.acks),
+            "producers": args.producers,
+            "transactional_id": transactional_id,
+            "records_per_txn": args.records_per_txn,
+            "records_per_send": records_per_send,
+            "batch_bytes": args.send.batch_bytes,
+            "request_timeout_ms": common.request_timeout_ms,
+        }),
+        records_total: common.records,
+        records: tally.records,
+        acknowledged: tally.records,
+        bytes: tally.records * args.send.record_size,
+        elapsed,
+        active: active_since(started, tally.last_progress),
+        latency_name: "send_to_commit",
         latency: tally.latency,
         ack_latency: None,
         failed: tally.failed,
@@ -1119,6 +1262,7 @@ async fn end_to_end(args: &E2eArgs) -> anyhow::Result<Report> {
     if size < SEND_TIME_BYTES {
         bail!("--record-size must be at least {SEND_TIME_BYTES} in e2e: the value carries the send time");
     }
+    check_send(&args.send)?;
     prepare_topic(common, args.send.partitions).await?;
     // Positions are set before the first send, so every record sent is read.
     let mut consumer = start_consumer(common, E2E_PARTITION_FETCH_BYTES, Start::End).await?;
@@ -1173,6 +1317,8 @@ async fn end_to_end(args: &E2eArgs) -> anyhow::Result<Report> {
             "throughput_target": args.throughput,
             "batch_bytes": args.send.batch_bytes,
             "linger_ms": linger_ms,
+            "retries": retries(&args.send),
+            "idempotence": args.send.idempotence,
             "request_timeout_ms": common.request_timeout_ms,
         }),
         records_total: common.records,
@@ -1340,6 +1486,74 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn idempotent_and_transactional_runs_count_every_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let (bootstrap, _stop) = broker(dir.path());
+        let idempotent_args = [
+            "produce",
+            "--topic",
+            "i",
+            "--partitions",
+            "2",
+            "--records",
+            "2001",
+            "--record-size",
+            "100",
+            "--acks",
+            "all",
+            "--idempotence",
+        ];
+        let PerfCommand::Produce(args) = command(&bootstrap, &idempotent_args) else {
+            unreachable!()
+        };
+        let report = produce(&args).await.unwrap();
+        assert_eq!((report.records, report.errors()), (2001, 0));
+        assert_eq!(report.settings["idempotence"], true);
+        assert_eq!(report.settings["retries"], IDEMPOTENT_RETRIES_DEFAULT);
+
+        let transactional_args = [
+            "produce",
+            "--topic",
+            "x",
+            "--partitions",
+            "2",
+            "--producers",
+            "2",
+            "--records",
+            "2500",
+            "--record-size",
+            "100",
+            "--batch-bytes",
+            "4096",
+            "--acks",
+            "all",
+            "--transactional-id",
+            "perf",
+            "--records-per-txn",
+            "300",
+        ];
+        let PerfCommand::Produce(args) = command(&bootstrap, &transactional_args) else {
+            unreachable!()
+        };
+        let report = produce(&args).await.unwrap();
+        assert_eq!(
+            (report.records, report.bytes, report.errors()),
+            (2500, 250_000, 0)
+        );
+        assert_eq!(report.latency.len(), 2500, "one latency per record");
+        assert_eq!(report.latency_name, "send_to_commit");
+        assert_eq!(report.settings["records_per_txn"], 300);
+        assert_eq!(report.settings["records_per_send"], 35);
+        // Every record committed once (the consumer skips the markers).
+        let consume_args = ["consume", "--topic", "x", "--records", "2500"];
+        let PerfCommand::Consume(args) = command(&bootstrap, &consume_args) else {
+            unreachable!()
+        };
+        let report = consume(&args).await.unwrap();
+        assert_eq!((report.records, report.bytes), (2500, 250_000));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_run_past_its_timeout_stops_and_reports_what_it_did() {
         let dir = tempfile::tempdir().unwrap();
         let (bootstrap, _stop) = broker(dir.path());
@@ -1477,6 +1691,40 @@ mod tests {
             "8"
         ])
         .is_err());
+    }
+
+    #[test]
+    fn idempotence_and_transactions_refuse_what_cannot_work() {
+        let base = [
+            "produce",
+            "--topic",
+            "t",
+            "--records",
+            "1",
+            "--record-size",
+            "10",
+        ];
+        let with = |extra: &[&str]| {
+            let mut args = base.to_vec();
+            args.extend_from_slice(extra);
+            parse(&args)
+        };
+        let send = |extra: &[&str]| match with(extra).unwrap() {
+            PerfCommand::Produce(args) => args.send,
+            other => panic!("not produce: {other:?}"),
+        };
+        assert!(check_send(&send(&["--idempotence"])).is_err(), "acks=1");
+        assert!(check_send(&send(&["--idempotence", "--acks", "all"])).is_ok());
+        assert!(check_send(&send(&["--idempotence", "--acks", "all", "--retries", "0"])).is_err());
+        assert_eq!(retries(&send(&["--acks", "all"])), 0);
+        assert_eq!(retries(&send(&["--idempotence", "--acks", "all"])), 10);
+        assert!(with(&["--transactional-id", "x", "--sync"]).is_err());
+        assert!(with(&["--transactional-id", "x", "--throughput", "10"]).is_err());
+        assert!(with(&["--transactional-id", "x", "--records-per-txn", "0"]).is_err());
+        let Ok(PerfCommand::Produce(args)) = with(&["--transactional-id", "x"]) else {
+            panic!("parses")
+        };
+        assert_eq!(args.records_per_txn, RECORDS_PER_TXN_DEFAULT);
     }
 
     #[test]

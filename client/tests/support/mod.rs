@@ -16,6 +16,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use sluice_client::{Client, ClientConfig, TokioConnector};
+
+// Not every test file loses answers.
+#[allow(dead_code)]
+pub mod lossy;
 use sluice_core::config::BrokerConfig;
 use sluice_driver::{serve_on_thread, Environment, FileDisk, ServedOnThread};
 

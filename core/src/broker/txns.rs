@@ -71,6 +71,9 @@ pub struct Transactions {
     pub expiry_checked_ms: i64,
     /// Markers for partitions other brokers lead, for the node to send.
     pub outbox: Vec<RemoteMarker>,
+    /// A transaction completed since the node last looked: requests held
+    /// for it can go on.
+    pub completed: bool,
 }
 
 /// A marker bound for the broker that leads its partition.
@@ -199,6 +202,18 @@ impl<S: Storage> Broker<S> {
             .and_then(|e| e.written.clone())
     }
 
+    /// Whether the id's last transaction is writing its markers.
+    pub fn txn_completing(&self, transactional_id: &str) -> bool {
+        self.transactions.get(transactional_id).is_some_and(|meta| {
+            matches!(meta.state, TxnState::PrepareCommit | TxnState::PrepareAbort)
+        })
+    }
+
+    /// Whether a transaction completed since the last call.
+    pub fn take_txn_completed(&mut self) -> bool {
+        std::mem::take(&mut self.transactions.completed)
+    }
+
     /// Records an id's new state in its partition of `__transaction_state`
     /// and keeps it; returns the write its answers wait for.
     pub fn write_txn(
@@ -226,7 +241,9 @@ impl<S: Storage> Broker<S> {
                 .map(|tp| (tp.clone(), MarkerProgress::ToWrite))
                 .collect()
         } else {
-            self.transactions.ending.remove(transactional_id);
+            if self.transactions.ending.remove(transactional_id) {
+                self.transactions.completed = true;
+            }
             BTreeMap::new()
         };
         tracing::debug!(

@@ -11,6 +11,7 @@ mod offsets;
 mod produce;
 mod topics;
 mod txn;
+pub use txn::TXN_ADD_HOLD_MS_MAX;
 mod txn_markers;
 
 use bytes::Bytes;
@@ -41,6 +42,30 @@ pub enum Pending {
     Coordinator(Token),
     /// A long-polling fetch, answered when enough is readable or at its deadline.
     Fetch(ParkedFetch),
+    /// An AddPartitionsToTxn held while the transaction before it
+    /// completes (see `txn`).
+    TxnAdd(HeldTxnAdd),
+}
+
+/// An AddPartitionsToTxn that came while its producer's last transaction
+/// was still writing its markers: handled again once that one completed,
+/// or at `deadline_ms` (monotonic) whatever its state.
+#[derive(Debug)]
+pub struct HeldTxnAdd {
+    pub transactional_id: String,
+    pub request: Box<kafka_protocol::messages::AddPartitionsToTxnRequest>,
+    pub deadline_ms: i64,
+}
+
+/// A held AddPartitionsToTxn handled again: its answer now, or once its
+/// write is durable. It is not held a second time.
+pub fn add_partitions_after_hold<S: Storage>(
+    broker: &mut Broker<S>,
+    now: Now,
+    version: i16,
+    held: HeldTxnAdd,
+) -> Pending {
+    txn::add_partitions(broker, now, version, *held.request, false)
 }
 
 /// What a reply waits for.

@@ -6,6 +6,16 @@
 //! `__transaction_state` to be durable (and replicated): a state change is
 //! answered only once it is, and an answer that changes nothing may not
 //! report a state a crash could still take back.
+//!
+//! An AddPartitionsToTxn from the producer whose last transaction is still
+//! writing its markers (PrepareCommit or PrepareAbort) gets
+//! CONCURRENT_TRANSACTIONS from Kafka, and the client retries (Java after
+//! 20 ms). Here the markers wait for a sync, so a producer running
+//! transactions back to back would nearly always wait for that retry: the
+//! request is held instead (`HeldTxnAdd`), like a long-polling fetch, and
+//! handled again once the transaction completed, or after
+//! `TXN_ADD_HOLD_MS_MAX`, when it gets CONCURRENT_TRANSACTIONS as before.
+//! A client sees only the answer, later.
 
 use std::collections::BTreeSet;
 
@@ -14,12 +24,16 @@ use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 
 use super::group::str_of;
-use super::{code, now, Context, Handled, Pending};
+use super::{code, now, Context, Handled, HeldTxnAdd, Pending};
 use crate::broker::{Broker, GroupWrite};
 use crate::storage::Storage;
 use crate::txn::{Init, TxnMetadata, TxnState, NO_EPOCH};
-use crate::types::TopicPartition;
+use crate::types::{Now, TopicPartition};
 use crate::wire::Reply;
+
+/// Longest an AddPartitionsToTxn is held for the transaction before it to
+/// complete: well below any client's request timeout.
+pub const TXN_ADD_HOLD_MS_MAX: i64 = 1_000;
 
 /// PRODUCER_FENCED is newer than some versions: those get
 /// INVALID_PRODUCER_EPOCH, as Kafka answers them.
@@ -39,13 +53,22 @@ fn after(
     written: Option<GroupWrite>,
     reply: Reply,
 ) -> Handled {
+    Ok(pending_after(broker, transactional_id, written, reply))
+}
+
+fn pending_after(
+    broker: &Broker<impl Storage>,
+    transactional_id: &str,
+    written: Option<GroupWrite>,
+    reply: Reply,
+) -> Pending {
     let last = broker.txn_written(transactional_id);
     let wait = match (written, last) {
         (Some(a), Some(b)) if a.marks.is_empty() && b.marks.is_empty() => Some(a.and(b)),
         (Some(a), _) => Some(a),
         (None, b) => b,
     };
-    Ok(Pending::after_group_write(wait, reply))
+    Pending::after_group_write(wait, reply)
 }
 
 /// A fresh producer id: from the controller's block in a cluster, else
@@ -183,7 +206,7 @@ fn unknown_partitions<S: Storage>(
 /// AddOffsetsToTxn): the write to wait for, or the error.
 fn add_to_transaction<S: Storage>(
     broker: &mut Broker<S>,
-    context: Context<'_>,
+    now: Now,
     transactional_id: &str,
     producer_id: i64,
     epoch: i16,
@@ -195,11 +218,9 @@ fn add_to_transaction<S: Storage>(
     let Some(meta) = broker.transactions.get(transactional_id) else {
         return Err(ResponseError::InvalidProducerIdMapping);
     };
-    match meta.add_partitions(producer_id, epoch, partitions, context.now.wall_ms)? {
+    match meta.add_partitions(producer_id, epoch, partitions, now.wall_ms)? {
         None => Ok(None),
-        Some(next) => broker
-            .write_txn(context.now, transactional_id, next)
-            .map(Some),
+        Some(next) => broker.write_txn(now, transactional_id, next).map(Some),
     }
 }
 
@@ -214,6 +235,18 @@ pub(super) fn add_partitions_to_txn<S: Storage>(
         // broker verifies with its own coordinator.
         return Err(format!("AddPartitionsToTxn v{version} is not served"));
     }
+    Ok(add_partitions(broker, context.now, version, request, true))
+}
+
+/// AddPartitionsToTxn v0-3; with `may_hold`, held while the producer's
+/// last transaction completes (see the module documentation).
+pub(super) fn add_partitions<S: Storage>(
+    broker: &mut Broker<S>,
+    at: Now,
+    version: i16,
+    request: AddPartitionsToTxnRequest,
+    may_hold: bool,
+) -> Pending {
     let transactional_id = request.v3_and_below_transactional_id.0.to_string();
     let partitions: BTreeSet<TopicPartition> = request
         .v3_and_below_topics
@@ -230,7 +263,7 @@ pub(super) fn add_partitions_to_txn<S: Storage>(
     } else {
         match add_to_transaction(
             broker,
-            context,
+            at,
             &transactional_id,
             request.v3_and_below_producer_id.0,
             request.v3_and_below_producer_epoch,
@@ -240,6 +273,18 @@ pub(super) fn add_partitions_to_txn<S: Storage>(
             Err(error) => (Err(fenced_for(error, version, 2)), None),
         }
     };
+    // CONCURRENT_TRANSACTIONS after the producer and epoch were checked:
+    // its own last transaction is completing.
+    if may_hold
+        && outcome == Err(ResponseError::ConcurrentTransactions)
+        && broker.txn_completing(&transactional_id)
+    {
+        return Pending::TxnAdd(HeldTxnAdd {
+            transactional_id,
+            request: Box::new(request),
+            deadline_ms: at.monotonic_ms.saturating_add(TXN_ADD_HOLD_MS_MAX),
+        });
+    }
     let results = request
         .v3_and_below_topics
         .iter()
@@ -269,8 +314,8 @@ pub(super) fn add_partitions_to_txn<S: Storage>(
         AddPartitionsToTxnResponse::default().with_results_by_topic_v3_and_below(results),
     );
     match outcome {
-        Ok(()) => after(broker, &transactional_id, written, reply),
-        Err(_) => now(reply),
+        Ok(()) => pending_after(broker, &transactional_id, written, reply),
+        Err(_) => Pending::Now(reply),
     }
 }
 
@@ -283,7 +328,7 @@ pub(super) fn add_offsets_to_txn<S: Storage>(
     let partition = broker.group_offsets_partition(request.group_id.as_str());
     let added = add_to_transaction(
         broker,
-        context,
+        context.now,
         &transactional_id,
         request.producer_id.0,
         request.producer_epoch,

@@ -43,7 +43,8 @@ pub struct Report {
     pub elapsed: Duration,
     /// From the start to the last record acknowledged (or read).
     pub active: Duration,
-    /// What `latency` measures: `send_to_ack`, `poll` or `send_to_consume`.
+    /// What `latency` measures: `send_to_ack`, `send_to_commit`, `poll` or
+    /// `send_to_consume`.
     pub latency_name: &'static str,
     pub latency: Histogram<u64>,
     /// For e2e, the producer's send-to-ack latency beside the main one.

@@ -336,6 +336,51 @@ fn offsets_sent_to_a_fresh_broker_join_the_transaction() {
     assert_eq!(committed(&mut h, "copier", "t"), 5);
 }
 
+/// Performs the syncs requested so far, not those they lead to.
+fn sync_once(h: &mut Harness) {
+    for (id, targets) in std::mem::take(&mut h.pending_syncs) {
+        for target in &targets {
+            h.node.broker.storage.sync(target);
+        }
+        h.node.handle_synced(Now::at(h.now_ms), id, Ok(()));
+        h.drain();
+    }
+}
+
+/// Commits an open transaction of "tx" up to the EndTxn answer: PREPARE
+/// is durable, the marker written but not yet synced.
+fn commit_until_answered(h: &mut Harness, producer: (i64, i16)) {
+    let request = EndTxnRequest::default()
+        .with_transactional_id(txn_id("tx"))
+        .with_producer_id(ProducerId(producer.0))
+        .with_producer_epoch(producer.1)
+        .with_committed(true);
+    let c = h.send(ApiKey::EndTxn, 3, &request);
+    while h.sent.is_empty() {
+        assert!(!h.pending_syncs.is_empty(), "EndTxn waits for a sync");
+        sync_once(h);
+    }
+    let response: EndTxnResponse = h.take(ApiKey::EndTxn, 3, c);
+    assert_eq!(response.error_code, 0);
+    assert_eq!(state_of(h, "tx"), Some(TxnState::PrepareCommit));
+}
+
+fn add_request(producer: (i64, i16)) -> AddPartitionsToTxnRequest {
+    AddPartitionsToTxnRequest::default()
+        .with_v3_and_below_transactional_id(txn_id("tx"))
+        .with_v3_and_below_producer_id(ProducerId(producer.0))
+        .with_v3_and_below_producer_epoch(producer.1)
+        .with_v3_and_below_topics(vec![
+            add_partitions_to_txn_request::AddPartitionsToTxnTopic::default()
+                .with_name(TopicName(StrBytes::from_static_str("t")))
+                .with_partitions(vec![0]),
+        ])
+}
+
+fn add_error(response: &AddPartitionsToTxnResponse) -> i16 {
+    response.results_by_topic_v3_and_below[0].results_by_partition[0].partition_error_code
+}
+
 #[test]
 fn a_marker_put_back_for_a_retry_is_retried_while_the_producer_keeps_asking() {
     let mut h = Harness::new(MemStorage::new(), CONFIG);
@@ -367,10 +412,9 @@ fn a_marker_put_back_for_a_retry_is_retried_while_the_producer_keeps_asking() {
     h.sync_all();
     let response: EndTxnResponse = h.take(ApiKey::EndTxn, 3, c);
     assert_eq!(response.error_code, 0, "answered once PREPARE is durable");
-    // The producer asks to add a partition every 20 ms while the
-    // transaction ends, as librdkafka does; the marker must still be
-    // retried once the interval has passed.
-    let concurrent = ResponseError::ConcurrentTransactions.code();
+    // Requests keep coming every 20 ms while the transaction ends (as
+    // librdkafka's AddPartitionsToTxn retries do); the marker must still
+    // be retried once the interval has passed.
     let steps_max = 3 * MARKER_RETRY_MS / 20;
     for step in 1.. {
         assert!(
@@ -387,9 +431,61 @@ fn a_marker_put_back_for_a_retry_is_retried_while_the_producer_keeps_asking() {
         if state_of(&h, "tx") == Some(TxnState::CompleteCommit) {
             break;
         }
-        let errors = add_partitions(&mut h, "tx", producer, "t", &[0]);
-        assert_eq!(errors, vec![concurrent], "while the transaction ends");
+        let c = h.send(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default());
+        let _: ApiVersionsResponse = h.take(ApiKey::ApiVersions, 3, c);
     }
     let (offsets, lso, _) = read_committed(&mut h);
     assert_eq!((offsets, lso), (vec![0, 1], 2), "the record and its marker");
+}
+
+#[test]
+fn an_add_while_the_last_transaction_completes_is_answered_once_it_has() {
+    let mut h = Harness::new(MemStorage::new(), CONFIG);
+    h.create_topic("t", 1, &[]);
+    let (_, producer_id, epoch) = init_txn(&mut h, "tx", None);
+    let producer = (producer_id, epoch);
+    assert_eq!(add_partitions(&mut h, "tx", producer, "t", &[0]), vec![0]);
+    assert_eq!(send(&mut h, producer, 0, b"a"), (0, 0));
+    commit_until_answered(&mut h, producer);
+    // The next transaction's add, while the marker waits for its sync.
+    let c = h.send(ApiKey::AddPartitionsToTxn, 3, &add_request(producer));
+    assert!(h.sent.is_empty(), "held, not refused");
+    h.sync_all();
+    assert_eq!(state_of(&h, "tx"), Some(TxnState::Ongoing));
+    let response: AddPartitionsToTxnResponse = h.take(ApiKey::AddPartitionsToTxn, 3, c);
+    assert_eq!(add_error(&response), 0, "added to the next transaction");
+    assert_eq!(send(&mut h, producer, 1, b"b"), (0, 2), "after the marker");
+}
+
+#[test]
+fn a_held_add_gets_concurrent_transactions_if_the_last_one_does_not_complete_in_time() {
+    let mut h = Harness::new(MemStorage::new(), CONFIG);
+    h.create_topic("t", 1, &[]);
+    let (_, producer_id, epoch) = init_txn(&mut h, "tx", None);
+    let producer = (producer_id, epoch);
+    assert_eq!(add_partitions(&mut h, "tx", producer, "t", &[0]), vec![0]);
+    assert_eq!(send(&mut h, producer, 0, b"a"), (0, 0));
+    commit_until_answered(&mut h, producer);
+    let c = h.send(ApiKey::AddPartitionsToTxn, 3, &add_request(producer));
+    // The marker's sync never comes.
+    h.now_ms += crate::handlers::TXN_ADD_HOLD_MS_MAX - 1;
+    h.node.handle_timeout(Now::at(h.now_ms));
+    h.drain();
+    assert!(h.sent.is_empty(), "held up to its bound");
+    h.now_ms += 1;
+    h.node.handle_timeout(Now::at(h.now_ms));
+    h.drain();
+    let response: AddPartitionsToTxnResponse = h.take(ApiKey::AddPartitionsToTxn, 3, c);
+    assert_eq!(
+        add_error(&response),
+        ResponseError::ConcurrentTransactions.code()
+    );
+    // A stale epoch is refused at once, never held.
+    let c = h.send(
+        ApiKey::AddPartitionsToTxn,
+        3,
+        &add_request((producer_id, epoch - 1)),
+    );
+    let response: AddPartitionsToTxnResponse = h.take(ApiKey::AddPartitionsToTxn, 3, c);
+    assert_eq!(add_error(&response), ResponseError::ProducerFenced.code());
 }

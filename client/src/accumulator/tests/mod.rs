@@ -1,11 +1,14 @@
 //! Tests of the accumulator: a few scenarios spelled out, then a property
 //! test that drives it with random appends, clock steps, drains and
 //! outcomes and checks it against a simple model of what a broker log
-//! should end up holding.
+//! should end up holding; and the same for an idempotent producer against
+//! a model leader that checks sequence numbers as a broker does.
 
 use std::collections::BTreeMap;
 
 use proptest::prelude::*;
+
+mod idempotence;
 
 use super::*;
 use crate::record::Header;
@@ -19,6 +22,7 @@ fn config() -> AccumulatorConfig {
         retries_max: 3,
         delivery_timeout_ms: 1_000,
         in_flight_per_partition_max: 1,
+        idempotent: false,
     }
 }
 
@@ -139,7 +143,7 @@ fn a_retried_batch_is_not_overtaken() {
         "one batch in flight per partition"
     );
     assert!(matches!(
-        acc.retry_or_give_up(first, 5, true, 50),
+        acc.retry_or_give_up(first, 5, Failure::Retriable, 50),
         Retry::Scheduled
     ));
     assert!(
@@ -159,16 +163,18 @@ fn retries_stop_at_the_limit_and_at_the_delivery_timeout() {
     for attempt in 0..3 {
         let batch = acc.drain(10 + attempt * 100, |_| true).pop().unwrap();
         assert!(matches!(
-            acc.retry_or_give_up(batch, 10 + attempt * 100, true, 1),
+            acc.retry_or_give_up(batch, 10 + attempt * 100, Failure::Retriable, 1),
             Retry::Scheduled
         ));
     }
     let batch = acc.drain(400, |_| true).pop().unwrap();
-    assert!(matches!(acc.retry_or_give_up(batch, 400, true, 1), Retry::GaveUp(d) if d == vec![1]));
+    assert!(
+        matches!(acc.retry_or_give_up(batch, 400, Failure::Retriable, 1), Retry::GaveUp(d) if d == vec![1])
+    );
     acc.append(&tp(1), &record(b"y"), 2u64, || 0).unwrap();
     let batch = acc.drain(10, |_| true).pop().unwrap();
     assert!(matches!(
-        acc.retry_or_give_up(batch, 1_000, true, 1),
+        acc.retry_or_give_up(batch, 1_000, Failure::Retriable, 1),
         Retry::GaveUp(_)
     ));
     assert!(acc.is_idle());
@@ -360,8 +366,12 @@ impl Harness {
                     .extend(deliveries);
             }
             Outcome::Retriable | Outcome::Fatal => {
-                let retriable = outcome == Outcome::Retriable;
-                match self.acc.retry_or_give_up(batch, self.now_ms, retriable, 5) {
+                let failure = if outcome == Outcome::Retriable {
+                    Failure::Retriable
+                } else {
+                    Failure::Refused
+                };
+                match self.acc.retry_or_give_up(batch, self.now_ms, failure, 5) {
                     Retry::Scheduled => assert!(self.retries_on),
                     Retry::GaveUp(deliveries) => self.model.failed.extend(deliveries),
                 }
