@@ -14,6 +14,10 @@
 // read_committed shows exactly the committed records and read_uncommitted
 // all of them, each once, in produce order per partition.
 //
+// Each transaction also sends offsets for a group (sendOffsets); once the
+// transactions are done the group's committed offset must be the one the
+// last committed transaction sent.
+//
 // Prints one "kafkajs_commit_abort: OK ..." line on success; exits 1 with
 // the mismatches otherwise.
 'use strict'
@@ -83,6 +87,23 @@ async function waitForEnds(admin, topic, wanted, deadline) {
     const stable = offsets.map(o => [o.partition, Number(o.high)]).sort((a, b) => a[0] - b[0])
     if (stable.every(([p, h]) => h === wanted[p])) return
     if (Date.now() >= end) fail(`last stable offsets ${JSON.stringify(stable)} did not reach ${JSON.stringify(wanted)} in time`)
+    await sleep(100)
+  }
+}
+
+// Waits (bounded) until the group's committed offset of partition 0 is
+// `wanted`: what the last committed transaction sent, never an aborted
+// one's (the COMMIT marker on __consumer_offsets may land just after the
+// topic's own markers).
+async function waitForGroupOffset(admin, groupId, topic, wanted, deadline) {
+  const end = Math.min(deadline, Date.now() + 15000)
+  for (;;) {
+    const fetched = await admin.fetchOffsets({ groupId, topics: [topic] })
+    const partition = fetched.flatMap(t => t.partitions).find(p => p.partition === 0)
+    const offset = partition ? String(partition.offset) : 'none'
+    if (offset === wanted) return
+    if (Number(offset) > Number(wanted)) fail(`group ${groupId} shows offset ${offset}, sent by an aborted transaction (wanted ${wanted})`)
+    if (Date.now() >= end) fail(`group ${groupId} shows offset ${offset}, wanted ${wanted}`)
     await sleep(100)
   }
 }
@@ -164,6 +185,7 @@ async function main() {
   if (!created) fail(`${args.topic} already exists`)
 
   const txns = planRecords(args.plan, args.partitions)
+  const offsetsGroup = `${args.topic}-offsets`
   const producer = kafka.producer({
     transactionalId: `${args.topic}-txn`,
     idempotent: true,
@@ -176,6 +198,13 @@ async function main() {
       topic: args.topic,
       acks: -1,
       messages: records.map(r => ({ partition: r.partition, key: r.value, value: r.value })),
+    })
+    // Offsets in the transaction: partition 0's committed offset for the
+    // offsets group becomes the number of this transaction plus one, but
+    // only if it commits.
+    await transaction.sendOffsets({
+      consumerGroupId: offsetsGroup,
+      topics: [{ topic: args.topic, partitions: [{ partition: 0, offset: String(txn + 1) }] }],
     })
     if (committed) await transaction.commit()
     else await transaction.abort()
@@ -190,6 +219,9 @@ async function main() {
     }, 0)
   )
   await waitForEnds(admin, args.topic, ends, deadline)
+  const lastCommitted = txns.filter(t => t.committed).map(t => t.txn).pop()
+  const sentOffset = String(lastCommitted + 1)
+  await waitForGroupOffset(admin, offsetsGroup, args.topic, sentOffset, deadline)
   await admin.disconnect()
 
   const committedRead = await readAll(kafka, args.topic, args.partitions, false, ends, deadline)
@@ -206,7 +238,7 @@ async function main() {
   process.stdout.write(
     `${NAME}: OK ${txns.length} transactions (${commits} committed, ${txns.length - commits} aborted): ` +
     `read_committed ${committedCount} read_uncommitted ${totalCount} log_ends [${ends.join(', ')}] ` +
-    `(kafkajs ${kafkajsVersion})\n`
+    `(kafkajs ${kafkajsVersion}); sendOffsets: group offset ${sentOffset}\n`
   )
 }
 
