@@ -860,27 +860,7 @@ impl<C: Connector> TransactionalProducer<C> {
                 .with_name(topic_name(&tp.topic))
                 .with_partition_data(vec![partition])]);
         let response = connection.send(&request, version, timeout_ms).await?;
-        let answer = response
-            .responses
-            .iter()
-            .filter(|topic| topic.name.0.as_str() == tp.topic)
-            .flat_map(|topic| topic.partition_responses.iter())
-            .find(|p| p.index == tp.partition);
-        let Some(answer) = answer else {
-            return Err(Error::Protocol {
-                address: connection.address().to_string(),
-                detail: format!("the Produce answer does not mention {tp}"),
-            });
-        };
-        match ResponseError::try_from_code(answer.error_code) {
-            // A retry of a batch the leader has, without its offset.
-            None | Some(ResponseError::DuplicateSequenceNumber) => Ok(answer.base_offset),
-            Some(error) => Err(Error::broker_with_message(
-                error,
-                format!("produce to {tp}"),
-                answer.error_message.as_ref().map(|m| m.as_str()),
-            )),
-        }
+        pipeline::partition_outcome(connection.address(), &response, tp)
     }
 
     async fn send_offsets_in_transaction(

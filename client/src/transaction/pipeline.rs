@@ -171,6 +171,17 @@ async fn send_wave(
 /// A batch's outcome in its wave's answer.
 fn outcome(answered: &Result<(String, ProduceResponse)>, tp: &TopicPartition) -> Result<i64> {
     let (address, response) = answered.as_ref().map_err(Clone::clone)?;
+    partition_outcome(address, response, tp)
+}
+
+/// `tp`'s outcome in a Produce answer from `address`: its base offset, or
+/// the error. A duplicate (the leader has the batch already) counts as
+/// written.
+pub(super) fn partition_outcome(
+    address: &str,
+    response: &ProduceResponse,
+    tp: &TopicPartition,
+) -> Result<i64> {
     let answer = response
         .responses
         .iter()
@@ -179,7 +190,7 @@ fn outcome(answered: &Result<(String, ProduceResponse)>, tp: &TopicPartition) ->
         .find(|p| p.index == tp.partition);
     let Some(answer) = answer else {
         return Err(Error::Protocol {
-            address: address.clone(),
+            address: address.to_string(),
             detail: format!("the Produce answer does not mention {tp}"),
         });
     };
