@@ -1183,6 +1183,32 @@ impl<S: Storage> Node<S> {
         }
     }
 
+    /// An answer decided late (a coordinator's, a held request's): sent
+    /// now, or once the write it reports is durable. `what` names it in
+    /// the assertion that it is one of those two.
+    fn complete_answer(
+        &mut self,
+        header: ReplyHeader,
+        pending: Pending,
+        now: Now,
+        what: &str,
+    ) -> Completion {
+        match pending {
+            Pending::Now(reply) => match encode_counted(&mut self.broker.metrics, header, &reply) {
+                Ok(frame) => Completion::Frame(frame),
+                Err(error) => Completion::Unencodable(error),
+            },
+            Pending::After { wait, reply } => self.try_complete(
+                Slot {
+                    header,
+                    state: SlotState::After { wait, reply },
+                },
+                now,
+            ),
+            other => unreachable!("{what} is answered, not {other:?}"),
+        }
+    }
+
     /// The encoded reply of a slot whose wait is over; the slot back if not.
     fn try_complete(&mut self, slot: Slot, now: Now) -> Completion {
         let Slot { header, state } = slot;
@@ -1260,22 +1286,13 @@ impl<S: Storage> Node<S> {
                         state: SlotState::TxnAdd(held),
                     });
                 }
-                match handlers::add_partitions_after_hold(
+                let pending = handlers::add_partitions_after_hold(
                     &mut self.broker,
                     now,
                     header.version,
                     held,
-                ) {
-                    Pending::Now(reply) => encode(&mut self.broker.metrics, &reply),
-                    Pending::After { wait, reply } => self.try_complete(
-                        Slot {
-                            header,
-                            state: SlotState::After { wait, reply },
-                        },
-                        now,
-                    ),
-                    other => unreachable!("a held add is answered, not {other:?}"),
-                }
+                );
+                self.complete_answer(header, pending, now, "a held add")
             }
             SlotState::AfterCommit {
                 offset,
@@ -1310,17 +1327,10 @@ impl<S: Storage> Node<S> {
                 }),
             },
             SlotState::Coordinator(token) => match self.group_answers.remove(&token) {
-                Some(answer) => match handlers::coordinator_reply(answer, header.version) {
-                    Pending::Now(reply) => encode(&mut self.broker.metrics, &reply),
-                    Pending::After { wait, reply } => self.try_complete(
-                        Slot {
-                            header,
-                            state: SlotState::After { wait, reply },
-                        },
-                        now,
-                    ),
-                    other => unreachable!("a coordinator reply is {other:?}"),
-                },
+                Some(answer) => {
+                    let pending = handlers::coordinator_reply(answer, header.version);
+                    self.complete_answer(header, pending, now, "a coordinator reply")
+                }
                 None => Completion::NotYet(Slot {
                     header,
                     state: SlotState::Coordinator(token),
