@@ -752,10 +752,15 @@ pub enum Mutation {
     /// Fetches at read_committed name no aborted transactions, so
     /// consumers keep what aborted.
     NoAbortedTransactions,
+    /// The last stable offset is bounded by the log end instead of the
+    /// high watermark: read_committed consumers are told (and read) offsets
+    /// no replica or sync has made safe yet, which a crash or a new leader
+    /// takes back.
+    LsoIgnoresHighWatermark,
 }
 
 impl Mutation {
-    pub const ALL: [Mutation; 23] = [
+    pub const ALL: [Mutation; 24] = [
         Mutation::AckBeforeSync,
         Mutation::ReadBeforeSync,
         Mutation::SkipRecoveryCrc,
@@ -779,6 +784,7 @@ impl Mutation {
         Mutation::TxnOffsetsBeforeMarker,
         Mutation::LsoIsHighWatermark,
         Mutation::NoAbortedTransactions,
+        Mutation::LsoIgnoresHighWatermark,
     ];
 
     pub fn name(self) -> &'static str {
@@ -806,6 +812,7 @@ impl Mutation {
             Mutation::TxnOffsetsBeforeMarker => "txn-offsets-before-marker",
             Mutation::LsoIsHighWatermark => "lso-is-high-watermark",
             Mutation::NoAbortedTransactions => "no-aborted-transactions",
+            Mutation::LsoIgnoresHighWatermark => "lso-ignores-high-watermark",
         }
     }
 }

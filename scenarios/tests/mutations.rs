@@ -471,8 +471,18 @@ fn fetches_without_aborted_transactions_read_aborted_records() {
     assert!(caught.is_some(), "not caught within {SEEDS_MAX} seeds");
 }
 
+/// A last stable offset bounded by the log end instead of the high
+/// watermark tells read_committed consumers of offsets no sync has made
+/// safe: `[eos-lso]` finds one above the high watermark answered beside it
+/// (and, after a crash takes the unsynced tail back, one that moved back).
+#[test]
+fn a_last_stable_offset_past_the_high_watermark_is_caught() {
+    let caught = eos_caught_by(Mutation::LsoIgnoresHighWatermark, "eos-lso");
+    assert!(caught.is_some(), "not caught within {SEEDS_MAX} seeds");
+}
+
 #[test]
 fn every_mutation_has_a_proof() {
     // Adding a mutation means adding a test above that shows it is caught.
-    assert_eq!(Mutation::ALL.len(), 23);
+    assert_eq!(Mutation::ALL.len(), 24);
 }
