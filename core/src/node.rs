@@ -1121,7 +1121,15 @@ impl<S: Storage> Node<S> {
             None => self.timers.stop(Timer::Groups),
         }
         match self.broker.transactions.retry_ms {
-            Some(at) => self.timers.set(Timer::MarkerRetry, at),
+            Some(at) => {
+                // A deadline already due would fire at once, again and again.
+                assert!(
+                    at > now.monotonic_ms,
+                    "a marker retry is due at {at}, not after now ({})",
+                    now.monotonic_ms
+                );
+                self.timers.set(Timer::MarkerRetry, at);
+            }
             None => self.timers.stop(Timer::MarkerRetry),
         }
         self.invariants();

@@ -106,6 +106,28 @@ fn a_leader_epoch_flipped_by_a_crash_is_cut_and_the_replicas_converge() {
     );
 }
 
+/// Seed 0x27a3 of `eos-replicated`: node 2 coordinates a transaction
+/// whose marker waits to be retried when it stops leading its
+/// `__transaction_state` partition (7.26 s), which hands its ids over. The
+/// retry deadline was cleared only while some transaction was ending, so
+/// it stayed due and the node re-armed its timer in the past after every
+/// input: node 2 spun on it at 7.352 s and the run never ended. Now the
+/// deadline is cleared once due, and a past one fails an assertion.
+#[test]
+fn a_marker_retry_left_by_a_moved_coordinator_does_not_spin_the_node() {
+    let report = sluice_sim::run(sluice_scenarios::eos_replicated(0x27a3), true);
+    assert!(
+        report.passed(),
+        "{:?} {:?}",
+        report.failure,
+        report.violations.first()
+    );
+    assert!(traced(
+        &report,
+        "following partition=__transaction_state-3 leader=3 epoch=1"
+    ));
+}
+
 /// Seed 0x7eebc7 of `eos-replicated`, a known failure kept for its fix:
 /// while node 3, the coordinator of the workers' group, is cut off from
 /// node 1, worker 1 commits transactions whose offsets node 3 never

@@ -392,15 +392,18 @@ impl<S: Storage> Broker<S> {
     /// PREPARE is durable, and completes those whose markers all are.
     /// Call after every input.
     pub fn tend_transactions(&mut self, now: Now) {
-        if self.transactions.ending.is_empty() || self.storage_offline() {
-            return;
-        }
+        // A retry that came due is over even when nothing is left to end
+        // (the ids moved to another coordinator) or the disk is offline:
+        // left set, it would arm the retry timer in the past for good.
         if self
             .transactions
             .retry_ms
             .is_some_and(|at| at <= now.monotonic_ms)
         {
             self.transactions.retry_ms = None;
+        }
+        if self.transactions.ending.is_empty() || self.storage_offline() {
+            return;
         }
         let ending: Vec<String> = self.transactions.ending.iter().cloned().collect();
         for id in ending {
