@@ -12,7 +12,11 @@
 //! complete batch. At read_committed (`isolation_level`) the leader returns
 //! only what lies below the last stable offset, and the records of the
 //! aborted transactions the answer names are skipped too. Errors that mean stale metadata trigger a refresh and
-//! the round is retried until the poll's timeout.
+//! the round is retried until the poll's timeout. Each fetch names the
+//! leader epoch the metadata gives (KIP-320), so a broker that leads
+//! another epoch refuses it instead of answering from a stale view; what
+//! each answer said of the partition's marks (high watermark, last stable
+//! offset) is kept for `take_fetch_marks`.
 //!
 //! With a group, a partition without a position first asks the group's
 //! committed offset (OffsetFetch), and only without one falls back to
@@ -53,6 +57,10 @@ pub const POLL_ROUNDS_MAX: u32 = 10_000;
 /// ListOffsets attempts on retriable errors.
 pub const LIST_OFFSETS_ATTEMPTS_MAX: u32 = 5;
 
+/// Fetch marks a consumer keeps until `take_fetch_marks` (the oldest go
+/// first).
+pub const FETCH_MARKS_MAX: usize = 1_024;
+
 /// What ListOffsets should look up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OffsetSpec {
@@ -80,6 +88,30 @@ impl OffsetSpec {
 pub struct ListedOffset {
     pub offset: i64,
     pub timestamp_ms: i64,
+    /// The leader epoch the answering leader is in (-1 below v4).
+    pub leader_epoch: i32,
+}
+
+/// What one fetch answer said of a partition, as the consumer took it:
+/// where the readable data ends (the high watermark, and the last stable
+/// offset) and where the data returned ends. A read_committed consumer
+/// gets nothing at or past the last stable offset, which is never past
+/// the high watermark; within one leader epoch neither moves back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchMarks {
+    pub partition: TopicPartition,
+    /// The broker that answered.
+    pub leader: i32,
+    /// The leader epoch the fetch named (-1: none known); a leader in
+    /// another epoch refuses it.
+    pub leader_epoch: i32,
+    pub fetch_offset: i64,
+    pub high_watermark: i64,
+    /// -1 when the broker did not say (read_uncommitted).
+    pub last_stable_offset: i64,
+    pub log_start_offset: i64,
+    /// The offset after the last complete batch returned; None when none was.
+    pub next_offset: Option<i64>,
 }
 
 /// One partition's part of a fetch answer.
@@ -88,11 +120,24 @@ struct PartitionData {
     records: Bytes,
     /// The aborted transactions in `records`, at read_committed only.
     aborted: Option<Vec<AbortedTransaction>>,
+    high_watermark: i64,
+    last_stable_offset: i64,
+    log_start_offset: i64,
+}
+
+/// One partition of a fetch: where it reads from, and the leader epoch it
+/// names.
+#[derive(Debug, Clone)]
+struct Asked {
+    tp: TopicPartition,
+    position: i64,
+    leader_epoch: i32,
 }
 
 /// A fetch answer from one leader, with the topic ids the request used.
 struct LeaderAnswer {
-    partitions: Vec<(TopicPartition, i64)>,
+    leader: i32,
+    partitions: Vec<Asked>,
     result: Result<(FetchResponse, BTreeMap<Uuid, String>)>,
 }
 
@@ -107,6 +152,9 @@ pub struct Consumer<C: Connector> {
     awaiting_committed: BTreeSet<TopicPartition>,
     /// Present when `config.group_id` is set.
     group: Option<group::GroupState<C>>,
+    /// What fetch answers said, until `take_fetch_marks`; at most
+    /// `FETCH_MARKS_MAX`.
+    marks: VecDeque<FetchMarks>,
 }
 
 impl<C: Connector> Consumer<C> {
@@ -120,6 +168,7 @@ impl<C: Connector> Consumer<C> {
             buffered: VecDeque::new(),
             awaiting_committed: BTreeSet::new(),
             group,
+            marks: VecDeque::new(),
         })
     }
 
@@ -181,6 +230,12 @@ impl<C: Connector> Consumer<C> {
                 Some((tp.clone(), offset))
             })
             .collect()
+    }
+
+    /// What the fetch answers since the last call said of each partition,
+    /// oldest first (at most the last `FETCH_MARKS_MAX`).
+    pub fn take_fetch_marks(&mut self) -> Vec<FetchMarks> {
+        self.marks.drain(..).collect()
     }
 
     /// Moves the position of an assigned partition; buffered records of it
@@ -362,6 +417,7 @@ impl<C: Connector> Consumer<C> {
                         ListedOffset {
                             offset: p.offset,
                             timestamp_ms: p.timestamp,
+                            leader_epoch: p.leader_epoch,
                         }
                     });
                 answers.insert(tp, listed);
@@ -500,15 +556,16 @@ impl<C: Connector> Consumer<C> {
     /// One Fetch per leader, concurrently; folds the answers in.
     async fn fetch_round(&mut self, time_left: Duration) -> Result<()> {
         let wait_ms = (self.config.fetch_max_wait_ms as u128).min(time_left.as_millis()) as u64;
-        let mut by_leader: BTreeMap<i32, Vec<(TopicPartition, i64)>> = BTreeMap::new();
+        let mut by_leader: BTreeMap<i32, Vec<Asked>> = BTreeMap::new();
         let mut stale = BTreeSet::new();
         for (tp, position) in &self.positions {
             let Some(position) = *position else { continue };
             match self.client.leader_of(tp) {
-                Some(leader) => by_leader
-                    .entry(leader)
-                    .or_default()
-                    .push((tp.clone(), position)),
+                Some(leader) => by_leader.entry(leader).or_default().push(Asked {
+                    tp: tp.clone(),
+                    position,
+                    leader_epoch: self.leader_epoch(tp),
+                }),
                 None => {
                     stale.insert(tp.topic.clone());
                 }
@@ -545,18 +602,31 @@ impl<C: Connector> Consumer<C> {
         first_error.map_or(Ok(()), Err)
     }
 
+    /// The leader epoch the client's metadata gives `tp` (-1 when unknown).
+    fn leader_epoch(&self, tp: &TopicPartition) -> i32 {
+        self.client
+            .cached_topic(&tp.topic)
+            .and_then(|topic| topic.partition(tp.partition).map(|p| p.leader_epoch))
+            .unwrap_or(-1)
+    }
+
     fn fold_answer(&mut self, answer: LeaderAnswer, stale: &mut BTreeSet<String>) -> Result<()> {
         let (response, ids) = match answer.result {
             Ok(ok) => ok,
             Err(error) => {
                 if error.invalidates_metadata() {
-                    stale.extend(answer.partitions.iter().map(|(tp, _)| tp.topic.clone()));
+                    stale.extend(answer.partitions.iter().map(|a| a.tp.topic.clone()));
                 }
                 return Err(error);
             }
         };
         check_code(response.error_code, || "fetch".to_string())?;
-        let asked: BTreeMap<TopicPartition, i64> = answer.partitions.into_iter().collect();
+        let leader = answer.leader;
+        let asked: BTreeMap<TopicPartition, Asked> = answer
+            .partitions
+            .into_iter()
+            .map(|a| (a.tp.clone(), a))
+            .collect();
         let mut result = Ok(());
         for topic in &response.responses {
             let name = if topic.topic.0.is_empty() {
@@ -567,7 +637,7 @@ impl<C: Connector> Consumer<C> {
             let Some(name) = name else { continue };
             for data in &topic.partitions {
                 let tp = TopicPartition::new(name.clone(), data.partition_index);
-                let Some(&position) = asked.get(&tp) else {
+                let Some(asked) = asked.get(&tp) else {
                     continue;
                 };
                 let records = data.records.clone().unwrap_or_default();
@@ -585,8 +655,11 @@ impl<C: Connector> Consumer<C> {
                     error_code: data.error_code,
                     records,
                     aborted,
+                    high_watermark: data.high_watermark,
+                    last_stable_offset: data.last_stable_offset,
+                    log_start_offset: data.log_start_offset,
                 };
-                if let Err(error) = self.fold_partition(&tp, position, answer, stale) {
+                if let Err(error) = self.fold_partition(leader, asked, answer, stale) {
                     result = result.and(Err(error));
                 }
             }
@@ -596,8 +669,8 @@ impl<C: Connector> Consumer<C> {
 
     fn fold_partition(
         &mut self,
-        tp: &TopicPartition,
-        position: i64,
+        leader: i32,
+        asked: &Asked,
         answer: PartitionData,
         stale: &mut BTreeSet<String>,
     ) -> Result<()> {
@@ -605,7 +678,11 @@ impl<C: Connector> Consumer<C> {
             error_code,
             records,
             aborted,
+            high_watermark,
+            last_stable_offset,
+            log_start_offset,
         } = answer;
+        let (tp, position) = (&asked.tp, asked.position);
         if self.positions.get(tp) != Some(&Some(position)) {
             return Ok(()); // sought or unassigned meanwhile
         }
@@ -630,6 +707,19 @@ impl<C: Connector> Consumer<C> {
                 limit: self.config.partition_fetch_bytes_max as usize,
             });
         }
+        if self.marks.len() >= FETCH_MARKS_MAX {
+            self.marks.pop_front();
+        }
+        self.marks.push_back(FetchMarks {
+            partition: tp.clone(),
+            leader,
+            leader_epoch: asked.leader_epoch,
+            fetch_offset: position,
+            high_watermark,
+            last_stable_offset,
+            log_start_offset,
+            next_offset: fetched.next_offset,
+        });
         if let Some(next) = fetched.next_offset {
             self.positions.insert(tp.clone(), Some(next.max(position)));
         }
@@ -656,21 +746,21 @@ async fn fetch_from<C: Connector>(
     client: Client<C>,
     config: ConsumerConfig,
     leader: i32,
-    partitions: Vec<(TopicPartition, i64)>,
+    partitions: Vec<Asked>,
     wait_ms: u64,
 ) -> LeaderAnswer {
     let result = async {
         let connection = client.connection(Endpoint::Broker(leader)).await?;
         let mut version = connection.version(ApiKey::Fetch)?;
         let mut ids: BTreeMap<String, Uuid> = BTreeMap::new();
-        for (tp, _) in &partitions {
+        for Asked { tp, .. } in &partitions {
             let id = client.cached_topic(&tp.topic).map_or(Uuid::nil(), |t| t.id);
             ids.insert(tp.topic.clone(), id);
         }
         if version >= 13 && ids.values().any(Uuid::is_nil) {
             version = 12; // topic ids unknown: name topics instead
         }
-        let request = fetch_request(&config, &partitions, &ids, wait_ms);
+        let request = fetch_request(&config, &partitions, &ids, wait_ms, version);
         let timeout_ms = client.request_timeout_ms() + wait_ms;
         let response = connection.send(&request, version, timeout_ms).await?;
         Ok((
@@ -679,21 +769,31 @@ async fn fetch_from<C: Connector>(
         ))
     }
     .await;
-    LeaderAnswer { partitions, result }
+    LeaderAnswer {
+        leader,
+        partitions,
+        result,
+    }
 }
 
+/// The Fetch of `partitions`; from v9 on each names the leader epoch the
+/// consumer knows, as Java's does (KIP-320), so that only a leader of that
+/// epoch answers it.
 fn fetch_request(
     config: &ConsumerConfig,
-    partitions: &[(TopicPartition, i64)],
+    partitions: &[Asked],
     ids: &BTreeMap<String, Uuid>,
     wait_ms: u64,
+    version: i16,
 ) -> FetchRequest {
     let mut topics: BTreeMap<&str, Vec<FetchPartition>> = BTreeMap::new();
-    for (tp, position) in partitions {
-        topics.entry(&tp.topic).or_default().push(
+    for asked in partitions {
+        let leader_epoch = if version >= 9 { asked.leader_epoch } else { -1 };
+        topics.entry(&asked.tp.topic).or_default().push(
             FetchPartition::default()
-                .with_partition(tp.partition)
-                .with_fetch_offset(*position)
+                .with_partition(asked.tp.partition)
+                .with_fetch_offset(asked.position)
+                .with_current_leader_epoch(leader_epoch)
                 .with_partition_max_bytes(config.partition_fetch_bytes_max),
         );
     }

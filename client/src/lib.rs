@@ -99,7 +99,7 @@ pub use config::{
 };
 pub use connection::IN_FLIGHT_REQUESTS_MAX;
 pub use connector::{Connector, TokioConnector};
-pub use consumer::{Consumer, ListedOffset, OffsetSpec, RebalanceListener};
+pub use consumer::{Consumer, FetchMarks, ListedOffset, OffsetSpec, RebalanceListener};
 pub use error::{Error, Result};
 pub use group::{Assignor, CommitHandle};
 pub use kafka_protocol::ResponseError;

@@ -38,11 +38,22 @@
 //! such a failure bumps the epoch (InitProducerId naming the current id and
 //! epoch, KIP-360), which starts every partition's sequence again at 0.
 //!
+//! A request that got no answer (its connection broke, or it timed out)
+//! may still arrive, late, after its retry was answered and after the
+//! transaction ended. Without transaction.version 2 nothing tells it from a
+//! request of the next transaction of the same epoch: a late EndTxn would
+//! commit or abort that one, a late TxnOffsetCommit add its old offsets to
+//! it (the flaw Jepsen found in Kafka, 2024). So a transaction in which any
+//! request went unanswered ends with an epoch bump too, which fences every
+//! such request; a bump that fails leaves the `commit` or `abort` to be
+//! called again, which then only bumps.
+//!
 //! The coordinators get connections of their own, apart from the shared
 //! ones that carry Produce: coordinator and leader traffic never wait on
 //! each other, and a simulation can delay or reorder one against the other.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -198,6 +209,13 @@ impl Machine {
         }
     }
 
+    /// The producer can go on no more after a call that succeeded: only a
+    /// new instance may use the transactional id.
+    fn fence(&mut self, cause: Error) {
+        self.state = TransactionState::FatalError;
+        self.cause = Some(cause);
+    }
+
     /// The running call failed with `error`. Within a transaction any
     /// failure leaves only an abort; a commit or abort that gave up may be
     /// called again, one that was refused cannot be.
@@ -318,11 +336,14 @@ impl CoordinatorLink {
 /// coordinator moves (finding it again), COORDINATOR_LOAD_IN_PROGRESS,
 /// CONCURRENT_TRANSACTIONS and other retriable errors within `budget`.
 /// Other errors come back at once.
+///
+/// A request sent without an answer (it may still arrive) sets `unanswered`.
 async fn coordinator_request<C: Connector, R: Request>(
     client: &Client<C>,
     link: &mut CoordinatorLink,
     budget: Budget,
     what: &str,
+    unanswered: &AtomicBool,
     build: impl Fn(i16) -> R,
     code: impl Fn(&R::Response) -> i16,
 ) -> Result<R::Response> {
@@ -333,7 +354,11 @@ async fn coordinator_request<C: Connector, R: Request>(
             let connection = link.connection(client).await?;
             let version = connection.version(api)?;
             let timeout_ms = client.request_timeout_ms();
-            connection.send(&build(version), version, timeout_ms).await
+            let answer = connection.send(&build(version), version, timeout_ms).await;
+            if answer.is_err() {
+                unanswered.store(true, Ordering::SeqCst);
+            }
+            answer
         }
         .await;
         let error = match sent {
@@ -387,6 +412,9 @@ pub struct TransactionalProducer<C: Connector> {
     /// A produce failed after it may have been written: the next abort
     /// bumps the epoch so that sequence numbers start again.
     epoch_bump_required: bool,
+    /// A request of this epoch got no answer and may still arrive: the
+    /// transaction's end bumps the epoch to fence it.
+    unanswered: AtomicBool,
 }
 
 impl<C: Connector> TransactionalProducer<C> {
@@ -417,6 +445,7 @@ impl<C: Connector> TransactionalProducer<C> {
             add_sent: false,
             add_answered: false,
             epoch_bump_required: false,
+            unanswered: AtomicBool::new(false),
         };
         let budget = Budget::new(producer.config.max_block_ms);
         producer.init_producer_id(false, budget).await?;
@@ -440,6 +469,13 @@ impl<C: Connector> TransactionalProducer<C> {
 
     pub fn state(&self) -> TransactionState {
         self.machine.state
+    }
+
+    /// True when a request of the current epoch went unanswered, so it
+    /// may still arrive (the epoch bump at the transaction's end fences it;
+    /// until then, a refused commit may have committed on an earlier try).
+    pub fn has_unanswered_requests(&self) -> bool {
+        self.unanswered.load(Ordering::SeqCst)
     }
 
     pub fn client(&self) -> &Client<C> {
@@ -524,6 +560,11 @@ impl<C: Connector> TransactionalProducer<C> {
     /// the markers follow. If it gives up (retriable errors past
     /// `config.max_block_ms`) the outcome is unknown and `commit` may be
     /// called again.
+    ///
+    /// When the epoch bump that fences the transaction's unanswered
+    /// requests fails after the commit (see the module documentation), the
+    /// commit still holds and this returns Ok, but the producer can go on
+    /// no more (`FatalError`): a new instance must `init`.
     pub async fn commit(&mut self) -> Result<()> {
         self.end(true).await
     }
@@ -541,19 +582,34 @@ impl<C: Connector> TransactionalProducer<C> {
         } else {
             Operation::Abort
         })?;
-        let result = self.end_transaction(commit).await;
-        match &result {
-            Ok(()) => {
+        let budget = Budget::new(self.config.max_block_ms);
+        if let Err(error) = self.end_transaction(commit, budget).await {
+            self.machine.fail(&error);
+            return Err(error);
+        }
+        let unanswered = self.unanswered.load(Ordering::SeqCst);
+        if (!commit && self.epoch_bump_required) || unanswered {
+            if let Err(error) = self.init_producer_id(true, budget).await {
+                if !commit {
+                    // Called again, the abort only bumps.
+                    self.machine.fail(&error);
+                    return Err(error);
+                }
+                // Committed all the same; this epoch is left to the
+                // unanswered requests, so a new instance must take over.
                 self.machine.succeed();
                 self.partitions.clear();
+                self.machine.fence(error);
+                return Ok(());
             }
-            Err(error) => self.machine.fail(error),
         }
-        result
+        self.machine.succeed();
+        self.partitions.clear();
+        Ok(())
     }
 
-    async fn end_transaction(&mut self, commit: bool) -> Result<()> {
-        let budget = Budget::new(self.config.max_block_ms);
+    /// EndTxn, when the transaction added anything.
+    async fn end_transaction(&mut self, commit: bool, budget: Budget) -> Result<()> {
         // A transaction that added nothing is not open at the coordinator.
         if self.add_sent {
             let (id, producer_id, epoch) = self.identity();
@@ -567,6 +623,7 @@ impl<C: Connector> TransactionalProducer<C> {
                 &mut self.coordinator,
                 budget,
                 &what,
+                &self.unanswered,
                 |_| {
                     EndTxnRequest::default()
                         .with_transactional_id(id.clone())
@@ -590,9 +647,6 @@ impl<C: Connector> TransactionalProducer<C> {
             self.add_sent = false;
             self.add_answered = false;
         }
-        if !commit && self.epoch_bump_required {
-            self.init_producer_id(true, budget).await?;
-        }
         Ok(())
     }
 
@@ -611,6 +665,7 @@ impl<C: Connector> TransactionalProducer<C> {
             &mut self.coordinator,
             budget,
             &what,
+            &self.unanswered,
             |_| init_producer_id_request(Some(id.clone()), timeout_ms, current),
             |response| response.error_code,
         )
@@ -620,6 +675,7 @@ impl<C: Connector> TransactionalProducer<C> {
         self.producer_epoch = producer.epoch;
         self.sequences.clear();
         self.epoch_bump_required = false;
+        self.unanswered.store(false, Ordering::SeqCst);
         tracing::debug!(
             transactional_id = %self.config.transactional_id,
             producer_id = self.producer_id,
@@ -682,7 +738,7 @@ impl<C: Connector> TransactionalProducer<C> {
             })
             .collect();
         let (id, _, _) = self.identity();
-        let first = pipeline::send_once(&self.client, &id, &encoded).await;
+        let first = pipeline::send_once(&self.client, &id, &encoded, &self.unanswered).await;
         let mut offsets = Vec::with_capacity(encoded.len());
         // Partitions with a batch that failed the first time: the leader
         // refuses the batches after it until it is written.
@@ -782,6 +838,7 @@ impl<C: Connector> TransactionalProducer<C> {
             &mut self.coordinator,
             budget,
             &what,
+            &self.unanswered,
             |_| {
                 AddPartitionsToTxnRequest::default()
                     .with_v3_and_below_transactional_id(id.clone())
@@ -859,7 +916,10 @@ impl<C: Connector> TransactionalProducer<C> {
             .with_topic_data(vec![TopicProduceData::default()
                 .with_name(topic_name(&tp.topic))
                 .with_partition_data(vec![partition])]);
-        let response = connection.send(&request, version, timeout_ms).await?;
+        let response = connection
+            .send(&request, version, timeout_ms)
+            .await
+            .inspect_err(|_| self.unanswered.store(true, Ordering::SeqCst))?;
         pipeline::partition_outcome(connection.address(), &response, tp)
     }
 
@@ -878,6 +938,7 @@ impl<C: Connector> TransactionalProducer<C> {
             &mut self.coordinator,
             budget,
             &what,
+            &self.unanswered,
             |_| {
                 AddOffsetsToTxnRequest::default()
                     .with_transactional_id(id.clone())
@@ -900,6 +961,7 @@ impl<C: Connector> TransactionalProducer<C> {
             link,
             budget,
             &what,
+            &self.unanswered,
             |_| {
                 TxnOffsetCommitRequest::default()
                     .with_transactional_id(id.clone())
@@ -1202,6 +1264,19 @@ mod tests {
         machine.start(Operation::Abort).unwrap();
         machine.succeed();
         assert_eq!(machine.state, Ready);
+    }
+
+    #[test]
+    fn a_fenced_producer_refuses_the_next_transaction_and_names_why() {
+        let mut machine = machine_in(TransactionState::Committing);
+        machine.succeed();
+        machine.fence(timed_out());
+        assert_eq!(machine.state, TransactionState::FatalError);
+        let refused = machine.start(Operation::Begin).expect_err("fenced");
+        assert!(
+            matches!(&refused, Error::TransactionState { cause: Some(cause), .. } if matches!(**cause, Error::Timeout { .. })),
+            "{refused:?}"
+        );
     }
 
     #[test]

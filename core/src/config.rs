@@ -756,10 +756,19 @@ pub enum Mutation {
     /// the controller, it goes on leading and coordinating after the
     /// controller fenced it and gave its partitions to others.
     NoBrokerLease,
+    /// The last stable offset is bounded by the log end instead of the
+    /// high watermark: read_committed consumers are told (and read) offsets
+    /// no replica or sync has made safe yet, which a crash or a new leader
+    /// takes back.
+    LsoIgnoresHighWatermark,
+    /// A partition leader takes a transactional write unverified when the
+    /// producer's transaction coordinator is another broker (Kafka before
+    /// 3.6): a late write opens a transaction no coordinator will end.
+    NoRemoteVerification,
 }
 
 impl Mutation {
-    pub const ALL: [Mutation; 24] = [
+    pub const ALL: [Mutation; 26] = [
         Mutation::AckBeforeSync,
         Mutation::ReadBeforeSync,
         Mutation::SkipRecoveryCrc,
@@ -784,6 +793,8 @@ impl Mutation {
         Mutation::LsoIsHighWatermark,
         Mutation::NoAbortedTransactions,
         Mutation::NoBrokerLease,
+        Mutation::LsoIgnoresHighWatermark,
+        Mutation::NoRemoteVerification,
     ];
 
     pub fn name(self) -> &'static str {
@@ -812,6 +823,8 @@ impl Mutation {
             Mutation::LsoIsHighWatermark => "lso-is-high-watermark",
             Mutation::NoAbortedTransactions => "no-aborted-transactions",
             Mutation::NoBrokerLease => "no-broker-lease",
+            Mutation::LsoIgnoresHighWatermark => "lso-ignores-high-watermark",
+            Mutation::NoRemoteVerification => "no-remote-verification",
         }
     }
 }

@@ -48,7 +48,9 @@ pub use crate::types::Channel;
 use crate::types::{NodeId, Now};
 use crate::wire::reply::{decode_response, response_correlation_id};
 use crate::wire::versions::api_versions_response;
-use crate::wire::{encode_reply, encode_request, parse_request, Parsed, Reply, ReplyHeader};
+use crate::wire::{
+    encode_reply, encode_request, parse_request, Parsed, Reply, ReplyHeader, Request,
+};
 
 pub use crate::broker::{CLEAN_SHUTDOWN_FILE, PRODUCER_ID_BLOCK_SIZE};
 use crate::session::Sessions;
@@ -152,6 +154,8 @@ struct SentRequest {
     forwarded: Option<Token>,
     /// The transaction markers a WriteTxnMarkers carries.
     markers: txn_markers::MarkersSent,
+    /// A verification question: the token of the request waiting for it.
+    verifying: Option<Token>,
 }
 
 /// The node's link to another node, as the driver reports it.
@@ -441,6 +445,7 @@ impl<S: Storage> Node<S> {
         self.timers.stop(Timer::FetchDeadline(connection));
         self.forget_orphan_raft();
         self.forget_orphan_forwardings();
+        self.forget_orphan_verifications();
         self.settle(now);
     }
 
@@ -538,7 +543,48 @@ impl<S: Storage> Node<S> {
                 response_queued: queued,
             });
         }
+        // A connection whose request waits for its transaction's
+        // verification has the requests behind it handled after it, in
+        // order. An acks=0 produce has no answer to queue, so it is not.
+        if self.sessions.holds(connection) && !verify::acks_zero_produce(&request) {
+            self.sessions.push(
+                connection,
+                Slot {
+                    header: request.header,
+                    state: SlotState::Deferred(Box::new(request)),
+                },
+            );
+            return Ok(FrameOutcome {
+                response_queued: true,
+            });
+        }
         self.next_token += 1;
+        let token = self.next_token;
+        let header = request.header;
+        let Some(state) = self.handle_request(now, connection, request, token)? else {
+            return Ok(FrameOutcome {
+                response_queued: false,
+            });
+        };
+        let verifying = matches!(state, SlotState::Verifying { .. });
+        self.sessions.push(connection, Slot { header, state });
+        if verifying {
+            self.resume_held(now, connection);
+        }
+        Ok(FrameOutcome {
+            response_queued: true,
+        })
+    }
+
+    /// Hands a request to the broker under `token`: the state of its slot,
+    /// or `None` when it gets no answer.
+    fn handle_request(
+        &mut self,
+        now: Now,
+        connection: ConnectionId,
+        request: Request,
+        token: Token,
+    ) -> Result<Option<SlotState>, String> {
         let client_host = self
             .sessions
             .client_host(connection)
@@ -548,42 +594,37 @@ impl<S: Storage> Node<S> {
             header: request.header,
             client_id: &request.client_id,
             client_host,
-            token: self.next_token,
+            token,
         };
-        let mut body = request.body;
+        let mut body = request.body.clone();
         let pending = handlers::dispatch(&mut self.broker, context, &mut body)?;
         let state = match pending {
-            Pending::Nothing => {
-                return Ok(FrameOutcome {
-                    response_queued: false,
-                })
-            }
-            Pending::Now(reply) => SlotState::Ready(encode_counted(
+            Pending::Nothing => None,
+            Pending::Now(reply) => Some(SlotState::Ready(encode_counted(
                 &mut self.broker.metrics,
                 request.header,
                 &reply,
-            )?),
-            Pending::After { wait, reply } => SlotState::After { wait, reply },
-            Pending::Coordinator(token) => {
-                assert_eq!(token, self.next_token, "a request waits for its own token");
-                SlotState::Coordinator(token)
+            )?)),
+            Pending::After { wait, reply } => Some(SlotState::After { wait, reply }),
+            Pending::Coordinator(answered) => {
+                assert_eq!(answered, token, "a request waits for its own token");
+                Some(SlotState::Coordinator(token))
             }
-            Pending::Fetch(parked) => SlotState::Fetch {
+            Pending::Fetch(parked) => Some(SlotState::Fetch {
                 parked,
                 woken: true,
-            },
-            Pending::TxnAdd(held) => SlotState::TxnAdd(held),
+            }),
+            Pending::TxnAdd(held) => Some(SlotState::TxnAdd(held)),
+            Pending::Verify(ask) => {
+                self.ask_coordinator(now, token, &ask);
+                return Ok(Some(SlotState::Verifying {
+                    token,
+                    request: Box::new(request),
+                }));
+            }
         };
-        self.sessions.push(
-            connection,
-            Slot {
-                header: request.header,
-                state,
-            },
-        );
-        Ok(FrameOutcome {
-            response_queued: true,
-        })
+        self.broker.verifications.end(token);
+        Ok(state)
     }
 
     /// Closes a connection from the node's side (e.g. a failed acks=0 produce).
@@ -593,6 +634,7 @@ impl<S: Storage> Node<S> {
             self.outputs.push_back(Output::Close { connection });
             self.forget_orphan_raft();
             self.forget_orphan_forwardings();
+            self.forget_orphan_verifications();
         }
     }
 
@@ -607,6 +649,7 @@ impl<S: Storage> Node<S> {
         link.api_versions = None;
         self.answer_lost_forwardings(&lost);
         self.txn_markers_lost(now, &lost);
+        self.verifications_lost(now, &lost);
         if !up && channel == Channel::Control {
             self.controller_link_lost(now);
         }
@@ -658,6 +701,7 @@ impl<S: Storage> Node<S> {
             link.api_versions = None;
             self.answer_lost_forwardings(&lost);
             self.txn_markers_lost(now, &lost);
+            self.verifications_lost(now, &lost);
             self.outputs.push_back(Output::ResetPeer { peer, channel });
             if channel == Channel::Control {
                 self.controller_link_lost(now);
@@ -708,7 +752,7 @@ impl<S: Storage> Node<S> {
             (api_key, version),
             body,
             after_sync,
-            (forwarded, Vec::new()),
+            (forwarded, Vec::new(), None),
         )
     }
 
@@ -729,7 +773,25 @@ impl<S: Storage> Node<S> {
             ),
             request,
             None,
-            (None, markers),
+            (None, markers, None),
+        )
+    }
+
+    /// Sends a verification question for the request `token`.
+    fn send_peer_verifying(
+        &mut self,
+        now: Now,
+        link: (NodeId, Channel),
+        request: &kafka_protocol::messages::AddPartitionsToTxnRequest,
+        token: Token,
+    ) -> bool {
+        self.send_peer_carrying(
+            now,
+            link,
+            (ApiKey::AddPartitionsToTxn, verify::VERIFY_VERSION),
+            request,
+            None,
+            (None, Vec::new(), Some(token)),
         )
     }
 
@@ -741,7 +803,7 @@ impl<S: Storage> Node<S> {
         (api_key, version): (ApiKey, i16),
         body: &T,
         after_sync: Option<u64>,
-        (forwarded, markers): (Option<Token>, txn_markers::MarkersSent),
+        (forwarded, markers, verifying): (Option<Token>, txn_markers::MarkersSent, Option<Token>),
     ) -> bool {
         let client_id = format!("sluice-node-{}", self.node_id);
         let link = self.peers.entry((peer, channel)).or_default();
@@ -760,6 +822,7 @@ impl<S: Storage> Node<S> {
                     raft: None,
                     forwarded,
                     markers,
+                    verifying,
                 };
                 link.in_flight.insert(correlation_id, sent);
                 self.outputs.push_back(Output::SendPeer {
@@ -807,6 +870,18 @@ impl<S: Storage> Node<S> {
         ) = &sent
         {
             self.forwarded_answer(*token, sent, frame);
+            self.arm_peer_timer(peer, channel);
+            self.settle(now);
+            return;
+        }
+        if let Some(
+            sent @ SentRequest {
+                verifying: Some(token),
+                ..
+            },
+        ) = &sent
+        {
+            self.verification_answer(now, peer, *token, sent, frame);
             self.arm_peer_timer(peer, channel);
             self.settle(now);
             return;
@@ -1312,6 +1387,10 @@ impl<S: Storage> Node<S> {
                     },
                 }),
             },
+            // Handled again (`resume_held`) once the verdicts are in.
+            state @ (SlotState::Verifying { .. } | SlotState::Deferred(_)) => {
+                Completion::NotYet(Slot { header, state })
+            }
             SlotState::Forwarded(token) => match self.forwarded_answers.remove(&token) {
                 Some(frame) => Completion::Frame(frame),
                 None => Completion::NotYet(Slot {
@@ -1389,6 +1468,7 @@ mod replicas;
 #[cfg(test)]
 mod tests;
 mod txn_markers;
+mod verify;
 
 /// Encodes a reply to a client and counts the error codes it carries.
 fn encode_counted(

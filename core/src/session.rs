@@ -9,7 +9,7 @@ use bytes::Bytes;
 use crate::group::Token;
 use crate::handlers::{HeldTxnAdd, ParkedFetch, Wait};
 use crate::types::TopicPartition;
-use crate::wire::{Reply, ReplyHeader};
+use crate::wire::{Reply, ReplyHeader, Request};
 
 /// Responses a connection may have queued before the driver stops reading
 /// from it: the driver takes a permit per request handed in and gives it
@@ -41,6 +41,13 @@ pub enum SlotState {
     TxnAdd(HeldTxnAdd),
     /// Waits for the group coordinator's answer to this token.
     Coordinator(Token),
+    /// A transactional write waiting for a remote transaction
+    /// coordinator's verdicts (`broker::verify`), handled again under the
+    /// same token once they are in.
+    Verifying { token: Token, request: Box<Request> },
+    /// A request that came behind one waiting for verification: handled
+    /// after it, in order, as Kafka handles a connection's requests.
+    Deferred(Box<Request>),
     /// A request from another node's Raft replica, waiting for this node's
     /// replica to answer (or for the answer's deadline).
     Raft(Token),
@@ -56,6 +63,13 @@ pub enum SlotState {
         frame: Bytes,
         lost: Bytes,
     },
+}
+
+impl SlotState {
+    /// Waits for verification, or was deferred behind a request that does.
+    fn held(&self) -> bool {
+        matches!(self, SlotState::Verifying { .. } | SlotState::Deferred(_))
+    }
 }
 
 #[derive(Debug)]
@@ -135,7 +149,46 @@ impl Sessions {
             .map_or(0, |c| c.slots.len())
     }
 
-    /// Tokens of coordinator answers some slot waits for.
+    /// Whether the connection's next requests must wait: one before them
+    /// waits for verification, or was deferred behind one that does.
+    pub fn holds(&self, connection: ConnectionId) -> bool {
+        self.connections
+            .get(&connection)
+            .is_some_and(|c| c.slots.iter().any(|slot| slot.state.held()))
+    }
+
+    /// Takes the connection's slots from the first that waits for
+    /// verification or was deferred on, in order, to be handled again.
+    pub fn take_held(&mut self, connection: ConnectionId) -> Vec<Slot> {
+        let Some(c) = self.connections.get_mut(&connection) else {
+            return Vec::new();
+        };
+        match c.slots.iter().position(|slot| slot.state.held()) {
+            Some(first) => c.slots.split_off(first).into(),
+            None => Vec::new(),
+        }
+    }
+
+    /// The connection whose request waits for verification under `token`.
+    pub fn verifying_connection(&self, token: Token) -> Option<ConnectionId> {
+        self.connections.iter().find_map(|(id, c)| {
+            c.slots
+                .iter()
+                .any(|slot| matches!(slot.state, SlotState::Verifying { token: t, .. } if t == token))
+                .then_some(*id)
+        })
+    }
+
+    /// The tokens of requests waiting for verification.
+    pub fn verifying_tokens(&self) -> BTreeSet<Token> {
+        self.slots()
+            .filter_map(|slot| match slot.state {
+                SlotState::Verifying { token, .. } => Some(token),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// The header of the request whose slot waits on `token`.
     pub fn header_of(&self, token: Token) -> Option<ReplyHeader> {
         self.slots()
@@ -204,7 +257,8 @@ impl Sessions {
         for slot in self.slots() {
             if let SlotState::Coordinator(token)
             | SlotState::Raft(token)
-            | SlotState::Forwarded(token) = slot.state
+            | SlotState::Forwarded(token)
+            | SlotState::Verifying { token, .. } = slot.state
             {
                 assert!(tokens.insert(token), "one slot per token");
             }

@@ -26,14 +26,19 @@ pub enum Channel {
     Replica,
     /// A transaction coordinator's markers for the partitions a peer leads.
     Markers,
+    /// A partition leader's questions to a peer that coordinates a
+    /// transaction: is this partition in the producer's ongoing
+    /// transaction (AddPartitionsToTxn, verify only)?
+    Verify,
 }
 
 impl Channel {
-    pub const ALL: [Channel; 4] = [
+    pub const ALL: [Channel; 5] = [
         Channel::Raft,
         Channel::Control,
         Channel::Replica,
         Channel::Markers,
+        Channel::Verify,
     ];
 
     pub fn name(self) -> &'static str {
@@ -42,6 +47,7 @@ impl Channel {
             Channel::Control => "control",
             Channel::Replica => "replica",
             Channel::Markers => "txn",
+            Channel::Verify => "verify",
         }
     }
 }

@@ -493,8 +493,40 @@ fn a_broker_without_a_lease_answers_from_a_stale_image() {
     );
 }
 
+/// A last stable offset bounded by the log end instead of the high
+/// watermark tells read_committed consumers of offsets no sync has made
+/// safe: `[eos-lso]` finds one above the high watermark answered beside it
+/// (and, after a crash takes the unsynced tail back, one that moved back).
+#[test]
+fn a_last_stable_offset_past_the_high_watermark_is_caught() {
+    let caught = eos_caught_by(Mutation::LsoIgnoresHighWatermark, "eos-lso");
+    assert!(caught.is_some(), "not caught within {SEEDS_MAX} seeds");
+}
+
+/// A leader that takes transactional writes unverified when their
+/// coordinator is on another broker lets a late TxnOffsetCommit open a
+/// transaction nobody ends: seed 0x68 of `eos-replicated-late` (see
+/// `tests/replicated.rs`) never gets its final offsets committed,
+/// `[eos-exactly-once]`.
+#[test]
+fn a_leader_that_does_not_ask_a_remote_coordinator_leaves_a_transaction_hanging() {
+    let spec = with_mutation(
+        sluice_scenarios::eos_replicated_late(0x68),
+        Some(Mutation::NoRemoteVerification.name()),
+    );
+    let report = sluice_sim::run(spec, false);
+    assert!(
+        report
+            .violations
+            .iter()
+            .any(|v| v.checker == "eos-exactly-once"),
+        "not caught: {:?}",
+        report.violations.first()
+    );
+}
+
 #[test]
 fn every_mutation_has_a_proof() {
     // Adding a mutation means adding a test above that shows it is caught.
-    assert_eq!(Mutation::ALL.len(), 24);
+    assert_eq!(Mutation::ALL.len(), 26);
 }

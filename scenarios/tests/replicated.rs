@@ -150,3 +150,26 @@ fn a_marker_retry_due_after_the_ids_moved_away_is_not_armed_again() {
         report.violations.first()
     );
 }
+
+/// Seed 0x68 of `eos-replicated-late`: a worker's TxnOffsetCommit, held back
+/// on the network, reaches node 3 (the group's coordinator) after its
+/// transaction ended; node 1 coordinates the transaction. Node 3 used to
+/// check a transactional write only against a coordinator of its own, so
+/// it appended the late offsets unverified and opened a transaction on
+/// `__consumer_offsets` that no coordinator would end: the worker's offset
+/// fetches were answered UNSTABLE_OFFSET_COMMIT for good. Node 3 now asks
+/// node 1, which says the partition is not in an ongoing transaction.
+#[test]
+fn a_late_transactional_write_is_verified_with_a_coordinator_on_another_broker() {
+    let report = sluice_sim::run(sluice_scenarios::eos_replicated_late(0x68), true);
+    assert!(
+        report.passed(),
+        "{:?} {:?}",
+        report.failure,
+        report.violations.first()
+    );
+    assert!(traced(
+        &report,
+        "verdict peer=1 partition=__consumer_offsets-2 error=Some(InvalidTxnState)"
+    ));
+}

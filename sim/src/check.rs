@@ -43,6 +43,7 @@ pub const CHECKERS: &[&str] = &[
     "eos-atomic",
     "eos-read-committed",
     "eos-no-open-transactions",
+    "eos-lso",
 ];
 
 /// Every replica's durable log holds exactly what the reference replica's

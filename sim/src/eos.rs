@@ -2,12 +2,17 @@
 //! one derived record per input record to an output topic and commit
 //! their input offsets in the same transaction, as Kafka Streams does.
 //! Some transactions abort on purpose; workers crash and come back (the
-//! new instance fences the old one and aborts what it left open); nodes
-//! crash and tear their disks. The checkers then read the output topic's
-//! durable log as a read_committed consumer would and hold the pipeline
-//! to its promise: every input record below the committed offsets is in
-//! the output exactly once, nothing an aborted transaction wrote is, every
-//! transaction the coordinator confirmed is whole, and none is left open.
+//! new instance fences the old one and aborts what it left open), turn
+//! zombie while a stand-in with the same transactional id takes over
+//! (`Twin`), and have requests delivered late through the tap
+//! (`tap.rs`); nodes crash and tear their disks. The checkers then read
+//! the output topic's durable log as a read_committed consumer would and
+//! hold the pipeline to its promise: every input record below the
+//! committed offsets is in the output exactly once, nothing an aborted
+//! transaction wrote is, every transaction the coordinator confirmed is
+//! whole, and none is left open; and what the read_committed consumers
+//! learned of last stable offsets along the way (`eos-lso`) is what Kafka
+//! promises of them.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -16,8 +21,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use sluice_client::{
-    Client, Consumer, ConsumerConfig, IsolationLevel, OffsetReset, OffsetSpec, ProducerRecord,
-    TopicPartition, TransactionState, TransactionalConfig, TransactionalProducer,
+    Client, Connector, Consumer, ConsumerConfig, FetchMarks, IsolationLevel, ListedOffset,
+    OffsetReset, OffsetSpec, ProducerRecord, TopicPartition, TransactionState, TransactionalConfig,
+    TransactionalProducer,
 };
 use sluice_core::batch;
 use sluice_core::log::PartitionLog;
@@ -27,7 +33,9 @@ use tracing::Instrument;
 
 use crate::check::Violation;
 use crate::history::{Entry, History, Operation, Outcome};
+use crate::nemesis::Fault;
 use crate::run::{sim_clock, KillSwitch, Spec};
+use crate::tap::{Tap, TapConnector};
 use crate::workload::{client_config, ensure_topic_named, unpadded, SimConnector, Workload};
 
 /// The group whose committed offsets the workers' transactions carry.
@@ -66,18 +74,110 @@ fn input_of(output: &str) -> Option<(i32, i64)> {
     Some((partition, offset))
 }
 
-/// Starts every worker as a host the nemesis may crash; returns their
-/// kill switches by host name.
+/// A stand-in instance of a worker (host `eos{i}-twin`, the same
+/// transactional id and input partitions): idle until the nemesis wakes
+/// it, while the worker itself is cut off as a zombie; killed and put back
+/// to sleep later.
+#[derive(Clone)]
+pub struct Twin {
+    wake: Arc<tokio::sync::watch::Sender<bool>>,
+    pub kill: KillSwitch,
+}
+
+impl Twin {
+    fn new() -> Twin {
+        Twin {
+            wake: Arc::new(tokio::sync::watch::channel(false).0),
+            kill: KillSwitch::new(),
+        }
+    }
+
+    /// Starts the stand-in (it runs until put to sleep).
+    pub fn wake(&self) {
+        self.wake.send_replace(true);
+    }
+
+    /// Makes the next start of the host wait for `wake` again.
+    pub fn sleep(&self) {
+        self.wake.send_replace(false);
+    }
+
+    pub fn is_awake(&self) -> bool {
+        *self.wake.borrow()
+    }
+
+    fn awake(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut receiver = self.wake.subscribe();
+        async move {
+            let _ = receiver.wait_for(|awake| *awake).await;
+        }
+    }
+}
+
+/// The host of worker `index`'s stand-in.
+pub fn twin_host(worker: &str) -> String {
+    format!("{worker}-twin")
+}
+
+/// What the nemesis drives in the pipelines: the workers' kill switches,
+/// their stand-ins (for the workers a `Zombie` fault names), and the tap
+/// their connections go through.
+#[derive(Clone, Default)]
+pub struct Controls {
+    pub kills: BTreeMap<String, KillSwitch>,
+    /// By the worker's host name.
+    pub twins: BTreeMap<String, Twin>,
+    pub tap: Tap,
+}
+
+/// What one worker host needs, shared by all its starts.
+#[derive(Clone)]
+struct WorkerHost {
+    name: String,
+    index: usize,
+    tag: &'static str,
+    workload: Workload,
+    eos: EosWorkload,
+    history: History,
+    tap: Tap,
+    seed: u64,
+    boots: Arc<AtomicUsize>,
+}
+
+impl WorkerHost {
+    /// The worker of the host's next start.
+    fn worker(&self) -> Worker {
+        let boot = self.boots.fetch_add(1, Ordering::SeqCst) as u64;
+        Worker {
+            name: self.name.clone(),
+            index: self.index,
+            tag: self.tag,
+            tap: self.tap.clone(),
+            workload: self.workload.clone(),
+            eos: self.eos.clone(),
+            history: self.history.clone(),
+            rng: Rng::from_seed(self.seed ^ boot.wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+            boot,
+        }
+    }
+}
+
+/// Starts every worker as a host the nemesis may crash, a stand-in for
+/// each worker a `Zombie` fault names, the courier of delayed requests
+/// when a fault delays one, and the reader; returns what the nemesis drives.
 pub fn start(
     sim: &mut turmoil::Sim<'_>,
     spec: &Spec,
     history: &History,
     producers_done: &Arc<AtomicUsize>,
     finished: &Arc<AtomicUsize>,
-) -> BTreeMap<String, KillSwitch> {
-    let mut kills = BTreeMap::new();
+) -> Controls {
+    let mut controls = Controls {
+        tap: Tap::new(history.clone()),
+        ..Controls::default()
+    };
     let Some(eos) = spec.workload.eos.clone() else {
-        return kills;
+        return controls;
     };
     let workers_done = Arc::new(AtomicUsize::new(0));
     let (workload, reader_history, reader_finished, reader_workers_done) = (
@@ -105,43 +205,30 @@ pub fn start(
     for index in 0..eos.workers {
         let name = format!("eos{index}");
         let kill = KillSwitch::new();
-        kills.insert(name.clone(), kill.clone());
-        let (workload, history, producers_done, finished, eos) = (
-            spec.workload.clone(),
-            history.clone(),
-            producers_done.clone(),
-            finished.clone(),
-            eos.clone(),
-        );
+        controls.kills.insert(name.clone(), kill.clone());
+        let host = WorkerHost {
+            name: name.clone(),
+            index,
+            tag: "",
+            workload: spec.workload.clone(),
+            eos: eos.clone(),
+            history: history.clone(),
+            tap: controls.tap.clone(),
+            seed: spec.seed.wrapping_add(0xe050 + index as u64),
+            boots: Arc::default(),
+        };
+        let (producers_done, finished) = (producers_done.clone(), finished.clone());
         let workers_done = workers_done.clone();
-        let seed = spec.seed.wrapping_add(0xe050 + index as u64);
-        let boots = Arc::new(AtomicUsize::new(0));
         // A worker restarted after it finished finishes again: it counts once.
         let counted = Arc::new(std::sync::atomic::AtomicBool::new(false));
         sim.host(name.clone().as_str(), move || {
             let killed = kill.armed();
-            let boot = boots.fetch_add(1, Ordering::SeqCst) as u64;
-            let (name, workload, history, producers_done, finished, eos) = (
-                name.clone(),
-                workload.clone(),
-                history.clone(),
-                producers_done.clone(),
-                finished.clone(),
-                eos.clone(),
-            );
+            let worker = host.worker();
+            let (producers_done, finished) = (producers_done.clone(), finished.clone());
             let workers_done = workers_done.clone();
             let counted = counted.clone();
-            let span = tracing::info_span!("eos", host = name.as_str());
+            let span = tracing::info_span!("eos", host = host.name.as_str());
             async move {
-                let worker = Worker {
-                    name: name.clone(),
-                    index,
-                    workload,
-                    eos,
-                    history,
-                    rng: Rng::from_seed(seed ^ boot.wrapping_mul(0x9e37_79b9_7f4a_7c15)),
-                    boot,
-                };
                 tokio::select! {
                     done = worker.run(&producers_done) => {
                         if done && !counted.swap(true, Ordering::SeqCst) {
@@ -158,12 +245,162 @@ pub fn start(
             .instrument(span)
         });
     }
-    kills
+    let zombies: BTreeSet<String> = spec
+        .faults
+        .iter()
+        .filter_map(|s| match &s.fault {
+            Fault::Zombie { worker, .. } => Some(worker.clone()),
+            _ => None,
+        })
+        .collect();
+    for index in 0..eos.workers {
+        let worker = format!("eos{index}");
+        if !zombies.contains(&worker) {
+            continue;
+        }
+        let twin = Twin::new();
+        controls.twins.insert(worker.clone(), twin.clone());
+        let host = WorkerHost {
+            name: twin_host(&worker),
+            index,
+            tag: "t",
+            workload: spec.workload.clone(),
+            eos: eos.clone(),
+            history: history.clone(),
+            tap: controls.tap.clone(),
+            seed: spec.seed.wrapping_add(0x7e17 + index as u64),
+            boots: Arc::default(),
+        };
+        let producers_done = producers_done.clone();
+        sim.host(host.name.clone().as_str(), move || {
+            let (awake, killed, killed_later) =
+                (twin.awake(), twin.kill.armed(), twin.kill.armed());
+            let host = host.clone();
+            let producers_done = producers_done.clone();
+            let span = tracing::info_span!("eos", host = host.name.as_str());
+            async move {
+                tokio::select! {
+                    _ = awake => {}
+                    _ = killed => return Ok(()),
+                }
+                // The stand-in never counts as finished: its worker must.
+                let worker = host.worker();
+                tokio::select! {
+                    _ = worker.run(&producers_done) => {}
+                    _ = killed_later => return Ok(()),
+                }
+                std::future::pending::<()>().await;
+                Ok(())
+            }
+            .instrument(span)
+        });
+    }
+    let delays = spec
+        .faults
+        .iter()
+        .any(|s| matches!(s.fault, Fault::DelayRequest { .. }));
+    if delays {
+        let tap = controls.tap.clone();
+        sim.host("courier", move || {
+            let tap = tap.clone();
+            async move {
+                crate::tap::courier(tap).await;
+                Ok(())
+            }
+            .instrument(tracing::info_span!("client", host = "courier"))
+        });
+    }
+    controls
+}
+
+/// Records what one read_committed consumer learns of last stable
+/// offsets (`Operation::LastStable`): every fetch answer that returned
+/// data or moved a mark, and every ListOffsets(latest) answer.
+struct StableRecorder {
+    process: String,
+    /// The consumer's name in the history: its process and which of the
+    /// process's consumers it is.
+    observer: String,
+    /// The last (leader epoch, high watermark, last stable offset)
+    /// recorded per partition.
+    last: BTreeMap<TopicPartition, (i32, i64, i64)>,
+}
+
+impl StableRecorder {
+    fn new(process: &str, observer: String) -> StableRecorder {
+        StableRecorder {
+            process: process.to_string(),
+            observer,
+            last: BTreeMap::new(),
+        }
+    }
+
+    fn record(&self, history: &History, operation: Operation) {
+        let index = history.invoke(&self.process, operation.clone());
+        history.complete(index, operation, Outcome::Ok);
+    }
+
+    /// The marks of the fetch answers since the last call.
+    fn fetched<C: Connector>(&mut self, history: &History, consumer: &mut Consumer<C>) {
+        for marks in consumer.take_fetch_marks() {
+            let FetchMarks {
+                partition: tp,
+                leader_epoch,
+                fetch_offset,
+                high_watermark,
+                last_stable_offset,
+                next_offset,
+                ..
+            } = marks;
+            let now = (leader_epoch, high_watermark, last_stable_offset);
+            let data = next_offset.is_some_and(|next| next > fetch_offset);
+            if !data && self.last.get(&tp) == Some(&now) {
+                continue;
+            }
+            self.last.insert(tp.clone(), now);
+            self.record(
+                history,
+                Operation::LastStable {
+                    observer: self.observer.clone(),
+                    topic: tp.topic,
+                    partition: tp.partition,
+                    leader_epoch,
+                    last_stable_offset,
+                    high_watermark: Some(high_watermark),
+                    fetch_offset: Some(fetch_offset),
+                    data_end: next_offset,
+                },
+            );
+        }
+    }
+
+    /// ListOffsets(latest) answers of a read_committed consumer.
+    fn listed(&self, history: &History, ends: &BTreeMap<TopicPartition, ListedOffset>) {
+        for (tp, listed) in ends {
+            self.record(
+                history,
+                Operation::LastStable {
+                    observer: self.observer.clone(),
+                    topic: tp.topic.clone(),
+                    partition: tp.partition,
+                    leader_epoch: listed.leader_epoch,
+                    last_stable_offset: listed.offset,
+                    high_watermark: None,
+                    fetch_offset: None,
+                    data_end: None,
+                },
+            );
+        }
+    }
 }
 
 struct Worker {
     name: String,
     index: usize,
+    /// Marks the transactions of a stand-in instance (`t`) apart from the
+    /// worker's own (empty) in the values they write.
+    tag: &'static str,
+    tap: Tap,
     workload: Workload,
     eos: EosWorkload,
     history: History,
@@ -171,6 +408,13 @@ struct Worker {
     /// How many times this worker's host started: its transactions' names
     /// differ across restarts.
     boot: u64,
+}
+
+/// How a transaction failed: before its commit (it aborted, or its abort
+/// failed too), or in the commit.
+enum Ended {
+    Before(sluice_client::Error),
+    Commit(sluice_client::Error),
 }
 
 /// Why an instance stopped.
@@ -198,7 +442,7 @@ impl Worker {
     async fn run(mut self, producers_done: &AtomicUsize) -> bool {
         let seed = self.rng.next_u64();
         let Ok(client) = Client::new(
-            SimConnector,
+            TapConnector::new(&self.name, self.tap.clone()),
             client_config(&self.name, &self.workload, seed),
         ) else {
             return false;
@@ -230,7 +474,7 @@ impl Worker {
     /// offsets, then transactions until done or until it cannot go on.
     async fn instance(
         &mut self,
-        client: &Client<SimConnector>,
+        client: &Client<TapConnector>,
         instance: u64,
         producers_done: &AtomicUsize,
     ) -> Stop {
@@ -260,9 +504,13 @@ impl Worker {
         if !self.seek_to_committed(&mut consumer, &owned).await {
             return Stop::Restart;
         }
-        let writer_prefix = format!("{}.{}.{}", self.index, self.boot, instance);
+        let writer_prefix = format!("{}{}.{}.{}", self.index, self.tag, self.boot, instance);
+        let mut stable =
+            StableRecorder::new(&self.name, format!("{}/{}", self.name, writer_prefix));
         for transaction in 0u64.. {
-            let records = match consumer.poll(Duration::from_millis(200)).await {
+            let polled = consumer.poll(Duration::from_millis(200)).await;
+            stable.fetched(&self.history, &mut consumer);
+            let records = match polled {
                 Ok(records) => records,
                 Err(error) => {
                     tracing::debug!(%error, "poll failed");
@@ -272,7 +520,7 @@ impl Worker {
             };
             if records.is_empty() {
                 if producers_done.load(Ordering::SeqCst) >= self.workload.producers
-                    && self.done(&consumer, &owned).await
+                    && self.done(&consumer, &owned, &stable).await
                 {
                     return Stop::Done;
                 }
@@ -299,7 +547,7 @@ impl Worker {
     /// offsets after them, then a commit (or, now and then, an abort).
     async fn transaction(
         &mut self,
-        producer: &mut TransactionalProducer<SimConnector>,
+        producer: &mut TransactionalProducer<TapConnector>,
         records: &[sluice_client::ConsumerRecord],
         writer: &str,
     ) -> Result<(), Stop> {
@@ -334,18 +582,21 @@ impl Worker {
         let outcome = self
             .write_and_end(producer, &by_partition, &next, commit)
             .await;
-        let restart = match &outcome {
-            Ok(()) => false,
-            Err(_) => producer.state() != TransactionState::Ready,
-        };
+        // A producer that can go on no more (after an error, or a commit
+        // whose epoch bump failed) leaves the work to a new instance.
+        let restart = producer.state() != TransactionState::Ready;
         let recorded = match outcome {
             Ok(()) => Outcome::Ok,
-            // A commit that gave up may have committed: unknown.
-            Err(error) if producer.state() == TransactionState::Committing => {
+            // A commit that gave up may have committed, and so may one
+            // refused after an attempt that went unanswered: unknown.
+            Err(Ended::Commit(error))
+                if producer.state() == TransactionState::Committing
+                    || producer.has_unanswered_requests() =>
+            {
                 tracing::debug!(%error, "commit outcome unknown");
                 Outcome::Unknown
             }
-            Err(error) => Outcome::Failed(error.to_string()),
+            Err(Ended::Commit(error) | Ended::Before(error)) => Outcome::Failed(error.to_string()),
         };
         self.history.complete(index, operation, recorded);
         if restart {
@@ -358,12 +609,12 @@ impl Worker {
     /// offsets call aborts it instead.
     async fn write_and_end(
         &self,
-        producer: &mut TransactionalProducer<SimConnector>,
+        producer: &mut TransactionalProducer<TapConnector>,
         by_partition: &BTreeMap<i32, Vec<ProducerRecord>>,
         next: &BTreeMap<i32, i64>,
         commit: bool,
-    ) -> sluice_client::Result<()> {
-        producer.begin()?;
+    ) -> Result<(), Ended> {
+        producer.begin().map_err(Ended::Before)?;
         let output = output_topic(&self.workload);
         let mut written = Ok(());
         for (partition, records) in by_partition {
@@ -381,13 +632,13 @@ impl Worker {
             written = producer.send_offsets(EOS_GROUP, &offsets).await;
         }
         match written {
-            Ok(()) if commit => producer.commit().await,
-            Ok(()) => producer.abort().await,
+            Ok(()) if commit => producer.commit().await.map_err(Ended::Commit),
+            Ok(()) => producer.abort().await.map_err(Ended::Before),
             Err(error) => {
                 // Only an abort is allowed now; its own failure leaves the
                 // producer for a new instance.
                 let _ = producer.abort().await;
-                Err(error)
+                Err(Ended::Before(error))
             }
         }
     }
@@ -396,7 +647,7 @@ impl Worker {
     /// start); false when they cannot be read.
     async fn seek_to_committed(
         &self,
-        consumer: &mut Consumer<SimConnector>,
+        consumer: &mut Consumer<TapConnector>,
         owned: &[TopicPartition],
     ) -> bool {
         for _ in 0..50 {
@@ -421,10 +672,16 @@ impl Worker {
 
     /// Every owned partition is committed to its end; the committed
     /// offsets are recorded.
-    async fn done(&self, consumer: &Consumer<SimConnector>, owned: &[TopicPartition]) -> bool {
+    async fn done(
+        &self,
+        consumer: &Consumer<TapConnector>,
+        owned: &[TopicPartition],
+        stable: &StableRecorder,
+    ) -> bool {
         let Ok(ends) = consumer.list_offsets(owned, OffsetSpec::Latest).await else {
             return false;
         };
+        stable.listed(&self.history, &ends);
         let Ok(committed) = consumer.committed(owned).await else {
             return false;
         };
@@ -476,8 +733,11 @@ async fn read_output(
         .map(|p| TopicPartition::new(topic.clone(), p))
         .collect();
     consumer.assign(all.clone());
+    let mut stable = StableRecorder::new("eos-reader", "eos-reader".into());
     loop {
-        let records = match consumer.poll(Duration::from_millis(200)).await {
+        let polled = consumer.poll(Duration::from_millis(200)).await;
+        stable.fetched(history, &mut consumer);
+        let records = match polled {
             Ok(records) => records,
             Err(error) => {
                 tracing::debug!(%error, "poll failed");
@@ -507,6 +767,7 @@ async fn read_output(
             let Ok(ends) = consumer.list_offsets(&all, OffsetSpec::Latest).await else {
                 continue;
             };
+            stable.listed(history, &ends);
             let caught_up = all.iter().all(|tp| {
                 let end = ends.get(tp).map_or(0, |e| e.offset);
                 consumer.position(tp).unwrap_or(0) >= end
@@ -535,11 +796,24 @@ pub struct CommittedView {
     pub records: Vec<(i64, String)>,
     pub open: BTreeSet<i64>,
     pub aborted: Vec<String>,
+    /// Every transaction in the log, in the order they began.
+    pub transactions: Vec<TxnSpan>,
+}
+
+/// One transaction in a partition's log: the offset of its first batch
+/// and of its marker (None while none follows).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TxnSpan {
+    pub producer_id: i64,
+    pub first_offset: i64,
+    pub marker_offset: Option<i64>,
 }
 
 pub fn read_committed_view(log: &PartitionLog, storage: &mut MemStorage) -> CommittedView {
     let mut view = CommittedView::default();
     let mut pending: BTreeMap<i64, Vec<(i64, String)>> = BTreeMap::new();
+    // The open transaction of each producer, by its index in `transactions`.
+    let mut open_spans: BTreeMap<i64, usize> = BTreeMap::new();
     let mut offset = log.log_start_offset();
     while offset < log.log_end_offset() {
         let Ok(bytes) = log.read(storage, offset, log.log_end_offset(), 1 << 20, true) else {
@@ -550,6 +824,9 @@ pub fn read_committed_view(log: &PartitionLog, storage: &mut MemStorage) -> Comm
             let batch_bytes = &bytes[range];
             offset = header.next_offset();
             if header.is_control() {
+                if let Some(span) = open_spans.remove(&header.producer_id) {
+                    view.transactions[span].marker_offset = Some(header.base_offset);
+                }
                 if let Ok(Some(control)) = batch::parse_control_record(batch_bytes) {
                     let records = pending.remove(&header.producer_id).unwrap_or_default();
                     if control.commit {
@@ -570,6 +847,14 @@ pub fn read_committed_view(log: &PartitionLog, storage: &mut MemStorage) -> Comm
                 )
             });
             if header.is_transactional() {
+                open_spans.entry(header.producer_id).or_insert_with(|| {
+                    view.transactions.push(TxnSpan {
+                        producer_id: header.producer_id,
+                        first_offset: header.base_offset,
+                        marker_offset: None,
+                    });
+                    view.transactions.len() - 1
+                });
                 pending
                     .entry(header.producer_id)
                     .or_default()
@@ -592,8 +877,9 @@ pub fn check(
     history: &[Entry],
     inputs: &BTreeMap<i32, Vec<(i64, String)>>,
     outputs: &BTreeMap<i32, CommittedView>,
+    output_topic: &str,
 ) -> Vec<Violation> {
-    let mut found = Vec::new();
+    let mut found = check_last_stable(history, outputs, output_topic);
     let violation = |checker: &'static str, detail: String| Violation { checker, detail };
     // The committed offsets the workers read at the end.
     let mut final_offsets: BTreeMap<i32, i64> = BTreeMap::new();
@@ -712,4 +998,158 @@ pub fn check(
         }
     }
     found
+}
+
+/// `eos-lso`: what read_committed consumers learned of last stable offsets
+/// holds to Kafka's promises. In every fetch answer the last stable offset
+/// is at most the high watermark and the data returned ends at or below
+/// it. Within one leader epoch (the one a fetch named, so only that
+/// epoch's leader answered, or the one ListOffsets answered from) neither
+/// moves back for one consumer; a new leader may start lower (Kafka's
+/// does, until its high watermark catches up). Below a last stable offset
+/// every transaction of the output is decided: its marker is in the final
+/// log, and below the high watermark answered with it.
+fn check_last_stable(
+    history: &[Entry],
+    outputs: &BTreeMap<i32, CommittedView>,
+    output_topic: &str,
+) -> Vec<Violation> {
+    let mut found = Vec::new();
+    let mut highest: BTreeMap<StableKey<'_>, Highest> = BTreeMap::new();
+    // Transactions found passed while undecided, reported once each.
+    let mut passed: BTreeSet<(i32, i64)> = BTreeSet::new();
+    for (index, entry) in history.iter().enumerate() {
+        let Operation::LastStable {
+            observer,
+            topic,
+            partition,
+            leader_epoch,
+            last_stable_offset,
+            high_watermark,
+            data_end,
+            ..
+        } = &entry.operation
+        else {
+            continue;
+        };
+        let seen = Seen {
+            op: crate::report::op_number(index),
+            stable: *last_stable_offset,
+            high_watermark: *high_watermark,
+        };
+        let what = format!(
+            "{observer} (op {}) {topic}-{partition} in leader epoch {leader_epoch}",
+            seen.op
+        );
+        if seen.stable < 0 {
+            found.push(lso_violation(format!(
+                "{what}: a read_committed answer without a last stable offset ({})",
+                seen.stable
+            )));
+            continue;
+        }
+        found.extend(check_one_answer(&what, &seen, *data_end));
+        // A fetch that named no epoch may have been answered by any broker
+        // that thought it led.
+        if *leader_epoch >= 0 {
+            let key = (observer.as_str(), topic.as_str(), *partition, *leader_epoch);
+            found.extend(highest.entry(key).or_default().see(&what, &seen));
+        }
+        if topic == output_topic {
+            if let Some(view) = outputs.get(partition) {
+                for txn in undecided_below(view, &seen) {
+                    if passed.insert((*partition, txn.first_offset)) {
+                        found.push(lso_violation(format!(
+                            "{what}: last stable offset {} (high watermark {:?}) passes the transaction of producer {} from offset {}, whose marker is at {:?}",
+                            seen.stable, seen.high_watermark, txn.producer_id, txn.first_offset, txn.marker_offset
+                        )));
+                    }
+                }
+            }
+        }
+    }
+    found
+}
+
+/// An observer's view of one partition in one leader epoch.
+type StableKey<'a> = (&'a str, &'a str, i32, i32);
+
+fn lso_violation(detail: String) -> Violation {
+    Violation {
+        checker: "eos-lso",
+        detail,
+    }
+}
+
+/// One observation of a last stable offset (and of the high watermark
+/// with it, from a fetch), by the number of its op.
+struct Seen {
+    op: usize,
+    stable: i64,
+    high_watermark: Option<i64>,
+}
+
+/// The highest last stable offset and high watermark one observer saw of
+/// a partition in a leader epoch, each with the op that saw it.
+#[derive(Default)]
+struct Highest {
+    stable: Option<(i64, usize)>,
+    high_watermark: Option<(i64, usize)>,
+}
+
+impl Highest {
+    /// Takes a later observation: a violation for each mark that moved back.
+    fn see(&mut self, what: &str, seen: &Seen) -> Vec<Violation> {
+        let mut found = Vec::new();
+        match self.stable {
+            Some((before, op)) if seen.stable < before => found.push(lso_violation(format!(
+                "{what}: last stable offset {} after {before} (op {op}) in the same epoch",
+                seen.stable
+            ))),
+            _ => self.stable = Some((seen.stable, seen.op)),
+        }
+        if let Some(hw) = seen.high_watermark {
+            match self.high_watermark {
+                Some((before, op)) if hw < before => found.push(lso_violation(format!(
+                    "{what}: high watermark {hw} after {before} (op {op}) in the same epoch"
+                ))),
+                _ => self.high_watermark = Some((hw, seen.op)),
+            }
+        }
+        found
+    }
+}
+
+/// One answer on its own: the last stable offset at most the high
+/// watermark beside it, and no data returned at or past it.
+fn check_one_answer(what: &str, seen: &Seen, data_end: Option<i64>) -> Vec<Violation> {
+    let mut found = Vec::new();
+    if let Some(hw) = seen.high_watermark.filter(|hw| seen.stable > *hw) {
+        found.push(lso_violation(format!(
+            "{what}: last stable offset {} above the high watermark {hw}",
+            seen.stable
+        )));
+    }
+    if let Some(end) = data_end.filter(|end| *end > seen.stable) {
+        found.push(lso_violation(format!(
+            "{what}: records up to {end} returned at or past the last stable offset {}",
+            seen.stable
+        )));
+    }
+    found
+}
+
+/// The transactions of the final log that begin below an observed last
+/// stable offset yet were not decided then: no marker, or (from a fetch)
+/// a marker not below the high watermark answered with it.
+fn undecided_below<'v>(view: &'v CommittedView, seen: &Seen) -> impl Iterator<Item = &'v TxnSpan> {
+    let (stable, high_watermark) = (seen.stable, seen.high_watermark);
+    view.transactions
+        .iter()
+        .filter(move |t| t.first_offset < stable)
+        .filter(move |t| match (t.marker_offset, high_watermark) {
+            (None, _) => true,
+            (Some(marker), Some(hw)) => marker >= hw,
+            (Some(_), None) => false,
+        })
 }

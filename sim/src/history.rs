@@ -72,6 +72,21 @@ pub enum Operation {
         partition: i32,
         records: Vec<(i64, String)>,
     },
+    /// What one read_committed consumer (`observer`) learned of a
+    /// partition's last stable offset: from a fetch answer, with the high
+    /// watermark beside it and where the data returned ended, or from
+    /// ListOffsets(latest), which says neither. `leader_epoch` is the epoch
+    /// the fetch named or the one ListOffsets answered from.
+    LastStable {
+        observer: String,
+        topic: String,
+        partition: i32,
+        leader_epoch: i32,
+        last_stable_offset: i64,
+        high_watermark: Option<i64>,
+        fetch_offset: Option<i64>,
+        data_end: Option<i64>,
+    },
     /// A fault or a heal, from the nemesis.
     Fault { description: String },
 }

@@ -15,6 +15,7 @@ pub mod quorum;
 pub mod replication;
 pub mod report;
 pub mod run;
+pub mod tap;
 pub mod timeline;
 pub mod trace;
 pub mod workload;

@@ -1,15 +1,17 @@
 //! The nemesis: applies a run's fault schedule to the simulated cluster
 //! during the safety phase (crashes, partitions, slow links and disks, a
-//! full disk, clock jumps), heals each fault when it is due, and heals
-//! everything when the liveness phase starts. Every fault and heal goes to
-//! the trace and the history.
+//! full disk, clock jumps, zombie workers, delayed requests), heals each
+//! fault when it is due, and heals everything when the liveness phase
+//! starts. Every fault and heal goes to the trace and the history.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
+use kafka_protocol::messages::ApiKey;
+
 use crate::disk::{CrashFault, DiskFaults};
+use crate::eos::{twin_host, Controls};
 use crate::history::History;
-use crate::run::{max_message_latency, KillSwitch, SimNode, Spec};
+use crate::run::{max_message_latency, SimNode, Spec};
 use crate::trace::Trace;
 
 /// One fault, at a simulated time in the safety phase. Nodes are named by
@@ -61,6 +63,25 @@ pub enum Fault {
     /// time source would; its monotonic clock (deadlines) runs on. Jumps add
     /// up; the clock returns to true time when the faults heal.
     ClockJump { node: u32, delta_ms: i64 },
+    /// Make an exactly-once worker a zombie: hold every message between it
+    /// and the nodes for `for_ms` (delivered when released, so what it
+    /// sent meanwhile lands late), and meanwhile wake its stand-in, a
+    /// second instance with the same transactional id that fences it and
+    /// takes over; the stand-in is killed `overlap_ms` after the release,
+    /// so for a while both run.
+    Zombie {
+        worker: String,
+        for_ms: u64,
+        overlap_ms: u64,
+    },
+    /// Hold back a worker's next request of kind `api` (see `tap.rs`): its
+    /// connection breaks, the client retries, and the held copy reaches the
+    /// node `delay_ms` later on a connection of its own.
+    DelayRequest {
+        host: String,
+        api: ApiKey,
+        delay_ms: u64,
+    },
 }
 
 impl Fault {
@@ -73,7 +94,10 @@ impl Fault {
             | Fault::DiskFull { node, .. }
             | Fault::ClockJump { node, .. } => vec![*node],
             Fault::PartitionNodes { a, b, .. } | Fault::SlowLink { a, b, .. } => vec![*a, *b],
-            Fault::CrashHost { .. } | Fault::Latency { .. } => Vec::new(),
+            Fault::CrashHost { .. }
+            | Fault::Latency { .. }
+            | Fault::Zombie { .. }
+            | Fault::DelayRequest { .. } => Vec::new(),
         }
     }
 }
@@ -99,6 +123,10 @@ enum Heal {
         b: u32,
     },
     Disk(u32),
+    /// Deliver what was held between a zombie worker and every node.
+    Release(String),
+    /// Kill a worker's stand-in and put it back to sleep.
+    RetireTwin(String),
 }
 
 /// Applies the schedule: each fault at its time, each heal when it is due.
@@ -111,8 +139,9 @@ pub(crate) struct Nemesis {
     nodes: Vec<SimNode>,
     base_disk: DiskFaults,
     base_latency: Duration,
-    /// Kill switches of the group members, by host name.
-    member_kills: BTreeMap<String, KillSwitch>,
+    /// Kill switches of the group members and workers, by host name, the
+    /// workers' stand-ins and the tap of their connections.
+    controls: Controls,
     history: History,
     trace: Trace,
     pub(crate) healed: bool,
@@ -122,7 +151,7 @@ impl Nemesis {
     pub(crate) fn new(
         spec: &Spec,
         nodes: Vec<SimNode>,
-        member_kills: BTreeMap<String, KillSwitch>,
+        controls: Controls,
         history: History,
         trace: Trace,
     ) -> Nemesis {
@@ -151,7 +180,7 @@ impl Nemesis {
             nodes,
             base_disk: spec.disk.clone(),
             base_latency: max_message_latency(spec),
-            member_kills,
+            controls,
             history,
             trace,
             healed: false,
@@ -217,7 +246,7 @@ impl Nemesis {
                     .heals
                     .iter()
                     .any(|(_, h)| matches!(h, Heal::RestartHost(name) if *name == host));
-                if let Some(kill) = self.member_kills.get(&host).filter(|_| running) {
+                if let Some(kill) = self.controls.kills.get(&host).filter(|_| running) {
                     kill.stop(sim, &host);
                     self.note(now, format!("crash {host}"));
                     self.heals.push((until(down_ms), Heal::RestartHost(host)));
@@ -290,6 +319,22 @@ impl Nemesis {
                 );
                 self.heals.push((until(for_ms), Heal::Disk(node)));
             }
+            Fault::Zombie {
+                worker,
+                for_ms,
+                overlap_ms,
+            } => self.zombie(sim, now, worker, for_ms, overlap_ms),
+            Fault::DelayRequest {
+                host,
+                api,
+                delay_ms,
+            } => {
+                self.controls.tap.arm(&host, api, delay_ms);
+                self.note(
+                    now,
+                    format!("the next {api:?} of {host} is to be held back {delay_ms} ms"),
+                );
+            }
             Fault::ClockJump { node, delta_ms } => {
                 let offset_ms = self.node(node).jump_clock(delta_ms);
                 let host = &self.node(node).host;
@@ -301,6 +346,39 @@ impl Nemesis {
                 );
             }
         }
+    }
+
+    /// Holds every message between `worker` and the nodes and wakes its
+    /// stand-in, unless it is already a zombie.
+    fn zombie(
+        &mut self,
+        sim: &mut turmoil::Sim<'_>,
+        now: Duration,
+        worker: String,
+        for_ms: u64,
+        overlap_ms: u64,
+    ) {
+        let Some(twin) = self.controls.twins.get(&worker) else {
+            return;
+        };
+        if twin.is_awake() {
+            return;
+        }
+        for node in &self.nodes {
+            sim.hold(worker.as_str(), node.host.as_str());
+        }
+        twin.wake();
+        self.note(
+            now,
+            format!(
+                "{worker} becomes a zombie: its messages to and from every node are held; {} takes over",
+                twin_host(&worker)
+            ),
+        );
+        let release = now + Duration::from_millis(for_ms);
+        self.heals.push((release, Heal::Release(worker.clone())));
+        let retire = release + Duration::from_millis(overlap_ms);
+        self.heals.push((retire, Heal::RetireTwin(worker)));
     }
 
     fn partition(
@@ -345,14 +423,37 @@ impl Nemesis {
                 node.disk.set_faults(self.base_disk.clone());
                 self.note(now, format!("disk of {} back to normal", node.host));
             }
+            Heal::Release(worker) => {
+                for node in &self.nodes {
+                    sim.release(worker.as_str(), node.host.as_str());
+                }
+                self.note(
+                    now,
+                    format!("release what was held between {worker} and the nodes"),
+                );
+            }
+            Heal::RetireTwin(worker) => {
+                let Some(twin) = self.controls.twins.get(&worker) else {
+                    return;
+                };
+                let host = twin_host(&worker);
+                twin.sleep();
+                twin.kill.stop(sim, &host);
+                sim.bounce(host.as_str());
+                self.note(now, format!("kill {host}"));
+            }
         }
     }
 
     /// Heals every fault, so the liveness phase starts from a healthy cluster.
     pub(crate) fn heal_all(&mut self, sim: &mut turmoil::Sim<'_>, now: Duration) {
-        for (_, heal) in std::mem::take(&mut self.heals) {
+        // Releases first: a stand-in is retired after its zombie wakes.
+        let mut heals = std::mem::take(&mut self.heals);
+        heals.sort_by_key(|(_, heal)| matches!(heal, Heal::RetireTwin(_)));
+        for (_, heal) in heals {
             self.heal(sim, now, heal);
         }
+        self.controls.tap.disarm_all();
         // Failed syncs take a node offline until a restart; the liveness
         // phase starts from healthy nodes.
         let mut base = self.base_disk.clone();

@@ -206,6 +206,29 @@ pub fn describe(operation: &Operation) -> String {
             "read_committed output partition {partition}: {}",
             describe_records(records)
         ),
+        Operation::LastStable {
+            observer,
+            topic,
+            partition,
+            leader_epoch,
+            last_stable_offset,
+            high_watermark,
+            fetch_offset,
+            data_end,
+        } => {
+            let source = match (high_watermark, fetch_offset) {
+                (Some(hw), Some(from)) => {
+                    let data = data_end.map_or("no data".to_string(), |end| {
+                        format!("data {from}..{end}")
+                    });
+                    format!("fetch from {from}: high watermark {hw}, {data}")
+                }
+                _ => "list offsets (latest)".to_string(),
+            };
+            format!(
+                "{observer} sees {topic}-{partition} in leader epoch {leader_epoch} stable below {last_stable_offset}; {source}"
+            )
+        }
         Operation::Fault { description } => format!("fault: {description}"),
     }
 }
@@ -257,6 +280,8 @@ enum Clue {
         operation: Operation,
         acknowledged: bool,
     },
+    /// The entry the text names by its number (`op N`).
+    Numbered(usize),
 }
 
 /// The strings a text quotes as Rust's `{:?}` prints them.
@@ -334,11 +359,21 @@ fn clues(violation: &Violation) -> Vec<Clue> {
         "committed-offsets-monotonic" => committed_clues(text),
         "one-owner-per-generation" => owner_clues(text),
         "redelivery-above-commit" => redelivery_clues(text),
+        // "... (op N) ... (op M)": the observations compared.
+        "eos-lso" => Some(numbered_clues(text)),
         // Found by the scan of the disk after the run, not in an operation.
         "durable-data-intact" => None,
         _ => Some(values.chain(at).collect()),
     };
     found.unwrap_or_default()
+}
+
+/// Every `op N` a text names.
+fn numbered_clues(text: &str) -> Vec<Clue> {
+    text.match_indices("op ")
+        .filter_map(|(at, _)| number_after::<usize>(&text[at..], "op "))
+        .map(Clue::Numbered)
+        .collect()
 }
 
 /// "partition {p} jumps from {a} to {b}"
@@ -502,6 +537,8 @@ impl Clue {
                 operation: wanted,
                 acknowledged,
             } => operation == wanted && (!acknowledged || entry.outcome == Outcome::Ok),
+            // Named by number, not by what it holds (see `offending`).
+            Clue::Numbered(_) => false,
         }
     }
 }
@@ -523,12 +560,18 @@ pub fn offending<'v>(
         }
         *count += 1;
         for clue in clues(violation) {
-            let mut named: Vec<usize> = entries
-                .iter()
-                .enumerate()
-                .filter(|(_, entry)| clue.names(entry))
-                .map(|(index, _)| index)
-                .collect();
+            let mut named: Vec<usize> = match clue {
+                Clue::Numbered(number) => (number >= 1 && number <= entries.len())
+                    .then(|| number - 1)
+                    .into_iter()
+                    .collect(),
+                _ => entries
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, entry)| clue.names(entry))
+                    .map(|(index, _)| index)
+                    .collect(),
+            };
             named.sort_by_key(|&index| (entries[index].invoke_us, index));
             for index in named.into_iter().take(MATCHES_PER_CLUE_MAX) {
                 let by = found.entry(index).or_default();

@@ -363,11 +363,11 @@ fn run_inner(spec: &Spec, trace: &Trace) -> Outcome {
         add_node(&mut sim, &broker_config(&spec.broker, node.number), node);
     }
     let history = History::default();
-    let (done, member_kills) = workload::start(&mut sim, spec, &history);
+    let (done, controls) = workload::start(&mut sim, spec, &history);
     let mut nemesis = Nemesis::new(
         spec,
         nodes.clone(),
-        member_kills,
+        controls,
         history.clone(),
         trace.clone(),
     );
@@ -613,7 +613,7 @@ fn eos_violations(
         .iter()
         .map(|(partition, (_, records))| (*partition, records.clone()))
         .collect();
-    found.extend(crate::eos::check(entries, &inputs, &outputs));
+    found.extend(crate::eos::check(entries, &inputs, &outputs, &topic));
     found
 }
 

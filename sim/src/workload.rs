@@ -92,7 +92,7 @@ pub fn start(
     sim: &mut turmoil::Sim<'_>,
     spec: &Spec,
     history: &History,
-) -> (Done, std::collections::BTreeMap<String, KillSwitch>) {
+) -> (Done, crate::eos::Controls) {
     let workers = spec.workload.eos.as_ref().map_or(0, |e| e.workers);
     let done = Done {
         finished: Arc::default(),
@@ -104,7 +104,7 @@ pub fn start(
             + usize::from(workers > 0),
     };
     let producers_done = Arc::new(AtomicUsize::new(0));
-    let mut kills = crate::eos::start(sim, spec, history, &producers_done, &done.finished);
+    let mut controls = crate::eos::start(sim, spec, history, &producers_done, &done.finished);
     for index in 0..spec.workload.group_members {
         let kill = KillSwitch::new();
         add_member(
@@ -116,7 +116,7 @@ pub fn start(
             &done.finished,
             &kill,
         );
-        kills.insert(format!("member{index}"), kill);
+        controls.kills.insert(format!("member{index}"), kill);
     }
     for index in 0..spec.workload.producers {
         let name = format!("producer{index}");
@@ -153,7 +153,7 @@ pub fn start(
         }
         .instrument(tracing::info_span!("client", host = "reader")),
     );
-    (done, kills)
+    (done, controls)
 }
 
 /// A group member as a host: restarted after a crash, it joins again and
@@ -636,8 +636,8 @@ async fn ensure_topic(client: &Client<SimConnector>, workload: &Workload) {
 
 /// Creates a topic of the workload (its replication settings), unless it
 /// exists.
-pub async fn ensure_topic_named(
-    client: &Client<SimConnector>,
+pub async fn ensure_topic_named<C: sluice_client::Connector>(
+    client: &Client<C>,
     workload: &Workload,
     name: &str,
     partitions: i32,

@@ -18,6 +18,7 @@
 //! partition failed is written once that one is.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -44,10 +45,13 @@ pub(super) struct Encoded {
 /// Sends the batches once, until a round of waves fails; returns each
 /// batch's outcome (the offset of its first record, -1 for a duplicate
 /// answered without one), or `None` if it was not sent, in the order given.
+/// A request sent without an answer (it may still arrive) sets
+/// `unanswered`.
 pub(super) async fn send_once<C: Connector>(
     client: &Client<C>,
     transactional_id: &TransactionalId,
     batches: &[Encoded],
+    unanswered: &AtomicBool,
 ) -> Vec<Option<Result<i64>>> {
     let mut outcomes: Vec<Option<Result<i64>>> = (0..batches.len()).map(|_| None).collect();
     // Per leader, its waves: per wave, batch indexes (one per partition).
@@ -117,6 +121,9 @@ pub(super) async fn send_once<C: Connector>(
         }
         while let Some(joined) = tasks.join_next().await {
             let (wave, answered) = joined.expect("produce tasks do not panic");
+            if answered.is_err() {
+                unanswered.store(true, Ordering::SeqCst);
+            }
             for index in wave {
                 outcomes[index] = Some(outcome(&answered, &batches[index].tp));
             }

@@ -83,6 +83,7 @@ impl<S: Storage> Broker<S> {
             "wrote a transaction marker"
         );
         let seq = self.note_partition_write(topic, partition);
+        self.void_verifications(marker.producer_id, &TopicPartition::new(topic, partition));
         // Fetches parked at read_committed look again: the LSO moves with
         // the marker once the high watermark passes it.
         self.moved.insert(TopicPartition::new(topic, partition));

@@ -12,6 +12,7 @@ pub mod internal;
 pub mod markers;
 pub mod replicas;
 pub mod txns;
+pub mod verify;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
@@ -50,6 +51,8 @@ pub struct Broker<S: Storage> {
     pub groups: Coordinator,
     /// The transactional ids this broker coordinates.
     pub transactions: txns::Transactions,
+    /// Requests waiting for a remote transaction coordinator's verdict.
+    pub verifications: verify::Verifications,
     /// Next producer id to hand out, and the sequence that made its block durable.
     next_producer_id: i64,
     producer_block_seq: u64,
@@ -194,6 +197,7 @@ impl<S: Storage> Broker<S> {
             durability: Durability::new(dirty_other),
             groups,
             transactions: txns::Transactions::default(),
+            verifications: verify::Verifications::default(),
             next_producer_id,
             producer_block_seq: 0,
             moved: BTreeSet::new(),

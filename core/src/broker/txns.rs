@@ -202,6 +202,14 @@ impl<S: Storage> Broker<S> {
             .and_then(|e| e.written.clone())
     }
 
+    /// Whether the id's last record is durable (and replicated): only
+    /// then may a partition it added be confirmed to a leader, as Kafka
+    /// adds partitions to a transaction only once their record persisted.
+    pub fn txn_settled(&self, transactional_id: &str) -> bool {
+        self.txn_written(transactional_id)
+            .is_none_or(|written| self.write_state(&written) == WaitState::Done)
+    }
+
     /// Whether the id's last transaction is writing its markers.
     pub fn txn_completing(&self, transactional_id: &str) -> bool {
         self.transactions.get(transactional_id).is_some_and(|meta| {
@@ -391,8 +399,9 @@ impl<S: Storage> Broker<S> {
     /// PREPARE is durable, and completes those whose markers all are.
     /// Call after every input.
     pub fn tend_transactions(&mut self, now: Now) {
-        // A retry that came due is over, whether or not anything is left to
-        // retry (the ids may have moved to another coordinator since).
+        // A retry that came due is over even when nothing is left to end
+        // (the ids moved to another coordinator) or the disk is offline:
+        // left set, it would arm the retry timer in the past for good.
         if self
             .transactions
             .retry_ms
@@ -530,34 +539,6 @@ impl<S: Storage> Broker<S> {
                 tracing::debug!(partition = %tp, ?error, "a transaction marker waits for its partition");
                 MarkerProgress::ToWrite
             }
-        }
-    }
-
-    /// KIP-890 part 1: before a producer's first transactional write to a
-    /// partition in a transaction, its coordinator confirms that the
-    /// partition was added to the ongoing transaction of that producer id
-    /// and epoch; a write that comes too late (the transaction ended) or
-    /// from a fenced producer is refused before it is appended. Done when
-    /// this node coordinates the id; a coordinator elsewhere is not asked
-    /// (the write is taken as Kafka before 3.6 took it).
-    pub fn verify_txn(
-        &mut self,
-        transactional_id: &str,
-        producer_id: i64,
-        epoch: i16,
-        partition: &TopicPartition,
-    ) -> Result<(), ResponseError> {
-        let count = self.txn_partition_count();
-        if !self
-            .transactions
-            .loaded
-            .contains(&txn_partition(transactional_id, count))
-        {
-            return Ok(());
-        }
-        match self.transactions.get(transactional_id) {
-            None => Err(ResponseError::InvalidProducerIdMapping),
-            Some(meta) => meta.verify(producer_id, epoch, partition),
         }
     }
 

@@ -11,8 +11,8 @@ use kafka_protocol::ResponseError;
 use super::{code, now, Context, Handled, ParkedFetch, Pending};
 use crate::broker::replicas::{FollowerFetch, ForFollower};
 use crate::broker::Broker;
-use crate::config::Mutation;
-use crate::log::AbortedTxn;
+use crate::config::{BrokerConfig, Mutation};
+use crate::log::{AbortedTxn, PartitionLog};
 use crate::storage::Storage;
 use crate::types::TopicPartition;
 use crate::wire::Reply;
@@ -286,6 +286,15 @@ impl Read {
     }
 }
 
+/// The last stable offset a consumer is told (the `lso-ignores-high-watermark`
+/// mutation bounds it by the log end instead of the high watermark).
+fn last_stable_offset(config: &BrokerConfig, log: &PartitionLog, high_watermark: i64) -> i64 {
+    if config.mutated(Mutation::LsoIgnoresHighWatermark) {
+        return log.last_stable_offset(log.log_end_offset());
+    }
+    log.last_stable_offset(high_watermark)
+}
+
 /// A consumer's read of one partition: below the high watermark, or at
 /// read_committed (`isolation_level` 1) below the last stable offset,
 /// with the aborted transactions overlapping what it returns.
@@ -322,7 +331,7 @@ fn read_partition<S: Storage>(
     let last_stable_offset = if broker.config.mutated(Mutation::LsoIsHighWatermark) {
         high_watermark
     } else {
-        log.last_stable_offset(high_watermark)
+        last_stable_offset(&broker.config, log, high_watermark)
     };
     let read_committed = isolation_level == 1;
     let limit_offset = if read_committed {
@@ -456,7 +465,7 @@ fn list_offset<S: Storage>(
     }
     let high_watermark = broker.high_watermark(held);
     let limit_offset = if isolation_level == 1 {
-        log.last_stable_offset(high_watermark)
+        last_stable_offset(&broker.config, log, high_watermark)
     } else {
         high_watermark
     };

@@ -45,6 +45,10 @@ pub enum Pending {
     /// An AddPartitionsToTxn held while the transaction before it
     /// completes (see `txn`).
     TxnAdd(HeldTxnAdd),
+    /// A transactional write that a transaction coordinator on another
+    /// broker must confirm first (`broker::verify`): handled again, with the
+    /// same token, once the verdicts are in.
+    Verify(crate::broker::verify::VerifyRequest),
 }
 
 /// An AddPartitionsToTxn that came while its producer's last transaction

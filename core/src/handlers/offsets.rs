@@ -12,6 +12,7 @@ use kafka_protocol::ResponseError;
 
 use super::group::{str_of, strb};
 use super::{code, now, Context, Handled, Pending};
+use crate::broker::verify::{Verification, VerifyRequest};
 use crate::broker::Broker;
 use crate::group::Committed;
 use crate::storage::Storage;
@@ -113,6 +114,25 @@ pub(super) fn offset_commit<S: Storage>(
     ))
 }
 
+/// What TxnOffsetCommit answers when its transaction could not be
+/// verified (Kafka's coordinator runtime mapping): a coordinator that could
+/// not be reached, or a transaction whose last change is not safe yet, is
+/// retried as loading or unavailable; the rest as the transaction
+/// coordinator said.
+fn offsets_verification_error(error: ResponseError) -> ResponseError {
+    match error {
+        // A transaction whose last change is not safe yet is asked about
+        // again: Java's client retries a loading coordinator.
+        ResponseError::NetworkException | ResponseError::ConcurrentTransactions => {
+            ResponseError::CoordinatorLoadInProgress
+        }
+        ResponseError::NotEnoughReplicas | ResponseError::RequestTimedOut => {
+            ResponseError::CoordinatorNotAvailable
+        }
+        error => error,
+    }
+}
+
 /// TxnOffsetCommit. As Kafka's request handler does, partitions of
 /// unknown topics answer UNKNOWN_TOPIC_OR_PARTITION before the coordinator
 /// sees the rest; the coordinator's error (group, member, generation,
@@ -155,27 +175,52 @@ pub(super) fn txn_offset_commit<S: Storage>(
     }
     if !records.is_empty() {
         let outcome = txn_offsets_allowed(broker, &request, &group_id).and_then(|()| {
-            // KIP-890 verification: the transaction coordinator confirms
-            // here, before anything is appended, that this transactional
-            // id's producer (id and epoch) added the group's
+            // KIP-890 verification: the transaction coordinator confirms,
+            // before anything is appended, that this transactional id's
+            // producer (id and epoch) added the group's
             // `__consumer_offsets` partition to its ongoing transaction
             // (AddOffsetsToTxn); if not, nothing is written and the
-            // partitions not refused already get the error.
+            // partitions not refused already get the error. A coordinator
+            // on another broker is asked first (`broker::verify`).
             let offsets_partition = broker.group_offsets_partition(&group_id);
-            broker.verify_txn(
-                request.transactional_id.0.as_str(),
+            let transactional_id = request.transactional_id.0.as_str();
+            match broker.verify_txn(
+                context.token,
+                transactional_id,
                 request.producer_id.0,
                 request.producer_epoch,
                 &offsets_partition,
-            )?;
-            broker.write_transactional_offsets(
-                context.now,
-                &group_id,
-                request.producer_id.0,
-                request.producer_epoch,
-                &records,
-            )
+            ) {
+                Verification::Verified => {}
+                Verification::Refused(error) => return Err(offsets_verification_error(error)),
+                Verification::Ask { coordinator } => {
+                    return Ok(Err(VerifyRequest {
+                        coordinator,
+                        transactional_id: transactional_id.to_string(),
+                        producer_id: request.producer_id.0,
+                        producer_epoch: request.producer_epoch,
+                        partitions: vec![offsets_partition],
+                    }))
+                }
+            }
+            broker
+                .write_transactional_offsets(
+                    context.now,
+                    &group_id,
+                    request.producer_id.0,
+                    request.producer_epoch,
+                    &records,
+                )
+                .map(Ok)
         });
+        let outcome = match outcome {
+            Ok(Err(ask)) => {
+                broker.begin_verification(context.token, ask.producer_id, &ask.partitions);
+                return Ok(Pending::Verify(ask));
+            }
+            Ok(Ok(written)) => Ok(written),
+            Err(error) => Err(error),
+        };
         match outcome {
             Ok(written) => {
                 let response = txn_offset_commit_response(&request, &errors, None);

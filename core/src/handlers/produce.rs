@@ -10,10 +10,11 @@ use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 
 use super::{code, Context, Handled, HighWatermark, Pending, Wait};
-use crate::batch::{self, BatchError};
+use crate::batch::{self, BatchError, BatchHeader};
+use crate::broker::verify::{Verification, VerifyRequest};
 use crate::broker::Broker;
 use crate::config::Mutation;
-use crate::log::Appended;
+use crate::log::{Appended, PartitionLog};
 use crate::producers::{SequenceError, Verdict};
 use crate::storage::Storage;
 use crate::topics::topic_name_problem;
@@ -47,6 +48,10 @@ pub(super) fn produce<S: Storage>(
     context: Context<'_>,
     request: ProduceRequest,
 ) -> Handled {
+    if let Some(ask) = remote_verification(broker, context, &request) {
+        broker.begin_verification(context.token, ask.producer_id, &ask.partitions);
+        return Ok(Pending::Verify(ask));
+    }
     let acks = request.acks;
     let timeout_ms = request.timeout_ms;
     let acks_valid = matches!(acks, -1..=1);
@@ -293,12 +298,9 @@ fn produce_partition<S: Storage>(
     let records_len = records.len();
     let verdict = log.producers().check(&header);
     // KIP-890 verification: a transactional batch that opens no
-    // transaction here yet is checked against its coordinator here,
-    // before it is appended.
-    let opens_transaction = header.is_transactional()
-        && matches!(verdict, Ok(Verdict::Append))
-        && log.producers().open_txn(header.producer_id).is_none();
-    if opens_transaction {
+    // transaction here yet is checked against its coordinator before it is
+    // appended (a remote one was asked before this request was handled).
+    if opens_transaction(log, &header) {
         let Some(transactional_id) = transactional_id else {
             return Err((
                 ResponseError::TransactionalIdAuthorizationFailed,
@@ -306,13 +308,24 @@ fn produce_partition<S: Storage>(
             ));
         };
         let partition = TopicPartition::new(name, index);
-        if let Err(error) = broker.verify_txn(
+        match broker.verify_txn(
+            context.token,
             transactional_id,
             header.producer_id,
             header.producer_epoch,
             &partition,
         ) {
-            return Err(verification_refusal(error, context.header.version));
+            Verification::Verified => {}
+            Verification::Refused(error) => {
+                return Err(verification_refusal(error, context.header.version))
+            }
+            // Not asked (the coordinator moved there since): retried.
+            Verification::Ask { .. } => {
+                return Err(verification_refusal(
+                    ResponseError::CoordinatorNotAvailable,
+                    context.header.version,
+                ))
+            }
         }
     }
     let log = &mut broker
@@ -393,15 +406,104 @@ fn produce_partition<S: Storage>(
     })
 }
 
+/// Whether a batch opens a transaction on its partition: transactional,
+/// next in its producer's sequence, and its producer has no transaction
+/// open there yet.
+fn opens_transaction(log: &PartitionLog, header: &BatchHeader) -> bool {
+    header.is_transactional()
+        && matches!(log.producers().check(header), Ok(Verdict::Append))
+        && log.producers().open_txn(header.producer_id).is_none()
+}
+
+/// The partitions of a produce whose batch opens a transaction that a
+/// coordinator on another broker must confirm first, as one question to
+/// it; `None` when there is nothing to ask. Batches of another producer
+/// than the first asked for are not asked for (Kafka refuses a request
+/// with two), and are refused when the request is handled.
+fn remote_verification<S: Storage>(
+    broker: &Broker<S>,
+    context: Context<'_>,
+    request: &ProduceRequest,
+) -> Option<VerifyRequest> {
+    let transactional_id = request.transactional_id.as_ref()?.0.as_str();
+    if request.acks != -1 {
+        return None;
+    }
+    let mut ask: Option<VerifyRequest> = None;
+    for topic in &request.topic_data {
+        let name = if context.header.version >= 13 {
+            broker.topics.name_by_id(&topic.topic_id)
+        } else {
+            Some(topic.name.0.to_string())
+        };
+        let Some(name) = name else {
+            continue;
+        };
+        for partition in &topic.partition_data {
+            let index = partition.index;
+            let Some(records) = partition.records.as_ref() else {
+                continue;
+            };
+            if broker.not_leader(&name, index).is_some() {
+                continue;
+            }
+            let Some(held) = broker.topics.partition(&name, index) else {
+                continue;
+            };
+            let Ok(header) = batch::check_framing_first(records) else {
+                continue;
+            };
+            if header.producer_id < 0 || !opens_transaction(&held.log, &header) {
+                continue;
+            }
+            let tp = TopicPartition::new(name.clone(), index);
+            let Verification::Ask { coordinator } = broker.verify_txn(
+                context.token,
+                transactional_id,
+                header.producer_id,
+                header.producer_epoch,
+                &tp,
+            ) else {
+                continue;
+            };
+            let ask = ask.get_or_insert_with(|| VerifyRequest {
+                coordinator,
+                transactional_id: transactional_id.to_string(),
+                producer_id: header.producer_id,
+                producer_epoch: header.producer_epoch,
+                partitions: Vec::new(),
+            });
+            if (ask.producer_id, ask.producer_epoch) == (header.producer_id, header.producer_epoch)
+            {
+                ask.partitions.push(tp);
+            }
+        }
+    }
+    ask
+}
+
 /// What a produce gets when its transaction's coordinator refuses the
 /// partition (Kafka's ReplicaManager mapping): a fenced producer its epoch
-/// error; a partition not in the ongoing transaction INVALID_TXN_STATE, or
+/// error; a coordinator that could not answer NOT_ENOUGH_REPLICAS; a
+/// partition not in the ongoing transaction INVALID_TXN_STATE, or
 /// TRANSACTION_ABORTABLE from v11 on, where clients can abort and go on.
 fn verification_refusal(error: ResponseError, version: i16) -> Refusal {
     match error {
         ResponseError::InvalidProducerEpoch | ResponseError::ProducerFenced => (
             ResponseError::InvalidProducerEpoch,
             Some("the transaction coordinator knows a newer epoch"),
+        ),
+        // The coordinator could not be asked, or not now: Kafka answers
+        // NOT_ENOUGH_REPLICAS, which every client retries without first
+        // asking for metadata.
+        ResponseError::NetworkException
+        | ResponseError::NotCoordinator
+        | ResponseError::CoordinatorNotAvailable
+        | ResponseError::CoordinatorLoadInProgress
+        | ResponseError::ConcurrentTransactions
+        | ResponseError::NotEnoughReplicas => (
+            ResponseError::NotEnoughReplicas,
+            Some("the transaction coordinator could not confirm the partition yet"),
         ),
         _ if version >= 11 => (
             ResponseError::TransactionAbortable,

@@ -231,11 +231,68 @@ pub(super) fn add_partitions_to_txn<S: Storage>(
 ) -> Handled {
     let version = context.header.version;
     if version > 3 {
-        // Brokers' verification requests (v4+) are not served: this
-        // broker verifies with its own coordinator.
-        return Err(format!("AddPartitionsToTxn v{version} is not served"));
+        return Ok(verify_partitions(broker, request));
     }
     Ok(add_partitions(broker, context.now, version, request, true))
+}
+
+/// AddPartitionsToTxn v4 from a partition leader (KIP-890 part 1): for
+/// each transaction, whether each partition is in the ongoing transaction
+/// of its producer id and epoch, once the id's last change is durable and
+/// replicated (CONCURRENT_TRANSACTIONS until then).
+/// Nothing is written. Adds by brokers (`verify_only` false, which only
+/// transaction.version 2 sends) are refused as INVALID_REQUEST.
+fn verify_partitions<S: Storage>(
+    broker: &mut Broker<S>,
+    request: AddPartitionsToTxnRequest,
+) -> Pending {
+    let mut results = Vec::with_capacity(request.transactions.len());
+    for txn in &request.transactions {
+        let id = txn.transactional_id.0.as_str();
+        let whole = if !txn.verify_only || id.is_empty() {
+            Some(ResponseError::InvalidRequest)
+        } else {
+            broker.not_txn_coordinator(id).or_else(|| {
+                // The id's last change is not durable and replicated yet:
+                // the leader asks again.
+                (!broker.txn_settled(id)).then_some(ResponseError::ConcurrentTransactions)
+            })
+        };
+        let meta = broker.transactions.get(id);
+        let topic_results = txn
+            .topics
+            .iter()
+            .map(|topic| {
+                let partitions = topic
+                    .partitions
+                    .iter()
+                    .map(|&index| {
+                        let tp = TopicPartition::new(topic.name.0.to_string(), index);
+                        let error = whole.or_else(|| match meta {
+                            None => Some(ResponseError::InvalidProducerIdMapping),
+                            Some(meta) => meta
+                                .verify(txn.producer_id.0, txn.producer_epoch, &tp)
+                                .err(),
+                        });
+                        add_partitions_to_txn_response::AddPartitionsToTxnPartitionResult::default()
+                            .with_partition_index(index)
+                            .with_partition_error_code(error.map_or(0, code))
+                    })
+                    .collect();
+                add_partitions_to_txn_response::AddPartitionsToTxnTopicResult::default()
+                    .with_name(topic.name.clone())
+                    .with_results_by_partition(partitions)
+            })
+            .collect();
+        results.push(
+            add_partitions_to_txn_response::AddPartitionsToTxnResult::default()
+                .with_transactional_id(txn.transactional_id.clone())
+                .with_topic_results(topic_results),
+        );
+    }
+    Pending::Now(Reply::AddPartitionsToTxn(
+        AddPartitionsToTxnResponse::default().with_results_by_transaction(results),
+    ))
 }
 
 /// AddPartitionsToTxn v0-3; with `may_hold`, held while the producer's

@@ -358,6 +358,7 @@ impl<S: Storage> Node<S> {
                 raft: Some(message.clone()),
                 forwarded: None,
                 markers: Vec::new(),
+                verifying: None,
             },
         );
         self.outputs.push_back(Output::SendPeer {

@@ -26,10 +26,14 @@ pub enum Parsed {
     ApiVersionsTooNew { correlation_id: i32 },
 }
 
-/// APIs served but not advertised in ApiVersions: brokers' own requests
-/// (WriteTxnMarkers, which a transaction coordinator sends to partition
-/// leaders), and DescribeProducers until ApiVersions advertises it.
-const SERVED_UNADVERTISED: &[(ApiKey, i16, i16)] = &[(ApiKey::WriteTxnMarkers, 1, 1)];
+/// Versions served but not advertised in ApiVersions: brokers' own
+/// requests (WriteTxnMarkers, which a transaction coordinator sends to
+/// partition leaders, and AddPartitionsToTxn v4, with which a leader asks
+/// the coordinator to verify a transaction's partitions).
+const SERVED_UNADVERTISED: &[(ApiKey, i16, i16)] = &[
+    (ApiKey::WriteTxnMarkers, 1, 1),
+    (ApiKey::AddPartitionsToTxn, 4, 4),
+];
 
 /// Smallest frame that holds api key, version and correlation id.
 const HEADER_FIXED_BYTES: usize = 8;
@@ -48,19 +52,24 @@ pub fn parse_request(frame: Bytes) -> Result<Parsed, String> {
     let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
     let api_key =
         ApiKey::try_from(api_key_raw).map_err(|_| format!("unknown api key {api_key_raw}"))?;
-    let unadvertised = || {
-        SERVED_UNADVERTISED
-            .iter()
-            .find(|(key, _, _)| *key == api_key)
-            .map(|&(_, min, max)| (min, max))
+    let unadvertised = SERVED_UNADVERTISED
+        .iter()
+        .filter(|(key, _, _)| *key == api_key)
+        .map(|&(_, min, max)| (min, max));
+    let ranges: Vec<(i16, i16)> = supported_versions(api_key)
+        .into_iter()
+        .chain(unadvertised)
+        .collect();
+    let Some(max) = ranges.iter().map(|&(_, max)| max).max() else {
+        return Err(format!("api {api_key:?} is not served"));
     };
-    let (min, max) = supported_versions(api_key)
-        .or_else(unadvertised)
-        .ok_or_else(|| format!("api {api_key:?} is not served"))?;
     if api_key == ApiKey::ApiVersions && version > max {
         return Ok(Parsed::ApiVersionsTooNew { correlation_id });
     }
-    if version < min || version > max {
+    if !ranges
+        .iter()
+        .any(|&(min, max)| (min..=max).contains(&version))
+    {
         return Err(format!("unsupported version {version} of {api_key:?}"));
     }
     let mut body = frame;

@@ -489,3 +489,65 @@ fn a_held_add_gets_concurrent_transactions_if_the_last_one_does_not_complete_in_
     let response: AddPartitionsToTxnResponse = h.take(ApiKey::AddPartitionsToTxn, 3, c);
     assert_eq!(add_error(&response), ResponseError::ProducerFenced.code());
 }
+
+/// AddPartitionsToTxn v4, verify only, as a partition leader on another
+/// broker asks it: each partition's verdict on the producer's ongoing
+/// transaction, and nothing written.
+fn verify(h: &mut Harness, id: &str, producer: (i64, i16), partitions: &[i32]) -> Vec<i16> {
+    let request = AddPartitionsToTxnRequest::default().with_transactions(vec![
+        add_partitions_to_txn_request::AddPartitionsToTxnTransaction::default()
+            .with_transactional_id(txn_id(id))
+            .with_producer_id(ProducerId(producer.0))
+            .with_producer_epoch(producer.1)
+            .with_verify_only(true)
+            .with_topics(vec![
+                add_partitions_to_txn_request::AddPartitionsToTxnTopic::default()
+                    .with_name(TopicName(StrBytes::from_string("t".into())))
+                    .with_partitions(partitions.to_vec()),
+            ]),
+    ]);
+    // Answered at once: nothing is written, no sync waited for.
+    let c = h.send(ApiKey::AddPartitionsToTxn, 4, &request);
+    let response: AddPartitionsToTxnResponse = h.take(ApiKey::AddPartitionsToTxn, 4, c);
+    assert_eq!(response.error_code, 0);
+    let result = &response.results_by_transaction[0];
+    assert_eq!(result.transactional_id, txn_id(id));
+    result.topic_results[0]
+        .results_by_partition
+        .iter()
+        .map(|p| {
+            assert!(partitions.contains(&p.partition_index));
+            p.partition_error_code
+        })
+        .collect()
+}
+
+#[test]
+fn a_leader_on_another_broker_gets_each_partitions_verdict() {
+    let mut h = Harness::new(MemStorage::new(), CONFIG);
+    h.create_topic("t", 2, &[]);
+    let (_, producer_id, epoch) = init_txn(&mut h, "tx", None);
+    let producer = (producer_id, epoch);
+    let not_in = ResponseError::InvalidTxnState.code();
+    assert_eq!(verify(&mut h, "tx", producer, &[0, 1]), [not_in, not_in]);
+    assert_eq!(add_partitions(&mut h, "tx", producer, "t", &[0]), [0]);
+    assert_eq!(verify(&mut h, "tx", producer, &[0, 1]), [0, not_in]);
+    assert_eq!(
+        verify(&mut h, "tx", (producer_id, epoch - 1), &[0]),
+        [ResponseError::InvalidProducerEpoch.code()]
+    );
+    assert_eq!(
+        verify(&mut h, "tx", (producer_id + 1, epoch), &[0]),
+        [ResponseError::InvalidProducerIdMapping.code()]
+    );
+    assert_eq!(
+        verify(&mut h, "other", producer, &[0]),
+        [ResponseError::InvalidProducerIdMapping.code()]
+    );
+    // Once the transaction ends, a late write's partition is no longer in it.
+    commit_until_answered(&mut h, producer);
+    assert_eq!(verify(&mut h, "tx", producer, &[0]), [not_in]);
+    h.sync_all();
+    assert_eq!(state_of(&h, "tx"), Some(TxnState::CompleteCommit));
+    assert_eq!(verify(&mut h, "tx", producer, &[0]), [not_in]);
+}
