@@ -765,10 +765,13 @@ pub enum Mutation {
     /// producer's transaction coordinator is another broker (Kafka before
     /// 3.6): a late write opens a transaction no coordinator will end.
     NoRemoteVerification,
+    /// Transactions time out by the wall clock alone: one set back keeps
+    /// a transaction open (and the offsets it holds unstable) for as long.
+    TxnTimeoutWallClockOnly,
 }
 
 impl Mutation {
-    pub const ALL: [Mutation; 26] = [
+    pub const ALL: [Mutation; 27] = [
         Mutation::AckBeforeSync,
         Mutation::ReadBeforeSync,
         Mutation::SkipRecoveryCrc,
@@ -795,6 +798,7 @@ impl Mutation {
         Mutation::NoBrokerLease,
         Mutation::LsoIgnoresHighWatermark,
         Mutation::NoRemoteVerification,
+        Mutation::TxnTimeoutWallClockOnly,
     ];
 
     pub fn name(self) -> &'static str {
@@ -825,6 +829,7 @@ impl Mutation {
             Mutation::NoBrokerLease => "no-broker-lease",
             Mutation::LsoIgnoresHighWatermark => "lso-ignores-high-watermark",
             Mutation::NoRemoteVerification => "no-remote-verification",
+            Mutation::TxnTimeoutWallClockOnly => "txn-timeout-wall-clock-only",
         }
     }
 }

@@ -525,8 +525,29 @@ fn a_leader_that_does_not_ask_a_remote_coordinator_leaves_a_transaction_hanging(
     );
 }
 
+/// Transactions timed out by the wall clock alone stay open while a
+/// coordinator's clock is set back: seed 0x6ad0c6 of
+/// `eos-replicated-late` (see `tests/replicated.rs`) leaves one open,
+/// `[eos-no-open-transactions]`.
+#[test]
+fn a_timeout_on_the_wall_clock_alone_leaves_a_transaction_open() {
+    let spec = with_mutation(
+        sluice_scenarios::eos_replicated_late(0x6ad0c6),
+        Some(Mutation::TxnTimeoutWallClockOnly.name()),
+    );
+    let report = sluice_sim::run(spec, false);
+    assert!(
+        report
+            .violations
+            .iter()
+            .any(|v| v.checker == "eos-no-open-transactions"),
+        "not caught: {:?}",
+        report.violations.first()
+    );
+}
+
 #[test]
 fn every_mutation_has_a_proof() {
     // Adding a mutation means adding a test above that shows it is caught.
-    assert_eq!(Mutation::ALL.len(), 26);
+    assert_eq!(Mutation::ALL.len(), 27);
 }

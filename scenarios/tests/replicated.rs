@@ -173,3 +173,26 @@ fn a_late_transactional_write_is_verified_with_a_coordinator_on_another_broker()
         "verdict peer=1 partition=__consumer_offsets-2 error=Some(InvalidTxnState)"
     ));
 }
+
+/// Seed 0x6ad0c6 of `eos-replicated-late`: node 3's wall clock runs 25
+/// minutes ahead while a stand-in worker opens a transaction there as
+/// coordinator; the worker is killed with it open, and the clock is set
+/// back. Timed out on the wall clock alone (start plus timeout before
+/// now, as Kafka's coordinator checks), the transaction would stay open
+/// for 25 minutes, and the group's offsets with it (UNSTABLE_OFFSET_COMMIT
+/// for every fetch). The coordinator now also counts the time since it
+/// saw the transaction open on the monotonic clock, and aborts it.
+#[test]
+fn a_coordinator_whose_clock_is_set_back_still_aborts_a_timed_out_transaction() {
+    let report = sluice_sim::run(sluice_scenarios::eos_replicated_late(0x6ad0c6), true);
+    assert!(
+        report.passed(),
+        "{:?} {:?}",
+        report.failure,
+        report.violations.first()
+    );
+    assert!(traced(
+        &report,
+        "aborting a transaction past its timeout transactional_id=eos-1"
+    ));
+}

@@ -19,6 +19,7 @@ use kafka_protocol::ResponseError;
 use super::groups::{offsets_partition, GroupWrite};
 use super::Broker;
 use crate::batch;
+use crate::config::Mutation;
 use crate::handlers::{Wait, WaitState};
 use crate::storage::Storage;
 use crate::txn::records::{parse_txn_key, parse_txn_value, txn_key, txn_value};
@@ -55,6 +56,11 @@ pub struct TxnEntry {
     pub written: Option<GroupWrite>,
     /// While it ends: each partition's marker (not recorded; a load redoes them).
     pub markers: BTreeMap<TopicPartition, MarkerProgress>,
+    /// While a transaction is open: when this coordinator saw it open
+    /// (monotonic; for one loaded open, the first sweep after the load).
+    /// A wall clock set back must not keep a transaction open past its
+    /// timeout, so the timeout counts on this clock too.
+    pub open_since_ms: Option<i64>,
 }
 
 /// Every transactional id this node coordinates.
@@ -261,6 +267,11 @@ impl<S: Storage> Broker<S> {
             state = next.state.name(),
             "transaction state recorded"
         );
+        let open_since_ms = match self.transactions.ids.get(transactional_id) {
+            _ if next.state != TxnState::Ongoing => None,
+            Some(entry) if entry.meta.state == TxnState::Ongoing => entry.open_since_ms,
+            _ => Some(now.monotonic_ms),
+        };
         self.transactions.ids.insert(
             transactional_id.to_string(),
             TxnEntry {
@@ -268,6 +279,7 @@ impl<S: Storage> Broker<S> {
                 partition,
                 written: Some(written.clone()),
                 markers,
+                open_since_ms,
             },
         );
         Ok(written)
@@ -369,6 +381,7 @@ impl<S: Storage> Broker<S> {
                     partition,
                     written: None,
                     markers,
+                    open_since_ms: None,
                 },
             );
         }
@@ -585,16 +598,35 @@ impl<S: Storage> Broker<S> {
     }
 
     /// Aborts open transactions past their timeout (fencing their producer)
-    /// and removes ids idle past `transactional.id.expiration.ms`.
+    /// and removes ids idle past `transactional.id.expiration.ms`. A
+    /// transaction times out by its recorded start on the wall clock, as
+    /// Kafka's does, or by the monotonic clock since this coordinator saw it
+    /// open, whichever comes first: a wall clock set back cannot keep it
+    /// open.
     pub fn sweep_transactions(&mut self, now: Now) {
         if self.storage_offline() {
             return;
         }
+        for entry in self.transactions.ids.values_mut() {
+            if entry.meta.state == TxnState::Ongoing && entry.open_since_ms.is_none() {
+                entry.open_since_ms = Some(now.monotonic_ms);
+            }
+        }
+        let wall_clock_only = self.config.mutated(Mutation::TxnTimeoutWallClockOnly);
+        let open_too_long = |e: &TxnEntry| {
+            !wall_clock_only
+                && e.open_since_ms.is_some_and(|since| {
+                    now.monotonic_ms.saturating_sub(since) > i64::from(e.meta.timeout_ms)
+                })
+        };
         let timed_out: Vec<(String, TxnMetadata)> = self
             .transactions
             .ids
             .iter()
-            .filter(|(_, e)| e.meta.timed_out(now.wall_ms))
+            .filter(|(_, e)| {
+                e.meta.state == TxnState::Ongoing
+                    && (e.meta.timed_out(now.wall_ms) || open_too_long(e))
+            })
             .map(|(id, e)| (id.clone(), e.meta.fenced_abort(now.wall_ms)))
             .collect();
         for (id, next) in timed_out {

@@ -551,3 +551,36 @@ fn a_leader_on_another_broker_gets_each_partitions_verdict() {
     assert_eq!(state_of(&h, "tx"), Some(TxnState::CompleteCommit));
     assert_eq!(verify(&mut h, "tx", producer, &[0]), [not_in]);
 }
+
+/// A wall clock set back (here by an hour, after the transaction opened)
+/// does not keep a transaction open past its timeout: the coordinator
+/// also counts the time since it saw it open on the monotonic clock.
+#[test]
+fn a_wall_clock_set_back_does_not_keep_a_transaction_open() {
+    let mut h = Harness::new(MemStorage::new(), CONFIG);
+    h.create_topic("t", 1, &[]);
+    let (_, producer_id, epoch) = init_txn(&mut h, "tx", None);
+    let producer = (producer_id, epoch);
+    add_partitions(&mut h, "tx", producer, "t", &[0]);
+    assert_eq!(send(&mut h, producer, 0, b"stuck"), (0, 0));
+    let set_back = |h: &mut Harness| {
+        let now = Now {
+            monotonic_ms: h.now_ms,
+            wall_ms: h.now_ms - 3_600_000,
+        };
+        h.node.handle_timeout(now);
+        h.drain();
+        h.sync_all();
+    };
+    // The default sweep runs every 10 s; the timeout is 60 s.
+    h.now_ms += 30_000;
+    set_back(&mut h);
+    assert_eq!(state_of(&h, "tx"), Some(TxnState::Ongoing));
+    h.now_ms += 40_000;
+    set_back(&mut h);
+    let meta = h.node.broker.transactions.get("tx").unwrap().clone();
+    assert_eq!(
+        (meta.state, meta.epoch),
+        (TxnState::CompleteAbort, epoch + 1)
+    );
+}
