@@ -57,7 +57,7 @@ use sluice_tests::cluster::{
 };
 use sluice_tests::wire::Wire;
 use sluice_tests::{
-    complete_lines, interop_node_modules, interop_script, kcat_read_all, node,
+    complete_lines, interop_node_modules, interop_script, kcat_read_all, metric_sample, node,
     partition_offset_value, run_sluice, sluice_stdout, venv_python, Broker, BrokerOptions, Member,
     Tool,
 };
@@ -1735,6 +1735,25 @@ fn transactions_through_a_kill(
         report.unknown
     );
     wait_until_stable_on(&cluster, topic, PARTITIONS);
+    // The leaders other than the coordinator asked it (AddPartitionsToTxn
+    // v4, verify only) before each transaction's first batch on their
+    // partitions (KIP-890 part 1).
+    let verifications: f64 = cluster
+        .running()
+        .iter()
+        .filter_map(|&id| cluster.metrics(id).ok())
+        .filter_map(|text| {
+            metric_sample(
+                &text,
+                "sluice_requests_total{api=\"AddPartitionsToTxn\",version=\"4\"}",
+            )
+        })
+        .sum();
+    assert!(
+        verifications > 0.0,
+        "no leader asked a transaction coordinator on another broker to verify a partition"
+    );
+    eprintln!("{topic}: {verifications} verifications answered by running coordinators");
     let live = cluster
         .running()
         .iter()
