@@ -1421,6 +1421,9 @@ impl<S: Storage> Node<S> {
     pub fn invariants(&self) {
         self.broker.invariants();
         self.sessions.invariants();
+        self.broker
+            .verifications
+            .invariants(&self.sessions.verifying_tokens());
         for token in self.group_answers.keys() {
             assert!(*token <= self.next_token);
         }

@@ -130,11 +130,17 @@ impl Verifications {
         }
     }
 
-    pub fn invariants(&self) {
-        for ((_, tp), verdict) in &self.verdicts {
+    /// Checks that every verdict belongs to a request in `waiting` (those
+    /// whose slots wait for verification) and names a producer.
+    pub fn invariants(&self, waiting: &std::collections::BTreeSet<Token>) {
+        for ((token, tp), verdict) in &self.verdicts {
             assert!(
                 verdict.producer_id >= 0,
                 "a verdict on {tp} names a producer"
+            );
+            assert!(
+                waiting.contains(token),
+                "a verdict on {tp} outlived the request that waited for it"
             );
         }
     }
