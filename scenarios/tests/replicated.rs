@@ -173,3 +173,29 @@ fn a_late_transactional_write_is_verified_with_a_coordinator_on_another_broker()
         "verdict peer=1 partition=__consumer_offsets-2 error=Some(InvalidTxnState)"
     ));
 }
+
+/// Seed 0x8adbca of `eos-replicated`: node 2, the active controller,
+/// proposed `__consumer_offsets` (its topic record, four configs and five
+/// partitions, one Raft entry each); node 3 crashed with only the first
+/// three entries on disk and then won the election, so the topic record
+/// committed without its partitions. The topic's name was taken, yet no
+/// broker had the topic: every FindCoordinator asked for it again, the
+/// controller proposed it again, and the new topic record was refused, for
+/// good. A change of several records is now a metadata transaction (as in
+/// Kafka, KIP-868): nodes apply its records only once it ends, and the new
+/// controller aborts the one its predecessor left unfinished.
+#[test]
+fn a_topic_creation_cut_short_by_a_controller_change_is_aborted_whole() {
+    let report = sluice_sim::run(sluice_scenarios::eos_replicated(0x8adbca), true);
+    assert!(
+        report.passed(),
+        "{:?} {:?}",
+        report.failure,
+        report.violations.first()
+    );
+    assert!(traced(
+        &report,
+        "aborting the metadata transaction a former controller left unfinished"
+    ));
+    assert!(!traced(&report, "does not apply; skipped"));
+}
