@@ -30,6 +30,10 @@
 //!   a resource left with no keys is dropped.
 //! - FeatureLevelRecord finalizes a feature at a level; level 0 removes it.
 //! - ProducerIdsRecord moves the next producer id block forward.
+//! - BeginTransactionRecord, EndTransactionRecord and AbortTransactionRecord
+//!   change nothing here: they bound a metadata transaction, whose records
+//!   the loader (the node) holds back until its end and then applies one by
+//!   one, or drops when it is aborted (Kafka's `MetadataBatchLoader`).
 //!
 //! Where Kafka's loader would throw (a change to an unregistered broker or a
 //! stale broker epoch, a partition of a topic the image lacks, an unknown
@@ -525,6 +529,9 @@ pub fn record_name(record: &MetadataRecord) -> &'static str {
         MetadataRecord::FeatureLevel(_) => "FeatureLevelRecord",
         MetadataRecord::ProducerIds(_) => "ProducerIdsRecord",
         MetadataRecord::BrokerRegistrationChange(_) => "BrokerRegistrationChangeRecord",
+        MetadataRecord::BeginTransaction(_) => "BeginTransactionRecord",
+        MetadataRecord::EndTransaction(_) => "EndTransactionRecord",
+        MetadataRecord::AbortTransaction(_) => "AbortTransactionRecord",
     }
 }
 
@@ -574,6 +581,9 @@ impl MetadataImage {
             MetadataRecord::Config(record) => self.apply_config(record),
             MetadataRecord::FeatureLevel(record) => self.apply_feature_level(record),
             MetadataRecord::ProducerIds(record) => self.apply_producer_ids(record),
+            MetadataRecord::BeginTransaction(_)
+            | MetadataRecord::EndTransaction(_)
+            | MetadataRecord::AbortTransaction(_) => Ok(()),
         });
         if result.is_ok() {
             self.last_offset = Some(offset);
@@ -2159,6 +2169,17 @@ mod tests {
                     .next_producer_id()
                     .is_none_or(|id| id < r.next_producer_id));
                 assert_eq!(after.next_producer_id(), Some(r.next_producer_id));
+            }
+            MetadataRecord::BeginTransaction(_)
+            | MetadataRecord::EndTransaction(_)
+            | MetadataRecord::AbortTransaction(_) => {
+                assert_eq!(
+                    MetadataImage {
+                        last_offset: before.last_offset,
+                        ..after.clone()
+                    },
+                    *before
+                );
             }
         }
     }

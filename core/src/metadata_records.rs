@@ -27,6 +27,9 @@
 //! | FeatureLevelRecord | 12 | 0 | 0 |
 //! | ProducerIdsRecord | 15 | 0 | 0 |
 //! | BrokerRegistrationChangeRecord | 17 | 0-2 | 2 |
+//! | BeginTransactionRecord | 23 | 0 | 0 |
+//! | EndTransactionRecord | 24 | 0 | 0 |
+//! | AbortTransactionRecord | 25 | 0 | 0 |
 //!
 //! Fields Sluice does not use yet (log directories, eligible leader
 //! replicas, ZK migration) are kept, so that decoding then encoding loses
@@ -141,6 +144,9 @@ pub enum MetadataRecord {
     FeatureLevel(FeatureLevelRecord),
     ProducerIds(ProducerIdsRecord),
     BrokerRegistrationChange(BrokerRegistrationChangeRecord),
+    BeginTransaction(BeginTransactionRecord),
+    EndTransaction(EndTransactionRecord),
+    AbortTransaction(AbortTransactionRecord),
 }
 
 /// A broker's registration (type 0). Version 1 adds `in_controlled_shutdown`,
@@ -301,6 +307,25 @@ pub struct BrokerRegistrationChangeRecord {
     pub log_dirs: Vec<Uuid>,
 }
 
+/// The start of a metadata transaction (type 23, KIP-868): the records up
+/// to the EndTransactionRecord are one change, applied together or not at
+/// all. `name` (tag 0) describes it, null by default.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BeginTransactionRecord {
+    pub name: Option<String>,
+}
+
+/// The end of a metadata transaction (type 24): its records apply now.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EndTransactionRecord {}
+
+/// A metadata transaction dropped (type 25): a new active controller found
+/// one its predecessor never ended. `reason` (tag 0), null by default.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AbortTransactionRecord {
+    pub reason: Option<String>,
+}
+
 impl BrokerRegistrationChangeRecord {
     pub const FENCED: i8 = 1;
     pub const UNFENCED: i8 = -1;
@@ -387,6 +412,9 @@ macro_rules! with_body {
             MetadataRecord::FeatureLevel($body) => $then,
             MetadataRecord::ProducerIds($body) => $then,
             MetadataRecord::BrokerRegistrationChange($body) => $then,
+            MetadataRecord::BeginTransaction($body) => $then,
+            MetadataRecord::EndTransaction($body) => $then,
+            MetadataRecord::AbortTransaction($body) => $then,
         }
     };
 }
@@ -432,6 +460,9 @@ impl MetadataRecord {
             12 => MetadataRecord::FeatureLevel(read_versioned(&mut reader, version)?),
             15 => MetadataRecord::ProducerIds(read_versioned(&mut reader, version)?),
             17 => MetadataRecord::BrokerRegistrationChange(read_versioned(&mut reader, version)?),
+            23 => MetadataRecord::BeginTransaction(read_versioned(&mut reader, version)?),
+            24 => MetadataRecord::EndTransaction(read_versioned(&mut reader, version)?),
+            25 => MetadataRecord::AbortTransaction(read_versioned(&mut reader, version)?),
             _ => return Err(RecordError::UnknownType(record_type)),
         };
         reader.finish()?;
@@ -459,6 +490,9 @@ from_body!(
     FeatureLevel(FeatureLevelRecord),
     ProducerIds(ProducerIdsRecord),
     BrokerRegistrationChange(BrokerRegistrationChangeRecord),
+    BeginTransaction(BeginTransactionRecord),
+    EndTransaction(EndTransactionRecord),
+    AbortTransaction(AbortTransactionRecord),
 );
 
 /// The body of one record type: its schema's type number and versions, and
@@ -960,6 +994,66 @@ impl Body for BrokerRegistrationChangeRecord {
     }
 }
 
+impl Body for BeginTransactionRecord {
+    const TYPE: u16 = 23;
+    const VERSION_LATEST: u16 = 0;
+
+    fn write(&self, writer: &mut Writer, _version: u16) -> Result<(), RecordError> {
+        let mut tagged = TaggedFields::default();
+        tagged.add_nullable_string(0, "Name", self.name.as_deref())?;
+        writer.tagged_fields(tagged)
+    }
+
+    fn read(reader: &mut Reader<'_>, _version: u16) -> Result<Self, RecordError> {
+        let mut record = BeginTransactionRecord::default();
+        reader.tagged_fields(|tag, field| {
+            match tag {
+                0 => record.name = field.nullable_string()?,
+                _ => return Ok(false),
+            }
+            Ok(true)
+        })?;
+        Ok(record)
+    }
+}
+
+impl Body for EndTransactionRecord {
+    const TYPE: u16 = 24;
+    const VERSION_LATEST: u16 = 0;
+
+    fn write(&self, writer: &mut Writer, _version: u16) -> Result<(), RecordError> {
+        writer.tagged_fields(TaggedFields::default())
+    }
+
+    fn read(reader: &mut Reader<'_>, _version: u16) -> Result<Self, RecordError> {
+        reader.skip_tagged_fields()?;
+        Ok(EndTransactionRecord {})
+    }
+}
+
+impl Body for AbortTransactionRecord {
+    const TYPE: u16 = 25;
+    const VERSION_LATEST: u16 = 0;
+
+    fn write(&self, writer: &mut Writer, _version: u16) -> Result<(), RecordError> {
+        let mut tagged = TaggedFields::default();
+        tagged.add_nullable_string(0, "Reason", self.reason.as_deref())?;
+        writer.tagged_fields(tagged)
+    }
+
+    fn read(reader: &mut Reader<'_>, _version: u16) -> Result<Self, RecordError> {
+        let mut record = AbortTransactionRecord::default();
+        reader.tagged_fields(|tag, field| {
+            match tag {
+                0 => record.reason = field.nullable_string()?,
+                _ => return Ok(false),
+            }
+            Ok(true)
+        })?;
+        Ok(record)
+    }
+}
+
 /// Appends Kafka's flexible encoding to a buffer.
 #[derive(Default)]
 struct Writer {
@@ -1121,6 +1215,19 @@ impl TaggedFields {
             field.i32(value);
             Ok(())
         })
+    }
+
+    /// A nullable string, written only when not null (its default).
+    fn add_nullable_string(
+        &mut self,
+        tag: u32,
+        field: &'static str,
+        text: Option<&str>,
+    ) -> Result<(), RecordError> {
+        match text {
+            Some(text) => self.add(tag, |writer| writer.string(field, text)),
+            None => Ok(()),
+        }
     }
 
     /// A nullable list, written only when not null (its default).
@@ -1483,6 +1590,15 @@ mod tests {
                 log_dirs: vec![id(0xd1)],
             }
             .into(),
+            BeginTransactionRecord {
+                name: Some("create topic orders".into()),
+            }
+            .into(),
+            EndTransactionRecord {}.into(),
+            AbortTransactionRecord {
+                reason: Some("Controller failover".into()),
+            }
+            .into(),
         ]
     }
 
@@ -1490,7 +1606,7 @@ mod tests {
     fn every_record_type_round_trips() {
         let samples = samples();
         let types: Vec<u16> = samples.iter().map(MetadataRecord::record_type).collect();
-        assert_eq!(types, [0, 2, 3, 4, 5, 9, 12, 15, 17]);
+        assert_eq!(types, [0, 2, 3, 4, 5, 9, 12, 15, 17, 23, 24, 25]);
         for record in samples {
             let bytes = encode(&record);
             assert_eq!(
@@ -1516,6 +1632,28 @@ mod tests {
         let change = encode(&PartitionChangeRecord::default().into());
         assert_eq!(change.len(), 3 + 4 + 16 + 1);
         assert_eq!(change.last(), Some(&0));
+    }
+
+    #[test]
+    fn transaction_records_golden_bytes() {
+        // No tagged fields when the name or reason is null, its default.
+        let cases: [(MetadataRecord, &[u8]); 4] = [
+            (BeginTransactionRecord::default().into(), &[1, 23, 0, 0]),
+            (EndTransactionRecord {}.into(), &[1, 24, 0, 0]),
+            (AbortTransactionRecord::default().into(), &[1, 25, 0, 0]),
+            (
+                AbortTransactionRecord {
+                    reason: Some("ab".into()),
+                }
+                .into(),
+                // One tagged field: tag 0, size 3, compact string "ab".
+                &[1, 25, 0, 1, 0, 3, 3, b'a', b'b'],
+            ),
+        ];
+        for (record, bytes) in cases {
+            assert_eq!(encode(&record), bytes);
+            assert_eq!(decode(bytes), record);
+        }
     }
 
     #[test]

@@ -209,6 +209,8 @@ pub struct Node<S: Storage> {
     raft_answers: BTreeMap<Token, Bytes>,
     /// Metadata entries committed and handed out so far.
     quorum_committed: i64,
+    /// A metadata transaction among them not ended yet.
+    metadata_txn: Option<cluster::OpenTransaction>,
     /// Clients' requests forwarded to the controller: the frame to answer
     /// with if the forward is lost, and the answers come back.
     forwarded_lost: BTreeMap<Token, Bytes>,
@@ -296,6 +298,7 @@ impl<S: Storage> Node<S> {
             raft_waiting: BTreeMap::new(),
             raft_answers: BTreeMap::new(),
             quorum_committed: 0,
+            metadata_txn: None,
             forwarded_lost: BTreeMap::new(),
             forwarded_answers: BTreeMap::new(),
             lifecycle: None,

@@ -174,17 +174,18 @@ fn a_late_transactional_write_is_verified_with_a_coordinator_on_another_broker()
     ));
 }
 
-/// Seed 0x6ad0c6 of `eos-replicated-late`: node 3's wall clock runs 25
-/// minutes ahead while a stand-in worker opens a transaction there as
-/// coordinator; the worker is killed with it open, and the clock is set
-/// back. Timed out on the wall clock alone (start plus timeout before
+/// Seed 0x6ad083 of `eos-replicated-late`: a stand-in worker opens a
+/// transaction while its coordinator is node 3, whose wall clock runs 48
+/// minutes ahead, so the transaction's recorded start is 48 minutes in the
+/// future; the stand-in is killed with it open, and node 1 coordinates the
+/// id later. Timed out on the wall clock alone (start plus timeout before
 /// now, as Kafka's coordinator checks), the transaction would stay open
-/// for 25 minutes, and the group's offsets with it (UNSTABLE_OFFSET_COMMIT
-/// for every fetch). The coordinator now also counts the time since it
-/// saw the transaction open on the monotonic clock, and aborts it.
+/// for 48 minutes, and the group's offsets with it (UNSTABLE_OFFSET_COMMIT
+/// for every fetch). A coordinator now also counts the time since it saw
+/// the transaction open on its monotonic clock, and aborts it.
 #[test]
-fn a_coordinator_whose_clock_is_set_back_still_aborts_a_timed_out_transaction() {
-    let report = sluice_sim::run(sluice_scenarios::eos_replicated_late(0x6ad0c6), true);
+fn a_transaction_started_by_a_clock_ahead_is_still_aborted_at_its_timeout() {
+    let report = sluice_sim::run(sluice_scenarios::eos_replicated_late(0x6ad083), true);
     assert!(
         report.passed(),
         "{:?} {:?}",
@@ -193,6 +194,32 @@ fn a_coordinator_whose_clock_is_set_back_still_aborts_a_timed_out_transaction() 
     );
     assert!(traced(
         &report,
-        "aborting a transaction past its timeout transactional_id=eos-1"
+        "aborting a transaction past its timeout transactional_id=eos-0"
     ));
+}
+
+/// Seed 0x8adbca of `eos-replicated`: node 2, the active controller,
+/// proposed `__consumer_offsets` (its topic record, four configs and five
+/// partitions, one Raft entry each); node 3 crashed with only the first
+/// three entries on disk and then won the election, so the topic record
+/// committed without its partitions. The topic's name was taken, yet no
+/// broker had the topic: every FindCoordinator asked for it again, the
+/// controller proposed it again, and the new topic record was refused, for
+/// good. A change of several records is now a metadata transaction (as in
+/// Kafka, KIP-868): nodes apply its records only once it ends, and the new
+/// controller aborts the one its predecessor left unfinished.
+#[test]
+fn a_topic_creation_cut_short_by_a_controller_change_is_aborted_whole() {
+    let report = sluice_sim::run(sluice_scenarios::eos_replicated(0x8adbca), true);
+    assert!(
+        report.passed(),
+        "{:?} {:?}",
+        report.failure,
+        report.violations.first()
+    );
+    assert!(traced(
+        &report,
+        "aborting the metadata transaction a former controller left unfinished"
+    ));
+    assert!(!traced(&report, "does not apply; skipped"));
 }

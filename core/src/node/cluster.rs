@@ -13,6 +13,16 @@
 //! (`Broker.cluster`); the controller decides on that committed image,
 //! never on records still uncommitted (one change per broker in flight).
 //!
+//! A change of more than one record (a topic with its configs and
+//! partitions, a fencing with the leaderships it moves) is proposed as a
+//! metadata transaction (KIP-868): BeginTransactionRecord, the records,
+//! EndTransactionRecord, appended together. Each record is an entry of its
+//! own in the Raft log, so a leader change can keep only the start of a
+//! change (the new leader's log may end inside it); nodes hold a
+//! transaction's records back until its end, and a new active controller
+//! that finds one never ended aborts it (AbortTransactionRecord) before it
+//! proposes anything else, as Kafka's controller does on activation.
+//!
 //! A broker's request to the controller goes over the peer link when the
 //! leader is another node, and straight to this node's controller when it
 //! leads; both wait for the same commit.
@@ -41,8 +51,9 @@ use crate::group::Token;
 use crate::handlers::WaitState;
 use crate::image::LeaderRecoveryState;
 use crate::metadata_records::{
-    BrokerEndpoint, BrokerRegistrationChangeRecord, MetadataRecord, PartitionChangeRecord,
-    ProducerIdsRecord, RegisterBrokerRecord,
+    AbortTransactionRecord, BeginTransactionRecord, BrokerEndpoint, BrokerRegistrationChangeRecord,
+    EndTransactionRecord, MetadataRecord, PartitionChangeRecord, ProducerIdsRecord,
+    RegisterBrokerRecord,
 };
 use crate::raft::{Record, Role};
 use crate::session::{ConnectionId, Slot, SlotState};
@@ -138,6 +149,16 @@ pub(super) struct ControllerState {
     /// before (this controller decides on the committed image only, and a
     /// leader's pending ISR change must be the next one to commit).
     altering: BTreeMap<(Uuid, i32), i64>,
+}
+
+/// A metadata transaction committed up to here and not ended: its records
+/// wait for its EndTransactionRecord (or are dropped by an abort).
+#[derive(Debug)]
+pub(super) struct OpenTransaction {
+    /// The offset and leader epoch of its BeginTransactionRecord.
+    begin_offset: i64,
+    epoch: i32,
+    records: Vec<(i64, MetadataRecord)>,
 }
 
 /// What the controller answers: now, or once the records it proposed are
@@ -330,6 +351,31 @@ impl<S: Storage> Node<S> {
                 self.controller = None;
                 return None;
             }
+            // A change a former controller began and never ended (the
+            // rest of it was lost with its leadership) is aborted first:
+            // nothing else may follow its records.
+            if let Some(open) = &self.metadata_txn {
+                assert!(
+                    open.epoch < epoch,
+                    "a transaction open at offset {} of epoch {} as epoch {epoch} begins",
+                    open.begin_offset,
+                    open.epoch
+                );
+                let begin_offset = open.begin_offset;
+                let abort = MetadataRecord::AbortTransaction(AbortTransactionRecord {
+                    reason: Some("Controller failover".to_string()),
+                });
+                let proposed = self.propose_change(now, std::slice::from_ref(&abort));
+                assert!(
+                    proposed.is_some(),
+                    "a new leader with its whole log committed may propose"
+                );
+                tracing::warn!(
+                    begin_offset,
+                    epoch,
+                    "aborting the metadata transaction a former controller left unfinished"
+                );
+            }
             // A new active controller: every registered broker gets a full
             // session from now, as Kafka's does on failover.
             let heartbeats = self
@@ -363,11 +409,39 @@ impl<S: Storage> Node<S> {
         self.propose_records(now, std::slice::from_ref(record))
     }
 
-    /// Proposes records together (at most a proposal's worth); the offset
-    /// of the last, or None when refused.
+    /// Proposes records as one change; the offset that commits it (its
+    /// last entry), or None when refused.
     fn propose_records(&mut self, now: Now, records: &[MetadataRecord]) -> Option<i64> {
-        let mut encoded = Vec::with_capacity(records.len());
-        for record in records {
+        self.propose_change(now, records).map(|(_, last)| last)
+    }
+
+    /// The offset the first record of a change of `count` records would
+    /// take, proposed now: after the BeginTransactionRecord of more than one.
+    fn first_record_offset(&self, count: usize) -> i64 {
+        self.next_offset() + i64::from(count > 1)
+    }
+
+    /// Proposes records as one change, all of it or nothing: more than one
+    /// record go in a metadata transaction, appended at once (in as many
+    /// proposals as they take). The offsets of its first record and of its
+    /// last entry, which commits the whole change; None when refused.
+    fn propose_change(&mut self, now: Now, records: &[MetadataRecord]) -> Option<(i64, i64)> {
+        if records.is_empty() {
+            return None;
+        }
+        let transaction = records.len() > 1;
+        let mut framed = Vec::with_capacity(records.len() + 2);
+        if transaction {
+            framed.push(MetadataRecord::BeginTransaction(
+                BeginTransactionRecord::default(),
+            ));
+        }
+        framed.extend(records.iter().cloned());
+        if transaction {
+            framed.push(MetadataRecord::EndTransaction(EndTransactionRecord {}));
+        }
+        let mut encoded = Vec::with_capacity(framed.len());
+        for record in &framed {
             match record.encode() {
                 Ok(bytes) => encoded.push(Bytes::from(bytes)),
                 Err(error) => {
@@ -377,23 +451,43 @@ impl<S: Storage> Node<S> {
             }
         }
         let quorum = self.quorum.as_mut()?;
+        let replica = quorum.replica()?;
+        let first = replica.entries().len() as i64;
+        let count = encoded.len() as i64;
+        // Room for the whole change, so that no part of it is refused
+        // after its start was appended.
+        let uncommitted = first - replica.high_watermark();
+        if uncommitted + count > crate::raft::UNCOMMITTED_ENTRIES_MAX {
+            tracing::warn!(
+                uncommitted,
+                count,
+                "a change was not proposed: too many entries wait for commit"
+            );
+            return None;
+        }
         let Broker {
             storage,
             durability,
             ..
         } = &mut self.broker;
-        let count = encoded.len() as i64;
-        match quorum.propose(storage, durability, now.monotonic_ms, encoded) {
-            Ok(first) => {
-                let last = first + count - 1;
-                self.note_altering(records, last);
-                Some(last)
-            }
-            Err(error) => {
-                tracing::warn!(?error, "metadata record not proposed");
-                None
+        for (i, chunk) in encoded
+            .chunks(crate::raft::RECORDS_PER_PROPOSAL_MAX)
+            .enumerate()
+        {
+            match quorum.propose(storage, durability, now.monotonic_ms, chunk.to_vec()) {
+                Ok(offset) => assert!(i > 0 || offset == first, "a change starts at the log's end"),
+                Err(error) => {
+                    // Only the first can be refused (not the leader): the
+                    // room for all of them was checked.
+                    assert_eq!(i, 0, "a change refused after it began: {error:?}");
+                    tracing::warn!(?error, "a change was not proposed");
+                    return None;
+                }
             }
         }
+        let last = first + count - 1;
+        self.note_altering(records, last);
+        Some((first + i64::from(transaction), last))
     }
 
     fn next_offset(&self) -> i64 {
@@ -431,7 +525,24 @@ impl<S: Storage> Node<S> {
                 );
             }
         }
-        let broker_epoch = self.next_offset();
+        // A new incarnation of a known broker (it restarted, and may have
+        // lost writes it never synced): its partitions move as if it had
+        // been fenced, so they get a new leader epoch before it leads again
+        // and followers cut what it lost by epoch. Not while a change of a
+        // partition it leads is on its way: it registers again after.
+        let mut moves = Vec::new();
+        if self.cluster_view().image.broker(id).is_some() {
+            let blocked = self.cluster_view().image.topics().any(|t| {
+                t.partitions
+                    .iter()
+                    .any(|(&p, r)| r.leader == id && self.altering_partition(t.id, p))
+            });
+            if blocked {
+                return Decision::Now(error(ResponseError::RequestTimedOut));
+            }
+            moves = self.leadership_changes(id, false);
+        }
+        let broker_epoch = self.first_record_offset(1 + moves.len());
         let record = MetadataRecord::RegisterBroker(RegisterBrokerRecord {
             broker_id: id,
             incarnation_id: request.incarnation_id,
@@ -450,27 +561,11 @@ impl<S: Storage> Node<S> {
             fenced: true,
             ..RegisterBrokerRecord::default()
         });
-        // A new incarnation of a known broker (it restarted, and may have
-        // lost writes it never synced): its partitions move as if it had
-        // been fenced, so they get a new leader epoch before it leads again
-        // and followers cut what it lost by epoch. Not while a change of a
-        // partition it leads is on its way: it registers again after.
         let mut records = vec![record];
-        if self.cluster_view().image.broker(id).is_some() {
-            let blocked = self.cluster_view().image.topics().any(|t| {
-                t.partitions
-                    .iter()
-                    .any(|(&p, r)| r.leader == id && self.altering_partition(t.id, p))
-            });
-            if blocked {
-                return Decision::Now(error(ResponseError::RequestTimedOut));
-            }
-            records.extend(self.leadership_changes(id, false));
-        }
-        let Some(last) = self.propose_records(now, &records) else {
+        records.extend(moves);
+        let Some((offset, last)) = self.propose_change(now, &records) else {
             return Decision::Now(error(ResponseError::RequestTimedOut));
         };
-        let offset = last - (records.len() as i64 - 1);
         assert_eq!(
             offset, broker_epoch,
             "a broker's epoch is its record's offset"
@@ -1062,9 +1157,10 @@ impl<S: Storage> Node<S> {
             .min()
     }
 
-    /// Applies a committed metadata record to the image; a registration
-    /// change it settles is no longer in flight.
-    pub(super) fn apply_committed(&mut self, now: Now, offset: i64, record: &Record) {
+    /// Takes a committed metadata entry of leader epoch `epoch`: a record
+    /// outside a transaction applies now, one inside waits for the
+    /// transaction's end (and is dropped if it is aborted).
+    pub(super) fn apply_committed(&mut self, now: Now, offset: i64, epoch: i32, record: &Record) {
         let Record::Data(bytes) = record else {
             return;
         };
@@ -1075,16 +1171,79 @@ impl<S: Storage> Node<S> {
                 return;
             }
         };
+        match &decoded {
+            MetadataRecord::BeginTransaction(_) => {
+                assert!(
+                    self.metadata_txn.is_none(),
+                    "a metadata transaction begins at offset {offset} inside another"
+                );
+                self.metadata_txn = Some(OpenTransaction {
+                    begin_offset: offset,
+                    epoch,
+                    records: Vec::new(),
+                });
+            }
+            MetadataRecord::EndTransaction(_) => {
+                let open = self.metadata_txn.take();
+                let open = open.expect("a metadata transaction ends only after it began");
+                assert_eq!(
+                    open.epoch, epoch,
+                    "a metadata transaction ends in its epoch"
+                );
+                for (offset, record) in &open.records {
+                    self.apply_record(now, *offset, record);
+                }
+            }
+            MetadataRecord::AbortTransaction(_) => {
+                let open = self.metadata_txn.take();
+                let open = open.expect("only a transaction left open is aborted");
+                assert!(
+                    open.epoch < epoch,
+                    "a metadata transaction aborted in its epoch"
+                );
+                tracing::info!(
+                    begin_offset = open.begin_offset,
+                    dropped = open.records.len(),
+                    "a metadata transaction was aborted; its records are dropped"
+                );
+            }
+            _ => {
+                if let Some(open) = &mut self.metadata_txn {
+                    // A new controller aborts a transaction left open
+                    // before it proposes anything else.
+                    assert_eq!(
+                        open.epoch, epoch,
+                        "a record of a new epoch at offset {offset} inside an open transaction"
+                    );
+                    open.records.push((offset, decoded));
+                    return;
+                }
+            }
+        }
+        self.apply_record(now, offset, &decoded);
+    }
+
+    /// The metadata log's offsets this node applied: up to the start of a
+    /// transaction still open, whose records wait.
+    pub(super) fn metadata_applied_end(&self) -> i64 {
+        self.metadata_txn
+            .as_ref()
+            .map_or(self.quorum_committed, |open| open.begin_offset)
+    }
+
+    /// Applies a committed metadata record to the image; a registration
+    /// change it settles is no longer in flight.
+    fn apply_record(&mut self, now: Now, offset: i64, decoded: &MetadataRecord) {
         let Some(cluster) = self.broker.cluster.as_mut() else {
             return;
         };
         let producer_next_before = cluster.image.next_producer_id().unwrap_or(0);
         let unclean_before = cluster.image.unclean_elections();
-        if let Err(error) = cluster.image.apply(offset, &decoded) {
+        if let Err(error) = cluster.image.apply(offset, decoded) {
             tracing::error!(offset, %error, "a committed metadata record does not apply; skipped");
             return;
         }
-        if let MetadataRecord::PartitionChange(change) = &decoded {
+        if let MetadataRecord::PartitionChange(change) = decoded {
             let unclean_elections = cluster.image.unclean_elections();
             // Logged once in the cluster: by the controller that elected.
             if unclean_elections > unclean_before && cluster.is_controller {
@@ -1104,7 +1263,7 @@ impl<S: Storage> Node<S> {
             .as_ref()
             .and_then(|l| l.producer_block_from)
             .unwrap_or(i64::MAX);
-        if let MetadataRecord::ProducerIds(block) = &decoded {
+        if let MetadataRecord::ProducerIds(block) = decoded {
             if block.broker_id == self.node_id.0
                 && cluster.wants_producer_block
                 && offset >= asked_from
@@ -1117,8 +1276,8 @@ impl<S: Storage> Node<S> {
                 }
             }
         }
-        self.broker.apply_metadata(now, &decoded);
-        let changed = match &decoded {
+        self.broker.apply_metadata(now, decoded);
+        let changed = match decoded {
             MetadataRecord::RegisterBroker(r) => Some(r.broker_id),
             MetadataRecord::BrokerRegistrationChange(r) => Some(r.broker_id),
             _ => None,
@@ -1236,35 +1395,10 @@ impl<S: Storage> Node<S> {
         let outbox = std::mem::take(&mut cluster.outbox);
         for (ticket, records) in outbox {
             let epoch = self.leading(now);
-            let mut last = None;
-            if epoch.is_some() {
-                for chunk in records.chunks(crate::raft::RECORDS_PER_PROPOSAL_MAX) {
-                    let encoded: Result<Vec<Bytes>, _> =
-                        chunk.iter().map(|r| r.encode().map(Bytes::from)).collect();
-                    let Ok(encoded) = encoded else {
-                        tracing::error!("a metadata record does not encode");
-                        last = None;
-                        break;
-                    };
-                    let quorum = self.quorum.as_mut().expect("leading");
-                    let Broker {
-                        storage,
-                        durability,
-                        ..
-                    } = &mut self.broker;
-                    let count = encoded.len() as i64;
-                    match quorum.propose(storage, durability, now.monotonic_ms, encoded) {
-                        // The proposal's first offset: its last is what
-                        // commits the whole of it.
-                        Ok(first) => last = Some(first + count - 1),
-                        Err(error) => {
-                            tracing::warn!(?error, "a change was not proposed");
-                            last = None;
-                            break;
-                        }
-                    }
-                }
-            }
+            let last = match epoch {
+                Some(_) => self.propose_records(now, &records),
+                None => None,
+            };
             let cluster = self.broker.cluster.as_mut().expect("checked above");
             match (last, epoch) {
                 (Some(offset), Some(epoch)) => {
@@ -1395,7 +1529,7 @@ impl<S: Storage> Node<S> {
         BrokerHeartbeatRequest::default()
             .with_broker_id(BrokerId(self.node_id.0))
             .with_broker_epoch(epoch)
-            .with_current_metadata_offset(self.quorum_committed - 1)
+            .with_current_metadata_offset(self.metadata_applied_end() - 1)
             .with_want_shut_down(want_shut_down)
     }
 

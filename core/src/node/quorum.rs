@@ -265,7 +265,7 @@ impl<S: Storage> Node<S> {
                     tracing::debug!(offset, epoch = entry.epoch, "metadata entry committed");
                     assert_eq!(offset, self.quorum_committed, "committed entries in order");
                     self.quorum_committed = offset + 1;
-                    self.apply_committed(now, offset, &entry.record);
+                    self.apply_committed(now, offset, entry.epoch, &entry.record);
                     committed = true;
                 }
             }
