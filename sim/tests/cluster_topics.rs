@@ -327,10 +327,23 @@ fn committed_offsets_survive_a_restart_of_their_coordinator() {
                         .with_committed_offset(42),
                 ]),
         ]);
-    let committed: OffsetCommitResponse = cluster
-        .request(at_coordinator, ApiKey::OffsetCommit, 8, &commit)
-        .expect("answered");
-    assert_eq!(committed.topics[0].partitions[0].error_code, 0);
+    // The coordinator named may not have applied the offsets topic yet
+    // (each node learns of a commit on its own): clients retry, as here.
+    let mut tries = 0;
+    loop {
+        let committed: OffsetCommitResponse = cluster
+            .request(at_coordinator, ApiKey::OffsetCommit, 8, &commit)
+            .expect("answered");
+        let error = committed.topics[0].partitions[0].error_code;
+        if error == 0 {
+            break;
+        }
+        // COORDINATOR_LOAD_IN_PROGRESS or COORDINATOR_NOT_AVAILABLE only.
+        assert!(matches!(error, 14 | 15), "offset commit refused: {error}");
+        tries += 1;
+        assert!(tries < 100, "the coordinator never took the commit");
+        cluster.run_for(50);
+    }
 
     cluster.crash(coordinator, sluice_sim::CrashLoss::LoseUnsynced);
     cluster.run_until(|c| {
