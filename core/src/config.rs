@@ -768,10 +768,16 @@ pub enum Mutation {
     /// Transactions time out by the wall clock alone: one set back keeps
     /// a transaction open (and the offsets it holds unstable) for as long.
     TxnTimeoutWallClockOnly,
+    /// A transaction that aborts gets COMMIT markers: its records become
+    /// readable at read_committed.
+    AbortMarkersCommit,
+    /// A transaction that commits gets ABORT markers: its records are
+    /// never readable at read_committed.
+    CommitMarkersAbort,
 }
 
 impl Mutation {
-    pub const ALL: [Mutation; 27] = [
+    pub const ALL: [Mutation; 29] = [
         Mutation::AckBeforeSync,
         Mutation::ReadBeforeSync,
         Mutation::SkipRecoveryCrc,
@@ -799,6 +805,8 @@ impl Mutation {
         Mutation::LsoIgnoresHighWatermark,
         Mutation::NoRemoteVerification,
         Mutation::TxnTimeoutWallClockOnly,
+        Mutation::AbortMarkersCommit,
+        Mutation::CommitMarkersAbort,
     ];
 
     pub fn name(self) -> &'static str {
@@ -830,6 +838,8 @@ impl Mutation {
             Mutation::LsoIgnoresHighWatermark => "lso-ignores-high-watermark",
             Mutation::NoRemoteVerification => "no-remote-verification",
             Mutation::TxnTimeoutWallClockOnly => "txn-timeout-wall-clock-only",
+            Mutation::AbortMarkersCommit => "abort-markers-commit",
+            Mutation::CommitMarkersAbort => "commit-markers-abort",
         }
     }
 }

@@ -562,8 +562,24 @@ fn a_timeout_on_the_wall_clock_alone_leaves_a_transaction_open() {
     );
 }
 
+/// COMMIT markers for transactions that abort make their records readable:
+/// `[eos-aborted-invisible]`.
+#[test]
+fn aborts_written_as_commits_are_caught() {
+    let caught = eos_caught_by(Mutation::AbortMarkersCommit, "eos-aborted-invisible");
+    assert!(caught.is_some(), "not caught within {SEEDS_MAX} seeds");
+}
+
+/// ABORT markers for transactions that commit hide their records:
+/// `[eos-committed-visible]`.
+#[test]
+fn commits_written_as_aborts_are_caught() {
+    let caught = eos_caught_by(Mutation::CommitMarkersAbort, "eos-committed-visible");
+    assert!(caught.is_some(), "not caught within {SEEDS_MAX} seeds");
+}
+
 #[test]
 fn every_mutation_has_a_proof() {
     // Adding a mutation means adding a test above that shows it is caught.
-    assert_eq!(Mutation::ALL.len(), 27);
+    assert_eq!(Mutation::ALL.len(), 29);
 }

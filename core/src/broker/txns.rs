@@ -509,11 +509,19 @@ impl<S: Storage> Broker<S> {
         coordinator_epoch: i32,
         tp: &TopicPartition,
     ) -> MarkerProgress {
+        let outcome = meta.state == TxnState::PrepareCommit;
+        let commit = if self.config.mutated(Mutation::AbortMarkersCommit) {
+            true
+        } else if self.config.mutated(Mutation::CommitMarkersAbort) {
+            false
+        } else {
+            outcome
+        };
         let marker = crate::producers::TxnMarker {
             producer_id: meta.producer_id,
             producer_epoch: meta.epoch,
             coordinator_epoch,
-            commit: meta.state == TxnState::PrepareCommit,
+            commit,
         };
         if self.in_cluster() {
             match self.registration(&tp.topic, tp.partition).map(|r| r.leader) {
