@@ -447,6 +447,16 @@ fn diverged_replicas_disagree_on_the_replicated_scenario() {
     );
 }
 
+/// Runs one seed's spec with `mutation` and asserts that `checker` finds it.
+fn caught_at(spec: sluice_sim::Spec, mutation: Mutation, checker: &str) {
+    let report = sluice_sim::run(with_mutation(spec, Some(mutation.name())), false);
+    assert!(
+        report.violations.iter().any(|v| v.checker == checker),
+        "not caught by [{checker}]: {:?}",
+        report.violations.first()
+    );
+}
+
 /// Runs seeds of the `eos` scenario until one fails with `checker`.
 fn eos_caught_by(mutation: Mutation, checker: &str) -> Option<String> {
     (1..=SEEDS_MAX).find_map(|seed| {
@@ -494,18 +504,10 @@ fn fetches_without_aborted_transactions_read_aborted_records() {
 /// `[eos-exactly-once]`.
 #[test]
 fn a_broker_without_a_lease_answers_from_a_stale_image() {
-    let spec = with_mutation(
+    caught_at(
         sluice_scenarios::eos_replicated(0x7eebc7),
-        Some(Mutation::NoBrokerLease.name()),
-    );
-    let report = sluice_sim::run(spec, false);
-    assert!(
-        report
-            .violations
-            .iter()
-            .any(|v| v.checker == "eos-exactly-once"),
-        "not caught: {:?}",
-        report.violations.first()
+        Mutation::NoBrokerLease,
+        "eos-exactly-once",
     );
 }
 
@@ -526,18 +528,10 @@ fn a_last_stable_offset_past_the_high_watermark_is_caught() {
 /// `[eos-exactly-once]`.
 #[test]
 fn a_leader_that_does_not_ask_a_remote_coordinator_leaves_a_transaction_hanging() {
-    let spec = with_mutation(
+    caught_at(
         sluice_scenarios::eos_replicated_late(0x68),
-        Some(Mutation::NoRemoteVerification.name()),
-    );
-    let report = sluice_sim::run(spec, false);
-    assert!(
-        report
-            .violations
-            .iter()
-            .any(|v| v.checker == "eos-exactly-once"),
-        "not caught: {:?}",
-        report.violations.first()
+        Mutation::NoRemoteVerification,
+        "eos-exactly-once",
     );
 }
 
@@ -547,18 +541,10 @@ fn a_leader_that_does_not_ask_a_remote_coordinator_leaves_a_transaction_hanging(
 /// `[eos-no-open-transactions]`.
 #[test]
 fn a_timeout_on_the_wall_clock_alone_leaves_a_transaction_open() {
-    let spec = with_mutation(
+    caught_at(
         sluice_scenarios::eos_replicated_late(0x6ad083),
-        Some(Mutation::TxnTimeoutWallClockOnly.name()),
-    );
-    let report = sluice_sim::run(spec, false);
-    assert!(
-        report
-            .violations
-            .iter()
-            .any(|v| v.checker == "eos-no-open-transactions"),
-        "not caught: {:?}",
-        report.violations.first()
+        Mutation::TxnTimeoutWallClockOnly,
+        "eos-no-open-transactions",
     );
 }
 

@@ -2,6 +2,18 @@
 //! through the driver's own peer links, a topic with three replicas.
 
 /// Finds `needle` among the trace's lines.
+/// Runs a spec (with its trace kept when `trace`) and asserts it passed.
+fn passing(spec: sluice_sim::Spec, trace: bool) -> sluice_sim::Report {
+    let report = sluice_sim::run(spec, trace);
+    assert!(
+        report.passed(),
+        "{:?} {:?}",
+        report.failure,
+        report.violations.first()
+    );
+    report
+}
+
 fn traced(report: &sluice_sim::Report, needle: &str) -> bool {
     report
         .trace
@@ -20,13 +32,7 @@ fn traced(report: &sluice_sim::Report, needle: &str) -> bool {
 fn requests_lost_by_a_cut_reset_their_links_and_the_replicas_converge() {
     let spec = sluice_scenarios::replicated(0x28);
     assert_eq!(spec.nodes, 3);
-    let report = sluice_sim::run(spec, true);
-    assert!(
-        report.passed(),
-        "{:?} {:?}",
-        report.failure,
-        report.violations.first()
-    );
+    let report = passing(spec, true);
     assert!(report.acknowledged > 0);
     assert!(traced(&report, "partition node2 from node3"));
     for channel in ["control", "replica"] {
@@ -51,13 +57,7 @@ fn requests_lost_by_a_cut_reset_their_links_and_the_replicas_converge() {
 fn offsets_read_back_after_a_commit_wait_for_its_marker() {
     let spec = sluice_scenarios::eos_replicated(0x232d);
     assert_eq!(spec.nodes, 3);
-    let report = sluice_sim::run(spec, false);
-    assert!(
-        report.passed(),
-        "{:?} {:?}",
-        report.failure,
-        report.violations.first()
-    );
+    let report = passing(spec, false);
     let transactions = report
         .history
         .entries()
@@ -83,13 +83,7 @@ fn offsets_read_back_after_a_commit_wait_for_its_marker() {
 /// and log end, and node 2 cuts the damaged batch.
 #[test]
 fn a_leader_epoch_flipped_by_a_crash_is_cut_and_the_replicas_converge() {
-    let report = sluice_sim::run(sluice_scenarios::replicated(0xaaf39), true);
-    assert!(
-        report.passed(),
-        "{:?} {:?}",
-        report.failure,
-        report.violations.first()
-    );
+    let report = passing(sluice_scenarios::replicated(0xaaf39), true);
     assert!(report.acknowledged > 0);
     assert!(traced(&report, "crash node2, unsynced writes: FlipBits"));
     assert!(
@@ -117,13 +111,7 @@ fn a_leader_epoch_flipped_by_a_crash_is_cut_and_the_replicas_converge() {
 /// before the controller can have fenced it.
 #[test]
 fn a_group_coordinator_cut_off_from_the_controller_stops_answering() {
-    let report = sluice_sim::run(sluice_scenarios::eos_replicated(0x7eebc7), true);
-    assert!(
-        report.passed(),
-        "{:?} {:?}",
-        report.failure,
-        report.violations.first()
-    );
+    let report = passing(sluice_scenarios::eos_replicated(0x7eebc7), true);
     assert!(
         report
             .trace
@@ -142,13 +130,7 @@ fn a_group_coordinator_cut_off_from_the_controller_stops_answering() {
 /// over whether or not ids are left to retry.
 #[test]
 fn a_marker_retry_due_after_the_ids_moved_away_is_not_armed_again() {
-    let report = sluice_sim::run(sluice_scenarios::eos_replicated(40020), false);
-    assert!(
-        report.passed(),
-        "{:?} {:?}",
-        report.failure,
-        report.violations.first()
-    );
+    passing(sluice_scenarios::eos_replicated(40020), false);
 }
 
 /// Seed 0x68 of `eos-replicated-late`: a worker's TxnOffsetCommit, held back
@@ -161,13 +143,7 @@ fn a_marker_retry_due_after_the_ids_moved_away_is_not_armed_again() {
 /// node 1, which says the partition is not in an ongoing transaction.
 #[test]
 fn a_late_transactional_write_is_verified_with_a_coordinator_on_another_broker() {
-    let report = sluice_sim::run(sluice_scenarios::eos_replicated_late(0x68), true);
-    assert!(
-        report.passed(),
-        "{:?} {:?}",
-        report.failure,
-        report.violations.first()
-    );
+    let report = passing(sluice_scenarios::eos_replicated_late(0x68), true);
     assert!(traced(
         &report,
         "verdict peer=1 partition=__consumer_offsets-2 error=Some(InvalidTxnState)"
@@ -185,13 +161,7 @@ fn a_late_transactional_write_is_verified_with_a_coordinator_on_another_broker()
 /// the transaction open on its monotonic clock, and aborts it.
 #[test]
 fn a_transaction_started_by_a_clock_ahead_is_still_aborted_at_its_timeout() {
-    let report = sluice_sim::run(sluice_scenarios::eos_replicated_late(0x6ad083), true);
-    assert!(
-        report.passed(),
-        "{:?} {:?}",
-        report.failure,
-        report.violations.first()
-    );
+    let report = passing(sluice_scenarios::eos_replicated_late(0x6ad083), true);
     assert!(traced(
         &report,
         "aborting a transaction past its timeout transactional_id=eos-0"
@@ -210,13 +180,7 @@ fn a_transaction_started_by_a_clock_ahead_is_still_aborted_at_its_timeout() {
 /// controller aborts the one its predecessor left unfinished.
 #[test]
 fn a_topic_creation_cut_short_by_a_controller_change_is_aborted_whole() {
-    let report = sluice_sim::run(sluice_scenarios::eos_replicated(0x8adbca), true);
-    assert!(
-        report.passed(),
-        "{:?} {:?}",
-        report.failure,
-        report.violations.first()
-    );
+    let report = passing(sluice_scenarios::eos_replicated(0x8adbca), true);
     assert!(traced(
         &report,
         "aborting the metadata transaction a former controller left unfinished"

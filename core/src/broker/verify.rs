@@ -75,10 +75,16 @@ pub struct Verifications {
 }
 
 impl Verifications {
+    /// The key range of one request's verdicts (tokens count up from 1,
+    /// far from the top of `u64`).
+    fn range_of(token: Token) -> std::ops::Range<(Token, TopicPartition)> {
+        let first = |token| (token, TopicPartition::new("", i32::MIN));
+        first(token)..first(token + 1)
+    }
+
     fn of(&self, token: Token) -> impl Iterator<Item = (&TopicPartition, &Verdict)> {
         self.verdicts
-            .range((token, TopicPartition::new("", i32::MIN))..)
-            .take_while(move |((t, _), _)| *t == token)
+            .range(Self::range_of(token))
             .map(|((_, tp), verdict)| (tp, verdict))
     }
 
@@ -118,13 +124,12 @@ impl Verifications {
 
     /// No answer will come for the request's partitions still waiting.
     pub fn lost(&mut self, token: Token) {
-        let keys: Vec<(Token, TopicPartition)> = self
-            .of(token)
-            .filter(|(_, v)| v.state == VerdictState::Waiting)
-            .map(|(tp, _)| (token, tp.clone()))
-            .collect();
-        for key in keys {
-            if let Some(verdict) = self.verdicts.get_mut(&key) {
+        for verdict in self
+            .verdicts
+            .range_mut(Self::range_of(token))
+            .map(|(_, v)| v)
+        {
+            if verdict.state == VerdictState::Waiting {
                 verdict.state = VerdictState::Refused(ResponseError::NetworkException);
             }
         }

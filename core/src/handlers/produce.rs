@@ -61,11 +61,7 @@ pub(super) fn produce<S: Storage>(
     let mut any_error = false;
     let mut hinted = std::collections::BTreeSet::new();
     for topic_data in request.topic_data {
-        let name = if context.header.version >= 13 {
-            broker.topics.name_by_id(&topic_data.topic_id)
-        } else {
-            Some(topic_data.name.0.to_string())
-        };
+        let name = topic_name(broker, context.header.version, &topic_data);
         let mut topic_response = produce_response::TopicProduceResponse::default()
             .with_name(topic_data.name.clone())
             .with_topic_id(topic_data.topic_id);
@@ -406,6 +402,20 @@ fn produce_partition<S: Storage>(
     })
 }
 
+/// The topic a produce names: by id from v13 on (`None` if unknown), by
+/// name before.
+fn topic_name<S: Storage>(
+    broker: &Broker<S>,
+    version: i16,
+    topic: &produce_request::TopicProduceData,
+) -> Option<String> {
+    if version >= 13 {
+        broker.topics.name_by_id(&topic.topic_id)
+    } else {
+        Some(topic.name.0.to_string())
+    }
+}
+
 /// Whether a batch opens a transaction on its partition: transactional,
 /// next in its producer's sequence, and its producer has no transaction
 /// open there yet.
@@ -431,12 +441,7 @@ fn remote_verification<S: Storage>(
     }
     let mut ask: Option<VerifyRequest> = None;
     for topic in &request.topic_data {
-        let name = if context.header.version >= 13 {
-            broker.topics.name_by_id(&topic.topic_id)
-        } else {
-            Some(topic.name.0.to_string())
-        };
-        let Some(name) = name else {
+        let Some(name) = topic_name(broker, context.header.version, topic) else {
             continue;
         };
         for partition in &topic.partition_data {
