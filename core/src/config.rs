@@ -774,10 +774,16 @@ pub enum Mutation {
     /// A transaction that commits gets ABORT markers: its records are
     /// never readable at read_committed.
     CommitMarkersAbort,
+    /// A transaction that commits gets an ABORT marker on its last
+    /// partition (in topic and partition order) and COMMIT markers on the
+    /// others: part of it is readable. A producer that learned the outcome
+    /// is told by `[eos-committed-visible]`; one killed while it committed
+    /// never learns it, and only `[eos-atomic]` can tell.
+    CommitSplitsLastPartition,
 }
 
 impl Mutation {
-    pub const ALL: [Mutation; 29] = [
+    pub const ALL: [Mutation; 30] = [
         Mutation::AckBeforeSync,
         Mutation::ReadBeforeSync,
         Mutation::SkipRecoveryCrc,
@@ -807,6 +813,7 @@ impl Mutation {
         Mutation::TxnTimeoutWallClockOnly,
         Mutation::AbortMarkersCommit,
         Mutation::CommitMarkersAbort,
+        Mutation::CommitSplitsLastPartition,
     ];
 
     pub fn name(self) -> &'static str {
@@ -840,6 +847,7 @@ impl Mutation {
             Mutation::TxnTimeoutWallClockOnly => "txn-timeout-wall-clock-only",
             Mutation::AbortMarkersCommit => "abort-markers-commit",
             Mutation::CommitMarkersAbort => "commit-markers-abort",
+            Mutation::CommitSplitsLastPartition => "commit-splits-last-partition",
         }
     }
 }

@@ -10,7 +10,7 @@ use sluice_sim::disk::{CrashFault, DiskFaults};
 use sluice_sim::eos::EosWorkload;
 use sluice_sim::tap::LATE_KINDS;
 use sluice_sim::workload::Workload;
-use sluice_sim::{Fault, Scheduled, Spec};
+use sluice_sim::{ApiKey, Fault, Scheduled, Spec};
 
 pub struct Scenario {
     pub name: &'static str,
@@ -330,6 +330,7 @@ pub fn eos(seed: u64) -> Spec {
     spec.faults
         .extend(clock_jumps(&mut rng, jumps, spec.safety_ms, 1));
     zombies_and_late_requests(&mut spec, workers);
+    kills_mid_commit(&mut spec, workers);
     spec
 }
 
@@ -381,6 +382,25 @@ fn zombies_and_late_requests(spec: &mut Spec, workers: usize) {
                 host: worker(&mut rng),
                 api,
                 delay_ms: pick(&mut rng, 20, 2_000),
+            },
+        });
+    }
+}
+
+/// Now and then a worker killed right after its EndTxn left, so it never
+/// learns the outcome (`[eos-atomic]` checks those transactions), drawn
+/// from a generator of its own so the other faults of a seed stay as they
+/// were.
+fn kills_mid_commit(spec: &mut Spec, workers: usize) {
+    let mut rng = Rng::from_seed(spec.seed ^ 0xdead_e17d);
+    for _ in 0..pick(&mut rng, 0, 2) {
+        let at_ms = pick(&mut rng, 300, spec.safety_ms - 2_000);
+        spec.faults.push(Scheduled {
+            at_ms,
+            fault: Fault::KillAfterRequest {
+                host: format!("eos{}", rng.next_u64() % workers as u64),
+                api: ApiKey::EndTxn,
+                down_ms: pick(&mut rng, 100, 1_500),
             },
         });
     }

@@ -564,8 +564,22 @@ fn commits_written_as_aborts_are_caught() {
     assert!(caught.is_some(), "not caught within {SEEDS_MAX} seeds");
 }
 
+/// A commit split across its partitions (COMMIT on all but the last,
+/// ABORT there) shows part of a transaction. A worker killed once its
+/// EndTxn left never learns the outcome, so only `[eos-atomic]` can tell
+/// that such a transaction is neither whole nor gone (seed 0x9: eos0 is
+/// killed at 5.8 s).
+#[test]
+fn a_commit_split_across_partitions_is_caught_when_its_outcome_is_unknown() {
+    caught_at(
+        sluice_scenarios::eos(0x9),
+        Mutation::CommitSplitsLastPartition,
+        "eos-atomic",
+    );
+}
+
 #[test]
 fn every_mutation_has_a_proof() {
     // Adding a mutation means adding a test above that shows it is caught.
-    assert_eq!(Mutation::ALL.len(), 29);
+    assert_eq!(Mutation::ALL.len(), 30);
 }

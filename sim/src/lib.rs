@@ -21,5 +21,6 @@ pub mod trace;
 pub mod workload;
 
 pub use cluster::{AfterSyncGate, ClientId, Cluster, ClusterConfig, CrashLoss};
+pub use kafka_protocol::messages::ApiKey;
 pub use nemesis::{Fault, Scheduled};
 pub use run::{run, Report, Spec};

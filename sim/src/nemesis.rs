@@ -82,6 +82,14 @@ pub enum Fault {
         api: ApiKey,
         delay_ms: u64,
     },
+    /// Kill a worker once its next request of kind `api` has left (see
+    /// `tap.rs`), and start it again `down_ms` later: a process that dies
+    /// right after it asked to commit never learns whether it did.
+    KillAfterRequest {
+        host: String,
+        api: ApiKey,
+        down_ms: u64,
+    },
 }
 
 impl Fault {
@@ -97,7 +105,8 @@ impl Fault {
             Fault::CrashHost { .. }
             | Fault::Latency { .. }
             | Fault::Zombie { .. }
-            | Fault::DelayRequest { .. } => Vec::new(),
+            | Fault::DelayRequest { .. }
+            | Fault::KillAfterRequest { .. } => Vec::new(),
         }
     }
 }
@@ -217,6 +226,9 @@ impl Nemesis {
         for heal in due {
             self.heal(sim, now, heal);
         }
+        for (host, down_ms) in self.controls.tap.take_kills() {
+            self.inject(sim, now, Fault::CrashHost { host, down_ms });
+        }
         while self
             .pending
             .last()
@@ -333,6 +345,13 @@ impl Nemesis {
                 self.note(
                     now,
                     format!("the next {api:?} of {host} is to be held back {delay_ms} ms"),
+                );
+            }
+            Fault::KillAfterRequest { host, api, down_ms } => {
+                self.controls.tap.arm_kill(&host, api, down_ms);
+                self.note(
+                    now,
+                    format!("{host} is to be killed once its next {api:?} has left"),
                 );
             }
             Fault::ClockJump { node, delta_ms } => {

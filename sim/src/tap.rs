@@ -77,6 +77,11 @@ struct TapState {
     /// Per host: the kinds whose next request is held back, and for how long.
     armed: BTreeMap<String, Vec<(ApiKey, u64)>>,
     held: VecDeque<Held>,
+    /// Per host: the kinds whose next request is the host's last (it is
+    /// killed once the request left), and how long it stays down.
+    killers: BTreeMap<String, Vec<(ApiKey, u64)>>,
+    /// Hosts whose killing request left, for the nemesis to kill.
+    to_kill: Vec<(String, u64)>,
 }
 
 /// The shared tap of a run; clones share it.
@@ -111,9 +116,28 @@ impl Tap {
             .push((api, delay_ms));
     }
 
-    /// Holds back nothing more (requests already held are still delivered).
+    /// Kills `host` (down for `down_ms`) once its next request of kind
+    /// `api` has left: a process dying right after it asked, say, to
+    /// commit, which never learns the outcome.
+    pub fn arm_kill(&self, host: &str, api: ApiKey, down_ms: u64) {
+        self.lock()
+            .killers
+            .entry(host.to_string())
+            .or_default()
+            .push((api, down_ms));
+    }
+
+    /// The hosts to kill now, each with how long it stays down.
+    pub fn take_kills(&self) -> Vec<(String, u64)> {
+        std::mem::take(&mut self.lock().to_kill)
+    }
+
+    /// Holds back and kills nothing more (requests already held are still
+    /// delivered).
     pub fn disarm_all(&self) {
-        self.lock().armed.clear();
+        let mut state = self.lock();
+        state.armed.clear();
+        state.killers.clear();
     }
 
     /// A request frame `host` wrote to `address`: true when it is held back.
@@ -122,6 +146,21 @@ impl Tap {
             return false;
         };
         let mut state = self.lock();
+        let killer = state.killers.get_mut(host).and_then(|armed| {
+            let position = armed.iter().position(|(kind, _)| *kind == api)?;
+            Some(armed.remove(position).1)
+        });
+        if let Some(down_ms) = killer {
+            state.to_kill.push((host.to_string(), down_ms));
+            drop(state);
+            let what = format!(
+                "{host} is killed once its {} to {address} left",
+                describe_request(&frame[4..])
+            );
+            tracing::info!("{what}");
+            self.history.fault(now().as_micros(), what);
+            return false;
+        }
         if state.held.len() >= HELD_REQUESTS_MAX {
             return false;
         }

@@ -514,6 +514,8 @@ impl<S: Storage> Broker<S> {
             true
         } else if self.config.mutated(Mutation::CommitMarkersAbort) {
             false
+        } else if self.config.mutated(Mutation::CommitSplitsLastPartition) && outcome {
+            meta.partitions.last() != Some(tp)
         } else {
             outcome
         };
