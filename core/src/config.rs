@@ -114,6 +114,20 @@ pub const BROKER_KEYS: &[Key] = &[
         "replicas of an auto-created topic",
     ),
     key(
+        "max.topic.partitions",
+        Kind::Int,
+        "1000",
+        1,
+        "partitions one topic may have; CreateTopics and CreatePartitions asking more are refused with INVALID_PARTITIONS before anything is created (Sluice's own bound; Kafka has none)",
+    ),
+    key(
+        "max.broker.partitions",
+        Kind::Int,
+        "2000",
+        1,
+        "partition replicas one broker may host (KIP-578's name): each holds four open files per segment, so the default keeps 2,000 one-segment partitions within 8,000 descriptors; a create or growth past it is refused with POLICY_VIOLATION before anything is created",
+    ),
+    key(
         "auto.create.topics.enable",
         Kind::Bool,
         "true",
@@ -638,6 +652,10 @@ pub struct BrokerConfig {
     pub log_dirs: String,
     pub num_partitions: i32,
     pub default_replication_factor: i16,
+    /// `max.topic.partitions`: partitions of one topic.
+    pub topic_partitions_max: i32,
+    /// `max.broker.partitions`: partition replicas hosted by one broker.
+    pub broker_partitions_max: i64,
     pub auto_create_topics: bool,
     pub socket_request_bytes_max: usize,
     /// `message.decompression.ratio.max`.
@@ -914,6 +932,17 @@ impl BrokerConfig {
                 why: format!("node.id {node_id} has the controller role but is not a voter"),
             });
         }
+        // Auto-created topics take num.partitions: a default above the
+        // per-topic bound would make every auto-creation fail.
+        let partitions = number("num.partitions");
+        let topic_partitions_max = number("max.topic.partitions");
+        if partitions > topic_partitions_max {
+            return Err(ConfigError::BadValue {
+                key: "num.partitions".into(),
+                value: partitions.to_string(),
+                why: format!("larger than max.topic.partitions ({topic_partitions_max})"),
+            });
+        }
         // Every voter is a broker too (combined nodes), and a node alone
         // is the one broker: a factor above that could never be placed,
         // and every create relying on the default would fail.
@@ -972,6 +1001,8 @@ impl BrokerConfig {
             num_partitions: number("num.partitions") as i32,
             default_replication_factor: number("default.replication.factor").min(i16::MAX as i64)
                 as i16,
+            topic_partitions_max: number("max.topic.partitions").min(i32::MAX as i64) as i32,
+            broker_partitions_max: number("max.broker.partitions"),
             auto_create_topics: get("auto.create.topics.enable") == "true",
             socket_request_bytes_max: number("socket.request.max.bytes") as usize,
             decompression_ratio_max: number("message.decompression.ratio.max") as usize,

@@ -263,6 +263,29 @@ impl PartitionLog {
             epochs: EpochCache::new(),
             checkpoint_stale: false,
         };
+        match Self::load(&mut log, storage, clean) {
+            Ok(recovery) => {
+                log.invariants();
+                Ok((log, recovery))
+            }
+            Err(error) => {
+                // A log that failed to open holds no file open (a create
+                // cut short by a lack of descriptors would leak more).
+                log.close(storage);
+                Err(error)
+            }
+        }
+    }
+
+    /// The body of `open`: reads what `log`'s directory holds, recovering
+    /// it; whatever it opened is in `log.segments`.
+    fn load<S: Storage + ?Sized>(
+        log: &mut PartitionLog,
+        storage: &mut S,
+        clean: bool,
+    ) -> io::Result<Recovery> {
+        let dir = log.dir.clone();
+        let dir = dir.as_str();
         let mut recovery = Recovery::default();
         let checkpoint_path = log.checkpoint_path();
         let checkpoint = read_checkpoint(storage, &checkpoint_path);
@@ -369,8 +392,7 @@ impl PartitionLog {
                 segment_name(segment.base_offset, LOG_SUFFIX)
             )));
         }
-        log.invariants();
-        Ok((log, recovery))
+        Ok(recovery)
     }
 
     /// The end of `open` for the epoch cache, once the segments are
@@ -476,17 +498,43 @@ impl PartitionLog {
         base: i64,
     ) -> io::Result<Segment> {
         let path = |suffix: &str| format!("{}/{}", self.dir, segment_name(base, suffix));
-        let log_file = storage.open(&path(LOG_SUFFIX), true)?;
-        let index_file = storage.open(&path(INDEX_SUFFIX), true)?;
-        let time_file = storage.open(&path(TIME_INDEX_SUFFIX), true)?;
-        let txn_file = storage.open(&path(TXN_INDEX_SUFFIX), true)?;
+        let mut files = Vec::with_capacity(4);
+        for suffix in [
+            LOG_SUFFIX,
+            INDEX_SUFFIX,
+            TIME_INDEX_SUFFIX,
+            TXN_INDEX_SUFFIX,
+        ] {
+            match storage.open(&path(suffix), true) {
+                Ok(file) => files.push(file),
+                Err(error) => {
+                    // The files opened so far belong to no segment yet.
+                    for file in files {
+                        storage.close(file);
+                    }
+                    return Err(error);
+                }
+            }
+        }
+        let [log_file, index_file, time_file, txn_file] = files[..] else {
+            unreachable!("four files were opened")
+        };
+        let size_bytes = match storage.len(log_file) {
+            Ok(len) => len,
+            Err(error) => {
+                for file in files {
+                    storage.close(file);
+                }
+                return Err(error);
+            }
+        };
         Ok(Segment {
             base_offset: base,
             log_file,
             index_file,
             time_file,
             txn_file,
-            size_bytes: storage.len(log_file)?,
+            size_bytes,
             next_offset: base,
             offset_index: Vec::new(),
             time_index: Vec::new(),

@@ -105,6 +105,9 @@ pub struct MemStorage {
     next_file: u64,
     /// When set, writes fail with this error kind (disk full, broken disk).
     pub fail_writes: Option<io::ErrorKind>,
+    /// When set, opening a file while this many are open fails, as a
+    /// process out of descriptors does (EMFILE).
+    pub open_files_max: Option<usize>,
     /// Counts syncs performed, for tests of group commit.
     pub syncs_performed: u64,
     /// Counts reads, for tests of what is read when.
@@ -130,6 +133,16 @@ impl MemStorage {
         self.volatile
             .get_mut(&path)
             .ok_or_else(|| io::ErrorKind::NotFound.into())
+    }
+
+    /// Files open now.
+    pub fn open_files(&self) -> usize {
+        self.open.len()
+    }
+
+    /// Every directory, as seen now (the root is "").
+    pub fn dirs(&self) -> Vec<String> {
+        self.dirs_volatile.iter().cloned().collect()
     }
 
     /// Performs a sync as the driver would.
@@ -249,6 +262,12 @@ impl Storage for MemStorage {
     }
 
     fn open(&mut self, path: &str, create: bool) -> io::Result<FileId> {
+        if self
+            .open_files_max
+            .is_some_and(|max| self.open.len() >= max)
+        {
+            return Err(io::Error::other("Too many open files"));
+        }
         if !self.volatile.contains_key(path) {
             if !create {
                 return Err(io::ErrorKind::NotFound.into());

@@ -259,6 +259,28 @@ impl Topics {
         Ok(())
     }
 
+    /// Undoes a topic's creation that failed part way (a storage error, a
+    /// lack of descriptors): closes the logs it opened and removes the
+    /// directories of its first `partitions` partitions, whichever exist,
+    /// so the failed creation leaves nothing behind. Only for a topic not
+    /// recorded: a recorded one is removed by its deletion.
+    pub fn discard<S: Storage>(&mut self, storage: &mut S, name: &str, partitions: i32) {
+        if let Some(mut topic) = self.by_name.remove(name) {
+            for partition in topic.partitions.iter_mut().flatten() {
+                partition.log.close(storage);
+            }
+        }
+        for index in 0..partitions {
+            let dir = partition_dir(name, index);
+            if !storage.exists(&dir) {
+                continue;
+            }
+            if let Err(error) = remove_dir_all(storage, &dir) {
+                tracing::error!(%dir, %error, "cannot remove the directory of a topic whose creation failed; the next start removes it");
+            }
+        }
+    }
+
     pub fn invariants(&self) {
         for (name, topic) in &self.by_name {
             assert!(

@@ -57,6 +57,9 @@ impl ClusterView {
     }
 
     pub fn settle(&mut self, ticket: u64, state: Ticket) {
+        if matches!(state, Ticket::Committed | Ticket::Failed) {
+            self.pending_replicas.remove(&ticket);
+        }
         self.tickets.insert(ticket, state);
         let floor = self.next_ticket.saturating_sub(SETTLED_TICKETS_KEPT);
         self.tickets.retain(|t, state| {
@@ -118,6 +121,36 @@ impl<S: Storage> Broker<S> {
         }
     }
 
+    /// The partition replicas each broker hosts or is about to: for a node
+    /// alone, every partition of its topics; in a cluster, the committed
+    /// image's replicas plus those of changes proposed and not settled.
+    /// What `max.broker.partitions` bounds.
+    pub fn broker_partition_loads(&self) -> BTreeMap<i32, i64> {
+        let mut loads = BTreeMap::new();
+        let Some(cluster) = &self.cluster else {
+            let hosted = self
+                .topics
+                .names()
+                .map(|name| i64::from(self.topics.partition_count(name)))
+                .sum::<i64>();
+            loads.insert(self.config.node_id, hosted);
+            return loads;
+        };
+        for topic in cluster.image.topics() {
+            for partition in topic.partitions.values() {
+                for &broker in &partition.replicas {
+                    *loads.entry(broker).or_insert(0) += 1;
+                }
+            }
+        }
+        for placed in cluster.pending_replicas.values() {
+            for (&broker, &count) in placed {
+                *loads.entry(broker).or_insert(0) += count;
+            }
+        }
+        loads
+    }
+
     /// Replica lists for `count` partitions from `first`: round robin over
     /// the unfenced brokers from a seeded start, `factor` each.
     fn place(
@@ -170,11 +203,14 @@ impl<S: Storage> Broker<S> {
                 value: Some(value),
             }));
         }
+        let placed = replicas_by_broker(&replicas);
         records.extend(partition_records(topic_id, 0, replicas));
         let cluster = self.cluster.as_mut().expect("in a cluster");
         cluster.pending_topics.insert(name.to_string());
         tracing::info!(topic = name, partitions, "proposing a topic");
-        Ok(Written::Committed(cluster.submit(records)))
+        let ticket = cluster.submit(records);
+        cluster.pending_replicas.insert(ticket, placed);
+        Ok(Written::Committed(ticket))
     }
 
     pub(super) fn propose_delete(&mut self, name: &str) -> Result<Written, ResponseError> {
@@ -218,9 +254,12 @@ impl<S: Storage> Broker<S> {
                 .place(current, count - current, factor)
                 .map_err(|e| (e, "not enough unfenced brokers".into()))?,
         };
+        let placed = replicas_by_broker(&replicas);
         let records = partition_records(topic_id, current, replicas);
         let cluster = self.cluster.as_mut().expect("in a cluster");
-        Ok(Written::Committed(cluster.submit(records)))
+        let ticket = cluster.submit(records);
+        cluster.pending_replicas.insert(ticket, placed);
+        Ok(Written::Committed(ticket))
     }
 
     /// A committed record applied to the image: open, grow or remove the
@@ -472,6 +511,15 @@ impl<S: Storage> Broker<S> {
             .map(|c| std::mem::take(&mut c.forward))
             .unwrap_or_default()
     }
+}
+
+/// How many of `replicas` (one list per partition) each broker holds.
+fn replicas_by_broker(replicas: &[Vec<i32>]) -> BTreeMap<i32, i64> {
+    let mut placed = BTreeMap::new();
+    for &broker in replicas.iter().flatten() {
+        *placed.entry(broker).or_insert(0) += 1;
+    }
+    placed
 }
 
 fn partition_records(topic_id: Uuid, first: i32, replicas: Vec<Vec<i32>>) -> Vec<MetadataRecord> {

@@ -96,6 +96,10 @@ pub struct ClusterView {
     pub next_ticket: u64,
     /// Topics proposed and not yet applied: their names are taken.
     pub pending_topics: BTreeSet<String>,
+    /// Partition replicas each proposed change places, by ticket and
+    /// broker, until it settles (committed, they are in the image; failed,
+    /// nowhere): counted against `max.broker.partitions` meanwhile.
+    pub pending_replicas: BTreeMap<u64, BTreeMap<i32, i64>>,
     /// Topics to auto-create that this node (not the controller) asks the
     /// controller for.
     pub forward: BTreeSet<String>,
@@ -436,14 +440,20 @@ impl<S: Storage> Broker<S> {
             partitions,
             configs,
         };
-        self.metadata
-            .append(&mut self.storage, Change::CreateTopic(record.clone()))
-            .map_err(|error| {
-                tracing::error!(topic = name, %error, "cannot record a new topic");
-                ResponseError::KafkaStorageError
-            })?;
+        // The logs first, then the record: a creation that fails part way
+        // is undone whole, and a crash before the record leaves only
+        // directories no topic owns, which the next start removes.
         if let Err(error) = self.open_topic(&record, true) {
-            tracing::error!(topic = name, %error, "cannot create the logs of a new topic");
+            tracing::error!(topic = name, %error, "cannot create the logs of a new topic; removing what was created");
+            self.discard_topic(name, partitions);
+            return Err(ResponseError::KafkaStorageError);
+        }
+        if let Err(error) = self
+            .metadata
+            .append(&mut self.storage, Change::CreateTopic(record.clone()))
+        {
+            tracing::error!(topic = name, %error, "cannot record a new topic; removing its logs");
+            self.discard_topic(name, partitions);
             return Err(ResponseError::KafkaStorageError);
         }
         tracing::info!(topic = name, partitions, "created topic");
@@ -451,6 +461,17 @@ impl<S: Storage> Broker<S> {
             self.durability
                 .note_other_write(SyncTarget::Dir(String::new())),
         ))
+    }
+
+    /// Undoes the creation of a topic not recorded: its logs closed and
+    /// directories removed, nothing of it left to sync or wake.
+    fn discard_topic(&mut self, name: &str, partitions: i32) {
+        self.topics.discard(&mut self.storage, name, partitions);
+        self.durability.forget_topic(name);
+        self.moved.retain(|tp| tp.topic != name);
+        self.durability
+            .note_other_write(SyncTarget::Dir(String::new()));
+        assert!(!self.topics.contains(name));
     }
 
     /// Creates an unknown topic with the broker defaults if auto-creation is
@@ -475,6 +496,14 @@ impl<S: Storage> Broker<S> {
                 return Ok(None);
             }
         }
+        if !self.auto_create_fits(factor) {
+            tracing::warn!(
+                topic = name,
+                max_broker_partitions = self.config.broker_partitions_max,
+                "not auto-creating a topic: it would pass max.broker.partitions"
+            );
+            return Err(ResponseError::PolicyViolation);
+        }
         match self.create_topic(
             name,
             self.config.num_partitions,
@@ -485,6 +514,20 @@ impl<S: Storage> Broker<S> {
             Written::Durable(seq) => Ok(Some(seq)),
             Written::Committed(_) => Ok(None),
         }
+    }
+
+    /// An auto-created topic (num.partitions of `factor` replicas, placed
+    /// round robin) keeps every broker within `max.broker.partitions`.
+    fn auto_create_fits(&self, factor: i16) -> bool {
+        let brokers = self.placeable_brokers().len().max(1) as i64;
+        let replicas = i64::from(self.config.num_partitions) * i64::from(factor);
+        let share = (replicas + brokers - 1) / brokers;
+        let busiest = self
+            .broker_partition_loads()
+            .into_values()
+            .max()
+            .unwrap_or(0);
+        busiest + share <= self.config.broker_partitions_max
     }
 
     /// Records a topic's deletion, then removes its files; returns the

@@ -25,6 +25,7 @@ pub(super) fn create_topics<S: Storage>(
     }
     let mut results = Vec::new();
     let mut wait = None;
+    let mut budget = PartitionBudget::new(broker);
     for topic in &request.topics {
         let name = topic.name.0.to_string();
         let mut result = create_topics_response::CreatableTopicResult::default()
@@ -37,7 +38,7 @@ pub(super) fn create_topics<S: Storage>(
                 format!("Duplicate topic name: {name}"),
             ))
         } else {
-            create_one_topic(broker, topic, request.validate_only)
+            create_one_topic(broker, &mut budget, topic, request.validate_only)
         };
         match outcome {
             Ok(Created {
@@ -81,6 +82,7 @@ type CreateOutcome = Result<Created, (ResponseError, String)>;
 
 fn create_one_topic<S: Storage>(
     broker: &mut Broker<S>,
+    budget: &mut PartitionBudget,
     topic: &create_topics_request::CreatableTopic,
     validate_only: bool,
 ) -> CreateOutcome {
@@ -122,6 +124,7 @@ fn create_one_topic<S: Storage>(
             ))
         }
     };
+    budget.check_topic(name.as_str(), i64::from(partitions))?;
     let factor = match topic.replication_factor {
         -1 => broker.config.default_replication_factor,
         n => n,
@@ -162,6 +165,12 @@ fn create_one_topic<S: Storage>(
                 .with_config_source(config_source_code(source))
         })
         .collect();
+    // Counted last, once nothing else refuses the topic; with validate_only
+    // too, so that it answers as the same request would.
+    budget.take(
+        &name,
+        &new_replicas(&brokers, partitions, factor, assignments.as_ref()),
+    )?;
     if validate_only {
         return Ok(Created {
             partitions,
@@ -192,6 +201,95 @@ fn describe_refusal(error: ResponseError) -> String {
         ResponseError::NotController => "this node is not the active controller".into(),
         _ => "cannot write the topic".into(),
     }
+}
+
+/// What `max.topic.partitions` and `max.broker.partitions` leave for one
+/// request: each topic's partitions are checked against them, and counted,
+/// before anything of it is created, so a request asking too much is
+/// refused without a file written (one topic of 2^31-1 partitions at once).
+struct PartitionBudget {
+    /// Replicas each broker hosts, is about to, or this request gave it.
+    loads: BTreeMap<i32, i64>,
+    broker_partitions_max: i64,
+    topic_partitions_max: i32,
+}
+
+impl PartitionBudget {
+    fn new<S: Storage>(broker: &Broker<S>) -> PartitionBudget {
+        PartitionBudget {
+            loads: broker.broker_partition_loads(),
+            broker_partitions_max: broker.config.broker_partitions_max,
+            topic_partitions_max: broker.config.topic_partitions_max,
+        }
+    }
+
+    /// A topic may have `partitions` (INVALID_PARTITIONS if not, as Kafka
+    /// answers a partition count it cannot take).
+    fn check_topic(&self, name: &str, partitions: i64) -> Result<(), (ResponseError, String)> {
+        if partitions > i64::from(self.topic_partitions_max) {
+            return Err((
+                ResponseError::InvalidPartitions,
+                format!(
+                    "Topic '{name}' would have {partitions} partitions; max.topic.partitions is {}.",
+                    self.topic_partitions_max
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Counts `new` replicas by broker if every broker stays within
+    /// `max.broker.partitions`; POLICY_VIOLATION (Kafka's answer to a
+    /// creation its limits refuse) otherwise, and nothing is counted.
+    fn take(
+        &mut self,
+        name: &str,
+        new: &BTreeMap<i32, i64>,
+    ) -> Result<(), (ResponseError, String)> {
+        for (&broker, &count) in new {
+            let load = self.loads.get(&broker).copied().unwrap_or(0);
+            if load.saturating_add(count) > self.broker_partitions_max {
+                return Err((
+                    ResponseError::PolicyViolation,
+                    format!(
+                        "Topic '{name}' would put {count} more partition replicas on broker {broker}, which holds {load}; max.broker.partitions is {}.",
+                        self.broker_partitions_max
+                    ),
+                ));
+            }
+        }
+        for (&broker, &count) in new {
+            *self.loads.entry(broker).or_insert(0) += count;
+        }
+        Ok(())
+    }
+}
+
+/// The replicas `count` new partitions put on each broker: as `assignments`
+/// say, or, placed round robin over `brokers` from a start not known yet,
+/// at most the rounded-up share of each (the bound checks the worst start).
+fn new_replicas(
+    brokers: &[i32],
+    count: i32,
+    factor: i16,
+    assignments: Option<&Vec<Vec<i32>>>,
+) -> BTreeMap<i32, i64> {
+    let mut placed = BTreeMap::new();
+    if let Some(assignments) = assignments {
+        for &broker in assignments.iter().flatten() {
+            *placed.entry(broker).or_insert(0) += 1;
+        }
+        return placed;
+    }
+    if brokers.is_empty() {
+        return placed;
+    }
+    let replicas = i64::from(count) * i64::from(factor);
+    let share = (replicas + brokers.len() as i64 - 1) / brokers.len() as i64;
+    for &broker in brokers {
+        placed.insert(broker, share);
+    }
+    placed
 }
 
 /// Replica assignments as a request gives them: each a list of distinct
@@ -281,9 +379,10 @@ pub(super) fn create_partitions<S: Storage>(
 ) -> Handled {
     let mut results = Vec::new();
     let mut wait = None;
+    let mut budget = PartitionBudget::new(broker);
     for topic in &request.topics {
         let name = topic.name.0.to_string();
-        let outcome = add_partitions(broker, &name, topic, request.validate_only);
+        let outcome = add_partitions(broker, &mut budget, &name, topic, request.validate_only);
         let mut result = create_partitions_response::CreatePartitionsTopicResult::default()
             .with_name(topic.name.clone());
         match outcome {
@@ -303,6 +402,7 @@ pub(super) fn create_partitions<S: Storage>(
 
 fn add_partitions<S: Storage>(
     broker: &mut Broker<S>,
+    budget: &mut PartitionBudget,
     name: &str,
     request: &create_partitions_request::CreatePartitionsTopic,
     validate_only: bool,
@@ -323,6 +423,11 @@ fn add_partitions<S: Storage>(
             format!("Topic already has {current} partition(s)."),
         ));
     }
+    budget.check_topic(name, i64::from(request.count))?;
+    // The new partitions get the replicas the first has, as placing them does.
+    let factor = broker
+        .registration(name, 0)
+        .map_or(1, |p| p.replicas.len() as i16);
     let mut assigned = None;
     if let Some(assignments) = request.assignments.as_ref().filter(|a| !a.is_empty()) {
         if assignments.len() as i32 != request.count - current {
@@ -336,6 +441,15 @@ fn add_partitions<S: Storage>(
             assignments.iter().map(|a| &a.broker_ids),
         )?;
     }
+    budget.take(
+        name,
+        &new_replicas(
+            &broker.placeable_brokers(),
+            request.count - current,
+            factor,
+            assigned.as_ref(),
+        ),
+    )?;
     if validate_only && !broker.storage_offline() {
         return Ok(None);
     }

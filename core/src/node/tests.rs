@@ -2678,6 +2678,7 @@ fn txn_offset_commit_checks_members_and_partitions_like_kafka() {
     assert_eq!(fetched(&mut h, 7, true, "g", "t", 0), (0, 44));
 }
 
+mod creates;
 mod fuzz;
 mod txn;
 // Transactions, partition side: markers, read_committed, producers.
