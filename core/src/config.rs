@@ -181,7 +181,7 @@ pub const BROKER_KEYS: &[Key] = &[
         Kind::Long,
         "268435456",
         -1,
-        "memory for requests read in part or waiting to be handled, across all connections; a request finding no space stops its connection's reading until some is freed. The oldest request being read may go past the bound, so the memory held stays under this plus socket.request.max.bytes, and one is always read through. Kafka's default is -1 (no bound, as -1 or 0 here); 256 MiB holds a couple of the largest requests and thousands of ordinary ones, and keeps a flood of half-sent frames from taking the machine's memory",
+        "memory for requests read in part or waiting to be handled, across all connections; a request finding no space stops its connection's reading until some is freed. The request with the fewest bytes left to read may go up to socket.request.max.bytes past it, so one is always read through and a small request is read even while half-sent large ones fill the bound. Kafka's default is -1 (no bound, as -1 or 0 here); 256 MiB holds a couple of the largest requests and thousands of ordinary ones, and keeps a flood of half-sent frames from taking the machine's memory",
     ),
     key(
         "log.segment.bytes",

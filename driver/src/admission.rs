@@ -133,7 +133,7 @@ pub(crate) async fn read_request<R: AsyncRead + Unpin>(
     // (tests/tests/bad_input.rs holds the broker to that), and its bytes
     // are taken from `memory` a chunk ahead of them.
     let mut frame = BytesMut::with_capacity(length);
-    let mut held = memory.frame();
+    let mut held = memory.frame(length);
     while frame.len() < length {
         if held.bytes() == frame.len() {
             let waiting = Instant::now();
@@ -149,6 +149,5 @@ pub(crate) async fn read_request<R: AsyncRead + Unpin>(
             Ok(Ok(_)) => {}
         }
     }
-    held.read_whole();
     Ok((frame.freeze(), held))
 }

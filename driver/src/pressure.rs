@@ -11,14 +11,15 @@
 //!   connection while its answer is in flight to the same end.
 //! - `RequestMemory` bounds the bytes of requests being read or waiting to
 //!   be handled, across all connections (`queued.max.request.bytes`, Kafka's
-//!   memory pool). A frame takes its bytes as they arrive, a chunk at a time
-//!   before reading it, so a length prefix alone costs nothing; when the
-//!   pool is full, a frame waits for space without reading its socket. The
-//!   oldest frame still being read may always take its next chunk, so one
-//!   is always read through (without it, frames each holding part of the
-//!   pool could wait for each other forever): the bytes held stay under the
-//!   bound plus one frame (`socket.request.max.bytes`), as in Kafka's
-//!   non-strict pool. A frame's bytes are freed once the node handled it.
+//!   memory pool). A frame takes its bytes a chunk ahead of their arrival,
+//!   so a length prefix alone costs nothing; when there is no space, a frame
+//!   waits without reading its socket. Frames each holding part of the
+//!   bound could wait for each other forever, so one frame may go past it:
+//!   the one with the fewest bytes left to take (the oldest among equals),
+//!   up to one largest frame (`socket.request.max.bytes`) past the bound,
+//!   as in Kafka's non-strict pool. So one frame is always read through,
+//!   and a small request is read even while half-sent large frames fill the
+//!   bound. A frame's bytes are freed once the node handled it.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -119,17 +120,22 @@ impl Backlog {
 /// every client connection.
 pub(crate) struct RequestMemory {
     state: Mutex<MemoryState>,
-    /// Woken when bytes are freed or the oldest frame being read changes.
+    /// Woken when bytes are freed or the frame that may go past the bound
+    /// changes.
     freed: Notify,
     /// `queued.max.request.bytes`; `usize::MAX` when unbounded.
     bytes_max: usize,
+    /// How far past `bytes_max` the frame with the fewest bytes left may
+    /// go: `socket.request.max.bytes`.
+    past_bytes_max: usize,
 }
 
 #[derive(Default)]
 struct MemoryState {
     bytes_held: usize,
-    /// Frames still being read, by ticket: the first is the oldest.
-    reading: BTreeSet<u64>,
+    /// Frames with bytes left to take, as (bytes left, ticket): the first
+    /// may go past the bound.
+    taking: BTreeSet<(usize, u64)>,
     ticket_next: u64,
 }
 
@@ -138,15 +144,20 @@ struct MemoryState {
 pub(crate) struct FrameMemory {
     memory: Arc<RequestMemory>,
     ticket: u64,
+    /// Bytes taken, and the frame's length.
     bytes: usize,
+    length: usize,
 }
 
 impl RequestMemory {
-    pub(crate) fn new(bytes_max: Option<usize>) -> Arc<RequestMemory> {
+    pub(crate) fn new(bytes_max: Option<usize>, frame_bytes_max: usize) -> Arc<RequestMemory> {
+        let bytes_max = bytes_max.unwrap_or(usize::MAX);
+        assert!(bytes_max >= frame_bytes_max, "the largest frame fits");
         Arc::new(RequestMemory {
             state: Mutex::default(),
             freed: Notify::new(),
-            bytes_max: bytes_max.unwrap_or(usize::MAX),
+            bytes_max,
+            past_bytes_max: frame_bytes_max,
         })
     }
 
@@ -159,16 +170,21 @@ impl RequestMemory {
         self.state().bytes_held
     }
 
-    /// A frame whose length prefix was just read; it holds nothing yet.
-    pub(crate) fn frame(self: &Arc<Self>) -> FrameMemory {
+    /// A frame of `length` bytes whose prefix was just read; it holds
+    /// nothing yet.
+    pub(crate) fn frame(self: &Arc<Self>, length: usize) -> FrameMemory {
+        assert!(length <= self.past_bytes_max);
         let mut state = self.state();
         let ticket = state.ticket_next;
         state.ticket_next += 1;
-        state.reading.insert(ticket);
+        if length > 0 {
+            state.taking.insert((length, ticket));
+        }
         FrameMemory {
             memory: self.clone(),
             ticket,
             bytes: 0,
+            length,
         }
     }
 }
@@ -179,9 +195,10 @@ impl FrameMemory {
         self.bytes
     }
 
-    /// Takes `bytes` more, waiting while they do not fit unless this is
-    /// the oldest frame being read.
+    /// Takes `bytes` more (no more than are left), waiting while they do
+    /// not fit, unless this frame has the fewest bytes left.
     pub(crate) async fn grow(&mut self, bytes: usize) {
+        assert!(bytes > 0 && bytes <= self.length - self.bytes);
         let memory = self.memory.clone();
         loop {
             // Registered before looking, so a release in between wakes it.
@@ -190,26 +207,30 @@ impl FrameMemory {
             freed.as_mut().enable();
             {
                 let mut state = memory.state();
-                let fits = state
-                    .bytes_held
-                    .checked_add(bytes)
-                    .is_some_and(|held| held <= memory.bytes_max);
-                if fits || state.reading.first() == Some(&self.ticket) {
+                let left = (self.length - self.bytes, self.ticket);
+                let first = state.taking.first() == Some(&left);
+                let bytes_max = if first {
+                    memory.bytes_max.saturating_add(memory.past_bytes_max)
+                } else {
+                    memory.bytes_max
+                };
+                if state.bytes_held.saturating_add(bytes) <= bytes_max {
                     state.bytes_held += bytes;
                     self.bytes += bytes;
+                    state.taking.remove(&left);
+                    if self.bytes < self.length {
+                        state.taking.insert((self.length - self.bytes, self.ticket));
+                    }
+                    drop(state);
+                    if self.bytes == self.length {
+                        // It takes no more: another frame may go past the
+                        // bound now.
+                        memory.freed.notify_waiters();
+                    }
                     return;
                 }
             }
             freed.await;
-        }
-    }
-
-    /// The frame arrived whole: it takes no more, and the next oldest
-    /// frame being read may go past the bound.
-    pub(crate) fn read_whole(&mut self) {
-        let removed = self.memory.state().reading.remove(&self.ticket);
-        if removed {
-            self.memory.freed.notify_waiters();
         }
     }
 }
@@ -218,7 +239,9 @@ impl Drop for FrameMemory {
     fn drop(&mut self) {
         {
             let mut state = self.memory.state();
-            state.reading.remove(&self.ticket);
+            state
+                .taking
+                .remove(&(self.length - self.bytes, self.ticket));
             assert!(state.bytes_held >= self.bytes);
             state.bytes_held -= self.bytes;
         }
@@ -242,39 +265,47 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_frame_waits_for_space_and_the_oldest_always_goes_on() {
-        let memory = RequestMemory::new(Some(100));
-        let mut first = memory.frame();
-        let mut second = memory.frame();
-        second.grow(60).await;
-        // The oldest frame may go past the bound.
-        first.grow(60).await;
-        assert_eq!(memory.bytes_held(), 120);
+    async fn the_frame_with_the_fewest_bytes_left_goes_past_the_bound() {
+        let memory = RequestMemory::new(Some(100), 100);
+        let mut large = memory.frame(100);
+        let mut small = memory.frame(90);
+        large.grow(60).await;
+        // 40 left against 90: the large one goes past the bound.
+        large.grow(30).await;
+        assert_eq!(memory.bytes_held(), 90);
         {
-            // The second is not the oldest: it waits while it does not fit.
-            let mut grow = pin!(second.grow(10));
+            // The small one has more left: it waits while it does not fit.
+            let mut grow = pin!(small.grow(20));
             assert!(waits(grow.as_mut()));
-            first.read_whole();
-            assert_eq!(memory.bytes_held(), 120, "a whole frame holds its bytes");
-            // Now the oldest being read, the second goes on.
+            // The large one takes its last bytes, and takes no more.
+            large.grow(10).await;
+            assert_eq!(memory.bytes_held(), 100, "a whole frame holds its bytes");
+            // Then the small one has the fewest left, and goes on.
             grow.await;
         }
-        assert_eq!(second.bytes(), 70);
-        drop(first);
-        assert_eq!(memory.bytes_held(), 70);
-        drop(second);
-        assert_eq!(memory.bytes_held(), 0);
+        assert_eq!(memory.bytes_held(), 120);
+        small.grow(70).await;
+        let mut late = memory.frame(20);
+        {
+            // But not past one largest frame beyond the bound.
+            let mut grow = pin!(late.grow(20));
+            assert!(waits(grow.as_mut()), "the fewest left, but 190 held");
+            drop(large);
+            grow.await;
+        }
+        assert_eq!(memory.bytes_held(), 110);
+        drop(small);
+        assert_eq!(memory.bytes_held(), 20);
     }
 
     #[tokio::test]
     async fn a_frame_waiting_for_space_goes_on_when_space_is_freed() {
-        let memory = RequestMemory::new(Some(100));
-        let mut oldest = memory.frame();
-        oldest.grow(10).await;
-        let mut whole = memory.frame();
+        let memory = RequestMemory::new(Some(100), 100);
+        let mut first = memory.frame(15);
+        first.grow(10).await;
+        let mut whole = memory.frame(80);
         whole.grow(80).await;
-        whole.read_whole();
-        let mut third = memory.frame();
+        let mut third = memory.frame(40);
         {
             let mut grow = pin!(third.grow(20));
             assert!(waits(grow.as_mut()), "110 bytes do not fit in 100");
@@ -282,14 +313,14 @@ mod tests {
             grow.await;
         }
         assert_eq!(memory.bytes_held(), 30);
-        drop((oldest, third));
+        drop((first, third));
         assert_eq!(memory.bytes_held(), 0);
     }
 
     #[tokio::test]
     async fn unbounded_memory_never_waits() {
-        let memory = RequestMemory::new(None);
-        let mut frames: Vec<_> = (0..4).map(|_| memory.frame()).collect();
+        let memory = RequestMemory::new(None, usize::MAX / 8);
+        let mut frames: Vec<_> = (0..4).map(|_| memory.frame(usize::MAX / 8)).collect();
         for frame in frames.iter_mut().rev() {
             frame.grow(usize::MAX / 8).await;
         }

@@ -235,7 +235,7 @@ pub async fn serve_until<L: Listener, D: Disk, C: Connector>(
         frame_bytes_max,
         requests_max: node.config().queued_requests_max,
         response_bytes_max: node.config().queued_response_bytes_max,
-        memory: RequestMemory::new(node.config().queued_request_bytes_max),
+        memory: RequestMemory::new(node.config().queued_request_bytes_max, frame_bytes_max),
     };
     let request_memory = limits.memory.clone();
     let metrics_http = metrics_listener.map(|l| tokio::spawn(http_loop(l, events_tx.clone())));

@@ -4,8 +4,8 @@
 //! (`queued.max.requests`, `queued.max.response.bytes`,
 //! `queued.max.request.bytes`), and the broker keeps serving.
 
-use std::io::Write;
-use std::net::{Shutdown, TcpStream};
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -18,13 +18,19 @@ use sluice_tests::{free_ports, metric_sample, scrape_metrics, Broker, BrokerOpti
 /// broken broker fails the test instead of hanging it.
 const WAIT_MAX: Duration = Duration::from_secs(120);
 
-fn rss_kib(pid: u32) -> u64 {
+/// A process's memory figure from /proc, such as `VmRSS:` (resident now)
+/// or `VmHWM:` (the highest resident so far).
+fn status_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
     status
         .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .find_map(|line| line.strip_prefix(field))
         .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
+        .expect("a memory figure")
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS:")
 }
 
 fn still_serves(broker: &Broker) {
@@ -114,19 +120,25 @@ fn a_client_that_reads_no_answers_is_read_no_further_and_others_are_answered() {
     still_serves(&broker);
 }
 
-/// Eight connections each announce a 32 MiB frame and send 30 MiB of it
-/// (240 MiB if all were read). With `queued.max.request.bytes` at 64 MiB
-/// the broker reads no more of them than fits, plus the oldest frame being
-/// read (which always goes on, so one always arrives whole): the frames
-/// hold at most 64 + 32 MiB, and its memory grows by little more. Once
-/// they are closed, their memory serves others again.
+/// Twelve connections each announce a 32 MiB frame and send 30 MiB of it
+/// (360 MiB if all were read). With `queued.max.request.bytes` at 64 MiB,
+/// the broker reads no more of them than fits, but for the frame with the
+/// fewest bytes left (so that one is always read through), which may go
+/// up to one largest frame past the bound: the frames hold at most
+/// 64 + 32 MiB, and a small request is still read and answered. Then every
+/// frame is sent whole: each is read in turn as space is freed (and, not
+/// being a request, refused with a close), and the broker's peak memory
+/// stays within the same bound.
 #[test]
 fn frames_sent_in_part_hold_no_more_than_the_request_memory() {
-    const CONNECTIONS: usize = 8;
+    const CONNECTIONS: usize = 12;
+    const CHUNK_BYTES: usize = 1 << 20;
     const FRAME_BYTES: usize = 32 << 20;
-    const SENT_BYTES: usize = 30 << 20;
+    const PART_BYTES: usize = 30 << 20;
     const MEMORY_BYTES: usize = 64 << 20;
     const HELD_BYTES_MAX: usize = MEMORY_BYTES + FRAME_BYTES;
+    /// The broker's own memory beyond the frames' bytes: buffers, the
+    /// allocator's rounding.
     const SLACK_KIB: u64 = 16 * 1024;
     let metrics_port = free_ports(1)[0];
     let broker = Broker::start(
@@ -137,49 +149,69 @@ fn frames_sent_in_part_hold_no_more_than_the_request_memory() {
     );
     let pid = broker.pid().expect("a broker process");
     still_serves(&broker);
-    let before = rss_kib(pid);
+    let before = status_kib(pid, "VmHWM:");
+    let bound_kib = before + (HELD_BYTES_MAX / 1024) as u64 + SLACK_KIB;
 
-    let (sent, sent_whole) = mpsc::channel();
-    let mut streams = Vec::new();
+    let (sent, sent_part) = mpsc::channel();
+    let mut finish = Vec::new();
     let mut writers = Vec::new();
     for index in 0..CONNECTIONS {
-        let stream = TcpStream::connect(broker.bootstrap()).expect("connect");
-        let mut writing = stream.try_clone().expect("clone");
+        let mut stream = TcpStream::connect(broker.bootstrap()).expect("connect");
+        stream.set_read_timeout(Some(WAIT_MAX)).expect("timeout");
         let sent = sent.clone();
-        writers.push(std::thread::spawn(move || {
-            let chunk = vec![0x5au8; 1 << 20];
-            let mut result = writing.write_all(&(FRAME_BYTES as i32).to_be_bytes());
-            for _ in 0..SENT_BYTES / chunk.len() {
-                result = result.and_then(|()| writing.write_all(&chunk));
+        let (go, gone) = mpsc::channel::<()>();
+        finish.push(go);
+        writers.push(std::thread::spawn(move || -> std::io::Result<()> {
+            let chunk = vec![0x5au8; CHUNK_BYTES];
+            stream.write_all(&(FRAME_BYTES as i32).to_be_bytes())?;
+            for _ in 0..PART_BYTES / CHUNK_BYTES {
+                stream.write_all(&chunk)?;
             }
-            if result.is_ok() {
-                let _ = sent.send(index);
+            let _ = sent.send(index);
+            gone.recv().map_err(std::io::Error::other)?;
+            for _ in PART_BYTES / CHUNK_BYTES..FRAME_BYTES / CHUNK_BYTES {
+                stream.write_all(&chunk)?;
             }
+            // An unknown API key: the broker closes the connection.
+            let mut rest = Vec::new();
+            stream.read_to_end(&mut rest)?;
+            Ok(())
         }));
-        streams.push(stream);
     }
-    // The oldest frame is read through: its writer finishes.
-    sent_whole
+    // The frame with the fewest bytes left is read through: its writer
+    // sends its 30 MiB.
+    sent_part
         .recv_timeout(WAIT_MAX)
         .expect("one connection's 30 MiB were read");
+    // A small request has fewer left: it is read though the bound is full.
+    still_serves(&broker);
     let metrics = scrape_metrics(metrics_port).expect("metrics");
     let held = metric_sample(&metrics, "sluice_request_memory_bytes").expect("the gauge") as usize;
-    let rss = rss_kib(pid);
-    eprintln!("RSS {before} KiB before, {rss} KiB with {held} bytes held for frames");
+    let rss = status_kib(pid, "VmRSS:");
+    eprintln!("peak RSS {before} KiB before; RSS {rss} KiB with {held} bytes held for frames");
     assert!(
-        (SENT_BYTES..=HELD_BYTES_MAX).contains(&held),
-        "{held} bytes held for frames, outside {SENT_BYTES}..={HELD_BYTES_MAX}"
+        (PART_BYTES..=HELD_BYTES_MAX).contains(&held),
+        "{held} bytes held for frames, outside {PART_BYTES}..={HELD_BYTES_MAX}"
     );
     assert!(
-        rss < before + (HELD_BYTES_MAX / 1024) as u64 + SLACK_KIB,
-        "RSS went from {before} KiB to {rss} KiB for {CONNECTIONS} frames of 30 MiB"
+        rss < bound_kib,
+        "RSS went from {before} KiB to {rss} KiB with {CONNECTIONS} frames of 30 MiB"
     );
 
-    for stream in &streams {
-        let _ = stream.shutdown(Shutdown::Both);
+    for go in finish {
+        go.send(()).expect("a writer waits");
     }
     for writer in writers {
-        writer.join().expect("a writer");
+        writer
+            .join()
+            .expect("a writer")
+            .expect("a frame sent whole, and its connection closed");
     }
+    let peak = status_kib(pid, "VmHWM:");
+    eprintln!("peak RSS {peak} KiB once every frame was read");
+    assert!(
+        peak < bound_kib,
+        "peak RSS went from {before} KiB to {peak} KiB reading {CONNECTIONS} frames of 32 MiB"
+    );
     still_serves(&broker);
 }
