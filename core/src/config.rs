@@ -132,7 +132,7 @@ pub const BROKER_KEYS: &[Key] = &[
         Kind::Long,
         "600000",
         1,
-        "a connection with no request arriving and no answer owed for this long is closed; a request must arrive whole within it once started",
+        "a connection with no request arriving and no answer owed for this long is closed; a request must arrive whole within it once started, and a client must take some of its answers within it",
     ),
     key(
         "max.connections",

@@ -4,7 +4,8 @@
 //! once), and `connections.max.idle.ms` (a connection that sends nothing
 //! and is owed nothing is closed; a request must arrive whole within that
 //! bound of its first byte, so a client trickling bytes cannot hold a
-//! connection forever).
+//! connection forever; the writer closes a client that takes no byte of
+//! its answers for that long, `serve.rs`).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;

@@ -495,7 +495,7 @@ async fn accept_loop<L: Listener>(
         let writer_task = tokio::spawn(write_loop(
             write_half,
             writer_rx,
-            (connection, backlog.clone()),
+            (connection, backlog.clone(), admission.idle),
             events.clone(),
         ));
         let handle = ConnectionHandle {
@@ -603,16 +603,37 @@ pub(crate) async fn read_frame<R: AsyncRead + Unpin>(
     Ok(frame.freeze())
 }
 
+/// Writes the node's answers to a connection, in order. A client that
+/// takes no byte of an answer for `idle` (`connections.max.idle.ms`) is
+/// closed: it would otherwise hold its connection, and the answers owed to
+/// it, for as long as it likes.
 async fn write_loop<W: AsyncWrite + Unpin>(
     mut stream: W,
     mut frames: mpsc::UnboundedReceiver<Bytes>,
-    (connection, backlog): (ConnectionId, Backlog),
+    (connection, backlog, idle): (ConnectionId, Backlog, Duration),
     events: mpsc::UnboundedSender<Event>,
 ) {
     while let Some(frame) = frames.recv().await {
-        if stream.write_all(&frame).await.is_err() {
-            let _ = events.send(Event::Disconnected { connection });
-            return;
+        let mut written = 0;
+        while written < frame.len() {
+            match tokio::time::timeout(idle, stream.write(&frame[written..])).await {
+                Ok(Ok(0)) | Ok(Err(_)) => {
+                    let _ = events.send(Event::Disconnected { connection });
+                    return;
+                }
+                Ok(Ok(count)) => written += count,
+                Err(_) => {
+                    tracing::warn!(
+                        connection = connection.0,
+                        why = "the client took no answer bytes within connections.max.idle.ms",
+                        idle_ms = idle.as_millis() as u64,
+                        owed_bytes = backlog.owed().bytes,
+                        "closing connection"
+                    );
+                    let _ = events.send(Event::Disconnected { connection });
+                    return;
+                }
+            }
         }
         // Only now is the answer off the broker's hands (in the socket's
         // buffer): the reader may read another request.
