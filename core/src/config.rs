@@ -146,7 +146,7 @@ pub const BROKER_KEYS: &[Key] = &[
         Kind::Long,
         "600000",
         1,
-        "a connection with no request arriving and no answer owed for this long is closed; a request must arrive whole within it once started",
+        "a connection with no request arriving and no answer owed for this long is closed; a request must arrive whole within it once started, and a client must take some of its answers within it",
     ),
     key(
         "max.connections",
@@ -175,6 +175,27 @@ pub const BROKER_KEYS: &[Key] = &[
         "104857600",
         1,
         "largest request frame accepted",
+    ),
+    key(
+        "queued.max.requests",
+        Kind::Int,
+        "64",
+        1,
+        "requests one connection may have read and not yet answered on its socket; no more are read from it until an answer is written (Kafka bounds its shared request queue with this name, default 500, and reads one request at a time per connection; Sluice lets a connection pipeline, and bounds each one)",
+    ),
+    key(
+        "queued.max.response.bytes",
+        Kind::Long,
+        "16777216",
+        1,
+        "answer bytes one connection may have waiting to be written before no more requests are read from it (Sluice's own bound, per connection; a client that sends and never reads holds at most this plus the answers to requests already read)",
+    ),
+    key(
+        "queued.max.request.bytes",
+        Kind::Long,
+        "268435456",
+        -1,
+        "memory for requests read in part or waiting to be handled, across all connections; a request finding no space stops its connection's reading until some is freed. The request with the fewest bytes left to read may go up to socket.request.max.bytes past it, so one is always read through and a small request is read even while half-sent large ones fill the bound. Kafka's default is -1 (no bound, as -1 or 0 here); 256 MiB holds a couple of the largest requests and thousands of ordinary ones, and keeps a flood of half-sent frames from taking the machine's memory",
     ),
     key(
         "log.segment.bytes",
@@ -665,6 +686,12 @@ pub struct BrokerConfig {
     /// `max.connections` and `max.connections.per.ip`.
     pub connections_max: usize,
     pub connections_per_ip_max: usize,
+    /// `queued.max.requests`: per connection.
+    pub queued_requests_max: usize,
+    /// `queued.max.response.bytes`: per connection.
+    pub queued_response_bytes_max: usize,
+    /// `queued.max.request.bytes`: across all connections; None when unbounded.
+    pub queued_request_bytes_max: Option<usize>,
     pub retention_check_interval_ms: i64,
     pub group_initial_rebalance_delay_ms: i64,
     pub offsets_topic_partitions: i32,
@@ -1009,6 +1036,9 @@ impl BrokerConfig {
             connections_idle_ms_max: number("connections.max.idle.ms"),
             connections_max: number("max.connections") as usize,
             connections_per_ip_max: number("max.connections.per.ip") as usize,
+            queued_requests_max: number("queued.max.requests") as usize,
+            queued_response_bytes_max: number("queued.max.response.bytes") as usize,
+            queued_request_bytes_max: queued_request_bytes_max(number)?,
             retention_check_interval_ms: number("log.retention.check.interval.ms"),
             group_initial_rebalance_delay_ms: number("group.initial.rebalance.delay.ms"),
             offsets_topic_partitions: number("offsets.topic.num.partitions") as i32,
@@ -1036,6 +1066,27 @@ impl BrokerConfig {
     pub fn get(&self, name: &str) -> String {
         broker_value(&self.values, name)
     }
+}
+
+/// `queued.max.request.bytes`: None for Kafka's unbounded (-1 or 0);
+/// otherwise at least `socket.request.max.bytes`, as Kafka requires, so
+/// that the largest request accepted fits.
+fn queued_request_bytes_max(number: impl Fn(&str) -> i64) -> Result<Option<usize>, ConfigError> {
+    let bytes_max = number("queued.max.request.bytes");
+    let request_bytes_max = number("socket.request.max.bytes");
+    if bytes_max <= 0 {
+        return Ok(None);
+    }
+    if bytes_max < request_bytes_max {
+        return Err(ConfigError::BadValue {
+            key: "queued.max.request.bytes".into(),
+            value: bytes_max.to_string(),
+            why: format!(
+                "smaller than socket.request.max.bytes ({request_bytes_max}): the largest request accepted would never fit"
+            ),
+        });
+    }
+    Ok(Some(bytes_max as usize))
 }
 
 fn broker_value(values: &Values, name: &str) -> String {
@@ -1204,6 +1255,37 @@ mod tests {
         let topic = TopicConfig::new(&broker, &BTreeMap::new()).expect("defaults");
         assert_eq!(topic.max_message_bytes, 1_048_588);
         assert_eq!(topic.segment_bytes, 1 << 30);
+    }
+
+    #[test]
+    fn queued_request_bytes_hold_the_largest_request_or_are_unbounded() {
+        let broker = BrokerConfig::defaults();
+        assert_eq!(broker.queued_request_bytes_max, Some(256 << 20));
+        assert_eq!(broker.queued_requests_max, 64);
+        assert_eq!(broker.queued_response_bytes_max, 16 << 20);
+        for unbounded in ["-1", "0"] {
+            let config =
+                BrokerConfig::from_pairs(&pairs(&[("queued.max.request.bytes", unbounded)]))
+                    .expect("valid");
+            assert_eq!(config.queued_request_bytes_max, None);
+        }
+        let refused = BrokerConfig::from_pairs(&pairs(&[
+            ("socket.request.max.bytes", "1000"),
+            ("queued.max.request.bytes", "999"),
+        ]))
+        .expect_err("refused")
+        .to_string();
+        assert!(
+            refused.contains("`queued.max.request.bytes`")
+                && refused.contains("socket.request.max.bytes"),
+            "{refused}"
+        );
+        let fits = BrokerConfig::from_pairs(&pairs(&[
+            ("socket.request.max.bytes", "1000"),
+            ("queued.max.request.bytes", "1000"),
+        ]))
+        .expect("valid");
+        assert_eq!(fits.queued_request_bytes_max, Some(1000));
     }
 
     #[test]

@@ -54,7 +54,7 @@ use crate::wire::{
 
 pub use crate::broker::{CLEAN_SHUTDOWN_FILE, PRODUCER_ID_BLOCK_SIZE};
 use crate::session::Sessions;
-pub use crate::session::{ConnectionId, Slot, SlotState, QUEUED_RESPONSES_MAX};
+pub use crate::session::{ConnectionId, Slot, SlotState};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[must_use]
@@ -283,10 +283,11 @@ impl<S: Storage> Node<S> {
                 )?)
             }
         };
+        let sessions = Sessions::new(broker.config.queued_requests_max);
         let mut node = Node {
             node_id,
             broker,
-            sessions: Sessions::default(),
+            sessions,
             timers,
             peers: BTreeMap::new(),
             outputs: VecDeque::new(),

@@ -11,12 +11,6 @@ use crate::handlers::{HeldTxnAdd, ParkedFetch, Wait};
 use crate::types::TopicPartition;
 use crate::wire::{Reply, ReplyHeader, Request};
 
-/// Responses a connection may have queued before the driver stops reading
-/// from it: the driver takes a permit per request handed in and gives it
-/// back per response sent (or at once for a request with none), so a
-/// connection never holds more slots than this.
-pub const QUEUED_RESPONSES_MAX: usize = 64;
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ConnectionId(pub u64);
 
@@ -79,12 +73,25 @@ struct Connection {
     client_host: String,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Sessions {
     connections: BTreeMap<ConnectionId, Connection>,
+    /// `queued.max.requests`: the driver hands in no more requests on a
+    /// connection while this many await their answer on its socket (or a
+    /// request with none was handled), so a connection never holds more
+    /// slots than this.
+    slots_max: usize,
 }
 
 impl Sessions {
+    pub fn new(slots_max: usize) -> Sessions {
+        assert!(slots_max > 0);
+        Sessions {
+            connections: BTreeMap::new(),
+            slots_max,
+        }
+    }
+
     pub fn open(&mut self, connection: ConnectionId, client_host: String) {
         let replaced = self.connections.insert(
             connection,
@@ -123,8 +130,9 @@ impl Sessions {
             .expect("slots are pushed on open connections")
             .slots;
         assert!(
-            queue.len() < QUEUED_RESPONSES_MAX,
-            "the driver hands in at most {QUEUED_RESPONSES_MAX} requests awaiting replies"
+            queue.len() < self.slots_max,
+            "the driver hands in at most queued.max.requests ({}) requests awaiting replies",
+            self.slots_max
         );
         queue.push_back(slot);
     }
@@ -250,7 +258,7 @@ impl Sessions {
 
     pub fn invariants(&self) {
         for connection in self.connections.values() {
-            assert!(connection.slots.len() <= QUEUED_RESPONSES_MAX);
+            assert!(connection.slots.len() <= self.slots_max);
             assert!(connection.client_host.starts_with('/'));
         }
         let mut tokens = BTreeSet::new();

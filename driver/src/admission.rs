@@ -4,17 +4,21 @@
 //! once), and `connections.max.idle.ms` (a connection that sends nothing
 //! and is owed nothing is closed; a request must arrive whole within that
 //! bound of its first byte, so a client trickling bytes cannot hold a
-//! connection forever).
+//! connection forever; the writer closes a client that takes no byte of
+//! its answers for that long, `serve.rs`).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use sluice_core::config::BrokerConfig;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+use crate::pressure::{FrameMemory, RequestMemory, FRAME_CHUNK_BYTES_MAX};
 
 /// The bounds on client connections, and the places taken.
 #[derive(Clone)]
@@ -92,16 +96,19 @@ pub(crate) enum RequestError {
     Slow,
 }
 
-/// Reads one length-prefixed request. Until its first byte, it waits at
-/// most `idle` at a time, and longer only while `owed()` says answers are
-/// still due (the client then waits for us); from the first byte, the whole
-/// request must arrive within `idle`.
+/// Reads one length-prefixed request, taking its bytes from `memory` as
+/// they arrive (and waiting, without reading, while there is no space).
+/// Until its first byte, it waits at most `idle` at a time, and longer only
+/// while `owed()` says answers are still due (the client then waits for
+/// us); from the first byte, the whole request must arrive within `idle`,
+/// not counting the time spent waiting for space, which is the broker's.
 pub(crate) async fn read_request<R: AsyncRead + Unpin>(
     stream: &mut R,
     frame_bytes_max: usize,
     idle: Duration,
     owed: impl Fn() -> bool,
-) -> Result<Bytes, RequestError> {
+    memory: &Arc<RequestMemory>,
+) -> Result<(Bytes, FrameMemory), RequestError> {
     let mut length = [0u8; 4];
     let filled = loop {
         match tokio::time::timeout(idle, stream.read(&mut length)).await {
@@ -111,24 +118,37 @@ pub(crate) async fn read_request<R: AsyncRead + Unpin>(
             Err(_) => return Err(RequestError::Idle),
         }
     };
-    let deadline = tokio::time::Instant::now() + idle;
-    let rest = async {
-        stream.read_exact(&mut length[filled..]).await?;
-        let length = i32::from_be_bytes(length);
-        if length < 0 || length as usize > frame_bytes_max {
-            return Ok::<_, std::io::Error>(Err(length));
-        }
-        // A zeroed allocation of a large frame is fresh zero pages, which
-        // take memory only as the bytes arrive: a length prefix alone costs
-        // nothing (tests/tests/bad_input.rs holds the broker to that).
-        let mut frame = BytesMut::zeroed(length as usize);
-        stream.read_exact(&mut frame).await?;
-        Ok(Ok(frame.freeze()))
-    };
-    match tokio::time::timeout_at(deadline, rest).await {
-        Err(_) => Err(RequestError::Slow),
-        Ok(Err(_)) => Err(RequestError::Closed),
-        Ok(Ok(Err(length))) => Err(RequestError::Size(length)),
-        Ok(Ok(Ok(frame))) => Ok(frame),
+    let mut deadline = Instant::now() + idle;
+    match tokio::time::timeout_at(deadline, stream.read_exact(&mut length[filled..])).await {
+        Err(_) => return Err(RequestError::Slow),
+        Ok(Err(_)) => return Err(RequestError::Closed),
+        Ok(Ok(_)) => {}
     }
+    let length = i32::from_be_bytes(length);
+    if length < 0 || length as usize > frame_bytes_max {
+        return Err(RequestError::Size(length));
+    }
+    let length = length as usize;
+    // Room, not zeroed memory: a large frame's pages are taken only as its
+    // bytes arrive, so a length prefix alone costs nothing
+    // (tests/tests/bad_input.rs holds the broker to that), and its bytes
+    // are taken from `memory` a chunk ahead of them.
+    let mut frame = BytesMut::with_capacity(length);
+    let mut held = memory.frame(length);
+    while frame.len() < length {
+        if held.bytes() == frame.len() {
+            let waiting = Instant::now();
+            held.grow((length - frame.len()).min(FRAME_CHUNK_BYTES_MAX))
+                .await;
+            deadline += waiting.elapsed();
+        }
+        let room = held.bytes() - frame.len();
+        let mut chunk = (&mut frame).limit(room);
+        match tokio::time::timeout_at(deadline, stream.read_buf(&mut chunk)).await {
+            Err(_) => return Err(RequestError::Slow),
+            Ok(Ok(0)) | Ok(Err(_)) => return Err(RequestError::Closed),
+            Ok(Ok(_)) => {}
+        }
+    }
+    Ok((frame.freeze(), held))
 }

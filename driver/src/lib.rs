@@ -16,6 +16,7 @@ mod error;
 mod metrics;
 mod on_thread;
 mod peers;
+mod pressure;
 mod serve;
 
 pub use disk::FileDisk;

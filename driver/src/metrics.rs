@@ -108,6 +108,9 @@ pub(crate) struct DriverMetrics {
     /// Time from a request's arrival to its answer leaving the node task.
     latency: BTreeMap<(i16, i16), Histogram>,
     pub(crate) connections_accepted: u64,
+    /// Bytes of requests being read or waiting to be handled, as of the
+    /// scrape (`RequestMemory`).
+    pub(crate) request_memory_bytes: usize,
     sync_seconds: Histogram,
     sync_files: Histogram,
     sync_failures: u64,
@@ -120,6 +123,7 @@ impl Default for DriverMetrics {
             requests: BTreeMap::new(),
             latency: BTreeMap::new(),
             connections_accepted: 0,
+            request_memory_bytes: 0,
             sync_seconds: Histogram::new(SECONDS_BUCKETS),
             sync_files: Histogram::new(FILES_BUCKETS),
             sync_failures: 0,
@@ -344,6 +348,12 @@ fn render_connections_and_syncs(t: &mut Text, driver: &DriverMetrics, connection
         "counter",
         "Connections accepted.",
         driver.connections_accepted,
+    );
+    t.single(
+        "sluice_request_memory_bytes",
+        "gauge",
+        "Bytes held for client requests being read or waiting to be handled (bounded by queued.max.request.bytes).",
+        driver.request_memory_bytes,
     );
     t.family(
         "sluice_log_flush_duration_seconds",
@@ -866,6 +876,7 @@ mod tests {
             "sluice_errors_total{api=\"Produce\",error=\"NOT_LEADER_OR_FOLLOWER\",code=\"6\"} 1\n"
         ));
         assert!(text.contains("sluice_connections 3\n"));
+        assert!(text.contains("sluice_request_memory_bytes 0\n"));
         assert!(text.contains("sluice_ready 1\n"));
         let types: Vec<&str> = text.lines().filter(|l| l.starts_with("# TYPE ")).collect();
         let mut unique = types.clone();

@@ -7,7 +7,9 @@
 //!
 //! One task runs the node. Each connection has a reader task (framing, the
 //! size limit, back-pressure) and a writer task; they talk to the node task
-//! through channels. At most one sync is in flight (the core asks for the
+//! through channels, and share the connection's `Backlog` (answers owed and
+//! not yet written) with it. Frames are read into `RequestMemory`, shared
+//! by all connections (`pressure.rs`). At most one sync is in flight (the core asks for the
 //! next only when the previous completed); its completion comes back to the
 //! node task as an input, and releases the peer frames that waited for it
 //! (before the node hears of it, so they leave ahead of anything the node
@@ -27,16 +29,16 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use sluice_core::config::BrokerConfig;
-use sluice_core::node::QUEUED_RESPONSES_MAX;
 use sluice_core::storage::{Storage, SyncTarget};
 use sluice_core::{ConnectionId, Node, NodeId, Now, Output};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch};
 use tokio::task::AbortHandle;
 
 use crate::admission::{read_request, Admission, Admitted, RequestError};
 use crate::metrics::{http_loop, DriverMetrics, InFlight, Scraped};
 use crate::peers::{Connector, PeerEvent, PeerLinks, PeerStatuses};
+use crate::pressure::{Backlog, FrameMemory, RequestMemory};
 use crate::DriverError;
 
 /// The outcome of a sync: `Err` carries the reason it failed.
@@ -116,6 +118,8 @@ pub(crate) enum Event {
     Frame {
         connection: ConnectionId,
         frame: Bytes,
+        /// The frame's share of `RequestMemory`, freed once it is handled.
+        memory: FrameMemory,
     },
     Disconnected {
         connection: ConnectionId,
@@ -130,11 +134,13 @@ pub(crate) enum Event {
 }
 
 pub(crate) struct ConnectionHandle {
+    /// Answers for the writer task. Unbounded as a channel, bounded by the
+    /// backlog: the reader reads no request while too much is owed.
     writer: mpsc::UnboundedSender<Bytes>,
     /// Requests awaiting their answer, for timing.
     in_flight: VecDeque<InFlight>,
-    /// Requests the reader may still hand in before a response goes out.
-    permits: Arc<Semaphore>,
+    /// Requests and answer bytes owed until written to the socket.
+    backlog: Backlog,
     reader: AbortHandle,
     writer_task: AbortHandle,
 }
@@ -225,8 +231,15 @@ pub async fn serve_until<L: Listener, D: Disk, C: Connector>(
     let frame_bytes_max = node.frame_bytes_max();
     peer_links.start(peers, connector, &events_tx, frame_bytes_max, seed);
     let admission = Admission::new(node.config());
+    let limits = ConnectionLimits {
+        frame_bytes_max,
+        requests_max: node.config().queued_requests_max,
+        response_bytes_max: node.config().queued_response_bytes_max,
+        memory: RequestMemory::new(node.config().queued_request_bytes_max, frame_bytes_max),
+    };
+    let request_memory = limits.memory.clone();
     let metrics_http = metrics_listener.map(|l| tokio::spawn(http_loop(l, events_tx.clone())));
-    let accept = tokio::spawn(accept_loop(listener, events_tx, frame_bytes_max, admission));
+    let accept = tokio::spawn(accept_loop(listener, events_tx, limits, admission));
     let mut metrics = DriverMetrics::default();
     let mut connections: BTreeMap<ConnectionId, ConnectionHandle> = BTreeMap::new();
     let mut sync_in_flight: Option<(u64, SyncFuture)> = None;
@@ -265,6 +278,7 @@ pub async fn serve_until<L: Listener, D: Disk, C: Connector>(
                 Event::Scrape { render, reply } => {
                     let snapshot = node.metrics();
                     let ready = snapshot.ready && !stopping;
+                    metrics.request_memory_bytes = request_memory.bytes_held();
                     let text = if render {
                         crate::metrics::render(&snapshot, &metrics, connections.len(), ready)
                     } else {
@@ -348,14 +362,19 @@ fn handle_event<D: Disk>(
             connections.insert(connection, handle);
             node.handle_connect(now, connection, peer);
         }
-        Event::Frame { connection, frame } => {
+        Event::Frame {
+            connection,
+            frame,
+            memory,
+        } => {
             if let Some(handle) = connections.get_mut(&connection) {
                 metrics.request(&mut handle.in_flight, &frame);
             }
             let outcome = node.handle_frame(now, connection, frame);
+            drop(memory);
             if !outcome.response_queued {
                 if let Some(handle) = connections.get(&connection) {
-                    handle.permits.add_permits(1);
+                    handle.backlog.request_unanswered();
                 }
             }
         }
@@ -387,7 +406,7 @@ fn drain<D: Disk>(
             Output::Send { connection, frame } => {
                 if let Some(handle) = connections.get_mut(&connection) {
                     metrics.response(&mut handle.in_flight, &frame);
-                    handle.permits.add_permits(1);
+                    handle.backlog.answer_queued(frame.len());
                     let _ = handle.writer.send(frame);
                 }
             }
@@ -415,10 +434,21 @@ fn drain<D: Disk>(
     }
 }
 
+/// What every client connection is held to.
+struct ConnectionLimits {
+    /// `socket.request.max.bytes`.
+    frame_bytes_max: usize,
+    /// `queued.max.requests` and `queued.max.response.bytes`, per connection.
+    requests_max: usize,
+    response_bytes_max: usize,
+    /// `queued.max.request.bytes`, shared.
+    memory: Arc<RequestMemory>,
+}
+
 async fn accept_loop<L: Listener>(
     mut listener: L,
     events: mpsc::UnboundedSender<Event>,
-    frame_bytes_max: usize,
+    limits: ConnectionLimits,
     admission: Admission,
 ) {
     let mut next_id = 0u64;
@@ -445,7 +475,7 @@ async fn accept_loop<L: Listener>(
         tracing::debug!(connection = next_id, %peer, "connection opened");
         let (read_half, write_half) = tokio::io::split(stream);
         let (writer_tx, writer_rx) = mpsc::unbounded_channel();
-        let permits = Arc::new(Semaphore::new(QUEUED_RESPONSES_MAX));
+        let backlog = Backlog::new(limits.requests_max, limits.response_bytes_max);
         // The reader starts only once `Connected` is queued: on a
         // multi-threaded runtime its first frame could otherwise reach the
         // node before the connection does.
@@ -454,21 +484,24 @@ async fn accept_loop<L: Listener>(
             read_half,
             connection,
             events.clone(),
-            permits.clone(),
-            frame_bytes_max,
+            (
+                backlog.clone(),
+                limits.memory.clone(),
+                limits.frame_bytes_max,
+            ),
             (admitted, admission.idle),
             started,
         ));
         let writer_task = tokio::spawn(write_loop(
             write_half,
             writer_rx,
-            connection,
+            (connection, backlog.clone(), admission.idle),
             events.clone(),
         ));
         let handle = ConnectionHandle {
             writer: writer_tx,
             in_flight: VecDeque::new(),
-            permits,
+            backlog,
             reader: reader.abort_handle(),
             writer_task: writer_task.abort_handle(),
         };
@@ -490,8 +523,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
     mut stream: R,
     connection: ConnectionId,
     events: mpsc::UnboundedSender<Event>,
-    permits: Arc<Semaphore>,
-    frame_bytes_max: usize,
+    (backlog, memory, frame_bytes_max): (Backlog, Arc<RequestMemory>, usize),
     // Held for as long as the reader runs: the connection's place.
     (_admitted, idle): (Admitted, Duration),
     started: tokio::sync::oneshot::Receiver<()>,
@@ -499,10 +531,14 @@ async fn read_loop<R: AsyncRead + Unpin>(
     if started.await.is_err() {
         return;
     }
-    let owed = || permits.available_permits() < QUEUED_RESPONSES_MAX;
+    let owed = || backlog.answers_owed();
     let why = loop {
-        let frame = match read_request(&mut stream, frame_bytes_max, idle, owed).await {
-            Ok(frame) => frame,
+        // Back-pressure: read nothing more while too much is owed to a
+        // client that does not read its answers.
+        backlog.room().await;
+        let read = read_request(&mut stream, frame_bytes_max, idle, owed, &memory).await;
+        let (frame, memory) = match read {
+            Ok(read) => read,
             Err(RequestError::Closed) => break None,
             Err(RequestError::Size(length)) => {
                 break Some(format!("frame size {length} outside 0..={frame_bytes_max}"))
@@ -518,12 +554,13 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 ))
             }
         };
-        // Back-pressure: stop reading while too many responses are queued.
-        match permits.acquire().await {
-            Ok(permit) => permit.forget(),
-            Err(_) => break None,
-        }
-        if events.send(Event::Frame { connection, frame }).is_err() {
+        backlog.request_read();
+        let frame = Event::Frame {
+            connection,
+            frame,
+            memory,
+        };
+        if events.send(frame).is_err() {
             break None;
         }
     };
@@ -566,17 +603,41 @@ pub(crate) async fn read_frame<R: AsyncRead + Unpin>(
     Ok(frame.freeze())
 }
 
+/// Writes the node's answers to a connection, in order. A client that
+/// takes no byte of an answer for `idle` (`connections.max.idle.ms`) is
+/// closed: it would otherwise hold its connection, and the answers owed to
+/// it, for as long as it likes.
 async fn write_loop<W: AsyncWrite + Unpin>(
     mut stream: W,
     mut frames: mpsc::UnboundedReceiver<Bytes>,
-    connection: ConnectionId,
+    (connection, backlog, idle): (ConnectionId, Backlog, Duration),
     events: mpsc::UnboundedSender<Event>,
 ) {
     while let Some(frame) = frames.recv().await {
-        if stream.write_all(&frame).await.is_err() {
-            let _ = events.send(Event::Disconnected { connection });
-            return;
+        let mut written = 0;
+        while written < frame.len() {
+            match tokio::time::timeout(idle, stream.write(&frame[written..])).await {
+                Ok(Ok(0)) | Ok(Err(_)) => {
+                    let _ = events.send(Event::Disconnected { connection });
+                    return;
+                }
+                Ok(Ok(count)) => written += count,
+                Err(_) => {
+                    tracing::warn!(
+                        connection = connection.0,
+                        why = "the client took no answer bytes within connections.max.idle.ms",
+                        idle_ms = idle.as_millis() as u64,
+                        owed_bytes = backlog.owed().bytes,
+                        "closing connection"
+                    );
+                    let _ = events.send(Event::Disconnected { connection });
+                    return;
+                }
+            }
         }
+        // Only now is the answer off the broker's hands (in the socket's
+        // buffer): the reader may read another request.
+        backlog.answer_written(frame.len());
     }
     let _ = stream.shutdown().await;
 }

@@ -1,7 +1,8 @@
 //! The bounds on client connections, against a real broker on loopback
 //! TCP: `max.connections.per.ip` closes one connection too many at once,
-//! `connections.max.idle.ms` closes a silent connection and a request that
-//! trickles in, and keeps a connection that waits for an answer.
+//! `connections.max.idle.ms` closes a silent connection, a request that
+//! trickles in and a client that takes none of its answers, and keeps a
+//! connection that waits for an answer.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -183,5 +184,75 @@ fn a_connection_waiting_for_an_answer_is_not_idle() {
     let header = ResponseHeader::decode(&mut body, ApiKey::Fetch.response_header_version(12))
         .expect("header");
     assert_eq!(header.correlation_id, 3);
+    broker.stop();
+}
+
+#[test]
+fn a_client_that_takes_no_answer_is_closed_after_the_idle_bound() {
+    const RECORD_BYTES: usize = 512 * 1024;
+    // 64 answers of half a MiB: more than the sockets' buffers hold.
+    const PIPELINED: i32 = 64;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let broker = start(dir.path(), &[("connections.max.idle.ms", "300")]);
+    let mut client = connect(broker.port);
+    let topic = create_topics_request::CreatableTopic::default()
+        .with_name(TopicName(StrBytes::from_static_str("t")))
+        .with_num_partitions(1)
+        .with_replication_factor(1);
+    let create = CreateTopicsRequest::default()
+        .with_topics(vec![topic])
+        .with_timeout_ms(5_000);
+    client
+        .write_all(&request(ApiKey::CreateTopics, 5, 1, &create))
+        .expect("create");
+    response(&mut client).expect("created");
+    let records =
+        sluice_core::batch::build_batch(0, &[(None, Some(&[7u8; RECORD_BYTES][..]), vec![], 0)]);
+    let produce = ProduceRequest::default()
+        .with_acks(1)
+        .with_timeout_ms(5_000)
+        .with_topic_data(vec![produce_request::TopicProduceData::default()
+            .with_name(TopicName(StrBytes::from_static_str("t")))
+            .with_partition_data(vec![
+                produce_request::PartitionProduceData::default()
+                    .with_index(0)
+                    .with_records(Some(records.into())),
+            ])]);
+    client
+        .write_all(&request(ApiKey::Produce, 9, 2, &produce))
+        .expect("produce");
+    response(&mut client).expect("produced");
+    let fetch = FetchRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_max_wait_ms(0)
+        .with_max_bytes(1 << 20)
+        .with_topics(vec![fetch_request::FetchTopic::default()
+            .with_topic(TopicName(StrBytes::from_static_str("t")))
+            .with_partitions(vec![fetch_request::FetchPartition::default()
+                .with_partition(0)
+                .with_fetch_offset(0)
+                .with_partition_max_bytes(1 << 20)])]);
+    client.set_write_timeout(Some(WAIT_MAX)).expect("timeout");
+    for correlation in 3..3 + PIPELINED {
+        client
+            .write_all(&request(ApiKey::Fetch, 12, correlation, &fetch))
+            .expect("a fetch");
+    }
+    // It reads nothing, and keeps asking: once the broker closed the
+    // connection, a write fails (the broker's unread requests reset it).
+    let ask = request(ApiKey::ApiVersions, 3, 0, &ApiVersionsRequest::default());
+    let failed = loop {
+        if let Err(error) = client.write_all(&ask) {
+            break error;
+        }
+    };
+    assert!(
+        matches!(
+            failed.kind(),
+            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+        ),
+        "expected the broker to close the connection, got {failed:?}"
+    );
+    assert!(answers(&mut connect(broker.port)), "others are served");
     broker.stop();
 }

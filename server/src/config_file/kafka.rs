@@ -212,8 +212,6 @@ const IGNORED: &[&str] = &[
     "producer.id.expiration.check.interval.ms",
     "producer.id.expiration.ms",
     "producer.purgatory.purge.interval.requests",
-    "queued.max.request.bytes",
-    "queued.max.requests",
     "quota.window.num",
     "quota.window.size.seconds",
     "replica.fetch.min.bytes",
