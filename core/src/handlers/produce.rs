@@ -136,6 +136,16 @@ pub(super) fn produce<S: Storage>(
                 }
                 Err((error, message)) => {
                     any_error = true;
+                    if refuses_the_batch(error) {
+                        // Kafka logs each batch its validation refuses.
+                        tracing::warn!(
+                            topic = name.as_deref().unwrap_or("?"),
+                            partition = index,
+                            ?error,
+                            why = message.unwrap_or(""),
+                            "refused a produced batch"
+                        );
+                    }
                     let answer = produce_response::PartitionProduceResponse::default()
                         .with_index(index)
                         .with_error_code(code(error))
@@ -210,6 +220,20 @@ pub(super) fn produce<S: Storage>(
             reply,
         }),
     }
+}
+
+/// Whether `error` says the batch itself is bad (rather than the
+/// partition's or the producer's state).
+fn refuses_the_batch(error: ResponseError) -> bool {
+    matches!(
+        error,
+        ResponseError::CorruptMessage
+            | ResponseError::InvalidRecord
+            | ResponseError::InvalidTimestamp
+            | ResponseError::MessageTooLarge
+            | ResponseError::RecordListTooLarge
+            | ResponseError::UnsupportedCompressionType
+    )
 }
 
 fn produce_partition<S: Storage>(
