@@ -65,6 +65,9 @@ pub struct OpenedSummary {
     pub truncated_bytes: u64,
     /// Segments removed after a cut.
     pub segments_removed: u64,
+    /// Partitions of recorded topics whose directory was gone at start:
+    /// they start again empty.
+    pub dirs_gone: u64,
 }
 
 /// Kafka's topic name rule: 1 to 249 of `[a-zA-Z0-9._-]`, not `.` or `..`.

@@ -210,6 +210,7 @@ pub async fn serve_until<L: Listener, D: Disk, C: Connector>(
         segments_scanned = opened.segments_scanned,
         truncated_bytes = opened.truncated_bytes,
         segments_removed = opened.segments_removed,
+        dirs_gone = opened.dirs_gone,
         took_ms = opening.elapsed().as_millis() as u64,
         "opened the log directory"
     );

@@ -218,6 +218,15 @@ impl<S: Storage> Broker<S> {
             broker.remove_orphan_dirs()?;
             let records: Vec<TopicRecord> = broker.metadata.topics.values().cloned().collect();
             for record in records {
+                // Creation makes a partition's directory before the topic
+                // is recorded: one gone now was removed from outside.
+                for partition in 0..record.partitions {
+                    let dir = crate::topics::partition_dir(&record.name, partition);
+                    if !broker.storage.exists(&dir) {
+                        tracing::warn!(%dir, "a partition's directory is gone; it starts again empty at offset 0");
+                        broker.topics.opened.dirs_gone += 1;
+                    }
+                }
                 broker.open_topic(&record, clean)?;
             }
         } else if !broker.metadata.topics.is_empty() {

@@ -681,6 +681,39 @@ fn deleted_topics_leave_no_files_and_stay_deleted() {
     assert!(!h.node.broker.topics.contains("gone"));
 }
 
+/// A partition whose whole directory was removed from outside is counted
+/// (and logged) at start, and starts again empty; its sibling keeps its
+/// records.
+#[test]
+fn a_partition_directory_removed_by_hand_is_reported_at_start() {
+    let mut h = Harness::new(MemStorage::new(), &[]);
+    h.create_topic("t", 2, &[]);
+    for partition in 0..2 {
+        let c = h.produce("t", partition, 1, one_record(b"v"));
+        h.sync_all();
+        assert_eq!(h.produce_result(c), (0, 0));
+    }
+    let mut storage = std::mem::take(&mut h.node.broker.storage);
+    for name in storage.list_dir("t-1").expect("listed") {
+        storage.remove_file(&format!("t-1/{name}")).expect("remove");
+    }
+    storage.sync(&SyncTarget::Dir("t-1".into()));
+    storage.remove_dir("t-1").expect("remove dir");
+    storage.sync(&SyncTarget::Dir(String::new()));
+    storage.crash(0);
+    let mut h = Harness::new(storage, &[]);
+    assert_eq!(h.node.broker.topics.opened.dirs_gone, 1);
+    assert_eq!(h.node.recovery().1.dirs_gone, 1);
+    let kept = h.node.broker.topics.partition("t", 0).expect("held");
+    assert_eq!(kept.log.log_end_offset(), 1);
+    let gone = h.node.broker.topics.partition("t", 1).expect("held again");
+    assert_eq!(gone.log.log_end_offset(), 0);
+    assert!(h.node.broker.storage.exists("t-1"));
+    let c = h.produce("t", 1, 1, one_record(b"w"));
+    h.sync_all();
+    assert_eq!(h.produce_result(c), (0, 0));
+}
+
 #[test]
 fn create_partitions_grows_a_topic() {
     let mut h = Harness::new(MemStorage::new(), &[]);
