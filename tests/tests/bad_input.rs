@@ -162,6 +162,17 @@ fn bad_batches_get_error_codes_and_append_nothing() {
     let mut old_magic = good.to_vec();
     old_magic[16] = 1;
     let too_large = batch_of(&[&[0u8; 3000]], 0);
+    // Attribute bits a producer may not set, the CRC made right again: a
+    // transactional batch without a producer id, the cleaner's
+    // delete-horizon bit, a control batch.
+    let with_attribute = |bit: i16| {
+        let mut batch = good.to_vec();
+        let at = sluice_core::batch::ATTRIBUTES_OFFSET;
+        let attributes = i16::from_be_bytes([batch[at], batch[at + 1]]) | bit;
+        batch[at..at + 2].copy_from_slice(&attributes.to_be_bytes());
+        sluice_core::batch::write_crc(&mut batch);
+        Bytes::from(batch)
+    };
     let cases = [
         (
             "bad crc",
@@ -174,6 +185,21 @@ fn bad_batches_get_error_codes_and_append_nothing() {
             ResponseError::InvalidRecord,
         ),
         ("too large", too_large, ResponseError::MessageTooLarge),
+        (
+            "transactional without a producer id",
+            with_attribute(sluice_core::batch::ATTRIBUTE_TRANSACTIONAL),
+            ResponseError::InvalidRecord,
+        ),
+        (
+            "delete horizon",
+            with_attribute(sluice_core::batch::ATTRIBUTE_DELETE_HORIZON),
+            ResponseError::InvalidRecord,
+        ),
+        (
+            "control",
+            with_attribute(sluice_core::batch::ATTRIBUTE_CONTROL),
+            ResponseError::InvalidRecord,
+        ),
     ];
     for (name, records, expected) in cases {
         let (error, _) = wire.produce("t", 0, -1, records).expect(name);
@@ -196,6 +222,10 @@ fn bad_batches_get_error_codes_and_append_nothing() {
         .map(|(_, v)| v)
         .collect();
     assert_eq!(values, vec![b"first".to_vec(), b"second".to_vec()]);
+    assert!(
+        broker.log().contains("refused a produced batch"),
+        "refusals are logged"
+    );
 }
 
 #[test]

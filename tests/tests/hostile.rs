@@ -205,3 +205,52 @@ fn silent_connections_are_closed_and_give_their_descriptors_back() {
         "descriptors given back: {baseline} before, {after} after"
     );
 }
+
+/// A request trickled in a byte at a time (slowloris) is cut off once it
+/// has taken `connections.max.idle.ms` since its first byte, though bytes
+/// keep coming; a client on another connection is answered meanwhile.
+#[test]
+fn a_trickled_request_is_cut_off_after_the_idle_bound() {
+    let broker = Broker::start(BrokerOptions::default().config("connections.max.idle.ms", 1_000));
+    let mut slow = TcpStream::connect(broker.bootstrap()).expect("connect");
+    let mut bystander = Wire::connect(&broker.bootstrap()).expect("connect");
+    // A frame of 200 bytes, sent one byte every 50 ms: 10 s if let be.
+    let mut frame = 200i32.to_be_bytes().to_vec();
+    frame.extend_from_slice(&[0u8; 200]);
+    let started = Instant::now();
+    let mut sent = 0;
+    let cut = loop {
+        if sent == frame.len() {
+            break false;
+        }
+        if std::io::Write::write_all(&mut slow, &frame[sent..sent + 1]).is_err() {
+            break true;
+        }
+        sent += 1;
+        let response: ApiVersionsResponse = bystander
+            .call(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default())
+            .expect("the bystander is answered");
+        assert_eq!(response.error_code, 0);
+        // A closed connection shows on a read before a write fails.
+        slow.set_read_timeout(Some(Duration::from_millis(50)))
+            .expect("timeout");
+        let mut byte = [0u8; 1];
+        match slow.read(&mut byte) {
+            Ok(0) => break true,
+            Ok(_) => panic!("a partial frame got an answer"),
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => break true,
+        }
+    };
+    println!(
+        "a trickled request was cut off after {:?}, {sent} of {} bytes sent",
+        started.elapsed(),
+        frame.len()
+    );
+    assert!(cut, "the whole trickled frame was taken");
+    assert!(sent < frame.len());
+}
