@@ -447,6 +447,7 @@ impl<S: Storage> Node<S> {
     pub fn handle_disconnect(&mut self, now: Now, connection: ConnectionId) {
         self.sessions.close(connection);
         self.timers.stop(Timer::FetchDeadline(connection));
+        self.forget_orphan_creations();
         self.forget_orphan_raft();
         self.forget_orphan_forwardings();
         self.forget_orphan_verifications();
@@ -619,6 +620,7 @@ impl<S: Storage> Node<S> {
                 woken: true,
             }),
             Pending::TxnAdd(held) => Some(SlotState::TxnAdd(held)),
+            Pending::Creating(wait) => Some(SlotState::Creating(wait)),
             Pending::Verify(ask) => {
                 self.ask_coordinator(now, token, &ask);
                 return Ok(Some(SlotState::Verifying {
@@ -636,9 +638,19 @@ impl<S: Storage> Node<S> {
         if self.sessions.close(connection) {
             self.timers.stop(Timer::FetchDeadline(connection));
             self.outputs.push_back(Output::Close { connection });
+            self.forget_orphan_creations();
             self.forget_orphan_raft();
             self.forget_orphan_forwardings();
             self.forget_orphan_verifications();
+        }
+    }
+
+    /// Creations whose requests' connections closed go on, and their
+    /// outcomes are not kept for anyone.
+    fn forget_orphan_creations(&mut self) {
+        if self.broker.creations.is_busy() || self.broker.creations.holds_outcomes() {
+            let waited = self.sessions.creation_jobs();
+            self.broker.creations.forget_unwatched(&waited);
         }
     }
 
@@ -1122,6 +1134,7 @@ impl<S: Storage> Node<S> {
                     let interval = isr_check_interval_ms(&self.broker.config);
                     self.timers.set(timer, now.monotonic_ms + interval);
                 }
+                Timer::Creations => self.broker.work_creations(),
                 Timer::HighWatermarkCheckpoint => {
                     self.broker.checkpoint_high_watermarks();
                     let interval = self.broker.config.high_watermark_checkpoint_interval_ms;
@@ -1205,6 +1218,12 @@ impl<S: Storage> Node<S> {
         match self.broker.groups.next_deadline_ms() {
             Some(deadline) => self.timers.set(Timer::Groups, deadline),
             None => self.timers.stop(Timer::Groups),
+        }
+        // Creations go on at the next step, after what came in meanwhile.
+        if self.broker.creations.is_busy() {
+            self.timers.set(Timer::Creations, now.monotonic_ms);
+        } else {
+            self.timers.stop(Timer::Creations);
         }
         match self.broker.transactions.retry_ms {
             Some(at) => {
@@ -1407,6 +1426,13 @@ impl<S: Storage> Node<S> {
                 None => Completion::NotYet(Slot {
                     header,
                     state: SlotState::Raft(token),
+                }),
+            },
+            SlotState::Creating(wait) => match wait.finish(&mut self.broker) {
+                Ok(pending) => self.complete_answer(header, pending, now, "a creation"),
+                Err(wait) => Completion::NotYet(Slot {
+                    header,
+                    state: SlotState::Creating(wait),
                 }),
             },
             SlotState::Coordinator(token) => match self.group_answers.remove(&token) {
