@@ -1198,6 +1198,11 @@ impl<S: Storage> Node<S> {
         if !self.raft_answers.is_empty() {
             everyone = true;
         }
+        if self.broker.creations.take_ended() {
+            // A creation ended (or a deletion undid one): its request may
+            // be answered, on whichever connection it came.
+            everyone = true;
+        }
         let moved = self.broker.take_moved();
         let offline = self.broker.storage_offline();
         if !moved.is_empty() || offline {

@@ -3,7 +3,10 @@
 //! topics creates what `max.broker.partitions` allows and refuses the rest
 //! with Kafka's code, no refused or failed topic leaves a directory, the
 //! broker's descriptors stay within its budget, and a client on another
-//! connection is answered meanwhile.
+//! connection is answered meanwhile: a create is worked on a bounded
+//! number of partition logs per step, and a bystander asking again and
+//! again while one topic of 2,000 partitions is made is answered between
+//! the steps, never seeing the topic part made.
 
 use std::time::Instant;
 
@@ -116,5 +119,85 @@ fn huge_creates_are_refused_or_bounded_and_leave_nothing_behind() {
         "10,000-topic CreateTopics answered in {create_ms} ms; a bystander's Metadata sent meanwhile took {bystander_ms} ms"
     );
     bystander_round_trip(&mut bystander);
+    assert!(!broker.log().contains("Too many open files"));
+}
+
+/// What the default `max.broker.partitions` allows one topic to have.
+const WIDE: usize = 2_000;
+
+/// Asks for the topic `wide` without creating it: None while it does not
+/// exist, else its partition count.
+fn wide_partitions(bystander: &mut Wire) -> Option<usize> {
+    let topic = metadata_request::MetadataRequestTopic::default()
+        .with_name(Some(TopicName(StrBytes::from_static_str("wide"))));
+    let request = MetadataRequest::default()
+        .with_topics(Some(vec![topic]))
+        .with_allow_auto_topic_creation(false);
+    let response: MetadataResponse = bystander
+        .call(ApiKey::Metadata, 12, &request)
+        .expect("the bystander is answered");
+    let topic = &response.topics[0];
+    if topic.error_code == ResponseError::UnknownTopicOrPartition.code() {
+        return None;
+    }
+    assert_eq!(
+        topic.error_code, 0,
+        "the topic is answered whole or not at all"
+    );
+    Some(topic.partitions.len())
+}
+
+#[test]
+fn a_bystander_is_answered_between_the_steps_of_a_two_thousand_partition_create() {
+    let broker = Broker::start(BrokerOptions::default());
+    let mut creator = Wire::connect(&broker.bootstrap()).expect("connect");
+    let mut bystander = Wire::connect(&broker.bootstrap()).expect("connect");
+    assert_eq!(wide_partitions(&mut bystander), None);
+
+    let request = CreateTopicsRequest::default()
+        .with_topics(vec![creatable("wide".into(), WIDE as i32)])
+        .with_timeout_ms(60_000);
+    let sent = Instant::now();
+    let correlation = creator
+        .send(ApiKey::CreateTopics, 7, &request)
+        .expect("send");
+    let creating = std::thread::spawn(move || {
+        let response: CreateTopicsResponse = creator
+            .receive(ApiKey::CreateTopics, 7, correlation)
+            .expect("the create is answered");
+        (response, sent.elapsed())
+    });
+    // The bystander asks until the topic appears; each answer before it
+    // says the topic does not exist, none lists it part made.
+    let mut round_trips = Vec::new();
+    let listed = loop {
+        assert!(round_trips.len() < 1_000_000, "the topic never appeared");
+        let asked = Instant::now();
+        let found = wide_partitions(&mut bystander);
+        round_trips.push(asked.elapsed());
+        if let Some(partitions) = found {
+            break partitions;
+        }
+    };
+    let appeared = sent.elapsed();
+    let (response, create_elapsed) = creating.join().expect("the creator");
+    assert_eq!(response.topics[0].error_code, 0);
+    assert_eq!(listed, WIDE, "the topic appears whole");
+    let answered_while_creating = round_trips.len() - 1;
+    round_trips.sort();
+    let max_ms = round_trips.last().expect("asked").as_millis();
+    let median_ms = round_trips[round_trips.len() / 2].as_micros() as f64 / 1000.0;
+    eprintln!(
+        "{WIDE}-partition CreateTopics answered in {} ms (topic visible after {} ms); the bystander was answered {answered_while_creating} times meanwhile, round trips median {median_ms:.1} ms, max {max_ms} ms",
+        create_elapsed.as_millis(),
+        appeared.as_millis(),
+    );
+    // Answered in one step, the create would let the bystander in once at
+    // most (before the step, or after it, with the topic there).
+    assert!(
+        answered_while_creating >= 3,
+        "the bystander was answered {answered_while_creating} times during the create"
+    );
+    assert_eq!(partition_dirs(&broker, "wide-"), WIDE);
     assert!(!broker.log().contains("Too many open files"));
 }

@@ -106,6 +106,8 @@ pub struct Creations {
     watched: BTreeSet<u64>,
     /// Outcomes of watched jobs that ended, until their request takes them.
     finished: BTreeMap<u64, CreationOutcome>,
+    /// A job ended since the last `take_ended`: a request may be answered.
+    ended: bool,
 }
 
 impl Creations {
@@ -217,7 +219,13 @@ impl Creations {
         Some(job)
     }
 
+    /// True once after a job ended: the requests waiting may be answered.
+    pub fn take_ended(&mut self) -> bool {
+        std::mem::take(&mut self.ended)
+    }
+
     fn finish(&mut self, id: u64, outcome: CreationOutcome) {
+        self.ended = true;
         if self.watched.contains(&id) {
             self.finished.insert(id, outcome);
         }

@@ -87,7 +87,9 @@ impl Harness {
     /// does.
     fn sync_all(&mut self) {
         loop {
-            self.run_due_steps();
+            if !self.hold_steps {
+                self.run_due_steps();
+            }
             if self.pending_syncs.is_empty() {
                 break;
             }
