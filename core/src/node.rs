@@ -1026,6 +1026,9 @@ impl<S: Storage> Node<S> {
     /// Resigns the quorum's leadership and syncs everything, then writes
     /// the clean-shutdown marker.
     fn flush_for_shutdown(&mut self, now: Now) {
+        // Nothing is opened after the final flush: creations under way
+        // are undone, and answered.
+        self.broker.abandon_creations();
         if self.broker.cluster.is_some() {
             // The last high watermarks, for the next start.
             self.broker.checkpoint_high_watermarks();

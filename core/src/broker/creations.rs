@@ -430,6 +430,19 @@ impl<S: Storage> Broker<S> {
         self.creations.finish(job.id, Ok(Written::Durable(seq)));
     }
 
+    /// Undoes every creation under way: the node stops. Their requests are
+    /// answered NOT_CONTROLLER, as a controller that resigns answers what
+    /// it had not committed; clients ask again elsewhere or later.
+    pub fn abandon_creations(&mut self) {
+        while let Some(job) = self.creations.pop_front() {
+            let refusal = (
+                ResponseError::NotController,
+                "the broker is shutting down".to_string(),
+            );
+            self.discard_job(job, refusal);
+        }
+    }
+
     /// Ends the growths of a topic being deleted, undone.
     pub(super) fn cancel_growths(&mut self, name: &str) {
         let (cancelled, kept): (VecDeque<Job>, VecDeque<Job>) =

@@ -392,3 +392,26 @@ fn a_creation_whose_client_left_completes_and_keeps_no_outcome() {
     assert!(!h.node.broker.creations.holds_outcomes());
     assert_eq!(h.node.broker.topics.partition_count("left"), 50);
 }
+
+#[test]
+fn a_shutdown_undoes_the_creations_under_way_and_answers_them() {
+    let mut h = Harness::new(MemStorage::new(), &[]);
+    h.hold_steps = true;
+    let c = h.send(
+        ApiKey::CreateTopics,
+        7,
+        &CreateTopicsRequest::default().with_topics(vec![creatable("cut", 50)]),
+    );
+    assert!(step(&mut h));
+    h.node.begin_shutdown(Now::at(h.now_ms));
+    h.drain();
+    let response: CreateTopicsResponse = h.take(ApiKey::CreateTopics, 7, c);
+    assert_eq!(
+        response.topics[0].error_code,
+        ResponseError::NotController.code()
+    );
+    assert!(dirs_of(&h, "cut").is_empty());
+    h.sync_all();
+    assert!(h.node.is_stopped());
+    assert!(!h.node.broker.metadata.topics.contains_key("cut"));
+}
