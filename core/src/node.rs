@@ -1137,6 +1137,11 @@ impl<S: Storage> Node<S> {
                     let interval = isr_check_interval_ms(&self.broker.config);
                     self.timers.set(timer, now.monotonic_ms + interval);
                 }
+                // A creation that came after the shutdown began is undone
+                // too: nothing is opened after the final flush.
+                Timer::Creations if self.shutdown != ShutdownStep::None => {
+                    self.broker.abandon_creations()
+                }
                 Timer::Creations => self.broker.work_creations(),
                 Timer::HighWatermarkCheckpoint => {
                     self.broker.checkpoint_high_watermarks();

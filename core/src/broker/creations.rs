@@ -325,8 +325,13 @@ impl<S: Storage> Broker<S> {
                 break;
             }
             opens_left -= 1;
-            let (name, index, config) =
-                (job.name().to_string(), job.next_index(), job.config.clone());
+            let (name, index) = (job.name().to_string(), job.next_index());
+            // A growth's logs take the topic's config as it is now (an
+            // AlterConfigs may have come since the growth did).
+            let config = match self.topics.get(&name) {
+                Some(topic) if matches!(job.target, Target::Growth { .. }) => topic.config.clone(),
+                _ => job.config.clone(),
+            };
             match self
                 .topics
                 .open_partition(&mut self.storage, &name, index, config, true)

@@ -411,6 +411,19 @@ fn a_shutdown_undoes_the_creations_under_way_and_answers_them() {
         ResponseError::NotController.code()
     );
     assert!(dirs_of(&h, "cut").is_empty());
+    // One that comes after the shutdown began is undone at its first step.
+    let late = h.send(
+        ApiKey::CreateTopics,
+        7,
+        &CreateTopicsRequest::default().with_topics(vec![creatable("late", 5)]),
+    );
+    assert!(!step(&mut h));
+    let response: CreateTopicsResponse = h.take(ApiKey::CreateTopics, 7, late);
+    assert_eq!(
+        response.topics[0].error_code,
+        ResponseError::NotController.code()
+    );
+    assert!(dirs_of(&h, "late").is_empty());
     h.sync_all();
     assert!(h.node.is_stopped());
     assert!(!h.node.broker.metadata.topics.contains_key("cut"));
