@@ -278,7 +278,9 @@ pub fn validate_produced_bounded(
     if header.record_count <= 0 {
         return Err(BatchError::Invalid("batch has no records"));
     }
-    if header.last_offset_delta < 0 || header.record_count != header.last_offset_delta + 1 {
+    if header.last_offset_delta < 0
+        || i64::from(header.record_count) != i64::from(header.last_offset_delta) + 1
+    {
         return Err(BatchError::Invalid(
             "record count does not match last offset delta",
         ));

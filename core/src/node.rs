@@ -447,6 +447,7 @@ impl<S: Storage> Node<S> {
     pub fn handle_disconnect(&mut self, now: Now, connection: ConnectionId) {
         self.sessions.close(connection);
         self.timers.stop(Timer::FetchDeadline(connection));
+        self.forget_orphan_creations();
         self.forget_orphan_raft();
         self.forget_orphan_forwardings();
         self.forget_orphan_verifications();
@@ -619,6 +620,7 @@ impl<S: Storage> Node<S> {
                 woken: true,
             }),
             Pending::TxnAdd(held) => Some(SlotState::TxnAdd(held)),
+            Pending::Creating(wait) => Some(SlotState::Creating(wait)),
             Pending::Verify(ask) => {
                 self.ask_coordinator(now, token, &ask);
                 return Ok(Some(SlotState::Verifying {
@@ -636,9 +638,19 @@ impl<S: Storage> Node<S> {
         if self.sessions.close(connection) {
             self.timers.stop(Timer::FetchDeadline(connection));
             self.outputs.push_back(Output::Close { connection });
+            self.forget_orphan_creations();
             self.forget_orphan_raft();
             self.forget_orphan_forwardings();
             self.forget_orphan_verifications();
+        }
+    }
+
+    /// Creations whose requests' connections closed go on, and their
+    /// outcomes are not kept for anyone.
+    fn forget_orphan_creations(&mut self) {
+        if self.broker.creations.is_busy() || self.broker.creations.holds_outcomes() {
+            let waited = self.sessions.creation_jobs();
+            self.broker.creations.forget_unwatched(&waited);
         }
     }
 
@@ -1014,6 +1026,9 @@ impl<S: Storage> Node<S> {
     /// Resigns the quorum's leadership and syncs everything, then writes
     /// the clean-shutdown marker.
     fn flush_for_shutdown(&mut self, now: Now) {
+        // Nothing is opened after the final flush: creations under way
+        // are undone, and answered.
+        self.broker.abandon_creations();
         if self.broker.cluster.is_some() {
             // The last high watermarks, for the next start.
             self.broker.checkpoint_high_watermarks();
@@ -1122,6 +1137,12 @@ impl<S: Storage> Node<S> {
                     let interval = isr_check_interval_ms(&self.broker.config);
                     self.timers.set(timer, now.monotonic_ms + interval);
                 }
+                // A creation that came after the shutdown began is undone
+                // too: nothing is opened after the final flush.
+                Timer::Creations if self.shutdown != ShutdownStep::None => {
+                    self.broker.abandon_creations()
+                }
+                Timer::Creations => self.broker.work_creations(),
                 Timer::HighWatermarkCheckpoint => {
                     self.broker.checkpoint_high_watermarks();
                     let interval = self.broker.config.high_watermark_checkpoint_interval_ms;
@@ -1185,6 +1206,11 @@ impl<S: Storage> Node<S> {
         if !self.raft_answers.is_empty() {
             everyone = true;
         }
+        if self.broker.creations.take_ended() {
+            // A creation ended (or a deletion undid one): its request may
+            // be answered, on whichever connection it came.
+            everyone = true;
+        }
         let moved = self.broker.take_moved();
         let offline = self.broker.storage_offline();
         if !moved.is_empty() || offline {
@@ -1205,6 +1231,12 @@ impl<S: Storage> Node<S> {
         match self.broker.groups.next_deadline_ms() {
             Some(deadline) => self.timers.set(Timer::Groups, deadline),
             None => self.timers.stop(Timer::Groups),
+        }
+        // Creations go on at the next step, after what came in meanwhile.
+        if self.broker.creations.is_busy() {
+            self.timers.set(Timer::Creations, now.monotonic_ms);
+        } else {
+            self.timers.stop(Timer::Creations);
         }
         match self.broker.transactions.retry_ms {
             Some(at) => {
@@ -1407,6 +1439,13 @@ impl<S: Storage> Node<S> {
                 None => Completion::NotYet(Slot {
                     header,
                     state: SlotState::Raft(token),
+                }),
+            },
+            SlotState::Creating(wait) => match wait.finish(&mut self.broker) {
+                Ok(pending) => self.complete_answer(header, pending, now, "a creation"),
+                Err(wait) => Completion::NotYet(Slot {
+                    header,
+                    state: SlotState::Creating(wait),
                 }),
             },
             SlotState::Coordinator(token) => match self.group_answers.remove(&token) {

@@ -57,6 +57,9 @@ pub enum SlotState {
         frame: Bytes,
         lost: Bytes,
     },
+    /// A CreateTopics or CreatePartitions waiting for the creations the
+    /// node carries out over its next steps.
+    Creating(crate::handlers::CreateWait),
 }
 
 impl SlotState {
@@ -227,6 +230,17 @@ impl Sessions {
                 SlotState::Raft(token) => Some(token),
                 _ => None,
             })
+            .collect()
+    }
+
+    /// The creation jobs some request waits for.
+    pub fn creation_jobs(&self) -> BTreeSet<u64> {
+        self.slots()
+            .filter_map(|slot| match &slot.state {
+                SlotState::Creating(wait) => Some(wait.jobs()),
+                _ => None,
+            })
+            .flatten()
             .collect()
     }
 

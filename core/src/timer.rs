@@ -46,6 +46,10 @@ pub enum Timer {
     /// The high watermarks are written to `replication-offset-checkpoint`
     /// (`replica.high.watermark.checkpoint.interval.ms`).
     HighWatermarkCheckpoint,
+    /// Creations of topics and partitions wait for their next step
+    /// (`broker::creations`): due at once, so the driver handles what
+    /// else came in between two steps.
+    Creations,
 }
 
 #[derive(Debug, Default)]

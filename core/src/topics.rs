@@ -202,18 +202,40 @@ impl Topics {
         clean: bool,
         hosted: bool,
     ) -> io::Result<Opened> {
-        let incarnation = self.next_incarnation;
-        let topic = self
-            .by_name
-            .get_mut(name)
-            .expect("grown topics are registered");
+        let topic = self.by_name.get(name).expect("grown topics are registered");
+        let index = topic.partitions.len() as i32;
         if !hosted {
-            topic.partitions.push(None);
+            self.topic_mut(name).partitions.push(None);
             return Ok(Opened::default());
         }
-        let dir = partition_dir(name, topic.partitions.len() as i32);
+        let config = topic.config.clone();
+        let (partition, opened) = self.open_partition(storage, name, index, config, clean)?;
+        self.topic_mut(name).partitions.push(Some(partition));
+        Ok(opened)
+    }
+
+    fn topic_mut(&mut self, name: &str) -> &mut Topic {
+        self.by_name
+            .get_mut(name)
+            .expect("grown topics are registered")
+    }
+
+    /// Opens (or creates) the log of partition `index` of a topic, under a
+    /// new incarnation, without adding it to the topic: a creation spread
+    /// over steps holds its logs apart until the topic is whole
+    /// (`install`, `extend`).
+    pub fn open_partition<S: Storage>(
+        &mut self,
+        storage: &mut S,
+        name: &str,
+        index: i32,
+        config: TopicConfig,
+        clean: bool,
+    ) -> io::Result<(Partition, Opened)> {
+        let incarnation = self.next_incarnation;
+        let dir = partition_dir(name, index);
         let created_dirs = !storage.exists(&dir);
-        let (log, recovery) = PartitionLog::open(storage, &dir, topic.config.clone(), clean)?;
+        let (log, recovery) = PartitionLog::open(storage, &dir, config, clean)?;
         if recovery.truncated_bytes > 0
             || recovery.segments_removed > 0
             || recovery.orphan_indexes_removed > 0
@@ -228,14 +250,49 @@ impl Topics {
         opened.segments_scanned += recovery.indexes_rebuilt as u64;
         opened.truncated_bytes += recovery.truncated_bytes;
         opened.segments_removed += recovery.segments_removed as u64;
-        topic.partitions.push(Some(Partition {
+        self.next_incarnation += 1;
+        let partition = Partition {
             opened_end: log.log_end_offset(),
             log,
             incarnation,
             role: Role::Alone,
-        }));
-        self.next_incarnation += 1;
-        Ok(Opened { created_dirs })
+        };
+        Ok((partition, Opened { created_dirs }))
+    }
+
+    /// Adds a topic whose partition logs were opened apart
+    /// (`open_partition`), whole: it becomes visible at once.
+    pub fn install(
+        &mut self,
+        name: &str,
+        id: [u8; 16],
+        config: TopicConfig,
+        partitions: Vec<Partition>,
+    ) {
+        assert!(!self.by_name.contains_key(name), "a topic is opened once");
+        for (index, partition) in partitions.iter().enumerate() {
+            assert_eq!(partition.log.dir(), partition_dir(name, index as i32));
+        }
+        let partitions = partitions.into_iter().map(Some).collect();
+        self.by_name.insert(
+            name.to_string(),
+            Topic {
+                id,
+                config,
+                partitions,
+            },
+        );
+    }
+
+    /// Adds partitions opened apart (`open_partition`) to a topic, all at
+    /// once, after the ones it has.
+    pub fn extend(&mut self, name: &str, partitions: Vec<Partition>) {
+        let topic = self.topic_mut(name);
+        for partition in partitions {
+            let index = topic.partitions.len() as i32;
+            assert_eq!(partition.log.dir(), partition_dir(name, index));
+            topic.partitions.push(Some(partition));
+        }
     }
 
     /// Gives a partition's log a new incarnation: after a truncation, so
@@ -268,20 +325,11 @@ impl Topics {
     /// so the failed creation leaves nothing behind. Only for a topic not
     /// recorded: a recorded one is removed by its deletion.
     pub fn discard<S: Storage>(&mut self, storage: &mut S, name: &str, partitions: i32) {
-        if let Some(mut topic) = self.by_name.remove(name) {
-            for partition in topic.partitions.iter_mut().flatten() {
-                partition.log.close(storage);
-            }
-        }
-        for index in 0..partitions {
-            let dir = partition_dir(name, index);
-            if !storage.exists(&dir) {
-                continue;
-            }
-            if let Err(error) = remove_dir_all(storage, &dir) {
-                tracing::error!(%dir, %error, "cannot remove the directory of a topic whose creation failed; the next start removes it");
-            }
-        }
+        let opened = match self.by_name.remove(name) {
+            Some(topic) => topic.partitions.into_iter().flatten().collect(),
+            None => Vec::new(),
+        };
+        discard_partitions(storage, name, opened, 0..partitions);
     }
 
     pub fn invariants(&self) {
@@ -298,6 +346,29 @@ impl Topics {
                 assert_eq!(partition.log.dir(), partition_dir(name, index as i32));
                 partition.log.invariants();
             }
+        }
+    }
+}
+
+/// Undoes the opening of partition logs never recorded: closes `opened`
+/// and removes the directories of the partitions `indexes` of `name`,
+/// whichever exist.
+pub fn discard_partitions<S: Storage>(
+    storage: &mut S,
+    name: &str,
+    opened: Vec<Partition>,
+    indexes: std::ops::Range<i32>,
+) {
+    for mut partition in opened {
+        partition.log.close(storage);
+    }
+    for index in indexes {
+        let dir = partition_dir(name, index);
+        if !storage.exists(&dir) {
+            continue;
+        }
+        if let Err(error) = remove_dir_all(storage, &dir) {
+            tracing::error!(%dir, %error, "cannot remove the directory of a creation that failed; the next start removes it");
         }
     }
 }

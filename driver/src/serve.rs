@@ -267,7 +267,17 @@ pub async fn serve_until<L: Listener, D: Disk, C: Connector>(
         let wait_ms = node
             .poll_timeout()
             .map_or(60_000, |at| (at - now().monotonic_ms).clamp(0, 60_000));
-        let sleep = tokio::time::sleep(Duration::from_millis(wait_ms as u64));
+        // A deadline due now (a creation's next step) waits for no timer
+        // tick: the loop yields once, so the tasks that read and write
+        // connections run, then takes it or an event that came meanwhile
+        // (`select!` picks among the ready branches at random).
+        let sleep = async move {
+            if wait_ms == 0 {
+                tokio::task::yield_now().await;
+            } else {
+                tokio::time::sleep(Duration::from_millis(wait_ms as u64)).await;
+            }
+        };
         let sync = async {
             match sync_in_flight.as_mut() {
                 Some((id, future)) => (*id, future.await),

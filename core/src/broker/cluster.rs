@@ -99,6 +99,7 @@ impl<S: Storage> Broker<S> {
     /// True when a topic exists here, or its creation is under way.
     pub fn topic_exists(&self, name: &str) -> bool {
         self.topics.contains(name)
+            || self.creations.creating(name)
             || self
                 .cluster
                 .as_ref()
@@ -133,7 +134,8 @@ impl<S: Storage> Broker<S> {
                 .names()
                 .map(|name| i64::from(self.topics.partition_count(name)))
                 .sum::<i64>();
-            loads.insert(self.config.node_id, hosted);
+            let pending = self.creations.pending_partitions();
+            loads.insert(self.config.node_id, hosted + pending);
             return loads;
         };
         for topic in cluster.image.topics() {

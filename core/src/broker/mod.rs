@@ -7,6 +7,7 @@
 //! `Coordinator`); `invariants` here checks them and how they fit together.
 
 pub mod cluster;
+pub mod creations;
 pub mod groups;
 pub mod internal;
 pub mod markers;
@@ -79,6 +80,8 @@ pub struct Broker<S: Storage> {
     checkpointed_high_watermarks: BTreeMap<TopicPartition, i64>,
     /// What operators read: traffic per topic, errors answered, ISR changes.
     pub metrics: crate::metrics::Counters,
+    /// Topics and partitions being created over the node's steps.
+    pub creations: creations::Creations,
 }
 
 /// A node's view of the cluster from the committed metadata log: the
@@ -213,6 +216,7 @@ impl<S: Storage> Broker<S> {
             checkpointed_high_watermarks: known_high_watermarks.clone(),
             known_high_watermarks,
             metrics: crate::metrics::Counters::default(),
+            creations: creations::Creations::default(),
         };
         if broker.config.quorum_voters.is_empty() {
             broker.remove_orphan_dirs()?;
@@ -558,6 +562,8 @@ impl<S: Storage> Broker<S> {
                 tracing::error!(topic = name, %error, "cannot record a topic deletion");
                 ResponseError::KafkaStorageError
             })?;
+        // Its growths under way end first: their logs go with it.
+        self.cancel_growths(name);
         for partition in 0..self.topics.partition_count(name) {
             self.moved.insert(TopicPartition::new(name, partition));
         }
@@ -731,6 +737,13 @@ impl<S: Storage> Broker<S> {
         self.durability.invariants();
         self.groups.invariants();
         self.transactions.invariants();
+        self.creations.invariants(self.config.broker_partitions_max);
+        if self.cluster.is_some() {
+            assert!(
+                !self.creations.is_busy(),
+                "a cluster creates through its quorum"
+            );
+        }
         assert!(self.next_producer_id <= self.metadata.producer_id_block_end);
         assert!(self.producer_block_seq <= self.durability.write_seq());
         for name in self.topics.names() {

@@ -10,6 +10,7 @@ mod group;
 mod offsets;
 mod produce;
 mod topics;
+pub use topics::CreateWait;
 mod txn;
 pub use txn::TXN_ADD_HOLD_MS_MAX;
 mod txn_markers;
@@ -49,6 +50,9 @@ pub enum Pending {
     /// broker must confirm first (`broker::verify`): handled again, with the
     /// same token, once the verdicts are in.
     Verify(crate::broker::verify::VerifyRequest),
+    /// A CreateTopics or CreatePartitions whose creations the node's next
+    /// steps carry out (`broker::creations`): answered once they all ended.
+    Creating(CreateWait),
 }
 
 /// An AddPartitionsToTxn that came while its producer's last transaction

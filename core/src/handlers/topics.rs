@@ -25,6 +25,7 @@ pub(super) fn create_topics<S: Storage>(
     }
     let mut results = Vec::new();
     let mut wait = None;
+    let mut jobs = Vec::new();
     let mut budget = PartitionBudget::new(broker);
     for topic in &request.topics {
         let name = topic.name.0.to_string();
@@ -46,15 +47,20 @@ pub(super) fn create_topics<S: Storage>(
                 factor,
                 configs,
                 written,
+                job,
             }) => {
                 wait = wait.max(written);
-                let found = broker.topics.get(&name);
+                let id = match job {
+                    Some((job, id)) => {
+                        jobs.push((results.len(), job));
+                        Some(id)
+                    }
+                    None => broker.topics.get(&name).map(|t| t.id),
+                };
                 result = result
                     .with_num_partitions(partitions)
                     .with_replication_factor(factor)
-                    .with_topic_id(
-                        found.map_or(uuid::Uuid::nil(), |t| uuid::Uuid::from_bytes(t.id)),
-                    )
+                    .with_topic_id(id.map_or(uuid::Uuid::nil(), uuid::Uuid::from_bytes))
                     .with_configs(Some(configs));
             }
             Err((error, message)) => {
@@ -65,8 +71,83 @@ pub(super) fn create_topics<S: Storage>(
         }
         results.push(result);
     }
-    let reply = Reply::CreateTopics(CreateTopicsResponse::default().with_topics(results.clone()));
-    Ok(Pending::after_written(wait, reply))
+    let reply = Reply::CreateTopics(CreateTopicsResponse::default().with_topics(results));
+    Ok(CreateWait::pending(jobs, wait, reply))
+}
+
+/// A CreateTopics or CreatePartitions answer waiting for the creations the
+/// node's next steps carry out (`broker::creations`).
+#[derive(Debug)]
+pub struct CreateWait {
+    reply: Box<Reply>,
+    /// The jobs, each with the index of the result it answers, in order.
+    jobs: Vec<(usize, u64)>,
+    /// What the results done at once wait for.
+    written: Option<Written>,
+}
+
+impl CreateWait {
+    /// `reply` once `jobs` ended and `written` holds; at once with none.
+    fn pending(jobs: Vec<(usize, u64)>, written: Option<Written>, reply: Reply) -> Pending {
+        if jobs.is_empty() {
+            return Pending::after_written(written, reply);
+        }
+        Pending::Creating(CreateWait {
+            reply: Box::new(reply),
+            jobs,
+            written,
+        })
+    }
+
+    /// The jobs waited for.
+    pub fn jobs(&self) -> impl Iterator<Item = u64> + '_ {
+        self.jobs.iter().map(|&(_, job)| job)
+    }
+
+    /// The answer, once every job ended (the wait back if not): a job
+    /// that failed has its result carry the error, as a creation refused
+    /// at once would.
+    pub fn finish<S: Storage>(self, broker: &mut Broker<S>) -> Result<Pending, CreateWait> {
+        let ids: Vec<u64> = self.jobs().collect();
+        let Some(outcomes) = broker.creations.take_outcomes(&ids) else {
+            return Err(self);
+        };
+        let CreateWait {
+            mut reply,
+            jobs,
+            mut written,
+        } = self;
+        for (&(index, _), outcome) in jobs.iter().zip(outcomes) {
+            match outcome {
+                Ok(done) => written = written.max(Some(done)),
+                Err((error, message)) => fail_result(&mut reply, index, error, message),
+            }
+        }
+        Ok(Pending::after_written(written, *reply))
+    }
+}
+
+/// Marks one topic's result of a CreateTopics or CreatePartitions answer
+/// failed.
+fn fail_result(reply: &mut Reply, index: usize, error: ResponseError, message: String) {
+    let message = Some(StrBytes::from_string(message));
+    match reply {
+        Reply::CreateTopics(response) => {
+            let result = &mut response.topics[index];
+            result.error_code = code(error);
+            result.error_message = message;
+            result.num_partitions = -1;
+            result.replication_factor = -1;
+            result.topic_id = uuid::Uuid::nil();
+            result.configs = None;
+        }
+        Reply::CreatePartitions(response) => {
+            let result = &mut response.results[index];
+            result.error_code = code(error);
+            result.error_message = message;
+        }
+        other => unreachable!("creations answer creates, not {other:?}"),
+    }
 }
 
 /// A topic created (or, with validate_only, one that could be).
@@ -74,8 +155,11 @@ struct Created {
     partitions: i32,
     factor: i16,
     configs: Vec<create_topics_response::CreatableTopicConfigs>,
-    /// What makes the creation durable; None when validating.
+    /// What makes the creation durable; None when validating or when a
+    /// job creates it.
     written: Option<Written>,
+    /// The job that creates it over the next steps, and the topic's id.
+    job: Option<(u64, [u8; 16])>,
 }
 
 type CreateOutcome = Result<Created, (ResponseError, String)>;
@@ -104,7 +188,11 @@ fn create_one_topic<S: Storage>(
             format!("Topic '{name}' already exists."),
         ));
     }
-    if let Some(collision) = broker.topics.collision(&name) {
+    if let Some(collision) = broker
+        .topics
+        .collision(&name)
+        .or_else(|| broker.creations.collision(&name))
+    {
         return Err((ResponseError::InvalidTopicException, collision));
     }
     let partitions = match (topic.num_partitions, topic.assignments.len()) {
@@ -177,6 +265,17 @@ fn create_one_topic<S: Storage>(
             factor,
             configs: described,
             written: None,
+            job: None,
+        });
+    }
+    if !broker.in_cluster() {
+        let job = broker.begin_topic_creation(&name, partitions, topic_config.overrides.explicit);
+        return Ok(Created {
+            partitions,
+            factor,
+            configs: described,
+            written: None,
+            job: Some(job),
         });
     }
     let written = broker
@@ -193,6 +292,7 @@ fn create_one_topic<S: Storage>(
         factor,
         configs: described,
         written: Some(written),
+        job: None,
     })
 }
 
@@ -379,6 +479,7 @@ pub(super) fn create_partitions<S: Storage>(
 ) -> Handled {
     let mut results = Vec::new();
     let mut wait = None;
+    let mut jobs = Vec::new();
     let mut budget = PartitionBudget::new(broker);
     for topic in &request.topics {
         let name = topic.name.0.to_string();
@@ -386,7 +487,8 @@ pub(super) fn create_partitions<S: Storage>(
         let mut result = create_partitions_response::CreatePartitionsTopicResult::default()
             .with_name(topic.name.clone());
         match outcome {
-            Ok(written) => wait = wait.max(written),
+            Ok(Added::Written(written)) => wait = wait.max(written),
+            Ok(Added::Job(job)) => jobs.push((results.len(), job)),
             Err((error, message)) => {
                 result = result
                     .with_error_code(code(error))
@@ -395,9 +497,14 @@ pub(super) fn create_partitions<S: Storage>(
         }
         results.push(result);
     }
-    let reply =
-        Reply::CreatePartitions(CreatePartitionsResponse::default().with_results(results.clone()));
-    Ok(Pending::after_written(wait, reply))
+    let reply = Reply::CreatePartitions(CreatePartitionsResponse::default().with_results(results));
+    Ok(CreateWait::pending(jobs, wait, reply))
+}
+
+/// How a growth goes on: done (or validated) now, or by a job.
+enum Added {
+    Written(Option<Written>),
+    Job(u64),
 }
 
 fn add_partitions<S: Storage>(
@@ -406,14 +513,19 @@ fn add_partitions<S: Storage>(
     name: &str,
     request: &create_partitions_request::CreatePartitionsTopic,
     validate_only: bool,
-) -> Result<Option<Written>, (ResponseError, String)> {
+) -> Result<Added, (ResponseError, String)> {
     let Some(topic) = broker.topics.get(name) else {
         return Err((
             ResponseError::UnknownTopicOrPartition,
             format!("The topic '{name}' does not exist."),
         ));
     };
-    let current = topic.partitions.len() as i32;
+    // Growths under way count as done: a request after one sees the topic
+    // as it leaves it, as Kafka's controller, applying them in order, does.
+    let current = broker
+        .creations
+        .growing_to(name)
+        .unwrap_or(topic.partitions.len() as i32);
     if request.count < current {
         return Err((ResponseError::InvalidPartitions, format!("The topic {name} currently has {current} partition(s); {} would not be an increase.", request.count)));
     }
@@ -451,9 +563,12 @@ fn add_partitions<S: Storage>(
         ),
     )?;
     if validate_only && !broker.storage_offline() {
-        return Ok(None);
+        return Ok(Added::Written(None));
+    }
+    if !broker.in_cluster() && !broker.storage_offline() {
+        return Ok(Added::Job(broker.begin_growth(name, request.count)));
     }
     broker
         .add_partitions(name, request.count, assigned)
-        .map(Some)
+        .map(|written| Added::Written(Some(written)))
 }

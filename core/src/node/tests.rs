@@ -30,6 +30,9 @@ struct Harness {
     closed: bool,
     /// The connection requests are sent on.
     connection: ConnectionId,
+    /// Steps the node asks for at once (creations) are left for the test
+    /// to hand in; by default each input is followed by them.
+    hold_steps: bool,
 }
 
 impl Harness {
@@ -55,6 +58,7 @@ impl Harness {
             sent: Vec::new(),
             closed: false,
             connection: CONN,
+            hold_steps: false,
         };
         harness.drain();
         harness.sync_all();
@@ -79,8 +83,16 @@ impl Harness {
     }
 
     /// Performs every requested sync, including those requested meanwhile.
+    /// Steps creations under way too (a deadline due now), as a driver
+    /// does.
     fn sync_all(&mut self) {
-        while !self.pending_syncs.is_empty() {
+        loop {
+            if !self.hold_steps {
+                self.run_due_steps();
+            }
+            if self.pending_syncs.is_empty() {
+                break;
+            }
             for (id, targets) in std::mem::take(&mut self.pending_syncs) {
                 for target in &targets {
                     self.node.broker.storage.sync(target);
@@ -91,11 +103,24 @@ impl Harness {
         }
     }
 
+    /// Hands the node the steps it asked for at once (creations), without
+    /// moving the clock.
+    fn run_due_steps(&mut self) {
+        while self.node.broker.creations.is_busy() {
+            assert_eq!(self.node.poll_timeout(), Some(self.now_ms), "due at once");
+            self.node.handle_timeout(Now::at(self.now_ms));
+            self.drain();
+        }
+    }
+
     fn send_raw(&mut self, frame: Bytes) -> FrameOutcome {
         let outcome = self
             .node
             .handle_frame(Now::at(self.now_ms), self.connection, frame);
         self.drain();
+        if !self.hold_steps {
+            self.run_due_steps();
+        }
         outcome
     }
 

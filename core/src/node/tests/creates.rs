@@ -220,3 +220,211 @@ fn a_failed_creation_is_not_recorded_and_a_restart_finds_nothing_of_it() {
     assert!(!h.node.broker.topics.contains("cut"));
     assert!(dirs_of(&h, "cut").is_empty());
 }
+
+/// Every topic the node lists in a Metadata answer on the current
+/// connection, answered at once.
+fn listed_topics(h: &mut Harness) -> Vec<String> {
+    let c = h.send(
+        ApiKey::Metadata,
+        12,
+        &MetadataRequest::default().with_topics(None),
+    );
+    let response: MetadataResponse = h.take(ApiKey::Metadata, 12, c);
+    response
+        .topics
+        .iter()
+        .filter_map(|t| t.name.as_ref().map(|n| n.0.to_string()))
+        .collect()
+}
+
+/// One step the node asked for at once; true while creations remain.
+fn step(h: &mut Harness) -> bool {
+    assert_eq!(
+        h.node.poll_timeout(),
+        Some(h.now_ms),
+        "a step is due at once"
+    );
+    h.node.handle_timeout(Now::at(h.now_ms));
+    h.drain();
+    h.node.broker.creations.is_busy()
+}
+
+const OTHER: ConnectionId = ConnectionId(2);
+
+#[test]
+fn a_large_create_is_spread_over_steps_and_other_connections_are_answered_between_them() {
+    use crate::broker::creations::PARTITION_OPENS_PER_STEP_MAX as PER_STEP;
+    let mut h = Harness::new(MemStorage::new(), &[]);
+    assert_eq!(h.create_topic("existing", 1, &[]), 0);
+    h.node.handle_connect(Now::at(h.now_ms), OTHER, PEER);
+    h.hold_steps = true;
+
+    // 100 + 3 partitions: three full steps and a fourth of 7.
+    let request = CreateTopicsRequest::default()
+        .with_topics(vec![creatable("big", 100), creatable("small", 3)]);
+    let create = h.send(ApiKey::CreateTopics, 7, &request);
+    assert!(h.sent.is_empty(), "nothing is answered before the work");
+    assert!(dirs_of(&h, "big").is_empty(), "no log opened while handled");
+
+    let mut steps = 0;
+    loop {
+        // Another connection between two steps: a Metadata answered at
+        // once, listing no part-made topic; a Produce to an existing topic
+        // answered after its sync; a create of a name under way refused.
+        h.connection = OTHER;
+        let listed = listed_topics(&mut h);
+        assert!(listed.contains(&"existing".to_string()));
+        assert!(
+            !listed.iter().any(|t| t == "big" || t == "small"),
+            "{listed:?}"
+        );
+        let produce = h.produce("existing", 0, 1, one_record(b"between"));
+        h.sync_all();
+        assert_eq!(h.produce_result(produce), (0, steps));
+        assert_eq!(
+            create_topics(&mut h, vec![creatable("big", 1)], false),
+            vec![("big".to_string(), ResponseError::TopicAlreadyExists.code())]
+        );
+        assert!(h.sent.is_empty(), "the create is not answered yet");
+        h.connection = CONN;
+
+        steps += 1;
+        let busy = step(&mut h);
+        let opened = (steps as usize * PER_STEP).min(103);
+        assert_eq!(
+            dirs_of(&h, "big").len() + dirs_of(&h, "small").len(),
+            opened,
+            "{PER_STEP} logs opened a step"
+        );
+        if !busy {
+            break;
+        }
+        assert!(!h.node.broker.topics.contains("big"));
+        assert!(!h.node.broker.metadata.topics.contains_key("big"));
+    }
+    assert_eq!(steps as usize, 103_usize.div_ceil(PER_STEP));
+
+    // Whole and recorded, and answered once durable.
+    for (name, count) in [("big", 100), ("small", 3)] {
+        assert_eq!(h.node.broker.topics.partition_count(name), count);
+        assert_eq!(h.node.broker.metadata.topics[name].partitions, count);
+        assert_eq!(dirs_of(&h, name).len(), count as usize);
+    }
+    assert!(h.sent.is_empty(), "answered only once durable");
+    h.sync_all();
+    let response: CreateTopicsResponse = h.take(ApiKey::CreateTopics, 7, create);
+    for topic in &response.topics {
+        assert_eq!(topic.error_code, 0);
+        let held = h.node.broker.topics.get(&topic.name.0).expect("created");
+        assert_eq!(topic.topic_id, uuid::Uuid::from_bytes(held.id));
+    }
+    assert_eq!(response.topics[0].num_partitions, 100);
+    assert!(!h.node.broker.creations.holds_outcomes());
+    h.connection = OTHER;
+    let listed = listed_topics(&mut h);
+    assert!(listed.contains(&"big".to_string()) && listed.contains(&"small".to_string()));
+    // A restart finds them whole.
+    let storage = h.node.broker.storage.clone();
+    let h = Harness::new(storage, &[]);
+    assert_eq!(h.node.broker.topics.partition_count("big"), 100);
+}
+
+#[test]
+fn a_deletion_during_a_growth_undoes_it_and_leaves_the_name_free() {
+    let mut h = Harness::new(MemStorage::new(), &[]);
+    assert_eq!(h.create_topic("g", 2, &[]), 0);
+    let open_before = h.node.broker.storage.open_files();
+    h.node.handle_connect(Now::at(h.now_ms), OTHER, PEER);
+    h.hold_steps = true;
+    let topic = create_partitions_request::CreatePartitionsTopic::default()
+        .with_name(TopicName(StrBytes::from_static_str("g")))
+        .with_count(80);
+    let grow = h.send(
+        ApiKey::CreatePartitions,
+        3,
+        &CreatePartitionsRequest::default().with_topics(vec![topic]),
+    );
+    assert!(step(&mut h), "more steps to go");
+    assert!(dirs_of(&h, "g").len() > 2, "some new logs are open");
+    assert_eq!(h.node.broker.topics.partition_count("g"), 2, "none visible");
+
+    // A second growth counts from where the first one ends.
+    h.connection = OTHER;
+    assert_eq!(create_partitions(&mut h, "g", 80), INVALID_PARTITIONS);
+    let c = h.send(
+        ApiKey::DeleteTopics,
+        4,
+        &DeleteTopicsRequest::default()
+            .with_topic_names(vec![TopicName(StrBytes::from_static_str("g"))]),
+    );
+    // The growth is undone at once, and answered so.
+    let grown: CreatePartitionsResponse = h.take(ApiKey::CreatePartitions, 3, grow);
+    assert_eq!(
+        grown.results[0].error_code,
+        ResponseError::UnknownTopicOrPartition.code()
+    );
+    h.sync_all();
+    let deleted: DeleteTopicsResponse = h.take(ApiKey::DeleteTopics, 4, c);
+    assert_eq!(deleted.responses[0].error_code, 0);
+    assert!(dirs_of(&h, "g").is_empty(), "the growth's logs went too");
+    assert!(!h.node.broker.creations.is_busy());
+    assert!(h.node.broker.storage.open_files() < open_before);
+
+    // The name is free, and a new topic of it is created whole.
+    h.hold_steps = false;
+    assert_eq!(h.create_topic("g", 40, &[]), 0);
+    assert_eq!(dirs_of(&h, "g").len(), 40);
+    assert_eq!(h.node.broker.topics.partition_count("g"), 40);
+}
+
+#[test]
+fn a_creation_whose_client_left_completes_and_keeps_no_outcome() {
+    let mut h = Harness::new(MemStorage::new(), &[]);
+    h.hold_steps = true;
+    let _ = h.send(
+        ApiKey::CreateTopics,
+        7,
+        &CreateTopicsRequest::default().with_topics(vec![creatable("left", 50)]),
+    );
+    assert!(step(&mut h));
+    h.node.handle_disconnect(Now::at(h.now_ms), CONN);
+    while step(&mut h) {}
+    assert!(!h.node.broker.creations.holds_outcomes());
+    assert_eq!(h.node.broker.topics.partition_count("left"), 50);
+}
+
+#[test]
+fn a_shutdown_undoes_the_creations_under_way_and_answers_them() {
+    let mut h = Harness::new(MemStorage::new(), &[]);
+    h.hold_steps = true;
+    let c = h.send(
+        ApiKey::CreateTopics,
+        7,
+        &CreateTopicsRequest::default().with_topics(vec![creatable("cut", 50)]),
+    );
+    assert!(step(&mut h));
+    h.node.begin_shutdown(Now::at(h.now_ms));
+    h.drain();
+    let response: CreateTopicsResponse = h.take(ApiKey::CreateTopics, 7, c);
+    assert_eq!(
+        response.topics[0].error_code,
+        ResponseError::NotController.code()
+    );
+    assert!(dirs_of(&h, "cut").is_empty());
+    // One that comes after the shutdown began is undone at its first step.
+    let late = h.send(
+        ApiKey::CreateTopics,
+        7,
+        &CreateTopicsRequest::default().with_topics(vec![creatable("late", 5)]),
+    );
+    assert!(!step(&mut h));
+    let response: CreateTopicsResponse = h.take(ApiKey::CreateTopics, 7, late);
+    assert_eq!(
+        response.topics[0].error_code,
+        ResponseError::NotController.code()
+    );
+    assert!(dirs_of(&h, "late").is_empty());
+    h.sync_all();
+    assert!(h.node.is_stopped());
+    assert!(!h.node.broker.metadata.topics.contains_key("cut"));
+}
