@@ -931,7 +931,7 @@ mod tests {
             "the sync goes through the descriptor that was written"
         );
         job.run().expect("sync");
-        let _ = disk.sync(&[]);
+        drop(disk.sync(&[]));
         assert_eq!(disk.open_files(), 0, "synced: let go");
         assert!(disk.files.is_empty());
         let mut back = vec![0u8; 10];

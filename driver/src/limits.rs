@@ -41,15 +41,15 @@ pub fn open_files_limit() -> io::Result<OpenFilesLimit> {
         return Err(io::Error::last_os_error());
     }
     Ok(OpenFilesLimit {
-        soft: limit.rlim_cur as u64,
-        hard: limit.rlim_max as u64,
+        soft: limit.rlim_cur,
+        hard: limit.rlim_max,
     })
 }
 
 fn set_soft_limit(soft: u64, hard: u64) -> io::Result<()> {
     let limit = libc::rlimit {
-        rlim_cur: soft as libc::rlim_t,
-        rlim_max: hard as libc::rlim_t,
+        rlim_cur: soft,
+        rlim_max: hard,
     };
     // SAFETY: setrlimit reads one rlimit from a struct we own.
     if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
@@ -62,7 +62,7 @@ fn set_soft_limit(soft: u64, hard: u64) -> io::Result<()> {
 /// `OPEN_FILES_UNLIMITED_TARGET` when the hard one is unlimited).
 pub fn raise_open_files_limit() -> io::Result<OpenFilesRaise> {
     let before = open_files_limit()?;
-    let target = if before.hard == libc::RLIM_INFINITY as u64 {
+    let target = if before.hard == libc::RLIM_INFINITY {
         OPEN_FILES_UNLIMITED_TARGET
     } else {
         before.hard
@@ -91,7 +91,7 @@ mod tests {
         assert_eq!(open_files_max_default(256), 128);
         assert_eq!(open_files_max_default(4), crate::disk::OPEN_FILES_MIN);
         assert_eq!(
-            open_files_max_default(libc::RLIM_INFINITY as u64),
+            open_files_max_default(libc::RLIM_INFINITY),
             OPEN_FILES_DEFAULT_MAX as usize
         );
     }
