@@ -104,7 +104,7 @@ pub const BROKER_KEYS: &[Key] = &[
         Kind::Long,
         "0",
         0,
-        "segment and checkpoint files the broker holds open at once (Sluice's own bound): idle ones are closed, least recently used first, and reopened when next read or written, so partitions beyond the descriptor limit cost no descriptors while idle; a file whose writes no completed sync covers yet stays open past the bound. 0 derives it from the descriptor limit, which the broker raises to its hard limit at start: half the soft limit, at least 8",
+        "segment and checkpoint files the broker holds open at once (Sluice's own bound): idle ones are closed, least recently used first, and reopened when next read or written, so partitions beyond the descriptor limit cost no descriptors while idle; a file whose writes no completed sync covers yet is synced through its own descriptor before it is closed (a writeback error is never lost with a descriptor). The rest of the descriptors are left to connections and syncs. 0 derives it from the descriptor limit, which the broker raises to its hard limit at start: half the soft limit, at least 8",
     ),
     key(
         "num.partitions",

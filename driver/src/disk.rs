@@ -72,13 +72,22 @@ fn lock_directory(root: &Path) -> io::Result<File> {
     Ok(file)
 }
 
-/// A descriptor shared by the node's thread and the syncer: the syncer
-/// records, once an `fdatasync` on it completed, how many of its entry's
-/// writes that sync covered.
-pub struct Handle {
-    file: File,
-    /// The entry's `writes` count when the last completed sync was issued.
-    synced_writes: AtomicU64,
+/// What the last completed sync of a file covered, shared by the node's
+/// thread and the syncer: 0 when none completed since the node opened it,
+/// else one more than the number of its entry's writes it covered.
+#[derive(Debug, Default)]
+pub struct Synced(AtomicU64);
+
+impl Synced {
+    /// A completed sync covered the first `writes` writes.
+    fn record(&self, writes: u64) {
+        self.0.fetch_max(writes + 1, Ordering::AcqRel);
+    }
+
+    /// A completed sync covered the first `writes` writes.
+    fn covers(&self, writes: u64) -> bool {
+        self.0.load(Ordering::Acquire) > writes
+    }
 }
 
 /// One file the node opened (a logical `FileId`), holding a descriptor or
@@ -87,9 +96,10 @@ pub struct Handle {
 struct Entry {
     path: String,
     /// None while evicted.
-    handle: Option<Arc<Handle>>,
+    handle: Option<Arc<File>>,
     /// Writes and truncations made through this entry, ever.
     writes: u64,
+    synced: Arc<Synced>,
     /// Its key in `FileDisk::by_use` while it holds a descriptor.
     used: u64,
     /// The node closed it while some of its writes were unsynced: the
@@ -103,9 +113,13 @@ impl Entry {
     /// then may its descriptor be closed: on Linux a writeback error seen
     /// through a closed descriptor can be lost to the next one opened.
     fn clean(&self) -> bool {
-        self.handle
-            .as_ref()
-            .is_none_or(|handle| handle.synced_writes.load(Ordering::Acquire) >= self.writes)
+        self.handle.is_none() || self.writes == 0 || self.synced.covers(self.writes)
+    }
+
+    /// A sync completed since it was opened and covers all its writes: the
+    /// file is on disk as the node sees it, and needs no sync.
+    fn durable(&self) -> bool {
+        self.synced.covers(self.writes)
     }
 }
 
@@ -118,9 +132,13 @@ pub const OPEN_FILES_MIN: usize = 8;
 /// `FileId`s are logical: each names a path the node opened, and holds a
 /// descriptor only while it is among the `open_files_max` most recently
 /// used. A file whose writes are not yet covered by a completed sync is
-/// never evicted; when every file holding a descriptor is such a file the
-/// bound is exceeded rather than a sync error risked, and an open the
-/// process has no descriptor left for fails with an error that says so.
+/// never closed as it is: the least recently used clean file goes first,
+/// and when every file holding a descriptor has unsynced writes, one is
+/// synced through its own descriptor before it is closed (a failure then
+/// fails the next sync the node asks for), so no writeback error is lost.
+/// Sockets and the syncer's directory opens keep the rest of the process's
+/// descriptors; an open the process has none left for, even with every
+/// file closed, fails with an error that says so.
 pub struct FileDisk {
     root: PathBuf,
     files: BTreeMap<FileId, Entry>,
@@ -134,6 +152,10 @@ pub struct FileDisk {
     closed_dirty: std::collections::BTreeSet<FileId>,
     /// The bound on `by_use` (`log.open.files.max`).
     open_files_max: usize,
+    /// Files synced on the node's thread to free their descriptor.
+    syncs_in_place: u64,
+    /// The first failure of such a sync: every later sync fails with it.
+    sync_failure: Option<String>,
     next_file: u64,
     syncer: std::sync::mpsc::Sender<(SyncJob, tokio::sync::oneshot::Sender<io::Result<()>>)>,
     /// `.lock` in the directory, held (flock) for as long as the disk is
@@ -181,6 +203,8 @@ impl FileDisk {
             use_tick: 0,
             closed_dirty: std::collections::BTreeSet::new(),
             open_files_max: crate::limits::open_files_max_default(soft),
+            syncs_in_place: 0,
+            sync_failure: None,
             next_file: 0,
             syncer,
             _lock: lock,
@@ -194,6 +218,11 @@ impl FileDisk {
 
     pub fn open_files_max(&self) -> usize {
         self.open_files_max
+    }
+
+    /// Files synced on the node's thread to free their descriptor, ever.
+    pub fn syncs_in_place(&self) -> u64 {
+        self.syncs_in_place
     }
 
     /// Descriptors held for files now.
@@ -237,7 +266,7 @@ impl FileDisk {
     }
 
     /// The descriptor of an open file, reopened by path if it was evicted.
-    fn descriptor(&mut self, id: FileId) -> io::Result<Arc<Handle>> {
+    fn descriptor(&mut self, id: FileId) -> io::Result<Arc<File>> {
         let entry = self
             .files
             .get(&id)
@@ -255,10 +284,7 @@ impl FileDisk {
         let entry = self.files.get_mut(&id).expect("still there");
         // Everything written before was covered by a sync: it was clean
         // when evicted.
-        let handle = Arc::new(Handle {
-            file,
-            synced_writes: AtomicU64::new(entry.writes),
-        });
+        let handle = Arc::new(file);
         entry.handle = Some(handle.clone());
         entry.used = tick;
         self.by_use.insert(tick, id);
@@ -283,9 +309,9 @@ impl FileDisk {
                         return Err(io::Error::new(
                             error.kind(),
                             format!(
-                                "cannot open {}: {error}: the process is out of file descriptors \
-                                 and none of the {} files this log directory holds open may be \
-                                 closed before a sync covers its writes (log.open.files.max is {})",
+                                "cannot open {}: {error}: the process is out of file descriptors, \
+                                 and the log directory holds {} files open (log.open.files.max is \
+                                 {}): connections or syncs hold the rest",
                                 path.display(),
                                 self.by_use.len(),
                                 self.open_files_max
@@ -308,21 +334,53 @@ impl FileDisk {
         }
     }
 
-    /// Closes the descriptor of the least recently used clean file; false
-    /// when every file holding one has unsynced writes.
+    /// Closes the descriptor of the least recently used clean file, or
+    /// when every file holding one has unsynced writes, syncs the least
+    /// recently used of them on the spot and closes it: the node's thread
+    /// waits for that `fdatasync`, which only happens with the budget
+    /// spent. Its error, if any, is kept and fails the next sync the node
+    /// asks for, so no writeback error is lost with the descriptor. False
+    /// when no file holds a descriptor.
     fn evict_one(&mut self) -> bool {
-        let victim = self
+        let clean = self
             .by_use
             .values()
             .copied()
             .find(|id| self.files.get(id).is_some_and(Entry::clean));
-        match victim {
-            Some(id) => {
-                self.evict(id);
-                true
-            }
-            None => false,
+        let victim = match clean {
+            Some(id) => id,
+            None => match self.by_use.values().next().copied() {
+                Some(id) => {
+                    self.sync_in_place(id);
+                    id
+                }
+                None => return false,
+            },
+        };
+        self.evict(victim);
+        true
+    }
+
+    /// Syncs a file's data through its own descriptor, now, so that it may
+    /// be closed.
+    fn sync_in_place(&mut self, id: FileId) {
+        let entry = &self.files[&id];
+        let handle = entry
+            .handle
+            .clone()
+            .expect("only files with a descriptor are synced");
+        let writes = entry.writes;
+        let path = self.path(&entry.path);
+        let synced = entry.synced.clone();
+        self.syncs_in_place += 1;
+        if let Err(error) = handle.sync_data() {
+            let error = named(error, "cannot sync", &path);
+            tracing::error!(%error, "a sync to free a file descriptor failed");
+            self.sync_failure.get_or_insert(error.to_string());
         }
+        // Covered or failed: either way its outcome is known now, and a
+        // failure is reported by `sync_failure`.
+        synced.record(writes);
     }
 
     fn evict(&mut self, id: FileId) {
@@ -369,29 +427,34 @@ impl FileDisk {
         }
     }
 
-    /// Resolves sync targets into what the syncer needs: the descriptors
-    /// that were written through (with how many writes each has), or paths
-    /// for files holding no descriptor (opened then by the syncer), and
-    /// paths for directories.
+    /// Resolves sync targets into what the syncer needs: for a file, the
+    /// descriptors that were written through (or its path, for the syncer
+    /// to open, when none is held) and what each entry's writes were; for a
+    /// directory its path. A file every entry of which a completed sync
+    /// covers since it was opened is left out: it is on disk already.
     pub fn sync_job(&self, targets: &[SyncTarget]) -> SyncJob {
         let mut items = Vec::with_capacity(targets.len());
         for target in targets {
             match target {
                 SyncTarget::File(path) => {
-                    let before = items.len();
-                    for id in self.by_path.get(path).into_iter().flatten() {
-                        let entry = &self.files[id];
-                        if let Some(handle) = &entry.handle {
-                            items.push(SyncItem::Handle {
-                                path: self.path(path),
-                                handle: handle.clone(),
-                                writes: entry.writes,
-                            });
-                        }
+                    let entries: Vec<&Entry> = self
+                        .by_path
+                        .get(path)
+                        .into_iter()
+                        .flatten()
+                        .map(|id| &self.files[id])
+                        .collect();
+                    if !entries.is_empty() && entries.iter().all(|e| e.durable()) {
+                        continue;
                     }
-                    if items.len() == before {
-                        items.push(SyncItem::File(self.path(path)));
-                    }
+                    items.push(SyncItem::File {
+                        path: self.path(path),
+                        files: entries.iter().filter_map(|e| e.handle.clone()).collect(),
+                        covered: entries
+                            .iter()
+                            .map(|e| (e.synced.clone(), e.writes))
+                            .collect(),
+                    });
                 }
                 SyncTarget::Dir(path) => items.push(SyncItem::Dir(self.path(path))),
             }
@@ -425,6 +488,9 @@ pub fn out_of_descriptors(error: &io::Error) -> bool {
 impl Disk for FileDisk {
     fn sync(&mut self, targets: &[SyncTarget]) -> SyncFuture {
         self.forget_closed_clean();
+        if let Some(failure) = self.sync_failure.clone() {
+            return Box::pin(async move { Err(failure) });
+        }
         let (done, result) = tokio::sync::oneshot::channel();
         let sent = self.syncer.send((self.sync_job(targets), done));
         Box::pin(async move {
@@ -491,14 +557,14 @@ fn write_all_vectored_at(file: &File, mut position: u64, parts: &[&[u8]]) -> io:
 const IOV_MAX: usize = 1024;
 
 pub enum SyncItem {
-    /// A descriptor written through, and how many writes its entry had
-    /// made when the sync was asked for.
-    Handle {
+    File {
         path: PathBuf,
-        handle: Arc<Handle>,
-        writes: u64,
+        /// The descriptors written through; the path is opened when empty.
+        files: Vec<Arc<File>>,
+        /// What the sync, once complete, covers of each entry of the path:
+        /// its writes when the sync was asked for.
+        covered: Vec<(Arc<Synced>, u64)>,
     },
-    File(PathBuf),
     Dir(PathBuf),
 }
 
@@ -553,20 +619,22 @@ impl SyncJob {
         };
         for item in &self.items {
             match item {
-                SyncItem::Handle {
+                SyncItem::File {
                     path,
-                    handle,
-                    writes,
+                    files,
+                    covered,
                 } => {
-                    handle
-                        .file
-                        .sync_data()
-                        .map_err(|e| named(e, "cannot sync", path))?;
-                    handle.synced_writes.fetch_max(*writes, Ordering::AcqRel);
-                }
-                SyncItem::File(path) => {
-                    ignore_missing(open_for_sync(path).and_then(|f| f.sync_data()))
-                        .map_err(|e| named(e, "cannot sync", path))?
+                    if files.is_empty() {
+                        ignore_missing(open_for_sync(path).and_then(|f| f.sync_data()))
+                            .map_err(|e| named(e, "cannot sync", path))?;
+                    }
+                    for file in files {
+                        file.sync_data()
+                            .map_err(|e| named(e, "cannot sync", path))?;
+                    }
+                    for (synced, writes) in covered {
+                        synced.record(*writes);
+                    }
                 }
                 SyncItem::Dir(_) => {}
             }
@@ -626,11 +694,9 @@ impl Storage for FileDisk {
             id,
             Entry {
                 path: path.to_string(),
-                handle: Some(Arc::new(Handle {
-                    file,
-                    synced_writes: AtomicU64::new(0),
-                })),
+                handle: Some(Arc::new(file)),
                 writes: 0,
+                synced: Arc::default(),
                 used: self.use_tick,
                 closed: false,
             },
@@ -658,7 +724,7 @@ impl Storage for FileDisk {
     }
 
     fn len(&mut self, file: FileId) -> io::Result<u64> {
-        let metadata = self.descriptor(file)?.file.metadata();
+        let metadata = self.descriptor(file)?.metadata();
         Ok(metadata
             .map_err(|e| self.named_file(e, "cannot read the length of", file))?
             .len())
@@ -669,10 +735,7 @@ impl Storage for FileDisk {
         let handle = self.descriptor(file)?;
         let mut done = 0;
         while done < buf.len() {
-            match handle
-                .file
-                .read_at(&mut buf[done..], position + done as u64)
-            {
+            match handle.read_at(&mut buf[done..], position + done as u64) {
                 Ok(0) => break,
                 Ok(n) => done += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -684,7 +747,7 @@ impl Storage for FileDisk {
 
     fn write_at(&mut self, file: FileId, position: u64, bytes: &[u8]) -> io::Result<()> {
         let handle = self.written(file)?;
-        let written = handle.file.write_all_at(bytes, position);
+        let written = handle.write_all_at(bytes, position);
         written.map_err(|e| self.named_file(e, "cannot write", file))
     }
 
@@ -695,13 +758,13 @@ impl Storage for FileDisk {
         parts: &[&[u8]],
     ) -> io::Result<()> {
         let handle = self.written(file)?;
-        let written = write_all_vectored_at(&handle.file, position, parts);
+        let written = write_all_vectored_at(&handle, position, parts);
         written.map_err(|e| self.named_file(e, "cannot write", file))
     }
 
     fn truncate(&mut self, file: FileId, len: u64) -> io::Result<()> {
         let handle = self.written(file)?;
-        let truncated = handle.file.set_len(len);
+        let truncated = handle.set_len(len);
         truncated.map_err(|e| self.named_file(e, "cannot truncate", file))
     }
 
@@ -742,7 +805,7 @@ impl FileDisk {
     /// The descriptor of a file about to be written: the write counts
     /// before it is made, so that the file stays unevictable until a sync
     /// issued after it completed, whether or not it succeeds.
-    fn written(&mut self, file: FileId) -> io::Result<Arc<Handle>> {
+    fn written(&mut self, file: FileId) -> io::Result<Arc<File>> {
         let handle = self.descriptor(file)?;
         self.files.get_mut(&file).expect("just used").writes += 1;
         Ok(handle)
@@ -885,20 +948,39 @@ mod tests {
     }
 
     #[test]
-    fn a_file_with_unsynced_writes_keeps_its_descriptor_past_the_bound() {
+    fn clean_files_are_evicted_first_and_dirty_ones_only_once_synced() {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut disk = FileDisk::open(dir.path()).expect("open");
         disk.set_open_files_max(OPEN_FILES_MIN);
-        let paths: Vec<String> = (0..20).map(|n| format!("f{n}")).collect();
-        for path in &paths {
-            let id = disk.open(path, true).expect("create");
-            disk.write_at(id, 0, b"unsynced").expect("write");
+        let dirty: Vec<FileId> = (0..OPEN_FILES_MIN / 2)
+            .map(|n| {
+                let id = disk.open(&format!("dirty{n}"), true).expect("create");
+                disk.write_at(id, 0, b"unsynced").expect("write");
+                id
+            })
+            .collect();
+        // More clean files than the bound leaves: the clean ones make way,
+        // the older dirty ones keep their descriptors, nothing is synced.
+        for n in 0..3 * OPEN_FILES_MIN {
+            disk.open(&format!("clean{n}"), true).expect("create");
+            assert!(disk.open_files() <= OPEN_FILES_MIN);
         }
-        assert_eq!(disk.open_files(), 20, "none may be evicted before its sync");
-        // The sync covers them: the next open evicts down to the bound.
-        sync_files(&disk, &paths);
-        disk.open("another", true).expect("create");
+        assert_eq!(disk.syncs_in_place(), 0);
+        assert!(dirty.iter().all(|id| disk.files[id].handle.is_some()));
+        // Only dirty files left: each that makes way is synced first.
+        let more: Vec<FileId> = (0..OPEN_FILES_MIN)
+            .map(|n| {
+                let id = disk.open(&format!("more{n}"), true).expect("create");
+                disk.write_at(id, 0, b"unsynced too").expect("write");
+                id
+            })
+            .collect();
         assert_eq!(disk.open_files(), OPEN_FILES_MIN);
+        assert_eq!(disk.syncs_in_place(), dirty.len() as u64);
+        for id in &dirty {
+            assert!(disk.files[id].handle.is_none() && disk.files[id].clean());
+        }
+        assert!(more.iter().all(|id| !disk.files[id].clean()));
         disk.invariants();
     }
 
@@ -927,7 +1009,7 @@ mod tests {
         disk.rename("tmp", "final").expect("rename");
         let job = disk.sync_job(&[SyncTarget::File("final".into())]);
         assert!(
-            matches!(job.items[..], [SyncItem::Handle { .. }]),
+            matches!(&job.items[..], [SyncItem::File { files, .. }] if files.len() == 1),
             "the sync goes through the descriptor that was written"
         );
         job.run().expect("sync");
@@ -972,4 +1054,20 @@ mod tests {
         assert!(!dir.path().join("b").exists());
         disk.invariants();
     }
+
+    #[test]
+    fn a_file_synced_since_it_was_opened_and_not_written_since_needs_no_sync() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("old"), b"from a previous run").expect("write");
+        let mut disk = FileDisk::open(dir.path()).expect("open");
+        let old = disk.open("old", false).expect("open");
+        let target = [SyncTarget::File("old".into())];
+        // What a previous process wrote may not be on disk: synced.
+        assert_eq!(disk.sync_job(&target).items.len(), 1);
+        disk.sync_job(&target).run().expect("sync");
+        assert!(disk.sync_job(&target).items.is_empty(), "on disk already");
+        disk.write_at(old, 0, b"again").expect("write");
+        assert_eq!(disk.sync_job(&target).items.len(), 1, "written since");
+    }
 }
+
