@@ -152,6 +152,9 @@ pub struct FileDisk {
     closed_dirty: std::collections::BTreeSet<FileId>,
     /// The bound on `by_use` (`log.open.files.max`).
     open_files_max: usize,
+    /// Descriptors evicted while a sync job in flight still held them:
+    /// they close when it lets go, and count against the bound until then.
+    lingering: Vec<Arc<File>>,
     /// Files synced on the node's thread to free their descriptor.
     syncs_in_place: u64,
     /// The first failure of such a sync: every later sync fails with it.
@@ -203,6 +206,7 @@ impl FileDisk {
             use_tick: 0,
             closed_dirty: std::collections::BTreeSet::new(),
             open_files_max: crate::limits::open_files_max_default(soft),
+            lingering: Vec::new(),
             syncs_in_place: 0,
             sync_failure: None,
             next_file: 0,
@@ -225,9 +229,19 @@ impl FileDisk {
         self.syncs_in_place
     }
 
-    /// Descriptors held for files now.
-    pub fn open_files(&self) -> usize {
-        self.by_use.len()
+    /// Descriptors held for files now, those a sync in flight still holds
+    /// after they were evicted included.
+    pub fn open_files(&mut self) -> usize {
+        self.lingering.retain(|file| Arc::strong_count(file) > 1);
+        self.by_use.len() + self.lingering.len()
+    }
+
+    /// Lets go of an evicted descriptor: closed now, or when the sync job
+    /// holding it is done.
+    fn release(&mut self, file: Arc<File>) {
+        if Arc::strong_count(&file) > 1 {
+            self.lingering.push(file);
+        }
     }
 
     /// `named` for an open file.
@@ -327,7 +341,7 @@ impl FileDisk {
     /// Evicts clean files until a new descriptor stays within the bound,
     /// or none is clean.
     fn make_room(&mut self) {
-        while self.by_use.len() >= self.open_files_max {
+        while self.open_files() >= self.open_files_max {
             if !self.evict_one() {
                 break;
             }
@@ -389,21 +403,25 @@ impl FileDisk {
             entry.clean(),
             "a file with unsynced writes is never evicted"
         );
-        if entry.handle.take().is_some() {
-            self.by_use.remove(&entry.used);
+        let closed = entry.closed;
+        if let Some(file) = entry.handle.take() {
+            let used = entry.used;
+            self.by_use.remove(&used);
+            self.release(file);
         }
-        if entry.closed {
+        if closed {
             self.forget(id);
         }
     }
 
     /// Drops an entry altogether.
     fn forget(&mut self, id: FileId) {
-        let Some(entry) = self.files.remove(&id) else {
+        let Some(mut entry) = self.files.remove(&id) else {
             return;
         };
-        if entry.handle.is_some() {
+        if let Some(file) = entry.handle.take() {
             self.by_use.remove(&entry.used);
+            self.release(file);
         }
         self.closed_dirty.remove(&id);
         if let Some(ids) = self.by_path.get_mut(&entry.path) {
@@ -1013,6 +1031,7 @@ mod tests {
             "the sync goes through the descriptor that was written"
         );
         job.run().expect("sync");
+        drop(job);
         drop(disk.sync(&[]));
         assert_eq!(disk.open_files(), 0, "synced: let go");
         assert!(disk.files.is_empty());
@@ -1069,5 +1088,27 @@ mod tests {
         disk.write_at(old, 0, b"again").expect("write");
         assert_eq!(disk.sync_job(&target).items.len(), 1, "written since");
     }
-}
 
+    #[test]
+    fn a_descriptor_a_sync_in_flight_holds_counts_against_the_bound() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut disk = FileDisk::open(dir.path()).expect("open");
+        disk.set_open_files_max(OPEN_FILES_MIN);
+        let first = disk.open("first", true).expect("create");
+        disk.write_at(first, 0, b"data").expect("write");
+        let job = disk.sync_job(&[SyncTarget::File("first".into())]);
+        job.run().expect("sync");
+        for n in 0..2 * OPEN_FILES_MIN {
+            disk.open(&format!("f{n}"), true).expect("create");
+            assert!(disk.open_files() <= OPEN_FILES_MIN);
+        }
+        assert!(disk.files[&first].handle.is_none(), "evicted");
+        assert_eq!(disk.lingering.len(), 1, "the job still holds it");
+        drop(job);
+        assert_eq!(
+            disk.open_files(),
+            OPEN_FILES_MIN - 1,
+            "closed once the job let go"
+        );
+    }
+}
