@@ -6,6 +6,12 @@
 //! file handles, so the syncer thread calls `fdatasync` on the very
 //! descriptors that were written (a later error on them is reported there).
 //! One syncer thread per disk runs the jobs in order.
+//!
+//! Descriptors are a budget: `FileId`s are logical, and only the
+//! `log.open.files.max` most recently used files hold one (see `FileDisk`).
+//! A file is closed only once a completed sync covers its writes, so no
+//! writeback error is lost with its descriptor (the fsync error reported to
+//! one descriptor is not reported again to a new one).
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};

@@ -37,7 +37,7 @@ fn partitions() -> impl Iterator<Item = (String, i32)> {
 fn produce_to_all(broker: &Broker) {
     let mut wire = Wire::connect(&broker.bootstrap()).expect("connect");
     let mut in_flight: VecDeque<(i32, String, i32)> = VecDeque::new();
-    let mut acknowledge = |wire: &mut Wire, (correlation, topic, partition): (i32, String, i32)| {
+    let acknowledge = |wire: &mut Wire, (correlation, topic, partition): (i32, String, i32)| {
         let (error, base_offset) = wire.produce_result(correlation).expect("a produce answer");
         assert_eq!(
             (error, base_offset),
@@ -71,8 +71,7 @@ fn read_all_back(broker: &Broker) {
         let records = loop {
             match wire.read_all(&topic, partition, 0) {
                 Ok(records) => break records,
-                Err(error) if Instant::now() < deadline => {
-                    let _ = error;
+                Err(_) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(100));
                     wire = Wire::connect(&broker.bootstrap()).expect("connect");
                 }
@@ -224,7 +223,7 @@ fn running_out_of_descriptors_to_connections_neither_floods_the_log_nor_fails_th
         // A produce that could not open its files is refused on its own;
         // one that could is acknowledged once its sync went through.
         assert!(
-            error == 0 && offset == 1 || error != 0,
+            error != 0 || offset == 1,
             "busy/{partition}: ({error}, {offset})"
         );
     }
