@@ -145,6 +145,10 @@ pub const OPEN_FILES_MIN: usize = 8;
 /// Sockets and the syncer's directory opens keep the rest of the process's
 /// descriptors; an open the process has none left for, even with every
 /// file closed, fails with an error that says so.
+///
+/// Renames follow an evicted file to its new name. A file removed while the
+/// node still holds it open cannot be reopened once evicted (the core
+/// closes segment files before it removes them).
 pub struct FileDisk {
     root: PathBuf,
     files: BTreeMap<FileId, Entry>,
