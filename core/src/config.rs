@@ -100,6 +100,13 @@ pub const BROKER_KEYS: &[Key] = &[
         "directory holding the logs",
     ),
     key(
+        "log.open.files.max",
+        Kind::Long,
+        "0",
+        0,
+        "segment and checkpoint files the broker holds open at once (Sluice's own bound): idle ones are closed, least recently used first, and reopened when next read or written, so partitions beyond the descriptor limit cost no descriptors while idle; a file whose writes no completed sync covers yet is synced through its own descriptor before it is closed (a writeback error is never lost with a descriptor). The rest of the descriptors are left to connections and syncs. 0 derives it from the descriptor limit, which the broker raises to its hard limit at start: half the soft limit, at least 8",
+    ),
+    key(
         "num.partitions",
         Kind::Int,
         "1",
@@ -671,6 +678,9 @@ pub struct BrokerConfig {
     /// `metrics.listener`: where metrics are served; empty for nowhere.
     pub metrics_listener: String,
     pub log_dirs: String,
+    /// `log.open.files.max`: files held open at once; None to derive the
+    /// bound from the process's descriptor limit.
+    pub open_files_max: Option<usize>,
     pub num_partitions: i32,
     pub default_replication_factor: i16,
     /// `max.topic.partitions`: partitions of one topic.
@@ -1025,6 +1035,10 @@ impl BrokerConfig {
             listeners,
             metrics_listener: get("metrics.listener"),
             log_dirs,
+            open_files_max: match number("log.open.files.max") {
+                0 => None,
+                files_max => Some(usize::try_from(files_max).unwrap_or(usize::MAX)),
+            },
             num_partitions: number("num.partitions") as i32,
             default_replication_factor: number("default.replication.factor").min(i16::MAX as i64)
                 as i16,

@@ -6,6 +6,12 @@
 //! file handles, so the syncer thread calls `fdatasync` on the very
 //! descriptors that were written (a later error on them is reported there).
 //! One syncer thread per disk runs the jobs in order.
+//!
+//! Descriptors are a budget: `FileId`s are logical, and only the
+//! `log.open.files.max` most recently used files hold one (see `FileDisk`).
+//! A file is closed only once a completed sync covers its writes, so no
+//! writeback error is lost with its descriptor (the fsync error reported to
+//! one descriptor is not reported again to a new one).
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -13,6 +19,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use sluice_core::storage::{FileId, Storage, SyncTarget};
@@ -71,12 +78,97 @@ fn lock_directory(root: &Path) -> io::Result<File> {
     Ok(file)
 }
 
+/// What the last completed sync of a file covered, shared by the node's
+/// thread and the syncer: 0 when none completed since the node opened it,
+/// else one more than the number of its entry's writes it covered.
+#[derive(Debug, Default)]
+pub struct Synced(AtomicU64);
+
+impl Synced {
+    /// A completed sync covered the first `writes` writes.
+    fn record(&self, writes: u64) {
+        self.0.fetch_max(writes + 1, Ordering::AcqRel);
+    }
+
+    /// A completed sync covered the first `writes` writes.
+    fn covers(&self, writes: u64) -> bool {
+        self.0.load(Ordering::Acquire) > writes
+    }
+}
+
+/// One file the node opened (a logical `FileId`), holding a descriptor or
+/// not at the moment: descriptors are a budget (`open_files_max`), and an
+/// entry without one is reopened by path when next used.
+struct Entry {
+    path: String,
+    /// None while evicted.
+    handle: Option<Arc<File>>,
+    /// Writes and truncations made through this entry, ever.
+    writes: u64,
+    synced: Arc<Synced>,
+    /// Its key in `FileDisk::by_use` while it holds a descriptor.
+    used: u64,
+    /// The node closed it while some of its writes were unsynced: the
+    /// descriptor stays until a sync covers them, so that a writeback error
+    /// on them reaches the sync that the node waits for.
+    closed: bool,
+}
+
+impl Entry {
+    /// Every write made through it is covered by a completed sync. Only
+    /// then may its descriptor be closed: on Linux a writeback error seen
+    /// through a closed descriptor can be lost to the next one opened.
+    fn clean(&self) -> bool {
+        self.handle.is_none() || self.writes == 0 || self.synced.covers(self.writes)
+    }
+
+    /// A sync completed since it was opened and covers all its writes: the
+    /// file is on disk as the node sees it, and needs no sync.
+    fn durable(&self) -> bool {
+        self.synced.covers(self.writes)
+    }
+}
+
+/// Fewest descriptors the disk keeps for files, whatever is configured: one
+/// segment's four files and a checkpoint.
+pub const OPEN_FILES_MIN: usize = 8;
+
 /// `Storage` over the files under one directory, with its syncer thread.
+///
+/// `FileId`s are logical: each names a path the node opened, and holds a
+/// descriptor only while it is among the `open_files_max` most recently
+/// used. A file whose writes are not yet covered by a completed sync is
+/// never closed as it is: the least recently used clean file goes first,
+/// and when every file holding a descriptor has unsynced writes, one is
+/// synced through its own descriptor before it is closed (a failure then
+/// fails the next sync the node asks for), so no writeback error is lost.
+/// Sockets and the syncer's directory opens keep the rest of the process's
+/// descriptors; an open the process has none left for, even with every
+/// file closed, fails with an error that says so.
+///
+/// Renames follow an evicted file to its new name. A file removed while the
+/// node still holds it open cannot be reopened once evicted (the core
+/// closes segment files before it removes them).
 pub struct FileDisk {
     root: PathBuf,
-    files: BTreeMap<FileId, (String, Arc<File>)>,
-    /// The most recently opened handle of each open path.
-    by_path: BTreeMap<String, FileId>,
+    files: BTreeMap<FileId, Entry>,
+    /// The entries of each path, oldest first (open ones, and closed ones
+    /// still waiting for their sync).
+    by_path: BTreeMap<String, Vec<FileId>>,
+    /// The entries holding a descriptor, least recently used first.
+    by_use: BTreeMap<u64, FileId>,
+    use_tick: u64,
+    /// Entries the node closed that wait for a sync to cover their writes.
+    closed_dirty: std::collections::BTreeSet<FileId>,
+    /// The bound on `by_use` (`log.open.files.max`).
+    open_files_max: usize,
+    /// Descriptors evicted while a sync job in flight still held them:
+    /// they close when it lets go, and count against the bound until then.
+    lingering: Vec<Arc<File>>,
+    /// Files synced on the node's thread to free their descriptor.
+    syncs_in_place: u64,
+    /// The first failure of such a sync: every later sync fails with it.
+    sync_failure: Option<String>,
     next_file: u64,
     syncer: std::sync::mpsc::Sender<(SyncJob, tokio::sync::oneshot::Sender<io::Result<()>>)>,
     /// `.lock` in the directory, held (flock) for as long as the disk is
@@ -88,7 +180,9 @@ impl FileDisk {
     /// Opens the data directory (creating it), takes its lock, and starts
     /// its syncer thread. A directory another process holds is refused
     /// (`ErrorKind::WouldBlock`), as Kafka refuses a log directory whose
-    /// `.lock` it cannot take.
+    /// `.lock` it cannot take. Files held open are bounded by what the
+    /// process's descriptor limit allows (`open_files_max_default`) until
+    /// `set_open_files_max` says otherwise.
     pub fn open(root: &Path) -> io::Result<FileDisk> {
         fs::create_dir_all(root).map_err(|e| named(e, "cannot create the log directory", root))?;
         if !root.is_dir() {
@@ -113,20 +207,57 @@ impl FileDisk {
                     format!("cannot start the syncer thread of {}: {e}", root.display()),
                 )
             })?;
+        let soft = crate::limits::open_files_limit().map_or(1024, |limit| limit.soft);
         Ok(FileDisk {
             root: root.to_path_buf(),
             files: BTreeMap::new(),
             by_path: BTreeMap::new(),
+            by_use: BTreeMap::new(),
+            use_tick: 0,
+            closed_dirty: std::collections::BTreeSet::new(),
+            open_files_max: crate::limits::open_files_max_default(soft),
+            lingering: Vec::new(),
+            syncs_in_place: 0,
+            sync_failure: None,
             next_file: 0,
             syncer,
             _lock: lock,
         })
     }
 
+    /// Bounds the descriptors held for files (at least `OPEN_FILES_MIN`).
+    pub fn set_open_files_max(&mut self, open_files_max: usize) {
+        self.open_files_max = open_files_max.max(OPEN_FILES_MIN);
+    }
+
+    pub fn open_files_max(&self) -> usize {
+        self.open_files_max
+    }
+
+    /// Files synced on the node's thread to free their descriptor, ever.
+    pub fn syncs_in_place(&self) -> u64 {
+        self.syncs_in_place
+    }
+
+    /// Descriptors held for files now, those a sync in flight still holds
+    /// after they were evicted included.
+    pub fn open_files(&mut self) -> usize {
+        self.lingering.retain(|file| Arc::strong_count(file) > 1);
+        self.by_use.len() + self.lingering.len()
+    }
+
+    /// Lets go of an evicted descriptor: closed now, or when the sync job
+    /// holding it is done.
+    fn release(&mut self, file: Arc<File>) {
+        if Arc::strong_count(&file) > 1 {
+            self.lingering.push(file);
+        }
+    }
+
     /// `named` for an open file.
     fn named_file(&self, error: io::Error, doing: &str, file: FileId) -> io::Error {
         match self.files.get(&file) {
-            Some((path, _)) => named(error, doing, &self.path(path)),
+            Some(entry) => named(error, doing, &self.path(&entry.path)),
             None => error,
         }
     }
@@ -139,34 +270,255 @@ impl FileDisk {
         }
     }
 
-    fn file(&self, file: FileId) -> io::Result<&Arc<File>> {
-        self.files
-            .get(&file)
-            .map(|(_, f)| f)
-            .ok_or_else(|| io::Error::other("file not open"))
+    /// Marks an entry holding a descriptor as the most recently used.
+    fn touch(&mut self, id: FileId) {
+        self.use_tick += 1;
+        let tick = self.use_tick;
+        let entry = self.files.get_mut(&id).expect("touched entries exist");
+        assert!(
+            entry.handle.is_some(),
+            "only entries with a descriptor are touched"
+        );
+        let removed = self.by_use.remove(&entry.used);
+        assert_eq!(
+            removed,
+            Some(id),
+            "by_use holds every entry with a descriptor"
+        );
+        entry.used = tick;
+        self.by_use.insert(tick, id);
     }
 
-    /// Resolves sync targets into what the syncer needs: open handles for
-    /// files (opened now if the node has none), paths for directories.
-    pub fn sync_job(&self, targets: &[SyncTarget]) -> SyncJob {
-        let items = targets
-            .iter()
-            .map(|target| match target {
-                SyncTarget::File(path) => {
-                    match self.by_path.get(path).and_then(|id| self.files.get(id)) {
-                        Some((_, file)) => SyncItem::Handle(self.path(path), file.clone()),
-                        None => SyncItem::File(self.path(path)),
+    /// The descriptor of an open file, reopened by path if it was evicted.
+    fn descriptor(&mut self, id: FileId) -> io::Result<Arc<File>> {
+        let entry = self
+            .files
+            .get(&id)
+            .filter(|entry| !entry.closed)
+            .ok_or_else(|| io::Error::other("file not open"))?;
+        if let Some(handle) = entry.handle.clone() {
+            self.touch(id);
+            return Ok(handle);
+        }
+        let path = entry.path.clone();
+        self.make_room();
+        let file = self.open_descriptor(&path, false)?;
+        self.use_tick += 1;
+        let tick = self.use_tick;
+        let entry = self.files.get_mut(&id).expect("still there");
+        // Everything written before was covered by a sync: it was clean
+        // when evicted.
+        let handle = Arc::new(file);
+        entry.handle = Some(handle.clone());
+        entry.used = tick;
+        self.by_use.insert(tick, id);
+        Ok(handle)
+    }
+
+    /// Opens a path, evicting clean files while the process is out of
+    /// descriptors.
+    fn open_descriptor(&mut self, relative: &str, create: bool) -> io::Result<File> {
+        let path = self.path(relative);
+        loop {
+            let opened = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(create)
+                .truncate(false)
+                .open(&path);
+            match opened {
+                Ok(file) => return Ok(file),
+                Err(error) if out_of_descriptors(&error) => {
+                    if !self.evict_one() {
+                        return Err(io::Error::new(
+                            error.kind(),
+                            format!(
+                                "cannot open {}: {error}: the process is out of file descriptors, \
+                                 and the log directory holds {} files open (log.open.files.max is \
+                                 {}): connections or syncs hold the rest",
+                                path.display(),
+                                self.by_use.len(),
+                                self.open_files_max
+                            ),
+                        ));
                     }
                 }
-                SyncTarget::Dir(path) => SyncItem::Dir(self.path(path)),
-            })
+                Err(error) => return Err(named(error, "cannot open", &path)),
+            }
+        }
+    }
+
+    /// Evicts clean files until a new descriptor stays within the bound,
+    /// or none is clean.
+    fn make_room(&mut self) {
+        while self.open_files() >= self.open_files_max {
+            if !self.evict_one() {
+                break;
+            }
+        }
+    }
+
+    /// Closes the descriptor of the least recently used clean file, or
+    /// when every file holding one has unsynced writes, syncs the least
+    /// recently used of them on the spot and closes it: the node's thread
+    /// waits for that `fdatasync`, which only happens with the budget
+    /// spent. Its error, if any, is kept and fails the next sync the node
+    /// asks for, so no writeback error is lost with the descriptor. False
+    /// when no file holds a descriptor.
+    fn evict_one(&mut self) -> bool {
+        let clean = self
+            .by_use
+            .values()
+            .copied()
+            .find(|id| self.files.get(id).is_some_and(Entry::clean));
+        let victim = match clean {
+            Some(id) => id,
+            None => match self.by_use.values().next().copied() {
+                Some(id) => {
+                    self.sync_in_place(id);
+                    id
+                }
+                None => return false,
+            },
+        };
+        self.evict(victim);
+        true
+    }
+
+    /// Syncs a file's data through its own descriptor, now, so that it may
+    /// be closed.
+    fn sync_in_place(&mut self, id: FileId) {
+        let entry = &self.files[&id];
+        let handle = entry
+            .handle
+            .clone()
+            .expect("only files with a descriptor are synced");
+        let writes = entry.writes;
+        let path = self.path(&entry.path);
+        let synced = entry.synced.clone();
+        self.syncs_in_place += 1;
+        if let Err(error) = handle.sync_data() {
+            let error = named(error, "cannot sync", &path);
+            tracing::error!(%error, "a sync to free a file descriptor failed");
+            self.sync_failure.get_or_insert(error.to_string());
+        }
+        // Covered or failed: either way its outcome is known now, and a
+        // failure is reported by `sync_failure`.
+        synced.record(writes);
+    }
+
+    fn evict(&mut self, id: FileId) {
+        let entry = self.files.get_mut(&id).expect("evicted entries exist");
+        assert!(
+            entry.clean(),
+            "a file with unsynced writes is never evicted"
+        );
+        let closed = entry.closed;
+        if let Some(file) = entry.handle.take() {
+            let used = entry.used;
+            self.by_use.remove(&used);
+            self.release(file);
+        }
+        if closed {
+            self.forget(id);
+        }
+    }
+
+    /// Drops an entry altogether.
+    fn forget(&mut self, id: FileId) {
+        let Some(mut entry) = self.files.remove(&id) else {
+            return;
+        };
+        if let Some(file) = entry.handle.take() {
+            self.by_use.remove(&entry.used);
+            self.release(file);
+        }
+        self.closed_dirty.remove(&id);
+        if let Some(ids) = self.by_path.get_mut(&entry.path) {
+            ids.retain(|other| *other != id);
+            if ids.is_empty() {
+                self.by_path.remove(&entry.path);
+            }
+        }
+    }
+
+    /// Lets go of closed files whose writes a sync has covered since.
+    fn forget_closed_clean(&mut self) {
+        let clean: Vec<FileId> = self
+            .closed_dirty
+            .iter()
+            .copied()
+            .filter(|id| self.files.get(id).is_none_or(Entry::clean))
             .collect();
+        for id in clean {
+            self.forget(id);
+        }
+    }
+
+    /// Resolves sync targets into what the syncer needs: for a file, the
+    /// descriptors that were written through (or its path, for the syncer
+    /// to open, when none is held) and what each entry's writes were; for a
+    /// directory its path. A file every entry of which a completed sync
+    /// covers since it was opened is left out: it is on disk already.
+    pub fn sync_job(&self, targets: &[SyncTarget]) -> SyncJob {
+        let mut items = Vec::with_capacity(targets.len());
+        for target in targets {
+            match target {
+                SyncTarget::File(path) => {
+                    let entries: Vec<&Entry> = self
+                        .by_path
+                        .get(path)
+                        .into_iter()
+                        .flatten()
+                        .map(|id| &self.files[id])
+                        .collect();
+                    if !entries.is_empty() && entries.iter().all(|e| e.durable()) {
+                        continue;
+                    }
+                    items.push(SyncItem::File {
+                        path: self.path(path),
+                        files: entries.iter().filter_map(|e| e.handle.clone()).collect(),
+                        covered: entries
+                            .iter()
+                            .map(|e| (e.synced.clone(), e.writes))
+                            .collect(),
+                    });
+                }
+                SyncTarget::Dir(path) => items.push(SyncItem::Dir(self.path(path))),
+            }
+        }
         SyncJob { items }
     }
+
+    /// Checks the bookkeeping: every entry with a descriptor is in the LRU
+    /// under its tick, and every entry is listed under its path.
+    fn invariants(&self) {
+        assert_eq!(
+            self.by_use.len(),
+            self.files.values().filter(|e| e.handle.is_some()).count()
+        );
+        for (tick, id) in &self.by_use {
+            assert_eq!(self.files[id].used, *tick);
+        }
+        for (id, entry) in &self.files {
+            assert!(self.by_path[&entry.path].contains(id));
+            assert_eq!(entry.closed, self.closed_dirty.contains(id));
+        }
+    }
+}
+
+/// EMFILE or ENFILE: no descriptor for the process or the system, which
+/// says nothing about the disk.
+pub fn out_of_descriptors(error: &io::Error) -> bool {
+    matches!(error.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
 }
 
 impl Disk for FileDisk {
     fn sync(&mut self, targets: &[SyncTarget]) -> SyncFuture {
+        self.forget_closed_clean();
+        if let Some(failure) = self.sync_failure.clone() {
+            return Box::pin(async move { Err(failure) });
+        }
         let (done, result) = tokio::sync::oneshot::channel();
         let sent = self.syncer.send((self.sync_job(targets), done));
         Box::pin(async move {
@@ -233,14 +585,56 @@ fn write_all_vectored_at(file: &File, mut position: u64, parts: &[&[u8]]) -> io:
 const IOV_MAX: usize = 1024;
 
 pub enum SyncItem {
-    Handle(PathBuf, Arc<File>),
-    File(PathBuf),
+    File {
+        path: PathBuf,
+        /// The descriptors written through; the path is opened when empty.
+        files: Vec<Arc<File>>,
+        /// What the sync, once complete, covers of each entry of the path:
+        /// its writes when the sync was asked for.
+        covered: Vec<(Arc<Synced>, u64)>,
+    },
     Dir(PathBuf),
 }
 
 /// One sync request, ready to run on any thread.
 pub struct SyncJob {
     items: Vec<SyncItem>,
+}
+
+/// The syncer's wait between opens the process had no descriptor for,
+/// doubling from the first to the last.
+const SYNC_OPEN_BACKOFF_MS_MIN: u64 = 1;
+const SYNC_OPEN_BACKOFF_MS_MAX: u64 = 1_000;
+/// Least time between two warnings that the syncer waits for descriptors.
+const SYNC_OPEN_WARNING_INTERVAL_MS: u64 = 10_000;
+
+/// Opens `path` for a sync. Out of descriptors it waits and tries again,
+/// for as long as it takes: failing the sync would take the log directory
+/// offline for a shortage that says nothing about the disk, and until the
+/// sync completes nothing it covers is acknowledged.
+fn open_for_sync(path: &Path) -> io::Result<File> {
+    let mut backoff_ms = SYNC_OPEN_BACKOFF_MS_MIN;
+    let mut warned: Option<std::time::Instant> = None;
+    loop {
+        match File::open(path) {
+            Err(error) if out_of_descriptors(&error) => {
+                let due = warned.is_none_or(|at| {
+                    at.elapsed() >= std::time::Duration::from_millis(SYNC_OPEN_WARNING_INTERVAL_MS)
+                });
+                if due {
+                    tracing::warn!(
+                        path = %path.display(),
+                        %error,
+                        "the syncer waits for a file descriptor; nothing is acknowledged meanwhile"
+                    );
+                    warned = Some(std::time::Instant::now());
+                }
+                std::thread::sleep(std::time::Duration::from_millis(backoff_ms));
+                backoff_ms = (backoff_ms * 2).min(SYNC_OPEN_BACKOFF_MS_MAX);
+            }
+            other => return other,
+        }
+    }
 }
 
 impl SyncJob {
@@ -253,19 +647,29 @@ impl SyncJob {
         };
         for item in &self.items {
             match item {
-                SyncItem::Handle(path, file) => file
-                    .sync_data()
-                    .map_err(|e| named(e, "cannot sync", path))?,
-                SyncItem::File(path) => {
-                    ignore_missing(File::open(path).and_then(|f| f.sync_data()))
-                        .map_err(|e| named(e, "cannot sync", path))?
+                SyncItem::File {
+                    path,
+                    files,
+                    covered,
+                } => {
+                    if files.is_empty() {
+                        ignore_missing(open_for_sync(path).and_then(|f| f.sync_data()))
+                            .map_err(|e| named(e, "cannot sync", path))?;
+                    }
+                    for file in files {
+                        file.sync_data()
+                            .map_err(|e| named(e, "cannot sync", path))?;
+                    }
+                    for (synced, writes) in covered {
+                        synced.record(*writes);
+                    }
                 }
                 SyncItem::Dir(_) => {}
             }
         }
         for item in &self.items {
             if let SyncItem::Dir(path) = item {
-                ignore_missing(File::open(path).and_then(|f| f.sync_all()))
+                ignore_missing(open_for_sync(path).and_then(|f| f.sync_all()))
                     .map_err(|e| named(e, "cannot sync the directory", path))?;
             }
         }
@@ -283,7 +687,15 @@ impl Storage for FileDisk {
         let mut names = Vec::new();
         let path = self.path(path);
         let listing = |e| named(e, "cannot list", &path);
-        for entry in fs::read_dir(&path).map_err(listing)? {
+        // Listing takes a descriptor too: make one free if the budget is
+        // spent.
+        let mut entries = loop {
+            match fs::read_dir(&path) {
+                Err(error) if out_of_descriptors(&error) && self.evict_one() => continue,
+                other => break other.map_err(listing)?,
+            }
+        };
+        for entry in &mut entries {
             names.push(
                 entry
                     .map_err(listing)?
@@ -301,30 +713,46 @@ impl Storage for FileDisk {
     }
 
     fn open(&mut self, path: &str, create: bool) -> io::Result<FileId> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(create)
-            .truncate(false)
-            .open(self.path(path))
-            .map_err(|e| named(e, "cannot open", &self.path(path)))?;
+        self.make_room();
+        let file = self.open_descriptor(path, create)?;
         self.next_file += 1;
+        self.use_tick += 1;
         let id = FileId(self.next_file);
-        self.files.insert(id, (path.to_string(), Arc::new(file)));
-        self.by_path.insert(path.to_string(), id);
+        self.files.insert(
+            id,
+            Entry {
+                path: path.to_string(),
+                handle: Some(Arc::new(file)),
+                writes: 0,
+                synced: Arc::default(),
+                used: self.use_tick,
+                closed: false,
+            },
+        );
+        self.by_use.insert(self.use_tick, id);
+        self.by_path.entry(path.to_string()).or_default().push(id);
+        self.debug_invariants();
         Ok(id)
     }
 
     fn close(&mut self, file: FileId) {
-        if let Some((path, _)) = self.files.remove(&file) {
-            if self.by_path.get(&path) == Some(&file) {
-                self.by_path.remove(&path);
-            }
+        let Some(entry) = self.files.get_mut(&file) else {
+            return;
+        };
+        if entry.closed {
+            return;
         }
+        if entry.clean() {
+            self.forget(file);
+        } else {
+            entry.closed = true;
+            self.closed_dirty.insert(file);
+        }
+        self.debug_invariants();
     }
 
     fn len(&mut self, file: FileId) -> io::Result<u64> {
-        let metadata = self.file(file)?.metadata();
+        let metadata = self.descriptor(file)?.metadata();
         Ok(metadata
             .map_err(|e| self.named_file(e, "cannot read the length of", file))?
             .len())
@@ -332,10 +760,10 @@ impl Storage for FileDisk {
 
     fn read_at(&mut self, file: FileId, position: u64, buf: &mut [u8]) -> io::Result<usize> {
         let file_id = file;
-        let file = self.file(file)?;
+        let handle = self.descriptor(file)?;
         let mut done = 0;
         while done < buf.len() {
-            match file.read_at(&mut buf[done..], position + done as u64) {
+            match handle.read_at(&mut buf[done..], position + done as u64) {
                 Ok(0) => break,
                 Ok(n) => done += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -346,7 +774,8 @@ impl Storage for FileDisk {
     }
 
     fn write_at(&mut self, file: FileId, position: u64, bytes: &[u8]) -> io::Result<()> {
-        let written = self.file(file)?.write_all_at(bytes, position);
+        let handle = self.written(file)?;
+        let written = handle.write_all_at(bytes, position);
         written.map_err(|e| self.named_file(e, "cannot write", file))
     }
 
@@ -356,18 +785,22 @@ impl Storage for FileDisk {
         position: u64,
         parts: &[&[u8]],
     ) -> io::Result<()> {
-        let written = write_all_vectored_at(self.file(file)?, position, parts);
+        let handle = self.written(file)?;
+        let written = write_all_vectored_at(&handle, position, parts);
         written.map_err(|e| self.named_file(e, "cannot write", file))
     }
 
     fn truncate(&mut self, file: FileId, len: u64) -> io::Result<()> {
-        let truncated = self.file(file)?.set_len(len);
+        let handle = self.written(file)?;
+        let truncated = handle.set_len(len);
         truncated.map_err(|e| self.named_file(e, "cannot truncate", file))
     }
 
     fn remove_file(&mut self, path: &str) -> io::Result<()> {
-        let path = self.path(path);
-        fs::remove_file(&path).map_err(|e| named(e, "cannot remove", &path))
+        let full = self.path(path);
+        fs::remove_file(&full).map_err(|e| named(e, "cannot remove", &full))?;
+        self.forget_closed_at(path);
+        Ok(())
     }
 
     fn remove_dir(&mut self, path: &str) -> io::Result<()> {
@@ -378,15 +811,55 @@ impl Storage for FileDisk {
     fn rename(&mut self, from: &str, to: &str) -> io::Result<()> {
         let source = self.path(from);
         fs::rename(&source, self.path(to)).map_err(|e| named(e, "cannot rename", &source))?;
-        for (path, _) in self.files.values_mut() {
-            if path == from {
-                *path = to.to_string();
+        // What was at `to` is gone; what was at `from` is there now.
+        self.forget_closed_at(to);
+        if let Some(moved) = self.by_path.remove(from) {
+            for id in &moved {
+                if let Some(entry) = self.files.get_mut(id) {
+                    entry.path = to.to_string();
+                }
             }
+            self.by_path
+                .entry(to.to_string())
+                .or_default()
+                .extend(moved);
         }
-        if let Some(id) = self.by_path.remove(from) {
-            self.by_path.insert(to.to_string(), id);
-        }
+        self.debug_invariants();
         Ok(())
+    }
+}
+
+impl FileDisk {
+    /// The descriptor of a file about to be written: the write counts
+    /// before it is made, so that the file stays unevictable until a sync
+    /// issued after it completed, whether or not it succeeds.
+    fn written(&mut self, file: FileId) -> io::Result<Arc<File>> {
+        let handle = self.descriptor(file)?;
+        self.files.get_mut(&file).expect("just used").writes += 1;
+        Ok(handle)
+    }
+
+    /// Forgets the closed files at a path whose name is gone: nothing syncs
+    /// them any more, and their data no longer matters.
+    fn forget_closed_at(&mut self, path: &str) {
+        let closed: Vec<FileId> = self
+            .by_path
+            .get(path)
+            .into_iter()
+            .flatten()
+            .copied()
+            .filter(|id| self.files.get(id).is_some_and(|e| e.closed))
+            .collect();
+        for id in closed {
+            self.forget(id);
+        }
+    }
+
+    /// The invariants, in debug builds (they walk every entry).
+    fn debug_invariants(&self) {
+        if cfg!(debug_assertions) && self.files.len() <= 4_096 {
+            self.invariants();
+        }
     }
 }
 
@@ -470,5 +943,182 @@ mod tests {
         assert_eq!(&back[..4], b"0123");
         assert_eq!(&back[4..], &parts.concat()[..]);
         assert_eq!(disk.len(file).expect("len"), back.len() as u64);
+    }
+    /// Syncs `paths` as the node would, on this thread.
+    fn sync_files(disk: &FileDisk, paths: &[String]) {
+        let targets: Vec<SyncTarget> = paths.iter().cloned().map(SyncTarget::File).collect();
+        disk.sync_job(&targets).run().expect("sync");
+    }
+
+    #[test]
+    fn idle_files_give_their_descriptors_back_and_reopen_on_demand() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut disk = FileDisk::open(dir.path()).expect("open");
+        disk.set_open_files_max(OPEN_FILES_MIN);
+        let paths: Vec<String> = (0..50).map(|n| format!("f{n}")).collect();
+        let mut ids = Vec::new();
+        for path in &paths {
+            let id = disk.open(path, true).expect("create");
+            disk.write_at(id, 0, path.as_bytes()).expect("write");
+            // Synced at once: clean, so it may be evicted.
+            sync_files(&disk, std::slice::from_ref(path));
+            ids.push(id);
+            assert!(disk.open_files() <= OPEN_FILES_MIN, "{}", disk.open_files());
+        }
+        for (id, path) in ids.iter().zip(&paths) {
+            let mut back = vec![0u8; path.len()];
+            assert_eq!(disk.read_at(*id, 0, &mut back).expect("read"), path.len());
+            assert_eq!(back, path.as_bytes());
+            assert_eq!(disk.len(*id).expect("len"), path.len() as u64);
+            assert!(disk.open_files() <= OPEN_FILES_MIN);
+        }
+        disk.invariants();
+    }
+
+    #[test]
+    fn clean_files_are_evicted_first_and_dirty_ones_only_once_synced() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut disk = FileDisk::open(dir.path()).expect("open");
+        disk.set_open_files_max(OPEN_FILES_MIN);
+        let dirty: Vec<FileId> = (0..OPEN_FILES_MIN / 2)
+            .map(|n| {
+                let id = disk.open(&format!("dirty{n}"), true).expect("create");
+                disk.write_at(id, 0, b"unsynced").expect("write");
+                id
+            })
+            .collect();
+        // More clean files than the bound leaves: the clean ones make way,
+        // the older dirty ones keep their descriptors, nothing is synced.
+        for n in 0..3 * OPEN_FILES_MIN {
+            disk.open(&format!("clean{n}"), true).expect("create");
+            assert!(disk.open_files() <= OPEN_FILES_MIN);
+        }
+        assert_eq!(disk.syncs_in_place(), 0);
+        assert!(dirty.iter().all(|id| disk.files[id].handle.is_some()));
+        // Only dirty files left: each that makes way is synced first.
+        let more: Vec<FileId> = (0..OPEN_FILES_MIN)
+            .map(|n| {
+                let id = disk.open(&format!("more{n}"), true).expect("create");
+                disk.write_at(id, 0, b"unsynced too").expect("write");
+                id
+            })
+            .collect();
+        assert_eq!(disk.open_files(), OPEN_FILES_MIN);
+        assert_eq!(disk.syncs_in_place(), dirty.len() as u64);
+        for id in &dirty {
+            assert!(disk.files[id].handle.is_none() && disk.files[id].clean());
+        }
+        assert!(more.iter().all(|id| !disk.files[id].clean()));
+        disk.invariants();
+    }
+
+    #[test]
+    fn a_write_after_the_sync_was_asked_keeps_the_file_dirty() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut disk = FileDisk::open(dir.path()).expect("open");
+        let id = disk.open("f", true).expect("create");
+        disk.write_at(id, 0, b"first").expect("write");
+        let job = disk.sync_job(&[SyncTarget::File("f".into())]);
+        disk.write_at(id, 5, b"second").expect("write");
+        job.run().expect("sync");
+        assert!(!disk.files[&id].clean(), "the second write is not covered");
+        sync_files(&disk, &["f".to_string()]);
+        assert!(disk.files[&id].clean());
+    }
+
+    #[test]
+    fn a_closed_file_keeps_its_descriptor_until_a_sync_covers_it() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut disk = FileDisk::open(dir.path()).expect("open");
+        let id = disk.open("tmp", true).expect("create");
+        disk.write_at(id, 0, b"checkpoint").expect("write");
+        disk.close(id);
+        assert_eq!(disk.open_files(), 1, "closed with unsynced writes: kept");
+        disk.rename("tmp", "final").expect("rename");
+        let job = disk.sync_job(&[SyncTarget::File("final".into())]);
+        assert!(
+            matches!(&job.items[..], [SyncItem::File { files, .. }] if files.len() == 1),
+            "the sync goes through the descriptor that was written"
+        );
+        job.run().expect("sync");
+        drop(job);
+        drop(disk.sync(&[]));
+        assert_eq!(disk.open_files(), 0, "synced: let go");
+        assert!(disk.files.is_empty());
+        let mut back = vec![0u8; 10];
+        let reopened = disk.open("final", false).expect("open");
+        disk.read_at(reopened, 0, &mut back).expect("read");
+        assert_eq!(&back, b"checkpoint");
+    }
+
+    #[test]
+    fn truncate_rename_and_remove_work_on_evicted_files() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut disk = FileDisk::open(dir.path()).expect("open");
+        disk.set_open_files_max(OPEN_FILES_MIN);
+        let id = disk.open("a", true).expect("create");
+        disk.write_at(id, 0, b"0123456789").expect("write");
+        sync_files(&disk, &["a".to_string()]);
+        let evict_all = |disk: &mut FileDisk| {
+            for n in 0..OPEN_FILES_MIN {
+                let other = disk.open(&format!("other{n}"), true).expect("create");
+                disk.close(other);
+            }
+            for n in 0..OPEN_FILES_MIN {
+                let other = disk.open(&format!("other{n}"), false).expect("open");
+                let _ = other;
+            }
+        };
+        evict_all(&mut disk);
+        assert!(disk.files[&id].handle.is_none(), "evicted");
+        disk.rename("a", "b").expect("rename an evicted file");
+        disk.truncate(id, 4)
+            .expect("truncate reopens by its new name");
+        assert_eq!(disk.len(id).expect("len"), 4);
+        assert_eq!(std::fs::read(dir.path().join("b")).expect("read"), b"0123");
+        sync_files(&disk, &["b".to_string()]);
+        evict_all(&mut disk);
+        disk.close(id);
+        disk.remove_file("b").expect("remove");
+        assert!(!dir.path().join("b").exists());
+        disk.invariants();
+    }
+
+    #[test]
+    fn a_file_synced_since_it_was_opened_and_not_written_since_needs_no_sync() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("old"), b"from a previous run").expect("write");
+        let mut disk = FileDisk::open(dir.path()).expect("open");
+        let old = disk.open("old", false).expect("open");
+        let target = [SyncTarget::File("old".into())];
+        // What a previous process wrote may not be on disk: synced.
+        assert_eq!(disk.sync_job(&target).items.len(), 1);
+        disk.sync_job(&target).run().expect("sync");
+        assert!(disk.sync_job(&target).items.is_empty(), "on disk already");
+        disk.write_at(old, 0, b"again").expect("write");
+        assert_eq!(disk.sync_job(&target).items.len(), 1, "written since");
+    }
+
+    #[test]
+    fn a_descriptor_a_sync_in_flight_holds_counts_against_the_bound() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut disk = FileDisk::open(dir.path()).expect("open");
+        disk.set_open_files_max(OPEN_FILES_MIN);
+        let first = disk.open("first", true).expect("create");
+        disk.write_at(first, 0, b"data").expect("write");
+        let job = disk.sync_job(&[SyncTarget::File("first".into())]);
+        job.run().expect("sync");
+        for n in 0..2 * OPEN_FILES_MIN {
+            disk.open(&format!("f{n}"), true).expect("create");
+            assert!(disk.open_files() <= OPEN_FILES_MIN);
+        }
+        assert!(disk.files[&first].handle.is_none(), "evicted");
+        assert_eq!(disk.lingering.len(), 1, "the job still holds it");
+        drop(job);
+        assert_eq!(
+            disk.open_files(),
+            OPEN_FILES_MIN - 1,
+            "closed once the job let go"
+        );
     }
 }

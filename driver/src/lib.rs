@@ -13,6 +13,7 @@
 mod admission;
 pub mod disk;
 mod error;
+pub mod limits;
 mod metrics;
 mod on_thread;
 mod peers;

@@ -463,16 +463,21 @@ async fn accept_loop<L: Listener>(
     admission: Admission,
 ) {
     let mut next_id = 0u64;
+    let mut failures = AcceptFailures::default();
     loop {
         // `max.connections`: no accept until a place is free.
         let Some(place) = admission.place().await else {
             return;
         };
         let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
+            Ok(accepted) => {
+                failures.succeeded();
+                accepted
+            }
             Err(error) => {
-                tracing::warn!(%error, "accept failed");
-                tokio::time::sleep(Duration::from_millis(10)).await;
+                let pause = failures.failed(&error, tokio::time::Instant::now().into_std());
+                drop(place);
+                tokio::time::sleep(pause).await;
                 continue;
             }
         };
@@ -666,4 +671,93 @@ pub async fn bind(address: &(String, u16)) -> Result<tokio::net::TcpListener, Dr
             address: format!("{host}:{}", address.1),
             error,
         })
+}
+
+/// First and last pause after a failed accept, doubling in between: out of
+/// descriptors (EMFILE), every accept fails until one is freed, and trying
+/// again at once only spins.
+const ACCEPT_BACKOFF_MS_MIN: u64 = 5;
+const ACCEPT_BACKOFF_MS_MAX: u64 = 1_000;
+/// Least time between two warnings about failing accepts; the failures in
+/// between are counted in the next one.
+const ACCEPT_WARNING_INTERVAL_MS: u64 = 10_000;
+
+/// The accept loop's backoff and its rate-limited warning.
+#[derive(Debug, Default)]
+struct AcceptFailures {
+    /// Failures in a row.
+    consecutive: u32,
+    /// Failures since the last warning.
+    unreported: u64,
+    warned_at: Option<std::time::Instant>,
+}
+
+impl AcceptFailures {
+    /// Records a failure; returns how long to wait before the next accept.
+    fn failed(&mut self, error: &std::io::Error, now: std::time::Instant) -> Duration {
+        self.consecutive = self.consecutive.saturating_add(1);
+        self.unreported += 1;
+        let due = self.warned_at.is_none_or(|at| {
+            now.saturating_duration_since(at) >= Duration::from_millis(ACCEPT_WARNING_INTERVAL_MS)
+        });
+        if due {
+            tracing::warn!(
+                %error,
+                failures = self.unreported,
+                "accept failed; backing off (one warning per {} s at most)",
+                ACCEPT_WARNING_INTERVAL_MS / 1_000
+            );
+            self.unreported = 0;
+            self.warned_at = Some(now);
+        }
+        self.pause()
+    }
+
+    fn pause(&self) -> Duration {
+        let doublings = self.consecutive.saturating_sub(1).min(16);
+        Duration::from_millis(
+            ACCEPT_BACKOFF_MS_MIN
+                .saturating_mul(1 << doublings)
+                .min(ACCEPT_BACKOFF_MS_MAX),
+        )
+    }
+
+    fn succeeded(&mut self) {
+        if self.consecutive > 0 && self.unreported > 0 {
+            tracing::info!(failures = self.unreported, "accepting again after failures");
+            self.unreported = 0;
+        }
+        self.consecutive = 0;
+    }
+}
+
+#[cfg(test)]
+mod accept_tests {
+    use super::*;
+
+    #[test]
+    fn failed_accepts_back_off_exponentially_to_a_bound_and_reset_on_success() {
+        let mut failures = AcceptFailures::default();
+        let error = std::io::Error::from_raw_os_error(libc::EMFILE);
+        let start = std::time::Instant::now();
+        let pauses: Vec<u64> = (0..12)
+            .map(|_| failures.failed(&error, start).as_millis() as u64)
+            .collect();
+        assert_eq!(
+            pauses,
+            [5, 10, 20, 40, 80, 160, 320, 640, 1_000, 1_000, 1_000, 1_000]
+        );
+        // One warning for the lot: the eleven after the first wait for the interval.
+        assert_eq!(failures.unreported, 11);
+        failures.failed(
+            &error,
+            start + Duration::from_millis(ACCEPT_WARNING_INTERVAL_MS),
+        );
+        assert_eq!(failures.unreported, 0, "the interval passed: warned again");
+        failures.succeeded();
+        assert_eq!(
+            failures.failed(&error, start).as_millis(),
+            u128::from(ACCEPT_BACKOFF_MS_MIN)
+        );
+    }
 }

@@ -162,6 +162,7 @@ fn serve(
     log_format: LogFormat,
 ) -> anyhow::Result<()> {
     init_logging(log_format);
+    let descriptors_soft = raise_descriptor_limit();
     let pairs = overrides
         .iter()
         .map(|argument| config_file::parse_override(argument))
@@ -181,9 +182,19 @@ fn serve(
         // The directory first: a second broker on it stops here, before it
         // binds anything. What the broker is and what it read is logged
         // before it listens, so whoever waits for the port finds it.
-        let disk = driver::FileDisk::open(std::path::Path::new(&config.log_dirs))
+        let mut disk = driver::FileDisk::open(std::path::Path::new(&config.log_dirs))
             .map_err(|error| anyhow::anyhow!("log.dirs: {error}"))?;
         log_identity(&config, config_path.as_deref(), &pairs);
+        disk.set_open_files_max(
+            config
+                .open_files_max
+                .unwrap_or_else(|| driver::limits::open_files_max_default(descriptors_soft)),
+        );
+        tracing::info!(
+            open_files_max = disk.open_files_max(),
+            derived = config.open_files_max.is_none(),
+            "segment files held open at most (log.open.files.max); idle ones are closed"
+        );
         let peers = quorum_peers(&config);
         let listener = driver::bind(&listen).await?;
         let metrics_listener = match &metrics_address {
@@ -227,6 +238,27 @@ fn serve(
         };
         Ok(driver::serve(environment, shutdown).await?)
     })
+}
+
+/// Raises the soft limit on open descriptors to the hard limit and logs
+/// both; returns the soft limit in force.
+fn raise_descriptor_limit() -> u64 {
+    match driver::limits::raise_open_files_limit() {
+        Ok(raised) => {
+            tracing::info!(
+                soft_before = raised.soft_before,
+                soft = raised.limit.soft,
+                hard = raised.limit.hard,
+                "file descriptor limit (RLIMIT_NOFILE): soft raised to the hard limit"
+            );
+            raised.limit.soft
+        }
+        Err(error) => {
+            let soft = driver::limits::open_files_limit().map_or(1024, |limit| limit.soft);
+            tracing::warn!(%error, soft, "cannot raise the file descriptor limit");
+            soft
+        }
+    }
 }
 
 /// The first lines an operator reads: what runs as which node, which

@@ -326,6 +326,8 @@ pub struct BrokerOptions {
     config: Vec<(String, ConfigValue)>,
     ready_timeout: Duration,
     stop_timeout: Duration,
+    /// Soft and hard `RLIMIT_NOFILE` of the process, as `ulimit -n` sets.
+    open_files_limit: Option<u64>,
 }
 
 impl Default for BrokerOptions {
@@ -338,6 +340,7 @@ impl Default for BrokerOptions {
             ],
             ready_timeout: Duration::from_secs(30),
             stop_timeout: Duration::from_secs(30),
+            open_files_limit: None,
         }
     }
 }
@@ -361,6 +364,13 @@ impl BrokerOptions {
     /// How long to wait for the port to accept connections (default 30 s).
     pub fn ready_timeout(mut self, timeout: Duration) -> Self {
         self.ready_timeout = timeout;
+        self
+    }
+
+    /// Runs the broker with at most `limit` open descriptors, soft and
+    /// hard alike (`ulimit -n limit`): it cannot raise them.
+    pub fn open_files_limit(mut self, limit: u64) -> Self {
+        self.open_files_limit = Some(limit);
         self
     }
 
@@ -596,6 +606,9 @@ impl Broker {
             .stdout(stdout)
             .stderr(log);
         die_with_parent_thread(&mut command);
+        if let Some(limit) = self.options.open_files_limit {
+            limit_open_files(&mut command, limit);
+        }
         let mut child = command.spawn().unwrap_or_else(|err| {
             panic!("could not start {}: {err}", self.bin.display());
         });
@@ -753,6 +766,24 @@ fn die_with_parent_thread(command: &mut Command) {
 
 #[cfg(not(target_os = "linux"))]
 fn die_with_parent_thread(_command: &mut Command) {}
+
+/// Sets the child's soft and hard limits on open descriptors to `limit`.
+fn limit_open_files(command: &mut Command, limit: u64) {
+    // SAFETY: setrlimit is async-signal-safe and reads only a struct on
+    // the child's stack.
+    unsafe {
+        command.pre_exec(move || {
+            let rlimit = libc::rlimit {
+                rlim_cur: limit as libc::rlim_t,
+                rlim_max: limit as libc::rlim_t,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &rlimit) == -1 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
 
 // ---------------------------------------------------------------------------
 // The sluice command
