@@ -315,8 +315,8 @@ fn propose(cluster: &mut Cluster, voters: &[NodeId], number: u64) -> u64 {
 }
 
 /// One leader, followed by every voter in its epoch, every log committed
-/// to the leader's end.
-fn converged(cluster: &Cluster, voters: &[NodeId]) -> bool {
+/// to the leader's end, every broker registered and unfenced.
+pub fn converged(cluster: &Cluster, voters: &[NodeId]) -> bool {
     let replicas: Vec<_> = voters
         .iter()
         .filter_map(|&id| cluster.node(id).quorum().and_then(|q| q.replica()))
