@@ -143,6 +143,11 @@ pub struct BrokerApiVersions {
     pub answered_by: String,
     /// By API key, ascending.
     pub apis: Vec<ApiVersionRange>,
+    /// The cluster's finalized features (name, level), such as
+    /// `metadata.version`; none from a single node.
+    pub finalized_features: Vec<(String, i16)>,
+    /// The epoch of those features (-1 when none were named).
+    pub finalized_features_epoch: i64,
 }
 
 /// Where an admin request goes.
@@ -474,9 +479,12 @@ impl<C: Connector> Admin<C> {
                 max_version,
             })
             .collect();
+        let (finalized, epoch) = connection.versions().finalized_features();
         Ok(BrokerApiVersions {
             answered_by: connection.address().to_string(),
             apis,
+            finalized_features: finalized.to_vec(),
+            finalized_features_epoch: epoch,
         })
     }
 

@@ -114,6 +114,10 @@ pub fn client_versions(api: ApiKey) -> Option<(i16, i16)> {
 pub struct Versions {
     broker: BTreeMap<i16, (i16, i16)>,
     caps: BTreeMap<i16, i16>,
+    /// The cluster's finalized features (name, level) the broker named,
+    /// and their epoch (-1: none named; ApiVersions v3 on).
+    finalized: Vec<(String, i16)>,
+    finalized_epoch: i64,
 }
 
 impl Versions {
@@ -125,7 +129,19 @@ impl Versions {
                 .map(|k| (k.api_key, (k.min_version, k.max_version)))
                 .collect(),
             caps: caps.iter().map(|&(api, max)| (api as i16, max)).collect(),
+            finalized: response
+                .finalized_features
+                .iter()
+                .map(|f| (f.name.to_string(), f.max_version_level))
+                .collect(),
+            finalized_epoch: response.finalized_features_epoch,
         }
+    }
+
+    /// The finalized features the broker named (name, level), and their
+    /// epoch (-1 when it named none).
+    pub fn finalized_features(&self) -> (&[(String, i16)], i64) {
+        (&self.finalized, self.finalized_epoch)
     }
 
     /// Every API the broker listed in its ApiVersions answer, by key, with

@@ -766,6 +766,10 @@ pub enum Mutation {
     /// The quorum leader answers every fetch with entries, never with a
     /// diverging epoch, so followers never truncate.
     SkipDivergenceCheck,
+    /// The quorum leader commits entries of earlier epochs once a majority
+    /// holds them, without waiting for an entry of its own epoch on a
+    /// majority (Raft's Figure 8): a later leader may overwrite them.
+    CommitOlderEpoch,
     /// A partition follower cuts its log to its high watermark when it
     /// starts following, and never asks by epoch (Kafka before KIP-101).
     TruncateToHighWatermark,
@@ -838,7 +842,7 @@ pub enum Mutation {
 }
 
 impl Mutation {
-    pub const ALL: [Mutation; 30] = [
+    pub const ALL: [Mutation; 31] = [
         Mutation::AckBeforeSync,
         Mutation::ReadBeforeSync,
         Mutation::SkipRecoveryCrc,
@@ -869,6 +873,7 @@ impl Mutation {
         Mutation::AbortMarkersCommit,
         Mutation::CommitMarkersAbort,
         Mutation::CommitSplitsLastPartition,
+        Mutation::CommitOlderEpoch,
     ];
 
     pub fn name(self) -> &'static str {
@@ -903,6 +908,7 @@ impl Mutation {
             Mutation::AbortMarkersCommit => "abort-markers-commit",
             Mutation::CommitMarkersAbort => "commit-markers-abort",
             Mutation::CommitSplitsLastPartition => "commit-splits-last-partition",
+            Mutation::CommitOlderEpoch => "commit-older-epoch",
         }
     }
 }

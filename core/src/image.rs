@@ -70,6 +70,16 @@ pub const METADATA_VERSION_FEATURE: &str = "metadata.version";
 /// The lowest metadata.version level Kafka knows (3.0-IV1); Kafka's
 /// `MetadataVersion.fromFeatureLevel` refuses anything below it.
 pub const METADATA_VERSION_LEVEL_MIN: i16 = 1;
+/// The metadata.version level a new cluster's first active controller
+/// finalizes: 4.0-IV1, the lowest level at which Kafka itself writes every
+/// record at the version Sluice writes it (`metadata_records`):
+/// PartitionRecord and PartitionChangeRecord v2 (`isElrSupported`, 4.0-IV1),
+/// RegisterBrokerRecord v3 and BrokerRegistrationChangeRecord v2 (log
+/// directories, 3.7-IV2), in metadata transactions (3.6-IV1). A Kafka
+/// reader told a lower level would expect older record versions than the
+/// log holds. (In the trunk the record schemas were checked against,
+/// 4.0-IV1 was still past `LATEST_PRODUCTION`, 4.0-IV0.)
+pub const METADATA_VERSION_LEVEL_WRITTEN: i16 = 23;
 /// A partition's `leader` when it has none.
 pub const LEADER_NONE: i32 = PartitionChangeRecord::LEADER_NONE;
 

@@ -214,6 +214,9 @@ impl Quorum {
             Some(Mutation::SkipDivergenceCheck) => {
                 replica.with_mutation(RaftMutation::SkipDivergenceCheck)
             }
+            Some(Mutation::CommitOlderEpoch) => {
+                replica.with_mutation(RaftMutation::CommitOlderEpochByCounting)
+            }
             _ => replica,
         };
         self.started = Some(Started {

@@ -315,8 +315,8 @@ fn propose(cluster: &mut Cluster, voters: &[NodeId], number: u64) -> u64 {
 }
 
 /// One leader, followed by every voter in its epoch, every log committed
-/// to the leader's end.
-fn converged(cluster: &Cluster, voters: &[NodeId]) -> bool {
+/// to the leader's end, every broker registered and unfenced.
+pub fn converged(cluster: &Cluster, voters: &[NodeId]) -> bool {
     let replicas: Vec<_> = voters
         .iter()
         .filter_map(|&id| cluster.node(id).quorum().and_then(|q| q.replica()))
@@ -381,4 +381,291 @@ pub fn sweep_quorum(voters: i32, start: u64, count: u64) -> Result<Vec<QuorumSta
             })
         })
         .collect()
+}
+
+/// Entries the first leader of the Figure 8 script writes while only one
+/// follower fetches: more than two fetches' worth, so a follower catching
+/// up later holds some of them, and not the next leader's own entry,
+/// across two of its fetches.
+const FIGURE_EIGHT_ENTRIES: usize = 40;
+/// Each stage of the script must come about within this.
+const FIGURE_EIGHT_STAGE_MS: i64 = 30_000;
+
+/// Raft's Figure 8 on five voters, scripted with links cut and healed
+/// (no crash: a node cut from every other is as good as down, and keeps
+/// its log for the checkers), with the campaign's checkers after every
+/// step. Voter `a` is the leader once the cluster has converged; `b`..`e`
+/// the others in id order.
+///
+/// 1. `a` leads with only `b` linked: it writes `FIGURE_EIGHT_ENTRIES`
+///    entries of its epoch, which only `b` fetches.
+/// 2. `c`, `d` and `e` are linked to each other by way of `e` only, so
+///    only `e` can gather three votes: it leads a later epoch (its
+///    leader-change entry where `a`'s entries start) and is cut from
+///    every node at once, before `c` or `d` fetch that entry.
+/// 3. `a`, `b`, `c` and `d` are linked: `a` or `b` (whose logs are the
+///    most up to date) leads a later epoch still; the other fetches, as do
+///    `c` and `d`, catching up on `a`'s entries 16 at a time. As soon as
+///    the leader counts a majority holding some of them, and before `c`
+///    or `d` hold its own leader-change entry, `a` and `b` are cut off.
+///    A leader that commits older epochs by counting has committed them.
+/// 4. `c`, `d` and `e` are linked: only `e` can win (its last epoch is
+///    later than theirs), and it truncates `a`'s entries from `c` and `d`.
+///    Entries committed in 3 are then on two voters: the checkers say so.
+/// 5. Every link heals and the quorum converges, as in the campaign.
+///
+/// A script step that does not come about (a leader that is not the one
+/// the script needs) fails with `[figure-8 script]`; a checker's failure
+/// names the checker.
+pub fn run_figure_eight(seed: u64, broker: &[(String, String)]) -> Result<FigureEight, String> {
+    let voters: Vec<NodeId> = (1..=5).map(NodeId).collect();
+    let mut config = ClusterConfig::new(seed, 5);
+    config.broker = quorum_broker_config(5);
+    config.broker.extend(broker.iter().cloned());
+    config.steps_max = STEPS_MAX;
+    let mut cluster = Cluster::new(config);
+    for (i, &x) in voters.iter().enumerate() {
+        for &y in &voters[i + 1..] {
+            cluster.link_up(x, y);
+        }
+    }
+    let mut script = Script {
+        checker: Checker {
+            voters: voters.clone(),
+            leaders: BTreeMap::new(),
+            votes: BTreeMap::new(),
+            committed: Vec::new(),
+        },
+        stats: QuorumStats::default(),
+    };
+    let fail = |why: String| format!("figure 8, seed {seed}: {why}");
+    script
+        .run_until(&mut cluster, "the first convergence", |c| {
+            converged(c, &voters)
+        })
+        .map_err(fail)?;
+    let a = leader_of(&cluster, &voters).expect("converged under a leader");
+    let others: Vec<NodeId> = voters.iter().copied().filter(|&id| id != a).collect();
+    let (b, c, d, e) = (others[0], others[1], others[2], others[3]);
+    figure_eight_stage_one(&mut cluster, &mut script, [a, b, c, d, e]).map_err(fail)?;
+    let epoch_third =
+        figure_eight_stage_two(&mut cluster, &mut script, [a, b, c, d, e]).map_err(fail)?;
+    let (older_offset_first, high_watermark_at_cut) =
+        figure_eight_stage_three(&mut cluster, &mut script, [a, b, c, d, e], epoch_third)
+            .map_err(fail)?;
+    // 4: `e` back with `c` and `d`.
+    cluster.link_up(e, c);
+    cluster.link_up(e, d);
+    script
+        .run_until(&mut cluster, "e leading c and d", |cluster| {
+            let leader = replica_of(cluster, e);
+            leader.is_some_and(|r| r.role() == Role::Leader)
+                && [c, d].iter().all(|&id| {
+                    replica_of(cluster, id).is_some_and(|r| {
+                        r.leader_id() == Some(e)
+                            && r.high_watermark() == leader.map_or(0, |l| l.high_watermark())
+                            && r.entries().len() == leader.map_or(0, |l| l.entries().len())
+                    })
+                })
+        })
+        .map_err(fail)?;
+    // 5: everything heals.
+    for (i, &x) in voters.iter().enumerate() {
+        for &y in &voters[i + 1..] {
+            cluster.link_up(x, y);
+        }
+    }
+    let healed_ms = cluster.now_ms();
+    script
+        .run_until(&mut cluster, "convergence after the heal", |c| {
+            converged(c, &voters)
+        })
+        .map_err(fail)?;
+    let mut stats = script.stats;
+    stats.convergence_ms = cluster.now_ms() - healed_ms;
+    stats.epochs = script.checker.leaders.len();
+    stats.committed = script.checker.committed.len();
+    Ok(FigureEight {
+        stats,
+        older_offset_first,
+        high_watermark_at_cut,
+    })
+}
+
+/// What a Figure 8 script that passed saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FigureEight {
+    pub stats: QuorumStats,
+    /// The offset of the first entry `a` wrote with only `b` fetching.
+    pub older_offset_first: i64,
+    /// The high watermark of the third leader when it was cut off, with a
+    /// majority holding entries from `older_offset_first` on.
+    pub high_watermark_at_cut: i64,
+}
+
+/// The checkers, run after every step of a script.
+struct Script {
+    checker: Checker,
+    stats: QuorumStats,
+}
+
+impl Script {
+    fn run_until(
+        &mut self,
+        cluster: &mut Cluster,
+        what: &str,
+        done: impl Fn(&Cluster) -> bool,
+    ) -> Result<(), String> {
+        let start_ms = cluster.now_ms();
+        while !done(cluster) {
+            if cluster.now_ms() - start_ms > FIGURE_EIGHT_STAGE_MS {
+                return Err(format!(
+                    "[figure-8 script] no {what} within {FIGURE_EIGHT_STAGE_MS} ms: {}",
+                    describe(cluster, &self.checker.voters)
+                ));
+            }
+            if !cluster.step() {
+                return Err(format!("[figure-8 script] idle before {what}"));
+            }
+            self.stats.steps += 1;
+            if self.stats.steps > STEPS_MAX {
+                return Err(format!("still running after {STEPS_MAX} steps"));
+            }
+            self.checker.check(cluster)?;
+        }
+        Ok(())
+    }
+}
+
+fn replica_of(cluster: &Cluster, id: NodeId) -> Option<&sluice_core::raft::RaftReplica> {
+    cluster.node(id).quorum().and_then(|q| q.replica())
+}
+
+fn leader_of(cluster: &Cluster, voters: &[NodeId]) -> Option<NodeId> {
+    voters
+        .iter()
+        .copied()
+        .find(|&id| replica_of(cluster, id).is_some_and(|r| r.role() == Role::Leader))
+}
+
+fn last_epoch(cluster: &Cluster, id: NodeId) -> i32 {
+    replica_of(cluster, id)
+        .and_then(|r| r.entries().last())
+        .map_or(0, |entry| entry.epoch)
+}
+
+/// 1: `a` writes entries that only `b` fetches; `c` and `d` are each
+/// linked to `e` alone. Ends once `b` holds all of them.
+fn figure_eight_stage_one(
+    cluster: &mut Cluster,
+    script: &mut Script,
+    [a, b, c, d, e]: [NodeId; 5],
+) -> Result<(), String> {
+    for (x, y) in [(a, c), (a, d), (a, e), (b, c), (b, d), (b, e), (c, d)] {
+        cluster.cut(x, y);
+    }
+    let offset_first = replica_of(cluster, a).map_or(0, |r| r.entries().len());
+    let records = (0..FIGURE_EIGHT_ENTRIES)
+        .map(|number| {
+            let record = MetadataRecord::Config(ConfigRecord {
+                resource_type: 4,
+                resource_name: String::new(),
+                name: "sluice.sim.figure-eight".into(),
+                value: Some(number.to_string()),
+            });
+            Bytes::from(record.encode().expect("a small record encodes"))
+        })
+        .collect();
+    cluster
+        .input(a, |node, now| node.quorum_propose(now, records))
+        .map_err(|why| format!("[figure-8 script] n{a} refused the entries: {why:?}"))?;
+    let end_offset = offset_first + FIGURE_EIGHT_ENTRIES;
+    script.run_until(cluster, "b holding a's entries", |cluster| {
+        replica_of(cluster, b).is_some_and(|r| r.entries().len() >= end_offset)
+    })
+}
+
+/// 2: `e` leads a later epoch with the votes of `c` and `d`, and is cut
+/// off before they fetch from it; then `a` (cut off from the majority)
+/// stops leading and `b` holds all of its log. Returns `e`'s epoch.
+fn figure_eight_stage_two(
+    cluster: &mut Cluster,
+    script: &mut Script,
+    [a, b, c, d, e]: [NodeId; 5],
+) -> Result<i32, String> {
+    script.run_until(cluster, "e leading", |cluster| {
+        replica_of(cluster, e).is_some_and(|r| r.role() == Role::Leader)
+    })?;
+    cluster.cut(e, c);
+    cluster.cut(e, d);
+    let epoch = replica_of(cluster, e).map_or(0, |r| r.leader_epoch());
+    if last_epoch(cluster, e) != epoch || [c, d].iter().any(|&id| last_epoch(cluster, id) >= epoch)
+    {
+        return Err(format!(
+            "[figure-8 script] e's epoch {epoch} entry is not on e alone: {}",
+            describe(cluster, &script.checker.voters)
+        ));
+    }
+    script.run_until(
+        cluster,
+        "a stepping down with b holding its log",
+        |cluster| {
+            let (Some(first), Some(second)) = (replica_of(cluster, a), replica_of(cluster, b))
+            else {
+                return false;
+            };
+            first.role() != Role::Leader && first.entries() == second.entries()
+        },
+    )?;
+    Ok(epoch)
+}
+
+/// 3: `a` or `b` leads a later epoch; once it counts a majority holding
+/// entries past the ones `c` and `d` had, `a` and `b` are cut off, before
+/// `c` or `d` hold an entry of the new epoch. Returns the offset `c`'s
+/// log ended at, and the leader's high watermark when it was cut off.
+fn figure_eight_stage_three(
+    cluster: &mut Cluster,
+    script: &mut Script,
+    [a, b, c, d, e]: [NodeId; 5],
+    epoch_third: i32,
+) -> Result<(i64, i64), String> {
+    let offset_first = replica_of(cluster, c).map_or(0, |r| r.entries().len()) as i64;
+    for (x, y) in [(a, c), (a, d), (b, c), (b, d), (c, d)] {
+        cluster.link_up(x, y);
+    }
+    let majority = 3;
+    script.run_until(cluster, "a majority counted past c's log", |cluster| {
+        [a, b].iter().any(|&id| {
+            replica_of(cluster, id)
+                .filter(|r| r.role() == Role::Leader && r.leader_epoch() > epoch_third)
+                .and_then(|r| r.voter_progress())
+                .is_some_and(|progress| {
+                    let past = progress
+                        .iter()
+                        .filter(|(_, end)| end.is_some_and(|end| end > offset_first))
+                        .count();
+                    past >= majority
+                })
+        })
+    })?;
+    let high_watermark = leader_of(cluster, &[a, b])
+        .and_then(|id| replica_of(cluster, id))
+        .map_or(0, |r| r.high_watermark());
+    for x in [a, b] {
+        for y in [c, d, e] {
+            cluster.cut(x, y);
+        }
+    }
+    cluster.cut(a, b);
+    if [c, d]
+        .iter()
+        .any(|&id| last_epoch(cluster, id) > epoch_third)
+    {
+        return Err(format!(
+            "[figure-8 script] c or d holds an entry of the epoch after e's: {}",
+            describe(cluster, &script.checker.voters)
+        ));
+    }
+    Ok((offset_first, high_watermark))
 }

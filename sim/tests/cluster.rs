@@ -6,8 +6,12 @@ use bytes::Bytes;
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
 use sluice_core::batch::{build_batch, decode_records, headers_in};
+use sluice_core::image::METADATA_VERSION_LEVEL_WRITTEN;
+use sluice_core::metadata_records::MetadataRecord;
+use sluice_core::raft::Record;
 use sluice_core::wire::versions::SUPPORTED;
 use sluice_core::{Channel, NodeId};
+use sluice_sim::quorum::{converged, quorum_broker_config};
 use sluice_sim::{ClientId, Cluster, ClusterConfig, CrashLoss};
 
 const N1: NodeId = NodeId(1);
@@ -247,4 +251,111 @@ fn a_livelock_fails_instead_of_hanging() {
         message.contains("seed 3: still running after 50 steps"),
         "{message}"
     );
+}
+
+// ---- metadata.version ----
+
+/// The FeatureLevelRecords of `metadata.version` in a node's metadata log,
+/// by offset, with their levels.
+fn metadata_version_records(cluster: &Cluster, id: NodeId) -> Vec<(usize, i16)> {
+    let replica = cluster
+        .node(id)
+        .quorum()
+        .and_then(|q| q.replica())
+        .expect("a started voter");
+    replica
+        .entries()
+        .iter()
+        .enumerate()
+        .filter_map(|(offset, entry)| match &entry.record {
+            Record::Data(bytes) => match MetadataRecord::decode(bytes) {
+                Ok(MetadataRecord::FeatureLevel(feature)) if feature.name == "metadata.version" => {
+                    Some((offset, feature.feature_level))
+                }
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
+}
+
+fn image_metadata_version(cluster: &Cluster, id: NodeId) -> Option<i16> {
+    let view = cluster.node(id).broker().cluster.as_ref()?;
+    view.image.metadata_version()
+}
+
+/// A new cluster's first active controller finalizes metadata.version
+/// once, before any other record of its own; every node applies it and
+/// ApiVersions names it with its epoch; a new controller after restarts
+/// finds it and writes no other.
+#[test]
+fn a_new_cluster_finalizes_metadata_version_once() {
+    let voters: Vec<NodeId> = (1..=3).map(NodeId).collect();
+    let mut config = ClusterConfig::new(7, 3);
+    config.broker = quorum_broker_config(3);
+    let mut cluster = Cluster::new(config);
+    cluster.link_up(N1, N2);
+    cluster.link_up(N1, NodeId(3));
+    cluster.link_up(N2, NodeId(3));
+    cluster.run_until(|c| converged(c, &voters));
+    let level = METADATA_VERSION_LEVEL_WRITTEN;
+    for &id in &voters {
+        let records = metadata_version_records(&cluster, id);
+        assert_eq!(records.len(), 1, "n{id}: {records:?}");
+        assert_eq!(records[0].1, level, "n{id}");
+        assert_eq!(image_metadata_version(&cluster, id), Some(level), "n{id}");
+    }
+    // Right after the first leader's leader-change entry (offset 0).
+    let (offset, _) = metadata_version_records(&cluster, N1)[0];
+    assert_eq!(offset, 1, "the controller's first record");
+
+    let client = cluster.connect(N2);
+    let response: ApiVersionsResponse = cluster
+        .request(
+            client,
+            ApiKey::ApiVersions,
+            3,
+            &ApiVersionsRequest::default(),
+        )
+        .expect("an answer");
+    let finalized: Vec<_> = response
+        .finalized_features
+        .iter()
+        .map(|f| (f.name.as_str(), f.min_version_level, f.max_version_level))
+        .collect();
+    assert_eq!(finalized, [("metadata.version", level, level)]);
+    assert!(
+        response.finalized_features_epoch >= offset as i64,
+        "the epoch is an offset the image applied: {}",
+        response.finalized_features_epoch
+    );
+    let supported: Vec<_> = response
+        .supported_features
+        .iter()
+        .map(|f| (f.name.as_str(), f.min_version, f.max_version))
+        .collect();
+    assert_eq!(supported, [("metadata.version", 1, level)]);
+
+    // Every node restarts, losing what it had not synced; the quorum
+    // elects new leaders, whose controllers find the level committed.
+    let epoch_before = leader_epoch(&cluster, &voters);
+    for &id in &voters {
+        cluster.crash(id, CrashLoss::LoseUnsynced);
+        cluster.run_until(|c| converged(c, &voters));
+    }
+    assert!(leader_epoch(&cluster, &voters) > epoch_before);
+    for &id in &voters {
+        let records = metadata_version_records(&cluster, id);
+        assert_eq!(records, [(offset, level)], "n{id}");
+        assert_eq!(image_metadata_version(&cluster, id), Some(level), "n{id}");
+    }
+}
+
+fn leader_epoch(cluster: &Cluster, voters: &[NodeId]) -> i32 {
+    voters
+        .iter()
+        .filter_map(|&id| cluster.node(id).quorum().and_then(|q| q.replica()))
+        .map(|r| r.leader_epoch())
+        .max()
+        .unwrap_or(0)
 }

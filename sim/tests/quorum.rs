@@ -9,7 +9,9 @@ use kafka_protocol::ResponseError;
 use sluice_core::raft::Role;
 use sluice_core::NodeId;
 use sluice_sim::cluster::WALL_EPOCH_MS;
-use sluice_sim::quorum::{quorum_broker_config, run_quorum, sweep_quorum, QuorumRun};
+use sluice_sim::quorum::{
+    quorum_broker_config, run_figure_eight, run_quorum, sweep_quorum, QuorumRun,
+};
 use sluice_sim::{Cluster, ClusterConfig};
 
 #[test]
@@ -38,6 +40,22 @@ fn three_voters_stay_safe_and_converge_under_faults() {
 #[test]
 fn five_voters_stay_safe_and_converge_under_faults() {
     sweep_quorum(5, 2_000, 15).unwrap_or_else(|why| panic!("{why}"));
+}
+
+/// Raft's Figure 8, scripted (`run_figure_eight`): entries of an older
+/// epoch that reach a majority only while a later leader catches them up
+/// are not committed by counting, so the leader that overwrites them
+/// afterwards loses nothing committed, and the quorum converges.
+#[test]
+fn an_older_epoch_on_a_majority_is_not_committed_by_counting() {
+    for seed in 1..=3 {
+        let run = run_figure_eight(seed, &[]).unwrap_or_else(|why| panic!("{why}"));
+        assert!(run.stats.epochs >= 4, "seed {seed}: four leaders: {run:?}");
+        assert!(
+            run.high_watermark_at_cut <= run.older_offset_first,
+            "seed {seed}: the older entries stayed uncommitted: {run:?}"
+        );
+    }
 }
 
 #[test]

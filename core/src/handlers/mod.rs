@@ -16,7 +16,7 @@ pub use txn::TXN_ADD_HOLD_MS_MAX;
 mod txn_markers;
 
 use bytes::Bytes;
-use kafka_protocol::messages::{ApiKey, FetchRequest};
+use kafka_protocol::messages::{ApiKey, ApiVersionsResponse, FetchRequest};
 use kafka_protocol::ResponseError;
 
 use crate::broker::cluster::Ticket;
@@ -264,6 +264,41 @@ pub(crate) fn code(error: ResponseError) -> i16 {
     error.code()
 }
 
+/// A cluster node's ApiVersions answer names features as a Kafka broker's
+/// does: metadata.version supported from 3.0-IV1 to the level Sluice
+/// writes, the finalized features of its metadata image, and as their
+/// epoch the offset of the last record the image applied (-1 before any).
+/// Fields of versions 3 on; older versions drop them when encoded. A
+/// single node has no metadata log, and names none.
+fn with_features(
+    response: ApiVersionsResponse,
+    image: &crate::image::MetadataImage,
+) -> ApiVersionsResponse {
+    use kafka_protocol::messages::api_versions_response::{
+        FinalizedFeatureKey, SupportedFeatureKey,
+    };
+    use kafka_protocol::protocol::StrBytes;
+    let supported = SupportedFeatureKey::default()
+        .with_name(StrBytes::from_static_str(
+            crate::image::METADATA_VERSION_FEATURE,
+        ))
+        .with_min_version(crate::image::METADATA_VERSION_LEVEL_MIN)
+        .with_max_version(crate::image::METADATA_VERSION_LEVEL_WRITTEN);
+    let finalized = image
+        .features()
+        .map(|(name, level)| {
+            FinalizedFeatureKey::default()
+                .with_name(StrBytes::from_string(name.to_string()))
+                .with_min_version_level(level)
+                .with_max_version_level(level)
+        })
+        .collect();
+    response
+        .with_supported_features(vec![supported])
+        .with_finalized_features_epoch(image.last_offset().unwrap_or(-1))
+        .with_finalized_features(finalized)
+}
+
 /// Runs the handler of a request whose header was parsed.
 pub fn dispatch<S: Storage>(
     broker: &mut Broker<S>,
@@ -272,7 +307,14 @@ pub fn dispatch<S: Storage>(
 ) -> Handled {
     let version = context.header.version;
     match context.header.api_key {
-        ApiKey::ApiVersions => Ok(Pending::Now(Reply::ApiVersions(api_versions_response(0)))),
+        ApiKey::ApiVersions => {
+            let response = api_versions_response(0);
+            let response = match &broker.cluster {
+                Some(cluster) => with_features(response, &cluster.image),
+                None => response,
+            };
+            Ok(Pending::Now(Reply::ApiVersions(response)))
+        }
         ApiKey::Metadata => cluster::metadata(broker, context, decode(body, version)?),
         ApiKey::DescribeCluster => {
             cluster::describe_cluster(broker, context, decode(body, version)?)

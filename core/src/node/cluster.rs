@@ -49,11 +49,11 @@ use crate::broker::{Broker, ClusterView};
 use crate::config::Mutation;
 use crate::group::Token;
 use crate::handlers::WaitState;
-use crate::image::LeaderRecoveryState;
+use crate::image::{LeaderRecoveryState, METADATA_VERSION_FEATURE, METADATA_VERSION_LEVEL_WRITTEN};
 use crate::metadata_records::{
     AbortTransactionRecord, BeginTransactionRecord, BrokerEndpoint, BrokerRegistrationChangeRecord,
-    EndTransactionRecord, MetadataRecord, PartitionChangeRecord, ProducerIdsRecord,
-    RegisterBrokerRecord,
+    EndTransactionRecord, FeatureLevelRecord, MetadataRecord, PartitionChangeRecord,
+    ProducerIdsRecord, RegisterBrokerRecord,
 };
 use crate::raft::{Record, Role};
 use crate::session::{ConnectionId, Slot, SlotState};
@@ -374,6 +374,26 @@ impl<S: Storage> Node<S> {
                     begin_offset,
                     epoch,
                     "aborting the metadata transaction a former controller left unfinished"
+                );
+            }
+            // The first active controller of a cluster finalizes
+            // metadata.version, before any other record of its own, as
+            // Kafka's does with its bootstrap records on an empty log; a
+            // later one finds it in the committed image and writes nothing.
+            if self.cluster_view().image.metadata_version().is_none() {
+                let record = MetadataRecord::FeatureLevel(FeatureLevelRecord {
+                    name: METADATA_VERSION_FEATURE.to_string(),
+                    feature_level: METADATA_VERSION_LEVEL_WRITTEN,
+                });
+                let proposed = self.propose_change(now, std::slice::from_ref(&record));
+                assert!(
+                    proposed.is_some(),
+                    "a new leader with its whole log committed may propose"
+                );
+                tracing::info!(
+                    epoch,
+                    level = METADATA_VERSION_LEVEL_WRITTEN,
+                    "finalizing metadata.version for a metadata log without it"
                 );
             }
             // A new active controller: every registered broker gets a full

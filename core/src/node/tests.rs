@@ -2192,11 +2192,12 @@ fn run_quorum_until(h: &mut Harness, done: impl Fn(&crate::raft::RaftReplica) ->
 #[test]
 fn a_single_voter_answers_describe_quorum_as_its_leader() {
     let mut h = Harness::new(MemStorage::new(), &SINGLE_VOTER);
-    // Quiet once its broker registered and was unfenced: three entries
-    // (the leader change and the two registration records), all committed.
+    // Quiet once its broker registered and was unfenced: four entries
+    // (the leader change, metadata.version and the two registration
+    // records), all committed.
     run_quorum_until(&mut h, |r| {
         r.role() == crate::raft::Role::Leader
-            && r.entries().len() >= 3
+            && r.entries().len() >= 4
             && r.high_watermark() == r.entries().len() as i64
     });
     assert!(h.node.is_unfenced());
@@ -2237,6 +2238,61 @@ fn a_single_voter_answers_describe_quorum_as_its_leader() {
             assert!(response.nodes.is_empty());
         }
     }
+}
+
+/// The metadata.version FeatureLevelRecords in a node's metadata log:
+/// (offset, level).
+fn metadata_version_records(h: &Harness) -> Vec<(usize, i16)> {
+    let replica = h.node.quorum().and_then(|q| q.replica()).expect("started");
+    let decoded = replica
+        .entries()
+        .iter()
+        .enumerate()
+        .filter_map(|(offset, entry)| {
+            let crate::raft::Record::Data(bytes) = &entry.record else {
+                return None;
+            };
+            match crate::metadata_records::MetadataRecord::decode(bytes) {
+                Ok(crate::metadata_records::MetadataRecord::FeatureLevel(record))
+                    if record.name == crate::image::METADATA_VERSION_FEATURE =>
+                {
+                    Some((offset, record.feature_level))
+                }
+                _ => None,
+            }
+        });
+    decoded.collect()
+}
+
+#[test]
+fn a_new_quorum_finalizes_metadata_version_first_and_api_versions_names_it() {
+    let level = crate::image::METADATA_VERSION_LEVEL_WRITTEN;
+    let mut h = Harness::new(MemStorage::new(), &SINGLE_VOTER);
+    let c = h.send(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default());
+    let before: ApiVersionsResponse = h.take(ApiKey::ApiVersions, 3, c);
+    assert!(before.finalized_features.is_empty(), "nothing applied yet");
+    assert_eq!(before.finalized_features_epoch, -1);
+    run_quorum_until(&mut h, |r| {
+        r.role() == crate::raft::Role::Leader
+            && r.entries().len() >= 4
+            && r.high_watermark() == r.entries().len() as i64
+    });
+    // Right after the leader-change entry, before the broker's registration.
+    assert_eq!(metadata_version_records(&h), [(1, level)]);
+    let image = &h.node.broker().cluster.as_ref().expect("a cluster").image;
+    assert_eq!(image.metadata_version(), Some(level));
+    let applied = image.last_offset().expect("records applied");
+    let c = h.send(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default());
+    let response: ApiVersionsResponse = h.take(ApiKey::ApiVersions, 3, c);
+    let finalized: Vec<_> = (response.finalized_features.iter())
+        .map(|f| (f.name.as_str(), f.min_version_level, f.max_version_level))
+        .collect();
+    assert_eq!(finalized, [("metadata.version", level, level)]);
+    assert_eq!(response.finalized_features_epoch, applied);
+    let supported: Vec<_> = (response.supported_features.iter())
+        .map(|f| (f.name.as_str(), f.min_version, f.max_version))
+        .collect();
+    assert_eq!(supported, [("metadata.version", 1, level)]);
 }
 
 #[test]

@@ -178,6 +178,10 @@ pub enum Mutation {
     HighWatermarkCountsUnpersisted,
     /// The leader answers any fetch with entries, never with DivergingEpoch.
     SkipDivergenceCheck,
+    /// The leader commits entries of earlier epochs once a majority holds
+    /// them, before its own epoch's first entry is on a majority (Raft's
+    /// Figure 8).
+    CommitOlderEpochByCounting,
     /// Every later epoch seen restarts the election timer (the liveness bug
     /// the recovery checker found, kept to show that checker bites).
     RestartElectionTimerOnNewEpoch,

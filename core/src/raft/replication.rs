@@ -283,13 +283,16 @@ impl RaftReplica {
         end_offsets.sort_unstable_by(|a, b| b.cmp(a));
         let majority_end_offset = end_offsets[self.majority() - 1];
         // Entries of earlier epochs commit only under this epoch's own
-        // leader-change entry (Raft's rule against the Figure 8 loss).
-        if majority_end_offset <= leader.epoch_start_offset
+        // leader-change entry (Raft's rule against the Figure 8 loss): a
+        // majority holding an older entry may still elect a leader whose
+        // log lacks it, unless that majority also holds this epoch's entry.
+        let counts_older_epochs = self.mutated(Mutation::CommitOlderEpochByCounting);
+        if (majority_end_offset <= leader.epoch_start_offset && !counts_older_epochs)
             || majority_end_offset <= self.high_watermark
         {
             return;
         }
-        assert!(majority_end_offset > leader.epoch_start_offset);
+        assert!(majority_end_offset > leader.epoch_start_offset || counts_older_epochs);
         self.set_high_watermark(majority_end_offset);
         self.answer_parked_fetches();
     }

@@ -6,7 +6,9 @@ use std::collections::VecDeque;
 
 use bytes::Bytes;
 
-use super::{Entry, Message, Persisted, QuorumState, RaftOutput, RaftReplica, Record, Role};
+use super::{
+    Entry, Message, Mutation, Persisted, QuorumState, RaftOutput, RaftReplica, Record, Role,
+};
 use crate::types::NodeId;
 
 const OUTPUTS_PER_SETTLE_MAX: usize = 10_000;
@@ -288,10 +290,12 @@ fn committed(outputs: &[RaftOutput]) -> Vec<i64> {
         .collect()
 }
 
-#[test]
-fn earlier_epochs_commit_only_under_the_leaders_own_durable_entry() {
+/// Replica 1 of three, holding two entries of epoch 1, elected leader of
+/// epoch 2 with replica 2's vote; its leader-change entry is at offset 2.
+fn leader_of_epoch_two(mutation: Mutation) -> (RaftReplica, i64) {
     let voters = [NodeId(1), NodeId(2), NodeId(3)];
-    let mut leader = RaftReplica::new(NodeId(1), &voters, quorum_at(1), entries_of(&[1, 1]), 1, 0);
+    let mut leader = RaftReplica::new(NodeId(1), &voters, quorum_at(1), entries_of(&[1, 1]), 1, 0)
+        .with_mutation(mutation);
     let now_ms = leader.poll_timeout().expect("an election timer");
     leader.handle_timeout(now_ms);
     let candidacy = QuorumState {
@@ -312,6 +316,12 @@ fn earlier_epochs_commit_only_under_the_leaders_own_durable_entry() {
     };
     leader.handle_persisted(now_ms, Persisted::QuorumState(leading));
     outputs(&mut leader);
+    (leader, now_ms)
+}
+
+#[test]
+fn earlier_epochs_commit_only_under_the_leaders_own_durable_entry() {
+    let (mut leader, now_ms) = leader_of_epoch_two(Mutation::None);
     // Follower 2 holds both entries of epoch 1 durably, so a majority holds
     // them; yet nothing commits while the epoch's own entry (offset 2) is
     // durable on the leader alone.
@@ -321,6 +331,17 @@ fn earlier_epochs_commit_only_under_the_leaders_own_durable_entry() {
     assert_eq!(leader.high_watermark(), 0);
     leader.handle_message(now_ms, NodeId(2), fetch(2, 2, 3, 2));
     assert_eq!(committed(&outputs(&mut leader)), [3]);
+}
+
+#[test]
+fn a_leader_counting_earlier_epochs_commits_them_without_its_own_entry() {
+    // Mutation `commit-older-epoch`: the same exchange commits epoch 1's
+    // entries as soon as follower 2 reports them, with the epoch's own
+    // entry on the leader alone (what Raft's Figure 8 loses).
+    let (mut leader, now_ms) = leader_of_epoch_two(Mutation::CommitOlderEpochByCounting);
+    leader.handle_message(now_ms, NodeId(2), fetch(1, 2, 2, 1));
+    assert_eq!(committed(&outputs(&mut leader)), [2]);
+    assert_eq!(leader.high_watermark(), 2);
 }
 
 #[test]

@@ -5,7 +5,9 @@
 //! and brokers (DescribeCluster). `sluice cluster info`: the APIs a broker
 //! serves with their version ranges (its ApiVersions answer), and the
 //! version this client would use of each, as
-//! `kafka-broker-api-versions.sh` shows them.
+//! `kafka-broker-api-versions.sh` shows them, then the cluster's finalized
+//! features (`metadata.version`) with their epoch, as `kafka-features.sh
+//! describe` names them.
 //!
 //! Only the quorum's leader answers DescribeQuorum, and the others do not
 //! say which node leads, so the client asks each address of
@@ -107,6 +109,17 @@ pub fn api_versions_text(versions: &BrokerApiVersions) -> String {
         ]);
     }
     out.push_str(&table(&rows));
+    // As `kafka-features.sh describe` names them (a cluster's nodes name
+    // metadata.version; a single node names none).
+    if !versions.finalized_features.is_empty() {
+        out.push('\n');
+        for (name, level) in &versions.finalized_features {
+            out.push_str(&format!(
+                "Feature: {name}  FinalizedVersionLevel: {level}  Epoch: {}\n",
+                versions.finalized_features_epoch
+            ));
+        }
+    }
     out
 }
 
@@ -120,6 +133,11 @@ pub fn api_versions_json(versions: &BrokerApiVersions) -> Value {
             "max_version": range.max_version,
             "usable_version": usable_version(range),
         })).collect::<Vec<_>>(),
+        "finalized_features": versions.finalized_features.iter().map(|(name, level)| json!({
+            "name": name,
+            "level": level,
+        })).collect::<Vec<_>>(),
+        "finalized_features_epoch": versions.finalized_features_epoch,
     })
 }
 
@@ -413,6 +431,8 @@ mod tests {
                 range(ApiKey::SaslHandshake as i16, 0, 1),
                 range(999, 0, 2),
             ],
+            finalized_features: Vec::new(),
+            finalized_features_epoch: -1,
         };
         let (_, produce_max) = client_versions(ApiKey::Produce).unwrap();
         let (_, api_versions_max) = client_versions(ApiKey::ApiVersions).unwrap();
@@ -433,6 +453,28 @@ mod tests {
         assert_eq!(json["apis"][0]["api"], "Produce");
         assert_eq!(json["apis"][0]["max_version"], 13);
         assert_eq!(json["apis"][2]["usable_version"], Value::Null);
+        assert_eq!(json["finalized_features"], json!([]));
+    }
+
+    #[test]
+    fn info_names_a_clusters_finalized_features_after_the_apis() {
+        let versions = BrokerApiVersions {
+            answered_by: "127.0.0.1:9093".into(),
+            apis: Vec::new(),
+            finalized_features: vec![("metadata.version".into(), 23)],
+            finalized_features_epoch: 41,
+        };
+        let text = api_versions_text(&versions);
+        assert!(
+            text.ends_with("\nFeature: metadata.version  FinalizedVersionLevel: 23  Epoch: 41\n"),
+            "{text}"
+        );
+        let json = api_versions_json(&versions);
+        assert_eq!(
+            json["finalized_features"],
+            json!([{"name": "metadata.version", "level": 23}])
+        );
+        assert_eq!(json["finalized_features_epoch"], 41);
     }
 
     fn sample() -> QuorumDescription {
