@@ -162,7 +162,9 @@ fn serve(
     log_format: LogFormat,
 ) -> anyhow::Result<()> {
     init_logging(log_format);
-    let descriptors_soft = raise_descriptor_limit();
+    // Raised first, said after the identity lines: a refusal to start
+    // stays the one line on stderr.
+    let descriptors = driver::limits::raise_open_files_limit();
     let pairs = overrides
         .iter()
         .map(|argument| config_file::parse_override(argument))
@@ -185,6 +187,7 @@ fn serve(
         let mut disk = driver::FileDisk::open(std::path::Path::new(&config.log_dirs))
             .map_err(|error| anyhow::anyhow!("log.dirs: {error}"))?;
         log_identity(&config, config_path.as_deref(), &pairs);
+        let descriptors_soft = log_descriptor_limit(descriptors);
         disk.set_open_files_max(
             config
                 .open_files_max
@@ -240,10 +243,10 @@ fn serve(
     })
 }
 
-/// Raises the soft limit on open descriptors to the hard limit and logs
-/// both; returns the soft limit in force.
-fn raise_descriptor_limit() -> u64 {
-    match driver::limits::raise_open_files_limit() {
+/// Logs how raising the soft limit on open descriptors to the hard limit
+/// went; returns the soft limit in force.
+fn log_descriptor_limit(raised: std::io::Result<driver::limits::OpenFilesRaise>) -> u64 {
+    match raised {
         Ok(raised) => {
             tracing::info!(
                 soft_before = raised.soft_before,
