@@ -81,6 +81,21 @@ fn request<T: Encodable>(key: ApiKey, version: i16, correlation_id: i32, body: &
 }
 
 /// Reads one response frame; None when the broker closed the connection.
+/// Creates topic "t" of one partition with the request's `correlation_id`.
+fn create_topic_t(client: &mut TcpStream, correlation_id: i32) {
+    let topic = create_topics_request::CreatableTopic::default()
+        .with_name(TopicName(StrBytes::from_static_str("t")))
+        .with_num_partitions(1)
+        .with_replication_factor(1);
+    let create = CreateTopicsRequest::default()
+        .with_topics(vec![topic])
+        .with_timeout_ms(5_000);
+    client
+        .write_all(&request(ApiKey::CreateTopics, 5, correlation_id, &create))
+        .expect("create");
+    response(client).expect("created");
+}
+
 fn response(stream: &mut TcpStream) -> Option<Vec<u8>> {
     let mut length = [0u8; 4];
     match stream.read_exact(&mut length) {
@@ -151,17 +166,7 @@ fn a_connection_waiting_for_an_answer_is_not_idle() {
     let dir = tempfile::tempdir().expect("temp dir");
     let broker = start(dir.path(), &[("connections.max.idle.ms", "300")]);
     let mut client = connect(broker.port);
-    let topic = create_topics_request::CreatableTopic::default()
-        .with_name(TopicName(StrBytes::from_static_str("t")))
-        .with_num_partitions(1)
-        .with_replication_factor(1);
-    let create = CreateTopicsRequest::default()
-        .with_topics(vec![topic])
-        .with_timeout_ms(5_000);
-    client
-        .write_all(&request(ApiKey::CreateTopics, 5, 2, &create))
-        .expect("create");
-    response(&mut client).expect("created");
+    create_topic_t(&mut client, 2);
     // A long poll three times the idle bound, on an empty partition.
     let fetch = FetchRequest::default()
         .with_replica_id(BrokerId(-1))
@@ -195,17 +200,7 @@ fn a_client_that_takes_no_answer_is_closed_after_the_idle_bound() {
     let dir = tempfile::tempdir().expect("temp dir");
     let broker = start(dir.path(), &[("connections.max.idle.ms", "300")]);
     let mut client = connect(broker.port);
-    let topic = create_topics_request::CreatableTopic::default()
-        .with_name(TopicName(StrBytes::from_static_str("t")))
-        .with_num_partitions(1)
-        .with_replication_factor(1);
-    let create = CreateTopicsRequest::default()
-        .with_topics(vec![topic])
-        .with_timeout_ms(5_000);
-    client
-        .write_all(&request(ApiKey::CreateTopics, 5, 1, &create))
-        .expect("create");
-    response(&mut client).expect("created");
+    create_topic_t(&mut client, 1);
     let records =
         sluice_core::batch::build_batch(0, &[(None, Some(&[7u8; RECORD_BYTES][..]), vec![], 0)]);
     let produce = ProduceRequest::default()

@@ -684,6 +684,17 @@ fn free_port() -> u16 {
 /// `count` distinct ports on 127.0.0.1 that were free a moment ago (all
 /// held at once while picked, so no two are the same), for brokers that
 /// must know each other's addresses before they start.
+/// A memory figure of a process from `/proc/PID/status`, in KiB: `VmRSS`
+/// (resident now) or `VmHWM` (the highest resident so far).
+pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"))
+}
+
 pub fn free_ports(count: usize) -> Vec<u16> {
     let listeners: Vec<TcpListener> = (0..count)
         .map(|_| {

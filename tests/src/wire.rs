@@ -247,6 +247,15 @@ impl Wire {
     }
 }
 
+/// A new connection to `bootstrap` is served (ApiVersions answers).
+pub fn still_serves(bootstrap: &str) {
+    let mut wire = Wire::connect(bootstrap).expect("a new connection");
+    let response: ApiVersionsResponse = wire
+        .call(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default())
+        .expect("api versions");
+    assert_eq!(response.error_code, 0);
+}
+
 /// One uncompressed batch with one record per value.
 pub fn batch_of(values: &[&[u8]], timestamp_ms: i64) -> Bytes {
     let records: Vec<sluice_core::batch::RecordSpec<'_>> =

@@ -11,35 +11,14 @@ use std::time::Duration;
 
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
-use sluice_tests::wire::{batch_of, Wire};
-use sluice_tests::{free_ports, metric_sample, scrape_metrics, Broker, BrokerOptions};
+use sluice_tests::wire::{batch_of, still_serves, Wire};
+use sluice_tests::{
+    free_ports, metric_sample, proc_status_kib, scrape_metrics, Broker, BrokerOptions,
+};
 
 /// Bound on any one wait: far above what each step needs, so that a
 /// broken broker fails the test instead of hanging it.
 const WAIT_MAX: Duration = Duration::from_secs(120);
-
-/// A process's memory figure from /proc, such as `VmRSS:` (resident now)
-/// or `VmHWM:` (the highest resident so far).
-fn status_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix(field))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("a memory figure")
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    status_kib(pid, "VmRSS:")
-}
-
-fn still_serves(broker: &Broker) {
-    let mut wire = Wire::connect(&broker.bootstrap()).expect("a new connection");
-    let response: ApiVersionsResponse = wire
-        .call(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default())
-        .expect("api versions");
-    assert_eq!(response.error_code, 0);
-}
 
 /// A Fetch of the whole partition from offset 0, answered at once.
 fn fetch_all(topic: &str) -> FetchRequest {
@@ -82,7 +61,7 @@ fn a_client_that_reads_no_answers_is_read_no_further_and_others_are_answered() {
     let (error, _, records) = bystander.fetch(TOPIC, 0, 0).expect("fetch");
     assert_eq!(error, 0);
     assert!(records.len() > RECORDS * RECORD_BYTES);
-    let before = rss_kib(pid);
+    let before = proc_status_kib(pid, "VmRSS");
 
     let mut hoarder = Wire::connect(&broker.bootstrap()).expect("connect");
     let request = fetch_all(TOPIC);
@@ -101,7 +80,7 @@ fn a_client_that_reads_no_answers_is_read_no_further_and_others_are_answered() {
             )
             .expect("the other client is answered");
         assert_eq!(response.brokers.len(), 1);
-        highest = highest.max(rss_kib(pid));
+        highest = highest.max(proc_status_kib(pid, "VmRSS"));
     }
     eprintln!("RSS {before} KiB before, {highest} KiB at most with {PIPELINED} answers unread");
     assert!(
@@ -117,7 +96,7 @@ fn a_client_that_reads_no_answers_is_read_no_further_and_others_are_answered() {
         assert_eq!(data.error_code, 0);
         assert_eq!(data.records.as_ref().map(|r| r.len()), Some(records.len()));
     }
-    still_serves(&broker);
+    still_serves(&broker.bootstrap());
 }
 
 /// Twelve connections each announce a 32 MiB frame and send 30 MiB of it
@@ -148,8 +127,8 @@ fn frames_sent_in_part_hold_no_more_than_the_request_memory() {
             .config("metrics.listener", format!("127.0.0.1:{metrics_port}")),
     );
     let pid = broker.pid().expect("a broker process");
-    still_serves(&broker);
-    let before = status_kib(pid, "VmHWM:");
+    still_serves(&broker.bootstrap());
+    let before = proc_status_kib(pid, "VmHWM");
     let bound_kib = before + (HELD_BYTES_MAX / 1024) as u64 + SLACK_KIB;
 
     let (sent, sent_part) = mpsc::channel();
@@ -184,10 +163,10 @@ fn frames_sent_in_part_hold_no_more_than_the_request_memory() {
         .recv_timeout(WAIT_MAX)
         .expect("one connection's 30 MiB were read");
     // A small request has fewer left: it is read though the bound is full.
-    still_serves(&broker);
+    still_serves(&broker.bootstrap());
     let metrics = scrape_metrics(metrics_port).expect("metrics");
     let held = metric_sample(&metrics, "sluice_request_memory_bytes").expect("the gauge") as usize;
-    let rss = status_kib(pid, "VmRSS:");
+    let rss = proc_status_kib(pid, "VmRSS");
     eprintln!("peak RSS {before} KiB before; RSS {rss} KiB with {held} bytes held for frames");
     assert!(
         (PART_BYTES..=HELD_BYTES_MAX).contains(&held),
@@ -207,11 +186,11 @@ fn frames_sent_in_part_hold_no_more_than_the_request_memory() {
             .expect("a writer")
             .expect("a frame sent whole, and its connection closed");
     }
-    let peak = status_kib(pid, "VmHWM:");
+    let peak = proc_status_kib(pid, "VmHWM");
     eprintln!("peak RSS {peak} KiB once every frame was read");
     assert!(
         peak < bound_kib,
         "peak RSS went from {before} KiB to {peak} KiB reading {CONNECTIONS} frames of 32 MiB"
     );
-    still_serves(&broker);
+    still_serves(&broker.bootstrap());
 }

@@ -7,16 +7,8 @@ use std::io::Write;
 use bytes::Bytes;
 use kafka_protocol::messages::*;
 use kafka_protocol::ResponseError;
-use sluice_tests::wire::{batch_of, Wire};
-use sluice_tests::{Broker, BrokerOptions};
-
-fn still_serves(broker: &Broker) {
-    let mut wire = Wire::connect(&broker.bootstrap()).expect("a new connection");
-    let response: ApiVersionsResponse = wire
-        .call(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default())
-        .expect("api versions");
-    assert_eq!(response.error_code, 0);
-}
+use sluice_tests::wire::{batch_of, still_serves, Wire};
+use sluice_tests::{proc_status_kib, Broker, BrokerOptions};
 
 fn raw(broker: &Broker, bytes: &[u8]) -> Wire {
     let mut wire = Wire::connect(&broker.bootstrap()).expect("connect");
@@ -52,7 +44,7 @@ fn broken_frames_close_only_their_connection() {
             wire.is_closed_by_peer(),
             "{name}: the connection stays open"
         );
-        still_serves(&broker);
+        still_serves(&broker.bootstrap());
     }
     let response: MetadataResponse = bystander
         .call(
@@ -68,15 +60,6 @@ fn broken_frames_close_only_their_connection() {
     );
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
-}
-
 /// A length prefix is only a claim: the broker's memory follows the bytes
 /// that arrive, so connections announcing large frames (within
 /// socket.request.max.bytes) and sending little cannot make it allocate
@@ -87,8 +70,8 @@ fn announced_frame_sizes_cost_only_the_bytes_that_arrive() {
     const ANNOUNCED: i32 = 64 << 20;
     let broker = Broker::start(BrokerOptions::default());
     let pid = broker.pid().expect("a broker process");
-    still_serves(&broker);
-    let before = rss_kib(pid);
+    still_serves(&broker.bootstrap());
+    let before = proc_status_kib(pid, "VmRSS");
     let mut claimed = Vec::new();
     for _ in 0..CONNECTIONS {
         let mut bytes = ANNOUNCED.to_be_bytes().to_vec();
@@ -97,10 +80,10 @@ fn announced_frame_sizes_cost_only_the_bytes_that_arrive() {
     }
     // Requests on a later connection are read after those prefixes; then
     // watch the broker's memory for a while (16 x 64 MiB would be 1 GiB).
-    still_serves(&broker);
+    still_serves(&broker.bootstrap());
     let mut highest = before;
     for _ in 0..10 {
-        highest = highest.max(rss_kib(pid));
+        highest = highest.max(proc_status_kib(pid, "VmRSS"));
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     assert!(
@@ -108,7 +91,7 @@ fn announced_frame_sizes_cost_only_the_bytes_that_arrive() {
         "RSS went from {before} KiB to {highest} KiB for {CONNECTIONS} announced frames"
     );
     drop(claimed);
-    still_serves(&broker);
+    still_serves(&broker.bootstrap());
 }
 
 #[test]
@@ -130,7 +113,7 @@ fn unsupported_versions_get_kafkas_answers() {
         ResponseError::UnsupportedVersion.code()
     );
     assert!(!response.api_keys.is_empty());
-    still_serves(&broker);
+    still_serves(&broker.bootstrap());
     // Any other API at an unsupported version: Kafka closes the connection.
     let mut wire = Wire::connect(&broker.bootstrap()).expect("connect");
     wire.send(ApiKey::Metadata, 13, &MetadataRequest::default())
@@ -290,7 +273,7 @@ fn a_full_disk_is_a_storage_error_not_a_crash() {
     }
     assert!(storage_errors > 0, "the disk never filled");
     assert!(!acked.is_empty());
-    still_serves(&broker);
+    still_serves(&broker.bootstrap());
     let records = wire.read_all("full", 0, 0).expect("read");
     assert_eq!(
         records, acked,

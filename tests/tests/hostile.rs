@@ -18,27 +18,10 @@ use sluice_core::batch::{
     build_batch, write_crc, ATTRIBUTES_OFFSET, HEADER_BYTES, LENGTH_OFFSET, LOG_OVERHEAD,
 };
 use sluice_tests::wire::Wire;
-use sluice_tests::{Broker, BrokerOptions};
+use sluice_tests::{proc_status_kib, Broker, BrokerOptions};
 
 /// Bound on any one wait: far above what each case needs.
 const WAIT_MAX: Duration = Duration::from_secs(60);
-
-/// A field of `/proc/PID/status` in KiB (`VmRSS`, `VmHWM`).
-fn status_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix(field))
-        .and_then(|rest| {
-            rest.trim_start_matches(':')
-                .trim()
-                .trim_end_matches("kB")
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"))
-}
 
 fn open_descriptors(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
@@ -106,7 +89,7 @@ fn a_decompression_bomb_costs_at_most_its_bound() {
     let bomb = zstd_bomb(EXPANDS_TO);
     assert!(bomb.len() < 1 << 20, "within max.message.bytes");
     let mut bystander = Wire::connect(&broker.bootstrap()).expect("connect");
-    let before = status_kib(pid, "VmHWM");
+    let before = proc_status_kib(pid, "VmHWM");
     let sent = Instant::now();
     let produce = wire.send_produce("t", 0, -1, bomb).expect("send");
     // Asked right behind the bomb, on its own connection.
@@ -123,7 +106,7 @@ fn a_decompression_bomb_costs_at_most_its_bound() {
     let (error, _) = wire.produce_result(produce).expect("the bomb is answered");
     let refused_ms = sent.elapsed().as_secs_f64() * 1e3;
     assert_eq!(error, ResponseError::InvalidRecord.code());
-    let peak = status_kib(pid, "VmHWM");
+    let peak = proc_status_kib(pid, "VmHWM");
     println!(
         "bomb of {} bytes refused in {refused_ms:.1} ms; a Metadata sent behind it answered in {bystander_ms:.1} ms; peak RSS {before} -> {peak} KiB",
         EXPANDS_TO
